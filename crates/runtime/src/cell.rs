@@ -1,0 +1,138 @@
+//! The runtime's record of one live process: PID, mailbox + state word, kill flag, the
+//! process object itself, and its topology (links, monitors, names, timers).
+//!
+//! `slot` is touched only by the worker that moved the state word to RUNNING (the mailbox
+//! protocol guarantees there is exactly one); everything else is atomics or behind a lock.
+//! Kept small: a parked native process costs this struct plus its own state.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use smol_str::SmolStr;
+
+use crate::error::Error;
+use crate::host::Host;
+use crate::mailbox::Mailbox;
+use crate::pid::Pid;
+use crate::process::{CommandId, Event, ExitResult, Process};
+use crate::value::Value;
+
+pub(crate) const KILL_NONE: u8 = 0;
+pub(crate) const KILL_TERMINATED: u8 = 1;
+pub(crate) const KILL_LINKED: u8 = 2;
+
+/// A group of processes scheduled as one runnable (a Lua shard). The runtime calls
+/// `schedule` whenever a member becomes runnable, instead of queueing the member itself;
+/// the group then runs members with [`ProcessRef::run`] from its own `Runnable::run`.
+pub trait ProcessGroup: Send + Sync + 'static {
+    fn schedule(&self, process: ProcessRef);
+}
+
+/// A handle on a live (or just exited) process, for process groups.
+#[derive(Clone)]
+pub struct ProcessRef(pub(crate) Arc<ProcCell>);
+
+impl ProcessRef {
+    pub fn pid(&self) -> Pid {
+        self.0.pid
+    }
+    /// Run one step of this process on the calling thread. Must be called only for a
+    /// process the group was asked to `schedule`, once per `schedule` call.
+    pub fn run(&self) {
+        if let Some(node) = self.0.host.node() {
+            node.run_process(&self.0);
+        }
+    }
+}
+
+pub(crate) struct Slot {
+    pub(crate) process: Option<Box<dyn Process>>,
+    pub(crate) init: Option<Box<(SmolStr, Vec<Value>)>>,
+    /// Events taken from the mailbox and not yet consumed by a step.
+    pub(crate) local: VecDeque<Event>,
+    pub(crate) next_command: u64,
+}
+
+/// Rarely used parts of a process's topology, allocated on first use.
+#[derive(Default)]
+pub(crate) struct TopoMore {
+    /// Processes linked with this one.
+    pub(crate) links: Vec<Pid>,
+    /// Processes that monitor this one.
+    pub(crate) monitors: Vec<Pid>,
+    /// Processes this one monitors (to take its entries out of theirs when it exits).
+    pub(crate) monitoring: Vec<Pid>,
+    pub(crate) names: Vec<SmolStr>,
+    pub(crate) timers: Vec<(CommandId, tokio::task::AbortHandle)>,
+    pub(crate) watchers: Vec<std::sync::mpsc::SyncSender<ExitResult>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Topo {
+    pub(crate) exited: bool,
+    pub(crate) more: Option<Box<TopoMore>>,
+}
+
+impl Topo {
+    pub(crate) fn more(&mut self) -> &mut TopoMore {
+        self.more.get_or_insert_with(Default::default)
+    }
+}
+
+pub(crate) struct ProcCell {
+    pub(crate) pid: Pid,
+    pub(crate) mailbox: Mailbox<Event>,
+    pub(crate) kill: AtomicU8,
+    pub(crate) trap_links: AtomicBool,
+    pub(crate) host: Arc<Host>,
+    pub(crate) group: Option<Arc<dyn ProcessGroup>>,
+    pub(crate) slot: UnsafeCell<Slot>,
+    pub(crate) topo: Mutex<Topo>,
+}
+
+// SAFETY: `slot` is only accessed by the single worker that owns the RUNNING state (see the
+// mailbox protocol); all other fields are Sync.
+unsafe impl Sync for ProcCell {}
+
+impl ProcCell {
+    pub(crate) fn new(
+        pid: Pid,
+        host: Arc<Host>,
+        group: Option<Arc<dyn ProcessGroup>>,
+        process: Box<dyn Process>,
+        method: SmolStr,
+        args: Vec<Value>,
+    ) -> ProcCell {
+        ProcCell {
+            pid,
+            mailbox: Mailbox::new_ready(),
+            kill: AtomicU8::new(KILL_NONE),
+            trap_links: AtomicBool::new(false),
+            host,
+            group,
+            slot: UnsafeCell::new(Slot {
+                process: Some(process),
+                init: Some(Box::new((method, args))),
+                local: VecDeque::new(),
+                next_command: 1,
+            }),
+            topo: Mutex::new(Topo::default()),
+        }
+    }
+
+    /// Set the kill reason (the first one wins). `true` if this call set it.
+    pub(crate) fn set_kill(&self, code: u8) -> bool {
+        self.kill.compare_exchange(KILL_NONE, code, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    pub(crate) fn kill_error(&self) -> Option<Error> {
+        match self.kill.load(Ordering::Acquire) {
+            KILL_NONE => None,
+            KILL_LINKED => Some(Error::linked_failed()),
+            _ => Some(Error::terminated()),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What a process can do during a step: send, spawn, link, monitor, name, cancel,
+//! terminate, yield commands, consult its budget. Every operation is synchronous and
+//! returns its result at once; only yielded commands complete later, as events.
+//!
+//! This is the one door from a process into the runtime: permission checks (security)
+//! will be added here, so native and Lua processes are checked alike.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cell::ProcCell;
+use crate::error::Error;
+use crate::host::HostRef;
+use crate::node::{Dest, NodeInner, NodeRef, Spawn};
+use crate::pid::Pid;
+use crate::process::{Command, CommandId, Payload};
+use crate::value::Value;
+
+pub struct Context<'a> {
+    node: &'a Arc<NodeInner>,
+    cell: &'a Arc<ProcCell>,
+    next_command: &'a mut u64,
+    budget: u32,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(node: &'a Arc<NodeInner>, cell: &'a Arc<ProcCell>, next_command: &'a mut u64) -> Self {
+        let budget = cell.host.config.budget;
+        Context { node, cell, next_command, budget }
+    }
+
+    /// This process's PID.
+    pub fn pid(&self) -> Pid {
+        self.cell.pid
+    }
+
+    /// The host this process runs on.
+    pub fn host(&self) -> HostRef {
+        HostRef(self.cell.host.clone())
+    }
+
+    pub fn node(&self) -> NodeRef {
+        NodeRef { inner: self.node.clone() }
+    }
+
+    /// Send `payload` on `topic` to a PID or registered name. Per-sender FIFO.
+    pub fn send(&mut self, dest: impl Into<Dest>, topic: &str, payload: Payload) -> Result<(), Error> {
+        self.node.send(self.cell.pid, &dest.into(), topic, payload)
+    }
+
+    /// Send a single value.
+    pub fn send1(&mut self, dest: impl Into<Dest>, topic: &str, value: impl Into<Value>) -> Result<(), Error> {
+        let mut p = Payload::new();
+        p.push(value.into());
+        self.send(dest, topic, p)
+    }
+
+    /// Spawn on this process's own host.
+    pub fn spawn(&mut self, spawn: Spawn) -> Result<Pid, Error> {
+        let host = self.cell.host.clone();
+        self.node.spawn(Some(self.cell), &host, spawn, None)
+    }
+
+    /// Spawn on the named host.
+    pub fn spawn_on(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
+        let host = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
+        self.node.spawn(Some(self.cell), &host, spawn, None)
+    }
+
+    pub fn link(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.node.link(self.cell, &dest.into())
+    }
+    pub fn unlink(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.node.unlink(self.cell, &dest.into())
+    }
+    pub fn monitor(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.node.monitor(self.cell, &dest.into())
+    }
+    pub fn unmonitor(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.node.unmonitor(self.cell, &dest.into())
+    }
+
+    /// End `dest` at its next scheduling point with "process terminated".
+    pub fn terminate(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.node.terminate(&dest.into())
+    }
+
+    /// Queue a CANCEL event for `dest` (cooperative).
+    pub fn cancel(&mut self, dest: impl Into<Dest>, reason: &str) -> Result<(), Error> {
+        self.node.cancel(self.cell.pid, &dest.into(), reason)
+    }
+
+    /// Register `name` for this process.
+    pub fn register(&mut self, name: &str) -> Result<(), Error> {
+        self.node.names.register(self.cell, name)
+    }
+    /// Register `name` for another live process.
+    pub fn register_for(&mut self, name: &str, pid: Pid) -> Result<(), Error> {
+        self.node.register(name, pid)
+    }
+    pub fn lookup(&self, name: &str) -> Option<Pid> {
+        self.node.names.lookup(name)
+    }
+    /// `true` if the name was registered (to anyone) and is now removed.
+    pub fn unregister(&mut self, name: &str) -> bool {
+        self.node.unregister(name)
+    }
+
+    /// Trap links: LINK_DOWN arrives as an event instead of killing this process.
+    pub fn set_trap_links(&mut self, on: bool) {
+        self.cell.trap_links.store(on, Ordering::Release);
+    }
+    pub fn trap_links(&self) -> bool {
+        self.cell.trap_links.load(Ordering::Acquire)
+    }
+
+    /// Start a command; its completion arrives as an event with the returned id.
+    pub fn command(&mut self, cmd: Command) -> CommandId {
+        let id = CommandId(*self.next_command);
+        *self.next_command += 1;
+        self.node.dispatch.start(self.node, self.cell, id, cmd);
+        id
+    }
+
+    /// Cancel a pending command (a timer or ticker). `true` if it was still pending.
+    pub fn cancel_command(&mut self, id: CommandId) -> bool {
+        let handle = {
+            let mut t = self.cell.topo.lock();
+            t.more.as_mut().and_then(|m| {
+                let i = m.timers.iter().position(|(t, _)| *t == id)?;
+                Some(m.timers.swap_remove(i).1)
+            })
+        };
+        match handle {
+            Some(h) => {
+                h.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reductions left in this step.
+    pub fn budget(&self) -> u32 {
+        self.budget
+    }
+
+    /// Spend `n` reductions; `false` once the budget is spent (time to return `Yield`).
+    #[inline]
+    pub fn consume(&mut self, n: u32) -> bool {
+        self.budget = self.budget.saturating_sub(n);
+        self.budget > 0
+    }
+
+    /// The host's time slice (how long Lua code may run before it is preempted).
+    pub fn time_slice(&self) -> Duration {
+        self.cell.host.config.time_slice
+    }
+
+    /// Whether someone terminated this process (it ends when the step returns).
+    pub fn is_terminated(&self) -> bool {
+        self.cell.kill_error().is_some()
+    }
+}

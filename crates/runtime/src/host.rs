@@ -1,0 +1,211 @@
+//! A process host: a named place where processes run, with its own scheduler (worker
+//! pool), its limits, and its run state. Hosts never share load with each other.
+//!
+//! The host counts its live processes (for `max_processes` and for shutdown); it does not
+//! know what the processes are. Security boundaries plug in here later.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::cell::ProcCell;
+use crate::error::Error;
+use crate::node::NodeInner;
+use crate::pid::HostName;
+use crate::scheduler::{Hint, Runnable, Scheduler, Task};
+
+/// A host's settings (the `host:` block of a `process.host` entry).
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub name: String,
+    /// Worker threads (default: the number of cores).
+    pub workers: usize,
+    /// Capacity hint for the global queue; it never drops or blocks (unbounded).
+    pub queue_size: usize,
+    /// Tasks a worker keeps in its own deque before overflowing to the global queue.
+    pub local_queue_size: usize,
+    /// 0 = no limit.
+    pub max_processes: usize,
+    /// How long a process may compute before it is preempted (Lua processes).
+    pub time_slice: Duration,
+    /// Reductions per step: a native process consults this budget (one per message in
+    /// the handler layer) and yields when it is spent.
+    pub budget: u32,
+    /// How long processes get to react to the shutdown CANCEL before they are terminated.
+    pub stop_timeout: Duration,
+}
+
+impl HostConfig {
+    pub fn new(name: impl Into<String>) -> HostConfig {
+        HostConfig {
+            name: name.into(),
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            queue_size: 1024,
+            local_queue_size: 256,
+            max_processes: 0,
+            time_slice: Duration::from_millis(2),
+            budget: 1000,
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    pub fn max_processes(mut self, n: usize) -> Self {
+        self.max_processes = n;
+        self
+    }
+    pub fn stop_timeout(mut self, d: Duration) -> Self {
+        self.stop_timeout = d;
+        self
+    }
+    pub fn budget(mut self, b: u32) -> Self {
+        self.budget = b;
+        self
+    }
+    pub fn time_slice(mut self, d: Duration) -> Self {
+        self.time_slice = d;
+        self
+    }
+
+    /// Reject settings that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.name.is_empty() {
+            return Err(Error::invalid("host name must not be empty"));
+        }
+        if self.name.contains(['{', '}', '|']) || self.name.chars().any(char::is_whitespace) {
+            return Err(Error::invalid(format!("host name '{}' contains a character not allowed in a PID", self.name)));
+        }
+        if self.workers == 0 {
+            return Err(Error::invalid(format!("host '{}': workers must be positive, got 0", self.name)));
+        }
+        if self.local_queue_size == 0 {
+            return Err(Error::invalid(format!("host '{}': local_queue_size must be positive", self.name)));
+        }
+        if self.budget == 0 {
+            return Err(Error::invalid(format!("host '{}': budget must be positive", self.name)));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) const RUNNING: u8 = 0;
+pub(crate) const STOPPING: u8 = 1;
+pub(crate) const STOPPED: u8 = 2;
+
+pub(crate) struct Host {
+    pub(crate) name: HostName,
+    pub(crate) config: HostConfig,
+    pub(crate) sched: Arc<Scheduler>,
+    live: AtomicUsize,
+    pub(crate) state: AtomicU8,
+    node: Weak<NodeInner>,
+    empty_lock: Mutex<()>,
+    empty: Condvar,
+}
+
+impl Host {
+    pub(crate) fn start(node: &Arc<NodeInner>, config: HostConfig) -> Result<Arc<Host>, Error> {
+        config.validate()?;
+        let sched = Scheduler::start(node, &format!("wippy:{}", config.name), config.workers, config.local_queue_size)
+            .map_err(|e| Error::unavailable(format!("host '{}': cannot start worker threads: {e}", config.name)))?;
+        Ok(Arc::new(Host {
+            name: HostName::new(&config.name),
+            config,
+            sched,
+            live: AtomicUsize::new(0),
+            state: AtomicU8::new(RUNNING),
+            node: Arc::downgrade(node),
+            empty_lock: Mutex::new(()),
+            empty: Condvar::new(),
+        }))
+    }
+
+    pub(crate) fn node(&self) -> Option<Arc<NodeInner>> {
+        self.node.upgrade()
+    }
+
+    /// Count a new process in, or say why it cannot start here.
+    pub(crate) fn reserve(&self) -> Result<(), Error> {
+        if self.state.load(Ordering::Acquire) != RUNNING {
+            return Err(Error::unavailable(format!("host '{}' is not running", self.config.name)));
+        }
+        let max = self.config.max_processes;
+        if max == 0 {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut n = self.live.load(Ordering::Relaxed);
+        loop {
+            if n >= max {
+                return Err(Error::limit_exceeded(format!(
+                    "host '{}' is at max_processes ({max})",
+                    self.config.name
+                )));
+            }
+            match self.live.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(a) => n = a,
+            }
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 && self.state.load(Ordering::Acquire) != RUNNING {
+            let _g = self.empty_lock.lock();
+            self.empty.notify_all();
+        }
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Wait until no process lives here, at most `timeout`. `true` if empty.
+    pub(crate) fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.empty_lock.lock();
+        while self.live() > 0 {
+            if self.empty.wait_until(&mut g, deadline).timed_out() {
+                return self.live() == 0;
+            }
+        }
+        true
+    }
+
+    #[inline]
+    pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
+        self.sched.schedule(Task::Process(cell), hint);
+    }
+}
+
+/// A handle on a running host, for embedders and process groups.
+#[derive(Clone)]
+pub struct HostRef(pub(crate) Arc<Host>);
+
+impl HostRef {
+    pub fn name(&self) -> HostName {
+        self.0.name
+    }
+    pub fn config(&self) -> &HostConfig {
+        &self.0.config
+    }
+    /// Live processes on this host.
+    pub fn process_count(&self) -> usize {
+        self.0.live()
+    }
+    pub fn is_running(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == RUNNING
+    }
+    /// Queue a runnable (a process group) on this host's workers.
+    pub fn schedule(&self, r: Arc<dyn Runnable>) {
+        self.0.sched.schedule(Task::Runnable(r), Hint::Queued);
+    }
+    /// Whether the calling thread is one of this host's workers.
+    pub fn is_current_thread(&self) -> bool {
+        self.0.sched.is_current()
+    }
+}

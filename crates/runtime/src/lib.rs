@@ -1,0 +1,51 @@
+//! wippy-runtime: the Wippy process model as an embeddable Rust library.
+//!
+//! A [`Node`] owns hosts; each host has its own work-stealing scheduler. Processes are
+//! state machines ([`Process`]) with a PID, a mailbox, links, monitors and names; they talk
+//! only by messages of immutable [`Value`]s. Waiting things (timers, I/O) are yielded as
+//! [`Command`]s and complete as events. [`Handler`] is the convenience layer for writing a
+//! process as a plain event handler.
+//!
+//! This crate knows nothing of Lua or YAML.
+
+mod cell;
+mod context;
+mod dispatch;
+mod error;
+mod handler;
+mod host;
+#[doc(hidden)]
+pub mod mailbox;
+mod names;
+mod node;
+mod pid;
+mod process;
+mod scheduler;
+mod sync;
+mod table;
+mod topology;
+mod value;
+
+pub use cell::{ProcessGroup, ProcessRef};
+pub use context::Context;
+pub use dispatch::{unix_nanos, unix_secs};
+pub use error::{Error, ErrorKind};
+pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
+pub use host::{HostConfig, HostRef};
+pub use mailbox::ProcessState;
+pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
+pub use pid::{HostName, Pid, PidCounter, PidParseError};
+pub use process::{Command, CommandId, Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status, Topic};
+pub use scheduler::Runnable;
+pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};
+
+/// Build a [`Payload`] from values: `payload![1, "x"]`.
+#[macro_export]
+macro_rules! payload {
+    () => { $crate::Payload::new() };
+    ($($v:expr),+ $(,)?) => {{
+        let mut p = $crate::Payload::new();
+        $( p.push($crate::Value::from($v)); )+
+        p
+    }};
+}

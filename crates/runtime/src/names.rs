@@ -1,0 +1,70 @@
+//! The local name registry: name -> PID, with the SPEC §4.7 rules. A process's names are
+//! recorded in its own topology too, so they are released when it exits.
+//!
+//! Lock order: a process's topology lock, then the registry's. Never the other way round.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use smol_str::SmolStr;
+
+use crate::cell::ProcCell;
+use crate::error::Error;
+use crate::pid::Pid;
+
+#[derive(Default)]
+pub(crate) struct Names {
+    map: Mutex<HashMap<SmolStr, Pid>>,
+}
+
+impl Names {
+    /// Register `name` for the live process `cell`. Registering the same name for the same
+    /// process again is fine; for another process it is AlreadyExists.
+    pub(crate) fn register(&self, cell: &ProcCell, name: &str) -> Result<(), Error> {
+        if name.is_empty() {
+            return Err(Error::invalid("name must not be empty"));
+        }
+        let mut topo = cell.topo.lock();
+        if topo.exited {
+            return Err(Error::process_not_found(cell.pid));
+        }
+        let mut map = self.map.lock();
+        match map.get(name) {
+            Some(p) if *p == cell.pid => Ok(()),
+            Some(p) => Err(Error::already_exists(format!("name '{name}' is already registered to {p}"))),
+            None => {
+                let name = SmolStr::new(name);
+                map.insert(name.clone(), cell.pid);
+                drop(map);
+                topo.more().names.push(name);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn lookup(&self, name: &str) -> Option<Pid> {
+        self.map.lock().get(name).copied()
+    }
+
+    /// Remove `name`; the PID it was registered to, if it was.
+    pub(crate) fn unregister(&self, name: &str) -> Option<Pid> {
+        self.map.lock().remove(name)
+    }
+
+    /// Release the names of an exited process (only those still pointing at it).
+    pub(crate) fn release(&self, names: &[SmolStr], pid: Pid) {
+        if names.is_empty() {
+            return;
+        }
+        let mut map = self.map.lock();
+        for n in names {
+            if map.get(n) == Some(&pid) {
+                map.remove(n);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+}

@@ -1,0 +1,583 @@
+//! The node: one runtime instance. Owns the hosts, the process table, the name registry,
+//! the dispatch runtime and the entry factories; routes sends; spawns; steps processes;
+//! announces exits (SPEC §4.1 order: table, names, monitors, links).
+//!
+//! `Node` is the owner (dropping it shuts everything down); `NodeRef` is a cheap handle for
+//! other threads. Nothing here knows about Lua or YAML.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use smol_str::SmolStr;
+
+use crate::cell::{ProcCell, ProcessGroup, ProcessRef, KILL_NONE};
+use crate::context::Context;
+use crate::dispatch::Dispatch;
+use crate::error::Error;
+use crate::host::{Host, HostConfig, HostRef, RUNNING, STOPPED, STOPPING};
+use crate::mailbox::{Park, ProcessState};
+use crate::names::Names;
+use crate::pid::{HostName, Pid, PidCounter};
+use crate::process::{Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status, Topic};
+use crate::scheduler::Hint;
+use crate::table::ProcessTable;
+use crate::value::Value;
+
+/// Where a message or request goes: a PID or a registered name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Pid(Pid),
+    Name(SmolStr),
+}
+
+impl From<Pid> for Dest {
+    fn from(p: Pid) -> Dest {
+        Dest::Pid(p)
+    }
+}
+impl From<&Pid> for Dest {
+    fn from(p: &Pid) -> Dest {
+        Dest::Pid(*p)
+    }
+}
+impl From<&str> for Dest {
+    /// A string that parses as a PID is that PID; any other string is a name.
+    fn from(s: &str) -> Dest {
+        match s.parse::<Pid>() {
+            Ok(p) => Dest::Pid(p),
+            Err(_) => Dest::Name(SmolStr::new(s)),
+        }
+    }
+}
+impl From<String> for Dest {
+    fn from(s: String) -> Dest {
+        Dest::from(s.as_str())
+    }
+}
+
+impl std::fmt::Display for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dest::Pid(p) => write!(f, "{p}"),
+            Dest::Name(n) => write!(f, "'{n}'"),
+        }
+    }
+}
+
+enum What {
+    Process(Box<dyn Process>),
+    Entry(SmolStr),
+}
+
+/// What to spawn and how.
+pub struct Spawn {
+    what: What,
+    method: SmolStr,
+    args: Vec<Value>,
+    pub(crate) link: bool,
+    pub(crate) monitor: bool,
+    group: Option<Arc<dyn ProcessGroup>>,
+}
+
+impl Spawn {
+    /// Spawn this process object.
+    pub fn process(p: impl Process) -> Spawn {
+        Spawn::boxed(Box::new(p))
+    }
+    pub fn boxed(p: Box<dyn Process>) -> Spawn {
+        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None }
+    }
+    /// Spawn the entry `id` through its registered factory.
+    pub fn entry(id: &str) -> Spawn {
+        Spawn { what: What::Entry(SmolStr::new(id)), ..Spawn::boxed(Box::new(Nothing)) }
+    }
+    pub fn method(mut self, m: &str) -> Spawn {
+        self.method = SmolStr::new(m);
+        self
+    }
+    pub fn args(mut self, args: Vec<Value>) -> Spawn {
+        self.args = args;
+        self
+    }
+    pub fn arg(mut self, a: impl Into<Value>) -> Spawn {
+        self.args.push(a.into());
+        self
+    }
+    /// Link the child with the spawner before the child's first step.
+    pub fn linked(mut self) -> Spawn {
+        self.link = true;
+        self
+    }
+    /// Monitor the child from the spawner before the child's first step.
+    pub fn monitored(mut self) -> Spawn {
+        self.monitor = true;
+        self
+    }
+    /// Schedule the child through a process group instead of on its own.
+    pub fn in_group(mut self, g: Arc<dyn ProcessGroup>) -> Spawn {
+        self.group = Some(g);
+        self
+    }
+}
+
+struct Nothing;
+impl Process for Nothing {
+    fn step(&mut self, _: &mut Context<'_>, _: &mut Events<'_>) -> Status {
+        Status::Exit(Ok(Value::Nil))
+    }
+}
+
+/// Waits for a process's exit result (see [`Node::spawn_watched`]).
+pub struct ExitWatch {
+    rx: std::sync::mpsc::Receiver<ExitResult>,
+}
+
+impl ExitWatch {
+    /// Block until the process exits.
+    pub fn wait(self) -> ExitResult {
+        self.rx.recv().unwrap_or_else(|_| Err(Error::internal("node stopped before the process exited")))
+    }
+    /// Block at most `d`; `None` if it is still running.
+    pub fn wait_timeout(&self, d: Duration) -> Option<ExitResult> {
+        self.rx.recv_timeout(d).ok()
+    }
+}
+
+/// What stopping a host did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Processes that got the shutdown CANCEL.
+    pub canceled: usize,
+    /// Processes still alive after the stop timeout, terminated.
+    pub terminated: usize,
+    /// Processes that did not end even after being terminated (a native step that never
+    /// returns); their worker threads are left behind.
+    pub stuck: usize,
+}
+
+/// Diagnostics for one process.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pub pid: Pid,
+    pub state: ProcessState,
+    /// Messages waiting in the mailbox.
+    pub queued: usize,
+    pub trap_links: bool,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) counter: PidCounter,
+    pub(crate) table: ProcessTable,
+    pub(crate) names: Names,
+    pub(crate) dispatch: Dispatch,
+    hosts: RwLock<Vec<Arc<Host>>>,
+    factories: RwLock<HashMap<SmolStr, Arc<dyn ProcessFactory>>>,
+    fallback: RwLock<Option<Arc<dyn ProcessFactory>>>,
+}
+
+/// A runtime instance. Dropping it stops every host.
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+/// A cheap, cloneable handle on a node (does not keep it running).
+#[derive(Clone)]
+#[repr(transparent)]
+pub struct NodeRef {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl Node {
+    pub fn new() -> Result<Node, Error> {
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                counter: PidCounter::default(),
+                table: ProcessTable::new(),
+                names: Names::default(),
+                dispatch: Dispatch::new()?,
+                hosts: RwLock::new(Vec::new()),
+                factories: RwLock::new(HashMap::new()),
+                fallback: RwLock::new(None),
+            }),
+        })
+    }
+
+    pub fn handle(&self) -> NodeRef {
+        NodeRef { inner: self.inner.clone() }
+    }
+
+    /// Stop every host (last started first), then the dispatch runtime.
+    pub fn shutdown(&self) -> StopReport {
+        let hosts: Vec<HostName> = self.inner.hosts.read().iter().rev().map(|h| h.name).collect();
+        let mut total = StopReport::default();
+        for h in hosts {
+            if let Ok(r) = self.inner.stop_host(h) {
+                total.canceled += r.canceled;
+                total.terminated += r.terminated;
+                total.stuck += r.stuck;
+            }
+        }
+        self.inner.dispatch.shutdown();
+        total
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeRef;
+    fn deref(&self) -> &NodeRef {
+        // SAFETY: NodeRef is a transparent wrapper of the same Arc.
+        unsafe { &*(&self.inner as *const Arc<NodeInner> as *const NodeRef) }
+    }
+}
+
+impl NodeRef {
+    /// Start a host with its own worker pool.
+    pub fn add_host(&self, config: HostConfig) -> Result<HostRef, Error> {
+        let name = HostName::new(&config.name);
+        let mut hosts = self.inner.hosts.write();
+        if hosts.iter().any(|h| h.name == name) {
+            return Err(Error::already_exists(format!("host '{}' already exists", config.name)));
+        }
+        let host = Host::start(&self.inner, config)?;
+        hosts.push(host.clone());
+        Ok(HostRef(host))
+    }
+
+    pub fn host(&self, name: &str) -> Option<HostRef> {
+        self.inner.host(HostName::new(name)).map(HostRef)
+    }
+
+    /// Stop a host: CANCEL every process on it ("scheduler shutdown", from `{|}`), wait up
+    /// to its stop timeout, terminate the survivors, then stop its workers.
+    pub fn stop_host(&self, name: &str) -> Result<StopReport, Error> {
+        self.inner.stop_host(HostName::new(name))
+    }
+
+    /// Make `spawn(Spawn::entry(id))` create processes with `factory`.
+    pub fn register_entry(&self, id: &str, factory: Arc<dyn ProcessFactory>) {
+        self.inner.factories.write().insert(SmolStr::new(id), factory);
+    }
+
+    /// The factory asked for entries that have none of their own (the registry's kinds).
+    pub fn set_entry_fallback(&self, factory: Arc<dyn ProcessFactory>) {
+        *self.inner.fallback.write() = Some(factory);
+    }
+
+    /// Spawn a process from outside any process (no parent: no link or monitor).
+    pub fn spawn(&self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
+        let host = self.inner.host_for_spawn(host)?;
+        self.inner.spawn(None, &host, spawn, None)
+    }
+
+    /// Spawn and get a handle that yields the exit result.
+    pub fn spawn_watched(&self, host: &str, spawn: Spawn) -> Result<(Pid, ExitWatch), Error> {
+        let host = self.inner.host_for_spawn(host)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let pid = self.inner.spawn(None, &host, spawn, Some(tx))?;
+        Ok((pid, ExitWatch { rx }))
+    }
+
+    /// Spawn, wait for the exit, return the result (blocks the calling thread).
+    pub fn exec(&self, host: &str, spawn: Spawn) -> ExitResult {
+        self.spawn_watched(host, spawn)?.1.wait()
+    }
+
+    /// Send from outside any process (the receiver sees sender `{|}`).
+    pub fn send(&self, dest: impl Into<Dest>, topic: &str, payload: Payload) -> Result<(), Error> {
+        self.inner.send(Pid::NOBODY, &dest.into(), topic, payload)
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<Pid> {
+        self.inner.names.lookup(name)
+    }
+
+    pub fn register(&self, name: &str, pid: Pid) -> Result<(), Error> {
+        self.inner.register(name, pid)
+    }
+
+    pub fn terminate(&self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.inner.terminate(&dest.into())
+    }
+
+    pub fn cancel(&self, dest: impl Into<Dest>, reason: &str) -> Result<(), Error> {
+        self.inner.cancel(Pid::NOBODY, &dest.into(), reason)
+    }
+
+    pub fn is_alive(&self, pid: Pid) -> bool {
+        self.inner.table.get(pid).is_some()
+    }
+
+    /// Live processes on the node.
+    pub fn process_count(&self) -> usize {
+        self.inner.table.len()
+    }
+
+    /// Registered names on the node.
+    pub fn name_count(&self) -> usize {
+        self.inner.names.len()
+    }
+
+    pub fn process_info(&self, pid: Pid) -> Option<ProcessInfo> {
+        let cell = self.inner.table.get(pid)?;
+        Some(ProcessInfo {
+            pid,
+            state: cell.mailbox.state(),
+            queued: cell.mailbox.queued(),
+            trap_links: cell.trap_links.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// The node's tokio runtime handle (for embedders' own async work).
+    pub fn tokio_handle(&self) -> tokio::runtime::Handle {
+        self.inner.dispatch.handle().clone()
+    }
+}
+
+impl NodeInner {
+    pub(crate) fn host(&self, name: HostName) -> Option<Arc<Host>> {
+        self.hosts.read().iter().find(|h| h.name == name).cloned()
+    }
+
+    pub(crate) fn host_for_spawn(&self, name: &str) -> Result<Arc<Host>, Error> {
+        self.host(HostName::new(name)).ok_or_else(|| Error::not_found(format!("host not found: {name}")))
+    }
+
+    fn factory(&self, id: &str) -> Result<Arc<dyn ProcessFactory>, Error> {
+        if let Some(f) = self.factories.read().get(id) {
+            return Ok(f.clone());
+        }
+        self.fallback.read().clone().ok_or_else(|| Error::not_found(format!("entry not found: {id}")))
+    }
+
+    pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, Error> {
+        match dest {
+            Dest::Pid(p) => Ok(*p),
+            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| Error::not_found(format!("no process registered as '{n}'"))),
+        }
+    }
+
+    pub(crate) fn spawn(
+        &self,
+        parent: Option<&Arc<ProcCell>>,
+        host: &Arc<Host>,
+        spawn: Spawn,
+        watcher: Option<std::sync::mpsc::SyncSender<ExitResult>>,
+    ) -> Result<Pid, Error> {
+        let Spawn { what, method, args, link, monitor, group } = spawn;
+        let process = match what {
+            What::Process(p) => p,
+            What::Entry(id) => self.factory(&id)?.create(&id)?,
+        };
+        host.reserve()?;
+        let pid = self.counter.next(host.name);
+        let cell = Arc::new(ProcCell::new(pid, host.clone(), group, process, method, args));
+        if let Some(parent) = parent.filter(|_| link || monitor) {
+            let mut t = cell.topo.lock();
+            let m = t.more();
+            if monitor {
+                m.monitors.push(parent.pid);
+            }
+            if link {
+                m.links.push(parent.pid);
+            }
+            drop(t);
+            let mut pt = parent.topo.lock();
+            if link {
+                pt.more().links.push(pid);
+            }
+            if monitor {
+                pt.more().monitoring.push(pid);
+            }
+        }
+        if let Some(w) = watcher {
+            cell.topo.lock().more().watchers.push(w);
+        }
+        self.table.insert(cell.clone());
+        self.schedule(cell, Hint::Queued);
+        Ok(pid)
+    }
+
+    #[inline]
+    pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
+        match &cell.group {
+            Some(g) => g.clone().schedule(ProcessRef(cell)),
+            None => cell.host.clone().schedule(cell, hint),
+        }
+    }
+
+    /// Queue an event for `pid`; `Err(event)` when it is not alive.
+    #[inline]
+    pub(crate) fn deliver(&self, pid: Pid, ev: Event) -> Result<(), Event> {
+        let wake = self.table.with(pid, ev, |cell, ev| match cell.mailbox.push(ev) {
+            Ok(true) => Ok(Some(cell.clone())),
+            Ok(false) => Ok(None),
+            Err(ev) => Err(ev),
+        })??;
+        if let Some(cell) = wake {
+            self.schedule(cell, Hint::Woken);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn send(&self, from: Pid, dest: &Dest, topic: &str, payload: Payload) -> Result<(), Error> {
+        if topic.starts_with('@') {
+            return Err(Error::invalid(format!("topic '{topic}' is reserved: topics starting with '@' belong to the runtime")));
+        }
+        let pid = self.resolve(dest)?;
+        let msg = Message { from, topic: Topic::new(topic), payload };
+        self.deliver(pid, Event::Message(msg)).map_err(|_| Error::process_not_found(dest))
+    }
+
+    pub(crate) fn register(&self, name: &str, pid: Pid) -> Result<(), Error> {
+        let cell = self.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
+        self.names.register(&cell, name)
+    }
+
+    /// Unregister `name`; `true` if it was registered.
+    pub(crate) fn unregister(&self, name: &str) -> bool {
+        match self.names.unregister(name) {
+            Some(pid) => {
+                if let Some(cell) = self.table.get(pid) {
+                    if let Some(m) = cell.topo.lock().more.as_mut() {
+                        m.names.retain(|n| n != name);
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn kill(&self, cell: &Arc<ProcCell>, code: u8) {
+        cell.set_kill(code);
+        if cell.mailbox.wake() {
+            self.schedule(cell.clone(), Hint::Woken);
+        }
+    }
+
+    pub(crate) fn terminate(&self, dest: &Dest) -> Result<(), Error> {
+        let pid = self.resolve(dest)?;
+        let cell = self.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?;
+        self.kill(&cell, crate::cell::KILL_TERMINATED);
+        Ok(())
+    }
+
+    pub(crate) fn cancel(&self, from: Pid, dest: &Dest, reason: &str) -> Result<(), Error> {
+        let pid = self.resolve(dest)?;
+        let ev = Event::Cancel { from, at: crate::dispatch::unix_secs(), reason: SmolStr::new(reason) };
+        self.deliver(pid, ev).map_err(|_| Error::process_not_found(dest))
+    }
+
+    /// Run one step of `cell` on this thread (the caller popped it from a run queue).
+    pub(crate) fn run_process(self: &Arc<Self>, cell: &Arc<ProcCell>) {
+        cell.mailbox.start();
+        // SAFETY: the state word is RUNNING and only this thread moved it there.
+        let slot = unsafe { &mut *cell.slot.get() };
+        let crate::cell::Slot { process, init, local, next_command } = slot;
+        let Some(p) = process.as_mut() else { return };
+        let mut cx = Context::new(self, cell, next_command);
+        let status = match cell.kill_error() {
+            Some(e) => Status::Exit(Err(e)),
+            None => catch_unwind(AssertUnwindSafe(|| {
+                if let Some(i) = init.take() {
+                    let (method, args) = *i;
+                    let st = p.init(&mut cx, &method, args);
+                    if !matches!(st, Status::Wait | Status::Block) {
+                        return st;
+                    }
+                    cell.mailbox.take(local);
+                    if local.is_empty() {
+                        return st;
+                    }
+                } else {
+                    cell.mailbox.take(local);
+                }
+                p.step(&mut cx, &mut Events { queue: local })
+            }))
+            .unwrap_or_else(|panic| Status::Exit(Err(Error::internal(format!("panic: {}", panic_message(&*panic)))))),
+        };
+        let status = match status {
+            Status::Exit(r) => Status::Exit(r),
+            _ if cell.kill.load(std::sync::atomic::Ordering::Acquire) != KILL_NONE => {
+                Status::Exit(Err(cell.kill_error().unwrap_or_else(Error::terminated)))
+            }
+            other => other,
+        };
+        match status {
+            Status::Yield => {
+                cell.mailbox.yield_now();
+                self.schedule(cell.clone(), Hint::Queued);
+            }
+            Status::Wait | Status::Block if !local.is_empty() => {
+                cell.mailbox.yield_now();
+                self.schedule(cell.clone(), Hint::Queued);
+            }
+            Status::Wait | Status::Block => {
+                let how = if matches!(status, Status::Wait) { Park::Idle } else { Park::Blocked };
+                if cell.mailbox.park(how) {
+                    self.schedule(cell.clone(), Hint::Queued);
+                }
+            }
+            Status::Exit(result) => {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| p.close(&mut cx, &result))) {
+                    tracing::error!(pid = %cell.pid, panic = %panic_message(&*panic), "process close panicked");
+                }
+                drop(cx);
+                *process = None;
+                local.clear();
+                self.exit(cell, result);
+            }
+        }
+    }
+
+    pub(crate) fn stop_host(&self, name: HostName) -> Result<StopReport, Error> {
+        let host = self.host(name).ok_or_else(|| Error::not_found(format!("host not found: {name}")))?;
+        if host.state.compare_exchange(RUNNING, STOPPING, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire).is_err() {
+            return Err(Error::unavailable(format!("host '{name}' is already stopping")));
+        }
+        let mut report = StopReport::default();
+        let at = crate::dispatch::unix_secs();
+        for cell in self.table.on_host(name) {
+            let ev = Event::Cancel { from: Pid::NOBODY, at, reason: SmolStr::new_static("scheduler shutdown") };
+            if self.deliver(cell.pid, ev).is_ok() {
+                report.canceled += 1;
+            }
+        }
+        if !host.wait_empty(host.config.stop_timeout) {
+            for cell in self.table.on_host(name) {
+                report.terminated += 1;
+                self.kill(&cell, crate::cell::KILL_TERMINATED);
+            }
+            if !host.wait_empty(host.config.stop_timeout.max(Duration::from_secs(1))) {
+                report.stuck = host.live();
+                tracing::error!(host = %name, stuck = report.stuck, "processes did not end after terminate; leaving their workers behind");
+            }
+        }
+        host.sched.stop();
+        if report.stuck == 0 {
+            host.sched.join();
+        }
+        host.state.store(STOPPED, std::sync::atomic::Ordering::Release);
+        self.hosts.write().retain(|h| h.name != name);
+        Ok(report)
+    }
+}
+
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}

@@ -1,0 +1,154 @@
+//! The process state machine every kind of process implements, and what flows in and out
+//! of a step: events in (messages, command completions, lifecycle events), a status out,
+//! commands yielded through the [`Context`](crate::Context) for everything that waits.
+//!
+//! Lua processes and native Rust processes implement the same trait; the runtime never
+//! knows which one it is stepping. This module holds types only, no behaviour.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+use smol_str::SmolStr;
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::pid::Pid;
+use crate::value::Value;
+
+/// A message topic. Short topics are stored inline (no allocation).
+pub type Topic = SmolStr;
+
+/// The payloads of one message (usually one; stored inline when there is one).
+pub type Payload = SmallVec<[Value; 1]>;
+
+/// How a process ended: a value (normal exit) or an error (abnormal exit).
+pub type ExitResult = Result<Value, Error>;
+
+/// One message, as the receiver sees it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The sending process, or [`Pid::NOBODY`] when sent from outside any process.
+    pub from: Pid,
+    pub topic: Topic,
+    pub payload: Payload,
+}
+
+impl Message {
+    /// The first payload, or nil.
+    pub fn first(&self) -> &Value {
+        static NIL: Value = Value::Nil;
+        self.payload.first().unwrap_or(&NIL)
+    }
+}
+
+/// Identifies a command a process yielded, so its completion can be matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandId(pub u64);
+
+/// What a process waits for outside itself. Completions come back as
+/// [`Event::Completion`] with the id the context returned when the command was yielded.
+pub enum Command {
+    /// Complete once after the duration, with the unix time in nanoseconds.
+    After(Duration),
+    /// Complete every period (first after one period) with the unix time in nanoseconds,
+    /// until cancelled. A process that does not keep up loses ticks; the ticker never queues
+    /// more than one tick per period.
+    Ticker(Duration),
+    /// Run a future on the node's dispatch runtime; its output is the completion.
+    Task(Pin<Box<dyn Future<Output = Result<Value, Error>> + Send + 'static>>),
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::After(d) => write!(f, "After({d:?})"),
+            Command::Ticker(d) => write!(f, "Ticker({d:?})"),
+            Command::Task(_) => f.write_str("Task(..)"),
+        }
+    }
+}
+
+/// Everything that can wake a process.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(Message),
+    /// A monitored process exited (any exit).
+    Exit { from: Pid, at: i64, result: ExitResult },
+    /// A linked process exited abnormally (delivered only to processes trapping links).
+    LinkDown { from: Pid, at: i64, error: Error },
+    /// Someone asked this process to stop (cooperative).
+    Cancel { from: Pid, at: i64, reason: SmolStr },
+    /// A yielded command finished.
+    Completion { id: CommandId, result: Result<Value, Error> },
+}
+
+/// What a step tells the scheduler.
+#[derive(Debug)]
+pub enum Status {
+    /// Still has work (preempted after its budget): run again after others had a turn.
+    Yield,
+    /// Waits for a message.
+    Wait,
+    /// Waits for a command's completion.
+    Block,
+    /// Finished.
+    Exit(ExitResult),
+}
+
+/// The events handed to one step. Events the step does not take stay queued, in order,
+/// and are offered again at the next step (which follows at once).
+pub struct Events<'a> {
+    pub(crate) queue: &'a mut VecDeque<Event>,
+}
+
+impl Events<'_> {
+    #[inline]
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Event> {
+        self.queue.pop_front()
+    }
+    pub fn peek(&self) -> Option<&Event> {
+        self.queue.front()
+    }
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// A process: a state machine stepped by the scheduler.
+///
+/// `init` runs first, on a worker of the process's host (never in the spawner), with the
+/// entry method and the spawn arguments. Then `step` runs whenever events are queued (or
+/// right away after `Yield`). `close` runs once, after the last step, whatever the reason.
+/// A panic in any of them ends the process abnormally; it never takes down the worker.
+pub trait Process: Send + 'static {
+    fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
+        let _ = (cx, method, args);
+        Status::Wait
+    }
+    fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status;
+    fn close(&mut self, cx: &mut Context<'_>, result: &ExitResult) {
+        let _ = (cx, result);
+    }
+}
+
+/// Makes processes for an entry ID, so `spawn("ns:name", ...)` works for any process kind.
+pub trait ProcessFactory: Send + Sync + 'static {
+    fn create(&self, entry: &str) -> Result<Box<dyn Process>, Error>;
+}
+
+impl<F> ProcessFactory for F
+where
+    F: Fn(&str) -> Result<Box<dyn Process>, Error> + Send + Sync + 'static,
+{
+    fn create(&self, entry: &str) -> Result<Box<dyn Process>, Error> {
+        self(entry)
+    }
+}

@@ -1,0 +1,311 @@
+//! One scheduler per host: a pool of worker threads, each with a local FIFO deque and a
+//! LIFO slot, one global injector, stealing when idle, and parking that burns no CPU.
+//!
+//! The scheduler runs *runnables*: a native process (stepped by the node), or anything
+//! implementing [`Runnable`] (a Lua shard stepping many processes within a budget).
+//! A process woken by the process running on a worker goes to that worker's LIFO slot, so a
+//! request/response pair stays on one core and hot in its cache (ping-pong); at most
+//! `LIFO_STREAK` LIFO runs happen in a row so the local queue is never starved. Spawned and
+//! preempted runnables go to the back of the local deque (or the injector once the deque
+//! holds `local_queue_size`). Wake-ups from outside the host's workers go to the injector.
+//!
+//! Parking protocol (no lost wake-ups): a worker registers as sleeping, issues a SeqCst
+//! fence, re-checks every queue, then parks. A producer pushes, issues a SeqCst fence, and
+//! wakes one registered sleeper if there is any. One of the two always sees the other.
+//!
+//! This module never steps a process itself: it hands `Task::Process` back to the node.
+
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_utils::sync::{Parker, Unparker};
+use parking_lot::Mutex;
+
+use crate::cell::ProcCell;
+use crate::node::NodeInner;
+
+/// Something a worker can run: a group of processes (a Lua shard) or any other unit of
+/// work that belongs to a host. `run` must return in bounded time (it is preempted only
+/// by its own budget).
+pub trait Runnable: Send + Sync + 'static {
+    fn run(self: Arc<Self>);
+}
+
+pub(crate) enum Task {
+    Process(Arc<ProcCell>),
+    Runnable(Arc<dyn Runnable>),
+}
+
+/// Why a task is being scheduled; decides which queue it goes to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Hint {
+    /// Woken by a message or event (LIFO slot when on one of the host's workers).
+    Woken,
+    /// New, or preempted and still runnable (back of the local deque).
+    Queued,
+}
+
+/// After this many LIFO-slot runs in a row, the slot's task goes to the back of the deque.
+const LIFO_STREAK: u32 = 3;
+/// Every this many runs, the injector is looked at first (so outside wake-ups are not
+/// starved by a busy local deque).
+const GLOBAL_EVERY: u32 = 61;
+
+pub(crate) struct Scheduler {
+    injector: Injector<Task>,
+    stealers: Box<[Stealer<Task>]>,
+    unparkers: Box<[Unparker]>,
+    sleeping: Mutex<Vec<usize>>,
+    num_sleeping: AtomicUsize,
+    shutdown: AtomicBool,
+    local_queue_size: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct WorkerLocal {
+    sched: *const Scheduler,
+    queue: Worker<Task>,
+    lifo: Cell<Option<Task>>,
+}
+
+thread_local! {
+    static CURRENT: Cell<*const WorkerLocal> = const { Cell::new(ptr::null()) };
+}
+
+impl Scheduler {
+    /// Start `workers` threads named `<thread_name>:<i>`.
+    pub(crate) fn start(
+        node: &Arc<NodeInner>,
+        thread_name: &str,
+        workers: usize,
+        local_queue_size: usize,
+    ) -> std::io::Result<Arc<Scheduler>> {
+        let workers = workers.max(1);
+        let queues: Vec<Worker<Task>> = (0..workers).map(|_| Worker::new_fifo()).collect();
+        let parkers: Vec<Parker> = (0..workers).map(|_| Parker::new()).collect();
+        let sched = Arc::new(Scheduler {
+            injector: Injector::new(),
+            stealers: queues.iter().map(Worker::stealer).collect(),
+            unparkers: parkers.iter().map(|p| p.unparker().clone()).collect(),
+            sleeping: Mutex::new(Vec::with_capacity(workers)),
+            num_sleeping: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            local_queue_size: local_queue_size.max(1),
+            threads: Mutex::new(Vec::new()),
+        });
+        let mut handles = Vec::with_capacity(workers);
+        for (index, (queue, parker)) in queues.into_iter().zip(parkers).enumerate() {
+            let s = sched.clone();
+            let n = node.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{thread_name}:{index}"))
+                .spawn(move || worker_main(n, s, index, queue, parker));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    sched.stop();
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        *sched.threads.lock() = handles;
+        Ok(sched)
+    }
+
+    /// Queue a task on this scheduler.
+    pub(crate) fn schedule(&self, task: Task, hint: Hint) {
+        let here = CURRENT.with(Cell::get);
+        // SAFETY: CURRENT points at the running worker's own WorkerLocal, which lives on
+        // that worker's stack for as long as the pointer is set.
+        if let Some(w) = unsafe { here.as_ref() } {
+            if ptr::eq(w.sched, self) {
+                match hint {
+                    Hint::Woken => {
+                        if let Some(prev) = w.lifo.replace(Some(task)) {
+                            self.push_local(w, prev);
+                        }
+                    }
+                    Hint::Queued => self.push_local(w, task),
+                }
+                return;
+            }
+        }
+        self.injector.push(task);
+        self.notify_one();
+    }
+
+    fn push_local(&self, w: &WorkerLocal, task: Task) {
+        if w.queue.len() >= self.local_queue_size {
+            self.injector.push(task);
+        } else {
+            w.queue.push(task);
+        }
+        self.notify_one();
+    }
+
+    /// Wake one sleeping worker, if any sleeps.
+    fn notify_one(&self) {
+        fence(Ordering::SeqCst);
+        if self.num_sleeping.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let idx = {
+            let mut s = self.sleeping.lock();
+            let i = s.pop();
+            if i.is_some() {
+                self.num_sleeping.fetch_sub(1, Ordering::SeqCst);
+            }
+            i
+        };
+        if let Some(i) = idx {
+            self.unparkers[i].unpark();
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
+    }
+
+    /// Stop the workers (after the host's processes are gone) and wait for them.
+    pub(crate) fn stop(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for u in self.unparkers.iter() {
+            u.unpark();
+        }
+    }
+
+    pub(crate) fn join(&self) {
+        let handles = std::mem::take(&mut *self.threads.lock());
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Whether the calling thread is one of this scheduler's workers.
+    pub(crate) fn is_current(&self) -> bool {
+        let here = CURRENT.with(Cell::get);
+        // SAFETY: see `schedule`.
+        unsafe { here.as_ref() }.is_some_and(|w| ptr::eq(w.sched, self))
+    }
+}
+
+fn worker_main(node: Arc<NodeInner>, sched: Arc<Scheduler>, index: usize, queue: Worker<Task>, parker: Parker) {
+    let local = WorkerLocal { sched: Arc::as_ptr(&sched), queue, lifo: Cell::new(None) };
+    CURRENT.with(|c| c.set(&local));
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(ptr::null()));
+        }
+    }
+    let _reset = Reset;
+    let mut tick: u32 = 0;
+    let mut streak: u32 = 0;
+    let n = sched.stealers.len();
+    loop {
+        tick = tick.wrapping_add(1);
+        let task = next_task(&sched, &local, index, n, tick, &mut streak);
+        match task {
+            Some(Task::Process(cell)) => node.run_process(&cell),
+            Some(Task::Runnable(r)) => {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| r.run())) {
+                    tracing::error!(panic = %crate::node::panic_message(&*p), "a runnable panicked");
+                }
+            }
+            None => {
+                if sched.shutdown.load(Ordering::SeqCst) {
+                    break;
+                }
+                park(&sched, &local, index, &parker);
+            }
+        }
+    }
+    // Drop whatever is left (processes of a host that was force-stopped).
+    drop(local.lifo.take());
+    while local.queue.pop().is_some() {}
+}
+
+fn next_task(sched: &Scheduler, w: &WorkerLocal, index: usize, n: usize, tick: u32, streak: &mut u32) -> Option<Task> {
+    if tick % GLOBAL_EVERY == 0 {
+        if let Some(t) = steal_global(sched, w) {
+            return Some(t);
+        }
+    }
+    if let Some(t) = w.lifo.take() {
+        if *streak < LIFO_STREAK {
+            *streak += 1;
+            return Some(t);
+        }
+        w.queue.push(t);
+    }
+    *streak = 0;
+    if let Some(t) = w.queue.pop() {
+        return Some(t);
+    }
+    if let Some(t) = steal_global(sched, w) {
+        return Some(t);
+    }
+    // Steal from the others, starting after ourselves.
+    for k in 1..n {
+        let victim = &sched.stealers[(index + k) % n];
+        loop {
+            match victim.steal_batch_and_pop(&w.queue) {
+                Steal::Success(t) => return Some(t),
+                Steal::Empty => break,
+                Steal::Retry => continue,
+            }
+        }
+    }
+    None
+}
+
+fn steal_global(sched: &Scheduler, w: &WorkerLocal) -> Option<Task> {
+    loop {
+        match sched.injector.steal_batch_and_pop(&w.queue) {
+            Steal::Success(t) => return Some(t),
+            Steal::Empty => return None,
+            Steal::Retry => continue,
+        }
+    }
+}
+
+fn park(sched: &Scheduler, w: &WorkerLocal, index: usize, parker: &Parker) {
+    // A short spin first: a reply often arrives within a microsecond.
+    for _ in 0..64 {
+        if sched.has_work() || !w.queue.is_empty() {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    {
+        let mut s = sched.sleeping.lock();
+        s.push(index);
+        sched.num_sleeping.fetch_add(1, Ordering::SeqCst);
+    }
+    fence(Ordering::SeqCst);
+    if sched.has_work() || sched.shutdown.load(Ordering::SeqCst) {
+        unregister(sched, index);
+        return;
+    }
+    parker.park();
+    unregister(sched, index);
+}
+
+fn unregister(sched: &Scheduler, index: usize) {
+    let mut s = sched.sleeping.lock();
+    if let Some(pos) = s.iter().position(|&i| i == index) {
+        s.swap_remove(pos);
+        sched.num_sleeping.fetch_sub(1, Ordering::SeqCst);
+    }
+}

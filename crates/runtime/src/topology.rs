@@ -1,0 +1,155 @@
+//! Links and monitors, and what a process's exit sends along them (SPEC §4.1, §4.5):
+//! the PID leaves the table, its names are released, monitors get EXIT (any exit), links
+//! get LINK_DOWN (abnormal exit only). A process that does not trap links dies at once with
+//! "linked process failed" when a LINK_DOWN reaches it, and so the failure cascades.
+//!
+//! Every change to a process's topology happens under its topology lock, and an exiting
+//! process marks itself `exited` under that lock before it reads its lists, so a link or
+//! monitor is either refused ("not alive") or sees the exit: never lost.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::cell::{ProcCell, KILL_LINKED};
+use crate::error::Error;
+use crate::node::{Dest, NodeInner};
+use crate::pid::Pid;
+use crate::process::{Event, ExitResult};
+
+impl NodeInner {
+    /// Announce the exit of `cell` (its step loop is over and its process object dropped).
+    pub(crate) fn exit(&self, cell: &Arc<ProcCell>, result: ExitResult) {
+        let pid = cell.pid;
+        self.table.remove(pid);
+        cell.mailbox.complete();
+        let more = {
+            let mut t = cell.topo.lock();
+            t.exited = true;
+            t.more.take()
+        };
+        if let Some(m) = more {
+            let m = *m;
+            self.names.release(&m.names, pid);
+            crate::dispatch::abort_all(m.timers);
+            let at = crate::dispatch::unix_secs();
+            for target in m.monitoring {
+                if let Some(c) = self.table.get(target) {
+                    if let Some(tm) = c.topo.lock().more.as_mut() {
+                        tm.monitors.retain(|p| *p != pid);
+                    }
+                }
+            }
+            for watcher in m.monitors {
+                let _ = self.deliver(watcher, Event::Exit { from: pid, at, result: result.clone() });
+            }
+            for peer in m.links {
+                self.link_gone(peer, pid, at, result.as_ref().err());
+            }
+            for w in m.watchers {
+                let _ = w.try_send(result.clone());
+            }
+        }
+        cell.host.release();
+    }
+
+    /// `from` (linked with `peer`) exited: drop the link, and on an abnormal exit deliver
+    /// LINK_DOWN or kill a non-trapping peer.
+    fn link_gone(&self, peer: Pid, from: Pid, at: i64, error: Option<&Error>) {
+        let Some(cell) = self.table.get(peer) else { return };
+        {
+            let mut t = cell.topo.lock();
+            if t.exited {
+                return;
+            }
+            // A peer that unlinked meanwhile hears nothing.
+            let Some(m) = t.more.as_mut() else { return };
+            let before = m.links.len();
+            m.links.retain(|p| *p != from);
+            if m.links.len() == before {
+                return;
+            }
+        }
+        let Some(error) = error else { return };
+        if cell.trap_links.load(Ordering::Acquire) {
+            let _ = self.deliver(peer, Event::LinkDown { from, at, error: error.clone() });
+        } else {
+            self.kill(&cell, KILL_LINKED);
+        }
+    }
+
+    /// Link `me` (alive: it is the caller) with `dest`, both ways.
+    pub(crate) fn link(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+        let target = self.resolve(dest)?;
+        if target == me.pid {
+            return Err(Error::invalid("a process cannot link to itself"));
+        }
+        let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
+        {
+            let mut t = cell.topo.lock();
+            if t.exited {
+                return Err(Error::process_not_found(dest));
+            }
+            let m = t.more();
+            if !m.links.contains(&me.pid) {
+                m.links.push(me.pid);
+            }
+        }
+        let mut t = me.topo.lock();
+        let m = t.more();
+        if !m.links.contains(&target) {
+            m.links.push(target);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unlink(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+        let target = self.resolve(dest)?;
+        if let Some(m) = me.topo.lock().more.as_mut() {
+            m.links.retain(|p| *p != target);
+        }
+        if let Some(cell) = self.table.get(target) {
+            if let Some(m) = cell.topo.lock().more.as_mut() {
+                m.links.retain(|p| *p != me.pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// `me` monitors `dest`: it gets one EXIT when `dest` exits.
+    pub(crate) fn monitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+        let target = self.resolve(dest)?;
+        if target == me.pid {
+            return Err(Error::invalid("a process cannot monitor itself"));
+        }
+        let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
+        {
+            let mut t = cell.topo.lock();
+            if t.exited {
+                return Err(Error::process_not_found(dest));
+            }
+            let m = t.more();
+            if !m.monitors.contains(&me.pid) {
+                m.monitors.push(me.pid);
+            }
+        }
+        let mut t = me.topo.lock();
+        let m = t.more();
+        if !m.monitoring.contains(&target) {
+            m.monitoring.push(target);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unmonitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+        let target = self.resolve(dest)?;
+        if let Some(m) = me.topo.lock().more.as_mut() {
+            m.monitoring.retain(|p| *p != target);
+        }
+        if let Some(cell) = self.table.get(target) {
+            if let Some(m) = cell.topo.lock().more.as_mut() {
+                m.monitors.retain(|p| *p != me.pid);
+            }
+        }
+        Ok(())
+    }
+}
