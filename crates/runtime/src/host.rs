@@ -186,6 +186,12 @@ impl Host {
 #[derive(Clone)]
 pub struct HostRef(pub(crate) Arc<Host>);
 
+impl std::fmt::Debug for HostRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostRef({})", self.0.config.name)
+    }
+}
+
 impl HostRef {
     pub fn name(&self) -> HostName {
         self.0.name

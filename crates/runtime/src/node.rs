@@ -286,6 +286,18 @@ impl NodeRef {
         Ok((pid, ExitWatch { rx }))
     }
 
+    /// Watch a live process from outside: the handle yields its exit result.
+    pub fn watch(&self, pid: Pid) -> Result<ExitWatch, Error> {
+        let cell = self.inner.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
+        let mut t = cell.topo.lock();
+        if t.exited {
+            return Err(Error::process_not_found(pid));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        t.more().watchers.push(tx);
+        Ok(ExitWatch { rx })
+    }
+
     /// Spawn, wait for the exit, return the result (blocks the calling thread).
     pub fn exec(&self, host: &str, spawn: Spawn) -> ExitResult {
         self.spawn_watched(host, spawn)?.1.wait()

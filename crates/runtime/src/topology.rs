@@ -22,6 +22,9 @@ impl NodeInner {
         let pid = cell.pid;
         self.table.remove(pid);
         cell.mailbox.complete();
+        // The host's count drops before anyone hears of the exit, so a supervisor that
+        // restarts on EXIT never meets a stale max_processes.
+        cell.host.release();
         let more = {
             let mut t = cell.topo.lock();
             t.exited = true;
@@ -49,7 +52,6 @@ impl NodeInner {
                 let _ = w.try_send(result.clone());
             }
         }
-        cell.host.release();
     }
 
     /// `from` (linked with `peer`) exited: drop the link, and on an abnormal exit deliver
