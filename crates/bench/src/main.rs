@@ -1,0 +1,39 @@
+//! wippy-bench: the anchor benchmarks (see shared/anchors) for wippy's native processes.
+//! One benchmark per invocation, in a fresh OS process; every line is `name: value unit`
+//! with the anchors' metric names, and the last line is `peak_rss`.
+//!
+//! Usage: wippy-bench spawn|memory|pingpong|ring|fanin|skynet
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod native;
+mod report;
+
+use report::*;
+
+const BENCHES: &[&str] = &["spawn", "memory", "pingpong", "ring", "fanin", "skynet"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bench = match args.get(1) {
+        Some(b) if BENCHES.contains(&b.as_str()) && args.len() == 2 => b.clone(),
+        _ => {
+            eprintln!("usage: wippy-bench {}", BENCHES.join("|"));
+            std::process::exit(2);
+        }
+    };
+    header();
+    match bench.as_str() {
+        "spawn" => native::spawn(),
+        "memory" => native::memory(),
+        "pingpong" => native::pingpong(),
+        "ring" => native::ring(),
+        "fanin" => native::fanin(),
+        "skynet" => native::skynet(),
+        _ => unreachable!(),
+    }
+    footer();
+    // Like the anchors: no teardown of what is still alive.
+    std::process::exit(0);
+}
