@@ -12,7 +12,12 @@ const HOST: &str = "bench";
 
 fn node() -> Node {
     let node = Node::new().expect("node");
-    node.add_host(HostConfig::new(HOST)).expect("host");
+    let mut cfg = HostConfig::new(HOST);
+    // For experiments only; reported figures use the default (one worker per core).
+    if let Some(w) = std::env::var("WIPPY_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+        cfg = cfg.workers(w);
+    }
+    node.add_host(cfg).expect("host");
     node
 }
 

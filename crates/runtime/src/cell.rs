@@ -6,7 +6,6 @@
 //! Kept small: a parked native process costs this struct plus its own state.
 
 use std::cell::UnsafeCell;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -48,12 +47,38 @@ impl ProcessRef {
     }
 }
 
+/// What `init` still has to be called with.
+pub(crate) enum Init {
+    /// Method `main`, no arguments: nothing to allocate.
+    Main,
+    Custom(Box<(SmolStr, Vec<Value>)>),
+    Done,
+}
+
+impl Init {
+    pub(crate) fn new(method: SmolStr, args: Vec<Value>) -> Init {
+        if method == "main" && args.is_empty() {
+            Init::Main
+        } else {
+            Init::Custom(Box::new((method, args)))
+        }
+    }
+    /// Take the call, leaving `Done`.
+    pub(crate) fn take(&mut self) -> Option<(SmolStr, Vec<Value>)> {
+        match std::mem::replace(self, Init::Done) {
+            Init::Main => Some((SmolStr::new_static("main"), Vec::new())),
+            Init::Custom(b) => Some(*b),
+            Init::Done => None,
+        }
+    }
+}
+
 pub(crate) struct Slot {
     pub(crate) process: Option<Box<dyn Process>>,
-    pub(crate) init: Option<Box<(SmolStr, Vec<Value>)>>,
-    /// Events taken from the mailbox and not yet consumed by a step.
-    pub(crate) local: VecDeque<Event>,
+    pub(crate) init: Init,
     pub(crate) next_command: u64,
+    /// The process this one last sent to, so repeated sends skip the table.
+    pub(crate) last_target: Option<Arc<ProcCell>>,
 }
 
 /// Rarely used parts of a process's topology, allocated on first use.
@@ -98,7 +123,21 @@ pub(crate) struct ProcCell {
 unsafe impl Sync for ProcCell {}
 
 impl ProcCell {
-    pub(crate) fn new(
+    /// A new cell in its final place (its mailbox points into it).
+    pub(crate) fn new_arc(
+        pid: Pid,
+        host: Arc<Host>,
+        group: Option<Arc<dyn ProcessGroup>>,
+        process: Box<dyn Process>,
+        method: SmolStr,
+        args: Vec<Value>,
+    ) -> Arc<ProcCell> {
+        let cell = Arc::new(ProcCell::new(pid, host, group, process, method, args));
+        cell.mailbox.init();
+        cell
+    }
+
+    fn new(
         pid: Pid,
         host: Arc<Host>,
         group: Option<Arc<dyn ProcessGroup>>,
@@ -115,9 +154,9 @@ impl ProcCell {
             group,
             slot: UnsafeCell::new(Slot {
                 process: Some(process),
-                init: Some(Box::new((method, args))),
-                local: VecDeque::new(),
+                init: Init::new(method, args),
                 next_command: 1,
+                last_target: None,
             }),
             topo: Mutex::new(Topo::default()),
         }

@@ -17,17 +17,27 @@ use crate::pid::Pid;
 use crate::process::{Command, CommandId, Payload};
 use crate::value::Value;
 
+/// A send into a mailbox holding this many messages or more costs one extra reduction
+/// per this many messages queued.
+const SEND_PENALTY_FROM: usize = 256;
+
 pub struct Context<'a> {
     node: &'a Arc<NodeInner>,
     cell: &'a Arc<ProcCell>,
     next_command: &'a mut u64,
+    last_target: &'a mut Option<Arc<ProcCell>>,
     budget: u32,
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(node: &'a Arc<NodeInner>, cell: &'a Arc<ProcCell>, next_command: &'a mut u64) -> Self {
+    pub(crate) fn new(
+        node: &'a Arc<NodeInner>,
+        cell: &'a Arc<ProcCell>,
+        next_command: &'a mut u64,
+        last_target: &'a mut Option<Arc<ProcCell>>,
+    ) -> Self {
         let budget = cell.host.config.budget;
-        Context { node, cell, next_command, budget }
+        Context { node, cell, next_command, last_target, budget }
     }
 
     /// This process's PID.
@@ -46,7 +56,13 @@ impl<'a> Context<'a> {
 
     /// Send `payload` on `topic` to a PID or registered name. Per-sender FIFO.
     pub fn send(&mut self, dest: impl Into<Dest>, topic: &str, payload: Payload) -> Result<(), Error> {
-        self.node.send(self.cell.pid, &dest.into(), topic, payload)
+        let backlog = self.node.send_via(self.cell.pid, &dest.into(), topic, payload, Some(self.last_target))?;
+        // Back-pressure through the scheduler: sending into a long mailbox costs extra
+        // reductions, so producers yield sooner and their consumer catches up.
+        if backlog >= SEND_PENALTY_FROM {
+            self.consume((backlog / SEND_PENALTY_FROM) as u32);
+        }
+        Ok(())
     }
 
     /// Send a single value.

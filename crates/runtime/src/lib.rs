@@ -23,6 +23,7 @@ mod process;
 mod scheduler;
 mod sync;
 mod table;
+mod topic;
 mod topology;
 mod value;
 
@@ -35,7 +36,8 @@ pub use host::{HostConfig, HostRef};
 pub use mailbox::ProcessState;
 pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};
-pub use process::{Command, CommandId, Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status, Topic};
+pub use process::{Command, CommandId, Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
+pub use topic::Topic;
 pub use scheduler::Runnable;
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};
 
@@ -49,3 +51,4 @@ macro_rules! payload {
         p
     }};
 }
+

@@ -2,17 +2,24 @@
 //! a message pushed into the mailbox of a waiting process makes it runnable exactly once,
 //! and a message pushed while it runs is never missed.
 //!
+//! The queue is an intrusive multi-producer single-consumer linked list (Vyukov's): a push
+//! is one atomic swap and never blocks or reallocates; only the process's owner pops. A
+//! push that has swapped the tail but not yet linked its node is invisible to the consumer
+//! for an instant; that is safe, because the producer wakes the process only after linking.
+//!
 //! State word: `READY` (in a run queue), `RUNNING` (a worker owns it), `IDLE` (waiting for a
 //! message), `BLOCKED` (waiting for a command's completion), `COMPLETE` (exited). A wake-up
 //! that finds the process running sets the `NOTIFIED` bit instead; the worker sees it when it
 //! tries to park the process and runs it again. Only the worker that moved the process to
-//! `RUNNING` may call `take`, `finish` and `complete`.
+//! `RUNNING` may call `pop`, `park`, `yield_now` and `complete`.
 //!
 //! This module never schedules anything itself: it tells the caller whether to.
 
-use std::collections::VecDeque;
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
+use std::ptr;
 
-use crate::sync::{AtomicU8, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 pub(crate) const IDLE: u8 = 0;
 pub(crate) const BLOCKED: u8 = 1;
@@ -38,36 +45,80 @@ pub(crate) enum Park {
     Blocked,
 }
 
-struct Queue<T> {
-    items: VecDeque<T>,
-    closed: bool,
+struct Link {
+    next: AtomicPtr<Link>,
+}
+
+/// A queued item: the link first, so a `*mut Link` is a `*mut Node<T>`.
+#[repr(C)]
+struct Node<T> {
+    link: Link,
+    value: MaybeUninit<T>,
 }
 
 pub(crate) struct Mailbox<T> {
     state: AtomicU8,
-    queue: Mutex<Queue<T>>,
+    closed: AtomicBool,
+    /// Items pushed and not yet popped (a count for back-pressure and diagnostics).
+    len: AtomicUsize,
+    /// Producers swap themselves in here.
+    tail: AtomicPtr<Link>,
+    /// The consumer's end: the last popped node (or the stub), whose value is gone.
+    head: UnsafeCell<*mut Link>,
+    /// The initial empty node, inside the mailbox itself (so an idle process costs no
+    /// allocation). `init` points head and tail at it once the mailbox has its final address.
+    stub: Link,
+    _items: std::marker::PhantomData<T>,
 }
 
-/// Past this capacity an emptied buffer is shrunk, so one burst does not pin memory forever.
-const SHRINK_ABOVE: usize = 4096;
+// SAFETY: `head` is touched only by the single consumer (the owning worker); the rest is
+// atomics. Items cross threads, so T must be Send.
+unsafe impl<T: Send> Send for Mailbox<T> {}
+unsafe impl<T: Send> Sync for Mailbox<T> {}
 
 impl<T> Mailbox<T> {
-    /// A new mailbox whose process is about to be queued (state `READY`).
+    /// A new mailbox whose process is about to be queued (state `READY`). Call `init`
+    /// once it is at its final address (inside its `Arc`), before anyone else sees it.
     pub(crate) fn new_ready() -> Self {
-        Mailbox { state: AtomicU8::new(READY), queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }) }
+        Mailbox {
+            state: AtomicU8::new(READY),
+            closed: AtomicBool::new(false),
+            len: AtomicUsize::new(0),
+            tail: AtomicPtr::new(ptr::null_mut()),
+            head: UnsafeCell::new(ptr::null_mut()),
+            stub: Link { next: AtomicPtr::new(ptr::null_mut()) },
+            _items: std::marker::PhantomData,
+        }
+    }
+
+    /// Point the queue at the embedded stub. The mailbox must not move afterwards.
+    pub(crate) fn init(&self) {
+        let stub = &self.stub as *const Link as *mut Link;
+        self.tail.store(stub, Ordering::Relaxed);
+        // SAFETY: not shared yet.
+        unsafe { *self.head.get() = stub };
     }
 
     /// Queue `item`. `Ok(true)`: the process was parked and is now `READY`: the caller must
     /// schedule it. `Err(item)`: the process has exited.
     pub(crate) fn push(&self, item: T) -> Result<bool, T> {
-        {
-            let mut q = self.queue.lock();
-            if q.closed {
-                return Err(item);
-            }
-            q.items.push_back(item);
+        self.push_counted(item).map(|(wake, _)| wake)
+    }
+
+    /// `push`, also telling how many items were waiting before this one.
+    pub(crate) fn push_counted(&self, item: T) -> Result<(bool, usize), T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(item);
         }
-        Ok(self.wake())
+        let node = Box::into_raw(Box::new(Node { link: Link { next: AtomicPtr::new(ptr::null_mut()) }, value: MaybeUninit::new(item) }));
+        let link = node as *mut Link;
+        let prev = self.tail.swap(link, Ordering::AcqRel);
+        debug_assert!(!prev.is_null(), "mailbox used before init");
+        // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
+        // cannot do before this store makes `link` reachable.
+        unsafe { (*prev).next.store(link, Ordering::Release) };
+        let before = self.len.fetch_add(1, Ordering::Relaxed);
+        Ok((self.wake(), before))
     }
 
     /// Make the process runnable without queueing anything (terminate, kill by link).
@@ -88,24 +139,56 @@ impl<T> Mailbox<T> {
     }
 
     /// The worker that popped the process from a run queue takes it: `READY -> RUNNING`.
+    /// A plain store: while READY, nobody else writes the word (a wake-up of a READY
+    /// process changes nothing), and the run queue hand-off orders everything before it.
     pub(crate) fn start(&self) {
-        let prev = self.state.swap(RUNNING, Ordering::AcqRel);
-        debug_assert_eq!(prev, READY, "a process ran while not READY");
+        debug_assert_eq!(self.state.load(Ordering::Acquire), READY, "a process ran while not READY");
+        self.state.store(RUNNING, Ordering::Release);
     }
 
-    /// Move everything queued so far behind `local` (O(1) when `local` is empty).
-    pub(crate) fn take(&self, local: &mut VecDeque<T>) {
-        let mut q = self.queue.lock();
-        if q.items.is_empty() {
-            return;
-        }
-        if local.is_empty() {
-            std::mem::swap(&mut q.items, local);
-            if q.items.capacity() > SHRINK_ABOVE {
-                q.items.shrink_to(64);
+    /// Take the oldest item, if one is visible. Owner only.
+    pub(crate) fn pop(&self) -> Option<T> {
+        // SAFETY: only the owner touches head; nodes after head are fully linked and
+        // initialised (their producers stored the link after writing the value).
+        unsafe {
+            let head = *self.head.get();
+            let next = (*head).next.load(Ordering::Acquire);
+            if next.is_null() {
+                return None;
             }
-        } else {
-            local.extend(q.items.drain(..));
+            *self.head.get() = next;
+            let value = ptr::read((*(next as *mut Node<T>)).value.as_ptr());
+            self.free(head);
+            Some(value)
+        }
+    }
+
+    /// A reference to the oldest visible item. Owner only.
+    pub(crate) fn peek(&self) -> Option<&T> {
+        // SAFETY: as in `pop`; the node stays until the owner pops past it.
+        unsafe {
+            let next = (**self.head.get()).next.load(Ordering::Acquire);
+            (!next.is_null()).then(|| &*(*(next as *mut Node<T>)).value.as_ptr())
+        }
+    }
+
+    /// Whether an item is visible to the consumer. Owner only.
+    pub(crate) fn has_next(&self) -> bool {
+        // SAFETY: as in `pop`.
+        unsafe { !(**self.head.get()).next.load(Ordering::Acquire).is_null() }
+    }
+
+    /// The owner popped `n` items during its step.
+    pub(crate) fn consumed(&self, n: usize) {
+        if n > 0 {
+            self.len.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Free a node whose value has been moved out (never the embedded stub).
+    unsafe fn free(&self, link: *mut Link) {
+        if !ptr::eq(link, &self.stub) {
+            drop(Box::from_raw(link as *mut Node<T>));
         }
     }
 
@@ -131,15 +214,16 @@ impl<T> Mailbox<T> {
         self.state.store(READY, Ordering::Release);
     }
 
-    /// The process exited: later pushes fail, queued items are dropped (outside the lock).
+    /// The process exited: later pushes fail, queued items are dropped. An item pushed
+    /// in the instant before the close is dropped with the mailbox. Owner only.
     pub(crate) fn complete(&self) {
+        self.closed.store(true, Ordering::Release);
         self.state.store(COMPLETE, Ordering::Release);
-        let dropped = {
-            let mut q = self.queue.lock();
-            q.closed = true;
-            std::mem::take(&mut q.items)
-        };
-        drop(dropped);
+        let mut n = 0;
+        while self.pop().is_some() {
+            n += 1;
+        }
+        self.consumed(n);
     }
 
     pub(crate) fn state(&self) -> ProcessState {
@@ -152,9 +236,30 @@ impl<T> Mailbox<T> {
         }
     }
 
-    /// Messages waiting in the shared queue (not yet handed to a step).
+    /// Messages pushed and not yet taken by a step.
     pub(crate) fn queued(&self) -> usize {
-        self.queue.lock().items.len()
+        self.len.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> Drop for Mailbox<T> {
+    fn drop(&mut self) {
+        // No producer is left: every node is linked. Drop the values after head.
+        // SAFETY: exclusive access.
+        unsafe {
+            let head = *self.head.get();
+            if head.is_null() {
+                return;
+            }
+            let mut cur = (*head).next.load(Ordering::Acquire);
+            self.free(head);
+            while !cur.is_null() {
+                let next = (*cur).next.load(Ordering::Acquire);
+                ptr::drop_in_place((*(cur as *mut Node<T>)).value.as_mut_ptr());
+                self.free(cur);
+                cur = next;
+            }
+        }
     }
 }
 
@@ -162,22 +267,42 @@ impl<T> Mailbox<T> {
 mod tests {
     use super::*;
 
+    fn boxed<T>() -> Box<Mailbox<T>> {
+        let m = Box::new(Mailbox::new_ready());
+        m.init();
+        m
+    }
+
     #[test]
     fn push_to_parked_schedules_once() {
-        let m = Mailbox::new_ready();
+        let m = boxed();
         m.start();
         assert!(!m.park(Park::Idle));
         assert_eq!(m.push(1), Ok(true));
         assert_eq!(m.push(2), Ok(false), "already READY: no second schedule");
         m.start();
-        let mut local = VecDeque::new();
-        m.take(&mut local);
-        assert_eq!(local, [1, 2]);
+        assert_eq!(m.queued(), 2);
+        assert_eq!(m.peek(), Some(&1));
+        assert_eq!((m.pop(), m.pop(), m.pop()), (Some(1), Some(2), None));
+        m.consumed(2);
+        assert_eq!(m.queued(), 0);
+    }
+
+    #[test]
+    fn drop_frees_queued_values() {
+        let v = std::sync::Arc::new(());
+        let m = boxed();
+        for _ in 0..10 {
+            m.push(v.clone()).unwrap();
+        }
+        drop(m.pop());
+        drop(m);
+        assert_eq!(std::sync::Arc::strong_count(&v), 1);
     }
 
     #[test]
     fn push_while_running_is_seen_at_park() {
-        let m = Mailbox::new_ready();
+        let m = boxed();
         m.start();
         assert_eq!(m.push(1), Ok(false));
         assert!(m.park(Park::Blocked), "notified while running: must run again");
@@ -186,7 +311,7 @@ mod tests {
 
     #[test]
     fn complete_rejects_and_drops() {
-        let m = Mailbox::new_ready();
+        let m = boxed();
         m.start();
         m.push(1).unwrap();
         m.complete();
@@ -207,10 +332,16 @@ mod loom_tests {
 
     /// One step of the process: take everything, then try to park. `true`: run again.
     fn step(m: &Mailbox<u32>, got: &mut Vec<u32>) -> bool {
-        let mut local = VecDeque::new();
-        m.take(&mut local);
-        got.extend(local);
+        while let Some(v) = m.pop() {
+            got.push(v);
+        }
         m.park(Park::Idle)
+    }
+
+    fn new() -> Arc<Mailbox<u32>> {
+        let m = Arc::new(Mailbox::new_ready());
+        m.init();
+        m
     }
 
     /// Run the process while it is owed a run; returns what it received.
@@ -224,7 +355,7 @@ mod loom_tests {
     #[test]
     fn loom_no_lost_wakeup_two_senders() {
         loom::model(|| {
-            let m = Arc::new(Mailbox::new_ready());
+            let m = new();
             let scheduled = Arc::new(AtomicUsize::new(0));
             m.start();
             let senders: Vec<_> = (1..=2u32)
@@ -259,7 +390,7 @@ mod loom_tests {
     #[test]
     fn loom_wake_without_message_is_never_lost() {
         loom::model(|| {
-            let m: Arc<Mailbox<u32>> = Arc::new(Mailbox::new_ready());
+            let m = new();
             let woke = Arc::new(AtomicUsize::new(0));
             m.start();
             let t = {
@@ -282,7 +413,7 @@ mod loom_tests {
     #[test]
     fn loom_push_races_with_exit() {
         loom::model(|| {
-            let m = Arc::new(Mailbox::new_ready());
+            let m = new();
             m.start();
             let t = {
                 let m = m.clone();
@@ -290,9 +421,9 @@ mod loom_tests {
             };
             m.complete();
             let r = t.join().unwrap();
-            // Either refused, or accepted before the close and then dropped; never scheduled.
+            // Either refused, or accepted around the close and dropped (now or with the
+            // mailbox); never scheduled.
             assert!(matches!(r, Err(7) | Ok(false)), "{r:?}");
-            assert_eq!(m.queued(), 0);
         });
     }
 }

@@ -21,7 +21,8 @@ use crate::host::{Host, HostConfig, HostRef, RUNNING, STOPPED, STOPPING};
 use crate::mailbox::{Park, ProcessState};
 use crate::names::Names;
 use crate::pid::{HostName, Pid, PidCounter};
-use crate::process::{Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status, Topic};
+use crate::process::{Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
+use crate::topic::Topic;
 use crate::scheduler::Hint;
 use crate::table::ProcessTable;
 use crate::value::Value;
@@ -391,7 +392,7 @@ impl NodeInner {
         };
         host.reserve()?;
         let pid = self.counter.next(host.name);
-        let cell = Arc::new(ProcCell::new(pid, host.clone(), group, process, method, args));
+        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args);
         if let Some(parent) = parent.filter(|_| link || monitor) {
             let mut t = cell.topo.lock();
             let m = t.more();
@@ -441,12 +442,44 @@ impl NodeInner {
     }
 
     pub(crate) fn send(&self, from: Pid, dest: &Dest, topic: &str, payload: Payload) -> Result<(), Error> {
+        self.send_via(from, dest, topic, payload, None).map(|_| ())
+    }
+
+    /// Send, using (and refreshing) the sender's remembered last target when given.
+    /// `Ok(n)`: `n` messages were waiting in the receiver's mailbox before this one
+    /// (known only on the remembered-target path; 0 otherwise).
+    pub(crate) fn send_via(
+        &self,
+        from: Pid,
+        dest: &Dest,
+        topic: &str,
+        payload: Payload,
+        last: Option<&mut Option<Arc<ProcCell>>>,
+    ) -> Result<usize, Error> {
         if topic.starts_with('@') {
             return Err(Error::invalid(format!("topic '{topic}' is reserved: topics starting with '@' belong to the runtime")));
         }
         let pid = self.resolve(dest)?;
-        let msg = Message { from, topic: Topic::new(topic), payload };
-        self.deliver(pid, Event::Message(msg)).map_err(|_| Error::process_not_found(dest))
+        let ev = Event::Message(Message { from, topic: Topic::new(topic), payload });
+        let Some(last) = last else {
+            return self.deliver(pid, ev).map(|_| 0).map_err(|_| Error::process_not_found(dest));
+        };
+        if last.as_ref().is_none_or(|c| c.pid != pid) {
+            *last = Some(self.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?);
+        }
+        let cell = last.as_ref().expect("just set");
+        match cell.mailbox.push_counted(ev) {
+            Ok((wake, backlog)) => {
+                if wake {
+                    self.schedule(cell.clone(), Hint::Woken);
+                }
+                Ok(backlog)
+            }
+            Err(_) => {
+                *last = None;
+                Err(Error::process_not_found(dest))
+            }
+        }
     }
 
     pub(crate) fn register(&self, name: &str, pid: Pid) -> Result<(), Error> {
@@ -494,29 +527,24 @@ impl NodeInner {
         cell.mailbox.start();
         // SAFETY: the state word is RUNNING and only this thread moved it there.
         let slot = unsafe { &mut *cell.slot.get() };
-        let crate::cell::Slot { process, init, local, next_command } = slot;
+        let crate::cell::Slot { process, init, next_command, last_target } = slot;
         let Some(p) = process.as_mut() else { return };
-        let mut cx = Context::new(self, cell, next_command);
+        let mut cx = Context::new(self, cell, next_command, last_target);
+        let mut events = Events { mailbox: &cell.mailbox, popped: 0 };
         let status = match cell.kill_error() {
             Some(e) => Status::Exit(Err(e)),
             None => catch_unwind(AssertUnwindSafe(|| {
-                if let Some(i) = init.take() {
-                    let (method, args) = *i;
+                if let Some((method, args)) = init.take() {
                     let st = p.init(&mut cx, &method, args);
-                    if !matches!(st, Status::Wait | Status::Block) {
+                    if !matches!(st, Status::Wait | Status::Block) || !cell.mailbox.has_next() {
                         return st;
                     }
-                    cell.mailbox.take(local);
-                    if local.is_empty() {
-                        return st;
-                    }
-                } else {
-                    cell.mailbox.take(local);
                 }
-                p.step(&mut cx, &mut Events { queue: local })
+                p.step(&mut cx, &mut events)
             }))
             .unwrap_or_else(|panic| Status::Exit(Err(Error::internal(format!("panic: {}", panic_message(&*panic)))))),
         };
+        cell.mailbox.consumed(events.popped);
         let status = match status {
             Status::Exit(r) => Status::Exit(r),
             _ if cell.kill.load(std::sync::atomic::Ordering::Acquire) != KILL_NONE => {
@@ -525,11 +553,11 @@ impl NodeInner {
             other => other,
         };
         match status {
-            Status::Yield => {
+            Status::Yield | Status::Wait | Status::Block if cell.mailbox.has_next() => {
                 cell.mailbox.yield_now();
                 self.schedule(cell.clone(), Hint::Queued);
             }
-            Status::Wait | Status::Block if !local.is_empty() => {
+            Status::Yield => {
                 cell.mailbox.yield_now();
                 self.schedule(cell.clone(), Hint::Queued);
             }
@@ -545,7 +573,7 @@ impl NodeInner {
                 }
                 drop(cx);
                 *process = None;
-                local.clear();
+                *last_target = None;
                 self.exit(cell, result);
             }
         }

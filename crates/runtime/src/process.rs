@@ -5,7 +5,6 @@
 //! Lua processes and native Rust processes implement the same trait; the runtime never
 //! knows which one it is stepping. This module holds types only, no behaviour.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,11 +15,10 @@ use smol_str::SmolStr;
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::mailbox::Mailbox;
 use crate::pid::Pid;
+use crate::topic::Topic;
 use crate::value::Value;
-
-/// A message topic. Short topics are stored inline (no allocation).
-pub type Topic = SmolStr;
 
 /// The payloads of one message (usually one; stored inline when there is one).
 pub type Payload = SmallVec<[Value; 1]>;
@@ -99,26 +97,31 @@ pub enum Status {
     Exit(ExitResult),
 }
 
-/// The events handed to one step. Events the step does not take stay queued, in order,
-/// and are offered again at the next step (which follows at once).
+/// The events of one step, taken from the mailbox in arrival order. Events the step does
+/// not take stay queued, in order, and are offered again at the next step (which follows
+/// at once).
 pub struct Events<'a> {
-    pub(crate) queue: &'a mut VecDeque<Event>,
+    pub(crate) mailbox: &'a Mailbox<Event>,
+    pub(crate) popped: usize,
 }
 
 impl Events<'_> {
     #[inline]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Event> {
-        self.queue.pop_front()
+        let e = self.mailbox.pop();
+        self.popped += e.is_some() as usize;
+        e
     }
     pub fn peek(&self) -> Option<&Event> {
-        self.queue.front()
+        self.mailbox.peek()
     }
+    /// Events still queued (approximate while senders are pushing).
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.mailbox.queued().saturating_sub(self.popped)
     }
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        !self.mailbox.has_next()
     }
 }
 

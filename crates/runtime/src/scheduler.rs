@@ -243,7 +243,8 @@ fn next_task(sched: &Scheduler, w: &WorkerLocal, index: usize, n: usize, tick: u
         }
     }
     if let Some(t) = w.lifo.take() {
-        if *streak < LIFO_STREAK {
+        // The streak limit protects the local deque; with nothing there, keep going.
+        if *streak < LIFO_STREAK || w.queue.is_empty() {
             *streak += 1;
             return Some(t);
         }
