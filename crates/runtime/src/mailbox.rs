@@ -13,6 +13,11 @@
 //! tries to park the process and runs it again. Only the worker that moved the process to
 //! `RUNNING` may call `pop`, `park`, `yield_now` and `complete`.
 //!
+//! Every write to the state word is a read-modify-write. The queue's links are published by
+//! the producer's wake-up RMW and acquired by the owner's next RMW (`start`, `park`); a
+//! plain load or store anywhere in that chain lets a message sit unseen in the queue of a
+//! parked process. The loom models below check exactly this.
+//!
 //! This module never schedules anything itself: it tells the caller whether to.
 
 use std::cell::UnsafeCell;
@@ -123,27 +128,33 @@ impl<T> Mailbox<T> {
 
     /// Make the process runnable without queueing anything (terminate, kill by link).
     /// `true`: the caller must schedule it.
+    ///
+    /// Always a read-modify-write, even when the state does not change (READY, already
+    /// NOTIFIED): the consumer's next RMW on the word then synchronises with it, so the
+    /// item the producer linked just before is visible to the consumer's next `pop`. A
+    /// plain load here loses messages (found by the loom model).
     pub(crate) fn wake(&self) -> bool {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
             let new = match s {
                 IDLE | BLOCKED => READY,
                 RUNNING => RUNNING | NOTIFIED,
-                _ => return false, // READY, already notified, or COMPLETE
+                COMPLETE => return false,
+                _ => s, // READY, or RUNNING | NOTIFIED
             };
             match self.state.compare_exchange(s, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return new == READY,
+                Ok(_) => return matches!(s, IDLE | BLOCKED),
                 Err(actual) => s = actual,
             }
         }
     }
 
     /// The worker that popped the process from a run queue takes it: `READY -> RUNNING`.
-    /// A plain store: while READY, nobody else writes the word (a wake-up of a READY
-    /// process changes nothing), and the run queue hand-off orders everything before it.
+    /// A swap, not a store: it must synchronise with the wake-ups that happened while the
+    /// process was READY, so their items are visible to this run.
     pub(crate) fn start(&self) {
-        debug_assert_eq!(self.state.load(Ordering::Acquire), READY, "a process ran while not READY");
-        self.state.store(RUNNING, Ordering::Release);
+        let prev = self.state.swap(RUNNING, Ordering::AcqRel);
+        debug_assert_eq!(prev, READY, "a process ran while not READY");
     }
 
     /// Take the oldest item, if one is visible. Owner only.
@@ -203,15 +214,18 @@ impl<T> Mailbox<T> {
             Ok(_) => false,
             Err(actual) => {
                 debug_assert_eq!(actual, RUNNING | NOTIFIED);
-                self.state.store(READY, Ordering::Release);
+                // A swap, not a store: a plain store would cut the release sequence of a
+                // producer's wake-up that lands between the CAS and here.
+                self.state.swap(READY, Ordering::AcqRel);
                 true
             }
         }
     }
 
     /// The step ended and the process is still runnable (preempted): `RUNNING -> READY`.
+    /// A swap for the same reason as in `park`.
     pub(crate) fn yield_now(&self) {
-        self.state.store(READY, Ordering::Release);
+        self.state.swap(READY, Ordering::AcqRel);
     }
 
     /// The process exited: later pushes fail, queued items are dropped. An item pushed
@@ -330,6 +344,14 @@ mod loom_tests {
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
 
+    /// Every interleaving with up to 3 preemptions (loom's recommended bound; the lost
+    /// wake-ups it found needed 2).
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(f);
+    }
+
     /// One step of the process: take everything, then try to park. `true`: run again.
     fn step(m: &Mailbox<u32>, got: &mut Vec<u32>) -> bool {
         while let Some(v) = m.pop() {
@@ -354,7 +376,7 @@ mod loom_tests {
 
     #[test]
     fn loom_no_lost_wakeup_two_senders() {
-        loom::model(|| {
+        model(|| {
             let m = new();
             let scheduled = Arc::new(AtomicUsize::new(0));
             m.start();
@@ -389,7 +411,7 @@ mod loom_tests {
 
     #[test]
     fn loom_wake_without_message_is_never_lost() {
-        loom::model(|| {
+        model(|| {
             let m = new();
             let woke = Arc::new(AtomicUsize::new(0));
             m.start();
@@ -412,7 +434,7 @@ mod loom_tests {
 
     #[test]
     fn loom_push_races_with_exit() {
-        loom::model(|| {
+        model(|| {
             let m = new();
             m.start();
             let t = {
