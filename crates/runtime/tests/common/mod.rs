@@ -13,7 +13,7 @@ pub const HOST: &str = "app:processes";
 
 pub fn node(workers: usize) -> Node {
     let node = Node::new().unwrap();
-    node.add_host(HostConfig::new(HOST).workers(workers).stop_timeout(Duration::from_secs(2))).unwrap();
+    node.add_host(HostConfig::new(HOST).workers(workers).stop_timeout(Duration::from_millis(100))).unwrap();
     node
 }
 
