@@ -12,7 +12,10 @@ use parking_lot::Mutex;
 use crate::cell::ProcCell;
 use crate::pid::{HostName, Pid};
 
-/// Sequence numbers are dense; a multiplicative hash spreads them over the table's groups.
+/// Sequence numbers are dense and mostly looked up near the newest ones, so the hash keeps
+/// them in order: consecutive PIDs of a shard land in consecutive buckets (cache-friendly
+/// inserts and lookups), and hashbrown's 7-bit tag (the top bits) comes from the low bits
+/// so that neighbours still have distinct tags.
 #[derive(Default)]
 pub(crate) struct SeqHasher(u64);
 
@@ -24,7 +27,8 @@ impl Hasher for SeqHasher {
         unreachable!("only u64 keys")
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let k = n / SHARDS as u64; // the shard already used the low bits
+        self.0 = (k & ((1 << 57) - 1)) | ((k & 0x7f) << 57);
     }
 }
 
