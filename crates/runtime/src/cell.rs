@@ -132,20 +132,7 @@ impl ProcCell {
         method: SmolStr,
         args: Vec<Value>,
     ) -> Arc<ProcCell> {
-        let cell = Arc::new(ProcCell::new(pid, host, group, process, method, args));
-        cell.mailbox.init();
-        cell
-    }
-
-    fn new(
-        pid: Pid,
-        host: Arc<Host>,
-        group: Option<Arc<dyn ProcessGroup>>,
-        process: Box<dyn Process>,
-        method: SmolStr,
-        args: Vec<Value>,
-    ) -> ProcCell {
-        ProcCell {
+        let cell = Arc::new(ProcCell {
             pid,
             mailbox: Mailbox::new_ready(),
             kill: AtomicU8::new(KILL_NONE),
@@ -159,7 +146,9 @@ impl ProcCell {
                 last_target: None,
             }),
             topo: Mutex::new(Topo::default()),
-        }
+        });
+        cell.mailbox.init();
+        cell
     }
 
     /// Set the kill reason (the first one wins). `true` if this call set it.

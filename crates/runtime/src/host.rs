@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::cell::ProcCell;
 use crate::error::Error;
 use crate::node::NodeInner;
 use crate::pid::HostName;
@@ -174,11 +173,6 @@ impl Host {
             }
         }
         true
-    }
-
-    #[inline]
-    pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
-        self.sched.schedule(Task::Process(cell), hint);
     }
 }
 

@@ -423,7 +423,7 @@ impl NodeInner {
     pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
         match &cell.group {
             Some(g) => g.clone().schedule(ProcessRef(cell)),
-            None => cell.host.clone().schedule(cell, hint),
+            None => crate::scheduler::Scheduler::schedule_process(cell, hint),
         }
     }
 

@@ -120,6 +120,35 @@ impl Scheduler {
         Ok(sched)
     }
 
+    /// Queue a process on its host's scheduler. On one of that host's workers this touches
+    /// only the worker's own scheduler (no reference counting of the host).
+    #[inline]
+    pub(crate) fn schedule_process(cell: Arc<ProcCell>, hint: Hint) {
+        let here = CURRENT.with(Cell::get);
+        // SAFETY: see `schedule`; `w.sched` is kept alive by the worker's own Arc.
+        if let Some(w) = unsafe { here.as_ref() } {
+            if ptr::eq(w.sched, Arc::as_ptr(&cell.host.sched)) {
+                let sched = unsafe { &*w.sched };
+                sched.push_here(w, Task::Process(cell), hint);
+                return;
+            }
+        }
+        let host = cell.host.clone();
+        host.sched.schedule(Task::Process(cell), hint);
+    }
+
+    #[inline]
+    fn push_here(&self, w: &WorkerLocal, task: Task, hint: Hint) {
+        match hint {
+            Hint::Woken => {
+                if let Some(prev) = w.lifo.replace(Some(task)) {
+                    self.push_local(w, prev);
+                }
+            }
+            Hint::Queued => self.push_local(w, task),
+        }
+    }
+
     /// Queue a task on this scheduler.
     pub(crate) fn schedule(&self, task: Task, hint: Hint) {
         let here = CURRENT.with(Cell::get);
@@ -127,14 +156,7 @@ impl Scheduler {
         // that worker's stack for as long as the pointer is set.
         if let Some(w) = unsafe { here.as_ref() } {
             if ptr::eq(w.sched, self) {
-                match hint {
-                    Hint::Woken => {
-                        if let Some(prev) = w.lifo.replace(Some(task)) {
-                            self.push_local(w, prev);
-                        }
-                    }
-                    Hint::Queued => self.push_local(w, task),
-                }
+                self.push_here(w, task, hint);
                 return;
             }
         }

@@ -168,7 +168,8 @@ fn process_groups_step_their_members_as_one_runnable() {
         runs: AtomicU64::new(0),
     });
     *g.me.lock() = Some(Arc::downgrade(&g));
-    // A ring of 100 group members passes a token 10 times round; the last reports.
+    // 100 group members; a token carrying (hops left, next, the one after) bounces
+    // between two of them 1000 times, the others idle; whoever gets 0 reports.
     let (tx, rx) = channel();
     let mut members = Vec::new();
     for _ in 0..100 {
@@ -190,8 +191,6 @@ fn process_groups_step_their_members_as_one_runnable() {
             .unwrap();
         members.push(pid);
     }
-    // Token carries (left, next, next-after) as a 2-cycle between neighbours: simpler — bounce
-    // between members[0] and members[1] 1000 times.
     node.send(members[0], "t", payload![1000, members[1].to_string(), members[0].to_string()]).unwrap();
     let last = rx.recv_timeout(LIMIT).unwrap();
     assert!(last == members[0] || last == members[1]);

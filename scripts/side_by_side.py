@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Run wippy-bench beside the anchor programs (../shared/anchors), interleaved, and print
+a Markdown table of medians (min-max). Every run is a fresh OS process.
+
+    python3 scripts/side_by_side.py --reps 3 [--benches spawn,pingpong] \
+        [--erlang-beam DIR] [--actix PATH]
+
+Build first: `cargo build --release -p wippy-bench`; the Erlang anchor with
+`erlc -o DIR ../shared/anchors/erlang/bench.erl`; actix (mimalloc) with
+`CARGO_TARGET_DIR=DIR cargo build --release --locked -p anchors-actix
+--features anchors-common/mimalloc` inside ../shared/anchors. Systems whose program is
+missing are skipped.
+"""
+import argparse, os, re, statistics, subprocess, sys
+
+BENCHES = ["spawn", "memory", "pingpong", "ring", "fanin", "skynet"]
+ROWS = [  # (bench, metric, unit, label)
+    ("spawn", "spawn_rate", "spawns/s", "spawn 1M: rate"),
+    ("spawn", "peak_rss", "KiB", "spawn 1M: peak RSS"),
+    ("memory", "mem_rss_per_process", "bytes", "memory 100k: RSS / parked process"),
+    ("pingpong", "pingpong_rate", "round trips/s", "ping-pong 1M: rate"),
+    ("ring", "ring_rate", "hops/s", "ring 10k x 100: rate"),
+    ("ring", "ring_setup", "ms", "ring 10k: setup"),
+    ("fanin", "fanin_rate", "msgs/s", "fan-in 1000 x 1000: rate"),
+    ("fanin", "peak_rss", "KiB", "fan-in: peak RSS"),
+    ("skynet", "skynet_wall", "ms", "skynet 1M leaves: wall"),
+    ("skynet", "peak_rss", "KiB", "skynet: peak RSS"),
+]
+LINE = re.compile(r"^([A-Za-z0-9_]+): (\S+)")
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--benches", default=",".join(BENCHES))
+    ap.add_argument("--erlang-beam", default="/tmp/erlbeam")
+    ap.add_argument("--actix", default="/tmp/anchors-target/mimalloc/release/bench-actix")
+    a = ap.parse_args()
+    systems = {"wippy": [os.path.join(root, "target/release/wippy-bench")]}
+    if os.path.exists(os.path.join(a.erlang_beam, "bench.beam")):
+        systems["erlang"] = ["erl", "-noshell", "+P", "4194304", "-pa", a.erlang_beam, "-s", "bench", "main"]
+    if os.path.exists(a.actix):
+        systems["actix-mimalloc"] = [a.actix]
+    benches = a.benches.split(",")
+    results = {}  # (system, bench, metric) -> [values]
+    for rep in range(a.reps):
+        for b in benches:
+            for name, cmd in systems.items():
+                p = subprocess.run(cmd + [b], capture_output=True, text=True, timeout=600)
+                if p.returncode != 0:
+                    print(f"# {name} {b} rep {rep}: exit {p.returncode}: {p.stderr[-300:]}", file=sys.stderr)
+                    continue
+                for line in p.stdout.splitlines():
+                    m = LINE.match(line)
+                    if m:
+                        try:
+                            results.setdefault((name, b, m.group(1)), []).append(float(m.group(2)))
+                        except ValueError:
+                            pass
+                print(f"# rep {rep} {b} {name} done", file=sys.stderr)
+    names = list(systems)
+    print("| benchmark | unit | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for b, metric, unit, label in ROWS:
+        if b not in benches:
+            continue
+        cells = []
+        for n in names:
+            v = results.get((n, b, metric))
+            if not v:
+                cells.append("n/a")
+                continue
+            fmt = (lambda x: f"{x:,.0f}") if max(v) >= 100 else (lambda x: f"{x:,.1f}")
+            cells.append(f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))}) n={len(v)}")
+        print(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
