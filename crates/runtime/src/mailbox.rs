@@ -64,8 +64,10 @@ struct Node<T> {
 pub(crate) struct Mailbox<T> {
     state: AtomicU8,
     closed: AtomicBool,
-    /// Items pushed and not yet popped (a count for back-pressure and diagnostics).
-    len: AtomicUsize,
+    /// Items pushed so far (producers add) and popped so far (only the owner writes it, so
+    /// a plain store): their difference is the backlog, for back-pressure and diagnostics.
+    pushed: AtomicUsize,
+    popped: AtomicUsize,
     /// Producers swap themselves in here.
     tail: AtomicPtr<Link>,
     /// The consumer's end: the last popped node (or the stub), whose value is gone.
@@ -88,7 +90,8 @@ impl<T> Mailbox<T> {
         Mailbox {
             state: AtomicU8::new(READY),
             closed: AtomicBool::new(false),
-            len: AtomicUsize::new(0),
+            pushed: AtomicUsize::new(0),
+            popped: AtomicUsize::new(0),
             tail: AtomicPtr::new(ptr::null_mut()),
             head: UnsafeCell::new(ptr::null_mut()),
             stub: Link { next: AtomicPtr::new(ptr::null_mut()) },
@@ -122,7 +125,7 @@ impl<T> Mailbox<T> {
         // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
         // cannot do before this store makes `link` reachable.
         unsafe { (*prev).next.store(link, Ordering::Release) };
-        let before = self.len.fetch_add(1, Ordering::Relaxed);
+        let before = self.pushed.fetch_add(1, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
         Ok((self.wake(), before))
     }
 
@@ -192,7 +195,8 @@ impl<T> Mailbox<T> {
     /// The owner popped `n` items during its step.
     pub(crate) fn consumed(&self, n: usize) {
         if n > 0 {
-            self.len.fetch_sub(n, Ordering::Relaxed);
+            let total = self.popped.load(Ordering::Relaxed) + n;
+            self.popped.store(total, Ordering::Relaxed);
         }
     }
 
@@ -252,7 +256,8 @@ impl<T> Mailbox<T> {
 
     /// Messages pushed and not yet taken by a step.
     pub(crate) fn queued(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        // A pop can be counted before its push is (the producer counts after linking).
+        self.pushed.load(Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed))
     }
 }
 
