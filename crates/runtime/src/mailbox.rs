@@ -118,15 +118,33 @@ impl<T> Mailbox<T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(item);
         }
-        let node = Box::into_raw(Box::new(Node { link: Link { next: AtomicPtr::new(ptr::null_mut()) }, value: MaybeUninit::new(item) }));
-        let link = node as *mut Link;
+        Ok(self.push_with(|| item))
+    }
+
+    /// Build the item straight into its queue node (no moves through the caller's frames).
+    /// The caller has checked `is_closed`; a push racing the close is dropped with the
+    /// mailbox. Returns (must schedule, items waiting before this one).
+    #[inline]
+    pub(crate) fn push_with(&self, make: impl FnOnce() -> T) -> (bool, usize) {
+        let mut node: Box<MaybeUninit<Node<T>>> = Box::new_uninit();
+        let raw = node.as_mut_ptr();
+        // SAFETY: writing the fields of a fresh allocation, then taking ownership of it.
+        let link = unsafe {
+            ptr::addr_of_mut!((*raw).link).write(Link { next: AtomicPtr::new(ptr::null_mut()) });
+            ptr::addr_of_mut!((*raw).value).write(MaybeUninit::new(make()));
+            Box::into_raw(node) as *mut Link
+        };
         let prev = self.tail.swap(link, Ordering::AcqRel);
         debug_assert!(!prev.is_null(), "mailbox used before init");
         // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
         // cannot do before this store makes `link` reachable.
         unsafe { (*prev).next.store(link, Ordering::Release) };
         let before = self.pushed.fetch_add(1, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
-        Ok((self.wake(), before))
+        (self.wake(), before)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Make the process runnable without queueing anything (terminate, kill by link).

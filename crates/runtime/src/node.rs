@@ -460,26 +460,24 @@ impl NodeInner {
             return Err(Error::invalid(format!("topic '{topic}' is reserved: topics starting with '@' belong to the runtime")));
         }
         let pid = self.resolve(dest)?;
-        let ev = Event::Message(Message { from, topic: Topic::new(topic), payload });
         let Some(last) = last else {
+            let ev = Event::Message(Message { from, topic: Topic::new(topic), payload });
             return self.deliver(pid, ev).map(|_| 0).map_err(|_| Error::process_not_found(dest));
         };
         if last.as_ref().is_none_or(|c| c.pid != pid) {
             *last = Some(self.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?);
         }
         let cell = last.as_ref().expect("just set");
-        match cell.mailbox.push_counted(ev) {
-            Ok((wake, backlog)) => {
-                if wake {
-                    self.schedule(cell.clone(), Hint::Woken);
-                }
-                Ok(backlog)
-            }
-            Err(_) => {
-                *last = None;
-                Err(Error::process_not_found(dest))
-            }
+        if cell.mailbox.is_closed() {
+            *last = None;
+            return Err(Error::process_not_found(dest));
         }
+        let (wake, backlog) =
+            cell.mailbox.push_with(|| Event::Message(Message { from, topic: Topic::new(topic), payload }));
+        if wake {
+            self.schedule(cell.clone(), Hint::Woken);
+        }
+        Ok(backlog)
     }
 
     pub(crate) fn register(&self, name: &str, pid: Pid) -> Result<(), Error> {
