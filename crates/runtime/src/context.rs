@@ -12,7 +12,11 @@ use std::time::Duration;
 use crate::cell::ProcCell;
 use crate::error::Error;
 use crate::host::HostRef;
+use crate::mailbox::{Chain, Mailbox};
 use crate::node::{Dest, NodeInner, NodeRef, Spawn};
+use crate::process::{Event, Message};
+use crate::scheduler::Hint;
+use crate::topic::Topic;
 use crate::pid::Pid;
 use crate::process::{Command, CommandId, Payload};
 use crate::value::Value;
@@ -21,12 +25,29 @@ use crate::value::Value;
 /// per this many messages queued.
 const SEND_PENALTY_FROM: usize = 256;
 
+/// Consecutive sends to one receiver within a step are queued together, at most this many
+/// at a time: one atomic swap, one count and one wake-up for the lot instead of one each,
+/// which is what keeps a receiver's queue from bouncing between cores under fan-in.
+const BATCH: usize = 64;
+
 pub struct Context<'a> {
     node: &'a Arc<NodeInner>,
     cell: &'a Arc<ProcCell>,
     next_command: &'a mut u64,
+    /// The receiver of the last send (kept across steps: repeated sends skip the table).
     last_target: &'a mut Option<Arc<ProcCell>>,
+    /// Messages for `last_target` not queued yet. Flushed before any other operation,
+    /// at `BATCH`, and when the step ends, so every ordering a process can observe holds.
+    outbox: Chain<Event>,
+    /// The receiver's backlog as of the last flush (for back-pressure).
+    backlog: usize,
     budget: u32,
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl<'a> Context<'a> {
@@ -36,8 +57,12 @@ impl<'a> Context<'a> {
         next_command: &'a mut u64,
         last_target: &'a mut Option<Arc<ProcCell>>,
     ) -> Self {
-        let budget = cell.host.config.budget;
-        Context { node, cell, next_command, last_target, budget }
+        // A process with a backlog gets a longer step (up to 32x the host's budget), so a
+        // consumer that many producers feed gets a share of the worker that grows with
+        // its queue instead of one turn in every N.
+        let base = cell.host.config.budget;
+        let boost = (cell.mailbox.queued() / 8).min(base as usize * 31) as u32;
+        Context { node, cell, next_command, last_target, outbox: Chain::new(), backlog: 0, budget: base + boost }
     }
 
     /// This process's PID.
@@ -56,13 +81,45 @@ impl<'a> Context<'a> {
 
     /// Send `payload` on `topic` to a PID or registered name. Per-sender FIFO.
     pub fn send(&mut self, dest: impl Into<Dest>, topic: &str, payload: Payload) -> Result<(), Error> {
-        let backlog = self.node.send_via(self.cell.pid, &dest.into(), topic, payload, Some(self.last_target))?;
+        let dest = dest.into();
+        crate::node::check_topic(topic)?;
+        let pid = self.node.resolve(&dest)?;
+        let same = self.last_target.as_ref().is_some_and(|c| c.pid == pid);
+        if !same || self.outbox.len() >= BATCH {
+            self.flush();
+        }
+        if !same {
+            *self.last_target = Some(self.node.table.get(pid).ok_or_else(|| Error::process_not_found(&dest))?);
+        }
+        let cell = self.last_target.as_ref().expect("just set");
+        if cell.mailbox.is_closed() {
+            // The receiver exited: what was pending for it is dropped with it.
+            self.outbox = Chain::new();
+            *self.last_target = None;
+            return Err(Error::process_not_found(&dest));
+        }
+        let from = self.cell.pid;
+        Mailbox::chain_with(&mut self.outbox, || Event::Message(Message { from, topic: Topic::new(topic), payload }));
         // Back-pressure through the scheduler: sending into a long mailbox costs extra
         // reductions, so producers yield sooner and their consumer catches up.
+        let backlog = self.backlog + self.outbox.len();
         if backlog >= SEND_PENALTY_FROM {
             self.consume((backlog / SEND_PENALTY_FROM) as u32);
         }
         Ok(())
+    }
+
+    /// Queue the pending batch of sends.
+    pub(crate) fn flush(&mut self) {
+        if self.outbox.len() == 0 {
+            return;
+        }
+        let cell = self.last_target.as_ref().expect("a batch has a receiver");
+        let (wake, backlog) = cell.mailbox.push_chain(&mut self.outbox);
+        self.backlog = backlog;
+        if wake {
+            self.node.schedule(cell.clone(), Hint::Woken);
+        }
     }
 
     /// Send a single value.
@@ -74,45 +131,55 @@ impl<'a> Context<'a> {
 
     /// Spawn on this process's own host.
     pub fn spawn(&mut self, spawn: Spawn) -> Result<Pid, Error> {
+        self.flush();
         let host = self.cell.host.clone();
         self.node.spawn(Some(self.cell), &host, spawn, None)
     }
 
     /// Spawn on the named host.
     pub fn spawn_on(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
+        self.flush();
         let host = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
         self.node.spawn(Some(self.cell), &host, spawn, None)
     }
 
     pub fn link(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.flush();
         self.node.link(self.cell, &dest.into())
     }
     pub fn unlink(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.flush();
         self.node.unlink(self.cell, &dest.into())
     }
     pub fn monitor(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.flush();
         self.node.monitor(self.cell, &dest.into())
     }
     pub fn unmonitor(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.flush();
         self.node.unmonitor(self.cell, &dest.into())
     }
 
     /// End `dest` at its next scheduling point with "process terminated".
     pub fn terminate(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
+        self.flush();
         self.node.terminate(&dest.into())
     }
 
     /// Queue a CANCEL event for `dest` (cooperative).
     pub fn cancel(&mut self, dest: impl Into<Dest>, reason: &str) -> Result<(), Error> {
+        self.flush();
         self.node.cancel(self.cell.pid, &dest.into(), reason)
     }
 
     /// Register `name` for this process.
     pub fn register(&mut self, name: &str) -> Result<(), Error> {
+        self.flush();
         self.node.names.register(self.cell, name)
     }
     /// Register `name` for another live process.
     pub fn register_for(&mut self, name: &str, pid: Pid) -> Result<(), Error> {
+        self.flush();
         self.node.register(name, pid)
     }
     pub fn lookup(&self, name: &str) -> Option<Pid> {
@@ -120,11 +187,13 @@ impl<'a> Context<'a> {
     }
     /// `true` if the name was registered (to anyone) and is now removed.
     pub fn unregister(&mut self, name: &str) -> bool {
+        self.flush();
         self.node.unregister(name)
     }
 
     /// Trap links: LINK_DOWN arrives as an event instead of killing this process.
     pub fn set_trap_links(&mut self, on: bool) {
+        self.flush();
         self.cell.trap_links.store(on, Ordering::Release);
     }
     pub fn trap_links(&self) -> bool {
@@ -133,6 +202,7 @@ impl<'a> Context<'a> {
 
     /// Start a command; its completion arrives as an event with the returned id.
     pub fn command(&mut self, cmd: Command) -> CommandId {
+        self.flush();
         let id = CommandId(*self.next_command);
         *self.next_command += 1;
         self.node.dispatch.start(self.node, self.cell, id, cmd);
@@ -141,6 +211,7 @@ impl<'a> Context<'a> {
 
     /// Cancel a pending command (a timer or ticker). `true` if it was still pending.
     pub fn cancel_command(&mut self, id: CommandId) -> bool {
+        self.flush();
         let handle = {
             let mut t = self.cell.topo.lock();
             t.more.as_mut().and_then(|m| {

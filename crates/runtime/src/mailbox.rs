@@ -61,6 +61,43 @@ struct Node<T> {
     value: MaybeUninit<T>,
 }
 
+/// Items linked by one producer, not yet queued (see `chain_with`, `push_chain`).
+pub(crate) struct Chain<T> {
+    first: *mut Link,
+    last: *mut Link,
+    len: usize,
+    _items: std::marker::PhantomData<T>,
+}
+
+impl<T> Chain<T> {
+    pub(crate) fn new() -> Self {
+        Chain { first: ptr::null_mut(), last: ptr::null_mut(), len: 0, _items: std::marker::PhantomData }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<T> Drop for Chain<T> {
+    /// A chain never queued (its receiver closed): drop its items.
+    fn drop(&mut self) {
+        let mut cur = self.first;
+        while !cur.is_null() {
+            // SAFETY: the chain owns its nodes; each holds an initialised value.
+            unsafe {
+                let next = (*cur).next.load(Ordering::Relaxed);
+                let mut node = Box::from_raw(cur as *mut Node<T>);
+                ptr::drop_in_place(node.value.as_mut_ptr());
+                drop(node);
+                cur = next;
+            }
+        }
+    }
+}
+
+// SAFETY: a chain owns its nodes exclusively.
+unsafe impl<T: Send> Send for Chain<T> {}
+
 pub(crate) struct Mailbox<T> {
     state: AtomicU8,
     closed: AtomicBool,
@@ -121,19 +158,55 @@ impl<T> Mailbox<T> {
         Ok(self.push_with(|| item))
     }
 
+    /// Start a chain of items for one later `push_chain` (built by one producer).
+    #[inline]
+    pub(crate) fn chain_with(chain: &mut Chain<T>, make: impl FnOnce() -> T) {
+        let link = Self::new_node(make);
+        if chain.first.is_null() {
+            chain.first = link;
+        } else {
+            // SAFETY: `last` is a node of this chain, not yet shared.
+            unsafe { (*chain.last).next.store(link, Ordering::Relaxed) };
+        }
+        chain.last = link;
+        chain.len += 1;
+    }
+
+    /// Queue a whole chain with one swap: the items stay together and in order.
+    /// Returns (must schedule, items waiting before the chain). The caller has checked
+    /// `is_closed`; a chain racing the close is dropped with the mailbox.
+    pub(crate) fn push_chain(&self, chain: &mut Chain<T>) -> (bool, usize) {
+        // Take the nodes out without dropping the chain (its Drop would free them).
+        let first = std::mem::replace(&mut chain.first, ptr::null_mut());
+        let last = std::mem::replace(&mut chain.last, ptr::null_mut());
+        let n = std::mem::take(&mut chain.len);
+        if first.is_null() {
+            return (false, 0);
+        }
+        let prev = self.tail.swap(last, Ordering::AcqRel);
+        // SAFETY: as in `push_with`.
+        unsafe { (*prev).next.store(first, Ordering::Release) };
+        let before = self.pushed.fetch_add(n, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
+        (self.wake(), before)
+    }
+
+    fn new_node(make: impl FnOnce() -> T) -> *mut Link {
+        let mut node: Box<MaybeUninit<Node<T>>> = Box::new_uninit();
+        let raw = node.as_mut_ptr();
+        // SAFETY: writing the fields of a fresh allocation, then taking ownership of it.
+        unsafe {
+            ptr::addr_of_mut!((*raw).link).write(Link { next: AtomicPtr::new(ptr::null_mut()) });
+            ptr::addr_of_mut!((*raw).value).write(MaybeUninit::new(make()));
+            Box::into_raw(node) as *mut Link
+        }
+    }
+
     /// Build the item straight into its queue node (no moves through the caller's frames).
     /// The caller has checked `is_closed`; a push racing the close is dropped with the
     /// mailbox. Returns (must schedule, items waiting before this one).
     #[inline]
     pub(crate) fn push_with(&self, make: impl FnOnce() -> T) -> (bool, usize) {
-        let mut node: Box<MaybeUninit<Node<T>>> = Box::new_uninit();
-        let raw = node.as_mut_ptr();
-        // SAFETY: writing the fields of a fresh allocation, then taking ownership of it.
-        let link = unsafe {
-            ptr::addr_of_mut!((*raw).link).write(Link { next: AtomicPtr::new(ptr::null_mut()) });
-            ptr::addr_of_mut!((*raw).value).write(MaybeUninit::new(make()));
-            Box::into_raw(node) as *mut Link
-        };
+        let link = Self::new_node(make);
         let prev = self.tail.swap(link, Ordering::AcqRel);
         debug_assert!(!prev.is_null(), "mailbox used before init");
         // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
@@ -326,6 +399,24 @@ mod tests {
     }
 
     #[test]
+    fn chains_queue_in_order_and_unqueued_chains_drop_their_items() {
+        let m = boxed();
+        m.start();
+        let mut c = Chain::new();
+        for i in 0..5 {
+            Mailbox::chain_with(&mut c, || i);
+        }
+        assert_eq!(c.len(), 5);
+        assert_eq!(m.push_chain(&mut c), (false, 0));
+        assert_eq!((0..5).map(|_| m.pop().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        let v = std::sync::Arc::new(());
+        let mut c = Chain::new();
+        Mailbox::<std::sync::Arc<()>>::chain_with(&mut c, || v.clone());
+        drop(c);
+        assert_eq!(std::sync::Arc::strong_count(&v), 1);
+    }
+
+    #[test]
     fn drop_frees_queued_values() {
         let v = std::sync::Arc::new(());
         let m = boxed();
@@ -429,6 +520,40 @@ mod loom_tests {
             got.sort();
             assert_eq!(got, vec![1, 2], "a message was lost");
             assert_eq!(m.state(), ProcessState::Idle);
+        });
+    }
+
+    #[test]
+    fn loom_chain_and_single_push_are_both_seen_in_order() {
+        model(|| {
+            let m = new();
+            let scheduled = Arc::new(AtomicUsize::new(0));
+            m.start();
+            let t = {
+                let m = m.clone();
+                let s = scheduled.clone();
+                loom::thread::spawn(move || {
+                    let mut c = Chain::new();
+                    Mailbox::chain_with(&mut c, || 1);
+                    Mailbox::chain_with(&mut c, || 2);
+                    if m.push_chain(&mut c).0 {
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            };
+            if m.push(3) == Ok(true) {
+                scheduled.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut got = Vec::new();
+            worker(&m, &scheduled, &mut got);
+            t.join().unwrap();
+            if scheduled.load(Ordering::SeqCst) == 1 {
+                m.start();
+                worker(&m, &scheduled, &mut got);
+            }
+            let pos = |v| got.iter().position(|x| *x == v);
+            assert_eq!(got.len(), 3, "lost: {got:?}");
+            assert!(pos(1) < pos(2), "a chain keeps its order: {got:?}");
         });
     }
 

@@ -441,43 +441,12 @@ impl NodeInner {
         Ok(())
     }
 
+    /// Send from outside a step (processes send through their `Context`, which batches).
     pub(crate) fn send(&self, from: Pid, dest: &Dest, topic: &str, payload: Payload) -> Result<(), Error> {
-        self.send_via(from, dest, topic, payload, None).map(|_| ())
-    }
-
-    /// Send, using (and refreshing) the sender's remembered last target when given.
-    /// `Ok(n)`: `n` messages were waiting in the receiver's mailbox before this one
-    /// (known only on the remembered-target path; 0 otherwise).
-    pub(crate) fn send_via(
-        &self,
-        from: Pid,
-        dest: &Dest,
-        topic: &str,
-        payload: Payload,
-        last: Option<&mut Option<Arc<ProcCell>>>,
-    ) -> Result<usize, Error> {
-        if topic.starts_with('@') {
-            return Err(Error::invalid(format!("topic '{topic}' is reserved: topics starting with '@' belong to the runtime")));
-        }
+        check_topic(topic)?;
         let pid = self.resolve(dest)?;
-        let Some(last) = last else {
-            let ev = Event::Message(Message { from, topic: Topic::new(topic), payload });
-            return self.deliver(pid, ev).map(|_| 0).map_err(|_| Error::process_not_found(dest));
-        };
-        if last.as_ref().is_none_or(|c| c.pid != pid) {
-            *last = Some(self.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?);
-        }
-        let cell = last.as_ref().expect("just set");
-        if cell.mailbox.is_closed() {
-            *last = None;
-            return Err(Error::process_not_found(dest));
-        }
-        let (wake, backlog) =
-            cell.mailbox.push_with(|| Event::Message(Message { from, topic: Topic::new(topic), payload }));
-        if wake {
-            self.schedule(cell.clone(), Hint::Woken);
-        }
-        Ok(backlog)
+        let ev = Event::Message(Message { from, topic: Topic::new(topic), payload });
+        self.deliver(pid, ev).map_err(|_| Error::process_not_found(dest))
     }
 
     pub(crate) fn register(&self, name: &str, pid: Pid) -> Result<(), Error> {
@@ -542,6 +511,9 @@ impl NodeInner {
             }))
             .unwrap_or_else(|panic| Status::Exit(Err(Error::internal(format!("panic: {}", panic_message(&*panic)))))),
         };
+        // Queue what the step sent before the process is parked or re-queued: once it is,
+        // another worker may run it while this one still holds its slot.
+        cx.flush();
         cell.mailbox.consumed(events.popped);
         let status = match status {
             Status::Exit(r) => Status::Exit(r),
@@ -608,6 +580,14 @@ impl NodeInner {
         self.hosts.write().retain(|h| h.name != name);
         Ok(report)
     }
+}
+
+/// Topics starting with '@' belong to the runtime.
+pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
+    if topic.starts_with('@') {
+        return Err(Error::invalid(format!("topic '{topic}' is reserved: topics starting with '@' belong to the runtime")));
+    }
+    Ok(())
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -370,3 +370,31 @@ fn entries_spawn_through_factories() {
     let e = node.spawn(HOST, Spawn::entry("app:missing")).unwrap_err();
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, "entry not found: app:missing"));
 }
+
+#[test]
+fn messages_sent_before_exit_arrive_before_the_exit_event() {
+    // The child sends 1,000 messages (several send batches) to its monitoring parent and
+    // exits in the same step: all of them must come before the EXIT, in order.
+    let node = node(2);
+    for _ in 0..20 {
+        let (_p, rx, child) = parent_spawning(&node, |cx| {
+            let parent = cx.pid();
+            cx.spawn(Spawn::process(handler_fn(move |cx, _| {
+                for i in 0..1000 {
+                    cx.send1(parent, "n", i).unwrap();
+                }
+                Flow::stop(())
+            })).monitored()).unwrap()
+        });
+        node.send(child, "go", payload![]).unwrap();
+        for i in 0..1000 {
+            match next(&rx) {
+                Event::Message(m) => assert_eq!(m.first(), &Value::Int(i)),
+                e => panic!("expected message {i}, got {e:?}"),
+            }
+        }
+        let (from, r) = exit_of(next(&rx));
+        assert_eq!(from, child);
+        r.unwrap();
+    }
+}
