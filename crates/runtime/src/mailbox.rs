@@ -81,17 +81,24 @@ impl<T> Chain<T> {
 impl<T> Drop for Chain<T> {
     /// A chain never queued (its receiver closed): drop its items.
     fn drop(&mut self) {
-        let mut cur = self.first;
-        while !cur.is_null() {
-            // SAFETY: the chain owns its nodes; each holds an initialised value.
-            unsafe {
-                let next = (*cur).next.load(Ordering::Relaxed);
-                let mut node = Box::from_raw(cur as *mut Node<T>);
-                ptr::drop_in_place(node.value.as_mut_ptr());
-                drop(node);
-                cur = next;
-            }
-        }
+        // SAFETY: the chain owns its nodes; each holds an initialised value.
+        unsafe { drop_nodes::<T>(self.first) };
+    }
+}
+
+/// Drop the values of `cur` and every node after it, and free the nodes.
+///
+/// # Safety
+/// The caller owns these nodes exclusively, each holds an initialised value, and none is
+/// a mailbox's embedded stub.
+unsafe fn drop_nodes<T>(mut cur: *mut Link) {
+    while !cur.is_null() {
+        let next = (*cur).next.load(Ordering::Acquire);
+        // The node's value is a MaybeUninit: drop it explicitly, then free the node.
+        let mut node = Box::from_raw(cur as *mut Node<T>);
+        ptr::drop_in_place(node.value.as_mut_ptr());
+        drop(node);
+        cur = next;
     }
 }
 
@@ -361,14 +368,9 @@ impl<T> Drop for Mailbox<T> {
             if head.is_null() {
                 return;
             }
-            let mut cur = (*head).next.load(Ordering::Acquire);
+            let rest = (*head).next.load(Ordering::Acquire);
             self.free(head);
-            while !cur.is_null() {
-                let next = (*cur).next.load(Ordering::Acquire);
-                ptr::drop_in_place((*(cur as *mut Node<T>)).value.as_mut_ptr());
-                self.free(cur);
-                cur = next;
-            }
+            drop_nodes::<T>(rest);
         }
     }
 }
