@@ -17,7 +17,7 @@ use crate::host::Host;
 use crate::mailbox::Mailbox;
 use crate::pid::Pid;
 use crate::process::{CommandId, Event, ExitResult, Process};
-use crate::value::Value;
+use crate::value::{Table, Value};
 
 pub(crate) const KILL_NONE: u8 = 0;
 pub(crate) const KILL_TERMINATED: u8 = 1;
@@ -79,6 +79,8 @@ pub(crate) struct Slot {
     pub(crate) next_command: u64,
     /// The process this one last sent to, so repeated sends skip the table.
     pub(crate) last_target: Option<Arc<ProcCell>>,
+    /// Values set by `with_context`, inherited by children.
+    pub(crate) context: Option<Arc<Table>>,
 }
 
 /// Rarely used parts of a process's topology, allocated on first use.
@@ -131,6 +133,7 @@ impl ProcCell {
         process: Box<dyn Process>,
         method: SmolStr,
         args: Vec<Value>,
+        context: Option<Arc<Table>>,
     ) -> Arc<ProcCell> {
         let cell = Arc::new(ProcCell {
             pid,
@@ -144,6 +147,7 @@ impl ProcCell {
                 init: Init::new(method, args),
                 next_command: 1,
                 last_target: None,
+                context,
             }),
             topo: Mutex::new(Topo::default()),
         });

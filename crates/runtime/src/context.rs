@@ -19,7 +19,7 @@ use crate::scheduler::Hint;
 use crate::topic::Topic;
 use crate::pid::Pid;
 use crate::process::{Command, CommandId, Payload};
-use crate::value::Value;
+use crate::value::{Table, Value};
 
 /// A send into a mailbox holding this many messages or more costs one extra reduction
 /// per this many messages queued.
@@ -36,6 +36,7 @@ pub struct Context<'a> {
     next_command: &'a mut u64,
     /// The receiver of the last send (kept across steps: repeated sends skip the table).
     last_target: &'a mut Option<Arc<ProcCell>>,
+    context: &'a Option<Arc<Table>>,
     /// Messages for `last_target` not queued yet. Flushed before any other operation,
     /// at `BATCH`, and when the step ends, so every ordering a process can observe holds.
     outbox: Chain<Event>,
@@ -56,13 +57,14 @@ impl<'a> Context<'a> {
         cell: &'a Arc<ProcCell>,
         next_command: &'a mut u64,
         last_target: &'a mut Option<Arc<ProcCell>>,
+        context: &'a Option<Arc<Table>>,
     ) -> Self {
         // A process with a backlog gets a longer step (up to 32x the host's budget), so a
         // consumer that many producers feed gets a share of the worker that grows with
         // its queue instead of one turn in every N.
         let base = cell.host.config.budget;
         let boost = (cell.mailbox.queued() / 8).min(base as usize * 31) as u32;
-        Context { node, cell, next_command, last_target, outbox: Chain::new(), backlog: 0, budget: base + boost }
+        Context { node, cell, next_command, last_target, context, outbox: Chain::new(), backlog: 0, budget: base + boost }
     }
 
     /// This process's PID.
@@ -133,14 +135,14 @@ impl<'a> Context<'a> {
     pub fn spawn(&mut self, spawn: Spawn) -> Result<Pid, Error> {
         self.flush();
         let host = self.cell.host.clone();
-        self.node.spawn(Some(self.cell), &host, spawn, None)
+        self.node.spawn(Some(self.cell), &host, spawn, None, self.context.clone())
     }
 
     /// Spawn on the named host.
     pub fn spawn_on(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
         self.flush();
         let host = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
-        self.node.spawn(Some(self.cell), &host, spawn, None)
+        self.node.spawn(Some(self.cell), &host, spawn, None, self.context.clone())
     }
 
     pub fn link(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
@@ -243,6 +245,11 @@ impl<'a> Context<'a> {
     /// The host's time slice (how long Lua code may run before it is preempted).
     pub fn time_slice(&self) -> Duration {
         self.cell.host.config.time_slice
+    }
+
+    /// The context values this process was spawned with (`with_context`), if any.
+    pub fn context_values(&self) -> Option<&Arc<Table>> {
+        self.context.as_ref()
     }
 
     /// Whether someone terminated this process (it ends when the step returns).

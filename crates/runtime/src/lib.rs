@@ -36,7 +36,7 @@ pub use host::{HostConfig, HostRef};
 pub use mailbox::ProcessState;
 pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};
-pub use process::{Command, CommandId, Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
+pub use process::{Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
 pub use topic::Topic;
 pub use scheduler::Runnable;
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};

@@ -25,7 +25,7 @@ use crate::process::{Event, Events, ExitResult, Message, Payload, Process, Proce
 use crate::topic::Topic;
 use crate::scheduler::Hint;
 use crate::table::ProcessTable;
-use crate::value::Value;
+use crate::value::{Table, Value};
 
 /// Where a message or request goes: a PID or a registered name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,7 @@ pub struct Spawn {
     pub(crate) link: bool,
     pub(crate) monitor: bool,
     group: Option<Arc<dyn ProcessGroup>>,
+    context: Option<Arc<Table>>,
 }
 
 impl Spawn {
@@ -89,7 +90,7 @@ impl Spawn {
         Spawn::boxed(Box::new(p))
     }
     pub fn boxed(p: Box<dyn Process>) -> Spawn {
-        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None }
+        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None }
     }
     /// Spawn the entry `id` through its registered factory.
     pub fn entry(id: &str) -> Spawn {
@@ -115,6 +116,12 @@ impl Spawn {
     /// Monitor the child from the spawner before the child's first step.
     pub fn monitored(mut self) -> Spawn {
         self.monitor = true;
+        self
+    }
+    /// Give the child these context values instead of the spawner's (see
+    /// [`Context::context_values`]).
+    pub fn context(mut self, values: Arc<Table>) -> Spawn {
+        self.context = Some(values);
         self
     }
     /// Schedule the child through a process group instead of on its own.
@@ -276,14 +283,14 @@ impl NodeRef {
     /// Spawn a process from outside any process (no parent: no link or monitor).
     pub fn spawn(&self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
         let host = self.inner.host_for_spawn(host)?;
-        self.inner.spawn(None, &host, spawn, None)
+        self.inner.spawn(None, &host, spawn, None, None)
     }
 
     /// Spawn and get a handle that yields the exit result.
     pub fn spawn_watched(&self, host: &str, spawn: Spawn) -> Result<(Pid, ExitWatch), Error> {
         let host = self.inner.host_for_spawn(host)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let pid = self.inner.spawn(None, &host, spawn, Some(tx))?;
+        let pid = self.inner.spawn(None, &host, spawn, Some(tx), None)?;
         Ok((pid, ExitWatch { rx }))
     }
 
@@ -384,15 +391,22 @@ impl NodeInner {
         host: &Arc<Host>,
         spawn: Spawn,
         watcher: Option<std::sync::mpsc::SyncSender<ExitResult>>,
+        inherited: Option<Arc<Table>>,
     ) -> Result<Pid, Error> {
-        let Spawn { what, method, args, link, monitor, group } = spawn;
+        let Spawn { what, method, args, link, monitor, mut group, context } = spawn;
         let process = match what {
             What::Process(p) => p,
-            What::Entry(id) => self.factory(&id)?.create(&id)?,
+            What::Entry(id) => {
+                let made = self.factory(&id)?.create(&id, &HostRef(host.clone()))?;
+                group = group.or(made.group);
+                made.process
+            }
         };
+        // Context values: given, else inherited from the spawner.
+        let context = context.or(inherited);
         host.reserve()?;
         let pid = self.counter.next(host.name);
-        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args);
+        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args, context);
         if let Some(parent) = parent.filter(|_| link || monitor) {
             let mut t = cell.topo.lock();
             let m = t.more();
@@ -494,9 +508,9 @@ impl NodeInner {
         cell.mailbox.start();
         // SAFETY: the state word is RUNNING and only this thread moved it there.
         let slot = unsafe { &mut *cell.slot.get() };
-        let crate::cell::Slot { process, init, next_command, last_target } = slot;
+        let crate::cell::Slot { process, init, next_command, last_target, context } = slot;
         let Some(p) = process.as_mut() else { return };
-        let mut cx = Context::new(self, cell, next_command, last_target);
+        let mut cx = Context::new(self, cell, next_command, last_target, context);
         let mut events = Events { mailbox: &cell.mailbox, popped: 0 };
         let status = match cell.kill_error() {
             Some(e) => Status::Exit(Err(e)),

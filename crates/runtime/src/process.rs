@@ -142,16 +142,30 @@ pub trait Process: Send + 'static {
     }
 }
 
+/// A process made by a [`ProcessFactory`], and the group that schedules it (a Lua shard),
+/// if any.
+pub struct NewProcess {
+    pub process: Box<dyn Process>,
+    pub group: Option<std::sync::Arc<dyn crate::cell::ProcessGroup>>,
+}
+
+impl From<Box<dyn Process>> for NewProcess {
+    fn from(process: Box<dyn Process>) -> NewProcess {
+        NewProcess { process, group: None }
+    }
+}
+
 /// Makes processes for an entry ID, so `spawn("ns:name", ...)` works for any process kind.
+/// `host` is where the process will run (a Lua factory picks one of that host's shards).
 pub trait ProcessFactory: Send + Sync + 'static {
-    fn create(&self, entry: &str) -> Result<Box<dyn Process>, Error>;
+    fn create(&self, entry: &str, host: &crate::host::HostRef) -> Result<NewProcess, Error>;
 }
 
 impl<F> ProcessFactory for F
 where
     F: Fn(&str) -> Result<Box<dyn Process>, Error> + Send + Sync + 'static,
 {
-    fn create(&self, entry: &str) -> Result<Box<dyn Process>, Error> {
-        self(entry)
+    fn create(&self, entry: &str, _host: &crate::host::HostRef) -> Result<NewProcess, Error> {
+        Ok(self(entry)?.into())
     }
 }

@@ -1,0 +1,164 @@
+//! The Lua entries a node knows (process.lua, function.lua, library.lua), their compiled
+//! code cache keyed by (entry, source version), and the hosts' shard pools.
+//!
+//! Source is parsed once per (entry, version) node-wide: the first shard that needs it
+//! compiles and keeps the bytecode here; other shards load the bytecode (no reparse), and
+//! each shard keeps the loaded prototype for all its processes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, Lua};
+use parking_lot::{Mutex, RwLock};
+use wippy_runtime::{Error, Value};
+
+use crate::shard::{HostShards, ShardOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Process,
+    Function,
+    Library,
+}
+
+/// One Lua entry.
+#[derive(Clone, Debug)]
+pub struct LuaEntry {
+    /// `namespace:name`.
+    pub id: String,
+    pub kind: EntryKind,
+    /// The Lua source text.
+    pub source: Arc<str>,
+    /// What error messages call the source (usually its file path).
+    pub chunk_name: String,
+    /// The function of the chunk's returned table to call (`main`).
+    pub method: String,
+    /// Built-in modules this entry may bind.
+    pub modules: Vec<String>,
+    /// `alias -> library entry ID`.
+    pub imports: Vec<(String, String)>,
+    /// Bumped whenever the source changes.
+    pub version: u64,
+}
+
+impl LuaEntry {
+    pub fn process(id: &str, source: &str) -> LuaEntry {
+        LuaEntry {
+            id: id.to_string(),
+            kind: EntryKind::Process,
+            source: Arc::from(source),
+            chunk_name: id.to_string(),
+            method: "main".into(),
+            modules: Vec::new(),
+            imports: Vec::new(),
+            version: 1,
+        }
+    }
+    pub fn function(id: &str, source: &str) -> LuaEntry {
+        LuaEntry { kind: EntryKind::Function, method: "call".into(), ..LuaEntry::process(id, source) }
+    }
+    pub fn library(id: &str, source: &str) -> LuaEntry {
+        LuaEntry { kind: EntryKind::Library, ..LuaEntry::process(id, source) }
+    }
+    pub fn modules(mut self, m: &[&str]) -> LuaEntry {
+        self.modules = m.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn import(mut self, alias: &str, id: &str) -> LuaEntry {
+        self.imports.push((alias.to_string(), id.to_string()));
+        self
+    }
+    pub fn method(mut self, m: &str) -> LuaEntry {
+        self.method = m.to_string();
+        self
+    }
+    pub fn chunk_name(mut self, n: &str) -> LuaEntry {
+        self.chunk_name = n.to_string();
+        self
+    }
+}
+
+/// A `registry.entry` (or any entry) as the read-only `registry` module shows it.
+#[derive(Clone, Debug)]
+pub struct RegistryItem {
+    pub id: String,
+    pub kind: String,
+    pub meta: Value,
+    pub data: Value,
+}
+
+pub(crate) struct Catalog {
+    pub(crate) entries: RwLock<HashMap<String, Arc<LuaEntry>>>,
+    bytecode: Mutex<HashMap<(String, u64), Arc<[u8]>>>,
+    pub(crate) compiles: AtomicU64,
+    pub(crate) hosts: RwLock<HashMap<String, Arc<HostShards>>>,
+    pub(crate) host_options: RwLock<HashMap<String, ShardOptions>>,
+    pub(crate) registry: RwLock<Vec<RegistryItem>>,
+    pub(crate) env: RwLock<HashMap<String, String>>,
+}
+
+impl Catalog {
+    pub(crate) fn new() -> Catalog {
+        Catalog {
+            entries: RwLock::new(HashMap::new()),
+            bytecode: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
+            hosts: RwLock::new(HashMap::new()),
+            host_options: RwLock::new(HashMap::new()),
+            registry: RwLock::new(Vec::new()),
+            env: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn entry(&self, id: &str) -> Result<Arc<LuaEntry>, Error> {
+        self.entries.read().get(id).cloned().ok_or_else(|| Error::not_found(format!("entry not found: {id}")))
+    }
+
+    /// The entry's chunk as a function of `(_ENV, ...)`, loaded into `lua`: from this
+    /// node's bytecode cache, compiling the source only the first time.
+    pub(crate) fn load(&self, lua: &Lua, entry: &LuaEntry) -> Result<Function, Error> {
+        let key = (entry.id.clone(), entry.version);
+        let name = format!("@{}", entry.chunk_name);
+        let cached = self.bytecode.lock().get(&key).cloned();
+        let code = match cached {
+            Some(code) => code,
+            None => {
+                let wrapped = wrap_source(&entry.source);
+                let f = lua
+                    .load(wrapped.as_str())
+                    .set_name(name.as_str())
+                    .set_mode(ChunkMode::Text)
+                    .into_function()
+                    .map_err(|e| compile_error(entry, &e))?;
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+                let code: Arc<[u8]> = Arc::from(f.dump(false));
+                self.bytecode.lock().insert(key, code.clone());
+                code
+            }
+        };
+        let outer = lua
+            .load(&code[..])
+            .set_name(name.as_str())
+            .set_mode(ChunkMode::Binary)
+            .into_function()
+            .map_err(|e| compile_error(entry, &e))?;
+        outer.call::<Function>(()).map_err(|e| compile_error(entry, &e))
+    }
+}
+
+/// `return function(_ENV, ...) <source> end`, on the source's own first line so every line
+/// number stays the user's. A `#!` first line becomes a comment.
+fn wrap_source(src: &str) -> String {
+    let body = if src.starts_with('#') { format!("--{src}") } else { src.to_string() };
+    format!("return function(_ENV, ...) {body}\nend")
+}
+
+fn compile_error(entry: &LuaEntry, e: &mlua::Error) -> Error {
+    let msg = match e {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    Error::invalid(format!("entry '{}': {}", entry.id, msg))
+}

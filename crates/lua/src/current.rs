@@ -1,0 +1,61 @@
+//! The process a shard is stepping right now, for the Rust functions Lua code calls.
+//!
+//! A Lua process's step publishes its runtime [`Context`] and its Rust-side state here for
+//! the duration of each resume; module functions reach them with [`with`]. Nothing here
+//! outlives a step.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use wippy_runtime::Context;
+
+use crate::catalog::{Catalog, LuaEntry};
+use crate::convert::Marks;
+use crate::shard::Shard;
+
+/// The Rust-side state of one Lua process.
+pub(crate) struct ProcState {
+    pub(crate) entry: Arc<LuaEntry>,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) shard: Arc<Shard>,
+    pub(crate) marks: Marks,
+    pub(crate) upgradable: bool,
+    /// Bytes this process allocated while it ran (net), for `max_process_memory`.
+    pub(crate) memory: usize,
+}
+
+thread_local! {
+    static CURRENT: Cell<(*mut (), *mut ProcState)> = const { Cell::new((std::ptr::null_mut(), std::ptr::null_mut())) };
+}
+
+/// Publishes a process for the Rust functions Lua calls, until dropped.
+pub(crate) struct Entered {
+    prev: (*mut (), *mut ProcState),
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
+    }
+}
+
+pub(crate) fn enter(cx: &mut Context<'_>, st: &mut ProcState) -> Entered {
+    let p = (cx as *mut Context<'_> as *mut (), st as *mut ProcState);
+    Entered { prev: CURRENT.with(|c| c.replace(p)) }
+}
+
+/// Run `f` with the current process's context and state.
+pub(crate) fn with<R>(f: impl FnOnce(&mut Context<'_>, &mut ProcState) -> mlua::Result<R>) -> mlua::Result<R> {
+    let (cx, st) = CURRENT.with(|c| c.get());
+    if cx.is_null() {
+        return Err(mlua::Error::runtime("this function can only be called from inside a process"));
+    }
+    // SAFETY: set by `enter` for the duration of a resume on this thread; the step that
+    // owns both outlives every call made while they are published.
+    unsafe { f(&mut *(cx as *mut Context<'static>), &mut *st) }
+}
+
+/// The current process's state only.
+pub(crate) fn state<R>(f: impl FnOnce(&mut ProcState) -> R) -> mlua::Result<R> {
+    with(|_, st| Ok(f(st)))
+}

@@ -1,0 +1,121 @@
+//! wippy-lua: Lua processes for the Wippy runtime.
+//!
+//! Lua processes live many to a Lua 5.4 VM ("shard"); each is a coroutine with its own
+//! `_ENV` and its own proxies of the shared, locked libraries. A host's shards are
+//! runnables on its scheduler. [`LuaRuntime`] holds the Lua entries a node can spawn and
+//! plugs into the node as its entry factory.
+
+mod catalog;
+mod convert;
+mod current;
+mod modules;
+mod process;
+mod sandbox;
+mod shard;
+
+use std::sync::Arc;
+
+use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
+
+pub use catalog::{EntryKind, LuaEntry, RegistryItem};
+pub use modules::time::{format_duration, parse_duration};
+pub use shard::ShardOptions;
+
+use catalog::Catalog;
+use sandbox::Vm;
+use shard::{HostShards, Shard};
+
+/// The Lua side of a node: its entries, their compiled code, and the hosts' shards.
+#[derive(Clone)]
+pub struct LuaRuntime {
+    catalog: Arc<Catalog>,
+}
+
+impl Default for LuaRuntime {
+    fn default() -> Self {
+        LuaRuntime::new()
+    }
+}
+
+impl LuaRuntime {
+    pub fn new() -> LuaRuntime {
+        LuaRuntime { catalog: Arc::new(Catalog::new()) }
+    }
+
+    /// Add or replace an entry (a replaced entry should carry a higher `version`).
+    pub fn add_entry(&self, entry: LuaEntry) {
+        self.catalog.entries.write().insert(entry.id.clone(), Arc::new(entry));
+    }
+
+    /// How processes on `host` are placed in shards (before the first spawn there).
+    pub fn set_host_options(&self, host: &str, options: ShardOptions) {
+        self.catalog.host_options.write().insert(host.to_string(), options);
+    }
+
+    /// An entry the `registry` module shows.
+    pub fn add_registry_item(&self, item: RegistryItem) {
+        self.catalog.registry.write().push(item);
+    }
+
+    /// A variable the `env` module returns before looking at the OS environment.
+    pub fn set_env(&self, name: &str, value: &str) {
+        self.catalog.env.write().insert(name.to_string(), value.to_string());
+    }
+
+    /// Make `node` spawn Lua entries through this runtime (for every ID it has no other
+    /// factory for).
+    pub fn install(&self, node: &NodeRef) {
+        node.set_entry_fallback(Arc::new(Factory { catalog: self.catalog.clone() }));
+    }
+
+    /// How many times source was compiled (the cache makes it once per entry version).
+    pub fn compile_count(&self) -> u64 {
+        self.catalog.compiles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many shards `host` has now.
+    pub fn shard_count(&self, host: &str) -> usize {
+        self.catalog.hosts.read().get(host).map(|h| h.shard_count()).unwrap_or(0)
+    }
+}
+
+struct Factory {
+    catalog: Arc<Catalog>,
+}
+
+impl ProcessFactory for Factory {
+    fn create(&self, id: &str, host: &HostRef) -> Result<NewProcess, Error> {
+        let entry = self.catalog.entry(id)?;
+        if entry.kind == EntryKind::Library {
+            return Err(Error::invalid(format!("entry '{id}' is a library.lua entry: it can be imported, not spawned")));
+        }
+        let name = host.name().to_string();
+        let shards = {
+            let existing = self.catalog.hosts.read().get(&name).cloned();
+            match existing {
+                Some(s) => s,
+                None => {
+                    let options = self.catalog.host_options.read().get(&name).cloned().unwrap_or_default();
+                    self.catalog
+                        .hosts
+                        .write()
+                        .entry(name.clone())
+                        .or_insert_with(|| Arc::new(HostShards::new(host.clone(), options)))
+                        .clone()
+                }
+            }
+        };
+        let weak = Arc::downgrade(&self.catalog);
+        let shard = shards
+            .place(|| {
+                let vm = Vm::new(weak, shards.options.grants_io)?;
+                if shards.options.isolated && shards.options.max_process_memory > 0 {
+                    vm.lua.set_memory_limit(vm.baseline + shards.options.max_process_memory)?;
+                }
+                Ok(Shard::new(vm, shards.host.clone(), shards.options.clone()))
+            })
+            .map_err(|e| Error::internal(format!("cannot create a Lua shard on host '{name}': {e}")))?;
+        let process = process::LuaProcess::new(entry, self.catalog.clone(), shard.clone());
+        Ok(NewProcess { process: Box::new(process), group: Some(shard) })
+    }
+}

@@ -1,0 +1,876 @@
+-- The shard prelude: run once per shard, with the shard's Rust primitives `R` and the
+-- shared (locked) library tables `LIBS`. It owns everything a Lua process does inside its
+-- own VM time: the per-process runner (its coroutines, their ready queue), channels and
+-- select, mailbox-to-channel routing (SPEC 4.3), lifecycle event tables (4.4), timers'
+-- channels, the coroutine wrappers that pass runtime yields through user coroutines, and
+-- the per-process environment (_ENV and library proxies).
+--
+-- It must never: keep a reference from shared state to one process's tables (everything a
+-- process owns hangs off its own state table P, which only its runner and S[1] reach), or
+-- expose a shared table to user code (user code only ever sees per-process proxies).
+local R, LIBS = ...
+
+local raw_create, raw_resume, raw_yield, raw_status, raw_running, raw_isyieldable, raw_close =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running,
+  coroutine.isyieldable, coroutine.close
+local pack, unpack, tinsert = table.pack, table.unpack, table.insert
+local select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall =
+  select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
+local rt_cur, rt_preempted, rt_error, rt_time = R.cur, R.preempted, R.error, R.time_from_nanos
+
+local S = {}          -- S[1]: the running process's state P (set by Rust before every resume)
+local BLOCK = {}      -- a task yields this to wait (passed up through user coroutines)
+local DONE = {}       -- a task body returns this first when it finished
+local RAISE = {}      -- a waker passes this first to make the woken call raise
+local MEMERR = "not enough memory"
+
+-------------------------------------------------------------------------------------------
+-- Ready queue of a process's tasks
+-------------------------------------------------------------------------------------------
+local function wake(P, t, a, b)
+  t.a, t.b = a, b
+  if t.ext then t.ext = false; P.next_ = P.next_ - 1 end
+  local i = P.rt + 1; P.rt = i; P.rq[i] = t
+end
+
+local function block()
+  return raw_yield(BLOCK)
+end
+
+-------------------------------------------------------------------------------------------
+-- Channels
+-------------------------------------------------------------------------------------------
+local Chan = {}
+local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
+R.set_channel_mt(ChanMT)
+
+local function newchan(P, size, ext)
+  return setmetatable({ size = size, buf = {}, bh = 1, bt = 0, rq = { h = 1, t = 0 }, sq = { h = 1, t = 0 },
+    closed = false, ext = ext, P = P }, ChanMT)
+end
+
+local function q_push(q, w) local i = q.t + 1; q.t = i; q[i] = w end
+-- First waiter whose select has not fired yet, removed from the queue.
+local function q_pop(q)
+  local h = q.h
+  while h <= q.t do
+    local w = q[h]; q[h] = nil; h = h + 1
+    if not w.sel or not w.sel.done then q.h = h; return w end
+  end
+  q.h, q.t = 1, 0
+  return nil
+end
+
+-- Hand a waiter its result. A receiver gets (value, ok); a sender gets true.
+local function fire(P, w, v, ok)
+  local sel = w.sel
+  if sel then
+    sel.done = true
+    if w.send then
+      wake(P, w.t, { channel = w.ch, ok = true })
+    else
+      wake(P, w.t, { channel = w.ch, value = v, ok = ok })
+    end
+  elseif w.send then
+    wake(P, w.t, true)
+  else
+    wake(P, w.t, v, ok)
+  end
+end
+
+local drain -- forward: route pending mailbox messages (defined with the router)
+
+-- Receive without blocking: (v, true), (nil, false) when closed and drained, or nothing
+-- (n == 0) when it would block.
+local function try_recv(ch)
+  local bh = ch.bh
+  if bh <= ch.bt then
+    local v = ch.buf[bh]; ch.buf[bh] = nil; ch.bh = bh + 1
+    local w = q_pop(ch.sq)
+    if w then
+      local i = ch.bt + 1; ch.bt = i; ch.buf[i] = w.v
+      fire(ch.P, w)
+    elseif ch.bh > ch.bt then
+      ch.bh, ch.bt = 1, 0
+    end
+    if ch.ext and ch.P.npending > 0 then drain(ch.P) end
+    return true, v, true
+  end
+  local w = q_pop(ch.sq)
+  if w then
+    fire(ch.P, w)
+    return true, w.v, true
+  end
+  if ch.closed then return true, nil, false end
+  return false
+end
+
+local function try_send(ch, v)
+  if ch.closed then error("send on a closed channel", 3) end
+  local w = q_pop(ch.rq)
+  if w then fire(ch.P, w, v, true); return true end
+  if ch.bt - ch.bh + 1 < ch.size then
+    local i = ch.bt + 1; ch.bt = i; ch.buf[i] = v
+    return true
+  end
+  return false
+end
+
+local function check_chan(ch, fname)
+  if getmetatable(ch) ~= "channel" then
+    error("bad argument #1 to '" .. fname .. "' (channel expected, got " .. type(ch) .. ")", 3)
+  end
+end
+
+function Chan.send(ch, v)
+  check_chan(ch, "send")
+  if try_send(ch, v) then return true end
+  local P = S[1]
+  q_push(ch.sq, { t = P.cur, ch = ch, send = true, v = v })
+  local a, b = block()
+  if a == RAISE then error(b, 2) end
+  return true
+end
+
+function Chan.receive(ch)
+  check_chan(ch, "receive")
+  local ok, v, got = try_recv(ch)
+  if ok then return v, got end
+  local P = S[1]
+  local t = P.cur
+  q_push(ch.rq, { t = t, ch = ch })
+  if ch.ext then
+    t.ext = true; P.next_ = P.next_ + 1
+    if P.npending > 0 then drain(P) end
+  end
+  return block()
+end
+
+function Chan.close(ch)
+  check_chan(ch, "close")
+  if ch.closed then return end
+  ch.closed = true
+  local P = ch.P
+  while true do
+    local w = q_pop(ch.rq)
+    if not w then break end
+    fire(P, w, nil, false)
+  end
+  while true do
+    local w = q_pop(ch.sq)
+    if not w then break end
+    if w.sel then w.sel.done = true end
+    wake(P, w.t, RAISE, "send on a closed channel")
+  end
+end
+
+function Chan.case_send(ch, v) check_chan(ch, "case_send"); return { ch = ch, send = true, v = v } end
+function Chan.case_receive(ch) check_chan(ch, "case_receive"); return { ch = ch } end
+function Chan.is_closed(ch) return ch.closed end
+
+local function select_(cases, default)
+  if type(cases) ~= "table" then
+    error("bad argument #1 to 'select' (table expected, got " .. type(cases) .. ")", 2)
+  end
+  if default == nil then default = cases.default end
+  local n = #cases
+  for i = 1, n do
+    local c = cases[i]
+    if type(c) ~= "table" or getmetatable(c.ch) ~= "channel" then
+      error("bad argument #1 to 'select' (case " .. i .. " is not a channel case)", 2)
+    end
+    local ch = c.ch
+    if c.send then
+      if try_send(ch, c.v) then return { channel = ch, ok = true } end
+    else
+      local ok, v, got = try_recv(ch)
+      if ok then return { channel = ch, value = v, ok = got } end
+    end
+  end
+  if default then return { default = true, ok = true } end
+  if n == 0 then error("select with no cases and no default blocks forever", 2) end
+  local P = S[1]
+  local t = P.cur
+  local sel = { done = false }
+  local ext = false
+  for i = 1, n do
+    local c = cases[i]
+    q_push(c.send and c.ch.sq or c.ch.rq, { t = t, ch = c.ch, sel = sel, send = c.send, v = c.v })
+    ext = ext or c.ch.ext
+  end
+  if ext then
+    t.ext = true; P.next_ = P.next_ + 1
+    if P.npending > 0 then drain(P) end
+  end
+  local a, b = block()
+  if a == RAISE then error(b, 2) end
+  return a
+end
+
+local channel = {}
+function channel.new(size)
+  if size ~= nil and (math.type(size) ~= "integer" or size < 0) then
+    error("bad argument #1 to 'new' (non-negative integer expected, got " .. tostring(size) .. ")", 2)
+  end
+  return newchan(S[1], size or 0, false)
+end
+channel.select = select_
+LIBS.channel = channel
+
+-------------------------------------------------------------------------------------------
+-- Messages, payloads, lifecycle events and their routing (SPEC 4.3, 4.4)
+-------------------------------------------------------------------------------------------
+local Payload = {}
+local PayloadMT = { __index = Payload, __name = "payload", __metatable = "payload" }
+function Payload.data(p) return p[1] end
+local function newpayload(v) return setmetatable({ v }, PayloadMT) end
+R.set_payload_mt(PayloadMT)
+LIBS.payload = { new = function(v) return newpayload(v) end }
+
+local Msg = {}
+local MsgMT = { __index = Msg, __name = "message", __metatable = "message" }
+function Msg.topic(m) return m.tp end
+function Msg.from(m) return m.fr end
+function Msg.payload(m)
+  local n = m.n
+  if n == 0 then return nil end
+  if n == 1 then return newpayload(m[1]) end
+  local arr = {}
+  for i = 1, n do arr[i] = newpayload(m[i]) end
+  return arr
+end
+R.set_message_mt(MsgMT)
+
+-- The channel a pending item goes to now, and the value it carries there.
+local function target(P, m)
+  if m.ev then return P.events end
+  local l = P.listen[m.tp]
+  if l then return l end
+  return P.inbox
+end
+
+local function form(ch, m)
+  if m.ev or not ch.plain then return m.ev or m end
+  local n = m.n
+  if n == 1 then return m[1] end
+  if n == 0 then return nil end
+  local arr = {}
+  for i = 1, n do arr[i] = m[i] end
+  return arr
+end
+
+-- Try to hand `m` to `ch` now (a waiting receiver, or room in a listen buffer).
+local function offer(P, ch, m)
+  local w = q_pop(ch.rq)
+  if w then fire(P, w, form(ch, m), true); return true end
+  if ch.bt - ch.bh + 1 < ch.size then
+    local i = ch.bt + 1; ch.bt = i; ch.buf[i] = form(ch, m)
+    return true
+  end
+  return false
+end
+
+-- Deliver what can be delivered of the pending items, in order; an item stays when its
+-- channel cannot take it, and so does every later item for the same channel.
+drain = function(P)
+  local pend, kept, stuck = P.pending, {}, {}
+  local n = 0
+  for i = 1, P.npending do
+    local m = pend[i]
+    local ch = target(P, m)
+    if ch and not stuck[ch] and offer(P, ch, m) then
+      -- delivered
+    else
+      if ch then stuck[ch] = true end
+      n = n + 1; kept[n] = m
+    end
+  end
+  P.pending, P.npending = kept, n
+end
+
+local function arrive(P, m)
+  if P.npending == 0 then
+    local ch = target(P, m)
+    if ch and offer(P, ch, m) then return end
+  end
+  local n = P.npending + 1
+  P.npending = n; P.pending[n] = m
+  if n > 1 then drain(P) end
+end
+
+local EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.cancel", "pid.outdated"
+
+-- The exit of a funcs.async call completes its future (set with funcs below).
+local on_future
+
+-- One runtime event, as Rust passes it to the runner.
+local function handle(P, kind, a, b, c, d, ...)
+  if kind == "m" then       -- message: topic, from, n, payloads...
+    arrive(P, setmetatable({ tp = a, fr = b, n = c, d, ... }, MsgMT))
+  elseif kind == "t" then   -- command completion: id, ok, value
+    local h = P.cmds[a]
+    if h then h(P, a, b, c) end
+  elseif kind == "x" then   -- EXIT: from, at, ok, value|error
+    local w = P.execs[a]
+    if w then
+      P.execs[a] = nil
+      if w.future then
+        on_future(P, w, c, d)
+      elseif c then
+        wake(P, w, d)
+      else
+        wake(P, w, nil, d)
+      end
+      return
+    end
+    local result = c and { value = d } or { error = d }
+    arrive(P, { ev = { kind = EXIT, from = a, at = b, result = result } })
+  elseif kind == "l" then   -- LINK_DOWN: from, at, error
+    arrive(P, { ev = { kind = LINK_DOWN, from = a, at = b, result = { error = c } } })
+  elseif kind == "c" then   -- CANCEL: from, at, reason
+    arrive(P, { ev = { kind = CANCEL, from = a, at = b, reason = c } })
+  end
+end
+
+-------------------------------------------------------------------------------------------
+-- The runner: one per process; runs the process's tasks (main and coroutine.spawn-ed
+-- ones) until each blocks, then waits for the next runtime event.
+-------------------------------------------------------------------------------------------
+local function new_task(P, body, ...)
+  local t = { co = raw_create(body), a = nil, b = nil, ext = false }
+  local args = pack(...)
+  t.a = args
+  local i = P.rt + 1; P.rt = i; P.rq[i] = t
+  P.ntasks = P.ntasks + 1
+  return t
+end
+
+local function task_body(args)
+  return DONE, args[1](unpack(args, 2, args.n))
+end
+
+local function counted(ok, ...) return ok, select("#", ...), ... end
+
+-- Resolve the entry's main from its chunk's result, and call it.
+local function main_body(args)
+  local chunk, env, method, id = args[1], args[2], args[3], args[4]
+  local r = chunk(env)
+  local f
+  if type(r) == "table" then
+    f = r[method]
+  elseif type(r) == "function" and method == "main" then
+    f = r
+  end
+  if type(f) ~= "function" then
+    error(rt_error("Invalid", "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"), 0)
+  end
+  return DONE, f(unpack(args, 5, args.n))
+end
+
+local function finish(P, v, e)
+  if e == nil then
+    P.result = { true, v }
+  elseif type(e) == "string" then
+    P.result = { false, rt_error("Internal", e, false) }
+  else
+    P.result = { false, e }
+  end
+end
+
+local function run_ready(P, runner_co)
+  local rq = P.rq
+  while P.rh <= P.rt do
+    local h = P.rh
+    local t = rq[h]; rq[h] = nil; P.rh = h + 1
+    P.cur = t
+    local a, b = t.a, t.b
+    t.a, t.b = nil, nil
+    rt_cur(t.co)
+    local ok, n, r1, r2, r3
+    if t.started then
+      ok, n, r1, r2, r3 = counted(raw_resume(t.co, a, b))
+    else
+      t.started = true
+      ok, n, r1, r2, r3 = counted(raw_resume(t.co, a))
+    end
+    rt_cur(runner_co)
+    if not ok then
+      if r1 == MEMERR then P.memfail = true end
+      P.result = { false, r1 }
+      return
+    elseif r1 == BLOCK then
+      -- waiting; a waker puts it back
+    elseif r1 == DONE then
+      P.ntasks = P.ntasks - 1
+      if t.main then finish(P, r2, r3); return end
+    elseif n == 0 and rt_preempted() then
+      -- its slice is over: it goes first when the process runs again
+      P.rh = P.rh - 1; rq[P.rh] = t
+      raw_yield()
+    else
+      -- a plain coroutine.yield() at a task's top level: let the others run
+      local i = P.rt + 1; P.rt = i; rq[i] = t
+    end
+  end
+  if P.rh > P.rt then P.rh, P.rt = 1, 0 end
+end
+
+local function runner(P, chunk, env, method, id, ...)
+  local runner_co = raw_running()
+  local t = new_task(P, main_body, chunk, env, method, id, ...)
+  t.main = true
+  while true do
+    run_ready(P, runner_co)
+    if P.result then
+      local r = P.result
+      return "exit", r[1], r[2]
+    end
+    if P.next_ == 0 then
+      return "exit", false, rt_error("Internal", "deadlock: every coroutine of the process is blocked on a channel that nothing can wake")
+    end
+    handle(P, raw_yield("wait"))
+  end
+end
+
+-------------------------------------------------------------------------------------------
+-- coroutine: wrappers that pass runtime yields (blocking calls, preemption) up to the
+-- runner and resume the inner coroutine with the answer.
+-------------------------------------------------------------------------------------------
+local function pass_up(co, ok, ...)
+  while ok do
+    local n = select("#", ...)
+    local first = ...
+    if first == BLOCK then
+      rt_cur(raw_running())
+      local a, b = raw_yield(BLOCK)
+      rt_cur(co)
+      return pass_up(co, raw_resume(co, a, b))
+    elseif n == 0 and raw_status(co) ~= "dead" and R.preempt_pending() then
+      rt_cur(raw_running())
+      raw_yield()
+      rt_cur(co)
+      return pass_up(co, raw_resume(co))
+    end
+    break
+  end
+  rt_cur(raw_running())
+  return ok, ...
+end
+
+local co_lib = {}
+for k, v in pairs(coroutine) do co_lib[k] = v end
+co_lib.resume = function(co, ...)
+  if type(co) ~= "thread" then
+    error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
+  end
+  rt_cur(co)
+  return pass_up(co, raw_resume(co, ...))
+end
+local function wrap_result(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
+end
+co_lib.wrap = function(f)
+  if type(f) ~= "function" then
+    error("bad argument #1 to 'wrap' (function expected, got " .. type(f) .. ")", 2)
+  end
+  local co = raw_create(f)
+  return function(...)
+    rt_cur(co)
+    return wrap_result(pass_up(co, raw_resume(co, ...)))
+  end
+end
+co_lib.spawn = function(f, ...)
+  if type(f) ~= "function" then
+    error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 2)
+  end
+  local P = S[1]
+  new_task(P, task_body, f, ...)
+  return true
+end
+LIBS.coroutine = co_lib
+
+-------------------------------------------------------------------------------------------
+-- process (the Lua side; the rest are Rust functions already in LIBS.process)
+-------------------------------------------------------------------------------------------
+local process = LIBS.process
+process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
+
+function process.inbox()
+  local P = S[1]
+  local ch = P.inbox
+  if not ch then
+    ch = newchan(P, 0, true); P.inbox = ch
+    if P.npending > 0 then drain(P) end
+  end
+  return ch
+end
+
+function process.events()
+  local P = S[1]
+  local ch = P.events
+  if not ch then
+    ch = newchan(P, 0, true); P.events = ch
+    if P.npending > 0 then drain(P) end
+  end
+  return ch
+end
+
+function process.listen(topic, opts)
+  if type(topic) ~= "string" then
+    error("bad argument #1 to 'listen' (string expected, got " .. type(topic) .. ")", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'listen' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  if topic:sub(1, 1) == "@" then
+    return nil, rt_error("Invalid", "topic '" .. topic .. "' is reserved: topics starting with '@' belong to the runtime")
+  end
+  local P = S[1]
+  local ch = P.listen[topic]
+  if ch then return ch end
+  ch = newchan(P, 1, true)
+  ch.topic = topic
+  ch.plain = not (opts and opts.message)
+  P.listen[topic] = ch
+  if P.npending > 0 then drain(P) end
+  return ch
+end
+
+function process.unlisten(ch)
+  check_chan(ch, "unlisten")
+  local P = S[1]
+  local topic = ch.topic
+  if topic and P.listen[topic] == ch then
+    P.listen[topic] = nil
+    Chan.close(ch)
+    if P.npending > 0 then drain(P) end
+    return true
+  end
+  return false
+end
+
+local function wait_exit(P, pid)
+  local t = P.cur
+  P.execs[pid] = t
+  t.ext = true; P.next_ = P.next_ + 1
+  return block()
+end
+
+local spawn_raw = R.spawn
+function process.exec(entry, host, ...)
+  local pid, err = spawn_raw(4, entry, host, nil, nil, ...)
+  if not pid then return nil, err end
+  return wait_exit(S[1], pid)
+end
+
+-- Spawners: process.with_context(values) and friends.
+local Spawner = {}
+local SpawnerMT = { __index = Spawner, __name = "spawner", __metatable = "spawner" }
+local function spawner_copy(sp)
+  local n = setmetatable({ ctx = sp.ctx, name = sp.name, msgs = sp.msgs, actor = sp.actor, scope = sp.scope }, SpawnerMT)
+  return n
+end
+function Spawner.with_context(sp, values)
+  if type(values) ~= "table" then
+    error("bad argument #1 to 'with_context' (table expected, got " .. type(values) .. ")", 2)
+  end
+  local n = spawner_copy(sp)
+  local ctx = {}
+  if sp.ctx then for k, v in pairs(sp.ctx) do ctx[k] = v end end
+  for k, v in pairs(values) do ctx[k] = v end
+  n.ctx = ctx
+  return n
+end
+function Spawner.with_actor(sp, actor) local n = spawner_copy(sp); n.actor = actor; return n end
+function Spawner.with_scope(sp, scope) local n = spawner_copy(sp); n.scope = scope; return n end
+function Spawner.with_name(sp, name)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'with_name' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local n = spawner_copy(sp); n.name = name; return n
+end
+function Spawner.with_message(sp, topic, ...)
+  if type(topic) ~= "string" then
+    error("bad argument #1 to 'with_message' (string expected, got " .. type(topic) .. ")", 2)
+  end
+  local n = spawner_copy(sp)
+  local msgs = {}
+  if sp.msgs then for i, m in ipairs(sp.msgs) do msgs[i] = m end end
+  msgs[#msgs + 1] = pack(topic, ...)
+  n.msgs = msgs
+  return n
+end
+local function spawner_spawn(sp, mode, entry, host, ...)
+  local pid, err = spawn_raw(mode, entry, host, sp.ctx, sp.name, ...)
+  if not pid then return nil, err end
+  if sp.msgs then
+    for _, m in ipairs(sp.msgs) do
+      local ok, serr = process.send(pid, unpack(m, 1, m.n))
+      if not ok then return nil, serr end
+    end
+  end
+  return pid
+end
+function Spawner.spawn(sp, ...) return spawner_spawn(sp, 0, ...) end
+function Spawner.spawn_monitored(sp, ...) return spawner_spawn(sp, 1, ...) end
+function Spawner.spawn_linked(sp, ...) return spawner_spawn(sp, 2, ...) end
+function Spawner.spawn_linked_monitored(sp, ...) return spawner_spawn(sp, 3, ...) end
+function Spawner.exec(sp, entry, host, ...)
+  local pid, err = spawner_spawn(sp, 4, entry, host, ...)
+  if not pid then return nil, err end
+  return wait_exit(S[1], pid)
+end
+function process.with_context(values)
+  return Spawner.with_context(setmetatable({}, SpawnerMT), values)
+end
+
+-------------------------------------------------------------------------------------------
+-- time: the waiting parts (sleep, after, timer, ticker); the rest is Rust (LIBS.time)
+-------------------------------------------------------------------------------------------
+local time = LIBS.time
+local to_ns, cmd_after, cmd_ticker, cmd_cancel = R.duration_ns, R.after, R.ticker, R.cancel_command
+
+function time.sleep(d)
+  local ns = to_ns(d, "sleep")
+  local P = S[1]
+  local t = P.cur
+  local id = cmd_after(ns)
+  P.cmds[id] = function(P2, i) P2.cmds[i] = nil; wake(P2, t) end
+  t.ext = true; P.next_ = P.next_ + 1
+  block()
+end
+
+local function timer_channel(P, ns, once_close)
+  local ch = newchan(P, 1, true)
+  local id = cmd_after(ns)
+  P.cmds[id] = function(P2, i, ok, v)
+    P2.cmds[i] = nil
+    offer(P2, ch, { ev = rt_time(v) })
+    if once_close then Chan.close(ch) end
+  end
+  return ch, id
+end
+
+function time.after(d)
+  local ch = timer_channel(S[1], to_ns(d, "after"), true)
+  return ch
+end
+
+local Timer = {}
+local TimerMT = { __index = Timer, __name = "timer", __metatable = "timer" }
+function time.timer(d)
+  local P = S[1]
+  local ch, id = timer_channel(P, to_ns(d, "timer"), false)
+  return setmetatable({ ch = ch, id = id, P = P, fired = false }, TimerMT)
+end
+function Timer.channel(tm) return tm.ch end
+Timer.response = Timer.channel
+function Timer.stop(tm)
+  local P = tm.P
+  if tm.id and P.cmds[tm.id] then
+    P.cmds[tm.id] = nil
+    cmd_cancel(tm.id)
+    tm.id = nil
+    return true
+  end
+  return false
+end
+function Timer.reset(tm, d)
+  local ns = to_ns(d, "reset")
+  local was = Timer.stop(tm)
+  local P = tm.P
+  local ch = tm.ch
+  local id = cmd_after(ns)
+  P.cmds[id] = function(P2, i, ok, v) P2.cmds[i] = nil; offer(P2, ch, { ev = rt_time(v) }) end
+  tm.id = id
+  return was
+end
+
+local Ticker = {}
+local TickerMT = { __index = Ticker, __name = "ticker", __metatable = "ticker" }
+function time.ticker(d)
+  local ns = to_ns(d, "ticker")
+  if ns <= 0 then return nil, rt_error("Invalid", "ticker period must be positive") end
+  local P = S[1]
+  local ch = newchan(P, 1, true)
+  local id = cmd_ticker(ns)
+  -- a slow reader loses ticks: a tick that finds the buffer full is dropped
+  P.cmds[id] = function(P2, i, ok, v) offer(P2, ch, { ev = rt_time(v) }) end
+  return setmetatable({ ch = ch, id = id, P = P }, TickerMT)
+end
+function Ticker.channel(tk) return tk.ch end
+function Ticker.stop(tk)
+  local P = tk.P
+  if tk.id and P.cmds[tk.id] then
+    P.cmds[tk.id] = nil
+    cmd_cancel(tk.id)
+    tk.id = nil
+    Chan.close(tk.ch)
+    return true
+  end
+  return false
+end
+
+-------------------------------------------------------------------------------------------
+-- funcs: call and async run a function.lua entry as a short-lived process
+-------------------------------------------------------------------------------------------
+if LIBS.funcs then
+  local funcs = LIBS.funcs
+  function funcs.call(id, ...)
+    if type(id) ~= "string" then
+      error("bad argument #1 to 'call' (string expected, got " .. type(id) .. ")", 2)
+    end
+    local pid, err = spawn_raw(5, id, nil, nil, nil, ...)
+    if not pid then return nil, err end
+    return wait_exit(S[1], pid)
+  end
+  local Future = {}
+  local FutureMT = { __index = Future, __name = "future", __metatable = "future" }
+  function funcs.async(id, ...)
+    if type(id) ~= "string" then
+      error("bad argument #1 to 'async' (string expected, got " .. type(id) .. ")", 2)
+    end
+    local P = S[1]
+    local pid, err = spawn_raw(5, id, nil, nil, nil, ...)
+    if not pid then return nil, err end
+    local ch = newchan(P, 1, true)
+    local f = setmetatable({ ch = ch, pid = pid, P = P }, FutureMT)
+    -- the exit arrives as an EXIT event routed to this future's channel
+    P.execs[pid] = { future = f }
+    return f
+  end
+  function Future.channel(f) return f.ch end
+  function Future.result(f)
+    if f.res then return f.res[1], f.res[2] end
+    local v, ok = Chan.receive(f.ch)
+    return f.res[1], f.res[2]
+  end
+  function Future.cancel(f)
+    if f.res then return false end
+    process.cancel(f.pid, "future cancelled")
+    return true
+  end
+  on_future = (function(P, w, ok, v)
+    local f = w.future
+    f.res = ok and { v } or { nil, v }
+    offer(P, f.ch, { ev = f.res })
+    Chan.close(f.ch)
+  end)
+end
+
+-------------------------------------------------------------------------------------------
+-- The per-process environment
+-------------------------------------------------------------------------------------------
+local BASE = LIBS._base
+local ALWAYS = { process = true, channel = true, errors = true, payload = true, coroutine = true,
+  string = true, table = true, math = true, utf8 = true, os = true }
+
+-- A per-process proxy of a shared table: reads fall through (nested tables get proxies of
+-- their own on first use), writes stay in the proxy. Its metatable is protected.
+local proxy_mts = setmetatable({}, { __mode = "k" })
+local function proxy_of(lib)
+  local mt = proxy_mts[lib]
+  if not mt then
+    mt = { __metatable = false }
+    mt.__index = function(p, k)
+      local v = lib[k]
+      if type(v) == "table" then
+        v = proxy_of(v)
+      end
+      if v ~= nil then rawset(p, k, v) end
+      return v
+    end
+    proxy_mts[lib] = mt
+  end
+  return setmetatable({}, mt)
+end
+
+-- The environment metatable of one entry (shared by its processes): globals fall through
+-- to the base library, then to the libraries the entry may bind, as per-process proxies.
+local function env_mt(allowed)
+  return {
+    __metatable = false,
+    __index = function(env, k)
+      local v = BASE[k]
+      if v == nil and (ALWAYS[k] or allowed[k]) then
+        local lib = LIBS[k]
+        if lib ~= nil then v = proxy_of(lib) end
+      end
+      if v ~= nil then rawset(env, k, v) end
+      return v
+    end,
+  }
+end
+
+local function new_env(P, mt)
+  local env = setmetatable({}, mt)
+  rawset(env, "_G", env)
+  return env
+end
+
+-- require: built-in modules the entry lists, then its imports (library entries).
+function BASE.require(name)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local P = S[1]
+  local env = P.env
+  local cache = P.required
+  local v = cache[name]
+  if v ~= nil then return v end
+  if ALWAYS[name] or P.allowed[name] then
+    v = env[name]
+  else
+    local lib = P.imports and P.imports[name]
+    if lib then
+      v = R.load_library(lib, new_env)
+    end
+  end
+  if v == nil then error("module '" .. name .. "' not found", 2) end
+  cache[name] = v
+  return v
+end
+
+-- load: text chunks only; the environment defaults to the calling process's.
+local raw_load = BASE.load
+function BASE.load(chunk, name, mode, env)
+  if mode ~= nil and mode ~= "t" then
+    return nil, "attempt to load a binary chunk (only text chunks are allowed)"
+  end
+  if type(chunk) == "string" and chunk:byte(1) == 27 then
+    return nil, "attempt to load a binary chunk (only text chunks are allowed)"
+  end
+  if env == nil then env = S[1].env end
+  return raw_load(chunk, name, "t", env)
+end
+
+-- pcall/xpcall must not swallow a memory-limit failure.
+local function pc_check(ok, ...)
+  if not ok and (...) == MEMERR then
+    S[1].memfail = true
+    error(MEMERR, 0)
+  end
+  return ok, ...
+end
+function BASE.pcall(f, ...) return pc_check(pcall(f, ...)) end
+function BASE.xpcall(f, h, ...) return pc_check(xpcall(f, h, ...)) end
+
+-- The constructor Rust calls for every new process: its state and its runner coroutine.
+local function new_process(allowed, env_meta, imports, chunk, method, id, args)
+  local P = { rq = {}, rh = 1, rt = 0, cur = nil, next_ = 0, ntasks = 0, pending = {}, npending = 0,
+    listen = {}, cmds = {}, execs = {}, required = {}, allowed = allowed, imports = imports }
+  local env = new_env(P, env_meta)
+  P.env = env
+  local co = raw_create(runner)
+  return P, co, env
+end
+
+return {
+  S = S,
+  runner = runner,
+  new_process = new_process,
+  env_mt = env_mt,
+  new_env = new_env,
+  newchan = newchan,
+}

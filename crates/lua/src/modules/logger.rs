@@ -1,0 +1,118 @@
+//! `logger` and `print`: structured log lines through `tracing`, each carrying the
+//! process's PID and entry ID. `logger:with(fields)` and `logger:named(name)` make child
+//! loggers (plain tables of fields; the functions are shared).
+
+use mlua::{Lua, Table, Value as LuaValue, Variadic};
+
+use crate::current;
+
+fn render(v: &LuaValue) -> String {
+    match v {
+        LuaValue::String(s) => s.to_string_lossy().to_string(),
+        LuaValue::UserData(ud) => LuaValue::UserData(ud.clone()).to_string().unwrap_or_else(|_| "userdata".into()),
+        other => other.to_string().unwrap_or_else(|_| format!("{}: {:p}", super::lua_type(other), other.to_pointer())),
+    }
+}
+
+fn fields_text(fields: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in fields {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+    }
+    s
+}
+
+fn collect(into: &mut Vec<(String, String)>, t: &Table) -> mlua::Result<()> {
+    for pair in t.clone().pairs::<LuaValue, LuaValue>() {
+        let (k, v) = pair?;
+        into.push((render(&k), render(&v)));
+    }
+    Ok(())
+}
+
+fn emit(level: &str, name: Option<String>, msg: &str, fields: &[(String, String)]) -> mlua::Result<()> {
+    let (pid, entry) = current::with(|cx, st| Ok((cx.pid().to_string(), st.entry.id.clone())))
+        .unwrap_or_else(|_| (String::new(), String::new()));
+    let f = fields_text(fields);
+    let logger = name.unwrap_or_default();
+    match level {
+        "debug" => tracing::debug!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
+        "warn" => tracing::warn!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
+        "error" => tracing::error!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
+        _ => tracing::info!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
+    }
+    Ok(())
+}
+
+pub(crate) fn print_function(lua: &Lua) -> mlua::Result<mlua::Function> {
+    lua.create_function(|_, args: Variadic<LuaValue>| {
+        let line = args.iter().map(render).collect::<Vec<_>>().join("\t");
+        emit("info", None, &line, &[])
+    })
+}
+
+pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let mt = lua.create_table()?;
+    for level in ["debug", "info", "warn", "error"] {
+        t.raw_set(
+            level,
+            lua.create_function(move |_, (this, msg, fields): (Table, LuaValue, Option<Table>)| {
+                let mut all = Vec::new();
+                if let Some(base) = this.raw_get::<Option<Table>>("_fields")? {
+                    collect(&mut all, &base)?;
+                }
+                if let Some(f) = fields {
+                    collect(&mut all, &f)?;
+                }
+                let name: Option<String> = this.raw_get("_name")?;
+                emit(level, name, &render(&msg), &all)
+            })?,
+        )?;
+    }
+    let mt2 = mt.clone();
+    t.raw_set(
+        "with",
+        lua.create_function(move |lua, (this, fields): (Table, Table)| {
+            let merged = lua.create_table()?;
+            if let Some(base) = this.raw_get::<Option<Table>>("_fields")? {
+                for pair in base.pairs::<LuaValue, LuaValue>() {
+                    let (k, v) = pair?;
+                    merged.raw_set(k, v)?;
+                }
+            }
+            for pair in fields.pairs::<LuaValue, LuaValue>() {
+                let (k, v) = pair?;
+                merged.raw_set(k, v)?;
+            }
+            let child = lua.create_table()?;
+            child.raw_set("_fields", merged)?;
+            child.raw_set("_name", this.raw_get::<LuaValue>("_name")?)?;
+            child.set_metatable(Some(mt2.clone()))?;
+            Ok(child)
+        })?,
+    )?;
+    let mt3 = mt.clone();
+    t.raw_set(
+        "named",
+        lua.create_function(move |lua, (this, name): (Table, String)| {
+            let child = lua.create_table()?;
+            child.raw_set("_fields", this.raw_get::<LuaValue>("_fields")?)?;
+            let full = match this.raw_get::<Option<String>>("_name")? {
+                Some(p) => format!("{p}.{name}"),
+                None => name,
+            };
+            child.raw_set("_name", full)?;
+            child.set_metatable(Some(mt3.clone()))?;
+            Ok(child)
+        })?,
+    )?;
+    mt.raw_set("__index", t.clone())?;
+    mt.raw_set("__metatable", false)?;
+    Ok(t)
+}

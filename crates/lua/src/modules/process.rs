@@ -1,0 +1,306 @@
+//! `process` (SPEC §6.1), the Rust half: identity, send, spawn, terminate, cancel, monitors,
+//! links, options and names. The waiting half (inbox, events, listen, exec, spawners) is in
+//! the prelude.
+
+use std::sync::{Arc, Weak};
+
+use mlua::{Lua, Table, Value as LuaValue, Variadic};
+use wippy_runtime::{Dest, Error, Payload, Pid, Spawn, Value};
+
+use super::{bad_arg, fail};
+use crate::catalog::{Catalog, EntryKind};
+use crate::convert::to_value;
+use crate::current;
+
+/// A destination argument: a PID string or a registered name.
+pub(crate) fn dest_arg(v: &LuaValue, n: usize, f: &str) -> mlua::Result<Result<Dest, Error>> {
+    match v {
+        LuaValue::String(s) => {
+            let s = s.to_str()?.to_string();
+            if s.starts_with('{') {
+                Ok(s.parse::<Pid>().map(Dest::Pid).map_err(|e| Error::invalid(e.to_string())))
+            } else {
+                Ok(Ok(Dest::Name(s.into())))
+            }
+        }
+        other => Err(bad_arg(n, f, "string", other)),
+    }
+}
+
+fn string_arg(v: &LuaValue, n: usize, f: &str) -> mlua::Result<String> {
+    match v {
+        LuaValue::String(s) => Ok(s.to_str()?.to_string()),
+        other => Err(bad_arg(n, f, "string", other)),
+    }
+}
+
+fn ok_or_fail(lua: &Lua, r: Result<(), Error>) -> mlua::Result<(LuaValue, LuaValue)> {
+    match r {
+        Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+        Err(e) => fail(lua, e),
+    }
+}
+
+/// Spawn modes shared with the prelude's `R.spawn`.
+const MONITORED: i64 = 1;
+const LINKED: i64 = 2;
+const EXEC: i64 = 4;
+const FUNCTION: i64 = 5;
+
+fn spawn(
+    lua: &Lua,
+    catalog: &Weak<Catalog>,
+    mode: i64,
+    entry: &LuaValue,
+    host: &LuaValue,
+    ctx: &LuaValue,
+    name: &LuaValue,
+    args: Variadic<LuaValue>,
+) -> mlua::Result<(LuaValue, LuaValue)> {
+    let fname = if mode == FUNCTION { "call" } else { "spawn" };
+    let entry = string_arg(entry, 1, fname)?;
+    let host = match (mode, host) {
+        (FUNCTION, _) => None,
+        (_, LuaValue::String(s)) => Some(s.to_str()?.to_string()),
+        (_, other) => return Err(bad_arg(2, fname, "string", other)),
+    };
+    current::with(|cx, st| {
+        let mut values = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            match to_value(a, &st.marks, &format!("argument {}", i + 1)) {
+                Ok(v) => values.push(v),
+                Err(m) => return fail(lua, Error::invalid(m)),
+            }
+        }
+        if mode == FUNCTION {
+            let catalog = catalog.upgrade().ok_or_else(|| mlua::Error::runtime("the Lua runtime is gone"))?;
+            match catalog.entry(&entry) {
+                Ok(e) if e.kind == EntryKind::Function => {}
+                Ok(_) => return fail(lua, Error::invalid(format!("entry '{entry}' is not a function.lua entry"))),
+                Err(e) => return fail(lua, e),
+            }
+        }
+        let mut sp = Spawn::entry(&entry).args(values);
+        if let LuaValue::Table(_) = ctx {
+            let given = match to_value(ctx, &st.marks, "context") {
+                Ok(Value::Table(t)) => t,
+                Ok(_) => return fail(lua, Error::invalid("context values must be a table")),
+                Err(m) => return fail(lua, Error::invalid(m)),
+            };
+            let mut merged = cx.context_values().map(|t| (**t).clone()).unwrap_or_default();
+            for (k, v) in &given.map {
+                merged.set(k.clone(), v.clone());
+            }
+            sp = sp.context(Arc::new(merged));
+        }
+        if mode & MONITORED != 0 || mode == EXEC || mode == FUNCTION {
+            sp = sp.monitored();
+        }
+        if mode & LINKED != 0 && mode != EXEC && mode != FUNCTION {
+            sp = sp.linked();
+        }
+        let name = match name {
+            LuaValue::String(s) => Some(s.to_str()?.to_string()),
+            _ => None,
+        };
+        if let Some(n) = &name {
+            if let Some(pid) = cx.lookup(n) {
+                return Ok((LuaValue::String(lua.create_string(pid.to_string())?), LuaValue::Nil));
+            }
+        }
+        let r = match &host {
+            Some(h) => cx.spawn_on(h, sp),
+            None => cx.spawn(sp),
+        };
+        match r {
+            Ok(pid) => {
+                if let Some(n) = &name {
+                    if let Err(e) = cx.register_for(n, pid) {
+                        return fail(lua, e);
+                    }
+                }
+                Ok((LuaValue::String(lua.create_string(pid.to_string())?), LuaValue::Nil))
+            }
+            Err(e) => fail(lua, e),
+        }
+    })
+}
+
+pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set("pid", lua.create_function(|_, ()| current::with(|cx, _| Ok(cx.pid().to_string())))?)?;
+    t.raw_set("id", lua.create_function(|_, ()| current::state(|st| st.entry.id.clone()))?)?;
+    t.raw_set(
+        "send",
+        lua.create_function(|lua, (dest, topic, payloads): (LuaValue, LuaValue, Variadic<LuaValue>)| {
+            let dest = dest_arg(&dest, 1, "send")?;
+            let topic = string_arg(&topic, 2, "send")?;
+            current::with(|cx, st| {
+                let dest = match dest {
+                    Ok(d) => d,
+                    Err(e) => return fail(lua, e),
+                };
+                let mut payload = Payload::new();
+                for (i, v) in payloads.iter().enumerate() {
+                    match to_value(v, &st.marks, &format!("payload {}", i + 1)) {
+                        Ok(v) => payload.push(v),
+                        Err(m) => return fail(lua, Error::invalid(m)),
+                    }
+                }
+                ok_or_fail(lua, cx.send(dest, &topic, payload))
+            })
+        })?,
+    )?;
+    let c = catalog.clone();
+    let raw_spawn = lua.create_function(
+        move |lua, (mode, entry, host, ctx, name, args): (i64, LuaValue, LuaValue, LuaValue, LuaValue, Variadic<LuaValue>)| {
+            spawn(lua, &c, mode, &entry, &host, &ctx, &name, args)
+        },
+    )?;
+    r.raw_set("spawn", raw_spawn)?;
+    for (fname, mode) in [("spawn", 0i64), ("spawn_monitored", 1), ("spawn_linked", 2), ("spawn_linked_monitored", 3)] {
+        let c = catalog.clone();
+        t.raw_set(
+            fname,
+            lua.create_function(move |lua, (entry, host, args): (LuaValue, LuaValue, Variadic<LuaValue>)| {
+                spawn(lua, &c, mode, &entry, &host, &LuaValue::Nil, &LuaValue::Nil, args)
+            })?,
+        )?;
+    }
+    type Op = fn(&mut wippy_runtime::Context<'_>, Dest) -> Result<(), Error>;
+    let ops: [(&str, Op); 5] = [
+        ("terminate", |cx, d| cx.terminate(d)),
+        ("monitor", |cx, d| cx.monitor(d)),
+        ("unmonitor", |cx, d| cx.unmonitor(d)),
+        ("link", |cx, d| cx.link(d)),
+        ("unlink", |cx, d| cx.unlink(d)),
+    ];
+    for (fname, op) in ops {
+        t.raw_set(
+            fname,
+            lua.create_function(move |lua, dest: LuaValue| {
+                let dest = dest_arg(&dest, 1, fname)?;
+                current::with(|cx, _| match dest {
+                    Ok(d) => ok_or_fail(lua, op(cx, d)),
+                    Err(e) => fail(lua, e),
+                })
+            })?,
+        )?;
+    }
+    t.raw_set(
+        "cancel",
+        lua.create_function(|lua, (dest, reason): (LuaValue, Option<String>)| {
+            let dest = dest_arg(&dest, 1, "cancel")?;
+            current::with(|cx, _| match dest {
+                Ok(d) => ok_or_fail(lua, cx.cancel(d, reason.as_deref().unwrap_or(""))),
+                Err(e) => fail(lua, e),
+            })
+        })?,
+    )?;
+    t.raw_set(
+        "get_options",
+        lua.create_function(|lua, ()| {
+            current::with(|cx, st| {
+                let o = lua.create_table()?;
+                o.raw_set("trap_links", cx.trap_links())?;
+                o.raw_set("upgradable", st.upgradable)?;
+                Ok(o)
+            })
+        })?,
+    )?;
+    t.raw_set(
+        "set_options",
+        lua.create_function(|lua, opts: LuaValue| {
+            let LuaValue::Table(opts) = opts else {
+                return Ok((false, Some(super::errors::LuaError::new(Error::invalid(format!(
+                    "set_options: table expected, got {}",
+                    super::lua_type(&opts)
+                ))))));
+            };
+            let mut trap = None;
+            let mut upgradable = None;
+            for pair in opts.pairs::<LuaValue, LuaValue>() {
+                let (k, v) = pair?;
+                let key = match &k {
+                    LuaValue::String(s) => s.to_string_lossy().to_string(),
+                    other => format!("{other:?}"),
+                };
+                let b = match v {
+                    LuaValue::Boolean(b) => b,
+                    other => {
+                        return Ok((false, Some(super::errors::LuaError::new(Error::invalid(format!(
+                            "set_options: option '{key}' must be a boolean, got {}",
+                            super::lua_type(&other)
+                        ))))))
+                    }
+                };
+                match key.as_str() {
+                    "trap_links" => trap = Some(b),
+                    "upgradable" => upgradable = Some(b),
+                    _ => {
+                        return Ok((false, Some(super::errors::LuaError::new(Error::invalid(format!(
+                            "set_options: unknown option '{key}' (known: trap_links, upgradable)"
+                        ))))))
+                    }
+                }
+            }
+            current::with(|cx, st| {
+                if let Some(b) = trap {
+                    cx.set_trap_links(b);
+                }
+                if let Some(b) = upgradable {
+                    st.upgradable = b;
+                }
+                Ok(())
+            })?;
+            let _ = lua;
+            Ok((true, None))
+        })?,
+    )?;
+
+    let reg = lua.create_table()?;
+    reg.raw_set("LOCAL", 0)?;
+    reg.raw_set("EVENTUAL", 1)?;
+    reg.raw_set("CONSISTENT", 2)?;
+    reg.raw_set("STRONG", 3)?;
+    reg.raw_set(
+        "register",
+        lua.create_function(|lua, (name, pid, _scope): (LuaValue, LuaValue, LuaValue)| {
+            let name = string_arg(&name, 1, "register")?;
+            let pid = match &pid {
+                LuaValue::Nil => None,
+                LuaValue::String(s) => match s.to_str()?.parse::<Pid>() {
+                    Ok(p) => Some(p),
+                    Err(e) => return fail(lua, Error::invalid(e.to_string())),
+                },
+                other => return Err(bad_arg(2, "register", "string", other)),
+            };
+            current::with(|cx, _| {
+                let r = match pid {
+                    Some(p) if p != cx.pid() => cx.register_for(&name, p),
+                    _ => cx.register(&name),
+                };
+                ok_or_fail(lua, r)
+            })
+        })?,
+    )?;
+    reg.raw_set(
+        "lookup",
+        lua.create_function(|lua, name: LuaValue| {
+            let name = string_arg(&name, 1, "lookup")?;
+            current::with(|cx, _| match cx.lookup(&name) {
+                Some(p) => Ok((LuaValue::String(lua.create_string(p.to_string())?), LuaValue::Nil)),
+                None => fail(lua, Error::not_found(format!("no process registered as '{name}'"))),
+            })
+        })?,
+    )?;
+    reg.raw_set(
+        "unregister",
+        lua.create_function(|_, name: LuaValue| {
+            let name = string_arg(&name, 1, "unregister")?;
+            current::with(|cx, _| Ok(cx.unregister(&name)))
+        })?,
+    )?;
+    t.raw_set("registry", reg)?;
+    Ok(t)
+}

@@ -1,0 +1,271 @@
+//! A Lua process: the runtime `Process` whose state lives in its shard's VM (a runner
+//! coroutine and a state table made by the prelude). A step hands the runner the events
+//! the mailbox holds, one at a time, until the runner waits, is preempted, or finishes;
+//! the exit result follows SPEC §4.1.
+//!
+//! Must never: touch the VM outside a turn of its own shard, or let a Lua error escape as
+//! a panic.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mlua::thread::ThreadStatus;
+use mlua::{IntoLua, Lua, MultiValue, Table, Thread, Value as LuaValue};
+use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, Value};
+
+use crate::catalog::{Catalog, LuaEntry};
+use crate::convert::{from_value, to_value};
+use crate::current::{self, ProcState};
+use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
+use crate::shard::{current_vm, Shard};
+use crate::sandbox::Vm;
+
+pub(crate) struct LuaProcess {
+    state: ProcState,
+    lua: Option<Lua>,
+    co: Option<Thread>,
+    p: Option<Table>,
+    s: Option<Table>,
+    /// The runner's last yield was "wait": it takes the next event.
+    awaiting: bool,
+}
+
+impl LuaProcess {
+    pub(crate) fn new(entry: Arc<LuaEntry>, catalog: Arc<Catalog>, shard: Arc<Shard>) -> LuaProcess {
+        LuaProcess {
+            state: ProcState { entry, catalog, shard, marks: Default::default(), upgradable: false, memory: 0 },
+            lua: None,
+            co: None,
+            p: None,
+            s: None,
+            awaiting: false,
+        }
+    }
+
+    fn start(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Result<MultiValue, Error> {
+        // SAFETY: init runs inside a turn of this process's shard (it is in the shard's group).
+        let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
+        let code = vm.code(&self.state.catalog, &self.state.entry)?;
+        self.state.marks = vm.marks;
+        let internal = |e: mlua::Error| Error::internal(format!("cannot start process: {e}"));
+        let (p, co, env): (Table, Thread, Table) = vm
+            .new_process
+            .call((code.allowed.clone(), code.env_mt.clone(), code.imports.clone()))
+            .map_err(internal)?;
+        let lua = vm.lua.clone();
+        let method = if method == "main" { self.state.entry.method.as_str() } else { method };
+        let mut mv = MultiValue::with_capacity(5 + args.len());
+        mv.push_back(LuaValue::Table(p.clone()));
+        mv.push_back(LuaValue::Function(code.chunk.clone()));
+        mv.push_back(LuaValue::Table(env));
+        mv.push_back(method.into_lua(&lua).map_err(internal)?);
+        mv.push_back(self.state.entry.id.as_str().into_lua(&lua).map_err(internal)?);
+        for a in &args {
+            mv.push_back(from_value(&lua, a).map_err(internal)?);
+        }
+        let _ = cx;
+        self.s = Some(vm.s.clone());
+        self.lua = Some(lua);
+        self.co = Some(co);
+        self.p = Some(p);
+        Ok(mv)
+    }
+
+    /// Resume the runner with `args`, then feed it events while it waits for them.
+    fn drive(&mut self, cx: &mut Context<'_>, events: Option<&mut Events<'_>>, mut args: Option<MultiValue>) -> Status {
+        let (Some(lua), Some(co), Some(p), Some(s)) = (self.lua.clone(), self.co.clone(), self.p.clone(), self.s.clone()) else {
+            return Status::Exit(Err(Error::internal("Lua process has no state")));
+        };
+        let shard = self.state.shard.clone();
+        let limit = shard.options.max_process_memory;
+        let shared_limit = limit > 0 && !shard.options.isolated;
+        let mut events = events;
+        shard.preempt.step_started();
+        let status = loop {
+            let input = match args.take() {
+                Some(a) => a,
+                None if self.awaiting => {
+                    if !cx.consume(1) {
+                        break Status::Yield;
+                    }
+                    let next = events.as_mut().and_then(|e| e.next());
+                    match next {
+                        Some(ev) => match event_args(&lua, ev) {
+                            Ok(a) => a,
+                            Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
+                        },
+                        None => break Status::Wait,
+                    }
+                }
+                None => MultiValue::new(),
+            };
+            if let Err(e) = s.raw_set(1, &p) {
+                break Status::Exit(Err(error_from_mlua(&e)));
+            }
+            let before = if shared_limit {
+                let used = lua.used_memory();
+                let _ = lua.set_memory_limit(used + limit.saturating_sub(self.state.memory).max(1));
+                used
+            } else {
+                0
+            };
+            shard.preempt.set_thread(co.state());
+            let result = {
+                let _entered = current::enter(cx, &mut self.state);
+                co.resume::<MultiValue>(input)
+            };
+            if shared_limit {
+                let after = lua.used_memory();
+                self.state.memory = (self.state.memory + after).saturating_sub(before);
+                let _ = lua.set_memory_limit(0);
+            }
+            match result {
+                Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
+                Ok(vals) => {
+                    if co.status() == ThreadStatus::Finished {
+                        break Status::Exit(self.exit_result(&p, vals));
+                    }
+                    match vals.front() {
+                        None => {
+                            // preempted by the hook
+                            shard.preempt.fired.store(false, Ordering::Relaxed);
+                            self.awaiting = false;
+                            break Status::Yield;
+                        }
+                        Some(LuaValue::String(w)) if w.as_bytes().as_ref() == b"wait" => self.awaiting = true,
+                        Some(_) => {
+                            self.awaiting = false;
+                            break Status::Yield;
+                        }
+                    }
+                }
+            }
+        };
+        shard.preempt.step_ended();
+        status
+    }
+
+    /// The runner finished with `"exit", ok, value|error`.
+    fn exit_result(&self, p: &Table, vals: MultiValue) -> ExitResult {
+        let mut it = vals.into_iter();
+        let _tag = it.next();
+        let ok = matches!(it.next(), Some(LuaValue::Boolean(true)));
+        let v = it.next().unwrap_or(LuaValue::Nil);
+        if ok {
+            return to_value(&v, &self.state.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false));
+        }
+        if p.raw_get::<bool>("memfail").unwrap_or(false) {
+            return Err(Error::limit_exceeded(format!(
+                "process memory limit exceeded ({} bytes)",
+                self.state.shard.options.max_process_memory
+            ))
+            .with_retryable(false));
+        }
+        let mut e = error_from_lua(&v);
+        if matches!(v, LuaValue::String(_)) && e.retryable.is_none() {
+            e.retryable = Some(false);
+        }
+        Err(e)
+    }
+}
+
+/// One runtime event as the runner's arguments (see `handle` in the prelude).
+fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
+    let mut mv = MultiValue::new();
+    let s = |x: &str| -> mlua::Result<LuaValue> { Ok(LuaValue::String(lua.create_string(x)?)) };
+    let pid = |p: wippy_runtime::Pid| -> mlua::Result<LuaValue> {
+        if p.is_nobody() {
+            s("")
+        } else {
+            s(&p.to_string())
+        }
+    };
+    let err = |e: &Error| -> mlua::Result<LuaValue> { Ok(LuaValue::UserData(lua.create_userdata(LuaError::new(e.clone()))?)) };
+    match ev {
+        Event::Message(m) => {
+            mv.push_back(s("m")?);
+            mv.push_back(s(m.topic.as_str())?);
+            mv.push_back(pid(m.from)?);
+            mv.push_back(LuaValue::Integer(m.payload.len() as i64));
+            for v in &m.payload {
+                mv.push_back(from_value(lua, v)?);
+            }
+        }
+        Event::Completion { id, result } => {
+            mv.push_back(s("t")?);
+            mv.push_back(LuaValue::Integer(id.0 as i64));
+            match result {
+                Ok(v) => {
+                    mv.push_back(LuaValue::Boolean(true));
+                    mv.push_back(from_value(lua, &v)?);
+                }
+                Err(e) => {
+                    mv.push_back(LuaValue::Boolean(false));
+                    mv.push_back(err(&e)?);
+                }
+            }
+        }
+        Event::Exit { from, at, result } => {
+            mv.push_back(s("x")?);
+            mv.push_back(pid(from)?);
+            mv.push_back(LuaValue::Integer(at));
+            match result {
+                Ok(v) => {
+                    mv.push_back(LuaValue::Boolean(true));
+                    mv.push_back(from_value(lua, &v)?);
+                }
+                Err(e) => {
+                    mv.push_back(LuaValue::Boolean(false));
+                    mv.push_back(err(&e)?);
+                }
+            }
+        }
+        Event::LinkDown { from, at, error } => {
+            mv.push_back(s("l")?);
+            mv.push_back(pid(from)?);
+            mv.push_back(LuaValue::Integer(at));
+            mv.push_back(err(&error)?);
+        }
+        Event::Cancel { from, at, reason } => {
+            mv.push_back(s("c")?);
+            mv.push_back(if from.is_nobody() { s("{|}")? } else { pid(from)? });
+            mv.push_back(LuaValue::Integer(at));
+            mv.push_back(s(&reason)?);
+        }
+    }
+    Ok(mv)
+}
+
+impl Process for LuaProcess {
+    fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
+        match self.start(cx, method, args) {
+            Ok(first) => self.drive(cx, None, Some(first)),
+            Err(e) => Status::Exit(Err(e)),
+        }
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
+        self.drive(cx, Some(events), None)
+    }
+
+    fn close(&mut self, _cx: &mut Context<'_>, _result: &ExitResult) {
+        if let Some(s) = &self.s {
+            // The shard must not keep the last process's state alive.
+            if let Some(p) = &self.p {
+                if s.raw_get::<Option<Table>>(1).ok().flatten().as_ref() == Some(p) {
+                    let _ = s.raw_set(1, LuaValue::Nil);
+                }
+            }
+        }
+        self.co = None;
+        self.p = None;
+        self.s = None;
+        self.lua = None;
+    }
+}
+
+impl Drop for LuaProcess {
+    fn drop(&mut self) {
+        self.state.shard.members.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,134 @@
+//! Building a shard's VM: the minimal base library, the shared library tables (reached by
+//! processes only through per-process proxies), the locked string metatable, the Rust
+//! primitives the prelude uses, and the prelude itself.
+//!
+//! Must never: put `io`, `os.execute`, `dofile`, `loadfile`, `package`, `debug`, binary
+//! `load` or `string.dump` where process code can reach them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
+use parking_lot::Mutex;
+
+use crate::catalog::{Catalog, LuaEntry};
+use crate::convert::Marks;
+use crate::modules;
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+/// What a shard keeps per entry: the loaded chunk and the environment metatable.
+pub(crate) struct EntryCode {
+    pub(crate) chunk: Function,
+    pub(crate) env_mt: Table,
+    pub(crate) allowed: Table,
+    pub(crate) imports: Option<Table>,
+}
+
+pub(crate) struct Vm {
+    pub(crate) lua: Lua,
+    /// The prelude's shard table: `S[1]` is the running process's state.
+    pub(crate) s: Table,
+    pub(crate) new_process: Function,
+    pub(crate) marks: Marks,
+    pub(crate) code: HashMap<(String, u64), Arc<EntryCode>>,
+    /// Bytes in use right after setup (what an empty shard costs).
+    pub(crate) baseline: usize,
+}
+
+impl Vm {
+    pub(crate) fn new(catalog: Weak<Catalog>, grants_io: bool) -> mlua::Result<Vm> {
+        let libs = StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::UTF8 | StdLib::MATH | StdLib::OS;
+        let lua = Lua::new_with(libs, LuaOptions::default())?;
+        let g = lua.globals();
+        let shared = lua.create_table()?;
+
+        // The base library: only what cannot reach outside the process.
+        let base = lua.create_table()?;
+        for name in [
+            "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen", "rawset", "select", "tonumber",
+            "tostring", "type", "getmetatable", "setmetatable", "load", "_VERSION",
+        ] {
+            base.raw_set(name, g.raw_get::<LuaValue>(name)?)?;
+        }
+        base.raw_set("unpack", g.raw_get::<Table>("table")?.raw_get::<LuaValue>("unpack")?)?;
+        let raw_cg: Function = g.raw_get("collectgarbage")?;
+        base.raw_set(
+            "collectgarbage",
+            lua.create_function(move |_, (opt, _arg): (Option<String>, LuaValue)| {
+                let opt = opt.unwrap_or_else(|| "collect".into());
+                match opt.as_str() {
+                    "count" | "isrunning" => raw_cg.call::<mlua::MultiValue>(opt),
+                    other => Err(mlua::Error::runtime(format!(
+                        "collectgarbage: option '{other}' is not allowed (a process may only query 'count' and 'isrunning')"
+                    ))),
+                }
+            })?,
+        )?;
+        shared.raw_set("_base", base)?;
+
+        // Standard libraries, minus what a process must not have.
+        for name in ["table", "math", "utf8"] {
+            shared.raw_set(name, g.raw_get::<Table>(name)?)?;
+        }
+        let string: Table = g.raw_get("string")?;
+        string.raw_set("dump", LuaValue::Nil)?;
+        shared.raw_set("string", string)?;
+        let os_full: Table = g.raw_get("os")?;
+        let os = lua.create_table()?;
+        for name in ["time", "clock", "date", "difftime"] {
+            os.raw_set(name, os_full.raw_get::<LuaValue>(name)?)?;
+        }
+        shared.raw_set("os", os)?;
+        // The string metatable is shared by every string: lock it.
+        let smt: Table = lua.load("return getmetatable('')").eval()?;
+        smt.raw_set("__metatable", false)?;
+
+        // Rust primitives for the prelude, and the Rust parts of the modules.
+        let r = lua.create_table()?;
+        let marks = Arc::new(Mutex::new(Marks::default()));
+        modules::install(&lua, &r, &shared, &marks, catalog, grants_io)?;
+
+        let prelude: Table = lua.load(PRELUDE).set_name("@wippy/prelude.lua").call((r, shared))?;
+        let s: Table = prelude.get("S")?;
+        let new_process: Function = prelude.get("new_process")?;
+        let env_mt: Function = prelude.get("env_mt")?;
+        lua.set_named_registry_value("wippy.env_mt", env_mt)?;
+        // Nothing of the shard's own globals stays reachable by name.
+        for name in ["collectgarbage", "load", "dofile", "loadfile", "require", "print"] {
+            g.raw_set(name, LuaValue::Nil)?;
+        }
+        lua.gc_collect()?;
+        let baseline = lua.used_memory();
+        let marks = *marks.lock();
+        Ok(Vm { lua, s, new_process, marks, code: HashMap::new(), baseline })
+    }
+
+    /// The shard's code for an entry (loaded on first use).
+    pub(crate) fn code(&mut self, catalog: &Catalog, entry: &LuaEntry) -> Result<Arc<EntryCode>, wippy_runtime::Error> {
+        let key = (entry.id.clone(), entry.version);
+        if let Some(c) = self.code.get(&key) {
+            return Ok(c.clone());
+        }
+        let chunk = catalog.load(&self.lua, entry)?;
+        let internal = |e: mlua::Error| wippy_runtime::Error::internal(format!("entry '{}': {e}", entry.id));
+        let allowed = self.lua.create_table().map_err(internal)?;
+        for m in &entry.modules {
+            allowed.raw_set(m.as_str(), true).map_err(internal)?;
+        }
+        let env_mt_fn: Function = self.lua.named_registry_value("wippy.env_mt").map_err(internal)?;
+        let env_mt: Table = env_mt_fn.call(allowed.clone()).map_err(internal)?;
+        let imports = if entry.imports.is_empty() {
+            None
+        } else {
+            let t = self.lua.create_table().map_err(internal)?;
+            for (alias, id) in &entry.imports {
+                t.raw_set(alias.as_str(), id.as_str()).map_err(internal)?;
+            }
+            Some(t)
+        };
+        let code = Arc::new(EntryCode { chunk, env_mt, allowed, imports });
+        self.code.insert(key, code.clone());
+        Ok(code)
+    }
+}

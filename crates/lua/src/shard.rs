@@ -1,0 +1,313 @@
+//! A shard: one Lua 5.4 VM hosting many Lua processes, scheduled on its host as one
+//! runnable. Owns the VM, the shard's ready queue (processes the runtime asked it to run),
+//! its load count, and its preemption state (which Lua thread is running, since when).
+//!
+//! The VM is touched by one worker at a time: `run` holds the VM lock for the whole turn and
+//! publishes the VM in a thread-local so the process being stepped can reach it. A shard is
+//! queued on its host at most once at a time; whichever worker pops it runs it, so a shard
+//! with ready processes moves to an idle worker as a unit.
+//!
+//! Must never: step a process that was not handed to it by `schedule`, or keep the VM past
+//! its turn.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use mlua::ffi;
+use parking_lot::{Condvar, Mutex};
+use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
+
+use crate::sandbox::Vm;
+
+/// The most process steps one turn of a shard runs before it lets other runnables go.
+const TURN_STEPS: usize = 64;
+
+thread_local! {
+    /// The VM of the shard running on this thread (null outside a turn).
+    static CURRENT_VM: Cell<*mut Vm> = const { Cell::new(std::ptr::null_mut()) };
+    /// The preemption state of the shard running on this thread.
+    static CURRENT_PREEMPT: Cell<*const Preempt> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The VM of the shard whose turn is running on this thread.
+///
+/// # Safety
+/// Only call from a process step that a shard turn started; the reference must not outlive
+/// the step.
+pub(crate) unsafe fn current_vm<'a>() -> Option<&'a mut Vm> {
+    let p = CURRENT_VM.with(|c| c.get());
+    if p.is_null() {
+        None
+    } else {
+        Some(&mut *p)
+    }
+}
+
+/// Which Lua thread of a shard is running, for the watchdog to arm the hook on.
+pub(crate) struct Preempt {
+    /// The running Lua thread (a process's runner or one of its coroutines), or null.
+    /// Locked while it changes and while the watchdog arms the hook, so the watchdog never
+    /// touches a thread that was collected.
+    thread: Mutex<usize>,
+    /// Odd while a process step runs; bumped at each start and end of a step.
+    generation: AtomicU64,
+    /// Set by the hook when it suspended a coroutine; read by the runner.
+    pub(crate) fired: AtomicBool,
+}
+
+impl Preempt {
+    fn new() -> Preempt {
+        Preempt { thread: Mutex::new(0), generation: AtomicU64::new(0), fired: AtomicBool::new(false) }
+    }
+    pub(crate) fn set_thread(&self, l: *mut ffi::lua_State) {
+        *self.thread.lock() = l as usize;
+    }
+    pub(crate) fn step_started(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn step_ended(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        *self.thread.lock() = 0;
+    }
+}
+
+/// The preemption state of the shard running on this thread.
+pub(crate) fn current_preempt<'a>() -> Option<&'a Preempt> {
+    let p = CURRENT_PREEMPT.with(|c| c.get());
+    // SAFETY: set for the duration of a shard turn, which outlives every use inside it.
+    unsafe { p.as_ref() }
+}
+
+/// The hook armed on a coroutine that overstayed its slice: disarm, then yield where Lua
+/// allows it, else check again a little later (inside a C function such as a `table.sort`
+/// comparator a yield is impossible).
+unsafe extern "C-unwind" fn preempt_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
+    ffi::lua_sethook(l, None, 0, 0);
+    if ffi::lua_isyieldable(l) != 0 {
+        if let Some(p) = current_preempt() {
+            p.fired.store(true, Ordering::Relaxed);
+        }
+        ffi::lua_yield(l, 0);
+    } else {
+        ffi::lua_sethook(l, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1000);
+    }
+}
+
+/// Options a host gives its Lua processes.
+#[derive(Clone, Debug)]
+pub struct ShardOptions {
+    /// One process per shard (own heap, exact memory limit).
+    pub isolated: bool,
+    /// Most processes in one shared shard.
+    pub shard_size: usize,
+    /// Per-process memory limit in bytes (0 = none).
+    pub max_process_memory: usize,
+    /// Whether processes on this host may bind `io` (the terminal host).
+    pub grants_io: bool,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions { isolated: false, shard_size: 4096, max_process_memory: 0, grants_io: false }
+    }
+}
+
+pub(crate) struct Shard {
+    me: Weak<Shard>,
+    pub(crate) vm: Mutex<Vm>,
+    queue: Mutex<(VecDeque<ProcessRef>, bool)>,
+    /// Live processes placed here (including ones not started yet).
+    pub(crate) members: AtomicUsize,
+    pub(crate) host: HostRef,
+    pub(crate) preempt: Preempt,
+    pub(crate) options: ShardOptions,
+}
+
+impl Shard {
+    pub(crate) fn new(vm: Vm, host: HostRef, options: ShardOptions) -> Arc<Shard> {
+        Arc::new_cyclic(|me| Shard {
+            me: me.clone(),
+            vm: Mutex::new(vm),
+            queue: Mutex::new((VecDeque::new(), false)),
+            members: AtomicUsize::new(0),
+            host,
+            preempt: Preempt::new(),
+            options,
+        })
+    }
+}
+
+impl ProcessGroup for Shard {
+    fn schedule(&self, process: ProcessRef) {
+        let mut q = self.queue.lock();
+        q.0.push_back(process);
+        if q.1 {
+            return;
+        }
+        q.1 = true;
+        drop(q);
+        if let Some(me) = self.me.upgrade() {
+            self.host.schedule(me);
+        }
+    }
+}
+
+impl Runnable for Shard {
+    fn run(self: Arc<Self>) {
+        let mut vm = self.vm.lock();
+        CURRENT_VM.with(|c| c.set(&mut *vm as *mut Vm));
+        CURRENT_PREEMPT.with(|c| c.set(&self.preempt as *const Preempt));
+        let slice = self.host.config().time_slice;
+        let started = Instant::now();
+        for _ in 0..TURN_STEPS {
+            let next = self.queue.lock().0.pop_front();
+            let Some(p) = next else { break };
+            p.run();
+            if started.elapsed() >= slice {
+                break;
+            }
+        }
+        CURRENT_VM.with(|c| c.set(std::ptr::null_mut()));
+        CURRENT_PREEMPT.with(|c| c.set(std::ptr::null()));
+        drop(vm);
+        let mut q = self.queue.lock();
+        if q.0.is_empty() {
+            q.1 = false;
+            return;
+        }
+        drop(q);
+        self.host.schedule(self.clone());
+    }
+}
+
+/// The shards of one host.
+pub(crate) struct HostShards {
+    pub(crate) host: HostRef,
+    pub(crate) options: ShardOptions,
+    shards: Mutex<Vec<Arc<Shard>>>,
+}
+
+impl HostShards {
+    pub(crate) fn new(host: HostRef, options: ShardOptions) -> HostShards {
+        HostShards { host, options, shards: Mutex::new(Vec::new()) }
+    }
+
+    /// The least-loaded shard with room, or a new one made by `make`. The returned shard
+    /// already counts the new member.
+    pub(crate) fn place(&self, make: impl FnOnce() -> Result<Arc<Shard>, mlua::Error>) -> Result<Arc<Shard>, mlua::Error> {
+        let mut shards = self.shards.lock();
+        // Drop shards nobody lives in any more (keep one warm).
+        if shards.len() > 1 {
+            let mut kept_empty = false;
+            shards.retain(|s| {
+                if s.members.load(Ordering::Acquire) > 0 {
+                    return true;
+                }
+                let keep = !kept_empty && !s.options.isolated;
+                kept_empty |= keep;
+                keep
+            });
+        }
+        let cap = if self.options.isolated { 1 } else { self.options.shard_size.max(1) };
+        let best = shards
+            .iter()
+            .map(|s| (s.members.load(Ordering::Acquire), s))
+            .filter(|(n, _)| *n < cap)
+            .min_by_key(|(n, _)| *n)
+            .map(|(_, s)| s.clone());
+        let shard = match best {
+            Some(s) => s,
+            None => {
+                let s = make()?;
+                watchdog().register(&s);
+                shards.push(s.clone());
+                s
+            }
+        };
+        shard.members.fetch_add(1, Ordering::AcqRel);
+        Ok(shard)
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.lock().len()
+    }
+}
+
+/// One thread for the node's Lua shards: every tick it looks at each shard's step
+/// generation; a step still running since the previous tick has overstayed its slice, and
+/// the hook is armed on the Lua thread it is running. Idle shards cost nothing but a load.
+pub(crate) struct Watchdog {
+    shards: Mutex<Vec<(Weak<Shard>, u64)>>,
+    tick: Mutex<Duration>,
+    wake: Condvar,
+}
+
+static WATCHDOG: std::sync::OnceLock<Arc<Watchdog>> = std::sync::OnceLock::new();
+
+pub(crate) fn watchdog() -> &'static Arc<Watchdog> {
+    WATCHDOG.get_or_init(|| {
+        let w = Arc::new(Watchdog { shards: Mutex::new(Vec::new()), tick: Mutex::new(Duration::from_millis(2)), wake: Condvar::new() });
+        let w2 = w.clone();
+        std::thread::Builder::new()
+            .name("wippy-lua-watchdog".into())
+            .spawn(move || w2.main())
+            .expect("cannot start the Lua preemption watchdog thread");
+        w
+    })
+}
+
+impl Watchdog {
+    fn register(&self, shard: &Arc<Shard>) {
+        let slice = shard.host.config().time_slice.max(Duration::from_micros(100));
+        {
+            let mut t = self.tick.lock();
+            if slice < *t {
+                *t = slice;
+            }
+        }
+        self.shards.lock().push((Arc::downgrade(shard), 0));
+        self.wake.notify_one();
+    }
+
+    fn main(&self) {
+        let mut idle_ticks = 0u32;
+        loop {
+            let tick = *self.tick.lock();
+            // After a long idle spell, look less often (a runaway loop is then caught within
+            // 50 ms of starting, and every tick after that).
+            let wait = if idle_ticks > 100 { Duration::from_millis(50).max(tick) } else { tick };
+            {
+                let mut g = self.shards.lock();
+                if g.is_empty() {
+                    self.wake.wait(&mut g);
+                    continue;
+                }
+            }
+            std::thread::sleep(wait);
+            let mut busy = false;
+            let mut shards = self.shards.lock();
+            shards.retain_mut(|(weak, seen)| {
+                let Some(shard) = weak.upgrade() else { return false };
+                let g = shard.preempt.generation.load(Ordering::Relaxed);
+                if g & 1 == 1 {
+                    busy = true;
+                    if g == *seen {
+                        let t = shard.preempt.thread.lock();
+                        if *t != 0 {
+                            // SAFETY: the thread is alive while it is the shard's running
+                            // thread (the lock keeps it so); lua_sethook is documented safe
+                            // to call asynchronously.
+                            unsafe { ffi::lua_sethook(*t as *mut ffi::lua_State, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1) };
+                        }
+                    }
+                }
+                *seen = g;
+                true
+            });
+            idle_ticks = if busy { 0 } else { idle_ticks.saturating_add(1) };
+        }
+    }
+}
