@@ -9,8 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mlua::thread::ThreadStatus;
-use mlua::{IntoLua, Lua, MultiValue, Table, Thread, Value as LuaValue};
+use mlua::{ffi, IntoLua, Lua, MultiValue, Table, Thread, Value as LuaValue};
 use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, Value};
 
 use crate::catalog::{Catalog, LuaEntry};
@@ -112,7 +111,7 @@ impl LuaProcess {
             shard.preempt.set_thread(co.state());
             let result = {
                 let _entered = current::enter(cx, &mut self.state);
-                co.resume::<MultiValue>(input)
+                raw_resume(&lua, &co, input)
             };
             if shared_limit {
                 let after = lua.used_memory();
@@ -121,10 +120,9 @@ impl LuaProcess {
             }
             match result {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
-                Ok(vals) => {
-                    if co.status() == ThreadStatus::Finished {
-                        break Status::Exit(self.exit_result(&p, vals));
-                    }
+                Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&p, &v))),
+                Ok(Resumed::Finished(vals)) => break Status::Exit(self.exit_result(&p, vals)),
+                Ok(Resumed::Yielded(vals)) => {
                     match vals.front() {
                         None => {
                             // preempted by the hook
@@ -143,6 +141,19 @@ impl LuaProcess {
         };
         shard.preempt.step_ended();
         status
+    }
+
+    /// The runner itself raised (out of memory while routing, say).
+    fn failure(&self, p: &Table, v: &LuaValue) -> Error {
+        let memory = matches!(v, LuaValue::String(s) if s.as_bytes().as_ref() == b"not enough memory");
+        if memory || p.raw_get::<bool>("memfail").unwrap_or(false) {
+            return Error::limit_exceeded(format!(
+                "process memory limit exceeded ({} bytes)",
+                self.state.shard.options.max_process_memory
+            ))
+            .with_retryable(false);
+        }
+        error_from_lua(v)
     }
 
     /// The runner finished with `"exit", ok, value|error`.
@@ -167,6 +178,45 @@ impl LuaProcess {
         }
         Err(e)
     }
+}
+
+enum Resumed {
+    Yielded(MultiValue),
+    Finished(MultiValue),
+    Failed(LuaValue),
+}
+
+/// Resume a runner through the C API. mlua's `Thread::resume` cannot be used: it takes a
+/// coroutine our hook suspended (and disarmed) for a plain yield and resets its stack.
+fn raw_resume(lua: &Lua, co: &Thread, input: MultiValue) -> mlua::Result<Resumed> {
+    let mut args = MultiValue::with_capacity(input.len() + 1);
+    args.push_back(LuaValue::Thread(co.clone()));
+    args.extend(input);
+    // SAFETY: the closure keeps the stack balanced as exec_raw expects: it leaves
+    // [status, results...] and nothing else.
+    let mut out: MultiValue = unsafe {
+        lua.exec_raw(args, |state| {
+            let n = ffi::lua_gettop(state) - 1;
+            let thread = ffi::lua_tothread(state, 1);
+            ffi::lua_xmove(state, thread, n);
+            let mut nres: std::os::raw::c_int = 0;
+            let status = ffi::lua_resume(thread, state, n, &mut nres);
+            let nres = if status == ffi::LUA_OK || status == ffi::LUA_YIELD { nres } else { 1 };
+            ffi::lua_settop(state, 0);
+            ffi::luaL_checkstack(state, nres + 2, std::ptr::null());
+            ffi::lua_pushinteger(state, status as ffi::lua_Integer);
+            ffi::lua_xmove(thread, state, nres);
+        })?
+    };
+    let status = match out.pop_front() {
+        Some(LuaValue::Integer(s)) => s as std::os::raw::c_int,
+        _ => return Err(mlua::Error::runtime("resume returned no status")),
+    };
+    Ok(match status {
+        ffi::LUA_YIELD => Resumed::Yielded(out),
+        ffi::LUA_OK => Resumed::Finished(out),
+        _ => Resumed::Failed(out.pop_front().unwrap_or(LuaValue::Nil)),
+    })
 }
 
 /// One runtime event as the runner's arguments (see `handle` in the prelude).

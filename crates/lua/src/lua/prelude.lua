@@ -379,19 +379,29 @@ end
 
 local function run_ready(P, runner_co)
   local rq = P.rq
-  while P.rh <= P.rt do
-    local h = P.rh
-    local t = rq[h]; rq[h] = nil; P.rh = h + 1
-    P.cur = t
-    local a, b = t.a, t.b
-    t.a, t.b = nil, nil
-    rt_cur(t.co)
-    local ok, n, r1, r2, r3
-    if t.started then
-      ok, n, r1, r2, r3 = counted(raw_resume(t.co, a, b))
+  while true do
+    local t, ok, n, r1, r2, r3
+    t = P.first
+    if t then
+      -- the task the hook suspended: it goes on from where it was, before anything else
+      P.first = nil
+      P.cur = t
+      rt_cur(t.co)
+      ok, n, r1, r2, r3 = counted(raw_resume(t.co))
     else
-      t.started = true
-      ok, n, r1, r2, r3 = counted(raw_resume(t.co, a))
+      local h = P.rh
+      if h > P.rt then break end
+      t = rq[h]; rq[h] = nil; P.rh = h + 1
+      P.cur = t
+      local a, b = t.a, t.b
+      t.a, t.b = nil, nil
+      rt_cur(t.co)
+      if t.started then
+        ok, n, r1, r2, r3 = counted(raw_resume(t.co, a, b))
+      else
+        t.started = true
+        ok, n, r1, r2, r3 = counted(raw_resume(t.co, a))
+      end
     end
     rt_cur(runner_co)
     if not ok then
@@ -404,15 +414,16 @@ local function run_ready(P, runner_co)
       P.ntasks = P.ntasks - 1
       if t.main then finish(P, r2, r3); return end
     elseif n == 0 and rt_preempted() then
-      -- its slice is over: it goes first when the process runs again
-      P.rh = P.rh - 1; rq[P.rh] = t
+      -- its slice is over: it goes on first when the process runs again (it may also be
+      -- in the queue already, woken by itself before it could block)
+      P.first = t
       raw_yield()
     else
       -- a plain coroutine.yield() at a task's top level: let the others run
       local i = P.rt + 1; P.rt = i; rq[i] = t
     end
   end
-  if P.rh > P.rt then P.rh, P.rt = 1, 0 end
+  P.rh, P.rt = 1, 0
 end
 
 local function runner(P, chunk, env, method, id, ...)
@@ -846,10 +857,18 @@ function BASE.load(chunk, name, mode, env)
 end
 
 -- pcall/xpcall must not swallow a memory-limit failure.
+local norm_error = R.norm_error
 local function pc_check(ok, ...)
-  if not ok and (...) == MEMERR then
-    S[1].memfail = true
-    error(MEMERR, 0)
+  if not ok then
+    local e = ...
+    if e == MEMERR then
+      S[1].memfail = true
+      error(MEMERR, 0)
+    end
+    if type(e) == "userdata" then
+      -- an error raised by a Rust function: the message, as Lua's own functions give it
+      return false, norm_error(e), select(2, ...)
+    end
   end
   return ok, ...
 end

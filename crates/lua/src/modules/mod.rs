@@ -69,6 +69,19 @@ pub(crate) fn lua_type(v: &LuaValue) -> &'static str {
     }
 }
 
+/// The message of an error a Rust function raised, without mlua's decoration.
+pub(crate) fn plain_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => plain_message(cause),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::BadArgument { pos, name, cause, .. } => {
+            format!("bad argument #{pos} to '{}' ({})", name.as_deref().unwrap_or("?"), plain_message(cause))
+        }
+        mlua::Error::FromLuaConversionError { from, to, .. } => format!("{to} expected, got {from}"),
+        other => other.to_string(),
+    }
+}
+
 /// `nil, err` as Lua values.
 pub(crate) fn fail(lua: &Lua, e: Error) -> mlua::Result<(LuaValue, LuaValue)> {
     Ok((LuaValue::Nil, LuaValue::UserData(lua.create_userdata(LuaError::new(e))?)))
@@ -97,6 +110,13 @@ pub(crate) fn install(
             let mut le = LuaError::new(e);
             le.stack = errors::stack_of(lua);
             lua.create_userdata(le)
+        })?,
+    )?;
+    r.raw_set(
+        "norm_error",
+        lua.create_function(|lua, e: LuaValue| match &e {
+            LuaValue::Error(err) => Ok(LuaValue::String(lua.create_string(plain_message(err))?)),
+            other => Ok(other.clone()),
         })?,
     )?;
     for (name, slot) in [("set_channel_mt", 0usize), ("set_payload_mt", 1), ("set_message_mt", 2)] {

@@ -1,0 +1,360 @@
+//! SPEC §4 / §6.1 through Lua: exit results, messages and routing, lifecycle events,
+//! links, monitors, names, options, spawners.
+mod common;
+use common::*;
+use wippy_runtime::{ErrorKind, Value};
+
+#[test]
+fn exit_results_follow_the_table() {
+    let h = Harness::new(2);
+    assert_eq!(h.ok("return 42"), Value::Int(42));
+    assert_eq!(h.ok("return 'x', nil"), s("x"));
+    assert_eq!(h.ok("return"), Value::Nil);
+    let e = h.err("return nil, 'boom'");
+    assert_eq!((e.kind, e.message.as_str(), e.retryable), (ErrorKind::Internal, "boom", Some(false)));
+    let e = h.err("return nil, errors.new{message = 'gone', kind = errors.NOT_FOUND, retryable = true}");
+    assert_eq!((e.kind, e.message.as_str(), e.retryable), (ErrorKind::NotFound, "gone", Some(true)));
+    let e = h.err("error('bad thing')");
+    assert_eq!(e.kind, ErrorKind::Internal);
+    assert!(e.message.ends_with("bad thing"), "{}", e.message);
+    assert!(e.message.contains(":2:"), "error keeps the user's line: {}", e.message);
+    let e = h.err("error(errors.new{message = 'typed', kind = errors.CONFLICT})");
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Conflict, "typed"));
+    // an error in a spawned coroutine ends the process too
+    let e = h.err("coroutine.spawn(function() error('in a coroutine', 0) end) time.sleep('10ms') return 1");
+    assert_eq!(e.message, "in a coroutine");
+    // deadlock: every coroutine blocked on local channels
+    let e = h.err("local ch = channel.new() ch:receive()");
+    assert!(e.message.starts_with("deadlock"), "{}", e.message);
+    // a result that cannot leave the process
+    let e = h.err("return function() end");
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(e.message.contains("function"), "{}", e.message);
+    // main returning while other coroutines wait discards them
+    assert_eq!(h.ok("coroutine.spawn(function() process.inbox():receive() end) return 'done'"), s("done"));
+}
+
+#[test]
+fn method_and_arguments() {
+    let h = Harness::new(1);
+    let r = h.run_chunk("return { main = function(a, b) return a .. ':' .. b end }", vec![s("x"), Value::Int(3)]);
+    assert_eq!(r.unwrap(), s("x:3"));
+    h.lua.add_entry(wippy_lua::LuaEntry::process("test:m", "return { run = function(x) return x * 2 end }").method("run"));
+    let r = h.node.exec(HOST, wippy_runtime::Spawn::entry("test:m").arg(21));
+    assert_eq!(r.unwrap(), Value::Int(42));
+    let r = h.run_chunk("return function(x) return x + 1 end", vec![Value::Int(1)]);
+    assert_eq!(r.unwrap(), Value::Int(2));
+    let e = h.run_chunk("return {}", vec![]).unwrap_err();
+    assert!(e.message.contains("has no function 'main'"), "{}", e.message);
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let h = Harness::new(1);
+    h.lua.add_entry(wippy_lua::LuaEntry::process("test:bad", "local x = 1\nlocal y = = 2\nreturn {}").chunk_name("src/bad.lua"));
+    let e = h.node.exec(HOST, wippy_runtime::Spawn::entry("test:bad")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(e.message.contains("src/bad.lua:2:"), "{}", e.message);
+}
+
+#[test]
+fn send_receive_between_processes_in_order() {
+    let h = Harness::new(2);
+    h.entry("test:echo", r#"return { main = function()
+        local inbox = process.inbox()
+        while true do
+            local msg = inbox:receive()
+            if msg:topic() == "stop" then return "stopped" end
+            process.send(msg:from(), "echo", msg:payload():data())
+        end
+    end }"#);
+    let v = h.ok(r#"
+        local pid = process.spawn("test:echo", "app:processes")
+        local ch = process.listen("echo")
+        for i = 1, 100 do process.send(pid, "ping", i) end
+        for i = 1, 100 do
+            local v = ch:receive()
+            if v ~= i then return "out of order at " .. i .. ": " .. tostring(v) end
+        end
+        process.send(pid, "stop")
+        return "ok"
+    "#);
+    assert_eq!(v, s("ok"));
+}
+
+#[test]
+fn routing_listen_then_inbox_then_wait() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local me = process.pid()
+        process.send(me, "a", 1)
+        process.send(me, "b", 2)
+        process.send(me, "a", 3)
+        -- nothing subscribed yet: all wait in the mailbox, in order
+        local la = process.listen("a")
+        assert(la == process.listen("a"), "listen returns the very same channel")
+        assert(process.inbox() == process.inbox(), "inbox is stable")
+        local x = la:receive()
+        local m = process.inbox():receive()
+        local y = la:receive()
+        assert(m:topic() == "b" and m:payload():data() == 2, "b went to the inbox")
+        -- unlisten: later 'a' messages fall back to the inbox
+        assert(process.unlisten(la) == true)
+        local _, ok = la:receive()
+        assert(ok == false, "unlisten closes the channel")
+        process.send(me, "a", 4)
+        local m2 = process.inbox():receive()
+        assert(m2:topic() == "a" and m2:payload():data() == 4)
+        return x * 100 + y
+    "#);
+    assert_eq!(v, Value::Int(103));
+}
+
+#[test]
+fn message_objects_and_payload_shapes() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local me = process.pid()
+        process.send(me, "many", 1, "two", {3})
+        process.send(me, "none")
+        local m = process.inbox():receive()
+        assert(m:from() == me, "from is the sender")
+        local ps = m:payload()
+        assert(#ps == 3 and ps[2]:data() == "two" and ps[3]:data()[1] == 3)
+        local n = process.inbox():receive()
+        assert(n:payload() == nil)
+        local ch = process.listen("multi")
+        process.send(me, "multi", "a", "b")
+        local arr = ch:receive()
+        assert(arr[1] == "a" and arr[2] == "b")
+        local mch = process.listen("withmsg", {message = true})
+        process.send(me, "withmsg", {k = "v"})
+        local mm = mch:receive()
+        assert(mm:topic() == "withmsg" and mm:payload():data().k == "v")
+        local p = payload.new({z = 1})
+        process.send(me, "pl", p)
+        local got = process.listen("pl"):receive()
+        return got.z
+    "#);
+    assert_eq!(v, Value::Int(1));
+}
+
+#[test]
+fn listen_channel_buffers_one_and_full_channel_does_not_block_others() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local me = process.pid()
+        local a = process.listen("a")
+        local b = process.listen("b")
+        process.send(me, "a", 1)
+        process.send(me, "a", 2)
+        process.send(me, "b", "x")
+        -- 'a' holds one; the second waits; 'b' is not held up behind it
+        local bv = b:receive()
+        local a1 = a:receive()
+        local a2 = a:receive()
+        return bv .. a1 .. a2
+    "#);
+    assert_eq!(v, s("x12"));
+}
+
+#[test]
+fn send_errors() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local ok, err = process.send("{app:processes|0xfffff}", "t", 1)
+        assert(ok == nil and err:kind() == errors.NOT_FOUND, tostring(err))
+        local ok2, err2 = process.send("no-such-name", "t", 1)
+        assert(ok2 == nil and err2:kind() == errors.NOT_FOUND)
+        local ok3, err3 = process.send(process.pid(), "@system", 1)
+        assert(ok3 == nil and err3:kind() == errors.INVALID)
+        local ok4, err4 = process.send(process.pid(), "t", {f = function() end})
+        assert(ok4 == nil and err4:kind() == errors.INVALID)
+        assert(tostring(err4):find("field 'f'"), tostring(err4))
+        local ok5, err5 = process.send(process.pid(), "t", channel.new())
+        assert(ok5 == nil and tostring(err5):find("channel"))
+        local t = {} t.self = t
+        local ok6, err6 = process.send(process.pid(), "t", t)
+        assert(ok6 == nil and tostring(err6):find("cycle"))
+        local ok7, err7 = process.send("{garbage", "t")
+        assert(ok7 == nil and err7:kind() == errors.INVALID)
+        local ok8, msg8 = pcall(process.send, 42, "t")
+        assert(not ok8 and msg8:find("bad argument #1 to 'send' %(string expected, got number%)"), msg8)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn values_survive_the_copy() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local me = process.pid()
+        local ch = process.listen("v")
+        local src = {1, 2.5, "bin\0ary", true, nested = {deep = {x = 9}}, [10] = "sparse", e = errors.new{message = "m", kind = errors.TIMEOUT}}
+        process.send(me, "v", src)
+        src.nested.deep.x = 0 -- the copy must not change
+        local got = ch:receive()
+        assert(math.type(got[1]) == "integer" and math.type(got[2]) == "float")
+        assert(got[3] == "bin\0ary" and #got[3] == 7)
+        assert(got[4] == true and got[10] == "sparse")
+        assert(got.nested.deep.x == 9)
+        assert(got.e:kind() == errors.TIMEOUT and got.e:message() == "m")
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn spawn_monitor_exit_events() {
+    let h = Harness::new(2);
+    h.entry("test:ok", "return { main = function(x) return x * 2 end }");
+    h.entry("test:fail", "return { main = function() error(errors.new{message = 'nope', kind = errors.INTERNAL}) end }");
+    let v = h.ok(r#"
+        local ev = process.events()
+        local p1 = process.spawn_monitored("test:ok", "app:processes", 21)
+        local e1 = ev:receive()
+        assert(e1.kind == process.event.EXIT and e1.from == p1, e1.kind)
+        assert(e1.result.value == 42 and type(e1.at) == "number")
+        local p2 = process.spawn_monitored("test:fail", "app:processes")
+        local e2 = ev:receive()
+        assert(e2.from == p2 and e2.result.error:message() == "nope")
+        local r, err = process.exec("test:ok", "app:processes", 5)
+        assert(r == 10 and err == nil)
+        local r2, err2 = process.exec("test:fail", "app:processes")
+        assert(r2 == nil and err2:message() == "nope")
+        local bad, berr = process.spawn("test:missing", "app:processes")
+        assert(bad == nil and berr:kind() == errors.NOT_FOUND)
+        local bad2, berr2 = process.spawn("test:ok", "no:host")
+        assert(bad2 == nil and berr2:kind() == errors.NOT_FOUND)
+        local m, merr = process.monitor("{app:processes|0xfffff}")
+        assert(m == nil and merr)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn links_trap_and_cascade() {
+    let h = Harness::new(2);
+    h.entry("test:crash", "return { main = function() time.sleep('5ms') error('crash', 0) end }");
+    h.entry("test:normal", "return { main = function() return 1 end }");
+    // trap_links on: LINK_DOWN arrives as an event
+    let v = h.ok(r#"
+        assert(process.set_options({trap_links = true}) == true)
+        assert(process.get_options().trap_links == true)
+        local n = process.spawn_linked("test:normal", "app:processes")
+        local p = process.spawn_linked("test:crash", "app:processes")
+        local e = process.events():receive()
+        assert(e.kind == process.event.LINK_DOWN and e.from == p, e.kind)
+        return e.result.error:message()
+    "#);
+    assert_eq!(v, s("crash"));
+    // trap_links off: the linked failure kills this process
+    let e = h.err(r#"
+        process.spawn_linked("test:crash", "app:processes")
+        process.inbox():receive()
+    "#);
+    assert_eq!(e.message, "linked process failed");
+    // options errors
+    let v = h.ok(r#"
+        local ok, err = process.set_options(5)
+        assert(ok == false and err)
+        local ok2, err2 = process.set_options({nope = true})
+        assert(ok2 == false and tostring(err2):find("nope"))
+        local ok3, err3 = process.set_options({trap_links = "yes"})
+        assert(ok3 == false and err3)
+        return process.get_options().upgradable
+    "#);
+    assert_eq!(v, Value::Bool(false));
+}
+
+#[test]
+fn cancel_and_terminate() {
+    let h = Harness::new(2);
+    h.entry("test:cancellable", r#"return { main = function()
+        local e = process.events():receive()
+        return e.kind .. "/" .. e.reason .. "/" .. (e.from ~= "" and "from" or "none")
+    end }"#);
+    h.entry("test:stuck", "return { main = function() process.inbox():receive() end }");
+    let v = h.ok(r#"
+        local r = nil
+        local pid = process.spawn_monitored("test:cancellable", "app:processes")
+        process.cancel(pid, "please")
+        local e = process.events():receive()
+        local pid2 = process.spawn_monitored("test:stuck", "app:processes")
+        assert(process.terminate(pid2) == true)
+        local e2 = process.events():receive()
+        return e.result.value .. "|" .. e2.result.error:message()
+    "#);
+    assert_eq!(v, s("pid.cancel/please/from|process terminated"));
+}
+
+#[test]
+fn names() {
+    let h = Harness::new(2);
+    h.entry("test:named", r#"return { main = function()
+        process.registry.register("svc")
+        process.send(process.registry.lookup("boss"), "ready", process.pid())
+        process.inbox():receive()
+    end }"#);
+    let v = h.ok(r#"
+        local reg = process.registry
+        assert(reg.register("boss") == true)
+        assert(reg.register("boss") == true, "same name, same pid again is fine")
+        local pid = process.spawn("test:named", "app:processes")
+        local got = process.listen("ready"):receive()
+        assert(got == pid and reg.lookup("svc") == pid)
+        local ok, err = reg.register("svc")
+        assert(ok == nil and err:kind() == errors.ALREADY_EXISTS)
+        local ok2, err2 = reg.lookup("nobody")
+        assert(ok2 == nil and err2:kind() == errors.NOT_FOUND)
+        assert(reg.unregister("boss") == true and reg.unregister("boss") == false)
+        assert(reg.LOCAL == 0 and reg.STRONG == 3)
+        process.send("svc", "bye")
+        process.terminate("svc")
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn spawner_context_name_and_message() {
+    let h = Harness::new(2);
+    h.entry("test:ctxchild", r#"return { main = function()
+        local m = process.inbox():receive()
+        return ctx.get("tenant") .. ":" .. m:payload():data() .. ":" .. tostring(ctx.all().level)
+    end }"#);
+    let v = h.ok(r#"
+        local sp = process.with_context({tenant = "acme"}):with_context({level = 2}):with_message("hello", "hi")
+        local r, err = sp:exec("test:ctxchild", "app:processes")
+        assert(r, tostring(err))
+        local a = process.with_context({}):with_name("single"):spawn("test:ctxchild", "app:processes")
+        local b = process.with_context({}):with_name("single"):spawn("test:ctxchild", "app:processes")
+        assert(a == b, "with_name reuses the live process")
+        process.terminate(a)
+        return r
+    "#);
+    assert_eq!(v, s("acme:hi:2"));
+}
+
+#[test]
+fn functions_run_as_their_own_process() {
+    let h = Harness::new(2);
+    h.lua.add_entry(wippy_lua::LuaEntry::function("test:add", "return { call = function(a, b) return { sum = a + b, pid = process.pid() } end }").modules(ALL_MODULES));
+    h.lua.add_entry(wippy_lua::LuaEntry::function("test:failfn", "return { call = function() return nil, 'fn failed' end }"));
+    let v = h.ok(r#"
+        local r, err = funcs.call("test:add", 2, 3)
+        assert(r and r.sum == 5, tostring(err))
+        assert(r.pid ~= process.pid(), "a function call has its own PID")
+        local r2, err2 = funcs.call("test:failfn")
+        assert(r2 == nil and err2:message() == "fn failed")
+        local f = funcs.async("test:add", 10, 20)
+        local res = f:result()
+        assert(res.sum == 30)
+        local r3, err3 = funcs.call("test:missing")
+        assert(r3 == nil and err3:kind() == errors.NOT_FOUND)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
