@@ -367,13 +367,14 @@ local function main_body(args)
   return DONE, f(unpack(args, 5, args.n))
 end
 
+-- main's `return v, err`: a string or an error object as err is an abnormal exit.
 local function finish(P, v, e)
-  if e == nil then
-    P.result = { true, v }
-  elseif type(e) == "string" then
+  if type(e) == "string" then
     P.result = { false, rt_error("Internal", e, false) }
-  else
+  elseif type(e) == "userdata" and R.is_error(e) then
     P.result = { false, e }
+  else
+    P.result = { true, v }
   end
 end
 

@@ -1,0 +1,153 @@
+//! Isolation inside a shard (SPEC §2.3, §9): two processes in one VM try to reach each
+//! other's globals, libraries, metatables and upvalues, and the sandbox's forbidden parts.
+mod common;
+use common::*;
+use wippy_runtime::{Spawn, Value};
+
+const TRICKS: &str = r#"
+    secret = "mine"
+    string.upper = function() return "hijacked" end
+    rawset(string, "lower", nil)
+    string.extra = "planted"
+    table.insert = nil
+    math.pi = 3
+    os.time = function() return 0 end
+    process.event.EXIT = "hacked"
+    rawset(process.event, "CANCEL", "hacked")
+    errors.NOT_FOUND = "hacked"
+    coroutine.spawn = nil
+    channel.new = nil
+    payload.new = nil
+    print = nil
+    pairs = function() error("hijacked pairs") end
+    load("leaked = true")()
+    local ok1 = pcall(setmetatable, _G, {})
+    local ok2 = pcall(setmetatable, string, {})
+    assert(not ok1 and not ok2, "protected metatables cannot be replaced")
+    assert(getmetatable(_G) == false and getmetatable(string) == false and getmetatable(process.event) == false)
+    assert(getmetatable("") == false, "the string metatable is locked")
+    local ok3 = pcall(function() return getmetatable("").__index end)
+    assert(not ok3)
+    local ok4 = pcall(function() ("").upper = nil end)
+    assert(not ok4)
+    local e = errors.new("x")
+    assert(type(getmetatable(e)) ~= "table", "userdata metatables are protected")
+"#;
+
+#[test]
+fn two_processes_in_one_shard_cannot_touch_each_other() {
+    let h = Harness::new(1);
+    h.entry(
+        "test:attacker",
+        &format!("return {{ main = function()\n{TRICKS}\nprocess.send('checker', 'go')\nprocess.inbox():receive()\nreturn 'done' end }}"),
+    );
+    let v = h.ok(r#"
+        process.registry.register("checker")
+        local pid = process.spawn_monitored("test:attacker", "app:processes")
+        local go = process.listen("go")
+        local ev = process.events()
+        local r = channel.select{ go:case_receive(), ev:case_receive() }
+        assert(r.channel == go, "attacker failed: " .. tostring(r.value and r.value.result and r.value.result.error))
+        assert(secret == nil and leaked == nil, "globals are per process")
+        assert(string.upper("a") == "A" and ("b"):upper() == "B")
+        assert(string.lower("A") == "a" and string.extra == nil)
+        assert(type(table.insert) == "function" and math.pi > 3.14 and os.time() > 0)
+        assert(process.event.EXIT == "pid.exit" and process.event.CANCEL == "pid.cancel")
+        assert(errors.NOT_FOUND == "NotFound")
+        assert(type(coroutine.spawn) == "function" and type(channel.new) == "function" and type(payload.new) == "function")
+        assert(type(print) == "function")
+        for _ in pairs({1}) do end
+        process.send(pid, "stop")
+        return "isolated"
+    "#);
+    assert_eq!(v, s("isolated"));
+    assert_eq!(h.lua.shard_count(HOST), 1, "both processes shared one shard");
+}
+
+#[test]
+fn the_sandbox_has_no_way_out() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        assert(package == nil and debug == nil and dofile == nil and loadfile == nil)
+        assert(os.execute == nil and os.exit == nil and os.remove == nil and os.getenv == nil)
+        assert(string.dump == nil)
+        local f, err = load(string.char(27) .. "Lua")
+        assert(f == nil and err:find("binary"))
+        local f2, err2 = load("return 1", "x", "b")
+        assert(f2 == nil and err2:find("binary"))
+        assert(load("return 1 + 1")() == 2)
+        for _, opt in ipairs({"collect", "stop", "restart", "step", "incremental", "generational"}) do
+            local ok = pcall(collectgarbage, opt)
+            assert(not ok, "collectgarbage('" .. opt .. "') must be refused")
+        end
+        assert(type(collectgarbage("count")) == "number")
+        -- io exists only on a terminal host
+        local ok, ioerr = io.write("x")
+        assert(ok == nil and ioerr:kind() == errors.UNAVAILABLE)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn modules_bind_only_when_listed() {
+    let h = Harness::new(1);
+    h.lua.add_entry(wippy_lua::LuaEntry::process(
+        "test:bare",
+        r#"return { main = function()
+            assert(time == nil and json == nil and logger == nil and io == nil)
+            assert(process and channel and errors and payload and coroutine and string and table and math and utf8 and os)
+            local ok, e = pcall(require, "time")
+            assert(not ok and e:find("module 'time' not found"), e)
+            return require("errors").INVALID
+        end }"#,
+    ));
+    assert_eq!(h.node.exec(HOST, Spawn::entry("test:bare")).unwrap(), s("Invalid"));
+}
+
+#[test]
+fn imports_bind_library_entries() {
+    let h = Harness::new(1);
+    h.lua.add_entry(wippy_lua::LuaEntry::library("lib:math2", "local M = {} function M.double(x) return x * 2 end return M"));
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::process("test:importer", "local m = require('m2') return { main = function(x) return m.double(x) end }")
+            .import("m2", "lib:math2"),
+    );
+    assert_eq!(h.node.exec(HOST, Spawn::entry("test:importer").arg(21)).unwrap(), Value::Int(42));
+    let e = h.node.exec(HOST, Spawn::entry("lib:math2")).unwrap_err();
+    assert!(e.message.contains("library"), "{}", e.message);
+}
+
+#[test]
+fn a_runtime_error_in_one_process_leaves_its_neighbours_alone() {
+    let h = Harness::new(1);
+    h.entry("test:victim", "return { main = function() local m = process.inbox():receive() return m:payload():data() + 1 end }");
+    let v = h.ok(r#"
+        local pid = process.spawn_monitored("test:victim", "app:processes")
+        local ok = pcall(function() local t = nil; return t.x end)
+        assert(not ok)
+        process.send(pid, "n", 41)
+        local e = process.events():receive()
+        return e.result.value
+    "#);
+    assert_eq!(v, Value::Int(42));
+}
+
+#[test]
+fn compiled_once_per_entry_version() {
+    let h = Harness::new(2);
+    h.entry("test:tiny", "return { main = function() return 1 end }");
+    for _ in 0..50 {
+        h.node.exec(HOST, Spawn::entry("test:tiny")).unwrap();
+    }
+    let before = h.lua.compile_count();
+    for _ in 0..50 {
+        h.node.exec(HOST, Spawn::entry("test:tiny")).unwrap();
+    }
+    assert_eq!(h.lua.compile_count(), before, "spawning again never recompiles");
+    let mut e = wippy_lua::LuaEntry::process("test:tiny", "return { main = function() return 2 end }").modules(ALL_MODULES);
+    e.version = 2;
+    h.lua.add_entry(e);
+    assert_eq!(h.node.exec(HOST, Spawn::entry("test:tiny")).unwrap(), Value::Int(2));
+    assert_eq!(h.lua.compile_count(), before + 1);
+}

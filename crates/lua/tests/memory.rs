@@ -1,0 +1,71 @@
+//! SPEC §9 limits: `max_process_memory` in both isolation modes.
+mod common;
+use common::*;
+use wippy_lua::ShardOptions;
+use wippy_runtime::{ErrorKind, Value};
+
+const HOG: &str = r#"return { main = function()
+    local t = {}
+    for i = 1, 1e8 do t[i] = ("x"):rep(64) .. i end
+    return #t
+end }"#;
+
+const PCALL_HOG: &str = r#"return { main = function()
+    local ok = pcall(function()
+        local t = {}
+        for i = 1, 1e8 do t[i] = ("y"):rep(64) .. i end
+    end)
+    return "swallowed"
+end }"#;
+
+fn check(options: ShardOptions) {
+    let h = Harness::with(2, options, |c| c);
+    h.entry("test:hog", HOG);
+    h.entry("test:pcallhog", PCALL_HOG);
+    h.entry("test:neighbour", "return { main = function() local m = process.inbox():receive() return m:payload():data() .. '!' end }");
+    let v = h.ok(r#"
+        local n = process.spawn_monitored("test:neighbour", "app:processes")
+        local ev = process.events()
+        local hog = process.spawn_monitored("test:hog", "app:processes")
+        local e = ev:receive()
+        assert(e.from == hog, "the hog ends first")
+        local err = e.result.error
+        assert(err and err:kind() == errors.LIMIT_EXCEEDED, "hog: " .. tostring(err and err:kind()) .. " " .. tostring(err))
+        local p2 = process.spawn_monitored("test:pcallhog", "app:processes")
+        local e2 = ev:receive()
+        local err2 = e2.result.error
+        assert(err2 and err2:kind() == errors.LIMIT_EXCEEDED, "pcall must not swallow the limit: " .. tostring(e2.result.value))
+        process.send(n, "hi", "still here")
+        local e3 = ev:receive()
+        return e3.result.value
+    "#);
+    assert_eq!(v, s("still here!"));
+    // the host goes on spawning
+    let e = h.run_chunk(HOG, vec![]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded);
+    assert_eq!(h.ok("return 1"), Value::Int(1));
+}
+
+#[test]
+fn limit_with_isolated_processes() {
+    check(ShardOptions { isolated: true, max_process_memory: 4 << 20, ..Default::default() });
+}
+
+#[test]
+fn limit_with_shared_shards() {
+    check(ShardOptions { max_process_memory: 4 << 20, ..Default::default() });
+}
+
+#[test]
+fn isolated_processes_each_get_a_shard() {
+    let h = Harness::with(1, ShardOptions { isolated: true, ..Default::default() }, |c| c);
+    h.entry("test:wait", "return { main = function() process.inbox():receive() end }");
+    let v = h.ok(r#"
+        local a = process.spawn("test:wait", "app:processes")
+        local b = process.spawn("test:wait", "app:processes")
+        process.send(a, "x") process.send(b, "x")
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    assert!(h.lua.shard_count(HOST) >= 3, "one shard per process, got {}", h.lua.shard_count(HOST));
+}
