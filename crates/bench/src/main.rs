@@ -3,16 +3,31 @@
 //! with the anchors' metric names, and the last line is `peak_rss`.
 //!
 //! Usage: wippy-bench spawn|memory|pingpong|ring|fanin|skynet
+//!        wippy-bench lua-memory|lua-memory-isolated|lua-spawn|lua-pingpong|lua-ring
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod lua;
 mod native;
 mod report;
 
 use report::*;
 
-const BENCHES: &[&str] = &["spawn", "memory", "pingpong", "ring", "fanin", "skynet"];
+const BENCHES: &[&str] = &[
+    "spawn",
+    "memory",
+    "pingpong",
+    "ring",
+    "fanin",
+    "skynet",
+    "lua-memory",
+    "lua-memory-isolated",
+    "lua-spawn",
+    "lua-pingpong",
+    "lua-ring",
+    "lua-heap",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -31,6 +46,12 @@ fn main() {
         "ring" => native::ring(),
         "fanin" => native::fanin(),
         "skynet" => native::skynet(),
+        "lua-memory" => lua::memory(false),
+        "lua-memory-isolated" => lua::memory(true),
+        "lua-spawn" => lua::spawn(),
+        "lua-pingpong" => lua::pingpong(),
+        "lua-ring" => lua::ring(),
+        "lua-heap" => lua::lua_heap(),
         _ => unreachable!(),
     }
     footer();

@@ -73,6 +73,11 @@ impl LuaRuntime {
         self.catalog.compiles.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Bytes the Lua heaps of `host`'s shards use now.
+    pub fn shard_memory(&self, host: &str) -> usize {
+        self.catalog.hosts.read().get(host).map(|h| h.memory()).unwrap_or(0)
+    }
+
     /// How many shards `host` has now.
     pub fn shard_count(&self, host: &str) -> usize {
         self.catalog.hosts.read().get(host).map(|h| h.shard_count()).unwrap_or(0)

@@ -124,6 +124,9 @@ impl LuaProcess {
                 Ok(Resumed::Finished(vals)) => break Status::Exit(self.exit_result(&p, vals)),
                 Ok(Resumed::Yielded(vals)) => {
                     match vals.front() {
+                        Some(LuaValue::String(w)) if w.as_bytes().as_ref() == b"exit" => {
+                            break Status::Exit(self.exit_result(&p, vals));
+                        }
                         None => {
                             // preempted by the hook
                             shard.preempt.fired.store(false, Ordering::Relaxed);
@@ -153,7 +156,11 @@ impl LuaProcess {
             ))
             .with_retryable(false);
         }
-        error_from_lua(v)
+        let mut e = error_from_lua(v);
+        if matches!(v, LuaValue::String(_)) && e.retryable.is_none() {
+            e.retryable = Some(false);
+        }
+        e
     }
 
     /// The runner finished with `"exit", ok, value|error`.

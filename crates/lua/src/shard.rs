@@ -231,6 +231,10 @@ impl HostShards {
         Ok(shard)
     }
 
+    pub(crate) fn memory(&self) -> usize {
+        self.shards.lock().iter().map(|s| s.vm.lock().lua.used_memory()).sum()
+    }
+
     pub(crate) fn shard_count(&self) -> usize {
         self.shards.lock().len()
     }

@@ -1,12 +1,12 @@
 -- The shard prelude: run once per shard, with the shard's Rust primitives `R` and the
 -- shared (locked) library tables `LIBS`. It owns everything a Lua process does inside its
--- own VM time: the per-process runner (its coroutines, their ready queue), channels and
+-- own VM time: its tasks (main and coroutine.spawn-ed ones, their ready queue), channels and
 -- select, mailbox-to-channel routing (SPEC 4.3), lifecycle event tables (4.4), timers'
 -- channels, the coroutine wrappers that pass runtime yields through user coroutines, and
 -- the per-process environment (_ENV and library proxies).
 --
 -- It must never: keep a reference from shared state to one process's tables (everything a
--- process owns hangs off its own state table P, which only its runner and S[1] reach), or
+-- process owns hangs off its own state table P, which only its coroutines and S[1] reach), or
 -- expose a shared table to user code (user code only ever sees per-process proxies).
 local R, LIBS = ...
 
@@ -23,9 +23,14 @@ local BLOCK = {}      -- a task yields this to wait (passed up through user coro
 local DONE = {}       -- a task body returns this first when it finished
 local RAISE = {}      -- a waker passes this first to make the woken call raise
 local MEMERR = "not enough memory"
+local NILV = {}       -- a sent nil, while it waits in a sender
 
 -------------------------------------------------------------------------------------------
--- Ready queue of a process's tasks
+-- Tasks: a process's main function and its coroutine.spawn-ed functions. Main runs on the
+-- process's own coroutine, which Rust resumes; when main waits, the scheduling loop runs
+-- right there (on main's stack) and runs the other tasks until main is woken, or yields
+-- "wait" to Rust for the next runtime event. So a process that only uses main costs one
+-- coroutine.
 -------------------------------------------------------------------------------------------
 local function wake(P, t, a, b)
   t.a, t.b = a, b
@@ -33,35 +38,48 @@ local function wake(P, t, a, b)
   local i = P.rt + 1; P.rt = i; P.rq[i] = t
 end
 
+local sched -- forward: the scheduling loop (below, with the router)
+
+-- Wait until a waker hands this task its result. On main's coroutine that means running
+-- the scheduler in place; anywhere else, yield to whoever resumed us (the scheduler, or a
+-- coroutine wrapper that passes it on).
 local function block()
+  local P = S[1]
+  if raw_running() == P.co then return sched(P) end
   return raw_yield(BLOCK)
 end
 
 -------------------------------------------------------------------------------------------
--- Channels
+-- Channels. Waiter queues and the buffer are made on first use.
 -------------------------------------------------------------------------------------------
 local Chan = {}
 local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
 
 local function newchan(P, size, ext)
-  return setmetatable({ size = size, buf = {}, bh = 1, bt = 0, rq = { h = 1, t = 0 }, sq = { h = 1, t = 0 },
-    closed = false, ext = ext, P = P }, ChanMT)
+  return setmetatable({ size = size, n = 0, P = P, ext = ext }, ChanMT)
 end
 
-local function q_push(q, w) local i = q.t + 1; q.t = i; q[i] = w end
+local function q_push(ch, key, w)
+  local q = ch[key]
+  if not q then q = { h = 1, t = 0 }; ch[key] = q end
+  local i = q.t + 1; q.t = i; q[i] = w
+end
 -- First waiter whose select has not fired yet, removed from the queue.
 local function q_pop(q)
+  if not q then return nil end
   local h = q.h
   while h <= q.t do
     local w = q[h]; q[h] = nil; h = h + 1
-    if not w.sel or not w.sel.done then q.h = h; return w end
+    local sel = w.sel
+    if not sel or not sel.done then q.h = h; return w end
   end
   q.h, q.t = 1, 0
   return nil
 end
 
--- Hand a waiter its result. A receiver gets (value, ok); a sender gets true.
+-- Hand a waiter its result. A receiver gets (value, ok); a sender gets true. A waiter is
+-- a task itself, or for select a small record {t, ch, sel, send, v}.
 local function fire(P, w, v, ok)
   local sel = w.sel
   if sel then
@@ -71,35 +89,51 @@ local function fire(P, w, v, ok)
     else
       wake(P, w.t, { channel = w.ch, value = v, ok = ok })
     end
-  elseif w.send then
-    wake(P, w.t, true)
+  elseif w.sv ~= nil then
+    w.sv = nil
+    wake(P, w, true)
   else
-    wake(P, w.t, v, ok)
+    wake(P, w, v, ok)
   end
+end
+
+local function sent_value(w)
+  local v
+  if w.sel then v = w.v else v = w.sv end
+  if v == NILV then return nil end
+  return v
 end
 
 local drain -- forward: route pending mailbox messages (defined with the router)
 
--- Receive without blocking: (v, true), (nil, false) when closed and drained, or nothing
--- (n == 0) when it would block.
+local function buf_push(ch, v)
+  local b = ch.buf
+  if not b then b = { h = 1, t = 0 }; ch.buf = b end
+  local i = b.t + 1; b.t = i; b[i] = v
+  ch.n = ch.n + 1
+end
+
+-- Receive without blocking: true, v, ok -- or false when it would block.
 local function try_recv(ch)
-  local bh = ch.bh
-  if bh <= ch.bt then
-    local v = ch.buf[bh]; ch.buf[bh] = nil; ch.bh = bh + 1
+  if ch.n > 0 then
+    local b = ch.buf
+    local h = b.h
+    local v = b[h]; b[h] = nil; b.h = h + 1
+    ch.n = ch.n - 1
+    if ch.n == 0 then b.h, b.t = 1, 0 end
     local w = q_pop(ch.sq)
     if w then
-      local i = ch.bt + 1; ch.bt = i; ch.buf[i] = w.v
+      buf_push(ch, sent_value(w))
       fire(ch.P, w)
-    elseif ch.bh > ch.bt then
-      ch.bh, ch.bt = 1, 0
     end
     if ch.ext and ch.P.npending > 0 then drain(ch.P) end
     return true, v, true
   end
   local w = q_pop(ch.sq)
   if w then
+    local v = sent_value(w)
     fire(ch.P, w)
-    return true, w.v, true
+    return true, v, true
   end
   if ch.closed then return true, nil, false end
   return false
@@ -109,8 +143,8 @@ local function try_send(ch, v)
   if ch.closed then error("send on a closed channel", 3) end
   local w = q_pop(ch.rq)
   if w then fire(ch.P, w, v, true); return true end
-  if ch.bt - ch.bh + 1 < ch.size then
-    local i = ch.bt + 1; ch.bt = i; ch.buf[i] = v
+  if ch.n < ch.size then
+    buf_push(ch, v)
     return true
   end
   return false
@@ -126,7 +160,9 @@ function Chan.send(ch, v)
   check_chan(ch, "send")
   if try_send(ch, v) then return true end
   local P = S[1]
-  q_push(ch.sq, { t = P.cur, ch = ch, send = true, v = v })
+  local t = P.cur
+  t.sv = v == nil and NILV or v
+  q_push(ch, "sq", t)
   local a, b = block()
   if a == RAISE then error(b, 2) end
   return true
@@ -138,7 +174,7 @@ function Chan.receive(ch)
   if ok then return v, got end
   local P = S[1]
   local t = P.cur
-  q_push(ch.rq, { t = t, ch = ch })
+  q_push(ch, "rq", t)
   if ch.ext then
     t.ext = true; P.next_ = P.next_ + 1
     if P.npending > 0 then drain(P) end
@@ -159,14 +195,14 @@ function Chan.close(ch)
   while true do
     local w = q_pop(ch.sq)
     if not w then break end
-    if w.sel then w.sel.done = true end
-    wake(P, w.t, RAISE, "send on a closed channel")
+    if w.sel then w.sel.done = true; w = w.t else w.sv = nil end
+    wake(P, w, RAISE, "send on a closed channel")
   end
 end
 
 function Chan.case_send(ch, v) check_chan(ch, "case_send"); return { ch = ch, send = true, v = v } end
 function Chan.case_receive(ch) check_chan(ch, "case_receive"); return { ch = ch } end
-function Chan.is_closed(ch) return ch.closed end
+function Chan.is_closed(ch) return ch.closed == true end
 
 local function select_(cases, default)
   if type(cases) ~= "table" then
@@ -195,7 +231,7 @@ local function select_(cases, default)
   local ext = false
   for i = 1, n do
     local c = cases[i]
-    q_push(c.send and c.ch.sq or c.ch.rq, { t = t, ch = c.ch, sel = sel, send = c.send, v = c.v })
+    q_push(c.ch, c.send and "sq" or "rq", { t = t, ch = c.ch, sel = sel, send = c.send, v = c.v })
     ext = ext or c.ch.ext
   end
   if ext then
@@ -241,14 +277,18 @@ function Msg.payload(m)
 end
 R.set_message_mt(MsgMT)
 
--- The channel a pending item goes to now, and the value it carries there.
+-- The channel a pending item goes to now.
 local function target(P, m)
   if m.ev then return P.events end
-  local l = P.listen[m.tp]
-  if l then return l end
+  local l = P.listen
+  if l then
+    l = l[m.tp]
+    if l then return l end
+  end
   return P.inbox
 end
 
+-- The value a channel delivers for message `m`.
 local function form(ch, m)
   if m.ev or not ch.plain then return m.ev or m end
   local n = m.n
@@ -259,14 +299,18 @@ local function form(ch, m)
   return arr
 end
 
--- Try to hand `m` to `ch` now (a waiting receiver, or room in a listen buffer).
+-- Try to hand a value to `ch` now (a waiting receiver, or room in its buffer).
+local function offer_value(P, ch, v)
+  local w = q_pop(ch.rq)
+  if w then fire(P, w, v, true); return true end
+  if ch.n < ch.size then buf_push(ch, v); return true end
+  return false
+end
+
 local function offer(P, ch, m)
   local w = q_pop(ch.rq)
   if w then fire(P, w, form(ch, m), true); return true end
-  if ch.bt - ch.bh + 1 < ch.size then
-    local i = ch.bt + 1; ch.bt = i; ch.buf[i] = form(ch, m)
-    return true
-  end
+  if ch.n < ch.size then buf_push(ch, form(ch, m)); return true end
   return false
 end
 
@@ -288,14 +332,20 @@ drain = function(P)
   P.pending, P.npending = kept, n
 end
 
+local function queue_pending(P, m)
+  local n = P.npending + 1
+  local pend = P.pending
+  if not pend then pend = {}; P.pending = pend end
+  P.npending = n; pend[n] = m
+  if n > 1 then drain(P) end
+end
+
 local function arrive(P, m)
   if P.npending == 0 then
     local ch = target(P, m)
     if ch and offer(P, ch, m) then return end
   end
-  local n = P.npending + 1
-  P.npending = n; P.pending[n] = m
-  if n > 1 then drain(P) end
+  queue_pending(P, m)
 end
 
 local EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.cancel", "pid.outdated"
@@ -303,17 +353,25 @@ local EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.canc
 -- The exit of a funcs.async call completes its future (set with funcs below).
 local on_future
 
--- One runtime event, as Rust passes it to the runner.
+-- One runtime event, as Rust passes it.
 local function handle(P, kind, a, b, c, d, ...)
   if kind == "m" then       -- message: topic, from, n, payloads...
+    if P.npending == 0 and c == 1 then
+      -- the common case: one payload for a plain listen channel, no message object
+      local l = P.listen
+      l = l and l[a]
+      if l and l.plain and offer_value(P, l, d) then return end
+    end
     arrive(P, setmetatable({ tp = a, fr = b, n = c, d, ... }, MsgMT))
   elseif kind == "t" then   -- command completion: id, ok, value
-    local h = P.cmds[a]
+    local cmds = P.cmds
+    local h = cmds and cmds[a]
     if h then h(P, a, b, c) end
   elseif kind == "x" then   -- EXIT: from, at, ok, value|error
-    local w = P.execs[a]
+    local execs = P.execs
+    local w = execs and execs[a]
     if w then
-      P.execs[a] = nil
+      execs[a] = nil
       if w.future then
         on_future(P, w, c, d)
       elseif c then
@@ -332,28 +390,96 @@ local function handle(P, kind, a, b, c, d, ...)
   end
 end
 
--------------------------------------------------------------------------------------------
--- The runner: one per process; runs the process's tasks (main and coroutine.spawn-ed
--- ones) until each blocks, then waits for the next runtime event.
--------------------------------------------------------------------------------------------
-local function new_task(P, body, ...)
-  local t = { co = raw_create(body), a = nil, b = nil, ext = false }
-  local args = pack(...)
-  t.a = args
+local function counted(ok, ...) return ok, select("#", ...), ... end
+
+local DEADLOCK = "deadlock: every coroutine of the process is blocked on a channel that nothing can wake"
+
+-- The scheduling loop, on main's coroutine while main waits: run the other tasks; return
+-- main's wake values once main is woken; wait for runtime events when nothing is ready.
+-- A spawned task's error ends the process ("exit" to Rust, never resumed again).
+sched = function(P)
+  local rq, main, co = P.rq, P.main, P.co
+  while true do
+    local t = P.first
+    local ok, n, r1, r2
+    if t then
+      -- the task the hook suspended goes on first
+      P.first = nil
+      P.cur = t
+      rt_cur(t.co)
+      ok, n, r1, r2 = counted(raw_resume(t.co))
+    else
+      local h = P.rh
+      if h <= P.rt then
+        t = rq[h]; rq[h] = nil; P.rh = h + 1
+        if P.rh > P.rt then P.rh, P.rt = 1, 0 end
+        local a, b = t.a, t.b
+        t.a, t.b = nil, nil
+        if t == main then return a, b end
+        P.cur = t
+        rt_cur(t.co)
+        if t.args then
+          local args = t.args
+          t.args = nil
+          ok, n, r1, r2 = counted(raw_resume(t.co, unpack(args, 1, args.n)))
+        else
+          ok, n, r1, r2 = counted(raw_resume(t.co, a, b))
+        end
+      else
+        P.cur = main
+        if P.next_ == 0 then
+          raw_yield("exit", false, rt_error("Internal", DEADLOCK))
+        end
+        handle(P, raw_yield("wait"))
+        t = nil
+      end
+    end
+    if t then
+      P.cur = main
+      rt_cur(co)
+      if not ok then
+        if r1 == MEMERR then P.memfail = true end
+        raw_yield("exit", false, r1)
+      elseif r1 == BLOCK then
+        -- waiting; a waker puts it back
+      elseif r1 == DONE then
+        P.ntasks = P.ntasks - 1
+      elseif n == 0 and rt_preempted() then
+        P.first = t
+        raw_yield()
+      else
+        -- a plain coroutine.yield() at a task's top level: let the others run
+        local i = P.rt + 1; P.rt = i; rq[i] = t
+      end
+    end
+  end
+end
+
+local function task_body(f, ...)
+  f(...)
+  return DONE
+end
+
+local function new_task(P, f, ...)
+  local t = { co = raw_create(task_body), args = pack(f, ...) }
   local i = P.rt + 1; P.rt = i; P.rq[i] = t
   P.ntasks = P.ntasks + 1
   return t
 end
 
-local function task_body(args)
-  return DONE, args[1](unpack(args, 2, args.n))
+-- main's `return v, err`: a string or an error object as err is an abnormal exit.
+local function finish(v, e)
+  if type(e) == "string" then
+    return false, rt_error("Internal", e, false)
+  elseif type(e) == "userdata" and R.is_error(e) then
+    return false, e
+  end
+  return true, v
 end
 
-local function counted(ok, ...) return ok, select("#", ...), ... end
-
--- Resolve the entry's main from its chunk's result, and call it.
-local function main_body(args)
-  local chunk, env, method, id = args[1], args[2], args[3], args[4]
+-- The body of a process's coroutine: resolve the entry's main from its chunk's result
+-- and call it.
+local function main_body(P, chunk, env, method, id, ...)
   local r = chunk(env)
   local f
   if type(r) == "table" then
@@ -364,106 +490,27 @@ local function main_body(args)
   if type(f) ~= "function" then
     error(rt_error("Invalid", "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"), 0)
   end
-  return DONE, f(unpack(args, 5, args.n))
-end
-
--- main's `return v, err`: a string or an error object as err is an abnormal exit.
-local function finish(P, v, e)
-  if type(e) == "string" then
-    P.result = { false, rt_error("Internal", e, false) }
-  elseif type(e) == "userdata" and R.is_error(e) then
-    P.result = { false, e }
-  else
-    P.result = { true, v }
-  end
-end
-
-local function run_ready(P, runner_co)
-  local rq = P.rq
-  while true do
-    local t, ok, n, r1, r2, r3
-    t = P.first
-    if t then
-      -- the task the hook suspended: it goes on from where it was, before anything else
-      P.first = nil
-      P.cur = t
-      rt_cur(t.co)
-      ok, n, r1, r2, r3 = counted(raw_resume(t.co))
-    else
-      local h = P.rh
-      if h > P.rt then break end
-      t = rq[h]; rq[h] = nil; P.rh = h + 1
-      P.cur = t
-      local a, b = t.a, t.b
-      t.a, t.b = nil, nil
-      rt_cur(t.co)
-      if t.started then
-        ok, n, r1, r2, r3 = counted(raw_resume(t.co, a, b))
-      else
-        t.started = true
-        ok, n, r1, r2, r3 = counted(raw_resume(t.co, a))
-      end
-    end
-    rt_cur(runner_co)
-    if not ok then
-      if r1 == MEMERR then P.memfail = true end
-      P.result = { false, r1 }
-      return
-    elseif r1 == BLOCK then
-      -- waiting; a waker puts it back
-    elseif r1 == DONE then
-      P.ntasks = P.ntasks - 1
-      if t.main then finish(P, r2, r3); return end
-    elseif n == 0 and rt_preempted() then
-      -- its slice is over: it goes on first when the process runs again (it may also be
-      -- in the queue already, woken by itself before it could block)
-      P.first = t
-      raw_yield()
-    else
-      -- a plain coroutine.yield() at a task's top level: let the others run
-      local i = P.rt + 1; P.rt = i; rq[i] = t
-    end
-  end
-  P.rh, P.rt = 1, 0
-end
-
-local function runner(P, chunk, env, method, id, ...)
-  local runner_co = raw_running()
-  local t = new_task(P, main_body, chunk, env, method, id, ...)
-  t.main = true
-  while true do
-    run_ready(P, runner_co)
-    if P.result then
-      local r = P.result
-      return "exit", r[1], r[2]
-    end
-    if P.next_ == 0 then
-      return "exit", false, rt_error("Internal", "deadlock: every coroutine of the process is blocked on a channel that nothing can wake")
-    end
-    handle(P, raw_yield("wait"))
-  end
+  return "exit", finish(f(...))
 end
 
 -------------------------------------------------------------------------------------------
--- coroutine: wrappers that pass runtime yields (blocking calls, preemption) up to the
--- runner and resume the inner coroutine with the answer.
+-- coroutine: wrappers that pass runtime waits (blocking calls, preemption) up through
+-- user coroutines and resume the inner coroutine with the answer.
 -------------------------------------------------------------------------------------------
 local function pass_up(co, ok, ...)
-  while ok do
-    local n = select("#", ...)
+  if ok then
     local first = ...
     if first == BLOCK then
       rt_cur(raw_running())
-      local a, b = raw_yield(BLOCK)
+      local a, b = block()
       rt_cur(co)
       return pass_up(co, raw_resume(co, a, b))
-    elseif n == 0 and raw_status(co) ~= "dead" and R.preempt_pending() then
+    elseif select("#", ...) == 0 and raw_status(co) ~= "dead" and R.preempt_pending() then
       rt_cur(raw_running())
       raw_yield()
       rt_cur(co)
       return pass_up(co, raw_resume(co))
     end
-    break
   end
   rt_cur(raw_running())
   return ok, ...
@@ -492,12 +539,21 @@ co_lib.wrap = function(f)
     return wrap_result(pass_up(co, raw_resume(co, ...)))
   end
 end
+co_lib.yield = function(...)
+  local P = S[1]
+  if raw_running() == P.co then
+    -- main yields at its top level: let the other tasks have a turn
+    local i = P.rt + 1; P.rt = i; P.rq[i] = P.main
+    sched(P)
+    return
+  end
+  return raw_yield(...)
+end
 co_lib.spawn = function(f, ...)
   if type(f) ~= "function" then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 2)
   end
-  local P = S[1]
-  new_task(P, task_body, f, ...)
+  new_task(S[1], f, ...)
   return true
 end
 LIBS.coroutine = co_lib
@@ -539,12 +595,14 @@ function process.listen(topic, opts)
     return nil, rt_error("Invalid", "topic '" .. topic .. "' is reserved: topics starting with '@' belong to the runtime")
   end
   local P = S[1]
-  local ch = P.listen[topic]
+  local l = P.listen
+  if not l then l = {}; P.listen = l end
+  local ch = l[topic]
   if ch then return ch end
   ch = newchan(P, 1, true)
   ch.topic = topic
   ch.plain = not (opts and opts.message)
-  P.listen[topic] = ch
+  l[topic] = ch
   if P.npending > 0 then drain(P) end
   return ch
 end
@@ -553,7 +611,7 @@ function process.unlisten(ch)
   check_chan(ch, "unlisten")
   local P = S[1]
   local topic = ch.topic
-  if topic and P.listen[topic] == ch then
+  if topic and P.listen and P.listen[topic] == ch then
     P.listen[topic] = nil
     Chan.close(ch)
     if P.npending > 0 then drain(P) end
@@ -562,9 +620,21 @@ function process.unlisten(ch)
   return false
 end
 
+local function execs(P)
+  local e = P.execs
+  if not e then e = {}; P.execs = e end
+  return e
+end
+
+local function cmds(P)
+  local c = P.cmds
+  if not c then c = {}; P.cmds = c end
+  return c
+end
+
 local function wait_exit(P, pid)
   local t = P.cur
-  P.execs[pid] = t
+  execs(P)[pid] = t
   t.ext = true; P.next_ = P.next_ + 1
   return block()
 end
@@ -648,7 +718,7 @@ function time.sleep(d)
   local P = S[1]
   local t = P.cur
   local id = cmd_after(ns)
-  P.cmds[id] = function(P2, i) P2.cmds[i] = nil; wake(P2, t) end
+  cmds(P)[id] = function(P2, i) P2.cmds[i] = nil; wake(P2, t) end
   t.ext = true; P.next_ = P.next_ + 1
   block()
 end
@@ -656,9 +726,9 @@ end
 local function timer_channel(P, ns, once_close)
   local ch = newchan(P, 1, true)
   local id = cmd_after(ns)
-  P.cmds[id] = function(P2, i, ok, v)
+  cmds(P)[id] = function(P2, i, ok, v)
     P2.cmds[i] = nil
-    offer(P2, ch, { ev = rt_time(v) })
+    offer_value(P2, ch, rt_time(v))
     if once_close then Chan.close(ch) end
   end
   return ch, id
@@ -680,7 +750,7 @@ function Timer.channel(tm) return tm.ch end
 Timer.response = Timer.channel
 function Timer.stop(tm)
   local P = tm.P
-  if tm.id and P.cmds[tm.id] then
+  if tm.id and P.cmds and P.cmds[tm.id] then
     P.cmds[tm.id] = nil
     cmd_cancel(tm.id)
     tm.id = nil
@@ -694,7 +764,7 @@ function Timer.reset(tm, d)
   local P = tm.P
   local ch = tm.ch
   local id = cmd_after(ns)
-  P.cmds[id] = function(P2, i, ok, v) P2.cmds[i] = nil; offer(P2, ch, { ev = rt_time(v) }) end
+  cmds(P)[id] = function(P2, i, ok, v) P2.cmds[i] = nil; offer_value(P2, ch, rt_time(v)) end
   tm.id = id
   return was
 end
@@ -708,13 +778,13 @@ function time.ticker(d)
   local ch = newchan(P, 1, true)
   local id = cmd_ticker(ns)
   -- a slow reader loses ticks: a tick that finds the buffer full is dropped
-  P.cmds[id] = function(P2, i, ok, v) offer(P2, ch, { ev = rt_time(v) }) end
+  cmds(P)[id] = function(P2, i, ok, v) offer_value(P2, ch, rt_time(v)) end
   return setmetatable({ ch = ch, id = id, P = P }, TickerMT)
 end
 function Ticker.channel(tk) return tk.ch end
 function Ticker.stop(tk)
   local P = tk.P
-  if tk.id and P.cmds[tk.id] then
+  if tk.id and P.cmds and P.cmds[tk.id] then
     P.cmds[tk.id] = nil
     cmd_cancel(tk.id)
     tk.id = nil
@@ -749,7 +819,7 @@ if LIBS.funcs then
     local ch = newchan(P, 1, true)
     local f = setmetatable({ ch = ch, pid = pid, P = P }, FutureMT)
     -- the exit arrives as an EXIT event routed to this future's channel
-    P.execs[pid] = { future = f }
+    execs(P)[pid] = { future = f }
     return f
   end
   function Future.channel(f) return f.ch end
@@ -766,7 +836,7 @@ if LIBS.funcs then
   on_future = (function(P, w, ok, v)
     local f = w.future
     f.res = ok and { v } or { nil, v }
-    offer(P, f.ch, { ev = f.res })
+    offer_value(P, f.ch, f.res)
     Chan.close(f.ch)
   end)
 end
@@ -829,6 +899,7 @@ function BASE.require(name)
   local P = S[1]
   local env = P.env
   local cache = P.required
+  if not cache then cache = {}; P.required = cache end
   local v = cache[name]
   if v ~= nil then return v end
   if ALWAYS[name] or P.allowed[name] then
@@ -876,19 +947,20 @@ end
 function BASE.pcall(f, ...) return pc_check(pcall(f, ...)) end
 function BASE.xpcall(f, h, ...) return pc_check(xpcall(f, h, ...)) end
 
--- The constructor Rust calls for every new process: its state and its runner coroutine.
-local function new_process(allowed, env_meta, imports, chunk, method, id, args)
-  local P = { rq = {}, rh = 1, rt = 0, cur = nil, next_ = 0, ntasks = 0, pending = {}, npending = 0,
-    listen = {}, cmds = {}, execs = {}, required = {}, allowed = allowed, imports = imports }
+-- The constructor Rust calls for every new process: its state and its coroutine.
+local function new_process(allowed, env_meta, imports)
+  local co = raw_create(main_body)
+  local P = { co = co, rq = {}, rh = 1, rt = 0, next_ = 0, ntasks = 0, npending = 0,
+    allowed = allowed, imports = imports }
+  local main = { co = co }
+  P.main, P.cur = main, main
   local env = new_env(P, env_meta)
   P.env = env
-  local co = raw_create(runner)
   return P, co, env
 end
 
 return {
   S = S,
-  runner = runner,
   new_process = new_process,
   env_mt = env_mt,
   new_env = new_env,

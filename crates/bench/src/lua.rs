@@ -1,0 +1,179 @@
+//! The anchor benchmarks with Lua processes (metric names prefixed `lua_`): each benchmark
+//! is driven by a Lua process; the main thread starts it and waits for its result.
+
+use std::time::{Duration, Instant};
+
+use wippy_lua::{LuaEntry, LuaRuntime, ShardOptions};
+use wippy_runtime::*;
+
+use crate::report::*;
+
+const HOST: &str = "bench";
+
+fn node(options: ShardOptions) -> (Node, LuaRuntime) {
+    let node = Node::new().expect("node");
+    let lua = LuaRuntime::new();
+    lua.set_host_options(HOST, options);
+    lua.install(&node.handle());
+    let mut cfg = HostConfig::new(HOST);
+    if let Some(w) = std::env::var("WIPPY_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+        cfg = cfg.workers(w);
+    }
+    node.add_host(cfg).expect("host");
+    (node, lua)
+}
+
+fn entry(lua: &LuaRuntime, id: &str, src: &str) {
+    lua.add_entry(LuaEntry::process(id, src).modules(&["time"]));
+}
+
+fn run(node: &Node, id: &str, args: Vec<Value>) -> Value {
+    match node.exec(HOST, Spawn::entry(id).args(args)) {
+        Ok(v) => v,
+        Err(e) => panic!("benchmark driver failed: {} ({})", e.message, e.kind),
+    }
+}
+
+fn nth(v: &Value, i: usize) -> Duration {
+    let t = v.as_table().expect("driver returns a table");
+    Duration::from_nanos(t.array[i].as_int().unwrap_or(0) as u64)
+}
+
+const PARKED: &str = r#"return { main = function(parent)
+    process.send(parent, "r")
+    process.inbox():receive()
+end }"#;
+
+const MEMORY_DRIVER: &str = r#"return { main = function(n)
+    local me = process.pid()
+    for _ = 1, n do process.spawn("bench:parked", "bench", me) end
+    local ready = process.listen("r")
+    for _ = 1, n do ready:receive() end
+    return n
+end }"#;
+
+pub fn memory(isolated: bool) {
+    let (node, lua) = node(ShardOptions { isolated, ..Default::default() });
+    entry(&lua, "bench:parked", PARKED);
+    entry(&lua, "bench:memdriver", MEMORY_DRIVER);
+    // Warm up: one shard, compiled code, allocator pools.
+    run(&node, "bench:memdriver", vec![Value::Int(100)]);
+    let rss0 = rss_kib();
+    run(&node, "bench:memdriver", vec![Value::Int(MEM_N as i64)]);
+    let rss1 = rss_kib();
+    let prefix = if isolated { "lua_isolated_" } else { "lua_" };
+    report_memory(prefix, MEM_N, rss0, rss1);
+}
+
+const QUICK: &str = r#"return { main = function(parent) process.send(parent, "d") end }"#;
+
+const SPAWN_DRIVER: &str = r#"return { main = function(n)
+    local me = process.pid()
+    local done = process.listen("d")
+    local t0 = time.now()
+    local spawn = process.spawn
+    local left, waiting = n, n
+    -- spawn in batches, collecting as we go, so the mailbox never holds a million
+    while left > 0 do
+        local batch = left < 1000 and left or 1000
+        for _ = 1, batch do spawn("bench:quick", "bench", me) end
+        left = left - batch
+        while waiting > left + 2000 do done:receive() waiting = waiting - 1 end
+    end
+    local issued = time.now():sub(t0):nanoseconds()
+    while waiting > 0 do done:receive() waiting = waiting - 1 end
+    return { issued, time.now():sub(t0):nanoseconds() }
+end }"#;
+
+pub fn spawn() {
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:quick", QUICK);
+    entry(&lua, "bench:spawndriver", SPAWN_DRIVER);
+    run(&node, "bench:spawndriver", vec![Value::Int(1000)]);
+    let r = run(&node, "bench:spawndriver", vec![Value::Int(SPAWN_N as i64)]);
+    report_spawn("lua_", SPAWN_N, nth(&r, 0), nth(&r, 1));
+}
+
+const PONG: &str = r#"return { main = function(peer)
+    local ch = process.listen("ping")
+    local send = process.send
+    while true do
+        local v = ch:receive()
+        send(peer, "pong", v)
+        if v == 0 then return end
+    end
+end }"#;
+
+const PING_DRIVER: &str = r#"return { main = function(m)
+    local me = process.pid()
+    local pong = process.spawn("bench:pong", "bench", me)
+    local ch = process.listen("pong")
+    local send = process.send
+    local t0 = time.now()
+    for i = m, 0, -1 do
+        send(pong, "ping", i)
+        ch:receive()
+    end
+    return { time.now():sub(t0):nanoseconds() }
+end }"#;
+
+pub fn pingpong() {
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:pong", PONG);
+    entry(&lua, "bench:pingdriver", PING_DRIVER);
+    run(&node, "bench:pingdriver", vec![Value::Int(1000)]);
+    let r = run(&node, "bench:pingdriver", vec![Value::Int(PINGPONG_M as i64 - 1)]);
+    report_pingpong("lua_", PINGPONG_M, nth(&r, 0));
+}
+
+const RING_NODE: &str = r#"return { main = function(driver, n)
+    local nextp = process.listen("next"):receive()
+    local ch = process.listen("t")
+    local send = process.send
+    while true do
+        local left = ch:receive()
+        if left == 0 then send(driver, "done", true) return end
+        send(nextp, "t", left - 1)
+        if left < n then return end -- the token will not come round again
+    end
+end }"#;
+
+const RING_DRIVER: &str = r#"return { main = function(n, m)
+    local me = process.pid()
+    local t0 = time.now()
+    local pids = {}
+    for i = 1, n do pids[i] = process.spawn("bench:ringnode", "bench", me, n) end
+    for i = 1, n do process.send(pids[i], "next", pids[i % n + 1]) end
+    local setup = time.now():sub(t0):nanoseconds()
+    local done = process.listen("done")
+    local t1 = time.now()
+    process.send(pids[1], "t", n * m - 1)
+    done:receive()
+    return { setup, time.now():sub(t1):nanoseconds() }
+end }"#;
+
+pub fn ring() {
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:ringnode", RING_NODE);
+    entry(&lua, "bench:ringdriver", RING_DRIVER);
+    run(&node, "bench:ringdriver", vec![Value::Int(100), Value::Int(2)]);
+    let t = Instant::now();
+    let r = run(&node, "bench:ringdriver", vec![Value::Int(RING_N as i64), Value::Int(RING_M as i64)]);
+    let _ = t;
+    report_ring("lua_", RING_N, RING_N * RING_M, nth(&r, 0), nth(&r, 1));
+}
+
+/// Where a parked Lua process's bytes go (Lua heap vs the rest), for tuning.
+pub fn lua_heap() {
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:parked", PARKED);
+    entry(&lua, "bench:memdriver", MEMORY_DRIVER);
+    run(&node, "bench:memdriver", vec![Value::Int(100)]);
+    let h0 = lua.shard_memory(HOST);
+    let rss0 = rss_kib();
+    run(&node, "bench:memdriver", vec![Value::Int(10_000)]);
+    let h1 = lua.shard_memory(HOST);
+    let rss1 = rss_kib();
+    outf("lua_heap_per_process", (h1 as f64 - h0 as f64) / 10_000.0, "bytes");
+    outf("lua_rss_per_process", (rss1 as f64 - rss0 as f64) * 1024.0 / 10_000.0, "bytes");
+}

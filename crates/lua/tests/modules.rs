@@ -1,0 +1,186 @@
+//! The modules of SPEC §5 and §6.3–6.4: errors, payload, time, json, logger, env, ctx,
+//! registry, io (terminal host only).
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+use wippy_lua::{LuaEntry, LuaRuntime, RegistryItem, ShardOptions};
+use wippy_runtime::{HostConfig, Node, Spawn, Table, Value};
+
+#[test]
+fn errors_module() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local e = errors.new("plain")
+        assert(e:message() == "plain" and e:kind() == errors.UNKNOWN and e:retryable() == nil)
+        assert(tostring(e) == "plain" and "x: " .. e == "x: plain" and e .. "!" == "plain!")
+        local d = errors.new{message = "m", kind = errors.TIMEOUT, retryable = true, details = {code = 7}}
+        assert(d:kind() == "Timeout" and d:retryable() == true and d:details().code == 7)
+        assert(errors.is(d, errors.TIMEOUT) and not errors.is(d, errors.INVALID))
+        local w = errors.wrap(d, "while calling")
+        assert(w:message() == "while calling: m" and w:kind() == "Timeout" and w:retryable() == true)
+        assert(type(errors.call_stack(e)) == "string" and e:stack():find("snippet"))
+        assert(errors.NOT_FOUND == "NotFound" and errors.LIMIT_EXCEEDED == "LimitExceeded" and errors.UNKNOWN == "")
+        assert(string.format("%s", e) == "plain")
+        local ok, bad = pcall(errors.new, {kind = "Weird"})
+        assert(not ok)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn timers() {
+    let h = Harness::new(2);
+    let started = Instant::now();
+    let v = h.ok(r#"
+        local t0 = time.now()
+        time.sleep("20ms")
+        local slept = time.now():sub(t0):milliseconds()
+        assert(slept >= 19, "slept " .. slept)
+        local ch = time.after(1000000) -- 1 ms as nanoseconds
+        local at, ok = ch:receive()
+        assert(ok and at:unix() > 0)
+        local _, ok2 = ch:receive()
+        assert(ok2 == false, "after closes its channel")
+        local tm = time.timer("1h")
+        assert(tm:stop() == true and tm:stop() == false)
+        local tm2 = time.timer("1h")
+        tm2:reset("2ms")
+        local fired = tm2:channel():receive()
+        assert(fired)
+        local tk = time.ticker("2ms")
+        local n = 0
+        for _ = 1, 3 do tk:channel():receive() n = n + 1 end
+        assert(tk:stop() == true)
+        local tk2, terr = time.ticker(0)
+        assert(tk2 == nil and terr:kind() == errors.INVALID)
+        local ok3, e3 = pcall(time.sleep, "soon")
+        assert(not ok3 and tostring(e3):find("invalid duration"), tostring(e3))
+        return n
+    "#);
+    assert_eq!(v, Value::Int(3));
+    assert!(started.elapsed() < Duration::from_secs(10), "timers took {:?}", started.elapsed());
+}
+
+#[test]
+fn slow_ticker_reader_loses_ticks_and_nothing_blocks() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local tk = time.ticker("1ms")
+        time.sleep("30ms") -- ~30 ticks happen; the channel holds at most one
+        local got = 0
+        while true do
+            local r = channel.select({ tk:channel():case_receive() }, true)
+            if r.default then break end
+            got = got + 1
+        end
+        tk:stop()
+        return got
+    "#);
+    assert_eq!(v, Value::Int(1));
+}
+
+#[test]
+fn durations_and_times() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local d = time.parse_duration("1h30m")
+        assert(tostring(d) == "1h30m0s" and d:minutes() == 90 and d:hours() == 1.5)
+        assert(time.parse_duration("1.5s"):milliseconds() == 1500)
+        assert(math.type(time.parse_duration("2us"):nanoseconds()) == "integer")
+        local bad, err = time.parse_duration("10 parsecs")
+        assert(bad == nil and err:kind() == errors.INVALID)
+        local t = time.date(2024, time.MARCH, 5, 7, 8, 9, 0, time.utc)
+        assert(t:format(time.RFC3339) == "2024-03-05T07:08:09Z")
+        assert(t:format("Mon Jan _2 15:04:05 2006") == "Tue Mar  5 07:08:09 2024")
+        assert(t:year() == 2024 and t:month() == 3 and t:day() == 5 and t:weekday() == time.TUESDAY)
+        assert(t:year_day() == 65 and t:unix() == 1709622489)
+        local p = time.parse(time.DATE_TIME, "2024-03-05 07:08:09")
+        assert(p:equal(t) and not p:before(t) and not p:after(t))
+        local z = time.fixed_zone("EET", 2 * 3600)
+        assert(t:in_location(z):format("15:04 -07:00") == "09:08 +02:00")
+        local later = t:add(time.parse_duration("36h"))
+        assert(later:sub(t):hours() == 36)
+        assert(t:add_date(0, 1, 0):format(time.DATE_ONLY) == "2024-04-05")
+        assert(t:truncate(time.HOUR):format(time.TIME_ONLY) == "07:00:00")
+        assert(t:round(time.HOUR):format(time.TIME_ONLY) == "07:00:00")
+        assert(time.unix(1709622489, 0):utc():format_rfc3339() == "2024-03-05T07:08:09Z")
+        local y, m, dd = t:date()
+        assert(y == 2024 and m == 3 and dd == 5)
+        local x, xerr = time.parse(time.RFC3339, "not a time")
+        assert(x == nil and xerr:kind() == errors.INVALID)
+        local l, lerr = time.load_location("Mars/Olympus")
+        assert(l == nil and lerr:kind() == errors.NOT_FOUND)
+        assert(time.load_location("UTC"))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn json_module() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local s = json.encode({a = 1, list = {1, 2, 3}, nested = {ok = true}})
+        local back = json.decode(s)
+        assert(back.a == 1 and #back.list == 3 and back.nested.ok == true)
+        assert(json.encode({1, "two"}) == '[1,"two"]')
+        local v, err = json.decode("{broken")
+        assert(v == nil and err:kind() == errors.INVALID)
+        local x, xerr = json.encode({f = function() end})
+        assert(x == nil and xerr)
+        assert(math.type(json.decode("5")) == "integer" and json.decode("2.5") == 2.5)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn logger_env_payload_registry() {
+    let h = Harness::new(1);
+    h.lua.set_env("APP_MODE", "test");
+    let mut meta = Table::new();
+    meta.set("type", "config");
+    let mut data = Table::new();
+    data.set("port", 8080);
+    h.lua.add_registry_item(RegistryItem { id: "app:cfg".into(), kind: "registry.entry".into(), meta: Value::table(meta), data: Value::table(data) });
+    let v = h.ok(r#"
+        logger:info("hello", {k = 1})
+        local l = logger:with({req = "r1"}):named("sub")
+        l:warn("child logger")
+        print("printed", 1, true)
+        assert(env.get("APP_MODE") == "test")
+        local miss, merr = env.get("WIPPY_SURELY_UNSET_VARIABLE")
+        assert(miss == nil and merr:kind() == errors.NOT_FOUND)
+        local p = payload.new({1, 2})
+        assert(p:data()[2] == 2)
+        local e = registry.get("app:cfg")
+        assert(e.kind == "registry.entry" and e.data.port == 8080 and e.meta.type == "config")
+        local found = registry.find({kind = "registry.entry", ["meta.type"] = "config"})
+        assert(#found == 1 and found[1].id == "app:cfg")
+        assert(#registry.find({["meta.type"] = "other"}) == 0)
+        local none, nerr = registry.get("app:none")
+        assert(none == nil and nerr:kind() == errors.NOT_FOUND)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn io_on_a_terminal_host() {
+    let node = Node::new().unwrap();
+    let lua = LuaRuntime::new();
+    lua.set_host_options("app:terminal", ShardOptions { grants_io: true, isolated: true, ..Default::default() });
+    lua.install(&node.handle());
+    node.add_host(HostConfig::new("app:terminal").workers(1)).unwrap();
+    lua.add_entry(
+        LuaEntry::process("app:cli", r#"return { main = function() assert(io.write("")) return #io.args() end }"#).modules(&["io"]),
+    );
+    let mut ctx = Table::new();
+    let mut args = Table::new();
+    args.push(Value::str("a"));
+    args.push(Value::str("b"));
+    ctx.set("@args", Value::table(args));
+    let r = node.exec("app:terminal", Spawn::entry("app:cli").context(std::sync::Arc::new(ctx)));
+    assert_eq!(r.unwrap(), Value::Int(2));
+}
