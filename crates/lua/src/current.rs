@@ -22,6 +22,8 @@ pub(crate) struct ProcState {
     pub(crate) upgradable: bool,
     /// Bytes this process allocated while it ran (net), for `max_process_memory`.
     pub(crate) memory: usize,
+    /// The last destination `send` parsed, as written and as parsed.
+    pub(crate) last_dest: Option<(Vec<u8>, wippy_runtime::Dest)>,
 }
 
 thread_local! {

@@ -10,6 +10,7 @@ mod convert;
 mod current;
 mod modules;
 mod process;
+mod raw;
 mod sandbox;
 mod shard;
 

@@ -6,6 +6,7 @@
 //! Must never: touch the VM outside a turn of its own shard, or let a Lua error escape as
 //! a panic.
 
+use std::os::raw::c_int;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, 
 use crate::catalog::{Catalog, LuaEntry};
 use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
+use crate::raw;
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
 use crate::shard::{current_vm, Shard};
 use crate::sandbox::Vm;
@@ -27,17 +29,22 @@ pub(crate) struct LuaProcess {
     s: Option<Table>,
     /// The runner's last yield was "wait": it takes the next event.
     awaiting: bool,
+    /// Registry references of the process state table and of the shard table.
+    p_ref: c_int,
+    s_ref: c_int,
 }
 
 impl LuaProcess {
     pub(crate) fn new(entry: Arc<LuaEntry>, catalog: Arc<Catalog>, shard: Arc<Shard>) -> LuaProcess {
         LuaProcess {
-            state: ProcState { entry, catalog, shard, marks: Default::default(), upgradable: false, memory: 0 },
+            state: ProcState { entry, catalog, shard, marks: Default::default(), upgradable: false, memory: 0, last_dest: None },
             lua: None,
             co: None,
             p: None,
             s: None,
             awaiting: false,
+            p_ref: 0,
+            s_ref: 0,
         }
     }
 
@@ -63,6 +70,16 @@ impl LuaProcess {
             mv.push_back(from_value(&lua, a).map_err(internal)?);
         }
         let _ = cx;
+        // SAFETY: luaL_ref pops the value exec_raw pushed and leaves the reference.
+        let p_ref: i64 = unsafe {
+            lua.exec_raw(p.clone(), |state| {
+                let r = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+                ffi::lua_pushinteger(state, r as ffi::lua_Integer);
+            })
+        }
+        .map_err(internal)?;
+        self.p_ref = p_ref as c_int;
+        self.s_ref = vm.s_ref;
         self.s = Some(vm.s.clone());
         self.lua = Some(lua);
         self.co = Some(co);
@@ -81,25 +98,30 @@ impl LuaProcess {
         let mut events = events;
         shard.preempt.step_started();
         let status = loop {
+            // What to resume with: the start arguments, a runtime event (raw when it can
+            // be), or nothing (going on after a preemption).
             let input = match args.take() {
-                Some(a) => a,
+                Some(a) => Input::Slow(a),
                 None if self.awaiting => {
                     if !cx.consume(1) {
                         break Status::Yield;
                     }
                     let next = events.as_mut().and_then(|e| e.next());
                     match next {
+                        Some(ev) if raw_event(&ev) => Input::Raw(Some(ev)),
                         Some(ev) => match event_args(&lua, ev) {
-                            Ok(a) => a,
+                            Ok(a) => Input::Slow(a),
                             Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
                         },
                         None => break Status::Wait,
                     }
                 }
-                None => MultiValue::new(),
+                None => Input::Raw(None),
             };
-            if let Err(e) = s.raw_set(1, &p) {
-                break Status::Exit(Err(error_from_mlua(&e)));
+            if matches!(input, Input::Slow(_)) {
+                if let Err(e) = s.raw_set(1, &p) {
+                    break Status::Exit(Err(error_from_mlua(&e)));
+                }
             }
             let before = if shared_limit {
                 let used = lua.used_memory();
@@ -111,7 +133,10 @@ impl LuaProcess {
             shard.preempt.set_thread(co.state());
             let result = {
                 let _entered = current::enter(cx, &mut self.state);
-                raw_resume(&lua, &co, input)
+                match input {
+                    Input::Slow(mv) => raw_resume(&lua, &co, mv),
+                    Input::Raw(ev) => fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref()),
+                }
             };
             if shared_limit {
                 let after = lua.used_memory();
@@ -122,6 +147,16 @@ impl LuaProcess {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
                 Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&p, &v))),
                 Ok(Resumed::Finished(vals)) => break Status::Exit(self.exit_result(&p, vals)),
+                Ok(Resumed::Wait) => self.awaiting = true,
+                Ok(Resumed::Preempted) => {
+                    shard.preempt.fired.store(false, Ordering::Relaxed);
+                    self.awaiting = false;
+                    break Status::Yield;
+                }
+                Ok(Resumed::UserYield) => {
+                    self.awaiting = false;
+                    break Status::Yield;
+                }
                 Ok(Resumed::Yielded(vals)) => {
                     match vals.front() {
                         Some(LuaValue::String(w)) if w.as_bytes().as_ref() == b"exit" => {
@@ -188,9 +223,121 @@ impl LuaProcess {
 }
 
 enum Resumed {
+    Wait,
+    Preempted,
+    UserYield,
     Yielded(MultiValue),
     Finished(MultiValue),
     Failed(LuaValue),
+}
+
+enum Input {
+    /// Through mlua values (the start, and events with error objects in them).
+    Slow(MultiValue),
+    /// Pushed straight onto the coroutine's stack (nothing, or a simple event).
+    Raw(Option<Event>),
+}
+
+/// Events the raw path can push: messages and completions without error objects.
+fn raw_event(ev: &Event) -> bool {
+    match ev {
+        Event::Message(m) => m.payload.iter().all(raw::simple),
+        Event::Completion { result: Ok(v), .. } => raw::simple(v),
+        _ => false,
+    }
+}
+
+const R_WAIT: i64 = 1;
+const R_PREEMPTED: i64 = 2;
+const R_USER_YIELD: i64 = 3;
+const R_EXIT: i64 = 4;
+const R_FINISHED: i64 = 5;
+const R_FAILED: i64 = 6;
+
+/// Resume the process coroutine through the raw C API: publish the process as the shard's
+/// current one, push the event onto the coroutine's stack, resume, and classify the yield
+/// without making mlua values (except for an exit, which is rare).
+fn fast_resume(lua: &Lua, co: &Thread, s_ref: c_int, p_ref: c_int, ev: Option<&Event>) -> mlua::Result<Resumed> {
+    let l = co.state();
+    // SAFETY: runs inside exec_raw's protected call; everything pushed onto `l` is
+    // consumed by lua_resume; the results are popped or left for the fetch below.
+    let (code, nres): (i64, i64) = unsafe {
+        lua.exec_raw((), |state| {
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+            ffi::lua_rawseti(state, -2, 1);
+            ffi::lua_pop(state, 1);
+            let mut nargs = 0;
+            match ev {
+                Some(Event::Message(m)) => {
+                    ffi::luaL_checkstack(l, 8 + m.payload.len() as c_int, std::ptr::null());
+                    ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
+                    let t = m.topic.as_str();
+                    ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
+                    let mut buf = [0u8; 96];
+                    let n = raw::pid_text(m.from, &mut buf);
+                    ffi::lua_pushlstring(l, buf.as_ptr() as *const _, n);
+                    ffi::lua_pushinteger(l, m.payload.len() as ffi::lua_Integer);
+                    for v in &m.payload {
+                        raw::push(l, v);
+                    }
+                    nargs = 4 + m.payload.len() as c_int;
+                }
+                Some(Event::Completion { id, result: Ok(v) }) => {
+                    ffi::luaL_checkstack(l, 8, std::ptr::null());
+                    ffi::lua_pushlstring(l, b"t".as_ptr() as *const _, 1);
+                    ffi::lua_pushinteger(l, id.0 as ffi::lua_Integer);
+                    ffi::lua_pushboolean(l, 1);
+                    raw::push(l, v);
+                    nargs = 4;
+                }
+                _ => {}
+            }
+            let mut nres: c_int = 0;
+            let status = ffi::lua_resume(l, state, nargs, &mut nres);
+            let code = match status {
+                ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
+                ffi::LUA_YIELD => {
+                    let first = ffi::lua_gettop(l) - nres + 1;
+                    let tag = if ffi::lua_type(l, first) == ffi::LUA_TSTRING {
+                        let mut len = 0usize;
+                        let p = ffi::lua_tolstring(l, first, &mut len);
+                        std::slice::from_raw_parts(p as *const u8, len)
+                    } else {
+                        &[]
+                    };
+                    match tag {
+                        b"wait" => R_WAIT,
+                        b"exit" => R_EXIT,
+                        _ => R_USER_YIELD,
+                    }
+                }
+                ffi::LUA_OK => R_FINISHED,
+                _ => {
+                    nres = 1;
+                    R_FAILED
+                }
+            };
+            if code == R_WAIT || code == R_USER_YIELD {
+                ffi::lua_pop(l, nres);
+                nres = 0;
+            }
+            ffi::lua_pushinteger(state, code);
+            ffi::lua_pushinteger(state, nres as ffi::lua_Integer);
+        })?
+    };
+    let fetch = |n: i64| -> mlua::Result<MultiValue> {
+        // SAFETY: moves the `n` values the resume left on the coroutine's stack.
+        unsafe { lua.exec_raw((), |state| ffi::lua_xmove(l, state, n as c_int)) }
+    };
+    Ok(match code {
+        R_WAIT => Resumed::Wait,
+        R_PREEMPTED => Resumed::Preempted,
+        R_USER_YIELD => Resumed::UserYield,
+        R_EXIT => Resumed::Yielded(fetch(nres)?),
+        R_FINISHED => Resumed::Finished(fetch(nres)?),
+        _ => Resumed::Failed(fetch(nres)?.pop_front().unwrap_or(LuaValue::Nil)),
+    })
 }
 
 /// Resume a runner through the C API. mlua's `Thread::resume` cannot be used: it takes a
@@ -313,6 +460,12 @@ impl Process for LuaProcess {
                     let _ = s.raw_set(1, LuaValue::Nil);
                 }
             }
+        }
+        if let (Some(lua), true) = (&self.lua, self.p_ref != 0) {
+            let r = self.p_ref;
+            // SAFETY: releases the reference taken at start; leaves the stack balanced.
+            let _ = unsafe { lua.exec_raw::<()>((), |state| ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, r)) };
+            self.p_ref = 0;
         }
         self.co = None;
         self.p = None;

@@ -31,6 +31,8 @@ pub(crate) struct Vm {
     pub(crate) s: Table,
     pub(crate) new_process: Function,
     pub(crate) marks: Marks,
+    /// Registry reference of `s`, for the raw resume path.
+    pub(crate) s_ref: std::os::raw::c_int,
     pub(crate) code: HashMap<(String, u64), Arc<EntryCode>>,
     /// Bytes in use right after setup (what an empty shard costs).
     pub(crate) baseline: usize,
@@ -101,7 +103,14 @@ impl Vm {
         lua.gc_collect()?;
         let baseline = lua.used_memory();
         let marks = *marks.lock();
-        Ok(Vm { lua, s, new_process, marks, code: HashMap::new(), baseline })
+        // SAFETY: luaL_ref pops the table exec_raw pushed and leaves the reference.
+        let s_ref: i64 = unsafe {
+            lua.exec_raw(s.clone(), |state| {
+                let r = mlua::ffi::luaL_ref(state, mlua::ffi::LUA_REGISTRYINDEX);
+                mlua::ffi::lua_pushinteger(state, r as mlua::ffi::lua_Integer);
+            })?
+        };
+        Ok(Vm { lua, s, new_process, marks, s_ref: s_ref as std::os::raw::c_int, code: HashMap::new(), baseline })
     }
 
     /// The shard's code for an entry (loaded on first use).

@@ -562,6 +562,15 @@ LIBS.coroutine = co_lib
 -- process (the Lua side; the rest are Rust functions already in LIBS.process)
 -------------------------------------------------------------------------------------------
 local process = LIBS.process
+do
+  local send_fast, send_slow = R.send_fast, process.send
+  function process.send(dest, topic, ...)
+    local ok, kind, msg = send_fast(dest, topic, ...)
+    if ok then return true end
+    if ok == false then return nil, rt_error(kind, msg) end
+    return send_slow(dest, topic, ...)
+  end
+end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
 function process.inbox()

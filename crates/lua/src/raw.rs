@@ -1,0 +1,216 @@
+//! The hot paths through the raw C API: runtime values pushed onto and read from a Lua
+//! stack, and `process.send`. Anything unusual (error objects, functions, cycles, channels,
+//! deep nesting) is left to the mlua paths in `convert`, which also word the errors; the
+//! functions here answer "not here" (`None`) instead of failing.
+//!
+//! Must never: raise a Lua error from Rust (no longjmp over Rust frames) or touch a VM
+//! outside a turn of its shard.
+
+use std::ffi::c_void;
+use std::os::raw::c_int;
+
+use mlua::ffi;
+use wippy_runtime::{Dest, Payload, Pid, Table, Value, MAX_DEPTH};
+
+use crate::convert::Marks;
+use crate::current;
+
+/// Whether `v` can take the raw path (no error objects anywhere in it).
+pub(crate) fn simple(v: &Value) -> bool {
+    match v {
+        Value::Error(_) => false,
+        Value::Table(t) => t.array.iter().all(simple) && t.map.iter().all(|(k, v)| simple(k) && simple(v)),
+        _ => true,
+    }
+}
+
+/// Push a value without error objects (see [`simple`]). Must run in a protected call
+/// (it allocates).
+pub(crate) unsafe fn push(l: *mut ffi::lua_State, v: &Value) {
+    match v {
+        Value::Nil => ffi::lua_pushnil(l),
+        Value::Bool(b) => ffi::lua_pushboolean(l, *b as c_int),
+        Value::Int(i) => ffi::lua_pushinteger(l, *i),
+        Value::Float(f) => ffi::lua_pushnumber(l, *f),
+        Value::Str(s) => {
+            ffi::lua_pushlstring(l, s.as_ptr() as *const _, s.len());
+        }
+        Value::Table(t) => {
+            ffi::luaL_checkstack(l, 4, std::ptr::null());
+            ffi::lua_createtable(l, t.array.len() as c_int, t.map.len() as c_int);
+            for (i, item) in t.array.iter().enumerate() {
+                push(l, item);
+                ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+            }
+            for (k, item) in &t.map {
+                push(l, k);
+                push(l, item);
+                ffi::lua_rawset(l, -3);
+            }
+        }
+        Value::Error(_) => ffi::lua_pushnil(l),
+    }
+}
+
+/// Read the value at `idx`, or `None` when it needs the mlua path.
+pub(crate) unsafe fn read(l: *mut ffi::lua_State, idx: c_int, marks: &Marks) -> Option<Value> {
+    let mut seen = Vec::new();
+    read_at(l, ffi::lua_absindex(l, idx), marks, &mut seen)
+}
+
+unsafe fn read_at(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Option<Value> {
+    match ffi::lua_type(l, idx) {
+        ffi::LUA_TNIL => Some(Value::Nil),
+        ffi::LUA_TBOOLEAN => Some(Value::Bool(ffi::lua_toboolean(l, idx) != 0)),
+        ffi::LUA_TNUMBER => {
+            if ffi::lua_isinteger(l, idx) != 0 {
+                Some(Value::Int(ffi::lua_tointeger(l, idx)))
+            } else {
+                Some(Value::Float(ffi::lua_tonumber(l, idx)))
+            }
+        }
+        ffi::LUA_TSTRING => {
+            let mut len = 0usize;
+            let p = ffi::lua_tolstring(l, idx, &mut len);
+            Some(Value::bytes(std::slice::from_raw_parts(p as *const u8, len)))
+        }
+        ffi::LUA_TTABLE => {
+            if seen.len() >= MAX_DEPTH || ffi::lua_checkstack(l, 4) == 0 {
+                return None;
+            }
+            if ffi::lua_getmetatable(l, idx) != 0 {
+                let mt = ffi::lua_topointer(l, -1) as usize;
+                ffi::lua_pop(l, 1);
+                if mt == marks.payload {
+                    ffi::lua_rawgeti(l, idx, 1);
+                    let v = read_at(l, ffi::lua_gettop(l), marks, seen);
+                    ffi::lua_pop(l, 1);
+                    return v;
+                }
+                if mt == marks.channel || mt == marks.message {
+                    return None;
+                }
+            }
+            let ptr = ffi::lua_topointer(l, idx);
+            if seen.contains(&ptr) {
+                return None;
+            }
+            seen.push(ptr);
+            let r = read_table(l, idx, marks, seen);
+            seen.pop();
+            r
+        }
+        _ => None,
+    }
+}
+
+unsafe fn read_table(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Option<Value> {
+    let mut out = Table::new();
+    let len = ffi::lua_rawlen(l, idx);
+    let mut array = true;
+    if len > 0 {
+        out.array.reserve(len);
+        for i in 1..=len {
+            ffi::lua_rawgeti(l, idx, i as ffi::lua_Integer);
+            if ffi::lua_type(l, -1) == ffi::LUA_TNIL {
+                ffi::lua_pop(l, 1);
+                array = false;
+                out.array.clear();
+                break;
+            }
+            let v = read_at(l, ffi::lua_gettop(l), marks, seen);
+            ffi::lua_pop(l, 1);
+            out.array.push(v?);
+        }
+    }
+    let skip = if array { len as i64 } else { 0 };
+    ffi::lua_pushnil(l);
+    while ffi::lua_next(l, idx) != 0 {
+        let top = ffi::lua_gettop(l);
+        if ffi::lua_isinteger(l, top - 1) != 0 {
+            let k = ffi::lua_tointeger(l, top - 1);
+            if k >= 1 && k <= skip {
+                ffi::lua_pop(l, 1);
+                continue;
+            }
+        }
+        let k = read_at(l, top - 1, marks, seen);
+        let v = read_at(l, top, marks, seen);
+        ffi::lua_pop(l, 1);
+        match (k, v) {
+            (Some(k), Some(v)) => out.map.push((k, v)),
+            _ => {
+                ffi::lua_pop(l, 1);
+                return None;
+            }
+        }
+    }
+    Some(Value::table(out))
+}
+
+/// A PID's string form, without allocating.
+pub(crate) fn pid_text(pid: Pid, buf: &mut [u8; 96]) -> usize {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    if pid.is_nobody() {
+        return 0;
+    }
+    let _ = write!(cur, "{pid}");
+    cur.position() as usize
+}
+
+/// `R.send_fast(dest, topic, ...)`: `true`; `false, kind, message` when the runtime
+/// refuses; nothing at all when the call needs the full (mlua) `process.send`.
+pub(crate) unsafe extern "C-unwind" fn send_fast(l: *mut ffi::lua_State) -> c_int {
+    let n = ffi::lua_gettop(l);
+    if n < 2 || ffi::lua_type(l, 1) != ffi::LUA_TSTRING || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
+        return 0;
+    }
+    let mut dlen = 0usize;
+    let dp = ffi::lua_tolstring(l, 1, &mut dlen);
+    let dest = std::slice::from_raw_parts(dp as *const u8, dlen);
+    let mut tlen = 0usize;
+    let tp = ffi::lua_tolstring(l, 2, &mut tlen);
+    let Ok(topic) = std::str::from_utf8(std::slice::from_raw_parts(tp as *const u8, tlen)) else { return 0 };
+    let r = current::with(|cx, st| {
+        let marks = st.marks;
+        let mut payload = Payload::new();
+        for i in 3..=n {
+            match read(l, i, &marks) {
+                Some(v) => payload.push(v),
+                None => return Ok(None),
+            }
+        }
+        let dest = match st.last_dest.as_ref() {
+            Some((bytes, d)) if bytes.as_slice() == dest => d.clone(),
+            _ => {
+                let Ok(text) = std::str::from_utf8(dest) else { return Ok(None) };
+                let d = if text.starts_with('{') {
+                    match text.parse::<Pid>() {
+                        Ok(p) => Dest::Pid(p),
+                        Err(_) => return Ok(None),
+                    }
+                } else {
+                    Dest::Name(text.into())
+                };
+                st.last_dest = Some((dest.to_vec(), d.clone()));
+                d
+            }
+        };
+        Ok(Some(cx.send(dest, topic, payload)))
+    });
+    match r {
+        Ok(Some(Ok(()))) => {
+            ffi::lua_pushboolean(l, 1);
+            1
+        }
+        Ok(Some(Err(e))) => {
+            ffi::lua_pushboolean(l, 0);
+            let k = e.kind.as_str();
+            ffi::lua_pushlstring(l, k.as_ptr() as *const _, k.len());
+            ffi::lua_pushlstring(l, e.message.as_ptr() as *const _, e.message.len());
+            3
+        }
+        _ => 0,
+    }
+}
