@@ -32,6 +32,8 @@ pub(crate) struct LuaProcess {
     /// Registry references of the process state table and of the shard table.
     p_ref: c_int,
     s_ref: c_int,
+    /// The text of the last sender's PID.
+    from_cache: (wippy_runtime::Pid, String),
 }
 
 impl LuaProcess {
@@ -45,6 +47,7 @@ impl LuaProcess {
             awaiting: false,
             p_ref: 0,
             s_ref: 0,
+            from_cache: (wippy_runtime::Pid::NOBODY, String::new()),
         }
     }
 
@@ -135,7 +138,7 @@ impl LuaProcess {
                 let _entered = current::enter(cx, &mut self.state);
                 match input {
                     Input::Slow(mv) => raw_resume(&lua, &co, mv),
-                    Input::Raw(ev) => fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref()),
+                    Input::Raw(ev) => fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache),
                 }
             };
             if shared_limit {
@@ -257,7 +260,14 @@ const R_FAILED: i64 = 6;
 /// Resume the process coroutine through the raw C API: publish the process as the shard's
 /// current one, push the event onto the coroutine's stack, resume, and classify the yield
 /// without making mlua values (except for an exit, which is rare).
-fn fast_resume(lua: &Lua, co: &Thread, s_ref: c_int, p_ref: c_int, ev: Option<&Event>) -> mlua::Result<Resumed> {
+fn fast_resume(
+    lua: &Lua,
+    co: &Thread,
+    s_ref: c_int,
+    p_ref: c_int,
+    ev: Option<&Event>,
+    from_cache: &mut (wippy_runtime::Pid, String),
+) -> mlua::Result<Resumed> {
     let l = co.state();
     // SAFETY: runs inside exec_raw's protected call; everything pushed onto `l` is
     // consumed by lua_resume; the results are popped or left for the fetch below.
@@ -274,9 +284,7 @@ fn fast_resume(lua: &Lua, co: &Thread, s_ref: c_int, p_ref: c_int, ev: Option<&E
                     ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
                     let t = m.topic.as_str();
                     ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
-                    let mut buf = [0u8; 96];
-                    let n = raw::pid_text(m.from, &mut buf);
-                    ffi::lua_pushlstring(l, buf.as_ptr() as *const _, n);
+                    raw::push_pid(l, m.from, from_cache);
                     ffi::lua_pushinteger(l, m.payload.len() as ffi::lua_Integer);
                     for v in &m.payload {
                         raw::push(l, v);

@@ -148,15 +148,17 @@ unsafe fn read_table(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &m
     Some(Value::table(out))
 }
 
-/// A PID's string form, without allocating.
-pub(crate) fn pid_text(pid: Pid, buf: &mut [u8; 96]) -> usize {
-    use std::io::Write;
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
+/// Push a PID's string form (`""` for nobody). `cache` keeps the last one made (a
+/// receiver mostly hears from the same sender again).
+pub(crate) unsafe fn push_pid(l: *mut ffi::lua_State, pid: Pid, cache: &mut (Pid, String)) {
     if pid.is_nobody() {
-        return 0;
+        ffi::lua_pushlstring(l, b"".as_ptr() as *const _, 0);
+        return;
     }
-    let _ = write!(cur, "{pid}");
-    cur.position() as usize
+    if cache.0 != pid || cache.1.is_empty() {
+        *cache = (pid, pid.to_string());
+    }
+    ffi::lua_pushlstring(l, cache.1.as_ptr() as *const _, cache.1.len());
 }
 
 /// `R.send_fast(dest, topic, ...)`: `true`; `false, kind, message` when the runtime

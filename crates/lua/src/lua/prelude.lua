@@ -57,7 +57,9 @@ local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
 
 local function newchan(P, size, ext)
-  return setmetatable({ size = size, n = 0, P = P, ext = ext }, ChanMT)
+  -- every field present from the start: a lookup that hits is cheaper than one that misses
+  return setmetatable({ size = size, n = 0, P = P, ext = ext, buf = false, rq = false, sq = false,
+    closed = false, plain = false, topic = false }, ChanMT)
 end
 
 local function q_push(ch, key, w)
@@ -169,7 +171,24 @@ function Chan.send(ch, v)
 end
 
 function Chan.receive(ch)
-  check_chan(ch, "receive")
+  if getmetatable(ch) ~= "channel" then check_chan(ch, "receive") end
+  if ch.n == 0 then
+    local sq = ch.sq
+    if not ch.closed and (not sq or sq.h > sq.t) then
+      -- nothing to take: wait (the common case for mailbox channels)
+      local P = ch.P
+      local t = P.cur
+      local q = ch.rq
+      if not q then q = { h = 1, t = 0 }; ch.rq = q end
+      local i = q.t + 1; q.t = i; q[i] = t
+      if ch.ext then
+        t.ext = true; P.next_ = P.next_ + 1
+        if P.npending > 0 then drain(P) end
+      end
+      if raw_running() == P.co then return sched(P) end
+      return raw_yield(BLOCK)
+    end
+  end
   local ok, v, got = try_recv(ch)
   if ok then return v, got end
   local P = S[1]
@@ -356,11 +375,27 @@ local on_future
 -- One runtime event, as Rust passes it.
 local function handle(P, kind, a, b, c, d, ...)
   if kind == "m" then       -- message: topic, from, n, payloads...
-    if P.npending == 0 and c == 1 then
+    if c == 1 and P.npending == 0 then
       -- the common case: one payload for a plain listen channel, no message object
       local l = P.listen
       l = l and l[a]
-      if l and l.plain and offer_value(P, l, d) then return end
+      if l and l.plain then
+        local q = l.rq
+        if q and q.h <= q.t then
+          local h = q.h
+          local w = q[h]
+          if not w.sel and w.sv == nil then
+            -- a task waits in receive: hand it the value
+            q[h] = nil
+            if h == q.t then q.h, q.t = 1, 0 else q.h = h + 1 end
+            w.a, w.b = d, true
+            if w.ext then w.ext = false; P.next_ = P.next_ - 1 end
+            local i = P.rt + 1; P.rt = i; P.rq[i] = w
+            return
+          end
+        end
+        if offer_value(P, l, d) then return end
+      end
     end
     arrive(P, setmetatable({ tp = a, fr = b, n = c, d, ... }, MsgMT))
   elseif kind == "t" then   -- command completion: id, ok, value
@@ -404,7 +439,7 @@ sched = function(P)
     local ok, n, r1, r2
     if t then
       -- the task the hook suspended goes on first
-      P.first = nil
+      P.first = false
       P.cur = t
       rt_cur(t.co)
       ok, n, r1, r2 = counted(raw_resume(t.co))
@@ -420,7 +455,7 @@ sched = function(P)
         rt_cur(t.co)
         if t.args then
           local args = t.args
-          t.args = nil
+          t.args = false
           ok, n, r1, r2 = counted(raw_resume(t.co, unpack(args, 1, args.n)))
         else
           ok, n, r1, r2 = counted(raw_resume(t.co, a, b))
@@ -461,7 +496,7 @@ local function task_body(f, ...)
 end
 
 local function new_task(P, f, ...)
-  local t = { co = raw_create(task_body), args = pack(f, ...) }
+  local t = { co = raw_create(task_body), args = pack(f, ...), sel = false, ext = false }
   local i = P.rt + 1; P.rt = i; P.rq[i] = t
   P.ntasks = P.ntasks + 1
   return t
@@ -960,8 +995,8 @@ function BASE.xpcall(f, h, ...) return pc_check(xpcall(f, h, ...)) end
 local function new_process(allowed, env_meta, imports)
   local co = raw_create(main_body)
   local P = { co = co, rq = {}, rh = 1, rt = 0, next_ = 0, ntasks = 0, npending = 0,
-    allowed = allowed, imports = imports }
-  local main = { co = co }
+    allowed = allowed, imports = imports, first = false, listen = false }
+  local main = { co = co, sel = false, ext = false, args = false }
   P.main, P.cur = main, main
   local env = new_env(P, env_meta)
   P.env = env
