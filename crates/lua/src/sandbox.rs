@@ -17,6 +17,28 @@ use crate::modules;
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
+/// A constant table process code may read but never change.
+struct ReadOnly(Table);
+
+impl mlua::UserData for ReadOnly {
+    fn add_methods<M: mlua::UserDataMethods<Self>>(m: &mut M) {
+        m.add_meta_method(mlua::MetaMethod::Index, |_, t, k: LuaValue| t.0.raw_get::<LuaValue>(k));
+        m.add_meta_method(mlua::MetaMethod::NewIndex, |_, _, (k, _v): (LuaValue, LuaValue)| -> mlua::Result<()> {
+            Err(mlua::Error::runtime(format!("attempt to change a read-only table (field {})", k.to_string().unwrap_or_default())))
+        });
+        // pairs walks a fresh copy: the shared table itself never reaches process code
+        m.add_meta_method(mlua::MetaMethod::Pairs, |lua, t, ()| {
+            let copy = lua.create_table()?;
+            for p in t.0.pairs::<LuaValue, LuaValue>() {
+                let (k, v) = p?;
+                copy.raw_set(k, v)?;
+            }
+            let next: Function = lua.named_registry_value("wippy.next")?;
+            Ok((next, copy, LuaValue::Nil))
+        });
+    }
+}
+
 /// What a shard keeps per entry: the loaded chunk and the environment metatable.
 pub(crate) struct EntryCode {
     pub(crate) chunk: Function,
@@ -54,6 +76,7 @@ impl Vm {
             base.raw_set(name, g.raw_get::<LuaValue>(name)?)?;
         }
         base.raw_set("unpack", g.raw_get::<Table>("table")?.raw_get::<LuaValue>("unpack")?)?;
+        lua.set_named_registry_value("wippy.next", g.raw_get::<Function>("next")?)?;
         let raw_cg: Function = g.raw_get("collectgarbage")?;
         base.raw_set(
             "collectgarbage",
@@ -91,7 +114,24 @@ impl Vm {
         let marks = Arc::new(Mutex::new(Marks::default()));
         modules::install(&lua, &r, &shared, &marks, catalog, grants_io)?;
 
-        let prelude: Table = lua.load(PRELUDE).set_name("@wippy/prelude.lua").call((r, shared))?;
+        let prelude: Table = lua.load(PRELUDE).set_name("@wippy/prelude.lua").call((r, shared.clone()))?;
+        // Nested constant tables become read-only userdata: a library proxy then needs
+        // no per-process copies (a table could be changed with rawset by anyone).
+        for pair in shared.pairs::<String, LuaValue>() {
+            let (_, lib) = pair?;
+            if let LuaValue::Table(lib) = lib {
+                let mut nested = Vec::new();
+                for p in lib.pairs::<LuaValue, LuaValue>() {
+                    let (k, v) = p?;
+                    if let LuaValue::Table(t) = v {
+                        nested.push((k, t));
+                    }
+                }
+                for (k, t) in nested {
+                    lib.raw_set(k, lua.create_userdata(ReadOnly(t))?)?;
+                }
+            }
+        }
         let s: Table = prelude.get("S")?;
         let new_process: Function = prelude.get("new_process")?;
         let env_mt: Function = prelude.get("env_mt")?;

@@ -12,8 +12,11 @@ const TRICKS: &str = r#"
     table.insert = nil
     math.pi = 3
     os.time = function() return 0 end
-    process.event.EXIT = "hacked"
-    rawset(process.event, "CANCEL", "hacked")
+    assert(not pcall(function() process.event.EXIT = "hacked" end), "constants are read-only")
+    assert(not pcall(rawset, process.event, "CANCEL", "hacked"))
+    assert(not pcall(function() process.registry.lookup = nil end))
+    local _, shared = pairs(process.event)
+    rawset(shared, "LINK_DOWN", "hacked") -- a copy: harmless
     errors.NOT_FOUND = "hacked"
     coroutine.spawn = nil
     channel.new = nil
@@ -24,7 +27,7 @@ const TRICKS: &str = r#"
     local ok1 = pcall(setmetatable, _G, {})
     local ok2 = pcall(setmetatable, string, {})
     assert(not ok1 and not ok2, "protected metatables cannot be replaced")
-    assert(getmetatable(_G) == false and getmetatable(string) == false and getmetatable(process.event) == false)
+    assert(getmetatable(_G) == false and getmetatable(string) == false and type(getmetatable(process.event)) ~= "table")
     assert(getmetatable("") == false, "the string metatable is locked")
     local ok3 = pcall(function() return getmetatable("").__index end)
     assert(not ok3)
@@ -53,6 +56,10 @@ fn two_processes_in_one_shard_cannot_touch_each_other() {
         assert(string.lower("A") == "a" and string.extra == nil)
         assert(type(table.insert) == "function" and math.pi > 3.14 and os.time() > 0)
         assert(process.event.EXIT == "pid.exit" and process.event.CANCEL == "pid.cancel")
+        assert(process.event.LINK_DOWN == "pid.link.down" and type(process.registry.lookup) == "function")
+        local n = 0
+        for k, v in pairs(process.event) do n = n + 1 end
+        assert(n == 4)
         assert(errors.NOT_FOUND == "NotFound")
         assert(type(coroutine.spawn) == "function" and type(channel.new) == "function" and type(payload.new) == "function")
         assert(type(print) == "function")

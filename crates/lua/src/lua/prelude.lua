@@ -892,21 +892,14 @@ local BASE = LIBS._base
 local ALWAYS = { process = true, channel = true, errors = true, payload = true, coroutine = true,
   string = true, table = true, math = true, utf8 = true, os = true }
 
--- A per-process proxy of a shared table: reads fall through (nested tables get proxies of
--- their own on first use), writes stay in the proxy. Its metatable is protected.
+-- A per-process proxy of a shared library: reads fall through to the library, writes stay
+-- in the proxy; its metatable is protected. Libraries hold no tables (nested constant
+-- tables such as process.event are read-only userdata), so nothing shared is writable.
 local proxy_mts = setmetatable({}, { __mode = "k" })
 local function proxy_of(lib)
   local mt = proxy_mts[lib]
   if not mt then
-    mt = { __metatable = false }
-    mt.__index = function(p, k)
-      local v = lib[k]
-      if type(v) == "table" then
-        v = proxy_of(v)
-      end
-      if v ~= nil then rawset(p, k, v) end
-      return v
-    end
+    mt = { __metatable = false, __index = lib }
     proxy_mts[lib] = mt
   end
   return setmetatable({}, mt)
