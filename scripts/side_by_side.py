@@ -3,7 +3,10 @@
 a Markdown table of medians (min-max). Every run is a fresh OS process.
 
     python3 scripts/side_by_side.py --reps 3 [--benches spawn,pingpong] \
-        [--erlang-beam DIR] [--actix PATH]
+        [--erlang-beam DIR] [--actix PATH] [--lua]
+
+With --lua, a "wippy-lua" column runs the Lua variants (`wippy-bench lua-<bench>`, metrics
+prefixed `lua_`) for spawn, memory, pingpong and ring, plus `lua-memory-isolated`.
 
 Build first: `cargo build --release -p wippy-bench`; the Erlang anchor with
 `erlc -o DIR ../shared/anchors/erlang/bench.erl`; actix (mimalloc) with
@@ -26,6 +29,7 @@ ROWS = [  # (bench, metric, unit, label)
     ("skynet", "skynet_wall", "ms", "skynet 1M leaves: wall"),
     ("skynet", "peak_rss", "KiB", "skynet: peak RSS"),
 ]
+LUA_BENCHES = ["spawn", "memory", "pingpong", "ring"]
 LINE = re.compile(r"^([A-Za-z0-9_]+): (\S+)")
 
 
@@ -37,8 +41,13 @@ def main():
     ap.add_argument("--benches", default=",".join(BENCHES))
     ap.add_argument("--erlang-beam", default="/tmp/erlbeam")
     ap.add_argument("--actix", default="/tmp/anchors-target/mimalloc/release/bench-actix")
+    ap.add_argument("--lua", action="store_true")
     a = ap.parse_args()
-    systems = {"wippy": [os.path.join(root, "target/release/wippy-bench")]}
+    bench_bin = os.path.join(root, "target/release/wippy-bench")
+    systems = {"wippy": [bench_bin]}
+    if a.lua:
+        systems["wippy-lua"] = [bench_bin]
+        systems["wippy-lua-isolated"] = [bench_bin]
     if os.path.exists(os.path.join(a.erlang_beam, "bench.beam")):
         systems["erlang"] = ["erl", "-noshell", "+P", "4194304", "-pa", a.erlang_beam, "-s", "bench", "main"]
     if os.path.exists(a.actix):
@@ -48,15 +57,25 @@ def main():
     for rep in range(a.reps):
         for b in benches:
             for name, cmd in systems.items():
-                p = subprocess.run(cmd + [b], capture_output=True, text=True, timeout=600)
+                arg = b
+                if name == "wippy-lua":
+                    if b not in LUA_BENCHES:
+                        continue
+                    arg = "lua-" + b
+                elif name == "wippy-lua-isolated":
+                    if b != "memory":
+                        continue
+                    arg = "lua-memory-isolated"
+                p = subprocess.run(cmd + [arg], capture_output=True, text=True, timeout=900)
                 if p.returncode != 0:
                     print(f"# {name} {b} rep {rep}: exit {p.returncode}: {p.stderr[-300:]}", file=sys.stderr)
                     continue
                 for line in p.stdout.splitlines():
                     m = LINE.match(line)
                     if m:
+                        metric = re.sub(r"^lua_(isolated_)?", "", m.group(1))
                         try:
-                            results.setdefault((name, b, m.group(1)), []).append(float(m.group(2)))
+                            results.setdefault((name, b, metric), []).append(float(m.group(2)))
                         except ValueError:
                             pass
                 print(f"# rep {rep} {b} {name} done", file=sys.stderr)

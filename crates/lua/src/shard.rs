@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use mlua::ffi;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
 use crate::sandbox::Vm;
@@ -160,6 +160,8 @@ impl Runnable for Shard {
         let mut vm = self.vm.lock();
         CURRENT_VM.with(|c| c.set(&mut *vm as *mut Vm));
         CURRENT_PREEMPT.with(|c| c.set(&self.preempt as *const Preempt));
+        let slot = RUN_SLOT.with(|s| s.clone());
+        *slot.shard.lock() = Some(self.clone());
         let slice = self.host.config().time_slice;
         let started = Instant::now();
         for i in 0..TURN_STEPS {
@@ -172,6 +174,7 @@ impl Runnable for Shard {
         }
         CURRENT_VM.with(|c| c.set(std::ptr::null_mut()));
         CURRENT_PREEMPT.with(|c| c.set(std::ptr::null()));
+        *slot.shard.lock() = None;
         drop(vm);
         let mut q = self.queue.lock();
         if q.0.is_empty() {
@@ -188,16 +191,29 @@ pub(crate) struct HostShards {
     pub(crate) host: HostRef,
     pub(crate) options: ShardOptions,
     shards: Mutex<Vec<Arc<Shard>>>,
+    /// Isolated shards (one per process), for counting; swept now and then.
+    isolated: Mutex<Vec<Weak<Shard>>>,
 }
 
 impl HostShards {
     pub(crate) fn new(host: HostRef, options: ShardOptions) -> HostShards {
-        HostShards { host, options, shards: Mutex::new(Vec::new()) }
+        HostShards { host, options, shards: Mutex::new(Vec::new()), isolated: Mutex::new(Vec::new()) }
     }
 
     /// The least-loaded shard with room, or a new one made by `make`. The returned shard
     /// already counts the new member.
     pub(crate) fn place(&self, make: impl FnOnce() -> Result<Arc<Shard>, mlua::Error>) -> Result<Arc<Shard>, mlua::Error> {
+        if self.options.isolated {
+            // A shard of its own: nothing to look for, nothing to keep.
+            let s = make()?;
+            s.members.fetch_add(1, Ordering::AcqRel);
+            let mut iso = self.isolated.lock();
+            if iso.len() % 1024 == 1023 {
+                iso.retain(|w| w.strong_count() > 0);
+            }
+            iso.push(Arc::downgrade(&s));
+            return Ok(s);
+        }
         let mut shards = self.shards.lock();
         // Drop shards nobody lives in any more (keep one warm).
         if shards.len() > 1 {
@@ -222,7 +238,6 @@ impl HostShards {
             Some(s) => s,
             None => {
                 let s = make()?;
-                watchdog().register(&s);
                 shards.push(s.clone());
                 s
             }
@@ -231,29 +246,47 @@ impl HostShards {
         Ok(shard)
     }
 
+    fn all(&self) -> Vec<Arc<Shard>> {
+        let mut v: Vec<Arc<Shard>> = self.shards.lock().clone();
+        v.extend(self.isolated.lock().iter().filter_map(|w| w.upgrade()));
+        v
+    }
+
     pub(crate) fn memory(&self) -> usize {
-        self.shards.lock().iter().map(|s| s.vm.lock().lua.used_memory()).sum()
+        self.all().iter().map(|s| s.vm.lock().lua.used_memory()).sum()
     }
 
     pub(crate) fn shard_count(&self) -> usize {
-        self.shards.lock().len()
+        self.all().len()
     }
 }
 
-/// One thread for the node's Lua shards: every tick it looks at each shard's step
-/// generation; a step still running since the previous tick has overstayed its slice, and
-/// the hook is armed on the Lua thread it is running. Idle shards cost nothing but a load.
+/// Where a worker thread publishes the shard it is running, for the watchdog.
+pub(crate) struct RunSlot {
+    shard: Mutex<Option<Arc<Shard>>>,
+}
+
+thread_local! {
+    static RUN_SLOT: Arc<RunSlot> = {
+        let slot = Arc::new(RunSlot { shard: Mutex::new(None) });
+        watchdog().slots.lock().push(Arc::downgrade(&slot));
+        slot
+    };
+}
+
+/// One thread for every Lua shard of the process: every tick it looks at the shard each
+/// worker is running; a step still running since the previous tick has overstayed its
+/// slice, and the hook is armed on the Lua thread it runs. The cost is per worker, not per
+/// shard or process.
 pub(crate) struct Watchdog {
-    shards: Mutex<Vec<(Weak<Shard>, u64)>>,
-    tick: Mutex<Duration>,
-    wake: Condvar,
+    slots: Mutex<Vec<Weak<RunSlot>>>,
 }
 
 static WATCHDOG: std::sync::OnceLock<Arc<Watchdog>> = std::sync::OnceLock::new();
 
 pub(crate) fn watchdog() -> &'static Arc<Watchdog> {
     WATCHDOG.get_or_init(|| {
-        let w = Arc::new(Watchdog { shards: Mutex::new(Vec::new()), tick: Mutex::new(Duration::from_millis(2)), wake: Condvar::new() });
+        let w = Arc::new(Watchdog { slots: Mutex::new(Vec::new()) });
         let w2 = w.clone();
         std::thread::Builder::new()
             .name("wippy-lua-watchdog".into())
@@ -264,41 +297,29 @@ pub(crate) fn watchdog() -> &'static Arc<Watchdog> {
 }
 
 impl Watchdog {
-    fn register(&self, shard: &Arc<Shard>) {
-        let slice = shard.host.config().time_slice.max(Duration::from_micros(100));
-        {
-            let mut t = self.tick.lock();
-            if slice < *t {
-                *t = slice;
-            }
-        }
-        self.shards.lock().push((Arc::downgrade(shard), 0));
-        self.wake.notify_one();
-    }
-
     fn main(&self) {
+        let mut seen: Vec<u64> = Vec::new();
         let mut idle_ticks = 0u32;
         loop {
-            let tick = *self.tick.lock();
-            // After a long idle spell, look less often (a runaway loop is then caught within
-            // 50 ms of starting, and every tick after that).
-            let wait = if idle_ticks > 100 { Duration::from_millis(50).max(tick) } else { tick };
-            {
-                let mut g = self.shards.lock();
-                if g.is_empty() {
-                    self.wake.wait(&mut g);
-                    continue;
-                }
-            }
-            std::thread::sleep(wait);
+            let slots: Vec<Arc<RunSlot>> = {
+                let mut g = self.slots.lock();
+                g.retain(|w| w.strong_count() > 0);
+                g.iter().filter_map(|w| w.upgrade()).collect()
+            };
+            seen.resize(slots.len(), 0);
+            let mut tick = Duration::from_millis(2);
             let mut busy = false;
-            let mut shards = self.shards.lock();
-            shards.retain_mut(|(weak, seen)| {
-                let Some(shard) = weak.upgrade() else { return false };
+            for (i, slot) in slots.iter().enumerate() {
+                let shard = slot.shard.lock().clone();
+                let Some(shard) = shard else {
+                    seen[i] = 0;
+                    continue;
+                };
+                tick = tick.min(shard.host.config().time_slice.max(Duration::from_micros(100)));
                 let g = shard.preempt.generation.load(Ordering::Relaxed);
                 if g & 1 == 1 {
                     busy = true;
-                    if g == *seen {
+                    if g == seen[i] {
                         let t = shard.preempt.thread.lock();
                         if *t != 0 {
                             // SAFETY: the thread is alive while it is the shard's running
@@ -308,10 +329,14 @@ impl Watchdog {
                         }
                     }
                 }
-                *seen = g;
-                true
-            });
+                seen[i] = g;
+            }
+            drop(slots);
             idle_ticks = if busy { 0 } else { idle_ticks.saturating_add(1) };
+            // After a long idle spell, look less often: a runaway loop is then caught within
+            // 20 ms of starting, and every tick after that.
+            let wait = if idle_ticks > 500 { Duration::from_millis(20) } else { tick };
+            std::thread::sleep(wait);
         }
     }
 }
