@@ -393,6 +393,20 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
         }
     };
     let err = |e: &Error| -> mlua::Result<LuaValue> { Ok(LuaValue::UserData(lua.create_userdata(LuaError::new(e.clone()))?)) };
+    // `ok, value` or `false, error`
+    let push_result = |mv: &mut MultiValue, r: &Result<Value, Error>| -> mlua::Result<()> {
+        match r {
+            Ok(v) => {
+                mv.push_back(LuaValue::Boolean(true));
+                mv.push_back(from_value(lua, v)?);
+            }
+            Err(e) => {
+                mv.push_back(LuaValue::Boolean(false));
+                mv.push_back(err(e)?);
+            }
+        }
+        Ok(())
+    };
     match ev {
         Event::Message(m) => {
             mv.push_back(s("m")?);
@@ -406,31 +420,13 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
         Event::Completion { id, result } => {
             mv.push_back(s("t")?);
             mv.push_back(LuaValue::Integer(id.0 as i64));
-            match result {
-                Ok(v) => {
-                    mv.push_back(LuaValue::Boolean(true));
-                    mv.push_back(from_value(lua, &v)?);
-                }
-                Err(e) => {
-                    mv.push_back(LuaValue::Boolean(false));
-                    mv.push_back(err(&e)?);
-                }
-            }
+            push_result(&mut mv, &result)?;
         }
         Event::Exit { from, at, result } => {
             mv.push_back(s("x")?);
             mv.push_back(pid(from)?);
             mv.push_back(LuaValue::Integer(at));
-            match result {
-                Ok(v) => {
-                    mv.push_back(LuaValue::Boolean(true));
-                    mv.push_back(from_value(lua, &v)?);
-                }
-                Err(e) => {
-                    mv.push_back(LuaValue::Boolean(false));
-                    mv.push_back(err(&e)?);
-                }
-            }
+            push_result(&mut mv, &result)?;
         }
         Event::LinkDown { from, at, error } => {
             mv.push_back(s("l")?);

@@ -60,26 +60,7 @@ fn syntax_error_names_file_and_line() {
 #[test]
 fn send_receive_between_processes_in_order() {
     let h = Harness::new(2);
-    h.entry("test:echo", r#"return { main = function()
-        local inbox = process.inbox()
-        while true do
-            local msg = inbox:receive()
-            if msg:topic() == "stop" then return "stopped" end
-            process.send(msg:from(), "echo", msg:payload():data())
-        end
-    end }"#);
-    let v = h.ok(r#"
-        local pid = process.spawn("test:echo", "app:processes")
-        local ch = process.listen("echo")
-        for i = 1, 100 do process.send(pid, "ping", i) end
-        for i = 1, 100 do
-            local v = ch:receive()
-            if v ~= i then return "out of order at " .. i .. ": " .. tostring(v) end
-        end
-        process.send(pid, "stop")
-        return "ok"
-    "#);
-    assert_eq!(v, s("ok"));
+    assert_eq!(h.echo_in_order(100), s("ok"));
 }
 
 #[test]

@@ -608,25 +608,19 @@ do
 end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
-function process.inbox()
+-- The process's inbox or events channel (made on first call; the same one ever after).
+local function mailbox_channel(key)
   local P = S[1]
-  local ch = P.inbox
+  local ch = P[key]
   if not ch then
-    ch = newchan(P, 0, true); P.inbox = ch
+    ch = newchan(P, 0, true); P[key] = ch
     if P.npending > 0 then drain(P) end
   end
   return ch
 end
 
-function process.events()
-  local P = S[1]
-  local ch = P.events
-  if not ch then
-    ch = newchan(P, 0, true); P.events = ch
-    if P.npending > 0 then drain(P) end
-  end
-  return ch
-end
+function process.inbox() return mailbox_channel("inbox") end
+function process.events() return mailbox_channel("events") end
 
 function process.listen(topic, opts)
   if type(topic) ~= "string" then

@@ -56,6 +56,24 @@ impl Harness {
         watch.wait_timeout(Duration::from_secs(20)).expect("the Lua process did not finish within 20 s")
     }
 
+    /// Send `n` pings to an ECHO process and check the echoes come back in order; "ok".
+    pub fn echo_in_order(&self, n: usize) -> Value {
+        self.entry("test:echo", ECHO);
+        self.ok(&format!(
+            r#"
+            local pid = process.spawn("test:echo", "app:processes")
+            local ch = process.listen("echo")
+            for i = 1, {n} do process.send(pid, "ping", i) end
+            for i = 1, {n} do
+                local v = ch:receive()
+                if v ~= i then return "out of order at " .. i .. ": " .. tostring(v) end
+            end
+            process.send(pid, "stop")
+            return "ok"
+        "#
+        ))
+    }
+
     /// Run and expect a normal exit; return the value.
     pub fn ok(&self, src: &str) -> Value {
         match self.run(src) {
@@ -71,6 +89,16 @@ impl Harness {
         }
     }
 }
+
+/// A process that answers every "ping" with an "echo" of its payload, until "stop".
+pub const ECHO: &str = r#"return { main = function()
+    local inbox = process.inbox()
+    while true do
+        local msg = inbox:receive()
+        if msg:topic() == "stop" then return "stopped" end
+        process.send(msg:from(), "echo", msg:payload():data())
+    end
+end }"#;
 
 pub fn s(v: &str) -> Value {
     Value::str(v)
