@@ -34,6 +34,9 @@ pub(crate) struct LuaProcess {
     s_ref: c_int,
     /// The text of the last sender's PID.
     from_cache: (wippy_runtime::Pid, String),
+    /// While main alone waits on a plain listen channel: its topic (a one-value message on
+    /// it is handed over directly). Empty otherwise.
+    hint: Vec<u8>,
 }
 
 impl LuaProcess {
@@ -48,6 +51,7 @@ impl LuaProcess {
             p_ref: 0,
             s_ref: 0,
             from_cache: (wippy_runtime::Pid::NOBODY, String::new()),
+            hint: Vec::new(),
         }
     }
 
@@ -122,6 +126,7 @@ impl LuaProcess {
                 None => Input::Raw(None),
             };
             if matches!(input, Input::Slow(_)) {
+                self.hint.clear();
                 if let Err(e) = s.raw_set(1, &p) {
                     break Status::Exit(Err(error_from_mlua(&e)));
                 }
@@ -138,7 +143,9 @@ impl LuaProcess {
                 let _entered = current::enter(cx, &mut self.state);
                 match input {
                     Input::Slow(mv) => raw_resume(&lua, &co, mv),
-                    Input::Raw(ev) => fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache),
+                    Input::Raw(ev) => {
+                        fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint)
+                    }
                 }
             };
             if shared_limit {
@@ -267,6 +274,7 @@ fn fast_resume(
     p_ref: c_int,
     ev: Option<&Event>,
     from_cache: &mut (wippy_runtime::Pid, String),
+    hint: &mut Vec<u8>,
 ) -> mlua::Result<Resumed> {
     let l = co.state();
     // SAFETY: runs inside exec_raw's protected call; everything pushed onto `l` is
@@ -279,6 +287,12 @@ fn fast_resume(
             ffi::lua_pop(state, 1);
             let mut nargs = 0;
             match ev {
+                Some(Event::Message(m)) if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() => {
+                    ffi::luaL_checkstack(l, 4, std::ptr::null());
+                    ffi::lua_pushlstring(l, b"v".as_ptr() as *const _, 1);
+                    raw::push(l, &m.payload[0]);
+                    nargs = 2;
+                }
                 Some(Event::Message(m)) => {
                     ffi::luaL_checkstack(l, 8 + m.payload.len() as c_int, std::ptr::null());
                     ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
@@ -301,6 +315,7 @@ fn fast_resume(
                 }
                 _ => {}
             }
+            hint.clear();
             let mut nres: c_int = 0;
             let status = ffi::lua_resume(l, state, nargs, &mut nres);
             let code = match status {
@@ -326,6 +341,11 @@ fn fast_resume(
                     R_FAILED
                 }
             };
+            if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+                let mut len = 0usize;
+                let p = ffi::lua_tolstring(l, -1, &mut len);
+                hint.extend_from_slice(std::slice::from_raw_parts(p as *const u8, len));
+            }
             if code == R_WAIT || code == R_USER_YIELD {
                 ffi::lua_pop(l, nres);
                 nres = 0;

@@ -339,3 +339,38 @@ fn functions_run_as_their_own_process() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn listen_waits_see_every_shape_and_order() {
+    // main waiting alone on a plain listen channel takes the direct path; other events,
+    // other shapes and other waiters must still be routed exactly as SPEC 4.3 says
+    let h = Harness::new(2);
+    h.entry("test:feeder", r#"return { main = function(to)
+        process.send(to, "b", "other")
+        process.send(to, "a", 1, 2)
+        process.send(to, "a")
+        process.send(to, "a", "one")
+        process.send(to, "a", "two")
+        process.send(to, "a", "three")
+    end }"#);
+    let v = h.ok(r#"
+        local a = process.listen("a")
+        local b = process.listen("b")
+        process.spawn("test:feeder", "app:processes", process.pid())
+        local got = {}
+        local multi = a:receive()
+        got[#got + 1] = type(multi) == "table" and (multi[1] .. "+" .. multi[2]) or tostring(multi)
+        local none, ok = a:receive()
+        got[#got + 1] = tostring(none) .. "/" .. tostring(ok)
+        got[#got + 1] = a:receive()
+        -- a second waiter on the same channel, queued before main: it is served first
+        local side = channel.new(1)
+        coroutine.spawn(function() side:send(a:receive()) end)
+        coroutine.yield()
+        got[#got + 1] = a:receive()
+        got[#got + 1] = "side:" .. side:receive()
+        got[#got + 1] = b:receive()
+        return table.concat(got, ",")
+    "#);
+    assert_eq!(v, s("1+2,nil/true,one,three,side:two,other"));
+}

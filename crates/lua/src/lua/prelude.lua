@@ -39,6 +39,7 @@ local function wake(P, t, a, b)
 end
 
 local sched -- forward: the scheduling loop (below, with the router)
+local direct_wait -- forward: main's wait on a plain listen channel (below)
 
 -- Wait until a waker hands this task its result. On main's coroutine that means running
 -- the scheduler in place; anywhere else, yield to whoever resumed us (the scheduler, or a
@@ -185,7 +186,14 @@ function Chan.receive(ch)
         t.ext = true; P.next_ = P.next_ + 1
         if P.npending > 0 then drain(P) end
       end
-      if raw_running() == P.co then return sched(P) end
+      if raw_running() == P.co then
+        if ch.plain and i == q.h and P.rh > P.rt and not P.first and P.npending == 0 then
+          -- main alone waits on a plain listen channel, nothing else to run: tell the
+          -- runtime the topic, so a one-value message on it comes straight here as "v"
+          return direct_wait(P, ch, q, t)
+        end
+        return sched(P)
+      end
       return raw_yield(BLOCK)
     end
   end
@@ -488,6 +496,25 @@ sched = function(P)
       end
     end
   end
+end
+
+-- The wait of main on a plain listen channel, when nothing else can run (see receive):
+-- the runtime hands a one-value message on that topic over as ("v", value); anything else
+-- is an ordinary event.
+local function direct_got(P, q, t, kind, a, ...)
+  if kind == "v" then
+    -- still the only waiter (nothing ran since): take it
+    q[q.h] = nil
+    q.h, q.t = 1, 0
+    t.ext = false; P.next_ = P.next_ - 1
+    return a, true
+  end
+  handle(P, kind, a, ...)
+  return sched(P)
+end
+
+direct_wait = function(P, ch, q, t)
+  return direct_got(P, q, t, raw_yield("wait", ch.topic))
 end
 
 local function task_body(f, ...)
