@@ -58,9 +58,9 @@ local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
 
 local function newchan(P, size, ext)
-  -- every field present from the start: a lookup that hits is cheaper than one that misses
-  return setmetatable({ size = size, n = 0, P = P, ext = ext, buf = false, rq = false, sq = false,
-    closed = false, plain = false, topic = false }, ChanMT)
+  -- rq is present from the start (every receive looks at it); the rest comes on first use,
+  -- which keeps a mailbox channel within an 8-slot table
+  return setmetatable({ size = size, n = 0, P = P, ext = ext, rq = false }, ChanMT)
 end
 
 local function q_push(ch, key, w)
@@ -929,18 +929,25 @@ end
 -- The environment metatable of one entry (shared by its processes): globals fall through
 -- to the base library, then to the libraries the entry may bind, as per-process proxies.
 local function env_mt(allowed)
-  return {
-    __metatable = false,
-    __index = function(env, k)
-      local v = BASE[k]
-      if v == nil and (ALWAYS[k] or allowed[k]) then
-        local lib = LIBS[k]
-        if lib ~= nil then v = proxy_of(lib) end
-      end
-      if v ~= nil then rawset(env, k, v) end
-      return v
-    end,
-  }
+  -- Globals of the entry's processes, shared by them and never reachable by them: the base
+  -- functions, and for a library name the process's own proxy of it (made on first use
+  -- and kept in the process's main environment, when the entry may bind it).
+  local G = {}
+  for k, v in pairs(BASE) do G[k] = v end
+  setmetatable(G, { __index = function(_, k)
+    if not (ALWAYS[k] or allowed[k]) then return nil end
+    local lib = LIBS[k]
+    if lib == nil then return nil end
+    local P = S[1]
+    local env = P.env
+    local pr = rawget(env, k)
+    if pr == nil then
+      pr = proxy_of(lib)
+      if ALWAYS[k] or P.allowed[k] then rawset(env, k, pr) end
+    end
+    return pr
+  end })
+  return { __metatable = false, __index = G }
 end
 
 local function new_env(P, mt)
