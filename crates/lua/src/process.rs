@@ -103,7 +103,10 @@ impl LuaProcess {
         let limit = shard.options.max_process_memory;
         let shared_limit = limit > 0 && !shard.options.isolated;
         let mut events = events;
-        shard.preempt.step_started();
+        // Ends the step for the watchdog however this function is left (a panic in a Rust
+        // function Lua called comes back here as an unwind): it must never arm a hook on
+        // the thread of a process that is gone.
+        let _step = shard.preempt.step();
         let status = loop {
             // What to resume with: the start arguments, a runtime event (raw when it can
             // be), or nothing (going on after a preemption).
@@ -187,7 +190,6 @@ impl LuaProcess {
                 }
             }
         };
-        shard.preempt.step_ended();
         status
     }
 

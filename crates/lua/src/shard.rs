@@ -65,12 +65,19 @@ impl Preempt {
     pub(crate) fn set_thread(&self, l: *mut ffi::lua_State) {
         *self.thread.lock() = l as usize;
     }
-    pub(crate) fn step_started(&self) {
+    /// A process step starts; it ends when the guard drops.
+    pub(crate) fn step(&self) -> StepGuard<'_> {
         self.generation.fetch_add(1, Ordering::Relaxed);
+        StepGuard(self)
     }
-    pub(crate) fn step_ended(&self) {
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        *self.thread.lock() = 0;
+}
+
+pub(crate) struct StepGuard<'a>(&'a Preempt);
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        self.0.generation.fetch_add(1, Ordering::Relaxed);
+        *self.0.thread.lock() = 0;
     }
 }
 
