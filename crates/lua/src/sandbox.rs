@@ -55,7 +55,8 @@ pub(crate) struct Vm {
     pub(crate) marks: Marks,
     /// Registry reference of `s`, for the raw resume path.
     pub(crate) s_ref: std::os::raw::c_int,
-    pub(crate) code: HashMap<(String, u64), Arc<EntryCode>>,
+    /// Per entry ID: the version loaded and its code (a new version replaces the old).
+    pub(crate) code: HashMap<String, (u64, Arc<EntryCode>)>,
     /// Bytes in use right after setup (what an empty shard costs).
     pub(crate) baseline: usize,
 }
@@ -155,9 +156,10 @@ impl Vm {
 
     /// The shard's code for an entry (loaded on first use).
     pub(crate) fn code(&mut self, catalog: &Catalog, entry: &LuaEntry) -> Result<Arc<EntryCode>, wippy_runtime::Error> {
-        let key = (entry.id.clone(), entry.version);
-        if let Some(c) = self.code.get(&key) {
-            return Ok(c.clone());
+        if let Some((version, c)) = self.code.get(entry.id.as_str()) {
+            if *version == entry.version {
+                return Ok(c.clone());
+            }
         }
         let chunk = catalog.load(&self.lua, entry)?;
         let internal = |e: mlua::Error| wippy_runtime::Error::internal(format!("entry '{}': {e}", entry.id));
@@ -177,7 +179,7 @@ impl Vm {
             Some(t)
         };
         let code = Arc::new(EntryCode { chunk, env_mt, allowed, imports });
-        self.code.insert(key, code.clone());
+        self.code.insert(entry.id.clone(), (entry.version, code.clone()));
         Ok(code)
     }
 }
