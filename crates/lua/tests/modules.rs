@@ -184,3 +184,19 @@ fn io_on_a_terminal_host() {
     let r = node.exec("app:terminal", Spawn::entry("app:cli").context(std::sync::Arc::new(ctx)));
     assert_eq!(r.unwrap(), Value::Int(2));
 }
+
+#[test]
+fn conversion_errors_read_like_luas_own() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local ok, e = pcall(errors.wrap, errors.new("x"), {})
+        -- through pcall the function has no name in the traceback, as in Lua itself
+        assert(not ok and e:find("bad argument #2 to '%S+' %(string expected, got table%)"), e)
+        local ok2, e2 = pcall(function() return time.unix("soon") end)
+        assert(not ok2 and e2:find("bad argument #1 to 'unix' %(number expected, got string%)"), e2)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    let e = h.err("errors.wrap(errors.new('x'), {})");
+    assert!(e.message.contains("bad argument #2 to 'wrap' (string expected, got table)"), "{}", e.message);
+}

@@ -70,13 +70,16 @@ pub(crate) fn error_from_lua(v: &LuaValue) -> Error {
 pub(crate) fn error_from_mlua(e: &mlua::Error) -> Error {
     match e {
         mlua::Error::MemoryError(_) => Error::limit_exceeded("memory limit exceeded").with_retryable(false),
-        mlua::Error::CallbackError { cause, .. } => error_from_mlua(cause),
+        mlua::Error::CallbackError { cause, .. } => match cause.as_ref() {
+            mlua::Error::BadArgument { .. } => Error::internal(super::plain_message(e)),
+            inner => error_from_mlua(inner),
+        },
         mlua::Error::ExternalError(x) => match x.downcast_ref::<LuaError>() {
             Some(le) => le.error.clone(),
             None => Error::internal(x.to_string()),
         },
-        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => Error::internal(m.clone()),
-        other => Error::internal(other.to_string()),
+        mlua::Error::SyntaxError { message: m, .. } => Error::internal(m.clone()),
+        other => Error::internal(super::plain_message(other)),
     }
 }
 

@@ -69,16 +69,48 @@ pub(crate) fn lua_type(v: &LuaValue) -> &'static str {
     }
 }
 
-/// The message of an error a Rust function raised, without mlua's decoration.
+/// The message of an error a Rust function raised, without mlua's decoration, in Lua's own
+/// wording (`bad argument #2 to 'wrap' (string expected, got table)`).
 pub(crate) fn plain_message(e: &mlua::Error) -> String {
+    message_in(e, None)
+}
+
+fn message_in(e: &mlua::Error, traceback: Option<&str>) -> String {
     match e {
-        mlua::Error::CallbackError { cause, .. } => plain_message(cause),
+        mlua::Error::CallbackError { cause, traceback } => message_in(cause, Some(traceback)),
         mlua::Error::RuntimeError(m) => m.clone(),
-        mlua::Error::BadArgument { pos, name, cause, .. } => {
-            format!("bad argument #{pos} to '{}' ({})", name.as_deref().unwrap_or("?"), plain_message(cause))
+        mlua::Error::BadArgument { to, pos, cause, .. } => {
+            let name = to.clone().or_else(|| traceback.and_then(called_name)).unwrap_or_else(|| "?".into());
+            format!("bad argument #{pos} to '{name}' ({})", message_in(cause, None))
         }
-        mlua::Error::FromLuaConversionError { from, to, .. } => format!("{to} expected, got {from}"),
+        mlua::Error::FromLuaConversionError { from, to, .. } => format!("{} expected, got {}", lua_type_name(to), lua_type_name(from)),
         other => other.to_string(),
+    }
+}
+
+/// The name of the function a traceback's first `[C]` frame calls (`wrap` in
+/// "[C]: in function 'errors.wrap'").
+fn called_name(traceback: &str) -> Option<String> {
+    let line = traceback.lines().find(|l| l.contains("[C]: in "))?;
+    let start = line.find('\'')? + 1;
+    let end = start + line[start..].find('\'')?;
+    let full = &line[start..end];
+    Some(full.rsplit(['.', ':']).next().unwrap_or(full).to_string())
+}
+
+/// A Rust type name as Lua calls the type.
+fn lua_type_name(rust: &str) -> &str {
+    match rust {
+        "String" | "BorrowedStr" | "LuaString" | "BString" | "str" | "&str" => "string",
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" | "f32" | "f64" | "integer" | "Integer" | "Number" => "number",
+        "Table" => "table",
+        "bool" => "boolean",
+        "Function" => "function",
+        "Thread" => "thread",
+        "AnyUserData" => "userdata",
+        "Duration" | "wippy_lua::modules::time::Duration" => "duration",
+        "Time" | "wippy_lua::modules::time::Time" => "time",
+        other => other,
     }
 }
 
