@@ -22,6 +22,10 @@ use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
 use crate::sandbox::Vm;
 
+/// A host gets a second (third...) shard, up to one per worker, once its least-loaded
+/// shard holds this many processes.
+const SPREAD_FROM: usize = 64;
+
 /// The most process steps one turn of a shard runs before it lets other runnables go.
 const TURN_STEPS: usize = 64;
 
@@ -198,13 +202,17 @@ pub(crate) struct HostShards {
     pub(crate) host: HostRef,
     pub(crate) options: ShardOptions,
     shards: Mutex<Vec<Arc<Shard>>>,
+    /// The shard new processes went to lately, and how many in a row: placement goes in
+    /// runs of `SPREAD_FROM`, so processes spawned together mostly share a shard (their
+    /// messages stay inside it) while the host's shards still fill evenly.
+    run: Mutex<Option<(Arc<Shard>, usize)>>,
     /// Isolated shards (one per process), for counting; swept now and then.
     isolated: Mutex<Vec<Weak<Shard>>>,
 }
 
 impl HostShards {
     pub(crate) fn new(host: HostRef, options: ShardOptions) -> HostShards {
-        HostShards { host, options, shards: Mutex::new(Vec::new()), isolated: Mutex::new(Vec::new()) }
+        HostShards { host, options, shards: Mutex::new(Vec::new()), run: Mutex::new(None), isolated: Mutex::new(Vec::new()) }
     }
 
     /// The least-loaded shard with room, or a new one made by `make`. The returned shard
@@ -235,21 +243,34 @@ impl HostShards {
             });
         }
         let cap = if self.options.isolated { 1 } else { self.options.shard_size.max(1) };
+        let mut run = self.run.lock();
+        if let Some((s, n)) = run.as_mut() {
+            if *n < SPREAD_FROM && s.members.load(Ordering::Acquire) < cap && shards.iter().any(|x| Arc::ptr_eq(x, s)) {
+                *n += 1;
+                s.members.fetch_add(1, Ordering::AcqRel);
+                return Ok(s.clone());
+            }
+        }
         let best = shards
             .iter()
             .map(|s| (s.members.load(Ordering::Acquire), s))
             .filter(|(n, _)| *n < cap)
             .min_by_key(|(n, _)| *n)
             .map(|(_, s)| s.clone());
+        // Once there is enough to share, every worker of the host gets a shard to run, so
+        // Lua processes use all cores (a shard runs on one worker at a time).
+        let spread = shards.len() < self.host.config().workers
+            && best.as_ref().is_some_and(|s| s.members.load(Ordering::Acquire) >= SPREAD_FROM);
         let shard = match best {
-            Some(s) => s,
-            None => {
+            Some(s) if !spread => s,
+            _ => {
                 let s = make()?;
                 shards.push(s.clone());
                 s
             }
         };
         shard.members.fetch_add(1, Ordering::AcqRel);
+        *run = Some((shard.clone(), 1));
         Ok(shard)
     }
 
