@@ -69,3 +69,17 @@ fn isolated_processes_each_get_a_shard() {
     // the two parked processes live on; each has a VM of its own
     assert!(h.lua.shard_count(HOST) >= 2, "one shard per process, got {}", h.lua.shard_count(HOST));
 }
+
+#[test]
+fn shards_spread_over_the_workers_once_there_is_enough_to_share() {
+    let h = Harness::new(2);
+    h.entry("test:wait", "return { main = function() process.inbox():receive() end }");
+    let v = h.ok(r#"
+        local pids = {}
+        for i = 1, 200 do pids[i] = process.spawn("test:wait", "app:processes") end
+        for i = 1, 200 do process.terminate(pids[i]) end
+        return #pids
+    "#);
+    assert_eq!(v, Value::Int(200));
+    assert_eq!(h.lua.shard_count(HOST), 2, "one shard per worker");
+}
