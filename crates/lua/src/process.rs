@@ -1,7 +1,7 @@
-//! A Lua process: the runtime `Process` whose state lives in its shard's VM (a runner
-//! coroutine and a state table made by the prelude). A step hands the runner the events
-//! the mailbox holds, one at a time, until the runner waits, is preempted, or finishes;
-//! the exit result follows SPEC §4.1.
+//! A Lua process: the runtime `Process` whose state lives in its shard's VM (one coroutine
+//! and a state table made by the prelude). A step hands the coroutine the events the
+//! mailbox holds, one at a time, until it waits, is preempted, or finishes; the exit
+//! result follows SPEC §4.1.
 //!
 //! Must never: touch the VM outside a turn of its own shard, or let a Lua error escape as
 //! a panic.
@@ -26,8 +26,7 @@ pub(crate) struct LuaProcess {
     lua: Option<Lua>,
     co: Option<Thread>,
     p: Option<Table>,
-    s: Option<Table>,
-    /// The runner's last yield was "wait": it takes the next event.
+    /// The coroutine's last yield was "wait": it takes the next event.
     awaiting: bool,
     /// Registry references of the process state table and of the shard table.
     p_ref: c_int,
@@ -46,7 +45,6 @@ impl LuaProcess {
             lua: None,
             co: None,
             p: None,
-            s: None,
             awaiting: false,
             p_ref: 0,
             s_ref: 0,
@@ -55,7 +53,7 @@ impl LuaProcess {
         }
     }
 
-    fn start(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Result<MultiValue, Error> {
+    fn start(&mut self, method: &str, args: Vec<Value>) -> Result<MultiValue, Error> {
         // SAFETY: init runs inside a turn of this process's shard (it is in the shard's group).
         let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
         let code = vm.code(&self.state.catalog, &self.state.entry)?;
@@ -76,7 +74,6 @@ impl LuaProcess {
         for a in &args {
             mv.push_back(from_value(&lua, a).map_err(internal)?);
         }
-        let _ = cx;
         // SAFETY: luaL_ref pops the value exec_raw pushed and leaves the reference.
         let p_ref: i64 = unsafe {
             lua.exec_raw(p.clone(), |state| {
@@ -87,27 +84,25 @@ impl LuaProcess {
         .map_err(internal)?;
         self.p_ref = p_ref as c_int;
         self.s_ref = vm.s_ref;
-        self.s = Some(vm.s.clone());
         self.lua = Some(lua);
         self.co = Some(co);
         self.p = Some(p);
         Ok(mv)
     }
 
-    /// Resume the runner with `args`, then feed it events while it waits for them.
-    fn drive(&mut self, cx: &mut Context<'_>, events: Option<&mut Events<'_>>, mut args: Option<MultiValue>) -> Status {
-        let (Some(lua), Some(co), Some(p), Some(s)) = (self.lua.clone(), self.co.clone(), self.p.clone(), self.s.clone()) else {
+    /// Resume the coroutine with `args`, then feed it events while it waits for them.
+    fn drive(&mut self, cx: &mut Context<'_>, mut events: Option<&mut Events<'_>>, mut args: Option<MultiValue>) -> Status {
+        let (Some(lua), Some(co), Some(p)) = (self.lua.clone(), self.co.clone(), self.p.clone()) else {
             return Status::Exit(Err(Error::internal("Lua process has no state")));
         };
         let shard = self.state.shard.clone();
         let limit = shard.options.max_process_memory;
         let shared_limit = limit > 0 && !shard.options.isolated;
-        let mut events = events;
         // Ends the step for the watchdog however this function is left (a panic in a Rust
         // function Lua called comes back here as an unwind): it must never arm a hook on
         // the thread of a process that is gone.
         let _step = shard.preempt.step();
-        let status = loop {
+        loop {
             // What to resume with: the start arguments, a runtime event (raw when it can
             // be), or nothing (going on after a preemption).
             let input = match args.take() {
@@ -130,9 +125,6 @@ impl LuaProcess {
             };
             if matches!(input, Input::Slow(_)) {
                 self.hint.clear();
-                if let Err(e) = s.raw_set(1, &p) {
-                    break Status::Exit(Err(error_from_mlua(&e)));
-                }
             }
             let before = if shared_limit {
                 let used = lua.used_memory();
@@ -145,7 +137,7 @@ impl LuaProcess {
             let result = {
                 let _entered = current::enter(cx, &mut self.state);
                 match input {
-                    Input::Slow(mv) => raw_resume(&lua, &co, mv),
+                    Input::Slow(mv) => raw_resume(&lua, &co, self.s_ref, self.p_ref, mv),
                     Input::Raw(ev) => {
                         fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint)
                     }
@@ -159,7 +151,7 @@ impl LuaProcess {
             match result {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
                 Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&p, &v))),
-                Ok(Resumed::Finished(vals)) => break Status::Exit(self.exit_result(&p, vals)),
+                Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(&p, vals)),
                 Ok(Resumed::Wait) => self.awaiting = true,
                 Ok(Resumed::Preempted) => {
                     shard.preempt.fired.store(false, Ordering::Relaxed);
@@ -170,30 +162,12 @@ impl LuaProcess {
                     self.awaiting = false;
                     break Status::Yield;
                 }
-                Ok(Resumed::Yielded(vals)) => {
-                    match vals.front() {
-                        Some(LuaValue::String(w)) if w.as_bytes().as_ref() == b"exit" => {
-                            break Status::Exit(self.exit_result(&p, vals));
-                        }
-                        None => {
-                            // preempted by the hook
-                            shard.preempt.fired.store(false, Ordering::Relaxed);
-                            self.awaiting = false;
-                            break Status::Yield;
-                        }
-                        Some(LuaValue::String(w)) if w.as_bytes().as_ref() == b"wait" => self.awaiting = true,
-                        Some(_) => {
-                            self.awaiting = false;
-                            break Status::Yield;
-                        }
-                    }
-                }
             }
-        };
-        status
+        }
     }
 
-    /// The runner itself raised (out of memory while routing, say).
+    /// The error a process ended with: a memory-limit failure (even one a task raised
+    /// and the scheduler passed on) as LimitExceeded, anything else as Lua gave it.
     fn failure(&self, p: &Table, v: &LuaValue) -> Error {
         let memory = matches!(v, LuaValue::String(s) if s.as_bytes().as_ref() == b"not enough memory");
         if memory || p.raw_get::<bool>("memfail").unwrap_or(false) {
@@ -210,7 +184,7 @@ impl LuaProcess {
         e
     }
 
-    /// The runner finished with `"exit", ok, value|error`.
+    /// The process finished with `"exit", ok, value|error`.
     fn exit_result(&self, p: &Table, vals: MultiValue) -> ExitResult {
         let mut it = vals.into_iter();
         let _tag = it.next();
@@ -219,27 +193,21 @@ impl LuaProcess {
         if ok {
             return to_value(&v, &self.state.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false));
         }
-        if p.raw_get::<bool>("memfail").unwrap_or(false) {
-            return Err(Error::limit_exceeded(format!(
-                "process memory limit exceeded ({} bytes)",
-                self.state.shard.options.max_process_memory
-            ))
-            .with_retryable(false));
-        }
-        let mut e = error_from_lua(&v);
-        if matches!(v, LuaValue::String(_)) && e.retryable.is_none() {
-            e.retryable = Some(false);
-        }
-        Err(e)
+        Err(self.failure(p, &v))
     }
 }
 
+/// How a resume of the process coroutine ended.
 enum Resumed {
+    /// Yielded "wait": it takes the next event.
     Wait,
+    /// Suspended by the preemption hook (yielded nothing).
     Preempted,
+    /// Yielded something else (a plain coroutine.yield at main's top level).
     UserYield,
-    Yielded(MultiValue),
-    Finished(MultiValue),
+    /// Finished, or yielded "exit" from the scheduler: `"exit", ok, value|error`.
+    Exit(MultiValue),
+    /// Raised this error.
     Failed(LuaValue),
 }
 
@@ -283,10 +251,7 @@ fn fast_resume(
     // consumed by lua_resume; the results are popped or left for the fetch below.
     let (code, nres): (i64, i64) = unsafe {
         lua.exec_raw((), |state| {
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
-            ffi::lua_rawseti(state, -2, 1);
-            ffi::lua_pop(state, 1);
+            publish(state, s_ref, p_ref);
             let mut nargs = 0;
             match ev {
                 Some(Event::Message(m)) if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() => {
@@ -364,15 +329,23 @@ fn fast_resume(
         R_WAIT => Resumed::Wait,
         R_PREEMPTED => Resumed::Preempted,
         R_USER_YIELD => Resumed::UserYield,
-        R_EXIT => Resumed::Yielded(fetch(nres)?),
-        R_FINISHED => Resumed::Finished(fetch(nres)?),
+        R_EXIT | R_FINISHED => Resumed::Exit(fetch(nres)?),
         _ => Resumed::Failed(fetch(nres)?.pop_front().unwrap_or(LuaValue::Nil)),
     })
 }
 
-/// Resume a runner through the C API. mlua's `Thread::resume` cannot be used: it takes a
-/// coroutine our hook suspended (and disarmed) for a plain yield and resets its stack.
-fn raw_resume(lua: &Lua, co: &Thread, input: MultiValue) -> mlua::Result<Resumed> {
+/// Make the process the shard's current one (`S[1] = P`), as every resume must first.
+unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
+    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
+    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+    ffi::lua_rawseti(state, -2, 1);
+    ffi::lua_pop(state, 1);
+}
+
+/// Resume the process coroutine with mlua values, through the C API. mlua's
+/// `Thread::resume` cannot be used: it takes a coroutine our hook suspended (and disarmed)
+/// for a plain yield and resets its stack.
+fn raw_resume(lua: &Lua, co: &Thread, s_ref: c_int, p_ref: c_int, input: MultiValue) -> mlua::Result<Resumed> {
     let mut args = MultiValue::with_capacity(input.len() + 1);
     args.push_back(LuaValue::Thread(co.clone()));
     args.extend(input);
@@ -380,6 +353,7 @@ fn raw_resume(lua: &Lua, co: &Thread, input: MultiValue) -> mlua::Result<Resumed
     // [status, results...] and nothing else.
     let mut out: MultiValue = unsafe {
         lua.exec_raw(args, |state| {
+            publish(state, s_ref, p_ref);
             let n = ffi::lua_gettop(state) - 1;
             let thread = ffi::lua_tothread(state, 1);
             ffi::lua_xmove(state, thread, n);
@@ -396,9 +370,15 @@ fn raw_resume(lua: &Lua, co: &Thread, input: MultiValue) -> mlua::Result<Resumed
         Some(LuaValue::Integer(s)) => s as std::os::raw::c_int,
         _ => return Err(mlua::Error::runtime("resume returned no status")),
     };
-    Ok(match status {
-        ffi::LUA_YIELD => Resumed::Yielded(out),
-        ffi::LUA_OK => Resumed::Finished(out),
+    let tag = match out.front() {
+        Some(LuaValue::String(s)) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    };
+    Ok(match (status, tag.as_deref()) {
+        (ffi::LUA_OK, _) | (ffi::LUA_YIELD, Some(b"exit")) => Resumed::Exit(out),
+        (ffi::LUA_YIELD, Some(b"wait")) => Resumed::Wait,
+        (ffi::LUA_YIELD, _) if out.is_empty() => Resumed::Preempted,
+        (ffi::LUA_YIELD, _) => Resumed::UserYield,
         _ => Resumed::Failed(out.pop_front().unwrap_or(LuaValue::Nil)),
     })
 }
@@ -468,7 +448,7 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
 
 impl Process for LuaProcess {
     fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
-        match self.start(cx, method, args) {
+        match self.start(method, args) {
             Ok(first) => self.drive(cx, None, Some(first)),
             Err(e) => Status::Exit(Err(e)),
         }
@@ -479,23 +459,27 @@ impl Process for LuaProcess {
     }
 
     fn close(&mut self, _cx: &mut Context<'_>, _result: &ExitResult) {
-        if let Some(s) = &self.s {
-            // The shard must not keep the last process's state alive.
-            if let Some(p) = &self.p {
-                if s.raw_get::<Option<Table>>(1).ok().flatten().as_ref() == Some(p) {
-                    let _ = s.raw_set(1, LuaValue::Nil);
-                }
-            }
-        }
         if let (Some(lua), true) = (&self.lua, self.p_ref != 0) {
-            let r = self.p_ref;
-            // SAFETY: releases the reference taken at start; leaves the stack balanced.
-            let _ = unsafe { lua.exec_raw::<()>((), |state| ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, r)) };
+            let (s_ref, p_ref) = (self.s_ref, self.p_ref);
+            // SAFETY: leaves the stack balanced. The shard must not keep the last process's
+            // state alive: clear S[1] if it is this process, then release the reference.
+            let _ = unsafe {
+                lua.exec_raw::<()>((), |state| {
+                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
+                    ffi::lua_rawgeti(state, -1, 1);
+                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+                    if ffi::lua_rawequal(state, -1, -2) != 0 {
+                        ffi::lua_pushnil(state);
+                        ffi::lua_rawseti(state, -4, 1);
+                    }
+                    ffi::lua_settop(state, 0);
+                    ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
+                })
+            };
             self.p_ref = 0;
         }
         self.co = None;
         self.p = None;
-        self.s = None;
         self.lua = None;
     }
 }

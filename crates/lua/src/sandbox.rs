@@ -49,11 +49,10 @@ pub(crate) struct EntryCode {
 
 pub(crate) struct Vm {
     pub(crate) lua: Lua,
-    /// The prelude's shard table: `S[1]` is the running process's state.
-    pub(crate) s: Table,
     pub(crate) new_process: Function,
     pub(crate) marks: Marks,
-    /// Registry reference of `s`, for the raw resume path.
+    /// Registry reference of the prelude's shard table `S` (`S[1]` is the running
+    /// process's state).
     pub(crate) s_ref: std::os::raw::c_int,
     /// Per entry ID: the version loaded and its code (a new version replaces the old).
     pub(crate) code: HashMap<String, (u64, Arc<EntryCode>)>,
@@ -151,7 +150,7 @@ impl Vm {
                 mlua::ffi::lua_pushinteger(state, r as mlua::ffi::lua_Integer);
             })?
         };
-        Ok(Vm { lua, s, new_process, marks, s_ref: s_ref as std::os::raw::c_int, code: HashMap::new(), baseline })
+        Ok(Vm { lua, new_process, marks, s_ref: s_ref as std::os::raw::c_int, code: HashMap::new(), baseline })
     }
 
     /// The shard's code for an entry (loaded on first use).

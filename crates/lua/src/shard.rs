@@ -237,12 +237,12 @@ impl HostShards {
                 if s.members.load(Ordering::Acquire) > 0 {
                     return true;
                 }
-                let keep = !kept_empty && !s.options.isolated;
-                kept_empty |= keep;
+                let keep = !kept_empty;
+                kept_empty = true;
                 keep
             });
         }
-        let cap = if self.options.isolated { 1 } else { self.options.shard_size.max(1) };
+        let cap = self.options.shard_size.max(1);
         let mut run = self.run.lock();
         if let Some((s, n)) = run.as_mut() {
             if *n < SPREAD_FROM && s.members.load(Ordering::Acquire) < cap && shards.iter().any(|x| Arc::ptr_eq(x, s)) {

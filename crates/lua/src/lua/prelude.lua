@@ -171,42 +171,40 @@ function Chan.send(ch, v)
   return true
 end
 
+-- Wait in a receive on `ch` (nothing to take now). Main alone waiting on a plain listen
+-- channel, with nothing else to run, tells the runtime the topic, so a one-value message
+-- on it comes straight back here as "v".
+local function wait_receive(ch)
+  local P = ch.P
+  local t = P.cur
+  local q = ch.rq
+  if not q then q = { h = 1, t = 0 }; ch.rq = q end
+  local i = q.t + 1; q.t = i; q[i] = t
+  if ch.ext then
+    t.ext = true; P.next_ = P.next_ + 1
+    if P.npending > 0 then drain(P) end
+  end
+  if raw_running() == P.co then
+    if ch.plain and i == q.h and P.rh > P.rt and not P.first and P.npending == 0 then
+      return direct_wait(P, ch, q, t)
+    end
+    return sched(P)
+  end
+  return raw_yield(BLOCK)
+end
+
 function Chan.receive(ch)
   if getmetatable(ch) ~= "channel" then check_chan(ch, "receive") end
   if ch.n == 0 then
     local sq = ch.sq
     if not ch.closed and (not sq or sq.h > sq.t) then
-      -- nothing to take: wait (the common case for mailbox channels)
-      local P = ch.P
-      local t = P.cur
-      local q = ch.rq
-      if not q then q = { h = 1, t = 0 }; ch.rq = q end
-      local i = q.t + 1; q.t = i; q[i] = t
-      if ch.ext then
-        t.ext = true; P.next_ = P.next_ + 1
-        if P.npending > 0 then drain(P) end
-      end
-      if raw_running() == P.co then
-        if ch.plain and i == q.h and P.rh > P.rt and not P.first and P.npending == 0 then
-          -- main alone waits on a plain listen channel, nothing else to run: tell the
-          -- runtime the topic, so a one-value message on it comes straight here as "v"
-          return direct_wait(P, ch, q, t)
-        end
-        return sched(P)
-      end
-      return raw_yield(BLOCK)
+      -- nothing to take (the common case for mailbox channels)
+      return wait_receive(ch)
     end
   end
   local ok, v, got = try_recv(ch)
   if ok then return v, got end
-  local P = S[1]
-  local t = P.cur
-  q_push(ch, "rq", t)
-  if ch.ext then
-    t.ext = true; P.next_ = P.next_ + 1
-    if P.npending > 0 then drain(P) end
-  end
-  return block()
+  return wait_receive(ch)
 end
 
 function Chan.close(ch)
@@ -334,10 +332,10 @@ local function offer_value(P, ch, v)
   return false
 end
 
+-- The same for message `m`, shaped for `ch` only when it can take it.
 local function offer(P, ch, m)
-  local w = q_pop(ch.rq)
-  if w then fire(P, w, form(ch, m), true); return true end
-  if ch.n < ch.size then buf_push(ch, form(ch, m)); return true end
+  local q = ch.rq
+  if (q and q.h <= q.t) or ch.n < ch.size then return offer_value(P, ch, form(ch, m)) end
   return false
 end
 
@@ -635,6 +633,13 @@ do
 end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
+-- A table of the process's state made on first use (listen, execs, cmds, required).
+local function part(P, key)
+  local t = P[key]
+  if not t then t = {}; P[key] = t end
+  return t
+end
+
 -- The process's inbox or events channel (made on first call; the same one ever after).
 local function mailbox_channel(key)
   local P = S[1]
@@ -660,8 +665,7 @@ function process.listen(topic, opts)
     return nil, rt_error("Invalid", "topic '" .. topic .. "' is reserved: topics starting with '@' belong to the runtime")
   end
   local P = S[1]
-  local l = P.listen
-  if not l then l = {}; P.listen = l end
+  local l = part(P, "listen")
   local ch = l[topic]
   if ch then return ch end
   ch = newchan(P, 1, true)
@@ -685,17 +689,8 @@ function process.unlisten(ch)
   return false
 end
 
-local function execs(P)
-  local e = P.execs
-  if not e then e = {}; P.execs = e end
-  return e
-end
-
-local function cmds(P)
-  local c = P.cmds
-  if not c then c = {}; P.cmds = c end
-  return c
-end
+local function execs(P) return part(P, "execs") end
+local function cmds(P) return part(P, "cmds") end
 
 local function wait_exit(P, pid)
   local t = P.cur
@@ -705,11 +700,6 @@ local function wait_exit(P, pid)
 end
 
 local spawn_raw = R.spawn
-function process.exec(entry, host, ...)
-  local pid, err = spawn_raw(4, entry, host, nil, nil, ...)
-  if not pid then return nil, err end
-  return wait_exit(S[1], pid)
-end
 
 -- Spawners: process.with_context(values) and friends.
 local Spawner = {}
@@ -768,6 +758,10 @@ function Spawner.exec(sp, entry, host, ...)
   if not pid then return nil, err end
   return wait_exit(S[1], pid)
 end
+-- process.exec is a spawner's exec with nothing set
+local PLAIN = setmetatable({}, SpawnerMT)
+function process.exec(...) return Spawner.exec(PLAIN, ...) end
+
 function process.with_context(values)
   return Spawner.with_context(setmetatable({}, SpawnerMT), values)
 end
@@ -963,8 +957,7 @@ function BASE.require(name)
   end
   local P = S[1]
   local env = P.env
-  local cache = P.required
-  if not cache then cache = {}; P.required = cache end
+  local cache = part(P, "required")
   local v = cache[name]
   if v ~= nil then return v end
   if ALWAYS[name] or P.allowed[name] then

@@ -210,12 +210,11 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
     )?;
     t.raw_set(
         "set_options",
-        lua.create_function(|lua, opts: LuaValue| {
+        lua.create_function(|_, opts: LuaValue| {
+            // `false, err` (Invalid)
+            let refuse = |m: String| Ok((false, Some(super::errors::LuaError::new(Error::invalid(m)))));
             let LuaValue::Table(opts) = opts else {
-                return Ok((false, Some(super::errors::LuaError::new(Error::invalid(format!(
-                    "set_options: table expected, got {}",
-                    super::lua_type(&opts)
-                ))))));
+                return refuse(format!("set_options: table expected, got {}", super::lua_type(&opts)));
             };
             let mut trap = None;
             let mut upgradable = None;
@@ -228,20 +227,13 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                 let b = match v {
                     LuaValue::Boolean(b) => b,
                     other => {
-                        return Ok((false, Some(super::errors::LuaError::new(Error::invalid(format!(
-                            "set_options: option '{key}' must be a boolean, got {}",
-                            super::lua_type(&other)
-                        ))))))
+                        return refuse(format!("set_options: option '{key}' must be a boolean, got {}", super::lua_type(&other)))
                     }
                 };
                 match key.as_str() {
                     "trap_links" => trap = Some(b),
                     "upgradable" => upgradable = Some(b),
-                    _ => {
-                        return Ok((false, Some(super::errors::LuaError::new(Error::invalid(format!(
-                            "set_options: unknown option '{key}' (known: trap_links, upgradable)"
-                        ))))))
-                    }
+                    _ => return refuse(format!("set_options: unknown option '{key}' (known: trap_links, upgradable)")),
                 }
             }
             current::with(|cx, st| {
@@ -253,7 +245,6 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                 }
                 Ok(())
             })?;
-            let _ = lua;
             Ok((true, None))
         })?,
     )?;

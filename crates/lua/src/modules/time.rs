@@ -4,9 +4,9 @@
 
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Datelike, FixedOffset, Local, NaiveDate, Offset, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, Local, NaiveDate, Offset, TimeZone, Timelike};
 use mlua::{FromLua, Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
-use wippy_runtime::{Command, Error, Value};
+use wippy_runtime::{Command, Error};
 
 use super::{bad_arg, fail};
 use crate::current;
@@ -790,8 +790,6 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
             Ok(Time { nanos, loc: Location::Local })
         })?,
     )?;
-    let _ = Value::Nil;
-    let _ = Utc::now;
     Ok(t)
 }
 
