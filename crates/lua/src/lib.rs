@@ -19,7 +19,7 @@ use std::sync::Arc;
 use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 
 pub use catalog::{EntryKind, LuaEntry, RegistryItem};
-pub use modules::time::{format_duration, parse_duration};
+pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
 
 use catalog::Catalog;

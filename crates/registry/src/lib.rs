@@ -1,91 +1,27 @@
-//! wippy-registry: the entries a project defines. So far: entry IDs.
-//! YAML loading, kinds, validation and live updates come with the CLI issue.
-//! This crate never depends on the runtime or on Lua.
+//! wippy-registry: the entries a project defines. Entry IDs, loading every definition
+//! YAML of a project (with `file://` sources), checking an entry's fields for its kind
+//! (the [`Checker`]), Go durations, dependency order, the runtime configuration and the
+//! versioned registry readers take snapshots of.
+//!
+//! This crate never depends on the runtime or on Lua; which kinds exist is the
+//! embedder's table (the `wippy` binary has one).
 
-use std::fmt;
-use std::str::FromStr;
+mod check;
+mod config;
+mod duration;
+mod entry;
+mod error;
+mod id;
+mod load;
+mod order;
+mod store;
 
-/// An entry ID `namespace:name`, split at the FIRST colon: the namespace may contain
-/// dots, the name may contain dots and further colons.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntryId {
-    full: String,
-    colon: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid entry ID {input:?}: {reason}")]
-pub struct EntryIdError {
-    pub input: String,
-    pub reason: &'static str,
-}
-
-impl EntryId {
-    pub fn namespace(&self) -> &str {
-        &self.full[..self.colon]
-    }
-    pub fn name(&self) -> &str {
-        &self.full[self.colon + 1..]
-    }
-    pub fn as_str(&self) -> &str {
-        &self.full
-    }
-    /// Resolve a reference written inside `namespace`: a full ID as is, a bare name in
-    /// the same namespace.
-    pub fn resolve(reference: &str, namespace: &str) -> Result<EntryId, EntryIdError> {
-        if reference.contains(':') {
-            reference.parse()
-        } else {
-            format!("{namespace}:{reference}").parse()
-        }
-    }
-}
-
-impl FromStr for EntryId {
-    type Err = EntryIdError;
-    fn from_str(s: &str) -> Result<EntryId, EntryIdError> {
-        let err = |reason| EntryIdError { input: s.to_string(), reason };
-        let colon = s.find(':').ok_or_else(|| err("expected namespace:name"))?;
-        if colon == 0 {
-            return Err(err("empty namespace"));
-        }
-        if colon + 1 == s.len() {
-            return Err(err("empty name"));
-        }
-        if s.chars().any(char::is_whitespace) {
-            return Err(err("contains whitespace"));
-        }
-        Ok(EntryId { full: s.to_string(), colon })
-    }
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.full)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_at_first_colon() {
-        let id: EntryId = "app.sub:name.with:colon".parse().unwrap();
-        assert_eq!(id.namespace(), "app.sub");
-        assert_eq!(id.name(), "name.with:colon");
-    }
-
-    #[test]
-    fn bare_names_resolve_in_namespace() {
-        assert_eq!(EntryId::resolve("worker", "app").unwrap().as_str(), "app:worker");
-        assert_eq!(EntryId::resolve("sys:host", "app").unwrap().as_str(), "sys:host");
-    }
-
-    #[test]
-    fn rejects_malformed() {
-        for s in ["noColon", ":x", "x:", "a b:c"] {
-            assert!(s.parse::<EntryId>().is_err(), "{s}");
-        }
-    }
-}
+pub use check::{Checker, Index, Lifecycle, Restart};
+pub use config::Config;
+pub use duration::{format_duration, parse_duration, NANOS_PER_SEC};
+pub use entry::{Data, Entry, Origin, Source};
+pub use error::{LoadError, LoadErrors};
+pub use id::{EntryId, EntryIdError};
+pub use load::Project;
+pub use order::start_order;
+pub use store::{Change, Registry, Snapshot};

@@ -1,0 +1,350 @@
+//! The commands: `run` (with `-x`, a command NAME, or `list`), `test`, `init` and
+//! `registry list`. Each loads the project first; any load error is printed (all of them)
+//! and nothing starts.
+
+use std::time::{Duration, Instant};
+
+use wippy_registry::{parse_duration, Config, EntryId, Project};
+use wippy_runtime::{ExitResult, Spawn, Table, Value};
+
+use crate::boot::{terminal_hides_logs, Boot};
+use crate::plan::Plan;
+use crate::{signals, Cli};
+
+const FAILURE: u8 = 1;
+
+fn fail(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {msg}");
+    FAILURE
+}
+
+/// Load the project and its configuration and check every entry.
+fn load(cli: &Cli) -> Result<(Project, Plan, Config), u8> {
+    let report = |errors: &wippy_registry::LoadErrors| {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        FAILURE
+    };
+    let config = Config::load(&cli.dir, &cli.configs, &cli.sets).map_err(|e| fail(e))?;
+    let project = Project::load(&cli.dir).map_err(|e| report(&e))?;
+    let plan = Plan::build(&project).map_err(|e| report(&e))?;
+    Ok((project, plan, config))
+}
+
+/// Logs go to stderr as structured lines: `-v` debug, `-s` none, `logger.level` from the
+/// configuration, info by default.
+fn init_logging(cli: &Cli, config: &Config, hide: bool) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = if cli.silent || hide {
+        LevelFilter::OFF
+    } else if cli.verbose {
+        LevelFilter::DEBUG
+    } else {
+        match config.str("logger.level") {
+            Some("debug") => LevelFilter::DEBUG,
+            Some("warn") => LevelFilter::WARN,
+            Some("error") => LevelFilter::ERROR,
+            Some("off") => LevelFilter::OFF,
+            _ => LevelFilter::INFO,
+        }
+    };
+    let color = cli.color || config.get("logger.color").and_then(|v| v.as_bool()).unwrap_or(false);
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(color).with_max_level(level).try_init();
+}
+
+fn warn_all(plan: &Plan) {
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// The exit code of `run -x`: error 1, integer that code, `false` 1, anything else 0.
+pub fn exit_code(r: &ExitResult) -> u8 {
+    match r {
+        Err(_) => 1,
+        Ok(Value::Int(i)) => (*i).clamp(0, 255) as u8,
+        Ok(Value::Bool(false)) => 1,
+        Ok(_) => 0,
+    }
+}
+
+pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, args: &[String]) -> u8 {
+    let (_, plan, config) = match load(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    // What to run, checked before anything starts.
+    let (target, args) = match (exec, args.first().map(String::as_str)) {
+        (Some(x), _) => match check_exec(&plan, x) {
+            Ok(id) => (Some(id), args),
+            Err(m) => return fail(m),
+        },
+        (None, Some("list")) => {
+            list_commands(&plan);
+            return 0;
+        }
+        (None, Some(name)) => match plan.commands.iter().find(|c| c.name == name) {
+            Some(c) => (Some(c.entry.clone()), &args[1..]),
+            None => {
+                let names: Vec<&str> = plan.commands.iter().map(|c| c.name.as_str()).collect();
+                let known = if names.is_empty() { "the project defines none".into() } else { names.join(", ") };
+                return fail(format!("unknown command {name:?} (commands: {known}; see `wippy run list`)"));
+            }
+        },
+        (None, None) => (None, args),
+    };
+    if target.is_some() {
+        if let Err(e) = crate::boot::select_terminal(&plan, host) {
+            return fail(format!("-x: {e}"));
+        }
+    }
+    init_logging(cli, &config, target.is_some() && terminal_hides_logs(&plan, host));
+    warn_all(&plan);
+    let stop = match signals::install() {
+        Ok(rx) => rx,
+        Err(e) => return fail(format!("cannot install signal handlers: {e}")),
+    };
+    let boot = match Boot::new(plan) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = boot.start() {
+        boot.shutdown();
+        return fail(e);
+    }
+    let Some(target) = target else {
+        tracing::info!("running; press Ctrl-C to stop");
+        let _ = stop.recv();
+        return if boot.shutdown() { 0 } else { FAILURE };
+    };
+    let code = run_terminal(&boot, host, &target, args, &stop);
+    boot.shutdown();
+    code
+}
+
+/// `-x ID`: a `ns:name` of a process or function entry.
+fn check_exec(plan: &Plan, x: &str) -> Result<EntryId, String> {
+    let id: EntryId = x.parse().map_err(|e| format!("-x: {e}"))?;
+    match plan.lua.iter().find(|e| e.id == id.as_str()) {
+        Some(e) if e.kind == wippy_lua::EntryKind::Library => Err(format!("-x {id}: a library.lua entry cannot be run")),
+        Some(_) => Ok(id),
+        None => Err(format!("-x {id}: no process.lua or function.lua entry with that ID")),
+    }
+}
+
+fn run_terminal(boot: &Boot, host: Option<&str>, target: &EntryId, args: &[String], stop: &crossbeam_channel::Receiver<()>) -> u8 {
+    let host = match boot.start_terminal(host) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let values: Vec<Value> = args.iter().map(|a| Value::str(a)).collect();
+    let mut ctx = Table::new();
+    let mut list = Table::new();
+    for v in &values {
+        list.push(v.clone());
+    }
+    ctx.set(Value::str("@args"), Value::table(list));
+    let spawn = Spawn::entry(target.as_str()).args(values).context(std::sync::Arc::new(ctx));
+    let (pid, watch) = match boot.node.spawn_watched(&host, spawn) {
+        Ok(x) => x,
+        Err(e) => return fail(format!("cannot start {target}: {e}")),
+    };
+    let (tx, done) = crossbeam_channel::bounded(1);
+    let _ = std::thread::Builder::new().name("terminal".into()).spawn(move || {
+        let _ = tx.send(watch.wait());
+    });
+    let result = crossbeam_channel::select! {
+        recv(done) -> r => r,
+        recv(stop) -> _ => {
+            let _ = boot.node.cancel(pid, "interrupted");
+            done.recv()
+        }
+    };
+    let result = result.unwrap_or_else(|_| Err(wippy_runtime::Error::internal("the terminal process vanished")));
+    if let Err(e) = &result {
+        eprintln!("error: {e}");
+    }
+    exit_code(&result)
+}
+
+fn list_commands(plan: &Plan) {
+    if plan.commands.is_empty() {
+        println!("no commands (give a process.lua entry meta.command: {{name, short}})");
+        return;
+    }
+    let width = plan.commands.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in &plan.commands {
+        println!("{:width$}  {}  ({})", c.name, c.short, c.entry);
+    }
+}
+
+pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) -> u8 {
+    let timeout = match parse_duration(timeout) {
+        Ok(n) if n > 0 => Duration::from_nanos(n as u64),
+        _ => return fail(format!("--timeout: invalid duration {timeout:?}")),
+    };
+    let (_, plan, config) = match load(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Err(e) = crate::boot::select_terminal(&plan, host) {
+        return fail(e);
+    }
+    init_logging(cli, &config, terminal_hides_logs(&plan, host));
+    warn_all(&plan);
+    let stop = match signals::install() {
+        Ok(rx) => rx,
+        Err(e) => return fail(format!("cannot install signal handlers: {e}")),
+    };
+    let mut tests: Vec<(String, i64, EntryId)> = plan
+        .tests
+        .iter()
+        .filter(|t| filters.is_empty() || filters.iter().any(|f| t.id.as_str().contains(f.as_str()) || t.suite.contains(f.as_str())))
+        .map(|t| (t.suite.clone(), t.order, t.id.clone()))
+        .collect();
+    tests.sort();
+    let boot = match Boot::new(plan) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let host = match boot.start().and_then(|_| boot.start_terminal(host)) {
+        Ok(h) => h,
+        Err(e) => {
+            boot.shutdown();
+            return fail(e);
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    let mut suite = None;
+    for (s, _, id) in &tests {
+        if stop.try_recv().is_ok() {
+            println!("interrupted");
+            failed += 1;
+            break;
+        }
+        if suite.as_ref() != Some(s) {
+            println!("{s}");
+            suite = Some(s.clone());
+        }
+        let started = Instant::now();
+        let outcome = run_test(&boot, &host, id, timeout);
+        let took = started.elapsed();
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!("  PASS {id} ({took:.1?})");
+            }
+            Err(why) => {
+                failed += 1;
+                println!("  FAIL {id} ({took:.1?})");
+                for line in why.lines() {
+                    println!("       {line}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    boot.shutdown();
+    if failed > 0 {
+        FAILURE
+    } else {
+        0
+    }
+}
+
+/// A test fails if it raises, returns false, or returns a non-nil error second value
+/// (which the exit rules make an abnormal exit).
+fn run_test(boot: &Boot, host: &str, id: &EntryId, timeout: Duration) -> Result<(), String> {
+    let (pid, watch) = boot.node.spawn_watched(host, Spawn::entry(id.as_str())).map_err(|e| e.to_string())?;
+    let result = match watch.wait_timeout(timeout) {
+        Some(r) => r,
+        None => {
+            let _ = boot.node.terminate(pid);
+            let _ = watch.wait_timeout(Duration::from_secs(5));
+            return Err(format!("timed out after {timeout:?}"));
+        }
+    };
+    match result {
+        Ok(Value::Bool(false)) => Err("returned false".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+const INIT_LOCK: &str = "directories:\n  src: ./src\n  modules: .wippy\n";
+
+const INIT_INDEX: &str = r#"version: "1.0"
+namespace: app
+
+entries:
+  # Where long-running processes run.
+  - name: processes
+    kind: process.host
+    host:
+      workers: 4
+    lifecycle:
+      auto_start: true
+
+  # wippy run hello   (or: wippy run -x app:hello)
+  - name: hello
+    kind: process.lua
+    meta:
+      command:
+        name: hello
+        short: Say hello
+    source: file://hello.lua
+    method: main
+    modules: [io]
+"#;
+
+const INIT_HELLO: &str = r#"local function main()
+    io.print("hello from " .. process.pid())
+    return 0
+end
+
+return { main = main }
+"#;
+
+pub fn init(cli: &Cli) -> u8 {
+    let dir = &cli.dir;
+    let files = [("wippy.lock", INIT_LOCK), ("src/_index.yaml", INIT_INDEX), ("src/hello.lua", INIT_HELLO)];
+    for (name, _) in &files {
+        if dir.join(name).exists() {
+            return fail(format!("{} already exists; init writes a new project only", dir.join(name).display()));
+        }
+    }
+    for (name, text) in &files {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                return fail(format!("cannot create {}: {e}", parent.display()));
+            }
+        }
+        if let Err(e) = std::fs::write(&path, text) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+        println!("wrote {}", path.display());
+    }
+    println!("run it: wippy run -d {} hello", dir.display());
+    0
+}
+
+pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>) -> u8 {
+    let (project, _, _) = match load(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let registry = wippy_registry::Registry::new(project.entries);
+    let snapshot = registry.snapshot();
+    let in_ns = |n: &str| ns.is_none_or(|want| n == want || n.strip_prefix(want).is_some_and(|r| r.starts_with('.')));
+    let rows: Vec<_> = snapshot.entries().filter(|e| kind.is_none_or(|k| e.kind == k) && in_ns(e.id.namespace())).collect();
+    let width = rows.iter().map(|e| e.id.as_str().len()).max().unwrap_or(2).max(2);
+    let kwidth = rows.iter().map(|e| e.kind.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:kwidth$}  DEFINED IN", "ID", "KIND");
+    for e in &rows {
+        println!("{:width$}  {:kwidth$}  {}:{}", e.id.as_str(), e.kind, e.origin.file, e.origin.line);
+    }
+    println!("{} entries", rows.len());
+    0
+}

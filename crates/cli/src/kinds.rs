@@ -1,0 +1,176 @@
+//! The entry kinds a `wippy` node knows: one table, one row per kind. A row's check reads
+//! the entry's fields (defaults, durations, references) and adds what the kind needs to
+//! the [`Plan`] the node boots from. Adding a kind touches this file only.
+
+use std::time::Duration;
+
+use wippy_lua::{EntryKind, LuaEntry, ShardOptions};
+use wippy_registry::{Checker, EntryId, Lifecycle};
+use wippy_runtime::HostConfig;
+
+use crate::plan::{json_value, Command, HostPlan, Plan, ServicePlan, TerminalPlan, TestPlan};
+
+pub struct Kind {
+    pub name: &'static str,
+    pub check: fn(&mut Checker, &mut Plan),
+}
+
+pub const KINDS: &[Kind] = &[
+    Kind { name: "process.host", check: process_host },
+    Kind { name: "terminal.host", check: terminal_host },
+    Kind { name: "process.lua", check: |c, p| lua(c, p, EntryKind::Process) },
+    Kind { name: "function.lua", check: |c, p| lua(c, p, EntryKind::Function) },
+    Kind { name: "library.lua", check: |c, p| lua(c, p, EntryKind::Library) },
+    Kind { name: "process.service", check: service },
+    Kind { name: "registry.entry", check: |_, _| {} },
+    Kind { name: "env.storage.os", check: |c, _| c.only("", &[]) },
+    Kind { name: "env.variable", check: env_variable },
+    // Read and kept so Wippy projects load; what a policy allows is the security issue's work.
+    Kind { name: "security.policy", check: |c, _| c.only("", &["policy", "groups"]) },
+];
+
+pub fn find(kind: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == kind)
+}
+
+fn process_host(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["host", "security", "lifecycle"]);
+    c.only("host", &["workers", "queue_size", "local_queue_size", "max_processes", "isolation", "max_process_memory", "time_slice"]);
+    let id = c.entry.id.clone();
+    let mut config = HostConfig::new(id.as_str());
+    config.workers = c.positive("host.workers", config.workers as u64) as usize;
+    config.queue_size = c.positive("host.queue_size", config.queue_size as u64) as usize;
+    config.local_queue_size = c.positive("host.local_queue_size", config.local_queue_size as u64) as usize;
+    config.max_processes = c.uint("host.max_processes", 0) as usize;
+    let slice = c.duration("host.time_slice", config.time_slice);
+    if slice.is_zero() {
+        c.error("host.time_slice", "must be longer than 0");
+    } else {
+        config.time_slice = slice;
+    }
+    let isolated = c.choice("host.isolation", &["shared", "process"], "shared") == "process";
+    let max_process_memory = c.bytes("host.max_process_memory") as usize;
+    let lifecycle = c.lifecycle();
+    config.stop_timeout = lifecycle.stop_timeout;
+    let shard = ShardOptions { isolated, max_process_memory, ..ShardOptions::default() };
+    plan.depends(&id, &lifecycle.requires);
+    plan.hosts.push(HostPlan { id, config, shard, lifecycle });
+}
+
+fn terminal_host(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["hide_logs", "lifecycle"]);
+    let hide_logs = c.bool("hide_logs", false);
+    let lifecycle = c.lifecycle();
+    plan.depends(&c.entry.id, &lifecycle.requires);
+    plan.terminals.push(TerminalPlan { id: c.entry.id.clone(), hide_logs, lifecycle });
+}
+
+fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
+    c.only("", &["source", "method", "modules", "imports"]);
+    let entry = c.entry;
+    let Some(source) = &entry.source else {
+        c.error("source", "missing (required): file://path.lua relative to this YAML file, or the Lua text");
+        return;
+    };
+    let method = c.string("method").unwrap_or_else(|| "main".into());
+    let modules = c.strings("modules");
+    let mut imports = Vec::new();
+    for (alias, reference) in c.string_map("imports") {
+        if let Some(id) = c.resolve(&format!("imports.{alias}"), &reference, &["library.lua"]) {
+            imports.push((alias, id.to_string()));
+        }
+    }
+    if kind != EntryKind::Library {
+        command(c, plan);
+        if entry.meta_str("type") == Some("test") {
+            let order = match entry.meta.get("order") {
+                None => 0,
+                Some(v) => v.as_i64().unwrap_or_else(|| {
+                    c.error("meta.order", format!("must be an integer, got {v}"));
+                    0
+                }),
+            };
+            let suite = entry.meta_str("suite").unwrap_or_else(|| entry.id.namespace()).to_string();
+            plan.tests.push(TestPlan { id: entry.id.clone(), suite, order });
+        }
+    }
+    plan.lua.push(LuaEntry {
+        id: entry.id.to_string(),
+        kind,
+        source: source.text.clone(),
+        chunk_name: source.name.clone(),
+        method,
+        modules,
+        imports,
+        version: 1,
+    });
+}
+
+/// `meta.command: {name, short}` makes a process a named CLI command.
+fn command(c: &mut Checker, plan: &mut Plan) {
+    let Some(cmd) = c.get("meta.command") else { return };
+    if !cmd.is_object() {
+        c.error("meta.command", "must be a mapping {name, short}");
+        return;
+    }
+    let Some(name) = c.required_string("meta.command.name") else { return };
+    if name.is_empty() || name.contains(char::is_whitespace) || name == "list" {
+        c.error("meta.command.name", format!("{name:?} cannot be a command name"));
+        return;
+    }
+    let short = c.string("meta.command.short").unwrap_or_default();
+    if let Some(other) = plan.commands.iter().find(|x| x.name == name) {
+        let msg = format!("command name {name:?} is already used by {}", other.entry);
+        c.error("meta.command.name", msg);
+        return;
+    }
+    plan.commands.push(Command { name, short, entry: c.entry.id.clone() });
+}
+
+fn service(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["process", "host", "input", "lifecycle"]);
+    let process = required_ref(c, "process", &["process.lua"]);
+    let host = required_ref(c, "host", &["process.host"]);
+    let input = match c.get("input") {
+        None => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items.iter().map(json_value).collect(),
+        Some(other) => vec![json_value(other)],
+    };
+    let lifecycle: Lifecycle = c.lifecycle();
+    let id = c.entry.id.clone();
+    let mut deps = lifecycle.requires.clone();
+    deps.extend(host.iter().cloned());
+    plan.depends(&id, &deps);
+    if let (Some(process), Some(host)) = (process, host) {
+        plan.services.push(ServicePlan { id, process, host, input, lifecycle });
+    }
+}
+
+fn required_ref(c: &mut Checker, field: &str, kinds: &[&str]) -> Option<EntryId> {
+    if c.get(field).is_none() {
+        c.error(field, format!("missing (required): the {} entry to use", kinds.join(" or ")));
+        return None;
+    }
+    c.reference(field, kinds)
+}
+
+/// `env.variable`: `variable` (the OS name, default: the entry's name), `storage` (an
+/// `env.storage.os` entry: read the OS environment), `default`.
+fn env_variable(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["variable", "storage", "default"]);
+    let name = c.string("variable").unwrap_or_else(|| c.entry.id.name().to_string());
+    let storage = c.reference("storage", &["env.storage.os"]);
+    let default = match c.get("default") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    let from_os = storage.and_then(|_| std::env::var(&name).ok());
+    if let Some(value) = from_os.or(default) {
+        plan.env.push((c.entry.id.to_string(), value.clone()));
+        plan.env.push((name, value));
+    }
+}
+
+/// How long a built-in terminal host waits for its process at shutdown.
+pub const TERMINAL_STOP: Duration = Duration::from_secs(10);

@@ -1,0 +1,96 @@
+//! `wippy`: load a project (its `src/**/_index.yaml` entries), boot a node from it, and run
+//! it, one of its entries, or its tests.
+
+mod boot;
+mod kinds;
+mod plan;
+mod commands;
+mod signals;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "wippy", version, about = "Run Wippy projects: Lua processes on an Erlang-style runtime")]
+pub struct Cli {
+    /// Debug logs.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// No logs.
+    #[arg(short, long, global = true)]
+    pub silent: bool,
+    /// Coloured console logs.
+    #[arg(short, long, global = true)]
+    pub color: bool,
+    /// A configuration file (merged over .wippy.yaml; repeatable).
+    #[arg(long = "config", global = true, value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// Override a configuration value: --set logger.level=debug (repeatable).
+    #[arg(long = "set", global = true, value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// The project directory.
+    #[arg(short = 'd', long = "dir", global = true, default_value = ".", value_name = "DIR")]
+    pub dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Start the project's hosts and services and run until interrupted; with -x or a
+    /// command NAME, run that entry on a terminal host and exit when it ends.
+    Run {
+        /// Run this process entry (ns:name) on a terminal host.
+        #[arg(short = 'x', long = "exec", value_name = "ENTRY")]
+        exec: Option<String>,
+        /// The terminal host to use (when the project has more than one).
+        #[arg(long)]
+        host: Option<String>,
+        /// A command name (meta.command.name), or `list`; then its arguments. With -x, the
+        /// entry's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "NAME|ARGS")]
+        args: Vec<String>,
+    },
+    /// Run every entry with meta.type: test (optionally only those matching FILTERs).
+    Test {
+        /// Substrings of test IDs or suite names.
+        filters: Vec<String>,
+        /// The terminal host tests run on (when the project has more than one).
+        #[arg(long)]
+        host: Option<String>,
+        /// How long one test may run.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Write a wippy.lock and a starter src/_index.yaml with a host and a hello process.
+    Init,
+    /// Inspect the registry.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RegistryCmd {
+    /// List loaded entries.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        ns: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Cmd::Run { exec, host, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), args),
+        Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
+        Cmd::Init => commands::init(&cli),
+        Cmd::Registry { command: RegistryCmd::List { kind, ns } } => commands::registry_list(&cli, kind.as_deref(), ns.as_deref()),
+    };
+    ExitCode::from(code)
+}

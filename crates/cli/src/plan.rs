@@ -1,0 +1,155 @@
+//! From a loaded project to what the node boots: every entry checked by its kind's row of
+//! the kind table, the start order (dependencies first; a cycle is a load error), and the
+//! registry the `registry` module reads.
+
+use std::collections::BTreeMap;
+
+use wippy_lua::{LuaEntry, RegistryItem, ShardOptions};
+use wippy_registry::{start_order, Checker, Entry, EntryId, Index, Lifecycle, LoadError, LoadErrors, Project};
+use wippy_runtime::{HostConfig, Table, Value};
+
+use crate::kinds;
+
+pub struct HostPlan {
+    pub id: EntryId,
+    pub config: HostConfig,
+    pub shard: ShardOptions,
+    pub lifecycle: Lifecycle,
+}
+
+pub struct TerminalPlan {
+    pub id: EntryId,
+    pub hide_logs: bool,
+    pub lifecycle: Lifecycle,
+}
+
+pub struct ServicePlan {
+    pub id: EntryId,
+    pub process: EntryId,
+    pub host: EntryId,
+    pub input: Vec<Value>,
+    pub lifecycle: Lifecycle,
+}
+
+pub struct Command {
+    pub name: String,
+    pub short: String,
+    pub entry: EntryId,
+}
+
+pub struct TestPlan {
+    pub id: EntryId,
+    pub suite: String,
+    pub order: i64,
+}
+
+#[derive(Default)]
+pub struct Plan {
+    pub hosts: Vec<HostPlan>,
+    pub terminals: Vec<TerminalPlan>,
+    pub lua: Vec<LuaEntry>,
+    pub services: Vec<ServicePlan>,
+    pub env: Vec<(String, String)>,
+    pub commands: Vec<Command>,
+    pub tests: Vec<TestPlan>,
+    pub registry: Vec<RegistryItem>,
+    /// Entries with a lifecycle -> what they need running first.
+    pub deps: BTreeMap<EntryId, Vec<EntryId>>,
+    /// Entries with a lifecycle in start order.
+    pub order: Vec<EntryId>,
+    pub warnings: Vec<LoadError>,
+}
+
+/// A YAML value as a runtime value (mappings become tables with string keys).
+pub fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::Nil,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        J::String(s) => Value::str(s),
+        J::Array(items) => {
+            let mut t = Table::new();
+            for i in items {
+                t.push(json_value(i));
+            }
+            Value::table(t)
+        }
+        J::Object(m) => {
+            let mut t = Table::new();
+            for (k, v) in m {
+                t.set(Value::str(k), json_value(v));
+            }
+            Value::table(t)
+        }
+    }
+}
+
+impl Plan {
+    pub fn depends(&mut self, id: &EntryId, on: &[EntryId]) {
+        self.deps.entry(id.clone()).or_default().extend(on.iter().cloned());
+    }
+
+    /// Check every entry of `project` and order the ones with a lifecycle.
+    pub fn build(project: &Project) -> Result<Plan, LoadErrors> {
+        let index = Index::new(&project.entries, &project.files);
+        let mut plan = Plan::default();
+        let mut errors = Vec::new();
+        for entry in &project.entries {
+            plan.registry.push(registry_item(entry));
+            let Some(kind) = kinds::find(&entry.kind) else {
+                let known: Vec<&str> = kinds::KINDS.iter().map(|k| k.name).collect();
+                let mut c = Checker::new(entry, &index);
+                c.error("kind", format!("unknown kind {:?} (known kinds: {})", entry.kind, known.join(", ")));
+                errors.append(&mut c.errors);
+                continue;
+            };
+            let mut c = Checker::new(entry, &index);
+            (kind.check)(&mut c, &mut plan);
+            errors.append(&mut c.errors);
+            plan.warnings.append(&mut c.warnings);
+        }
+        match start_order(&plan.deps) {
+            Ok(order) => plan.order = order,
+            Err(cycle) => {
+                let first = &cycle[0];
+                let path: Vec<String> = cycle.iter().map(|c| c.to_string()).collect();
+                let msg = format!("dependency cycle: {}", path.join(" -> "));
+                match project.entries.iter().find(|e| &e.id == first) {
+                    Some(e) => {
+                        let mut c = Checker::new(e, &index);
+                        let field = if e.get("lifecycle.requires").is_some() { "lifecycle.requires" } else { "lifecycle.depends_on" };
+                        c.error(field, msg);
+                        errors.append(&mut c.errors);
+                    }
+                    None => errors.push(LoadError::new(msg)),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(LoadErrors(errors))
+        }
+    }
+
+    pub fn host(&self, id: &EntryId) -> Option<&HostPlan> {
+        self.hosts.iter().find(|h| &h.id == id)
+    }
+}
+
+fn registry_item(e: &Entry) -> RegistryItem {
+    let mut data = e.fields.clone();
+    if let Some(src) = &e.source {
+        data.insert("source".into(), serde_json::Value::String(src.name.clone()));
+    }
+    RegistryItem {
+        id: e.id.to_string(),
+        kind: e.kind.clone(),
+        meta: json_value(&serde_json::Value::Object(e.meta.clone())),
+        data: json_value(&serde_json::Value::Object(data)),
+    }
+}

@@ -1,0 +1,230 @@
+//! Loading a project: `wippy.lock` (where the sources are), every definition YAML below
+//! the source directory, entries with their IDs and `file://` sources. Kinds are not
+//! checked here (the embedder's kind table does that through [`crate::Checker`]); this
+//! module only knows the file format.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use crate::entry::{Data, Entry, Origin, Source};
+use crate::{EntryId, LoadError, LoadErrors};
+
+/// A loaded project: its entries (in file order) and the text of every YAML file read.
+#[derive(Debug, Clone, Default)]
+pub struct Project {
+    pub root: PathBuf,
+    pub src: PathBuf,
+    pub entries: Vec<Entry>,
+    /// YAML text by the file name used in [`Origin::file`].
+    pub files: HashMap<String, Arc<str>>,
+}
+
+#[derive(Deserialize)]
+struct Lock {
+    #[serde(default)]
+    directories: LockDirs,
+}
+
+#[derive(Deserialize, Default)]
+struct LockDirs {
+    src: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EntriesDoc {
+    entries: Vec<Spanned<Value>>,
+}
+
+/// A path for messages: relative to the project root when it is inside it.
+pub(crate) fn display_path(root: &Path, p: &Path) -> String {
+    let rel = p.strip_prefix(root).unwrap_or(p);
+    let s = rel.to_string_lossy().to_string();
+    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
+}
+
+/// A serde-saphyr error as a load error with line and column.
+pub(crate) fn yaml_error(file: &str, what: &str, e: &serde_saphyr::Error) -> LoadError {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "line 4 column 11: unclosed bracket" -> "unclosed bracket"
+    let message = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, m)) => m,
+        None => first,
+    };
+    let err = LoadError::new(format!("{what}: {message}")).file(file);
+    match e.location() {
+        Some(l) => err.at(l.line(), l.column()),
+        None => err,
+    }
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    items.sort_by_key(|e| e.file_name());
+    for item in items {
+        let path = item.path();
+        let ty = item.file_type()?;
+        if ty.is_dir() {
+            yaml_files(&path, out)?;
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl Project {
+    /// Load every definition file of the project in `root`. All errors are collected.
+    pub fn load(root: &Path) -> Result<Project, LoadErrors> {
+        let mut errors = Vec::new();
+        let src = source_dir(root)?;
+        if !src.is_dir() {
+            return Err(LoadError::new(format!(
+                "source directory {} not found (set directories.src in wippy.lock, or create ./src)",
+                src.display()
+            ))
+            .into());
+        }
+        let mut files = Vec::new();
+        yaml_files(&src, &mut files)
+            .map_err(|e| LoadError::new(format!("cannot read source directory {}: {e}", src.display())))?;
+        let mut project = Project { root: root.to_path_buf(), src, ..Project::default() };
+        for path in files {
+            project.load_file(&path, &mut errors);
+        }
+        project.check_duplicates(&mut errors);
+        if errors.is_empty() {
+            Ok(project)
+        } else {
+            Err(LoadErrors(errors))
+        }
+    }
+
+    fn load_file(&mut self, path: &Path, errors: &mut Vec<LoadError>) {
+        let name = display_path(&self.root, path);
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return errors.push(LoadError::new(format!("cannot read: {e}")).file(&name)),
+        };
+        let doc: Value = match serde_saphyr::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return errors.push(yaml_error(&name, "YAML syntax error", &e)),
+        };
+        let Some(top) = doc.as_object() else { return };
+        let single = top.contains_key("name") && top.contains_key("kind");
+        let listed = top.contains_key("entries");
+        if !single && !listed {
+            return; // not a definition file
+        }
+        let namespace = match top.get("namespace") {
+            Some(Value::String(ns)) if !ns.is_empty() => ns.clone(),
+            Some(other) if !other.is_null() => {
+                return errors.push(LoadError::new(format!("namespace must be a string, got {other}")).file(&name).field("namespace"))
+            }
+            _ => {
+                return errors.push(
+                    LoadError::new("missing namespace (every definition file needs `namespace: <name>`)").file(&name).at(1, 1),
+                )
+            }
+        };
+        let line_count = text.lines().count() as u64;
+        let mut raw: Vec<(Value, u64, u64)> = Vec::new();
+        if listed {
+            match serde_saphyr::from_str::<EntriesDoc>(&text) {
+                Ok(d) => raw.extend(d.entries.into_iter().map(|s| (s.value, s.referenced.line(), s.referenced.column()))),
+                Err(e) => return errors.push(yaml_error(&name, "entries must be a list of mappings", &e)),
+            }
+        } else {
+            let mut one = top.clone();
+            one.remove("namespace");
+            one.remove("version");
+            raw.push((Value::Object(one), 1, 1));
+        }
+        self.files.insert(name.clone(), Arc::from(text.as_str()));
+        let ends: Vec<u64> = raw.iter().skip(1).map(|(_, l, _)| l.saturating_sub(1)).chain([line_count.max(1)]).collect();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for ((value, line, column), end_line) in raw.into_iter().zip(ends) {
+            let origin = Origin { file: name.clone(), line, column, end_line: end_line.max(line) };
+            match self.entry(value, &namespace, origin, dir) {
+                Ok(e) => self.entries.push(e),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+
+    fn entry(&self, value: Value, namespace: &str, origin: Origin, dir: &Path) -> Result<Entry, LoadError> {
+        let at = |e: LoadError| e.file(&origin.file).at(origin.line, origin.column);
+        let Value::Object(mut map) = value else {
+            return Err(at(LoadError::new("an entry must be a mapping with name and kind")));
+        };
+        let name = match map.remove("name") {
+            Some(Value::String(n)) => n,
+            Some(other) => return Err(at(LoadError::new(format!("must be a string, got {other}")).field("name"))),
+            None => return Err(at(LoadError::new("missing name"))),
+        };
+        let id: EntryId = format!("{namespace}:{name}").parse().map_err(|e: crate::EntryIdError| at(LoadError::new(e.to_string()).field("name")))?;
+        let kind = match map.remove("kind") {
+            Some(Value::String(k)) => k,
+            Some(other) => return Err(at(LoadError::new(format!("must be a string, got {other}")).entry(id.as_str()).field("kind"))),
+            None => return Err(at(LoadError::new("missing kind").entry(id.as_str()))),
+        };
+        let meta: Data = match map.remove("meta") {
+            Some(Value::Object(m)) => m,
+            None | Some(Value::Null) => Data::new(),
+            Some(other) => return Err(at(LoadError::new(format!("must be a mapping, got {other}")).entry(id.as_str()).field("meta"))),
+        };
+        let source = match map.get("source") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(self.source(s, &id, dir).map_err(|m| at(LoadError::new(m).entry(id.as_str()).field("source")))?),
+            Some(other) => return Err(at(LoadError::new(format!("must be a string, got {other}")).entry(id.as_str()).field("source"))),
+        };
+        Ok(Entry { id, kind, meta, fields: map, origin, source })
+    }
+
+    fn source(&self, s: &str, id: &EntryId, dir: &Path) -> Result<Source, String> {
+        let Some(rel) = s.strip_prefix("file://") else {
+            return Ok(Source { name: id.to_string(), path: None, text: Arc::from(s) });
+        };
+        let path = dir.join(rel);
+        let name = display_path(&self.root, &path);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Source { name, path: Some(path), text: Arc::from(text.as_str()) }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("source file {name} not found")),
+            Err(e) => Err(format!("cannot read source file {name}: {e}")),
+        }
+    }
+
+    fn check_duplicates(&self, errors: &mut Vec<LoadError>) {
+        let mut seen: HashMap<&EntryId, &Origin> = HashMap::new();
+        for e in &self.entries {
+            if let Some(first) = seen.insert(&e.id, &e.origin) {
+                errors.push(
+                    LoadError::new(format!("duplicate entry ID (first defined at {}:{})", first.file, first.line))
+                        .file(&e.origin.file)
+                        .at(e.origin.line, e.origin.column)
+                        .entry(e.id.as_str()),
+                );
+                seen.insert(&e.id, first);
+            }
+        }
+    }
+}
+
+/// The source directory: `wippy.lock`'s `directories.src`, else `./src`.
+fn source_dir(root: &Path) -> Result<PathBuf, LoadErrors> {
+    let lock = root.join("wippy.lock");
+    let src = match std::fs::read_to_string(&lock) {
+        Ok(text) => {
+            let l: Lock = serde_saphyr::from_str(&text).map_err(|e| yaml_error("wippy.lock", "invalid wippy.lock", &e))?;
+            l.directories.src.unwrap_or_else(|| "./src".into())
+        }
+        Err(_) => "./src".into(),
+    };
+    Ok(root.join(src))
+}
