@@ -69,7 +69,9 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
     c.only("", &["source", "method", "modules", "imports"]);
     let entry = c.entry;
     let Some(source) = &entry.source else {
-        c.error("source", "missing (required): file://path.lua relative to this YAML file, or the Lua text");
+        if c.get("source").is_none() {
+            c.error("source", "missing (required): file://path.lua relative to this YAML file, or the Lua text");
+        }
         return;
     };
     let method = c.string("method").unwrap_or_else(|| "main".into());

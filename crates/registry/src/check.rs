@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::load::field_line;
 use crate::{parse_duration, Entry, EntryId, LoadError};
 
 /// What a checker can look up: the kinds of all loaded entries and the YAML texts.
@@ -91,24 +92,9 @@ impl<'a> Checker<'a> {
         Checker { entry, index, errors: Vec::new(), warnings: Vec::new() }
     }
 
-    /// The line of `field` inside the entry: the line where its last key is written,
-    /// looked up between the entry's first and last line; else the entry's line.
-    fn line_of(&self, field: &str) -> (u64, u64) {
-        let o = &self.entry.origin;
-        let key = field.rsplit('.').next().unwrap_or(field);
-        if let Some(text) = self.index.files.get(&o.file) {
-            for (i, line) in text.lines().enumerate().skip(o.line.saturating_sub(1) as usize).take((o.end_line + 1 - o.line) as usize) {
-                let t = line.trim_start().trim_start_matches("- ");
-                if t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')) {
-                    return (i as u64 + 1, (line.len() - t.len()) as u64 + 1);
-                }
-            }
-        }
-        (o.line, o.column)
-    }
-
     fn located(&self, field: &str, message: impl Into<String>) -> LoadError {
-        let (line, column) = self.line_of(field);
+        let text = self.index.files.get(&self.entry.origin.file).map(|t| &**t);
+        let (line, column) = field_line(text, &self.entry.origin, field);
         let e = LoadError::new(message).file(&self.entry.origin.file).at(line, column).entry(self.entry.id.as_str());
         if field.is_empty() {
             e

@@ -64,6 +64,22 @@ pub(crate) fn yaml_error(file: &str, what: &str, e: &serde_saphyr::Error) -> Loa
     }
 }
 
+/// The line and column of `field` (its last key) inside the entry at `origin`: looked up
+/// between the entry's first and last line; else the entry's own position.
+pub(crate) fn field_line(text: Option<&str>, origin: &Origin, field: &str) -> (u64, u64) {
+    let key = field.rsplit('.').next().unwrap_or(field);
+    if let Some(text) = text {
+        let lines = text.lines().enumerate().skip(origin.line.saturating_sub(1) as usize);
+        for (i, line) in lines.take((origin.end_line + 1 - origin.line) as usize) {
+            let t = line.trim_start().trim_start_matches("- ");
+            if t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')) {
+                return (i as u64 + 1, (line.len() - t.len()) as u64 + 1);
+            }
+        }
+    }
+    (origin.line, origin.column)
+}
+
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     items.sort_by_key(|e| e.file_name());
@@ -151,14 +167,19 @@ impl Project {
         let dir = path.parent().unwrap_or(Path::new("."));
         for ((value, line, column), end_line) in raw.into_iter().zip(ends) {
             let origin = Origin { file: name.clone(), line, column, end_line: end_line.max(line) };
-            match self.entry(value, &namespace, origin, dir) {
-                Ok(e) => self.entries.push(e),
+            match self.entry(value, &namespace, origin, dir, &text) {
+                Ok((e, source_error)) => {
+                    self.entries.push(e);
+                    errors.extend(source_error);
+                }
                 Err(e) => errors.push(e),
             }
         }
     }
 
-    fn entry(&self, value: Value, namespace: &str, origin: Origin, dir: &Path) -> Result<Entry, LoadError> {
+    /// The entry, and the error about its source if it has one (the entry is kept so its
+    /// other fields are still checked).
+    fn entry(&self, value: Value, namespace: &str, origin: Origin, dir: &Path, text: &str) -> Result<(Entry, Option<LoadError>), LoadError> {
         let at = |e: LoadError| e.file(&origin.file).at(origin.line, origin.column);
         let Value::Object(mut map) = value else {
             return Err(at(LoadError::new("an entry must be a mapping with name and kind")));
@@ -179,12 +200,19 @@ impl Project {
             None | Some(Value::Null) => Data::new(),
             Some(other) => return Err(at(LoadError::new(format!("must be a mapping, got {other}")).entry(id.as_str()).field("meta"))),
         };
-        let source = match map.get("source") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(self.source(s, &id, dir).map_err(|m| at(LoadError::new(m).entry(id.as_str()).field("source")))?),
-            Some(other) => return Err(at(LoadError::new(format!("must be a string, got {other}")).entry(id.as_str()).field("source"))),
+        let source_error = |m: String| {
+            let (line, column) = field_line(Some(text), &origin, "source");
+            LoadError::new(m).file(&origin.file).at(line, column).entry(id.as_str()).field("source")
         };
-        Ok(Entry { id, kind, meta, fields: map, origin, source })
+        let (source, error) = match map.get("source") {
+            None | Some(Value::Null) => (None, None),
+            Some(Value::String(s)) => match self.source(s, &id, dir) {
+                Ok(src) => (Some(src), None),
+                Err(m) => (None, Some(source_error(m))),
+            },
+            Some(other) => (None, Some(source_error(format!("must be a string, got {other}")))),
+        };
+        Ok((Entry { id, kind, meta, fields: map, origin, source }, error))
     }
 
     fn source(&self, s: &str, id: &EntryId, dir: &Path) -> Result<Source, String> {
