@@ -552,6 +552,9 @@ impl NodeInner {
                 }
             }
             Status::Exit(result) => {
+                if let Err(e) = &result {
+                    tracing::debug!(pid = %cell.pid, kind = %e.kind, error = %e, "process exited with an error");
+                }
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| p.close(&mut cx, &result))) {
                     tracing::error!(pid = %cell.pid, panic = %panic_message(&*panic), "process close panicked");
                 }

@@ -38,13 +38,20 @@ fn collect(into: &mut Vec<(String, String)>, t: &Table) -> mlua::Result<()> {
 fn emit(level: &str, name: Option<String>, msg: &str, fields: &[(String, String)]) -> mlua::Result<()> {
     let (pid, entry) = current::with(|cx, st| Ok((cx.pid().to_string(), st.entry.id.clone())))
         .unwrap_or_else(|_| (String::new(), String::new()));
-    let f = fields_text(fields);
-    let logger = name.unwrap_or_default();
+    // One line: "[name: ]message key=value ..." with the process's PID and entry ID.
+    let mut line = match name {
+        Some(n) if !n.is_empty() => format!("{n}: {msg}"),
+        _ => msg.to_string(),
+    };
+    if !fields.is_empty() {
+        line.push(' ');
+        line.push_str(&fields_text(fields));
+    }
     match level {
-        "debug" => tracing::debug!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
-        "warn" => tracing::warn!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
-        "error" => tracing::error!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
-        _ => tracing::info!(target: "lua", pid = %pid, entry = %entry, logger = %logger, fields = %f, "{msg}"),
+        "debug" => tracing::debug!(target: "lua", pid = %pid, entry = %entry, "{line}"),
+        "warn" => tracing::warn!(target: "lua", pid = %pid, entry = %entry, "{line}"),
+        "error" => tracing::error!(target: "lua", pid = %pid, entry = %entry, "{line}"),
+        _ => tracing::info!(target: "lua", pid = %pid, entry = %entry, "{line}"),
     }
     Ok(())
 }

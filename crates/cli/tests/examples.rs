@@ -1,0 +1,292 @@
+//! End-to-end: the real `wippy` binary on every example in examples/, on `wippy test`
+//! over a fixture suite, on `wippy init`, and on signals. Long-running examples are read
+//! until their output shows they work (bounded by a deadline), then stopped with SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn wippy(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wippy"));
+    c.current_dir(repo()).args(args);
+    c
+}
+
+/// Run to completion, with an upper bound.
+fn run(args: &[&str]) -> Output {
+    let mut child = wippy(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("wippy {args:?} did not finish within 120s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn assert_ok(o: &Output) {
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(o), String::from_utf8_lossy(&o.stderr));
+}
+
+/// A long-running `wippy run` whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut cmd = wippy(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines, seen: Vec::new() }
+    }
+
+    /// Wait (at most 60s) for a line with every one of `parts`.
+    fn wait_for(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if parts.iter().all(|p| line.contains(p)) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no line with {parts:?} within 60s; saw:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    fn interrupt(&self) {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    /// Exit code, waiting at most 30s.
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("did not exit within 30s after the signal; saw:\n{}", self.seen.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn hello_prints_its_pid_by_command_name_and_by_id() {
+    let o = run(&["run", "-d", "examples/hello", "hello", "Bob"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with("hello, Bob! I am process {app:terminal|0x"), "{out}");
+    assert!(out.contains("args: Bob\n"), "{out}");
+    let o = run(&["run", "-d", "examples/hello", "-x", "app:hello"]);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("hello, world! I am process {app:terminal|0x0000"), "{}", stdout(&o));
+    let o = run(&["run", "-d", "examples/hello", "list"]);
+    assert_eq!(stdout(&o), "hello  Print a greeting and this process's PID  (app:hello)\n");
+}
+
+#[test]
+fn worker_pool_collects_every_result() {
+    let o = run(&["run", "-d", "examples/worker-pool", "pool", "4", "20"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    for i in 1..=4 {
+        assert!(out.contains(&format!("worker {i} ({{app:processes|0x")), "{out}");
+    }
+    assert_eq!(out.matches("did 5 jobs").count(), 4, "{out}");
+    assert!(out.contains("20 jobs on 4 workers: 25188 primes in total"), "{out}");
+}
+
+#[test]
+fn supervisor_restarts_the_crashing_worker_until_done() {
+    let o = run(&["run", "-d", "examples/supervisor", "supervise", "12"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let last = out.lines().last().unwrap_or_default();
+    let restarts: usize = last
+        .strip_prefix("all 12 jobs done after ")
+        .and_then(|r| r.strip_suffix(" restarts"))
+        .unwrap_or_else(|| panic!("last line: {last}"))
+        .parse()
+        .unwrap();
+    assert_eq!(out.matches("crashed at job").count(), restarts, "{out}");
+}
+
+#[test]
+fn kv_server_answers_requests_by_name() {
+    let o = run(&["run", "-d", "examples/kv-server", "kv"]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "put color blue -> true\nput size 42 -> true\nget color -> blue\nget size -> 42\ndelete color -> blue\nget color -> nil\n"
+    );
+    let o = run(&["run", "-d", "examples/kv-server", "kv", "frob", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "frob x -> error: unknown request frob\n");
+}
+
+#[test]
+fn chat_room_broadcasts_joins_lines_and_leaves() {
+    let o = run(&["run", "-d", "examples/chat-room", "chat"]);
+    assert_ok(&o);
+    let expected = "\
+--- what carol saw
+  * carol joined #lobby
+  alice: hi all
+  bob: hello alice
+--- what bob saw
+  * bob joined #lobby
+  * carol joined #lobby
+  alice: hi all
+  bob: hello alice
+  * carol left
+  alice: bye carol
+--- what alice saw
+  * alice joined #lobby
+  * bob joined #lobby
+  * carol joined #lobby
+  alice: hi all
+  bob: hello alice
+  * carol left
+  alice: bye carol
+  * bob left
+";
+    assert_eq!(stdout(&o), expected);
+}
+
+#[test]
+fn pipeline_stages_parse_transform_and_aggregate() {
+    let o = run(&["run", "-d", "examples/pipeline", "pipeline"]);
+    assert_ok(&o);
+    let expected = "\
+apple    qty   14  total     6.50
+fig      qty    1  total     2.00
+pear     qty    6  total     4.30
+rejected: line 5: cannot parse \"not a record\"
+rejected: line 7: quantity -2 is not positive
+6 records, 2 rejected, grand total 12.80
+";
+    assert_eq!(stdout(&o), expected);
+}
+
+#[test]
+fn ping_pong_services_find_each_other_and_stop_on_sigint() {
+    let mut r = Running::start(&["run", "-d", "examples/ping-pong"], &[]);
+    r.wait_for(&["service state", "app:pong_service", "Running"]);
+    r.wait_for(&["ping-pong round", "round=3 "]);
+    r.interrupt();
+    assert_eq!(r.exit_code(), Some(0), "{}", r.seen.join("\n"));
+    let all = r.seen.join("\n");
+    assert!(all.contains("ping stopping") && all.contains("pong stopping"), "{all}");
+    // Reverse dependency order: ping (which requires pong) stops first.
+    let ping = all.find("app:ping_service state=\"Stopping\"").unwrap();
+    let pong = all.find("app:pong_service state=\"Stopping\"").unwrap();
+    assert!(ping < pong, "{all}");
+}
+
+#[test]
+fn mass_spawn_reports_stats_for_n_workers_from_the_environment() {
+    let mut r = Running::start(&["run", "-d", "examples/mass-spawn"], &[("WORKERS", "1000")]);
+    r.wait_for(&["workers spawned", "workers=1000"]);
+    let stats = r.wait_for(&["stats", "workers=1000"]);
+    assert!(!stats.contains("ticks=0 "), "{stats}");
+    r.interrupt();
+    assert_eq!(r.exit_code(), Some(0), "{}", r.seen.join("\n"));
+}
+
+#[test]
+fn a_second_signal_exits_at_once_with_1() {
+    let mut r = Running::start(&["run", "-d", "crates/cli/tests/fixtures/stubborn"], &[]);
+    r.wait_for(&["stubborn started"]);
+    r.interrupt();
+    r.wait_for(&["Stopping"]);
+    r.interrupt();
+    assert_eq!(r.exit_code(), Some(1));
+}
+
+#[test]
+fn wippy_test_counts_passes_and_failures() {
+    let suite = "crates/cli/tests/fixtures/suite";
+    let o = run(&["test", "-d", suite]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    // Strip the timings: "  PASS id (1.2ms)" -> "  PASS id".
+    let lines: Vec<String> = out.lines().map(|l| l.split(" (").next().unwrap_or(l).to_string()).collect();
+    let expected = [
+        "failures",
+        "  FAIL suite:raises",
+        "       boom",
+        "  FAIL suite:returns_error",
+        "       bad second value",
+        "  FAIL suite:returns_false",
+        "       returned false",
+        "  PASS suite:uses_a_process",
+        "math",
+        "  PASS suite:multiplies",
+        "  PASS suite:adds",
+        "3 passed, 3 failed",
+    ];
+    assert_eq!(lines, expected, "{out}");
+    let o = run(&["test", "-d", suite, "math"]);
+    assert_ok(&o);
+    assert!(stdout(&o).ends_with("\n2 passed, 0 failed\n"), "{}", stdout(&o));
+}
+
+#[test]
+fn init_writes_a_project_that_runs() {
+    let dir = std::env::temp_dir().join(format!("wippy-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    assert_ok(&run(&["init", "-d", d]));
+    assert!(dir.join("wippy.lock").is_file() && dir.join("src/_index.yaml").is_file());
+    let o = run(&["run", "-d", d, "hello"]);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("hello from {wippy:terminal|0x"), "{}", stdout(&o));
+    let again = run(&["init", "-d", d]);
+    assert_eq!(again.status.code(), Some(1), "init must not overwrite");
+    let listed = stdout(&run(&["registry", "list", "-d", d, "--kind", "process.lua"]));
+    assert!(listed.contains("app:hello") && !listed.contains("app:processes"), "{listed}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
