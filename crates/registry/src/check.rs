@@ -147,50 +147,36 @@ impl<'a> Checker<'a> {
         self.string(field)
     }
 
-    pub fn bool(&mut self, field: &str, default: bool) -> bool {
-        match self.get(field) {
-            None => default,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                self.error(field, format!("must be true or false, got {}", type_name(other)));
+    /// A scalar field: `read` gives the value when the field has the right form; otherwise
+    /// the error says the field `must be <expected>` and names what it got.
+    fn scalar<T>(&mut self, field: &str, default: T, expected: &str, read: impl Fn(&Value) -> Option<T>) -> T {
+        let Some(v) = self.get(field) else { return default };
+        match read(v) {
+            Some(x) => x,
+            None => {
+                let got = if matches!(v, Value::Number(_) | Value::Bool(_)) { v.to_string() } else { type_name(v).to_string() };
+                self.error(field, format!("must be {expected}, got {got}"));
                 default
             }
         }
+    }
+
+    pub fn bool(&mut self, field: &str, default: bool) -> bool {
+        self.scalar(field, default, "true or false", Value::as_bool)
     }
 
     /// A non-negative integer.
     pub fn uint(&mut self, field: &str, default: u64) -> u64 {
-        match self.get(field) {
-            None => default,
-            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(default),
-            Some(other) => {
-                self.error(field, format!("must be a non-negative integer, got {other}"));
-                default
-            }
-        }
+        self.scalar(field, default, "a non-negative integer", Value::as_u64)
     }
 
     /// An integer of at least 1.
     pub fn positive(&mut self, field: &str, default: u64) -> u64 {
-        match self.get(field) {
-            None => default,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => n.as_u64().unwrap_or(default),
-            Some(other) => {
-                self.error(field, format!("must be a positive integer, got {other}"));
-                default
-            }
-        }
+        self.scalar(field, default, "a positive integer", |v| v.as_u64().filter(|n| *n > 0))
     }
 
     pub fn float(&mut self, field: &str, default: f64) -> f64 {
-        match self.get(field) {
-            None => default,
-            Some(Value::Number(n)) => n.as_f64().unwrap_or(default),
-            Some(other) => {
-                self.error(field, format!("must be a number, got {}", type_name(other)));
-                default
-            }
-        }
+        self.scalar(field, default, "a number", Value::as_f64)
     }
 
     /// A Go-style duration string (`1.5s`, `1h30m`); `0` is allowed.
