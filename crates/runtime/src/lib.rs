@@ -21,6 +21,7 @@ mod node;
 mod pid;
 mod process;
 mod scheduler;
+mod supervisor;
 mod sync;
 mod table;
 mod topic;
@@ -39,6 +40,7 @@ pub use pid::{HostName, Pid, PidCounter, PidParseError};
 pub use process::{Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
 pub use topic::Topic;
 pub use scheduler::Runnable;
+pub use supervisor::{Clock, RestartPolicy, ServiceKind, ServiceSpec, ServiceState, ServiceStatus, StopSummary, Supervisor, SystemClock, Transition};
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};
 
 /// Build a [`Payload`] from values: `payload![1, "x"]`.

@@ -1,0 +1,596 @@
+//! Services: processes (and hosts) the node keeps running. Owns the service lifecycle
+//! (Unknown → Starting → Running → Stopping → Stopped; Failed → Starting; Exited), the
+//! restart policy with exponential backoff and jitter, dependency order (a service starts
+//! when everything it requires is Running; stop runs in reverse), and the graceful stop.
+//!
+//! It never runs a process itself: it spawns through the node and learns of exits through
+//! exit watches. Time goes through a [`Clock`], so tests drive restart delays by hand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::host::HostConfig;
+use crate::node::{NodeRef, Spawn};
+use crate::pid::Pid;
+use crate::process::ExitResult;
+use crate::value::{Table, Value};
+use crate::Error;
+
+const DEPENDENCY_FAILED: &str = "dependency failed: ";
+
+/// How a failed service is restarted (SPEC §8.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub backoff_factor: f64,
+    /// ±fraction of the delay, 0..=1.
+    pub jitter: f64,
+    /// Give up after this many failed runs in a row (0 = never).
+    pub max_attempts: u32,
+    /// A run longer than this resets the failure count.
+    pub stable_threshold: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(90),
+            backoff_factor: 2.0,
+            jitter: 0.1,
+            max_attempts: 0,
+            stable_threshold: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before the restart that follows the `n`-th failure in a row (n ≥ 1):
+    /// `min(initial_delay × backoff_factor^(n−1), max_delay)`, moved by `jitter × r` of
+    /// itself for `r` in [-1, 1].
+    pub fn delay(&self, n: u32, r: f64) -> Duration {
+        let base = self.initial_delay.as_secs_f64() * self.backoff_factor.powi(n.saturating_sub(1).min(1 << 16) as i32);
+        let capped = base.min(self.max_delay.as_secs_f64());
+        let moved = capped * (1.0 + self.jitter * r.clamp(-1.0, 1.0));
+        Duration::from_secs_f64(moved.max(0.0))
+    }
+}
+
+/// What a service runs.
+#[derive(Clone)]
+pub enum ServiceKind {
+    /// A process: `spawn` is made anew for every run, on `host`.
+    Process { host: String, entry: String, args: Vec<Value>, context: Option<Arc<Table>> },
+    /// A host: started once; stopped after the services that need it.
+    Host(HostConfig),
+}
+
+#[derive(Clone)]
+pub struct ServiceSpec {
+    pub id: String,
+    pub kind: ServiceKind,
+    /// Services that must be Running first (a process service's host belongs here too).
+    pub requires: Vec<String>,
+    pub auto_start: bool,
+    pub stop_timeout: Duration,
+    pub restart: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    Unknown,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+    Exited,
+}
+
+impl fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One logged transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub service: String,
+    pub state: ServiceState,
+    pub attempt: u32,
+    pub error: Option<String>,
+    /// When, by the supervisor's clock.
+    pub at: Duration,
+    /// The restart delay, on transitions to Failed.
+    pub delay: Option<Duration>,
+}
+
+/// A service's state now.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub id: String,
+    pub state: ServiceState,
+    pub attempt: u32,
+    pub pid: Option<Pid>,
+    pub error: Option<String>,
+}
+
+/// What the stop did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopSummary {
+    pub services_stopped: usize,
+    /// Processes terminated because they outlived their stop timeout.
+    pub terminated: usize,
+}
+
+/// Time for the supervisor: now, and a callback after a delay.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Duration;
+    fn after(&self, delay: Duration, fire: Box<dyn FnOnce() + Send>);
+    /// A number in [-1, 1] for the jitter.
+    fn random(&self) -> f64;
+}
+
+/// Wall time; delays run on the node's timer runtime.
+pub struct SystemClock {
+    origin: Instant,
+    tokio: tokio::runtime::Handle,
+    seed: Mutex<u64>,
+}
+
+impl SystemClock {
+    pub fn new(node: &NodeRef) -> SystemClock {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        SystemClock { origin: Instant::now(), tokio: node.tokio_handle(), seed: Mutex::new(seed | 1) }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+    fn after(&self, delay: Duration, fire: Box<dyn FnOnce() + Send>) {
+        self.tokio.spawn(async move {
+            tokio::time::sleep(delay).await;
+            fire();
+        });
+    }
+    fn random(&self) -> f64 {
+        // xorshift64*: good enough to spread restarts.
+        let mut s = self.seed.lock();
+        *s ^= *s >> 12;
+        *s ^= *s << 25;
+        *s ^= *s >> 27;
+        let x = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+struct Svc {
+    spec: ServiceSpec,
+    state: ServiceState,
+    /// Wanted running (auto-started, required by a wanted one, or started by hand).
+    wanted: bool,
+    /// Failed runs in a row.
+    failures: u32,
+    /// The current run's number in this streak (failures + 1 when it started).
+    attempt: u32,
+    pid: Option<Pid>,
+    started_at: Duration,
+    /// Bumped on every start: stale exits and timers are ignored.
+    instance: u64,
+    error: Option<String>,
+    /// Set when the current instance has exited.
+    exited: bool,
+}
+
+struct State {
+    services: Vec<Svc>,
+    by_id: HashMap<String, usize>,
+    /// Topological order (dependencies first).
+    order: Vec<usize>,
+    stopping: bool,
+    history: Vec<Transition>,
+}
+
+struct Inner {
+    node: NodeRef,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// The node's services. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// Check the specs (unknown requirements, cycles) and take them in, all Unknown.
+    pub fn new(node: NodeRef, specs: Vec<ServiceSpec>, clock: Arc<dyn Clock>) -> Result<Supervisor, Error> {
+        let by_id: HashMap<String, usize> = specs.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        if by_id.len() != specs.len() {
+            return Err(Error::invalid("two services have the same ID"));
+        }
+        for s in &specs {
+            if let Some(r) = s.requires.iter().find(|r| !by_id.contains_key(*r)) {
+                return Err(Error::invalid(format!("service {} requires {r}, which is not a service", s.id)));
+            }
+        }
+        let order = topo_order(&specs, &by_id)?;
+        let services = specs
+            .into_iter()
+            .map(|spec| Svc {
+                spec,
+                state: ServiceState::Unknown,
+                wanted: false,
+                failures: 0,
+                attempt: 0,
+                pid: None,
+                started_at: Duration::ZERO,
+                instance: 0,
+                error: None,
+                exited: true,
+            })
+            .collect();
+        let state = State { services, by_id, order, stopping: false, history: Vec::new() };
+        Ok(Supervisor { inner: Arc::new(Inner { node, clock, state: Mutex::new(state), changed: Condvar::new() }) })
+    }
+
+    /// Start every `auto_start` service and what it requires; returns at once (services
+    /// start as their dependencies become Running).
+    pub fn start_auto(&self) {
+        let ids: Vec<String> = {
+            let st = self.inner.state.lock();
+            st.services.iter().filter(|s| s.spec.auto_start).map(|s| s.spec.id.clone()).collect()
+        };
+        self.start(&ids);
+    }
+
+    /// Start these services (and what they require).
+    pub fn start(&self, ids: &[String]) {
+        let mut st = self.inner.state.lock();
+        let mut stack: Vec<usize> = ids.iter().filter_map(|id| st.by_id.get(id).copied()).collect();
+        while let Some(i) = stack.pop() {
+            if !st.services[i].wanted {
+                st.services[i].wanted = true;
+                let reqs: Vec<usize> = st.services[i].spec.requires.iter().filter_map(|r| st.by_id.get(r).copied()).collect();
+                stack.extend(reqs);
+            }
+        }
+        self.inner.advance(&mut st);
+    }
+
+    /// Wait (at most `timeout`) until no wanted service is still waiting to start or
+    /// starting. True if everything settled.
+    pub fn wait_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.state.lock();
+        loop {
+            let busy = st.services.iter().any(|s| s.wanted && matches!(s.state, ServiceState::Unknown | ServiceState::Starting));
+            if !busy || st.stopping {
+                return true;
+            }
+            if self.inner.changed.wait_until(&mut st, deadline).timed_out() {
+                return false;
+            }
+        }
+    }
+
+    /// Wait (at most `timeout`) until `pred` holds for the transition history.
+    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&[Transition]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.state.lock();
+        while !pred(&st.history) {
+            if self.inner.changed.wait_until(&mut st, deadline).timed_out() {
+                return pred(&st.history);
+            }
+        }
+        true
+    }
+
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        let st = self.inner.state.lock();
+        st.order
+            .iter()
+            .map(|&i| {
+                let s = &st.services[i];
+                ServiceStatus { id: s.spec.id.clone(), state: s.state, attempt: s.attempt, pid: s.pid, error: s.error.clone() }
+            })
+            .collect()
+    }
+
+    /// Every transition so far.
+    pub fn history(&self) -> Vec<Transition> {
+        self.inner.state.lock().history.clone()
+    }
+
+    /// Stop every service in reverse dependency order: CANCEL ("service stopping"), then
+    /// terminate after its `stop_timeout`; host services stop last of all that need them.
+    /// No restart happens once this has begun.
+    pub fn stop_all(&self) -> StopSummary {
+        let order: Vec<usize> = {
+            let mut st = self.inner.state.lock();
+            st.stopping = true;
+            st.order.iter().rev().copied().collect()
+        };
+        let mut summary = StopSummary::default();
+        for i in order {
+            summary.terminated += self.inner.stop_one(i, ServiceState::Stopped, &mut summary.services_stopped);
+        }
+        summary
+    }
+
+    /// Stop one service by hand: it ends Exited and is not restarted.
+    pub fn stop(&self, id: &str) -> Result<(), Error> {
+        let i = *self.inner.state.lock().by_id.get(id).ok_or_else(|| Error::not_found(format!("no service {id}")))?;
+        self.inner.state.lock().services[i].wanted = false;
+        let mut stopped = 0;
+        self.inner.stop_one(i, ServiceState::Exited, &mut stopped);
+        Ok(())
+    }
+}
+
+fn topo_order(specs: &[ServiceSpec], by_id: &HashMap<String, usize>) -> Result<Vec<usize>, Error> {
+    fn visit(i: usize, specs: &[ServiceSpec], by_id: &HashMap<String, usize>, marks: &mut [u8], path: &mut Vec<usize>, out: &mut Vec<usize>) -> Result<(), Error> {
+        match marks[i] {
+            2 => return Ok(()),
+            1 => {
+                let from = path.iter().position(|p| *p == i).unwrap_or(0);
+                let mut names: Vec<&str> = path[from..].iter().map(|p| specs[*p].id.as_str()).collect();
+                names.push(&specs[i].id);
+                return Err(Error::invalid(format!("dependency cycle: {}", names.join(" -> "))));
+            }
+            _ => {}
+        }
+        marks[i] = 1;
+        path.push(i);
+        let mut reqs: Vec<usize> = specs[i].requires.iter().filter_map(|r| by_id.get(r).copied()).collect();
+        reqs.sort_by(|a, b| specs[*a].id.cmp(&specs[*b].id));
+        for r in reqs {
+            visit(r, specs, by_id, marks, path, out)?;
+        }
+        path.pop();
+        marks[i] = 2;
+        out.push(i);
+        Ok(())
+    }
+    let mut marks = vec![0u8; specs.len()];
+    let mut out = Vec::new();
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    ids.extend(specs.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)));
+    for &i in ids.values() {
+        visit(i, specs, by_id, &mut marks, &mut Vec::new(), &mut out)?;
+    }
+    Ok(out)
+}
+
+impl Inner {
+    fn set(&self, st: &mut State, i: usize, state: ServiceState, error: Option<String>, delay: Option<Duration>) {
+        let at = self.clock.now();
+        let s = &mut st.services[i];
+        s.state = state;
+        if error.is_some() {
+            s.error = error.clone();
+        }
+        let (id, attempt) = (s.spec.id.clone(), s.attempt);
+        match (&error, delay) {
+            (Some(e), Some(d)) => tracing::warn!(service = %id, state = %state, attempt, error = %e, restart_in = ?d, "service state"),
+            (Some(e), None) => tracing::error!(service = %id, state = %state, attempt, error = %e, "service state"),
+            (None, _) => match s.pid {
+                Some(pid) if state == ServiceState::Running => tracing::info!(service = %id, state = %state, attempt, pid = %pid, "service state"),
+                _ => tracing::info!(service = %id, state = %state, attempt, "service state"),
+            },
+        }
+        st.history.push(Transition { service: id, state, attempt, error, at, delay });
+        self.changed.notify_all();
+    }
+
+    /// Start every wanted service whose requirements are Running; fail the ones whose
+    /// requirements can no longer run.
+    fn advance(self: &Arc<Self>, st: &mut State) {
+        if st.stopping {
+            return;
+        }
+        loop {
+            let mut progressed = false;
+            for k in 0..st.order.len() {
+                let i = st.order[k];
+                let s = &st.services[i];
+                if !s.wanted || s.state != ServiceState::Unknown {
+                    continue;
+                }
+                let mut ready = true;
+                let mut broken = None;
+                for r in &s.spec.requires {
+                    let d = &st.services[st.by_id[r]];
+                    match d.state {
+                        ServiceState::Running => {}
+                        ServiceState::Exited | ServiceState::Stopped if d.error.is_some() => {
+                            // A chain: "x -> y -> z: why", however deep.
+                            let e = d.error.as_deref().unwrap_or("");
+                            broken = Some(match e.strip_prefix(DEPENDENCY_FAILED) {
+                                Some(rest) => rest.to_string(),
+                                None => format!("{r}: {e}"),
+                            });
+                        }
+                        ServiceState::Exited | ServiceState::Stopped => broken = Some(format!("{r} is not running")),
+                        _ => ready = false,
+                    }
+                }
+                if let Some(why) = broken {
+                    let chain = format!("{DEPENDENCY_FAILED}{} -> {why}", st.services[i].spec.id);
+                    self.set(st, i, ServiceState::Exited, Some(chain), None);
+                    progressed = true;
+                } else if ready {
+                    self.launch(st, i);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn launch(self: &Arc<Self>, st: &mut State, i: usize) {
+        let s = &mut st.services[i];
+        s.attempt = s.failures + 1;
+        s.instance += 1;
+        s.pid = None;
+        s.error = None;
+        s.started_at = self.clock.now();
+        self.set(st, i, ServiceState::Starting, None, None);
+        let s = &mut st.services[i];
+        match s.spec.kind.clone() {
+            ServiceKind::Host(config) => match self.node.add_host(config) {
+                Ok(_) => self.set(st, i, ServiceState::Running, None, None),
+                Err(e) => self.set(st, i, ServiceState::Exited, Some(e.to_string()), None),
+            },
+            ServiceKind::Process { host, entry, args, context } => {
+                let mut spawn = Spawn::entry(&entry).args(args);
+                if let Some(c) = context {
+                    spawn = spawn.context(c);
+                }
+                match self.node.spawn_watched(&host, spawn) {
+                    Ok((pid, watch)) => {
+                        s.pid = Some(pid);
+                        s.exited = false;
+                        let (weak, instance): (Weak<Inner>, u64) = (Arc::downgrade(self), s.instance);
+                        let spawned = std::thread::Builder::new().name(format!("service {}", s.spec.id)).spawn(move || {
+                            let result = watch.wait();
+                            if let Some(inner) = weak.upgrade() {
+                                inner.exited(i, instance, result);
+                            }
+                        });
+                        self.set(st, i, ServiceState::Running, None, None);
+                        if let Err(e) = spawned {
+                            let _ = self.node.terminate(pid);
+                            self.failed(st, i, Error::internal(format!("cannot watch the service process: {e}")));
+                        }
+                    }
+                    Err(e) => self.failed(st, i, e),
+                }
+            }
+        }
+        self.advance(st);
+    }
+
+    /// The current instance of service `i` exited.
+    fn exited(self: &Arc<Self>, i: usize, instance: u64, result: ExitResult) {
+        let mut st = self.state.lock();
+        let s = &mut st.services[i];
+        if s.instance != instance {
+            return;
+        }
+        s.exited = true;
+        s.pid = None;
+        let stopping_it = s.state == ServiceState::Stopping;
+        if st.stopping || stopping_it {
+            self.changed.notify_all();
+            return;
+        }
+        match result {
+            Ok(_) => {
+                st.services[i].failures = 0;
+                self.set(&mut st, i, ServiceState::Exited, None, None);
+            }
+            Err(e) => self.failed(&mut st, i, e),
+        }
+        self.advance(&mut st);
+    }
+
+    /// A run of service `i` failed: restart after the backoff delay, or give up.
+    fn failed(self: &Arc<Self>, st: &mut State, i: usize, e: Error) {
+        let now = self.clock.now();
+        let s = &mut st.services[i];
+        let policy = s.spec.restart.clone();
+        let ran = now.saturating_sub(s.started_at);
+        s.failures = if ran > policy.stable_threshold { 1 } else { s.failures + 1 };
+        let message = e.to_string();
+        if e.retryable == Some(false) {
+            return self.set(st, i, ServiceState::Exited, Some(format!("{message} (not retryable)")), None);
+        }
+        if policy.max_attempts > 0 && s.failures >= policy.max_attempts {
+            let n = s.failures;
+            return self.set(st, i, ServiceState::Exited, Some(format!("{message} (gave up after {n} failed attempts)")), None);
+        }
+        let delay = policy.delay(s.failures, self.clock.random());
+        let instance = s.instance;
+        self.set(st, i, ServiceState::Failed, Some(message), Some(delay));
+        let weak = Arc::downgrade(self);
+        self.clock.after(
+            delay,
+            Box::new(move || {
+                if let Some(inner) = weak.upgrade() {
+                    inner.retry(i, instance);
+                }
+            }),
+        );
+    }
+
+    fn retry(self: &Arc<Self>, i: usize, instance: u64) {
+        let mut st = self.state.lock();
+        let s = &st.services[i];
+        if st.stopping || s.instance != instance || s.state != ServiceState::Failed || !s.wanted {
+            return;
+        }
+        self.launch(&mut st, i);
+    }
+
+    /// Stop service `i`; returns how many processes had to be terminated.
+    fn stop_one(self: &Arc<Self>, i: usize, end: ServiceState, stopped: &mut usize) -> usize {
+        let mut st = self.state.lock();
+        let s = &st.services[i];
+        let (state, pid, exited, timeout) = (s.state, s.pid, s.exited, s.spec.stop_timeout);
+        if matches!(state, ServiceState::Unknown | ServiceState::Stopped) || (state == ServiceState::Exited && end == ServiceState::Stopped) {
+            return 0;
+        }
+        *stopped += 1;
+        let mut terminated = 0;
+        match (&st.services[i].spec.kind, pid) {
+            (ServiceKind::Process { .. }, Some(pid)) if !exited => {
+                self.set(&mut st, i, ServiceState::Stopping, None, None);
+                let _ = self.node.cancel(pid, "service stopping");
+                let deadline = Instant::now() + timeout;
+                while !st.services[i].exited {
+                    if self.changed.wait_until(&mut st, deadline).timed_out() {
+                        break;
+                    }
+                }
+                if !st.services[i].exited {
+                    let id = st.services[i].spec.id.clone();
+                    tracing::warn!(service = %id, pid = %pid, timeout = ?timeout, "service did not stop in time; terminating it");
+                    let _ = self.node.terminate(pid);
+                    terminated = 1;
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while !st.services[i].exited {
+                        if self.changed.wait_until(&mut st, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                }
+            }
+            (ServiceKind::Host(config), _) if state == ServiceState::Running => {
+                let name = config.name.clone();
+                self.set(&mut st, i, ServiceState::Stopping, None, None);
+                drop(st);
+                if let Ok(r) = self.node.stop_host(&name) {
+                    terminated += r.terminated;
+                }
+                st = self.state.lock();
+            }
+            _ => {}
+        }
+        st.services[i].pid = None;
+        self.set(&mut st, i, end, None, None);
+        terminated
+    }
+}
