@@ -1,37 +1,71 @@
 //! A node booted from a [`Plan`]: the Lua runtime with every Lua entry, the registry
-//! items and env variables; hosts and services started in dependency order; the terminal
-//! host for `run -x` and `test`; and the graceful stop (services in reverse order, then
-//! every remaining process).
+//! items and env variables; hosts and services handed to the runtime's supervisor (hosts
+//! are services too); the terminal host for `run -x` and `test`; and the graceful stop.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use parking_lot::{Condvar, Mutex};
 use wippy_lua::{LuaRuntime, ShardOptions};
-use wippy_registry::EntryId;
-use wippy_runtime::{ExitResult, HostConfig, Node, Pid, Spawn};
+use wippy_registry::Lifecycle;
+use wippy_runtime::{HostConfig, Node, RestartPolicy, ServiceKind, ServiceSpec, StopSummary, Supervisor, SystemClock, Table, Value};
 
 use crate::kinds::TERMINAL_STOP;
-use crate::plan::Plan;
+use crate::plan::{json_value, Plan};
 
 /// The terminal host used when the project defines none.
 pub const BUILTIN_TERMINAL: &str = "wippy:terminal";
-
-/// One running service process and the place its exit lands.
-struct Running {
-    id: EntryId,
-    pid: Pid,
-    stop_timeout: Duration,
-    exit: Arc<(Mutex<Option<ExitResult>>, Condvar)>,
-}
 
 pub struct Boot {
     pub node: Node,
     pub lua: LuaRuntime,
     pub plan: Plan,
-    running: Mutex<Vec<Running>>,
+    pub services: Supervisor,
+}
+
+fn restart(l: &Lifecycle) -> RestartPolicy {
+    RestartPolicy {
+        initial_delay: l.restart.initial_delay,
+        max_delay: l.restart.max_delay,
+        backoff_factor: l.restart.backoff_factor,
+        jitter: l.restart.jitter,
+        max_attempts: l.restart.max_attempts.min(u32::MAX as u64) as u32,
+        stable_threshold: l.stable_threshold,
+    }
+}
+
+/// Hosts and process services as the supervisor's specs.
+fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
+    let mut specs = Vec::new();
+    for h in &plan.hosts {
+        specs.push(ServiceSpec {
+            id: h.id.to_string(),
+            kind: ServiceKind::Host(h.config.clone()),
+            requires: h.lifecycle.requires.iter().map(|r| r.to_string()).collect(),
+            auto_start: h.lifecycle.auto_start,
+            stop_timeout: h.lifecycle.stop_timeout,
+            restart: restart(&h.lifecycle),
+        });
+    }
+    for s in &plan.services {
+        // The service's actor and scope travel with its process (the security checks use them).
+        let context = s.lifecycle.security.as_ref().map(|sec| {
+            let mut t = Table::new();
+            t.set(Value::str("@security"), json_value(sec));
+            Arc::new(t)
+        });
+        let mut requires: Vec<String> = s.lifecycle.requires.iter().map(|r| r.to_string()).collect();
+        requires.push(s.host.to_string());
+        specs.push(ServiceSpec {
+            id: s.id.to_string(),
+            kind: ServiceKind::Process { host: s.host.to_string(), entry: s.process.to_string(), args: s.input.clone(), context },
+            requires,
+            auto_start: s.lifecycle.auto_start,
+            stop_timeout: s.lifecycle.stop_timeout,
+            restart: restart(&s.lifecycle),
+        });
+    }
+    specs
 }
 
 impl Boot {
@@ -51,61 +85,33 @@ impl Boot {
             lua.set_host_options(h.id.as_str(), h.shard.clone());
         }
         lua.install(&node.handle());
-        Ok(Boot { node, lua, plan, running: Mutex::new(Vec::new()) })
+        let clock = Arc::new(SystemClock::new(&node.handle()));
+        let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
+        Ok(Boot { node, lua, plan, services })
     }
 
-    /// Start every entry with `auto_start: true` and what it needs, in dependency order.
-    pub fn start(&self) -> Result<()> {
-        let mut wanted = BTreeSet::new();
-        let mut stack: Vec<EntryId> = self.auto_started();
-        while let Some(id) = stack.pop() {
-            if wanted.insert(id.clone()) {
-                stack.extend(self.plan.deps.get(&id).into_iter().flatten().cloned());
+    /// Start every `auto_start` host and service (and what they require) in dependency
+    /// order, and wait until they have settled (or their longest start_timeout passed).
+    pub fn start(&self) -> bool {
+        self.services.start_auto();
+        let longest = self.plan.hosts.iter().map(|h| h.lifecycle.start_timeout).chain(self.plan.services.iter().map(|s| s.lifecycle.start_timeout)).max();
+        self.services.wait_settled(longest.unwrap_or(Duration::from_secs(10)))
+    }
+
+    /// A compact table of the services and their states.
+    pub fn status_table(&self) -> String {
+        let rows = self.services.status();
+        let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(7).max(7);
+        let mut out = format!("{:width$}  {:8}  {:7}  PID\n", "SERVICE", "STATE", "ATTEMPT");
+        for r in rows {
+            let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            out.push_str(&format!("{:width$}  {:8}  {:7}  {pid}", r.id, r.state.to_string(), r.attempt));
+            if let Some(e) = r.error {
+                out.push_str(&format!("  ({e})"));
             }
+            out.push('\n');
         }
-        for id in self.plan.order.clone() {
-            if wanted.contains(&id) {
-                self.start_entry(&id)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn auto_started(&self) -> Vec<EntryId> {
-        let p = &self.plan;
-        let hosts = p.hosts.iter().filter(|h| h.lifecycle.auto_start).map(|h| h.id.clone());
-        let services = p.services.iter().filter(|s| s.lifecycle.auto_start).map(|s| s.id.clone());
-        hosts.chain(services).collect()
-    }
-
-    fn start_entry(&self, id: &EntryId) -> Result<()> {
-        if let Some(h) = self.plan.host(id) {
-            self.node.add_host(h.config.clone()).map_err(|e| anyhow!("cannot start host {id}: {e}"))?;
-            tracing::info!(host = %id, workers = h.config.workers, "host started");
-            return Ok(());
-        }
-        if let Some(s) = self.plan.services.iter().find(|s| &s.id == id) {
-            tracing::info!(service = %id, state = "Starting", attempt = 1, "service state");
-            let spawn = Spawn::entry(s.process.as_str()).args(s.input.clone());
-            let (pid, watch) = self
-                .node
-                .spawn_watched(s.host.as_str(), spawn)
-                .map_err(|e| anyhow!("service {id}: cannot start {} on {}: {e}", s.process, s.host))?;
-            tracing::info!(service = %id, state = "Running", attempt = 1, pid = %pid, "service state");
-            let exit = Arc::new((Mutex::new(None), Condvar::new()));
-            let (slot, sid) = (exit.clone(), id.clone());
-            std::thread::Builder::new().name(format!("watch {id}")).spawn(move || {
-                let result = watch.wait();
-                match &result {
-                    Ok(_) => tracing::info!(service = %sid, state = "Exited", attempt = 1, pid = %pid, "service state"),
-                    Err(e) => tracing::error!(service = %sid, state = "Exited", attempt = 1, pid = %pid, error = %e, "service state"),
-                }
-                *slot.0.lock() = Some(result);
-                slot.1.notify_all();
-            })?;
-            self.running.lock().push(Running { id: id.clone(), pid, stop_timeout: s.lifecycle.stop_timeout, exit });
-        }
-        Ok(())
+        out
     }
 
     /// Start the terminal host `-x` and `test` run on: `choice` (`--host`), else the
@@ -118,35 +124,15 @@ impl Boot {
         Ok(id)
     }
 
-    /// Stop services in reverse start order (CANCEL "service stopping", then terminate
-    /// after their `stop_timeout`), then every other process. True when all ended in time.
+    /// Stop services in reverse dependency order (CANCEL "service stopping", terminate
+    /// after their `stop_timeout`; hosts after everything that needs them), then every
+    /// remaining process. Logs a one-line summary; true when everything ended in time.
     pub fn shutdown(&self) -> bool {
-        let mut in_time = true;
-        let running: Vec<Running> = std::mem::take(&mut *self.running.lock());
-        for r in running.iter().rev() {
-            if r.exit.0.lock().is_some() {
-                continue;
-            }
-            tracing::info!(service = %r.id, state = "Stopping", pid = %r.pid, "service state");
-            let _ = self.node.cancel(r.pid, "service stopping");
-            let mut done = r.exit.0.lock();
-            if done.is_none() {
-                let _ = r.exit.1.wait_while_for(&mut done, |d| d.is_none(), r.stop_timeout);
-            }
-            if done.is_none() {
-                tracing::warn!(service = %r.id, pid = %r.pid, timeout = ?r.stop_timeout, "service did not stop in time, terminating");
-                in_time = false;
-                let _ = self.node.terminate(r.pid);
-                let _ = r.exit.1.wait_while_for(&mut done, |d| d.is_none(), Duration::from_secs(5));
-            }
-            tracing::info!(service = %r.id, state = "Stopped", "service state");
-        }
+        let StopSummary { services_stopped, terminated } = self.services.stop_all();
         let report = self.node.shutdown();
-        if report.terminated > 0 || report.stuck > 0 {
-            tracing::warn!(terminated = report.terminated, stuck = report.stuck, "processes did not stop in time");
-            in_time = false;
-        }
-        in_time
+        let terminated = terminated + report.terminated;
+        tracing::info!(services_stopped, processes_terminated = terminated, "shutdown: {services_stopped} services stopped, {terminated} processes terminated");
+        terminated == 0 && report.stuck == 0
     }
 }
 

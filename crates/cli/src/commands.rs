@@ -101,24 +101,30 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, args: &[String]) -
     }
     init_logging(cli, &config, target.is_some() && terminal_hides_logs(&plan, host));
     warn_all(&plan);
-    let stop = match signals::install() {
-        Ok(rx) => rx,
+    let signals = match signals::install() {
+        Ok(s) => s,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
     let boot = match Boot::new(plan) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    if let Err(e) = boot.start() {
-        boot.shutdown();
-        return fail(e);
-    }
+    let settled = boot.start();
     let Some(target) = target else {
-        tracing::info!("running; press Ctrl-C to stop");
-        let _ = stop.recv();
+        if !settled {
+            tracing::warn!("some services are still starting");
+        }
+        eprint!("{}", boot.status_table());
+        tracing::info!("running; press Ctrl-C to stop (SIGUSR1 prints the service table)");
+        loop {
+            crossbeam_channel::select! {
+                recv(signals.stop) -> _ => break,
+                recv(signals.status) -> _ => eprint!("{}", boot.status_table()),
+            }
+        }
         return if boot.shutdown() { 0 } else { FAILURE };
     };
-    let code = run_terminal(&boot, host, &target, args, &stop);
+    let code = run_terminal(&boot, host, &target, args, &signals.stop);
     boot.shutdown();
     code
 }
@@ -193,10 +199,11 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
     }
     init_logging(cli, &config, terminal_hides_logs(&plan, host));
     warn_all(&plan);
-    let stop = match signals::install() {
-        Ok(rx) => rx,
+    let signals = match signals::install() {
+        Ok(s) => s,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
+    let stop = signals.stop;
     let mut tests: Vec<(String, i64, EntryId)> = plan
         .tests
         .iter()
@@ -208,7 +215,8 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let host = match boot.start().and_then(|_| boot.start_terminal(host)) {
+    boot.start();
+    let host = match boot.start_terminal(host) {
         Ok(h) => h,
         Err(e) => {
             boot.shutdown();

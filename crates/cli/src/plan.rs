@@ -55,8 +55,6 @@ pub struct Plan {
     pub registry: Vec<RegistryItem>,
     /// Entries with a lifecycle -> what they need running first.
     pub deps: BTreeMap<EntryId, Vec<EntryId>>,
-    /// Entries with a lifecycle in start order.
-    pub order: Vec<EntryId>,
     pub warnings: Vec<LoadError>,
 }
 
@@ -113,7 +111,7 @@ impl Plan {
             plan.warnings.append(&mut c.warnings);
         }
         match start_order(&plan.deps) {
-            Ok(order) => plan.order = order,
+            Ok(_) => {}
             Err(cycle) => {
                 let first = &cycle[0];
                 let path: Vec<String> = cycle.iter().map(|c| c.to_string()).collect();
@@ -134,10 +132,6 @@ impl Plan {
         } else {
             Err(LoadErrors(errors))
         }
-    }
-
-    pub fn host(&self, id: &EntryId) -> Option<&HostPlan> {
-        self.hosts.iter().find(|h| &h.id == id)
     }
 }
 

@@ -89,8 +89,12 @@ impl Running {
     }
 
     fn interrupt(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     /// Exit code, waiting at most 30s.
@@ -220,8 +224,8 @@ fn ping_pong_services_find_each_other_and_stop_on_sigint() {
     let all = r.seen.join("\n");
     assert!(all.contains("ping stopping") && all.contains("pong stopping"), "{all}");
     // Reverse dependency order: ping (which requires pong) stops first.
-    let ping = all.find("app:ping_service state=\"Stopping\"").unwrap();
-    let pong = all.find("app:pong_service state=\"Stopping\"").unwrap();
+    let ping = all.find("service=app:ping_service state=Stopping").unwrap();
+    let pong = all.find("service=app:pong_service state=Stopping").unwrap();
     assert!(ping < pong, "{all}");
 }
 
@@ -289,4 +293,30 @@ fn init_writes_a_project_that_runs() {
     let listed = stdout(&run(&["registry", "list", "-d", d, "--kind", "process.lua"]));
     assert!(listed.contains("app:hello") && !listed.contains("app:processes"), "{listed}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn services_start_in_order_restart_with_growing_delays_and_stop_in_reverse() {
+    let mut r = Running::start(&["run", "-d", "examples/services"], &[]);
+    r.wait_for(&["SERVICE", "STATE", "ATTEMPT"]);
+    r.wait_for(&["service=app:worker_service state=Failed attempt=1", "restart_in=100ms"]);
+    r.wait_for(&["service=app:worker_service state=Failed attempt=2", "restart_in=200ms"]);
+    r.wait_for(&["service=app:worker_service state=Failed attempt=3", "restart_in=400ms"]);
+    // SIGUSR1 prints the table again.
+    r.signal(libc::SIGUSR1);
+    r.wait_for(&["SERVICE", "STATE", "ATTEMPT"]);
+    r.wait_for(&["app:db_service", "Running"]);
+    r.interrupt();
+    assert_eq!(r.exit_code(), Some(0), "{}", r.seen.join("\n"));
+    let all = r.seen.join("\n");
+    let at = |s: &str| all.find(s).unwrap_or_else(|| panic!("no {s:?} in\n{all}"));
+    // Start: host, then db, then cache (requires db), then worker (depends on cache).
+    assert!(at("service=app:processes state=Running") < at("service=app:db_service state=Starting"));
+    assert!(at("service=app:db_service state=Running") < at("service=app:cache_service state=Starting"));
+    assert!(at("service=app:cache_service state=Running") < at("service=app:worker_service state=Starting"));
+    // Stop: the reverse.
+    assert!(at("service=app:worker_service state=Stopped") < at("service=app:cache_service state=Stopping"));
+    assert!(at("service=app:cache_service state=Stopped") < at("service=app:db_service state=Stopping"));
+    assert!(at("service=app:db_service state=Stopped") < at("service=app:processes state=Stopping"));
+    assert!(all.contains("shutdown: 4 services stopped, 0 processes terminated"), "{all}");
 }

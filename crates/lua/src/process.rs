@@ -177,11 +177,9 @@ impl LuaProcess {
             ))
             .with_retryable(false);
         }
-        let mut e = error_from_lua(v);
-        if matches!(v, LuaValue::String(_)) && e.retryable.is_none() {
-            e.retryable = Some(false);
-        }
-        e
+        // error("text") says nothing about retrying: a supervisor restarts it ("let it
+        // crash"); only `return x, "msg"` and structured errors can say retryable = false.
+        error_from_lua(v)
     }
 
     /// The process finished with `"exit", ok, value|error`.

@@ -1,6 +1,6 @@
 local function main()
     process.registry.register("pong")
-    logger:info("pong ready", { pid = process.pid() })
+    logger:info("pong ready")
     local inbox, events = process.inbox(), process.events()
     local served = 0
     while true do
