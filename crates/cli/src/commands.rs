@@ -26,7 +26,7 @@ fn load(cli: &Cli) -> Result<(Project, Plan, Config), u8> {
         }
         FAILURE
     };
-    let config = Config::load(&cli.dir, &cli.configs, &cli.sets).map_err(|e| fail(e))?;
+    let config = Config::load(&cli.dir, &cli.configs, &cli.sets).map_err(fail)?;
     let project = Project::load(&cli.dir).map_err(|e| report(&e))?;
     let plan = Plan::build(&project).map_err(|e| report(&e))?;
     Ok((project, plan, config))
