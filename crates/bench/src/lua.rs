@@ -179,3 +179,57 @@ pub fn lua_heap() {
     outf("lua_heap_per_process", (h1 as f64 - h0 as f64) / 10_000.0, "bytes");
     outf("lua_rss_per_process", (rss1 as f64 - rss0 as f64) * 1024.0 / 10_000.0, "bytes");
 }
+
+/// A typed Lua source of about `lines` lines using every kind of type syntax.
+pub fn typed_source(lines: usize) -> String {
+    const BLOCK: &str = r#"type Shape = {
+    kind: "circle" | "square",
+    size: number,
+    tags?: {string},
+    meta: {[string]: any[]},
+}
+export type Id = string | number
+
+local function area<T: Shape>(s: T, scale: number?): (number, string?)
+    local k: number = (s.size :: number) * (scale or 1)
+    if s.kind == "circle" then
+        return 3.14159 * k * k, nil
+    end
+    return k * k, "square" -- a: comment :: with ! type-like text
+end
+
+local function ids(...: Id): {Id}
+    local out: {Id} = {}
+    for i: integer, v: Id in ipairs({...}) do
+        out[i] = v
+    end
+    return out!
+end
+"#;
+    let per = BLOCK.lines().count();
+    let mut s = String::with_capacity(lines * 40);
+    for i in 0..lines.div_ceil(per) {
+        s.push_str(&BLOCK.replace("Shape", &format!("Shape{i}")).replace("area", &format!("area{i}")).replace("ids", &format!("ids{i}")));
+    }
+    s
+}
+
+/// Erasing type syntax from a 2,000-line typed file (once per source version).
+pub fn typed_erase() {
+    let src = typed_source(2000);
+    let lines = src.lines().count();
+    let mut times = Vec::new();
+    let mut out_len = 0;
+    for _ in 0..51 {
+        let t = Instant::now();
+        out_len = wippy_lua::compile::erase(std::hint::black_box(&src)).len();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    out("lines", lines, "lines");
+    out("bytes", src.len(), "B");
+    out("output_bytes", out_len, "B");
+    outf("erase_median", ms(times[times.len() / 2]), "ms");
+    outf("erase_min", ms(times[0]), "ms");
+    outf("erase_mb_per_s", src.len() as f64 / times[times.len() / 2].as_secs_f64() / 1e6, "MB/s");
+}

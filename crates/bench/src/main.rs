@@ -27,6 +27,7 @@ const BENCHES: &[&str] = &[
     "lua-pingpong",
     "lua-ring",
     "lua-heap",
+    "typed-erase",
 ];
 
 fn main() {
@@ -52,6 +53,7 @@ fn main() {
         "lua-pingpong" => lua::pingpong(),
         "lua-ring" => lua::ring(),
         "lua-heap" => lua::lua_heap(),
+        "typed-erase" => lua::typed_erase(),
         _ => unreachable!(),
     }
     footer();

@@ -125,7 +125,7 @@ impl Catalog {
         let code = match cached {
             Some(code) => code,
             None => {
-                let wrapped = wrap_source(&entry.source);
+                let wrapped = wrap_source(&crate::compile::erase(&entry.source));
                 let f = lua
                     .load(wrapped.as_str())
                     .set_name(name.as_str())

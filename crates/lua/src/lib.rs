@@ -6,6 +6,7 @@
 //! plugs into the node as its entry factory.
 
 mod catalog;
+pub mod compile;
 mod convert;
 mod current;
 mod modules;

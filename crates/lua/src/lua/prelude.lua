@@ -905,7 +905,126 @@ end
 -------------------------------------------------------------------------------------------
 local BASE = LIBS._base
 local ALWAYS = { process = true, channel = true, errors = true, payload = true, coroutine = true,
-  string = true, table = true, math = true, utf8 = true, os = true }
+  string = true, table = true, math = true, utf8 = true, os = true,
+  number = true, integer = true, boolean = true }
+
+-------------------------------------------------------------------------------------------
+-- Typed Lua at run time (the eraser in compile.rs leaves these calls behind)
+-------------------------------------------------------------------------------------------
+-- Casts: `string(x)`, `number(x)`, `integer(x)`, `boolean(x)` convert or raise;
+-- `T:is(x)` gives `v, nil` or `nil, err`. The libraries hold only functions; each process
+-- calls them through its own proxy, whose (protected) metatable carries __call.
+local CAST_OF = {}
+local function cannot(what, v)
+  return rt_error("Invalid", "cannot convert " .. type(v) .. " to " .. what, false)
+end
+local CASTS = {
+  string = function(v)
+    local t = type(v)
+    if t == "string" then return v elseif t == "number" then return tostring(v) end
+    return nil, cannot("string", v)
+  end,
+  number = function(v)
+    if type(v) == "number" then return v end
+    local n = type(v) == "string" and tonumber(v)
+    if n then return n end
+    return nil, cannot("number", v)
+  end,
+  integer = function(v)
+    local n = v
+    if type(v) == "string" then n = tonumber(v) end
+    local i = type(n) == "number" and math.tointeger(n)
+    if i then return i end
+    return nil, cannot("integer", v)
+  end,
+  boolean = function(v)
+    if type(v) == "boolean" then return v elseif v == "true" then return true elseif v == "false" then return false end
+    return nil, cannot("boolean", v)
+  end,
+}
+for name, cast in pairs(CASTS) do
+  local lib = LIBS[name]
+  if lib == nil then lib = {}; LIBS[name] = lib end
+  lib.is = function(_, v) return cast(v) end
+  CAST_OF[lib] = function(_, v)
+    local r, e = cast(v)
+    if e ~= nil then error(e, 2) end
+    return r
+  end
+end
+
+-- Declared types: `type P = {x: number}` becomes `local P = __wippy_type("P", desc)`.
+local TYPE_DESC = setmetatable({}, { __mode = "k" })
+local function check(d, v, path)
+  if d == "any" then return true end
+  if type(d) == "string" then
+    if (d == "integer" and math.type(v) == "integer") or type(v) == d then return true end
+    return false, path .. ": " .. d .. " expected, got " .. (math.type(v) or type(v))
+  end
+  if d.opt ~= nil then
+    if v == nil then return true end
+    return check(d.opt, v, path)
+  elseif d.lit ~= nil then
+    if v == d.lit then return true end
+    return false, path .. ": " .. tostring(d.lit) .. " expected, got " .. tostring(v)
+  elseif d.union then
+    for _, alt in ipairs(d.union) do
+      if check(alt, v, path) then return true end
+    end
+    return false, path .. ": no alternative matches " .. type(v)
+  elseif d.ref ~= nil then
+    local inner = TYPE_DESC[d.ref]
+    if inner == nil then return true end
+    return check(inner, v, path)
+  end
+  if type(v) ~= "table" then return false, path .. ": table expected, got " .. type(v) end
+  if d.array then
+    for i, x in ipairs(v) do
+      local ok, e = check(d.array, x, path .. "[" .. i .. "]")
+      if not ok then return false, e end
+    end
+  elseif d.map then
+    for k, x in pairs(v) do
+      local ok, e = check(d.map[1], k, path .. " key")
+      if not ok then return false, e end
+      ok, e = check(d.map[2], x, path .. "[" .. tostring(k) .. "]")
+      if not ok then return false, e end
+    end
+  elseif d.record then
+    for _, f in ipairs(d.record) do
+      local x = v[f[1]]
+      if x == nil then
+        if not f[3] then return false, path .. "." .. f[1] .. ": required field missing" end
+      else
+        local ok, e = check(f[2], x, path .. "." .. f[1])
+        if not ok then return false, e end
+      end
+    end
+  end
+  return true
+end
+local TypeMethods = {}
+function TypeMethods.is(T, v)
+  local ok, e = check(TYPE_DESC[T], v, tostring(T))
+  if ok then return v, nil end
+  return nil, rt_error("Invalid", e, false)
+end
+local TypeMT = {
+  __metatable = false,
+  __index = TypeMethods,
+  __call = function(T, v)
+    local ok, e = check(TYPE_DESC[T], v, tostring(T))
+    if not ok then error(rt_error("Invalid", e, false), 2) end
+    return v
+  end,
+}
+local TYPE_NAME = setmetatable({}, { __mode = "k" })
+TypeMT.__tostring = function(T) return TYPE_NAME[T] or "type" end
+function BASE.__wippy_type(name, desc)
+  local T = setmetatable({}, TypeMT)
+  TYPE_DESC[T], TYPE_NAME[T] = desc, name
+  return T
+end
 
 -- A per-process proxy of a shared library: reads fall through to the library, writes stay
 -- in the proxy; its metatable is protected. Libraries hold no tables (nested constant
@@ -914,7 +1033,7 @@ local proxy_mts = setmetatable({}, { __mode = "k" })
 local function proxy_of(lib)
   local mt = proxy_mts[lib]
   if not mt then
-    mt = { __metatable = false, __index = lib }
+    mt = { __metatable = false, __index = lib, __call = CAST_OF[lib] }
     proxy_mts[lib] = mt
   end
   return setmetatable({}, mt)
