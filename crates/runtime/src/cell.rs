@@ -17,6 +17,7 @@ use crate::host::Host;
 use crate::mailbox::Mailbox;
 use crate::pid::Pid;
 use crate::process::{CommandId, Event, ExitResult, Process};
+use crate::security::Identity;
 use crate::value::{Table, Value};
 
 pub(crate) const KILL_NONE: u8 = 0;
@@ -81,6 +82,8 @@ pub(crate) struct Slot {
     pub(crate) last_target: Option<Arc<ProcCell>>,
     /// Values set by `with_context`, inherited by children.
     pub(crate) context: Option<Arc<Table>>,
+    /// The actor and scope this process runs under, inherited by children.
+    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 /// Rarely used parts of a process's topology, allocated on first use.
@@ -134,6 +137,7 @@ impl ProcCell {
         method: SmolStr,
         args: Vec<Value>,
         context: Option<Arc<Table>>,
+        identity: Option<Arc<Identity>>,
     ) -> Arc<ProcCell> {
         let cell = Arc::new(ProcCell {
             pid,
@@ -148,6 +152,7 @@ impl ProcCell {
                 next_command: 1,
                 last_target: None,
                 context,
+                identity,
             }),
             topo: Mutex::new(Topo::default()),
         });

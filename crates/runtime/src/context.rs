@@ -2,8 +2,9 @@
 //! terminate, yield commands, consult its budget. Every operation is synchronous and
 //! returns its result at once; only yielded commands complete later, as events.
 //!
-//! This is the one door from a process into the runtime: permission checks (security)
-//! will be added here, so native and Lua processes are checked alike.
+//! This is the one door from a process into the runtime: every operation is checked here
+//! against the process's actor and scope (SPEC §7.2) and its host's boundary (§7.3), so
+//! native and Lua processes are checked alike. A denied operation does nothing.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use crate::scheduler::Hint;
 use crate::topic::Topic;
 use crate::pid::Pid;
 use crate::process::{Command, CommandId, Payload};
+use crate::host::HostSecurity;
+use crate::security::{denied, evaluate, Identity, Request};
 use crate::value::{Table, Value};
 
 /// A send into a mailbox holding this many messages or more costs one extra reduction
@@ -37,6 +40,7 @@ pub struct Context<'a> {
     /// The receiver of the last send (kept across steps: repeated sends skip the table).
     last_target: &'a mut Option<Arc<ProcCell>>,
     context: &'a Option<Arc<Table>>,
+    identity: &'a Option<Arc<Identity>>,
     /// Messages for `last_target` not queued yet. Flushed before any other operation,
     /// at `BATCH`, and when the step ends, so every ordering a process can observe holds.
     outbox: Chain<Event>,
@@ -58,13 +62,14 @@ impl<'a> Context<'a> {
         next_command: &'a mut u64,
         last_target: &'a mut Option<Arc<ProcCell>>,
         context: &'a Option<Arc<Table>>,
+        identity: &'a Option<Arc<Identity>>,
     ) -> Self {
         // A process with a backlog gets a longer step (up to 32x the host's budget), so a
         // consumer that many producers feed gets a share of the worker that grows with
         // its queue instead of one turn in every N.
         let base = cell.host.config.budget;
         let boost = (cell.mailbox.queued() / 8).min(base as usize * 31) as u32;
-        Context { node, cell, next_command, last_target, context, outbox: Chain::new(), backlog: 0, budget: base + boost }
+        Context { node, cell, next_command, last_target, context, identity, outbox: Chain::new(), backlog: 0, budget: base + boost }
     }
 
     /// This process's PID.
@@ -91,7 +96,7 @@ impl<'a> Context<'a> {
             self.flush();
         }
         if !same {
-            *self.last_target = Some(self.node.table.get(pid).ok_or_else(|| Error::process_not_found(&dest))?);
+            self.switch_target(pid, &dest)?;
         }
         let cell = self.last_target.as_ref().expect("just set");
         if cell.mailbox.is_closed() {
@@ -108,6 +113,22 @@ impl<'a> Context<'a> {
         if backlog >= SEND_PENALTY_FROM {
             self.consume((backlog / SEND_PENALTY_FROM) as u32);
         }
+        Ok(())
+    }
+
+    /// A send to a new receiver: look it up and check the send (once per new receiver:
+    /// the decision depends only on this process's identity and the receiver, so a run of
+    /// sends to one receiver is checked once). Out of line, so `send` stays small.
+    #[cold]
+    #[inline(never)]
+    fn switch_target(&mut self, pid: Pid, dest: &Dest) -> Result<(), Error> {
+        let cell = self.node.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?;
+        if !HostSecurity::crossing_allowed(&self.cell.host.config, &cell.host.config) {
+            let (from, to) = (&self.cell.host.config.name, &cell.host.config.name);
+            return Err(denied("process.send", &format!("{pid} (from host {from} to host {to})")));
+        }
+        self.check_pid("process.send", pid)?;
+        *self.last_target = Some(cell);
         Ok(())
     }
 
@@ -131,66 +152,155 @@ impl<'a> Context<'a> {
         self.send(dest, topic, p)
     }
 
-    /// Spawn on this process's own host.
-    pub fn spawn(&mut self, spawn: Spawn) -> Result<Pid, Error> {
-        self.flush();
-        let host = self.cell.host.clone();
-        self.node.spawn(Some(self.cell), &host, spawn, None, self.context.clone())
+    /// Whether operations of this process need a permission check at all.
+    #[inline]
+    fn checked(&self) -> bool {
+        self.identity.is_some() || self.node.security.strict()
     }
 
-    /// Spawn on the named host.
+    /// May this process do `action` on `resource`? (SPEC §7.2; `meta.pid` is this PID.)
+    pub fn can(&self, action: &str, resource: &str) -> bool {
+        if !self.checked() {
+            return true;
+        }
+        let req = Request { action, resource, pid: Some(self.cell.pid), meta: None };
+        evaluate(self.identity.as_deref(), self.node.security.strict(), &req)
+    }
+
+    /// `Ok` when allowed, else PermissionDenied naming the action and resource.
+    pub fn allow(&self, action: &str, resource: &str) -> Result<(), Error> {
+        if self.can(action, resource) {
+            Ok(())
+        } else {
+            Err(denied(action, resource))
+        }
+    }
+
+    fn check_pid(&self, action: &str, pid: Pid) -> Result<(), Error> {
+        if self.checked() {
+            self.allow(action, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn check_dest(&self, action: &str, dest: &Dest) -> Result<(), Error> {
+        if self.checked() {
+            let pid = self.node.resolve(dest)?;
+            self.allow(action, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The actor and scope this process runs under.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
+    }
+
+    /// Spawn on this process's own host.
+    pub fn spawn(&mut self, spawn: Spawn) -> Result<Pid, Error> {
+        let host = self.cell.host.config.name.clone();
+        self.spawn_on(&host, spawn)
+    }
+
+    /// Spawn on the named host. Checked: `process.host` (the host), `process.spawn`,
+    /// `process.spawn.linked`/`.monitored` or `process.exec` (the entry), and
+    /// `process.context` / `process.security` when the spawn sets context or identity.
     pub fn spawn_on(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
         self.flush();
-        let host = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
-        self.node.spawn(Some(self.cell), &host, spawn, None, self.context.clone())
+        let target = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
+        if self.checked() {
+            self.allow("process.host", host)?;
+            let action = if spawn.is_exec() {
+                "process.exec"
+            } else if spawn.link {
+                "process.spawn.linked"
+            } else if spawn.monitor {
+                "process.spawn.monitored"
+            } else {
+                "process.spawn"
+            };
+            self.allow(action, spawn.entry_id())?;
+        }
+        if spawn.sets_context() {
+            self.allow("process.context", "context")?;
+        }
+        if spawn.sets_identity() {
+            self.allow("process.security", "security")?;
+        }
+        self.node.spawn(Some(self.cell), &target, spawn, None, self.context.clone(), self.identity.clone())
     }
 
     pub fn link(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
         self.flush();
-        self.node.link(self.cell, &dest.into())
+        let dest = dest.into();
+        self.check_dest("process.link", &dest)?;
+        self.node.link(self.cell, &dest)
     }
     pub fn unlink(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
         self.flush();
-        self.node.unlink(self.cell, &dest.into())
+        let dest = dest.into();
+        self.check_dest("process.unlink", &dest)?;
+        self.node.unlink(self.cell, &dest)
     }
     pub fn monitor(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
         self.flush();
-        self.node.monitor(self.cell, &dest.into())
+        let dest = dest.into();
+        self.check_dest("process.monitor", &dest)?;
+        self.node.monitor(self.cell, &dest)
     }
     pub fn unmonitor(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
         self.flush();
-        self.node.unmonitor(self.cell, &dest.into())
+        let dest = dest.into();
+        self.check_dest("process.unmonitor", &dest)?;
+        self.node.unmonitor(self.cell, &dest)
     }
 
     /// End `dest` at its next scheduling point with "process terminated".
     pub fn terminate(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
         self.flush();
-        self.node.terminate(&dest.into())
+        let dest = dest.into();
+        self.check_dest("process.terminate", &dest)?;
+        self.node.terminate(&dest)
     }
 
     /// Queue a CANCEL event for `dest` (cooperative).
     pub fn cancel(&mut self, dest: impl Into<Dest>, reason: &str) -> Result<(), Error> {
         self.flush();
-        self.node.cancel(self.cell.pid, &dest.into(), reason)
+        let dest = dest.into();
+        self.check_dest("process.cancel", &dest)?;
+        self.node.cancel(self.cell.pid, &dest, reason)
     }
 
     /// Register `name` for this process.
     pub fn register(&mut self, name: &str) -> Result<(), Error> {
         self.flush();
+        self.allow_if_checked("process.registry.register", name)?;
         self.node.names.register(self.cell, name)
     }
-    /// Register `name` for another live process.
+    /// Register `name` for another live process (`process.registry.foreign` on its PID).
     pub fn register_for(&mut self, name: &str, pid: Pid) -> Result<(), Error> {
         self.flush();
+        if pid != self.cell.pid {
+            self.check_pid("process.registry.foreign", pid)?;
+        }
+        self.allow_if_checked("process.registry.register", name)?;
         self.node.register(name, pid)
+    }
+
+    fn allow_if_checked(&self, action: &str, resource: &str) -> Result<(), Error> {
+        if self.checked() {
+            self.allow(action, resource)?;
+        }
+        Ok(())
     }
     pub fn lookup(&self, name: &str) -> Option<Pid> {
         self.node.names.lookup(name)
     }
-    /// `true` if the name was registered (to anyone) and is now removed.
-    pub fn unregister(&mut self, name: &str) -> bool {
+    /// `Ok(true)` if the name was registered (to anyone) and is now removed.
+    pub fn unregister(&mut self, name: &str) -> Result<bool, Error> {
         self.flush();
-        self.node.unregister(name)
+        self.allow_if_checked("process.registry.unregister", name)?;
+        Ok(self.node.unregister(name))
     }
 
     /// Trap links: LINK_DOWN arrives as an event instead of killing this process.

@@ -13,6 +13,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::Error;
 use crate::node::NodeInner;
 use crate::pid::HostName;
+use crate::security::Identity;
 use crate::scheduler::{Hint, Runnable, Scheduler, Task};
 
 /// A host's settings (the `host:` block of a `process.host` entry).
@@ -34,6 +35,33 @@ pub struct HostConfig {
     pub budget: u32,
     /// How long processes get to react to the shutdown CANCEL before they are terminated.
     pub stop_timeout: Duration,
+    /// The host's boundary (SPEC §7.3).
+    pub security: Arc<HostSecurity>,
+}
+
+/// What a host allows its processes (SPEC §7.3); `None` = no restriction.
+#[derive(Debug, Clone, Default)]
+pub struct HostSecurity {
+    /// The only modules its processes may bind.
+    pub modules: Option<Vec<String>>,
+    /// Hosts its processes may message.
+    pub send_to: Option<Vec<String>>,
+    /// Hosts whose processes may message it.
+    pub receive_from: Option<Vec<String>>,
+    /// Forced actor and/or scope for every process on the host.
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl HostSecurity {
+    /// Whether a process of host `from` may message one of host `to`.
+    pub fn crossing_allowed(from: &HostConfig, to: &HostConfig) -> bool {
+        if from.name == to.name {
+            return true;
+        }
+        let ok_out = from.security.send_to.as_ref().is_none_or(|l| l.iter().any(|h| *h == to.name));
+        let ok_in = to.security.receive_from.as_ref().is_none_or(|l| l.iter().any(|h| *h == from.name));
+        ok_out && ok_in
+    }
 }
 
 impl HostConfig {
@@ -47,6 +75,7 @@ impl HostConfig {
             time_slice: Duration::from_millis(2),
             budget: 1000,
             stop_timeout: Duration::from_secs(10),
+            security: Arc::new(HostSecurity::default()),
         }
     }
     pub fn workers(mut self, n: usize) -> Self {

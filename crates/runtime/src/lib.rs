@@ -21,6 +21,7 @@ mod node;
 mod pid;
 mod process;
 mod scheduler;
+mod security;
 mod supervisor;
 mod sync;
 mod table;
@@ -33,13 +34,16 @@ pub use context::Context;
 pub use dispatch::{unix_nanos, unix_secs};
 pub use error::{Error, ErrorKind};
 pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
-pub use host::{HostConfig, HostRef};
+pub use host::{HostConfig, HostRef, HostSecurity};
 pub use mailbox::ProcessState;
 pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};
 pub use process::{Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
 pub use topic::Topic;
 pub use scheduler::Runnable;
+pub use security::{
+    denied, evaluate, Actor, ConditionSpec, Effect, Field, Identity, Op, Pattern, Policy, PolicyError, PolicySpec, Request, Scope, Security,
+};
 pub use supervisor::{Clock, RestartPolicy, ServiceKind, ServiceSpec, ServiceState, ServiceStatus, StopSummary, Supervisor, SystemClock, Transition};
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};
 

@@ -22,6 +22,7 @@ use crate::mailbox::{Park, ProcessState};
 use crate::names::Names;
 use crate::pid::{HostName, Pid, PidCounter};
 use crate::process::{Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
+use crate::security::{Identity, Security};
 use crate::topic::Topic;
 use crate::scheduler::Hint;
 use crate::table::ProcessTable;
@@ -82,6 +83,9 @@ pub struct Spawn {
     pub(crate) monitor: bool,
     group: Option<Arc<dyn ProcessGroup>>,
     context: Option<Arc<Table>>,
+    identity: Option<Arc<Identity>>,
+    /// Spawned by `exec` (checked as `process.exec`).
+    exec: bool,
 }
 
 impl Spawn {
@@ -90,7 +94,7 @@ impl Spawn {
         Spawn::boxed(Box::new(p))
     }
     pub fn boxed(p: Box<dyn Process>) -> Spawn {
-        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None }
+        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false }
     }
     /// Spawn the entry `id` through its registered factory.
     pub fn entry(id: &str) -> Spawn {
@@ -123,6 +127,32 @@ impl Spawn {
     pub fn context(mut self, values: Arc<Table>) -> Spawn {
         self.context = Some(values);
         self
+    }
+    /// Run the child under this actor and scope instead of the spawner's (a process
+    /// needs `process.security` to do this).
+    pub fn identity(mut self, identity: Arc<Identity>) -> Spawn {
+        self.identity = Some(identity);
+        self
+    }
+    /// Mark this spawn as an `exec` (checked as `process.exec`).
+    pub fn for_exec(mut self) -> Spawn {
+        self.exec = true;
+        self
+    }
+    pub(crate) fn entry_id(&self) -> &str {
+        match &self.what {
+            What::Entry(id) => id,
+            What::Process(_) => "native",
+        }
+    }
+    pub(crate) fn sets_context(&self) -> bool {
+        self.context.is_some()
+    }
+    pub(crate) fn sets_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+    pub(crate) fn is_exec(&self) -> bool {
+        self.exec
     }
     /// Schedule the child through a process group instead of on its own.
     pub fn in_group(mut self, g: Arc<dyn ProcessGroup>) -> Spawn {
@@ -184,6 +214,7 @@ pub(crate) struct NodeInner {
     hosts: RwLock<Vec<Arc<Host>>>,
     factories: RwLock<HashMap<SmolStr, Arc<dyn ProcessFactory>>>,
     fallback: RwLock<Option<Arc<dyn ProcessFactory>>>,
+    pub(crate) security: Security,
 }
 
 /// A runtime instance. Dropping it stops every host.
@@ -209,6 +240,7 @@ impl Node {
                 hosts: RwLock::new(Vec::new()),
                 factories: RwLock::new(HashMap::new()),
                 fallback: RwLock::new(None),
+                security: Security::default(),
             }),
         })
     }
@@ -283,14 +315,14 @@ impl NodeRef {
     /// Spawn a process from outside any process (no parent: no link or monitor).
     pub fn spawn(&self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
         let host = self.inner.host_for_spawn(host)?;
-        self.inner.spawn(None, &host, spawn, None, None)
+        self.inner.spawn(None, &host, spawn, None, None, None)
     }
 
     /// Spawn and get a handle that yields the exit result.
     pub fn spawn_watched(&self, host: &str, spawn: Spawn) -> Result<(Pid, ExitWatch), Error> {
         let host = self.inner.host_for_spawn(host)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let pid = self.inner.spawn(None, &host, spawn, Some(tx), None)?;
+        let pid = self.inner.spawn(None, &host, spawn, Some(tx), None, None)?;
         Ok((pid, ExitWatch { rx }))
     }
 
@@ -357,6 +389,11 @@ impl NodeRef {
     }
 
     /// The node's tokio runtime handle (for embedders' own async work).
+    /// The node's security settings and named policies.
+    pub fn security(&self) -> &Security {
+        &self.inner.security
+    }
+
     pub fn tokio_handle(&self) -> tokio::runtime::Handle {
         self.inner.dispatch.handle().clone()
     }
@@ -392,8 +429,9 @@ impl NodeInner {
         spawn: Spawn,
         watcher: Option<std::sync::mpsc::SyncSender<ExitResult>>,
         inherited: Option<Arc<Table>>,
+        inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
-        let Spawn { what, method, args, link, monitor, mut group, context } = spawn;
+        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _ } = spawn;
         let process = match what {
             What::Process(p) => p,
             What::Entry(id) => {
@@ -402,11 +440,16 @@ impl NodeInner {
                 made.process
             }
         };
-        // Context values: given, else inherited from the spawner.
+        // Context values and identity: given, else inherited from the spawner; a host's
+        // forced actor/scope replaces them.
         let context = context.or(inherited);
+        let mut identity = identity.or(inherited_identity);
+        if let Some(forced) = &host.config.security.identity {
+            identity = Some(Arc::new(identity.as_deref().map(|i| i.overridden_by(forced)).unwrap_or_else(|| (**forced).clone())));
+        }
         host.reserve()?;
         let pid = self.counter.next(host.name);
-        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args, context);
+        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args, context, identity);
         if let Some(parent) = parent.filter(|_| link || monitor) {
             let mut t = cell.topo.lock();
             let m = t.more();
@@ -508,9 +551,9 @@ impl NodeInner {
         cell.mailbox.start();
         // SAFETY: the state word is RUNNING and only this thread moved it there.
         let slot = unsafe { &mut *cell.slot.get() };
-        let crate::cell::Slot { process, init, next_command, last_target, context } = slot;
+        let crate::cell::Slot { process, init, next_command, last_target, context, identity } = slot;
         let Some(p) = process.as_mut() else { return };
-        let mut cx = Context::new(self, cell, next_command, last_target, context);
+        let mut cx = Context::new(self, cell, next_command, last_target, context, identity);
         let mut events = Events { mailbox: &cell.mailbox, popped: 0 };
         let status = match cell.kill_error() {
             Some(e) => Status::Exit(Err(e)),

@@ -298,8 +298,8 @@ fn names_follow_the_rules_and_are_released_at_exit() {
     // unregister: true once, false after
     let (tx, rx) = channel();
     let p = node.spawn(HOST, Spawn::process(handler_fn(move |cx, _| {
-        let first = cx.unregister("svc2");
-        let second = cx.unregister("svc2");
+        let first = cx.unregister("svc2").unwrap();
+        let second = cx.unregister("svc2").unwrap();
         tx.send((first, second)).unwrap();
         Flow::stop(())
     }))).unwrap();

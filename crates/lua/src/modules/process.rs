@@ -287,9 +287,12 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
     )?;
     reg.raw_set(
         "unregister",
-        lua.create_function(|_, name: LuaValue| {
+        lua.create_function(|lua, name: LuaValue| {
             let name = string_arg(&name, 1, "unregister")?;
-            current::with(|cx, _| Ok(cx.unregister(&name)))
+            current::with(|cx, _| match cx.unregister(&name) {
+                Ok(b) => Ok((LuaValue::Boolean(b), LuaValue::Nil)),
+                Err(e) => fail(lua, e),
+            })
         })?,
     )?;
     t.raw_set("registry", reg)?;
