@@ -28,6 +28,7 @@ const BENCHES: &[&str] = &[
     "lua-ring",
     "lua-heap",
     "typed-erase",
+    "security-check",
 ];
 
 fn main() {
@@ -54,6 +55,7 @@ fn main() {
         "lua-ring" => lua::ring(),
         "lua-heap" => lua::lua_heap(),
         "typed-erase" => lua::typed_erase(),
+        "security-check" => native::security_check(),
         _ => unreachable!(),
     }
     footer();

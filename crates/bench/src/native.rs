@@ -283,3 +283,46 @@ pub fn skynet() {
     let d = t0.elapsed();
     report_skynet(SKYNET_LEAVES, r.as_int().unwrap_or(0) as u64, d);
 }
+
+// ------------------------------------------------------------------ security check
+/// One permission check against a scope of 20 policies (patterns, a condition, a deny),
+/// the way Context checks an operation: the cost per check.
+pub fn security_check() {
+    use std::sync::Arc;
+    let mut policies = Vec::new();
+    for i in 0..18 {
+        let spec = PolicySpec {
+            id: format!("p{i}"),
+            actions: vec![format!("app{i}.*")],
+            resources: vec![format!("app{i}:*"), format!("{{app{i}|*")],
+            effect: "allow".into(),
+            conditions: vec![ConditionSpec { field: "actor.meta.tier".into(), op: "in".into(), value: Some(Value::table({
+                let mut t = Table::new();
+                t.push(Value::str("gold"));
+                t.push(Value::str("silver"));
+                t
+            })), value_from: None }],
+        };
+        policies.push(Arc::new(spec.compile().expect("policy")));
+    }
+    let allow = PolicySpec { id: "send".into(), actions: vec!["process.send".into()], resources: vec!["{app:processes|*".into()], effect: "allow".into(), conditions: vec![] };
+    let deny = PolicySpec { id: "no-sys".into(), actions: vec!["process.*".into()], resources: vec!["{system|*".into()], effect: "deny".into(), conditions: vec![] };
+    policies.push(Arc::new(allow.compile().expect("policy")));
+    policies.push(Arc::new(deny.compile().expect("policy")));
+    let mut meta = Table::new();
+    meta.set(Value::str("tier"), Value::str("gold"));
+    let identity = Identity::new(Some(Arc::new(Actor::new("tenant:42").with_meta(meta))), Some(Arc::new(Scope::new(policies))));
+    let n = 2_000_000u64;
+    let mut allowed = 0u64;
+    let t = Instant::now();
+    for i in 0..n {
+        let resource = if i % 2 == 0 { "{app:processes|0x00042}" } else { "{system|0x00001}" };
+        let req = Request { action: "process.send", resource: std::hint::black_box(resource), pid: None, meta: None };
+        allowed += evaluate(Some(std::hint::black_box(&identity)), false, &req) as u64;
+    }
+    let d = t.elapsed();
+    assert_eq!(allowed, n / 2);
+    out("security_policies", 20, "policies");
+    out("security_checks", n, "checks");
+    outf("security_check_ns", d.as_nanos() as f64 / n as f64, "ns");
+}

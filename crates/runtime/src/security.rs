@@ -35,15 +35,42 @@ impl Actor {
     }
 }
 
-/// A set of policies.
-#[derive(Debug, Clone, Default)]
+/// A set of policies. It remembers, per action asked about, which of its policies can
+/// apply (their action pattern matches), so a check looks at those only.
+#[derive(Debug, Default)]
 pub struct Scope {
-    pub policies: Vec<Arc<Policy>>,
+    policies: Vec<Arc<Policy>>,
+    by_action: RwLock<HashMap<Box<str>, Arc<[u32]>>>,
 }
+
+impl Clone for Scope {
+    fn clone(&self) -> Scope {
+        Scope::new(self.policies.clone())
+    }
+}
+
+/// More distinct actions than this are not remembered (the set of actions is small and
+/// fixed in practice; this only bounds a scope asked about arbitrary names).
+const ACTIONS_REMEMBERED: usize = 256;
 
 impl Scope {
     pub fn new(policies: Vec<Arc<Policy>>) -> Scope {
-        Scope { policies }
+        Scope { policies, by_action: RwLock::new(HashMap::new()) }
+    }
+    pub fn policies(&self) -> &[Arc<Policy>] {
+        &self.policies
+    }
+    /// Indices of the policies whose action pattern matches `action`.
+    fn for_action(&self, action: &str) -> Arc<[u32]> {
+        if let Some(ix) = self.by_action.read().get(action) {
+            return ix.clone();
+        }
+        let ix: Arc<[u32]> = self.policies.iter().enumerate().filter(|(_, p)| p.actions.matches(action)).map(|(i, _)| i as u32).collect();
+        let mut map = self.by_action.write();
+        if map.len() < ACTIONS_REMEMBERED {
+            map.insert(action.into(), ix.clone());
+        }
+        ix
     }
 }
 
@@ -80,6 +107,13 @@ pub enum Pattern {
     List(Vec<Pattern>),
 }
 
+/// Byte equality without a call into libc's memcmp: patterns and names are short, and
+/// most comparisons fail at the first byte.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 impl Pattern {
     pub fn new(p: &str) -> Pattern {
         if p == "*" {
@@ -96,11 +130,12 @@ impl Pattern {
     pub fn matches(&self, s: &str) -> bool {
         match self {
             Pattern::Any => true,
-            Pattern::Exact(e) => e == s,
+            Pattern::Exact(e) => bytes_eq(e.as_bytes(), s.as_bytes()),
             Pattern::List(ps) => ps.iter().any(|p| p.matches(s)),
             Pattern::Glob(parts) => {
-                let (first, last) = (&parts[0], &parts[parts.len() - 1]);
-                if s.len() < first.len() + last.len() || !s.starts_with(first.as_str()) || !s.ends_with(last.as_str()) {
+                let (first, last) = (parts[0].as_bytes(), parts[parts.len() - 1].as_bytes());
+                let b = s.as_bytes();
+                if b.len() < first.len() + last.len() || !bytes_eq(&b[..first.len()], first) || !bytes_eq(&b[b.len() - last.len()..], last) {
                     return false;
                 }
                 let mut rest = &s[first.len()..s.len() - last.len()];
@@ -440,8 +475,9 @@ pub fn evaluate(identity: Option<&Identity>, strict: bool, req: &Request<'_>) ->
         return !strict;
     };
     let mut allowed = false;
-    for p in &scope.policies {
-        if p.applies(actor, req) {
+    for &i in scope.for_action(req.action).iter() {
+        let p = &scope.policies[i as usize];
+        if p.resources.matches(req.resource) && p.conditions.iter().all(|c| c.holds(actor, req)) {
             if p.effect == Effect::Deny {
                 return false;
             }
