@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use wippy_lua::{LuaRuntime, ShardOptions};
 use wippy_registry::Lifecycle;
-use wippy_runtime::{HostConfig, Node, RestartPolicy, ServiceKind, ServiceSpec, StopSummary, Supervisor, SystemClock, Table, Value};
+use wippy_runtime::{HostConfig, Node, RestartPolicy, ServiceKind, ServiceSpec, StopSummary, Supervisor, SystemClock};
 
 use crate::kinds::TERMINAL_STOP;
-use crate::plan::{json_value, Plan};
+use crate::plan::Plan;
 
 /// The terminal host used when the project defines none.
 pub const BUILTIN_TERMINAL: &str = "wippy:terminal";
@@ -38,9 +38,15 @@ fn restart(l: &Lifecycle) -> RestartPolicy {
 fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
     let mut specs = Vec::new();
     for h in &plan.hosts {
+        let mut config = h.config.clone();
+        if let Some(forced) = &h.identity {
+            let mut sec = (*config.security).clone();
+            sec.identity = Some(Arc::new(plan.identity(forced)));
+            config.security = Arc::new(sec);
+        }
         specs.push(ServiceSpec {
             id: h.id.to_string(),
-            kind: ServiceKind::Host(h.config.clone()),
+            kind: ServiceKind::Host(config),
             requires: h.lifecycle.requires.iter().map(|r| r.to_string()).collect(),
             auto_start: h.lifecycle.auto_start,
             stop_timeout: h.lifecycle.stop_timeout,
@@ -48,17 +54,13 @@ fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
         });
     }
     for s in &plan.services {
-        // The service's actor and scope travel with its process (the security checks use them).
-        let context = s.lifecycle.security.as_ref().map(|sec| {
-            let mut t = Table::new();
-            t.set(Value::str("@security"), json_value(sec));
-            Arc::new(t)
-        });
+        // The service's actor and scope (lifecycle.security) become its process's identity.
+        let identity = s.identity.as_ref().map(|i| Arc::new(plan.identity(i)));
         let mut requires: Vec<String> = s.lifecycle.requires.iter().map(|r| r.to_string()).collect();
         requires.push(s.host.to_string());
         specs.push(ServiceSpec {
             id: s.id.to_string(),
-            kind: ServiceKind::Process { host: s.host.to_string(), entry: s.process.to_string(), args: s.input.clone(), context },
+            kind: ServiceKind::Process { host: s.host.to_string(), entry: s.process.to_string(), args: s.input.clone(), context: None, identity },
             requires,
             auto_start: s.lifecycle.auto_start,
             stop_timeout: s.lifecycle.stop_timeout,
@@ -69,8 +71,12 @@ fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
 }
 
 impl Boot {
-    pub fn new(plan: Plan) -> Result<Boot> {
+    pub fn new(plan: Plan, strict: bool) -> Result<Boot> {
         let node = Node::new().map_err(|e| anyhow!("cannot start the node: {e}"))?;
+        node.security().set_strict(strict);
+        for p in &plan.policies {
+            node.security().add_policy(p.policy.clone(), &p.groups);
+        }
         let lua = LuaRuntime::new();
         for e in &plan.lua {
             lua.add_entry(e.clone());

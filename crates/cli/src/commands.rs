@@ -53,6 +53,12 @@ fn init_logging(cli: &Cli, config: &Config, hide: bool) {
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(color).with_max_level(level).try_init();
 }
 
+/// `security.strict_mode: true` in the configuration: deny when a process has no actor
+/// or no scope.
+fn strict_mode(config: &Config) -> bool {
+    config.get("security.strict_mode").and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
 fn warn_all(plan: &Plan) {
     for w in &plan.warnings {
         tracing::warn!("{w}");
@@ -105,7 +111,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, args: &[String]) -
         Ok(s) => s,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
-    let boot = match Boot::new(plan) {
+    let boot = match Boot::new(plan, strict_mode(&config)) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
@@ -211,7 +217,7 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
         .map(|t| (t.suite.clone(), t.order, t.id.clone()))
         .collect();
     tests.sort();
-    let boot = match Boot::new(plan) {
+    let boot = match Boot::new(plan, strict_mode(&config)) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };

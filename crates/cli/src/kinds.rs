@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use wippy_lua::{EntryKind, LuaEntry, ShardOptions};
 use wippy_registry::{Checker, EntryId, Lifecycle};
-use wippy_runtime::HostConfig;
+use std::sync::Arc;
 
-use crate::plan::{json_value, Command, HostPlan, Plan, ServicePlan, TerminalPlan, TestPlan};
+use serde_json::Value as Json;
+use wippy_runtime::{Actor, ConditionSpec, HostConfig, HostSecurity, PolicySpec, Table};
+
+use crate::plan::{json_value, Command, HostPlan, IdentitySpec, Plan, PolicyPlan, ServicePlan, TerminalPlan, TestPlan};
 
 pub struct Kind {
     pub name: &'static str,
@@ -25,8 +28,7 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "registry.entry", check: |_, _| {} },
     Kind { name: "env.storage.os", check: |c, _| c.only("", &[]) },
     Kind { name: "env.variable", check: env_variable },
-    // Read and kept so Wippy projects load; what a policy allows is the security issue's work.
-    Kind { name: "security.policy", check: |c, _| c.only("", &["policy", "groups"]) },
+    Kind { name: "security.policy", check: security_policy },
 ];
 
 pub fn find(kind: &str) -> Option<&'static Kind> {
@@ -53,8 +55,9 @@ fn process_host(c: &mut Checker, plan: &mut Plan) {
     let lifecycle = c.lifecycle();
     config.stop_timeout = lifecycle.stop_timeout;
     let shard = ShardOptions { isolated, max_process_memory, ..ShardOptions::default() };
+    let identity = host_security(c, plan, &mut config);
     plan.depends(&id, &lifecycle.requires);
-    plan.hosts.push(HostPlan { id, config, shard, lifecycle });
+    plan.hosts.push(HostPlan { id, config, shard, lifecycle, identity });
 }
 
 fn terminal_host(c: &mut Checker, plan: &mut Plan) {
@@ -139,12 +142,13 @@ fn service(c: &mut Checker, plan: &mut Plan) {
         Some(other) => vec![json_value(other)],
     };
     let lifecycle: Lifecycle = c.lifecycle();
+    let identity = c.get("lifecycle.security").map(|_| identity_spec(c, plan, "lifecycle.security"));
     let id = c.entry.id.clone();
     let mut deps = lifecycle.requires.clone();
     deps.extend(host.iter().cloned());
     plan.depends(&id, &deps);
     if let (Some(process), Some(host)) = (process, host) {
-        plan.services.push(ServicePlan { id, process, host, input, lifecycle });
+        plan.services.push(ServicePlan { id, process, host, input, lifecycle, identity });
     }
 }
 
@@ -176,3 +180,110 @@ fn env_variable(c: &mut Checker, plan: &mut Plan) {
 
 /// How long a built-in terminal host waits for its process at shutdown.
 pub const TERMINAL_STOP: Duration = Duration::from_secs(10);
+
+/// `policy: {actions, resources, effect, conditions}` and `groups: [ns:group, ...]`.
+/// Unknown fields and operators, bad regexes and a missing effect are load errors.
+fn security_policy(c: &mut Checker, plan: &mut Plan) {
+    c.only_known("", &["policy", "groups"]);
+    if c.get("policy").is_none() {
+        c.error("policy", "missing (required): {actions, resources, effect, conditions}");
+        return;
+    }
+    c.only_known("policy", &["actions", "resources", "effect", "conditions"]);
+    let list = |c: &mut Checker, field: &str| match c.get(field) {
+        Some(Json::String(s)) => vec![s.clone()],
+        Some(Json::Array(_)) => c.strings(field),
+        Some(other) => {
+            c.error(field, format!("must be a string or a list of strings, got {other}"));
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    let actions = list(c, "policy.actions");
+    let resources = list(c, "policy.resources");
+    let effect = c.string("policy.effect").unwrap_or_default();
+    let mut conditions = Vec::new();
+    match c.get("policy.conditions") {
+        None => {}
+        Some(Json::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("policy.conditions[{}]", i + 1);
+                let Some(m) = item.as_object() else {
+                    c.error("policy.conditions", format!("item {} must be a mapping {{field, operator, value}}", i + 1));
+                    continue;
+                };
+                if let Some(k) = m.keys().find(|k| !["field", "operator", "value", "value_from"].contains(&k.as_str())) {
+                    c.error("policy.conditions", format!("{at}: unknown field {k} (known: field, operator, value, value_from)"));
+                }
+                let text = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                conditions.push(ConditionSpec {
+                    field: text("field").unwrap_or_default(),
+                    op: text("operator").unwrap_or_default(),
+                    value: m.get("value").map(json_value),
+                    value_from: text("value_from"),
+                });
+            }
+        }
+        Some(other) => c.error("policy.conditions", format!("must be a list, got {other}")),
+    }
+    let groups = group_names(c, "groups");
+    let spec = PolicySpec { id: c.entry.id.to_string(), actions, resources, effect, conditions };
+    match spec.compile() {
+        Ok(policy) => plan.policies.push(PolicyPlan { policy: Arc::new(policy), groups }),
+        Err(e) => {
+            // Errors inside a condition are reported on the conditions list.
+            let field = if e.field.starts_with("policy.conditions") { "policy.conditions".to_string() } else { e.field.clone() };
+            let msg = if field == e.field { e.message } else { format!("{}: {}", e.field, e.message) };
+            c.error(&field, msg);
+        }
+    }
+}
+
+/// Group names: `ns:group`, or a bare name in the entry's namespace.
+fn group_names(c: &mut Checker, field: &str) -> Vec<String> {
+    let ns = c.entry.id.namespace().to_string();
+    c.strings(field).into_iter().map(|g| if g.contains(':') { g } else { format!("{ns}:{g}") }).collect()
+}
+
+/// `{actor: {id, meta}, policies: [ids], groups: [ids]}` under `prefix`.
+fn identity_spec(c: &mut Checker, plan: &mut Plan, prefix: &str) -> IdentitySpec {
+    let actor = match c.get(&format!("{prefix}.actor")) {
+        None => None,
+        Some(Json::Object(m)) => {
+            c.only_known(&format!("{prefix}.actor"), &["id", "meta"]);
+            let id = c.required_string(&format!("{prefix}.actor.id")).unwrap_or_default();
+            let meta = match m.get("meta").map(json_value) {
+                Some(v) => v.as_table().cloned().unwrap_or_default(),
+                None => Table::new(),
+            };
+            Some(Arc::new(Actor::new(id).with_meta(meta)))
+        }
+        Some(other) => {
+            c.error(&format!("{prefix}.actor"), format!("must be a mapping {{id, meta}}, got {other}"));
+            None
+        }
+    };
+    let policies = c.references(&format!("{prefix}.policies"), &["security.policy"]);
+    let groups = group_names(c, &format!("{prefix}.groups"));
+    for g in &groups {
+        plan.group_refs.push((c.entry.id.clone(), format!("{prefix}.groups"), g.clone()));
+    }
+    IdentitySpec { actor, policies, groups }
+}
+
+/// A host's `security:` block: `modules`, `send_to`, `receive_from`, and a forced actor
+/// and scope (`actor`, `policies`, `groups`).
+fn host_security(c: &mut Checker, plan: &mut Plan, config: &mut HostConfig) -> Option<IdentitySpec> {
+    c.get("security")?;
+    c.only_known("security", &["modules", "send_to", "receive_from", "actor", "policies", "groups"]);
+    let hosts = |c: &mut Checker, field: &str| -> Option<Vec<String>> {
+        c.get(field)?;
+        Some(c.references(field, &["process.host", "terminal.host"]).into_iter().map(|h| h.to_string()).collect())
+    };
+    let modules = c.get("security.modules").is_some().then(|| c.strings("security.modules"));
+    let send_to = hosts(c, "security.send_to");
+    let receive_from = hosts(c, "security.receive_from");
+    config.security = Arc::new(HostSecurity { modules, send_to, receive_from, identity: None });
+    let forced = ["actor", "policies", "groups"].iter().any(|k| c.get(&format!("security.{k}")).is_some());
+    forced.then(|| identity_spec(c, plan, "security"))
+}

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use wippy_lua::{LuaEntry, RegistryItem, ShardOptions};
 use wippy_registry::{start_order, Checker, Entry, EntryId, Index, Lifecycle, LoadError, LoadErrors, Project};
-use wippy_runtime::{HostConfig, Table, Value};
+use std::sync::Arc;
+
+use wippy_runtime::{Actor, HostConfig, Identity, Policy, Scope, Table, Value};
 
 use crate::kinds;
 
@@ -15,6 +17,22 @@ pub struct HostPlan {
     pub config: HostConfig,
     pub shard: ShardOptions,
     pub lifecycle: Lifecycle,
+    /// The host's forced actor and scope (its `security:` block).
+    pub identity: Option<IdentitySpec>,
+}
+
+/// An actor and the policies/groups of a scope, as an entry names them (resolved at boot).
+#[derive(Clone, Default)]
+pub struct IdentitySpec {
+    pub actor: Option<Arc<Actor>>,
+    pub policies: Vec<EntryId>,
+    pub groups: Vec<String>,
+}
+
+/// A `security.policy` entry, compiled.
+pub struct PolicyPlan {
+    pub policy: Arc<Policy>,
+    pub groups: Vec<String>,
 }
 
 pub struct TerminalPlan {
@@ -29,6 +47,7 @@ pub struct ServicePlan {
     pub host: EntryId,
     pub input: Vec<Value>,
     pub lifecycle: Lifecycle,
+    pub identity: Option<IdentitySpec>,
 }
 
 pub struct Command {
@@ -53,6 +72,10 @@ pub struct Plan {
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub registry: Vec<RegistryItem>,
+    pub policies: Vec<PolicyPlan>,
+    /// Group names referenced by hosts and services: (entry, field, group), checked once
+    /// every policy is known.
+    pub group_refs: Vec<(EntryId, String, String)>,
     /// Entries with a lifecycle -> what they need running first.
     pub deps: BTreeMap<EntryId, Vec<EntryId>>,
     pub warnings: Vec<LoadError>,
@@ -87,6 +110,25 @@ pub fn json_value(v: &serde_json::Value) -> Value {
 }
 
 impl Plan {
+    /// The runtime identity an entry's `security` block describes.
+    pub fn identity(&self, spec: &IdentitySpec) -> Identity {
+        let mut policies: Vec<Arc<Policy>> = Vec::new();
+        for id in &spec.policies {
+            if let Some(p) = self.policies.iter().find(|p| p.policy.id == id.as_str()) {
+                policies.push(p.policy.clone());
+            }
+        }
+        for g in &spec.groups {
+            for p in self.policies.iter().filter(|p| p.groups.contains(g)) {
+                if !policies.iter().any(|q| Arc::ptr_eq(q, &p.policy)) {
+                    policies.push(p.policy.clone());
+                }
+            }
+        }
+        let scope = (!spec.policies.is_empty() || !spec.groups.is_empty()).then(|| Arc::new(Scope::new(policies)));
+        Identity::new(spec.actor.clone(), scope)
+    }
+
     pub fn depends(&mut self, id: &EntryId, on: &[EntryId]) {
         self.deps.entry(id.clone()).or_default().extend(on.iter().cloned());
     }
@@ -109,6 +151,15 @@ impl Plan {
             (kind.check)(&mut c, &mut plan);
             errors.append(&mut c.errors);
             plan.warnings.append(&mut c.warnings);
+        }
+        for (id, field, group) in std::mem::take(&mut plan.group_refs) {
+            if !plan.policies.iter().any(|p| p.groups.contains(&group)) {
+                if let Some(e) = project.entries.iter().find(|e| e.id == id) {
+                    let mut c = Checker::new(e, &index);
+                    c.error(&field, format!("group {group} has no policies (no security.policy entry lists it in groups)"));
+                    errors.append(&mut c.errors);
+                }
+            }
         }
         match start_order(&plan.deps) {
             Ok(_) => {}

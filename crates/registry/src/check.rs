@@ -129,6 +129,18 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Fields this kind does not know are errors (where a typo would weaken something,
+    /// such as a security policy).
+    pub fn only_known(&mut self, prefix: &str, known: &[&str]) {
+        let map = if prefix.is_empty() { Some(&self.entry.fields) } else { self.get(prefix).and_then(|v| v.as_object()) };
+        let Some(map) = map else { return };
+        let unknown: Vec<String> = map.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
+        for k in unknown {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            self.error(&path, format!("unknown field (known: {})", known.join(", ")));
+        }
+    }
+
     pub fn string(&mut self, field: &str) -> Option<String> {
         match self.get(field)? {
             Value::String(s) => Some(s.clone()),

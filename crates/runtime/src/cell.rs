@@ -97,6 +97,9 @@ pub(crate) struct TopoMore {
     pub(crate) monitoring: Vec<Pid>,
     pub(crate) names: Vec<SmolStr>,
     pub(crate) timers: Vec<(CommandId, tokio::task::AbortHandle)>,
+    /// Recently cancelled commands: a completion of theirs that was already on its way
+    /// (a ticker's tick queued before the cancel) is dropped, never delivered.
+    pub(crate) cancelled: Vec<CommandId>,
     pub(crate) watchers: Vec<std::sync::mpsc::SyncSender<ExitResult>>,
 }
 

@@ -287,6 +287,14 @@ impl<'a> Context<'a> {
         self.node.register(name, pid)
     }
 
+    /// Register `name` for a process this one has just spawned (a spawner's `with_name`):
+    /// checked as `process.registry.register` only.
+    pub fn register_spawned(&mut self, name: &str, child: Pid) -> Result<(), Error> {
+        self.flush();
+        self.allow_if_checked("process.registry.register", name)?;
+        self.node.register(name, child)
+    }
+
     fn allow_if_checked(&self, action: &str, resource: &str) -> Result<(), Error> {
         if self.checked() {
             self.allow(action, resource)?;
@@ -328,6 +336,10 @@ impl<'a> Context<'a> {
             let mut t = self.cell.topo.lock();
             t.more.as_mut().and_then(|m| {
                 let i = m.timers.iter().position(|(t, _)| *t == id)?;
+                if m.cancelled.len() >= 16 {
+                    m.cancelled.remove(0);
+                }
+                m.cancelled.push(id);
                 Some(m.timers.swap_remove(i).1)
             })
         };

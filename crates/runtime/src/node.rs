@@ -554,7 +554,7 @@ impl NodeInner {
         let crate::cell::Slot { process, init, next_command, last_target, context, identity } = slot;
         let Some(p) = process.as_mut() else { return };
         let mut cx = Context::new(self, cell, next_command, last_target, context, identity);
-        let mut events = Events { mailbox: &cell.mailbox, popped: 0 };
+        let mut events = Events { mailbox: &cell.mailbox, topo: &cell.topo, popped: 0 };
         let status = match cell.kill_error() {
             Some(e) => Status::Exit(Err(e)),
             None => catch_unwind(AssertUnwindSafe(|| {

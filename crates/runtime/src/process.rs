@@ -102,6 +102,7 @@ pub enum Status {
 /// at once).
 pub struct Events<'a> {
     pub(crate) mailbox: &'a Mailbox<Event>,
+    pub(crate) topo: &'a parking_lot::Mutex<crate::cell::Topo>,
     pub(crate) popped: usize,
 }
 
@@ -109,9 +110,21 @@ impl Events<'_> {
     #[inline]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Event> {
-        let e = self.mailbox.pop();
-        self.popped += e.is_some() as usize;
-        e
+        loop {
+            let e = self.mailbox.pop();
+            self.popped += e.is_some() as usize;
+            if let Some(Event::Completion { id, .. }) = &e {
+                if self.was_cancelled(*id) {
+                    continue;
+                }
+            }
+            return e;
+        }
+    }
+    /// A completion of a command this process cancelled (already on its way then).
+    #[cold]
+    fn was_cancelled(&self, id: CommandId) -> bool {
+        self.topo.lock().more.as_ref().is_some_and(|m| m.cancelled.contains(&id))
     }
     pub fn peek(&self) -> Option<&Event> {
         self.mailbox.peek()

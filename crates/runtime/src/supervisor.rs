@@ -16,6 +16,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::host::HostConfig;
 use crate::node::{NodeRef, Spawn};
 use crate::pid::Pid;
+use crate::security::Identity;
 use crate::process::ExitResult;
 use crate::value::{Table, Value};
 use crate::Error;
@@ -65,7 +66,7 @@ impl RestartPolicy {
 #[derive(Clone)]
 pub enum ServiceKind {
     /// A process: `spawn` is made anew for every run, on `host`.
-    Process { host: String, entry: String, args: Vec<Value>, context: Option<Arc<Table>> },
+    Process { host: String, entry: String, args: Vec<Value>, context: Option<Arc<Table>>, identity: Option<Arc<Identity>> },
     /// A host: started once; stopped after the services that need it.
     Host(HostConfig),
 }
@@ -454,10 +455,13 @@ impl Inner {
                 Ok(_) => self.set(st, i, ServiceState::Running, None, None),
                 Err(e) => self.set(st, i, ServiceState::Exited, Some(e.to_string()), None),
             },
-            ServiceKind::Process { host, entry, args, context } => {
+            ServiceKind::Process { host, entry, args, context, identity } => {
                 let mut spawn = Spawn::entry(&entry).args(args);
                 if let Some(c) = context {
                     spawn = spawn.context(c);
+                }
+                if let Some(i) = identity {
+                    spawn = spawn.identity(i);
                 }
                 match self.node.spawn_watched(&host, spawn) {
                     Ok((pid, watch)) => {

@@ -117,7 +117,7 @@ impl<F: FnMut() -> Flow + Send + 'static> Handler for Starter<F> {
 fn process(id: &str, entry: &str, requires: &[&str], restart: RestartPolicy) -> ServiceSpec {
     ServiceSpec {
         id: id.into(),
-        kind: ServiceKind::Process { host: HOST.into(), entry: entry.into(), args: vec![], context: None },
+        kind: ServiceKind::Process { host: HOST.into(), entry: entry.into(), args: vec![], context: None, identity: None },
         requires: requires.iter().map(|s| s.to_string()).collect(),
         auto_start: true,
         stop_timeout: Duration::from_secs(5),

@@ -705,7 +705,7 @@ local spawn_raw = R.spawn
 local Spawner = {}
 local SpawnerMT = { __index = Spawner, __name = "spawner", __metatable = "spawner" }
 local function spawner_copy(sp)
-  local n = setmetatable({ ctx = sp.ctx, name = sp.name, msgs = sp.msgs, actor = sp.actor, scope = sp.scope }, SpawnerMT)
+  local n = setmetatable({ ctx = sp.ctx, name = sp.name, msgs = sp.msgs, sec = sp.sec }, SpawnerMT)
   return n
 end
 function Spawner.with_context(sp, values)
@@ -719,8 +719,19 @@ function Spawner.with_context(sp, values)
   n.ctx = ctx
   return n
 end
-function Spawner.with_actor(sp, actor) local n = spawner_copy(sp); n.actor = actor; return n end
-function Spawner.with_scope(sp, scope) local n = spawner_copy(sp); n.scope = scope; return n end
+-- with_actor/with_scope: the child runs as this actor / under this scope (the runtime
+-- checks `process.security` at spawn).
+local function with_sec(sp, key, v, fname)
+  if type(v) ~= "userdata" then
+    error("bad argument #1 to '" .. fname .. "' (" .. key .. " expected, got " .. type(v) .. ")", 3)
+  end
+  local n = spawner_copy(sp)
+  n.sec = { actor = sp.sec and sp.sec.actor, scope = sp.sec and sp.sec.scope }
+  n.sec[key] = v
+  return n
+end
+function Spawner.with_actor(sp, actor) return with_sec(sp, "actor", actor, "with_actor") end
+function Spawner.with_scope(sp, scope) return with_sec(sp, "scope", scope, "with_scope") end
 function Spawner.with_name(sp, name)
   if type(name) ~= "string" then
     error("bad argument #1 to 'with_name' (string expected, got " .. type(name) .. ")", 2)
@@ -739,7 +750,7 @@ function Spawner.with_message(sp, topic, ...)
   return n
 end
 local function spawner_spawn(sp, mode, entry, host, ...)
-  local pid, err = spawn_raw(mode, entry, host, sp.ctx, sp.name, ...)
+  local pid, err = spawn_raw(mode, entry, host, sp.ctx, sp.name, sp.sec, ...)
   if not pid then return nil, err end
   if sp.msgs then
     for _, m in ipairs(sp.msgs) do
@@ -862,7 +873,7 @@ if LIBS.funcs then
     if type(id) ~= "string" then
       error("bad argument #1 to 'call' (string expected, got " .. type(id) .. ")", 2)
     end
-    local pid, err = spawn_raw(5, id, nil, nil, nil, ...)
+    local pid, err = spawn_raw(5, id, nil, nil, nil, nil, ...)
     if not pid then return nil, err end
     return wait_exit(S[1], pid)
   end
@@ -873,7 +884,7 @@ if LIBS.funcs then
       error("bad argument #1 to 'async' (string expected, got " .. type(id) .. ")", 2)
     end
     local P = S[1]
-    local pid, err = spawn_raw(5, id, nil, nil, nil, ...)
+    local pid, err = spawn_raw(5, id, nil, nil, nil, nil, ...)
     if not pid then return nil, err end
     local ch = newchan(P, 1, true)
     local f = setmetatable({ ch = ch, pid = pid, P = P }, FutureMT)

@@ -12,6 +12,7 @@ pub(crate) mod json;
 pub(crate) mod logger;
 pub(crate) mod process;
 pub(crate) mod registry;
+pub(crate) mod security;
 pub(crate) mod time;
 
 use std::os::raw::c_int;
@@ -185,6 +186,7 @@ pub(crate) fn install(
     shared.raw_set("funcs", funcs::library(lua)?)?;
     shared.raw_set("registry", registry::library(lua, catalog.clone())?)?;
     shared.raw_set("io", io::library(lua, grants_io)?)?;
+    shared.raw_set("security", security::library(lua)?)?;
     r.raw_set("load_library", funcs::load_library_function(lua, catalog)?)?;
     Ok(())
 }

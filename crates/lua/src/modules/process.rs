@@ -55,6 +55,7 @@ fn spawn(
     host: &LuaValue,
     ctx: &LuaValue,
     name: &LuaValue,
+    sec: &LuaValue,
     args: Variadic<LuaValue>,
 ) -> mlua::Result<(LuaValue, LuaValue)> {
     let fname = if mode == FUNCTION { "call" } else { "spawn" };
@@ -93,6 +94,12 @@ fn spawn(
             }
             sp = sp.context(Arc::new(merged));
         }
+        if let Some(identity) = super::security::requested_identity(sec, cx.identity())? {
+            sp = sp.identity(identity);
+        }
+        if mode == EXEC {
+            sp = sp.for_exec();
+        }
         if mode & MONITORED != 0 || mode == EXEC || mode == FUNCTION {
             sp = sp.monitored();
         }
@@ -115,7 +122,7 @@ fn spawn(
         match r {
             Ok(pid) => {
                 if let Some(n) = &name {
-                    if let Err(e) = cx.register_for(n, pid) {
+                    if let Err(e) = cx.register_spawned(n, pid) {
                         return fail(lua, e);
                     }
                 }
@@ -153,8 +160,8 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
     )?;
     let c = catalog.clone();
     let raw_spawn = lua.create_function(
-        move |lua, (mode, entry, host, ctx, name, args): (i64, LuaValue, LuaValue, LuaValue, LuaValue, Variadic<LuaValue>)| {
-            spawn(lua, &c, mode, &entry, &host, &ctx, &name, args)
+        move |lua, (mode, entry, host, ctx, name, sec, args): (i64, LuaValue, LuaValue, LuaValue, LuaValue, LuaValue, Variadic<LuaValue>)| {
+            spawn(lua, &c, mode, &entry, &host, &ctx, &name, &sec, args)
         },
     )?;
     r.raw_set("spawn", raw_spawn)?;
@@ -163,7 +170,7 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
         t.raw_set(
             fname,
             lua.create_function(move |lua, (entry, host, args): (LuaValue, LuaValue, Variadic<LuaValue>)| {
-                spawn(lua, &c, mode, &entry, &host, &LuaValue::Nil, &LuaValue::Nil, args)
+                spawn(lua, &c, mode, &entry, &host, &LuaValue::Nil, &LuaValue::Nil, &LuaValue::Nil, args)
             })?,
         )?;
     }

@@ -1,0 +1,164 @@
+//! `security`: the running process's actor and scope, making new ones (for `with_actor` /
+//! `with_scope` on spawners, which the runtime checks as `process.security`), named
+//! policies and groups, and `can(action, resource, meta?)`.
+
+use std::sync::Arc;
+
+use mlua::{AnyUserData, Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
+use wippy_runtime::{evaluate, Actor, Error, Identity, Policy, Request, Scope, Value};
+
+use super::{bad_arg, fail};
+use crate::convert::{from_value, to_value};
+use crate::current;
+
+pub(crate) struct LuaActor(pub(crate) Arc<Actor>);
+pub(crate) struct LuaScope(pub(crate) Arc<Scope>);
+pub(crate) struct LuaPolicy(pub(crate) Arc<Policy>);
+
+impl UserData for LuaActor {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("id", |_, a, ()| Ok(a.0.id.clone()));
+        m.add_method("meta", |lua, a, ()| from_value(lua, &Value::table(a.0.meta.clone())));
+        m.add_meta_method(MetaMethod::ToString, |_, a, ()| Ok(format!("actor {}", a.0.id)));
+    }
+}
+
+impl UserData for LuaScope {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("policies", |lua, s, ()| {
+            let t = lua.create_table()?;
+            for p in s.0.policies() {
+                t.raw_push(lua.create_userdata(LuaPolicy(p.clone()))?)?;
+            }
+            Ok(t)
+        });
+        m.add_method("with", |_, s, p: AnyUserData| {
+            let p = p.borrow::<LuaPolicy>()?.0.clone();
+            let mut ps = s.0.policies().to_vec();
+            if !ps.iter().any(|q| Arc::ptr_eq(q, &p)) {
+                ps.push(p);
+            }
+            Ok(LuaScope(Arc::new(Scope::new(ps))))
+        });
+        m.add_method("without", |_, s, id: String| {
+            let ps = s.0.policies().iter().filter(|p| p.id != id).cloned().collect();
+            Ok(LuaScope(Arc::new(Scope::new(ps))))
+        });
+        m.add_meta_method(MetaMethod::ToString, |_, s, ()| Ok(format!("scope of {} policies", s.0.policies().len())));
+    }
+}
+
+impl UserData for LuaPolicy {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("id", |_, p, ()| Ok(p.0.id.clone()));
+        m.add_meta_method(MetaMethod::ToString, |_, p, ()| Ok(format!("policy {}", p.0.id)));
+    }
+}
+
+/// The identity a spawner's `with_actor`/`with_scope` asks for (`sec` = `{actor=, scope=}`),
+/// filling what it does not set from the spawner's own.
+pub(crate) fn requested_identity(sec: &LuaValue, current: Option<&Arc<Identity>>) -> mlua::Result<Option<Arc<Identity>>> {
+    let LuaValue::Table(t) = sec else { return Ok(None) };
+    let actor = match t.raw_get::<LuaValue>("actor")? {
+        LuaValue::UserData(ud) => Some(ud.borrow::<LuaActor>()?.0.clone()),
+        _ => None,
+    };
+    let scope = match t.raw_get::<LuaValue>("scope")? {
+        LuaValue::UserData(ud) => Some(ud.borrow::<LuaScope>()?.0.clone()),
+        _ => None,
+    };
+    if actor.is_none() && scope.is_none() {
+        return Ok(None);
+    }
+    let actor = actor.or_else(|| current.and_then(|i| i.actor.clone()));
+    let scope = scope.or_else(|| current.and_then(|i| i.scope.clone()));
+    Ok(Some(Arc::new(Identity::new(actor, scope))))
+}
+
+pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set(
+        "actor",
+        lua.create_function(|lua, ()| {
+            current::with(|cx, _| match cx.identity().and_then(|i| i.actor.clone()) {
+                Some(a) => Ok(LuaValue::UserData(lua.create_userdata(LuaActor(a))?)),
+                None => Ok(LuaValue::Nil),
+            })
+        })?,
+    )?;
+    t.raw_set(
+        "scope",
+        lua.create_function(|lua, ()| {
+            current::with(|cx, _| match cx.identity().and_then(|i| i.scope.clone()) {
+                Some(s) => Ok(LuaValue::UserData(lua.create_userdata(LuaScope(s))?)),
+                None => Ok(LuaValue::Nil),
+            })
+        })?,
+    )?;
+    t.raw_set(
+        "new_actor",
+        lua.create_function(|lua, (id, meta): (LuaValue, LuaValue)| {
+            let LuaValue::String(id) = &id else { return Err(bad_arg(1, "new_actor", "string", &id)) };
+            let meta = match &meta {
+                LuaValue::Nil => wippy_runtime::Table::new(),
+                LuaValue::Table(_) => {
+                    let converted: Result<Value, String> = current::with(|_, st| Ok(to_value(&meta, &st.marks, "meta")))?;
+                    match converted {
+                        Ok(Value::Table(t)) => (*t).clone(),
+                        Ok(_) => wippy_runtime::Table::new(),
+                        Err(m) => return Err(mlua::Error::runtime(Error::invalid(m).message)),
+                    }
+                }
+                other => return Err(bad_arg(2, "new_actor", "table", other)),
+            };
+            Ok(LuaValue::UserData(lua.create_userdata(LuaActor(Arc::new(Actor::new(id.to_str()?.to_string()).with_meta(meta))))?))
+        })?,
+    )?;
+    t.raw_set(
+        "new_scope",
+        lua.create_function(|_, policies: Option<Table>| {
+            let mut ps = Vec::new();
+            if let Some(list) = policies {
+                for p in list.sequence_values::<AnyUserData>() {
+                    ps.push(p?.borrow::<LuaPolicy>()?.0.clone());
+                }
+            }
+            Ok(LuaScope(Arc::new(Scope::new(ps))))
+        })?,
+    )?;
+    t.raw_set(
+        "policy",
+        lua.create_function(|lua, id: String| {
+            current::with(|cx, _| match cx.node().security().policy(&id) {
+                Some(p) => Ok((LuaValue::UserData(lua.create_userdata(LuaPolicy(p))?), LuaValue::Nil)),
+                None => fail(lua, Error::not_found(format!("no policy {id}"))),
+            })
+        })?,
+    )?;
+    t.raw_set(
+        "named_scope",
+        lua.create_function(|lua, group: String| {
+            current::with(|cx, _| match cx.node().security().group(&group) {
+                Some(ps) => Ok((LuaValue::UserData(lua.create_userdata(LuaScope(Arc::new(Scope::new(ps))))?), LuaValue::Nil)),
+                None => fail(lua, Error::not_found(format!("no policy group {group}"))),
+            })
+        })?,
+    )?;
+    t.raw_set(
+        "can",
+        lua.create_function(|_, (action, resource, meta): (String, String, LuaValue)| {
+            current::with(|cx, st| {
+                let meta = match &meta {
+                    LuaValue::Table(_) => match to_value(&meta, &st.marks, "meta") {
+                        Ok(Value::Table(t)) => Some(t),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let req = Request { action: &action, resource: &resource, pid: Some(cx.pid()), meta: meta.as_deref() };
+                Ok(evaluate(cx.identity().map(|i| &**i), cx.node().security().strict(), &req))
+            })
+        })?,
+    )?;
+    Ok(t)
+}
