@@ -230,12 +230,7 @@ fn security_policy(c: &mut Checker, plan: &mut Plan) {
     let spec = PolicySpec { id: c.entry.id.to_string(), actions, resources, effect, conditions };
     match spec.compile() {
         Ok(policy) => plan.policies.push(PolicyPlan { policy: Arc::new(policy), groups }),
-        Err(e) => {
-            // Errors inside a condition are reported on the conditions list.
-            let field = if e.field.starts_with("policy.conditions") { "policy.conditions".to_string() } else { e.field.clone() };
-            let msg = if field == e.field { e.message } else { format!("{}: {}", e.field, e.message) };
-            c.error(&field, msg);
-        }
+        Err(e) => c.error(&e.field, e.message),
     }
 }
 

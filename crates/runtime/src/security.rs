@@ -316,7 +316,7 @@ impl PolicySpec {
                     return Err(err(&at("value"), "matches needs a regular expression string".into()));
                 };
                 let text = String::from_utf8_lossy(s);
-                Some(regex::Regex::new(&text).map_err(|e| err(&at("value"), format!("bad regular expression: {e}")))?)
+                Some(regex::Regex::new(&text).map_err(|e| err(&at("value"), format!("bad regular expression: {}", e.to_string().lines().last().unwrap_or("").trim().trim_start_matches("error: "))))?)
             } else {
                 None
             };

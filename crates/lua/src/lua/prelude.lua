@@ -776,6 +776,8 @@ function process.exec(...) return Spawner.exec(PLAIN, ...) end
 function process.with_context(values)
   return Spawner.with_context(setmetatable({}, SpawnerMT), values)
 end
+function process.with_actor(actor) return with_sec(setmetatable({}, SpawnerMT), "actor", actor, "with_actor") end
+function process.with_scope(scope) return with_sec(setmetatable({}, SpawnerMT), "scope", scope, "with_scope") end
 
 -------------------------------------------------------------------------------------------
 -- time: the waiting parts (sleep, after, timer, ticker); the rest is Rust (LIBS.time)

@@ -1,0 +1,119 @@
+//! Security seen from Lua: a process under a tenant's actor and scope cannot send, spawn,
+//! escalate with with_actor, or name other processes beyond its policies (and a denied
+//! send delivers nothing); the security module's actor/scope/new_actor/new_scope/policy/
+//! named_scope/can; and a host's module allow-list.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use wippy_lua::{LuaEntry, ShardOptions};
+use wippy_runtime::{Actor, ErrorKind, HostConfig, HostSecurity, Identity, Policy, PolicySpec, Scope, Spawn, Value};
+
+fn policy(id: &str, actions: &[&str], resources: &[&str], effect: &str) -> Arc<Policy> {
+    let spec = PolicySpec {
+        id: id.into(),
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+        resources: resources.iter().map(|s| s.to_string()).collect(),
+        effect: effect.into(),
+        conditions: vec![],
+    };
+    Arc::new(spec.compile().unwrap())
+}
+
+/// Run `body` (a main function body) as a process under `identity`.
+fn run_as(h: &Harness, identity: Identity, body: &str) -> Value {
+    let id = format!("test:as{}", body.len());
+    h.lua.add_entry(LuaEntry::process(&id, &format!("return {{ main = function(...)\n{body}\nend }}")).modules(ALL_MODULES));
+    let (_, watch) = h.node.spawn_watched(HOST, Spawn::entry(&id).identity(Arc::new(identity))).unwrap();
+    match watch.wait_timeout(Duration::from_secs(20)).expect("finished") {
+        Ok(v) => v,
+        Err(e) => panic!("process failed: {}", e.message),
+    }
+}
+
+fn tenant(h: &Harness) -> Identity {
+    let own = policy("t:own", &["process.spawn", "process.exec", "process.host", "process.registry.register"], &["*"], "allow");
+    let gateway = policy("t:gateway", &["process.send"], &["*"], "allow");
+    let no_sys = policy("t:no-sys", &["process.send"], &["{app:processes|0x00001}"], "deny");
+    h.node.security().add_policy(own.clone(), &["t:tenants".into()]);
+    h.node.security().add_policy(gateway.clone(), &["t:tenants".into()]);
+    h.node.security().add_policy(no_sys.clone(), &[]);
+    let mut meta = wippy_runtime::Table::new();
+    meta.set(Value::str("org"), Value::str("acme"));
+    Identity::new(Some(Arc::new(Actor::new("tenant:acme").with_meta(meta))), Some(Arc::new(Scope::new(vec![own, gateway, no_sys]))))
+}
+
+#[test]
+fn a_tenant_cannot_send_past_a_deny_and_nothing_is_delivered() {
+    let h = Harness::new(2);
+    // PID 1: a "system" process that counts what it receives.
+    h.entry("test:sys", "return { main = function() local n = 0 local inbox = process.inbox() while true do local m = inbox:receive() if m:topic() == 'count' then process.send(m:from(), 'n', n) else n = n + 1 end end end }");
+    let sys = h.node.spawn(HOST, Spawn::entry("test:sys")).unwrap();
+    assert_eq!(sys.to_string(), "{app:processes|0x00001}");
+    let id = tenant(&h);
+    let v = run_as(&h, id, "local ok, err = process.send('{app:processes|0x00001}', 'hello', 1)
+        return tostring(ok) .. '|' .. err:kind() .. '|' .. err:message()");
+    assert_eq!(v.as_str().unwrap(), "nil|PermissionDenied|permission denied: process.send on {app:processes|0x00001}");
+    let count = h.ok("local ch = process.listen('n') process.send('{app:processes|0x00001}', 'count') return ch:receive()");
+    assert_eq!(count, Value::Int(0), "the denied message never arrived");
+    h.node.terminate(sys).unwrap();
+}
+
+#[test]
+fn with_actor_needs_process_security_and_foreign_names_need_their_permission() {
+    let h = Harness::new(2);
+    h.entry("test:child", "return { main = function() return security.actor() and security.actor():id() or 'none' end }");
+    let id = tenant(&h);
+    let v = run_as(&h, id.clone(), "
+        local root = security.new_actor('root')
+        local pid, err = process.with_actor(root):spawn('test:child', 'app:processes')
+        local out = tostring(pid) .. '|' .. tostring(err)
+        local ok, err2 = process.registry.register('stolen', process.spawn('test:child', 'app:processes'))
+        return out .. '|' .. tostring(ok) .. '|' .. err2:kind()");
+    assert_eq!(v.as_str().unwrap(), "nil|permission denied: process.security on security|nil|PermissionDenied");
+    assert_eq!(h.node.lookup("stolen"), None);
+    // The child of a tenant runs as the tenant (inherited).
+    let v = run_as(&h, id, "return process.exec('test:child', 'app:processes')");
+    assert_eq!(v.as_str().unwrap(), "tenant:acme");
+}
+
+#[test]
+fn the_security_module_reports_and_builds_identities() {
+    let h = Harness::new(2);
+    let id = tenant(&h);
+    h.entry("test:child", "return { main = function() return security.actor():id() .. ' ' .. #security.scope():policies() end }");
+    let v = run_as(&h, id, "
+        local a = security.actor()
+        local out = { a:id(), a:meta().org, #security.scope():policies() }
+        out[#out + 1] = tostring(security.can('process.send', '{app:processes|0x00009}'))
+        out[#out + 1] = tostring(security.can('process.send', '{app:processes|0x00001}'))
+        out[#out + 1] = tostring(security.can('fs.write', 'x'))
+        local p = assert(security.policy('t:gateway'))
+        out[#out + 1] = p:id()
+        local s = assert(security.named_scope('t:tenants'))
+        out[#out + 1] = #s:policies()
+        out[#out + 1] = #security.new_scope({ p }):policies()
+        local _, err = security.policy('t:nope')
+        out[#out + 1] = err:kind()
+        return table.concat(out, ',')");
+    assert_eq!(v.as_str().unwrap(), "tenant:acme,acme,3,true,false,false,t:gateway,2,1,NotFound");
+    // An unidentified process (not strict): everything is allowed, there is no actor.
+    assert_eq!(h.ok("return tostring(security.actor()) .. ' ' .. tostring(security.can('anything', 'x'))").as_str().unwrap(), "nil true");
+}
+
+#[test]
+fn a_host_module_allow_list_refuses_entries_that_need_more() {
+    let h = Harness::new(1);
+    let mut cfg = HostConfig::new("app:sandbox").workers(1).stop_timeout(Duration::from_millis(200));
+    cfg.security = Arc::new(HostSecurity { modules: Some(vec!["time".into()]), ..HostSecurity::default() });
+    h.lua.set_host_options("app:sandbox", ShardOptions::default());
+    h.node.add_host(cfg).unwrap();
+    h.lua.add_entry(LuaEntry::process("test:timer", "return { main = function() return 1 end }").modules(&["time"]));
+    h.lua.add_entry(LuaEntry::process("test:json", "return { main = function() return 1 end }").modules(&["time", "json"]));
+    assert_eq!(h.node.exec("app:sandbox", Spawn::entry("test:timer")).unwrap(), Value::Int(1));
+    let e = h.node.spawn("app:sandbox", Spawn::entry("test:json")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert_eq!(e.message, "permission denied: module on json (entry test:json on host app:sandbox, which allows only: time)");
+}
