@@ -317,7 +317,7 @@ pub fn security_check() {
     let t = Instant::now();
     for i in 0..n {
         let resource = if i % 2 == 0 { "{app:processes|0x00042}" } else { "{system|0x00001}" };
-        let req = Request { action: "process.send", resource: std::hint::black_box(resource), pid: None, meta: None };
+        let req = Request { action: "process.send", resource: std::hint::black_box(resource), pid: None, meta: None, target: None };
         allowed += evaluate(Some(std::hint::black_box(&identity)), false, &req) as u64;
     }
     let d = t.elapsed();

@@ -82,8 +82,6 @@ pub(crate) struct Slot {
     pub(crate) last_target: Option<Arc<ProcCell>>,
     /// Values set by `with_context`, inherited by children.
     pub(crate) context: Option<Arc<Table>>,
-    /// The actor and scope this process runs under, inherited by children.
-    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 /// Rarely used parts of a process's topology, allocated on first use.
@@ -124,6 +122,9 @@ pub(crate) struct ProcCell {
     pub(crate) group: Option<Arc<dyn ProcessGroup>>,
     pub(crate) slot: UnsafeCell<Slot>,
     pub(crate) topo: Mutex<Topo>,
+    /// The actor and scope this process runs under (fixed at spawn; children inherit it).
+    /// Readable from any thread: checks of operations on this process look at it.
+    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 // SAFETY: `slot` is only accessed by the single worker that owns the RUNNING state (see the
@@ -155,8 +156,8 @@ impl ProcCell {
                 next_command: 1,
                 last_target: None,
                 context,
-                identity,
             }),
+            identity,
             topo: Mutex::new(Topo::default()),
         });
         cell.mailbox.init();

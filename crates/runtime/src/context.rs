@@ -21,7 +21,7 @@ use crate::topic::Topic;
 use crate::pid::Pid;
 use crate::process::{Command, CommandId, Payload};
 use crate::host::HostSecurity;
-use crate::security::{denied, evaluate, Identity, Request};
+use crate::security::{denied, evaluate, Identity, Request, Target};
 use crate::value::{Table, Value};
 
 /// A send into a mailbox holding this many messages or more costs one extra reduction
@@ -40,7 +40,6 @@ pub struct Context<'a> {
     /// The receiver of the last send (kept across steps: repeated sends skip the table).
     last_target: &'a mut Option<Arc<ProcCell>>,
     context: &'a Option<Arc<Table>>,
-    identity: &'a Option<Arc<Identity>>,
     /// Messages for `last_target` not queued yet. Flushed before any other operation,
     /// at `BATCH`, and when the step ends, so every ordering a process can observe holds.
     outbox: Chain<Event>,
@@ -62,14 +61,13 @@ impl<'a> Context<'a> {
         next_command: &'a mut u64,
         last_target: &'a mut Option<Arc<ProcCell>>,
         context: &'a Option<Arc<Table>>,
-        identity: &'a Option<Arc<Identity>>,
     ) -> Self {
         // A process with a backlog gets a longer step (up to 32x the host's budget), so a
         // consumer that many producers feed gets a share of the worker that grows with
         // its queue instead of one turn in every N.
         let base = cell.host.config.budget;
         let boost = (cell.mailbox.queued() / 8).min(base as usize * 31) as u32;
-        Context { node, cell, next_command, last_target, context, identity, outbox: Chain::new(), backlog: 0, budget: base + boost }
+        Context { node, cell, next_command, last_target, context, outbox: Chain::new(), backlog: 0, budget: base + boost }
     }
 
     /// This process's PID.
@@ -155,7 +153,7 @@ impl<'a> Context<'a> {
     /// Whether operations of this process need a permission check at all.
     #[inline]
     fn checked(&self) -> bool {
-        self.identity.is_some() || self.node.security.strict()
+        self.cell.identity.is_some() || self.node.security.strict()
     }
 
     /// May this process do `action` on `resource`? (SPEC §7.2; `meta.pid` is this PID.)
@@ -163,8 +161,8 @@ impl<'a> Context<'a> {
         if !self.checked() {
             return true;
         }
-        let req = Request { action, resource, pid: Some(self.cell.pid), meta: None };
-        evaluate(self.identity.as_deref(), self.node.security.strict(), &req)
+        let req = Request { action, resource, pid: Some(self.cell.pid), meta: None, target: None };
+        evaluate(self.cell.identity.as_deref(), self.node.security.strict(), &req)
     }
 
     /// `Ok` when allowed, else PermissionDenied naming the action and resource.
@@ -176,24 +174,34 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// An operation on process `pid`: the request's `meta.target` describes it (its
+    /// actor and host), so policies can say "only processes of my own organisation".
     fn check_pid(&self, action: &str, pid: Pid) -> Result<(), Error> {
-        if self.checked() {
-            self.allow(action, &pid.to_string())?;
+        if !self.checked() {
+            return Ok(());
         }
-        Ok(())
+        let cell = self.node.table.get(pid);
+        let target = cell.as_ref().map(|c| Target { identity: c.identity.as_deref(), host: &c.host.config.name });
+        let resource = pid.to_string();
+        let req = Request { action, resource: &resource, pid: Some(self.cell.pid), meta: None, target };
+        if evaluate(self.cell.identity.as_deref(), self.node.security.strict(), &req) {
+            Ok(())
+        } else {
+            Err(denied(action, &resource))
+        }
     }
 
     fn check_dest(&self, action: &str, dest: &Dest) -> Result<(), Error> {
         if self.checked() {
             let pid = self.node.resolve(dest)?;
-            self.allow(action, &pid.to_string())?;
+            self.check_pid(action, pid)?;
         }
         Ok(())
     }
 
     /// The actor and scope this process runs under.
     pub fn identity(&self) -> Option<&Arc<Identity>> {
-        self.identity.as_ref()
+        self.cell.identity.as_ref()
     }
 
     /// Spawn on this process's own host.
@@ -227,7 +235,7 @@ impl<'a> Context<'a> {
         if spawn.sets_identity() {
             self.allow("process.security", "security")?;
         }
-        self.node.spawn(Some(self.cell), &target, spawn, None, self.context.clone(), self.identity.clone())
+        self.node.spawn(Some(self.cell), &target, spawn, None, self.context.clone(), self.cell.identity.clone())
     }
 
     pub fn link(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {

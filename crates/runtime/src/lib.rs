@@ -42,7 +42,7 @@ pub use process::{Command, CommandId, Event, Events, ExitResult, Message, NewPro
 pub use topic::Topic;
 pub use scheduler::Runnable;
 pub use security::{
-    denied, evaluate, Actor, ConditionSpec, Effect, Field, Identity, Op, Pattern, Policy, PolicyError, PolicySpec, Request, Scope, Security,
+    denied, evaluate, Actor, ConditionSpec, Effect, Field, Identity, Op, Pattern, Policy, PolicyError, PolicySpec, Request, Scope, Security, Target,
 };
 pub use supervisor::{Clock, RestartPolicy, ServiceKind, ServiceSpec, ServiceState, ServiceStatus, StopSummary, Supervisor, SystemClock, Transition};
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};

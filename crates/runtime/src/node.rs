@@ -551,9 +551,9 @@ impl NodeInner {
         cell.mailbox.start();
         // SAFETY: the state word is RUNNING and only this thread moved it there.
         let slot = unsafe { &mut *cell.slot.get() };
-        let crate::cell::Slot { process, init, next_command, last_target, context, identity } = slot;
+        let crate::cell::Slot { process, init, next_command, last_target, context } = slot;
         let Some(p) = process.as_mut() else { return };
-        let mut cx = Context::new(self, cell, next_command, last_target, context, identity);
+        let mut cx = Context::new(self, cell, next_command, last_target, context);
         let mut events = Events { mailbox: &cell.mailbox, topo: &cell.topo, popped: 0 };
         let status = match cell.kill_error() {
             Some(e) => Status::Exit(Err(e)),

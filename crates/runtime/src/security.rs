@@ -330,12 +330,22 @@ impl PolicySpec {
 }
 
 /// What is being asked: an action on a resource, by the process `pid` (its PID is the
-/// request's `meta.pid`), with optional further attributes.
+/// request's `meta.pid`), with optional further attributes. For an operation on another
+/// process, `target` describes it: `meta.target.actor.id`, `meta.target.actor.meta.*`,
+/// `meta.target.host` (beyond Wippy).
 pub struct Request<'a> {
     pub action: &'a str,
     pub resource: &'a str,
     pub pid: Option<Pid>,
     pub meta: Option<&'a Table>,
+    pub target: Option<Target<'a>>,
+}
+
+/// The process an operation is aimed at.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub identity: Option<&'a Identity>,
+    pub host: &'a str,
 }
 
 fn path_get<'v>(mut v: &'v Value, path: &[String]) -> Option<&'v Value> {
@@ -385,6 +395,19 @@ fn get<'a>(field: &Field, actor: &'a Actor, req: &'a Request<'a>) -> Got<'a> {
                 if let Some(pid) = req.pid {
                     return Got::Owned(Value::str(&pid.to_string()));
                 }
+            }
+            if path[0] == "target" {
+                let Some(t) = req.target else { return Got::Missing };
+                let actor = t.identity.and_then(|i| i.actor.as_deref());
+                return match (path.get(1).map(String::as_str), path.get(2).map(String::as_str), actor) {
+                    (Some("host"), None, _) => Got::Str(t.host),
+                    (Some("actor"), Some("id"), Some(a)) if path.len() == 3 => Got::Str(&a.id),
+                    (Some("actor"), Some("meta"), Some(a)) if path.len() > 3 => {
+                        let Some(first) = a.meta.get_str(&path[3]) else { return Got::Missing };
+                        path_get(first, &path[4..]).map_or(Got::Missing, Got::Borrowed)
+                    }
+                    _ => Got::Missing,
+                };
             }
             let Some(first) = req.meta.and_then(|m| m.get_str(&path[0])) else { return Got::Missing };
             path_get(first, &path[1..]).map_or(Got::Missing, Got::Borrowed)

@@ -37,7 +37,7 @@ fn identity(a: Arc<Actor>, policies: Vec<Arc<Policy>>) -> Identity {
 }
 
 fn ask(id: &Identity, action: &str, resource: &str) -> bool {
-    evaluate(Some(id), false, &Request { action, resource, pid: None, meta: None })
+    evaluate(Some(id), false, &Request { action, resource, pid: None, meta: None, target: None })
 }
 
 fn list(items: &[Value]) -> Value {
@@ -73,7 +73,7 @@ fn deny_beats_allow_and_nothing_matching_denies() {
 
 #[test]
 fn without_actor_or_scope_everything_is_allowed_unless_strict() {
-    let req = Request { action: "process.send", resource: "x", pid: None, meta: None };
+    let req = Request { action: "process.send", resource: "x", pid: None, meta: None, target: None };
     assert!(evaluate(None, false, &req));
     assert!(!evaluate(None, true, &req));
     let only_actor = Identity::new(Some(actor("a", &[])), None);
@@ -91,7 +91,7 @@ fn every_operator_with_values_value_from_and_nested_paths() {
     meta.set(Value::str("size"), Value::Float(2.5));
     let check = |c: ConditionSpec| {
         let id = identity(a.clone(), vec![policy(&["*"], &["*"], "allow", vec![c])]);
-        evaluate(Some(&id), false, &Request { action: "do", resource: "res:1", pid: None, meta: Some(&meta) })
+        evaluate(Some(&id), false, &Request { action: "do", resource: "res:1", pid: None, meta: Some(&meta), target: None })
     };
     let v = |x: Value| Some(x);
     assert!(check(cond("actor.id", "eq", v(Value::str("user:7")), None)));
@@ -331,4 +331,38 @@ fn strict_mode_denies_processes_without_an_actor() {
     let e = attempt(&node, Identity::default(), move |cx| cx.send(target, "x", Payload::new())).unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
     assert!(events.try_recv().is_err());
+}
+
+#[test]
+fn policies_can_look_at_the_target_process() {
+    // Tenants may message only processes of their own organisation.
+    let node = node(2);
+    let same_org = policy(&["process.send"], &["*"], "allow", vec![cond("meta.target.actor.meta.org", "eq", None, Some("actor.meta.org"))]);
+    let member = |id: &str, org: &str| identity(actor(id, &[("org", Value::str(org))]), vec![same_org.clone()]);
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let peer = node
+        .spawn(HOST, Spawn::process(handler_fn(move |_, ev| {
+            let _ = tx.send(ev);
+            Flow::Continue
+        })).identity(Arc::new(member("acme:2", "acme"))))
+        .unwrap();
+    assert!(attempt(&node, member("acme:1", "acme"), move |cx| cx.send(peer, "hi", Payload::new())).is_ok());
+    let e = attempt(&node, member("globex:1", "globex"), move |cx| cx.send(peer, "hi", Payload::new())).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    // The allowed "hi" arrives; then a marker sent after both attempts: nothing between.
+    let topics = |ev: Event| match ev {
+        Event::Message(m) => Some(m.topic.as_str().to_string()),
+        _ => None,
+    };
+    while topics(rx.recv_timeout(LIMIT).unwrap()).as_deref() != Some("hi") {}
+    node.send(peer, "end", Payload::new()).unwrap();
+    let mut between = Vec::new();
+    loop {
+        match topics(rx.recv_timeout(LIMIT).unwrap()) {
+            Some(t) if t == "end" => break,
+            Some(t) => between.push(t),
+            None => {}
+        }
+    }
+    assert!(between.is_empty(), "only the same-organisation message arrived: {between:?}");
 }

@@ -155,7 +155,7 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
                     },
                     _ => None,
                 };
-                let req = Request { action: &action, resource: &resource, pid: Some(cx.pid()), meta: meta.as_deref() };
+                let req = Request { action: &action, resource: &resource, pid: Some(cx.pid()), meta: meta.as_deref(), target: None };
                 Ok(evaluate(cx.identity().map(|i| &**i), cx.node().security().strict(), &req))
             })
         })?,
