@@ -320,3 +320,12 @@ fn services_start_in_order_restart_with_growing_delays_and_stop_in_reverse() {
     assert!(at("service=app:db_service state=Stopped") < at("service=app:processes state=Stopping"));
     assert!(all.contains("shutdown: 4 services stopped, 0 processes terminated"), "{all}");
 }
+
+#[test]
+fn multi_tenant_policies_allow_own_org_and_gateway_and_deny_the_rest() {
+    let o = run(&["run", "-d", "examples/multi-tenant", "demo"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let expected = include_str!("fixtures/multi-tenant.out");
+    assert_eq!(out, expected);
+}

@@ -118,13 +118,16 @@ impl<'a> Checker<'a> {
         self.entry.get(field).filter(|v| !v.is_null())
     }
 
+    /// The paths of fields under `prefix` that are not in `known`.
+    fn unknown(&self, prefix: &str, known: &[&str]) -> Vec<String> {
+        let map = if prefix.is_empty() { Some(&self.entry.fields) } else { self.get(prefix).and_then(|v| v.as_object()) };
+        let keys = map.into_iter().flat_map(|m| m.keys()).filter(|k| !known.contains(&k.as_str()));
+        keys.map(|k| if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }).collect()
+    }
+
     /// Fields this kind does not know get a warning (a typo must not pass unnoticed).
     pub fn only(&mut self, prefix: &str, known: &[&str]) {
-        let map = if prefix.is_empty() { Some(&self.entry.fields) } else { self.get(prefix).and_then(|v| v.as_object()) };
-        let Some(map) = map else { return };
-        let unknown: Vec<String> = map.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
-        for k in unknown {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        for path in self.unknown(prefix, known) {
             self.warn(&path, format!("unknown field for kind {}, ignored (known: {})", self.entry.kind, known.join(", ")));
         }
     }
@@ -132,11 +135,7 @@ impl<'a> Checker<'a> {
     /// Fields this kind does not know are errors (where a typo would weaken something,
     /// such as a security policy).
     pub fn only_known(&mut self, prefix: &str, known: &[&str]) {
-        let map = if prefix.is_empty() { Some(&self.entry.fields) } else { self.get(prefix).and_then(|v| v.as_object()) };
-        let Some(map) = map else { return };
-        let unknown: Vec<String> = map.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
-        for k in unknown {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        for path in self.unknown(prefix, known) {
             self.error(&path, format!("unknown field (known: {})", known.join(", ")));
         }
     }
