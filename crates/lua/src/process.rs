@@ -54,6 +54,22 @@ impl LuaProcess {
     }
 
     fn start(&mut self, method: &str, args: Vec<Value>) -> Result<MultiValue, Error> {
+        let lua_args = {
+            // SAFETY: as below: inside a turn of this process's shard.
+            let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
+            let lua = vm.lua.clone();
+            let mut out = MultiValue::with_capacity(args.len());
+            for a in &args {
+                out.push_back(from_value(&lua, a).map_err(|e| Error::internal(format!("cannot start process: {e}")))?);
+            }
+            out
+        };
+        self.start_with(method, lua_args, None)
+    }
+
+    /// Build the process's state for its entry and return the first resume's arguments;
+    /// `carry` (after an upgrade) = messages the old state had not taken yet.
+    fn start_with(&mut self, method: &str, args: MultiValue, carry: Option<(Table, i64)>) -> Result<MultiValue, Error> {
         // SAFETY: init runs inside a turn of this process's shard (it is in the shard's group).
         let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
         let code = vm.code(&self.state.catalog, &self.state.entry)?;
@@ -71,8 +87,11 @@ impl LuaProcess {
         mv.push_back(LuaValue::Table(env));
         mv.push_back(method.into_lua(&lua).map_err(internal)?);
         mv.push_back(self.state.entry.id.as_str().into_lua(&lua).map_err(internal)?);
-        for a in &args {
-            mv.push_back(from_value(&lua, a).map_err(internal)?);
+        mv.extend(args);
+        if let Some((carry, n)) = carry {
+            p.raw_set("pending", carry).map_err(internal)?;
+            p.raw_set("npending", n).map_err(internal)?;
+            p.raw_set("upgraded", true).map_err(internal)?;
         }
         // SAFETY: luaL_ref pops the value exec_raw pushed and leaves the reference.
         let p_ref: i64 = unsafe {
@@ -151,6 +170,13 @@ impl LuaProcess {
             match result {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
                 Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&p, &v))),
+                Ok(Resumed::Exit(vals)) if is_upgrade(&vals) => match self.upgrade(cx, vals) {
+                    Ok(first) => {
+                        // Go on with the new state's first resume, on this same step.
+                        return self.drive(cx, events, Some(first));
+                    }
+                    Err(e) => break Status::Exit(Err(e)),
+                },
                 Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(&p, vals)),
                 Ok(Resumed::Wait) => self.awaiting = true,
                 Ok(Resumed::Preempted) => {
@@ -163,6 +189,74 @@ impl LuaProcess {
                     break Status::Yield;
                 }
             }
+        }
+    }
+
+    /// `process.upgrade(entry, ...)`: drop the old Lua state and build a new one from the
+    /// entry (the current version of this process's own entry when none is named), with
+    /// what the old state had not taken yet. PID, mailbox, links, monitors and names are
+    /// the runtime's and stay; trap_links resets. A failure is "upgrade: <reason>".
+    fn upgrade(&mut self, cx: &mut Context<'_>, vals: MultiValue) -> Result<MultiValue, Error> {
+        let fail = |why: String| Error::internal(format!("upgrade: {why}"));
+        let mut it = vals.into_iter().skip(2);
+        let id = match it.next() {
+            Some(LuaValue::String(s)) => s.to_string_lossy().to_string(),
+            _ => self.state.entry.id.clone(),
+        };
+        let carry = match it.next() {
+            Some(LuaValue::Table(t)) => t,
+            _ => return Err(fail("lost the pending messages".into())),
+        };
+        let n = match it.next() {
+            Some(LuaValue::Integer(n)) => n,
+            _ => 0,
+        };
+        let args: MultiValue = match it.next() {
+            Some(LuaValue::Table(t)) => {
+                let count: i64 = t.raw_get("n").unwrap_or(0);
+                (1..=count).map(|i| t.raw_get::<LuaValue>(i).unwrap_or(LuaValue::Nil)).collect()
+            }
+            _ => MultiValue::new(),
+        };
+        let entry = self.state.catalog.entry(&id).map_err(|e| fail(e.message))?;
+        if entry.kind == crate::catalog::EntryKind::Library {
+            return Err(fail(format!("entry '{id}' is a library.lua entry")));
+        }
+        if let Some(allowed) = &cx.host().config().security.modules {
+            if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
+                return Err(wippy_runtime::denied("module", &format!("{m} (upgrade to {id} on host {})", cx.host().name())));
+            }
+        }
+        // Let go of the old state: from here on only the new one is reachable.
+        self.release_state();
+        self.hint.clear();
+        self.awaiting = false;
+        self.state.upgradable = false;
+        self.state.entry = entry;
+        cx.set_trap_links(false);
+        self.start_with("main", args, Some((carry, n))).map_err(|e| fail(e.message))
+    }
+
+    /// Drop the registry reference of the process state (and S[1] if it points at it).
+    fn release_state(&mut self) {
+        if let (Some(lua), true) = (&self.lua, self.p_ref != 0) {
+            let (s_ref, p_ref) = (self.s_ref, self.p_ref);
+            // SAFETY: leaves the stack balanced. The shard must not keep this state alive:
+            // clear S[1] if it is this process's, then release the reference.
+            let _ = unsafe {
+                lua.exec_raw::<()>((), |state| {
+                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
+                    ffi::lua_rawgeti(state, -1, 1);
+                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+                    if ffi::lua_rawequal(state, -1, -2) != 0 {
+                        ffi::lua_pushnil(state);
+                        ffi::lua_rawseti(state, -4, 1);
+                    }
+                    ffi::lua_settop(state, 0);
+                    ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
+                })
+            };
+            self.p_ref = 0;
         }
     }
 
@@ -193,6 +287,11 @@ impl LuaProcess {
         }
         Err(self.failure(p, &v))
     }
+}
+
+/// `"exit", "upgrade", ...`: the process asked for `process.upgrade`.
+fn is_upgrade(vals: &MultiValue) -> bool {
+    matches!(vals.get(1), Some(LuaValue::String(s)) if s.as_bytes().as_ref() == b"upgrade")
 }
 
 /// How a resume of the process coroutine ended.
@@ -457,25 +556,7 @@ impl Process for LuaProcess {
     }
 
     fn close(&mut self, _cx: &mut Context<'_>, _result: &ExitResult) {
-        if let (Some(lua), true) = (&self.lua, self.p_ref != 0) {
-            let (s_ref, p_ref) = (self.s_ref, self.p_ref);
-            // SAFETY: leaves the stack balanced. The shard must not keep the last process's
-            // state alive: clear S[1] if it is this process, then release the reference.
-            let _ = unsafe {
-                lua.exec_raw::<()>((), |state| {
-                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
-                    ffi::lua_rawgeti(state, -1, 1);
-                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
-                    if ffi::lua_rawequal(state, -1, -2) != 0 {
-                        ffi::lua_pushnil(state);
-                        ffi::lua_rawseti(state, -4, 1);
-                    }
-                    ffi::lua_settop(state, 0);
-                    ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
-                })
-            };
-            self.p_ref = 0;
-        }
+        self.release_state();
         self.co = None;
         self.p = None;
         self.lua = None;

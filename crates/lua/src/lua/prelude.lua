@@ -540,7 +540,14 @@ end
 -- The body of a process's coroutine: resolve the entry's main from its chunk's result
 -- and call it.
 local function main_body(P, chunk, env, method, id, ...)
-  local r = chunk(env)
+  local r
+  if P.upgraded then
+    local ok, res = pcall(chunk, env)
+    if not ok then error(rt_error("Internal", "upgrade: " .. tostring(res)), 0) end
+    r = res
+  else
+    r = chunk(env)
+  end
   local f
   if type(r) == "table" then
     f = r[method]
@@ -548,7 +555,8 @@ local function main_body(P, chunk, env, method, id, ...)
     f = r
   end
   if type(f) ~= "function" then
-    error(rt_error("Invalid", "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"), 0)
+    local why = "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"
+    error(rt_error("Invalid", (P.upgraded and "upgrade: " or "") .. why), 0)
   end
   return "exit", finish(f(...))
 end
@@ -864,6 +872,43 @@ function Ticker.stop(tk)
     return true
   end
   return false
+end
+
+-------------------------------------------------------------------------------------------
+-- process.upgrade: replace this process's Lua state with a fresh one of an entry (SPEC 4.8)
+-------------------------------------------------------------------------------------------
+-- What the old state had received but not yet taken goes to the new one, oldest first:
+-- values waiting in listen channels' buffers, then the pending mailbox items. The old
+-- code's timers stop. Rust builds the new state and calls its main; this never returns.
+function process.upgrade(entry, ...)
+  if entry ~= nil and type(entry) ~= "string" then
+    error("bad argument #1 to 'upgrade' (string or nil expected, got " .. type(entry) .. ")", 2)
+  end
+  local P = S[1]
+  if raw_running() ~= P.co or P.cur ~= P.main then
+    error("process.upgrade must be called from the process's main function", 2)
+  end
+  local carry, n = {}, 0
+  if P.listen then
+    for topic, ch in pairs(P.listen) do
+      while ch.n > 0 do
+        local ok, v = try_recv(ch)
+        if not ok then break end
+        n = n + 1
+        if ch.plain then
+          carry[n] = setmetatable({ tp = topic, fr = "", n = 1, v }, MsgMT)
+        else
+          carry[n] = v
+        end
+      end
+    end
+  end
+  for i = 1, P.npending do n = n + 1; carry[n] = P.pending[i] end
+  P.npending = 0
+  if P.cmds then
+    for id in pairs(P.cmds) do cmd_cancel(id) end
+  end
+  return raw_yield("exit", "upgrade", entry, carry, n, pack(...))
 end
 
 -------------------------------------------------------------------------------------------
