@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua};
 use parking_lot::{Mutex, RwLock};
-use wippy_runtime::{Error, Value};
+use wippy_runtime::{Error, NodeRef, Pid, Value};
 
 use crate::shard::{HostShards, ShardOptions};
 
@@ -91,6 +91,9 @@ pub struct RegistryItem {
 
 pub(crate) struct Catalog {
     pub(crate) entries: RwLock<HashMap<String, Arc<LuaEntry>>>,
+    /// Upgradable processes by the entries they run and import (for OUTDATED events).
+    pub(crate) watchers: Mutex<HashMap<String, Vec<Pid>>>,
+    pub(crate) node: RwLock<Option<NodeRef>>,
     bytecode: Mutex<HashMap<(String, u64), Arc<[u8]>>>,
     pub(crate) compiles: AtomicU64,
     pub(crate) hosts: RwLock<HashMap<String, Arc<HostShards>>>,
@@ -103,12 +106,52 @@ impl Catalog {
     pub(crate) fn new() -> Catalog {
         Catalog {
             entries: RwLock::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            node: RwLock::new(None),
             bytecode: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
             hosts: RwLock::new(HashMap::new()),
             host_options: RwLock::new(HashMap::new()),
             registry: RwLock::new(Vec::new()),
             env: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Watch (or stop watching) `entry` and its imports for process `pid`.
+    pub(crate) fn set_upgradable(&self, pid: Pid, entry: &LuaEntry, on: bool) {
+        let mut w = self.watchers.lock();
+        for id in std::iter::once(&entry.id).chain(entry.imports.iter().map(|(_, lib)| lib)) {
+            let list = w.entry(id.clone()).or_default();
+            list.retain(|p| *p != pid);
+            if on {
+                list.push(pid);
+            }
+            if list.is_empty() {
+                w.remove(id);
+            }
+        }
+    }
+
+    /// Entries `changed`: every upgradable process running or importing one of them gets
+    /// an `@outdated` notice naming the changed IDs it depends on (the prelude turns it
+    /// into one OUTDATED event, merged with one still pending).
+    pub(crate) fn notify_changed(&self, changed: &[String]) {
+        let Some(node) = self.node.read().clone() else { return };
+        let mut per_pid: HashMap<Pid, Vec<String>> = HashMap::new();
+        {
+            let w = self.watchers.lock();
+            for id in changed {
+                for pid in w.get(id).into_iter().flatten() {
+                    per_pid.entry(*pid).or_default().push(id.clone());
+                }
+            }
+        }
+        for (pid, ids) in per_pid {
+            let mut t = wippy_runtime::Table::new();
+            for id in ids {
+                t.push(Value::str(&id));
+            }
+            node.notify(pid, "@outdated", wippy_runtime::payload![Value::table(t)]);
         }
     }
 

@@ -44,9 +44,33 @@ impl LuaRuntime {
         LuaRuntime { catalog: Arc::new(Catalog::new()) }
     }
 
-    /// Add or replace an entry (a replaced entry should carry a higher `version`).
+    /// Add or replace an entry (a replaced entry should carry a higher `version`). A
+    /// replacement sends OUTDATED to the upgradable processes that run or import it.
     pub fn add_entry(&self, entry: LuaEntry) {
-        self.catalog.entries.write().insert(entry.id.clone(), Arc::new(entry));
+        let id = entry.id.clone();
+        let replaced = self.catalog.entries.write().insert(id.clone(), Arc::new(entry)).is_some();
+        if replaced {
+            self.catalog.notify_changed(&[id]);
+        }
+    }
+
+    /// Replace several entries at once; OUTDATED events name every changed ID a process
+    /// depends on, in one event.
+    pub fn update_entries(&self, entries: Vec<LuaEntry>, removed: &[String]) {
+        let mut changed = Vec::new();
+        {
+            let mut map = self.catalog.entries.write();
+            for e in entries {
+                changed.push(e.id.clone());
+                map.insert(e.id.clone(), Arc::new(e));
+            }
+            for id in removed {
+                if map.remove(id).is_some() {
+                    changed.push(id.clone());
+                }
+            }
+        }
+        self.catalog.notify_changed(&changed);
     }
 
     /// How processes on `host` are placed in shards (before the first spawn there).
@@ -67,6 +91,7 @@ impl LuaRuntime {
     /// Make `node` spawn Lua entries through this runtime (for every ID it has no other
     /// factory for).
     pub fn install(&self, node: &NodeRef) {
+        *self.catalog.node.write() = Some(node.clone());
         node.set_entry_fallback(Arc::new(Factory { catalog: self.catalog.clone() }));
     }
 

@@ -231,6 +231,9 @@ impl LuaProcess {
         self.release_state();
         self.hint.clear();
         self.awaiting = false;
+        if self.state.upgradable {
+            self.state.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
+        }
         self.state.upgradable = false;
         self.state.entry = entry;
         cx.set_trap_links(false);
@@ -555,7 +558,10 @@ impl Process for LuaProcess {
         self.drive(cx, Some(events), None)
     }
 
-    fn close(&mut self, _cx: &mut Context<'_>, _result: &ExitResult) {
+    fn close(&mut self, cx: &mut Context<'_>, _result: &ExitResult) {
+        if self.state.upgradable {
+            self.state.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
+        }
         self.release_state();
         self.co = None;
         self.p = None;

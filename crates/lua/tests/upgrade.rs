@@ -107,3 +107,88 @@ fn upgrading_many_processes_compiles_the_new_version_once() {
     }
     assert_eq!(h.lua.compile_count() - before, 1, "one compilation for all the upgrades");
 }
+
+#[test]
+fn outdated_events_drive_a_self_upgrade_and_coalesce_while_pending() {
+    let h = Harness::new(2);
+    h.lua.add_entry(LuaEntry::library("test:helper", "return { version = 1 }"));
+    let counter_v1 = r#"
+        local helper = require("helper")
+        return { main = function(count)
+            count = count or 0
+            process.set_options({ upgradable = true })
+            local events, inbox = process.events(), process.inbox()
+            process.registry.register("counter")
+            while true do
+                local r = channel.select { inbox:case_receive(), events:case_receive() }
+                if r.channel == events then
+                    if r.value.kind == process.event.OUTDATED then
+                        table.sort(r.value.sources)
+                        process.registry.unregister("counter")
+                        return process.upgrade(nil, count, table.concat(r.value.sources, ","))
+                    end
+                elseif r.value:topic() == "inc" then
+                    count = count + 1
+                    process.send(r.value:from(), "count", count, helper.version)
+                end
+            end
+        end }
+    "#;
+    let counter_v2 = r#"
+        return { main = function(count, why) return "v2 with count " .. count .. " after " .. why end }
+    "#;
+    let mut e = LuaEntry::process("test:counter", counter_v1).modules(ALL_MODULES).import("helper", "test:helper");
+    h.lua.add_entry(e.clone());
+    let (pid, watch) = h.node.spawn_watched(HOST, Spawn::entry("test:counter")).unwrap();
+    let v = h.ok(
+        r#"
+        while not process.registry.lookup("counter") do time.sleep("1ms") end
+        local counts = process.listen("count")
+        for i = 1, 3 do process.send("counter", "inc") end
+        local last
+        for i = 1, 3 do last = counts:receive() end
+        return last[1] * 10 + last[2]
+    "#,
+    );
+    assert_eq!(v, Value::Int(31), "three increments with helper version 1");
+    // Two changes land while the process is busy elsewhere... it takes them as one event.
+    e.source = std::sync::Arc::from(counter_v2);
+    e.version = 2;
+    let mut lib = LuaEntry::library("test:helper", "return { version = 2 }");
+    lib.version = 2;
+    h.lua.update_entries(vec![e, lib], &[]);
+    let r = watch.wait_timeout(Duration::from_secs(20)).expect("finished").expect("ran");
+    assert_eq!(r.as_str().unwrap(), "v2 with count 3 after test:counter,test:helper");
+    let _ = pid;
+}
+
+#[test]
+fn outdated_notices_merge_into_one_pending_event() {
+    let h = Harness::new(1);
+    h.lua.add_entry(LuaEntry::library("test:lib", "return {}"));
+    let src = r#"
+        return { main = function()
+            process.set_options({ upgradable = true })
+            process.registry.register("waiter")
+            process.listen("go"):receive()
+            local events = process.events()
+            local first = events:receive()
+            table.sort(first.sources)
+            local more = channel.select { events:case_receive(), default = true }
+            return first.kind .. " " .. table.concat(first.sources, ",") .. " more=" .. tostring(not more.default)
+        end }
+    "#;
+    let e = LuaEntry::process("test:waiter", src).modules(ALL_MODULES).import("lib", "test:lib");
+    h.lua.add_entry(e.clone());
+    let (pid, watch) = h.node.spawn_watched(HOST, Spawn::entry("test:waiter")).unwrap();
+    h.ok(r#"while not process.registry.lookup("waiter") do time.sleep("1ms") end return true"#);
+    let mut e2 = e.clone();
+    e2.version = 2;
+    h.lua.add_entry(e2);
+    let mut lib = LuaEntry::library("test:lib", "return { x = 1 }");
+    lib.version = 2;
+    h.lua.add_entry(lib);
+    h.node.send(pid, "go", wippy_runtime::payload![]).unwrap();
+    let r = watch.wait_timeout(Duration::from_secs(20)).expect("finished").expect("ran");
+    assert_eq!(r.as_str().unwrap(), "pid.outdated test:lib,test:waiter more=false");
+}

@@ -389,6 +389,13 @@ impl NodeRef {
     }
 
     /// The node's tokio runtime handle (for embedders' own async work).
+    /// Deliver a runtime notice on a reserved `@` topic to `pid` (sender `{|}`), e.g. the
+    /// Lua runtime's `@outdated`. `false` when the process is gone.
+    pub fn notify(&self, pid: Pid, topic: &str, payload: Payload) -> bool {
+        let ev = Event::Message(Message { from: Pid::NOBODY, topic: Topic::new(topic), payload });
+        self.inner.deliver(pid, ev).is_ok()
+    }
+
     /// The node's security settings and named policies.
     pub fn security(&self) -> &Security {
         &self.inner.security

@@ -380,7 +380,22 @@ local on_future
 
 -- One runtime event, as Rust passes it.
 local function handle(P, kind, a, b, c, d, ...)
-  if kind == "m" then       -- message: topic, from, n, payloads...
+  if kind == "m" and a == "@outdated" then
+    -- the entry or an import changed: one OUTDATED event, merged into one still pending
+    local pend = P.pending
+    for i = 1, P.npending do
+      local ev = pend[i].ev
+      if ev and ev.kind == OUTDATED then
+        for _, id in ipairs(d) do
+          local seen = false
+          for _, s in ipairs(ev.sources) do if s == id then seen = true break end end
+          if not seen then ev.sources[#ev.sources + 1] = id end
+        end
+        return
+      end
+    end
+    arrive(P, { ev = { kind = OUTDATED, from = "{|}", sources = d } })
+  elseif kind == "m" then       -- message: topic, from, n, payloads...
     if c == 1 and P.npending == 0 then
       -- the common case: one payload for a plain listen channel, no message object
       local l = P.listen

@@ -248,6 +248,9 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                     cx.set_trap_links(b);
                 }
                 if let Some(b) = upgradable {
+                    if st.upgradable != b {
+                        st.catalog.set_upgradable(cx.pid(), &st.entry, b);
+                    }
                     st.upgradable = b;
                 }
                 Ok(())
