@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use wippy_lua::{LuaRuntime, ShardOptions};
-use wippy_registry::Lifecycle;
+use wippy_lua::{LuaRuntime, RegistryView, ShardOptions};
+use wippy_registry::{Lifecycle, Project};
 use wippy_runtime::{HostConfig, Node, RestartPolicy, ServiceKind, ServiceSpec, StopSummary, Supervisor, SystemClock};
 
 use crate::kinds::TERMINAL_STOP;
+use crate::live::Live;
 use crate::plan::Plan;
 
 /// The terminal host used when the project defines none.
@@ -21,6 +22,7 @@ pub struct Boot {
     pub lua: LuaRuntime,
     pub plan: Plan,
     pub services: Supervisor,
+    pub live: Arc<Live>,
 }
 
 fn restart(l: &Lifecycle) -> RestartPolicy {
@@ -35,7 +37,7 @@ fn restart(l: &Lifecycle) -> RestartPolicy {
 }
 
 /// Hosts and process services as the supervisor's specs.
-fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
+pub(crate) fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
     let mut specs = Vec::new();
     for h in &plan.hosts {
         let mut config = h.config.clone();
@@ -71,7 +73,7 @@ fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
 }
 
 impl Boot {
-    pub fn new(plan: Plan, strict: bool) -> Result<Boot> {
+    pub fn new(project: &Project, plan: Plan, strict: bool) -> Result<Boot> {
         let node = Node::new().map_err(|e| anyhow!("cannot start the node: {e}"))?;
         node.security().set_strict(strict);
         for p in &plan.policies {
@@ -81,9 +83,7 @@ impl Boot {
         for e in &plan.lua {
             lua.add_entry(e.clone());
         }
-        for item in &plan.registry {
-            lua.add_registry_item(item.clone());
-        }
+        lua.set_registry(RegistryView { version: 1, items: plan.registry.clone() });
         for (k, v) in &plan.env {
             lua.set_env(k, v);
         }
@@ -93,7 +93,9 @@ impl Boot {
         lua.install(&node.handle());
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
-        Ok(Boot { node, lua, plan, services })
+        let live = Arc::new(Live::new(&project.root, project, lua.clone(), services.clone()));
+        lua.set_registry_writer(live.clone());
+        Ok(Boot { node, lua, plan, services, live })
     }
 
     /// Start every `auto_start` host and service (and what they require) in dependency

@@ -75,8 +75,8 @@ pub fn exit_code(r: &ExitResult) -> u8 {
     }
 }
 
-pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, args: &[String]) -> u8 {
-    let (_, plan, config) = match load(cli) {
+pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args: &[String]) -> u8 {
+    let (project, plan, config) = match load(cli) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -111,11 +111,15 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, args: &[String]) -
         Ok(s) => s,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
-    let boot = match Boot::new(plan, strict_mode(&config)) {
+    let boot = match Boot::new(&project, plan, strict_mode(&config)) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
     let settled = boot.start();
+    if watch {
+        tracing::info!(dir = %project.src.components().collect::<std::path::PathBuf>().display(), "watching for changes");
+        crate::live::watch(boot.live.clone(), project.src.clone());
+    }
     let Some(target) = target else {
         if !settled {
             tracing::warn!("some services are still starting");
@@ -196,7 +200,7 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
         Ok(n) if n > 0 => Duration::from_nanos(n as u64),
         _ => return fail(format!("--timeout: invalid duration {timeout:?}")),
     };
-    let (_, plan, config) = match load(cli) {
+    let (project, plan, config) = match load(cli) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -217,7 +221,7 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
         .map(|t| (t.suite.clone(), t.order, t.id.clone()))
         .collect();
     tests.sort();
-    let boot = match Boot::new(plan, strict_mode(&config)) {
+    let boot = match Boot::new(&project, plan, strict_mode(&config)) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };

@@ -3,6 +3,7 @@
 
 mod boot;
 mod kinds;
+mod live;
 mod plan;
 mod commands;
 mod signals;
@@ -48,6 +49,9 @@ pub enum Cmd {
         /// The terminal host to use (when the project has more than one).
         #[arg(long)]
         host: Option<String>,
+        /// Reload changed files under the source directory as new registry versions.
+        #[arg(long)]
+        watch: bool,
         /// A command name (meta.command.name), or `list`; then its arguments. With -x, the
         /// entry's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "NAME|ARGS")]
@@ -87,7 +91,7 @@ pub enum RegistryCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match &cli.command {
-        Cmd::Run { exec, host, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), args),
+        Cmd::Run { exec, host, watch, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args),
         Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
         Cmd::Init => commands::init(&cli),
         Cmd::Registry { command: RegistryCmd::List { kind, ns } } => commands::registry_list(&cli, kind.as_deref(), ns.as_deref()),

@@ -68,6 +68,14 @@ impl Running {
         Running { child, lines, seen: Vec::new() }
     }
 
+    /// A line with every one of `parts`, already seen or still to come (at most 60s).
+    fn saw_or_wait(&mut self, parts: &[&str]) -> String {
+        match self.seen.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+            Some(l) => l.clone(),
+            None => self.wait_for(parts),
+        }
+    }
+
     /// Wait (at most 60s) for a line with every one of `parts`.
     fn wait_for(&mut self, parts: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -328,4 +336,34 @@ fn multi_tenant_policies_allow_own_org_and_gateway_and_deny_the_rest() {
     let out = stdout(&o);
     let expected = include_str!("fixtures/multi-tenant.out");
     assert_eq!(out, expected);
+}
+
+#[test]
+fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
+    let dir = std::env::temp_dir().join(format!("wippy-hot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    for f in ["_index.yaml", "counter.lua"] {
+        std::fs::copy(repo().join("examples/hot-upgrade/src").join(f), dir.join("src").join(f)).unwrap();
+    }
+    let lua = dir.join("src/counter.lua");
+    let mut r = Running::start(&["run", "--watch", "-d", dir.to_str().unwrap()], &[]);
+    let first = r.wait_for(&["tick", "count=2 ", "version=v1"]);
+    let pid = first.split("pid=").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&lua).unwrap();
+        std::fs::write(&lua, text.replace(from, to)).unwrap();
+    };
+    edit("local LABEL = \"v1\"", "local LABEL = \"v2\"");
+    let upgraded = r.wait_for(&["counter running", "version=v2"]);
+    assert!(upgraded.contains(&format!("pid={pid} ")), "same PID after the upgrade: {upgraded}");
+    let count: u32 = upgraded.split("count=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2, "the count survived: {upgraded}");
+    r.saw_or_wait(&["watch: registry changed", "changed=app:counter"]);
+    edit("local LABEL = \"v2\"", "local LABEL = \"v3\" +");
+    r.wait_for(&["src/counter.lua:", "(nothing changed)"]);
+    r.wait_for(&["tick", "version=v2", &format!("pid={pid} ")]);
+    r.interrupt();
+    assert_eq!(r.exit_code(), Some(0), "{}", r.seen.join("\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

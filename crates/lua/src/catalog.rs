@@ -80,13 +80,38 @@ impl LuaEntry {
     }
 }
 
-/// A `registry.entry` (or any entry) as the read-only `registry` module shows it.
+/// An entry as the `registry` module shows it (`{id, kind, meta, data}`).
 #[derive(Clone, Debug)]
 pub struct RegistryItem {
     pub id: String,
     pub kind: String,
     pub meta: Value,
     pub data: Value,
+}
+
+/// One version of the registry as Lua sees it.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryView {
+    pub version: u64,
+    pub items: Vec<RegistryItem>,
+}
+
+/// One change of a registry transaction made from Lua.
+#[derive(Clone, Debug)]
+pub enum RegistryChange {
+    Create(RegistryItem),
+    Update(RegistryItem),
+    Delete(String),
+}
+
+/// Who applies registry transactions (the `wippy` binary validates them like files and
+/// makes them take effect). Called from inside a Lua process's step: it must not block
+/// on other processes.
+pub trait RegistryWriter: Send + Sync {
+    /// Apply all the changes as one new version, or none of them.
+    fn apply(&self, changes: Vec<RegistryChange>) -> Result<u64, Error>;
+    /// Make an earlier version's entries current again (as a new version).
+    fn apply_version(&self, version: u64) -> Result<u64, Error>;
 }
 
 pub(crate) struct Catalog {
@@ -98,7 +123,8 @@ pub(crate) struct Catalog {
     pub(crate) compiles: AtomicU64,
     pub(crate) hosts: RwLock<HashMap<String, Arc<HostShards>>>,
     pub(crate) host_options: RwLock<HashMap<String, ShardOptions>>,
-    pub(crate) registry: RwLock<Vec<RegistryItem>>,
+    pub(crate) registry: RwLock<Arc<RegistryView>>,
+    pub(crate) writer: RwLock<Option<Arc<dyn RegistryWriter>>>,
     pub(crate) env: RwLock<HashMap<String, String>>,
 }
 
@@ -112,7 +138,8 @@ impl Catalog {
             compiles: AtomicU64::new(0),
             hosts: RwLock::new(HashMap::new()),
             host_options: RwLock::new(HashMap::new()),
-            registry: RwLock::new(Vec::new()),
+            registry: RwLock::new(Arc::new(RegistryView::default())),
+            writer: RwLock::new(None),
             env: RwLock::new(HashMap::new()),
         }
     }
@@ -189,6 +216,18 @@ impl Catalog {
             .map_err(|e| compile_error(entry, &e))?;
         outer.call::<Function>(()).map_err(|e| compile_error(entry, &e))
     }
+}
+
+/// Compile `entry`'s source in a scratch VM, to tell whether it would load.
+pub(crate) fn check_source(entry: &LuaEntry) -> Result<(), Error> {
+    let lua = Lua::new();
+    let wrapped = wrap_source(&crate::compile::erase(&entry.source));
+    lua.load(wrapped.as_str())
+        .set_name(format!("@{}", entry.chunk_name))
+        .set_mode(ChunkMode::Text)
+        .into_function()
+        .map(|_| ())
+        .map_err(|e| compile_error(entry, &e))
 }
 
 /// `return function(_ENV, ...) <source> end`, on the source's own first line so every line

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 
-pub use catalog::{EntryKind, LuaEntry, RegistryItem};
+pub use catalog::{EntryKind, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
 
@@ -80,7 +80,31 @@ impl LuaRuntime {
 
     /// An entry the `registry` module shows.
     pub fn add_registry_item(&self, item: RegistryItem) {
-        self.catalog.registry.write().push(item);
+        let mut r = self.catalog.registry.write();
+        let mut view = (**r).clone();
+        view.items.push(item);
+        *r = Arc::new(view);
+    }
+
+    /// What the `registry` module shows from now on (a new version of it).
+    pub fn set_registry(&self, view: RegistryView) {
+        *self.catalog.registry.write() = Arc::new(view);
+    }
+
+    /// Let Lua write the registry (`registry.changes()`, `apply_version`) through `writer`.
+    pub fn set_registry_writer(&self, writer: Arc<dyn RegistryWriter>) {
+        *self.catalog.writer.write() = Some(writer);
+    }
+
+    /// Whether `entry`'s source compiles (typed syntax erased first); the error names the
+    /// chunk and line. Nothing runs.
+    pub fn check(&self, entry: &LuaEntry) -> Result<(), Error> {
+        catalog::check_source(entry)
+    }
+
+    /// The current version of a Lua entry, if there is one.
+    pub fn entry(&self, id: &str) -> Option<LuaEntry> {
+        self.catalog.entries.read().get(id).map(|e| (**e).clone())
     }
 
     /// A variable the `env` module returns before looking at the OS environment.

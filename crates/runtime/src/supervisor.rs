@@ -329,6 +329,51 @@ impl Supervisor {
         summary
     }
 
+    /// Put `spec` in place of the service with its ID (stopping the running one first and
+    /// starting the new one if it is auto-started or was wanted), or add it. Blocks while
+    /// the old instance stops: call it from a thread of its own, not from a process step.
+    pub fn replace(&self, spec: ServiceSpec) {
+        let existing = self.inner.state.lock().by_id.get(&spec.id).copied();
+        if let Some(i) = existing {
+            let mut stopped = 0;
+            self.inner.stop_one(i, ServiceState::Exited, &mut stopped);
+        }
+        let mut st = self.inner.state.lock();
+        let i = match existing {
+            Some(i) => i,
+            None => {
+                let i = st.services.len();
+                st.by_id.insert(spec.id.clone(), i);
+                st.services.push(Svc {
+                    spec: spec.clone(),
+                    state: ServiceState::Unknown,
+                    wanted: false,
+                    failures: 0,
+                    attempt: 0,
+                    pid: None,
+                    started_at: Duration::ZERO,
+                    instance: 0,
+                    error: None,
+                    exited: true,
+                });
+                i
+            }
+        };
+        let s = &mut st.services[i];
+        let was_wanted = s.wanted;
+        s.spec = spec;
+        s.state = ServiceState::Unknown;
+        s.failures = 0;
+        s.error = None;
+        s.wanted = was_wanted || s.spec.auto_start;
+        let specs: Vec<ServiceSpec> = st.services.iter().map(|s| s.spec.clone()).collect();
+        match topo_order(&specs, &st.by_id) {
+            Ok(order) => st.order = order,
+            Err(e) => tracing::error!(error = %e, "service order unchanged"),
+        }
+        self.inner.advance(&mut st);
+    }
+
     /// Stop one service by hand: it ends Exited and is not restarted.
     pub fn stop(&self, id: &str) -> Result<(), Error> {
         let i = *self.inner.state.lock().by_id.get(id).ok_or_else(|| Error::not_found(format!("no service {id}")))?;

@@ -1,14 +1,19 @@
-//! `registry` (read-only): `get(id)` and `find{kind = ..., ["meta.key"] = value}` over the
-//! entries the node was given, as `{id, kind, meta, data}` tables.
+//! `registry`: `get(id)`, `find{kind = ..., ["meta.key"] = value}`, `version()` over the
+//! current version; `snapshot()` (a version that never changes under the reader:
+//! `:version()`, `:get`, `:find`); `changes()` → a changeset (`:create(entry)`,
+//! `:update(entry)`, `:delete(id)`, `:apply()` → new version or `nil, err`, all or
+//! nothing); `apply_version(v)` rolls back to version `v`'s entries. Entries are
+//! `{id, kind, meta, data}`. Writes are checked as `registry.write` on the entry ID.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
-use mlua::{Lua, Table, Value as LuaValue};
+use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_runtime::{Error, Value};
 
 use super::{bad_arg, fail};
-use crate::catalog::{Catalog, RegistryItem};
+use crate::catalog::{Catalog, RegistryChange, RegistryItem, RegistryView};
 use crate::convert::{from_value, to_value, Marks};
+use crate::current;
 
 fn item_table(lua: &Lua, it: &RegistryItem) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -40,42 +45,141 @@ fn matches(it: &RegistryItem, key: &str, want: &Value) -> bool {
     }
 }
 
+fn get(lua: &Lua, view: &RegistryView, id: &LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
+    let LuaValue::String(id) = id else { return Err(bad_arg(1, "get", "string", id)) };
+    let id = id.to_str()?.to_string();
+    match view.items.iter().find(|i| i.id == id) {
+        Some(it) => Ok((LuaValue::Table(item_table(lua, it)?), LuaValue::Nil)),
+        None => fail(lua, Error::not_found(format!("entry not found: {id}"))),
+    }
+}
+
+fn find(lua: &Lua, view: &RegistryView, q: &LuaValue) -> mlua::Result<Table> {
+    let LuaValue::Table(q) = q else { return Err(bad_arg(1, "find", "table", q)) };
+    let mut wants = Vec::new();
+    for pair in q.clone().pairs::<String, LuaValue>() {
+        let (k, v) = pair?;
+        let v = to_value(&v, &Marks::default(), &k).map_err(mlua::Error::runtime)?;
+        wants.push((k, v));
+    }
+    let out = lua.create_table()?;
+    let mut n = 0;
+    for it in &view.items {
+        if wants.iter().all(|(k, v)| matches(it, k, v)) {
+            n += 1;
+            out.raw_set(n, item_table(lua, it)?)?;
+        }
+    }
+    Ok(out)
+}
+
+struct Snapshot(Arc<RegistryView>);
+
+impl UserData for Snapshot {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("version", |_, s, ()| Ok(s.0.version as i64));
+        m.add_method("get", |lua, s, id: LuaValue| get(lua, &s.0, &id));
+        m.add_method("find", |lua, s, q: LuaValue| find(lua, &s.0, &q));
+    }
+}
+
+struct ChangeSet {
+    catalog: Weak<Catalog>,
+    changes: Vec<RegistryChange>,
+}
+
+/// `{id, kind, meta?, data?}` from Lua.
+fn item_from(v: &LuaValue, fname: &str) -> mlua::Result<Result<RegistryItem, Error>> {
+    let LuaValue::Table(t) = v else { return Err(bad_arg(1, fname, "table", v)) };
+    let id: Option<String> = t.raw_get("id")?;
+    let kind: Option<String> = t.raw_get("kind")?;
+    let (Some(id), Some(kind)) = (id, kind) else {
+        return Ok(Err(Error::invalid(format!("{fname}: an entry needs id and kind"))));
+    };
+    let conv = |key: &str| -> mlua::Result<Result<Value, Error>> {
+        let v: LuaValue = t.raw_get(key)?;
+        Ok(match v {
+            LuaValue::Nil => Ok(Value::table(wippy_runtime::Table::new())),
+            other => to_value(&other, &Marks::default(), key).map_err(Error::invalid),
+        })
+    };
+    let meta = match conv("meta")? {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
+    let data = match conv("data")? {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(RegistryItem { id, kind, meta, data }))
+}
+
+fn check_write(id: &str) -> mlua::Result<Result<(), Error>> {
+    current::with(|cx, _| Ok(cx.allow("registry.write", id)))
+}
+
+impl UserData for ChangeSet {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        for (name, create) in [("create", true), ("update", false)] {
+            m.add_method_mut(name, move |lua, cs, entry: LuaValue| {
+                let item = match item_from(&entry, name)? {
+                    Ok(i) => i,
+                    Err(e) => return fail(lua, e),
+                };
+                if let Err(e) = check_write(&item.id)? {
+                    return fail(lua, e);
+                }
+                cs.changes.push(if create { RegistryChange::Create(item) } else { RegistryChange::Update(item) });
+                Ok((LuaValue::Boolean(true), LuaValue::Nil))
+            });
+        }
+        m.add_method_mut("delete", |lua, cs, id: String| {
+            if let Err(e) = check_write(&id)? {
+                return fail(lua, e);
+            }
+            cs.changes.push(RegistryChange::Delete(id));
+            Ok((LuaValue::Boolean(true), LuaValue::Nil))
+        });
+        m.add_method_mut("apply", |lua, cs, ()| {
+            let Some(c) = cs.catalog.upgrade() else { return fail(lua, Error::unavailable("the registry is gone")) };
+            let Some(w) = c.writer.read().clone() else {
+                return fail(lua, Error::unavailable("this node's registry is read-only"));
+            };
+            match w.apply(std::mem::take(&mut cs.changes)) {
+                Ok(v) => Ok((LuaValue::Integer(v as i64), LuaValue::Nil)),
+                Err(e) => fail(lua, e),
+            }
+        });
+    }
+}
+
 pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
+    let view = |c: &Weak<Catalog>| c.upgrade().map(|c| c.registry.read().clone()).unwrap_or_default();
     let c = catalog.clone();
+    t.raw_set("get", lua.create_function(move |lua, id: LuaValue| get(lua, &view(&c), &id))?)?;
+    let c = catalog.clone();
+    t.raw_set("find", lua.create_function(move |lua, q: LuaValue| find(lua, &view(&c), &q))?)?;
+    let c = catalog.clone();
+    t.raw_set("version", lua.create_function(move |_, ()| Ok(view(&c).version as i64))?)?;
+    let c = catalog.clone();
+    t.raw_set("snapshot", lua.create_function(move |_, ()| Ok(Snapshot(view(&c))))?)?;
+    let c = catalog.clone();
+    t.raw_set("changes", lua.create_function(move |_, ()| Ok(ChangeSet { catalog: c.clone(), changes: Vec::new() }))?)?;
     t.raw_set(
-        "get",
-        lua.create_function(move |lua, id: LuaValue| {
-            let LuaValue::String(id) = &id else { return Err(bad_arg(1, "get", "string", &id)) };
-            let id = id.to_str()?.to_string();
-            let found = c.upgrade().and_then(|c| c.registry.read().iter().find(|i| i.id == id).cloned());
-            match found {
-                Some(it) => Ok((LuaValue::Table(item_table(lua, &it)?), LuaValue::Nil)),
-                None => fail(lua, Error::not_found(format!("entry not found: {id}"))),
+        "apply_version",
+        lua.create_function(move |lua, v: i64| {
+            if let Err(e) = check_write(&format!("version:{v}"))? {
+                return fail(lua, e);
             }
-        })?,
-    )?;
-    t.raw_set(
-        "find",
-        lua.create_function(move |lua, q: LuaValue| {
-            let LuaValue::Table(q) = &q else { return Err(bad_arg(1, "find", "table", &q)) };
-            let mut wants = Vec::new();
-            for pair in q.clone().pairs::<String, LuaValue>() {
-                let (k, v) = pair?;
-                let v = to_value(&v, &Marks::default(), &k).map_err(mlua::Error::runtime)?;
-                wants.push((k, v));
+            let Some(c) = catalog.upgrade() else { return fail(lua, Error::unavailable("the registry is gone")) };
+            let Some(w) = c.writer.read().clone() else {
+                return fail(lua, Error::unavailable("this node's registry is read-only"));
+            };
+            match w.apply_version(v.max(0) as u64) {
+                Ok(n) => Ok((LuaValue::Integer(n as i64), LuaValue::Nil)),
+                Err(e) => fail(lua, e),
             }
-            let out = lua.create_table()?;
-            if let Some(c) = catalog.upgrade() {
-                let mut n = 0;
-                for it in c.registry.read().iter() {
-                    if wants.iter().all(|(k, v)| matches(it, k, v)) {
-                        n += 1;
-                        out.raw_set(n, item_table(lua, it)?)?;
-                    }
-                }
-            }
-            Ok(out)
         })?,
     )?;
     Ok(t)

@@ -1,0 +1,279 @@
+//! The live registry: every change — a registry transaction from Lua, a rollback to an
+//! earlier version, or an edited file under `wippy run --watch` — is checked exactly like a
+//! project load, then becomes one new version: Lua entries get new versions (new spawns use
+//! them, running processes keep their code, upgradable ones get OUTDATED), the `registry`
+//! module sees the new entries, and services whose own entry changed restart with the new
+//! definition. A change that does not check changes nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use wippy_lua::{LuaEntry, LuaRuntime, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
+use wippy_registry::{Entry, EntryId, LoadErrors, Origin, Project, Source};
+use wippy_runtime::{Error, ServiceKind, Supervisor, Value};
+
+use crate::boot::service_specs;
+use crate::plan::Plan;
+
+pub struct Live {
+    root: PathBuf,
+    lua: LuaRuntime,
+    services: Supervisor,
+    state: Mutex<State>,
+}
+
+struct State {
+    version: u64,
+    entries: Vec<Entry>,
+    files: HashMap<String, Arc<str>>,
+    /// Every version's entries, for rollbacks.
+    history: Vec<(u64, Vec<Entry>)>,
+}
+
+/// What makes two definitions of an entry the same (not where they were written).
+fn same(a: &Entry, b: &Entry) -> bool {
+    a.kind == b.kind && a.meta == b.meta && a.fields == b.fields && a.source.as_ref().map(|s| &s.text) == b.source.as_ref().map(|s| &s.text)
+}
+
+fn lua_same(a: &LuaEntry, b: &LuaEntry) -> bool {
+    a.kind == b.kind && a.source == b.source && a.method == b.method && a.modules == b.modules && a.imports == b.imports
+}
+
+/// A runtime value as YAML/JSON data.
+fn value_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        Value::Str(_) => J::String(v.as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(v.as_bytes().unwrap_or(&[])).into_owned())),
+        Value::Table(t) if t.map.is_empty() && !t.array.is_empty() => J::Array(t.array.iter().map(value_json).collect()),
+        Value::Table(t) => {
+            let mut m = serde_json::Map::new();
+            for (i, x) in t.array.iter().enumerate() {
+                m.insert((i + 1).to_string(), value_json(x));
+            }
+            for (k, x) in &t.map {
+                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                m.insert(key, value_json(x));
+            }
+            J::Object(m)
+        }
+        Value::Error(e) => J::String(e.message.clone()),
+    }
+}
+
+impl Live {
+    pub fn new(root: &Path, project: &Project, lua: LuaRuntime, services: Supervisor) -> Live {
+        let state = State { version: 1, entries: project.entries.clone(), files: project.files.clone(), history: vec![(1, project.entries.clone())] };
+        Live { root: root.to_path_buf(), lua, services, state: Mutex::new(state) }
+    }
+
+    /// Check `entries` as a project and make them the current version.
+    fn commit(&self, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Result<(u64, Vec<String>), LoadErrors> {
+        let mut st = self.state.lock();
+        let project = Project {
+            root: self.root.clone(),
+            src: self.root.join("src"),
+            entries: entries.clone(),
+            files: files.clone().unwrap_or_else(|| st.files.clone()),
+        };
+        let plan = Plan::build(&project)?;
+        let old: HashMap<&EntryId, &Entry> = st.entries.iter().map(|e| (&e.id, e)).collect();
+        let mut changed: Vec<String> = entries.iter().filter(|e| old.get(&e.id).is_none_or(|o| !same(o, e))).map(|e| e.id.to_string()).collect();
+        let new_ids: std::collections::HashSet<&EntryId> = entries.iter().map(|e| &e.id).collect();
+        let removed: Vec<String> = st.entries.iter().filter(|e| !new_ids.contains(&e.id)).map(|e| e.id.to_string()).collect();
+        changed.extend(removed.iter().cloned());
+        // Lua entries: a new version for each one whose code or bindings changed.
+        let mut updated = Vec::new();
+        for e in &plan.lua {
+            match self.lua.entry(&e.id) {
+                Some(cur) if lua_same(&cur, e) => {}
+                Some(cur) => updated.push(LuaEntry { version: cur.version + 1, ..e.clone() }),
+                None => updated.push(e.clone()),
+            }
+        }
+        // Code that does not compile is refused like a file that does not load.
+        for e in &updated {
+            if let Err(err) = self.lua.check(e) {
+                return Err(wippy_registry::LoadError::new(err.message).into());
+            }
+        }
+        let lua_removed: Vec<String> = removed.iter().filter(|id| self.lua.entry(id).is_some()).cloned().collect();
+        let version = st.version + 1;
+        self.lua.update_entries(updated, &lua_removed);
+        self.lua.set_registry(RegistryView { version, items: plan.registry.clone() });
+        for (k, v) in &plan.env {
+            self.lua.set_env(k, v);
+        }
+        // Services (and hosts) whose own entry changed restart with the new definition;
+        // that waits for the old instance, so it happens off this thread.
+        let mut restart = Vec::new();
+        for spec in service_specs(&plan) {
+            if !changed.contains(&spec.id) {
+                continue;
+            }
+            let existed = old.keys().any(|id| id.as_str() == spec.id);
+            if existed && matches!(spec.kind, ServiceKind::Host(_)) {
+                tracing::warn!(host = %spec.id, "host settings changed; a running host keeps its worker pool until wippy restarts");
+                continue;
+            }
+            restart.push(spec);
+        }
+        if !restart.is_empty() {
+            let services = self.services.clone();
+            std::thread::spawn(move || {
+                for spec in restart {
+                    tracing::info!(service = %spec.id, "definition changed: restarting with the new one");
+                    services.replace(spec);
+                }
+            });
+        }
+        st.version = version;
+        st.entries = entries.clone();
+        if let Some(f) = files {
+            st.files = f;
+        }
+        st.history.push((version, entries));
+        changed.sort();
+        Ok((version, changed))
+    }
+
+    /// Reload the project from disk (an edit under `--watch`).
+    pub fn reload(&self) -> Result<(u64, Vec<String>), LoadErrors> {
+        let project = Project::load(&self.root)?;
+        self.commit(project.entries, Some(project.files))
+    }
+
+    fn entry_of(&self, item: RegistryItem) -> Result<Entry, Error> {
+        let id: EntryId = item.id.parse().map_err(|e: wippy_registry::EntryIdError| Error::invalid(e.to_string()))?;
+        let mut fields = match value_json(&item.data) {
+            serde_json::Value::Object(m) => m,
+            serde_json::Value::Null => serde_json::Map::new(),
+            _ => return Err(Error::invalid(format!("entry {id}: data must be a table"))),
+        };
+        let meta = match value_json(&item.meta) {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let source = match fields.get("source").and_then(|v| v.as_str()) {
+            None => None,
+            Some(s) => match s.strip_prefix("file://") {
+                Some(rel) => {
+                    let path = self.root.join("src").join(rel);
+                    let text = std::fs::read_to_string(&path).map_err(|e| Error::invalid(format!("entry {id}: source {}: {e}", path.display())))?;
+                    Some(Source { name: format!("src/{rel}"), path: Some(path), text: Arc::from(text.as_str()) })
+                }
+                None => Some(Source { name: id.to_string(), path: None, text: Arc::from(s) }),
+            },
+        };
+        if source.is_none() {
+            fields.remove("source");
+        }
+        let origin = Origin { file: "<registry>".into(), line: 0, column: 0, end_line: 0 };
+        Ok(Entry { id, kind: item.kind, meta, fields, origin, source })
+    }
+}
+
+impl RegistryWriter for Live {
+    fn apply(&self, changes: Vec<RegistryChange>) -> Result<u64, Error> {
+        let mut entries = self.state.lock().entries.clone();
+        for c in changes {
+            match c {
+                RegistryChange::Create(item) => {
+                    let e = self.entry_of(item)?;
+                    if entries.iter().any(|x| x.id == e.id) {
+                        return Err(Error::already_exists(format!("entry {} already exists", e.id)));
+                    }
+                    entries.push(e);
+                }
+                RegistryChange::Update(item) => {
+                    let e = self.entry_of(item)?;
+                    let slot = entries.iter_mut().find(|x| x.id == e.id).ok_or_else(|| Error::not_found(format!("entry not found: {}", e.id)))?;
+                    *slot = e;
+                }
+                RegistryChange::Delete(id) => {
+                    let before = entries.len();
+                    entries.retain(|x| x.id.as_str() != id);
+                    if entries.len() == before {
+                        return Err(Error::not_found(format!("entry not found: {id}")));
+                    }
+                }
+            }
+        }
+        let (version, changed) = self.commit(entries, None).map_err(|e| Error::invalid(e.to_string()))?;
+        tracing::info!(version, changed = %changed.join(", "), "registry changed");
+        Ok(version)
+    }
+
+    fn apply_version(&self, version: u64) -> Result<u64, Error> {
+        let entries = {
+            let st = self.state.lock();
+            st.history.iter().find(|(v, _)| *v == version).map(|(_, e)| e.clone())
+        };
+        let entries = entries.ok_or_else(|| Error::not_found(format!("no registry version {version}")))?;
+        let (v, changed) = self.commit(entries, None).map_err(|e| Error::invalid(e.to_string()))?;
+        tracing::info!(version = v, from = version, changed = %changed.join(", "), "registry rolled back");
+        Ok(v)
+    }
+}
+
+/// Every file under `dir` with its modification time and size.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => out.push((p, m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `wippy run --watch`: look at the source directory every 250 ms; once a change has
+/// settled (nothing moved for another 250 ms), reload. A file that does not load is
+/// reported with file and line, and nothing changes.
+pub fn watch(live: Arc<Live>, src: PathBuf) {
+    let _ = std::thread::Builder::new().name("watch".into()).spawn(move || {
+        let tick = Duration::from_millis(250);
+        let mut seen = fingerprint(&src);
+        loop {
+            std::thread::sleep(tick);
+            let now = fingerprint(&src);
+            if now == seen {
+                continue;
+            }
+            // debounce: wait until the files stop changing
+            let mut settled = now;
+            loop {
+                std::thread::sleep(tick);
+                let again = fingerprint(&src);
+                if again == settled {
+                    break;
+                }
+                settled = again;
+            }
+            seen = settled;
+            match live.reload() {
+                Ok((version, changed)) if changed.is_empty() => tracing::debug!(version, "watch: nothing changed"),
+                Ok((version, changed)) => tracing::info!(version, changed = %changed.join(", "), "watch: registry changed"),
+                Err(errors) => {
+                    for e in &errors.0 {
+                        tracing::error!("watch: {e} (nothing changed)");
+                    }
+                }
+            }
+        }
+    });
+}
