@@ -233,3 +233,61 @@ pub fn typed_erase() {
     outf("erase_min", ms(times[0]), "ms");
     outf("erase_mb_per_s", src.len() as f64 / times[times.len() / 2].as_secs_f64() / 1e6, "MB/s");
 }
+
+const UPGRADE_V1: &str = r#"return { main = function(parent)
+    process.set_options({ upgradable = true })
+    local events = process.events()
+    process.send(parent, "r")
+    while true do
+        local ev = events:receive()
+        if ev.kind == process.event.OUTDATED then process.upgrade(nil, parent) end
+    end
+end }"#;
+
+const UPGRADE_V2: &str = r#"return { main = function(parent)
+    process.send(parent, "u")
+    process.inbox():receive()
+end }"#;
+
+/// `upgrade`: 10,000 parked processes that opted in to OUTDATED get a new version of their
+/// entry and upgrade themselves; the time from publishing it to the last one running v2.
+pub fn upgrade() {
+    let n = 10_000i64;
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:upgradee", UPGRADE_V1);
+    // A native collector counts the "u"s the upgraded processes send.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut left = n;
+    let collector = node
+        .spawn(HOST, Spawn::process(handler_fn(move |_, ev| {
+            if let Event::Message(m) = ev {
+                if m.topic.as_str() == "u" {
+                    left -= 1;
+                    if left == 0 {
+                        let _ = tx.send(());
+                    }
+                } else if m.topic.as_str() == "r" {
+                    let _ = tx.send(());
+                }
+            }
+            Flow::Continue
+        })))
+        .expect("collector");
+    for _ in 0..n {
+        node.spawn(HOST, Spawn::entry("bench:upgradee").arg(Value::str(&collector.to_string()))).expect("spawn");
+    }
+    for _ in 0..n {
+        rx.recv().expect("ready");
+    }
+    let compiles = lua.compile_count();
+    let t = Instant::now();
+    let mut v2 = LuaEntry::process("bench:upgradee", UPGRADE_V2).modules(&["time"]);
+    v2.version = 2;
+    lua.add_entry(v2);
+    rx.recv().expect("all upgraded");
+    let d = t.elapsed();
+    out("upgrade_processes", n, "processes");
+    outf("upgrade_wall", ms(d), "ms");
+    outf("upgrade_rate", n as f64 / d.as_secs_f64(), "processes/s");
+    out("upgrade_compilations", lua.compile_count() - compiles, "compilations");
+}

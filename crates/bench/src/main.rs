@@ -29,6 +29,7 @@ const BENCHES: &[&str] = &[
     "lua-heap",
     "typed-erase",
     "security-check",
+    "upgrade",
 ];
 
 fn main() {
@@ -56,6 +57,7 @@ fn main() {
         "lua-heap" => lua::lua_heap(),
         "typed-erase" => lua::typed_erase(),
         "security-check" => native::security_check(),
+        "upgrade" => lua::upgrade(),
         _ => unreachable!(),
     }
     footer();

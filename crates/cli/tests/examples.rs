@@ -367,3 +367,10 @@ fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
     assert_eq!(r.exit_code(), Some(0), "{}", r.seen.join("\n"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn registry_transactions_from_lua_are_atomic_validated_and_roll_back() {
+    let o = run(&["test", "-d", "crates/cli/tests/fixtures/registry-tx"]);
+    assert_ok(&o);
+    assert!(stdout(&o).ends_with("\n2 passed, 0 failed\n"), "{}", stdout(&o));
+}

@@ -191,21 +191,25 @@ impl Catalog {
     pub(crate) fn load(&self, lua: &Lua, entry: &LuaEntry) -> Result<Function, Error> {
         let key = (entry.id.clone(), entry.version);
         let name = format!("@{}", entry.chunk_name);
-        let cached = self.bytecode.lock().get(&key).cloned();
-        let code = match cached {
-            Some(code) => code,
-            None => {
-                let wrapped = wrap_source(&crate::compile::erase(&entry.source));
-                let f = lua
-                    .load(wrapped.as_str())
-                    .set_name(name.as_str())
-                    .set_mode(ChunkMode::Text)
-                    .into_function()
-                    .map_err(|e| compile_error(entry, &e))?;
-                self.compiles.fetch_add(1, Ordering::Relaxed);
-                let code: Arc<[u8]> = Arc::from(f.dump(false));
-                self.bytecode.lock().insert(key, code.clone());
-                code
+        // The cache stays locked while a miss compiles, so shards that need the same new
+        // version at once (a mass upgrade) wait for one compilation instead of each making one.
+        let code = {
+            let mut cache = self.bytecode.lock();
+            match cache.get(&key) {
+                Some(code) => code.clone(),
+                None => {
+                    let wrapped = wrap_source(&crate::compile::erase(&entry.source));
+                    let f = lua
+                        .load(wrapped.as_str())
+                        .set_name(name.as_str())
+                        .set_mode(ChunkMode::Text)
+                        .into_function()
+                        .map_err(|e| compile_error(entry, &e))?;
+                    self.compiles.fetch_add(1, Ordering::Relaxed);
+                    let code: Arc<[u8]> = Arc::from(f.dump(false));
+                    cache.insert(key, code.clone());
+                    code
+                }
             }
         };
         let outer = lua
