@@ -117,3 +117,15 @@ fn a_host_module_allow_list_refuses_entries_that_need_more() {
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
     assert_eq!(e.message, "permission denied: module on json (entry test:json on host app:sandbox, which allows only: time)");
 }
+
+#[test]
+fn registry_writes_are_checked_as_registry_write_on_the_entry() {
+    let h = Harness::new(1);
+    let id = tenant(&h);
+    let v = run_as(&h, id, "
+        local cs = registry.changes()
+        local ok, err = cs:update({ id = 'app:settings', kind = 'registry.entry', data = {} })
+        local ok2, err2 = registry.apply_version(1)
+        return tostring(ok) .. '|' .. err:message() .. '|' .. err2:kind()");
+    assert_eq!(v.as_str().unwrap(), "nil|permission denied: registry.write on app:settings|PermissionDenied");
+}

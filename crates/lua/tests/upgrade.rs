@@ -192,3 +192,28 @@ fn outdated_notices_merge_into_one_pending_event() {
     let r = watch.wait_timeout(Duration::from_secs(20)).expect("finished").expect("ran");
     assert_eq!(r.as_str().unwrap(), "pid.outdated test:lib,test:waiter more=false");
 }
+
+#[test]
+fn a_supervisor_restarts_a_process_whose_upgrade_failed() {
+    use std::sync::Arc;
+    use wippy_runtime::{RestartPolicy, ServiceKind, ServiceSpec, ServiceState, Supervisor, SystemClock};
+    let h = Harness::new(1);
+    // Each run counts itself in the registry of names, then tries a broken upgrade.
+    h.lua.add_entry(
+        LuaEntry::process("test:svc", "return { main = function() process.upgrade('test:gone') end }").modules(ALL_MODULES),
+    );
+    let spec = ServiceSpec {
+        id: "test:svc".into(),
+        kind: ServiceKind::Process { host: HOST.into(), entry: "test:svc".into(), args: vec![], context: None, identity: None },
+        requires: vec![],
+        auto_start: true,
+        stop_timeout: Duration::from_secs(1),
+        restart: RestartPolicy { initial_delay: Duration::ZERO, max_delay: Duration::ZERO, jitter: 0.0, max_attempts: 3, ..RestartPolicy::default() },
+    };
+    let sup = Supervisor::new(h.node.handle(), vec![spec], Arc::new(SystemClock::new(&h.node.handle()))).unwrap();
+    sup.start_auto();
+    assert!(sup.wait_for(Duration::from_secs(20), |t| t.last().is_some_and(|t| t.state == ServiceState::Exited)));
+    let failures: Vec<String> = sup.history().iter().filter(|t| t.state == ServiceState::Failed).map(|t| t.error.clone().unwrap_or_default()).collect();
+    assert_eq!(failures.len(), 2, "restarted after each failed upgrade until max_attempts");
+    assert!(failures.iter().all(|e| e == "upgrade: entry not found: test:gone"), "{failures:?}");
+}
