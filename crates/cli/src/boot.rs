@@ -93,7 +93,7 @@ impl Boot {
         lua.install(&node.handle());
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
-        let live = Arc::new(Live::new(&project.root, project, lua.clone(), services.clone()));
+        let live = Arc::new(Live::new(&project.root, project, node.handle(), lua.clone(), services.clone()));
         lua.set_registry_writer(live.clone());
         Ok(Boot { node, lua, plan, services, live })
     }

@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use wippy_lua::{LuaEntry, LuaRuntime, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 use wippy_registry::{Entry, EntryId, LoadErrors, Origin, Project, Source};
-use wippy_runtime::{Error, ServiceKind, Supervisor, Value};
+use wippy_runtime::{Error, NodeRef, ServiceKind, Supervisor, Value};
 
 use crate::boot::service_specs;
 use crate::plan::Plan;
 
 pub struct Live {
     root: PathBuf,
+    node: NodeRef,
     lua: LuaRuntime,
     services: Supervisor,
     state: Mutex<State>,
@@ -68,9 +69,9 @@ fn value_json(v: &Value) -> serde_json::Value {
 }
 
 impl Live {
-    pub fn new(root: &Path, project: &Project, lua: LuaRuntime, services: Supervisor) -> Live {
+    pub fn new(root: &Path, project: &Project, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
         let state = State { version: 1, entries: project.entries.clone(), files: project.files.clone(), history: vec![(1, project.entries.clone())] };
-        Live { root: root.to_path_buf(), lua, services, state: Mutex::new(state) }
+        Live { root: root.to_path_buf(), node, lua, services, state: Mutex::new(state) }
     }
 
     /// Check `entries` as a project and make them the current version.
@@ -118,9 +119,19 @@ impl Live {
                 continue;
             }
             let existed = old.keys().any(|id| id.as_str() == spec.id);
-            if existed && matches!(spec.kind, ServiceKind::Host(_)) {
-                tracing::warn!(host = %spec.id, "host settings changed; a running host keeps its worker pool until wippy restarts");
-                continue;
+            if existed {
+                if let ServiceKind::Host(config) = &spec.kind {
+                    // A running host rescales in place; its other settings apply to a new node.
+                    match self.node.host(&spec.id) {
+                        Some(h) if h.workers() != config.workers => match self.node.rescale_host(&spec.id, config.workers) {
+                            Ok(n) => tracing::info!(host = %spec.id, workers = n, "host rescaled"),
+                            Err(e) => tracing::error!(host = %spec.id, error = %e, "host not rescaled"),
+                        },
+                        Some(_) => tracing::warn!(host = %spec.id, "host settings other than workers apply when wippy restarts"),
+                        None => restart.push(spec.clone()),
+                    }
+                    continue;
+                }
             }
             restart.push(spec);
         }

@@ -360,6 +360,12 @@ fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
     let count: u32 = upgraded.split("count=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(count >= 2, "the count survived: {upgraded}");
     r.saw_or_wait(&["watch: registry changed", "changed=app:counter"]);
+    // A host's worker count changes in place.
+    let index = dir.join("src/_index.yaml");
+    let yaml = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, yaml.replace("workers: 1", "workers: 2")).unwrap();
+    r.wait_for(&["host rescaled", "host=app:processes", "workers=2"]);
+    // A broken edit is refused; the running code goes on.
     edit("local LABEL = \"v2\"", "local LABEL = \"v3\" +");
     r.wait_for(&["src/counter.lua:", "(nothing changed)"]);
     r.wait_for(&["tick", "version=v2", &format!("pid={pid} ")]);

@@ -223,6 +223,10 @@ impl HostRef {
         &self.0.config
     }
     /// Live processes on this host.
+    /// Worker threads running now (see `NodeRef::rescale_host`).
+    pub fn workers(&self) -> usize {
+        self.0.sched.workers()
+    }
     pub fn process_count(&self) -> usize {
         self.0.live()
     }

@@ -389,6 +389,16 @@ impl NodeRef {
     }
 
     /// The node's tokio runtime handle (for embedders' own async work).
+    /// Change how many worker threads a running host has (its processes keep running).
+    /// Returns the count now in effect (capped at the host's slot count).
+    pub fn rescale_host(&self, name: &str, workers: usize) -> Result<usize, Error> {
+        if workers == 0 {
+            return Err(Error::invalid(format!("host '{name}': workers must be positive, got 0")));
+        }
+        let host = self.inner.host_for_spawn(name)?;
+        host.sched.rescale(workers).map_err(|e| Error::internal(format!("host '{name}': cannot start a worker: {e}")))
+    }
+
     /// Deliver a runtime notice on a reserved `@` topic to `pid` (sender `{|}`), e.g. the
     /// Lua runtime's `@outdated`. `false` when the process is gone.
     pub fn notify(&self, pid: Pid, topic: &str, payload: Payload) -> bool {

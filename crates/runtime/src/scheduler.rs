@@ -58,13 +58,27 @@ const GLOBAL_EVERY: u32 = 61;
 
 pub(crate) struct Scheduler {
     injector: Injector<Task>,
+    /// One per worker slot; slots `0..active` have a running worker.
     stealers: Box<[Stealer<Task>]>,
     unparkers: Box<[Unparker]>,
+    /// Workers running now (the host can be rescaled up to `stealers.len()`).
+    active: AtomicUsize,
+    /// The queues and parkers of slots without a worker yet (taken when one starts).
+    idle_slots: Mutex<Vec<Option<(Worker<Task>, Parker)>>>,
+    node: std::sync::Weak<NodeInner>,
+    thread_name: String,
     sleeping: Mutex<Vec<usize>>,
     num_sleeping: AtomicUsize,
     shutdown: AtomicBool,
     local_queue_size: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How many worker slots a host gets: room to rescale to four times the cores (or the
+/// configured count, if more).
+fn slots_for(workers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    workers.max(cores * 4).max(8)
 }
 
 struct WorkerLocal {
@@ -86,38 +100,76 @@ impl Scheduler {
         local_queue_size: usize,
     ) -> std::io::Result<Arc<Scheduler>> {
         let workers = workers.max(1);
-        let queues: Vec<Worker<Task>> = (0..workers).map(|_| Worker::new_fifo()).collect();
-        let parkers: Vec<Parker> = (0..workers).map(|_| Parker::new()).collect();
+        let slots = slots_for(workers);
+        let queues: Vec<Worker<Task>> = (0..slots).map(|_| Worker::new_fifo()).collect();
+        let parkers: Vec<Parker> = (0..slots).map(|_| Parker::new()).collect();
         let sched = Arc::new(Scheduler {
             injector: Injector::new(),
             stealers: queues.iter().map(Worker::stealer).collect(),
             unparkers: parkers.iter().map(|p| p.unparker().clone()).collect(),
-            sleeping: Mutex::new(Vec::with_capacity(workers)),
+            active: AtomicUsize::new(0),
+            idle_slots: Mutex::new(queues.into_iter().zip(parkers).map(Some).collect()),
+            node: Arc::downgrade(node),
+            thread_name: thread_name.to_string(),
+            sleeping: Mutex::new(Vec::with_capacity(slots)),
             num_sleeping: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             local_queue_size: local_queue_size.max(1),
             threads: Mutex::new(Vec::new()),
         });
-        let mut handles = Vec::with_capacity(workers);
-        for (index, (queue, parker)) in queues.into_iter().zip(parkers).enumerate() {
-            let s = sched.clone();
+        if let Err(e) = sched.rescale(workers) {
+            sched.stop();
+            sched.join();
+            return Err(e);
+        }
+        Ok(sched)
+    }
+
+    /// Run `workers` worker threads from now on (at most the host's slot count). Extra
+    /// workers start at once; surplus ones finish what they hold, hand their queue to the
+    /// others and stop. Processes are not disturbed.
+    pub(crate) fn rescale(self: &Arc<Self>, workers: usize) -> std::io::Result<usize> {
+        let workers = workers.clamp(1, self.stealers.len());
+        let mut threads = self.threads.lock();
+        threads.retain(|h| !h.is_finished());
+        let current = self.active.load(Ordering::SeqCst);
+        if workers < current {
+            self.active.store(workers, Ordering::SeqCst);
+            for u in &self.unparkers[workers..current] {
+                u.unpark();
+            }
+            return Ok(workers);
+        }
+        let Some(node) = self.node.upgrade() else { return Ok(current) };
+        for index in current..workers {
+            // A slot whose worker is still winding down from an earlier shrink is reused
+            // once that worker has given its queue back.
+            let slot = loop {
+                if let Some(slot) = self.idle_slots.lock()[index].take() {
+                    break slot;
+                }
+                std::thread::yield_now();
+            };
+            let (queue, parker) = slot;
+            let s = self.clone();
             let n = node.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("{thread_name}:{index}"))
-                .spawn(move || worker_main(n, s, index, queue, parker));
-            match spawned {
-                Ok(h) => handles.push(h),
+            // Counted active before it runs: a worker that finds its index outside the
+            // active ones leaves at once.
+            self.active.store(index + 1, Ordering::SeqCst);
+            match std::thread::Builder::new().name(format!("{}:{index}", self.thread_name)).spawn(move || worker_main(n, s, index, queue, parker)) {
+                Ok(h) => threads.push(h),
                 Err(e) => {
-                    sched.stop();
-                    for h in handles {
-                        let _ = h.join();
-                    }
+                    self.active.store(index, Ordering::SeqCst);
                     return Err(e);
                 }
             }
         }
-        *sched.threads.lock() = handles;
-        Ok(sched)
+        Ok(workers)
+    }
+
+    /// Workers running now.
+    pub(crate) fn workers(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Queue a process on its host's scheduler. On one of that host's workers this touches
@@ -193,7 +245,8 @@ impl Scheduler {
     }
 
     fn has_work(&self) -> bool {
-        !self.injector.is_empty() || self.stealers.iter().any(|s| !s.is_empty())
+        let n = self.active.load(Ordering::Relaxed).max(1);
+        !self.injector.is_empty() || self.stealers[..n.min(self.stealers.len())].iter().any(|s| !s.is_empty())
     }
 
     /// Stop the workers (after the host's processes are gone) and wait for them.
@@ -234,10 +287,24 @@ fn worker_main(node: Arc<NodeInner>, sched: Arc<Scheduler>, index: usize, queue:
     let _reset = Reset;
     let mut tick: u32 = 0;
     let mut streak: u32 = 0;
-    let n = sched.stealers.len();
     loop {
         tick = tick.wrapping_add(1);
-        let task = next_task(&sched, &local, index, n, tick, &mut streak);
+        let n = sched.active.load(Ordering::Relaxed);
+        if index >= n && !sched.shutdown.load(Ordering::SeqCst) {
+            // Rescaled away: give what this worker holds to the others, free the slot.
+            if let Some(t) = local.lifo.take() {
+                sched.injector.push(t);
+            }
+            while let Some(t) = local.queue.pop() {
+                sched.injector.push(t);
+            }
+            sched.notify_one();
+            CURRENT.with(|c| c.set(ptr::null()));
+            let WorkerLocal { queue, .. } = local;
+            sched.idle_slots.lock()[index] = Some((queue, parker));
+            return;
+        }
+        let task = next_task(&sched, &local, index, n.max(1), tick, &mut streak);
         match task {
             Some(Task::Process(cell)) => node.run_process(&cell),
             Some(Task::Runnable(r)) => {

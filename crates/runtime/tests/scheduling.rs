@@ -245,3 +245,60 @@ fn a_hundred_thousand_processes_spawn_and_exit_without_leaking() {
     // 200,000 leaked cells would be > 40 MB.
     assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
 }
+
+#[test]
+fn a_host_rescales_in_place_while_its_processes_run() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let node = node(1);
+    let host = node.host(HOST).unwrap();
+    assert_eq!(host.workers(), 1);
+    // Processes that report the worker thread each message ran on.
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pids = Vec::new();
+    for _ in 0..64 {
+        let (t, tx) = (threads.clone(), tx.clone());
+        pids.push(
+            node.spawn(HOST, Spawn::process(handler_fn(move |_, ev| {
+                if let Event::Message(m) = ev {
+                    if m.topic.as_str() == "work" {
+                        let mut x = 0u64;
+                        for i in 0..200_000u64 {
+                            x = x.wrapping_add(i * i);
+                        }
+                        t.lock().unwrap().insert(std::thread::current().name().unwrap_or("").to_string());
+                        let _ = tx.send(x);
+                    }
+                }
+                Flow::Continue
+            })))
+            .unwrap(),
+        );
+    }
+    let round = |n: usize| {
+        for p in &pids {
+            node.send(*p, "work", payload![]).unwrap();
+        }
+        for _ in 0..n {
+            rx.recv_timeout(LIMIT).unwrap();
+        }
+    };
+    round(64);
+    assert_eq!(threads.lock().unwrap().len(), 1);
+    assert_eq!(node.rescale_host(HOST, 3).unwrap(), 3);
+    assert_eq!(host.workers(), 3);
+    threads.lock().unwrap().clear();
+    for _ in 0..5 {
+        round(64);
+    }
+    assert!(threads.lock().unwrap().len() > 1, "the new workers took work: {:?}", threads.lock().unwrap());
+    assert_eq!(node.rescale_host(HOST, 1).unwrap(), 1);
+    round(64);
+    // Shrunk: everything still runs (on the remaining worker once the others have left).
+    assert!(pids.iter().all(|p| node.is_alive(*p)));
+    // And up again, reusing the slots the stopped workers gave back.
+    assert_eq!(node.rescale_host(HOST, 2).unwrap(), 2);
+    round(64);
+    assert!(node.rescale_host(HOST, 0).is_err());
+}
