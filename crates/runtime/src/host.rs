@@ -58,8 +58,8 @@ impl HostSecurity {
         if from.name == to.name {
             return true;
         }
-        let ok_out = from.security.send_to.as_ref().is_none_or(|l| l.iter().any(|h| *h == to.name));
-        let ok_in = to.security.receive_from.as_ref().is_none_or(|l| l.iter().any(|h| *h == from.name));
+        let ok_out = from.security.send_to.as_ref().is_none_or(|l| l.contains(&to.name));
+        let ok_in = to.security.receive_from.as_ref().is_none_or(|l| l.contains(&from.name));
         ok_out && ok_in
     }
 }

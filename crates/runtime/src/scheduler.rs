@@ -56,6 +56,9 @@ const LIFO_STREAK: u32 = 3;
 /// starved by a busy local deque).
 const GLOBAL_EVERY: u32 = 61;
 
+/// A worker slot's own queue and parker, while no thread runs it.
+type Slot = (Worker<Task>, Parker);
+
 pub(crate) struct Scheduler {
     injector: Injector<Task>,
     /// One per worker slot; slots `0..active` have a running worker.
@@ -64,7 +67,7 @@ pub(crate) struct Scheduler {
     /// Workers running now (the host can be rescaled up to `stealers.len()`).
     active: AtomicUsize,
     /// The queues and parkers of slots without a worker yet (taken when one starts).
-    idle_slots: Mutex<Vec<Option<(Worker<Task>, Parker)>>>,
+    idle_slots: Mutex<Vec<Option<Slot>>>,
     node: std::sync::Weak<NodeInner>,
     thread_name: String,
     sleeping: Mutex<Vec<usize>>,

@@ -191,6 +191,24 @@ struct Svc {
     exited: bool,
 }
 
+impl Svc {
+    /// A service not started yet.
+    fn new(spec: ServiceSpec) -> Svc {
+        Svc {
+            spec,
+            state: ServiceState::Unknown,
+            wanted: false,
+            failures: 0,
+            attempt: 0,
+            pid: None,
+            started_at: Duration::ZERO,
+            instance: 0,
+            error: None,
+            exited: true,
+        }
+    }
+}
+
 struct State {
     services: Vec<Svc>,
     by_id: HashMap<String, usize>,
@@ -226,21 +244,7 @@ impl Supervisor {
             }
         }
         let order = topo_order(&specs, &by_id)?;
-        let services = specs
-            .into_iter()
-            .map(|spec| Svc {
-                spec,
-                state: ServiceState::Unknown,
-                wanted: false,
-                failures: 0,
-                attempt: 0,
-                pid: None,
-                started_at: Duration::ZERO,
-                instance: 0,
-                error: None,
-                exited: true,
-            })
-            .collect();
+        let services = specs.into_iter().map(Svc::new).collect();
         let state = State { services, by_id, order, stopping: false, history: Vec::new() };
         Ok(Supervisor { inner: Arc::new(Inner { node, clock, state: Mutex::new(state), changed: Condvar::new() }) })
     }
@@ -344,18 +348,7 @@ impl Supervisor {
             None => {
                 let i = st.services.len();
                 st.by_id.insert(spec.id.clone(), i);
-                st.services.push(Svc {
-                    spec: spec.clone(),
-                    state: ServiceState::Unknown,
-                    wanted: false,
-                    failures: 0,
-                    attempt: 0,
-                    pid: None,
-                    started_at: Duration::ZERO,
-                    instance: 0,
-                    error: None,
-                    exited: true,
-                });
+                st.services.push(Svc::new(spec.clone()));
                 i
             }
         };
