@@ -146,10 +146,14 @@ impl Scheduler {
         let Some(node) = self.node.upgrade() else { return Ok(current) };
         for index in current..workers {
             // A slot whose worker is still winding down from an earlier shrink is reused
-            // once that worker has given its queue back.
+            // once that worker has given its queue back. A worker of this host never waits
+            // for that (the one winding down may be itself): it grows as far as it can now.
             let slot = loop {
                 if let Some(slot) = self.idle_slots.lock()[index].take() {
                     break slot;
+                }
+                if self.is_current() {
+                    return Ok(self.active.load(Ordering::SeqCst));
                 }
                 std::thread::yield_now();
             };
