@@ -125,7 +125,7 @@ impl<'a> Context<'a> {
             let (from, to) = (&self.cell.host.config.name, &cell.host.config.name);
             return Err(denied("process.send", &format!("{pid} (from host {from} to host {to})")));
         }
-        self.check_pid("process.send", pid)?;
+        self.check_target("process.send", pid, Some(&cell))?;
         *self.last_target = Some(cell);
         Ok(())
     }
@@ -180,8 +180,15 @@ impl<'a> Context<'a> {
         if !self.checked() {
             return Ok(());
         }
-        let cell = self.node.table.get(pid);
-        let target = cell.as_ref().map(|c| Target { identity: c.identity.as_deref(), host: &c.host.config.name });
+        self.check_target(action, pid, self.node.table.get(pid).as_deref())
+    }
+
+    /// `check_pid` for a target already looked up (`None`: it is gone).
+    fn check_target(&self, action: &str, pid: Pid, cell: Option<&ProcCell>) -> Result<(), Error> {
+        if !self.checked() {
+            return Ok(());
+        }
+        let target = cell.map(|c| Target { identity: c.identity.as_deref(), host: &c.host.config.name });
         let resource = pid.to_string();
         let req = Request { action, resource: &resource, pid: Some(self.cell.pid), meta: None, target };
         if evaluate(self.cell.identity.as_deref(), self.node.security.strict(), &req) {
@@ -282,7 +289,7 @@ impl<'a> Context<'a> {
     /// Register `name` for this process.
     pub fn register(&mut self, name: &str) -> Result<(), Error> {
         self.flush();
-        self.allow_if_checked("process.registry.register", name)?;
+        self.allow("process.registry.register", name)?;
         self.node.names.register(self.cell, name)
     }
     /// Register `name` for another live process (`process.registry.foreign` on its PID).
@@ -291,7 +298,7 @@ impl<'a> Context<'a> {
         if pid != self.cell.pid {
             self.check_pid("process.registry.foreign", pid)?;
         }
-        self.allow_if_checked("process.registry.register", name)?;
+        self.allow("process.registry.register", name)?;
         self.node.register(name, pid)
     }
 
@@ -299,23 +306,17 @@ impl<'a> Context<'a> {
     /// checked as `process.registry.register` only.
     pub fn register_spawned(&mut self, name: &str, child: Pid) -> Result<(), Error> {
         self.flush();
-        self.allow_if_checked("process.registry.register", name)?;
+        self.allow("process.registry.register", name)?;
         self.node.register(name, child)
     }
 
-    fn allow_if_checked(&self, action: &str, resource: &str) -> Result<(), Error> {
-        if self.checked() {
-            self.allow(action, resource)?;
-        }
-        Ok(())
-    }
     pub fn lookup(&self, name: &str) -> Option<Pid> {
         self.node.names.lookup(name)
     }
     /// `Ok(true)` if the name was registered (to anyone) and is now removed.
     pub fn unregister(&mut self, name: &str) -> Result<bool, Error> {
         self.flush();
-        self.allow_if_checked("process.registry.unregister", name)?;
+        self.allow("process.registry.unregister", name)?;
         Ok(self.node.unregister(name))
     }
 

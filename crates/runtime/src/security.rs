@@ -486,7 +486,12 @@ impl Condition {
 impl Policy {
     /// Whether this policy applies to the request (its effect then counts).
     pub fn applies(&self, actor: &Actor, req: &Request<'_>) -> bool {
-        self.actions.matches(req.action) && self.resources.matches(req.resource) && self.conditions.iter().all(|c| c.holds(actor, req))
+        self.actions.matches(req.action) && self.applies_to_action(actor, req)
+    }
+
+    /// `applies`, for a policy whose action pattern is known to match.
+    fn applies_to_action(&self, actor: &Actor, req: &Request<'_>) -> bool {
+        self.resources.matches(req.resource) && self.conditions.iter().all(|c| c.holds(actor, req))
     }
 }
 
@@ -500,7 +505,7 @@ pub fn evaluate(identity: Option<&Identity>, strict: bool, req: &Request<'_>) ->
     let mut allowed = false;
     for &i in scope.for_action(req.action).iter() {
         let p = &scope.policies[i as usize];
-        if p.resources.matches(req.resource) && p.conditions.iter().all(|c| c.holds(actor, req)) {
+        if p.applies_to_action(actor, req) {
             if p.effect == Effect::Deny {
                 return false;
             }
