@@ -10,12 +10,14 @@ use wippy_lua::{LuaRuntime, RegistryView, ShardOptions};
 use wippy_registry::{Lifecycle, Project};
 use wippy_runtime::{HostConfig, Node, RestartPolicy, ServiceKind, ServiceSpec, StopSummary, Supervisor, SystemClock};
 
-use crate::kinds::TERMINAL_STOP;
 use crate::live::Live;
 use crate::plan::Plan;
 
 /// The terminal host used when the project defines none.
 pub const BUILTIN_TERMINAL: &str = "wippy:terminal";
+
+/// How long the built-in terminal host waits for its process at shutdown.
+const TERMINAL_STOP: Duration = Duration::from_secs(10);
 
 pub struct Boot {
     pub node: Node,
@@ -93,7 +95,7 @@ impl Boot {
         lua.install(&node.handle());
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
-        let live = Arc::new(Live::new(&project.root, project, node.handle(), lua.clone(), services.clone()));
+        let live = Arc::new(Live::new(project, node.handle(), lua.clone(), services.clone()));
         lua.set_registry_writer(live.clone());
         Ok(Boot { node, lua, plan, services, live })
     }

@@ -2,13 +2,11 @@
 //! the entry's fields (defaults, durations, references) and adds what the kind needs to
 //! the [`Plan`] the node boots from. Adding a kind touches this file only.
 
-use std::time::Duration;
-
-use wippy_lua::{EntryKind, LuaEntry, ShardOptions};
-use wippy_registry::{Checker, EntryId, Lifecycle};
 use std::sync::Arc;
 
 use serde_json::Value as Json;
+use wippy_lua::{EntryKind, LuaEntry, ShardOptions};
+use wippy_registry::{Checker, EntryId, Lifecycle};
 use wippy_runtime::{Actor, ConditionSpec, HostConfig, HostSecurity, PolicySpec, Table};
 
 use crate::plan::{json_value, Command, HostPlan, IdentitySpec, Plan, PolicyPlan, ServicePlan, TerminalPlan, TestPlan};
@@ -177,9 +175,6 @@ fn env_variable(c: &mut Checker, plan: &mut Plan) {
         plan.env.push((name, value));
     }
 }
-
-/// How long a built-in terminal host waits for its process at shutdown.
-pub const TERMINAL_STOP: Duration = Duration::from_secs(10);
 
 /// `policy: {actions, resources, effect, conditions}` and `groups: [ns:group, ...]`.
 /// Unknown fields and operators, bad regexes and a missing effect are load errors.

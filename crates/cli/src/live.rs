@@ -13,13 +13,16 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use wippy_lua::{LuaEntry, LuaRuntime, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 use wippy_registry::{Entry, EntryId, LoadErrors, Origin, Project, Source};
-use wippy_runtime::{Error, NodeRef, ServiceKind, Supervisor, Value};
+use wippy_runtime::{Error, NodeRef, ServiceKind, Supervisor};
 
 use crate::boot::service_specs;
-use crate::plan::Plan;
+use crate::plan::{value_json, Plan};
 
 pub struct Live {
     root: PathBuf,
+    /// The source directory (`wippy.lock`'s `directories.src`): `file://` sources of
+    /// entries made from Lua are relative to it.
+    src: PathBuf,
     node: NodeRef,
     lua: LuaRuntime,
     services: Supervisor,
@@ -43,35 +46,10 @@ fn lua_same(a: &LuaEntry, b: &LuaEntry) -> bool {
     a.kind == b.kind && a.source == b.source && a.method == b.method && a.modules == b.modules && a.imports == b.imports
 }
 
-/// A runtime value as YAML/JSON data.
-fn value_json(v: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        Value::Nil => J::Null,
-        Value::Bool(b) => J::Bool(*b),
-        Value::Int(i) => J::from(*i),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
-        Value::Str(_) => J::String(v.as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(v.as_bytes().unwrap_or(&[])).into_owned())),
-        Value::Table(t) if t.map.is_empty() && !t.array.is_empty() => J::Array(t.array.iter().map(value_json).collect()),
-        Value::Table(t) => {
-            let mut m = serde_json::Map::new();
-            for (i, x) in t.array.iter().enumerate() {
-                m.insert((i + 1).to_string(), value_json(x));
-            }
-            for (k, x) in &t.map {
-                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-                m.insert(key, value_json(x));
-            }
-            J::Object(m)
-        }
-        Value::Error(e) => J::String(e.message.clone()),
-    }
-}
-
 impl Live {
-    pub fn new(root: &Path, project: &Project, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
+    pub fn new(project: &Project, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
         let state = State { version: 1, entries: project.entries.clone(), files: project.files.clone(), history: vec![(1, project.entries.clone())] };
-        Live { root: root.to_path_buf(), node, lua, services, state: Mutex::new(state) }
+        Live { root: project.root.clone(), src: project.src.clone(), node, lua, services, state: Mutex::new(state) }
     }
 
     /// Check `entries` as a project and make them the current version.
@@ -79,7 +57,7 @@ impl Live {
         let mut st = self.state.lock();
         let project = Project {
             root: self.root.clone(),
-            src: self.root.join("src"),
+            src: self.src.clone(),
             entries: entries.clone(),
             files: files.clone().unwrap_or_else(|| st.files.clone()),
         };
@@ -175,9 +153,10 @@ impl Live {
             None => None,
             Some(s) => match s.strip_prefix("file://") {
                 Some(rel) => {
-                    let path = self.root.join("src").join(rel);
+                    let path = self.src.join(rel);
                     let text = std::fs::read_to_string(&path).map_err(|e| Error::invalid(format!("entry {id}: source {}: {e}", path.display())))?;
-                    Some(Source { name: format!("src/{rel}"), path: Some(path), text: Arc::from(text.as_str()) })
+                    let name = path.strip_prefix(&self.root).unwrap_or(&path).components().collect::<PathBuf>().display().to_string();
+                    Some(Source { name, path: Some(path), text: Arc::from(text.as_str()) })
                 }
                 None => Some(Source { name: id.to_string(), path: None, text: Arc::from(s) }),
             },

@@ -109,6 +109,32 @@ pub fn json_value(v: &serde_json::Value) -> Value {
     }
 }
 
+/// The inverse of [`json_value`]: a runtime value as YAML/JSON data (a table with only an
+/// array part is a list; other keys become strings).
+pub fn value_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        Value::Str(b) => J::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Table(t) if t.map.is_empty() && !t.array.is_empty() => J::Array(t.array.iter().map(value_json).collect()),
+        Value::Table(t) => {
+            let mut m = serde_json::Map::new();
+            for (i, x) in t.array.iter().enumerate() {
+                m.insert((i + 1).to_string(), value_json(x));
+            }
+            for (k, x) in &t.map {
+                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+                m.insert(key, value_json(x));
+            }
+            J::Object(m)
+        }
+        Value::Error(e) => J::String(e.message.clone()),
+    }
+}
+
 impl Plan {
     /// The runtime identity an entry's `security` block describes.
     pub fn identity(&self, spec: &IdentitySpec) -> Identity {

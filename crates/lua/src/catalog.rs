@@ -222,6 +222,22 @@ impl Catalog {
     }
 }
 
+/// Whether `entry` may run as a process on `host`: not a library, and needing no module
+/// outside the host's allow-list (SPEC §7.3).
+pub(crate) fn runnable_on(entry: &LuaEntry, host: &wippy_runtime::HostRef) -> Result<(), Error> {
+    let id = &entry.id;
+    if entry.kind == EntryKind::Library {
+        return Err(Error::invalid(format!("entry '{id}' is a library.lua entry: it can be imported, not spawned")));
+    }
+    if let Some(allowed) = &host.config().security.modules {
+        if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
+            let (name, only) = (host.name(), allowed.join(", "));
+            return Err(wippy_runtime::denied("module", &format!("{m} (entry {id} on host {name}, which allows only: {only})")));
+        }
+    }
+    Ok(())
+}
+
 /// Compile `entry`'s source in a scratch VM, to tell whether it would load.
 pub(crate) fn check_source(entry: &LuaEntry) -> Result<(), Error> {
     let lua = Lua::new();

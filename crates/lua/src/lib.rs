@@ -142,16 +142,8 @@ struct Factory {
 impl ProcessFactory for Factory {
     fn create(&self, id: &str, host: &HostRef) -> Result<NewProcess, Error> {
         let entry = self.catalog.entry(id)?;
-        if entry.kind == EntryKind::Library {
-            return Err(Error::invalid(format!("entry '{id}' is a library.lua entry: it can be imported, not spawned")));
-        }
+        catalog::runnable_on(&entry, host)?;
         let name = host.name().to_string();
-        // A host's module allow-list (SPEC §7.3): an entry that needs more cannot run here.
-        if let Some(allowed) = &host.config().security.modules {
-            if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
-                return Err(wippy_runtime::denied("module", &format!("{m} (entry {id} on host {name}, which allows only: {})", allowed.join(", "))));
-            }
-        }
         let shards = {
             let existing = self.catalog.hosts.read().get(&name).cloned();
             match existing {

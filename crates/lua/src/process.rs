@@ -219,14 +219,7 @@ impl LuaProcess {
             _ => MultiValue::new(),
         };
         let entry = self.state.catalog.entry(&id).map_err(|e| fail(e.message))?;
-        if entry.kind == crate::catalog::EntryKind::Library {
-            return Err(fail(format!("entry '{id}' is a library.lua entry")));
-        }
-        if let Some(allowed) = &cx.host().config().security.modules {
-            if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
-                return Err(wippy_runtime::denied("module", &format!("{m} (upgrade to {id} on host {})", cx.host().name())));
-            }
-        }
+        crate::catalog::runnable_on(&entry, &cx.host()).map_err(|e| Error { message: format!("upgrade: {}", e.message), ..e })?;
         // Let go of the old state: from here on only the new one is reachable.
         self.release_state();
         self.hint.clear();
