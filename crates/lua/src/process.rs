@@ -158,7 +158,7 @@ impl LuaProcess {
                 match input {
                     Input::Slow(mv) => raw_resume(&lua, &co, self.s_ref, self.p_ref, mv),
                     Input::Raw(ev) => {
-                        fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint)
+                        fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint, limit > 0)
                     }
                 }
             };
@@ -330,6 +330,12 @@ const R_FAILED: i64 = 6;
 /// Resume the process coroutine through the raw C API: publish the process as the shard's
 /// current one, push the event onto the coroutine's stack, resume, and classify the yield
 /// without making mlua values (except for an exit, which is rare).
+///
+/// `protected`: push inside a protected call. Needed when the VM has a memory limit (a
+/// push may then fail with a Lua error); without one, an allocation fails only when the
+/// whole program is out of memory, and the pushes run straight on the coroutine (saving a
+/// protected call per message).
+#[allow(clippy::too_many_arguments)]
 fn fast_resume(
     lua: &Lua,
     co: &Thread,
@@ -338,85 +344,32 @@ fn fast_resume(
     ev: Option<&Event>,
     from_cache: &mut (wippy_runtime::Pid, String),
     hint: &mut Vec<u8>,
+    protected: bool,
 ) -> mlua::Result<Resumed> {
     let l = co.state();
-    // SAFETY: runs inside exec_raw's protected call; everything pushed onto `l` is
-    // consumed by lua_resume; the results are popped or left for the fetch below.
-    let (code, nres): (i64, i64) = unsafe {
-        lua.exec_raw((), |state| {
-            publish(state, s_ref, p_ref);
-            let mut nargs = 0;
-            match ev {
-                Some(Event::Message(m)) if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() => {
-                    ffi::luaL_checkstack(l, 4, std::ptr::null());
-                    ffi::lua_pushlstring(l, b"v".as_ptr() as *const _, 1);
-                    raw::push(l, &m.payload[0]);
-                    nargs = 2;
-                }
-                Some(Event::Message(m)) => {
-                    ffi::luaL_checkstack(l, 8 + m.payload.len() as c_int, std::ptr::null());
-                    ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
-                    let t = m.topic.as_str();
-                    ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
-                    raw::push_pid(l, m.from, from_cache);
-                    ffi::lua_pushinteger(l, m.payload.len() as ffi::lua_Integer);
-                    for v in &m.payload {
-                        raw::push(l, v);
-                    }
-                    nargs = 4 + m.payload.len() as c_int;
-                }
-                Some(Event::Completion { id, result: Ok(v) }) => {
-                    ffi::luaL_checkstack(l, 8, std::ptr::null());
-                    ffi::lua_pushlstring(l, b"t".as_ptr() as *const _, 1);
-                    ffi::lua_pushinteger(l, id.0 as ffi::lua_Integer);
-                    ffi::lua_pushboolean(l, 1);
-                    raw::push(l, v);
-                    nargs = 4;
-                }
-                _ => {}
-            }
-            hint.clear();
-            let mut nres: c_int = 0;
-            let status = ffi::lua_resume(l, state, nargs, &mut nres);
-            let code = match status {
-                ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
-                ffi::LUA_YIELD => {
-                    let first = ffi::lua_gettop(l) - nres + 1;
-                    let tag = if ffi::lua_type(l, first) == ffi::LUA_TSTRING {
-                        let mut len = 0usize;
-                        let p = ffi::lua_tolstring(l, first, &mut len);
-                        std::slice::from_raw_parts(p as *const u8, len)
-                    } else {
-                        &[]
-                    };
-                    match tag {
-                        b"wait" => R_WAIT,
-                        b"exit" => R_EXIT,
-                        _ => R_USER_YIELD,
-                    }
-                }
-                ffi::LUA_OK => R_FINISHED,
-                _ => {
-                    nres = 1;
-                    R_FAILED
-                }
-            };
-            if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
-                let mut len = 0usize;
-                let p = ffi::lua_tolstring(l, -1, &mut len);
-                hint.extend_from_slice(std::slice::from_raw_parts(p as *const u8, len));
-            }
-            if code == R_WAIT || code == R_USER_YIELD {
-                ffi::lua_pop(l, nres);
-                nres = 0;
-            }
-            ffi::lua_pushinteger(state, code);
-            ffi::lua_pushinteger(state, nres as ffi::lua_Integer);
-        })?
+    // Room for the event and the nesting of its values (raw::push checks again per level;
+    // with this much reserved those checks cannot fail).
+    let room = 8 + event_room(ev);
+    let (code, nres) = if !protected && unsafe { ffi::lua_checkstack(l, room) } != 0 {
+        // SAFETY: the coroutine is suspended (or never ran) and owned by this process;
+        // every push is within the room checked above and cannot raise without a memory
+        // limit; lua_resume consumes what was pushed.
+        unsafe { resume_on(l, s_ref, p_ref, ev, from_cache, hint) }
+    } else {
+        // SAFETY: as above, inside exec_raw's protected call, which gets the two results.
+        let (code, nres): (i64, i64) = unsafe {
+            lua.exec_raw((), |state| {
+                ffi::luaL_checkstack(l, room, std::ptr::null());
+                let (code, nres) = resume_on(l, s_ref, p_ref, ev, from_cache, hint);
+                ffi::lua_pushinteger(state, code);
+                ffi::lua_pushinteger(state, nres as ffi::lua_Integer);
+            })?
+        };
+        (code, nres as c_int)
     };
-    let fetch = |n: i64| -> mlua::Result<MultiValue> {
+    let fetch = |n: c_int| -> mlua::Result<MultiValue> {
         // SAFETY: moves the `n` values the resume left on the coroutine's stack.
-        unsafe { lua.exec_raw((), |state| ffi::lua_xmove(l, state, n as c_int)) }
+        unsafe { lua.exec_raw((), |state| ffi::lua_xmove(l, state, n)) }
     };
     Ok(match code {
         R_WAIT => Resumed::Wait,
@@ -427,7 +380,101 @@ fn fast_resume(
     })
 }
 
+/// Stack slots an event's values take beyond the fixed few.
+fn event_room(ev: Option<&Event>) -> c_int {
+    let room = match ev {
+        Some(Event::Message(m)) => m.payload.len() + m.payload.iter().map(raw::push_room).max().unwrap_or(0),
+        Some(Event::Completion { result: Ok(v), .. }) => 1 + raw::push_room(v),
+        _ => 0,
+    };
+    room as c_int
+}
+
+/// The body of [`fast_resume`], all on the coroutine `l`: the result code, and how many
+/// values the resume left on `l` (only for an exit or a failure).
+///
+/// # Safety
+/// `l` must be the process's suspended coroutine with room for the event reserved.
+unsafe fn resume_on(
+    l: *mut ffi::lua_State,
+    s_ref: c_int,
+    p_ref: c_int,
+    ev: Option<&Event>,
+    from_cache: &mut (wippy_runtime::Pid, String),
+    hint: &mut Vec<u8>,
+) -> (i64, c_int) {
+    publish(l, s_ref, p_ref);
+    let mut nargs = 0;
+    match ev {
+        Some(Event::Message(m)) if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() => {
+            ffi::lua_pushinteger(l, EV_VALUE);
+            raw::push(l, &m.payload[0]);
+            nargs = 2;
+        }
+        Some(Event::Message(m)) => {
+            ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
+            let t = m.topic.as_str();
+            ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
+            raw::push_pid(l, m.from, from_cache);
+            ffi::lua_pushinteger(l, m.payload.len() as ffi::lua_Integer);
+            for v in &m.payload {
+                raw::push(l, v);
+            }
+            nargs = 4 + m.payload.len() as c_int;
+        }
+        Some(Event::Completion { id, result: Ok(v) }) => {
+            ffi::lua_pushlstring(l, b"t".as_ptr() as *const _, 1);
+            ffi::lua_pushinteger(l, id.0 as ffi::lua_Integer);
+            ffi::lua_pushboolean(l, 1);
+            raw::push(l, v);
+            nargs = 4;
+        }
+        _ => {}
+    }
+    hint.clear();
+    let mut nres: c_int = 0;
+    let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
+    let code = match status {
+        ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
+        ffi::LUA_YIELD => {
+            let first = ffi::lua_gettop(l) - nres + 1;
+            let tag = if ffi::lua_type(l, first) == ffi::LUA_TSTRING {
+                let mut len = 0usize;
+                let p = ffi::lua_tolstring(l, first, &mut len);
+                std::slice::from_raw_parts(p as *const u8, len)
+            } else {
+                &[]
+            };
+            match tag {
+                b"wait" => R_WAIT,
+                b"exit" => R_EXIT,
+                _ => R_USER_YIELD,
+            }
+        }
+        ffi::LUA_OK => R_FINISHED,
+        _ => {
+            nres = 1;
+            R_FAILED
+        }
+    };
+    if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(l, -1, &mut len);
+        hint.extend_from_slice(std::slice::from_raw_parts(p as *const u8, len));
+    }
+    if code == R_WAIT || code == R_USER_YIELD {
+        ffi::lua_pop(l, nres);
+        nres = 0;
+    }
+    (code, nres)
+}
+
+/// The first value of a resume that hands main the value it waits for (see `direct_got`
+/// in the prelude).
+const EV_VALUE: ffi::lua_Integer = 0;
+
 /// Make the process the shard's current one (`S[1] = P`), as every resume must first.
+/// Allocates nothing (S[1] always exists), so it may run outside a protected call.
 unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);

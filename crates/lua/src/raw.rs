@@ -52,6 +52,14 @@ pub(crate) unsafe fn push(l: *mut ffi::lua_State, v: &Value) {
     }
 }
 
+/// Stack slots [`push`] needs beyond the one it leaves: 4 per level of table nesting.
+pub(crate) fn push_room(v: &Value) -> usize {
+    match v {
+        Value::Table(t) => 4 + t.array.iter().chain(t.map.iter().flat_map(|(k, v)| [k, v])).map(push_room).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Read the value at `idx`, or `None` when it needs the mlua path.
 pub(crate) unsafe fn read(l: *mut ffi::lua_State, idx: c_int, marks: &Marks) -> Option<Value> {
     let mut seen = Vec::new();

@@ -18,7 +18,8 @@ local select, type, setmetatable, getmetatable, error, pairs, next, rawget, raws
   select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
 local rt_cur, rt_preempted, rt_error, rt_time = R.cur, R.preempted, R.error, R.time_from_nanos
 
-local S = {}          -- S[1]: the running process's state P (set by Rust before every resume)
+local S = { false }   -- S[1]: the running process's state P (set by Rust before every resume;
+                      -- the slot exists from the start, so setting it never allocates)
 local BLOCK = {}      -- a task yields this to wait (passed up through user coroutines)
 local DONE = {}       -- a task body returns this first when it finished
 local RAISE = {}      -- a waker passes this first to make the woken call raise
@@ -173,7 +174,7 @@ end
 
 -- Wait in a receive on `ch` (nothing to take now). Main alone waiting on a plain listen
 -- channel, with nothing else to run, tells the runtime the topic, so a one-value message
--- on it comes straight back here as "v".
+-- on it comes straight back here as (0, value).
 local function wait_receive(ch)
   local P = ch.P
   local t = P.cur
@@ -512,10 +513,10 @@ sched = function(P)
 end
 
 -- The wait of main on a plain listen channel, when nothing else can run (see receive):
--- the runtime hands a one-value message on that topic over as ("v", value); anything else
+-- the runtime hands a one-value message on that topic over as (0, value); anything else
 -- is an ordinary event.
 local function direct_got(P, q, t, kind, a, ...)
-  if kind == "v" then
+  if kind == 0 then
     -- still the only waiter (nothing ran since): take it
     q[q.h] = nil
     q.h, q.t = 1, 0
