@@ -10,7 +10,7 @@ use std::os::raw::c_int;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mlua::{ffi, IntoLua, Lua, MultiValue, Table, Thread, Value as LuaValue};
+use mlua::{ffi, Lua, MultiValue, Table, Value as LuaValue};
 use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, Value};
 
 use crate::catalog::{Catalog, LuaEntry};
@@ -23,9 +23,9 @@ use crate::sandbox::Vm;
 
 pub(crate) struct LuaProcess {
     state: ProcState,
-    lua: Option<Lua>,
-    co: Option<Thread>,
-    p: Option<Table>,
+    /// The process's coroutine (null before the start and after the end). Kept alive by
+    /// the state table (`P.co`), which the registry reference `p_ref` keeps.
+    co: Coroutine,
     /// The coroutine's last yield was "wait": it takes the next event.
     awaiting: bool,
     /// Registry references of the process state table and of the shard table.
@@ -38,13 +38,26 @@ pub(crate) struct LuaProcess {
     hint: Vec<u8>,
 }
 
+/// A Lua thread of a shard's VM. Only ever touched inside a turn of that shard (which
+/// moves between workers as a whole), so it may move with the process.
+struct Coroutine(*mut ffi::lua_State);
+
+// SAFETY: see above; the shard's VM lock serialises every use.
+unsafe impl Send for Coroutine {}
+
+/// The arguments of a process's first resume, besides the state and the entry.
+enum StartArgs {
+    /// Spawn arguments (pushed raw when they can be).
+    Values(Vec<Value>),
+    /// Values already in Lua (after an upgrade).
+    Lua(MultiValue),
+}
+
 impl LuaProcess {
     pub(crate) fn new(entry: Arc<LuaEntry>, catalog: Arc<Catalog>, shard: Arc<Shard>) -> LuaProcess {
         LuaProcess {
             state: ProcState { entry, catalog, shard, marks: Default::default(), upgradable: false, memory: 0, last_dest: None },
-            lua: None,
-            co: None,
-            p: None,
+            co: Coroutine(std::ptr::null_mut()),
             awaiting: false,
             p_ref: 0,
             s_ref: 0,
@@ -53,67 +66,106 @@ impl LuaProcess {
         }
     }
 
-    fn start(&mut self, method: &str, args: Vec<Value>) -> Result<MultiValue, Error> {
-        let lua_args = {
-            // SAFETY: as below: inside a turn of this process's shard.
-            let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
-            let lua = vm.lua.clone();
-            let mut out = MultiValue::with_capacity(args.len());
-            for a in &args {
-                out.push_back(from_value(&lua, a).map_err(|e| Error::internal(format!("cannot start process: {e}")))?);
-            }
-            out
-        };
-        self.start_with(method, lua_args, None)
-    }
-
-    /// Build the process's state for its entry and return the first resume's arguments;
-    /// `carry` (after an upgrade) = messages the old state had not taken yet.
-    fn start_with(&mut self, method: &str, args: MultiValue, carry: Option<(Table, i64)>) -> Result<MultiValue, Error> {
-        // SAFETY: init runs inside a turn of this process's shard (it is in the shard's group).
+    /// Build the process's state for its entry and leave the first resume's arguments on
+    /// its coroutine (returns how many); `carry` (after an upgrade) = messages the old
+    /// state had not taken yet.
+    fn start(&mut self, method: &str, args: StartArgs, carry: Option<(Table, i64)>) -> Result<c_int, Error> {
+        // SAFETY: runs inside a turn of this process's shard (it is in the shard's group).
         let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
         let code = vm.code(&self.state.catalog, &self.state.entry)?;
         self.state.marks = vm.marks;
         let internal = |e: mlua::Error| Error::internal(format!("cannot start process: {e}"));
-        let (p, co, env): (Table, Thread, Table) = vm
-            .new_process
-            .call((code.allowed.clone(), code.env_mt.clone(), code.imports.clone()))
-            .map_err(internal)?;
-        let lua = vm.lua.clone();
         let method = if method == "main" { self.state.entry.method.as_str() } else { method };
-        let mut mv = MultiValue::with_capacity(5 + args.len());
-        mv.push_back(LuaValue::Table(p.clone()));
-        mv.push_back(LuaValue::Function(code.chunk.clone()));
-        mv.push_back(LuaValue::Table(env));
-        mv.push_back(method.into_lua(&lua).map_err(internal)?);
-        mv.push_back(self.state.entry.id.as_str().into_lua(&lua).map_err(internal)?);
-        mv.extend(args);
-        if let Some((carry, n)) = carry {
-            p.raw_set("pending", carry).map_err(internal)?;
-            p.raw_set("npending", n).map_err(internal)?;
-            p.raw_set("upgraded", true).map_err(internal)?;
-        }
-        // SAFETY: luaL_ref pops the value exec_raw pushed and leaves the reference.
-        let p_ref: i64 = unsafe {
-            lua.exec_raw(p.clone(), |state| {
-                let r = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
-                ffi::lua_pushinteger(state, r as ffi::lua_Integer);
+        // Spawn arguments that are plain data go onto the stack raw; the rest through mlua.
+        let (raw_args, lua_args) = match args {
+            StartArgs::Values(v) if v.iter().all(raw::simple) => (v, MultiValue::new()),
+            StartArgs::Values(v) => {
+                let mut out = MultiValue::with_capacity(v.len());
+                for a in &v {
+                    out.push_back(from_value(&vm.lua, a).map_err(internal)?);
+                }
+                (Vec::new(), out)
+            }
+            StartArgs::Lua(mv) => (Vec::new(), mv),
+        };
+        let (carry, ncarry) = match carry {
+            Some((t, n)) => (LuaValue::Table(t), n),
+            None => (LuaValue::Nil, 0),
+        };
+        let mut input = MultiValue::with_capacity(6 + lua_args.len());
+        input.push_back(LuaValue::Function(vm.new_process.clone()));
+        input.push_back(LuaValue::Table(code.allowed.clone()));
+        input.push_back(LuaValue::Table(code.env_mt.clone()));
+        input.push_back(code.imports.clone().map(LuaValue::Table).unwrap_or(LuaValue::Nil));
+        input.push_back(LuaValue::Function(code.chunk.clone()));
+        input.push_back(carry);
+        input.extend(lua_args);
+        let room = 8 + input.len() as c_int + raw_args.len() as c_int + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
+        let (mut p_ref, mut co, mut nargs) = (0, std::ptr::null_mut(), 0);
+        let (entry_id, s_ref) = (self.state.entry.id.as_str(), vm.s_ref);
+        // SAFETY: in exec_raw's protected call: the stack holds `input` (1..=6 fixed, then
+        // the mlua arguments); nothing with a destructor lives across the calls that may
+        // raise; the closure leaves the stack empty.
+        unsafe {
+            vm.lua.exec_raw::<()>(input, |state| {
+                let n = ffi::lua_gettop(state);
+                ffi::luaL_checkstack(state, room, std::ptr::null());
+                // new_process(allowed, env_mt, imports) -> P, co, env
+                for i in 1..=4 {
+                    ffi::lua_pushvalue(state, i);
+                }
+                ffi::lua_call(state, 3, 3);
+                let (pi, ci, ei) = (n + 1, n + 2, n + 3);
+                if ffi::lua_type(state, 6) == ffi::LUA_TTABLE {
+                    ffi::lua_pushvalue(state, 6);
+                    ffi::lua_setfield(state, pi, c"pending".as_ptr());
+                    ffi::lua_pushinteger(state, ncarry);
+                    ffi::lua_setfield(state, pi, c"npending".as_ptr());
+                    ffi::lua_pushboolean(state, 1);
+                    ffi::lua_setfield(state, pi, c"upgraded".as_ptr());
+                }
+                ffi::lua_pushvalue(state, pi);
+                p_ref = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+                co = ffi::lua_tothread(state, ci);
+                publish(state, s_ref, p_ref);
+                // main_body(P, chunk, env, method, id, args...)
+                let top = ffi::lua_gettop(state);
+                ffi::lua_pushvalue(state, pi);
+                ffi::lua_pushvalue(state, 5);
+                ffi::lua_pushvalue(state, ei);
+                ffi::lua_pushlstring(state, method.as_ptr() as *const _, method.len());
+                ffi::lua_pushlstring(state, entry_id.as_ptr() as *const _, entry_id.len());
+                for i in 7..=n {
+                    ffi::lua_pushvalue(state, i);
+                }
+                for v in &raw_args {
+                    raw::push(state, v);
+                }
+                nargs = ffi::lua_gettop(state) - top;
+                ffi::luaL_checkstack(co, nargs + 8, std::ptr::null());
+                ffi::lua_xmove(state, co, nargs);
+                ffi::lua_settop(state, 0);
             })
         }
         .map_err(internal)?;
-        self.p_ref = p_ref as c_int;
-        self.s_ref = vm.s_ref;
-        self.lua = Some(lua);
-        self.co = Some(co);
-        self.p = Some(p);
-        Ok(mv)
+        self.p_ref = p_ref;
+        self.s_ref = s_ref;
+        self.co = Coroutine(co);
+        Ok(nargs)
     }
 
     /// Resume the coroutine with `args`, then feed it events while it waits for them.
-    fn drive(&mut self, cx: &mut Context<'_>, mut events: Option<&mut Events<'_>>, mut args: Option<MultiValue>) -> Status {
-        let (Some(lua), Some(co), Some(p)) = (self.lua.clone(), self.co.clone(), self.p.clone()) else {
-            return Status::Exit(Err(Error::internal("Lua process has no state")));
+    fn drive(&mut self, cx: &mut Context<'_>, mut events: Option<&mut Events<'_>>, mut args: Option<c_int>) -> Status {
+        // SAFETY: a step runs inside a turn of this process's shard; only a shared
+        // reference to its Lua handle is taken.
+        let Some(vm) = (unsafe { current_vm() }) else {
+            return Status::Exit(Err(Error::internal("a Lua process ran outside its shard")));
         };
+        let lua: &Lua = &vm.lua;
+        let co = self.co.0;
+        if co.is_null() {
+            return Status::Exit(Err(Error::internal("Lua process has no state")));
+        }
         let shard = self.state.shard.clone();
         let limit = shard.options.max_process_memory;
         let shared_limit = limit > 0 && !shard.options.isolated;
@@ -125,7 +177,7 @@ impl LuaProcess {
             // What to resume with: the start arguments, a runtime event (raw when it can
             // be), or nothing (going on after a preemption).
             let input = match args.take() {
-                Some(a) => Input::Slow(a),
+                Some(n) => Input::Pushed(n),
                 None if self.awaiting => {
                     if !cx.consume(1) {
                         break Status::Yield;
@@ -142,7 +194,7 @@ impl LuaProcess {
                 }
                 None => Input::Raw(None),
             };
-            if matches!(input, Input::Slow(_)) {
+            if !matches!(input, Input::Raw(_)) {
                 self.hint.clear();
             }
             let before = if shared_limit {
@@ -152,14 +204,15 @@ impl LuaProcess {
             } else {
                 0
             };
-            shard.preempt.set_thread(co.state());
+            shard.preempt.set_thread(co);
             let result = {
                 let _entered = current::enter(cx, &mut self.state);
                 match input {
-                    Input::Slow(mv) => raw_resume(&lua, &co, self.s_ref, self.p_ref, mv),
+                    Input::Slow(mv) => raw_resume(lua, co, self.s_ref, self.p_ref, mv),
                     Input::Raw(ev) => {
-                        fast_resume(&lua, &co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint, limit > 0)
+                        fast_resume(lua, co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint, limit > 0, 0)
                     }
+                    Input::Pushed(n) => fast_resume(lua, co, self.s_ref, self.p_ref, None, &mut self.from_cache, &mut self.hint, true, n),
                 }
             };
             if shared_limit {
@@ -169,7 +222,7 @@ impl LuaProcess {
             }
             match result {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
-                Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&p, &v))),
+                Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(lua, &v))),
                 Ok(Resumed::Exit(vals)) if is_upgrade(&vals) => match self.upgrade(cx, vals) {
                     Ok(first) => {
                         // Go on with the new state's first resume, on this same step.
@@ -177,7 +230,7 @@ impl LuaProcess {
                     }
                     Err(e) => break Status::Exit(Err(e)),
                 },
-                Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(&p, vals)),
+                Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(lua, vals)),
                 Ok(Resumed::Wait) => self.awaiting = true,
                 Ok(Resumed::Preempted) => {
                     shard.preempt.fired.store(false, Ordering::Relaxed);
@@ -196,7 +249,7 @@ impl LuaProcess {
     /// entry (the current version of this process's own entry when none is named), with
     /// what the old state had not taken yet. PID, mailbox, links, monitors and names are
     /// the runtime's and stay; trap_links resets. A failure is "upgrade: <reason>".
-    fn upgrade(&mut self, cx: &mut Context<'_>, vals: MultiValue) -> Result<MultiValue, Error> {
+    fn upgrade(&mut self, cx: &mut Context<'_>, vals: MultiValue) -> Result<c_int, Error> {
         let fail = |why: String| Error::internal(format!("upgrade: {why}"));
         let mut it = vals.into_iter().skip(2);
         let id = match it.next() {
@@ -230,12 +283,16 @@ impl LuaProcess {
         self.state.upgradable = false;
         self.state.entry = entry;
         cx.set_trap_links(false);
-        self.start_with("main", args, Some((carry, n))).map_err(|e| fail(e.message))
+        self.start("main", StartArgs::Lua(args), Some((carry, n))).map_err(|e| fail(e.message))
     }
 
     /// Drop the registry reference of the process state (and S[1] if it points at it).
     fn release_state(&mut self) {
-        if let (Some(lua), true) = (&self.lua, self.p_ref != 0) {
+        self.co = Coroutine(std::ptr::null_mut());
+        // SAFETY: called inside a turn of this process's shard (close, upgrade).
+        let vm = unsafe { current_vm() };
+        if let (Some(vm), true) = (vm, self.p_ref != 0) {
+            let lua = &vm.lua;
             let (s_ref, p_ref) = (self.s_ref, self.p_ref);
             // SAFETY: leaves the stack balanced. The shard must not keep this state alive:
             // clear S[1] if it is this process's, then release the reference.
@@ -258,9 +315,9 @@ impl LuaProcess {
 
     /// The error a process ended with: a memory-limit failure (even one a task raised
     /// and the scheduler passed on) as LimitExceeded, anything else as Lua gave it.
-    fn failure(&self, p: &Table, v: &LuaValue) -> Error {
+    fn failure(&self, lua: &Lua, v: &LuaValue) -> Error {
         let memory = matches!(v, LuaValue::String(s) if s.as_bytes().as_ref() == b"not enough memory");
-        if memory || p.raw_get::<bool>("memfail").unwrap_or(false) {
+        if memory || self.memfail(lua) {
             return Error::limit_exceeded(format!(
                 "process memory limit exceeded ({} bytes)",
                 self.state.shard.options.max_process_memory
@@ -272,8 +329,27 @@ impl LuaProcess {
         error_from_lua(v)
     }
 
+    /// Whether a task of the process hit the memory limit (`P.memfail`).
+    fn memfail(&self, lua: &Lua) -> bool {
+        if self.p_ref == 0 {
+            return false;
+        }
+        let p_ref = self.p_ref;
+        // SAFETY: reads one field of the state table; leaves one boolean for exec_raw.
+        unsafe {
+            lua.exec_raw::<bool>((), |state| {
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+                ffi::lua_getfield(state, -1, c"memfail".as_ptr());
+                let b = ffi::lua_toboolean(state, -1);
+                ffi::lua_settop(state, 0);
+                ffi::lua_pushboolean(state, b);
+            })
+        }
+        .unwrap_or(false)
+    }
+
     /// The process finished with `"exit", ok, value|error`.
-    fn exit_result(&self, p: &Table, vals: MultiValue) -> ExitResult {
+    fn exit_result(&self, lua: &Lua, vals: MultiValue) -> ExitResult {
         let mut it = vals.into_iter();
         let _tag = it.next();
         let ok = matches!(it.next(), Some(LuaValue::Boolean(true)));
@@ -281,7 +357,7 @@ impl LuaProcess {
         if ok {
             return to_value(&v, &self.state.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false));
         }
-        Err(self.failure(p, &v))
+        Err(self.failure(lua, &v))
     }
 }
 
@@ -305,7 +381,9 @@ enum Resumed {
 }
 
 enum Input {
-    /// Through mlua values (the start, and events with error objects in them).
+    /// Already on the coroutine's stack (the start): how many.
+    Pushed(c_int),
+    /// Through mlua values (events with error objects in them).
     Slow(MultiValue),
     /// Pushed straight onto the coroutine's stack (nothing, or a simple event).
     Raw(Option<Event>),
@@ -338,15 +416,15 @@ const R_FAILED: i64 = 6;
 #[allow(clippy::too_many_arguments)]
 fn fast_resume(
     lua: &Lua,
-    co: &Thread,
+    l: *mut ffi::lua_State,
     s_ref: c_int,
     p_ref: c_int,
     ev: Option<&Event>,
     from_cache: &mut (wippy_runtime::Pid, String),
     hint: &mut Vec<u8>,
     protected: bool,
+    pushed: c_int,
 ) -> mlua::Result<Resumed> {
-    let l = co.state();
     // Room for the event and the nesting of its values (raw::push checks again per level;
     // with this much reserved those checks cannot fail).
     let room = 8 + event_room(ev);
@@ -354,13 +432,13 @@ fn fast_resume(
         // SAFETY: the coroutine is suspended (or never ran) and owned by this process;
         // every push is within the room checked above and cannot raise without a memory
         // limit; lua_resume consumes what was pushed.
-        unsafe { resume_on(l, s_ref, p_ref, ev, from_cache, hint) }
+        unsafe { resume_on(l, s_ref, p_ref, ev, from_cache, hint, pushed) }
     } else {
         // SAFETY: as above, inside exec_raw's protected call, which gets the two results.
         let (code, nres): (i64, i64) = unsafe {
             lua.exec_raw((), |state| {
                 ffi::luaL_checkstack(l, room, std::ptr::null());
-                let (code, nres) = resume_on(l, s_ref, p_ref, ev, from_cache, hint);
+                let (code, nres) = resume_on(l, s_ref, p_ref, ev, from_cache, hint, pushed);
                 ffi::lua_pushinteger(state, code);
                 ffi::lua_pushinteger(state, nres as ffi::lua_Integer);
             })?
@@ -394,7 +472,8 @@ fn event_room(ev: Option<&Event>) -> c_int {
 /// values the resume left on `l` (only for an exit or a failure).
 ///
 /// # Safety
-/// `l` must be the process's suspended coroutine with room for the event reserved.
+/// `l` must be the process's suspended coroutine with room for the event reserved, and
+/// `pushed` values already on it as the resume's arguments (then `ev` is None).
 unsafe fn resume_on(
     l: *mut ffi::lua_State,
     s_ref: c_int,
@@ -402,9 +481,10 @@ unsafe fn resume_on(
     ev: Option<&Event>,
     from_cache: &mut (wippy_runtime::Pid, String),
     hint: &mut Vec<u8>,
+    pushed: c_int,
 ) -> (i64, c_int) {
     publish(l, s_ref, p_ref);
-    let mut nargs = 0;
+    let mut nargs = pushed;
     match ev {
         Some(Event::Message(m)) if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() => {
             ffi::lua_pushinteger(l, EV_VALUE);
@@ -485,17 +565,14 @@ unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
 /// Resume the process coroutine with mlua values, through the C API. mlua's
 /// `Thread::resume` cannot be used: it takes a coroutine our hook suspended (and disarmed)
 /// for a plain yield and resets its stack.
-fn raw_resume(lua: &Lua, co: &Thread, s_ref: c_int, p_ref: c_int, input: MultiValue) -> mlua::Result<Resumed> {
-    let mut args = MultiValue::with_capacity(input.len() + 1);
-    args.push_back(LuaValue::Thread(co.clone()));
-    args.extend(input);
+fn raw_resume(lua: &Lua, thread: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int, input: MultiValue) -> mlua::Result<Resumed> {
     // SAFETY: the closure keeps the stack balanced as exec_raw expects: it leaves
     // [status, results...] and nothing else.
     let mut out: MultiValue = unsafe {
-        lua.exec_raw(args, |state| {
+        lua.exec_raw(input, |state| {
             publish(state, s_ref, p_ref);
-            let n = ffi::lua_gettop(state) - 1;
-            let thread = ffi::lua_tothread(state, 1);
+            let n = ffi::lua_gettop(state);
+            ffi::luaL_checkstack(thread, n + 4, std::ptr::null());
             ffi::lua_xmove(state, thread, n);
             let mut nres: std::os::raw::c_int = 0;
             let status = ffi::lua_resume(thread, state, n, &mut nres);
@@ -588,7 +665,7 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
 
 impl Process for LuaProcess {
     fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
-        match self.start(method, args) {
+        match self.start(method, StartArgs::Values(args), None) {
             Ok(first) => self.drive(cx, None, Some(first)),
             Err(e) => Status::Exit(Err(e)),
         }
@@ -603,9 +680,6 @@ impl Process for LuaProcess {
             self.state.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
         }
         self.release_state();
-        self.co = None;
-        self.p = None;
-        self.lua = None;
     }
 }
 
