@@ -40,7 +40,7 @@ local function wake(P, t, a, b)
 end
 
 local sched -- forward: the scheduling loop (below, with the router)
-local direct_wait -- forward: main's wait on a plain listen channel (below)
+local handle -- forward: one runtime event (below, with the router)
 
 -- Wait until a waker hands this task its result. On main's coroutine that means running
 -- the scheduler in place; anywhere else, yield to whoever resumed us (the scheduler, or a
@@ -172,9 +172,7 @@ function Chan.send(ch, v)
   return true
 end
 
--- Wait in a receive on `ch` (nothing to take now). Main alone waiting on a plain listen
--- channel, with nothing else to run, tells the runtime the topic, so a one-value message
--- on it comes straight back here as (0, value).
+-- Wait in a receive on `ch` (nothing to take now).
 local function wait_receive(ch)
   local P = ch.P
   local t = P.cur
@@ -185,13 +183,26 @@ local function wait_receive(ch)
     t.ext = true; P.next_ = P.next_ + 1
     if P.npending > 0 then drain(P) end
   end
-  if raw_running() == P.co then
-    if ch.plain and i == q.h and P.rh > P.rt and not P.first and P.npending == 0 then
-      return direct_wait(P, ch, q, t)
-    end
-    return sched(P)
-  end
+  if raw_running() == P.co then return sched(P) end
   return raw_yield(BLOCK)
+end
+
+-- Main's direct wait was answered by something other than its value: from here on it
+-- waits like any receiver (queued on the channel, counted as waiting on the mailbox),
+-- the event is handled, and the scheduler runs.
+local function direct_other(P, ch, ...)
+  local t = P.main
+  local q = ch.rq
+  if not q then q = { h = 1, t = 0 }; ch.rq = q end
+  local i = q.t + 1; q.t = i; q[i] = t
+  t.ext = true; P.next_ = P.next_ + 1
+  handle(P, ...)
+  return sched(P)
+end
+
+local function direct_got(P, ch, kind, a, ...)
+  if kind == 0 then return a, true end
+  return direct_other(P, ch, kind, a, ...)
 end
 
 function Chan.receive(ch)
@@ -200,6 +211,14 @@ function Chan.receive(ch)
     local sq = ch.sq
     if not ch.closed and (not sq or sq.h > sq.t) then
       -- nothing to take (the common case for mailbox channels)
+      if ch.plain then
+        local P, q = ch.P, ch.rq
+        if (not q or q.h > q.t) and P.rh > P.rt and not P.first and P.npending == 0 and raw_running() == P.co then
+          -- main alone waits on a plain listen channel and nothing else can run: the
+          -- runtime hands a one-value message on its topic straight back as (0, value)
+          return direct_got(P, ch, raw_yield("wait", ch.topic))
+        end
+      end
       return wait_receive(ch)
     end
   end
@@ -380,7 +399,7 @@ local EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.canc
 local on_future
 
 -- One runtime event, as Rust passes it.
-local function handle(P, kind, a, b, c, d, ...)
+handle = function(P, kind, a, b, c, d, ...)
   if kind == "m" and a == "@outdated" then
     -- the entry or an import changed: one OUTDATED event, merged into one still pending
     local pend = P.pending
@@ -510,25 +529,6 @@ sched = function(P)
       end
     end
   end
-end
-
--- The wait of main on a plain listen channel, when nothing else can run (see receive):
--- the runtime hands a one-value message on that topic over as (0, value); anything else
--- is an ordinary event.
-local function direct_got(P, q, t, kind, a, ...)
-  if kind == 0 then
-    -- still the only waiter (nothing ran since): take it
-    q[q.h] = nil
-    q.h, q.t = 1, 0
-    t.ext = false; P.next_ = P.next_ - 1
-    return a, true
-  end
-  handle(P, kind, a, ...)
-  return sched(P)
-end
-
-direct_wait = function(P, ch, q, t)
-  return direct_got(P, q, t, raw_yield("wait", ch.topic))
 end
 
 local function task_body(f, ...)
