@@ -231,6 +231,7 @@ impl LuaProcess {
                     Err(e) => break Status::Exit(Err(e)),
                 },
                 Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(lua, vals)),
+                Ok(Resumed::Finished(vals)) => break Status::Exit(self.returned(vals)),
                 Ok(Resumed::Wait) => self.awaiting = true,
                 Ok(Resumed::Preempted) => {
                     shard.preempt.fired.store(false, Ordering::Relaxed);
@@ -348,7 +349,19 @@ impl LuaProcess {
         .unwrap_or(false)
     }
 
-    /// The process finished with `"exit", ok, value|error`.
+    /// Main returned `v, err`: an error when `err` is a string or an error object
+    /// (SPEC §4.1), else `v`.
+    fn returned(&self, vals: MultiValue) -> ExitResult {
+        let mut it = vals.into_iter();
+        let v = it.next().unwrap_or(LuaValue::Nil);
+        match it.next() {
+            Some(LuaValue::String(e)) => Err(Error::internal(e.to_string_lossy().to_string()).with_retryable(false)),
+            Some(LuaValue::UserData(ud)) if ud.is::<LuaError>() => Err(error_from_lua(&LuaValue::UserData(ud))),
+            _ => to_value(&v, &self.state.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false)),
+        }
+    }
+
+    /// The process ended through its scheduler with `"exit", ok, value|error`.
     fn exit_result(&self, lua: &Lua, vals: MultiValue) -> ExitResult {
         let mut it = vals.into_iter();
         let _tag = it.next();
@@ -374,8 +387,10 @@ enum Resumed {
     Preempted,
     /// Yielded something else (a plain coroutine.yield at main's top level).
     UserYield,
-    /// Finished, or yielded "exit" from the scheduler: `"exit", ok, value|error`.
+    /// Yielded "exit" from the scheduler: `"exit", ok, value|error`.
     Exit(MultiValue),
+    /// Main returned these values.
+    Finished(MultiValue),
     /// Raised this error.
     Failed(LuaValue),
 }
@@ -453,7 +468,8 @@ fn fast_resume(
         R_WAIT => Resumed::Wait,
         R_PREEMPTED => Resumed::Preempted,
         R_USER_YIELD => Resumed::UserYield,
-        R_EXIT | R_FINISHED => Resumed::Exit(fetch(nres)?),
+        R_EXIT => Resumed::Exit(fetch(nres)?),
+        R_FINISHED => Resumed::Finished(fetch(nres)?),
         _ => Resumed::Failed(fetch(nres)?.pop_front().unwrap_or(LuaValue::Nil)),
     })
 }
@@ -592,7 +608,8 @@ fn raw_resume(lua: &Lua, thread: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int
         _ => None,
     };
     Ok(match (status, tag.as_deref()) {
-        (ffi::LUA_OK, _) | (ffi::LUA_YIELD, Some(b"exit")) => Resumed::Exit(out),
+        (ffi::LUA_OK, _) => Resumed::Finished(out),
+        (ffi::LUA_YIELD, Some(b"exit")) => Resumed::Exit(out),
         (ffi::LUA_YIELD, Some(b"wait")) => Resumed::Wait,
         (ffi::LUA_YIELD, _) if out.is_empty() => Resumed::Preempted,
         (ffi::LUA_YIELD, _) => Resumed::UserYield,

@@ -211,12 +211,14 @@ function Chan.receive(ch)
     local sq = ch.sq
     if not ch.closed and (not sq or sq.h > sq.t) then
       -- nothing to take (the common case for mailbox channels)
-      if ch.plain then
+      if ch.ext then
         local P, q = ch.P, ch.rq
         if (not q or q.h > q.t) and P.rh > P.rt and not P.first and P.npending == 0 and raw_running() == P.co then
-          -- main alone waits on a plain listen channel and nothing else can run: the
-          -- runtime hands a one-value message on its topic straight back as (0, value)
-          return direct_got(P, ch, raw_yield("wait", ch.topic))
+          -- main alone waits on a channel the mailbox feeds and nothing else can run: it
+          -- waits right here for the next event; on a plain listen channel the runtime
+          -- hands a one-value message on its topic straight back as (0, value)
+          if ch.plain then return direct_got(P, ch, raw_yield("wait", ch.topic)) end
+          return direct_other(P, ch, raw_yield("wait"))
         end
       end
       return wait_receive(ch)
@@ -543,18 +545,10 @@ local function new_task(P, f, ...)
   return t
 end
 
--- main's `return v, err`: a string or an error object as err is an abnormal exit.
-local function finish(v, e)
-  if type(e) == "string" then
-    return false, rt_error("Internal", e, false)
-  elseif type(e) == "userdata" and R.is_error(e) then
-    return false, e
-  end
-  return true, v
-end
-
 -- The body of a process's coroutine: resolve the entry's main from its chunk's result
--- and call it.
+-- and call it, as a tail call (this frame and its arguments leave the coroutine's stack;
+-- a parked process's stack then stays within Lua's first allocation). Rust reads main's
+-- `return v, err` (a string or an error object as err is an abnormal exit).
 local function main_body(P, chunk, env, method, id, ...)
   local r
   if P.upgraded then
@@ -574,7 +568,7 @@ local function main_body(P, chunk, env, method, id, ...)
     local why = "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"
     error(rt_error("Invalid", (P.upgraded and "upgrade: " or "") .. why), 0)
   end
-  return "exit", finish(f(...))
+  return f(...)
 end
 
 -------------------------------------------------------------------------------------------
