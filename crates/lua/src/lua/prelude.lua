@@ -59,9 +59,9 @@ local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
 
 local function newchan(P, size, ext)
-  -- rq is present from the start (every receive looks at it); the rest comes on first use,
-  -- which keeps a mailbox channel within an 8-slot table
-  return setmetatable({ size = size, n = 0, P = P, ext = ext, rq = false }, ChanMT)
+  -- four fields (a 4-slot table); waiter queues and the buffer come on first use (a main
+  -- that waits directly never makes its receiver queue)
+  return setmetatable({ size = size, n = 0, P = P, ext = ext }, ChanMT)
 end
 
 local function q_push(ch, key, w)
