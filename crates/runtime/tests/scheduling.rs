@@ -73,11 +73,14 @@ fn two_busy_processes_on_one_worker_both_progress() {
     }
     let (_, a) = node.spawn_watched("one", Spawn::process(Counter(0, counts.clone(), stop.clone()))).unwrap();
     let (_, b) = node.spawn_watched("one", Spawn::process(Counter(1, counts.clone(), stop.clone()))).unwrap();
-    // Wait (bounded) until the first has run 1000 slices, then check the second also ran.
+    // Wait (bounded) until the first has run 1000 slices more than it had when the second
+    // was spawned (on a loaded machine the first may run many slices before this thread
+    // gets to spawn the second), then check the second ran about as many.
+    let base = counts[0].load(Ordering::Relaxed);
     let (tx, rx) = channel();
     let c = counts.clone();
     std::thread::spawn(move || {
-        while c[0].load(Ordering::Relaxed) < 1000 {
+        while c[0].load(Ordering::Relaxed) < base + 1000 {
             std::thread::yield_now();
         }
         let _ = tx.send(c[1].load(Ordering::Relaxed));
