@@ -57,6 +57,7 @@ end
 local Chan = {}
 local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
+local is_chan = R.is_of(ChanMT)
 
 local function newchan(P, size, ext)
   -- four fields (a 4-slot table); waiter queues and the buffer come on first use (a main
@@ -155,7 +156,7 @@ local function try_send(ch, v)
 end
 
 local function check_chan(ch, fname)
-  if getmetatable(ch) ~= "channel" then
+  if not is_chan(ch) then
     error("bad argument #1 to '" .. fname .. "' (channel expected, got " .. type(ch) .. ")", 3)
   end
 end
@@ -206,7 +207,7 @@ local function direct_got(P, ch, kind, a, ...)
 end
 
 function Chan.receive(ch)
-  if getmetatable(ch) ~= "channel" then check_chan(ch, "receive") end
+  if not is_chan(ch) then check_chan(ch, "receive") end
   if ch.n == 0 then
     local sq = ch.sq
     if not ch.closed and (not sq or sq.h > sq.t) then
@@ -259,7 +260,7 @@ local function select_(cases, default)
   local n = #cases
   for i = 1, n do
     local c = cases[i]
-    if type(c) ~= "table" or getmetatable(c.ch) ~= "channel" then
+    if type(c) ~= "table" or not is_chan(c.ch) then
       error("bad argument #1 to 'select' (case " .. i .. " is not a channel case)", 2)
     end
     local ch = c.ch

@@ -52,6 +52,20 @@ unsafe extern "C-unwind" fn rt_preempt_pending(l: *mut ffi::lua_State) -> c_int 
     1
 }
 
+/// `R.is_of(mt)`: a function telling whether its argument's metatable is `mt` (one C call,
+/// where `getmetatable(x) == name` also looks up `__metatable`).
+unsafe extern "C-unwind" fn rt_is_of(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_settop(l, 1);
+    ffi::lua_pushcclosure(l, has_metatable, 1);
+    1
+}
+
+unsafe extern "C-unwind" fn has_metatable(l: *mut ffi::lua_State) -> c_int {
+    let yes = ffi::lua_getmetatable(l, 1) != 0 && ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) != 0;
+    ffi::lua_pushboolean(l, yes as c_int);
+    1
+}
+
 /// A `bad argument` error in Lua's own wording.
 pub(crate) fn bad_arg(n: usize, f: &str, expected: &str, got: &LuaValue) -> mlua::Error {
     mlua::Error::runtime(format!("bad argument #{n} to '{f}' ({expected} expected, got {})", lua_type(got)))
@@ -135,6 +149,7 @@ pub(crate) fn install(
         r.raw_set("preempted", lua.create_c_function(rt_preempted)?)?;
         r.raw_set("preempt_pending", lua.create_c_function(rt_preempt_pending)?)?;
         r.raw_set("send_fast", lua.create_c_function(crate::raw::send_fast)?)?;
+        r.raw_set("is_of", lua.create_c_function(rt_is_of)?)?;
     }
     r.raw_set(
         "error",
