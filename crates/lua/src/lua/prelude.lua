@@ -1200,7 +1200,10 @@ local function new_process(allowed, env_meta, imports)
     allowed = allowed, imports = imports, first = false, listen = false }
   local main = { co = co, sel = false, ext = false, args = false }
   P.main, P.cur = main, main
-  local env = new_env(P, env_meta)
+  -- every process uses `process`: its proxy comes with the environment (one table of the
+  -- right size, no lookup through the environment's __index on first use)
+  local env = setmetatable({ _G = false, process = proxy_of(LIBS.process) }, env_meta)
+  rawset(env, "_G", env)
   P.env = env
   return P, co, env
 end
