@@ -185,7 +185,7 @@ impl LuaProcess {
                     let next = events.as_mut().and_then(|e| e.next());
                     match next {
                         Some(ev) if raw_event(&ev) => Input::Raw(Some(ev)),
-                        Some(ev) => match event_args(&lua, ev) {
+                        Some(ev) => match event_args(lua, ev) {
                             Ok(a) => Input::Slow(a),
                             Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
                         },
