@@ -16,18 +16,25 @@ use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, 
 use crate::catalog::{Catalog, LuaEntry};
 use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
-use crate::raw;
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
-use crate::shard::{current_vm, Shard};
+use crate::raw;
 use crate::sandbox::Vm;
+use crate::shard::{current_vm, Shard};
 
 pub(crate) struct LuaProcess {
     state: ProcState,
-    /// The process's coroutine (null before the start and after the end). Kept alive by
-    /// the state table (`P.co`), which the registry reference `p_ref` keeps.
     co: Coroutine,
     /// The coroutine's last yield was "wait": it takes the next event.
     awaiting: bool,
+}
+
+/// A process's coroutine and what resuming it needs. The Lua thread is only ever touched
+/// inside a turn of its shard (which moves between workers as a whole), so it may move
+/// with the process.
+struct Coroutine {
+    /// The Lua thread (null before the start and after the end). Kept alive by the state
+    /// table (`P.co`), which the registry reference `p_ref` keeps.
+    l: *mut ffi::lua_State,
     /// Registry references of the process state table and of the shard table.
     p_ref: c_int,
     s_ref: c_int,
@@ -37,10 +44,6 @@ pub(crate) struct LuaProcess {
     /// it is handed over directly). Empty otherwise.
     hint: Vec<u8>,
 }
-
-/// A Lua thread of a shard's VM. Only ever touched inside a turn of that shard (which
-/// moves between workers as a whole), so it may move with the process.
-struct Coroutine(*mut ffi::lua_State);
 
 // SAFETY: see above; the shard's VM lock serialises every use.
 unsafe impl Send for Coroutine {}
@@ -56,13 +59,23 @@ enum StartArgs {
 impl LuaProcess {
     pub(crate) fn new(entry: Arc<LuaEntry>, catalog: Arc<Catalog>, shard: Arc<Shard>) -> LuaProcess {
         LuaProcess {
-            state: ProcState { entry, catalog, shard, marks: Default::default(), upgradable: false, memory: 0, last_dest: None },
-            co: Coroutine(std::ptr::null_mut()),
+            state: ProcState {
+                entry,
+                catalog,
+                shard,
+                marks: Default::default(),
+                upgradable: false,
+                memory: 0,
+                last_dest: None,
+            },
+            co: Coroutine {
+                l: std::ptr::null_mut(),
+                p_ref: 0,
+                s_ref: 0,
+                from_cache: (wippy_runtime::Pid::NOBODY, String::new()),
+                hint: Vec::new(),
+            },
             awaiting: false,
-            p_ref: 0,
-            s_ref: 0,
-            from_cache: (wippy_runtime::Pid::NOBODY, String::new()),
-            hint: Vec::new(),
         }
     }
 
@@ -71,7 +84,8 @@ impl LuaProcess {
     /// state had not taken yet.
     fn start(&mut self, method: &str, args: StartArgs, carry: Option<(Table, i64)>) -> Result<c_int, Error> {
         // SAFETY: runs inside a turn of this process's shard (it is in the shard's group).
-        let vm: &mut Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
+        let vm: &mut Vm =
+            unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
         let code = vm.code(&self.state.catalog, &self.state.entry)?;
         self.state.marks = vm.marks;
         let internal = |e: mlua::Error| Error::internal(format!("cannot start process: {e}"));
@@ -100,7 +114,10 @@ impl LuaProcess {
         input.push_back(LuaValue::Function(code.chunk.clone()));
         input.push_back(carry);
         input.extend(lua_args);
-        let room = 8 + input.len() as c_int + raw_args.len() as c_int + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
+        let room = 8
+            + input.len() as c_int
+            + raw_args.len() as c_int
+            + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
         let (mut p_ref, mut co, mut nargs) = (0, std::ptr::null_mut(), 0);
         let (entry_id, s_ref) = (self.state.entry.id.as_str(), vm.s_ref);
         // SAFETY: in exec_raw's protected call: the stack holds `input` (1..=6 fixed, then
@@ -148,9 +165,9 @@ impl LuaProcess {
             })
         }
         .map_err(internal)?;
-        self.p_ref = p_ref;
-        self.s_ref = s_ref;
-        self.co = Coroutine(co);
+        self.co.l = co;
+        self.co.p_ref = p_ref;
+        self.co.s_ref = s_ref;
         Ok(nargs)
     }
 
@@ -162,8 +179,7 @@ impl LuaProcess {
             return Status::Exit(Err(Error::internal("a Lua process ran outside its shard")));
         };
         let lua: &Lua = &vm.lua;
-        let co = self.co.0;
-        if co.is_null() {
+        if self.co.l.is_null() {
             return Status::Exit(Err(Error::internal("Lua process has no state")));
         }
         let shard = self.state.shard.clone();
@@ -195,7 +211,7 @@ impl LuaProcess {
                 None => Input::Raw(None),
             };
             if !matches!(input, Input::Raw(_)) {
-                self.hint.clear();
+                self.co.hint.clear();
             }
             let before = if shared_limit {
                 let used = lua.used_memory();
@@ -204,15 +220,13 @@ impl LuaProcess {
             } else {
                 0
             };
-            shard.preempt.set_thread(co);
+            shard.preempt.set_thread(self.co.l);
             let result = {
                 let _entered = current::enter(cx, &mut self.state);
                 match input {
-                    Input::Slow(mv) => raw_resume(lua, co, self.s_ref, self.p_ref, mv),
-                    Input::Raw(ev) => {
-                        fast_resume(lua, co, self.s_ref, self.p_ref, ev.as_ref(), &mut self.from_cache, &mut self.hint, limit > 0, 0)
-                    }
-                    Input::Pushed(n) => fast_resume(lua, co, self.s_ref, self.p_ref, None, &mut self.from_cache, &mut self.hint, true, n),
+                    Input::Slow(mv) => self.co.push(lua, mv).and_then(|n| self.co.resume(lua, None, true, n)),
+                    Input::Raw(ev) => self.co.resume(lua, ev.as_ref(), limit > 0, 0),
+                    Input::Pushed(n) => self.co.resume(lua, None, true, n),
                 }
             };
             if shared_limit {
@@ -273,10 +287,11 @@ impl LuaProcess {
             _ => MultiValue::new(),
         };
         let entry = self.state.catalog.entry(&id).map_err(|e| fail(e.message))?;
-        crate::catalog::runnable_on(&entry, &cx.host()).map_err(|e| Error { message: format!("upgrade: {}", e.message), ..e })?;
+        crate::catalog::runnable_on(&entry, &cx.host())
+            .map_err(|e| Error { message: format!("upgrade: {}", e.message), ..e })?;
         // Let go of the old state: from here on only the new one is reachable.
         self.release_state();
-        self.hint.clear();
+        self.co.hint.clear();
         self.awaiting = false;
         if self.state.upgradable {
             self.state.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
@@ -289,12 +304,12 @@ impl LuaProcess {
 
     /// Drop the registry reference of the process state (and S[1] if it points at it).
     fn release_state(&mut self) {
-        self.co = Coroutine(std::ptr::null_mut());
+        self.co.l = std::ptr::null_mut();
         // SAFETY: called inside a turn of this process's shard (close, upgrade).
         let vm = unsafe { current_vm() };
-        if let (Some(vm), true) = (vm, self.p_ref != 0) {
+        if let (Some(vm), true) = (vm, self.co.p_ref != 0) {
             let lua = &vm.lua;
-            let (s_ref, p_ref) = (self.s_ref, self.p_ref);
+            let (s_ref, p_ref) = (self.co.s_ref, self.co.p_ref);
             // SAFETY: leaves the stack balanced. The shard must not keep this state alive:
             // clear S[1] if it is this process's, then release the reference.
             let _ = unsafe {
@@ -310,7 +325,7 @@ impl LuaProcess {
                     ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
                 })
             };
-            self.p_ref = 0;
+            self.co.p_ref = 0;
         }
     }
 
@@ -332,10 +347,10 @@ impl LuaProcess {
 
     /// Whether a task of the process hit the memory limit (`P.memfail`).
     fn memfail(&self, lua: &Lua) -> bool {
-        if self.p_ref == 0 {
+        if self.co.p_ref == 0 {
             return false;
         }
-        let p_ref = self.p_ref;
+        let p_ref = self.co.p_ref;
         // SAFETY: reads one field of the state table; leaves one boolean for exec_raw.
         unsafe {
             lua.exec_raw::<bool>((), |state| {
@@ -357,7 +372,8 @@ impl LuaProcess {
         match it.next() {
             Some(LuaValue::String(e)) => Err(Error::internal(e.to_string_lossy().to_string()).with_retryable(false)),
             Some(LuaValue::UserData(ud)) if ud.is::<LuaError>() => Err(error_from_lua(&LuaValue::UserData(ud))),
-            _ => to_value(&v, &self.state.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false)),
+            _ => to_value(&v, &self.state.marks, "the process result")
+                .map_err(|m| Error::invalid(m).with_retryable(false)),
         }
     }
 
@@ -368,7 +384,8 @@ impl LuaProcess {
         let ok = matches!(it.next(), Some(LuaValue::Boolean(true)));
         let v = it.next().unwrap_or(LuaValue::Nil);
         if ok {
-            return to_value(&v, &self.state.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false));
+            return to_value(&v, &self.state.marks, "the process result")
+                .map_err(|m| Error::invalid(m).with_retryable(false));
         }
         Err(self.failure(lua, &v))
     }
@@ -398,7 +415,7 @@ enum Resumed {
 enum Input {
     /// Already on the coroutine's stack (the start): how many.
     Pushed(c_int),
-    /// Through mlua values (events with error objects in them).
+    /// Through mlua values (events with error objects in them), moved onto the coroutine.
     Slow(MultiValue),
     /// Pushed straight onto the coroutine's stack (nothing, or a simple event).
     Raw(Option<Event>),
@@ -420,58 +437,67 @@ const R_EXIT: i64 = 4;
 const R_FINISHED: i64 = 5;
 const R_FAILED: i64 = 6;
 
-/// Resume the process coroutine through the raw C API: publish the process as the shard's
-/// current one, push the event onto the coroutine's stack, resume, and classify the yield
-/// without making mlua values (except for an exit, which is rare).
-///
-/// `protected`: push inside a protected call. Needed when the VM has a memory limit (a
-/// push may then fail with a Lua error); without one, an allocation fails only when the
-/// whole program is out of memory, and the pushes run straight on the coroutine (saving a
-/// protected call per message).
-#[allow(clippy::too_many_arguments)]
-fn fast_resume(
-    lua: &Lua,
-    l: *mut ffi::lua_State,
-    s_ref: c_int,
-    p_ref: c_int,
-    ev: Option<&Event>,
-    from_cache: &mut (wippy_runtime::Pid, String),
-    hint: &mut Vec<u8>,
-    protected: bool,
-    pushed: c_int,
-) -> mlua::Result<Resumed> {
-    // Room for the event and the nesting of its values (raw::push checks again per level;
-    // with this much reserved those checks cannot fail).
-    let room = 8 + event_room(ev);
-    let (code, nres) = if !protected && unsafe { ffi::lua_checkstack(l, room) } != 0 {
-        // SAFETY: the coroutine is suspended (or never ran) and owned by this process;
-        // every push is within the room checked above and cannot raise without a memory
-        // limit; lua_resume consumes what was pushed.
-        unsafe { resume_on(l, s_ref, p_ref, ev, from_cache, hint, pushed) }
-    } else {
-        // SAFETY: as above, inside exec_raw's protected call, which gets the two results.
-        let (code, nres): (i64, i64) = unsafe {
-            lua.exec_raw((), |state| {
-                ffi::luaL_checkstack(l, room, std::ptr::null());
-                let (code, nres) = resume_on(l, s_ref, p_ref, ev, from_cache, hint, pushed);
-                ffi::lua_pushinteger(state, code);
-                ffi::lua_pushinteger(state, nres as ffi::lua_Integer);
-            })?
+impl Coroutine {
+    /// Resume through the raw C API: publish the process as the shard's current one, push
+    /// the event onto the coroutine's stack, resume, and classify the yield without making
+    /// mlua values (except for an exit, which is rare).
+    ///
+    /// `protected`: push inside a protected call. Needed when the VM has a memory limit (a
+    /// push may then fail with a Lua error); without one, an allocation fails only when the
+    /// whole program is out of memory, and the pushes run straight on the coroutine (saving
+    /// a protected call per message). `pushed`: values already on the coroutine's stack as
+    /// the resume's arguments (then `ev` is None).
+    fn resume(&mut self, lua: &Lua, ev: Option<&Event>, protected: bool, pushed: c_int) -> mlua::Result<Resumed> {
+        let l = self.l;
+        // Room for the event and the nesting of its values (raw::push checks again per
+        // level; with this much reserved those checks cannot fail).
+        let room = 8 + event_room(ev);
+        let (code, nres) = if !protected && unsafe { ffi::lua_checkstack(l, room) } != 0 {
+            // SAFETY: the coroutine is suspended (or never ran) and owned by this process;
+            // every push is within the room checked above and cannot raise without a
+            // memory limit; lua_resume consumes what was pushed.
+            unsafe { self.resume_on(ev, pushed) }
+        } else {
+            // SAFETY: as above, inside exec_raw's protected call, which gets the two results.
+            let (code, nres): (i64, i64) = unsafe {
+                lua.exec_raw((), |state| {
+                    ffi::luaL_checkstack(l, room, std::ptr::null());
+                    let (code, nres) = self.resume_on(ev, pushed);
+                    ffi::lua_pushinteger(state, code);
+                    ffi::lua_pushinteger(state, nres as ffi::lua_Integer);
+                })?
+            };
+            (code, nres as c_int)
         };
-        (code, nres as c_int)
-    };
-    let fetch = |n: c_int| -> mlua::Result<MultiValue> {
-        // SAFETY: moves the `n` values the resume left on the coroutine's stack.
-        unsafe { lua.exec_raw((), |state| ffi::lua_xmove(l, state, n)) }
-    };
-    Ok(match code {
-        R_WAIT => Resumed::Wait,
-        R_PREEMPTED => Resumed::Preempted,
-        R_USER_YIELD => Resumed::UserYield,
-        R_EXIT => Resumed::Exit(fetch(nres)?),
-        R_FINISHED => Resumed::Finished(fetch(nres)?),
-        _ => Resumed::Failed(fetch(nres)?.pop_front().unwrap_or(LuaValue::Nil)),
-    })
+        let fetch = |n: c_int| -> mlua::Result<MultiValue> {
+            // SAFETY: moves the `n` values the resume left on the coroutine's stack.
+            unsafe { lua.exec_raw((), |state| ffi::lua_xmove(l, state, n)) }
+        };
+        Ok(match code {
+            R_WAIT => Resumed::Wait,
+            R_PREEMPTED => Resumed::Preempted,
+            R_USER_YIELD => Resumed::UserYield,
+            R_EXIT => Resumed::Exit(fetch(nres)?),
+            R_FINISHED => Resumed::Finished(fetch(nres)?),
+            _ => Resumed::Failed(fetch(nres)?.pop_front().unwrap_or(LuaValue::Nil)),
+        })
+    }
+
+    /// Move mlua values onto the coroutine's stack as the next resume's arguments; how
+    /// many.
+    fn push(&self, lua: &Lua, values: MultiValue) -> mlua::Result<c_int> {
+        let l = self.l;
+        // SAFETY: exec_raw pushed the values; they all move to the coroutine, leaving
+        // nothing behind.
+        unsafe {
+            lua.exec_raw::<c_int>(values, |state| {
+                let n = ffi::lua_gettop(state);
+                ffi::luaL_checkstack(l, n + 8, std::ptr::null());
+                ffi::lua_xmove(state, l, n);
+                ffi::lua_pushinteger(state, n as ffi::lua_Integer);
+            })
+        }
+    }
 }
 
 /// Stack slots an event's values take beyond the fixed few.
@@ -484,85 +510,82 @@ fn event_room(ev: Option<&Event>) -> c_int {
     room as c_int
 }
 
-/// The body of [`fast_resume`], all on the coroutine `l`: the result code, and how many
-/// values the resume left on `l` (only for an exit or a failure).
-///
-/// # Safety
-/// `l` must be the process's suspended coroutine with room for the event reserved, and
-/// `pushed` values already on it as the resume's arguments (then `ev` is None).
-unsafe fn resume_on(
-    l: *mut ffi::lua_State,
-    s_ref: c_int,
-    p_ref: c_int,
-    ev: Option<&Event>,
-    from_cache: &mut (wippy_runtime::Pid, String),
-    hint: &mut Vec<u8>,
-    pushed: c_int,
-) -> (i64, c_int) {
-    publish(l, s_ref, p_ref);
-    let mut nargs = pushed;
-    match ev {
-        Some(Event::Message(m)) if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() => {
-            ffi::lua_pushinteger(l, EV_VALUE);
-            raw::push(l, &m.payload[0]);
-            nargs = 2;
-        }
-        Some(Event::Message(m)) => {
-            ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
-            let t = m.topic.as_str();
-            ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
-            raw::push_pid(l, m.from, from_cache);
-            ffi::lua_pushinteger(l, m.payload.len() as ffi::lua_Integer);
-            for v in &m.payload {
+impl Coroutine {
+    /// The body of [`Coroutine::resume`], all on the coroutine: the result code, and how
+    /// many values the resume left on it (only for an exit or a failure).
+    ///
+    /// # Safety
+    /// The coroutine must be suspended with room for the event reserved, and `pushed` values
+    /// already on it as the resume's arguments (then `ev` is None).
+    unsafe fn resume_on(&mut self, ev: Option<&Event>, pushed: c_int) -> (i64, c_int) {
+        let (l, from_cache, hint) = (self.l, &mut self.from_cache, &mut self.hint);
+        publish(l, self.s_ref, self.p_ref);
+        let mut nargs = pushed;
+        match ev {
+            Some(Event::Message(m))
+                if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() =>
+            {
+                ffi::lua_pushinteger(l, EV_VALUE);
+                raw::push(l, &m.payload[0]);
+                nargs = 2;
+            }
+            Some(Event::Message(m)) => {
+                ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
+                let t = m.topic.as_str();
+                ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
+                raw::push_pid(l, m.from, from_cache);
+                ffi::lua_pushinteger(l, m.payload.len() as ffi::lua_Integer);
+                for v in &m.payload {
+                    raw::push(l, v);
+                }
+                nargs = 4 + m.payload.len() as c_int;
+            }
+            Some(Event::Completion { id, result: Ok(v) }) => {
+                ffi::lua_pushlstring(l, b"t".as_ptr() as *const _, 1);
+                ffi::lua_pushinteger(l, id.0 as ffi::lua_Integer);
+                ffi::lua_pushboolean(l, 1);
                 raw::push(l, v);
+                nargs = 4;
             }
-            nargs = 4 + m.payload.len() as c_int;
+            _ => {}
         }
-        Some(Event::Completion { id, result: Ok(v) }) => {
-            ffi::lua_pushlstring(l, b"t".as_ptr() as *const _, 1);
-            ffi::lua_pushinteger(l, id.0 as ffi::lua_Integer);
-            ffi::lua_pushboolean(l, 1);
-            raw::push(l, v);
-            nargs = 4;
-        }
-        _ => {}
-    }
-    hint.clear();
-    let mut nres: c_int = 0;
-    let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
-    let code = match status {
-        ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
-        ffi::LUA_YIELD => {
-            let first = ffi::lua_gettop(l) - nres + 1;
-            let tag = if ffi::lua_type(l, first) == ffi::LUA_TSTRING {
-                let mut len = 0usize;
-                let p = ffi::lua_tolstring(l, first, &mut len);
-                std::slice::from_raw_parts(p as *const u8, len)
-            } else {
-                &[]
-            };
-            match tag {
-                b"wait" => R_WAIT,
-                b"exit" => R_EXIT,
-                _ => R_USER_YIELD,
+        hint.clear();
+        let mut nres: c_int = 0;
+        let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
+        let code = match status {
+            ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
+            ffi::LUA_YIELD => {
+                let first = ffi::lua_gettop(l) - nres + 1;
+                let tag = if ffi::lua_type(l, first) == ffi::LUA_TSTRING {
+                    let mut len = 0usize;
+                    let p = ffi::lua_tolstring(l, first, &mut len);
+                    std::slice::from_raw_parts(p as *const u8, len)
+                } else {
+                    &[]
+                };
+                match tag {
+                    b"wait" => R_WAIT,
+                    b"exit" => R_EXIT,
+                    _ => R_USER_YIELD,
+                }
             }
+            ffi::LUA_OK => R_FINISHED,
+            _ => {
+                nres = 1;
+                R_FAILED
+            }
+        };
+        if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+            let mut len = 0usize;
+            let p = ffi::lua_tolstring(l, -1, &mut len);
+            hint.extend_from_slice(std::slice::from_raw_parts(p as *const u8, len));
         }
-        ffi::LUA_OK => R_FINISHED,
-        _ => {
-            nres = 1;
-            R_FAILED
+        if code == R_WAIT || code == R_USER_YIELD {
+            ffi::lua_pop(l, nres);
+            nres = 0;
         }
-    };
-    if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
-        let mut len = 0usize;
-        let p = ffi::lua_tolstring(l, -1, &mut len);
-        hint.extend_from_slice(std::slice::from_raw_parts(p as *const u8, len));
+        (code, nres)
     }
-    if code == R_WAIT || code == R_USER_YIELD {
-        ffi::lua_pop(l, nres);
-        nres = 0;
-    }
-    (code, nres)
 }
 
 /// The first value of a resume that hands main the value it waits for (see `direct_got`
@@ -578,45 +601,6 @@ unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
     ffi::lua_pop(state, 1);
 }
 
-/// Resume the process coroutine with mlua values, through the C API. mlua's
-/// `Thread::resume` cannot be used: it takes a coroutine our hook suspended (and disarmed)
-/// for a plain yield and resets its stack.
-fn raw_resume(lua: &Lua, thread: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int, input: MultiValue) -> mlua::Result<Resumed> {
-    // SAFETY: the closure keeps the stack balanced as exec_raw expects: it leaves
-    // [status, results...] and nothing else.
-    let mut out: MultiValue = unsafe {
-        lua.exec_raw(input, |state| {
-            publish(state, s_ref, p_ref);
-            let n = ffi::lua_gettop(state);
-            ffi::luaL_checkstack(thread, n + 4, std::ptr::null());
-            ffi::lua_xmove(state, thread, n);
-            let mut nres: std::os::raw::c_int = 0;
-            let status = ffi::lua_resume(thread, state, n, &mut nres);
-            let nres = if status == ffi::LUA_OK || status == ffi::LUA_YIELD { nres } else { 1 };
-            ffi::lua_settop(state, 0);
-            ffi::luaL_checkstack(state, nres + 2, std::ptr::null());
-            ffi::lua_pushinteger(state, status as ffi::lua_Integer);
-            ffi::lua_xmove(thread, state, nres);
-        })?
-    };
-    let status = match out.pop_front() {
-        Some(LuaValue::Integer(s)) => s as std::os::raw::c_int,
-        _ => return Err(mlua::Error::runtime("resume returned no status")),
-    };
-    let tag = match out.front() {
-        Some(LuaValue::String(s)) => Some(s.as_bytes().to_vec()),
-        _ => None,
-    };
-    Ok(match (status, tag.as_deref()) {
-        (ffi::LUA_OK, _) => Resumed::Finished(out),
-        (ffi::LUA_YIELD, Some(b"exit")) => Resumed::Exit(out),
-        (ffi::LUA_YIELD, Some(b"wait")) => Resumed::Wait,
-        (ffi::LUA_YIELD, _) if out.is_empty() => Resumed::Preempted,
-        (ffi::LUA_YIELD, _) => Resumed::UserYield,
-        _ => Resumed::Failed(out.pop_front().unwrap_or(LuaValue::Nil)),
-    })
-}
-
 /// One runtime event as the runner's arguments (see `handle` in the prelude).
 fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
     let mut mv = MultiValue::new();
@@ -628,7 +612,9 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
             s(&p.to_string())
         }
     };
-    let err = |e: &Error| -> mlua::Result<LuaValue> { Ok(LuaValue::UserData(lua.create_userdata(LuaError::new(e.clone()))?)) };
+    let err = |e: &Error| -> mlua::Result<LuaValue> {
+        Ok(LuaValue::UserData(lua.create_userdata(LuaError::new(e.clone()))?))
+    };
     // `ok, value` or `false, error`
     let push_result = |mv: &mut MultiValue, r: &Result<Value, Error>| -> mlua::Result<()> {
         match r {

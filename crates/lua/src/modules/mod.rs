@@ -162,10 +162,6 @@ pub(crate) fn install(
         })?,
     )?;
     r.raw_set(
-        "is_error",
-        lua.create_function(|_, e: mlua::AnyUserData| Ok(e.borrow::<LuaError>().is_ok()))?,
-    )?;
-    r.raw_set(
         "norm_error",
         lua.create_function(|lua, e: LuaValue| match &e {
             LuaValue::Error(err) => Ok(LuaValue::String(lua.create_string(plain_message(err))?)),
