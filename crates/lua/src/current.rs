@@ -20,6 +20,8 @@ pub(crate) struct ProcState {
     pub(crate) shard: Arc<Shard>,
     pub(crate) marks: Marks,
     pub(crate) upgradable: bool,
+    /// A task of the process hit the memory limit (even if the error was then caught).
+    pub(crate) memfail: bool,
     /// Bytes this process allocated while it ran (net), for `max_process_memory`.
     pub(crate) memory: usize,
     /// The last destination `send` parsed, as written and as parsed.

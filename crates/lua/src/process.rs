@@ -65,6 +65,7 @@ impl LuaProcess {
                 shard,
                 marks: Default::default(),
                 upgradable: false,
+                memfail: false,
                 memory: 0,
                 last_dest: None,
             },
@@ -103,16 +104,16 @@ impl LuaProcess {
             StartArgs::Lua(mv) => (Vec::new(), mv),
         };
         let (carry, ncarry) = match carry {
-            Some((t, n)) => (LuaValue::Table(t), n),
-            None => (LuaValue::Nil, 0),
+            Some((t, n)) => (LuaValue::Table(t), LuaValue::Integer(n)),
+            None => (LuaValue::Nil, LuaValue::Nil),
         };
         let mut input = MultiValue::with_capacity(6 + lua_args.len());
         input.push_back(LuaValue::Function(vm.new_process.clone()));
-        input.push_back(LuaValue::Table(code.allowed.clone()));
+        input.push_back(LuaValue::Table(code.ent.clone()));
         input.push_back(LuaValue::Table(code.env_mt.clone()));
-        input.push_back(code.imports.clone().map(LuaValue::Table).unwrap_or(LuaValue::Nil));
-        input.push_back(LuaValue::Function(code.chunk.clone()));
         input.push_back(carry);
+        input.push_back(ncarry);
+        input.push_back(LuaValue::Function(code.chunk.clone()));
         input.extend(lua_args);
         let room = 8
             + input.len() as c_int
@@ -127,20 +128,12 @@ impl LuaProcess {
             vm.lua.exec_raw::<()>(input, |state| {
                 let n = ffi::lua_gettop(state);
                 ffi::luaL_checkstack(state, room, std::ptr::null());
-                // new_process(allowed, env_mt, imports) -> P, co, env
-                for i in 1..=4 {
+                // new_process(ent, env_mt, carry, ncarry) -> P, co, env
+                for i in 1..=5 {
                     ffi::lua_pushvalue(state, i);
                 }
-                ffi::lua_call(state, 3, 3);
+                ffi::lua_call(state, 4, 3);
                 let (pi, ci, ei) = (n + 1, n + 2, n + 3);
-                if ffi::lua_type(state, 6) == ffi::LUA_TTABLE {
-                    ffi::lua_pushvalue(state, 6);
-                    ffi::lua_setfield(state, pi, c"pending".as_ptr());
-                    ffi::lua_pushinteger(state, ncarry);
-                    ffi::lua_setfield(state, pi, c"npending".as_ptr());
-                    ffi::lua_pushboolean(state, 1);
-                    ffi::lua_setfield(state, pi, c"upgraded".as_ptr());
-                }
                 ffi::lua_pushvalue(state, pi);
                 p_ref = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
                 co = ffi::lua_tothread(state, ci);
@@ -148,7 +141,7 @@ impl LuaProcess {
                 // main_body(P, chunk, env, method, id, args...)
                 let top = ffi::lua_gettop(state);
                 ffi::lua_pushvalue(state, pi);
-                ffi::lua_pushvalue(state, 5);
+                ffi::lua_pushvalue(state, 6);
                 ffi::lua_pushvalue(state, ei);
                 ffi::lua_pushlstring(state, method.as_ptr() as *const _, method.len());
                 ffi::lua_pushlstring(state, entry_id.as_ptr() as *const _, entry_id.len());
@@ -236,7 +229,7 @@ impl LuaProcess {
             }
             match result {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
-                Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(lua, &v))),
+                Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&v))),
                 Ok(Resumed::Exit(vals)) if is_upgrade(&vals) => match self.upgrade(cx, vals) {
                     Ok(first) => {
                         // Go on with the new state's first resume, on this same step.
@@ -331,9 +324,9 @@ impl LuaProcess {
 
     /// The error a process ended with: a memory-limit failure (even one a task raised
     /// and the scheduler passed on) as LimitExceeded, anything else as Lua gave it.
-    fn failure(&self, lua: &Lua, v: &LuaValue) -> Error {
+    fn failure(&self, v: &LuaValue) -> Error {
         let memory = matches!(v, LuaValue::String(s) if s.as_bytes().as_ref() == b"not enough memory");
-        if memory || self.memfail(lua) {
+        if memory || self.state.memfail {
             return Error::limit_exceeded(format!(
                 "process memory limit exceeded ({} bytes)",
                 self.state.shard.options.max_process_memory
@@ -343,25 +336,6 @@ impl LuaProcess {
         // error("text") says nothing about retrying: a supervisor restarts it ("let it
         // crash"); only `return x, "msg"` and structured errors can say retryable = false.
         error_from_lua(v)
-    }
-
-    /// Whether a task of the process hit the memory limit (`P.memfail`).
-    fn memfail(&self, lua: &Lua) -> bool {
-        if self.co.p_ref == 0 {
-            return false;
-        }
-        let p_ref = self.co.p_ref;
-        // SAFETY: reads one field of the state table; leaves one boolean for exec_raw.
-        unsafe {
-            lua.exec_raw::<bool>((), |state| {
-                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
-                ffi::lua_getfield(state, -1, c"memfail".as_ptr());
-                let b = ffi::lua_toboolean(state, -1);
-                ffi::lua_settop(state, 0);
-                ffi::lua_pushboolean(state, b);
-            })
-        }
-        .unwrap_or(false)
     }
 
     /// Main returned `v, err`: an error when `err` is a string or an error object
@@ -387,7 +361,7 @@ impl LuaProcess {
             return to_value(&v, &self.state.marks, "the process result")
                 .map_err(|m| Error::invalid(m).with_retryable(false));
         }
-        Err(self.failure(lua, &v))
+        Err(self.failure(&v))
     }
 }
 

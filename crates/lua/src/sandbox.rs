@@ -39,12 +39,13 @@ impl mlua::UserData for ReadOnly {
     }
 }
 
-/// What a shard keeps per entry: the loaded chunk and the environment metatable.
+/// What a shard keeps per entry: the loaded chunk, the environment metatable, and the
+/// entry's `{ allowed = {module = true}, imports = {alias = library id} | nil }` that its
+/// processes share.
 pub(crate) struct EntryCode {
     pub(crate) chunk: Function,
     pub(crate) env_mt: Table,
-    pub(crate) allowed: Table,
-    pub(crate) imports: Option<Table>,
+    pub(crate) ent: Table,
 }
 
 pub(crate) struct Vm {
@@ -168,16 +169,16 @@ impl Vm {
         }
         let env_mt_fn: Function = self.lua.named_registry_value("wippy.env_mt").map_err(internal)?;
         let env_mt: Table = env_mt_fn.call(allowed.clone()).map_err(internal)?;
-        let imports = if entry.imports.is_empty() {
-            None
-        } else {
+        let ent = self.lua.create_table().map_err(internal)?;
+        ent.raw_set("allowed", allowed).map_err(internal)?;
+        if !entry.imports.is_empty() {
             let t = self.lua.create_table().map_err(internal)?;
             for (alias, id) in &entry.imports {
                 t.raw_set(alias.as_str(), id.as_str()).map_err(internal)?;
             }
-            Some(t)
-        };
-        let code = Arc::new(EntryCode { chunk, env_mt, allowed, imports });
+            ent.raw_set("imports", t).map_err(internal)?;
+        }
+        let code = Arc::new(EntryCode { chunk, env_mt, ent });
         self.code.insert(entry.id.clone(), (entry.version, code.clone()));
         Ok(code)
     }

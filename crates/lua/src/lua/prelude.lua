@@ -16,7 +16,7 @@ local raw_create, raw_resume, raw_yield, raw_status, raw_running, raw_isyieldabl
 local pack, unpack, tinsert = table.pack, table.unpack, table.insert
 local select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall =
   select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
-local rt_cur, rt_preempted, rt_error, rt_time = R.cur, R.preempted, R.error, R.time_from_nanos
+local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, R.error, R.time_from_nanos, R.memfail
 
 local S = { false }   -- S[1]: the running process's state P (set by Rust before every resume;
                       -- the slot exists from the start, so setting it never allocates)
@@ -26,6 +26,37 @@ local RAISE = {}      -- a waker passes this first to make the woken call raise
 local MEMERR = "not enough memory"
 local NILV = {}       -- a sent nil, while it waits in a sender
 
+-- A task and the process state are arrays (slots named by the constants below, which the
+-- compiler folds into the instructions): no hash part, no key lookups, and every slot
+-- exists from the constructor on, so setting one never grows the table. A task is
+-- { co, sel(false), ext, args, a, b, sv, qn }; main's task is the process state P itself,
+-- whose own slots follow the task's.
+local CO <const> = 1      -- the task's coroutine
+local SEL <const> = 2     -- false for a task (a select's waiter record has its select here)
+local EXT <const> = 3     -- waiting on something outside the process (counted in P[NEXT])
+local ARGS <const> = 4    -- a spawned task's first-resume arguments until it starts
+local A <const> = 5       -- the values a waker hands the task
+local B <const> = 6
+local SV <const> = 7      -- the value a blocked sender offers (NILV for nil)
+local QN <const> = 8      -- the next task in the ready queue
+local RH <const> = 9      -- P: the ready queue's first and last task (false when empty)
+local RT <const> = 10
+local NEXT <const> = 11   -- P: how many tasks wait on something outside the process
+local NPEND <const> = 12  -- P: pending mailbox items
+local CUR <const> = 13    -- P: the running task
+local ENV <const> = 14    -- P: main's environment
+local ENT <const> = 15    -- P: the entry's { allowed = modules, imports = aliases }
+local LISTEN <const> = 16 -- P: topic -> listen channel (made on first listen)
+local INBOX <const> = 17  -- P: the inbox and events channels (made on first use)
+local EVENTS <const> = 18
+local PENDING <const> = 19 -- P: the pending mailbox items
+local X <const> = 20      -- P: the rarer parts, made on first use (cmds, execs, required, upgraded)
+-- A select's waiter record: { t, sel, ch, send, v } (SEL in the same slot as a task's).
+local W_T <const> = 1
+local W_CH <const> = 3
+local W_SEND <const> = 4
+local W_V <const> = 5
+
 -------------------------------------------------------------------------------------------
 -- Tasks: a process's main function and its coroutine.spawn-ed functions. Main runs on the
 -- process's own coroutine, which Rust resumes; when main waits, the scheduling loop runs
@@ -34,9 +65,11 @@ local NILV = {}       -- a sent nil, while it waits in a sender
 -- coroutine.
 -------------------------------------------------------------------------------------------
 local function wake(P, t, a, b)
-  t.a, t.b = a, b
-  if t.ext then t.ext = false; P.next_ = P.next_ - 1 end
-  local i = P.rt + 1; P.rt = i; P.rq[i] = t
+  t[A], t[B] = a, b
+  if t[EXT] then t[EXT] = false; P[NEXT] = P[NEXT] - 1 end
+  local last = P[RT]
+  if last then last[QN] = t else P[RH] = t end
+  P[RT] = t
 end
 
 local sched -- forward: the scheduling loop (below, with the router)
@@ -47,7 +80,7 @@ local handle -- forward: one runtime event (below, with the router)
 -- coroutine wrapper that passes it on).
 local function block()
   local P = S[1]
-  if raw_running() == P.co then return sched(P) end
+  if raw_running() == P[CO] then return sched(P) end
   return raw_yield(BLOCK)
 end
 
@@ -76,7 +109,7 @@ local function q_pop(q)
   local h = q.h
   while h <= q.t do
     local w = q[h]; q[h] = nil; h = h + 1
-    local sel = w.sel
+    local sel = w[SEL]
     if not sel or not sel.done then q.h = h; return w end
   end
   q.h, q.t = 1, 0
@@ -84,18 +117,18 @@ local function q_pop(q)
 end
 
 -- Hand a waiter its result. A receiver gets (value, ok); a sender gets true. A waiter is
--- a task itself, or for select a small record {t, ch, sel, send, v}.
+-- a task itself, or for select a small record (W_T, SEL, W_CH, W_SEND, W_V).
 local function fire(P, w, v, ok)
-  local sel = w.sel
+  local sel = w[SEL]
   if sel then
     sel.done = true
-    if w.send then
-      wake(P, w.t, { channel = w.ch, ok = true })
+    if w[W_SEND] then
+      wake(P, w[W_T], { channel = w[W_CH], ok = true })
     else
-      wake(P, w.t, { channel = w.ch, value = v, ok = ok })
+      wake(P, w[W_T], { channel = w[W_CH], value = v, ok = ok })
     end
-  elseif w.sv ~= nil then
-    w.sv = nil
+  elseif w[SV] ~= nil then
+    w[SV] = nil
     wake(P, w, true)
   else
     wake(P, w, v, ok)
@@ -104,7 +137,7 @@ end
 
 local function sent_value(w)
   local v
-  if w.sel then v = w.v else v = w.sv end
+  if w[SEL] then v = w[W_V] else v = w[SV] end
   if v == NILV then return nil end
   return v
 end
@@ -131,7 +164,7 @@ local function try_recv(ch)
       buf_push(ch, sent_value(w))
       fire(ch.P, w)
     end
-    if ch.ext and ch.P.npending > 0 then drain(ch.P) end
+    if ch.ext and ch.P[NPEND] > 0 then drain(ch.P) end
     return true, v, true
   end
   local w = q_pop(ch.sq)
@@ -165,8 +198,8 @@ function Chan.send(ch, v)
   check_chan(ch, "send")
   if try_send(ch, v) then return true end
   local P = S[1]
-  local t = P.cur
-  t.sv = v == nil and NILV or v
+  local t = P[CUR]
+  t[SV] = v == nil and NILV or v
   q_push(ch, "sq", t)
   local a, b = block()
   if a == RAISE then error(b, 2) end
@@ -176,15 +209,15 @@ end
 -- Wait in a receive on `ch` (nothing to take now).
 local function wait_receive(ch)
   local P = ch.P
-  local t = P.cur
+  local t = P[CUR]
   local q = ch.rq
   if not q then q = { h = 1, t = 0 }; ch.rq = q end
   local i = q.t + 1; q.t = i; q[i] = t
   if ch.ext then
-    t.ext = true; P.next_ = P.next_ + 1
-    if P.npending > 0 then drain(P) end
+    t[EXT] = true; P[NEXT] = P[NEXT] + 1
+    if P[NPEND] > 0 then drain(P) end
   end
-  if raw_running() == P.co then return sched(P) end
+  if raw_running() == P[CO] then return sched(P) end
   return raw_yield(BLOCK)
 end
 
@@ -192,11 +225,10 @@ end
 -- waits like any receiver (queued on the channel, counted as waiting on the mailbox),
 -- the event is handled, and the scheduler runs.
 local function direct_other(P, ch, ...)
-  local t = P.main
   local q = ch.rq
   if not q then q = { h = 1, t = 0 }; ch.rq = q end
-  local i = q.t + 1; q.t = i; q[i] = t
-  t.ext = true; P.next_ = P.next_ + 1
+  local i = q.t + 1; q.t = i; q[i] = P
+  P[EXT] = true; P[NEXT] = P[NEXT] + 1
   handle(P, ...)
   return sched(P)
 end
@@ -214,7 +246,7 @@ function Chan.receive(ch)
       -- nothing to take (the common case for mailbox channels)
       if ch.ext then
         local P, q = ch.P, ch.rq
-        if (not q or q.h > q.t) and P.rh > P.rt and not P.first and P.npending == 0 and raw_running() == P.co then
+        if (not q or q.h > q.t) and not P[RH] and P[NPEND] == 0 and raw_running() == P[CO] then
           -- main alone waits on a channel the mailbox feeds and nothing else can run: it
           -- waits right here for the next event; on a plain listen channel the runtime
           -- hands a one-value message on its topic straight back as (0, value)
@@ -243,7 +275,7 @@ function Chan.close(ch)
   while true do
     local w = q_pop(ch.sq)
     if not w then break end
-    if w.sel then w.sel.done = true; w = w.t else w.sv = nil end
+    if w[SEL] then w[SEL].done = true; w = w[W_T] else w[SV] = nil end
     wake(P, w, RAISE, "send on a closed channel")
   end
 end
@@ -274,17 +306,18 @@ local function select_(cases, default)
   if default then return { default = true, ok = true } end
   if n == 0 then error("select with no cases and no default blocks forever", 2) end
   local P = S[1]
-  local t = P.cur
+  local t = P[CUR]
   local sel = { done = false }
   local ext = false
   for i = 1, n do
     local c = cases[i]
-    q_push(c.ch, c.send and "sq" or "rq", { t = t, ch = c.ch, sel = sel, send = c.send, v = c.v })
+    -- a waiter record: W_T, SEL, W_CH, W_SEND, W_V
+    q_push(c.ch, c.send and "sq" or "rq", { t, sel, c.ch, c.send or false, c.v })
     ext = ext or c.ch.ext
   end
   if ext then
-    t.ext = true; P.next_ = P.next_ + 1
-    if P.npending > 0 then drain(P) end
+    t[EXT] = true; P[NEXT] = P[NEXT] + 1
+    if P[NPEND] > 0 then drain(P) end
   end
   local a, b = block()
   if a == RAISE then error(b, 2) end
@@ -327,13 +360,13 @@ R.set_message_mt(MsgMT)
 
 -- The channel a pending item goes to now.
 local function target(P, m)
-  if m.ev then return P.events end
-  local l = P.listen
+  if m.ev then return P[EVENTS] end
+  local l = P[LISTEN]
   if l then
     l = l[m.tp]
     if l then return l end
   end
-  return P.inbox
+  return P[INBOX]
 end
 
 -- The value a channel delivers for message `m`.
@@ -365,9 +398,9 @@ end
 -- Deliver what can be delivered of the pending items, in order; an item stays when its
 -- channel cannot take it, and so does every later item for the same channel.
 drain = function(P)
-  local pend, kept, stuck = P.pending, {}, {}
+  local pend, kept, stuck = P[PENDING], {}, {}
   local n = 0
-  for i = 1, P.npending do
+  for i = 1, P[NPEND] do
     local m = pend[i]
     local ch = target(P, m)
     if ch and not stuck[ch] and offer(P, ch, m) then
@@ -377,19 +410,19 @@ drain = function(P)
       n = n + 1; kept[n] = m
     end
   end
-  P.pending, P.npending = kept, n
+  P[PENDING], P[NPEND] = kept, n
 end
 
 local function queue_pending(P, m)
-  local n = P.npending + 1
-  local pend = P.pending
-  if not pend then pend = {}; P.pending = pend end
-  P.npending = n; pend[n] = m
+  local n = P[NPEND] + 1
+  local pend = P[PENDING]
+  if not pend then pend = {}; P[PENDING] = pend end
+  P[NPEND] = n; pend[n] = m
   if n > 1 then drain(P) end
 end
 
 local function arrive(P, m)
-  if P.npending == 0 then
+  if P[NPEND] == 0 then
     local ch = target(P, m)
     if ch and offer(P, ch, m) then return end
   end
@@ -405,8 +438,8 @@ local on_future
 handle = function(P, kind, a, b, c, d, ...)
   if kind == "m" and a == "@outdated" then
     -- the entry or an import changed: one OUTDATED event, merged into one still pending
-    local pend = P.pending
-    for i = 1, P.npending do
+    local pend = P[PENDING]
+    for i = 1, P[NPEND] do
       local ev = pend[i].ev
       if ev and ev.kind == OUTDATED then
         for _, id in ipairs(d) do
@@ -419,22 +452,24 @@ handle = function(P, kind, a, b, c, d, ...)
     end
     arrive(P, { ev = { kind = OUTDATED, from = "{|}", sources = d } })
   elseif kind == "m" then       -- message: topic, from, n, payloads...
-    if c == 1 and P.npending == 0 then
+    if c == 1 and P[NPEND] == 0 then
       -- the common case: one payload for a plain listen channel, no message object
-      local l = P.listen
+      local l = P[LISTEN]
       l = l and l[a]
       if l and l.plain then
         local q = l.rq
         if q and q.h <= q.t then
           local h = q.h
           local w = q[h]
-          if not w.sel and w.sv == nil then
+          if not w[SEL] and w[SV] == nil then
             -- a task waits in receive: hand it the value
             q[h] = nil
             if h == q.t then q.h, q.t = 1, 0 else q.h = h + 1 end
-            w.a, w.b = d, true
-            if w.ext then w.ext = false; P.next_ = P.next_ - 1 end
-            local i = P.rt + 1; P.rt = i; P.rq[i] = w
+            w[A], w[B] = d, true
+            if w[EXT] then w[EXT] = false; P[NEXT] = P[NEXT] - 1 end
+            local last = P[RT]
+            if last then last[QN] = w else P[RH] = w end
+            P[RT] = w
             return
           end
         end
@@ -443,11 +478,13 @@ handle = function(P, kind, a, b, c, d, ...)
     end
     arrive(P, setmetatable({ tp = a, fr = b, n = c, d, ... }, MsgMT))
   elseif kind == "t" then   -- command completion: id, ok, value
-    local cmds = P.cmds
+    local x = P[X]
+    local cmds = x and x.cmds
     local h = cmds and cmds[a]
     if h then h(P, a, b, c) end
   elseif kind == "x" then   -- EXIT: from, at, ok, value|error
-    local execs = P.execs
+    local x = P[X]
+    local execs = x and x.execs
     local w = execs and execs[a]
     if w then
       execs[a] = nil
@@ -477,59 +514,54 @@ local DEADLOCK = "deadlock: every coroutine of the process is blocked on a chann
 -- main's wake values once main is woken; wait for runtime events when nothing is ready.
 -- A spawned task's error ends the process ("exit" to Rust, never resumed again).
 sched = function(P)
-  local rq, main, co = P.rq, P.main, P.co
+  local co = P[CO]
   while true do
-    local t = P.first
-    local ok, n, r1, r2
+    local t = P[RH]
     if t then
-      -- the task the hook suspended goes on first
-      P.first = false
-      P.cur = t
-      rt_cur(t.co)
-      ok, n, r1, r2 = counted(raw_resume(t.co))
-    else
-      local h = P.rh
-      if h <= P.rt then
-        t = rq[h]; rq[h] = nil; P.rh = h + 1
-        if P.rh > P.rt then P.rh, P.rt = 1, 0 end
-        local a, b = t.a, t.b
-        t.a, t.b = nil, nil
-        if t == main then return a, b end
-        P.cur = t
-        rt_cur(t.co)
-        if t.args then
-          local args = t.args
-          t.args = false
-          ok, n, r1, r2 = counted(raw_resume(t.co, unpack(args, 1, args.n)))
-        else
-          ok, n, r1, r2 = counted(raw_resume(t.co, a, b))
-        end
+      local nx = t[QN]
+      P[RH] = nx
+      if not nx then P[RT] = false end
+      t[QN] = false
+      local a, b = t[A], t[B]
+      t[A], t[B] = nil, nil
+      if t == P then return a, b end
+      P[CUR] = t
+      local tco = t[CO]
+      rt_cur(tco)
+      local ok, n, r1
+      local args = t[ARGS]
+      if args then
+        t[ARGS] = false
+        ok, n, r1 = counted(raw_resume(tco, unpack(args, 1, args.n)))
       else
-        P.cur = main
-        if P.next_ == 0 then
-          raw_yield("exit", false, rt_error("Internal", DEADLOCK))
-        end
-        handle(P, raw_yield("wait"))
-        t = nil
+        -- (a task the hook suspended ignores what it is resumed with)
+        ok, n, r1 = counted(raw_resume(tco, a, b))
       end
-    end
-    if t then
-      P.cur = main
+      P[CUR] = P
       rt_cur(co)
       if not ok then
-        if r1 == MEMERR then P.memfail = true end
+        if r1 == MEMERR then rt_memfail() end
         raw_yield("exit", false, r1)
-      elseif r1 == BLOCK then
-        -- waiting; a waker puts it back
-      elseif r1 == DONE then
-        P.ntasks = P.ntasks - 1
+      elseif r1 == BLOCK or r1 == DONE then
+        -- waiting (a waker puts it back), or finished
       elseif n == 0 and rt_preempted() then
-        P.first = t
+        -- suspended by the hook: it goes on first, after the runtime's turn
+        t[QN] = P[RH]
+        P[RH] = t
+        if not P[RT] then P[RT] = t end
         raw_yield()
       else
         -- a plain coroutine.yield() at a task's top level: let the others run
-        local i = P.rt + 1; P.rt = i; rq[i] = t
+        local last = P[RT]
+        if last then last[QN] = t else P[RH] = t end
+        P[RT] = t
       end
+    else
+      P[CUR] = P
+      if P[NEXT] == 0 then
+        raw_yield("exit", false, rt_error("Internal", DEADLOCK))
+      end
+      handle(P, raw_yield("wait"))
     end
   end
 end
@@ -540,9 +572,11 @@ local function task_body(f, ...)
 end
 
 local function new_task(P, f, ...)
-  local t = { co = raw_create(task_body), args = pack(f, ...), sel = false, ext = false }
-  local i = P.rt + 1; P.rt = i; P.rq[i] = t
-  P.ntasks = P.ntasks + 1
+  -- CO, SEL, EXT, ARGS, A, B, SV, QN
+  local t = { raw_create(task_body), false, false, pack(f, ...), nil, nil, nil, false }
+  local last = P[RT]
+  if last then last[QN] = t else P[RH] = t end
+  P[RT] = t
   return t
 end
 
@@ -552,7 +586,8 @@ end
 -- `return v, err` (a string or an error object as err is an abnormal exit).
 local function main_body(P, chunk, env, method, id, ...)
   local r
-  if P.upgraded then
+  local upgraded = P[X] and P[X].upgraded
+  if upgraded then
     local ok, res = pcall(chunk, env)
     if not ok then error(rt_error("Internal", "upgrade: " .. tostring(res)), 0) end
     r = res
@@ -567,7 +602,7 @@ local function main_body(P, chunk, env, method, id, ...)
   end
   if type(f) ~= "function" then
     local why = "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"
-    error(rt_error("Invalid", (P.upgraded and "upgrade: " or "") .. why), 0)
+    error(rt_error("Invalid", (upgraded and "upgrade: " or "") .. why), 0)
   end
   return f(...)
 end
@@ -620,9 +655,11 @@ co_lib.wrap = function(f)
 end
 co_lib.yield = function(...)
   local P = S[1]
-  if raw_running() == P.co then
+  if raw_running() == P[CO] then
     -- main yields at its top level: let the other tasks have a turn
-    local i = P.rt + 1; P.rt = i; P.rq[i] = P.main
+    local last = P[RT]
+    if last then last[QN] = P else P[RH] = P end
+    P[RT] = P
     sched(P)
     return
   end
@@ -652,11 +689,17 @@ do
 end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
--- A table of the process's state made on first use (listen, execs, cmds, required).
+-- A table of the process's rarer parts (P[X]: execs, cmds, required), made on first use.
 local function part(P, key)
-  local t = P[key]
-  if not t then t = {}; P[key] = t end
+  local x = P[X]
+  if not x then x = {}; P[X] = x end
+  local t = x[key]
+  if not t then t = {}; x[key] = t end
   return t
+end
+local function cmds_of(P)
+  local x = P[X]
+  return x and x.cmds
 end
 
 -- The process's inbox or events channel (made on first call; the same one ever after).
@@ -665,13 +708,13 @@ local function mailbox_channel(key)
   local ch = P[key]
   if not ch then
     ch = newchan(P, 0, true); P[key] = ch
-    if P.npending > 0 then drain(P) end
+    if P[NPEND] > 0 then drain(P) end
   end
   return ch
 end
 
-function process.inbox() return mailbox_channel("inbox") end
-function process.events() return mailbox_channel("events") end
+function process.inbox() return mailbox_channel(INBOX) end
+function process.events() return mailbox_channel(EVENTS) end
 
 function process.listen(topic, opts)
   if type(topic) ~= "string" then
@@ -684,14 +727,15 @@ function process.listen(topic, opts)
     return nil, rt_error("Invalid", "topic '" .. topic .. "' is reserved: topics starting with '@' belong to the runtime")
   end
   local P = S[1]
-  local l = part(P, "listen")
+  local l = P[LISTEN]
+  if not l then l = {}; P[LISTEN] = l end
   local ch = l[topic]
   if ch then return ch end
   ch = newchan(P, 1, true)
   ch.topic = topic
   ch.plain = not (opts and opts.message)
   l[topic] = ch
-  if P.npending > 0 then drain(P) end
+  if P[NPEND] > 0 then drain(P) end
   return ch
 end
 
@@ -699,10 +743,10 @@ function process.unlisten(ch)
   check_chan(ch, "unlisten")
   local P = S[1]
   local topic = ch.topic
-  if topic and P.listen and P.listen[topic] == ch then
-    P.listen[topic] = nil
+  if topic and P[LISTEN] and P[LISTEN][topic] == ch then
+    P[LISTEN][topic] = nil
     Chan.close(ch)
-    if P.npending > 0 then drain(P) end
+    if P[NPEND] > 0 then drain(P) end
     return true
   end
   return false
@@ -712,9 +756,9 @@ local function execs(P) return part(P, "execs") end
 local function cmds(P) return part(P, "cmds") end
 
 local function wait_exit(P, pid)
-  local t = P.cur
+  local t = P[CUR]
   execs(P)[pid] = t
-  t.ext = true; P.next_ = P.next_ + 1
+  t[EXT] = true; P[NEXT] = P[NEXT] + 1
   return block()
 end
 
@@ -807,10 +851,10 @@ local to_ns, cmd_after, cmd_ticker, cmd_cancel = R.duration_ns, R.after, R.ticke
 function time.sleep(d)
   local ns = to_ns(d, "sleep")
   local P = S[1]
-  local t = P.cur
+  local t = P[CUR]
   local id = cmd_after(ns)
-  cmds(P)[id] = function(P2, i) P2.cmds[i] = nil; wake(P2, t) end
-  t.ext = true; P.next_ = P.next_ + 1
+  cmds(P)[id] = function(P2, i) P2[X].cmds[i] = nil; wake(P2, t) end
+  t[EXT] = true; P[NEXT] = P[NEXT] + 1
   block()
 end
 
@@ -818,7 +862,7 @@ local function timer_channel(P, ns, once_close)
   local ch = newchan(P, 1, true)
   local id = cmd_after(ns)
   cmds(P)[id] = function(P2, i, ok, v)
-    P2.cmds[i] = nil
+    P2[X].cmds[i] = nil
     offer_value(P2, ch, rt_time(v))
     if once_close then Chan.close(ch) end
   end
@@ -841,8 +885,9 @@ function Timer.channel(tm) return tm.ch end
 Timer.response = Timer.channel
 function Timer.stop(tm)
   local P = tm.P
-  if tm.id and P.cmds and P.cmds[tm.id] then
-    P.cmds[tm.id] = nil
+  local cmds = cmds_of(P)
+  if tm.id and cmds and cmds[tm.id] then
+    cmds[tm.id] = nil
     cmd_cancel(tm.id)
     tm.id = nil
     return true
@@ -855,7 +900,7 @@ function Timer.reset(tm, d)
   local P = tm.P
   local ch = tm.ch
   local id = cmd_after(ns)
-  cmds(P)[id] = function(P2, i, ok, v) P2.cmds[i] = nil; offer_value(P2, ch, rt_time(v)) end
+  cmds(P)[id] = function(P2, i, ok, v) P2[X].cmds[i] = nil; offer_value(P2, ch, rt_time(v)) end
   tm.id = id
   return was
 end
@@ -875,8 +920,9 @@ end
 function Ticker.channel(tk) return tk.ch end
 function Ticker.stop(tk)
   local P = tk.P
-  if tk.id and P.cmds and P.cmds[tk.id] then
-    P.cmds[tk.id] = nil
+  local cmds = cmds_of(P)
+  if tk.id and cmds and cmds[tk.id] then
+    cmds[tk.id] = nil
     cmd_cancel(tk.id)
     tk.id = nil
     Chan.close(tk.ch)
@@ -896,12 +942,12 @@ function process.upgrade(entry, ...)
     error("bad argument #1 to 'upgrade' (string or nil expected, got " .. type(entry) .. ")", 2)
   end
   local P = S[1]
-  if raw_running() ~= P.co or P.cur ~= P.main then
+  if raw_running() ~= P[CO] or P[CUR] ~= P then
     error("process.upgrade must be called from the process's main function", 2)
   end
   local carry, n = {}, 0
-  if P.listen then
-    for topic, ch in pairs(P.listen) do
+  if P[LISTEN] then
+    for topic, ch in pairs(P[LISTEN]) do
       while ch.n > 0 do
         local ok, v = try_recv(ch)
         if not ok then break end
@@ -914,10 +960,11 @@ function process.upgrade(entry, ...)
       end
     end
   end
-  for i = 1, P.npending do n = n + 1; carry[n] = P.pending[i] end
-  P.npending = 0
-  if P.cmds then
-    for id in pairs(P.cmds) do cmd_cancel(id) end
+  for i = 1, P[NPEND] do n = n + 1; carry[n] = P[PENDING][i] end
+  P[NPEND] = 0
+  local cmds = cmds_of(P)
+  if cmds then
+    for id in pairs(cmds) do cmd_cancel(id) end
   end
   return raw_yield("exit", "upgrade", entry, carry, n, pack(...))
 end
@@ -1121,11 +1168,11 @@ local function env_mt(allowed)
     local lib = LIBS[k]
     if lib == nil then return nil end
     local P = S[1]
-    local env = P.env
+    local env = P[ENV]
     local pr = rawget(env, k)
     if pr == nil then
       pr = proxy_of(lib)
-      if ALWAYS[k] or P.allowed[k] then rawset(env, k, pr) end
+      if ALWAYS[k] or P[ENT].allowed[k] then rawset(env, k, pr) end
     end
     return pr
   end })
@@ -1144,14 +1191,15 @@ function BASE.require(name)
     error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
   end
   local P = S[1]
-  local env = P.env
+  local env = P[ENV]
   local cache = part(P, "required")
   local v = cache[name]
   if v ~= nil then return v end
-  if ALWAYS[name] or P.allowed[name] then
+  if ALWAYS[name] or P[ENT].allowed[name] then
     v = env[name]
   else
-    local lib = P.imports and P.imports[name]
+    local imports = P[ENT].imports
+    local lib = imports and imports[name]
     if lib then
       v = R.load_library(lib, new_env)
     end
@@ -1170,7 +1218,7 @@ function BASE.load(chunk, name, mode, env)
   if type(chunk) == "string" and chunk:byte(1) == 27 then
     return nil, "attempt to load a binary chunk (only text chunks are allowed)"
   end
-  if env == nil then env = S[1].env end
+  if env == nil then env = S[1][ENV] end
   return raw_load(chunk, name, "t", env)
 end
 
@@ -1180,7 +1228,7 @@ local function pc_check(ok, ...)
   if not ok then
     local e = ...
     if e == MEMERR then
-      S[1].memfail = true
+      rt_memfail()
       error(MEMERR, 0)
     end
     if type(e) == "userdata" then
@@ -1194,17 +1242,20 @@ function BASE.pcall(f, ...) return pc_check(pcall(f, ...)) end
 function BASE.xpcall(f, h, ...) return pc_check(xpcall(f, h, ...)) end
 
 -- The constructor Rust calls for every new process: its state and its coroutine.
-local function new_process(allowed, env_meta, imports)
+-- `ent` is the entry's { allowed, imports }; after an upgrade, `carry` holds the `ncarry`
+-- mailbox items the old state had not taken.
+local function new_process(ent, env_meta, carry, ncarry)
   local co = raw_create(main_body)
-  local P = { co = co, rq = {}, rh = 1, rt = 0, next_ = 0, ntasks = 0, npending = 0,
-    allowed = allowed, imports = imports, first = false, listen = false }
-  local main = { co = co, sel = false, ext = false, args = false }
-  P.main, P.cur = main, main
   -- every process uses `process`: its proxy comes with the environment (one table of the
   -- right size, no lookup through the environment's __index on first use)
   local env = setmetatable({ _G = false, process = proxy_of(LIBS.process) }, env_meta)
   rawset(env, "_G", env)
-  P.env = env
+  -- all 20 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
+  -- CUR, ENV, ENT, LISTEN, INBOX, EVENTS, PENDING, X
+  local P = { co, false, false, false, nil, nil, nil, false,
+    false, false, 0, ncarry or 0, false, env, ent, false, false, false, carry or false,
+    carry and { upgraded = true } or false }
+  P[CUR] = P
   return P, co, env
 end
 

@@ -161,6 +161,7 @@ pub(crate) fn install(
             lua.create_userdata(le)
         })?,
     )?;
+    r.raw_set("memfail", lua.create_function(|_, ()| crate::current::state(|st| st.memfail = true))?)?;
     r.raw_set(
         "norm_error",
         lua.create_function(|lua, e: LuaValue| match &e {
