@@ -9,23 +9,23 @@ use std::sync::Arc;
 
 use wippy_runtime::Context;
 
-use crate::catalog::{Catalog, LuaEntry};
-use crate::convert::Marks;
+use crate::catalog::LuaEntry;
 use crate::shard::Shard;
 
 /// The Rust-side state of one Lua process.
 pub(crate) struct ProcState {
     pub(crate) entry: Arc<LuaEntry>,
-    pub(crate) catalog: Arc<Catalog>,
+    /// The shard (also where the catalog and the VM's metatable marks are found).
     pub(crate) shard: Arc<Shard>,
-    pub(crate) marks: Marks,
     pub(crate) upgradable: bool,
     /// A task of the process hit the memory limit (even if the error was then caught).
     pub(crate) memfail: bool,
     /// Bytes this process allocated while it ran (net), for `max_process_memory`.
     pub(crate) memory: usize,
-    /// The last destination `send` parsed, as written and as parsed.
-    pub(crate) last_dest: Option<(Vec<u8>, wippy_runtime::Dest)>,
+    /// The last destination `send` parsed, as written and as parsed (boxed: most of a
+    /// parked process's life it is not used, and the process stays small).
+    #[allow(clippy::type_complexity)]
+    pub(crate) last_dest: Option<Box<(Box<[u8]>, wippy_runtime::Dest)>>,
 }
 
 thread_local! {

@@ -166,10 +166,10 @@ impl ProcessFactory for Factory {
                 if shards.options.isolated && shards.options.max_process_memory > 0 {
                     vm.lua.set_memory_limit(vm.baseline + shards.options.max_process_memory)?;
                 }
-                Ok(Shard::new(vm, shards.host.clone(), shards.options.clone()))
+                Ok(Shard::new(vm, shards.host.clone(), shards.options.clone(), self.catalog.clone()))
             })
             .map_err(|e| Error::internal(format!("cannot create a Lua shard on host '{name}': {e}")))?;
-        let process = process::LuaProcess::new(entry, self.catalog.clone(), shard.clone());
+        let process = process::LuaProcess::new(entry, shard.clone());
         Ok(NewProcess { process: Box::new(process), group: Some(shard) })
     }
 }

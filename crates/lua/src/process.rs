@@ -13,7 +13,7 @@ use std::sync::Arc;
 use mlua::{ffi, Lua, MultiValue, Table, Value as LuaValue};
 use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, Value};
 
-use crate::catalog::{Catalog, LuaEntry};
+use crate::catalog::LuaEntry;
 use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
@@ -38,11 +38,12 @@ struct Coroutine {
     /// Registry references of the process state table and of the shard table.
     p_ref: c_int,
     s_ref: c_int,
-    /// The text of the last sender's PID.
-    from_cache: (wippy_runtime::Pid, String),
+    /// The text of the last sender's PID (made on the first message).
+    from_cache: raw::PidText,
     /// While main alone waits on a plain listen channel: its topic (a one-value message on
-    /// it is handed over directly). Empty otherwise.
-    hint: Vec<u8>,
+    /// it is handed over directly), as the bytes of the channel's topic string, which the
+    /// waiting `receive` keeps alive until the next resume. Empty otherwise.
+    hint: (*const u8, usize),
 }
 
 // SAFETY: see above; the shard's VM lock serialises every use.
@@ -57,13 +58,11 @@ enum StartArgs {
 }
 
 impl LuaProcess {
-    pub(crate) fn new(entry: Arc<LuaEntry>, catalog: Arc<Catalog>, shard: Arc<Shard>) -> LuaProcess {
+    pub(crate) fn new(entry: Arc<LuaEntry>, shard: Arc<Shard>) -> LuaProcess {
         LuaProcess {
             state: ProcState {
                 entry,
-                catalog,
                 shard,
-                marks: Default::default(),
                 upgradable: false,
                 memfail: false,
                 memory: 0,
@@ -73,8 +72,8 @@ impl LuaProcess {
                 l: std::ptr::null_mut(),
                 p_ref: 0,
                 s_ref: 0,
-                from_cache: (wippy_runtime::Pid::NOBODY, String::new()),
-                hint: Vec::new(),
+                from_cache: None,
+                hint: (std::ptr::null(), 0),
             },
             awaiting: false,
         }
@@ -87,8 +86,7 @@ impl LuaProcess {
         // SAFETY: runs inside a turn of this process's shard (it is in the shard's group).
         let vm: &mut Vm =
             unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
-        let code = vm.code(&self.state.catalog, &self.state.entry)?;
-        self.state.marks = vm.marks;
+        let code = vm.code(&self.state.shard.catalog, &self.state.entry)?;
         let internal = |e: mlua::Error| Error::internal(format!("cannot start process: {e}"));
         let method = if method == "main" { self.state.entry.method.as_str() } else { method };
         // Spawn arguments that are plain data go onto the stack raw; the rest through mlua.
@@ -204,7 +202,7 @@ impl LuaProcess {
                 None => Input::Raw(None),
             };
             if !matches!(input, Input::Raw(_)) {
-                self.co.hint.clear();
+                self.co.hint.1 = 0;
             }
             let before = if shared_limit {
                 let used = lua.used_memory();
@@ -237,7 +235,7 @@ impl LuaProcess {
                     }
                     Err(e) => break Status::Exit(Err(e)),
                 },
-                Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(lua, vals)),
+                Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(vals)),
                 Ok(Resumed::Finished(vals)) => break Status::Exit(self.returned(vals)),
                 Ok(Resumed::Wait) => self.awaiting = true,
                 Ok(Resumed::Preempted) => {
@@ -279,15 +277,15 @@ impl LuaProcess {
             }
             _ => MultiValue::new(),
         };
-        let entry = self.state.catalog.entry(&id).map_err(|e| fail(e.message))?;
+        let entry = self.state.shard.catalog.entry(&id).map_err(|e| fail(e.message))?;
         crate::catalog::runnable_on(&entry, &cx.host())
             .map_err(|e| Error { message: format!("upgrade: {}", e.message), ..e })?;
         // Let go of the old state: from here on only the new one is reachable.
         self.release_state();
-        self.co.hint.clear();
+        self.co.hint.1 = 0;
         self.awaiting = false;
         if self.state.upgradable {
-            self.state.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
+            self.state.shard.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
         }
         self.state.upgradable = false;
         self.state.entry = entry;
@@ -346,19 +344,19 @@ impl LuaProcess {
         match it.next() {
             Some(LuaValue::String(e)) => Err(Error::internal(e.to_string_lossy().to_string()).with_retryable(false)),
             Some(LuaValue::UserData(ud)) if ud.is::<LuaError>() => Err(error_from_lua(&LuaValue::UserData(ud))),
-            _ => to_value(&v, &self.state.marks, "the process result")
+            _ => to_value(&v, &self.state.shard.marks, "the process result")
                 .map_err(|m| Error::invalid(m).with_retryable(false)),
         }
     }
 
     /// The process ended through its scheduler with `"exit", ok, value|error`.
-    fn exit_result(&self, lua: &Lua, vals: MultiValue) -> ExitResult {
+    fn exit_result(&self, vals: MultiValue) -> ExitResult {
         let mut it = vals.into_iter();
         let _tag = it.next();
         let ok = matches!(it.next(), Some(LuaValue::Boolean(true)));
         let v = it.next().unwrap_or(LuaValue::Nil);
         if ok {
-            return to_value(&v, &self.state.marks, "the process result")
+            return to_value(&v, &self.state.shard.marks, "the process result")
                 .map_err(|m| Error::invalid(m).with_retryable(false));
         }
         Err(self.failure(&v))
@@ -497,7 +495,9 @@ impl Coroutine {
         let mut nargs = pushed;
         match ev {
             Some(Event::Message(m))
-                if m.payload.len() == 1 && !hint.is_empty() && m.topic.as_bytes() == hint.as_slice() =>
+                if m.payload.len() == 1
+                    && hint.1 > 0
+                    && m.topic.as_bytes() == std::slice::from_raw_parts(hint.0, hint.1) =>
             {
                 ffi::lua_pushinteger(l, EV_VALUE);
                 raw::push(l, &m.payload[0]);
@@ -523,7 +523,7 @@ impl Coroutine {
             }
             _ => {}
         }
-        hint.clear();
+        hint.1 = 0;
         let mut nres: c_int = 0;
         let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
         let code = match status {
@@ -552,7 +552,7 @@ impl Coroutine {
         if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
             let mut len = 0usize;
             let p = ffi::lua_tolstring(l, -1, &mut len);
-            hint.extend_from_slice(std::slice::from_raw_parts(p as *const u8, len));
+            *hint = (p as *const u8, len);
         }
         if code == R_WAIT || code == R_USER_YIELD {
             ffi::lua_pop(l, nres);
@@ -654,7 +654,7 @@ impl Process for LuaProcess {
 
     fn close(&mut self, cx: &mut Context<'_>, _result: &ExitResult) {
         if self.state.upgradable {
-            self.state.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
+            self.state.shard.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
         }
         self.release_state();
     }

@@ -158,16 +158,20 @@ unsafe fn read_table(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &m
 
 /// Push a PID's string form (`""` for nobody). `cache` keeps the last one made (a
 /// receiver mostly hears from the same sender again).
-pub(crate) unsafe fn push_pid(l: *mut ffi::lua_State, pid: Pid, cache: &mut (Pid, String)) {
+pub(crate) unsafe fn push_pid(l: *mut ffi::lua_State, pid: Pid, cache: &mut PidText) {
     if pid.is_nobody() {
         ffi::lua_pushlstring(l, b"".as_ptr() as *const _, 0);
         return;
     }
-    if cache.0 != pid || cache.1.is_empty() {
-        *cache = (pid, pid.to_string());
-    }
-    ffi::lua_pushlstring(l, cache.1.as_ptr() as *const _, cache.1.len());
+    let text = match cache {
+        Some(c) if c.0 == pid => &c.1,
+        _ => &cache.insert(Box::new((pid, pid.to_string().into_boxed_str()))).1,
+    };
+    ffi::lua_pushlstring(l, text.as_ptr() as *const _, text.len());
 }
+
+/// A PID and its text, remembered by a process for the next message from the same sender.
+pub(crate) type PidText = Option<Box<(Pid, Box<str>)>>;
 
 /// `R.send_fast(dest, topic, ...)`: `true`; `false, kind, message` when the runtime
 /// refuses; nothing at all when the call needs the full (mlua) `process.send`.
@@ -183,7 +187,7 @@ pub(crate) unsafe extern "C-unwind" fn send_fast(l: *mut ffi::lua_State) -> c_in
     let tp = ffi::lua_tolstring(l, 2, &mut tlen);
     let Ok(topic) = std::str::from_utf8(std::slice::from_raw_parts(tp as *const u8, tlen)) else { return 0 };
     let r = current::with(|cx, st| {
-        let marks = st.marks;
+        let marks = st.shard.marks;
         let mut payload = Payload::new();
         for i in 3..=n {
             match read(l, i, &marks) {
@@ -191,8 +195,8 @@ pub(crate) unsafe extern "C-unwind" fn send_fast(l: *mut ffi::lua_State) -> c_in
                 None => return Ok(None),
             }
         }
-        let dest = match st.last_dest.as_ref() {
-            Some((bytes, d)) if bytes.as_slice() == dest => d.clone(),
+        let dest = match st.last_dest.as_deref() {
+            Some((bytes, d)) if **bytes == *dest => d.clone(),
             _ => {
                 let Ok(text) = std::str::from_utf8(dest) else { return Ok(None) };
                 let d = if text.starts_with('{') {
@@ -203,7 +207,7 @@ pub(crate) unsafe extern "C-unwind" fn send_fast(l: *mut ffi::lua_State) -> c_in
                 } else {
                     Dest::Name(text.into())
                 };
-                st.last_dest = Some((dest.to_vec(), d.clone()));
+                st.last_dest = Some(Box::new((dest.into(), d.clone())));
                 d
             }
         };

@@ -20,6 +20,8 @@ use mlua::ffi;
 use parking_lot::Mutex;
 use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
+use crate::catalog::Catalog;
+use crate::convert::Marks;
 use crate::sandbox::Vm;
 
 /// A host gets a second (third...) shard, up to one per worker, once its least-loaded
@@ -135,10 +137,15 @@ pub(crate) struct Shard {
     pub(crate) host: HostRef,
     pub(crate) preempt: Preempt,
     pub(crate) options: ShardOptions,
+    pub(crate) catalog: Arc<Catalog>,
+    /// The VM's metatables that mark channels, payloads and messages (fixed once its
+    /// prelude ran).
+    pub(crate) marks: Marks,
 }
 
 impl Shard {
-    pub(crate) fn new(vm: Vm, host: HostRef, options: ShardOptions) -> Arc<Shard> {
+    pub(crate) fn new(vm: Vm, host: HostRef, options: ShardOptions, catalog: Arc<Catalog>) -> Arc<Shard> {
+        let marks = vm.marks;
         Arc::new_cyclic(|me| Shard {
             me: me.clone(),
             vm: Mutex::new(vm),
@@ -147,6 +154,8 @@ impl Shard {
             host,
             preempt: Preempt::new(),
             options,
+            catalog,
+            marks,
         })
     }
 }

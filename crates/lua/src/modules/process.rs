@@ -68,7 +68,7 @@ fn spawn(
     current::with(|cx, st| {
         let mut values = Vec::with_capacity(args.len());
         for (i, a) in args.iter().enumerate() {
-            match to_value(a, &st.marks, &format!("argument {}", i + 1)) {
+            match to_value(a, &st.shard.marks, &format!("argument {}", i + 1)) {
                 Ok(v) => values.push(v),
                 Err(m) => return fail(lua, Error::invalid(m)),
             }
@@ -83,7 +83,7 @@ fn spawn(
         }
         let mut sp = Spawn::entry(&entry).args(values);
         if let LuaValue::Table(_) = ctx {
-            let given = match to_value(ctx, &st.marks, "context") {
+            let given = match to_value(ctx, &st.shard.marks, "context") {
                 Ok(Value::Table(t)) => t,
                 Ok(_) => return fail(lua, Error::invalid("context values must be a table")),
                 Err(m) => return fail(lua, Error::invalid(m)),
@@ -149,7 +149,7 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                 };
                 let mut payload = Payload::new();
                 for (i, v) in payloads.iter().enumerate() {
-                    match to_value(v, &st.marks, &format!("payload {}", i + 1)) {
+                    match to_value(v, &st.shard.marks, &format!("payload {}", i + 1)) {
                         Ok(v) => payload.push(v),
                         Err(m) => return fail(lua, Error::invalid(m)),
                     }
@@ -249,7 +249,7 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                 }
                 if let Some(b) = upgradable {
                     if st.upgradable != b {
-                        st.catalog.set_upgradable(cx.pid(), &st.entry, b);
+                        st.shard.catalog.set_upgradable(cx.pid(), &st.entry, b);
                     }
                     st.upgradable = b;
                 }

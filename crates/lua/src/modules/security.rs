@@ -102,7 +102,7 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
             let meta = match &meta {
                 LuaValue::Nil => wippy_runtime::Table::new(),
                 LuaValue::Table(_) => {
-                    let converted: Result<Value, String> = current::with(|_, st| Ok(to_value(&meta, &st.marks, "meta")))?;
+                    let converted: Result<Value, String> = current::with(|_, st| Ok(to_value(&meta, &st.shard.marks, "meta")))?;
                     match converted {
                         Ok(Value::Table(t)) => (*t).clone(),
                         Ok(_) => wippy_runtime::Table::new(),
@@ -149,7 +149,7 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|_, (action, resource, meta): (String, String, LuaValue)| {
             current::with(|cx, st| {
                 let meta = match &meta {
-                    LuaValue::Table(_) => match to_value(&meta, &st.marks, "meta") {
+                    LuaValue::Table(_) => match to_value(&meta, &st.shard.marks, "meta") {
                         Ok(Value::Table(t)) => Some(t),
                         _ => None,
                     },
