@@ -105,9 +105,8 @@ impl LuaProcess {
             Some((t, n)) => (LuaValue::Table(t), LuaValue::Integer(n)),
             None => (LuaValue::Nil, LuaValue::Nil),
         };
-        let mut input = MultiValue::with_capacity(6 + lua_args.len());
+        let mut input = MultiValue::with_capacity(5 + lua_args.len());
         input.push_back(LuaValue::Function(vm.new_process.clone()));
-        input.push_back(LuaValue::Table(code.ent.clone()));
         input.push_back(LuaValue::Table(code.env_mt.clone()));
         input.push_back(carry);
         input.push_back(ncarry);
@@ -119,18 +118,18 @@ impl LuaProcess {
             + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
         let (mut p_ref, mut co, mut nargs) = (0, std::ptr::null_mut(), 0);
         let (entry_id, s_ref) = (self.state.entry.id.as_str(), vm.s_ref);
-        // SAFETY: in exec_raw's protected call: the stack holds `input` (1..=6 fixed, then
+        // SAFETY: in exec_raw's protected call: the stack holds `input` (1..=5 fixed, then
         // the mlua arguments); nothing with a destructor lives across the calls that may
         // raise; the closure leaves the stack empty.
         unsafe {
             vm.lua.exec_raw::<()>(input, |state| {
                 let n = ffi::lua_gettop(state);
                 ffi::luaL_checkstack(state, room, std::ptr::null());
-                // new_process(ent, env_mt, carry, ncarry) -> P, co, env
-                for i in 1..=5 {
+                // new_process(env_mt, carry, ncarry) -> P, co, env
+                for i in 1..=4 {
                     ffi::lua_pushvalue(state, i);
                 }
-                ffi::lua_call(state, 4, 3);
+                ffi::lua_call(state, 3, 3);
                 let (pi, ci, ei) = (n + 1, n + 2, n + 3);
                 ffi::lua_pushvalue(state, pi);
                 p_ref = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
@@ -139,11 +138,11 @@ impl LuaProcess {
                 // main_body(P, chunk, env, method, id, args...)
                 let top = ffi::lua_gettop(state);
                 ffi::lua_pushvalue(state, pi);
-                ffi::lua_pushvalue(state, 6);
+                ffi::lua_pushvalue(state, 5);
                 ffi::lua_pushvalue(state, ei);
                 ffi::lua_pushlstring(state, method.as_ptr() as *const _, method.len());
                 ffi::lua_pushlstring(state, entry_id.as_ptr() as *const _, entry_id.len());
-                for i in 7..=n {
+                for i in 6..=n {
                     ffi::lua_pushvalue(state, i);
                 }
                 for v in &raw_args {
@@ -566,11 +565,14 @@ impl Coroutine {
 /// in the prelude).
 const EV_VALUE: ffi::lua_Integer = 0;
 
-/// Make the process the shard's current one (`S[1] = P`), as every resume must first.
-/// Allocates nothing (S[1] always exists), so it may run outside a protected call.
+/// Make the process the shard's current one (`S[1] = P`, and `S[2] = P`: main is its running task
+/// whenever its coroutine is resumed), as every resume must first.
+/// Allocates nothing (both slots always exist), so it may run outside a protected call.
 unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+    ffi::lua_pushvalue(state, -1);
+    ffi::lua_rawseti(state, -3, 2);
     ffi::lua_rawseti(state, -2, 1);
     ffi::lua_pop(state, 1);
 }

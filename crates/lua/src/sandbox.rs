@@ -39,13 +39,11 @@ impl mlua::UserData for ReadOnly {
     }
 }
 
-/// What a shard keeps per entry: the loaded chunk, the environment metatable, and the
-/// entry's `{ allowed = {module = true}, imports = {alias = library id} | nil }` that its
-/// processes share.
+/// What a shard keeps per entry: the loaded chunk and the environment metatable (which
+/// also holds the modules the entry may bind and its imports).
 pub(crate) struct EntryCode {
     pub(crate) chunk: Function,
     pub(crate) env_mt: Table,
-    pub(crate) ent: Table,
 }
 
 pub(crate) struct Vm {
@@ -168,17 +166,17 @@ impl Vm {
             allowed.raw_set(m.as_str(), true).map_err(internal)?;
         }
         let env_mt_fn: Function = self.lua.named_registry_value("wippy.env_mt").map_err(internal)?;
-        let env_mt: Table = env_mt_fn.call(allowed.clone()).map_err(internal)?;
-        let ent = self.lua.create_table().map_err(internal)?;
-        ent.raw_set("allowed", allowed).map_err(internal)?;
-        if !entry.imports.is_empty() {
+        let imports = if entry.imports.is_empty() {
+            None
+        } else {
             let t = self.lua.create_table().map_err(internal)?;
             for (alias, id) in &entry.imports {
                 t.raw_set(alias.as_str(), id.as_str()).map_err(internal)?;
             }
-            ent.raw_set("imports", t).map_err(internal)?;
-        }
-        let code = Arc::new(EntryCode { chunk, env_mt, ent });
+            Some(t)
+        };
+        let env_mt: Table = env_mt_fn.call((allowed, imports)).map_err(internal)?;
+        let code = Arc::new(EntryCode { chunk, env_mt });
         self.code.insert(entry.id.clone(), (entry.version, code.clone()));
         Ok(code)
     }

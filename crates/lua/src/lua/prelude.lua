@@ -17,9 +17,12 @@ local pack, unpack, tinsert = table.pack, table.unpack, table.insert
 local select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall =
   select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
 local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, R.error, R.time_from_nanos, R.memfail
+local raw_meta = R.raw_meta -- a table's metatable, past __metatable
 
-local S = { false }   -- S[1]: the running process's state P (set by Rust before every resume;
-                      -- the slot exists from the start, so setting it never allocates)
+local S = { false, false } -- S[1]: the running process's state P, S[2]: its running task
+                      -- (both set to P by Rust before every resume: a process's coroutine
+                      -- only ever yields to Rust while main is its running task; the slots
+                      -- exist from the start, so setting them never allocates)
 local BLOCK = {}      -- a task yields this to wait (passed up through user coroutines)
 local DONE = {}       -- a task body returns this first when it finished
 local RAISE = {}      -- a waker passes this first to make the woken call raise
@@ -42,15 +45,13 @@ local QN <const> = 8      -- the next task in the ready queue
 local RH <const> = 9      -- P: the ready queue's first and last task (false when empty)
 local RT <const> = 10
 local NEXT <const> = 11   -- P: how many tasks wait on something outside the process
-local NPEND <const> = 12  -- P: pending mailbox items
-local CUR <const> = 13    -- P: the running task
-local ENV <const> = 14    -- P: main's environment
-local ENT <const> = 15    -- P: the entry's { allowed = modules, imports = aliases }
-local LISTEN <const> = 16 -- P: topic -> listen channel (made on first listen)
-local INBOX <const> = 17  -- P: the inbox and events channels (made on first use)
-local EVENTS <const> = 18
-local PENDING <const> = 19 -- P: the pending mailbox items
-local X <const> = 20      -- P: the rarer parts, made on first use (cmds, execs, required, upgraded)
+local NPEND <const> = 12  -- P: how many mailbox items are pending (in P[X].pending)
+local ENV <const> = 13    -- P: main's environment
+local LISTEN <const> = 14 -- P: topic -> listen channel (made on first listen)
+local INBOX <const> = 15  -- P: the inbox channel (made on first use)
+local X <const> = 16      -- P: the rarer parts, made on first use: pending, events, cmds,
+                          -- execs, required, upgraded
+-- (16 slots: a parked process's state is one 256-byte array. The running task is S[2].)
 -- A select's waiter record: { t, sel, ch, send, v } (SEL in the same slot as a task's).
 local W_T <const> = 1
 local W_CH <const> = 3
@@ -96,6 +97,13 @@ local function newchan(P, size, ext)
   -- four fields (a 4-slot table); waiter queues and the buffer come on first use (a main
   -- that waits directly never makes its receiver queue)
   return setmetatable({ size = size, n = 0, P = P, ext = ext }, ChanMT)
+end
+
+-- The process's rarer parts (P[X]), made on first use.
+local function rare(P)
+  local x = P[X]
+  if not x then x = {}; P[X] = x end
+  return x
 end
 
 local function q_push(ch, key, w)
@@ -198,7 +206,7 @@ function Chan.send(ch, v)
   check_chan(ch, "send")
   if try_send(ch, v) then return true end
   local P = S[1]
-  local t = P[CUR]
+  local t = S[2]
   t[SV] = v == nil and NILV or v
   q_push(ch, "sq", t)
   local a, b = block()
@@ -209,7 +217,7 @@ end
 -- Wait in a receive on `ch` (nothing to take now).
 local function wait_receive(ch)
   local P = ch.P
-  local t = P[CUR]
+  local t = S[2]
   local q = ch.rq
   if not q then q = { h = 1, t = 0 }; ch.rq = q end
   local i = q.t + 1; q.t = i; q[i] = t
@@ -306,7 +314,7 @@ local function select_(cases, default)
   if default then return { default = true, ok = true } end
   if n == 0 then error("select with no cases and no default blocks forever", 2) end
   local P = S[1]
-  local t = P[CUR]
+  local t = S[2]
   local sel = { done = false }
   local ext = false
   for i = 1, n do
@@ -360,7 +368,10 @@ R.set_message_mt(MsgMT)
 
 -- The channel a pending item goes to now.
 local function target(P, m)
-  if m.ev then return P[EVENTS] end
+  if m.ev then
+    local x = P[X]
+    return x and x.events
+  end
   local l = P[LISTEN]
   if l then
     l = l[m.tp]
@@ -398,7 +409,8 @@ end
 -- Deliver what can be delivered of the pending items, in order; an item stays when its
 -- channel cannot take it, and so does every later item for the same channel.
 drain = function(P)
-  local pend, kept, stuck = P[PENDING], {}, {}
+  local x = P[X]
+  local pend, kept, stuck = x.pending, {}, {}
   local n = 0
   for i = 1, P[NPEND] do
     local m = pend[i]
@@ -410,13 +422,14 @@ drain = function(P)
       n = n + 1; kept[n] = m
     end
   end
-  P[PENDING], P[NPEND] = kept, n
+  x.pending, P[NPEND] = kept, n
 end
 
 local function queue_pending(P, m)
   local n = P[NPEND] + 1
-  local pend = P[PENDING]
-  if not pend then pend = {}; P[PENDING] = pend end
+  local x = rare(P)
+  local pend = x.pending
+  if not pend then pend = {}; x.pending = pend end
   P[NPEND] = n; pend[n] = m
   if n > 1 then drain(P) end
 end
@@ -438,7 +451,7 @@ local on_future
 handle = function(P, kind, a, b, c, d, ...)
   if kind == "m" and a == "@outdated" then
     -- the entry or an import changed: one OUTDATED event, merged into one still pending
-    local pend = P[PENDING]
+    local pend = P[NPEND] > 0 and P[X].pending
     for i = 1, P[NPEND] do
       local ev = pend[i].ev
       if ev and ev.kind == OUTDATED then
@@ -525,7 +538,7 @@ sched = function(P)
       local a, b = t[A], t[B]
       t[A], t[B] = nil, nil
       if t == P then return a, b end
-      P[CUR] = t
+      S[2] = t
       local tco = t[CO]
       rt_cur(tco)
       local ok, n, r1
@@ -537,7 +550,7 @@ sched = function(P)
         -- (a task the hook suspended ignores what it is resumed with)
         ok, n, r1 = counted(raw_resume(tco, a, b))
       end
-      P[CUR] = P
+      S[2] = P
       rt_cur(co)
       if not ok then
         if r1 == MEMERR then rt_memfail() end
@@ -557,7 +570,7 @@ sched = function(P)
         P[RT] = t
       end
     else
-      P[CUR] = P
+      S[2] = P
       if P[NEXT] == 0 then
         raw_yield("exit", false, rt_error("Internal", DEADLOCK))
       end
@@ -689,10 +702,9 @@ do
 end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
--- A table of the process's rarer parts (P[X]: execs, cmds, required), made on first use.
+-- A table of the process's rarer parts (in P[X]), made on first use.
 local function part(P, key)
-  local x = P[X]
-  if not x then x = {}; P[X] = x end
+  local x = rare(P)
   local t = x[key]
   if not t then t = {}; x[key] = t end
   return t
@@ -702,19 +714,27 @@ local function cmds_of(P)
   return x and x.cmds
 end
 
--- The process's inbox or events channel (made on first call; the same one ever after).
-local function mailbox_channel(key)
+-- The process's inbox and events channels (made on first call; the same ever after).
+function process.inbox()
   local P = S[1]
-  local ch = P[key]
+  local ch = P[INBOX]
   if not ch then
-    ch = newchan(P, 0, true); P[key] = ch
+    ch = setmetatable({ size = 0, n = 0, P = P, ext = true }, ChanMT)
+    P[INBOX] = ch
     if P[NPEND] > 0 then drain(P) end
   end
   return ch
 end
-
-function process.inbox() return mailbox_channel(INBOX) end
-function process.events() return mailbox_channel(EVENTS) end
+function process.events()
+  local P = S[1]
+  local x = rare(P)
+  local ch = x.events
+  if not ch then
+    ch = newchan(P, 0, true); x.events = ch
+    if P[NPEND] > 0 then drain(P) end
+  end
+  return ch
+end
 
 function process.listen(topic, opts)
   if type(topic) ~= "string" then
@@ -756,7 +776,7 @@ local function execs(P) return part(P, "execs") end
 local function cmds(P) return part(P, "cmds") end
 
 local function wait_exit(P, pid)
-  local t = P[CUR]
+  local t = S[2]
   execs(P)[pid] = t
   t[EXT] = true; P[NEXT] = P[NEXT] + 1
   return block()
@@ -851,7 +871,7 @@ local to_ns, cmd_after, cmd_ticker, cmd_cancel = R.duration_ns, R.after, R.ticke
 function time.sleep(d)
   local ns = to_ns(d, "sleep")
   local P = S[1]
-  local t = P[CUR]
+  local t = S[2]
   local id = cmd_after(ns)
   cmds(P)[id] = function(P2, i) P2[X].cmds[i] = nil; wake(P2, t) end
   t[EXT] = true; P[NEXT] = P[NEXT] + 1
@@ -942,7 +962,7 @@ function process.upgrade(entry, ...)
     error("bad argument #1 to 'upgrade' (string or nil expected, got " .. type(entry) .. ")", 2)
   end
   local P = S[1]
-  if raw_running() ~= P[CO] or P[CUR] ~= P then
+  if raw_running() ~= P[CO] or S[2] ~= P then
     error("process.upgrade must be called from the process's main function", 2)
   end
   local carry, n = {}, 0
@@ -960,7 +980,7 @@ function process.upgrade(entry, ...)
       end
     end
   end
-  for i = 1, P[NPEND] do n = n + 1; carry[n] = P[PENDING][i] end
+  for i = 1, P[NPEND] do n = n + 1; carry[n] = P[X].pending[i] end
   P[NPEND] = 0
   local cmds = cmds_of(P)
   if cmds then
@@ -1157,7 +1177,7 @@ end
 
 -- The environment metatable of one entry (shared by its processes): globals fall through
 -- to the base library, then to the libraries the entry may bind, as per-process proxies.
-local function env_mt(allowed)
+local function env_mt(allowed, imports)
   -- Globals of the entry's processes, shared by them and never reachable by them: the base
   -- functions, and for a library name the process's own proxy of it (made on first use
   -- and kept in the process's main environment, when the entry may bind it).
@@ -1172,11 +1192,12 @@ local function env_mt(allowed)
     local pr = rawget(env, k)
     if pr == nil then
       pr = proxy_of(lib)
-      if ALWAYS[k] or P[ENT].allowed[k] then rawset(env, k, pr) end
+      if ALWAYS[k] or raw_meta(env).allowed[k] then rawset(env, k, pr) end
     end
     return pr
   end })
-  return { __metatable = false, __index = G }
+  -- (what the entry may bind rides along, out of the processes' reach)
+  return { __metatable = false, __index = G, allowed = allowed, imports = imports }
 end
 
 local function new_env(P, mt)
@@ -1195,10 +1216,11 @@ function BASE.require(name)
   local cache = part(P, "required")
   local v = cache[name]
   if v ~= nil then return v end
-  if ALWAYS[name] or P[ENT].allowed[name] then
+  local mt = raw_meta(env)
+  if ALWAYS[name] or mt.allowed[name] then
     v = env[name]
   else
-    local imports = P[ENT].imports
+    local imports = mt.imports
     local lib = imports and imports[name]
     if lib then
       v = R.load_library(lib, new_env)
@@ -1242,20 +1264,17 @@ function BASE.pcall(f, ...) return pc_check(pcall(f, ...)) end
 function BASE.xpcall(f, h, ...) return pc_check(xpcall(f, h, ...)) end
 
 -- The constructor Rust calls for every new process: its state and its coroutine.
--- `ent` is the entry's { allowed, imports }; after an upgrade, `carry` holds the `ncarry`
--- mailbox items the old state had not taken.
-local function new_process(ent, env_meta, carry, ncarry)
+-- After an upgrade, `carry` holds the `ncarry` mailbox items the old state had not taken.
+local function new_process(env_meta, carry, ncarry)
   local co = raw_create(main_body)
   -- every process uses `process`: its proxy comes with the environment (one table of the
   -- right size, no lookup through the environment's __index on first use)
   local env = setmetatable({ _G = false, process = proxy_of(LIBS.process) }, env_meta)
   rawset(env, "_G", env)
-  -- all 20 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
-  -- CUR, ENV, ENT, LISTEN, INBOX, EVENTS, PENDING, X
+  -- all 16 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
+  -- ENV, LISTEN, INBOX, X
   local P = { co, false, false, false, nil, nil, nil, false,
-    false, false, 0, ncarry or 0, false, env, ent, false, false, false, carry or false,
-    carry and { upgraded = true } or false }
-  P[CUR] = P
+    false, false, 0, ncarry or 0, env, false, false, carry and { upgraded = true, pending = carry } or false }
   return P, co, env
 end
 

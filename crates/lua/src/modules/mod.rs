@@ -52,6 +52,14 @@ unsafe extern "C-unwind" fn rt_preempt_pending(l: *mut ffi::lua_State) -> c_int 
     1
 }
 
+/// `R.raw_meta(t)`: the metatable of `t` even when `__metatable` hides it (nil if none).
+unsafe extern "C-unwind" fn rt_raw_meta(l: *mut ffi::lua_State) -> c_int {
+    if ffi::lua_getmetatable(l, 1) == 0 {
+        ffi::lua_pushnil(l);
+    }
+    1
+}
+
 /// `R.is_of(mt)`: a function telling whether its argument's metatable is `mt` (one C call,
 /// where `getmetatable(x) == name` also looks up `__metatable`).
 unsafe extern "C-unwind" fn rt_is_of(l: *mut ffi::lua_State) -> c_int {
@@ -150,6 +158,7 @@ pub(crate) fn install(
         r.raw_set("preempt_pending", lua.create_c_function(rt_preempt_pending)?)?;
         r.raw_set("send_fast", lua.create_c_function(crate::raw::send_fast)?)?;
         r.raw_set("is_of", lua.create_c_function(rt_is_of)?)?;
+        r.raw_set("raw_meta", lua.create_c_function(rt_raw_meta)?)?;
     }
     r.raw_set(
         "error",
