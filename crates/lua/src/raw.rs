@@ -173,9 +173,41 @@ pub(crate) unsafe fn push_pid(l: *mut ffi::lua_State, pid: Pid, cache: &mut PidT
 /// A PID and its text, remembered by a process for the next message from the same sender.
 pub(crate) type PidText = Option<Box<(Pid, Box<str>)>>;
 
-/// `R.send_fast(dest, topic, ...)`: `true`; `false, kind, message` when the runtime
-/// refuses; nothing at all when the call needs the full (mlua) `process.send`.
-pub(crate) unsafe extern "C-unwind" fn send_fast(l: *mut ffi::lua_State) -> c_int {
+/// `R.make_send(send_slow, make_error)`: `process.send` as one C function. Plain data to a
+/// destination given as a string goes through [`send_fast`]; a refusal becomes `nil, err`
+/// (`make_error(kind, message)`); anything else is handed to `send_slow`, the full send.
+pub(crate) unsafe extern "C-unwind" fn make_send(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_settop(l, 2);
+    ffi::lua_pushcclosure(l, send, 2);
+    1
+}
+
+unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
+    let n = ffi::lua_gettop(l);
+    match send_fast(l) {
+        1 => 1,
+        3 => {
+            // false, kind, message -> nil, make_error(kind, message)
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+            ffi::lua_rotate(l, -3, 1);
+            ffi::lua_call(l, 2, 1);
+            ffi::lua_pushnil(l);
+            ffi::lua_rotate(l, -2, 1);
+            2
+        }
+        _ => {
+            ffi::lua_settop(l, n);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_rotate(l, 1, 1);
+            ffi::lua_call(l, n, ffi::LUA_MULTRET);
+            ffi::lua_gettop(l)
+        }
+    }
+}
+
+/// The raw send: `true`; `false, kind, message` when the runtime refuses; nothing at all
+/// when the call needs the full (mlua) `process.send`.
+unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
     let n = ffi::lua_gettop(l);
     if n < 2 || ffi::lua_type(l, 1) != ffi::LUA_TSTRING || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
         return 0;

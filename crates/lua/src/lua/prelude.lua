@@ -692,13 +692,8 @@ LIBS.coroutine = co_lib
 -------------------------------------------------------------------------------------------
 local process = LIBS.process
 do
-  local send_fast, send_slow = R.send_fast, process.send
-  function process.send(dest, topic, ...)
-    local ok, kind, msg = send_fast(dest, topic, ...)
-    if ok then return true end
-    if ok == false then return nil, rt_error(kind, msg) end
-    return send_slow(dest, topic, ...)
-  end
+  -- one C function: the raw send, falling back to the full (mlua) one
+  process.send = R.make_send(process.send, rt_error)
 end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
