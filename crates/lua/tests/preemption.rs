@@ -14,6 +14,30 @@ fn echo_in_order_under_heavy_preemption() {
 }
 
 #[test]
+fn preempted_spawned_tasks_resume_where_they_were_and_the_others_still_run() {
+    // A spawned task the hook suspends goes back on the front of its process's ready
+    // queue; one that yields goes on the back. Both finish with their own results.
+    let h = Harness::with(1, ShardOptions::default(), |c| c.time_slice(Duration::from_micros(100)));
+    let v = h.ok(r#"
+        local ch = channel.new(4)
+        coroutine.spawn(function()
+            local n = 0
+            for i = 1, 3000000 do n = n + i end
+            ch:send({ "busy", n })
+        end)
+        coroutine.spawn(function()
+            local n = 0
+            for _ = 1, 1000 do n = n + 1; coroutine.yield() end
+            ch:send({ "yielding", n })
+        end)
+        local got = {}
+        for _ = 1, 2 do local v = ch:receive(); got[v[1]] = v[2] end
+        return got.busy == 4500001500000 and got.yielding == 1000
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn two_busy_processes_on_one_worker_both_progress() {
     let h = Harness::new(1);
     h.entry("test:spin", r#"return { main = function(name)
