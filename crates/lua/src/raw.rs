@@ -260,3 +260,126 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         _ => 0,
     }
 }
+
+// The slots of a channel and of a process state that `receive` reads (the prelude's C_*,
+// Q_* and CO/RH/NPEND constants; a channel, a queue and a process state are arrays).
+const C_N: ffi::lua_Integer = 1;
+const C_P: ffi::lua_Integer = 3;
+const C_EXT: ffi::lua_Integer = 4;
+const C_TOPIC: ffi::lua_Integer = 5;
+const C_PLAIN: ffi::lua_Integer = 6;
+const C_SQ: ffi::lua_Integer = 7;
+const C_RQ: ffi::lua_Integer = 8;
+const C_CLOSED: ffi::lua_Integer = 10;
+const Q_H: ffi::lua_Integer = 1;
+const Q_T: ffi::lua_Integer = 2;
+const P_CO: ffi::lua_Integer = 1;
+const P_RH: ffi::lua_Integer = 9;
+const P_NPEND: ffi::lua_Integer = 12;
+
+/// `R.make_receive(channel_mt, receive, direct_other)`: a channel's `receive` as one C
+/// function. The common wait -- main alone, nothing buffered or queued, on a channel the
+/// mailbox feeds -- yields `"wait"` (with the topic of a plain listen channel) to Rust right
+/// here; a plain listen channel's value comes back as `(0, value)` and is returned as
+/// `value, true`, any other answer goes to `direct_other(P, ch, ...)`. Every other case runs
+/// the Lua `receive`.
+pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_settop(l, 3);
+    ffi::lua_pushlstring(l, b"wait".as_ptr() as *const _, 4);
+    ffi::lua_pushcclosure(l, receive, 4);
+    1
+}
+
+/// Whether slot `i` of the table at `t` holds a true value.
+unsafe fn truthy(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> bool {
+    ffi::lua_rawgeti(l, t, i);
+    let yes = ffi::lua_toboolean(l, -1) != 0;
+    ffi::lua_pop(l, 1);
+    yes
+}
+
+/// Whether slot `i` of the table at `t` is a queue with someone in it.
+unsafe fn queued(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> bool {
+    if ffi::lua_rawgeti(l, t, i) != ffi::LUA_TTABLE {
+        ffi::lua_pop(l, 1);
+        return false;
+    }
+    ffi::lua_rawgeti(l, -1, Q_H);
+    ffi::lua_rawgeti(l, -2, Q_T);
+    let waiting = ffi::lua_tointeger(l, -2) <= ffi::lua_tointeger(l, -1);
+    ffi::lua_pop(l, 3);
+    waiting
+}
+
+/// Slot `i` of the table at `t` as an integer (0 when it is not one).
+unsafe fn int_at(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> ffi::lua_Integer {
+    ffi::lua_rawgeti(l, t, i);
+    let v = ffi::lua_tointeger(l, -1);
+    ffi::lua_pop(l, 1);
+    v
+}
+
+unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
+    // Nothing below owns anything: the yields and errors leave this frame by longjmp.
+    if ffi::lua_getmetatable(l, 1) == 0 || ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) == 0 {
+        let tp = ffi::lua_type(l, 1);
+        ffi::luaL_where(l, 1);
+        ffi::lua_pushstring(l, c"bad argument #1 to 'receive' (channel expected, got ".as_ptr());
+        ffi::lua_pushstring(l, ffi::lua_typename(l, if tp == ffi::LUA_TNONE { ffi::LUA_TNIL } else { tp }));
+        ffi::lua_pushstring(l, c")".as_ptr());
+        ffi::lua_concat(l, 4);
+        ffi::lua_error(l);
+    }
+    ffi::lua_settop(l, 1);
+    let direct = int_at(l, 1, C_N) == 0
+        && !queued(l, 1, C_SQ)
+        && !truthy(l, 1, C_CLOSED)
+        && truthy(l, 1, C_EXT)
+        && !queued(l, 1, C_RQ);
+    if direct {
+        ffi::lua_rawgeti(l, 1, C_P);
+        if !truthy(l, 2, P_RH) && int_at(l, 2, P_NPEND) == 0 {
+            ffi::lua_rawgeti(l, 2, P_CO);
+            let main = ffi::lua_tothread(l, -1) == l;
+            ffi::lua_pop(l, 1);
+            if main {
+                // Stack: ch, P. Resumed with the answer on top of them (see receive_k).
+                ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
+                if truthy(l, 1, C_PLAIN) {
+                    ffi::lua_rawgeti(l, 1, C_TOPIC);
+                    return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
+                }
+                return ffi::lua_yieldk(l, 1, 0, Some(receive_k));
+            }
+        }
+        ffi::lua_settop(l, 1);
+    }
+    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+    ffi::lua_rotate(l, 1, 1);
+    ffi::lua_callk(l, 1, ffi::LUA_MULTRET, 0, Some(all_results));
+    ffi::lua_gettop(l)
+}
+
+/// After the direct wait: stack `ch, P, answer...`; `ctx` 1 on a plain listen channel.
+unsafe extern "C-unwind" fn receive_k(l: *mut ffi::lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
+    let top = ffi::lua_gettop(l);
+    if ctx == 1 && top >= 4 && ffi::lua_isinteger(l, 3) != 0 && ffi::lua_tointeger(l, 3) == 0 {
+        ffi::lua_settop(l, 4);
+        ffi::lua_pushboolean(l, 1);
+        return 2;
+    }
+    // direct_other(P, ch, answer...)
+    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
+    ffi::lua_rotate(l, 1, 1);
+    ffi::lua_pushvalue(l, 2);
+    ffi::lua_copy(l, 3, 2);
+    ffi::lua_copy(l, -1, 3);
+    ffi::lua_pop(l, 1);
+    ffi::lua_callk(l, top, ffi::LUA_MULTRET, 0, Some(all_results));
+    ffi::lua_gettop(l)
+}
+
+/// Continuation of a call that returns everything it got.
+unsafe extern "C-unwind" fn all_results(l: *mut ffi::lua_State, _status: c_int, _ctx: ffi::lua_KContext) -> c_int {
+    ffi::lua_gettop(l)
+}

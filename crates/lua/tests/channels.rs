@@ -146,6 +146,14 @@ fn bad_arguments_raise_in_luas_words() {
         assert(not ok3 and e3:find("function expected"))
         local ok4, e4 = pcall(require, "nope")
         assert(not ok4 and e4:find("module 'nope' not found"), e4)
+        -- receive is a C function: the same words, and the caller's line in front
+        local ch = channel.new()
+        local ok5, e5 = pcall(ch.receive, {})
+        assert(not ok5 and e5:find("bad argument #1 to 'receive' %(channel expected, got table%)"), e5)
+        local ok6, e6 = pcall(function() return ch.receive(5) end)
+        assert(not ok6 and e6:find(":%d+: bad argument #1 to 'receive' %(channel expected, got number%)"), e6)
+        local ok7, e7 = pcall(function() return ch.receive() end)
+        assert(not ok7 and e7:find("%(channel expected, got nil%)"), e7)
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

@@ -57,6 +57,23 @@ local W_T <const> = 1
 local W_CH <const> = 3
 local W_SEND <const> = 4
 local W_V <const> = 5
+-- A channel is an array too: { n, size, P, ext, topic, plain, sq, rq, buf, closed }. The
+-- inbox is made with the first four only (a parked process stays small; the rest reads nil
+-- through the metatable); other channels are made with every slot. Rust's receive (R.
+-- make_receive) reads these same slots.
+local C_N <const> = 1       -- values in the buffer
+local C_SIZE <const> = 2    -- buffer capacity
+local C_P <const> = 3       -- the owning process's state
+local C_EXT <const> = 4     -- fed from outside the process (mailbox, timers, events)
+local C_TOPIC <const> = 5   -- a listen channel's topic (false otherwise)
+local C_PLAIN <const> = 6   -- a listen channel that delivers payloads, not messages
+local C_SQ <const> = 7      -- waiting senders, waiting receivers: queues (false until used)
+local C_RQ <const> = 8
+local C_BUF <const> = 9     -- the buffer: a queue (false until used)
+local C_CLOSED <const> = 10
+-- A queue (waiters, a buffer) is { head, tail, items... }; empty when head > tail.
+local Q_H <const> = 1
+local Q_T <const> = 2
 
 -------------------------------------------------------------------------------------------
 -- Tasks: a process's main function and its coroutine.spawn-ed functions. Main runs on the
@@ -94,10 +111,10 @@ local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
 local is_chan = R.is_of(ChanMT)
 
-local function newchan(P, size, ext)
-  -- four fields (a 4-slot table); waiter queues and the buffer come on first use (a main
-  -- that waits directly never makes its receiver queue)
-  return setmetatable({ size = size, n = 0, P = P, ext = ext }, ChanMT)
+local function newchan(P, size, ext, topic, plain)
+  -- N, SIZE, P, EXT, TOPIC, PLAIN, SQ, RQ, BUF, CLOSED: waiter queues and the buffer come
+  -- on first use (a main that waits directly never makes its receiver queue)
+  return setmetatable({ 0, size, P, ext, topic or false, plain or false, false, false, false, false }, ChanMT)
 end
 
 -- The process's rarer parts (P[X]), made on first use.
@@ -112,21 +129,21 @@ local function rare_get(P, key)
   return x and x[key]
 end
 
-local function q_push(ch, key, w)
-  local q = ch[key]
-  if not q then q = { h = 1, t = 0 }; ch[key] = q end
-  local i = q.t + 1; q.t = i; q[i] = w
+local function q_push(ch, slot, w)
+  local q = ch[slot]
+  if not q then q = { 3, 2 }; ch[slot] = q end
+  local i = q[Q_T] + 1; q[Q_T] = i; q[i] = w
 end
 -- First waiter whose select has not fired yet, removed from the queue.
 local function q_pop(q)
   if not q then return nil end
-  local h = q.h
-  while h <= q.t do
+  local h = q[Q_H]
+  while h <= q[Q_T] do
     local w = q[h]; q[h] = nil; h = h + 1
     local sel = w[SEL]
-    if not sel or not sel.done then q.h = h; return w end
+    if not sel or not sel.done then q[Q_H] = h; return w end
   end
-  q.h, q.t = 1, 0
+  q[Q_H], q[Q_T] = 3, 2
   return nil
 end
 
@@ -159,43 +176,45 @@ end
 local drain -- forward: route pending mailbox messages (defined with the router)
 
 local function buf_push(ch, v)
-  local b = ch.buf
-  if not b then b = { h = 1, t = 0 }; ch.buf = b end
-  local i = b.t + 1; b.t = i; b[i] = v
-  ch.n = ch.n + 1
+  local b = ch[C_BUF]
+  if not b then b = { 3, 2 }; ch[C_BUF] = b end
+  local i = b[Q_T] + 1; b[Q_T] = i; b[i] = v
+  ch[C_N] = ch[C_N] + 1
 end
 
 -- Receive without blocking: true, v, ok -- or false when it would block.
 local function try_recv(ch)
-  if ch.n > 0 then
-    local b = ch.buf
-    local h = b.h
-    local v = b[h]; b[h] = nil; b.h = h + 1
-    ch.n = ch.n - 1
-    if ch.n == 0 then b.h, b.t = 1, 0 end
-    local w = q_pop(ch.sq)
+  local n = ch[C_N]
+  if n > 0 then
+    local b = ch[C_BUF]
+    local h = b[Q_H]
+    local v = b[h]; b[h] = nil; b[Q_H] = h + 1
+    ch[C_N] = n - 1
+    if n == 1 then b[Q_H], b[Q_T] = 3, 2 end
+    local P = ch[C_P]
+    local w = q_pop(ch[C_SQ])
     if w then
       buf_push(ch, sent_value(w))
-      fire(ch.P, w)
+      fire(P, w)
     end
-    if ch.ext and ch.P[NPEND] > 0 then drain(ch.P) end
+    if ch[C_EXT] and P[NPEND] > 0 then drain(P) end
     return true, v, true
   end
-  local w = q_pop(ch.sq)
+  local w = q_pop(ch[C_SQ])
   if w then
     local v = sent_value(w)
-    fire(ch.P, w)
+    fire(ch[C_P], w)
     return true, v, true
   end
-  if ch.closed then return true, nil, false end
+  if ch[C_CLOSED] then return true, nil, false end
   return false
 end
 
 local function try_send(ch, v)
-  if ch.closed then error("send on a closed channel", 3) end
-  local w = q_pop(ch.rq)
-  if w then fire(ch.P, w, v, true); return true end
-  if ch.n < ch.size then
+  if ch[C_CLOSED] then error("send on a closed channel", 3) end
+  local w = q_pop(ch[C_RQ])
+  if w then fire(ch[C_P], w, v, true); return true end
+  if ch[C_N] < ch[C_SIZE] then
     buf_push(ch, v)
     return true
   end
@@ -214,7 +233,7 @@ function Chan.send(ch, v)
   local P = S[1]
   local t = S[2]
   t[SV] = v == nil and NILV or v
-  q_push(ch, "sq", t)
+  q_push(ch, C_SQ, t)
   local a, b = block()
   if a == RAISE then error(b, 2) end
   return true
@@ -222,10 +241,10 @@ end
 
 -- Wait in a receive on `ch` (nothing to take now).
 local function wait_receive(ch)
-  local P = ch.P
+  local P = ch[C_P]
   local t = S[2]
-  q_push(ch, "rq", t)
-  if ch.ext then
+  q_push(ch, C_RQ, t)
+  if ch[C_EXT] then
     t[EXT] = true; P[NEXT] = P[NEXT] + 1
     if P[NPEND] > 0 then drain(P) end
   end
@@ -237,53 +256,36 @@ end
 -- waits like any receiver (queued on the channel, counted as waiting on the mailbox),
 -- the event is handled, and the scheduler runs.
 local function direct_other(P, ch, ...)
-  q_push(ch, "rq", P)
+  q_push(ch, C_RQ, P)
   P[EXT] = true; P[NEXT] = P[NEXT] + 1
   handle(P, ...)
   return sched(P)
 end
 
-local function direct_got(P, ch, kind, a, ...)
-  if kind == 0 then return a, true end
-  return direct_other(P, ch, kind, a, ...)
-end
-
-function Chan.receive(ch)
-  if not is_chan(ch) then check_chan(ch, "receive") end
-  if ch.n == 0 then
-    local sq = ch.sq
-    if not ch.closed and (not sq or sq.h > sq.t) then
-      -- nothing to take (the common case for mailbox channels)
-      if ch.ext then
-        local P, q = ch.P, ch.rq
-        if (not q or q.h > q.t) and not P[RH] and P[NPEND] == 0 and raw_running() == P[CO] then
-          -- main alone waits on a channel the mailbox feeds and nothing else can run: it
-          -- waits right here for the next event; on a plain listen channel the runtime
-          -- hands a one-value message on its topic straight back as (0, value)
-          if ch.plain then return direct_got(P, ch, raw_yield("wait", ch.topic)) end
-          return direct_other(P, ch, raw_yield("wait"))
-        end
-      end
-      return wait_receive(ch)
-    end
-  end
+-- Chan.receive is a C function (R.make_receive): it checks the argument, and when main
+-- alone waits on a channel the mailbox feeds and nothing else can run, it waits right there
+-- for the next event (on a plain listen channel the runtime hands a one-value message on
+-- its topic straight back as (0, value); any other answer goes to direct_other). The rest
+-- of a receive is this:
+local function receive(ch)
   local ok, v, got = try_recv(ch)
   if ok then return v, got end
   return wait_receive(ch)
 end
+Chan.receive = R.make_receive(ChanMT, receive, direct_other)
 
 function Chan.close(ch)
   check_chan(ch, "close")
-  if ch.closed then return end
-  ch.closed = true
-  local P = ch.P
+  if ch[C_CLOSED] then return end
+  ch[C_CLOSED] = true
+  local P = ch[C_P]
   while true do
-    local w = q_pop(ch.rq)
+    local w = q_pop(ch[C_RQ])
     if not w then break end
     fire(P, w, nil, false)
   end
   while true do
-    local w = q_pop(ch.sq)
+    local w = q_pop(ch[C_SQ])
     if not w then break end
     if w[SEL] then w[SEL].done = true; w = w[W_T] else w[SV] = nil end
     wake(P, w, RAISE, "send on a closed channel")
@@ -292,7 +294,7 @@ end
 
 function Chan.case_send(ch, v) check_chan(ch, "case_send"); return { ch = ch, send = true, v = v } end
 function Chan.case_receive(ch) check_chan(ch, "case_receive"); return { ch = ch } end
-function Chan.is_closed(ch) return ch.closed == true end
+function Chan.is_closed(ch) return ch[C_CLOSED] == true end
 
 local function select_(cases, default)
   if type(cases) ~= "table" then
@@ -322,8 +324,8 @@ local function select_(cases, default)
   for i = 1, n do
     local c = cases[i]
     -- a waiter record: W_T, SEL, W_CH, W_SEND, W_V
-    q_push(c.ch, c.send and "sq" or "rq", { t, sel, c.ch, c.send or false, c.v })
-    ext = ext or c.ch.ext
+    q_push(c.ch, c.send and C_SQ or C_RQ, { t, sel, c.ch, c.send or false, c.v })
+    ext = ext or c.ch[C_EXT]
   end
   if ext then
     t[EXT] = true; P[NEXT] = P[NEXT] + 1
@@ -381,7 +383,7 @@ end
 
 -- The value a channel delivers for message `m`.
 local function form(ch, m)
-  if m.ev or not ch.plain then return m.ev or m end
+  if m.ev or not ch[C_PLAIN] then return m.ev or m end
   local n = m.n
   if n == 1 then return m[1] end
   if n == 0 then return nil end
@@ -392,16 +394,16 @@ end
 
 -- Try to hand a value to `ch` now (a waiting receiver, or room in its buffer).
 local function offer_value(P, ch, v)
-  local w = q_pop(ch.rq)
+  local w = q_pop(ch[C_RQ])
   if w then fire(P, w, v, true); return true end
-  if ch.n < ch.size then buf_push(ch, v); return true end
+  if ch[C_N] < ch[C_SIZE] then buf_push(ch, v); return true end
   return false
 end
 
 -- The same for message `m`, shaped for `ch` only when it can take it.
 local function offer(P, ch, m)
-  local q = ch.rq
-  if (q and q.h <= q.t) or ch.n < ch.size then return offer_value(P, ch, form(ch, m)) end
+  local q = ch[C_RQ]
+  if (q and q[Q_H] <= q[Q_T]) or ch[C_N] < ch[C_SIZE] then return offer_value(P, ch, form(ch, m)) end
   return false
 end
 
@@ -468,15 +470,15 @@ handle = function(P, kind, a, b, c, d, ...)
       -- the common case: one payload for a plain listen channel, no message object
       local l = P[LISTEN]
       l = l and l[a]
-      if l and l.plain then
-        local q = l.rq
-        if q and q.h <= q.t then
-          local h = q.h
+      if l and l[C_PLAIN] then
+        local q = l[C_RQ]
+        if q and q[Q_H] <= q[Q_T] then
+          local h = q[Q_H]
           local w = q[h]
           if not w[SEL] and w[SV] == nil then
             -- a task waits in receive: hand it the value
             q[h] = nil
-            if h == q.t then q.h, q.t = 1, 0 else q.h = h + 1 end
+            if h == q[Q_T] then q[Q_H], q[Q_T] = 3, 2 else q[Q_H] = h + 1 end
             wake(P, w, d, true)
             return
           end
@@ -699,7 +701,7 @@ function process.inbox()
   if not ch then
     -- newchan's table, made here: one call level less on main's coroutine, whose call
     -- frames stay allocated (a parked process measured ~50 B smaller)
-    ch = setmetatable({ size = 0, n = 0, P = P, ext = true }, ChanMT)
+    ch = setmetatable({ 0, 0, P, true }, ChanMT) -- N, SIZE, P, EXT
     P[INBOX] = ch
     if P[NPEND] > 0 then drain(P) end
   end
@@ -731,9 +733,7 @@ function process.listen(topic, opts)
   if not l then l = {}; P[LISTEN] = l end
   local ch = l[topic]
   if ch then return ch end
-  ch = newchan(P, 1, true)
-  ch.topic = topic
-  ch.plain = not (opts and opts.message)
+  ch = newchan(P, 1, true, topic, not (opts and opts.message))
   l[topic] = ch
   if P[NPEND] > 0 then drain(P) end
   return ch
@@ -742,7 +742,7 @@ end
 function process.unlisten(ch)
   check_chan(ch, "unlisten")
   local P = S[1]
-  local topic = ch.topic
+  local topic = ch[C_TOPIC]
   if topic and P[LISTEN] and P[LISTEN][topic] == ch then
     P[LISTEN][topic] = nil
     Chan.close(ch)
@@ -948,11 +948,11 @@ function process.upgrade(entry, ...)
   local carry, n = {}, 0
   if P[LISTEN] then
     for topic, ch in pairs(P[LISTEN]) do
-      while ch.n > 0 do
+      while ch[C_N] > 0 do
         local ok, v = try_recv(ch)
         if not ok then break end
         n = n + 1
-        if ch.plain then
+        if ch[C_PLAIN] then
           carry[n] = setmetatable({ tp = topic, fr = "", n = 1, v }, MsgMT)
         else
           carry[n] = v
