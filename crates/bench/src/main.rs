@@ -6,8 +6,9 @@
 //!        wippy-bench lua-memory|lua-memory-isolated|lua-spawn|lua-pingpong|lua-ring
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Mi = alloc::Mi;
 
+mod alloc;
 mod lua;
 mod native;
 mod report;

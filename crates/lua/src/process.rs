@@ -172,7 +172,9 @@ impl LuaProcess {
         if self.co.l.is_null() {
             return Status::Exit(Err(Error::internal("Lua process has no state")));
         }
-        let shard = self.state.shard.clone();
+        // SAFETY: the process's shard is never replaced (an upgrade changes the entry only),
+        // and `self.state` outlives this call: a reference without the Arc's count traffic.
+        let shard: &Shard = unsafe { &*Arc::as_ptr(&self.state.shard) };
         let limit = shard.options.max_process_memory;
         let shared_limit = limit > 0 && !shard.options.isolated;
         // Ends the step for the watchdog however this function is left (a panic in a Rust
@@ -210,7 +212,7 @@ impl LuaProcess {
             } else {
                 0
             };
-            shard.preempt.set_thread(self.co.l);
+            shard.preempt.set_main(self.co.l);
             let result = {
                 let _entered = current::enter(cx, &mut self.state);
                 match input {
@@ -294,6 +296,9 @@ impl LuaProcess {
 
     /// Drop the registry reference of the process state (and S[1] if it points at it).
     fn release_state(&mut self) {
+        if !self.co.l.is_null() {
+            self.state.shard.preempt.forget(self.co.l);
+        }
         self.co.l = std::ptr::null_mut();
         // SAFETY: called inside a turn of this process's shard (close, upgrade).
         let vm = unsafe { current_vm() };

@@ -290,39 +290,29 @@ pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c
     1
 }
 
-/// Whether slot `i` of the table at `t` holds a true value.
-unsafe fn truthy(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> bool {
-    ffi::lua_rawgeti(l, t, i);
-    let yes = ffi::lua_toboolean(l, -1) != 0;
-    ffi::lua_pop(l, 1);
-    yes
-}
-
-/// Whether slot `i` of the table at `t` is a queue with someone in it.
-unsafe fn queued(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> bool {
-    if ffi::lua_rawgeti(l, t, i) != ffi::LUA_TTABLE {
-        ffi::lua_pop(l, 1);
+/// Whether the queue at `idx` (a channel's waiter queue slot: false, nil or a queue) has
+/// someone in it.
+unsafe fn queued(l: *mut ffi::lua_State, idx: c_int) -> bool {
+    if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
         return false;
     }
-    ffi::lua_rawgeti(l, -1, Q_H);
-    ffi::lua_rawgeti(l, -2, Q_T);
+    ffi::lua_rawgeti(l, idx, Q_H);
+    ffi::lua_rawgeti(l, idx, Q_T);
     let waiting = ffi::lua_tointeger(l, -2) <= ffi::lua_tointeger(l, -1);
-    ffi::lua_pop(l, 3);
+    ffi::lua_pop(l, 2);
     waiting
 }
 
-/// Slot `i` of the table at `t` as an integer (0 when it is not one).
-unsafe fn int_at(l: *mut ffi::lua_State, t: c_int, i: ffi::lua_Integer) -> ffi::lua_Integer {
-    ffi::lua_rawgeti(l, t, i);
-    let v = ffi::lua_tointeger(l, -1);
-    ffi::lua_pop(l, 1);
-    v
-}
+// Where the direct wait leaves what it read on the stack (every push below is kept, so
+// the checks cost no pops; a C function has room for 20).
+const AT_CH: c_int = 1;
+const AT_P: c_int = 8;
+const AT_ANSWER: c_int = 13;
 
 unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     // Nothing below owns anything: the yields and errors leave this frame by longjmp.
-    if ffi::lua_getmetatable(l, 1) == 0 || ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) == 0 {
-        let tp = ffi::lua_type(l, 1);
+    if ffi::lua_getmetatable(l, AT_CH) == 0 || ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) == 0 {
+        let tp = ffi::lua_type(l, AT_CH);
         ffi::luaL_where(l, 1);
         ffi::lua_pushstring(l, c"bad argument #1 to 'receive' (channel expected, got ".as_ptr());
         ffi::lua_pushstring(l, ffi::lua_typename(l, if tp == ffi::LUA_TNONE { ffi::LUA_TNIL } else { tp }));
@@ -330,56 +320,63 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_concat(l, 4);
         ffi::lua_error(l);
     }
-    ffi::lua_settop(l, 1);
-    let direct = int_at(l, 1, C_N) == 0
-        && !queued(l, 1, C_SQ)
-        && !truthy(l, 1, C_CLOSED)
-        && truthy(l, 1, C_EXT)
-        && !queued(l, 1, C_RQ);
-    if direct {
-        ffi::lua_rawgeti(l, 1, C_P);
-        if !truthy(l, 2, P_RH) && int_at(l, 2, P_NPEND) == 0 {
-            ffi::lua_rawgeti(l, 2, P_CO);
-            let main = ffi::lua_tothread(l, -1) == l;
-            ffi::lua_pop(l, 1);
-            if main {
-                // Stack: ch, P. Resumed with the answer on top of them (see receive_k).
+    // Stack: ch, metatable (or ch, extra arguments..., metatable: then the slow way).
+    if ffi::lua_gettop(l) == 2 {
+        // 3: N, 4: SQ, 5: CLOSED, 6: EXT, 7: RQ, 8: P, 9: P[RH], 10: P[NPEND], 11: P[CO],
+        // 12: PLAIN (then the answer from 13 on)
+        ffi::lua_rawgeti(l, AT_CH, C_N);
+        let empty = ffi::lua_tointeger(l, 3) == 0;
+        ffi::lua_rawgeti(l, AT_CH, C_SQ);
+        ffi::lua_rawgeti(l, AT_CH, C_CLOSED);
+        ffi::lua_rawgeti(l, AT_CH, C_EXT);
+        ffi::lua_rawgeti(l, AT_CH, C_RQ);
+        if empty && !queued(l, 4) && ffi::lua_toboolean(l, 5) == 0 && ffi::lua_toboolean(l, 6) != 0 && !queued(l, 7) {
+            ffi::lua_rawgeti(l, AT_CH, C_P);
+            let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
+            ffi::lua_rawgeti(l, AT_P, P_NPEND);
+            let pending = ffi::lua_tointeger(l, 10) != 0;
+            ffi::lua_rawgeti(l, AT_P, P_CO);
+            if !ready && !pending && ffi::lua_tothread(l, 11) == l {
+                ffi::lua_rawgeti(l, AT_CH, C_PLAIN);
                 ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
-                if truthy(l, 1, C_PLAIN) {
-                    ffi::lua_rawgeti(l, 1, C_TOPIC);
+                if ffi::lua_toboolean(l, 12) != 0 {
+                    ffi::lua_rawgeti(l, AT_CH, C_TOPIC);
                     return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
                 }
                 return ffi::lua_yieldk(l, 1, 0, Some(receive_k));
             }
         }
-        ffi::lua_settop(l, 1);
     }
+    ffi::lua_settop(l, AT_CH);
     ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
-    ffi::lua_rotate(l, 1, 1);
-    ffi::lua_callk(l, 1, ffi::LUA_MULTRET, 0, Some(all_results));
+    ffi::lua_rotate(l, AT_CH, 1);
+    ffi::lua_callk(l, 1, ffi::LUA_MULTRET, 0, Some(results_above));
     ffi::lua_gettop(l)
 }
 
-/// After the direct wait: stack `ch, P, answer...`; `ctx` 1 on a plain listen channel.
+/// After the direct wait: the stack as `receive` left it, the answer from AT_ANSWER on;
+/// `ctx` 1 on a plain listen channel.
 unsafe extern "C-unwind" fn receive_k(l: *mut ffi::lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
-    let top = ffi::lua_gettop(l);
-    if ctx == 1 && top >= 4 && ffi::lua_isinteger(l, 3) != 0 && ffi::lua_tointeger(l, 3) == 0 {
-        ffi::lua_settop(l, 4);
-        ffi::lua_pushboolean(l, 1);
-        return 2;
+    if ctx == 1 {
+        let mut isint = 0;
+        if ffi::lua_tointegerx(l, AT_ANSWER, &mut isint) == 0 && isint != 0 {
+            // (0, value) -> value, true
+            ffi::lua_pushboolean(l, 1);
+            return 2;
+        }
     }
     // direct_other(P, ch, answer...)
+    let n = ffi::lua_gettop(l) - AT_ANSWER + 1;
     ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
-    ffi::lua_rotate(l, 1, 1);
-    ffi::lua_pushvalue(l, 2);
-    ffi::lua_copy(l, 3, 2);
-    ffi::lua_copy(l, -1, 3);
-    ffi::lua_pop(l, 1);
-    ffi::lua_callk(l, top, ffi::LUA_MULTRET, 0, Some(all_results));
-    ffi::lua_gettop(l)
+    ffi::lua_pushvalue(l, AT_P);
+    ffi::lua_pushvalue(l, AT_CH);
+    ffi::lua_rotate(l, AT_ANSWER, 3);
+    let base = (AT_ANSWER - 1) as ffi::lua_KContext;
+    ffi::lua_callk(l, n + 2, ffi::LUA_MULTRET, base, Some(results_above));
+    ffi::lua_gettop(l) - AT_ANSWER + 1
 }
 
-/// Continuation of a call that returns everything it got.
-unsafe extern "C-unwind" fn all_results(l: *mut ffi::lua_State, _status: c_int, _ctx: ffi::lua_KContext) -> c_int {
-    ffi::lua_gettop(l)
+/// Continuation of a call whose results are everything above stack slot `ctx`.
+unsafe extern "C-unwind" fn results_above(l: *mut ffi::lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
+    ffi::lua_gettop(l) - ctx as c_int
 }

@@ -53,12 +53,19 @@ pub(crate) unsafe fn current_vm<'a>() -> Option<&'a mut Vm> {
 }
 
 /// Which Lua thread of a shard is running, for the watchdog to arm the hook on.
+///
+/// The watchdog arms the hook on `thread` while it holds `arm`, so the thread must stay
+/// alive while `arm` is held. A process's main coroutine dies only after `forget` (its
+/// process let go of it), which takes `arm`; a task's or a user coroutine's dies only after
+/// the prelude switched away from it with `R.cur`, which also takes `arm`. So the
+/// per-resume switch to a main coroutine is a plain store: a stale main coroutine the
+/// watchdog may still read is alive (at worst it gets one spurious preemption).
 pub(crate) struct Preempt {
-    /// The running Lua thread (a process's runner or one of its coroutines), or null.
-    /// Locked while it changes and while the watchdog arms the hook, so the watchdog never
-    /// touches a thread that was collected.
-    thread: Mutex<usize>,
-    /// Odd while a process step runs; bumped at each start and end of a step.
+    /// The running Lua thread (a process's main coroutine or one of its coroutines), or 0.
+    thread: AtomicUsize,
+    arm: Mutex<()>,
+    /// Odd while a process step runs; bumped at each start and end of a step (only by the
+    /// worker running the shard: a load and a store).
     generation: AtomicU64,
     /// Set by the hook when it suspended a coroutine; read by the runner.
     pub(crate) fired: AtomicBool,
@@ -66,15 +73,30 @@ pub(crate) struct Preempt {
 
 impl Preempt {
     fn new() -> Preempt {
-        Preempt { thread: Mutex::new(0), generation: AtomicU64::new(0), fired: AtomicBool::new(false) }
+        Preempt { thread: AtomicUsize::new(0), arm: Mutex::new(()), generation: AtomicU64::new(0), fired: AtomicBool::new(false) }
     }
+    /// A process's main coroutine runs now (see the type's comment).
+    pub(crate) fn set_main(&self, l: *mut ffi::lua_State) {
+        self.thread.store(l as usize, Ordering::Release);
+    }
+    /// Any coroutine runs now; the one running before may die after this.
     pub(crate) fn set_thread(&self, l: *mut ffi::lua_State) {
-        *self.thread.lock() = l as usize;
+        let _arm = self.arm.lock();
+        self.thread.store(l as usize, Ordering::Release);
+    }
+    /// The main coroutine `l` is about to be let go of: never arm it again.
+    pub(crate) fn forget(&self, l: *mut ffi::lua_State) {
+        let _arm = self.arm.lock();
+        let _ = self.thread.compare_exchange(l as usize, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
     /// A process step starts; it ends when the guard drops.
     pub(crate) fn step(&self) -> StepGuard<'_> {
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.bump();
         StepGuard(self)
+    }
+    fn bump(&self) {
+        let g = self.generation.load(Ordering::Relaxed);
+        self.generation.store(g.wrapping_add(1), Ordering::Release);
     }
 }
 
@@ -82,8 +104,7 @@ pub(crate) struct StepGuard<'a>(&'a Preempt);
 
 impl Drop for StepGuard<'_> {
     fn drop(&mut self) {
-        self.0.generation.fetch_add(1, Ordering::Relaxed);
-        *self.0.thread.lock() = 0;
+        self.0.bump();
     }
 }
 
@@ -357,12 +378,13 @@ impl Watchdog {
                 if g & 1 == 1 {
                     busy = true;
                     if g == seen[i] {
-                        let t = shard.preempt.thread.lock();
-                        if *t != 0 {
-                            // SAFETY: the thread is alive while it is the shard's running
-                            // thread (the lock keeps it so); lua_sethook is documented safe
-                            // to call asynchronously.
-                            unsafe { ffi::lua_sethook(*t as *mut ffi::lua_State, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1) };
+                        let _arm = shard.preempt.arm.lock();
+                        let t = shard.preempt.thread.load(Ordering::Acquire);
+                        if t != 0 {
+                            // SAFETY: the thread stays alive while `arm` is held (see
+                            // Preempt); lua_sethook is documented safe to call
+                            // asynchronously.
+                            unsafe { ffi::lua_sethook(t as *mut ffi::lua_State, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1) };
                         }
                     }
                 }

@@ -130,7 +130,7 @@ pub(crate) struct Host {
     pub(crate) sched: Arc<Scheduler>,
     live: AtomicUsize,
     pub(crate) state: AtomicU8,
-    node: Weak<NodeInner>,
+    pub(crate) node: Weak<NodeInner>,
     empty_lock: Mutex<()>,
     empty: Condvar,
 }

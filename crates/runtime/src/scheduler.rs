@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
@@ -86,12 +86,28 @@ fn slots_for(workers: usize) -> usize {
 
 struct WorkerLocal {
     sched: *const Scheduler,
+    /// The node this worker runs for (its `worker_main` holds the Arc for the thread's life).
+    node: *const Arc<NodeInner>,
     queue: Worker<Task>,
     lifo: Cell<Option<Task>>,
 }
 
 thread_local! {
     static CURRENT: Cell<*const WorkerLocal> = const { Cell::new(ptr::null()) };
+}
+
+/// Run `f` with the node of the worker running on this thread, when that is the node `of`
+/// points to (a process group stepping its members on a worker saves a Weak upgrade per
+/// step); `None` off a worker or for another node.
+pub(crate) fn with_worker_node<R>(of: &Weak<NodeInner>, f: impl FnOnce(&Arc<NodeInner>) -> R) -> Option<R> {
+    let here = CURRENT.with(Cell::get);
+    // SAFETY: CURRENT points at the WorkerLocal of this thread's `worker_main` while it
+    // runs (reset before it returns), and that frame holds the node's Arc.
+    let node = unsafe { here.as_ref() }.map(|w| unsafe { &*w.node })?;
+    if !ptr::eq(Arc::as_ptr(node), of.as_ptr()) {
+        return None;
+    }
+    Some(f(node))
 }
 
 impl Scheduler {
@@ -283,7 +299,7 @@ impl Scheduler {
 }
 
 fn worker_main(node: Arc<NodeInner>, sched: Arc<Scheduler>, index: usize, queue: Worker<Task>, parker: Parker) {
-    let local = WorkerLocal { sched: Arc::as_ptr(&sched), queue, lifo: Cell::new(None) };
+    let local = WorkerLocal { sched: Arc::as_ptr(&sched), node: &node, queue, lifo: Cell::new(None) };
     CURRENT.with(|c| c.set(&local));
     struct Reset;
     impl Drop for Reset {
