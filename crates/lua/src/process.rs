@@ -499,12 +499,16 @@ impl Coroutine {
         let mut nargs = pushed;
         match ev {
             Some(Event::Message(m))
-                if m.payload.len() == 1
+                if m.payload.len() <= 1
                     && hint.1 > 0
                     && m.topic.as_bytes() == std::slice::from_raw_parts(hint.0, hint.1) =>
             {
+                // a plain listen channel delivers a message's one payload, or nil for none
                 ffi::lua_pushinteger(l, EV_VALUE);
-                raw::push(l, &m.payload[0]);
+                match m.payload.first() {
+                    Some(v) => raw::push(l, v),
+                    None => ffi::lua_pushnil(l),
+                }
                 nargs = 2;
             }
             Some(Event::Message(m)) => {
@@ -566,8 +570,8 @@ impl Coroutine {
     }
 }
 
-/// The first value of a resume that hands main the value it waits for (see `direct_got`
-/// in the prelude).
+/// The first value of a resume that hands main the value it waits for (see `receive_k`
+/// in raw.rs: a plain listen channel's receive).
 const EV_VALUE: ffi::lua_Integer = 0;
 
 /// Make the process the shard's current one (`S[1] = P`, and `S[2] = P`: main is its running task

@@ -183,8 +183,28 @@ pub(crate) unsafe extern "C-unwind" fn make_send(l: *mut ffi::lua_State) -> c_in
 }
 
 unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
+    fast_or_slow(l, send_fast)
+}
+
+/// `R.make_spawn(spawn_slow, make_error)`: `process.spawn` as one C function, the same way
+/// as `make_send`: an entry and a host given as strings and plain-data arguments go
+/// through [`spawn_fast`], anything else to `spawn_slow`.
+pub(crate) unsafe extern "C-unwind" fn make_spawn(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_settop(l, 2);
+    ffi::lua_pushcclosure(l, spawn, 2);
+    1
+}
+
+unsafe extern "C-unwind" fn spawn(l: *mut ffi::lua_State) -> c_int {
+    fast_or_slow(l, spawn_fast)
+}
+
+/// Run `fast`: its one result; or its `false, kind, message` as `nil, make_error(kind,
+/// message)`; or, when it answered nothing, the full function (upvalue 1) on the original
+/// arguments.
+unsafe fn fast_or_slow(l: *mut ffi::lua_State, fast: unsafe fn(*mut ffi::lua_State) -> c_int) -> c_int {
     let n = ffi::lua_gettop(l);
-    match send_fast(l) {
+    match fast(l) {
         1 => 1,
         3 => {
             // false, kind, message -> nil, make_error(kind, message)
@@ -203,6 +223,53 @@ unsafe extern "C-unwind" fn send(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_gettop(l)
         }
     }
+}
+
+/// The raw spawn (`process.spawn(entry, host, ...)`): the new PID; nothing when the call
+/// needs the full (mlua) `process.spawn`, which also words every refusal (a refused spawn
+/// changed nothing, so it is simply made again there).
+unsafe fn spawn_fast(l: *mut ffi::lua_State) -> c_int {
+    let n = ffi::lua_gettop(l);
+    if n < 2 || ffi::lua_type(l, 1) != ffi::LUA_TSTRING || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
+        return 0;
+    }
+    let (Some(entry), Some(host)) = (str_at(l, 1), str_at(l, 2)) else { return 0 };
+    let r = current::with(|cx, st| {
+        let marks = st.shard.marks;
+        let mut args = Vec::with_capacity((n - 2) as usize);
+        for i in 3..=n {
+            match read(l, i, &marks) {
+                Some(v) => args.push(v),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cx.spawn_on(host, wippy_runtime::Spawn::entry(entry).args(args))))
+    });
+    match r {
+        Ok(Some(Ok(pid))) => {
+            // the text is copied out first: a push may raise, and nothing with a destructor
+            // may be alive when it does
+            let mut buf = [0u8; 128];
+            let len = pid.with_text(|t| {
+                let len = t.len().min(buf.len());
+                buf[..len].copy_from_slice(&t.as_bytes()[..len]);
+                t.len()
+            });
+            if len > buf.len() {
+                return 0;
+            }
+            ffi::lua_pushlstring(l, buf.as_ptr() as *const _, len);
+            1
+        }
+        _ => 0,
+    }
+}
+
+/// The string at `idx` as UTF-8 (valid while it stays on the stack).
+unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+    let mut len = 0usize;
+    let p = ffi::lua_tolstring(l, idx, &mut len);
+    std::str::from_utf8(std::slice::from_raw_parts(p as *const u8, len)).ok()
 }
 
 /// The raw send: `true`; `false, kind, message` when the runtime refuses; nothing at all

@@ -108,6 +108,16 @@ fn message_objects_and_payload_shapes() {
         process.send(me, "multi", "a", "b")
         local arr = ch:receive()
         assert(arr[1] == "a" and arr[2] == "b")
+        -- no payload: nil on a plain listen channel (handed straight to a direct wait),
+        -- a message object on a message channel
+        local nch = process.listen("empty")
+        process.send(me, "empty")
+        local nv, nok = nch:receive()
+        assert(nv == nil and nok == true, "a message without payload gives nil, true")
+        local ech = process.listen("emptymsg", {message = true})
+        process.send(me, "emptymsg")
+        local em = ech:receive()
+        assert(em:topic() == "emptymsg" and em:payload() == nil)
         local mch = process.listen("withmsg", {message = true})
         process.send(me, "withmsg", {k = "v"})
         local mm = mch:receive()

@@ -5,11 +5,12 @@
 //! and 16 bytes, so sending one around never allocates or touches a reference count.
 //! This module never looks at the process table: a PID says nothing about liveness.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use parking_lot::RwLock;
 
@@ -17,9 +18,11 @@ use parking_lot::RwLock;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostName(u32);
 
+/// Interned names live for the rest of the program (a node has a handful of hosts; a
+/// name interned once is never freed), so they can be handed out as `&'static str`.
 struct Interner {
-    names: Vec<Arc<str>>,
-    index: HashMap<Arc<str>, u32>,
+    names: Vec<&'static str>,
+    index: HashMap<&'static str, u32>,
 }
 
 fn interner() -> &'static RwLock<Interner> {
@@ -27,16 +30,43 @@ fn interner() -> &'static RwLock<Interner> {
     I.get_or_init(|| {
         // Index 0 is the empty host: the PID of "nobody" (`{|}`), used as the sender of
         // events the runtime itself raises (shutdown CANCEL).
-        let empty: Arc<str> = Arc::from("");
         let mut index = HashMap::new();
-        index.insert(empty.clone(), 0);
-        RwLock::new(Interner { names: vec![empty], index })
+        index.insert("", 0);
+        RwLock::new(Interner { names: vec![""], index })
+    })
+}
+
+/// Up to this many names, each thread keeps its own copy of the table and looks names up
+/// there: formatting and parsing PIDs then takes no lock shared between workers.
+const LOCAL_NAMES: usize = 32;
+
+thread_local! {
+    static NAMES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Look in this thread's copy; refresh it from the shared table once when `hit` misses.
+fn local<R>(hit: impl Fn(&[&'static str]) -> Option<R>) -> Option<R> {
+    NAMES.with(|n| {
+        if let Some(r) = hit(&n.borrow()) {
+            return Some(r);
+        }
+        let g = interner().read();
+        if g.names.len() > LOCAL_NAMES {
+            return None;
+        }
+        let mut n = n.borrow_mut();
+        n.clear();
+        n.extend_from_slice(&g.names);
+        hit(&n)
     })
 }
 
 impl HostName {
     /// Intern `name` (idempotent).
     pub fn new(name: &str) -> HostName {
+        if let Some(i) = local(|n| n.iter().position(|s| *s == name)) {
+            return HostName(i as u32);
+        }
         if let Some(&i) = interner().read().index.get(name) {
             return HostName(i);
         }
@@ -45,27 +75,28 @@ impl HostName {
             return HostName(i);
         }
         let i = w.names.len() as u32;
-        let s: Arc<str> = Arc::from(name);
-        w.names.push(s.clone());
+        let s: &'static str = Box::leak(name.into());
+        w.names.push(s);
         w.index.insert(s, i);
         HostName(i)
     }
 
     /// The host's name.
-    pub fn as_str(&self) -> Arc<str> {
-        interner().read().names[self.0 as usize].clone()
+    pub fn as_str(&self) -> &'static str {
+        let i = self.0 as usize;
+        local(|n| n.get(i).copied()).unwrap_or_else(|| interner().read().names[i])
     }
 }
 
 impl fmt::Debug for HostName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.as_str())
+        write!(f, "{:?}", self.as_str())
     }
 }
 
 impl fmt::Display for HostName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.as_str())
+        f.write_str(self.as_str())
     }
 }
 
@@ -112,12 +143,47 @@ impl Ord for Pid {
     }
 }
 
+impl Pid {
+    /// Call `f` with this PID's string form, made on the stack when it fits (PIDs are
+    /// formatted for every spawn and every first message from a sender: no allocation,
+    /// no formatting machinery).
+    pub fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        if self.is_nobody() {
+            return f("{|}");
+        }
+        let host = self.host.as_str().as_bytes();
+        let mut hex = [0u8; 16];
+        let mut n = 0;
+        let mut v = self.seq;
+        while v > 0 || n < 5 {
+            hex[15 - n] = b"0123456789abcdef"[(v & 15) as usize];
+            v >>= 4;
+            n += 1;
+        }
+        let digits = &hex[16 - n..];
+        let len = host.len() + digits.len() + 5;
+        let mut buf = [0u8; 96];
+        let mut heap = Vec::new();
+        let out: &mut [u8] = if len <= buf.len() {
+            &mut buf[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        out[0] = b'{';
+        out[1..1 + host.len()].copy_from_slice(host);
+        let at = 1 + host.len();
+        out[at..at + 3].copy_from_slice(b"|0x");
+        out[at + 3..at + 3 + digits.len()].copy_from_slice(digits);
+        out[len - 1] = b'}';
+        // SAFETY: a host name (a str) and ASCII.
+        f(unsafe { std::str::from_utf8_unchecked(out) })
+    }
+}
+
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_nobody() {
-            return f.write_str("{|}");
-        }
-        write!(f, "{{{}|0x{:05x}}}", self.host, self.seq)
+        self.with_text(|t| f.write_str(t))
     }
 }
 
@@ -197,6 +263,21 @@ mod tests {
         assert_eq!(Pid::from_parts(h, 3).to_string(), "{app:processes|0x00003}");
         assert_eq!(Pid::from_parts(h, 0x1abcdef).to_string(), "{app:processes|0x1abcdef}");
         assert_eq!(Pid::NOBODY.to_string(), "{|}");
+        assert_eq!(Pid::from_parts(h, u64::MAX).to_string(), "{app:processes|0xffffffffffffffff}");
+        // longer than the stack buffer
+        let long = "h".repeat(120);
+        assert_eq!(Pid::from_parts(HostName::new(&long), 0x10).to_string(), format!("{{{long}|0x00010}}"));
+    }
+
+    #[test]
+    fn many_host_names_still_intern_and_read_back() {
+        // past the per-thread copy's size: the shared table answers
+        let names: Vec<String> = (0..2 * LOCAL_NAMES).map(|i| format!("many-{i}")).collect();
+        let ids: Vec<HostName> = names.iter().map(|n| HostName::new(n)).collect();
+        for (n, id) in names.iter().zip(&ids) {
+            assert_eq!(HostName::new(n), *id);
+            assert_eq!(id.as_str(), n.as_str());
+        }
     }
 
     #[test]

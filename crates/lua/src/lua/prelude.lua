@@ -681,8 +681,9 @@ LIBS.coroutine = co_lib
 -------------------------------------------------------------------------------------------
 local process = LIBS.process
 do
-  -- one C function: the raw send, falling back to the full (mlua) one
+  -- one C function each: the raw send and spawn, falling back to the full (mlua) ones
   process.send = R.make_send(process.send, rt_error)
+  process.spawn = R.make_spawn(process.spawn, rt_error)
 end
 process.event = { EXIT = EXIT, LINK_DOWN = LINK_DOWN, CANCEL = CANCEL, OUTDATED = OUTDATED }
 
