@@ -24,7 +24,7 @@ use crate::shard::{current_vm, Shard};
 pub(crate) struct LuaProcess {
     state: ProcState,
     co: Coroutine,
-    /// The coroutine's last yield was "wait": it takes the next event.
+    /// The coroutine's last yield was the wait tag: it takes the next event.
     awaiting: bool,
 }
 
@@ -374,7 +374,7 @@ fn is_upgrade(vals: &MultiValue) -> bool {
 
 /// How a resume of the process coroutine ended.
 enum Resumed {
-    /// Yielded "wait": it takes the next event.
+    /// Yielded the wait tag (`raw::wait_tag`): it takes the next event.
     Wait,
     /// Suspended by the preemption hook (yielded nothing).
     Preempted,
@@ -538,16 +538,16 @@ impl Coroutine {
             ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
             ffi::LUA_YIELD => {
                 let first = ffi::lua_gettop(l) - nres + 1;
-                let tag = if ffi::lua_type(l, first) == ffi::LUA_TSTRING {
-                    let mut len = 0usize;
-                    let p = ffi::lua_tolstring(l, first, &mut len);
-                    std::slice::from_raw_parts(p as *const u8, len)
-                } else {
-                    &[]
-                };
-                match tag {
-                    b"wait" => R_WAIT,
-                    b"exit" => R_EXIT,
+                match ffi::lua_type(l, first) {
+                    ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, first) == raw::wait_tag() => R_WAIT,
+                    ffi::LUA_TSTRING => {
+                        let mut len = 0usize;
+                        let p = ffi::lua_tolstring(l, first, &mut len);
+                        match std::slice::from_raw_parts(p as *const u8, len) {
+                            b"exit" => R_EXIT,
+                            _ => R_USER_YIELD,
+                        }
+                    }
                     _ => R_USER_YIELD,
                 }
             }
@@ -574,14 +574,12 @@ impl Coroutine {
 /// in raw.rs: a plain listen channel's receive).
 const EV_VALUE: ffi::lua_Integer = 0;
 
-/// Make the process the shard's current one (`S[1] = P`, and `S[2] = P`: main is its running task
-/// whenever its coroutine is resumed), as every resume must first.
-/// Allocates nothing (both slots always exist), so it may run outside a protected call.
+/// Make the process the shard's current one (`S[1] = P`), as every resume must first. (`S[2]`,
+/// the running task, is false whenever a coroutine yields to Rust: main runs on resume.)
+/// Allocates nothing (the slot always exists), so it may run outside a protected call.
 unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
-    ffi::lua_pushvalue(state, -1);
-    ffi::lua_rawseti(state, -3, 2);
     ffi::lua_rawseti(state, -2, 1);
     ffi::lua_pop(state, 1);
 }

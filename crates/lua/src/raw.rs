@@ -344,25 +344,28 @@ const P_CO: ffi::lua_Integer = 1;
 const P_RH: ffi::lua_Integer = 9;
 const P_NPEND: ffi::lua_Integer = 12;
 
+/// What a process's coroutine yields to Rust to take the next runtime event (`R.WAIT` in
+/// the prelude): a light userdata, which no Lua code can make.
+pub(crate) fn wait_tag() -> *mut std::ffi::c_void {
+    static WAIT: u8 = 0;
+    &WAIT as *const u8 as *mut std::ffi::c_void
+}
+
 /// `R.make_receive(channel_mt, receive, direct_other)`: a channel's `receive` as one C
 /// function. The common wait -- main alone, nothing buffered or queued, on a channel the
-/// mailbox feeds -- yields `"wait"` (with the topic of a plain listen channel) to Rust right
-/// here; a plain listen channel's value comes back as `(0, value)` and is returned as
+/// mailbox feeds -- yields the wait tag (with the topic of a plain listen channel) to Rust
+/// right here; a plain listen channel's value comes back as `(0, value)` and is returned as
 /// `value, true`, any other answer goes to `direct_other(P, ch, ...)`. Every other case runs
 /// the Lua `receive`.
 pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c_int {
     ffi::lua_settop(l, 3);
-    ffi::lua_pushlstring(l, b"wait".as_ptr() as *const _, 4);
+    ffi::lua_pushlightuserdata(l, wait_tag());
     ffi::lua_pushcclosure(l, receive, 4);
     1
 }
 
-/// Whether the queue at `idx` (a channel's waiter queue slot: false, nil or a queue) has
-/// someone in it.
+/// Whether the queue at `idx` (a table) has someone in it.
 unsafe fn queued(l: *mut ffi::lua_State, idx: c_int) -> bool {
-    if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
-        return false;
-    }
     ffi::lua_rawgeti(l, idx, Q_H);
     ffi::lua_rawgeti(l, idx, Q_T);
     let waiting = ffi::lua_tointeger(l, -2) <= ffi::lua_tointeger(l, -1);
@@ -393,20 +396,21 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
         // 12: PLAIN (then the answer from 13 on)
         ffi::lua_rawgeti(l, AT_CH, C_N);
         let empty = ffi::lua_tointeger(l, 3) == 0;
-        ffi::lua_rawgeti(l, AT_CH, C_SQ);
-        ffi::lua_rawgeti(l, AT_CH, C_CLOSED);
-        ffi::lua_rawgeti(l, AT_CH, C_EXT);
-        ffi::lua_rawgeti(l, AT_CH, C_RQ);
-        if empty && !queued(l, 4) && ffi::lua_toboolean(l, 5) == 0 && ffi::lua_toboolean(l, 6) != 0 && !queued(l, 7) {
+        // (a queue slot is false/nil until used; the flags are 1 or false/nil)
+        let sq = ffi::lua_rawgeti(l, AT_CH, C_SQ) == ffi::LUA_TTABLE;
+        let open = ffi::lua_rawgeti(l, AT_CH, C_CLOSED) != ffi::LUA_TNUMBER;
+        let ext = ffi::lua_rawgeti(l, AT_CH, C_EXT) == ffi::LUA_TNUMBER;
+        let rq = ffi::lua_rawgeti(l, AT_CH, C_RQ) == ffi::LUA_TTABLE;
+        if empty && open && ext && !(sq && queued(l, 4)) && !(rq && queued(l, 7)) {
             ffi::lua_rawgeti(l, AT_CH, C_P);
             let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
             ffi::lua_rawgeti(l, AT_P, P_NPEND);
             let pending = ffi::lua_tointeger(l, 10) != 0;
             ffi::lua_rawgeti(l, AT_P, P_CO);
             if !ready && !pending && ffi::lua_tothread(l, 11) == l {
-                ffi::lua_rawgeti(l, AT_CH, C_PLAIN);
+                let plain = ffi::lua_rawgeti(l, AT_CH, C_PLAIN) == ffi::LUA_TNUMBER;
                 ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
-                if ffi::lua_toboolean(l, 12) != 0 {
+                if plain {
                     ffi::lua_rawgeti(l, AT_CH, C_TOPIC);
                     return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
                 }

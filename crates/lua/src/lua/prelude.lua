@@ -18,11 +18,13 @@ local select, type, setmetatable, getmetatable, error, pairs, next, rawget, raws
   select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
 local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, R.error, R.time_from_nanos, R.memfail
 local raw_meta = R.raw_meta -- a table's metatable, past __metatable
+local WAIT = R.WAIT         -- yielded to Rust to take the next runtime event
 
-local S = { false, false } -- S[1]: the running process's state P, S[2]: its running task
-                      -- (both set to P by Rust before every resume: a process's coroutine
-                      -- only ever yields to Rust while main is its running task; the slots
-                      -- exist from the start, so setting them never allocates)
+local S = { false, false } -- S[1]: the running process's state P, set by Rust before every
+                      -- resume; S[2]: the running task while a spawned task runs, false
+                      -- while main runs (a process's coroutine only ever yields to Rust
+                      -- while main runs, so Rust never sets it); the slots exist from the
+                      -- start, so setting them never allocates.
 local BLOCK = {}      -- a task yields this to wait (passed up through user coroutines)
 local DONE = {}       -- a task body returns this first when it finished
 local RAISE = {}      -- a waker passes this first to make the woken call raise
@@ -51,7 +53,7 @@ local LISTEN <const> = 14 -- P: topic -> listen channel (made on first listen)
 local INBOX <const> = 15  -- P: the inbox channel (made on first use)
 local X <const> = 16      -- P: the rarer parts, made on first use: pending, events, cmds,
                           -- execs, required, upgraded
--- (16 slots: a parked process's state is one 256-byte array. The running task is S[2].)
+-- (16 slots: a parked process's state is one 256-byte array.)
 -- A select's waiter record: { t, sel, ch, send, v } (SEL in the same slot as a task's).
 local W_T <const> = 1
 local W_CH <const> = 3
@@ -60,7 +62,8 @@ local W_V <const> = 5
 -- A channel is an array too: { n, size, P, ext, topic, plain, sq, rq, buf, closed }. The
 -- inbox is made with the first four only (a parked process stays small; the rest reads nil
 -- through the metatable); other channels are made with every slot. Rust's receive (R.
--- make_receive) reads these same slots.
+-- make_receive) reads these same slots; the flags (ext, plain, closed) are 1 or false, so
+-- it tells them by their type alone.
 local C_N <const> = 1       -- values in the buffer
 local C_SIZE <const> = 2    -- buffer capacity
 local C_P <const> = 3       -- the owning process's state
@@ -79,7 +82,7 @@ local Q_T <const> = 2
 -- Tasks: a process's main function and its coroutine.spawn-ed functions. Main runs on the
 -- process's own coroutine, which Rust resumes; when main waits, the scheduling loop runs
 -- right there (on main's stack) and runs the other tasks until main is woken, or yields
--- "wait" to Rust for the next runtime event. So a process that only uses main costs one
+-- WAIT to Rust for the next runtime event. So a process that only uses main costs one
 -- coroutine.
 -------------------------------------------------------------------------------------------
 -- Put task t at the back of the ready queue, handing it a, b (what it is resumed with).
@@ -114,7 +117,7 @@ local is_chan = R.is_of(ChanMT)
 local function newchan(P, size, ext, topic, plain)
   -- N, SIZE, P, EXT, TOPIC, PLAIN, SQ, RQ, BUF, CLOSED: waiter queues and the buffer come
   -- on first use (a main that waits directly never makes its receiver queue)
-  return setmetatable({ 0, size, P, ext, topic or false, plain or false, false, false, false, false }, ChanMT)
+  return setmetatable({ 0, size, P, ext and 1 or false, topic or false, plain and 1 or false, false, false, false, false }, ChanMT)
 end
 
 -- The process's rarer parts (P[X]), made on first use.
@@ -231,7 +234,7 @@ function Chan.send(ch, v)
   check_chan(ch, "send")
   if try_send(ch, v) then return true end
   local P = S[1]
-  local t = S[2]
+  local t = S[2] or P
   t[SV] = v == nil and NILV or v
   q_push(ch, C_SQ, t)
   local a, b = block()
@@ -242,7 +245,7 @@ end
 -- Wait in a receive on `ch` (nothing to take now).
 local function wait_receive(ch)
   local P = ch[C_P]
-  local t = S[2]
+  local t = S[2] or P
   q_push(ch, C_RQ, t)
   if ch[C_EXT] then
     t[EXT] = true; P[NEXT] = P[NEXT] + 1
@@ -277,7 +280,7 @@ Chan.receive = R.make_receive(ChanMT, receive, direct_other)
 function Chan.close(ch)
   check_chan(ch, "close")
   if ch[C_CLOSED] then return end
-  ch[C_CLOSED] = true
+  ch[C_CLOSED] = 1
   local P = ch[C_P]
   while true do
     local w = q_pop(ch[C_RQ])
@@ -294,7 +297,7 @@ end
 
 function Chan.case_send(ch, v) check_chan(ch, "case_send"); return { ch = ch, send = true, v = v } end
 function Chan.case_receive(ch) check_chan(ch, "case_receive"); return { ch = ch } end
-function Chan.is_closed(ch) return ch[C_CLOSED] == true end
+function Chan.is_closed(ch) return ch[C_CLOSED] == 1 end
 
 local function select_(cases, default)
   if type(cases) ~= "table" then
@@ -318,7 +321,7 @@ local function select_(cases, default)
   if default then return { default = true, ok = true } end
   if n == 0 then error("select with no cases and no default blocks forever", 2) end
   local P = S[1]
-  local t = S[2]
+  local t = S[2] or P
   local sel = { done = false }
   local ext = false
   for i = 1, n do
@@ -545,7 +548,7 @@ sched = function(P)
         -- (a task the hook suspended ignores what it is resumed with)
         ok, n, r1 = counted(raw_resume(tco, a, b))
       end
-      S[2] = P
+      S[2] = false
       rt_cur(co)
       if not ok then
         if r1 == MEMERR then rt_memfail() end
@@ -563,11 +566,11 @@ sched = function(P)
         wake(P, t)
       end
     else
-      S[2] = P
+      S[2] = false
       if P[NEXT] == 0 then
         raw_yield("exit", false, rt_error("Internal", DEADLOCK))
       end
-      handle(P, raw_yield("wait"))
+      handle(P, raw_yield(WAIT))
     end
   end
 end
@@ -702,7 +705,7 @@ function process.inbox()
   if not ch then
     -- newchan's table, made here: one call level less on main's coroutine, whose call
     -- frames stay allocated (a parked process measured ~50 B smaller)
-    ch = setmetatable({ 0, 0, P, true }, ChanMT) -- N, SIZE, P, EXT
+    ch = setmetatable({ 0, 0, P, 1 }, ChanMT) -- N, SIZE, P, EXT
     P[INBOX] = ch
     if P[NPEND] > 0 then drain(P) end
   end
@@ -757,7 +760,7 @@ local function execs(P) return part(P, "execs") end
 local function cmds(P) return part(P, "cmds") end
 
 local function wait_exit(P, pid)
-  local t = S[2]
+  local t = S[2] or P
   execs(P)[pid] = t
   t[EXT] = true; P[NEXT] = P[NEXT] + 1
   return block()
@@ -852,7 +855,7 @@ local to_ns, cmd_after, cmd_ticker, cmd_cancel = R.duration_ns, R.after, R.ticke
 function time.sleep(d)
   local ns = to_ns(d, "sleep")
   local P = S[1]
-  local t = S[2]
+  local t = S[2] or P
   local id = cmd_after(ns)
   cmds(P)[id] = function(P2, i) P2[X].cmds[i] = nil; wake(P2, t) end
   t[EXT] = true; P[NEXT] = P[NEXT] + 1
@@ -943,7 +946,7 @@ function process.upgrade(entry, ...)
     error("bad argument #1 to 'upgrade' (string or nil expected, got " .. type(entry) .. ")", 2)
   end
   local P = S[1]
-  if raw_running() ~= P[CO] or S[2] ~= P then
+  if raw_running() ~= P[CO] or S[2] then
     error("process.upgrade must be called from the process's main function", 2)
   end
   local carry, n = {}, 0

@@ -162,6 +162,7 @@ pub(crate) fn install(
         r.raw_set("is_of", lua.create_c_function(rt_is_of)?)?;
         r.raw_set("raw_meta", lua.create_c_function(rt_raw_meta)?)?;
     }
+    r.raw_set("WAIT", mlua::LightUserData(crate::raw::wait_tag()))?;
     r.raw_set(
         "error",
         lua.create_function(|lua, (kind, msg, retryable): (String, String, Option<bool>)| {
