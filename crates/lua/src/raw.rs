@@ -13,7 +13,7 @@ use mlua::ffi;
 use wippy_runtime::{Dest, Payload, Pid, Table, Value, MAX_DEPTH};
 
 use crate::convert::Marks;
-use crate::current;
+use crate::current::{self, LastDest};
 
 /// Whether `v` can take the raw path (no error objects anywhere in it).
 pub(crate) fn simple(v: &Value) -> bool {
@@ -295,7 +295,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
             }
         }
         let dest = match st.last_dest.as_deref() {
-            Some((bytes, d)) if **bytes == *dest => d.clone(),
+            Some(last) if last.is(dest) => last.dest.clone(),
             _ => {
                 let Ok(text) = std::str::from_utf8(dest) else { return Ok(None) };
                 let d = if text.starts_with('{') {
@@ -306,7 +306,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
                 } else {
                     Dest::Name(text.into())
                 };
-                st.last_dest = Some(Box::new((dest.into(), d.clone())));
+                st.last_dest = LastDest::new(dest, d.clone());
                 d
             }
         };
