@@ -105,15 +105,10 @@ impl LuaProcess {
             Some((t, n)) => (LuaValue::Table(t), LuaValue::Integer(n)),
             None => (LuaValue::Nil, LuaValue::Nil),
         };
-        let mut input = MultiValue::with_capacity(5 + lua_args.len());
-        input.push_back(LuaValue::Function(vm.new_process.clone()));
-        input.push_back(LuaValue::Table(code.env_mt.clone()));
-        input.push_back(carry);
-        input.push_back(ncarry);
-        input.push_back(LuaValue::Function(code.chunk.clone()));
-        input.extend(lua_args);
+        // (pushed by reference: no handle is cloned and dropped per spawn)
         let room = 8
-            + input.len() as c_int
+            + 5
+            + lua_args.len() as c_int
             + raw_args.len() as c_int
             + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
         let (mut p_ref, mut co, mut nargs) = (0, std::ptr::null_mut(), 0);
@@ -122,6 +117,7 @@ impl LuaProcess {
         // the mlua arguments); nothing with a destructor lives across the calls that may
         // raise; the closure leaves the stack empty.
         unsafe {
+            let input = (&vm.new_process, &code.env_mt, carry, ncarry, &code.chunk, lua_args);
             vm.lua.exec_raw::<()>(input, |state| {
                 let n = ffi::lua_gettop(state);
                 ffi::luaL_checkstack(state, room, std::ptr::null());
