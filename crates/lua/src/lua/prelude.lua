@@ -738,6 +738,9 @@ function process.listen(topic, opts)
   local ch = l[topic]
   if ch then return ch end
   ch = newchan(P, 1, true, topic, not (opts and opts.message))
+  -- a listen channel's receive is found in the channel itself, not through its metatable
+  -- (one hash slot: `ch:receive()` is the hot call of a process serving a topic)
+  rawset(ch, "receive", Chan.receive)
   l[topic] = ch
   if P[NPEND] > 0 then drain(P) end
   return ch
