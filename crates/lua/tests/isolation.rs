@@ -158,3 +158,21 @@ fn compiled_once_per_entry_version() {
     assert_eq!(h.node.exec(HOST, Spawn::entry("test:tiny")).unwrap(), Value::Int(2));
     assert_eq!(h.lua.compile_count(), before + 1);
 }
+
+#[test]
+fn gc_metamethods_never_run() {
+    // A finalizer would run inside whichever process of the shard happens to be allocating
+    // when its object is collected, with that process's identity: so, like Wippy, __gc
+    // is never called (the metatable keeps the field, and is set as given).
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local ran = {}
+        local mt = { __gc = function() ran[1] = true end }
+        local kept = setmetatable({}, mt)
+        assert(getmetatable(kept) == mt and rawget(mt, "__gc") ~= nil)
+        do setmetatable({}, mt) end
+        for i = 1, 200000 do local _ = { i, i, i } end -- several full collections
+        return ran[1] == nil
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

@@ -1218,6 +1218,25 @@ function BASE.require(name)
   return v
 end
 
+-- setmetatable never registers a finalizer: a __gc would run inside whichever process of
+-- the shard is allocating when its object is collected, with that process's identity. As
+-- in Wippy, __gc is simply never called; the metatable is set as given and keeps the field
+-- (Lua marks an object for finalization only if __gc is present when it is set).
+local raw_setmetatable = BASE.setmetatable
+function BASE.setmetatable(t, mt)
+  if type(mt) == "table" and type(t) == "table" then
+    local gc = rawget(mt, "__gc")
+    if gc ~= nil then
+      rawset(mt, "__gc", nil)
+      local ok, err = pcall(raw_setmetatable, t, mt)
+      rawset(mt, "__gc", gc)
+      if not ok then error(err, 2) end
+      return t
+    end
+  end
+  return raw_setmetatable(t, mt)
+end
+
 -- load: text chunks only; the environment defaults to the calling process's.
 local raw_load = BASE.load
 function BASE.load(chunk, name, mode, env)
