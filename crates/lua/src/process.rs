@@ -570,13 +570,17 @@ impl Coroutine {
 /// in raw.rs: a plain listen channel's receive).
 const EV_VALUE: ffi::lua_Integer = 0;
 
-/// Make the process the shard's current one (`S[1] = P`), as every resume must first. (`S[2]`,
-/// the running task, is false whenever a coroutine yields to Rust: main runs on resume.)
-/// Allocates nothing (the slot always exists), so it may run outside a protected call.
+/// Make the process the shard's current one (`S[1] = P`, and `S[2] = false`: main runs on
+/// every resume), as every resume must first. The prelude resets `S[2]` after each task's
+/// resume too, but an error raised between its set and its reset (caught by a user pcall,
+/// or ending the process) must not leave another process's task there for the next one.
+/// Allocates nothing (both slots always exist), so it may run outside a protected call.
 unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
     ffi::lua_rawseti(state, -2, 1);
+    ffi::lua_pushboolean(state, 0);
+    ffi::lua_rawseti(state, -2, 2);
     ffi::lua_pop(state, 1);
 }
 

@@ -20,11 +20,11 @@ local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, 
 local raw_meta = R.raw_meta -- a table's metatable, past __metatable
 local WAIT = R.WAIT         -- yielded to Rust to take the next runtime event
 
-local S = { false, false } -- S[1]: the running process's state P, set by Rust before every
-                      -- resume; S[2]: the running task while a spawned task runs, false
-                      -- while main runs (a process's coroutine only ever yields to Rust
-                      -- while main runs, so Rust never sets it); the slots exist from the
-                      -- start, so setting them never allocates.
+local S = { false, false } -- S[1]: the running process's state P; S[2]: the running task
+                      -- while a spawned task runs, false while main runs (a process's
+                      -- coroutine only ever yields to Rust while main runs). Rust sets
+                      -- both before every resume; the slots exist from the start, so
+                      -- setting them never allocates.
 local BLOCK = {}      -- a task yields this to wait (passed up through user coroutines)
 local DONE = {}       -- a task body returns this first when it finished
 local RAISE = {}      -- a waker passes this first to make the woken call raise
