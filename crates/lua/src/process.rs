@@ -105,7 +105,6 @@ impl LuaProcess {
             Some((t, n)) => (LuaValue::Table(t), LuaValue::Integer(n)),
             None => (LuaValue::Nil, LuaValue::Nil),
         };
-        // (pushed by reference: no handle is cloned and dropped per spawn)
         let room = 8
             + 5
             + lua_args.len() as c_int
@@ -117,6 +116,7 @@ impl LuaProcess {
         // the mlua arguments); nothing with a destructor lives across the calls that may
         // raise; the closure leaves the stack empty.
         unsafe {
+            // (the handles pushed by reference: none is cloned and dropped per spawn)
             let input = (&vm.new_process, &code.env_mt, carry, ncarry, &code.chunk, lua_args);
             vm.lua.exec_raw::<()>(input, |state| {
                 let n = ffi::lua_gettop(state);

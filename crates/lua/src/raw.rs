@@ -265,11 +265,22 @@ unsafe fn spawn_fast(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// The string at `idx` as UTF-8 (valid while it stays on the stack).
-unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+/// The bytes of the string at `idx` (valid while it stays on the stack).
+unsafe fn bytes_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
     let mut len = 0usize;
     let p = ffi::lua_tolstring(l, idx, &mut len);
-    std::str::from_utf8(std::slice::from_raw_parts(p as *const u8, len)).ok()
+    std::slice::from_raw_parts(p as *const u8, len)
+}
+
+/// The string at `idx` as UTF-8 (valid while it stays on the stack).
+unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+    std::str::from_utf8(bytes_at(l, idx)).ok()
+}
+
+/// Whether the value at `idx` has the metatable at `mt` (its own, past `__metatable`).
+/// Pushes that metatable when there is one.
+pub(crate) unsafe fn metatable_is(l: *mut ffi::lua_State, idx: c_int, mt: c_int) -> bool {
+    ffi::lua_getmetatable(l, idx) != 0 && ffi::lua_rawequal(l, -1, mt) != 0
 }
 
 /// The raw send: `true`; `false, kind, message` when the runtime refuses; nothing at all
@@ -279,12 +290,8 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
     if n < 2 || ffi::lua_type(l, 1) != ffi::LUA_TSTRING || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
         return 0;
     }
-    let mut dlen = 0usize;
-    let dp = ffi::lua_tolstring(l, 1, &mut dlen);
-    let dest = std::slice::from_raw_parts(dp as *const u8, dlen);
-    let mut tlen = 0usize;
-    let tp = ffi::lua_tolstring(l, 2, &mut tlen);
-    let Ok(topic) = std::str::from_utf8(std::slice::from_raw_parts(tp as *const u8, tlen)) else { return 0 };
+    let dest = bytes_at(l, 1);
+    let Some(topic) = str_at(l, 2) else { return 0 };
     let r = current::with(|cx, st| {
         let marks = st.shard.marks;
         let mut payload = Payload::new();
@@ -381,7 +388,7 @@ const AT_ANSWER: c_int = 13;
 
 unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     // Nothing below owns anything: the yields and errors leave this frame by longjmp.
-    if ffi::lua_getmetatable(l, AT_CH) == 0 || ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) == 0 {
+    if !metatable_is(l, AT_CH, ffi::lua_upvalueindex(1)) {
         let tp = ffi::lua_type(l, AT_CH);
         ffi::luaL_where(l, 1);
         ffi::lua_pushstring(l, c"bad argument #1 to 'receive' (channel expected, got ".as_ptr());

@@ -69,7 +69,7 @@ unsafe extern "C-unwind" fn rt_is_of(l: *mut ffi::lua_State) -> c_int {
 }
 
 unsafe extern "C-unwind" fn has_metatable(l: *mut ffi::lua_State) -> c_int {
-    let yes = ffi::lua_getmetatable(l, 1) != 0 && ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) != 0;
+    let yes = crate::raw::metatable_is(l, 1, ffi::lua_upvalueindex(1));
     ffi::lua_pushboolean(l, yes as c_int);
     1
 }
