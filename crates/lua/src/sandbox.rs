@@ -140,6 +140,12 @@ impl Vm {
             g.raw_set(name, LuaValue::Nil)?;
         }
         lua.gc_collect()?;
+        // Generational collection: a shard's garbage is mostly young (a finished process's
+        // tables, a message's copy), and a minor collection does not walk every parked
+        // process the way each incremental cycle does. Measured with one worker under
+        // valgrind: lua-spawn -6% instructions, lua-pingpong/lua-ring/lua-memory unchanged.
+        // SAFETY: LUA_GCGEN takes no stack values and cannot raise.
+        unsafe { lua.exec_raw::<()>((), |st| _ = mlua::ffi::lua_gc(st, mlua::ffi::LUA_GCGEN, 0, 0))? };
         let baseline = lua.used_memory();
         let marks = *marks.lock();
         // SAFETY: luaL_ref pops the table exec_raw pushed and leaves the reference.
