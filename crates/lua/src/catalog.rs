@@ -12,6 +12,7 @@ use std::sync::Arc;
 use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua};
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use wippy_runtime::{Error, NodeRef, Pid, Value};
 
 use crate::shard::{HostShards, ShardOptions};
@@ -115,13 +116,13 @@ pub trait RegistryWriter: Send + Sync {
 }
 
 pub(crate) struct Catalog {
-    pub(crate) entries: RwLock<HashMap<String, Arc<LuaEntry>>>,
+    pub(crate) entries: RwLock<FxHashMap<String, Arc<LuaEntry>>>,
     /// Upgradable processes by the entries they run and import (for OUTDATED events).
     pub(crate) watchers: Mutex<HashMap<String, Vec<Pid>>>,
     pub(crate) node: RwLock<Option<NodeRef>>,
     bytecode: Mutex<HashMap<(String, u64), Arc<[u8]>>>,
     pub(crate) compiles: AtomicU64,
-    pub(crate) hosts: RwLock<HashMap<String, Arc<HostShards>>>,
+    pub(crate) hosts: RwLock<FxHashMap<String, Arc<HostShards>>>,
     pub(crate) host_options: RwLock<HashMap<String, ShardOptions>>,
     pub(crate) registry: RwLock<Arc<RegistryView>>,
     pub(crate) writer: RwLock<Option<Arc<dyn RegistryWriter>>>,
@@ -131,12 +132,12 @@ pub(crate) struct Catalog {
 impl Catalog {
     pub(crate) fn new() -> Catalog {
         Catalog {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(FxHashMap::default()),
             watchers: Mutex::new(HashMap::new()),
             node: RwLock::new(None),
             bytecode: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
-            hosts: RwLock::new(HashMap::new()),
+            hosts: RwLock::new(FxHashMap::default()),
             host_options: RwLock::new(HashMap::new()),
             registry: RwLock::new(Arc::new(RegistryView::default())),
             writer: RwLock::new(None),

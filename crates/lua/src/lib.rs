@@ -143,12 +143,13 @@ impl ProcessFactory for Factory {
     fn create(&self, id: &str, host: &HostRef) -> Result<NewProcess, Error> {
         let entry = self.catalog.entry(id)?;
         catalog::runnable_on(&entry, host)?;
-        let name = host.name().to_string();
+        let name = host.name().as_str();
         let shards = {
-            let existing = self.catalog.hosts.read().get(&name).cloned();
+            let existing = self.catalog.hosts.read().get(name).cloned();
             match existing {
                 Some(s) => s,
                 None => {
+                    let name = name.to_string();
                     let options = self.catalog.host_options.read().get(&name).cloned().unwrap_or_default();
                     self.catalog
                         .hosts

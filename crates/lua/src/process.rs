@@ -18,7 +18,7 @@ use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
 use crate::raw;
-use crate::sandbox::Vm;
+use crate::sandbox::{EntryCode, Vm};
 use crate::shard::{current_vm, Shard};
 
 pub(crate) struct LuaProcess {
@@ -55,6 +55,69 @@ enum StartArgs {
     Values(Vec<Value>),
     /// Values already in Lua (after an upgrade).
     Lua(MultiValue),
+}
+
+/// What building a process's state needs (see [`Build::run`]).
+struct Build<'a> {
+    new_process: c_int,
+    s_ref: c_int,
+    code: &'a EntryCode,
+    /// `method` is the entry's own (its Lua string is in the code's keys).
+    own_method: bool,
+    method: &'a str,
+    raw_args: &'a [Value],
+    /// Stack slots the build needs beyond what is on the stack.
+    room: c_int,
+}
+
+impl Build<'_> {
+    /// Make the process's state with the prelude's `new_process` and leave main's first
+    /// resume arguments on its coroutine: `(P's registry reference, the coroutine, how
+    /// many arguments)`. The stack above `base` holds carry, ncarry, then the arguments
+    /// pushed through mlua; they stay there.
+    ///
+    /// # Safety
+    /// `state` is a thread of the process's VM that is not running, with `room` slots
+    /// free; an error raised here unwinds to the caller's protection.
+    unsafe fn run(&self, state: *mut ffi::lua_State, base: c_int) -> (c_int, *mut ffi::lua_State, c_int) {
+        let reg = |state, key: &mlua::RegistryKey| {
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, key.id() as ffi::lua_Integer);
+        };
+        let n = ffi::lua_gettop(state);
+        ffi::luaL_checkstack(state, self.room, std::ptr::null());
+        // new_process(env_mt, carry, ncarry) -> P, co, env
+        ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.new_process as ffi::lua_Integer);
+        reg(state, &self.code.keys.env_mt);
+        ffi::lua_pushvalue(state, base + 1);
+        ffi::lua_pushvalue(state, base + 2);
+        ffi::lua_call(state, 3, 3);
+        let (pi, ci, ei) = (n + 1, n + 2, n + 3);
+        ffi::lua_pushvalue(state, pi);
+        let p_ref = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+        let co = ffi::lua_tothread(state, ci);
+        publish(state, self.s_ref, p_ref);
+        // main_body(P, chunk, env, method, id, args...)
+        let top = ffi::lua_gettop(state);
+        ffi::lua_pushvalue(state, pi);
+        reg(state, &self.code.keys.chunk);
+        ffi::lua_pushvalue(state, ei);
+        if self.own_method {
+            reg(state, &self.code.keys.method);
+        } else {
+            ffi::lua_pushlstring(state, self.method.as_ptr() as *const _, self.method.len());
+        }
+        reg(state, &self.code.keys.id);
+        for i in base + 3..=n {
+            ffi::lua_pushvalue(state, i);
+        }
+        for v in self.raw_args {
+            raw::push(state, v);
+        }
+        let nargs = ffi::lua_gettop(state) - top;
+        ffi::luaL_checkstack(co, nargs + 8, std::ptr::null());
+        ffi::lua_xmove(state, co, nargs);
+        (p_ref, co, nargs)
+    }
 }
 
 impl LuaProcess {
@@ -101,59 +164,62 @@ impl LuaProcess {
             }
             StartArgs::Lua(mv) => (Vec::new(), mv),
         };
-        let (carry, ncarry) = match carry {
-            Some((t, n)) => (LuaValue::Table(t), LuaValue::Integer(n)),
-            None => (LuaValue::Nil, LuaValue::Nil),
-        };
         let room = 8
             + 5
             + lua_args.len() as c_int
             + raw_args.len() as c_int
             + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
-        let (mut p_ref, mut co, mut nargs) = (0, std::ptr::null_mut(), 0);
-        let (entry_id, s_ref) = (self.state.entry.id.as_str(), vm.s_ref);
-        // SAFETY: in exec_raw's protected call: the stack holds `input` (1..=5 fixed, then
-        // the mlua arguments); nothing with a destructor lives across the calls that may
-        // raise; the closure leaves the stack empty.
-        unsafe {
-            // (the handles pushed by reference: none is cloned and dropped per spawn)
-            let input = (&vm.new_process, &code.env_mt, carry, ncarry, &code.chunk, lua_args);
-            vm.lua.exec_raw::<()>(input, |state| {
-                let n = ffi::lua_gettop(state);
-                ffi::luaL_checkstack(state, room, std::ptr::null());
-                // new_process(env_mt, carry, ncarry) -> P, co, env
-                for i in 1..=4 {
-                    ffi::lua_pushvalue(state, i);
-                }
-                ffi::lua_call(state, 3, 3);
-                let (pi, ci, ei) = (n + 1, n + 2, n + 3);
-                ffi::lua_pushvalue(state, pi);
-                p_ref = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
-                co = ffi::lua_tothread(state, ci);
-                publish(state, s_ref, p_ref);
-                // main_body(P, chunk, env, method, id, args...)
-                let top = ffi::lua_gettop(state);
-                ffi::lua_pushvalue(state, pi);
-                ffi::lua_pushvalue(state, 5);
-                ffi::lua_pushvalue(state, ei);
-                ffi::lua_pushlstring(state, method.as_ptr() as *const _, method.len());
-                ffi::lua_pushlstring(state, entry_id.as_ptr() as *const _, entry_id.len());
-                for i in 6..=n {
-                    ffi::lua_pushvalue(state, i);
-                }
-                for v in &raw_args {
-                    raw::push(state, v);
-                }
-                nargs = ffi::lua_gettop(state) - top;
-                ffi::luaL_checkstack(co, nargs + 8, std::ptr::null());
-                ffi::lua_xmove(state, co, nargs);
-                ffi::lua_settop(state, 0);
-            })
-        }
-        .map_err(internal)?;
+        let build = Build {
+            new_process: vm.new_process,
+            s_ref: vm.s_ref,
+            code: &code,
+            own_method: method == self.state.entry.method,
+            method,
+            raw_args: &raw_args,
+            room,
+        };
+        // Without a memory limit nothing here can fail but the whole program running out
+        // of memory (no user code runs: the prelude's constructor, pushes, a reference), so
+        // the state is built right on the main thread; with one, or with values only mlua
+        // can push (an upgrade's), inside a protected call.
+        let main = vm.main.0;
+        let plain = self.state.shard.options.max_process_memory == 0
+            && carry.is_none()
+            && lua_args.is_empty()
+            && raw_args.len() < 64
+            // SAFETY: the main thread is not running (a start happens between resumes).
+            && unsafe { ffi::lua_checkstack(main, room + 8) } != 0;
+        let (p_ref, co, nargs) = if plain {
+            // SAFETY: as above; `build` leaves the main thread's stack as it found it.
+            unsafe {
+                let base = ffi::lua_gettop(main);
+                ffi::lua_pushnil(main);
+                ffi::lua_pushnil(main);
+                let r = build.run(main, base);
+                ffi::lua_settop(main, base);
+                r
+            }
+        } else {
+            let (carry, ncarry) = match carry {
+                Some((t, n)) => (LuaValue::Table(t), LuaValue::Integer(n)),
+                None => (LuaValue::Nil, LuaValue::Nil),
+            };
+            let mut out = (0, std::ptr::null_mut(), 0);
+            // SAFETY: in exec_raw's protected call: the stack holds carry, ncarry and the
+            // mlua arguments; nothing with a destructor lives across the calls that may
+            // raise; the closure leaves the stack empty.
+            unsafe {
+                vm.lua.exec_raw::<()>((carry, ncarry, lua_args), |state| {
+                    out = build.run(state, 0);
+                    ffi::lua_settop(state, 0);
+                })
+            }
+            .map_err(internal)?;
+            out
+        };
         self.co.l = co;
         self.co.p_ref = p_ref;
-        self.co.s_ref = s_ref;
+        self.co.s_ref = vm.s_ref;
         Ok(nargs)
     }
 
@@ -214,7 +280,7 @@ impl LuaProcess {
                 match input {
                     Input::Slow(mv) => self.co.push(lua, mv).and_then(|n| self.co.resume(lua, None, true, n)),
                     Input::Raw(ev) => self.co.resume(lua, ev.as_ref(), limit > 0, 0),
-                    Input::Pushed(n) => self.co.resume(lua, None, true, n),
+                    Input::Pushed(n) => self.co.resume(lua, None, limit > 0, n),
                 }
             };
             if shared_limit {
@@ -299,23 +365,31 @@ impl LuaProcess {
         // SAFETY: called inside a turn of this process's shard (close, upgrade).
         let vm = unsafe { current_vm() };
         if let (Some(vm), true) = (vm, self.co.p_ref != 0) {
-            let lua = &vm.lua;
             let (s_ref, p_ref) = (self.co.s_ref, self.co.p_ref);
-            // SAFETY: leaves the stack balanced. The shard must not keep this state alive:
-            // clear S[1] if it is this process's, then release the reference.
-            let _ = unsafe {
-                lua.exec_raw::<()>((), |state| {
-                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
-                    ffi::lua_rawgeti(state, -1, 1);
-                    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
-                    if ffi::lua_rawequal(state, -1, -2) != 0 {
-                        ffi::lua_pushnil(state);
-                        ffi::lua_rawseti(state, -4, 1);
-                    }
-                    ffi::lua_settop(state, 0);
-                    ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
-                })
+            // The shard must not keep this state alive: clear S[1] if it is this process's,
+            // then release the reference. Nothing here allocates (both slots exist), so it
+            // runs right on the main thread, which is not running between resumes.
+            // SAFETY: leaves the stack it is given as it found it.
+            let release = |state: *mut ffi::lua_State| unsafe {
+                let base = ffi::lua_gettop(state);
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
+                ffi::lua_rawgeti(state, -1, 1);
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+                if ffi::lua_rawequal(state, -1, -2) != 0 {
+                    ffi::lua_pushnil(state);
+                    ffi::lua_rawseti(state, -4, 1);
+                }
+                ffi::lua_settop(state, base);
+                ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
             };
+            let main = vm.main.0;
+            // SAFETY: the main thread is not running between resumes.
+            if unsafe { ffi::lua_checkstack(main, 4) } != 0 {
+                release(main);
+            } else {
+                // SAFETY: as above, on exec_raw's stack.
+                let _ = unsafe { vm.lua.exec_raw::<()>((), release) };
+            }
             self.co.p_ref = 0;
         }
     }
@@ -442,6 +516,9 @@ impl Coroutine {
             (code, nres as c_int)
         };
         let fetch = |n: c_int| -> mlua::Result<MultiValue> {
+            if n == 0 {
+                return Ok(MultiValue::new());
+            }
             // SAFETY: moves the `n` values the resume left on the coroutine's stack.
             unsafe { lua.exec_raw((), |state| ffi::lua_xmove(l, state, n)) }
         };

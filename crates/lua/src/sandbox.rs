@@ -5,10 +5,11 @@
 //! Must never: put `io`, `os.execute`, `dofile`, `loadfile`, `package`, `debug`, binary
 //! `load` or `string.dump` where process code can reach them.
 
-use std::collections::HashMap;
+use std::os::raw::c_int;
 use std::sync::{Arc, Weak};
 
-use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value as LuaValue};
+use mlua::{ffi, Function, Lua, LuaOptions, RegistryKey, StdLib, Table, Value as LuaValue};
+use rustc_hash::FxHashMap;
 use parking_lot::Mutex;
 
 use crate::catalog::{Catalog, LuaEntry};
@@ -44,17 +45,37 @@ impl mlua::UserData for ReadOnly {
 pub(crate) struct EntryCode {
     pub(crate) chunk: Function,
     pub(crate) env_mt: Table,
+    /// The same in the registry, with the entry's ID and main method as Lua strings: a
+    /// process's start pushes them by reference (no handle, no string interned per spawn).
+    pub(crate) keys: CodeKeys,
 }
+
+pub(crate) struct CodeKeys {
+    pub(crate) chunk: RegistryKey,
+    pub(crate) env_mt: RegistryKey,
+    pub(crate) id: RegistryKey,
+    pub(crate) method: RegistryKey,
+}
+
+/// The main thread of a shard's VM, for the raw calls made between resumes (a process's
+/// start and end) that need a stack of their own.
+#[derive(Clone, Copy)]
+pub(crate) struct MainState(pub(crate) *mut ffi::lua_State);
+
+// SAFETY: only used inside a turn of its shard, whose VM lock serialises every use.
+unsafe impl Send for MainState {}
 
 pub(crate) struct Vm {
     pub(crate) lua: Lua,
-    pub(crate) new_process: Function,
+    pub(crate) main: MainState,
+    /// Registry reference of the prelude's `new_process`.
+    pub(crate) new_process: c_int,
     pub(crate) marks: Marks,
     /// Registry reference of the prelude's shard table `S` (`S[1]` is the running
     /// process's state).
-    pub(crate) s_ref: std::os::raw::c_int,
+    pub(crate) s_ref: c_int,
     /// Per entry ID: the version loaded and its code (a new version replaces the old).
-    pub(crate) code: HashMap<String, (u64, Arc<EntryCode>)>,
+    pub(crate) code: FxHashMap<String, (u64, Arc<EntryCode>)>,
     /// Bytes in use right after setup (what an empty shard costs).
     pub(crate) baseline: usize,
 }
@@ -148,14 +169,32 @@ impl Vm {
         unsafe { lua.exec_raw::<()>((), |st| _ = mlua::ffi::lua_gc(st, mlua::ffi::LUA_GCGEN, 0, 0))? };
         let baseline = lua.used_memory();
         let marks = *marks.lock();
-        // SAFETY: luaL_ref pops the table exec_raw pushed and leaves the reference.
-        let s_ref: i64 = unsafe {
-            lua.exec_raw(s.clone(), |state| {
-                let r = mlua::ffi::luaL_ref(state, mlua::ffi::LUA_REGISTRYINDEX);
-                mlua::ffi::lua_pushinteger(state, r as mlua::ffi::lua_Integer);
+        // SAFETY: luaL_ref pops each value exec_raw pushed and leaves its reference; the
+        // main thread is in the registry for the VM's whole life.
+        let (s_ref, new_process, main): (i64, i64, LuaValue) = unsafe {
+            lua.exec_raw((s.clone(), new_process), |state| {
+                let np = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+                let s = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+                ffi::lua_pushinteger(state, s as ffi::lua_Integer);
+                ffi::lua_pushinteger(state, np as ffi::lua_Integer);
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_MAINTHREAD);
+                let main = ffi::lua_tothread(state, -1);
+                ffi::lua_pop(state, 1);
+                ffi::lua_pushlightuserdata(state, main as *mut _);
             })?
         };
-        Ok(Vm { lua, new_process, marks, s_ref: s_ref as std::os::raw::c_int, code: HashMap::new(), baseline })
+        let LuaValue::LightUserData(main) = main else {
+            return Err(mlua::Error::runtime("the VM has no main thread"));
+        };
+        Ok(Vm {
+            lua,
+            main: MainState(main.0 as *mut ffi::lua_State),
+            new_process: new_process as c_int,
+            marks,
+            s_ref: s_ref as c_int,
+            code: FxHashMap::default(),
+            baseline,
+        })
     }
 
     /// The shard's code for an entry (loaded on first use).
@@ -182,7 +221,13 @@ impl Vm {
             Some(t)
         };
         let env_mt: Table = env_mt_fn.call((allowed, imports)).map_err(internal)?;
-        let code = Arc::new(EntryCode { chunk, env_mt });
+        let keys = CodeKeys {
+            chunk: self.lua.create_registry_value(&chunk).map_err(internal)?,
+            env_mt: self.lua.create_registry_value(&env_mt).map_err(internal)?,
+            id: self.lua.create_registry_value(entry.id.as_str()).map_err(internal)?,
+            method: self.lua.create_registry_value(entry.method.as_str()).map_err(internal)?,
+        };
+        let code = Arc::new(EntryCode { chunk, env_mt, keys });
         self.code.insert(entry.id.clone(), (entry.version, code.clone()));
         Ok(code)
     }

@@ -207,6 +207,16 @@ impl FromStr for Pid {
     /// Parse `{host|0xHEX}`. The cluster form `{node@host|0xHEX}` is recognised and
     /// rejected, since this node has no cluster yet.
     fn from_str(s: &str) -> Result<Pid, PidParseError> {
+        match parse_plain(s) {
+            Some(pid) => Ok(pid),
+            None => Pid::from_str_full(s),
+        }
+    }
+}
+
+impl Pid {
+    /// The full parser: every form, and the reason a text is not a PID.
+    fn from_str_full(s: &str) -> Result<Pid, PidParseError> {
         let err = |reason| PidParseError { input: s.to_string(), reason };
         if s == "{|}" {
             return Ok(Pid::NOBODY);
@@ -235,6 +245,32 @@ impl FromStr for Pid {
         }
         Ok(Pid { seq, host: HostName::new(host) })
     }
+}
+
+/// One pass over a well-formed local PID with an ASCII host (what `Display` writes, and
+/// what every message carries): `None` for anything else, which the full parser then
+/// accepts or words the error for.
+fn parse_plain(s: &str) -> Option<Pid> {
+    let b = s.as_bytes();
+    if b.len() < 6 || b[0] != b'{' || b[b.len() - 1] != b'}' {
+        return None;
+    }
+    let inner = &b[1..b.len() - 1];
+    let bar = inner.iter().rposition(|&c| c == b'|')?;
+    let (host, hex) = (&inner[..bar], inner[bar + 1..].strip_prefix(b"0x")?);
+    if host.is_empty() || hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    let mut seq = 0u64;
+    for &c in hex {
+        seq = seq << 4 | (c as char).to_digit(16)? as u64;
+    }
+    let forbidden = |c: &u8| matches!(c, b'{' | b'}' | b'|' | b'@') || !c.is_ascii() || (*c as char).is_whitespace();
+    if seq == 0 || host.iter().any(forbidden) {
+        return None;
+    }
+    // `host` is ASCII, so its ends are character boundaries of `s`.
+    Some(Pid { seq, host: HostName::new(&s[1..1 + bar]) })
 }
 
 /// The node-wide PID counter: starts at 1, never reuses a number.
@@ -307,6 +343,27 @@ mod tests {
         ] {
             let e = s.parse::<Pid>().unwrap_err();
             assert!(e.to_string().contains(why), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_whatever_path_reads_it() {
+        // every character class the one-pass reader must hand to the full parser
+        for s in ["{a\u{b}b|0x1}", "{a\u{a0}b|0x1}", "{ab |0x1}", "{a{b|0x1}", "{a}b|0x1}", "{a@b|0x1}", "{ab|0X1}", "{ab|0x-1}"] {
+            assert!(s.parse::<Pid>().is_err(), "{s:?} was accepted");
+        }
+        assert_eq!("{héte|0x2}".parse::<Pid>().unwrap().host().as_str(), "héte");
+        assert_eq!("{ab|0x0000000000000000003}".parse::<Pid>().unwrap().seq(), 3);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_reader_agrees_with_the_full_parser(host in "[ -~\u{b}\u{a0}é]{0,12}", hex in "[0-9a-fA-Fx]{0,18}") {
+            let s = format!("{{{host}|0x{hex}}}");
+            if let Some(p) = parse_plain(&s) {
+                let full = Pid::from_str_full(&s);
+                proptest::prop_assert_eq!(Ok(p), full);
+            }
         }
     }
 
