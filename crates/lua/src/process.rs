@@ -40,6 +40,9 @@ struct Coroutine {
     s_ref: c_int,
     /// The text of the last sender's PID (made on the first message).
     from_cache: raw::PidText,
+    /// The last yield was `receive`'s direct wait (`raw::direct_tag`): `P` is on the
+    /// suspended frame.
+    direct: bool,
     /// While main alone waits on a plain listen channel: its topic (a one-value message on
     /// it is handed over directly), as the bytes of the channel's topic string, which the
     /// waiting `receive` keeps alive until the next resume. Empty otherwise.
@@ -136,6 +139,7 @@ impl LuaProcess {
                 p_ref: 0,
                 s_ref: 0,
                 from_cache: None,
+                direct: false,
                 hint: (std::ptr::null(), 0),
             },
             awaiting: false,
@@ -362,6 +366,7 @@ impl LuaProcess {
             self.state.shard.preempt.forget(self.co.l);
         }
         self.co.l = std::ptr::null_mut();
+        self.co.direct = false;
         // SAFETY: called inside a turn of this process's shard (close, upgrade).
         let vm = unsafe { current_vm() };
         if let (Some(vm), true) = (vm, self.co.p_ref != 0) {
@@ -568,7 +573,13 @@ impl Coroutine {
     /// already on it as the resume's arguments (then `ev` is None).
     unsafe fn resume_on(&mut self, ev: Option<&Event>, pushed: c_int) -> (i64, c_int) {
         let (l, from_cache, hint) = (self.l, &mut self.from_cache, &mut self.hint);
-        publish(l, self.s_ref, self.p_ref);
+        if std::mem::take(&mut self.direct) {
+            // (P from the frame `receive` yielded from: the stack is touched anyway, the
+            // registry's slot for P would be one more cache miss on a cold process)
+            publish_top(l, self.s_ref, raw::AT_P);
+        } else {
+            publish(l, self.s_ref, self.p_ref);
+        }
         let mut nargs = pushed;
         match ev {
             Some(Event::Message(m))
@@ -605,6 +616,7 @@ impl Coroutine {
             _ => {}
         }
         hint.1 = 0;
+        raw::set_main_co(l);
         let mut nres: c_int = 0;
         let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
         let code = match status {
@@ -612,7 +624,14 @@ impl Coroutine {
             ffi::LUA_YIELD => {
                 let first = ffi::lua_gettop(l) - nres + 1;
                 match ffi::lua_type(l, first) {
-                    ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, first) == raw::wait_tag() => R_WAIT,
+                    ffi::LUA_TLIGHTUSERDATA => match ffi::lua_touserdata(l, first) {
+                        p if p == raw::direct_tag() => {
+                            self.direct = true;
+                            R_WAIT
+                        }
+                        p if p == raw::wait_tag() => R_WAIT,
+                        _ => R_USER_YIELD,
+                    },
                     ffi::LUA_TSTRING => {
                         let mut len = 0usize;
                         let p = ffi::lua_tolstring(l, first, &mut len);
@@ -655,6 +674,18 @@ const EV_VALUE: ffi::lua_Integer = 0;
 unsafe fn publish(state: *mut ffi::lua_State, s_ref: c_int, p_ref: c_int) {
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
     ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+    publish_rest(state);
+}
+
+/// [`publish`] with `P` at stack index `at` of `state`.
+unsafe fn publish_top(state: *mut ffi::lua_State, s_ref: c_int, at: c_int) {
+    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, s_ref as ffi::lua_Integer);
+    ffi::lua_pushvalue(state, at);
+    publish_rest(state);
+}
+
+/// The rest of a publish: the stack ends with `S, P`.
+unsafe fn publish_rest(state: *mut ffi::lua_State) {
     ffi::lua_rawseti(state, -2, 1);
     ffi::lua_pushboolean(state, 0);
     ffi::lua_rawseti(state, -2, 2);

@@ -347,15 +347,34 @@ const C_RQ: ffi::lua_Integer = 8;
 const C_CLOSED: ffi::lua_Integer = 10;
 const Q_H: ffi::lua_Integer = 1;
 const Q_T: ffi::lua_Integer = 2;
-const P_CO: ffi::lua_Integer = 1;
 const P_RH: ffi::lua_Integer = 9;
 const P_NPEND: ffi::lua_Integer = 12;
+
+thread_local! {
+    /// The main coroutine of the process being resumed on this thread (set by every
+    /// resume): `receive` tells main from the process's other coroutines without reading
+    /// `P[CO]` (the first cache line of P's slots, which the wait touches nothing else in).
+    static MAIN_CO: std::cell::Cell<*mut ffi::lua_State> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Record `l` as the main coroutine of the process about to be resumed.
+pub(crate) fn set_main_co(l: *mut ffi::lua_State) {
+    MAIN_CO.with(|c| c.set(l));
+}
 
 /// What a process's coroutine yields to Rust to take the next runtime event (`R.WAIT` in
 /// the prelude): a light userdata, which no Lua code can make.
 pub(crate) fn wait_tag() -> *mut std::ffi::c_void {
     static WAIT: u8 = 0;
     &WAIT as *const u8 as *mut std::ffi::c_void
+}
+
+/// What `receive`'s direct wait yields instead of the wait tag: the same wait, with the
+/// process state `P` left at `AT_P` of the suspended frame (where the next resume reads
+/// it instead of the registry).
+pub(crate) fn direct_tag() -> *mut std::ffi::c_void {
+    static DIRECT: u8 = 0;
+    &DIRECT as *const u8 as *mut std::ffi::c_void
 }
 
 /// `R.make_receive(channel_mt, receive, direct_other)`: a channel's `receive` as one C
@@ -366,7 +385,7 @@ pub(crate) fn wait_tag() -> *mut std::ffi::c_void {
 /// the Lua `receive`.
 pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c_int {
     ffi::lua_settop(l, 3);
-    ffi::lua_pushlightuserdata(l, wait_tag());
+    ffi::lua_pushlightuserdata(l, direct_tag());
     ffi::lua_pushcclosure(l, receive, 4);
     1
 }
@@ -383,7 +402,7 @@ unsafe fn queued(l: *mut ffi::lua_State, idx: c_int) -> bool {
 // Where the direct wait leaves what it read on the stack (every push below is kept, so
 // the checks cost no pops; a C function has room for 20).
 const AT_CH: c_int = 1;
-const AT_P: c_int = 8;
+pub(crate) const AT_P: c_int = 8;
 const AT_ANSWER: c_int = 13;
 
 unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
@@ -399,7 +418,7 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     }
     // Stack: ch, metatable (or ch, extra arguments..., metatable: then the slow way).
     if ffi::lua_gettop(l) == 2 {
-        // 3: N, 4: SQ, 5: CLOSED, 6: EXT, 7: RQ, 8: P, 9: P[RH], 10: P[NPEND], 11: P[CO],
+        // 3: N, 4: SQ, 5: CLOSED, 6: EXT, 7: RQ, 8: P, 9: P[RH], 10: P[NPEND], 11: nil,
         // 12: PLAIN (then the answer from 13 on)
         ffi::lua_rawgeti(l, AT_CH, C_N);
         let empty = ffi::lua_tointeger(l, 3) == 0;
@@ -413,8 +432,8 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
             let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
             ffi::lua_rawgeti(l, AT_P, P_NPEND);
             let pending = ffi::lua_tointeger(l, 10) != 0;
-            ffi::lua_rawgeti(l, AT_P, P_CO);
-            if !ready && !pending && ffi::lua_tothread(l, 11) == l {
+            ffi::lua_pushnil(l);
+            if !ready && !pending && MAIN_CO.with(|c| c.get()) == l {
                 let plain = ffi::lua_rawgeti(l, AT_CH, C_PLAIN) == ffi::LUA_TNUMBER;
                 ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
                 if plain {
