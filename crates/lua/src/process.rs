@@ -18,7 +18,7 @@ use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
 use crate::raw;
-use crate::sandbox::{EntryCode, Vm};
+use crate::sandbox::{EntryCode, Thread, Vm, POOL_MAX};
 use crate::shard::{current_vm, Shard};
 
 pub(crate) struct LuaProcess {
@@ -43,6 +43,8 @@ struct Coroutine {
     /// The last yield was `receive`'s direct wait (`raw::direct_tag`): `P` is on the
     /// suspended frame.
     direct: bool,
+    /// Main returned: the coroutine may be reused (see `Vm::pool`).
+    finished: bool,
     /// While main alone waits on a plain listen channel: its topic (a one-value message on
     /// it is handed over directly), as the bytes of the channel's topic string, which the
     /// waiting `receive` keeps alive until the next resume. Empty otherwise.
@@ -64,6 +66,9 @@ enum StartArgs {
 struct Build<'a> {
     new_process: c_int,
     s_ref: c_int,
+    /// A pooled coroutine to use (its slot in the pool table, the table, the registry
+    /// reference of `main_body`), or none: new_process makes one.
+    pooled: Option<(c_int, c_int, c_int)>,
     code: &'a EntryCode,
     /// `method` is the entry's own (its Lua string is in the code's keys).
     own_method: bool,
@@ -88,12 +93,27 @@ impl Build<'_> {
         };
         let n = ffi::lua_gettop(state);
         ffi::luaL_checkstack(state, self.room, std::ptr::null());
-        // new_process(env_mt, carry, ncarry) -> P, co, env
+        // new_process(env_mt, carry, ncarry, co) -> P, co, env
         ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.new_process as ffi::lua_Integer);
         reg(state, &self.code.keys.env_mt);
         ffi::lua_pushvalue(state, base + 1);
         ffi::lua_pushvalue(state, base + 2);
-        ffi::lua_call(state, 3, 3);
+        match self.pooled {
+            Some((slot, pool, main_body)) => {
+                // take it out of the pool table (its slot stays, set to nil), with main_body
+                // as the function its first resume starts
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, pool as ffi::lua_Integer);
+                ffi::lua_rawgeti(state, -1, slot as ffi::lua_Integer);
+                ffi::lua_pushnil(state);
+                ffi::lua_rawseti(state, -3, slot as ffi::lua_Integer);
+                ffi::lua_rotate(state, -2, 1);
+                ffi::lua_pop(state, 1);
+                let co = ffi::lua_tothread(state, -1);
+                ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, main_body as ffi::lua_Integer);
+            }
+            None => ffi::lua_pushnil(state),
+        }
+        ffi::lua_call(state, 4, 3);
         let (pi, ci, ei) = (n + 1, n + 2, n + 3);
         ffi::lua_pushvalue(state, pi);
         let p_ref = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
@@ -140,6 +160,7 @@ impl LuaProcess {
                 s_ref: 0,
                 from_cache: None,
                 direct: false,
+                finished: false,
                 hint: (std::ptr::null(), 0),
             },
             awaiting: false,
@@ -173,9 +194,10 @@ impl LuaProcess {
             + lua_args.len() as c_int
             + raw_args.len() as c_int
             + raw_args.iter().map(raw::push_room).max().unwrap_or(0) as c_int;
-        let build = Build {
+        let mut build = Build {
             new_process: vm.new_process,
             s_ref: vm.s_ref,
+            pooled: None,
             code: &code,
             own_method: method == self.state.entry.method,
             method,
@@ -194,6 +216,10 @@ impl LuaProcess {
             // SAFETY: the main thread is not running (a start happens between resumes).
             && unsafe { ffi::lua_checkstack(main, room + 8) } != 0;
         let (p_ref, co, nargs) = if plain {
+            if !vm.pool.is_empty() {
+                build.pooled = Some((vm.pool.len() as c_int, vm.pool_ref, vm.main_body));
+                vm.pool.pop();
+            }
             // SAFETY: as above; `build` leaves the main thread's stack as it found it.
             unsafe {
                 let base = ffi::lua_gettop(main);
@@ -303,7 +329,10 @@ impl LuaProcess {
                     Err(e) => break Status::Exit(Err(e)),
                 },
                 Ok(Resumed::Exit(vals)) => break Status::Exit(self.exit_result(vals)),
-                Ok(Resumed::Finished(vals)) => break Status::Exit(self.returned(vals)),
+                Ok(Resumed::Finished(vals)) => {
+                    self.co.finished = true;
+                    break Status::Exit(self.returned(vals));
+                }
                 Ok(Resumed::Wait) => self.awaiting = true,
                 Ok(Resumed::Preempted) => {
                     shard.preempt.fired.store(false, Ordering::Relaxed);
@@ -362,8 +391,9 @@ impl LuaProcess {
 
     /// Drop the registry reference of the process state (and S[1] if it points at it).
     fn release_state(&mut self) {
-        if !self.co.l.is_null() {
-            self.state.shard.preempt.forget(self.co.l);
+        let co = self.co.l;
+        if !co.is_null() {
+            self.state.shard.preempt.forget(co);
         }
         self.co.l = std::ptr::null_mut();
         self.co.direct = false;
@@ -391,6 +421,26 @@ impl LuaProcess {
             // SAFETY: the main thread is not running between resumes.
             if unsafe { ffi::lua_checkstack(main, 4) } != 0 {
                 release(main);
+                // SAFETY: as above; `co` returned (status OK, nothing on its stack), no
+                // hook can be armed on it any more (forgotten above), and adding it to the
+                // pool table stores into a slot that exists.
+                unsafe {
+                    let keep = std::mem::take(&mut self.co.finished)
+                        && !self.state.shard.options.isolated
+                        && self.state.shard.options.max_process_memory == 0
+                        && vm.pool.len() < POOL_MAX
+                        && ffi::lua_status(co) == ffi::LUA_OK
+                        && ffi::lua_gettop(co) == 0;
+                    if keep {
+                        ffi::lua_sethook(co, None, 0, 0);
+                        ffi::lua_rawgeti(main, ffi::LUA_REGISTRYINDEX, vm.pool_ref as ffi::lua_Integer);
+                        ffi::lua_pushthread(co);
+                        ffi::lua_xmove(co, main, 1);
+                        ffi::lua_rawseti(main, -2, vm.pool.len() as ffi::lua_Integer + 1);
+                        ffi::lua_pop(main, 1);
+                        vm.pool.push(Thread(co));
+                    }
+                }
             } else {
                 // SAFETY: as above, on exec_raw's stack.
                 let _ = unsafe { vm.lua.exec_raw::<()>((), release) };

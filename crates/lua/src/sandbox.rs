@@ -57,19 +57,29 @@ pub(crate) struct CodeKeys {
     pub(crate) method: RegistryKey,
 }
 
-/// The main thread of a shard's VM, for the raw calls made between resumes (a process's
-/// start and end) that need a stack of their own.
+/// A thread of a shard's VM: its main thread (for the raw calls made between resumes, a
+/// process's start and end, that need a stack of their own), or a pooled coroutine.
 #[derive(Clone, Copy)]
-pub(crate) struct MainState(pub(crate) *mut ffi::lua_State);
+pub(crate) struct Thread(pub(crate) *mut ffi::lua_State);
 
 // SAFETY: only used inside a turn of its shard, whose VM lock serialises every use.
-unsafe impl Send for MainState {}
+unsafe impl Send for Thread {}
+
+/// The most finished coroutines a shard keeps for reuse.
+pub(crate) const POOL_MAX: usize = 256;
 
 pub(crate) struct Vm {
     pub(crate) lua: Lua,
-    pub(crate) main: MainState,
-    /// Registry reference of the prelude's `new_process`.
+    pub(crate) main: Thread,
+    /// Registry references of the prelude's `new_process` and `main_body`.
     pub(crate) new_process: c_int,
+    pub(crate) main_body: c_int,
+    /// Coroutines of processes that returned, for the next processes (a thread that
+    /// returned is as good as a new one: empty stack, no frame); `pool_ref` is the registry
+    /// table keeping them (slots 1..=POOL_MAX made up front, so adding one never
+    /// allocates), `pool` the same in order.
+    pub(crate) pool: Vec<Thread>,
+    pub(crate) pool_ref: c_int,
     pub(crate) marks: Marks,
     /// Registry reference of the prelude's shard table `S` (`S[1]` is the running
     /// process's state).
@@ -171,12 +181,18 @@ impl Vm {
         let marks = *marks.lock();
         // SAFETY: luaL_ref pops each value exec_raw pushed and leaves its reference; the
         // main thread is in the registry for the VM's whole life.
-        let (s_ref, new_process, main): (i64, i64, LuaValue) = unsafe {
-            lua.exec_raw((s.clone(), new_process), |state| {
+        let main_body: Function = prelude.get("main_body")?;
+        let (s_ref, new_process, main_body, pool_ref, main): (i64, i64, i64, i64, LuaValue) = unsafe {
+            lua.exec_raw((s.clone(), new_process, main_body), |state| {
+                let mb = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
                 let np = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
                 let s = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+                ffi::lua_createtable(state, POOL_MAX as c_int, 0);
+                let pool = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
                 ffi::lua_pushinteger(state, s as ffi::lua_Integer);
                 ffi::lua_pushinteger(state, np as ffi::lua_Integer);
+                ffi::lua_pushinteger(state, mb as ffi::lua_Integer);
+                ffi::lua_pushinteger(state, pool as ffi::lua_Integer);
                 ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_MAINTHREAD);
                 let main = ffi::lua_tothread(state, -1);
                 ffi::lua_pop(state, 1);
@@ -188,8 +204,11 @@ impl Vm {
         };
         Ok(Vm {
             lua,
-            main: MainState(main.0 as *mut ffi::lua_State),
+            main: Thread(main.0 as *mut ffi::lua_State),
             new_process: new_process as c_int,
+            main_body: main_body as c_int,
+            pool: Vec::new(),
+            pool_ref: pool_ref as c_int,
             marks,
             s_ref: s_ref as c_int,
             code: FxHashMap::default(),

@@ -384,3 +384,57 @@ fn listen_waits_see_every_shape_and_order() {
     "#);
     assert_eq!(v, s("1+2,nil/true,one,three,side:two,other"));
 }
+
+#[test]
+fn a_finished_process_coroutine_serves_the_next_process_as_new() {
+    // One worker, one shard: the coroutine of a child that returned is reused by a later
+    // child. Whatever the one before did (returned, recursed deeply, closed a variable,
+    // failed, waited), the next starts clean: its own arguments only, running and
+    // yieldable, and its waits and to-be-closed variables work.
+    let h = Harness::new(1);
+    h.entry(
+        "test:child",
+        r##"return { main = function(...)
+            local parent, kind, a, b = ...
+            if kind == "deep" then
+                local function f(n) if n == 0 then return 0 end return 1 + f(n - 1) end
+                return f(20000)
+            elseif kind == "close" then
+                local _ <close> = setmetatable({}, { __close = function() process.send(parent, "closed", true) end })
+                return
+            elseif kind == "fail" then
+                error("on purpose")
+            end
+            local me = coroutine.running()
+            process.send(parent, "ready", process.pid())
+            local go = process.listen("go"):receive()
+            process.send(parent, "check", { n = select("#", ...), a = a, b = b, go = go,
+                status = coroutine.status(me), yieldable = coroutine.isyieldable() })
+        end }"##,
+    );
+    let v = h.ok(
+        r#"
+        local me = process.pid()
+        local ready, check, closed = process.listen("ready"), process.listen("check"), process.listen("closed")
+        local kinds = { "check", "deep", "check", "close", "check", "fail", "check" }
+        local checks, closes = 0, 0
+        for round = 1, 10 do
+            for i, kind in ipairs(kinds) do
+                if kind == "check" then
+                    process.spawn("test:child", "app:processes", me, kind, round, i)
+                    process.send(ready:receive(), "go", round * 100 + i)
+                    local c = check:receive()
+                    assert(c.n == 4 and c.a == round and c.b == i and c.go == round * 100 + i, "arguments")
+                    assert(c.status == "running" and c.yieldable, "state")
+                    checks = checks + 1
+                else
+                    process.spawn("test:child", "app:processes", me, kind)
+                    if kind == "close" then assert(closed:receive() == true) closes = closes + 1 end
+                end
+            end
+        end
+        return checks .. "/" .. closes
+    "#,
+    );
+    assert_eq!(v, s("40/10"));
+}

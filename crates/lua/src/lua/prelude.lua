@@ -593,7 +593,8 @@ end
 -- `return v, err` (a string or an error object as err is an abnormal exit).
 local function main_body(P, chunk, env, method, id, ...)
   local r
-  local upgraded = rare_get(P, "upgraded")
+  local x = P[X]
+  local upgraded = x and x.upgraded
   if upgraded then
     local ok, res = pcall(chunk, env)
     if not ok then error(rt_error("Internal", "upgrade: " .. tostring(res)), 0) end
@@ -1153,13 +1154,16 @@ end
 -- in the proxy; its metatable is protected. Libraries hold no tables (nested constant
 -- tables such as process.event are read-only userdata), so nothing shared is writable.
 local proxy_mts = setmetatable({}, { __mode = "k" })
-local function proxy_of(lib)
+local function proxy_mt(lib)
   local mt = proxy_mts[lib]
   if not mt then
     mt = { __metatable = false, __index = lib, __call = CAST_OF[lib] }
     proxy_mts[lib] = mt
   end
-  return setmetatable({}, mt)
+  return mt
+end
+local function proxy_of(lib)
+  return setmetatable({}, proxy_mt(lib))
 end
 
 -- The environment metatable of one entry (shared by its processes): globals fall through
@@ -1269,14 +1273,18 @@ end
 function BASE.pcall(f, ...) return pc_check(pcall(f, ...)) end
 function BASE.xpcall(f, h, ...) return pc_check(xpcall(f, h, ...)) end
 
--- The constructor Rust calls for every new process: its state and its coroutine.
+-- The constructor Rust calls for every new process: its state and its coroutine (`co`: a
+-- finished process's coroutine Rust kept for reuse, with main_body pushed on it, or nil).
 -- After an upgrade, `carry` holds the `ncarry` mailbox items the old state had not taken.
-local function new_process(env_meta, carry, ncarry)
-  local co = raw_create(main_body)
+local process_mt
+local function new_process(env_meta, carry, ncarry, co)
+  co = co or raw_create(main_body)
+  process_mt = process_mt or proxy_mt(LIBS.process)
   -- every process uses `process`: its proxy comes with the environment (one table of the
-  -- right size, no lookup through the environment's __index on first use)
-  local env = setmetatable({ _G = false, process = proxy_of(LIBS.process) }, env_meta)
-  rawset(env, "_G", env)
+  -- right size, no lookup through the environment's __index on first use); `_G` exists,
+  -- so setting it is a plain store
+  local env = setmetatable({ _G = false, process = setmetatable({}, process_mt) }, env_meta)
+  env._G = env
   -- all 16 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
   -- ENV, LISTEN, INBOX, X
   local P = { co, false, false, false, nil, nil, nil, false,
@@ -1287,6 +1295,7 @@ end
 return {
   S = S,
   new_process = new_process,
+  main_body = main_body,
   env_mt = env_mt,
   new_env = new_env,
   newchan = newchan,
