@@ -593,8 +593,9 @@ end
 -- `return v, err` (a string or an error object as err is an abnormal exit).
 local function main_body(P, chunk, env, method, id, ...)
   local r
-  local x = P[X]
-  local upgraded = x and x.upgraded
+  -- (no more locals here: one more measured ~350 more bytes of Lua heap per parked
+  -- process in lua-heap, the coroutine's stack growing past its first allocation)
+  local upgraded = P[X] and P[X].upgraded
   if upgraded then
     local ok, res = pcall(chunk, env)
     if not ok then error(rt_error("Internal", "upgrade: " .. tostring(res)), 0) end
