@@ -336,15 +336,16 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
 }
 
 // The slots of a channel and of a process state that `receive` reads (the prelude's C_*,
-// Q_* and CO/RH/NPEND constants; a channel, a queue and a process state are arrays).
+// F_*, Q_* and RH/NPEND constants; a channel, a queue and a process state are arrays).
 const C_N: ffi::lua_Integer = 1;
 const C_P: ffi::lua_Integer = 3;
-const C_EXT: ffi::lua_Integer = 4;
+const C_FLAGS: ffi::lua_Integer = 4;
 const C_TOPIC: ffi::lua_Integer = 5;
-const C_PLAIN: ffi::lua_Integer = 6;
-const C_SQ: ffi::lua_Integer = 7;
-const C_RQ: ffi::lua_Integer = 8;
-const C_CLOSED: ffi::lua_Integer = 10;
+const C_SQ: ffi::lua_Integer = 6;
+const C_RQ: ffi::lua_Integer = 7;
+const F_EXT: ffi::lua_Integer = 1;
+const F_PLAIN: ffi::lua_Integer = 2;
+const F_CLOSED: ffi::lua_Integer = 4;
 const Q_H: ffi::lua_Integer = 1;
 const Q_T: ffi::lua_Integer = 2;
 const P_RH: ffi::lua_Integer = 9;
@@ -402,8 +403,8 @@ unsafe fn queued(l: *mut ffi::lua_State, idx: c_int) -> bool {
 // Where the direct wait leaves what it read on the stack (every push below is kept, so
 // the checks cost no pops; a C function has room for 20).
 const AT_CH: c_int = 1;
-pub(crate) const AT_P: c_int = 8;
-const AT_ANSWER: c_int = 13;
+pub(crate) const AT_P: c_int = 7;
+const AT_ANSWER: c_int = 10;
 
 unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     // Nothing below owns anything: the yields and errors leave this frame by longjmp.
@@ -418,25 +419,23 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     }
     // Stack: ch, metatable (or ch, extra arguments..., metatable: then the slow way).
     if ffi::lua_gettop(l) == 2 {
-        // 3: N, 4: SQ, 5: CLOSED, 6: EXT, 7: RQ, 8: P, 9: P[RH], 10: P[NPEND], 11: nil,
-        // 12: PLAIN (then the answer from 13 on)
+        // 3: N, 4: SQ, 5: FLAGS, 6: RQ, 7: P, 8: P[RH], 9: P[NPEND] (then the answer from
+        // 10 on)
         ffi::lua_rawgeti(l, AT_CH, C_N);
         let empty = ffi::lua_tointeger(l, 3) == 0;
-        // (a queue slot is false/nil until used; the flags are 1 or false/nil)
+        // (a queue slot is false/nil until used)
         let sq = ffi::lua_rawgeti(l, AT_CH, C_SQ) == ffi::LUA_TTABLE;
-        let open = ffi::lua_rawgeti(l, AT_CH, C_CLOSED) != ffi::LUA_TNUMBER;
-        let ext = ffi::lua_rawgeti(l, AT_CH, C_EXT) == ffi::LUA_TNUMBER;
+        ffi::lua_rawgeti(l, AT_CH, C_FLAGS);
+        let flags = ffi::lua_tointeger(l, 5);
         let rq = ffi::lua_rawgeti(l, AT_CH, C_RQ) == ffi::LUA_TTABLE;
-        if empty && open && ext && !(sq && queued(l, 4)) && !(rq && queued(l, 7)) {
+        if empty && flags & (F_EXT | F_CLOSED) == F_EXT && !(sq && queued(l, 4)) && !(rq && queued(l, 6)) {
             ffi::lua_rawgeti(l, AT_CH, C_P);
             let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
             ffi::lua_rawgeti(l, AT_P, P_NPEND);
-            let pending = ffi::lua_tointeger(l, 10) != 0;
-            ffi::lua_pushnil(l);
+            let pending = ffi::lua_tointeger(l, 9) != 0;
             if !ready && !pending && MAIN_CO.with(|c| c.get()) == l {
-                let plain = ffi::lua_rawgeti(l, AT_CH, C_PLAIN) == ffi::LUA_TNUMBER;
                 ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
-                if plain {
+                if flags & F_PLAIN != 0 {
                     ffi::lua_rawgeti(l, AT_CH, C_TOPIC);
                     return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
                 }

@@ -59,21 +59,21 @@ local W_T <const> = 1
 local W_CH <const> = 3
 local W_SEND <const> = 4
 local W_V <const> = 5
--- A channel is an array too: { n, size, P, ext, topic, plain, sq, rq, buf, closed }. The
--- inbox is made with the first four only (a parked process stays small; the rest reads nil
--- through the metatable); other channels are made with every slot. Rust's receive (R.
--- make_receive) reads these same slots; the flags (ext, plain, closed) are 1 or false, so
--- it tells them by their type alone.
+-- A channel is an array too: { n, size, P, flags, topic, sq, rq, buf }. The inbox is made
+-- with the first four only (a parked process stays small; the rest reads nil through the
+-- metatable); other channels are made with every slot. Rust's receive (R.make_receive)
+-- reads these same slots; the flags are one integer, so it reads them with one lookup.
 local C_N <const> = 1       -- values in the buffer
 local C_SIZE <const> = 2    -- buffer capacity
 local C_P <const> = 3       -- the owning process's state
-local C_EXT <const> = 4     -- fed from outside the process (mailbox, timers, events)
+local C_FLAGS <const> = 4   -- F_EXT | F_PLAIN | F_CLOSED
 local C_TOPIC <const> = 5   -- a listen channel's topic (false otherwise)
-local C_PLAIN <const> = 6   -- a listen channel that delivers payloads, not messages
-local C_SQ <const> = 7      -- waiting senders, waiting receivers: queues (false until used)
-local C_RQ <const> = 8
-local C_BUF <const> = 9     -- the buffer: a queue (false until used)
-local C_CLOSED <const> = 10
+local C_SQ <const> = 6      -- waiting senders, waiting receivers: queues (false until used)
+local C_RQ <const> = 7
+local C_BUF <const> = 8     -- the buffer: a queue (false until used)
+local F_EXT <const> = 1     -- fed from outside the process (mailbox, timers, events)
+local F_PLAIN <const> = 2   -- a listen channel that delivers payloads, not messages
+local F_CLOSED <const> = 4
 -- A queue (waiters, a buffer) is { head, tail, items... }; empty when head > tail.
 local Q_H <const> = 1
 local Q_T <const> = 2
@@ -115,9 +115,10 @@ R.set_channel_mt(ChanMT)
 local is_chan = R.is_of(ChanMT)
 
 local function newchan(P, size, ext, topic, plain)
-  -- N, SIZE, P, EXT, TOPIC, PLAIN, SQ, RQ, BUF, CLOSED: waiter queues and the buffer come
+  -- N, SIZE, P, FLAGS, TOPIC, SQ, RQ, BUF: waiter queues and the buffer come
   -- on first use (a main that waits directly never makes its receiver queue)
-  return setmetatable({ 0, size, P, ext and 1 or false, topic or false, plain and 1 or false, false, false, false, false }, ChanMT)
+  local flags = (ext and F_EXT or 0) | (plain and F_PLAIN or 0)
+  return setmetatable({ 0, size, P, flags, topic or false, false, false, false }, ChanMT)
 end
 
 -- The process's rarer parts (P[X]), made on first use.
@@ -200,7 +201,7 @@ local function try_recv(ch)
       buf_push(ch, sent_value(w))
       fire(P, w)
     end
-    if ch[C_EXT] and P[NPEND] > 0 then drain(P) end
+    if ch[C_FLAGS] & F_EXT ~= 0 and P[NPEND] > 0 then drain(P) end
     return true, v, true
   end
   local w = q_pop(ch[C_SQ])
@@ -209,12 +210,12 @@ local function try_recv(ch)
     fire(ch[C_P], w)
     return true, v, true
   end
-  if ch[C_CLOSED] then return true, nil, false end
+  if ch[C_FLAGS] & F_CLOSED ~= 0 then return true, nil, false end
   return false
 end
 
 local function try_send(ch, v)
-  if ch[C_CLOSED] then error("send on a closed channel", 3) end
+  if ch[C_FLAGS] & F_CLOSED ~= 0 then error("send on a closed channel", 3) end
   local w = q_pop(ch[C_RQ])
   if w then fire(ch[C_P], w, v, true); return true end
   if ch[C_N] < ch[C_SIZE] then
@@ -247,7 +248,7 @@ local function wait_receive(ch)
   local P = ch[C_P]
   local t = S[2] or P
   q_push(ch, C_RQ, t)
-  if ch[C_EXT] then
+  if ch[C_FLAGS] & F_EXT ~= 0 then
     t[EXT] = true; P[NEXT] = P[NEXT] + 1
     if P[NPEND] > 0 then drain(P) end
   end
@@ -279,8 +280,9 @@ Chan.receive = R.make_receive(ChanMT, receive, direct_other)
 
 function Chan.close(ch)
   check_chan(ch, "close")
-  if ch[C_CLOSED] then return end
-  ch[C_CLOSED] = 1
+  local flags = ch[C_FLAGS]
+  if flags & F_CLOSED ~= 0 then return end
+  ch[C_FLAGS] = flags | F_CLOSED
   local P = ch[C_P]
   while true do
     local w = q_pop(ch[C_RQ])
@@ -297,7 +299,7 @@ end
 
 function Chan.case_send(ch, v) check_chan(ch, "case_send"); return { ch = ch, send = true, v = v } end
 function Chan.case_receive(ch) check_chan(ch, "case_receive"); return { ch = ch } end
-function Chan.is_closed(ch) return ch[C_CLOSED] == 1 end
+function Chan.is_closed(ch) check_chan(ch, "is_closed"); return ch[C_FLAGS] & F_CLOSED ~= 0 end
 
 local function select_(cases, default)
   if type(cases) ~= "table" then
@@ -328,7 +330,7 @@ local function select_(cases, default)
     local c = cases[i]
     -- a waiter record: W_T, SEL, W_CH, W_SEND, W_V
     q_push(c.ch, c.send and C_SQ or C_RQ, { t, sel, c.ch, c.send or false, c.v })
-    ext = ext or c.ch[C_EXT]
+    ext = ext or c.ch[C_FLAGS] & F_EXT ~= 0
   end
   if ext then
     t[EXT] = true; P[NEXT] = P[NEXT] + 1
@@ -386,7 +388,7 @@ end
 
 -- The value a channel delivers for message `m`.
 local function form(ch, m)
-  if m.ev or not ch[C_PLAIN] then return m.ev or m end
+  if m.ev or ch[C_FLAGS] & F_PLAIN == 0 then return m.ev or m end
   local n = m.n
   if n == 1 then return m[1] end
   if n == 0 then return nil end
@@ -473,7 +475,7 @@ handle = function(P, kind, a, b, c, d, ...)
       -- the common case: one payload for a plain listen channel, no message object
       local l = P[LISTEN]
       l = l and l[a]
-      if l and l[C_PLAIN] then
+      if l and l[C_FLAGS] & F_PLAIN ~= 0 then
         local q = l[C_RQ]
         if q and q[Q_H] <= q[Q_T] then
           local h = q[Q_H]
@@ -707,7 +709,7 @@ function process.inbox()
   if not ch then
     -- newchan's table, made here: one call level less on main's coroutine, whose call
     -- frames stay allocated (a parked process measured ~50 B smaller)
-    ch = setmetatable({ 0, 0, P, 1 }, ChanMT) -- N, SIZE, P, EXT
+    ch = setmetatable({ 0, 0, P, F_EXT }, ChanMT) -- N, SIZE, P, FLAGS
     P[INBOX] = ch
     if P[NPEND] > 0 then drain(P) end
   end
@@ -961,7 +963,7 @@ function process.upgrade(entry, ...)
         local ok, v = try_recv(ch)
         if not ok then break end
         n = n + 1
-        if ch[C_PLAIN] then
+        if ch[C_FLAGS] & F_PLAIN ~= 0 then
           carry[n] = setmetatable({ tp = topic, fr = "", n = 1, v }, MsgMT)
         else
           carry[n] = v
