@@ -22,39 +22,23 @@ pub(crate) struct ProcState {
     pub(crate) memfail: bool,
     /// Bytes this process allocated while it ran (net), for `max_process_memory`.
     pub(crate) memory: usize,
-    /// The last destination `send` parsed, as written and as parsed (boxed: most of a
-    /// parked process's life it is not used, and the process stays small).
-    pub(crate) last_dest: Option<Box<LastDest>>,
+    /// The last destination `send` parsed (inline: a repeated send reads nothing but
+    /// this process's own state).
+    pub(crate) last_dest: Option<LastDest>,
 }
 
-/// A destination as written (up to `LastDest::TEXT` bytes, in the same allocation: a
-/// repeated send reads one cache line, not two) and as parsed.
+/// A destination as parsed, and the Lua string it was written as: the string object's
+/// address, kept alive by the registry reference `anchor` (released with the process
+/// state), so the same address is the same text and a repeated send never reads the
+/// string again.
 pub(crate) struct LastDest {
     pub(crate) dest: wippy_runtime::Dest,
-    len: u8,
-    text: [u8; LastDest::TEXT],
+    pub(crate) key: *const std::ffi::c_void,
+    pub(crate) anchor: std::os::raw::c_int,
 }
 
-// One 64-byte allocation (what the two it replaced took together).
-const _: () = assert!(std::mem::size_of::<LastDest>() <= 64);
-
-impl LastDest {
-    const TEXT: usize = 39;
-
-    /// Remember `text` parsed as `dest`; `None` when the text is too long to keep.
-    pub(crate) fn new(text: &[u8], dest: wippy_runtime::Dest) -> Option<Box<LastDest>> {
-        if text.len() > Self::TEXT {
-            return None;
-        }
-        let mut d = Box::new(LastDest { dest, len: text.len() as u8, text: [0; Self::TEXT] });
-        d.text[..text.len()].copy_from_slice(text);
-        Some(d)
-    }
-
-    pub(crate) fn is(&self, text: &[u8]) -> bool {
-        self.len as usize == text.len() && self.text[..text.len()] == *text
-    }
-}
+// SAFETY: `key` is only compared, never read through.
+unsafe impl Send for LastDest {}
 
 thread_local! {
     static CURRENT: Cell<(*mut (), *mut ProcState)> = const { Cell::new((std::ptr::null_mut(), std::ptr::null_mut())) };

@@ -401,6 +401,8 @@ impl LuaProcess {
         let vm = unsafe { current_vm() };
         if let (Some(vm), true) = (vm, self.co.p_ref != 0) {
             let (s_ref, p_ref) = (self.co.s_ref, self.co.p_ref);
+            // (and the string send's cache keeps alive)
+            let anchor = self.state.last_dest.take().map_or(0, |d| d.anchor);
             // The shard must not keep this state alive: clear S[1] if it is this process's,
             // then release the reference. Nothing here allocates (both slots exist), so it
             // runs right on the main thread, which is not running between resumes.
@@ -416,6 +418,9 @@ impl LuaProcess {
                 }
                 ffi::lua_settop(state, base);
                 ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, p_ref);
+                if anchor != 0 {
+                    ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, anchor);
+                }
             };
             let main = vm.main.0;
             // SAFETY: the main thread is not running between resumes.

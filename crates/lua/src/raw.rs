@@ -290,8 +290,23 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
     if n < 2 || ffi::lua_type(l, 1) != ffi::LUA_TSTRING || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
         return 0;
     }
-    let dest = bytes_at(l, 1);
-    let Some(topic) = str_at(l, 2) else { return 0 };
+    // The destination string object: the one sent to last is known without reading it.
+    let key = ffi::lua_topointer(l, 1);
+    let Ok(cached) = current::state(|st| st.last_dest.as_ref().is_some_and(|d| d.key == key)) else { return 0 };
+    // A new one is anchored before anything here owns memory (the reference may raise a
+    // memory error); it is released again unless it becomes the cached one.
+    let mut anchor = if cached {
+        0
+    } else {
+        ffi::lua_pushvalue(l, 1);
+        ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX)
+    };
+    let Some(topic) = str_at(l, 2) else {
+        if anchor != 0 {
+            ffi::luaL_unref(l, ffi::LUA_REGISTRYINDEX, anchor);
+        }
+        return 0;
+    };
     let r = current::with(|cx, st| {
         let marks = st.shard.marks;
         let mut payload = Payload::new();
@@ -301,10 +316,10 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
                 None => return Ok(None),
             }
         }
-        let dest = match st.last_dest.as_deref() {
-            Some(last) if last.is(dest) => last.dest.clone(),
+        let dest = match &st.last_dest {
+            Some(last) if cached => last.dest.clone(),
             _ => {
-                let Ok(text) = std::str::from_utf8(dest) else { return Ok(None) };
+                let Ok(text) = std::str::from_utf8(bytes_at(l, 1)) else { return Ok(None) };
                 let d = if text.starts_with('{') {
                     match text.parse::<Pid>() {
                         Ok(p) => Dest::Pid(p),
@@ -313,12 +328,18 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
                 } else {
                     Dest::Name(text.into())
                 };
-                st.last_dest = LastDest::new(dest, d.clone());
+                // the old anchor goes, the new one stays
+                let old = st.last_dest.replace(LastDest { dest: d.clone(), key, anchor });
+                anchor = old.map_or(0, |o| o.anchor);
                 d
             }
         };
         Ok(Some(cx.send(dest, topic, payload)))
     });
+    // (an unused or replaced anchor; luaL_unref allocates nothing, so it cannot raise)
+    if anchor != 0 {
+        ffi::luaL_unref(l, ffi::LUA_REGISTRYINDEX, anchor);
+    }
     match r {
         Ok(Some(Ok(()))) => {
             ffi::lua_pushboolean(l, 1);

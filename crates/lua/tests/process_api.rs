@@ -438,3 +438,53 @@ fn a_finished_process_coroutine_serves_the_next_process_as_new() {
     );
     assert_eq!(v, s("40/10"));
 }
+
+#[test]
+fn sends_reach_the_destination_written_whatever_was_sent_to_before() {
+    // send keeps the last destination it parsed; alternating between PIDs, names and
+    // strings made afresh (then collected) must never deliver to the previous one
+    let h = Harness::new(1);
+    h.entry(
+        "test:sink",
+        r#"return { main = function(parent, tag)
+            local inbox, sum = process.inbox(), 0
+            while true do
+                local m = inbox:receive()
+                if m:topic() == "stop" then break end
+                sum = sum + m:payload():data()
+            end
+            process.send(parent, "sum", tag .. "=" .. sum)
+        end }"#,
+    );
+    let v = h.ok(
+        r#"
+        local me = process.pid()
+        local a = process.spawn("test:sink", "app:processes", me, "a")
+        local b = process.spawn("test:sink", "app:processes", me, "b")
+        process.registry.register("sink.b", b)
+        local want_a, want_b = 0, 0
+        for i = 1, 300 do
+            local dest
+            if i % 3 == 0 then dest = a
+            elseif i % 3 == 1 then dest = "sink." .. "b"       -- a name, a new string each time
+            else dest = string.sub(" " .. a, 2) end            -- a's PID as a fresh string
+            process.send(dest, "n", i)
+            if dest == "sink.b" then want_b = want_b + i else want_a = want_a + i end
+            if i % 50 == 0 then collectgarbage("count") end
+        end
+        process.send(a, "stop") process.send(b, "stop")
+        local sums = process.listen("sum")
+        local s1 = sums:receive()
+        local s2 = sums:receive()
+        local got = { s1, s2 }
+        table.sort(got)
+        return got[1] .. " " .. got[2] .. " | a=" .. want_a .. " b=" .. want_b
+    "#,
+    );
+    let v = match v {
+        Value::Str(s) => String::from_utf8_lossy(&s).to_string(),
+        other => panic!("{other:?}"),
+    };
+    let (got, want) = v.split_once(" | ").unwrap();
+    assert_eq!(got, want, "each sink got exactly the values sent to it");
+}
