@@ -22,6 +22,10 @@ pub(crate) struct ProcState {
     pub(crate) memfail: bool,
     /// Bytes this process allocated while it ran (net), for `max_process_memory`.
     pub(crate) memory: usize,
+    /// P's ready queue or pending count may have become non-empty since `receive` last
+    /// found both empty (set by every start and by the prelude through `R.dirty`): while
+    /// false, the direct wait does not read them.
+    pub(crate) dirty: bool,
     /// The last destination `send` parsed (inline: a repeated send reads nothing but
     /// this process's own state).
     pub(crate) last_dest: Option<LastDest>,

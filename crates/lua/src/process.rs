@@ -152,6 +152,7 @@ impl LuaProcess {
                 upgradable: false,
                 memfail: false,
                 memory: 0,
+                dirty: true,
                 last_dest: None,
             },
             co: Coroutine {
@@ -250,6 +251,8 @@ impl LuaProcess {
         self.co.l = co;
         self.co.p_ref = p_ref;
         self.co.s_ref = vm.s_ref;
+        // (a new state: its pending count starts at what an upgrade carried over)
+        self.state.dirty = true;
         Ok(nargs)
     }
 

@@ -440,8 +440,8 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     }
     // Stack: ch, metatable (or ch, extra arguments..., metatable: then the slow way).
     if ffi::lua_gettop(l) == 2 {
-        // 3: N, 4: SQ, 5: FLAGS, 6: RQ, 7: P, 8: P[RH], 9: P[NPEND] (then the answer from
-        // 10 on)
+        // 3: N, 4: SQ, 5: FLAGS, 6: RQ, 7: P, 8: P[RH], 9: P[NPEND] (nil, nil when not read;
+        // then the answer from 10 on)
         ffi::lua_rawgeti(l, AT_CH, C_N);
         let empty = ffi::lua_tointeger(l, 3) == 0;
         // (a queue slot is false/nil until used)
@@ -451,9 +451,21 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
         let rq = ffi::lua_rawgeti(l, AT_CH, C_RQ) == ffi::LUA_TTABLE;
         if empty && flags & (F_EXT | F_CLOSED) == F_EXT && !(sq && queued(l, 4)) && !(rq && queued(l, 6)) {
             ffi::lua_rawgeti(l, AT_CH, C_P);
-            let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
-            ffi::lua_rawgeti(l, AT_P, P_NPEND);
-            let pending = ffi::lua_tointeger(l, 9) != 0;
+            // P's ready queue and pending count (another cache line of a cold process)
+            // are read only when one may have become non-empty since they were last
+            // found empty
+            let (ready, pending) = if current::state(|st| st.dirty).unwrap_or(true) {
+                let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
+                ffi::lua_rawgeti(l, AT_P, P_NPEND);
+                let pending = ffi::lua_tointeger(l, 9) != 0;
+                if !ready && !pending {
+                    let _ = current::state(|st| st.dirty = false);
+                }
+                (ready, pending)
+            } else {
+                ffi::lua_settop(l, 9);
+                (false, false)
+            };
             if !ready && !pending && MAIN_CO.with(|c| c.get()) == l {
                 ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
                 if flags & F_PLAIN != 0 {

@@ -158,3 +158,26 @@ fn bad_arguments_raise_in_luas_words() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn a_task_made_ready_between_direct_waits_runs_before_main_waits_again() {
+    // main's receive on a listen channel waits right in Rust while nothing else can run;
+    // a task spawned between two such waits must run first (it sends what main waits for)
+    let h = Harness::new(1);
+    let v = h.ok(
+        r#"
+        local me = process.pid()
+        local ch = process.listen("x")
+        local got = {}
+        for round = 1, 20 do
+            process.send(me, "x", round * 10)
+            got[#got + 1] = ch:receive()
+            coroutine.spawn(function() process.send(me, "x", round * 10 + 1) end)
+            got[#got + 1] = ch:receive()
+        end
+        return table.concat(got, ",")
+    "#,
+    );
+    let want: Vec<String> = (1..=20).flat_map(|r| [format!("{}", r * 10), format!("{}", r * 10 + 1)]).collect();
+    assert_eq!(v, s(&want.join(",")));
+}

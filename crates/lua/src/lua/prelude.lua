@@ -17,6 +17,9 @@ local pack, unpack, tinsert = table.pack, table.unpack, table.insert
 local select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall =
   select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
 local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, R.error, R.time_from_nanos, R.memfail
+-- P's ready queue or pending count may have become non-empty: every place that makes one
+-- so calls it (Rust's receive skips reading them while neither can have)
+local rt_dirty = R.dirty
 local raw_meta = R.raw_meta -- a table's metatable, past __metatable
 local WAIT = R.WAIT         -- yielded to Rust to take the next runtime event
 
@@ -90,7 +93,7 @@ local function wake(P, t, a, b)
   t[A], t[B] = a, b
   if t[EXT] then t[EXT] = false; P[NEXT] = P[NEXT] - 1 end
   local last = P[RT]
-  if last then last[QN] = t else P[RH] = t end
+  if last then last[QN] = t else P[RH] = t; rt_dirty() end
   P[RT] = t
 end
 
@@ -437,6 +440,7 @@ local function queue_pending(P, m)
   local pend = x.pending
   if not pend then pend = {}; x.pending = pend end
   P[NPEND] = n; pend[n] = m
+  rt_dirty()
   if n > 1 then drain(P) end
 end
 
@@ -561,6 +565,7 @@ sched = function(P)
         -- suspended by the hook: it goes on first, after the runtime's turn
         t[QN] = P[RH]
         P[RH] = t
+        rt_dirty()
         if not P[RT] then P[RT] = t end
         raw_yield()
       else

@@ -38,6 +38,13 @@ unsafe extern "C-unwind" fn rt_cur(l: *mut ffi::lua_State) -> c_int {
     0
 }
 
+/// `R.dirty()`: the current process's ready queue or pending count may have become
+/// non-empty (see `ProcState::dirty`).
+unsafe extern "C-unwind" fn rt_dirty(_l: *mut ffi::lua_State) -> c_int {
+    let _ = crate::current::state(|st| st.dirty = true);
+    0
+}
+
 /// `R.preempted()`: whether the hook suspended a coroutine (clears the flag).
 unsafe extern "C-unwind" fn rt_preempted(l: *mut ffi::lua_State) -> c_int {
     let fired = current_preempt().map(|p| p.fired.swap(false, Ordering::Relaxed)).unwrap_or(false);
@@ -154,6 +161,7 @@ pub(crate) fn install(
     // SAFETY: plain C functions that only touch their own arguments and thread-locals.
     unsafe {
         r.raw_set("cur", lua.create_c_function(rt_cur)?)?;
+        r.raw_set("dirty", lua.create_c_function(rt_dirty)?)?;
         r.raw_set("preempted", lua.create_c_function(rt_preempted)?)?;
         r.raw_set("preempt_pending", lua.create_c_function(rt_preempt_pending)?)?;
         r.raw_set("make_send", lua.create_c_function(crate::raw::make_send)?)?;
