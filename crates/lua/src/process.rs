@@ -86,7 +86,8 @@ impl Build<'_> {
     ///
     /// # Safety
     /// `state` is a thread of the process's VM that is not running, with `room` slots
-    /// free; an error raised here unwinds to the caller's protection.
+    /// free. An error raised here unwinds to the caller's protected call; without one (the
+    /// plain start) only running out of memory can raise, which mlua turns into a panic.
     unsafe fn run(&self, state: *mut ffi::lua_State, base: c_int) -> (c_int, *mut ffi::lua_State, c_int) {
         let reg = |state, key: &mlua::RegistryKey| {
             ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, key.id() as ffi::lua_Integer);
@@ -95,7 +96,7 @@ impl Build<'_> {
         ffi::luaL_checkstack(state, self.room, std::ptr::null());
         // new_process(env_mt, carry, ncarry, co) -> P, co, env
         ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.new_process as ffi::lua_Integer);
-        reg(state, &self.code.keys.env_mt);
+        reg(state, &self.code.env_mt);
         ffi::lua_pushvalue(state, base + 1);
         ffi::lua_pushvalue(state, base + 2);
         match self.pooled {
@@ -122,14 +123,14 @@ impl Build<'_> {
         // main_body(P, chunk, env, method, id, args...)
         let top = ffi::lua_gettop(state);
         ffi::lua_pushvalue(state, pi);
-        reg(state, &self.code.keys.chunk);
+        reg(state, &self.code.chunk);
         ffi::lua_pushvalue(state, ei);
         if self.own_method {
-            reg(state, &self.code.keys.method);
+            reg(state, &self.code.method);
         } else {
             ffi::lua_pushlstring(state, self.method.as_ptr() as *const _, self.method.len());
         }
-        reg(state, &self.code.keys.id);
+        reg(state, &self.code.id);
         for i in base + 3..=n {
             ffi::lua_pushvalue(state, i);
         }
@@ -213,6 +214,7 @@ impl LuaProcess {
         let plain = self.state.shard.options.max_process_memory == 0
             && carry.is_none()
             && lua_args.is_empty()
+            // (a bound far below Lua's stack limit: the pushes cannot overflow it)
             && raw_args.len() < 64
             // SAFETY: the main thread is not running (a start happens between resumes).
             && unsafe { ffi::lua_checkstack(main, room + 8) } != 0;

@@ -401,8 +401,8 @@ pub(crate) fn direct_tag() -> *mut std::ffi::c_void {
 
 /// `R.make_receive(channel_mt, receive, direct_other)`: a channel's `receive` as one C
 /// function. The common wait -- main alone, nothing buffered or queued, on a channel the
-/// mailbox feeds -- yields the wait tag (with the topic of a plain listen channel) to Rust
-/// right here; a plain listen channel's value comes back as `(0, value)` and is returned as
+/// mailbox feeds -- yields the direct tag (with the topic of a plain listen channel) to
+/// Rust right here; a plain listen channel's value comes back as `(0, value)` and is returned as
 /// `value, true`, any other answer goes to `direct_other(P, ch, ...)`. Every other case runs
 /// the Lua `receive`.
 pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c_int {

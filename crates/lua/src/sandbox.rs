@@ -40,17 +40,11 @@ impl mlua::UserData for ReadOnly {
     }
 }
 
-/// What a shard keeps per entry: the loaded chunk and the environment metatable (which
-/// also holds the modules the entry may bind and its imports).
+/// What a shard keeps per entry, in its registry: the loaded chunk, the environment
+/// metatable (which also holds the modules the entry may bind and its imports), and the
+/// entry's ID and main method as Lua strings. A process's start pushes them by reference
+/// (no handle, no string interned per spawn).
 pub(crate) struct EntryCode {
-    pub(crate) chunk: Function,
-    pub(crate) env_mt: Table,
-    /// The same in the registry, with the entry's ID and main method as Lua strings: a
-    /// process's start pushes them by reference (no handle, no string interned per spawn).
-    pub(crate) keys: CodeKeys,
-}
-
-pub(crate) struct CodeKeys {
     pub(crate) chunk: RegistryKey,
     pub(crate) env_mt: RegistryKey,
     pub(crate) id: RegistryKey,
@@ -240,13 +234,12 @@ impl Vm {
             Some(t)
         };
         let env_mt: Table = env_mt_fn.call((allowed, imports)).map_err(internal)?;
-        let keys = CodeKeys {
-            chunk: self.lua.create_registry_value(&chunk).map_err(internal)?,
-            env_mt: self.lua.create_registry_value(&env_mt).map_err(internal)?,
+        let code = Arc::new(EntryCode {
+            chunk: self.lua.create_registry_value(chunk).map_err(internal)?,
+            env_mt: self.lua.create_registry_value(env_mt).map_err(internal)?,
             id: self.lua.create_registry_value(entry.id.as_str()).map_err(internal)?,
             method: self.lua.create_registry_value(entry.method.as_str()).map_err(internal)?,
-        };
-        let code = Arc::new(EntryCode { chunk, env_mt, keys });
+        });
         self.code.insert(entry.id.clone(), (entry.version, code.clone()));
         Ok(code)
     }

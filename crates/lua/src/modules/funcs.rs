@@ -25,7 +25,9 @@ pub(crate) fn load_library_function(lua: &Lua, catalog: Weak<Catalog>) -> mlua::
         // SAFETY: called from Lua code a shard turn is running on this thread.
         let vm = unsafe { current_vm() }.ok_or_else(|| mlua::Error::runtime("require outside a process"))?;
         let code = vm.code(&catalog, &entry).map_err(|e| mlua::Error::runtime(e.message))?;
-        let env: Table = new_env.call((LuaValue::Nil, code.env_mt.clone()))?;
-        code.chunk.call::<LuaValue>(env)
+        let env_mt: Table = vm.lua.registry_value(&code.env_mt)?;
+        let chunk: Function = vm.lua.registry_value(&code.chunk)?;
+        let env: Table = new_env.call((LuaValue::Nil, env_mt))?;
+        chunk.call::<LuaValue>(env)
     })
 }
