@@ -191,7 +191,7 @@ impl ProcessGroup for Shard {
         q.1 = true;
         drop(q);
         if let Some(me) = self.me.upgrade() {
-            self.host.schedule(me);
+            self.host.wake(me);
         }
     }
 }

@@ -237,6 +237,11 @@ impl HostRef {
     pub fn schedule(&self, r: Arc<dyn Runnable>) {
         self.0.sched.schedule(Task::Runnable(r), Hint::Queued);
     }
+    /// Queue a runnable that a message or event made ready (the LIFO slot when called on
+    /// one of this host's workers, like a woken process).
+    pub fn wake(&self, r: Arc<dyn Runnable>) {
+        self.0.sched.schedule(Task::Runnable(r), Hint::Woken);
+    }
     /// Whether the calling thread is one of this host's workers.
     pub fn is_current_thread(&self) -> bool {
         self.0.sched.is_current()

@@ -216,6 +216,9 @@ impl Scheduler {
     fn push_here(&self, w: &WorkerLocal, task: Task, hint: Hint) {
         match hint {
             Hint::Woken => {
+                // Into an empty LIFO slot without waking anyone: this worker is awake and
+                // runs it next, when the running task ends its step. A second woken task
+                // pushes the first out to the stealable deque, and that wakes a worker.
                 if let Some(prev) = w.lifo.replace(Some(task)) {
                     self.push_local(w, prev);
                 }
