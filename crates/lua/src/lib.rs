@@ -9,6 +9,7 @@ mod catalog;
 pub mod compile;
 mod convert;
 mod current;
+mod layout;
 mod modules;
 mod process;
 mod raw;

@@ -11,11 +11,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mlua::{ffi, Lua, MultiValue, Table, Value as LuaValue};
-use wippy_runtime::{Context, Error, Event, Events, ExitResult, Process, Status, Value};
+use wippy_runtime::{prefetch, Context, Error, Event, Events, ExitResult, Process, Status, Value};
 
 use crate::catalog::LuaEntry;
 use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
+use crate::layout;
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
 use crate::raw;
 use crate::sandbox::{EntryCode, Thread, Vm, POOL_MAX};
@@ -278,6 +279,10 @@ impl LuaProcess {
         // function Lua called comes back here as an unwind): it must never arm a hook on
         // the thread of a process that is gone.
         let _step = shard.preempt.step();
+        if self.co.direct {
+            // SAFETY: the coroutine is suspended in receive's direct wait.
+            unsafe { self.co.warm_direct() };
+        }
         loop {
             // What to resume with: the start arguments, a runtime event (raw when it can
             // be), or nothing (going on after a preemption).
@@ -294,7 +299,11 @@ impl LuaProcess {
                             Ok(a) => Input::Slow(a),
                             Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
                         },
-                        None => break Status::Wait,
+                        None => {
+                            // SAFETY: the coroutine is suspended (it yielded a wait).
+                            cx.set_warm(unsafe { self.co.warm_hints() });
+                            break Status::Wait;
+                        }
                     }
                 }
                 None => Input::Raw(None),
@@ -625,6 +634,37 @@ fn event_room(ev: Option<&Event>) -> c_int {
 }
 
 impl Coroutine {
+    /// Where the next resume starts, for senders to prefetch (see `Context::set_warm`): the
+    /// thread, the call it yielded from and that call's stack slots. While the process
+    /// waits, these change only if the collector shrinks the stack (then a hint is stale,
+    /// which costs nothing).
+    ///
+    /// # Safety
+    /// The coroutine must be suspended.
+    unsafe fn warm_hints(&self) -> [*const u8; wippy_runtime::WARM] {
+        let (ci, func) = layout::frame(self.l);
+        [(self.l as *const u8).wrapping_sub(layout::EXTRA), ci, func]
+    }
+
+    /// What the resume from receive's direct wait reads next, beyond the hints a sender
+    /// prefetched (which it reads through here: the thread's last line, the call below, the
+    /// channel and the process state), prefetched side by side before the resume needs them.
+    ///
+    /// # Safety
+    /// The coroutine must be suspended in receive's direct wait (`self.direct`).
+    unsafe fn warm_direct(&self) {
+        // (the sender took the thread's first 192 bytes from its allocation's start; the
+        // struct is ~200)
+        prefetch((self.l as *const u8).wrapping_add(192));
+        let (ci, func) = layout::frame(self.l);
+        prefetch(layout::previous(ci));
+        for at in [raw::AT_CH, raw::AT_P] {
+            let t = layout::slot_object(func, at as usize);
+            prefetch(t);
+            prefetch(t.wrapping_add(48));
+        }
+    }
+
     /// The body of [`Coroutine::resume`], all on the coroutine: the result code, and how
     /// many values the resume left on it (only for an exit or a failure).
     ///

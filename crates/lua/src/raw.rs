@@ -423,7 +423,7 @@ unsafe fn queued(l: *mut ffi::lua_State, idx: c_int) -> bool {
 
 // Where the direct wait leaves what it read on the stack (every push below is kept, so
 // the checks cost no pops; a C function has room for 20).
-const AT_CH: c_int = 1;
+pub(crate) const AT_CH: c_int = 1;
 pub(crate) const AT_P: c_int = 7;
 const AT_ANSWER: c_int = 10;
 

@@ -19,6 +19,7 @@ use crate::pid::Pid;
 use crate::process::{CommandId, Event, ExitResult, Process};
 use crate::security::Identity;
 use crate::value::{Table, Value};
+use crate::warm::Warm;
 
 pub(crate) const KILL_NONE: u8 = 0;
 pub(crate) const KILL_TERMINATED: u8 = 1;
@@ -128,6 +129,8 @@ pub(crate) struct ProcCell {
     /// The actor and scope this process runs under (fixed at spawn; children inherit it).
     /// Readable from any thread: checks of operations on this process look at it.
     pub(crate) identity: Option<Arc<Identity>>,
+    /// Where this process's next step starts in memory, for its senders to prefetch.
+    pub(crate) warm: Warm,
 }
 
 // SAFETY: `slot` is only accessed by the single worker that owns the RUNNING state (see the
@@ -162,6 +165,7 @@ impl ProcCell {
             }),
             identity,
             topo: Mutex::new(Topo::default()),
+            warm: Warm::default(),
         });
         cell.mailbox.init();
         cell

@@ -28,6 +28,7 @@ mod table;
 mod topic;
 mod topology;
 mod value;
+mod warm;
 
 pub use cell::{ProcessGroup, ProcessRef};
 pub use context::Context;
@@ -46,6 +47,7 @@ pub use security::{
 };
 pub use supervisor::{Clock, RestartPolicy, ServiceKind, ServiceSpec, ServiceState, ServiceStatus, StopSummary, Supervisor, SystemClock, Transition};
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};
+pub use warm::{prefetch, WARM};
 
 /// Build a [`Payload`] from values: `payload![1, "x"]`.
 #[macro_export]
