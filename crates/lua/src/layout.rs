@@ -1,12 +1,14 @@
-//! The few fields of Lua 5.4's internal structs that warm-up hints read (see
-//! wippy-runtime's warm.rs): `lua_State.ci`, `CallInfo.func` and `CallInfo.previous`
-//! (lstate.h), and a stack slot's value (lobject.h). Only these prefixes are mirrored; the
-//! test below holds them to what the C API says, so a Lua that lays them out otherwise
-//! fails it.
+//! The few fields of Lua 5.4's internal structs that the hot paths read directly instead
+//! of through the C API (each API call costs ~20-40 instructions, a direct read one or
+//! two): `lua_State.ci`, `CallInfo.func` and `CallInfo.previous` (lstate.h), a value's tag
+//! and payload, and a table's array part and metatable (lobject.h). Only these prefixes
+//! are mirrored, and only for reading; the test below holds every one of them to what the
+//! C API says, so a Lua that lays them out otherwise fails it.
 //!
-//! Everything here reads a live, suspended or running thread only; the addresses it gives
-//! are hints (prefetched, never kept past the step that made them: the collector may move a
-//! suspended thread's stack).
+//! Everything here reads a live thread, or an object on its stack, during the step that
+//! called it; addresses it gives are not kept past that step, except as prefetch hints (the
+//! collector may move a suspended thread's stack, and a table's array part moves when the
+//! table grows).
 
 use std::ffi::c_void;
 
@@ -34,7 +36,97 @@ struct CallInfoHead {
     previous: *const CallInfoHead,
 }
 
-/// Bytes of a stack slot (`StackValue`: a value and its tag).
+/// `struct Table` up to `metatable`.
+#[repr(C)]
+struct TableHead {
+    next: *mut c_void,
+    tt: u8,
+    marked: u8,
+    flags: u8,
+    lsizenode: u8,
+    alimit: u32,
+    array: *const TValue,
+    node: *const c_void,
+    lastfree: *const c_void,
+    metatable: *const c_void,
+}
+
+/// A value (`TValue`; a stack slot, `StackValue`, is one too): the payload, then the tag.
+#[repr(C)]
+pub(crate) struct TValue {
+    value: usize,
+    tt: u8,
+}
+
+/// Tags (`makevariant`, with `BIT_ISCOLLECTABLE` for objects).
+const T_NIL: u8 = 0;
+const T_FALSE: u8 = 1;
+const T_TRUE: u8 = 1 | 1 << 4;
+const T_LIGHTUD: u8 = 2;
+const T_INT: u8 = 3;
+const T_FLOAT: u8 = 3 | 1 << 4;
+const T_SHRSTR: u8 = 4 | 0x40;
+const T_LNGSTR: u8 = 4 | 1 << 4 | 0x40;
+const T_TABLE: u8 = 5 | 0x40;
+
+/// `struct TString` up to its contents (short strings keep their length in `shrlen`, long
+/// ones have 0xFF there and the length in `lnglen`).
+#[repr(C)]
+struct StringHead {
+    next: *mut c_void,
+    tt: u8,
+    marked: u8,
+    extra: u8,
+    shrlen: u8,
+    hash: u32,
+    lnglen: usize,
+    contents: [u8; 0],
+}
+
+/// A plain value, as the fast paths take it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Plain<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'a [u8]),
+    LightUserdata(*const c_void),
+}
+
+/// What `v` holds, when it is a plain value (not a table, function, userdata or thread).
+///
+/// # Safety
+/// `v` must be a live value; a string's bytes live as long as the string is reachable.
+pub(crate) unsafe fn plain<'a>(v: *const TValue) -> Option<Plain<'a>> {
+    let v = &*v;
+    Some(match v.tt {
+        T_NIL => Plain::Nil,
+        T_FALSE => Plain::Bool(false),
+        T_TRUE => Plain::Bool(true),
+        T_INT => Plain::Int(v.value as i64),
+        T_FLOAT => Plain::Float(f64::from_bits(v.value as u64)),
+        T_SHRSTR | T_LNGSTR => Plain::Str(string_bytes(v.value as *const StringHead)),
+        T_LIGHTUD => Plain::LightUserdata(v.value as *const c_void),
+        _ => return None,
+    })
+}
+
+unsafe fn string_bytes<'a>(s: *const StringHead) -> &'a [u8] {
+    let len = if (*s).shrlen == 0xFF { (*s).lnglen } else { (*s).shrlen as usize };
+    std::slice::from_raw_parts(std::ptr::addr_of!((*s).contents) as *const u8, len)
+}
+
+/// The string `v` holds: the string object (what `lua_topointer` gives) and its bytes.
+///
+/// # Safety
+/// As [`plain`].
+pub(crate) unsafe fn string<'a>(v: *const TValue) -> Option<(*const c_void, &'a [u8])> {
+    let v = &*v;
+    matches!(v.tt, T_SHRSTR | T_LNGSTR).then(|| (v.value as *const c_void, string_bytes(v.value as *const StringHead)))
+}
+
+/// Bytes of a stack slot.
 const SLOT: usize = 16;
 /// Bytes Lua keeps in front of every thread (`LUA_EXTRASPACE`, where an allocation begins).
 pub(crate) const EXTRA: usize = ffi::LUA_EXTRASPACE;
@@ -57,13 +149,57 @@ pub(crate) unsafe fn previous(ci: *const u8) -> *const u8 {
     (*(ci as *const CallInfoHead)).previous as *const u8
 }
 
-/// The object a collectable value in stack slot `func + i` points at.
+/// Stack slot `func + i`.
 ///
 /// # Safety
 /// `func` must be a frame's function slot as [`frame`] gave it in this step, and slot `i`
 /// must be within that frame.
+pub(crate) unsafe fn slot(func: *const u8, i: usize) -> *const TValue {
+    func.add(i * SLOT) as *const TValue
+}
+
+/// The object a collectable value in stack slot `func + i` points at (see [`slot`]).
 pub(crate) unsafe fn slot_object(func: *const u8, i: usize) -> *const u8 {
-    *(func.add(i * SLOT) as *const *const u8)
+    (*slot(func, i)).value as *const u8
+}
+
+/// The table `v` holds, if it holds one.
+///
+/// # Safety
+/// `v` must be a live value.
+pub(crate) unsafe fn as_table(v: *const TValue) -> Option<*const u8> {
+    ((*v).tt == T_TABLE).then(|| (*v).value as *const u8)
+}
+
+/// The integer `v` holds, if it holds one (not a float, even an integral one).
+///
+/// # Safety
+/// `v` must be a live value.
+pub(crate) unsafe fn as_int(v: *const TValue) -> Option<i64> {
+    ((*v).tt == T_INT).then(|| (*v).value as i64)
+}
+
+/// Whether `v` is a table (without saying which).
+pub(crate) unsafe fn is_table(v: *const TValue) -> bool {
+    (*v).tt == T_TABLE
+}
+
+/// A table's metatable (null for none): the address `lua_topointer` gives for it.
+///
+/// # Safety
+/// `t` must be a live table.
+pub(crate) unsafe fn metatable(t: *const u8) -> *const c_void {
+    (*(t as *const TableHead)).metatable
+}
+
+/// Slot `i` (from 1) of a table's array part, when `i` is within the part's known size
+/// (`alimit`, which may be below the real size; then the caller asks the C API).
+///
+/// # Safety
+/// `t` must be a live table; the value is valid until the table is next written to.
+pub(crate) unsafe fn array(t: *const u8, i: i64) -> Option<*const TValue> {
+    let h = &*(t as *const TableHead);
+    (i >= 1 && (i as u64) <= h.alimit as u64).then(|| h.array.add(i as usize - 1))
 }
 
 #[cfg(test)]
@@ -71,7 +207,7 @@ mod tests {
     use super::*;
     use std::os::raw::c_int;
 
-    /// Called from Lua as `probe(t1, t2)`: checks the mirror against the C API, raising an
+    /// Called from Lua as `probe(t1, t2)` (see the chunk below): checks the mirror against the C API, raising an
     /// error naming the first field that disagrees.
     unsafe extern "C-unwind" fn probe(l: *mut ffi::lua_State) -> c_int {
         let fail = |what: &std::ffi::CStr| -> c_int {
@@ -85,6 +221,45 @@ mod tests {
         for i in 1..=2 {
             if slot_object(func, i) != ffi::lua_topointer(l, i as c_int) as *const u8 {
                 return fail(c"CallInfo.func or the slot size");
+            }
+        }
+        // probe(t1, t2): t2 = setmetatable({ 7, {}, "s", 2.0 }, mt)
+        let t2 = as_table(slot(func, 2)).unwrap_or(std::ptr::null());
+        ffi::lua_getmetatable(l, 2);
+        let mt = ffi::lua_topointer(l, -1);
+        ffi::lua_pop(l, 1);
+        if t2.is_null() || metatable(t2) != mt {
+            return fail(c"Table.metatable or the table tag");
+        }
+        let at = |i| array(t2, i).map(|v| (as_int(v), is_table(v)));
+        if at(1) != Some((Some(7), false)) || at(2) != Some((None, true)) || at(4) != Some((None, false)) {
+            return fail(c"Table.array/alimit or the integer tag");
+        }
+        if array(t2, 0).is_some() || array(t2, 99).is_some() {
+            return fail(c"Table.alimit");
+        }
+        // values 3.. : nil, true, false, 42, 1.5, "short", a long string, and a light userdata
+        let n = ffi::lua_gettop(l);
+        for i in 3..=n {
+            let want = match ffi::lua_type(l, i) {
+                ffi::LUA_TNIL => Some(Plain::Nil),
+                ffi::LUA_TBOOLEAN => Some(Plain::Bool(ffi::lua_toboolean(l, i) != 0)),
+                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, i) != 0 => Some(Plain::Int(ffi::lua_tointeger(l, i))),
+                ffi::LUA_TNUMBER => Some(Plain::Float(ffi::lua_tonumber(l, i))),
+                ffi::LUA_TSTRING => {
+                    let mut len = 0;
+                    let p = ffi::lua_tolstring(l, i, &mut len);
+                    let b = std::slice::from_raw_parts(p as *const u8, len);
+                    if string(slot(func, i as usize)) != Some((ffi::lua_topointer(l, i), b)) {
+                        return fail(c"TString");
+                    }
+                    Some(Plain::Str(b))
+                }
+                ffi::LUA_TLIGHTUSERDATA => Some(Plain::LightUserdata(ffi::lua_touserdata(l, i))),
+                _ => None,
+            };
+            if plain(slot(func, i as usize)) != want {
+                return fail(c"a value's tag or payload");
             }
         }
         let top = (*(l as *const StateHead)).top;
@@ -114,14 +289,18 @@ mod tests {
             lua.exec_raw::<()>((), |state| {
                 ffi::lua_pushcfunction(state, probe);
                 ffi::lua_setglobal(state, c"probe".as_ptr());
+                ffi::lua_pushlightuserdata(state, 0x1234 as *mut c_void);
+                ffi::lua_setglobal(state, c"lightud".as_ptr());
             })
             .unwrap();
         }
         let code = r#"
-            local function call(a, b) local x = 1; return probe(a, b), x end
-            assert(call({}, {}))
+            local function call(a, b) local x = 1; return probe(a, b, nil, true, false, 42, 1.5, "short",
+                string.rep("long", 30), lightud, -7, 0.0, ""), x end
+            local function t2() return setmetatable({ 7, {}, "s", 2.0 }, {}) end
+            assert(call({}, t2()))
             local co = coroutine.create(function(a, b) return call(a, b) end)
-            local ok, r = coroutine.resume(co, {}, setmetatable({}, {}))
+            local ok, r = coroutine.resume(co, {}, t2())
             assert(ok and r, r)
         "#;
         lua.load(code).exec().unwrap();

@@ -14,6 +14,7 @@ use wippy_runtime::{Dest, Payload, Pid, Table, Value, MAX_DEPTH};
 
 use crate::convert::Marks;
 use crate::current::{self, LastDest};
+use crate::layout;
 
 /// Whether `v` can take the raw path (no error objects anywhere in it).
 pub(crate) fn simple(v: &Value) -> bool {
@@ -272,6 +273,16 @@ unsafe fn bytes_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
     std::slice::from_raw_parts(p as *const u8, len)
 }
 
+/// `b` as UTF-8, with a short way for ASCII (topics and names mostly are).
+fn utf8(b: &[u8]) -> Option<&str> {
+    if b.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b).ok()
+    }
+}
+
 /// The string at `idx` as UTF-8 (valid while it stays on the stack).
 unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
     std::str::from_utf8(bytes_at(l, idx)).ok()
@@ -287,11 +298,17 @@ pub(crate) unsafe fn metatable_is(l: *mut ffi::lua_State, idx: c_int, mt: c_int)
 /// when the call needs the full (mlua) `process.send`.
 unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
     let n = ffi::lua_gettop(l);
-    if n < 2 || ffi::lua_type(l, 1) != ffi::LUA_TSTRING || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
+    if n < 2 {
         return 0;
     }
+    // (the arguments read straight from the stack, layout.rs; the strings' bytes stay put)
+    let (_, func) = layout::frame(l);
+    let (Some((key, dest_text)), Some((_, topic))) =
+        (layout::string(layout::slot(func, 1)), layout::string(layout::slot(func, 2)))
+    else {
+        return 0;
+    };
     // The destination string object: the one sent to last is known without reading it.
-    let key = ffi::lua_topointer(l, 1);
     let Ok(cached) = current::state(|st| st.last_dest.as_ref().is_some_and(|d| d.key == key)) else { return 0 };
     // A new one is anchored before anything here owns memory (the reference may raise a
     // memory error); it is released again unless it becomes the cached one.
@@ -301,7 +318,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushvalue(l, 1);
         ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX)
     };
-    let Some(topic) = str_at(l, 2) else {
+    let Some(topic) = utf8(topic) else {
         if anchor != 0 {
             ffi::luaL_unref(l, ffi::LUA_REGISTRYINDEX, anchor);
         }
@@ -311,7 +328,16 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         let marks = st.shard.marks;
         let mut payload = Payload::new();
         for i in 3..=n {
-            match read(l, i, &marks) {
+            // (the frame found again each time: luaL_ref above and `read` may move the stack)
+            let v = match layout::plain(layout::slot(layout::frame(l).1, i as usize)) {
+                Some(layout::Plain::Nil) => Some(Value::Nil),
+                Some(layout::Plain::Bool(b)) => Some(Value::Bool(b)),
+                Some(layout::Plain::Int(x)) => Some(Value::Int(x)),
+                Some(layout::Plain::Float(x)) => Some(Value::Float(x)),
+                Some(layout::Plain::Str(b)) => Some(Value::bytes(b)),
+                _ => read(l, i, &marks),
+            };
+            match v {
                 Some(v) => payload.push(v),
                 None => return Ok(None),
             }
@@ -319,7 +345,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         let dest = match &st.last_dest {
             Some(last) if cached => last.dest.clone(),
             _ => {
-                let Ok(text) = std::str::from_utf8(bytes_at(l, 1)) else { return Ok(None) };
+                let Some(text) = utf8(dest_text) else { return Ok(None) };
                 let d = if text.starts_with('{') {
                     match text.parse::<Pid>() {
                         Ok(p) => Dest::Pid(p),
@@ -412,23 +438,67 @@ pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c
     1
 }
 
-/// Whether the queue at `idx` (a table) has someone in it.
-unsafe fn queued(l: *mut ffi::lua_State, idx: c_int) -> bool {
-    ffi::lua_rawgeti(l, idx, Q_H);
-    ffi::lua_rawgeti(l, idx, Q_T);
-    let waiting = ffi::lua_tointeger(l, -2) <= ffi::lua_tointeger(l, -1);
-    ffi::lua_pop(l, 2);
-    waiting
+/// Whether a channel's send or receive queue slot holds a queue with someone in it; `None`
+/// when that cannot be read directly.
+unsafe fn queued(ch: *const u8, slot: ffi::lua_Integer) -> Option<bool> {
+    let v = layout::array(ch, slot)?;
+    let Some(q) = layout::as_table(v) else { return Some(false) };
+    let head = layout::as_int(layout::array(q, Q_H)?)?;
+    let tail = layout::as_int(layout::array(q, Q_T)?)?;
+    Some(head <= tail)
 }
 
-// Where the direct wait leaves what it read on the stack (every push below is kept, so
-// the checks cost no pops; a C function has room for 20).
+// Where the direct wait leaves what it read on the stack: the channel, then P (read from
+// there by the next resume); the answer goes above.
 pub(crate) const AT_CH: c_int = 1;
-pub(crate) const AT_P: c_int = 7;
-const AT_ANSWER: c_int = 10;
+pub(crate) const AT_P: c_int = 2;
+const AT_ANSWER: c_int = 3;
+
+/// Whether `receive(ch)` may wait right here for the mailbox: main alone runs (P's ready
+/// queue and pending mailbox items empty), and the channel is a mailbox-fed one with
+/// nothing buffered, queued or closed. `Some(plain)` then (a plain listen channel), `None`
+/// whenever anything is otherwise, or cannot be read straight from the tables (layout.rs;
+/// the Lua `receive` then decides).
+unsafe fn direct_wait(l: *mut ffi::lua_State) -> Option<bool> {
+    if ffi::lua_gettop(l) != 1 || MAIN_CO.with(|c| c.get()) != l {
+        return None;
+    }
+    let (_, func) = layout::frame(l);
+    let ch = layout::as_table(layout::slot(func, AT_CH as usize))?;
+    let (channel_mt, dirty) = current::state(|st| (st.shard.marks.channel, st.dirty)).ok()?;
+    if layout::metatable(ch) as usize != channel_mt {
+        return None;
+    }
+    let n = layout::as_int(layout::array(ch, C_N)?)?;
+    let flags = layout::as_int(layout::array(ch, C_FLAGS)?)?;
+    if n != 0 || flags & (F_EXT | F_CLOSED) != F_EXT || queued(ch, C_SQ)? || queued(ch, C_RQ)? {
+        return None;
+    }
+    // P's ready queue and pending count (another cache line of a cold process) are read
+    // only when one may have become non-empty since they were last found empty
+    if dirty {
+        let p = layout::as_table(layout::array(ch, C_P)?)?;
+        let ready = layout::is_table(layout::array(p, P_RH)?);
+        let pending = layout::as_int(layout::array(p, P_NPEND)?)? != 0;
+        if ready || pending {
+            return None;
+        }
+        let _ = current::state(|st| st.dirty = false);
+    }
+    Some(flags & F_PLAIN != 0)
+}
 
 unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     // Nothing below owns anything: the yields and errors leave this frame by longjmp.
+    if let Some(plain) = direct_wait(l) {
+        ffi::lua_rawgeti(l, AT_CH, C_P);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
+        if plain {
+            ffi::lua_rawgeti(l, AT_CH, C_TOPIC);
+            return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
+        }
+        return ffi::lua_yieldk(l, 1, 0, Some(receive_k));
+    }
     if !metatable_is(l, AT_CH, ffi::lua_upvalueindex(1)) {
         let tp = ffi::lua_type(l, AT_CH);
         ffi::luaL_where(l, 1);
@@ -437,44 +507,6 @@ unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushstring(l, c")".as_ptr());
         ffi::lua_concat(l, 4);
         ffi::lua_error(l);
-    }
-    // Stack: ch, metatable (or ch, extra arguments..., metatable: then the slow way).
-    if ffi::lua_gettop(l) == 2 {
-        // 3: N, 4: SQ, 5: FLAGS, 6: RQ, 7: P, 8: P[RH], 9: P[NPEND] (nil, nil when not read;
-        // then the answer from 10 on)
-        ffi::lua_rawgeti(l, AT_CH, C_N);
-        let empty = ffi::lua_tointeger(l, 3) == 0;
-        // (a queue slot is false/nil until used)
-        let sq = ffi::lua_rawgeti(l, AT_CH, C_SQ) == ffi::LUA_TTABLE;
-        ffi::lua_rawgeti(l, AT_CH, C_FLAGS);
-        let flags = ffi::lua_tointeger(l, 5);
-        let rq = ffi::lua_rawgeti(l, AT_CH, C_RQ) == ffi::LUA_TTABLE;
-        if empty && flags & (F_EXT | F_CLOSED) == F_EXT && !(sq && queued(l, 4)) && !(rq && queued(l, 6)) {
-            ffi::lua_rawgeti(l, AT_CH, C_P);
-            // P's ready queue and pending count (another cache line of a cold process)
-            // are read only when one may have become non-empty since they were last
-            // found empty
-            let (ready, pending) = if current::state(|st| st.dirty).unwrap_or(true) {
-                let ready = ffi::lua_rawgeti(l, AT_P, P_RH) == ffi::LUA_TTABLE;
-                ffi::lua_rawgeti(l, AT_P, P_NPEND);
-                let pending = ffi::lua_tointeger(l, 9) != 0;
-                if !ready && !pending {
-                    let _ = current::state(|st| st.dirty = false);
-                }
-                (ready, pending)
-            } else {
-                ffi::lua_settop(l, 9);
-                (false, false)
-            };
-            if !ready && !pending && MAIN_CO.with(|c| c.get()) == l {
-                ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
-                if flags & F_PLAIN != 0 {
-                    ffi::lua_rawgeti(l, AT_CH, C_TOPIC);
-                    return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
-                }
-                return ffi::lua_yieldk(l, 1, 0, Some(receive_k));
-            }
-        }
     }
     ffi::lua_settop(l, AT_CH);
     ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));

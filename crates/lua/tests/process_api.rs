@@ -488,3 +488,43 @@ fn sends_reach_the_destination_written_whatever_was_sent_to_before() {
     let (got, want) = v.split_once(" | ").unwrap();
     assert_eq!(got, want, "each sink got exactly the values sent to it");
 }
+
+#[test]
+fn every_plain_value_and_topic_survives_the_direct_send_and_receive() {
+    // send reads its arguments straight from the Lua stack and receive a channel's slots
+    // straight from its table (layout.rs): every kind of plain value, short and long
+    // strings, non-ASCII topics and destinations, and tables beside them, come out as sent
+    let h = Harness::new(1);
+    let v = h.ok(
+        r##"
+        local me = process.pid()
+        local long = string.rep("é", 40)                  -- a long string (over 40 bytes)
+        local topics = { "t", "tópico", string.rep("x", 60) }
+        local values = { 0, -7, 2^53, 1.5, -0.0, 1/0, true, false, "", "short", long, "\0bin\255" }
+        local got = {}
+        for _, topic in ipairs(topics) do
+            local ch = process.listen(topic)
+            for i, v in ipairs(values) do
+                assert(process.send(me, topic, v))
+                local r = ch:receive()
+                if r ~= v or math.type(r) ~= math.type(v) then
+                    got[#got + 1] = topic .. "#" .. i .. "=" .. tostring(r)
+                end
+            end
+            local m = process.inbox()
+            process.unlisten(ch)
+            assert(process.send(me, topic, { a = 1, 2 }))
+            local msg = m:receive()
+            local p = msg:payload():data()
+            if msg:topic() ~= topic or p.a ~= 1 or p[1] ~= 2 then got[#got + 1] = topic .. " table" end
+        end
+        -- a destination given as a fresh non-ASCII name
+        process.registry.register("dést", me)
+        local ch = process.listen("n")
+        assert(process.send("d" .. "ést", "n", 5))
+        if ch:receive() ~= 5 then got[#got + 1] = "name" end
+        return #got == 0 and "ok" or table.concat(got, " ")
+    "##,
+    );
+    assert_eq!(v, Value::str("ok"));
+}
