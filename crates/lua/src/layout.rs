@@ -141,6 +141,14 @@ pub(crate) unsafe fn frame(l: *mut ffi::lua_State) -> (*const u8, *const u8) {
     (ci as *const u8, (*ci).func)
 }
 
+/// The value `n` slots below the top of `l`'s stack (`n` = 1: the topmost).
+///
+/// # Safety
+/// `l` must be a live thread with at least `n` values in its current frame.
+pub(crate) unsafe fn below_top(l: *mut ffi::lua_State, n: usize) -> *const TValue {
+    ((*(l as *const StateHead)).top as *const TValue).sub(n)
+}
+
 /// The call below `ci` (null for the base call).
 ///
 /// # Safety
@@ -261,6 +269,9 @@ mod tests {
             if plain(slot(func, i as usize)) != want {
                 return fail(c"a value's tag or payload");
             }
+        }
+        if below_top(l, 1) != slot(func, n as usize) {
+            return fail(c"lua_State.top");
         }
         let top = (*(l as *const StateHead)).top;
         if top != func.add(SLOT * (ffi::lua_gettop(l) as usize + 1)) {

@@ -721,38 +721,26 @@ impl Coroutine {
         let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
         let code = match status {
             ffi::LUA_YIELD if nres == 0 => R_PREEMPTED,
-            ffi::LUA_YIELD => {
-                let first = ffi::lua_gettop(l) - nres + 1;
-                match ffi::lua_type(l, first) {
-                    ffi::LUA_TLIGHTUSERDATA => match ffi::lua_touserdata(l, first) {
-                        p if p == raw::direct_tag() => {
-                            self.direct = true;
-                            R_WAIT
-                        }
-                        p if p == raw::wait_tag() => R_WAIT,
-                        _ => R_USER_YIELD,
-                    },
-                    ffi::LUA_TSTRING => {
-                        let mut len = 0usize;
-                        let p = ffi::lua_tolstring(l, first, &mut len);
-                        match std::slice::from_raw_parts(p as *const u8, len) {
-                            b"exit" => R_EXIT,
-                            _ => R_USER_YIELD,
-                        }
-                    }
-                    _ => R_USER_YIELD,
+            // (the yielded values read straight from the stack: layout.rs)
+            ffi::LUA_YIELD => match layout::plain(layout::below_top(l, nres as usize)) {
+                Some(layout::Plain::LightUserdata(p)) if p == raw::direct_tag() as *const _ => {
+                    self.direct = true;
+                    R_WAIT
                 }
-            }
+                Some(layout::Plain::LightUserdata(p)) if p == raw::wait_tag() as *const _ => R_WAIT,
+                Some(layout::Plain::Str(b"exit")) => R_EXIT,
+                _ => R_USER_YIELD,
+            },
             ffi::LUA_OK => R_FINISHED,
             _ => {
                 nres = 1;
                 R_FAILED
             }
         };
-        if code == R_WAIT && nres == 2 && ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
-            let mut len = 0usize;
-            let p = ffi::lua_tolstring(l, -1, &mut len);
-            *hint = (p as *const u8, len);
+        if code == R_WAIT && nres == 2 {
+            if let Some((_, topic)) = layout::string(layout::below_top(l, 1)) {
+                *hint = (topic.as_ptr(), topic.len());
+            }
         }
         if code == R_WAIT || code == R_USER_YIELD {
             ffi::lua_pop(l, nres);
@@ -784,11 +772,16 @@ unsafe fn publish_top(state: *mut ffi::lua_State, s_ref: c_int, at: c_int) {
     publish_rest(state);
 }
 
-/// The rest of a publish: the stack ends with `S, P`.
+/// The rest of a publish: the stack ends with `S, P`. (S[2] is mostly false already: the
+/// prelude resets it after every task's resume; it is read straight from S, layout.rs.)
 unsafe fn publish_rest(state: *mut ffi::lua_State) {
     ffi::lua_rawseti(state, -2, 1);
-    ffi::lua_pushboolean(state, 0);
-    ffi::lua_rawseti(state, -2, 2);
+    let s = layout::as_table(layout::below_top(state, 1));
+    let running = s.and_then(|s| layout::array(s, 2)).and_then(|v| layout::plain(v));
+    if running != Some(layout::Plain::Bool(false)) {
+        ffi::lua_pushboolean(state, 0);
+        ffi::lua_rawseti(state, -2, 2);
+    }
     ffi::lua_pop(state, 1);
 }
 
