@@ -182,7 +182,7 @@ impl Shard {
 }
 
 impl ProcessGroup for Shard {
-    fn schedule(&self, process: ProcessRef) {
+    fn schedule(&self, process: ProcessRef, woken: bool) {
         let mut q = self.queue.lock();
         q.0.push_back(process);
         if q.1 {
@@ -190,8 +190,15 @@ impl ProcessGroup for Shard {
         }
         q.1 = true;
         drop(q);
+        // Woken by a message: the waking worker runs the shard next, with the VM's shared
+        // state still in its cache. New processes: the back of the queue, where another
+        // worker can take the shard, so spawning spreads over the workers.
         if let Some(me) = self.me.upgrade() {
-            self.host.wake(me);
+            if woken {
+                self.host.wake(me);
+            } else {
+                self.host.schedule(me);
+            }
         }
     }
 }

@@ -29,7 +29,11 @@ pub(crate) const KILL_LINKED: u8 = 2;
 /// `schedule` whenever a member becomes runnable, instead of queueing the member itself;
 /// the group then runs members with [`ProcessRef::run`] from its own `Runnable::run`.
 pub trait ProcessGroup: Send + Sync + 'static {
-    fn schedule(&self, process: ProcessRef);
+    /// `woken`: a message or event made the member ready (the group may then go to the
+    /// waking worker's LIFO slot, [`HostRef::wake`](crate::HostRef::wake)); otherwise it is
+    /// new, or was preempted (the back of the queue, [`HostRef::schedule`](crate::HostRef::schedule),
+    /// where an idle worker can take it).
+    fn schedule(&self, process: ProcessRef, woken: bool);
 }
 
 /// A handle on a live (or just exited) process, for process groups.

@@ -496,7 +496,7 @@ impl NodeInner {
     #[inline]
     pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
         match &cell.group {
-            Some(g) => g.clone().schedule(ProcessRef(cell)),
+            Some(g) => g.clone().schedule(ProcessRef(cell), hint == Hint::Woken),
             None => crate::scheduler::Scheduler::schedule_process(cell, hint),
         }
     }

@@ -134,7 +134,7 @@ struct Group {
     runs: AtomicU64,
 }
 impl ProcessGroup for Group {
-    fn schedule(&self, p: ProcessRef) {
+    fn schedule(&self, p: ProcessRef, _woken: bool) {
         self.ready.lock().push_back(p);
         if !self.queued.swap(true, Ordering::AcqRel) {
             let me = self.me.lock().as_ref().unwrap().upgrade().unwrap();
