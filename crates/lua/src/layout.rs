@@ -200,14 +200,28 @@ pub(crate) unsafe fn metatable(t: *const u8) -> *const c_void {
     (*(t as *const TableHead)).metatable
 }
 
-/// Slot `i` (from 1) of a table's array part, when `i` is within the part's known size
-/// (`alimit`, which may be below the real size; then the caller asks the C API).
+/// A nil value, for keys a table certainly does not hold.
+static NIL: TValue = TValue { value: 0, tt: T_NIL };
+
+/// `BITRAS` in `Table.flags`: set when `alimit` is not the array part's real size.
+const BITRAS: u8 = 1 << 7;
+
+/// What `lua_rawgeti(t, i)` would give, when that can be read directly: slot `i` (from 1)
+/// of the array part when `i` is within its known size (`alimit`), or nil when `i` is past
+/// the array part's exact size and the table has no hash part (`lastfree` null: the shared
+/// dummy node). `None` otherwise (the caller asks the C API).
 ///
 /// # Safety
 /// `t` must be a live table; the value is valid until the table is next written to.
 pub(crate) unsafe fn array(t: *const u8, i: i64) -> Option<*const TValue> {
     let h = &*(t as *const TableHead);
-    (i >= 1 && (i as u64) <= h.alimit as u64).then(|| h.array.add(i as usize - 1))
+    if i >= 1 && (i as u64) <= h.alimit as u64 {
+        Some(h.array.add(i as usize - 1))
+    } else if i >= 1 && h.flags & BITRAS == 0 && h.lastfree.is_null() {
+        Some(&NIL)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -231,7 +245,7 @@ mod tests {
                 return fail(c"CallInfo.func or the slot size");
             }
         }
-        // probe(t1, t2): t2 = setmetatable({ 7, {}, "s", 2.0 }, mt)
+        // probe(t1, t2, ...): t1 = { x = 1 }, t2 = setmetatable({ 7, {}, "s", 2.0 }, mt)
         let t2 = as_table(slot(func, 2)).unwrap_or(std::ptr::null());
         ffi::lua_getmetatable(l, 2);
         let mt = ffi::lua_topointer(l, -1);
@@ -243,8 +257,13 @@ mod tests {
         if at(1) != Some((Some(7), false)) || at(2) != Some((None, true)) || at(4) != Some((None, false)) {
             return fail(c"Table.array/alimit or the integer tag");
         }
-        if array(t2, 0).is_some() || array(t2, 99).is_some() {
-            return fail(c"Table.alimit");
+        if array(t2, 0).is_some() || array(t2, 99).and_then(|v| plain(v)) != Some(Plain::Nil) {
+            return fail(c"Table.alimit, flags or lastfree");
+        }
+        // t1 = { x = 1 }: a hash part, so a key past the array is not known to be absent
+        let t1 = as_table(slot(func, 1)).unwrap_or(std::ptr::null());
+        if t1.is_null() || array(t1, 1).is_some() {
+            return fail(c"Table.lastfree");
         }
         // values 3.. : nil, true, false, 42, 1.5, "short", a long string, and a light userdata
         let n = ffi::lua_gettop(l);
@@ -309,9 +328,9 @@ mod tests {
             local function call(a, b) local x = 1; return probe(a, b, nil, true, false, 42, 1.5, "short",
                 string.rep("long", 30), lightud, -7, 0.0, ""), x end
             local function t2() return setmetatable({ 7, {}, "s", 2.0 }, {}) end
-            assert(call({}, t2()))
+            assert(call({ x = 1 }, t2()))
             local co = coroutine.create(function(a, b) return call(a, b) end)
-            local ok, r = coroutine.resume(co, {}, t2())
+            local ok, r = coroutine.resume(co, { x = 1 }, t2())
             assert(ok and r, r)
         "#;
         lua.load(code).exec().unwrap();

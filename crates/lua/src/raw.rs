@@ -465,8 +465,14 @@ unsafe fn direct_wait(l: *mut ffi::lua_State) -> Option<bool> {
     }
     let (_, func) = layout::frame(l);
     let ch = layout::as_table(layout::slot(func, AT_CH as usize))?;
-    let (channel_mt, dirty) = current::state(|st| (st.shard.marks.channel, st.dirty)).ok()?;
-    if layout::metatable(ch) as usize != channel_mt {
+    // (a process's first resume runs before its Rust state is entered, and must wait here
+    // all the same: a parked process's stack is smallest this way; then the channel
+    // metatable is upvalue 1)
+    let (channel_mt, dirty) = match current::state(|st| (st.shard.marks.channel, st.dirty)) {
+        Ok((mt, dirty)) => (mt as *const c_void, dirty),
+        Err(_) => (ffi::lua_topointer(l, ffi::lua_upvalueindex(1)), true),
+    };
+    if layout::metatable(ch) != channel_mt {
         return None;
     }
     let n = layout::as_int(layout::array(ch, C_N)?)?;
