@@ -1,9 +1,9 @@
 //! The few fields of Lua 5.4's internal structs that the hot paths read directly instead
 //! of through the C API (each API call costs ~20-40 instructions, a direct read one or
-//! two): `lua_State.ci`, `CallInfo.func` and `CallInfo.previous` (lstate.h), a value's tag
-//! and payload, and a table's array part and metatable (lobject.h). Only these prefixes
-//! are mirrored, and only for reading; the test below holds every one of them to what the
-//! C API says, so a Lua that lays them out otherwise fails it.
+//! two): `lua_State.ci` and `top`, `CallInfo.func` and `previous` (lstate.h), a value's tag
+//! and payload, a string's bytes, and a table's array part and metatable (lobject.h). Only
+//! these prefixes are mirrored, and only for reading; the test below holds every one of
+//! them to what the C API says, so a Lua that lays them out otherwise fails it.
 //!
 //! Everything here reads a live thread, or an object on its stack, during the step that
 //! called it; addresses it gives are not kept past that step, except as prefetch hints (the
@@ -187,11 +187,6 @@ pub(crate) unsafe fn as_int(v: *const TValue) -> Option<i64> {
     ((*v).tt == T_INT).then(|| (*v).value as i64)
 }
 
-/// Whether `v` is a table (without saying which).
-pub(crate) unsafe fn is_table(v: *const TValue) -> bool {
-    (*v).tt == T_TABLE
-}
-
 /// A table's metatable (null for none): the address `lua_topointer` gives for it.
 ///
 /// # Safety
@@ -253,7 +248,7 @@ mod tests {
         if t2.is_null() || metatable(t2) != mt {
             return fail(c"Table.metatable or the table tag");
         }
-        let at = |i| array(t2, i).map(|v| (as_int(v), is_table(v)));
+        let at = |i| array(t2, i).map(|v| (as_int(v), as_table(v).is_some()));
         if at(1) != Some((Some(7), false)) || at(2) != Some((None, true)) || at(4) != Some((None, false)) {
             return fail(c"Table.array/alimit or the integer tag");
         }

@@ -61,28 +61,27 @@ pub(crate) fn push_room(v: &Value) -> usize {
     }
 }
 
-/// Read the value at `idx`, or `None` when it needs the mlua path.
+/// Read the value at stack index `idx` of the running C function (not a pseudo-index), or
+/// `None` when it needs the mlua path.
 pub(crate) unsafe fn read(l: *mut ffi::lua_State, idx: c_int, marks: &Marks) -> Option<Value> {
     let mut seen = Vec::new();
     read_at(l, ffi::lua_absindex(l, idx), marks, &mut seen)
 }
 
+/// `idx` is an absolute index of the running C function's frame.
 unsafe fn read_at(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Option<Value> {
+    // Plain values straight from the stack slot (layout.rs; the frame is found again on
+    // every call, since reading a table may grow the stack).
+    match layout::plain(layout::slot(layout::frame(l).1, idx as usize)) {
+        Some(layout::Plain::Nil) => return Some(Value::Nil),
+        Some(layout::Plain::Bool(b)) => return Some(Value::Bool(b)),
+        Some(layout::Plain::Int(x)) => return Some(Value::Int(x)),
+        Some(layout::Plain::Float(x)) => return Some(Value::Float(x)),
+        Some(layout::Plain::Str(b)) => return Some(Value::bytes(b)),
+        Some(layout::Plain::LightUserdata(_)) => return None,
+        None => {}
+    }
     match ffi::lua_type(l, idx) {
-        ffi::LUA_TNIL => Some(Value::Nil),
-        ffi::LUA_TBOOLEAN => Some(Value::Bool(ffi::lua_toboolean(l, idx) != 0)),
-        ffi::LUA_TNUMBER => {
-            if ffi::lua_isinteger(l, idx) != 0 {
-                Some(Value::Int(ffi::lua_tointeger(l, idx)))
-            } else {
-                Some(Value::Float(ffi::lua_tonumber(l, idx)))
-            }
-        }
-        ffi::LUA_TSTRING => {
-            let mut len = 0usize;
-            let p = ffi::lua_tolstring(l, idx, &mut len);
-            Some(Value::bytes(std::slice::from_raw_parts(p as *const u8, len)))
-        }
         ffi::LUA_TTABLE => {
             if seen.len() >= MAX_DEPTH || ffi::lua_checkstack(l, 4) == 0 {
                 return None;
@@ -285,7 +284,7 @@ fn utf8(b: &[u8]) -> Option<&str> {
 
 /// The string at `idx` as UTF-8 (valid while it stays on the stack).
 unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
-    std::str::from_utf8(bytes_at(l, idx)).ok()
+    utf8(bytes_at(l, idx))
 }
 
 /// Whether the value at `idx` has the metatable at `mt` (its own, past `__metatable`).
@@ -328,16 +327,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         let marks = st.shard.marks;
         let mut payload = Payload::new();
         for i in 3..=n {
-            // (the frame found again each time: luaL_ref above and `read` may move the stack)
-            let v = match layout::plain(layout::slot(layout::frame(l).1, i as usize)) {
-                Some(layout::Plain::Nil) => Some(Value::Nil),
-                Some(layout::Plain::Bool(b)) => Some(Value::Bool(b)),
-                Some(layout::Plain::Int(x)) => Some(Value::Int(x)),
-                Some(layout::Plain::Float(x)) => Some(Value::Float(x)),
-                Some(layout::Plain::Str(b)) => Some(Value::bytes(b)),
-                _ => read(l, i, &marks),
-            };
-            match v {
+            match read(l, i, &marks) {
                 Some(v) => payload.push(v),
                 None => return Ok(None),
             }
@@ -484,7 +474,7 @@ unsafe fn direct_wait(l: *mut ffi::lua_State) -> Option<bool> {
     // only when one may have become non-empty since they were last found empty
     if dirty {
         let p = layout::as_table(layout::array(ch, C_P)?)?;
-        let ready = layout::is_table(layout::array(p, P_RH)?);
+        let ready = layout::as_table(layout::array(p, P_RH)?).is_some();
         let pending = layout::as_int(layout::array(p, P_NPEND)?)? != 0;
         if ready || pending {
             return None;

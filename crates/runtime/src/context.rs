@@ -72,7 +72,7 @@ impl<'a> Context<'a> {
     }
 
     /// Leave where this process's next step will start in memory (see [`WARM`]): up to
-    /// three addresses, each with the 192 bytes from it, that a sender prefetches when it
+    /// three addresses, each with the two lines after it, that a sender prefetches when it
     /// queues a message for this process. Hints only; null ones are skipped. Set them when
     /// the step ends waiting.
     pub fn set_warm(&mut self, addrs: [*const u8; WARM]) {
@@ -113,10 +113,12 @@ impl<'a> Context<'a> {
             return Err(Error::process_not_found(&dest));
         }
         // Start loading what the receiver's next step touches first (see warm.rs): by the
-        // time this step ends and the receiver runs, it is in the cache. (The cell from the
-        // Arc's two counts before it on.)
-        prefetch_range((Arc::as_ptr(cell) as *const u8).wrapping_sub(16), 16 + std::mem::size_of::<ProcCell>());
-        cell.warm.prefetch();
+        // time this step ends and the receiver runs, it is in the cache. Once per batch
+        // (the first message of one); the cell from the Arc's two counts before it on.
+        if self.outbox.len() == 0 {
+            prefetch_range((Arc::as_ptr(cell) as *const u8).wrapping_sub(16), 16 + std::mem::size_of::<ProcCell>());
+            cell.warm.prefetch();
+        }
         let from = self.cell.pid;
         Mailbox::chain_with(&mut self.outbox, || Event::Message(Message { from, topic: Topic::new(topic), payload }));
         // Back-pressure through the scheduler: sending into a long mailbox costs extra

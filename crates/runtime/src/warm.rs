@@ -5,8 +5,8 @@
 //! chain of cache misses, each waited for in turn: the cell, the process's state, what that
 //! points to. A process that parks may leave up to [`WARM`] addresses in its cell
 //! ([`Context::set_warm`](crate::Context::set_warm)); a process that queues a message for it
-//! prefetches them, each with the two lines after it (192 bytes from it), and the cell's own lines, so they load
-//! side by side while the sender finishes its step.
+//! prefetches them, each with the two lines after it, and the cell's own lines, so they
+//! load side by side while the sender finishes its step.
 //!
 //! Only hints: the runtime never reads through them, and a stale or null one costs nothing
 //! (a prefetch never faults).
