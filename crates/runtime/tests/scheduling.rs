@@ -252,25 +252,35 @@ fn a_hundred_thousand_processes_spawn_and_exit_without_leaking() {
 #[test]
 fn a_host_rescales_in_place_while_its_processes_run() {
     use std::collections::HashSet;
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Condvar, Mutex};
     let node = node(1);
     let host = node.host(HOST).unwrap();
     assert_eq!(host.workers(), 1);
-    // Processes that report the worker thread each message ran on.
-    let threads = Arc::new(Mutex::new(HashSet::new()));
+    // Processes that report the worker thread each message ran on. While `spread` is set,
+    // a message's process holds its worker until a second worker has run one too (at most
+    // LIMIT): one worker alone can no longer drain a round before the others wake, so
+    // whether new workers take work does not depend on how fast the work is.
+    let threads = Arc::new((Mutex::new(HashSet::new()), Condvar::new()));
+    let spread = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let mut pids = Vec::new();
     for _ in 0..64 {
-        let (t, tx) = (threads.clone(), tx.clone());
+        let (t, spread, tx) = (threads.clone(), spread.clone(), tx.clone());
         pids.push(
             node.spawn(HOST, Spawn::process(handler_fn(move |_, ev| {
                 if let Event::Message(m) = ev {
                     if m.topic.as_str() == "work" {
                         let mut x = 0u64;
                         for i in 0..200_000u64 {
-                            x = x.wrapping_add(i * i);
+                            x = x.wrapping_add(std::hint::black_box(i * i));
                         }
-                        t.lock().unwrap().insert(std::thread::current().name().unwrap_or("").to_string());
+                        let (seen, cv) = &*t;
+                        let mut seen = seen.lock().unwrap();
+                        seen.insert(std::thread::current().name().unwrap_or("").to_string());
+                        cv.notify_all();
+                        if spread.load(Ordering::SeqCst) {
+                            drop(cv.wait_timeout_while(seen, LIMIT, |s| s.len() < 2).unwrap());
+                        }
                         let _ = tx.send(x);
                     }
                 }
@@ -279,6 +289,7 @@ fn a_host_rescales_in_place_while_its_processes_run() {
             .unwrap(),
         );
     }
+    let threads = || threads.0.lock().unwrap();
     let round = |n: usize| {
         for p in &pids {
             node.send(*p, "work", payload![]).unwrap();
@@ -288,14 +299,16 @@ fn a_host_rescales_in_place_while_its_processes_run() {
         }
     };
     round(64);
-    assert_eq!(threads.lock().unwrap().len(), 1);
+    assert_eq!(threads().len(), 1);
     assert_eq!(node.rescale_host(HOST, 3).unwrap(), 3);
     assert_eq!(host.workers(), 3);
-    threads.lock().unwrap().clear();
+    threads().clear();
+    spread.store(true, Ordering::SeqCst);
     for _ in 0..5 {
         round(64);
     }
-    assert!(threads.lock().unwrap().len() > 1, "the new workers took work: {:?}", threads.lock().unwrap());
+    spread.store(false, Ordering::SeqCst);
+    assert!(threads().len() > 1, "the new workers took work: {:?}", threads());
     assert_eq!(node.rescale_host(HOST, 1).unwrap(), 1);
     round(64);
     // Shrunk: everything still runs (on the remaining worker once the others have left).
