@@ -121,6 +121,8 @@ pub(crate) struct Catalog {
     pub(crate) watchers: Mutex<HashMap<String, Vec<Pid>>>,
     pub(crate) node: RwLock<Option<NodeRef>>,
     bytecode: Mutex<HashMap<(String, u64), Arc<[u8]>>>,
+    /// The bytecode every entry's chunk is spliced into (crate::chunk).
+    loader: std::sync::OnceLock<Vec<u8>>,
     pub(crate) compiles: AtomicU64,
     pub(crate) hosts: RwLock<FxHashMap<String, Arc<HostShards>>>,
     pub(crate) host_options: RwLock<HashMap<String, ShardOptions>>,
@@ -136,6 +138,7 @@ impl Catalog {
             watchers: Mutex::new(HashMap::new()),
             node: RwLock::new(None),
             bytecode: Mutex::new(HashMap::new()),
+            loader: std::sync::OnceLock::new(),
             compiles: AtomicU64::new(0),
             hosts: RwLock::new(FxHashMap::default()),
             host_options: RwLock::new(HashMap::new()),
@@ -187,7 +190,7 @@ impl Catalog {
         self.entries.read().get(id).cloned().ok_or_else(|| Error::not_found(format!("entry not found: {id}")))
     }
 
-    /// The entry's chunk as a function of `(_ENV, ...)`, loaded into `lua`: from this
+    /// The entry's chunk as a function of `(_ENV, ...)` (crate::chunk), loaded into `lua`: from this
     /// node's bytecode cache, compiling the source only the first time.
     pub(crate) fn load(&self, lua: &Lua, entry: &LuaEntry) -> Result<Function, Error> {
         let key = (entry.id.clone(), entry.version);
@@ -199,24 +202,27 @@ impl Catalog {
             match cache.get(&key) {
                 Some(code) => code.clone(),
                 None => {
-                    let wrapped = wrap_source(&crate::compile::erase(&entry.source));
-                    let f = lua
-                        .load(wrapped.as_str())
-                        .set_name(name.as_str())
-                        .set_mode(ChunkMode::Text)
-                        .into_function()
+                    let chunk = crate::chunk::compile(lua, &crate::compile::erase(&entry.source), &name)
                         .map_err(|e| compile_error(entry, &e))?;
+                    if self.loader.get().is_none() {
+                        let made = crate::chunk::loader(lua).map_err(|e| loader_error(entry, e))?;
+                        let _ = self.loader.set(made);
+                    }
+                    let loader = self.loader.get().expect("set above");
+                    let code: Arc<[u8]> = Arc::from(crate::chunk::bind(loader, &chunk).map_err(|e| loader_error(entry, e))?);
                     self.compiles.fetch_add(1, Ordering::Relaxed);
-                    let code: Arc<[u8]> = Arc::from(f.dump(false));
                     cache.insert(key, code.clone());
                     code
                 }
             }
         };
+        // The loader's own chunk sees an empty environment: nothing of the VM's globals.
+        let empty = lua.create_table().map_err(|e| compile_error(entry, &e))?;
         let outer = lua
             .load(&code[..])
             .set_name(name.as_str())
             .set_mode(ChunkMode::Binary)
+            .set_environment(empty)
             .into_function()
             .map_err(|e| compile_error(entry, &e))?;
         outer.call::<Function>(()).map_err(|e| compile_error(entry, &e))
@@ -242,20 +248,13 @@ pub(crate) fn runnable_on(entry: &LuaEntry, host: &wippy_runtime::HostRef) -> Re
 /// Compile `entry`'s source in a scratch VM, to tell whether it would load.
 pub(crate) fn check_source(entry: &LuaEntry) -> Result<(), Error> {
     let lua = Lua::new();
-    let wrapped = wrap_source(&crate::compile::erase(&entry.source));
-    lua.load(wrapped.as_str())
-        .set_name(format!("@{}", entry.chunk_name))
-        .set_mode(ChunkMode::Text)
-        .into_function()
+    crate::chunk::compile(&lua, &crate::compile::erase(&entry.source), &format!("@{}", entry.chunk_name))
         .map(|_| ())
         .map_err(|e| compile_error(entry, &e))
 }
 
-/// `return function(_ENV, ...) <source> end`, on the source's own first line so every line
-/// number stays the user's. A `#!` first line becomes a comment.
-fn wrap_source(src: &str) -> String {
-    let body = if src.starts_with('#') { format!("--{src}") } else { src.to_string() };
-    format!("return function(_ENV, ...) {body}\nend")
+fn loader_error(entry: &LuaEntry, e: String) -> Error {
+    Error::internal(format!("entry '{}': binding its chunk: {e}", entry.id))
 }
 
 fn compile_error(entry: &LuaEntry, e: &mlua::Error) -> Error {

@@ -6,6 +6,7 @@
 //! plugs into the node as its entry factory.
 
 mod catalog;
+mod chunk;
 pub mod compile;
 mod convert;
 mod current;

@@ -123,10 +123,11 @@ impl Vm {
         let string: Table = g.raw_get("string")?;
         string.raw_set("dump", LuaValue::Nil)?;
         shared.raw_set("string", string)?;
-        let os_full: Table = g.raw_get("os")?;
-        let os = lua.create_table()?;
-        for name in ["time", "clock", "date", "difftime"] {
-            os.raw_set(name, os_full.raw_get::<LuaValue>(name)?)?;
+        // The VM's own os table (also in its registry's _LOADED) keeps only the safe four:
+        // nothing anywhere in the VM can run a command, end the node or touch a file.
+        let os: Table = g.raw_get("os")?;
+        for name in ["execute", "exit", "remove", "rename", "tmpname", "getenv", "setlocale"] {
+            os.raw_set(name, LuaValue::Nil)?;
         }
         shared.raw_set("os", os)?;
         // The string metatable is shared by every string: lock it.
@@ -138,7 +139,15 @@ impl Vm {
         let marks = Arc::new(Mutex::new(Marks::default()));
         modules::install(&lua, &r, &shared, &marks, catalog, grants_io)?;
 
-        let prelude: Table = lua.load(PRELUDE).set_name("@wippy/prelude.lua").call((r, shared.clone()))?;
+        // The prelude runs with a private copy of the globals; the VM's real global table is
+        // emptied below, so no chunk that ever sees it (none should) finds anything there.
+        let prelude_env = lua.create_table()?;
+        for pair in g.pairs::<LuaValue, LuaValue>() {
+            let (k, v) = pair?;
+            prelude_env.raw_set(k, v)?;
+        }
+        let prelude: Table =
+            lua.load(PRELUDE).set_name("@wippy/prelude.lua").set_environment(prelude_env).call((r, shared.clone()))?;
         // Nested constant tables become read-only userdata: a library proxy then needs
         // no per-process copies (a table could be changed with rawset by anyone).
         for pair in shared.pairs::<String, LuaValue>() {
@@ -161,9 +170,7 @@ impl Vm {
         let env_mt: Function = prelude.get("env_mt")?;
         lua.set_named_registry_value("wippy.env_mt", env_mt)?;
         // Nothing of the shard's own globals stays reachable by name.
-        for name in ["collectgarbage", "load", "dofile", "loadfile", "require", "print"] {
-            g.raw_set(name, LuaValue::Nil)?;
-        }
+        g.clear()?;
         lua.gc_collect()?;
         // Generational collection: a shard's garbage is mostly young (a finished process's
         // tables, a message's copy), and a minor collection does not walk every parked

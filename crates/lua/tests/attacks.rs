@@ -1,0 +1,138 @@
+//! The attack suite: every hole an attack run against the node found, with its variants.
+//! Each test asserts that the attack fails and that the node goes on serving other
+//! processes afterwards (`still_serving`).
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use wippy_lua::{LuaEntry, ShardOptions};
+use wippy_runtime::{ErrorKind, HostConfig, HostSecurity, Spawn, Value};
+
+/// After an attack: a fresh process on the same host still runs, and sees the standard
+/// library as it should be.
+fn still_serving(h: &Harness) {
+    let v = h.ok(r#"
+        assert(("abc"):upper() == "ABC" and string.upper("x") == "X", "the string library was changed")
+        assert(os.execute == nil and os.getenv == nil and os.exit == nil and os.remove == nil)
+        return process.exec("test:echo-once", "app:processes", "ping")
+    "#);
+    assert_eq!(v, s("ping"));
+}
+
+fn harness(workers: usize) -> Harness {
+    let h = Harness::new(workers);
+    h.entry("test:echo-once", "return { main = function(x) return x end }");
+    h
+}
+
+fn marker(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("wippy-attack-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+// ---------------------------------------------------------------------------------------
+// The loader: a source cannot close the function it is compiled into
+// ---------------------------------------------------------------------------------------
+
+/// The repro of the attack run: close the wrapper, run a command, hijack string.upper.
+fn loader_escape(path: &std::path::Path) -> String {
+    format!(
+        "return {{ main = function() return \"x\" end }} end,\n  os.execute(\"id > {}\"),\n  \
+         (function() string.upper = function(s) return \"HIJACKED:\" .. s end; return 1 end)(),\n  function()",
+        path.display()
+    )
+}
+
+#[test]
+fn a_source_cannot_escape_its_chunk_at_spawn() {
+    let h = harness(1);
+    let path = marker("spawn");
+    let entry = LuaEntry::process("test:escape", &loader_escape(&path)).modules(ALL_MODULES);
+    let err = h.lua.check(&entry).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{}", err.message);
+    assert!(err.message.contains("entry 'test:escape'"), "{}", err.message);
+    h.lua.add_entry(entry);
+    let err = h.node.spawn(HOST, Spawn::entry("test:escape")).map(|_| ()).err();
+    if err.is_none() {
+        // spawned: the compile error must end it
+        let (_, w) = h.node.spawn_watched(HOST, Spawn::entry("test:escape")).unwrap();
+        assert!(w.wait_timeout(Duration::from_secs(10)).unwrap().is_err());
+    }
+    assert!(!path.exists(), "the command ran");
+    still_serving(&h);
+}
+
+#[test]
+fn loader_escape_variants_fail_to_compile() {
+    let h = harness(1);
+    let variants = [
+        // close the wrapper with a trailing comment hiding the loader's `end`
+        "return {} end, (function() string.upper = nil end)() --",
+        // a long comment left open to swallow the loader's tail
+        "return {} end, string.len --[[",
+        // a long string left open
+        "return {} end, [==[",
+        // a second chunk after a full return
+        "return { main = function() end }\nend\nreturn function()",
+        // shebang line followed by the escape
+        "#!/bin/lua\nreturn {} end, os, function()",
+        // typed syntax around the escape (goes through the eraser first)
+        "local x: number = 1\nreturn {} end, (function(): number string.upper = nil return 1 end)(), function()",
+    ];
+    for (i, src) in variants.iter().enumerate() {
+        let id = format!("test:variant{i}");
+        let entry = LuaEntry::process(&id, src).modules(ALL_MODULES);
+        assert!(h.lua.check(&entry).is_err(), "variant {i} compiled: {src}");
+        h.lua.add_entry(entry);
+        let (_, w) = h.node.spawn_watched(HOST, Spawn::entry(&id)).unwrap();
+        assert!(w.wait_timeout(Duration::from_secs(10)).unwrap().is_err(), "variant {i} ran");
+    }
+    still_serving(&h);
+}
+
+#[test]
+fn nothing_of_the_vm_is_reachable_from_a_process() {
+    let h = harness(1);
+    let v = h.ok(r#"
+        -- load without an environment gets the process's own, never the VM's
+        local g = load("return _G")()
+        assert(g == _G, "load's default environment is the process's")
+        assert(load("return os.execute")() == nil)
+        -- no function gives the VM's globals: not load with an explicit nil env, not _ENV tricks
+        local f = load("local e = ... return e", "x", "t", nil)
+        assert(f ~= nil)
+        assert(rawget(_G, "string") == nil or rawget(_G, "string") ~= getmetatable)
+        -- a library's proxy keeps writes to itself
+        string.upper = function() return "mine" end
+        assert(("a"):upper() == "A", "the string metatable's index is the shared table, untouched")
+        assert(getmetatable("") == false)
+        -- os in the process is the safe four only
+        for _, k in ipairs({"execute", "exit", "remove", "rename", "tmpname", "getenv", "setlocale"}) do
+            assert(os[k] == nil, "os." .. k)
+        end
+        return type(os.time) .. type(os.clock) .. type(os.date) .. type(os.difftime)
+    "#);
+    assert_eq!(v, s("functionfunctionfunctionfunction"));
+    still_serving(&h);
+}
+
+#[test]
+fn a_library_source_cannot_escape_either() {
+    let h = harness(1);
+    let path = marker("library");
+    h.lua.add_entry(LuaEntry::library("test:evil-lib", &loader_escape(&path)));
+    h.lua.add_entry(
+        LuaEntry::process("test:importer", "return { main = function() return pcall(require, 'evil') end }")
+            .import("evil", "test:evil-lib"),
+    );
+    let r = h.node.exec(HOST, Spawn::entry("test:importer"));
+    assert!(matches!(r, Ok(Value::Bool(false)) | Err(_)), "{r:?}");
+    assert!(!path.exists(), "the command ran");
+    still_serving(&h);
+}
+
+#[allow(dead_code)]
+fn unused(_: Arc<()>, _: HostConfig, _: HostSecurity, _: ShardOptions) {}
