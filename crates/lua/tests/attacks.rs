@@ -134,5 +134,87 @@ fn a_library_source_cannot_escape_either() {
     still_serving(&h);
 }
 
-#[allow(dead_code)]
-fn unused(_: Arc<()>, _: HostConfig, _: HostSecurity, _: ShardOptions) {}
+
+// ---------------------------------------------------------------------------------------
+// Host boundaries on every operation that reaches another process (SPEC §7.3)
+// ---------------------------------------------------------------------------------------
+
+/// A host "app:sandbox" whose processes may message only their own host.
+fn with_sandbox(h: &Harness, modules: Option<&[&str]>) {
+    let mut cfg = HostConfig::new("app:sandbox").workers(1).stop_timeout(Duration::from_millis(200));
+    cfg.security = Arc::new(HostSecurity {
+        modules: modules.map(|m| m.iter().map(|s| s.to_string()).collect()),
+        send_to: Some(vec!["app:sandbox".into()]),
+        ..HostSecurity::default()
+    });
+    h.lua.set_host_options("app:sandbox", ShardOptions::default());
+    h.node.add_host(cfg).unwrap();
+}
+
+/// A process on the main host that counts every event and message it gets, and answers
+/// "count" with that number (the count request itself not counted).
+const WITNESS: &str = r#"return { main = function()
+    process.registry.register("witness")
+    process.set_options({ trap_links = true })
+    local seen = {}
+    local inbox, events = process.inbox(), process.events()
+    while true do
+        local r = channel.select{ inbox:case_receive(), events:case_receive() }
+        if r.channel == inbox and r.value:topic() == "count" then
+            process.send(r.value:from(), "count", table.concat(seen, ","))
+        else
+            seen[#seen + 1] = r.channel == inbox and r.value:topic() or r.value.kind
+        end
+    end
+end }"#;
+
+#[test]
+fn no_operation_crosses_a_forbidden_host_boundary() {
+    let h = harness(2);
+    with_sandbox(&h, None);
+    h.entry("test:witness", WITNESS);
+    let witness = h.node.spawn(HOST, Spawn::entry("test:witness")).unwrap();
+    while h.node.lookup("witness").is_none() {
+        std::thread::yield_now();
+    }
+    h.entry("test:prober", &format!(r#"return {{ main = function()
+        local w = "{witness}"
+        local out = {{}}
+        local function try(what, ok, err)
+            if ok then out[#out + 1] = what .. ":allowed" return end
+            out[#out + 1] = what .. ":" .. err:kind() .. ":" .. err:message()
+        end
+        try("send", process.send(w, "hello"))
+        try("send-name", process.send("witness", "hello"))
+        try("cancel", process.cancel(w, "bye"))
+        try("cancel-name", process.cancel("witness", "bye"))
+        try("terminate", process.terminate(w))
+        try("link", process.link(w))
+        try("unlink", process.unlink(w))
+        try("monitor", process.monitor(w))
+        try("unmonitor", process.unmonitor(w))
+        try("register-foreign", process.registry.register("stolen", w))
+        try("spawn", process.spawn("test:echo-once", "app:processes", "x"))
+        try("spawn-with-message", process.with_context({{}}):with_message("hello", 1):spawn("test:echo-once", "app:processes", "x"))
+        try("exec", process.exec("test:echo-once", "app:processes", "x"))
+        -- its own host stays open
+        try("own-host", process.exec("test:echo-once", "app:sandbox", "x"))
+        return table.concat(out, "\n")
+    end }}"#));
+    let (_, watch) = h.node.spawn_watched("app:sandbox", Spawn::entry("test:prober")).unwrap();
+    let out = watch.wait_timeout(Duration::from_secs(20)).unwrap().expect("prober ran");
+    let out = out.as_str().unwrap().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 14, "{out}");
+    for line in &lines[..13] {
+        assert!(line.contains(":PermissionDenied:"), "not denied: {line}");
+        assert!(line.contains("from host app:sandbox to host app:processes"), "both hosts named: {line}");
+    }
+    assert_eq!(lines[13], "own-host:allowed");
+    // The witness is alive, got nothing, and no name was stolen.
+    let seen = h.ok(r#"local ch = process.listen("count") process.send("witness", "count") return ch:receive()"#);
+    assert_eq!(seen, s(""), "something crossed the boundary");
+    assert_eq!(h.node.lookup("stolen"), None);
+    h.node.terminate(witness).unwrap();
+    still_serving(&h);
+}

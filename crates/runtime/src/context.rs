@@ -137,10 +137,7 @@ impl<'a> Context<'a> {
     #[inline(never)]
     fn switch_target(&mut self, pid: Pid, dest: &Dest) -> Result<(), Error> {
         let cell = self.node.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?;
-        if !HostSecurity::crossing_allowed(&self.cell.host.config, &cell.host.config) {
-            let (from, to) = (&self.cell.host.config.name, &cell.host.config.name);
-            return Err(denied("process.send", &format!("{pid} (from host {from} to host {to})")));
-        }
+        self.check_boundary("process.send", &pid.to_string(), &cell.host.config)?;
         self.check_target("process.send", pid, Some(&cell))?;
         *self.last_target = Some(cell);
         Ok(())
@@ -190,16 +187,9 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// An operation on process `pid`: the request's `meta.target` describes it (its
-    /// actor and host), so policies can say "only processes of my own organisation".
-    fn check_pid(&self, action: &str, pid: Pid) -> Result<(), Error> {
-        if !self.checked() {
-            return Ok(());
-        }
-        self.check_target(action, pid, self.node.table.get(pid).as_deref())
-    }
-
-    /// `check_pid` for a target already looked up (`None`: it is gone).
+    /// The permission for an operation on process `pid` (its cell, `None` when it is gone):
+    /// the request's `meta.target` describes it (its actor and host), so policies can say
+    /// "only processes of my own organisation".
     fn check_target(&self, action: &str, pid: Pid, cell: Option<&ProcCell>) -> Result<(), Error> {
         if !self.checked() {
             return Ok(());
@@ -214,12 +204,27 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// An operation on another process (by PID or name): its host's boundary (SPEC §7.3),
+    /// then the permission (§7.2). A target that is gone is left to the operation itself
+    /// to report.
     fn check_dest(&self, action: &str, dest: &Dest) -> Result<(), Error> {
-        if self.checked() {
-            let pid = self.node.resolve(dest)?;
-            self.check_pid(action, pid)?;
+        let pid = self.node.resolve(dest)?;
+        let cell = self.node.table.get(pid);
+        if let Some(cell) = &cell {
+            self.check_boundary(action, &pid.to_string(), &cell.host.config)?;
         }
-        Ok(())
+        self.check_target(action, pid, cell.as_deref())
+    }
+
+    /// Nothing crosses a forbidden host boundary (SPEC §7.3): an operation of this process
+    /// that reaches into host `to` needs this host's `send_to` and `to`'s `receive_from`
+    /// to allow it. Denied: PermissionDenied naming the action, the target and both hosts.
+    fn check_boundary(&self, action: &str, target: &str, to: &crate::host::HostConfig) -> Result<(), Error> {
+        if HostSecurity::crossing_allowed(&self.cell.host.config, to) {
+            return Ok(());
+        }
+        let from = &self.cell.host.config.name;
+        Err(denied(action, &format!("{target} (from host {from} to host {})", to.name)))
     }
 
     /// The actor and scope this process runs under.
@@ -239,6 +244,8 @@ impl<'a> Context<'a> {
     pub fn spawn_on(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
         self.flush();
         let target = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
+        // a spawn hands the new process its arguments (and with_message's messages) on `host`
+        self.check_boundary("process.host", host, &target.config)?;
         if self.checked() {
             self.allow("process.host", host)?;
             let action = if spawn.is_exec() {
@@ -312,7 +319,7 @@ impl<'a> Context<'a> {
     pub fn register_for(&mut self, name: &str, pid: Pid) -> Result<(), Error> {
         self.flush();
         if pid != self.cell.pid {
-            self.check_pid("process.registry.foreign", pid)?;
+            self.check_dest("process.registry.foreign", &Dest::Pid(pid))?;
         }
         self.allow("process.registry.register", name)?;
         self.node.register(name, pid)
