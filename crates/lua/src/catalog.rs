@@ -229,18 +229,40 @@ impl Catalog {
     }
 }
 
-/// Whether `entry` may run as a process on `host`: not a library, and needing no module
-/// outside the host's allow-list (SPEC §7.3).
-pub(crate) fn runnable_on(entry: &LuaEntry, host: &wippy_runtime::HostRef) -> Result<(), Error> {
+/// Whether `entry` may run as a process on `host`: not a library, and binding no module
+/// outside the host's allow-list (SPEC §7.3), neither itself nor through any library it
+/// imports (directly or through other libraries).
+pub(crate) fn runnable_on(catalog: &Catalog, entry: &LuaEntry, host: &wippy_runtime::HostRef) -> Result<(), Error> {
     let id = &entry.id;
     if entry.kind == EntryKind::Library {
         return Err(Error::invalid(format!("entry '{id}' is a library.lua entry: it can be imported, not spawned")));
     }
-    if let Some(allowed) = &host.config().security.modules {
-        if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
-            let (name, only) = (host.name(), allowed.join(", "));
-            return Err(wippy_runtime::denied("module", &format!("{m} (entry {id} on host {name}, which allows only: {only})")));
+    modules_allowed(catalog, entry, host)
+}
+
+/// Whether `entry` and every library it imports, transitively, bind only modules `host`
+/// allows. A library missing from the catalog is left to `require` to report.
+pub(crate) fn modules_allowed(catalog: &Catalog, entry: &LuaEntry, host: &wippy_runtime::HostRef) -> Result<(), Error> {
+    let Some(allowed) = &host.config().security.modules else { return Ok(()) };
+    let deny = |m: &str, whose: String| {
+        let (name, only) = (host.name(), allowed.join(", "));
+        wippy_runtime::denied("module", &format!("{m} ({whose} on host {name}, which allows only: {only})"))
+    };
+    if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
+        return Err(deny(m, format!("entry {}", entry.id)));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = entry.imports.iter().map(|(_, lib)| lib.clone()).collect();
+    while let Some(lib) = todo.pop() {
+        if seen.contains(&lib) {
+            continue;
         }
+        let Ok(e) = catalog.entry(&lib) else { continue };
+        if let Some(m) = e.modules.iter().find(|m| !allowed.contains(m)) {
+            return Err(deny(m, format!("library {lib} imported by entry {}", entry.id)));
+        }
+        todo.extend(e.imports.iter().map(|(_, l)| l.clone()));
+        seen.push(lib);
     }
     Ok(())
 }

@@ -144,7 +144,7 @@ struct Factory {
 impl ProcessFactory for Factory {
     fn create(&self, id: &str, host: &HostRef) -> Result<NewProcess, Error> {
         let entry = self.catalog.entry(id)?;
-        catalog::runnable_on(&entry, host)?;
+        catalog::runnable_on(&self.catalog, &entry, host)?;
         let name = host.name().as_str();
         let shards = {
             let existing = self.catalog.hosts.read().get(name).cloned();

@@ -388,7 +388,7 @@ impl LuaProcess {
             _ => MultiValue::new(),
         };
         let entry = self.state.shard.catalog.entry(&id).map_err(|e| fail(e.message))?;
-        crate::catalog::runnable_on(&entry, &cx.host())
+        crate::catalog::runnable_on(&self.state.shard.catalog, &entry, &cx.host())
             .map_err(|e| Error { message: format!("upgrade: {}", e.message), ..e })?;
         // Let go of the old state: from here on only the new one is reachable.
         self.release_state();

@@ -218,3 +218,53 @@ fn no_operation_crosses_a_forbidden_host_boundary() {
     h.node.terminate(witness).unwrap();
     still_serving(&h);
 }
+
+// ---------------------------------------------------------------------------------------
+// imports: a library cannot hand a process modules its host forbids
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn imports_cannot_bypass_a_hosts_module_list() {
+    let h = harness(1);
+    with_sandbox(&h, Some(&["logger", "time", "security"]));
+    let lib = "return { reg = registry, json = json, env = env, funcs = funcs }";
+    h.lua.add_entry(LuaEntry::library("test:leaky", lib).modules(&["registry", "json", "env", "funcs"]));
+    // a library that binds nothing itself but imports the leaky one
+    h.lua.add_entry(LuaEntry::library("test:relay", "return require('leaky')").import("leaky", "test:leaky"));
+    h.lua.add_entry(LuaEntry::library("test:clean", "return { twice = function(x) return 2 * x end }").modules(&["time"]));
+    let user = |id: &str, alias: &str, lib: &str| {
+        LuaEntry::process(id, &format!("return {{ main = function() local l = require('{alias}') return type(l) end }}"))
+            .modules(&["logger"])
+            .import(alias, lib)
+    };
+    h.lua.add_entry(user("test:direct", "leaky", "test:leaky"));
+    h.lua.add_entry(user("test:indirect", "relay", "test:relay"));
+    h.lua.add_entry(user("test:fine", "clean", "test:clean"));
+    for (id, lib) in [("test:direct", "test:leaky"), ("test:indirect", "test:leaky")] {
+        let e = h.node.spawn("app:sandbox", Spawn::entry(id)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PermissionDenied, "{id}: {}", e.message);
+        assert!(e.message.contains(&format!("library {lib} imported by entry {id} on host app:sandbox")), "{}", e.message);
+    }
+    assert_eq!(h.node.exec("app:sandbox", Spawn::entry("test:fine")).unwrap(), s("table"));
+    // the same imports are fine where the host allows every module
+    assert_eq!(h.node.exec(HOST, Spawn::entry("test:indirect")).unwrap(), s("table"));
+
+    // A library that gains a forbidden module after a process spawned: require refuses it.
+    h.lua.add_entry(
+        LuaEntry::process(
+            "test:late",
+            "return { main = function() process.inbox():receive() local ok, e = pcall(require, 'clean') return tostring(ok) .. ' ' .. tostring(e) end }",
+        )
+        .modules(&["logger"])
+        .import("clean", "test:clean"),
+    );
+    let (pid, watch) = h.node.spawn_watched("app:sandbox", Spawn::entry("test:late")).unwrap();
+    let mut changed = LuaEntry::library("test:clean", "return { json = json }").modules(&["json"]);
+    changed.version = 2;
+    h.lua.update_entries(vec![changed], &[]);
+    h.node.send(pid, "go", wippy_runtime::Payload::new()).unwrap();
+    let v = watch.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let v = v.as_str().unwrap();
+    assert!(v.starts_with("false ") && v.contains("permission denied: module on json"), "{v}");
+    still_serving(&h);
+}

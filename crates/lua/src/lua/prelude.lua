@@ -1174,6 +1174,8 @@ local function proxy_of(lib)
   return setmetatable({}, proxy_mt(lib))
 end
 
+local require_in -- forward: require, below
+
 -- The environment metatable of one entry (shared by its processes): globals fall through
 -- to the base library, then to the libraries the entry may bind, as per-process proxies.
 local function env_mt(allowed, imports)
@@ -1196,7 +1198,9 @@ local function env_mt(allowed, imports)
     return pr
   end })
   -- (what the entry may bind rides along, out of the processes' reach)
-  return { __metatable = false, __index = G, allowed = allowed, imports = imports }
+  local mt = { __metatable = false, __index = G, allowed = allowed, imports = imports }
+  G.require = function(name) return require_in(mt, name) end
+  return mt
 end
 
 local function new_env(P, mt)
@@ -1205,19 +1209,22 @@ local function new_env(P, mt)
   return env
 end
 
--- require: built-in modules the entry lists, then its imports (library entries).
-function BASE.require(name)
+-- require: built-in modules the entry lists, then its imports (library entries). Each
+-- entry's environment has its own (env_mt binds it to the entry's metatable), so a library
+-- requires its own imports and modules, not its importer's; results are cached per process
+-- and entry.
+function require_in(mt, name)
   if type(name) ~= "string" then
     error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
   end
   local P = S[1]
-  local env = P[ENV]
   local cache = part(P, "required")
-  local v = cache[name]
+  local mine = cache[mt]
+  if mine == nil then mine = {}; cache[mt] = mine end
+  local v = mine[name]
   if v ~= nil then return v end
-  local mt = raw_meta(env)
   if ALWAYS[name] or mt.allowed[name] then
-    v = env[name]
+    v = mt.__index[name]
   else
     local imports = mt.imports
     local lib = imports and imports[name]
@@ -1226,8 +1233,11 @@ function BASE.require(name)
     end
   end
   if v == nil then error("module '" .. name .. "' not found", 2) end
-  cache[name] = v
+  mine[name] = v
   return v
+end
+function BASE.require(name)
+  return require_in(raw_meta(S[1][ENV]), name)
 end
 
 -- setmetatable never registers a finalizer: a __gc would run inside whichever process of

@@ -22,6 +22,10 @@ pub(crate) fn load_library_function(lua: &Lua, catalog: Weak<Catalog>) -> mlua::
         if entry.kind != EntryKind::Library {
             return Err(mlua::Error::runtime(format!("import '{id}' is not a library.lua entry")));
         }
+        // The library was allowed when the process spawned; the catalog may have changed
+        // since (a registry write, a --watch reload): check it against the host again.
+        let host = crate::current::state(|st| st.shard.host.clone())?;
+        crate::catalog::modules_allowed(&catalog, &entry, &host).map_err(|e| mlua::Error::runtime(format!("import '{id}': {}", e.message)))?;
         // SAFETY: called from Lua code a shard turn is running on this thread.
         let vm = unsafe { current_vm() }.ok_or_else(|| mlua::Error::runtime("require outside a process"))?;
         let code = vm.code(&catalog, &entry).map_err(|e| mlua::Error::runtime(e.message))?;
