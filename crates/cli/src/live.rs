@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use wippy_lua::{LuaEntry, LuaRuntime, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
-use wippy_registry::{Entry, EntryId, LoadErrors, Origin, Project, Source};
+use wippy_registry::{Entry, EntryId, LoadErrors, Origin, Project};
 use wippy_runtime::{Error, NodeRef, ServiceKind, Supervisor};
 
 use crate::boot::service_specs;
@@ -23,6 +23,8 @@ pub struct Live {
     /// The source directory (`wippy.lock`'s `directories.src`): `file://` sources of
     /// entries made from Lua are relative to it.
     src: PathBuf,
+    /// The modules directory: the other place a `file://` source may be read from.
+    modules: PathBuf,
     node: NodeRef,
     lua: LuaRuntime,
     services: Supervisor,
@@ -49,18 +51,18 @@ fn lua_same(a: &LuaEntry, b: &LuaEntry) -> bool {
 impl Live {
     pub fn new(project: &Project, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
         let state = State { version: 1, entries: project.entries.clone(), files: project.files.clone(), history: vec![(1, project.entries.clone())] };
-        Live { root: project.root.clone(), src: project.src.clone(), node, lua, services, state: Mutex::new(state) }
+        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, state: Mutex::new(state) }
+    }
+
+    /// The project these entries (and files) make, in this node's directories.
+    fn project(&self, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Project {
+        Project { root: self.root.clone(), src: self.src.clone(), modules: self.modules.clone(), entries, files: files.unwrap_or_default() }
     }
 
     /// Check `entries` as a project and make them the current version.
     fn commit(&self, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Result<(u64, Vec<String>), LoadErrors> {
         let mut st = self.state.lock();
-        let project = Project {
-            root: self.root.clone(),
-            src: self.src.clone(),
-            entries: entries.clone(),
-            files: files.clone().unwrap_or_else(|| st.files.clone()),
-        };
+        let project = self.project(entries.clone(), Some(files.clone().unwrap_or_else(|| st.files.clone())));
         let plan = Plan::build(&project)?;
         let old: HashMap<&EntryId, &Entry> = st.entries.iter().map(|e| (&e.id, e)).collect();
         let mut changed: Vec<String> = entries.iter().filter(|e| old.get(&e.id).is_none_or(|o| !same(o, e))).map(|e| e.id.to_string()).collect();
@@ -151,15 +153,8 @@ impl Live {
         };
         let source = match fields.get("source").and_then(|v| v.as_str()) {
             None => None,
-            Some(s) => match s.strip_prefix("file://") {
-                Some(rel) => {
-                    let path = self.src.join(rel);
-                    let text = std::fs::read_to_string(&path).map_err(|e| Error::invalid(format!("entry {id}: source {}: {e}", path.display())))?;
-                    let name = path.strip_prefix(&self.root).unwrap_or(&path).components().collect::<PathBuf>().display().to_string();
-                    Some(Source { name, path: Some(path), text: Arc::from(text.as_str()) })
-                }
-                None => Some(Source { name: id.to_string(), path: None, text: Arc::from(s) }),
-            },
+            // read as a file's source is, with the same limits (relative to the source directory)
+            Some(s) => Some(self.project(Vec::new(), None).read_source(s, &id, &self.src).map_err(|e| Error::invalid(format!("entry {id}, field source: {e}")))?),
         };
         if source.is_none() {
             fields.remove("source");

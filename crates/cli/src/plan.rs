@@ -155,6 +155,31 @@ impl Plan {
         Identity::new(spec.actor.clone(), scope)
     }
 
+    /// A module that process entry `process` binds, itself or through a library it imports
+    /// (transitively), and that `host`'s `security.modules` forbids (SPEC §7.3): what is
+    /// wrong, as a load error says it. The same rule the runtime applies at spawn.
+    pub fn forbidden_module(&self, process: &EntryId, host: &EntryId) -> Option<String> {
+        let allowed = self.hosts.iter().find(|h| &h.id == host)?.config.security.modules.clone()?;
+        let mut todo = vec![process.to_string()];
+        let mut seen = Vec::new();
+        while let Some(id) = todo.pop() {
+            if seen.contains(&id) {
+                continue;
+            }
+            let Some(e) = self.lua.iter().find(|e| e.id == id) else { continue };
+            if let Some(m) = e.modules.iter().find(|m| !allowed.contains(m)) {
+                let via = if id == process.to_string() { String::new() } else { format!(" through library {id}") };
+                return Some(format!(
+                    "{process} binds module {m}{via}, which host {host} does not allow (security.modules: [{}])",
+                    allowed.join(", ")
+                ));
+            }
+            todo.extend(e.imports.iter().map(|(_, l)| l.clone()));
+            seen.push(id);
+        }
+        None
+    }
+
     pub fn depends(&mut self, id: &EntryId, on: &[EntryId]) {
         self.deps.entry(id.clone()).or_default().extend(on.iter().cloned());
     }
@@ -183,6 +208,15 @@ impl Plan {
                 if let Some(e) = project.entries.iter().find(|e| e.id == id) {
                     let mut c = Checker::new(e, &index);
                     c.error(&field, format!("group {group} has no policies (no security.policy entry lists it in groups)"));
+                    errors.append(&mut c.errors);
+                }
+            }
+        }
+        for svc in &plan.services {
+            if let Some(msg) = plan.forbidden_module(&svc.process, &svc.host) {
+                if let Some(e) = project.entries.iter().find(|e| e.id == svc.id) {
+                    let mut c = Checker::new(e, &index);
+                    c.error("process", msg);
                     errors.append(&mut c.errors);
                 }
             }

@@ -187,7 +187,7 @@ impl Catalog {
     }
 
     pub(crate) fn entry(&self, id: &str) -> Result<Arc<LuaEntry>, Error> {
-        self.entries.read().get(id).cloned().ok_or_else(|| Error::not_found(format!("entry not found: {id}")))
+        self.entries.read().get(id).cloned().ok_or_else(|| Error::not_found(format!("entry not found: {}", wippy_runtime::Echo(id))))
     }
 
     /// The entry's chunk as a function of `(_ENV, ...)` (crate::chunk), loaded into `lua`: from this

@@ -268,3 +268,58 @@ fn imports_cannot_bypass_a_hosts_module_list() {
     assert!(v.starts_with("false ") && v.contains("permission denied: module on json"), "{v}");
     still_serving(&h);
 }
+
+#[test]
+fn registry_writes_cannot_widen_a_hosts_module_list() {
+    let h = harness(1);
+    with_sandbox(&h, Some(&["registry", "logger"]));
+    h.lua.add_entry(
+        LuaEntry::process("test:writer", r#"return { main = function()
+            local out = {}
+            local function try(what, entry)
+                local cs = registry.changes()
+                local ok, err = cs:create(entry)
+                out[#out + 1] = what .. ":" .. (ok and "allowed" or (err:kind() .. ":" .. err:message()))
+            end
+            try("json", { id = "evil:p", kind = "process.lua", data = { source = "return {}", modules = { "json" } } })
+            try("lib", { id = "evil:l", kind = "library.lua", data = { source = "return {}", modules = { "logger", "env" } } })
+            try("host", { id = "evil:h", kind = "process.host", data = {} })
+            try("service", { id = "evil:s", kind = "process.service", data = { process = "evil:p", host = "app:processes" } })
+            try("fine", { id = "ok:p", kind = "process.lua", data = { source = "return {}", modules = { "logger" } } })
+            return table.concat(out, "\n")
+        end }"#)
+        .modules(&["registry", "logger"]),
+    );
+    let out = h.node.exec("app:sandbox", Spawn::entry("test:writer")).unwrap();
+    let out = out.as_str().unwrap().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    for l in &lines[..4] {
+        assert!(l.contains(":PermissionDenied:permission denied: registry.write on evil:"), "{l}");
+    }
+    assert!(lines[0].contains("module json, which host app:sandbox does not allow"), "{}", lines[0]);
+    assert!(lines[1].contains("module env"), "{}", lines[1]);
+    assert_eq!(lines[4], "fine:allowed");
+    still_serving(&h);
+}
+
+#[test]
+fn a_huge_name_is_not_echoed_whole() {
+    let h = harness(1);
+    let v = h.ok(r#"
+        local name = string.rep("n", 1024 * 1024)
+        local _, e1 = process.send(name, "x")
+        local _, e2 = process.registry.lookup(name)
+        local _, e3 = process.spawn(name, "app:processes")
+        local _, e4 = process.spawn("test:echo-once", name)
+        local n = 0
+        for _, e in ipairs({ e1, e2, e3, e4 }) do
+            assert(e ~= nil)
+            assert(#e:message() < 400, e:kind() .. " " .. #e:message())
+            n = n + 1
+        end
+        return n
+    "#);
+    assert_eq!(v, Value::Int(4));
+    still_serving(&h);
+}

@@ -84,3 +84,11 @@ impl From<LoadError> for LoadErrors {
         LoadErrors(vec![e])
     }
 }
+
+/// User input as a load error repeats it: at most `max` characters, then "… (N bytes)".
+pub fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..cut], s.len())),
+    }
+}

@@ -20,7 +20,7 @@ pub use check::{Checker, Index, Lifecycle, Restart};
 pub use config::Config;
 pub use duration::{format_duration, parse_duration, NANOS_PER_SEC};
 pub use entry::{Data, Entry, Origin, Source};
-pub use error::{LoadError, LoadErrors};
+pub use error::{truncate, LoadError, LoadErrors};
 pub use id::{EntryId, EntryIdError};
 pub use load::Project;
 pub use order::start_order;

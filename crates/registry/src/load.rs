@@ -19,6 +19,9 @@ use crate::{EntryId, LoadError, LoadErrors};
 pub struct Project {
     pub root: PathBuf,
     pub src: PathBuf,
+    /// The modules directory (`directories.modules` in wippy.lock, else `.wippy`): with the
+    /// source directory, the only place a `file://` source may be read from.
+    pub modules: PathBuf,
     pub entries: Vec<Entry>,
     /// YAML text by the file name used in [`Origin::file`].
     pub files: HashMap<String, Arc<str>>,
@@ -33,7 +36,12 @@ struct Lock {
 #[derive(Deserialize, Default)]
 struct LockDirs {
     src: Option<String>,
+    modules: Option<String>,
 }
+
+/// The largest source file an entry may name: a source is code, not data, and this bound
+/// keeps a `source:` pointing at something huge from exhausting memory at load.
+pub const MAX_SOURCE_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Deserialize)]
 struct EntriesDoc {
@@ -99,7 +107,7 @@ impl Project {
     /// Load every definition file of the project in `root`. All errors are collected.
     pub fn load(root: &Path) -> Result<Project, LoadErrors> {
         let mut errors = Vec::new();
-        let src = source_dir(root)?;
+        let (src, modules) = source_dir(root)?;
         if !src.is_dir() {
             return Err(LoadError::new(format!(
                 "source directory {} not found (set directories.src in wippy.lock, or create ./src)",
@@ -110,7 +118,7 @@ impl Project {
         let mut files = Vec::new();
         yaml_files(&src, &mut files)
             .map_err(|e| LoadError::new(format!("cannot read source directory {}: {e}", src.display())))?;
-        let mut project = Project { root: root.to_path_buf(), src, ..Project::default() };
+        let mut project = Project { root: root.to_path_buf(), src, modules, ..Project::default() };
         for path in files {
             project.load_file(&path, &mut errors);
         }
@@ -139,6 +147,15 @@ impl Project {
             return; // not a definition file
         }
         let namespace = match top.get("namespace") {
+            Some(Value::String(ns)) if ns.contains(':') => {
+                let line = text.lines().position(|l| l.trim_start().starts_with("namespace:")).map_or(1, |i| i as u64 + 1);
+                return errors.push(
+                    LoadError::new(format!("namespace {:?} must not contain ':' (an entry ID is namespace:name, split at the first colon)", crate::truncate(ns, 200)))
+                        .file(&name)
+                        .at(line, 1)
+                        .field("namespace"),
+                );
+            }
             Some(Value::String(ns)) if !ns.is_empty() => ns.clone(),
             Some(other) if !other.is_null() => {
                 return errors.push(LoadError::new(format!("namespace must be a string, got {other}")).file(&name).field("namespace"))
@@ -206,7 +223,7 @@ impl Project {
         };
         let (source, error) = match map.get("source") {
             None | Some(Value::Null) => (None, None),
-            Some(Value::String(s)) => match self.source(s, &id, dir) {
+            Some(Value::String(s)) => match self.read_source(s, &id, dir) {
                 Ok(src) => (Some(src), None),
                 Err(m) => (None, Some(source_error(m))),
             },
@@ -215,15 +232,41 @@ impl Project {
         Ok((Entry { id, kind, meta, fields: map, origin, source }, error))
     }
 
-    fn source(&self, s: &str, id: &EntryId, dir: &Path) -> Result<Source, String> {
+    /// An entry's `source:` value: inline Lua text, or `file://` relative to `dir` (a
+    /// regular file inside the source or modules directory, at most [`MAX_SOURCE_BYTES`]).
+    pub fn read_source(&self, s: &str, id: &EntryId, dir: &Path) -> Result<Source, String> {
         let Some(rel) = s.strip_prefix("file://") else {
             return Ok(Source { name: id.to_string(), path: None, text: Arc::from(s) });
         };
         let path = dir.join(rel);
         let name = display_path(&self.root, &path);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Source { name, path: Some(path), text: Arc::from(text.as_str()) }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("source file {name} not found")),
+        let real = match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("source file {name} not found")),
+            Err(e) => return Err(format!("cannot read source file {name}: {e}")),
+        };
+        // Only regular files inside the source or modules directory (after links are
+        // followed): not /etc/passwd through `..`, not a device, a FIFO or a directory.
+        let inside = [&self.src, &self.modules].iter().any(|d| d.canonicalize().is_ok_and(|d| real.starts_with(d)));
+        if !inside {
+            let (src, modules) = (display_path(&self.root, &self.src), display_path(&self.root, &self.modules));
+            return Err(format!("source file {name} is outside the project's source directory ({src}) and modules directory ({modules})"));
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read source file {name}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("source file {name} is not a regular file"));
+        }
+        if meta.len() > MAX_SOURCE_BYTES {
+            return Err(format!("source file {name} is {} bytes, more than the limit of {MAX_SOURCE_BYTES}", meta.len()));
+        }
+        let mut text = String::new();
+        let read = std::fs::File::open(&real).and_then(|f| {
+            use std::io::Read;
+            f.take(MAX_SOURCE_BYTES + 1).read_to_string(&mut text)
+        });
+        match read {
+            Ok(n) if n as u64 > MAX_SOURCE_BYTES => Err(format!("source file {name} is larger than the limit of {MAX_SOURCE_BYTES} bytes")),
+            Ok(_) => Ok(Source { name, path: Some(path), text: Arc::from(text.as_str()) }),
             Err(e) => Err(format!("cannot read source file {name}: {e}")),
         }
     }
@@ -244,15 +287,18 @@ impl Project {
     }
 }
 
-/// The source directory: `wippy.lock`'s `directories.src`, else `./src`.
-fn source_dir(root: &Path) -> Result<PathBuf, LoadErrors> {
+/// The source directory (`wippy.lock`'s `directories.src`, else `./src`) and the modules
+/// directory (`directories.modules`, else `.wippy`).
+fn source_dir(root: &Path) -> Result<(PathBuf, PathBuf), LoadErrors> {
     let lock = root.join("wippy.lock");
-    let src = match std::fs::read_to_string(&lock) {
+    let dirs = match std::fs::read_to_string(&lock) {
         Ok(text) => {
             let l: Lock = serde_saphyr::from_str(&text).map_err(|e| yaml_error("wippy.lock", "invalid wippy.lock", &e))?;
-            l.directories.src.unwrap_or_else(|| "./src".into())
+            l.directories
         }
-        Err(_) => "./src".into(),
+        Err(_) => LockDirs::default(),
     };
-    Ok(root.join(src))
+    let src = dirs.src.unwrap_or_else(|| "./src".into());
+    let modules = dirs.modules.unwrap_or_else(|| ".wippy".into());
+    Ok((root.join(src), root.join(modules)))
 }

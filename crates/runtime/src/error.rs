@@ -118,7 +118,24 @@ impl Error {
         Error::internal("linked process failed").with_retryable(false)
     }
     pub fn process_not_found(dest: impl fmt::Display) -> Error {
-        Error::not_found(format!("process not found: {dest}"))
+        Error::not_found(format!("process not found: {}", Echo(&dest)))
+    }
+}
+
+/// How much of a value from user input an error message repeats.
+pub const ECHO_MAX: usize = 200;
+
+/// User input as an error message repeats it: at most [`ECHO_MAX`] characters, then
+/// "… (N bytes)", so a 1 MB name never makes a 1 MB message.
+pub struct Echo<'a, T: fmt::Display + ?Sized>(pub &'a T);
+
+impl<T: fmt::Display + ?Sized> fmt::Display for Echo<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.to_string();
+        match text.char_indices().nth(ECHO_MAX) {
+            None => f.write_str(&text),
+            Some((cut, _)) => write!(f, "{}… ({} bytes)", &text[..cut], text.len()),
+        }
     }
 }
 
@@ -139,6 +156,14 @@ impl From<Error> for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_input_is_cut() {
+        assert_eq!(Echo("short").to_string(), "short");
+        let long = "é".repeat(1000);
+        let e = Echo(long.as_str()).to_string();
+        assert!(e.starts_with(&"é".repeat(ECHO_MAX)) && e.ends_with("… (2000 bytes)"), "{e}");
+    }
 
     #[test]
     fn kind_strings_round_trip() {

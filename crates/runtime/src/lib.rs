@@ -33,7 +33,7 @@ mod warm;
 pub use cell::{ProcessGroup, ProcessRef};
 pub use context::Context;
 pub use dispatch::{unix_nanos, unix_secs};
-pub use error::{Error, ErrorKind};
+pub use error::{Echo, Error, ErrorKind, ECHO_MAX};
 pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
 pub use host::{HostConfig, HostRef, HostSecurity};
 pub use mailbox::ProcessState;

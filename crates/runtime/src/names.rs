@@ -31,7 +31,7 @@ impl Names {
         let mut map = self.map.lock();
         match map.get(name) {
             Some(p) if *p == cell.pid => Ok(()),
-            Some(p) => Err(Error::already_exists(format!("name '{name}' is already registered to {p}"))),
+            Some(p) => Err(Error::already_exists(format!("name '{}' is already registered to {p}", crate::error::Echo(name)))),
             None => {
                 let name = SmolStr::new(name);
                 map.insert(name.clone(), cell.pid);

@@ -422,7 +422,7 @@ impl NodeInner {
     }
 
     pub(crate) fn host_for_spawn(&self, name: &str) -> Result<Arc<Host>, Error> {
-        self.host(HostName::new(name)).ok_or_else(|| Error::not_found(format!("host not found: {name}")))
+        self.host(HostName::new(name)).ok_or_else(|| Error::not_found(format!("host not found: {}", crate::error::Echo(name))))
     }
 
     fn factory(&self, id: &str) -> Result<Arc<dyn ProcessFactory>, Error> {
@@ -435,7 +435,7 @@ impl NodeInner {
     pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, Error> {
         match dest {
             Dest::Pid(p) => Ok(*p),
-            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| Error::not_found(format!("no process registered as '{n}'"))),
+            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| Error::not_found(format!("no process registered as '{}'", crate::error::Echo(n.as_str())))),
         }
     }
 
@@ -627,7 +627,7 @@ impl NodeInner {
     }
 
     pub(crate) fn stop_host(&self, name: HostName) -> Result<StopReport, Error> {
-        let host = self.host(name).ok_or_else(|| Error::not_found(format!("host not found: {name}")))?;
+        let host = self.host(name).ok_or_else(|| Error::not_found(format!("host not found: {}", crate::error::Echo(&name))))?;
         if host.state.compare_exchange(RUNNING, STOPPING, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire).is_err() {
             return Err(Error::unavailable(format!("host '{name}' is already stopping")));
         }
@@ -662,7 +662,7 @@ impl NodeInner {
 /// Topics starting with '@' belong to the runtime.
 pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     if topic.starts_with('@') {
-        return Err(Error::invalid(format!("topic '{topic}' is reserved: topics starting with '@' belong to the runtime")));
+        return Err(Error::invalid(format!("topic '{}' is reserved: topics starting with '@' belong to the runtime", crate::error::Echo(topic))));
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
             let declared = catalog.upgrade().and_then(|c| c.env.read().get(&name).cloned());
             match declared.or_else(|| std::env::var(&name).ok()) {
                 Some(v) => Ok((LuaValue::String(lua.create_string(v)?), LuaValue::Nil)),
-                None => fail(lua, Error::not_found(format!("environment variable '{name}' is not set"))),
+                None => fail(lua, Error::not_found(format!("environment variable '{}' is not set", wippy_runtime::Echo(&name)))),
             }
         })?,
     )?;

@@ -77,7 +77,7 @@ fn spawn(
             let catalog = catalog.upgrade().ok_or_else(|| mlua::Error::runtime("the Lua runtime is gone"))?;
             match catalog.entry(&entry) {
                 Ok(e) if e.kind == EntryKind::Function => {}
-                Ok(_) => return fail(lua, Error::invalid(format!("entry '{entry}' is not a function.lua entry"))),
+                Ok(_) => return fail(lua, Error::invalid(format!("entry '{}' is not a function.lua entry", wippy_runtime::Echo(&entry)))),
                 Err(e) => return fail(lua, e),
             }
         }
@@ -291,7 +291,7 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
             let name = string_arg(&name, 1, "lookup")?;
             current::with(|cx, _| match cx.lookup(&name) {
                 Some(p) => Ok((LuaValue::String(lua.create_string(p.to_string())?), LuaValue::Nil)),
-                None => fail(lua, Error::not_found(format!("no process registered as '{name}'"))),
+                None => fail(lua, Error::not_found(format!("no process registered as '{}'", wippy_runtime::Echo(&name)))),
             })
         })?,
     )?;

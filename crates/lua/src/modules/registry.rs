@@ -118,6 +118,29 @@ fn check_write(id: &str) -> mlua::Result<Result<(), Error>> {
     current::with(|cx, _| Ok(cx.allow("registry.write", id)))
 }
 
+/// A writer on a host with a module list (SPEC §7.3) may not widen it through the
+/// registry: no entry binding a module the host forbids, and no host or service (which
+/// would run code somewhere the list does not reach).
+fn check_entry(item: &RegistryItem) -> mlua::Result<Result<(), Error>> {
+    current::with(|cx, _| {
+        let host = cx.host();
+        let Some(allowed) = &host.config().security.modules else { return Ok(Ok(())) };
+        let deny = |what: String| Ok(Err(wippy_runtime::denied("registry.write", &format!("{} ({what})", wippy_runtime::Echo(&item.id)))));
+        if matches!(item.kind.as_str(), "process.host" | "terminal.host" | "process.service") {
+            return deny(format!("a {} entry, written from host {}, whose module list it would escape", item.kind, host.name()));
+        }
+        if let Some(Value::Table(t)) = item.data.as_table().and_then(|d| d.get(&Value::str("modules"))) {
+            for m in t.array.iter() {
+                let name = m.as_str().unwrap_or_default();
+                if !allowed.iter().any(|a| a == name) {
+                    return deny(format!("module {name}, which host {} does not allow", host.name()));
+                }
+            }
+        }
+        Ok(Ok(()))
+    })
+}
+
 impl UserData for ChangeSet {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         for (name, create) in [("create", true), ("update", false)] {
@@ -127,6 +150,9 @@ impl UserData for ChangeSet {
                     Err(e) => return fail(lua, e),
                 };
                 if let Err(e) = check_write(&item.id)? {
+                    return fail(lua, e);
+                }
+                if let Err(e) = check_entry(&item)? {
                     return fail(lua, e);
                 }
                 cs.changes.push(if create { RegistryChange::Create(item) } else { RegistryChange::Update(item) });
