@@ -484,16 +484,25 @@ impl LuaProcess {
         error_from_lua(v)
     }
 
-    /// Main returned `v, err`: an error when `err` is a string or an error object
-    /// (SPEC §4.1), else `v`.
+    /// Main returned `v, err`: an error when `err` is anything but nil or a boolean (SPEC
+    /// §4.1: a string is the message, an error object that error, a table an error
+    /// keeping its fields, a number its text), else `v`. A boolean is a status, not an
+    /// error: `return ch:receive()` gives `v, true`.
     fn returned(&self, vals: MultiValue) -> ExitResult {
         let mut it = vals.into_iter();
         let v = it.next().unwrap_or(LuaValue::Nil);
         match it.next() {
+            None | Some(LuaValue::Nil) | Some(LuaValue::Boolean(_)) => {
+                to_value(&v, &self.state.shard.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false))
+            }
             Some(LuaValue::String(e)) => Err(Error::internal(e.to_string_lossy().to_string()).with_retryable(false)),
-            Some(LuaValue::UserData(ud)) if ud.is::<LuaError>() => Err(error_from_lua(&LuaValue::UserData(ud))),
-            _ => to_value(&v, &self.state.shard.marks, "the process result")
-                .map_err(|m| Error::invalid(m).with_retryable(false)),
+            Some(LuaValue::Table(t)) => {
+                let mut e = error_from_lua(&LuaValue::Table(t));
+                e.retryable = e.retryable.or(Some(false));
+                Err(e)
+            }
+            Some(other) if matches!(&other, LuaValue::UserData(ud) if ud.is::<LuaError>()) => Err(error_from_lua(&other)),
+            Some(other) => Err(error_from_lua(&other).with_retryable(false)),
         }
     }
 

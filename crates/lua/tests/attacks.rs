@@ -323,3 +323,35 @@ fn a_huge_name_is_not_echoed_whole() {
     assert_eq!(v, Value::Int(4));
     still_serving(&h);
 }
+
+// ---------------------------------------------------------------------------------------
+// Data: an error is never lost on its way out of a process or function
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_non_nil_second_return_is_an_error_whatever_its_type() {
+    let h = harness(1);
+    let e = h.err("return nil, { msg = 'x', code = 7 }");
+    assert_eq!(e.message, "x");
+    let d = e.details.expect("the fields are kept");
+    assert_eq!(d.as_table().unwrap().get(&s("code")), Some(&Value::Int(7)));
+    let e = h.err("return 1, 42");
+    assert_eq!(e.message, "42");
+    let e = h.err("return nil, { kind = 'NotFound', message = 'gone', retryable = true }");
+    assert_eq!((e.kind, e.message.as_str(), e.retryable), (ErrorKind::NotFound, "gone", Some(true)));
+    let e = h.err("error({ code = 1 })");
+    assert!(!e.message.starts_with("table: 0x"), "{}", e.message);
+    assert_eq!(e.details.unwrap().as_table().unwrap().get(&s("code")), Some(&Value::Int(1)));
+    // callers see the error, with its fields, through exec and funcs.call
+    h.lua.add_entry(LuaEntry::function("test:fails", "return { call = function() return nil, { msg = 'from a function', code = 3 } end }"));
+    h.entry("test:fails-proc", "return { main = function() error({ code = 5, message = 'raised' }) end }");
+    let v = h.ok(r#"
+        local v, e = funcs.call("test:fails")
+        assert(v == nil and e ~= nil, "funcs.call lost the error")
+        local v2, e2 = process.exec("test:fails-proc", "app:processes")
+        assert(v2 == nil and e2 ~= nil, "exec lost the error")
+        return e:message() .. "|" .. e:details().code .. "|" .. e2:message() .. "|" .. e2:details().code
+    "#);
+    assert_eq!(v, s("from a function|3|raised|5"));
+    still_serving(&h);
+}

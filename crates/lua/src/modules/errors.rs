@@ -60,10 +60,33 @@ pub(crate) fn error_from_lua(v: &LuaValue) -> Error {
             Err(_) => Error::internal(format!("{v:?}")),
         },
         LuaValue::String(s) => Error::internal(s.to_string_lossy().to_string()),
+        LuaValue::Table(t) => error_from_table(t),
         LuaValue::Error(e) => error_from_mlua(e),
         LuaValue::Nil => Error::internal("nil"),
         other => Error::internal(other.to_string().unwrap_or_else(|_| format!("({})", other.type_name()))),
     }
+}
+
+/// A table raised (`error({code = 1})`) or returned as an error (`return nil, {msg = "x"}`):
+/// an error object keeping its fields. Its message is its `message`, `msg` or `error`
+/// string (else the table written out), its kind and retryable its `kind` and `retryable`
+/// when they are valid, and every field is in `details`.
+pub(crate) fn error_from_table(t: &Table) -> Error {
+    let text = |k: &str| match t.raw_get::<LuaValue>(k) {
+        Ok(LuaValue::String(s)) => Some(s.to_string_lossy().to_string()),
+        _ => None,
+    };
+    let details = to_value(&LuaValue::Table(t.clone()), &Marks::default(), "the error").ok();
+    let message = text("message")
+        .or_else(|| text("msg"))
+        .or_else(|| text("error"))
+        .unwrap_or_else(|| details.as_ref().map(|d| format!("{d:?}")).unwrap_or_else(|| "error".into()));
+    let mut e = Error::new(text("kind").and_then(|k| ErrorKind::parse(&k)).unwrap_or(ErrorKind::Internal), message);
+    if let Ok(LuaValue::Boolean(r)) = t.raw_get::<LuaValue>("retryable") {
+        e.retryable = Some(r);
+    }
+    e.details = details;
+    e
 }
 
 /// An mlua error raised out of Lua code, as a runtime error.
