@@ -35,7 +35,10 @@ pub fn find(kind: &str) -> Option<&'static Kind> {
 
 fn process_host(c: &mut Checker, plan: &mut Plan) {
     c.only("", &["host", "security", "lifecycle"]);
-    c.only("host", &["workers", "queue_size", "local_queue_size", "max_processes", "isolation", "max_process_memory", "time_slice"]);
+    c.only(
+        "host",
+        &["workers", "queue_size", "local_queue_size", "max_processes", "isolation", "max_process_memory", "time_slice", "max_mailbox", "max_mailbox_bytes"],
+    );
     let id = c.entry.id.clone();
     let mut config = HostConfig::new(id.as_str());
     config.workers = c.positive("host.workers", config.workers as u64) as usize;
@@ -50,6 +53,15 @@ fn process_host(c: &mut Checker, plan: &mut Plan) {
     }
     let isolated = c.choice("host.isolation", &["shared", "process"], "shared") == "process";
     let max_process_memory = c.bytes("host.max_process_memory") as usize;
+    config.max_mailbox = c.uint("host.max_mailbox", 0) as usize;
+    if c.get("host.max_mailbox_bytes").is_some() {
+        config.max_mailbox_bytes = c.bytes("host.max_mailbox_bytes") as usize;
+    }
+    // A process's queued messages count toward its memory limit: its mailbox alone can
+    // never hold more.
+    if max_process_memory > 0 && (config.max_mailbox_bytes == 0 || config.max_mailbox_bytes > max_process_memory) {
+        config.max_mailbox_bytes = max_process_memory;
+    }
     let lifecycle = c.lifecycle();
     config.stop_timeout = lifecycle.stop_timeout;
     let shard = ShardOptions { isolated, max_process_memory, ..ShardOptions::default() };

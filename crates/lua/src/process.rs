@@ -313,7 +313,9 @@ impl LuaProcess {
             }
             let before = if shared_limit {
                 let used = lua.used_memory();
-                let _ = lua.set_memory_limit(used + limit.saturating_sub(self.state.memory).max(1));
+                // what the process's queued messages hold counts toward its limit too
+                let own = self.state.memory + cx.mailbox_bytes();
+                let _ = lua.set_memory_limit(used + limit.saturating_sub(own).max(1));
                 used
             } else {
                 0

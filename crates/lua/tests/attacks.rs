@@ -355,3 +355,98 @@ fn a_non_nil_second_return_is_an_error_whatever_its_type() {
     assert_eq!(v, s("from a function|3|raised|5"));
     still_serving(&h);
 }
+
+// ---------------------------------------------------------------------------------------
+// No single process takes the node down: mailbox floods
+// ---------------------------------------------------------------------------------------
+
+/// A sleeper that never reads; a flooder that sends `n` messages of `size` bytes to it and
+/// counts how many sends were refused. The spawner watches the sleeper.
+const FLOOD: &str = r#"
+    local sleeper = process.spawn_monitored("test:sleeper", "app:processes")
+    local events = process.events()
+    local n, size = ...
+    local blob = string.rep("x", size)
+    local refused = 0
+    for i = 1, n do
+        local ok = process.send(sleeper, "junk", blob)
+        if not ok then refused = refused + 1 end
+    end
+    local ev = events:receive()
+    assert(ev.kind == process.event.EXIT, ev.kind)
+    local e = ev.result.error
+    return e:kind() .. "|" .. e:message() .. "|" .. tostring(refused > 0)
+"#;
+
+fn sleeper(h: &Harness) {
+    // waits on a topic nobody sends: every "junk" message stays queued
+    h.entry("test:sleeper", "return { main = function() process.listen('never'):receive() end }");
+}
+
+#[test]
+fn a_mailbox_flood_ends_the_receiver_not_the_node() {
+    let h = Harness::with(2, ShardOptions::default(), |c| c.max_mailbox_bytes(1 << 20));
+    h.entry("test:echo-once", "return { main = function(x) return x end }");
+    sleeper(&h);
+    let v = h.run_args(FLOOD, vec![Value::Int(100_000), Value::Int(100)]).expect("the flooder goes on");
+    let v = v.as_str().unwrap().to_string();
+    assert!(v.starts_with("LimitExceeded|mailbox limit exceeded: more than 1048576 bytes queued (host app:processes max_mailbox_bytes)|true"), "{v}");
+    still_serving(&h);
+}
+
+#[test]
+fn a_mailbox_message_limit_ends_the_receiver() {
+    let h = Harness::with(2, ShardOptions::default(), |c| c.max_mailbox(100));
+    h.entry("test:echo-once", "return { main = function(x) return x end }");
+    sleeper(&h);
+    let v = h.run_args(FLOOD, vec![Value::Int(5_000), Value::Int(1)]).expect("the flooder goes on");
+    assert!(v.as_str().unwrap().starts_with("LimitExceeded|mailbox limit exceeded: more than 100 messages queued"), "{v:?}");
+    still_serving(&h);
+}
+
+#[test]
+fn a_linked_process_sees_the_flooded_one_fail_and_sends_from_outside_count_too() {
+    let h = Harness::with(2, ShardOptions::default(), |c| c.max_mailbox(50));
+    h.entry("test:echo-once", "return { main = function(x) return x end }");
+    sleeper(&h);
+    let (pid, watch) = h.node.spawn_watched(HOST, Spawn::entry("test:sleeper")).unwrap();
+    let mut refused = 0;
+    for i in 0..1000 {
+        if h.node.send(pid, "junk", wippy_runtime::payload![Value::Int(i)]).is_err() {
+            refused += 1;
+        }
+    }
+    let e = watch.wait_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded, "{}", e.message);
+    assert!(refused > 0 || h.node.send(pid, "junk", wippy_runtime::Payload::new()).is_err());
+    // linked: the link sees the failure (LINK_DOWN with the error)
+    let v = h.ok(r#"
+        process.set_options({ trap_links = true })
+        local pid = process.spawn_linked("test:sleeper", "app:processes")
+        for i = 1, 200 do process.send(pid, "junk", i) end
+        local ev = process.events():receive()
+        return ev.kind .. "|" .. ev.result.error:kind()
+    "#);
+    assert_eq!(v, s("pid.link.down|LimitExceeded"));
+    still_serving(&h);
+}
+
+#[test]
+fn queued_messages_count_toward_a_process_memory_limit() {
+    // the host bounds a process's memory at 1 MiB (shared isolation); its mailbox may hold
+    // more (the runtime's default bound), but once it runs, what is queued counts
+    let opts = ShardOptions { max_process_memory: 1 << 20, ..ShardOptions::default() };
+    let h = Harness::with(2, opts, |c| c);
+    h.entry("test:echo-once", "return { main = function(x) return x end }");
+    // computes forever (allocating a little) and never reads: only its limit can end it
+    h.entry("test:busy", "return { main = function() local t = {} local i = 0 while true do i = i + 1 t[i % 64] = tostring(i) end end }");
+    let v = h.ok(r#"
+        local pid = process.spawn_monitored("test:busy", "app:processes")
+        local blob = string.rep("x", 64 * 1024)
+        for i = 1, 40 do process.send(pid, "junk", blob) end -- 2.5 MiB queued
+        local ev = process.events():receive()
+        return ev.result.error and ev.result.error:kind() or "no error"
+    "#);
+    assert_eq!(v, s("LimitExceeded"));
+    still_serving(&h);
+}

@@ -24,6 +24,9 @@ use crate::warm::Warm;
 pub(crate) const KILL_NONE: u8 = 0;
 pub(crate) const KILL_TERMINATED: u8 = 1;
 pub(crate) const KILL_LINKED: u8 = 2;
+/// Its mailbox went past the host's `max_mailbox` messages / `max_mailbox_bytes`.
+pub(crate) const KILL_MAILBOX: u8 = 3;
+pub(crate) const KILL_MAILBOX_BYTES: u8 = 4;
 
 /// A group of processes scheduled as one runnable (a Lua shard). The runtime calls
 /// `schedule` whenever a member becomes runnable, instead of queueing the member itself;
@@ -184,6 +187,20 @@ impl ProcCell {
         match self.kill.load(Ordering::Acquire) {
             KILL_NONE => None,
             KILL_LINKED => Some(Error::linked_failed()),
+            KILL_MAILBOX => Some(
+                Error::limit_exceeded(format!(
+                    "mailbox limit exceeded: more than {} messages queued (host {} max_mailbox)",
+                    self.host.config.max_mailbox, self.host.config.name
+                ))
+                .with_retryable(false),
+            ),
+            KILL_MAILBOX_BYTES => Some(
+                Error::limit_exceeded(format!(
+                    "mailbox limit exceeded: more than {} bytes queued (host {} max_mailbox_bytes)",
+                    self.host.config.max_mailbox_bytes, self.host.config.name
+                ))
+                .with_retryable(false),
+            ),
             _ => Some(Error::terminated()),
         }
     }

@@ -34,6 +34,15 @@ const SEND_PENALTY_FROM: usize = 256;
 /// which is what keeps a receiver's queue from bouncing between cores under fan-in.
 const BATCH: usize = 64;
 
+/// What a message costs in its receiver's mailbox beyond its queue node: a topic too long
+/// to sit inline, payload values past the first, and what the values hold.
+#[inline]
+pub(crate) fn payload_bytes(topic: &str, payload: &Payload) -> usize {
+    let topic = if topic.len() > crate::topic::INLINE { 16 + topic.len() } else { 0 };
+    let spilled = if payload.spilled() { payload.len() * std::mem::size_of::<Value>() } else { 0 };
+    topic + spilled + payload.iter().map(Value::heap_bytes).sum::<usize>()
+}
+
 pub struct Context<'a> {
     node: &'a Arc<NodeInner>,
     cell: &'a Arc<ProcCell>,
@@ -120,7 +129,8 @@ impl<'a> Context<'a> {
             cell.warm.prefetch();
         }
         let from = self.cell.pid;
-        Mailbox::chain_with(&mut self.outbox, || Event::Message(Message { from, topic: Topic::new(topic), payload }));
+        let extra = payload_bytes(topic, &payload);
+        Mailbox::chain_with(&mut self.outbox, extra, || Event::Message(Message { from, topic: Topic::new(topic), payload }));
         // Back-pressure through the scheduler: sending into a long mailbox costs extra
         // reductions, so producers yield sooner and their consumer catches up.
         let backlog = self.backlog + self.outbox.len();
@@ -149,11 +159,18 @@ impl<'a> Context<'a> {
             return;
         }
         let cell = self.last_target.as_ref().expect("a batch has a receiver");
+        if cell.kill.load(Ordering::Relaxed) != crate::cell::KILL_NONE {
+            // Ending already (terminated, or past its mailbox limit): what was pending
+            // for it is dropped, as it would be when it exits.
+            self.outbox = Chain::new();
+            return;
+        }
         let (wake, backlog) = cell.mailbox.push_chain(&mut self.outbox);
         self.backlog = backlog;
         if wake {
             self.node.schedule(cell.clone(), Hint::Woken);
         }
+        self.node.check_mailbox(cell);
     }
 
     /// Send a single value.
@@ -404,6 +421,12 @@ impl<'a> Context<'a> {
     /// The context values this process was spawned with (`with_context`), if any.
     pub fn context_values(&self) -> Option<&Arc<Table>> {
         self.context.as_ref()
+    }
+
+    /// Bytes this process's queued messages hold (see `HostConfig::max_mailbox_bytes`):
+    /// a process with a memory limit counts them toward it.
+    pub fn mailbox_bytes(&self) -> usize {
+        self.cell.mailbox.queued_bytes()
     }
 
     /// Whether someone terminated this process (it ends when the step returns).

@@ -16,6 +16,10 @@ use crate::pid::HostName;
 use crate::security::Identity;
 use crate::scheduler::{Hint, Runnable, Scheduler, Task};
 
+/// The default bound of a mailbox's bytes: 256 MiB, about a million small messages. Far
+/// past any healthy backlog, and small beside a node's memory.
+pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 256 * 1024 * 1024;
+
 /// A host's settings (the `host:` block of a `process.host` entry).
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -28,6 +32,14 @@ pub struct HostConfig {
     pub local_queue_size: usize,
     /// 0 = no limit.
     pub max_processes: usize,
+    /// The most messages (and other events) a process's mailbox may hold; 0 = no limit.
+    /// One more ends the process with LimitExceeded (SECURITY.md).
+    pub max_mailbox: usize,
+    /// The most bytes a process's mailbox may hold (queue nodes and payloads, as
+    /// [`Value::heap_bytes`](crate::Value::heap_bytes) counts them); 0 = no limit. Default
+    /// [`DEFAULT_MAX_MAILBOX_BYTES`], so that with nothing configured one process cannot
+    /// take the node's memory by flooding another that never reads.
+    pub max_mailbox_bytes: usize,
     /// How long a process may compute before it is preempted (Lua processes).
     pub time_slice: Duration,
     /// Reductions per step: a native process consults this budget (one per message in
@@ -72,6 +84,8 @@ impl HostConfig {
             queue_size: 1024,
             local_queue_size: 256,
             max_processes: 0,
+            max_mailbox: 0,
+            max_mailbox_bytes: DEFAULT_MAX_MAILBOX_BYTES,
             time_slice: Duration::from_millis(2),
             budget: 1000,
             stop_timeout: Duration::from_secs(10),
@@ -89,6 +103,26 @@ impl HostConfig {
     pub fn stop_timeout(mut self, d: Duration) -> Self {
         self.stop_timeout = d;
         self
+    }
+    pub fn max_mailbox(mut self, messages: usize) -> Self {
+        self.max_mailbox = messages;
+        self
+    }
+    pub fn max_mailbox_bytes(mut self, bytes: usize) -> Self {
+        self.max_mailbox_bytes = bytes;
+        self
+    }
+    /// Whether a mailbox holding `queued` items in `bytes` bytes is past a limit: the
+    /// kill code for the limit it broke.
+    #[inline]
+    pub(crate) fn mailbox_over(&self, queued: usize, bytes: usize) -> Option<u8> {
+        if self.max_mailbox != 0 && queued > self.max_mailbox {
+            Some(crate::cell::KILL_MAILBOX)
+        } else if self.max_mailbox_bytes != 0 && bytes > self.max_mailbox_bytes {
+            Some(crate::cell::KILL_MAILBOX_BYTES)
+        } else {
+            None
+        }
     }
     pub fn budget(mut self, b: u32) -> Self {
         self.budget = b;

@@ -54,10 +54,13 @@ struct Link {
     next: AtomicPtr<Link>,
 }
 
-/// A queued item: the link first, so a `*mut Link` is a `*mut Node<T>`.
+/// A queued item: the link first, so a `*mut Link` is a `*mut Node<T>`. `bytes` is what
+/// the item costs while queued (the node and what its value holds), for the mailbox's
+/// byte count.
 #[repr(C)]
 struct Node<T> {
     link: Link,
+    bytes: usize,
     value: MaybeUninit<T>,
 }
 
@@ -66,12 +69,13 @@ pub(crate) struct Chain<T> {
     first: *mut Link,
     last: *mut Link,
     len: usize,
+    bytes: usize,
     _items: std::marker::PhantomData<T>,
 }
 
 impl<T> Chain<T> {
     pub(crate) fn new() -> Self {
-        Chain { first: ptr::null_mut(), last: ptr::null_mut(), len: 0, _items: std::marker::PhantomData }
+        Chain { first: ptr::null_mut(), last: ptr::null_mut(), len: 0, bytes: 0, _items: std::marker::PhantomData }
     }
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -112,6 +116,9 @@ pub(crate) struct Mailbox<T> {
     /// a plain store): their difference is the backlog, for back-pressure and diagnostics.
     pushed: AtomicUsize,
     popped: AtomicUsize,
+    /// The same in bytes (see `Node::bytes`): their difference is what the queue holds.
+    pushed_bytes: AtomicUsize,
+    popped_bytes: AtomicUsize,
     /// Producers swap themselves in here.
     tail: AtomicPtr<Link>,
     /// The consumer's end: the last popped node (or the stub), whose value is gone.
@@ -136,6 +143,8 @@ impl<T> Mailbox<T> {
             closed: AtomicBool::new(false),
             pushed: AtomicUsize::new(0),
             popped: AtomicUsize::new(0),
+            pushed_bytes: AtomicUsize::new(0),
+            popped_bytes: AtomicUsize::new(0),
             tail: AtomicPtr::new(ptr::null_mut()),
             head: UnsafeCell::new(ptr::null_mut()),
             stub: Link { next: AtomicPtr::new(ptr::null_mut()) },
@@ -153,22 +162,28 @@ impl<T> Mailbox<T> {
 
     /// Queue `item`. `Ok(true)`: the process was parked and is now `READY`: the caller must
     /// schedule it. `Err(item)`: the process has exited.
+    /// (The runtime pushes with `push_with` or `push_chain`, which count bytes too.)
+    #[cfg(test)]
     pub(crate) fn push(&self, item: T) -> Result<bool, T> {
-        self.push_counted(item).map(|(wake, _)| wake)
-    }
-
-    /// `push`, also telling how many items were waiting before this one.
-    pub(crate) fn push_counted(&self, item: T) -> Result<(bool, usize), T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(item);
         }
-        Ok(self.push_with(|| item))
+        Ok(self.push_with(0, || item).0)
     }
 
-    /// Start a chain of items for one later `push_chain` (built by one producer).
+    /// What an item costs while queued: its node, plus `extra` bytes its value holds.
     #[inline]
-    pub(crate) fn chain_with(chain: &mut Chain<T>, make: impl FnOnce() -> T) {
-        let link = Self::new_node(make);
+    fn cost(extra: usize) -> usize {
+        std::mem::size_of::<Node<T>>() + extra
+    }
+
+    /// Start a chain of items for one later `push_chain` (built by one producer). `extra`:
+    /// the bytes the item holds beyond its node (its payload's heap).
+    #[inline]
+    pub(crate) fn chain_with(chain: &mut Chain<T>, extra: usize, make: impl FnOnce() -> T) {
+        let bytes = Self::cost(extra);
+        let link = Self::new_node(bytes, make);
+        chain.bytes += bytes;
         if chain.first.is_null() {
             chain.first = link;
         } else {
@@ -187,6 +202,7 @@ impl<T> Mailbox<T> {
         let first = std::mem::replace(&mut chain.first, ptr::null_mut());
         let last = std::mem::replace(&mut chain.last, ptr::null_mut());
         let n = std::mem::take(&mut chain.len);
+        let bytes = std::mem::take(&mut chain.bytes);
         if first.is_null() {
             return (false, 0);
         }
@@ -194,15 +210,17 @@ impl<T> Mailbox<T> {
         // SAFETY: as in `push_with`.
         unsafe { (*prev).next.store(first, Ordering::Release) };
         let before = self.pushed.fetch_add(n, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
+        self.pushed_bytes.fetch_add(bytes, Ordering::Relaxed);
         (self.wake(), before)
     }
 
-    fn new_node(make: impl FnOnce() -> T) -> *mut Link {
+    fn new_node(bytes: usize, make: impl FnOnce() -> T) -> *mut Link {
         let mut node: Box<MaybeUninit<Node<T>>> = Box::new_uninit();
         let raw = node.as_mut_ptr();
         // SAFETY: writing the fields of a fresh allocation, then taking ownership of it.
         unsafe {
             ptr::addr_of_mut!((*raw).link).write(Link { next: AtomicPtr::new(ptr::null_mut()) });
+            ptr::addr_of_mut!((*raw).bytes).write(bytes);
             ptr::addr_of_mut!((*raw).value).write(MaybeUninit::new(make()));
             Box::into_raw(node) as *mut Link
         }
@@ -212,14 +230,16 @@ impl<T> Mailbox<T> {
     /// The caller has checked `is_closed`; a push racing the close is dropped with the
     /// mailbox. Returns (must schedule, items waiting before this one).
     #[inline]
-    pub(crate) fn push_with(&self, make: impl FnOnce() -> T) -> (bool, usize) {
-        let link = Self::new_node(make);
+    pub(crate) fn push_with(&self, extra: usize, make: impl FnOnce() -> T) -> (bool, usize) {
+        let bytes = Self::cost(extra);
+        let link = Self::new_node(bytes, make);
         let prev = self.tail.swap(link, Ordering::AcqRel);
         debug_assert!(!prev.is_null(), "mailbox used before init");
         // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
         // cannot do before this store makes `link` reachable.
         unsafe { (*prev).next.store(link, Ordering::Release) };
         let before = self.pushed.fetch_add(1, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
+        self.pushed_bytes.fetch_add(bytes, Ordering::Relaxed);
         (self.wake(), before)
     }
 
@@ -269,7 +289,10 @@ impl<T> Mailbox<T> {
                 return None;
             }
             *self.head.get() = next;
-            let value = ptr::read((*(next as *mut Node<T>)).value.as_ptr());
+            let node = next as *mut Node<T>;
+            // only the owner writes popped_bytes: a plain load and store
+            self.popped_bytes.store(self.popped_bytes.load(Ordering::Relaxed) + (*node).bytes, Ordering::Relaxed);
+            let value = ptr::read((*node).value.as_ptr());
             self.free(head);
             Some(value)
         }
@@ -357,6 +380,12 @@ impl<T> Mailbox<T> {
         // A pop can be counted before its push is (the producer counts after linking).
         self.pushed.load(Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed))
     }
+
+    /// Bytes the queued items hold (their nodes and payloads), as pushes and pops counted
+    /// them; like `queued`, a moment behind a push in flight.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.pushed_bytes.load(Ordering::Relaxed).saturating_sub(self.popped_bytes.load(Ordering::Relaxed))
+    }
 }
 
 impl<T> Drop for Mailbox<T> {
@@ -406,14 +435,14 @@ mod tests {
         m.start();
         let mut c = Chain::new();
         for i in 0..5 {
-            Mailbox::chain_with(&mut c, || i);
+            Mailbox::chain_with(&mut c, 0, || i);
         }
         assert_eq!(c.len(), 5);
         assert_eq!(m.push_chain(&mut c), (false, 0));
         assert_eq!((0..5).map(|_| m.pop().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         let v = std::sync::Arc::new(());
         let mut c = Chain::new();
-        Mailbox::<std::sync::Arc<()>>::chain_with(&mut c, || v.clone());
+        Mailbox::<std::sync::Arc<()>>::chain_with(&mut c, 0, || v.clone());
         drop(c);
         assert_eq!(std::sync::Arc::strong_count(&v), 1);
     }
@@ -536,8 +565,8 @@ mod loom_tests {
                 let s = scheduled.clone();
                 loom::thread::spawn(move || {
                     let mut c = Chain::new();
-                    Mailbox::chain_with(&mut c, || 1);
-                    Mailbox::chain_with(&mut c, || 2);
+                    Mailbox::chain_with(&mut c, 0, || 1);
+                    Mailbox::chain_with(&mut c, 0, || 2);
                     if m.push_chain(&mut c).0 {
                         s.fetch_add(1, Ordering::SeqCst);
                     }

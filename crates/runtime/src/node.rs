@@ -504,15 +504,46 @@ impl NodeInner {
     /// Queue an event for `pid`; `Err(event)` when it is not alive.
     #[inline]
     pub(crate) fn deliver(&self, pid: Pid, ev: Event) -> Result<(), Event> {
-        let wake = self.table.with(pid, ev, |cell, ev| match cell.mailbox.push(ev) {
-            Ok(true) => Ok(Some(cell.clone())),
-            Ok(false) => Ok(None),
-            Err(ev) => Err(ev),
+        let extra = match &ev {
+            Event::Message(m) => crate::context::payload_bytes(m.topic.as_str(), &m.payload),
+            _ => 0,
+        };
+        let (cell, wake) = self.table.with(pid, ev, |cell, ev| {
+            if cell.mailbox.is_closed() {
+                return Err(ev);
+            }
+            if cell.kill.load(std::sync::atomic::Ordering::Relaxed) != KILL_NONE {
+                return Ok((cell.clone(), false)); // ending already: dropped, as at its exit
+            }
+            let (wake, _) = cell.mailbox.push_with(extra, || ev);
+            Ok((cell.clone(), wake))
         })??;
-        if let Some(cell) = wake {
-            self.schedule(cell, Hint::Woken);
+        if wake {
+            self.schedule(cell.clone(), Hint::Woken);
         }
+        self.check_mailbox(&cell);
         Ok(())
+    }
+
+    /// After a push: a mailbox past its host's limits ends its process with LimitExceeded
+    /// (its queue is freed when it exits; monitors and links see the error). The sender
+    /// and the node go on.
+    #[inline]
+    pub(crate) fn check_mailbox(&self, cell: &Arc<ProcCell>) {
+        if let Some(code) = cell.host.config.mailbox_over(cell.mailbox.queued(), cell.mailbox.queued_bytes()) {
+            self.overflow(cell, code);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn overflow(&self, cell: &Arc<ProcCell>, code: u8) {
+        if cell.set_kill(code) {
+            tracing::warn!(pid = %cell.pid, queued = cell.mailbox.queued(), bytes = cell.mailbox.queued_bytes(), "mailbox limit exceeded: ending the process");
+        }
+        if cell.mailbox.wake() {
+            self.schedule(cell.clone(), Hint::Woken);
+        }
     }
 
     /// Send from outside a step (processes send through their `Context`, which batches).

@@ -66,6 +66,26 @@ impl Table {
 }
 
 impl Value {
+    /// Roughly the heap this value holds (strings, tables, errors, with their headers):
+    /// what a queued message costs beyond its node, for mailbox limits. Conservative: a
+    /// string shared by several values is counted for each.
+    pub fn heap_bytes(&self) -> usize {
+        const HEADER: usize = 16; // an Arc's two counts
+        match self {
+            Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) => 0,
+            Value::Str(s) => HEADER + s.len(),
+            Value::Table(t) => {
+                let slot = std::mem::size_of::<Value>();
+                let array: usize = t.array.iter().map(|v| slot + v.heap_bytes()).sum();
+                let map: usize = t.map.iter().map(|(k, v)| 2 * slot + k.heap_bytes() + v.heap_bytes()).sum();
+                HEADER + std::mem::size_of::<Table>() + array + map
+            }
+            Value::Error(e) => {
+                HEADER + std::mem::size_of::<Error>() + e.message.len() + e.details.as_ref().map_or(0, Value::heap_bytes)
+            }
+        }
+    }
+
     pub fn str(s: &str) -> Value {
         Value::Str(Arc::from(s.as_bytes()))
     }
