@@ -450,3 +450,41 @@ fn queued_messages_count_toward_a_process_memory_limit() {
     assert_eq!(v, s("LimitExceeded"));
     still_serving(&h);
 }
+
+// ---------------------------------------------------------------------------------------
+// Other amplifiers: names, timers
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn names_are_bounded_in_length_and_number() {
+    let h = harness(1);
+    let v = h.ok(&format!(r#"
+        local ok, e = process.registry.register(string.rep("n", {max} + 1))
+        assert(not ok and e:kind() == "Invalid" and #e:message() < 400, tostring(e))
+        for i = 1, {count} do assert(process.registry.register("name" .. i)) end
+        local ok2, e2 = process.registry.register("one-too-many")
+        assert(process.registry.register("name1"), "re-registering a held name stays fine")
+        return e2:kind()
+    "#, max = wippy_runtime::MAX_NAME_BYTES, count = wippy_runtime::MAX_NAMES_PER_PROCESS));
+    assert_eq!(v, s("LimitExceeded"));
+    still_serving(&h);
+}
+
+#[test]
+fn pending_timers_per_process_are_bounded() {
+    let h = harness(1);
+    let v = h.ok(&format!(r#"
+        local timers = {{}}
+        for i = 1, {max} do timers[i] = time.timer("1h") end
+        local ok, e = pcall(time.after, "1ms")
+        assert(not ok)
+        local ok2, e2 = pcall(time.sleep, "1ms")
+        assert(not ok2)
+        for i = 1, 10 do timers[#timers]:stop(); timers[#timers] = nil end
+        time.sleep("1ms") -- room again
+        return tostring(e) .. "|" .. tostring(e2)
+    "#, max = wippy_runtime::MAX_PENDING_COMMANDS));
+    let v = v.as_str().unwrap().to_string();
+    assert!(v.contains(&format!("already waits for {} timers and commands", wippy_runtime::MAX_PENDING_COMMANDS)), "{v}");
+    still_serving(&h);
+}

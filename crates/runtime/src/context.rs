@@ -369,7 +369,19 @@ impl<'a> Context<'a> {
         self.cell.trap_links.load(Ordering::Acquire)
     }
 
-    /// Start a command; its completion arrives as an event with the returned id.
+    /// Start a command, refusing it when this process already has
+    /// [`MAX_PENDING_COMMANDS`](crate::MAX_PENDING_COMMANDS) pending (LimitExceeded); its
+    /// completion arrives as an event with the returned id.
+    pub fn try_command(&mut self, cmd: Command) -> Result<CommandId, Error> {
+        let pending = self.cell.topo.lock().more.as_ref().map_or(0, |m| m.timers.len());
+        if pending >= crate::dispatch::MAX_PENDING_COMMANDS {
+            return Err(crate::dispatch::too_many(self.cell.pid));
+        }
+        Ok(self.command(cmd))
+    }
+
+    /// Start a command; its completion arrives as an event with the returned id (past
+    /// the pending limit, at once, with LimitExceeded).
     pub fn command(&mut self, cmd: Command) -> CommandId {
         self.flush();
         let id = CommandId(*self.next_command);

@@ -20,6 +20,15 @@ use crate::pid::Pid;
 use crate::process::{Command, CommandId, Event};
 use crate::value::Value;
 
+/// The most timers, tickers and other commands one process may have pending at once: each
+/// is a task on the dispatch runtime, so this bounds what one process can make the node
+/// hold (SECURITY.md). One more completes at once with LimitExceeded.
+pub const MAX_PENDING_COMMANDS: usize = 100_000;
+
+pub(crate) fn too_many(pid: Pid) -> Error {
+    Error::limit_exceeded(format!("{pid} already waits for {MAX_PENDING_COMMANDS} timers and commands")).with_retryable(false)
+}
+
 pub(crate) struct Dispatch {
     rt: Mutex<Option<Runtime>>,
     handle: Handle,
@@ -60,6 +69,11 @@ impl Dispatch {
         // cannot look for its record before it is written.
         let mut topo = cell.topo.lock();
         if topo.exited {
+            return;
+        }
+        if topo.more.as_ref().is_some_and(|m| m.timers.len() >= MAX_PENDING_COMMANDS) {
+            drop(topo);
+            let _ = node.deliver(pid, Event::Completion { id, result: Err(too_many(pid)) });
             return;
         }
         let handle = match cmd {

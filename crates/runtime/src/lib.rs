@@ -32,10 +32,11 @@ mod warm;
 
 pub use cell::{ProcessGroup, ProcessRef};
 pub use context::Context;
-pub use dispatch::{unix_nanos, unix_secs};
+pub use dispatch::{unix_nanos, unix_secs, MAX_PENDING_COMMANDS};
 pub use error::{Echo, Error, ErrorKind, ECHO_MAX};
 pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
-pub use host::{HostConfig, HostRef, HostSecurity};
+pub use host::{HostConfig, HostRef, HostSecurity, DEFAULT_MAX_MAILBOX_BYTES};
+pub use names::{MAX_NAMES_PER_PROCESS, MAX_NAME_BYTES};
 pub use mailbox::ProcessState;
 pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};

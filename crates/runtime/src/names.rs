@@ -12,6 +12,12 @@ use crate::cell::ProcCell;
 use crate::error::Error;
 use crate::pid::Pid;
 
+/// The longest name a process may register (bytes).
+pub const MAX_NAME_BYTES: usize = 1024;
+/// The most names one process may hold: with the length bound, what one process can add
+/// to the node-wide registry is bounded (SECURITY.md).
+pub const MAX_NAMES_PER_PROCESS: usize = 1024;
+
 #[derive(Default)]
 pub(crate) struct Names {
     map: Mutex<HashMap<SmolStr, Pid>>,
@@ -24,9 +30,21 @@ impl Names {
         if name.is_empty() {
             return Err(Error::invalid("name must not be empty"));
         }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Error::invalid(format!(
+                "name '{}' is longer than {MAX_NAME_BYTES} bytes",
+                crate::error::Echo(name)
+            )));
+        }
         let mut topo = cell.topo.lock();
         if topo.exited {
             return Err(Error::process_not_found(cell.pid));
+        }
+        if topo.more.as_ref().is_some_and(|m| m.names.len() >= MAX_NAMES_PER_PROCESS) {
+            if topo.more.as_ref().is_some_and(|m| m.names.iter().any(|n| n == name)) {
+                return Ok(());
+            }
+            return Err(Error::limit_exceeded(format!("{} already holds {MAX_NAMES_PER_PROCESS} names", cell.pid)));
         }
         let mut map = self.map.lock();
         match map.get(name) {

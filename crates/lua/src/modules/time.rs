@@ -673,11 +673,11 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     )?;
     r.raw_set(
         "after",
-        lua.create_function(|_, ns: i64| current::with(|cx, _| Ok(cx.command(Command::After(StdDuration::from_nanos(ns.max(0) as u64))).0)))?,
+        lua.create_function(|_, ns: i64| command(Command::After(StdDuration::from_nanos(ns.max(0) as u64))))?,
     )?;
     r.raw_set(
         "ticker",
-        lua.create_function(|_, ns: i64| current::with(|cx, _| Ok(cx.command(Command::Ticker(StdDuration::from_nanos(ns.max(1) as u64))).0)))?,
+        lua.create_function(|_, ns: i64| command(Command::Ticker(StdDuration::from_nanos(ns.max(1) as u64))))?,
     )?;
     r.raw_set(
         "cancel_command",
@@ -714,4 +714,13 @@ mod tests {
         assert!(parse_go("2006-01-02", "2024-13-01", &Location::Utc).is_err());
         assert!(parse_go("2006-01-02", "2024-01-01x", &Location::Utc).is_err());
     }
+}
+
+/// Start a timer command for the running process; past its pending limit this raises the
+/// LimitExceeded error (as running out of memory would).
+fn command(cmd: Command) -> mlua::Result<u64> {
+    current::with(|cx, _| match cx.try_command(cmd) {
+        Ok(id) => Ok(id.0),
+        Err(e) => Err(mlua::Error::external(crate::modules::errors::LuaError::new(e))),
+    })
 }
