@@ -24,7 +24,7 @@ use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::ptr;
 
-use crate::sync::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
 pub(crate) const IDLE: u8 = 0;
 pub(crate) const BLOCKED: u8 = 1;
@@ -54,14 +54,35 @@ struct Link {
     next: AtomicPtr<Link>,
 }
 
-/// A queued item: the link first, so a `*mut Link` is a `*mut Node<T>`. `bytes` is what
-/// the item costs while queued (the node and what its value holds), for the mailbox's
-/// byte count.
+/// A queued item: the link first, so a `*mut Link` is a `*mut Node<T>`. `units` is what
+/// the item costs while queued (the node and what its value holds, in [`UNIT`]s).
 #[repr(C)]
 struct Node<T> {
     link: Link,
-    bytes: usize,
+    units: u32,
     value: MaybeUninit<T>,
+}
+
+/// The mailbox counts what it holds in units of this many bytes.
+pub(crate) const UNIT: usize = 16;
+
+/// Items and their cost in one counter word: the item count times 2^32 plus the cost in
+/// units. Producers add to `pushed`, the owner to `popped`; the wrapping difference of the
+/// two decodes to what is queued (`decode`), exactly while fewer than 2^31 items and 2^31
+/// units (32 GiB) are queued. One word instead of two keeps a push to one atomic add and
+/// the mailbox (and so every process) as small as before it counted bytes.
+#[inline]
+fn word(items: usize, units: u64) -> u64 {
+    ((items as u64) << 32).wrapping_add(units)
+}
+
+/// (items, bytes) queued, from `pushed - popped`. A pop can be counted a moment before its
+/// push (the producer counts after linking): a negative part reads as 0.
+#[inline]
+fn decode(d: u64) -> (usize, usize) {
+    let units = d as u32 as i32;
+    let items = (d.wrapping_sub(units as i64 as u64) >> 32) as u32 as i32;
+    (items.max(0) as usize, units.max(0) as usize * UNIT)
 }
 
 /// Items linked by one producer, not yet queued (see `chain_with`, `push_chain`).
@@ -69,13 +90,13 @@ pub(crate) struct Chain<T> {
     first: *mut Link,
     last: *mut Link,
     len: usize,
-    bytes: usize,
+    units: u64,
     _items: std::marker::PhantomData<T>,
 }
 
 impl<T> Chain<T> {
     pub(crate) fn new() -> Self {
-        Chain { first: ptr::null_mut(), last: ptr::null_mut(), len: 0, bytes: 0, _items: std::marker::PhantomData }
+        Chain { first: ptr::null_mut(), last: ptr::null_mut(), len: 0, units: 0, _items: std::marker::PhantomData }
     }
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -112,13 +133,11 @@ unsafe impl<T: Send> Send for Chain<T> {}
 pub(crate) struct Mailbox<T> {
     state: AtomicU8,
     closed: AtomicBool,
-    /// Items pushed so far (producers add) and popped so far (only the owner writes it, so
-    /// a plain store): their difference is the backlog, for back-pressure and diagnostics.
-    pushed: AtomicUsize,
-    popped: AtomicUsize,
-    /// The same in bytes (see `Node::bytes`): their difference is what the queue holds.
-    pushed_bytes: AtomicUsize,
-    popped_bytes: AtomicUsize,
+    /// Items (and their cost, see `word`) pushed so far (producers add) and popped so far
+    /// (only the owner writes it, so a plain store): their difference is the backlog, for
+    /// back-pressure, mailbox limits and diagnostics.
+    pushed: AtomicU64,
+    popped: AtomicU64,
     /// Producers swap themselves in here.
     tail: AtomicPtr<Link>,
     /// The consumer's end: the last popped node (or the stub), whose value is gone.
@@ -141,10 +160,8 @@ impl<T> Mailbox<T> {
         Mailbox {
             state: AtomicU8::new(READY),
             closed: AtomicBool::new(false),
-            pushed: AtomicUsize::new(0),
-            popped: AtomicUsize::new(0),
-            pushed_bytes: AtomicUsize::new(0),
-            popped_bytes: AtomicUsize::new(0),
+            pushed: AtomicU64::new(0),
+            popped: AtomicU64::new(0),
             tail: AtomicPtr::new(ptr::null_mut()),
             head: UnsafeCell::new(ptr::null_mut()),
             stub: Link { next: AtomicPtr::new(ptr::null_mut()) },
@@ -171,19 +188,20 @@ impl<T> Mailbox<T> {
         Ok(self.push_with(0, || item).0)
     }
 
-    /// What an item costs while queued: its node, plus `extra` bytes its value holds.
+    /// What an item costs while queued, in units: its node, plus `extra` bytes its value
+    /// holds (an item of 64 GiB and more counts as 64 GiB: it is past any limit anyway).
     #[inline]
-    fn cost(extra: usize) -> usize {
-        std::mem::size_of::<Node<T>>() + extra
+    fn cost(extra: usize) -> u32 {
+        ((std::mem::size_of::<Node<T>>() + extra).div_ceil(UNIT)).min(u32::MAX as usize) as u32
     }
 
     /// Start a chain of items for one later `push_chain` (built by one producer). `extra`:
     /// the bytes the item holds beyond its node (its payload's heap).
     #[inline]
     pub(crate) fn chain_with(chain: &mut Chain<T>, extra: usize, make: impl FnOnce() -> T) {
-        let bytes = Self::cost(extra);
-        let link = Self::new_node(bytes, make);
-        chain.bytes += bytes;
+        let units = Self::cost(extra);
+        let link = Self::new_node(units, make);
+        chain.units += units as u64;
         if chain.first.is_null() {
             chain.first = link;
         } else {
@@ -202,25 +220,30 @@ impl<T> Mailbox<T> {
         let first = std::mem::replace(&mut chain.first, ptr::null_mut());
         let last = std::mem::replace(&mut chain.last, ptr::null_mut());
         let n = std::mem::take(&mut chain.len);
-        let bytes = std::mem::take(&mut chain.bytes);
+        let units = std::mem::take(&mut chain.units);
         if first.is_null() {
             return (false, 0);
         }
         let prev = self.tail.swap(last, Ordering::AcqRel);
         // SAFETY: as in `push_with`.
         unsafe { (*prev).next.store(first, Ordering::Release) };
-        let before = self.pushed.fetch_add(n, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
-        self.pushed_bytes.fetch_add(bytes, Ordering::Relaxed);
-        (self.wake(), before)
+        (self.wake(), self.count(word(n, units)))
     }
 
-    fn new_node(bytes: usize, make: impl FnOnce() -> T) -> *mut Link {
+    /// Count a push of `w` (see `word`); the items that were queued before it.
+    #[inline]
+    fn count(&self, w: u64) -> usize {
+        let before = self.pushed.fetch_add(w, Ordering::Relaxed);
+        decode(before.wrapping_sub(self.popped.load(Ordering::Relaxed))).0
+    }
+
+    fn new_node(units: u32, make: impl FnOnce() -> T) -> *mut Link {
         let mut node: Box<MaybeUninit<Node<T>>> = Box::new_uninit();
         let raw = node.as_mut_ptr();
         // SAFETY: writing the fields of a fresh allocation, then taking ownership of it.
         unsafe {
             ptr::addr_of_mut!((*raw).link).write(Link { next: AtomicPtr::new(ptr::null_mut()) });
-            ptr::addr_of_mut!((*raw).bytes).write(bytes);
+            ptr::addr_of_mut!((*raw).units).write(units);
             ptr::addr_of_mut!((*raw).value).write(MaybeUninit::new(make()));
             Box::into_raw(node) as *mut Link
         }
@@ -231,15 +254,14 @@ impl<T> Mailbox<T> {
     /// mailbox. Returns (must schedule, items waiting before this one).
     #[inline]
     pub(crate) fn push_with(&self, extra: usize, make: impl FnOnce() -> T) -> (bool, usize) {
-        let bytes = Self::cost(extra);
-        let link = Self::new_node(bytes, make);
+        let units = Self::cost(extra);
+        let link = Self::new_node(units, make);
         let prev = self.tail.swap(link, Ordering::AcqRel);
         debug_assert!(!prev.is_null(), "mailbox used before init");
         // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
         // cannot do before this store makes `link` reachable.
         unsafe { (*prev).next.store(link, Ordering::Release) };
-        let before = self.pushed.fetch_add(1, Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed));
-        self.pushed_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let before = self.count(word(1, units as u64));
         (self.wake(), before)
     }
 
@@ -290,8 +312,9 @@ impl<T> Mailbox<T> {
             }
             *self.head.get() = next;
             let node = next as *mut Node<T>;
-            // only the owner writes popped_bytes: a plain load and store
-            self.popped_bytes.store(self.popped_bytes.load(Ordering::Relaxed) + (*node).bytes, Ordering::Relaxed);
+            // only the owner writes popped: a plain load and store (the count follows in
+            // `consumed`, at the end of the step)
+            self.popped.store(self.popped.load(Ordering::Relaxed).wrapping_add((*node).units as u64), Ordering::Relaxed);
             let value = ptr::read((*node).value.as_ptr());
             self.free(head);
             Some(value)
@@ -316,7 +339,7 @@ impl<T> Mailbox<T> {
     /// The owner popped `n` items during its step.
     pub(crate) fn consumed(&self, n: usize) {
         if n > 0 {
-            let total = self.popped.load(Ordering::Relaxed) + n;
+            let total = self.popped.load(Ordering::Relaxed).wrapping_add(word(n, 0));
             self.popped.store(total, Ordering::Relaxed);
         }
     }
@@ -377,14 +400,19 @@ impl<T> Mailbox<T> {
 
     /// Messages pushed and not yet taken by a step.
     pub(crate) fn queued(&self) -> usize {
-        // A pop can be counted before its push is (the producer counts after linking).
-        self.pushed.load(Ordering::Relaxed).saturating_sub(self.popped.load(Ordering::Relaxed))
+        self.backlog().0
+    }
+
+    /// (items, bytes) pushed and not yet taken.
+    #[inline]
+    fn backlog(&self) -> (usize, usize) {
+        decode(self.pushed.load(Ordering::Relaxed).wrapping_sub(self.popped.load(Ordering::Relaxed)))
     }
 
     /// Bytes the queued items hold (their nodes and payloads), as pushes and pops counted
     /// them; like `queued`, a moment behind a push in flight.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.pushed_bytes.load(Ordering::Relaxed).saturating_sub(self.popped_bytes.load(Ordering::Relaxed))
+        self.backlog().1
     }
 }
 
@@ -412,6 +440,37 @@ mod tests {
         let m = Box::new(Mailbox::new_ready());
         m.init();
         m
+    }
+
+    #[test]
+    fn the_counter_word_decodes_what_is_queued_across_wraps() {
+        // cumulative counts far past 2^32 items and units: only the difference matters
+        let base = word(usize::MAX - 5, u64::MAX - 7);
+        let pushed = base.wrapping_add(word(10, 300));
+        let popped = base.wrapping_add(word(4, 100));
+        assert_eq!(decode(pushed.wrapping_sub(popped)), (6, 200 * UNIT));
+        // a pop counted before its push: units or items a moment negative read as 0
+        assert_eq!(decode(word(3, 0).wrapping_sub(word(0, 5))), (3, 0));
+        assert_eq!(decode(word(0, 9).wrapping_sub(word(2, 0))), (0, 9 * UNIT));
+    }
+
+    #[test]
+    fn bytes_are_counted_in_and_out() {
+        let m = boxed::<u8>();
+        m.start();
+        let node = std::mem::size_of::<Node<u8>>();
+        m.push_with(1000, || 1);
+        let mut c = Chain::new();
+        Mailbox::chain_with(&mut c, 0, || 2);
+        Mailbox::chain_with(&mut c, 40, || 3);
+        m.push_chain(&mut c);
+        let cost = |extra: usize| (node + extra).div_ceil(UNIT) * UNIT;
+        assert_eq!((m.queued(), m.queued_bytes()), (3, cost(1000) + cost(0) + cost(40)));
+        m.pop();
+        m.consumed(1);
+        assert_eq!((m.queued(), m.queued_bytes()), (2, cost(0) + cost(40)));
+        m.complete();
+        assert_eq!((m.queued(), m.queued_bytes()), (0, 0));
     }
 
     #[test]
