@@ -183,25 +183,33 @@ impl ProcCell {
         self.kill.compare_exchange(KILL_NONE, code, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
+    /// Why this process must end, if something killed it (checked at every step: the
+    /// common "not killed" answer stays inline, the error is built out of line).
+    #[inline]
     pub(crate) fn kill_error(&self) -> Option<Error> {
         match self.kill.load(Ordering::Acquire) {
             KILL_NONE => None,
-            KILL_LINKED => Some(Error::linked_failed()),
-            KILL_MAILBOX => Some(
-                Error::limit_exceeded(format!(
-                    "mailbox limit exceeded: more than {} messages queued (host {} max_mailbox)",
-                    self.host.config.max_mailbox, self.host.config.name
-                ))
-                .with_retryable(false),
-            ),
-            KILL_MAILBOX_BYTES => Some(
-                Error::limit_exceeded(format!(
-                    "mailbox limit exceeded: more than {} bytes queued (host {} max_mailbox_bytes)",
-                    self.host.config.max_mailbox_bytes, self.host.config.name
-                ))
-                .with_retryable(false),
-            ),
-            _ => Some(Error::terminated()),
+            code => Some(self.kill_error_of(code)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn kill_error_of(&self, code: u8) -> Error {
+        let cfg = &self.host.config;
+        match code {
+            KILL_LINKED => Error::linked_failed(),
+            KILL_MAILBOX => Error::limit_exceeded(format!(
+                "mailbox limit exceeded: more than {} messages queued (host {} max_mailbox)",
+                cfg.max_mailbox, cfg.name
+            ))
+            .with_retryable(false),
+            KILL_MAILBOX_BYTES => Error::limit_exceeded(format!(
+                "mailbox limit exceeded: more than {} bytes queued (host {} max_mailbox_bytes)",
+                cfg.max_mailbox_bytes, cfg.name
+            ))
+            .with_retryable(false),
+            _ => Error::terminated(),
         }
     }
 }

@@ -153,24 +153,27 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
-    /// Queue the pending batch of sends.
+    /// Queue the pending batch of sends (nothing to do is the common case, checked inline).
+    #[inline]
     pub(crate) fn flush(&mut self) {
-        if self.outbox.len() == 0 {
-            return;
+        if self.outbox.len() != 0 {
+            self.flush_batch();
         }
+    }
+
+    fn flush_batch(&mut self) {
         let cell = self.last_target.as_ref().expect("a batch has a receiver");
-        if cell.kill.load(Ordering::Relaxed) != crate::cell::KILL_NONE {
-            // Ending already (terminated, or past its mailbox limit): what was pending
-            // for it is dropped, as it would be when it exits.
-            self.outbox = Chain::new();
-            return;
-        }
-        let (wake, backlog) = cell.mailbox.push_chain(&mut self.outbox);
-        self.backlog = backlog;
+        let n = self.outbox.len();
+        let (wake, (queued, bytes)) = cell.mailbox.push_chain(&mut self.outbox);
+        self.backlog = queued - n.min(queued);
         if wake {
             self.node.schedule(cell.clone(), Hint::Woken);
         }
-        self.node.check_mailbox(cell);
+        // Past its host's limits the receiver ends (a process already ending from it takes
+        // what arrives until it has run, then drops it with its queue).
+        if let Some(code) = cell.host.config.mailbox_over(queued, bytes) {
+            self.node.overflow(cell, code);
+        }
     }
 
     /// Send a single value.

@@ -213,16 +213,16 @@ impl<T> Mailbox<T> {
     }
 
     /// Queue a whole chain with one swap: the items stay together and in order.
-    /// Returns (must schedule, items waiting before the chain). The caller has checked
-    /// `is_closed`; a chain racing the close is dropped with the mailbox.
-    pub(crate) fn push_chain(&self, chain: &mut Chain<T>) -> (bool, usize) {
+    /// Returns (must schedule, (items, bytes) queued with the chain). The caller has
+    /// checked `is_closed`; a chain racing the close is dropped with the mailbox.
+    pub(crate) fn push_chain(&self, chain: &mut Chain<T>) -> (bool, (usize, usize)) {
         // Take the nodes out without dropping the chain (its Drop would free them).
         let first = std::mem::replace(&mut chain.first, ptr::null_mut());
         let last = std::mem::replace(&mut chain.last, ptr::null_mut());
         let n = std::mem::take(&mut chain.len);
         let units = std::mem::take(&mut chain.units);
         if first.is_null() {
-            return (false, 0);
+            return (false, (0, 0));
         }
         let prev = self.tail.swap(last, Ordering::AcqRel);
         // SAFETY: as in `push_with`.
@@ -230,11 +230,11 @@ impl<T> Mailbox<T> {
         (self.wake(), self.count(word(n, units)))
     }
 
-    /// Count a push of `w` (see `word`); the items that were queued before it.
+    /// Count a push of `w` (see `word`); (items, bytes) queued with it.
     #[inline]
-    fn count(&self, w: u64) -> usize {
-        let before = self.pushed.fetch_add(w, Ordering::Relaxed);
-        decode(before.wrapping_sub(self.popped.load(Ordering::Relaxed))).0
+    fn count(&self, w: u64) -> (usize, usize) {
+        let after = self.pushed.fetch_add(w, Ordering::Relaxed).wrapping_add(w);
+        decode(after.wrapping_sub(self.popped.load(Ordering::Relaxed)))
     }
 
     fn new_node(units: u32, make: impl FnOnce() -> T) -> *mut Link {
@@ -251,9 +251,9 @@ impl<T> Mailbox<T> {
 
     /// Build the item straight into its queue node (no moves through the caller's frames).
     /// The caller has checked `is_closed`; a push racing the close is dropped with the
-    /// mailbox. Returns (must schedule, items waiting before this one).
+    /// mailbox. Returns (must schedule, (items, bytes) queued with this one).
     #[inline]
-    pub(crate) fn push_with(&self, extra: usize, make: impl FnOnce() -> T) -> (bool, usize) {
+    pub(crate) fn push_with(&self, extra: usize, make: impl FnOnce() -> T) -> (bool, (usize, usize)) {
         let units = Self::cost(extra);
         let link = Self::new_node(units, make);
         let prev = self.tail.swap(link, Ordering::AcqRel);
@@ -261,8 +261,8 @@ impl<T> Mailbox<T> {
         // SAFETY: `prev` stays allocated until the consumer has moved past it, which it
         // cannot do before this store makes `link` reachable.
         unsafe { (*prev).next.store(link, Ordering::Release) };
-        let before = self.count(word(1, units as u64));
-        (self.wake(), before)
+        let queued = self.count(word(1, units as u64));
+        (self.wake(), queued)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -497,7 +497,7 @@ mod tests {
             Mailbox::chain_with(&mut c, 0, || i);
         }
         assert_eq!(c.len(), 5);
-        assert_eq!(m.push_chain(&mut c), (false, 0));
+        assert_eq!(m.push_chain(&mut c).0, false);
         assert_eq!((0..5).map(|_| m.pop().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         let v = std::sync::Arc::new(());
         let mut c = Chain::new();

@@ -508,36 +508,31 @@ impl NodeInner {
             Event::Message(m) => crate::context::payload_bytes(m.topic.as_str(), &m.payload),
             _ => 0,
         };
-        let (cell, wake) = self.table.with(pid, ev, |cell, ev| {
+        let (wake, over) = self.table.with(pid, ev, |cell, ev| {
             if cell.mailbox.is_closed() {
                 return Err(ev);
             }
-            if cell.kill.load(std::sync::atomic::Ordering::Relaxed) != KILL_NONE {
-                return Ok((cell.clone(), false)); // ending already: dropped, as at its exit
-            }
-            let (wake, _) = cell.mailbox.push_with(extra, || ev);
-            Ok((cell.clone(), wake))
+            let (wake, (queued, bytes)) = cell.mailbox.push_with(extra, || ev);
+            let over = cell.host.config.mailbox_over(queued, bytes);
+            Ok(((wake || over.is_some()).then(|| (cell.clone(), wake)), over))
         })??;
-        if wake {
-            self.schedule(cell.clone(), Hint::Woken);
+        if let Some((cell, wake)) = wake {
+            if wake {
+                self.schedule(cell.clone(), Hint::Woken);
+            }
+            if let Some(code) = over {
+                self.overflow(&cell, code);
+            }
         }
-        self.check_mailbox(&cell);
         Ok(())
     }
 
-    /// After a push: a mailbox past its host's limits ends its process with LimitExceeded
-    /// (its queue is freed when it exits; monitors and links see the error). The sender
-    /// and the node go on.
-    #[inline]
-    pub(crate) fn check_mailbox(&self, cell: &Arc<ProcCell>) {
-        if let Some(code) = cell.host.config.mailbox_over(cell.mailbox.queued(), cell.mailbox.queued_bytes()) {
-            self.overflow(cell, code);
-        }
-    }
-
+    /// A push left `cell`'s mailbox past its host's limits: the process ends with
+    /// LimitExceeded (its queue is freed when it exits; monitors and links see the error).
+    /// The sender and the node go on.
     #[cold]
     #[inline(never)]
-    fn overflow(&self, cell: &Arc<ProcCell>, code: u8) {
+    pub(crate) fn overflow(&self, cell: &Arc<ProcCell>, code: u8) {
         if cell.set_kill(code) {
             tracing::warn!(pid = %cell.pid, queued = cell.mailbox.queued(), bytes = cell.mailbox.queued_bytes(), "mailbox limit exceeded: ending the process");
         }

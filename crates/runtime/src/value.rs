@@ -69,7 +69,16 @@ impl Value {
     /// Roughly the heap this value holds (strings, tables, errors, with their headers):
     /// what a queued message costs beyond its node, for mailbox limits. Conservative: a
     /// string shared by several values is counted for each.
+    #[inline]
     pub fn heap_bytes(&self) -> usize {
+        match self {
+            Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) => 0,
+            _ => self.heap_bytes_held(),
+        }
+    }
+
+    #[inline(never)]
+    fn heap_bytes_held(&self) -> usize {
         const HEADER: usize = 16; // an Arc's two counts
         match self {
             Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) => 0,
