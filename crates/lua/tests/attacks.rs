@@ -488,3 +488,20 @@ fn pending_timers_per_process_are_bounded() {
     assert!(v.contains(&format!("already waits for {} timers and commands", wippy_runtime::MAX_PENDING_COMMANDS)), "{v}");
     still_serving(&h);
 }
+
+#[test]
+fn env_reads_only_what_the_project_declared() {
+    let h = harness(1);
+    h.lua.set_env("APP_MODE", "test");
+    std::env::set_var("WIPPY_ATTACK_SECRET", "s3cret");
+    let v = h.ok(r#"
+        assert(env.get("APP_MODE") == "test")
+        local v, e = env.get("WIPPY_ATTACK_SECRET")
+        assert(v == nil and e:kind() == "NotFound", tostring(v))
+        local p, e2 = env.get("PATH")
+        assert(p == nil and e2:kind() == "NotFound")
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    still_serving(&h);
+}

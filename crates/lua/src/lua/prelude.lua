@@ -895,12 +895,14 @@ local TimerMT = { __index = Timer, __name = "timer", __metatable = "timer" }
 function time.timer(d)
   local P = S[1]
   local ch, id = timer_channel(P, to_ns(d, "timer"), false)
-  return setmetatable({ ch = ch, id = id, P = P, fired = false }, TimerMT)
+  return setmetatable({ ch = ch, id = id, fired = false }, TimerMT)
 end
 function Timer.channel(tm) return tm.ch end
 Timer.response = Timer.channel
+-- (a timer is used only by the process that made it: it cannot be sent, so the running
+-- process is its owner, and the object holds nothing of the runtime's state)
 function Timer.stop(tm)
-  local P = tm.P
+  local P = S[1]
   local cmds = rare_get(P, "cmds")
   if tm.id and cmds and cmds[tm.id] then
     cmds[tm.id] = nil
@@ -913,7 +915,7 @@ end
 function Timer.reset(tm, d)
   local ns = to_ns(d, "reset")
   local was = Timer.stop(tm)
-  local P = tm.P
+  local P = S[1]
   local ch = tm.ch
   local id = cmd_after(ns)
   cmds(P)[id] = function(P2, i, ok, v) P2[X].cmds[i] = nil; offer_value(P2, ch, rt_time(v)) end
@@ -931,11 +933,11 @@ function time.ticker(d)
   local id = cmd_ticker(ns)
   -- a slow reader loses ticks: a tick that finds the buffer full is dropped
   cmds(P)[id] = function(P2, i, ok, v) offer_value(P2, ch, rt_time(v)) end
-  return setmetatable({ ch = ch, id = id, P = P }, TickerMT)
+  return setmetatable({ ch = ch, id = id }, TickerMT)
 end
 function Ticker.channel(tk) return tk.ch end
 function Ticker.stop(tk)
-  local P = tk.P
+  local P = S[1]
   local cmds = rare_get(P, "cmds")
   if tk.id and cmds and cmds[tk.id] then
     cmds[tk.id] = nil
@@ -1008,7 +1010,7 @@ if LIBS.funcs then
     local pid, err = spawn_raw(5, id, nil, nil, nil, nil, ...)
     if not pid then return nil, err end
     local ch = newchan(P, 1, true)
-    local f = setmetatable({ ch = ch, pid = pid, P = P }, FutureMT)
+    local f = setmetatable({ ch = ch, pid = pid }, FutureMT)
     -- the exit arrives as an EXIT event routed to this future's channel
     execs(P)[pid] = { future = f }
     return f

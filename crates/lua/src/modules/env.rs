@@ -1,5 +1,8 @@
-//! `env.get(name)`: `env.variable` entries the project declares (by entry ID or variable
-//! name), then the OS environment; `nil, err` (NotFound) when neither has it.
+//! `env.get(name)`: the `env.variable` entries the project declares (by entry ID or
+//! variable name; one whose storage is `env.storage.os` reads the OS environment at load).
+//! Nothing else of the OS environment is readable: a process reads only what the project
+//! declared (SECURITY.md). Checked as `env.get` on the name; `nil, err` (NotFound) when no
+//! variable of that name is declared or set.
 
 use std::sync::Weak;
 
@@ -16,8 +19,11 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
         lua.create_function(move |lua, name: LuaValue| {
             let LuaValue::String(name) = &name else { return Err(bad_arg(1, "get", "string", &name)) };
             let name = name.to_str()?.to_string();
+            if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("env.get", &name)))? {
+                return fail(lua, e);
+            }
             let declared = catalog.upgrade().and_then(|c| c.env.read().get(&name).cloned());
-            match declared.or_else(|| std::env::var(&name).ok()) {
+            match declared {
                 Some(v) => Ok((LuaValue::String(lua.create_string(v)?), LuaValue::Nil)),
                 None => fail(lua, Error::not_found(format!("environment variable '{}' is not set", wippy_runtime::Echo(&name)))),
             }
