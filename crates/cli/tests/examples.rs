@@ -380,3 +380,13 @@ fn registry_transactions_from_lua_are_atomic_validated_and_roll_back() {
     assert_ok(&o);
     assert!(stdout(&o).ends_with("\n3 passed, 0 failed\n"), "{}", stdout(&o));
 }
+
+#[test]
+fn the_attack_suite_fails_every_attack_through_the_binary() {
+    let marker = Path::new("/tmp/wippy-attack-pwned");
+    let _ = std::fs::remove_file(marker);
+    let o = run(&["test", "-d", "crates/cli/tests/fixtures/attacks"]);
+    assert_ok(&o);
+    assert!(stdout(&o).ends_with("\n2 passed, 0 failed\n"), "{}", stdout(&o));
+    assert!(!marker.exists(), "a command ran from an escaped source");
+}
