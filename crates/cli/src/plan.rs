@@ -159,25 +159,11 @@ impl Plan {
     /// (transitively), and that `host`'s `security.modules` forbids (SPEC §7.3): what is
     /// wrong, as a load error says it. The same rule the runtime applies at spawn.
     pub fn forbidden_module(&self, process: &EntryId, host: &EntryId) -> Option<String> {
-        let allowed = self.hosts.iter().find(|h| &h.id == host)?.config.security.modules.clone()?;
-        let mut todo = vec![process.to_string()];
-        let mut seen = Vec::new();
-        while let Some(id) = todo.pop() {
-            if seen.contains(&id) {
-                continue;
-            }
-            let Some(e) = self.lua.iter().find(|e| e.id == id) else { continue };
-            if let Some(m) = e.modules.iter().find(|m| !allowed.contains(m)) {
-                let via = if id == process.to_string() { String::new() } else { format!(" through library {id}") };
-                return Some(format!(
-                    "{process} binds module {m}{via}, which host {host} does not allow (security.modules: [{}])",
-                    allowed.join(", ")
-                ));
-            }
-            todo.extend(e.imports.iter().map(|(_, l)| l.clone()));
-            seen.push(id);
-        }
-        None
+        let allowed = self.hosts.iter().find(|h| &h.id == host)?.config.security.modules.as_ref()?;
+        let entry = self.lua.iter().find(|e| e.id == process.as_str())?;
+        let (m, lib) = wippy_lua::forbidden_module(entry, allowed, |id| self.lua.iter().find(|e| e.id == id))?;
+        let via = lib.map(|l| format!(" through library {l}")).unwrap_or_default();
+        Some(format!("{process} binds module {m}{via}, which host {host} does not allow (security.modules: [{}])", allowed.join(", ")))
     }
 
     pub fn depends(&mut self, id: &EntryId, on: &[EntryId]) {

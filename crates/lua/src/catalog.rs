@@ -244,12 +244,26 @@ pub(crate) fn runnable_on(catalog: &Catalog, entry: &LuaEntry, host: &wippy_runt
 /// allows. A library missing from the catalog is left to `require` to report.
 pub(crate) fn modules_allowed(catalog: &Catalog, entry: &LuaEntry, host: &wippy_runtime::HostRef) -> Result<(), Error> {
     let Some(allowed) = &host.config().security.modules else { return Ok(()) };
-    let deny = |m: &str, whose: String| {
-        let (name, only) = (host.name(), allowed.join(", "));
-        wippy_runtime::denied("module", &format!("{m} ({whose} on host {name}, which allows only: {only})"))
+    let Some((m, lib)) = forbidden_module(entry, allowed, |id| catalog.entry(id).ok()) else { return Ok(()) };
+    let whose = match lib {
+        None => format!("entry {}", entry.id),
+        Some(lib) => format!("library {lib} imported by entry {}", entry.id),
     };
+    let (name, only) = (host.name(), allowed.join(", "));
+    Err(wippy_runtime::denied("module", &format!("{m} ({whose} on host {name}, which allows only: {only})")))
+}
+
+/// The first module outside `allowed` that `entry` binds, itself (`None`) or through a
+/// library it imports, directly or through other libraries (`Some(library ID)`). `lookup`
+/// finds an entry by ID; a library it does not know is skipped. The one rule behind the
+/// spawn-time check and the `wippy` command's load-time check (SPEC §7.3).
+pub fn forbidden_module<E: std::borrow::Borrow<LuaEntry>>(
+    entry: &LuaEntry,
+    allowed: &[String],
+    lookup: impl Fn(&str) -> Option<E>,
+) -> Option<(String, Option<String>)> {
     if let Some(m) = entry.modules.iter().find(|m| !allowed.contains(m)) {
-        return Err(deny(m, format!("entry {}", entry.id)));
+        return Some((m.clone(), None));
     }
     let mut seen: Vec<String> = Vec::new();
     let mut todo: Vec<String> = entry.imports.iter().map(|(_, lib)| lib.clone()).collect();
@@ -257,14 +271,15 @@ pub(crate) fn modules_allowed(catalog: &Catalog, entry: &LuaEntry, host: &wippy_
         if seen.contains(&lib) {
             continue;
         }
-        let Ok(e) = catalog.entry(&lib) else { continue };
+        let Some(e) = lookup(&lib) else { continue };
+        let e = e.borrow();
         if let Some(m) = e.modules.iter().find(|m| !allowed.contains(m)) {
-            return Err(deny(m, format!("library {lib} imported by entry {}", entry.id)));
+            return Some((m.clone(), Some(lib)));
         }
         todo.extend(e.imports.iter().map(|(_, l)| l.clone()));
         seen.push(lib);
     }
-    Ok(())
+    None
 }
 
 /// Compile `entry`'s source in a scratch VM, to tell whether it would load.

@@ -169,8 +169,8 @@ impl<'a> Context<'a> {
         if wake {
             self.node.schedule(cell.clone(), Hint::Woken);
         }
-        // Past its host's limits the receiver ends (a process already ending from it takes
-        // what arrives until it has run, then drops it with its queue).
+        // Past its host's limits the receiver ends. Until it has run and exited it still
+        // takes what arrives; its exit frees the whole queue.
         if let Some(code) = cell.host.config.mailbox_over(queued, bytes) {
             self.node.overflow(cell, code);
         }
