@@ -207,7 +207,7 @@ mod tests {
     fn a_source_cannot_close_the_wrapper() {
         let lua = Lua::new();
         let escape = "return { main = function() return 'x' end } end,\n  os.execute('true'),\n  function()";
-        let err = bound(&lua, escape).err().expect("must not compile");
+        let err = bound(&lua, escape).expect_err("must not compile");
         assert!(err.to_string().contains("test.lua:1:"), "{err}");
     }
 

@@ -497,7 +497,7 @@ mod tests {
             Mailbox::chain_with(&mut c, 0, || i);
         }
         assert_eq!(c.len(), 5);
-        assert_eq!(m.push_chain(&mut c).0, false);
+        assert!(!m.push_chain(&mut c).0);
         assert_eq!((0..5).map(|_| m.pop().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         let v = std::sync::Arc::new(());
         let mut c = Chain::new();

@@ -696,6 +696,15 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     Ok(t)
 }
 
+/// Start a timer command for the running process; past its pending limit this raises the
+/// LimitExceeded error (as running out of memory would).
+fn command(cmd: Command) -> mlua::Result<u64> {
+    current::with(|cx, _| match cx.try_command(cmd) {
+        Ok(id) => Ok(id.0),
+        Err(e) => Err(mlua::Error::external(crate::modules::errors::LuaError::new(e))),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,13 +723,4 @@ mod tests {
         assert!(parse_go("2006-01-02", "2024-13-01", &Location::Utc).is_err());
         assert!(parse_go("2006-01-02", "2024-01-01x", &Location::Utc).is_err());
     }
-}
-
-/// Start a timer command for the running process; past its pending limit this raises the
-/// LimitExceeded error (as running out of memory would).
-fn command(cmd: Command) -> mlua::Result<u64> {
-    current::with(|cx, _| match cx.try_command(cmd) {
-        Ok(id) => Ok(id.0),
-        Err(e) => Err(mlua::Error::external(crate::modules::errors::LuaError::new(e))),
-    })
 }
