@@ -75,6 +75,9 @@ fn convert(v: &LuaValue, marks: &Marks, path: &mut Vec<String>, seen: &mut Vec<*
         }
         LuaValue::UserData(ud) => match ud.borrow::<LuaError>() {
             Ok(e) => Ok(Value::Error(std::sync::Arc::new(e.error.clone()))),
+            // a channel is held as a userdata handle whose metatable's __name is "channel"
+            // (written "channel: 0x..." by tostring; mlua's type_name only reads its own types)
+            Err(_) if v.to_string().is_ok_and(|t| t.starts_with("channel: ")) => refuse(path, "a channel"),
             Err(_) => refuse(path, "a userdata value"),
         },
         LuaValue::Function(_) => refuse(path, "a function"),

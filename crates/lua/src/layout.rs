@@ -2,8 +2,9 @@
 //! of through the C API (each API call costs ~20-40 instructions, a direct read one or
 //! two): `lua_State.ci` and `top`, `CallInfo.func` and `previous` (lstate.h), a value's tag
 //! and payload, a string's bytes, and a table's array part and metatable (lobject.h). Only
-//! these prefixes are mirrored, and only for reading; the test below holds every one of
-//! them to what the C API says, so a Lua that lays them out otherwise fails it.
+//! these prefixes are mirrored, and only for reading (one exception: [`set_slot_table`]
+//! puts a table into a stack slot); the test below holds every one of them to what the C
+//! API says, so a Lua that lays them out otherwise fails it.
 //!
 //! Everything here reads a live thread, or an object on its stack, during the step that
 //! called it; addresses it gives are not kept past that step, except as prefetch hints (the
@@ -68,6 +69,7 @@ const T_FLOAT: u8 = 3 | 1 << 4;
 const T_SHRSTR: u8 = 4 | 0x40;
 const T_LNGSTR: u8 = 4 | 1 << 4 | 0x40;
 const T_TABLE: u8 = 5 | 0x40;
+const T_USERDATA: u8 = 7 | 0x40;
 
 /// `struct TString` up to its contents (short strings keep their length in `shrlen`, long
 /// ones have 0xFF there and the length in `lnglen`).
@@ -179,6 +181,55 @@ pub(crate) unsafe fn as_table(v: *const TValue) -> Option<*const u8> {
     ((*v).tt == T_TABLE).then(|| (*v).value as *const u8)
 }
 
+/// Whether `v` holds a full userdata.
+///
+/// # Safety
+/// `v` must be a live value.
+pub(crate) unsafe fn is_userdata(v: *const TValue) -> bool {
+    (*v).tt == T_USERDATA
+}
+
+/// `struct Udata` (lobject.h) up to its first user value.
+#[repr(C)]
+struct UdataHead {
+    next: *mut c_void,
+    tt: u8,
+    marked: u8,
+    nuvalue: u16,
+    len: usize,
+    metatable: *const c_void,
+    gclist: *const c_void,
+    uv: TValue,
+}
+
+/// The table a full userdata in `v` holds as its first user value, if it holds one.
+///
+/// # Safety
+/// `v` must be a live value.
+pub(crate) unsafe fn uservalue_table(v: *const TValue) -> Option<*const u8> {
+    if !is_userdata(v) {
+        return None;
+    }
+    let u = (*v).value as *const UdataHead;
+    if (*u).nuvalue == 0 {
+        return None;
+    }
+    as_table(std::ptr::addr_of!((*u).uv))
+}
+
+/// Make stack slot `v` hold table `t`: the one write this module makes, and only to a stack
+/// slot, which is what `lua_replace` does there (a stack needs no GC barrier: the collector
+/// scans stacks whole, in its atomic phase).
+///
+/// # Safety
+/// `v` must be a slot of the running frame (see [`slot`]) and `t` a live table that stays
+/// reachable without the slot (here: the user value of the handle the slot held).
+pub(crate) unsafe fn set_slot_table(v: *const TValue, t: *const u8) {
+    let v = v as *mut TValue;
+    (*v).value = t as usize;
+    (*v).tt = T_TABLE;
+}
+
 /// The integer `v` holds, if it holds one (not a float, even an integral one).
 ///
 /// # Safety
@@ -235,6 +286,21 @@ mod tests {
             return fail(c"not Lua 5.4");
         }
         let (ci, func) = frame(l);
+        for i in 1..=ffi::lua_gettop(l) {
+            if is_userdata(slot(func, i as usize)) != (ffi::lua_type(l, i) == ffi::LUA_TUSERDATA) {
+                return fail(c"the full userdata tag");
+            }
+            if ffi::lua_type(l, i) == ffi::LUA_TUSERDATA {
+                let want = match ffi::lua_getiuservalue(l, i, 1) {
+                    ffi::LUA_TTABLE => Some(ffi::lua_topointer(l, -1) as *const u8),
+                    _ => None,
+                };
+                ffi::lua_pop(l, 1);
+                if uservalue_table(slot(func, i as usize)) != want {
+                    return fail(c"Udata.nuvalue or Udata.uv");
+                }
+            }
+        }
         for i in 1..=2 {
             if slot_object(func, i) != ffi::lua_topointer(l, i as c_int) as *const u8 {
                 return fail(c"CallInfo.func or the slot size");
@@ -316,12 +382,18 @@ mod tests {
                 ffi::lua_setglobal(state, c"probe".as_ptr());
                 ffi::lua_pushlightuserdata(state, 0x1234 as *mut c_void);
                 ffi::lua_setglobal(state, c"lightud".as_ptr());
+                ffi::lua_newuserdatauv(state, 0, 1);
+                ffi::lua_newtable(state);
+                ffi::lua_setiuservalue(state, -2, 1);
+                ffi::lua_setglobal(state, c"fullud".as_ptr());
+                ffi::lua_newuserdatauv(state, 24, 0);
+                ffi::lua_setglobal(state, c"bareud".as_ptr());
             })
             .unwrap();
         }
         let code = r#"
             local function call(a, b) local x = 1; return probe(a, b, nil, true, false, 42, 1.5, "short",
-                string.rep("long", 30), lightud, -7, 0.0, ""), x end
+                string.rep("long", 30), lightud, -7, 0.0, "", fullud, bareud), x end
             local function t2() return setmetatable({ 7, {}, "s", 2.0 }, {}) end
             assert(call({ x = 1 }, t2()))
             local co = coroutine.create(function(a, b) return call(a, b) end)

@@ -375,7 +375,6 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
 // The slots of a channel and of a process state that `receive` reads (the prelude's C_*,
 // F_*, Q_* and RH/NPEND constants; a channel, a queue and a process state are arrays).
 const C_N: ffi::lua_Integer = 1;
-const C_P: ffi::lua_Integer = 3;
 const C_FLAGS: ffi::lua_Integer = 4;
 const C_TOPIC: ffi::lua_Integer = 5;
 const C_SQ: ffi::lua_Integer = 6;
@@ -415,16 +414,58 @@ pub(crate) fn direct_tag() -> *mut std::ffi::c_void {
     &DIRECT as *const u8 as *mut std::ffi::c_void
 }
 
-/// `R.make_receive(channel_mt, receive, direct_other)`: a channel's `receive` as one C
-/// function. The common wait -- main alone, nothing buffered or queued, on a channel the
-/// mailbox feeds -- yields the direct tag (with the topic of a plain listen channel) to
-/// Rust right here; a plain listen channel's value comes back as `(0, value)` and is returned as
-/// `value, true`, any other answer goes to `direct_other(P, ch, ...)`. Every other case runs
-/// the Lua `receive`.
+/// `R.make_receive(channel_mt, receive, direct_other, S)`: a channel's `receive` as one C
+/// function. It takes the channel's handle (or its state table, from the prelude), and the
+/// common wait -- main alone, nothing buffered or queued, on a channel the mailbox feeds --
+/// yields the direct tag (with the topic of a plain listen channel) to Rust right here; a
+/// plain listen channel's value comes back as `(0, value)` and is returned as `value, true`,
+/// any other answer goes to `direct_other(P, ch, ...)`. Every other case runs the Lua
+/// `receive`. `S` is the prelude's shard table (`S[1]`: the running process's state).
 pub(crate) unsafe extern "C-unwind" fn make_receive(l: *mut ffi::lua_State) -> c_int {
-    ffi::lua_settop(l, 3);
+    ffi::lua_settop(l, 4);
     ffi::lua_pushlightuserdata(l, direct_tag());
-    ffi::lua_pushcclosure(l, receive, 4);
+    // upvalues: 1 channel_mt, 2 receive, 3 direct_other, 4 S, 5 the direct tag
+    ffi::lua_pushcclosure(l, receive, 5);
+    1
+}
+
+// A channel as process code holds it: a full userdata with no bytes of its own whose one
+// user value is the channel's state table (which only the prelude and this file read), so
+// nothing of the runtime's state is reachable from Lua (SECURITY.md).
+
+/// `R.make_handle(handle_mt)`: `new_handle(state)`, the handle of a new channel.
+pub(crate) unsafe extern "C-unwind" fn make_handle(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_settop(l, 1);
+    ffi::lua_pushcclosure(l, new_handle, 1);
+    1
+}
+
+unsafe extern "C-unwind" fn new_handle(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_newuserdatauv(l, 0, 1);
+    ffi::lua_pushvalue(l, 1);
+    ffi::lua_setiuservalue(l, -2, 1);
+    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+    ffi::lua_setmetatable(l, -2);
+    1
+}
+
+/// `R.make_chan_of(channel_mt)`: `chan_of(x)`, the state of channel handle `x`, or nil
+/// when `x` is not one.
+pub(crate) unsafe extern "C-unwind" fn make_chan_of(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_settop(l, 1);
+    ffi::lua_pushcclosure(l, chan_of, 1);
+    1
+}
+
+unsafe extern "C-unwind" fn chan_of(l: *mut ffi::lua_State) -> c_int {
+    if ffi::lua_type(l, 1) == ffi::LUA_TUSERDATA
+        && ffi::lua_getiuservalue(l, 1, 1) == ffi::LUA_TTABLE
+        && metatable_is(l, -1, ffi::lua_upvalueindex(1))
+    {
+        ffi::lua_pop(l, 1); // the metatable
+        return 1;
+    }
+    ffi::lua_pushnil(l);
     1
 }
 
@@ -454,7 +495,17 @@ unsafe fn direct_wait(l: *mut ffi::lua_State) -> Option<bool> {
         return None;
     }
     let (_, func) = layout::frame(l);
-    let ch = layout::as_table(layout::slot(func, AT_CH as usize))?;
+    let at = layout::slot(func, AT_CH as usize);
+    // process code passes the channel's handle (the prelude may pass the state itself)
+    let ch = layout::uservalue_table(at).or_else(|| layout::as_table(at))?;
+    let plain = direct_wait_on(l, ch)?;
+    // the rest of the wait reads the state at AT_CH (the handle stays reachable: the
+    // process holds it, and the state's C_H slot too)
+    layout::set_slot_table(at, ch);
+    Some(plain)
+}
+
+unsafe fn direct_wait_on(l: *mut ffi::lua_State, ch: *const u8) -> Option<bool> {
     // (a process's first resume runs before its Rust state is entered, and must wait here
     // all the same: a parked process's stack is smallest this way; then the channel
     // metatable is upvalue 1)
@@ -473,7 +524,8 @@ unsafe fn direct_wait(l: *mut ffi::lua_State) -> Option<bool> {
     // P's ready queue and pending count (another cache line of a cold process) are read
     // only when one may have become non-empty since they were last found empty
     if dirty {
-        let p = layout::as_table(layout::array(ch, C_P)?)?;
+        let s = ffi::lua_topointer(l, ffi::lua_upvalueindex(4)) as *const u8;
+        let p = layout::as_table(layout::array(s, 1)?)?;
         let ready = layout::as_table(layout::array(p, P_RH)?).is_some();
         let pending = layout::as_int(layout::array(p, P_NPEND)?)? != 0;
         if ready || pending {
@@ -487,13 +539,23 @@ unsafe fn direct_wait(l: *mut ffi::lua_State) -> Option<bool> {
 unsafe extern "C-unwind" fn receive(l: *mut ffi::lua_State) -> c_int {
     // Nothing below owns anything: the yields and errors leave this frame by longjmp.
     if let Some(plain) = direct_wait(l) {
-        ffi::lua_rawgeti(l, AT_CH, C_P);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
+        // P: the running process's state, S[1] (a channel is only ever used by its owner)
+        ffi::lua_rawgeti(l, ffi::lua_upvalueindex(4), 1);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(5));
         if plain {
             ffi::lua_rawgeti(l, AT_CH, C_TOPIC);
             return ffi::lua_yieldk(l, 2, 1, Some(receive_k));
         }
         return ffi::lua_yieldk(l, 1, 0, Some(receive_k));
+    }
+    // The slow way: a handle is replaced by its state (a userdata without one stays, and
+    // fails the channel check).
+    if ffi::lua_type(l, AT_CH) == ffi::LUA_TUSERDATA {
+        if ffi::lua_getiuservalue(l, AT_CH, 1) == ffi::LUA_TTABLE {
+            ffi::lua_replace(l, AT_CH);
+        } else {
+            ffi::lua_pop(l, 1);
+        }
     }
     if !metatable_is(l, AT_CH, ffi::lua_upvalueindex(1)) {
         let tp = ffi::lua_type(l, AT_CH);

@@ -505,3 +505,49 @@ fn env_reads_only_what_the_project_declared() {
     assert_eq!(v, Value::Bool(true));
     still_serving(&h);
 }
+
+#[test]
+fn no_runtime_object_gives_process_code_the_runtimes_state() {
+    let h = harness(1);
+    h.lua.add_entry(LuaEntry::function("test:fn", "return { call = function() return 1 end }"));
+    let v = h.ok(r#"
+        local chans = {
+            new = channel.new(2), inbox = process.inbox(), events = process.events(),
+            listen = process.listen("t"), listen_msg = process.listen("m", { message = true }),
+            after = time.after("1h"),
+        }
+        local tm, tk = time.timer("1h"), time.ticker("1h")
+        local fut = funcs.async("test:fn")
+        chans.timer, chans.ticker, chans.future = tm:channel(), tk:channel(), fut:channel()
+        for name, ch in pairs(chans) do
+            assert(type(ch) == "userdata", name .. " is a " .. type(ch))
+            assert(getmetatable(ch) == "channel", name)
+            for i = 1, 10 do assert(ch[i] == nil, name .. "[" .. i .. "]") end
+            assert(not pcall(rawget, ch, 3), name .. ": rawget")
+            assert(not pcall(rawset, ch, 3, 1), name .. ": rawset")
+            assert(not pcall(next, ch), name .. ": next")
+            assert(not pcall(setmetatable, ch, {}), name .. ": setmetatable")
+        end
+        -- timers, tickers and futures: no field holds a table (a table would be runtime state)
+        for name, obj in pairs({ timer = tm, ticker = tk, future = fut }) do
+            for k, v in pairs(obj) do
+                assert(type(v) ~= "table" and type(v) ~= "thread" and type(v) ~= "function", name .. "." .. tostring(k))
+            end
+        end
+        -- and they still work: identity, select, receive, close
+        assert(process.inbox() == chans.inbox and process.listen("t") == chans.listen)
+        local c = chans.new
+        c:send(7)
+        local r = channel.select{ c:case_receive(), chans.after:case_receive() }
+        assert(r.channel == c and r.value == 7 and r.ok)
+        c:close()
+        assert(c:is_closed() and select(2, c:receive()) == false)
+        assert(fut:result() == 1)
+        tm:stop(); tk:stop()
+        local ok, err = process.send(process.pid(), "x", { ch = c })
+        assert(ok == nil and tostring(err):find("field 'ch': a channel", 1, true), tostring(err))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    still_serving(&h);
+}

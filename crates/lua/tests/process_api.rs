@@ -163,7 +163,7 @@ fn send_errors() {
         assert(ok4 == nil and err4:kind() == errors.INVALID)
         assert(tostring(err4):find("field 'f'"), tostring(err4))
         local ok5, err5 = process.send(process.pid(), "t", channel.new())
-        assert(ok5 == nil and tostring(err5):find("channel"))
+        assert(ok5 == nil and tostring(err5):find("channel"), tostring(ok5) .. " " .. tostring(err5))
         local t = {} t.self = t
         local ok6, err6 = process.send(process.pid(), "t", t)
         assert(ok6 == nil and tostring(err6):find("cycle"))

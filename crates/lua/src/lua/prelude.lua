@@ -62,13 +62,13 @@ local W_T <const> = 1
 local W_CH <const> = 3
 local W_SEND <const> = 4
 local W_V <const> = 5
--- A channel is an array too: { n, size, P, flags, topic, sq, rq, buf }. The inbox is made
+-- A channel is an array too: { n, size, handle, flags, topic, sq, rq, buf }. The inbox is made
 -- with the first four only (a parked process stays small; the rest reads nil through the
 -- metatable); other channels are made with every slot. Rust's receive (R.make_receive)
 -- reads these same slots; the flags are one integer, so it reads them with one lookup.
 local C_N <const> = 1       -- values in the buffer
 local C_SIZE <const> = 2    -- buffer capacity
-local C_P <const> = 3       -- the owning process's state
+local C_H <const> = 3       -- the channel's handle (the userdata process code holds)
 local C_FLAGS <const> = 4   -- F_EXT | F_PLAIN | F_CLOSED
 local C_TOPIC <const> = 5   -- a listen channel's topic (false otherwise)
 local C_SQ <const> = 6      -- waiting senders, waiting receivers: queues (false until used)
@@ -112,16 +112,25 @@ end
 -------------------------------------------------------------------------------------------
 -- Channels. Waiter queues and the buffer are made on first use.
 -------------------------------------------------------------------------------------------
+-- Process code never holds a channel's state table (it is the runtime's: counts, flags,
+-- waiting tasks): it holds the channel's handle, a userdata whose user value is the state
+-- (raw.rs). The methods (Chan) take handles; everything below them takes states. A channel
+-- is only ever used by the process that made it (it cannot be sent), so its owner is the
+-- running process, S[1].
 local Chan = {}
-local ChanMT = { __index = Chan, __name = "channel", __metatable = "channel" }
+local ChanMT = { __index = Chan, __name = "channel state", __metatable = "channel" }
+local HandleMT = { __index = Chan, __name = "channel", __metatable = "channel" }
 R.set_channel_mt(ChanMT)
-local is_chan = R.is_of(ChanMT)
+local new_handle = R.make_handle(HandleMT)
+local chan_of = R.make_chan_of(ChanMT)
 
 local function newchan(P, size, ext, topic, plain)
-  -- N, SIZE, P, FLAGS, TOPIC, SQ, RQ, BUF: waiter queues and the buffer come
+  -- N, SIZE, HANDLE, FLAGS, TOPIC, SQ, RQ, BUF: waiter queues and the buffer come
   -- on first use (a main that waits directly never makes its receiver queue)
   local flags = (ext and F_EXT or 0) | (plain and F_PLAIN or 0)
-  return setmetatable({ 0, size, P, flags, topic or false, false, false, false }, ChanMT)
+  local ch = setmetatable({ 0, size, false, flags, topic or false, false, false, false }, ChanMT)
+  ch[C_H] = new_handle(ch)
+  return ch
 end
 
 -- The process's rarer parts (P[X]), made on first use.
@@ -198,7 +207,7 @@ local function try_recv(ch)
     local v = b[h]; b[h] = nil; b[Q_H] = h + 1
     ch[C_N] = n - 1
     if n == 1 then b[Q_H], b[Q_T] = 3, 2 end
-    local P = ch[C_P]
+    local P = S[1]
     local w = q_pop(ch[C_SQ])
     if w then
       buf_push(ch, sent_value(w))
@@ -210,7 +219,7 @@ local function try_recv(ch)
   local w = q_pop(ch[C_SQ])
   if w then
     local v = sent_value(w)
-    fire(ch[C_P], w)
+    fire(S[1], w)
     return true, v, true
   end
   if ch[C_FLAGS] & F_CLOSED ~= 0 then return true, nil, false end
@@ -220,7 +229,7 @@ end
 local function try_send(ch, v)
   if ch[C_FLAGS] & F_CLOSED ~= 0 then error("send on a closed channel", 3) end
   local w = q_pop(ch[C_RQ])
-  if w then fire(ch[C_P], w, v, true); return true end
+  if w then fire(S[1], w, v, true); return true end
   if ch[C_N] < ch[C_SIZE] then
     buf_push(ch, v)
     return true
@@ -228,14 +237,17 @@ local function try_send(ch, v)
   return false
 end
 
-local function check_chan(ch, fname)
-  if not is_chan(ch) then
-    error("bad argument #1 to '" .. fname .. "' (channel expected, got " .. type(ch) .. ")", 3)
+-- The state of channel handle `h`, or a "bad argument" error.
+local function check_chan(h, fname)
+  local ch = chan_of(h)
+  if not ch then
+    error("bad argument #1 to '" .. fname .. "' (channel expected, got " .. type(h) .. ")", 3)
   end
+  return ch
 end
 
-function Chan.send(ch, v)
-  check_chan(ch, "send")
+function Chan.send(h, v)
+  local ch = check_chan(h, "send")
   if try_send(ch, v) then return true end
   local P = S[1]
   local t = S[2] or P
@@ -248,7 +260,7 @@ end
 
 -- Wait in a receive on `ch` (nothing to take now).
 local function wait_receive(ch)
-  local P = ch[C_P]
+  local P = S[1]
   local t = S[2] or P
   q_push(ch, C_RQ, t)
   if ch[C_FLAGS] & F_EXT ~= 0 then
@@ -279,14 +291,13 @@ local function receive(ch)
   if ok then return v, got end
   return wait_receive(ch)
 end
-Chan.receive = R.make_receive(ChanMT, receive, direct_other)
+Chan.receive = R.make_receive(ChanMT, receive, direct_other, S)
 
-function Chan.close(ch)
-  check_chan(ch, "close")
+local function close(ch)
   local flags = ch[C_FLAGS]
   if flags & F_CLOSED ~= 0 then return end
   ch[C_FLAGS] = flags | F_CLOSED
-  local P = ch[C_P]
+  local P = S[1]
   while true do
     local w = q_pop(ch[C_RQ])
     if not w then break end
@@ -300,9 +311,10 @@ function Chan.close(ch)
   end
 end
 
-function Chan.case_send(ch, v) check_chan(ch, "case_send"); return { ch = ch, send = true, v = v } end
-function Chan.case_receive(ch) check_chan(ch, "case_receive"); return { ch = ch } end
-function Chan.is_closed(ch) check_chan(ch, "is_closed"); return ch[C_FLAGS] & F_CLOSED ~= 0 end
+function Chan.close(h) close(check_chan(h, "close")) end
+function Chan.case_send(h, v) check_chan(h, "case_send"); return { ch = h, send = true, v = v } end
+function Chan.case_receive(h) check_chan(h, "case_receive"); return { ch = h } end
+function Chan.is_closed(h) return check_chan(h, "is_closed")[C_FLAGS] & F_CLOSED ~= 0 end
 
 local function select_(cases, default)
   if type(cases) ~= "table" then
@@ -310,17 +322,19 @@ local function select_(cases, default)
   end
   if default == nil then default = cases.default end
   local n = #cases
+  local states = {}
   for i = 1, n do
     local c = cases[i]
-    if type(c) ~= "table" or not is_chan(c.ch) then
+    local ch = type(c) == "table" and chan_of(c.ch)
+    if not ch then
       error("bad argument #1 to 'select' (case " .. i .. " is not a channel case)", 2)
     end
-    local ch = c.ch
+    states[i] = ch
     if c.send then
-      if try_send(ch, c.v) then return { channel = ch, ok = true } end
+      if try_send(ch, c.v) then return { channel = c.ch, ok = true } end
     else
       local ok, v, got = try_recv(ch)
-      if ok then return { channel = ch, value = v, ok = got } end
+      if ok then return { channel = c.ch, value = v, ok = got } end
     end
   end
   if default then return { default = true, ok = true } end
@@ -331,9 +345,10 @@ local function select_(cases, default)
   local ext = false
   for i = 1, n do
     local c = cases[i]
-    -- a waiter record: W_T, SEL, W_CH, W_SEND, W_V
-    q_push(c.ch, c.send and C_SQ or C_RQ, { t, sel, c.ch, c.send or false, c.v })
-    ext = ext or c.ch[C_FLAGS] & F_EXT ~= 0
+    -- a waiter record: W_T, SEL, W_CH (the handle, for the result), W_SEND, W_V
+    local ch = states[i]
+    q_push(ch, c.send and C_SQ or C_RQ, { t, sel, c.ch, c.send or false, c.v })
+    ext = ext or ch[C_FLAGS] & F_EXT ~= 0
   end
   if ext then
     t[EXT] = true; P[NEXT] = P[NEXT] + 1
@@ -349,7 +364,7 @@ function channel.new(size)
   if size ~= nil and (math.type(size) ~= "integer" or size < 0) then
     error("bad argument #1 to 'new' (non-negative integer expected, got " .. tostring(size) .. ")", 2)
   end
-  return newchan(S[1], size or 0, false)
+  return newchan(S[1], size or 0, false)[C_H]
 end
 channel.select = select_
 LIBS.channel = channel
@@ -714,11 +729,12 @@ function process.inbox()
   if not ch then
     -- newchan's table, made here: one call level less on main's coroutine, whose call
     -- frames stay allocated (a parked process measured ~50 B smaller)
-    ch = setmetatable({ 0, 0, P, F_EXT }, ChanMT) -- N, SIZE, P, FLAGS
+    ch = setmetatable({ 0, 0, false, F_EXT }, ChanMT) -- N, SIZE, HANDLE, FLAGS
+    ch[C_H] = new_handle(ch)
     P[INBOX] = ch
     if P[NPEND] > 0 then drain(P) end
   end
-  return ch
+  return ch[C_H]
 end
 function process.events()
   local P = S[1]
@@ -728,7 +744,7 @@ function process.events()
     ch = newchan(P, 0, true); x.events = ch
     if P[NPEND] > 0 then drain(P) end
   end
-  return ch
+  return ch[C_H]
 end
 
 function process.listen(topic, opts)
@@ -745,23 +761,20 @@ function process.listen(topic, opts)
   local l = P[LISTEN]
   if not l then l = {}; P[LISTEN] = l end
   local ch = l[topic]
-  if ch then return ch end
+  if ch then return ch[C_H] end
   ch = newchan(P, 1, true, topic, not (opts and opts.message))
-  -- a listen channel's receive is found in the channel itself, not through its metatable
-  -- (one hash slot: `ch:receive()` is the hot call of a process serving a topic)
-  rawset(ch, "receive", Chan.receive)
   l[topic] = ch
   if P[NPEND] > 0 then drain(P) end
-  return ch
+  return ch[C_H]
 end
 
-function process.unlisten(ch)
-  check_chan(ch, "unlisten")
+function process.unlisten(h)
+  local ch = check_chan(h, "unlisten")
   local P = S[1]
   local topic = ch[C_TOPIC]
   if topic and P[LISTEN] and P[LISTEN][topic] == ch then
     P[LISTEN][topic] = nil
-    Chan.close(ch)
+    close(ch)
     if P[NPEND] > 0 then drain(P) end
     return true
   end
@@ -880,14 +893,14 @@ local function timer_channel(P, ns, once_close)
   cmds(P)[id] = function(P2, i, ok, v)
     P2[X].cmds[i] = nil
     offer_value(P2, ch, rt_time(v))
-    if once_close then Chan.close(ch) end
+    if once_close then close(ch) end
   end
   return ch, id
 end
 
 function time.after(d)
   local ch = timer_channel(S[1], to_ns(d, "after"), true)
-  return ch
+  return ch[C_H]
 end
 
 local Timer = {}
@@ -895,7 +908,7 @@ local TimerMT = { __index = Timer, __name = "timer", __metatable = "timer" }
 function time.timer(d)
   local P = S[1]
   local ch, id = timer_channel(P, to_ns(d, "timer"), false)
-  return setmetatable({ ch = ch, id = id, fired = false }, TimerMT)
+  return setmetatable({ ch = ch[C_H], id = id, fired = false }, TimerMT)
 end
 function Timer.channel(tm) return tm.ch end
 Timer.response = Timer.channel
@@ -916,7 +929,7 @@ function Timer.reset(tm, d)
   local ns = to_ns(d, "reset")
   local was = Timer.stop(tm)
   local P = S[1]
-  local ch = tm.ch
+  local ch = chan_of(tm.ch)
   local id = cmd_after(ns)
   cmds(P)[id] = function(P2, i, ok, v) P2[X].cmds[i] = nil; offer_value(P2, ch, rt_time(v)) end
   tm.id = id
@@ -933,7 +946,7 @@ function time.ticker(d)
   local id = cmd_ticker(ns)
   -- a slow reader loses ticks: a tick that finds the buffer full is dropped
   cmds(P)[id] = function(P2, i, ok, v) offer_value(P2, ch, rt_time(v)) end
-  return setmetatable({ ch = ch, id = id }, TickerMT)
+  return setmetatable({ ch = ch[C_H], id = id }, TickerMT)
 end
 function Ticker.channel(tk) return tk.ch end
 function Ticker.stop(tk)
@@ -943,7 +956,7 @@ function Ticker.stop(tk)
     cmds[tk.id] = nil
     cmd_cancel(tk.id)
     tk.id = nil
-    Chan.close(tk.ch)
+    close(chan_of(tk.ch))
     return true
   end
   return false
@@ -1010,7 +1023,7 @@ if LIBS.funcs then
     local pid, err = spawn_raw(5, id, nil, nil, nil, nil, ...)
     if not pid then return nil, err end
     local ch = newchan(P, 1, true)
-    local f = setmetatable({ ch = ch, pid = pid }, FutureMT)
+    local f = setmetatable({ ch = ch[C_H], pid = pid }, FutureMT)
     -- the exit arrives as an EXIT event routed to this future's channel
     execs(P)[pid] = { future = f }
     return f
@@ -1029,8 +1042,9 @@ if LIBS.funcs then
   on_future = (function(P, w, ok, v)
     local f = w.future
     f.res = ok and { v } or { nil, v }
-    offer_value(P, f.ch, f.res)
-    Chan.close(f.ch)
+    local ch = chan_of(f.ch)
+    offer_value(P, ch, f.res)
+    close(ch)
   end)
 end
 

@@ -166,6 +166,8 @@ pub(crate) fn install(
         r.raw_set("preempt_pending", lua.create_c_function(rt_preempt_pending)?)?;
         r.raw_set("make_send", lua.create_c_function(crate::raw::make_send)?)?;
         r.raw_set("make_receive", lua.create_c_function(crate::raw::make_receive)?)?;
+        r.raw_set("make_handle", lua.create_c_function(crate::raw::make_handle)?)?;
+        r.raw_set("make_chan_of", lua.create_c_function(crate::raw::make_chan_of)?)?;
         r.raw_set("make_spawn", lua.create_c_function(crate::raw::make_spawn)?)?;
         r.raw_set("is_of", lua.create_c_function(rt_is_of)?)?;
         r.raw_set("raw_meta", lua.create_c_function(rt_raw_meta)?)?;
