@@ -322,14 +322,12 @@ local function select_(cases, default)
   end
   if default == nil then default = cases.default end
   local n = #cases
-  local states = {}
   for i = 1, n do
     local c = cases[i]
     local ch = type(c) == "table" and chan_of(c.ch)
     if not ch then
       error("bad argument #1 to 'select' (case " .. i .. " is not a channel case)", 2)
     end
-    states[i] = ch
     if c.send then
       if try_send(ch, c.v) then return { channel = c.ch, ok = true } end
     else
@@ -346,7 +344,7 @@ local function select_(cases, default)
   for i = 1, n do
     local c = cases[i]
     -- a waiter record: W_T, SEL, W_CH (the handle, for the result), W_SEND, W_V
-    local ch = states[i]
+    local ch = chan_of(c.ch)
     q_push(ch, c.send and C_SQ or C_RQ, { t, sel, c.ch, c.send or false, c.v })
     ext = ext or ch[C_FLAGS] & F_EXT ~= 0
   end
@@ -929,7 +927,7 @@ function Timer.reset(tm, d)
   local ns = to_ns(d, "reset")
   local was = Timer.stop(tm)
   local P = S[1]
-  local ch = chan_of(tm.ch)
+  local ch = check_chan(tm.ch, "reset")
   local id = cmd_after(ns)
   cmds(P)[id] = function(P2, i, ok, v) P2[X].cmds[i] = nil; offer_value(P2, ch, rt_time(v)) end
   tm.id = id
