@@ -15,7 +15,8 @@ fn node(options: ShardOptions) -> (Node, LuaRuntime) {
     let lua = LuaRuntime::new();
     lua.set_host_options(HOST, options);
     lua.install(&node.handle());
-    let mut cfg = HostConfig::new(HOST);
+    // the process limit raised as the anchors raise Erlang's (+P 4194304): skynet has a million leaves
+    let mut cfg = HostConfig::new(HOST).max_processes(4_194_304);
     if let Some(w) = std::env::var("WIPPY_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
         cfg = cfg.workers(w);
     }

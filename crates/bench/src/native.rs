@@ -12,7 +12,8 @@ const HOST: &str = "bench";
 
 fn node() -> Node {
     let node = Node::new().expect("node");
-    let mut cfg = HostConfig::new(HOST);
+    // the process limit raised as the anchors raise Erlang's (+P 4194304): skynet has a million leaves
+    let mut cfg = HostConfig::new(HOST).max_processes(4_194_304);
     // For experiments only; reported figures use the default (one worker per core).
     if let Some(w) = std::env::var("WIPPY_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
         cfg = cfg.workers(w);

@@ -44,7 +44,7 @@ fn process_host(c: &mut Checker, plan: &mut Plan) {
     config.workers = c.positive("host.workers", config.workers as u64) as usize;
     config.queue_size = c.positive("host.queue_size", config.queue_size as u64) as usize;
     config.local_queue_size = c.positive("host.local_queue_size", config.local_queue_size as u64) as usize;
-    config.max_processes = c.uint("host.max_processes", 0) as usize;
+    config.max_processes = c.uint("host.max_processes", config.max_processes as u64) as usize;
     let slice = c.duration("host.time_slice", config.time_slice);
     if slice.is_zero() {
         c.error("host.time_slice", "must be longer than 0");

@@ -551,3 +551,32 @@ fn no_runtime_object_gives_process_code_the_runtimes_state() {
     assert_eq!(v, Value::Bool(true));
     still_serving(&h);
 }
+
+#[test]
+fn a_spawn_loop_stops_at_the_process_limit() {
+    assert_eq!(HostConfig::new("x").max_processes, wippy_runtime::DEFAULT_MAX_PROCESSES, "bounded by default");
+    let h = Harness::with(2, ShardOptions::default(), |c| c.max_processes(500));
+    h.entry("test:echo-once", "return { main = function(x) return x end }");
+    sleeper(&h);
+    // the sleepers are linked to the spawner, whose failure then takes them down
+    let e = h.err(r#"
+        local n, err = 0, nil
+        while true do
+            local pid, e = process.spawn_linked("test:sleeper", "app:processes")
+            if not pid then err = e break end
+            n = n + 1
+        end
+        error(n .. " " .. err:kind())
+    "#);
+    // the spawner itself is one of the 500
+    assert!(e.message.contains("499 LimitExceeded"), "{}", e.message);
+    // once the linked sleepers are gone the host takes new processes again
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match h.node.exec(HOST, Spawn::entry("test:echo-once").args(vec![s("back")])) {
+            Ok(v) => break assert_eq!(v, s("back")),
+            Err(e) if e.kind == ErrorKind::LimitExceeded && std::time::Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("the host did not recover: {}", e.message),
+        }
+    }
+}

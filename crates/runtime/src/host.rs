@@ -16,6 +16,11 @@ use crate::pid::HostName;
 use crate::security::Identity;
 use crate::scheduler::{Hint, Runnable, Scheduler, Task};
 
+/// The default bound of a host's live processes: Erlang/OTP's default process limit, so that
+/// a spawn loop ends with LimitExceeded instead of taking the node's memory (~2.6 GB of
+/// parked Lua processes at this bound). Wippy has none; `max_processes: 0` asks for none.
+pub const DEFAULT_MAX_PROCESSES: usize = 1 << 20;
+
 /// The default bound of a mailbox's bytes: 256 MiB, about a million small messages. Far
 /// past any healthy backlog, and small beside a node's memory.
 pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 256 * 1024 * 1024;
@@ -30,7 +35,8 @@ pub struct HostConfig {
     pub queue_size: usize,
     /// Tasks a worker keeps in its own deque before overflowing to the global queue.
     pub local_queue_size: usize,
-    /// 0 = no limit.
+    /// The most live processes (spawned and not yet exited, started or not); 0 = no limit.
+    /// Default [`DEFAULT_MAX_PROCESSES`].
     pub max_processes: usize,
     /// The most messages (and other events) a process's mailbox may hold; 0 = no limit.
     /// One more ends the process with LimitExceeded (SECURITY.md).
@@ -83,7 +89,7 @@ impl HostConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             queue_size: 1024,
             local_queue_size: 256,
-            max_processes: 0,
+            max_processes: DEFAULT_MAX_PROCESSES,
             max_mailbox: 0,
             max_mailbox_bytes: DEFAULT_MAX_MAILBOX_BYTES,
             time_slice: Duration::from_millis(2),

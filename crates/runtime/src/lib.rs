@@ -35,7 +35,7 @@ pub use context::Context;
 pub use dispatch::{unix_nanos, unix_secs, MAX_PENDING_COMMANDS};
 pub use error::{Echo, Error, ErrorKind, ECHO_MAX};
 pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
-pub use host::{HostConfig, HostRef, HostSecurity, DEFAULT_MAX_MAILBOX_BYTES};
+pub use host::{HostConfig, HostRef, HostSecurity, DEFAULT_MAX_MAILBOX_BYTES, DEFAULT_MAX_PROCESSES};
 pub use names::{MAX_NAMES_PER_PROCESS, MAX_NAME_BYTES};
 pub use mailbox::ProcessState;
 pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
