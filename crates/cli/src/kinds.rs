@@ -89,6 +89,11 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
     };
     let method = c.string("method").unwrap_or_else(|| "main".into());
     let modules = c.strings("modules");
+    for m in &modules {
+        if !wippy_lua::MODULES.contains(&m.as_str()) {
+            c.error("modules", format!("unknown module {m:?} (this runtime has: {})", wippy_lua::MODULES.join(", ")));
+        }
+    }
     let mut imports = Vec::new();
     for (alias, reference) in c.string_map("imports") {
         if let Some(id) = c.resolve(&format!("imports.{alias}"), &reference, &["library.lua"]) {
@@ -109,7 +114,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
             plan.tests.push(TestPlan { id: entry.id.clone(), suite, order });
         }
     }
-    plan.lua.push(LuaEntry {
+    let lua = LuaEntry {
         id: entry.id.to_string(),
         kind,
         source: source.text.clone(),
@@ -118,7 +123,13 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
         modules,
         imports,
         version: 1,
-    });
+    };
+    // Nothing starts with a source that does not compile (typed syntax erased first): the
+    // error is Lua's own `file:line: message`.
+    if let Some(msg) = wippy_lua::syntax_error(&lua) {
+        c.error("source", msg);
+    }
+    plan.lua.push(lua);
 }
 
 /// `meta.command: {name, short}` makes a process a named CLI command.

@@ -282,13 +282,30 @@ pub fn forbidden_module<E: std::borrow::Borrow<LuaEntry>>(
     None
 }
 
-/// Compile `entry`'s source in a scratch VM, to tell whether it would load.
+/// Compile `entry`'s source in a scratch VM (one per thread, kept: compiling runs nothing
+/// and leaves nothing behind), to tell whether it would load.
 pub(crate) fn check_source(entry: &LuaEntry) -> Result<(), Error> {
-    let lua = Lua::new();
-    crate::chunk::compile(&lua, &crate::compile::erase(&entry.source), &format!("@{}", entry.chunk_name))
-        .map(|_| ())
-        .map_err(|e| compile_error(entry, &e))
+    syntax_error(entry).map_or(Ok(()), |msg| Err(Error::invalid(format!("entry '{}': {msg}", entry.id))))
 }
+
+/// Why `entry`'s source (typed syntax erased) does not compile, as Lua says it
+/// (`file:line: message`); `None` when it compiles.
+pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
+    thread_local! {
+        static SCRATCH: Lua = Lua::new();
+    }
+    SCRATCH.with(|lua| {
+        let r = crate::chunk::compile(lua, &crate::compile::erase(&entry.source), &format!("@{}", entry.chunk_name));
+        lua.expire_registry_values();
+        r.err().map(|e| match e {
+            mlua::Error::SyntaxError { message, .. } => message,
+            other => other.to_string(),
+        })
+    })
+}
+
+/// The modules an entry may list in `modules:`: what this runtime can bind.
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security"];
 
 fn loader_error(entry: &LuaEntry, e: String) -> Error {
     Error::internal(format!("entry '{}': binding its chunk: {e}", entry.id))

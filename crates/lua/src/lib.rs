@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 
-pub use catalog::{forbidden_module, EntryKind, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
+pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
 
