@@ -59,6 +59,21 @@ fn strict_mode(config: &Config) -> bool {
     config.get("security.strict_mode").and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
+/// How long the terminal process gets to end after the first Ctrl-C before it is
+/// terminated: `shutdown.timeout` in the configuration (a duration), 30 s as in Wippy.
+fn shutdown_timeout(config: &Config) -> Result<Duration, String> {
+    match config.get("shutdown.timeout") {
+        None => Ok(Duration::from_secs(30)),
+        Some(v) => {
+            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            match parse_duration(&text) {
+                Ok(n) if n >= 0 => Ok(Duration::from_nanos(n as u64)),
+                _ => Err(format!("shutdown.timeout: invalid duration {text:?} (expected Go syntax such as 500ms, 1.5s, 1m)")),
+            }
+        }
+    }
+}
+
 fn warn_all(plan: &Plan) {
     for w in &plan.warnings {
         tracing::warn!("{w}");
@@ -79,6 +94,10 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
     let (project, plan, config) = match load(cli) {
         Ok(x) => x,
         Err(code) => return code,
+    };
+    let shutdown = match shutdown_timeout(&config) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
     };
     // What to run, checked before anything starts.
     let (target, args) = match (exec, args.first().map(String::as_str)) {
@@ -134,7 +153,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         }
         return if boot.shutdown() { 0 } else { FAILURE };
     };
-    let code = run_terminal(&boot, host, &target, args, &signals.stop);
+    let code = run_terminal(&boot, host, &target, args, &signals.stop, shutdown);
     boot.shutdown();
     code
 }
@@ -149,7 +168,17 @@ fn check_exec(plan: &Plan, x: &str) -> Result<EntryId, String> {
     }
 }
 
-fn run_terminal(boot: &Boot, host: Option<&str>, target: &EntryId, args: &[String], stop: &crossbeam_channel::Receiver<()>) -> u8 {
+/// Run the terminal process to its end. The first Ctrl-C sends it CANCEL ("interrupted");
+/// if it is still alive `shutdown` later it is terminated (exit code 1, "process
+/// terminated"). A second Ctrl-C exits at once (signals.rs).
+fn run_terminal(
+    boot: &Boot,
+    host: Option<&str>,
+    target: &EntryId,
+    args: &[String],
+    stop: &crossbeam_channel::Receiver<()>,
+    shutdown: Duration,
+) -> u8 {
     let host = match boot.start_terminal(host) {
         Ok(h) => h,
         Err(e) => return fail(e),
@@ -174,7 +203,14 @@ fn run_terminal(boot: &Boot, host: Option<&str>, target: &EntryId, args: &[Strin
         recv(done) -> r => r,
         recv(stop) -> _ => {
             let _ = boot.node.cancel(pid, "interrupted");
-            done.recv()
+            match done.recv_timeout(shutdown) {
+                Ok(r) => Ok(r),
+                Err(_) => {
+                    tracing::warn!(pid = %pid, timeout = ?shutdown, "the terminal process did not end in time (shutdown.timeout); terminating it");
+                    let _ = boot.node.terminate(pid);
+                    done.recv()
+                }
+            }
         }
     };
     let result = result.unwrap_or_else(|_| Err(wippy_runtime::Error::internal("the terminal process vanished")));

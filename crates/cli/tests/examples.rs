@@ -394,3 +394,30 @@ fn the_attack_suite_fails_every_attack_through_the_binary() {
     assert_eq!(o.status.code(), Some(1));
     assert!(!marker.exists(), "a command ran from an escaped source");
 }
+
+#[test]
+fn one_ctrl_c_always_ends_the_node_and_independent_services_stop_together() {
+    let dir = "crates/cli/tests/fixtures/shutdown";
+    let mut r = Running::start(&["run", "-d", dir, "--set", "shutdown.timeout=1s", "forever"], &[]);
+    r.wait_for(&["forever started"]);
+    r.saw_or_wait(&["stubborn started", "name=a "]);
+    r.saw_or_wait(&["stubborn started", "name=b "]);
+    r.interrupt();
+    // the command ignores CANCEL: terminated after shutdown.timeout, exit 1
+    assert_eq!(r.exit_code(), Some(1), "{}", r.seen.join("\n"));
+    let seen = r.seen.join("\n");
+    assert!(seen.contains("the terminal process did not end in time (shutdown.timeout); terminating it"), "{seen}");
+    // both services were asked to stop before either was terminated
+    let pos = |parts: &[&str]| r.seen.iter().position(|l| parts.iter().all(|p| l.contains(p)));
+    let stopping_a = pos(&["service=app:stubborn_a", "state=Stopping"]).expect("a stopping");
+    let stopping_b = pos(&["service=app:stubborn_b", "state=Stopping"]).expect("b stopping");
+    let first_kill = pos(&["did not stop in time; terminating it"]).expect("a service terminated");
+    assert!(stopping_a < first_kill && stopping_b < first_kill, "{seen}");
+}
+
+#[test]
+fn a_bad_shutdown_timeout_is_refused_before_anything_starts() {
+    let o = run(&["run", "-d", "crates/cli/tests/fixtures/shutdown", "--set", "shutdown.timeout=soon", "forever"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shutdown.timeout: invalid duration \"soon\""), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -320,15 +320,37 @@ impl Supervisor {
     /// Stop every service in reverse dependency order: CANCEL ("service stopping"), then
     /// terminate after its `stop_timeout`; host services stop last of all that need them.
     /// No restart happens once this has begun.
+    ///
+    /// Services stop in reverse dependency order, and at once where no dependency orders
+    /// them: a service stops after every service that requires it has stopped, so a
+    /// thousand independent services that ignore CANCEL take one stop timeout, not a
+    /// thousand.
     pub fn stop_all(&self) -> StopSummary {
-        let order: Vec<usize> = {
+        let waves = {
             let mut st = self.inner.state.lock();
             st.stopping = true;
-            st.order.iter().rev().copied().collect()
+            stop_waves(&st.order, |i| st.services[i].spec.requires.iter().filter_map(|r| st.by_id.get(r).copied()).collect())
         };
         let mut summary = StopSummary::default();
-        for i in order {
-            summary.terminated += self.inner.stop_one(i, ServiceState::Stopped, &mut summary.services_stopped);
+        for wave in waves {
+            let results: Vec<(usize, usize)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|&i| {
+                        let inner = &self.inner;
+                        scope.spawn(move || {
+                            let mut stopped = 0;
+                            let terminated = inner.stop_one(i, ServiceState::Stopped, &mut stopped);
+                            (stopped, terminated)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or((0, 0))).collect()
+            });
+            for (stopped, terminated) in results {
+                summary.services_stopped += stopped;
+                summary.terminated += terminated;
+            }
         }
         summary
     }
@@ -375,6 +397,30 @@ impl Supervisor {
         self.inner.stop_one(i, ServiceState::Exited, &mut stopped);
         Ok(())
     }
+}
+
+/// The services of `order` (dependencies first) in waves to stop one after the other: a
+/// service's wave comes after the waves of every service that requires it.
+fn stop_waves(order: &[usize], requires: impl Fn(usize) -> Vec<usize>) -> Vec<Vec<usize>> {
+    let n = order.iter().copied().max().map_or(0, |m| m + 1);
+    let mut wave = vec![0usize; n];
+    // dependents come after their dependencies in `order`: walk it backwards
+    for &i in order.iter().rev() {
+        for r in requires(i) {
+            if r < n {
+                wave[r] = wave[r].max(wave[i] + 1);
+            }
+        }
+    }
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for &i in order.iter().rev() {
+        let w = wave[i];
+        if waves.len() <= w {
+            waves.resize(w + 1, Vec::new());
+        }
+        waves[w].push(i);
+    }
+    waves
 }
 
 fn topo_order(specs: &[ServiceSpec], by_id: &HashMap<String, usize>) -> Result<Vec<usize>, Error> {
@@ -634,5 +680,28 @@ impl Inner {
         st.services[i].pid = None;
         self.set(&mut st, i, end, None, None);
         terminated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stop_waves;
+
+    #[test]
+    fn independent_services_stop_in_one_wave_and_dependents_first() {
+        // 0 <- 1 <- 3 (3 requires 1, 1 requires 0); 2 requires 0; 4 and 5 alone
+        let requires = |i: usize| match i {
+            1 => vec![0],
+            2 => vec![0],
+            3 => vec![1],
+            _ => vec![],
+        };
+        let order = [0, 1, 2, 3, 4, 5];
+        let mut waves = stop_waves(&order, requires);
+        for w in &mut waves {
+            w.sort();
+        }
+        assert_eq!(waves, vec![vec![2, 3, 4, 5], vec![1], vec![0]]);
+        assert!(stop_waves(&[], |_| vec![]).is_empty());
     }
 }
