@@ -384,7 +384,14 @@ pub fn init(cli: &Cli) -> u8 {
     0
 }
 
-pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>) -> u8 {
+pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>, name: Option<&str>, format: crate::Format) -> u8 {
+    let glob = |what: &str, p: Option<&str>| -> Result<Option<glob::Pattern>, u8> {
+        p.map(|p| glob::Pattern::new(p).map_err(|e| fail(format!("--{what} {p:?}: {e}")))).transpose()
+    };
+    let (kind, name) = match (glob("kind", kind), glob("name", name)) {
+        (Ok(k), Ok(n)) => (k, n),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
     let (project, _, _) = match load(cli) {
         Ok(x) => x,
         Err(code) => return code,
@@ -392,7 +399,18 @@ pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>) -> u8 {
     let registry = wippy_registry::Registry::new(project.entries);
     let snapshot = registry.snapshot();
     let in_ns = |n: &str| ns.is_none_or(|want| n == want || n.strip_prefix(want).is_some_and(|r| r.starts_with('.')));
-    let rows: Vec<_> = snapshot.entries().filter(|e| kind.is_none_or(|k| e.kind == k) && in_ns(e.id.namespace())).collect();
+    let rows: Vec<_> = snapshot
+        .entries()
+        .filter(|e| kind.as_ref().is_none_or(|k| k.matches(&e.kind)) && name.as_ref().is_none_or(|n| n.matches(e.id.name())))
+        .filter(|e| in_ns(e.id.namespace()))
+        .collect();
+    if format.json || format.yaml {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|e| serde_json::json!({ "id": e.id.as_str(), "kind": e.kind, "file": e.origin.file, "line": e.origin.line }))
+            .collect();
+        return print_as(&serde_json::Value::Array(list), format);
+    }
     let width = rows.iter().map(|e| e.id.as_str().len()).max().unwrap_or(2).max(2);
     let kwidth = rows.iter().map(|e| e.kind.len()).max().unwrap_or(4).max(4);
     println!("{:width$}  {:kwidth$}  DEFINED IN", "ID", "KIND");
@@ -401,4 +419,52 @@ pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>) -> u8 {
     }
     println!("{} entries", rows.len());
     0
+}
+
+/// `registry show ID`: one entry as YAML (or JSON): where it is defined, its source file,
+/// meta and fields.
+pub fn registry_show(cli: &Cli, id: &str, format: crate::Format) -> u8 {
+    let (project, _, _) = match load(cli) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let Some(e) = project.entries.iter().find(|e| e.id.as_str() == id) else {
+        return fail(format!("registry show: no entry {id:?}"));
+    };
+    #[derive(serde::Serialize)]
+    struct Shown<'a> {
+        id: &'a str,
+        kind: &'a str,
+        defined_in: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source_file: Option<&'a str>,
+        #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+        meta: &'a serde_json::Map<String, serde_json::Value>,
+        #[serde(flatten)]
+        fields: &'a serde_json::Map<String, serde_json::Value>,
+    }
+    let shown = Shown {
+        id: e.id.as_str(),
+        kind: &e.kind,
+        defined_in: format!("{}:{}", e.origin.file, e.origin.line),
+        source_file: e.source.as_ref().filter(|s| s.path.is_some()).map(|s| s.name.as_str()),
+        meta: &e.meta,
+        fields: &e.fields,
+    };
+    print_as(&shown, crate::Format { json: format.json, yaml: !format.json })
+}
+
+fn print_as<T: serde::Serialize>(v: &T, format: crate::Format) -> u8 {
+    let text = if format.json {
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())
+    } else {
+        serde_saphyr::to_string(v).map_err(|e| e.to_string())
+    };
+    match text {
+        Ok(t) => {
+            println!("{}", t.trim_end());
+            0
+        }
+        Err(e) => fail(format!("cannot write the output: {e}")),
+    }
 }

@@ -81,11 +81,34 @@ pub enum Cmd {
 pub enum RegistryCmd {
     /// List loaded entries.
     List {
+        /// Only entries of this kind (a glob: `process.*`).
         #[arg(long)]
         kind: Option<String>,
+        /// Only entries of this namespace (and the namespaces below it).
         #[arg(long)]
         ns: Option<String>,
+        /// Only entries whose name matches this glob.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        format: Format,
     },
+    /// Print one entry: its kind, where it is defined, its source file, meta and fields.
+    Show {
+        /// The entry ID (`namespace:name`).
+        id: String,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+/// Machine-readable output instead of the table.
+#[derive(clap::Args, Clone, Copy)]
+pub struct Format {
+    #[arg(long, conflicts_with = "yaml")]
+    pub json: bool,
+    #[arg(long)]
+    pub yaml: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,7 +117,10 @@ fn main() -> ExitCode {
         Cmd::Run { exec, host, watch, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args),
         Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
         Cmd::Init => commands::init(&cli),
-        Cmd::Registry { command: RegistryCmd::List { kind, ns } } => commands::registry_list(&cli, kind.as_deref(), ns.as_deref()),
+        Cmd::Registry { command: RegistryCmd::List { kind, ns, name, format } } => {
+            commands::registry_list(&cli, kind.as_deref(), ns.as_deref(), name.as_deref(), *format)
+        }
+        Cmd::Registry { command: RegistryCmd::Show { id, format } } => commands::registry_show(&cli, id, *format),
     };
     ExitCode::from(code)
 }

@@ -421,3 +421,27 @@ fn a_bad_shutdown_timeout_is_refused_before_anything_starts() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("shutdown.timeout: invalid duration \"soon\""), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn registry_list_takes_globs_and_writes_json_and_show_prints_one_entry() {
+    let d = "examples/services";
+    let o = run(&["registry", "list", "-d", d, "--kind", "process.*", "--json"]);
+    assert_ok(&o);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let ids: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"app:processes") && ids.contains(&"app:cache") && ids.contains(&"app:cache_service"), "{ids:?}");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["kind"].as_str().unwrap().starts_with("process.") && r["line"].as_u64().is_some()));
+    let o = run(&["registry", "list", "-d", d, "--name", "*_service", "--yaml"]);
+    assert_ok(&o);
+    let listed = stdout(&o);
+    assert!(listed.contains("id: app:cache_service") && !listed.contains("id: app:cache\n"), "{listed}");
+    let o = run(&["registry", "show", "-d", d, "app:cache", "--json"]);
+    assert_ok(&o);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!((e["kind"].as_str(), e["source_file"].as_str()), (Some("process.lua"), Some("src/cache.lua")));
+    assert!(e["defined_in"].as_str().unwrap().starts_with("src/_index.yaml:"));
+    let o = run(&["registry", "show", "-d", d, "app:nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["registry", "list", "-d", d, "--kind", "["]);
+    assert_eq!(o.status.code(), Some(1));
+}
