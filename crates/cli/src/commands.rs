@@ -27,30 +27,87 @@ fn load(cli: &Cli) -> Result<(Project, Plan, Config), u8> {
         FAILURE
     };
     let config = Config::load(&cli.dir, &cli.configs, &cli.sets).map_err(fail)?;
+    check_config(&config)?;
     let project = Project::load(&cli.dir).map_err(|e| report(&e))?;
     let plan = Plan::build(&project).map_err(|e| report(&e))?;
     Ok((project, plan, config))
 }
 
-/// Logs go to stderr as structured lines: `-v` debug, `-s` none, `logger.level` from the
-/// configuration, info by default.
-fn init_logging(cli: &Cli, config: &Config, hide: bool) {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = if cli.silent || hide {
-        LevelFilter::OFF
-    } else if cli.verbose {
-        LevelFilter::DEBUG
-    } else {
-        match config.str("logger.level") {
-            Some("debug") => LevelFilter::DEBUG,
-            Some("warn") => LevelFilter::WARN,
-            Some("error") => LevelFilter::ERROR,
-            Some("off") => LevelFilter::OFF,
-            _ => LevelFilter::INFO,
+/// The configuration keys this runtime reads, and what each takes.
+const CONFIG_KEYS: &[(&str, &str)] = &[
+    ("logger.level", "debug, info, warn (or warning), error or off"),
+    ("logger.encoding", "console or json"),
+    ("logger.color", "true or false"),
+    ("security.strict_mode", "true or false"),
+    ("shutdown.timeout", "a duration such as 30s"),
+];
+
+/// Check the configuration before anything starts: a bad value of a known key is an
+/// error, an unknown key a warning; each says where it is written.
+fn check_config(config: &Config) -> Result<(), u8> {
+    let mut bad = false;
+    for path in config.paths() {
+        let at = config.origin(&path);
+        let Some((_, takes)) = CONFIG_KEYS.iter().find(|(k, _)| *k == path) else {
+            let known: Vec<&str> = CONFIG_KEYS.iter().map(|(k, _)| *k).collect();
+            eprintln!("warning: {at}: unknown configuration key {path} (known: {})", known.join(", "));
+            continue;
+        };
+        let v = config.get(&path);
+        let ok = match path.as_str() {
+            "logger.level" => v.and_then(|v| v.as_str()).and_then(level_of).is_some(),
+            "logger.encoding" => matches!(v.and_then(|v| v.as_str()), Some("console" | "json")),
+            "logger.color" | "security.strict_mode" => v.is_some_and(|v| v.is_boolean()),
+            "shutdown.timeout" => shutdown_timeout(config).is_ok(),
+            _ => true,
+        };
+        if !ok {
+            let shown = v.map(|v| v.to_string()).unwrap_or_default();
+            eprintln!("error: {at}: configuration key {path}: invalid value {shown} (expected {takes})");
+            bad = true;
         }
+    }
+    if bad {
+        Err(FAILURE)
+    } else {
+        Ok(())
+    }
+}
+
+fn level_of(name: &str) -> Option<tracing_subscriber::filter::LevelFilter> {
+    use tracing_subscriber::filter::LevelFilter;
+    Some(match name {
+        "debug" => LevelFilter::DEBUG,
+        "info" => LevelFilter::INFO,
+        "warn" | "warning" => LevelFilter::WARN,
+        "error" => LevelFilter::ERROR,
+        "off" => LevelFilter::OFF,
+        _ => return None,
+    })
+}
+
+/// Logs go to stderr as structured lines: `-s` none, `-v` debug, else `RUST_LOG` when set
+/// (tracing-subscriber's filter syntax), else `logger.level` from the configuration, info
+/// by default; `logger.encoding: json` writes one JSON object a line.
+fn init_logging(cli: &Cli, config: &Config, hide: bool) {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = if cli.silent || hide {
+        EnvFilter::default().add_directive(LevelFilter::OFF.into())
+    } else if cli.verbose {
+        EnvFilter::default().add_directive(LevelFilter::DEBUG.into())
+    } else if let Ok(f) = EnvFilter::try_from_default_env() {
+        f
+    } else {
+        let level = config.str("logger.level").and_then(level_of).unwrap_or(LevelFilter::INFO);
+        EnvFilter::default().add_directive(level.into())
     };
     let color = cli.color || config.get("logger.color").and_then(|v| v.as_bool()).unwrap_or(false);
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(color).with_max_level(level).try_init();
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let _ = if config.str("logger.encoding") == Some("json") {
+        builder.json().try_init()
+    } else {
+        builder.with_ansi(color).try_init()
+    };
 }
 
 /// `security.strict_mode: true` in the configuration: deny when a process has no actor

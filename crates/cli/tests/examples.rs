@@ -419,7 +419,48 @@ fn one_ctrl_c_always_ends_the_node_and_independent_services_stop_together() {
 fn a_bad_shutdown_timeout_is_refused_before_anything_starts() {
     let o = run(&["run", "-d", "crates/cli/tests/fixtures/shutdown", "--set", "shutdown.timeout=soon", "forever"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("shutdown.timeout: invalid duration \"soon\""), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("error: --set: configuration key shutdown.timeout: invalid value \"soon\" (expected a duration"), "{err}");
+    assert!(o.stdout.is_empty(), "nothing started");
+}
+
+#[test]
+fn configuration_keys_are_checked_and_logging_follows_level_encoding_and_rust_log() {
+    let dir = std::env::temp_dir().join(format!("wippy-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/_index.yaml"),
+        "namespace: app\nentries:\n  - name: hi\n    kind: process.lua\n    modules: [logger]\n    \
+         source: \"return { main = function() logger:info('info line') logger:warn('warn line') return 0 end }\"\n",
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    // an unknown key is a warning with file:line; a bad value an error, and nothing starts
+    std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: warning\n  levl: debug\n").unwrap();
+    let o = run(&["run", "-d", d, "-x", "app:hi"]);
+    assert_ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("warning: .wippy.yaml:3: unknown configuration key logger.levl"), "{err}");
+    assert!(err.contains("warn line") && !err.contains("info line"), "logger.level: warning: {err}");
+    std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: loud\n").unwrap();
+    let o = run(&["run", "-d", d, "-x", "app:hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error: .wippy.yaml:2: configuration key logger.level: invalid value \"loud\""));
+    // json lines
+    std::fs::write(dir.join(".wippy.yaml"), "logger:\n  encoding: json\n").unwrap();
+    let o = run(&["run", "-d", d, "-x", "app:hi"]);
+    assert_ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let line = err.lines().find(|l| l.contains("warn line")).expect("the warn line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(v["level"].as_str(), Some("WARN"), "{line}");
+    // RUST_LOG wins over logger.level
+    std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: info\n").unwrap();
+    let o = wippy(&["run", "-d", d, "-x", "app:hi"]).env("RUST_LOG", "error").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("warn line") && !err.contains("info line"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -12,6 +12,8 @@ use crate::LoadError;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub root: Map<String, Value>,
+    /// Every file read, in order: (name as messages give it, text), to say where a key is.
+    pub files: Vec<(String, String)>,
 }
 
 fn merge(into: &mut Map<String, Value>, from: Map<String, Value>) {
@@ -54,7 +56,39 @@ impl Config {
             Value::Null => {}
             _ => return Err(LoadError::new("a configuration file must be a mapping").file(&name)),
         }
+        self.files.push((name, text));
         Ok(())
+    }
+
+    /// Every leaf key path (`logger.level`), in no particular order.
+    pub fn paths(&self) -> Vec<String> {
+        fn walk(prefix: &str, m: &Map<String, Value>, out: &mut Vec<String>) {
+            for (k, v) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    Value::Object(inner) if !inner.is_empty() => walk(&p, inner, out),
+                    _ => out.push(p),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &self.root, &mut out);
+        out
+    }
+
+    /// Where key `path` is written: the last file that has a line for its last segment
+    /// (`file:line`), or `--set` when no file has it.
+    pub fn origin(&self, path: &str) -> String {
+        let key = path.rsplit('.').next().unwrap_or(path);
+        for (name, text) in self.files.iter().rev() {
+            for (i, line) in text.lines().enumerate() {
+                let t = line.trim_start();
+                if t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')) {
+                    return format!("{name}:{}", i + 1);
+                }
+            }
+        }
+        "--set".into()
     }
 
     /// Apply one `path=value` override.
