@@ -111,8 +111,36 @@ pub struct Format {
     pub yaml: bool,
 }
 
+/// `wippy run list -d DIR`: `list` takes no arguments, so what follows it are flags (a
+/// command NAME's arguments stay its own). Moves `list` last, where clap reads the flags
+/// before it as the run's.
+fn flags_after_list(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if let Some(run) = argv.iter().position(|a| a == "run") {
+        // the first word after `run` that is not a flag or a flag's value
+        let mut i = run + 1;
+        while i < argv.len() {
+            let a = argv[i].to_string_lossy();
+            if a == "-x" || a == "--exec" {
+                return argv; // with -x, every word after the flags is the entry's argument
+            }
+            if a == "-d" || a == "--dir" || a == "--config" || a == "--set" || a == "--host" {
+                i += 2;
+            } else if a.starts_with('-') {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if i + 1 < argv.len() && argv[i] == "list" {
+            let list = argv.remove(i);
+            argv.push(list);
+        }
+    }
+    argv
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(flags_after_list(std::env::args_os().collect()));
     let code = match &cli.command {
         Cmd::Run { exec, host, watch, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args),
         Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
@@ -123,4 +151,23 @@ fn main() -> ExitCode {
         Cmd::Registry { command: RegistryCmd::Show { id, format } } => commands::registry_show(&cli, id, *format),
     };
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flags_after_list;
+
+    fn args(s: &str) -> Vec<std::ffi::OsString> {
+        s.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn flags_after_run_list_are_the_runs() {
+        assert_eq!(flags_after_list(args("wippy run list -d x")), args("wippy run -d x list"));
+        assert_eq!(flags_after_list(args("wippy -v run --set a=b list -d x")), args("wippy -v run --set a=b -d x list"));
+        // a command's own arguments stay its own
+        assert_eq!(flags_after_list(args("wippy run hello -d x")), args("wippy run hello -d x"));
+        assert_eq!(flags_after_list(args("wippy run -d x list")), args("wippy run -d x list"));
+        assert_eq!(flags_after_list(args("wippy run -x app:list list -d y")), args("wippy run -x app:list list -d y"));
+    }
 }

@@ -135,6 +135,8 @@ fn hello_prints_its_pid_by_command_name_and_by_id() {
     assert_ok(&o);
     assert!(stdout(&o).starts_with("hello, world! I am process {app:terminal|0x0000"), "{}", stdout(&o));
     let o = run(&["run", "-d", "examples/hello", "list"]);
+    // flags after `list` are the run's (list takes no arguments)
+    assert_eq!(stdout(&run(&["run", "list", "-d", "examples/hello"])), stdout(&o));
     assert_eq!(stdout(&o), "hello  Print a greeting and this process's PID  (app:hello)\n");
 }
 
