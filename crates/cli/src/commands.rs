@@ -525,3 +525,87 @@ fn print_as<T: serde::Serialize>(v: &T, format: crate::Format) -> u8 {
         Err(e) => fail(format!("cannot write the output: {e}")),
     }
 }
+
+/// `wippy lint`: the load checks (every error is reported), then `wippy_lua::lint` on every
+/// Lua entry. Findings print as `file:line: severity: entry: message`, or with `--json` as
+/// one array of `{file, line, entry, field, severity, message}`.
+pub fn lint(cli: &Cli, json: bool) -> u8 {
+    #[derive(serde::Serialize)]
+    struct Out {
+        file: Option<String>,
+        line: Option<u64>,
+        entry: Option<String>,
+        field: Option<String>,
+        severity: &'static str,
+        message: String,
+    }
+    let mut out: Vec<Out> = Vec::new();
+    let load_error = |e: &wippy_registry::LoadError| Out {
+        file: e.file.clone(),
+        line: e.line,
+        entry: e.entry.clone(),
+        field: e.field.clone(),
+        severity: "error",
+        message: e.message.clone(),
+    };
+    match Config::load(&cli.dir, &cli.configs, &cli.sets) {
+        Ok(_) => {}
+        Err(e) => out.push(load_error(&e)),
+    }
+    let plan = Project::load(&cli.dir).map_err(|e| e.0).and_then(|p| Plan::build(&p).map_err(|e| e.0));
+    match plan {
+        Err(errors) => out.extend(errors.iter().map(load_error)),
+        Ok(plan) => {
+            for w in &plan.warnings {
+                out.push(Out { severity: "warning", ..load_error(w) });
+            }
+            let modules = match wippy_lua::lint::Modules::of_runtime() {
+                Ok(m) => m,
+                Err(e) => return fail(format!("lint: cannot read the runtime's modules: {e}")),
+            };
+            for e in &plan.lua {
+                let findings = match wippy_lua::lint::lint(e, &modules) {
+                    Ok(f) => f,
+                    Err(_) => continue, // does not compile: Plan::build reported it
+                };
+                for f in findings {
+                    out.push(Out {
+                        file: Some(e.chunk_name.clone()),
+                        line: Some(f.line as u64),
+                        entry: Some(e.id.clone()),
+                        field: None,
+                        severity: match f.severity {
+                            wippy_lua::lint::Severity::Error => "error",
+                            wippy_lua::lint::Severity::Warning => "warning",
+                        },
+                        message: f.message,
+                    });
+                }
+            }
+        }
+    }
+    let errors = out.iter().filter(|o| o.severity == "error").count();
+    if json {
+        match serde_json::to_string_pretty(&out) {
+            Ok(t) => println!("{t}"),
+            Err(e) => return fail(e),
+        }
+    } else {
+        for o in &out {
+            let at = match (&o.file, o.line) {
+                (Some(f), Some(l)) => format!("{f}:{l}: "),
+                (Some(f), None) => format!("{f}: "),
+                _ => String::new(),
+            };
+            let entry = o.entry.as_ref().map(|e| format!("{e}: ")).unwrap_or_default();
+            let field = o.field.as_ref().map(|f| format!("field {f}: ")).unwrap_or_default();
+            println!("{at}{}: {entry}{field}{}", o.severity, o.message);
+        }
+        println!("{errors} errors, {} warnings", out.len() - errors);
+    }
+    if errors > 0 {
+        FAILURE
+    } else {
+        0
+    }
+}

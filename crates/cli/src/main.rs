@@ -70,6 +70,14 @@ pub enum Cmd {
     },
     /// Write a wippy.lock and a starter src/_index.yaml with a host and a hello process.
     Init,
+    /// Check the project without starting anything: every load check, then what can be
+    /// found statically in the Lua sources (unknown require names, misspelt module
+    /// functions, globals assigned at the top level). Exit 1 on errors.
+    Lint {
+        /// One JSON array of findings on stdout (for editors).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the registry.
     Registry {
         #[command(subcommand)]
@@ -145,6 +153,7 @@ fn main() -> ExitCode {
         Cmd::Run { exec, host, watch, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args),
         Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
         Cmd::Init => commands::init(&cli),
+        Cmd::Lint { json } => commands::lint(&cli, *json),
         Cmd::Registry { command: RegistryCmd::List { kind, ns, name, format } } => {
             commands::registry_list(&cli, kind.as_deref(), ns.as_deref(), name.as_deref(), *format)
         }

@@ -488,3 +488,32 @@ fn registry_list_takes_globs_and_writes_json_and_show_prints_one_entry() {
     let o = run(&["registry", "list", "-d", d, "--kind", "["]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn lint_reports_what_it_finds_with_lines_and_exit_codes() {
+    let o = run(&["lint", "-d", "crates/cli/tests/fixtures/lint"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        "src/worker.lua:1: warning: app:worker: global 'counter' assigned at the top level (globals are per process; use a local)\n\
+         src/worker.lua:9: error: app:worker: require 'json': not a module this entry lists in modules: nor an alias of its imports:\n\
+         src/worker.lua:11: error: app:worker: process.spwan: the process module has no spwan\n\
+         2 errors, 1 warnings\n"
+    );
+    let o = run(&["lint", "-d", "crates/cli/tests/fixtures/lint", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let spwan = v.as_array().unwrap().iter().find(|f| f["message"].as_str().unwrap().contains("spwan")).expect("spwan");
+    assert_eq!((spwan["file"].as_str(), spwan["line"].as_u64(), spwan["entry"].as_str()), (Some("src/worker.lua"), Some(11), Some("app:worker")));
+    // load errors are lint errors too, with their file, line, entry and field
+    let o = run(&["lint", "-d", "crates/cli/tests/fixtures/bad/loader-escape", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(v.as_array().unwrap().iter().any(|f| f["entry"] == "app:unknown_module" && f["field"] == "modules"), "{v}");
+    // every example is clean
+    for ex in ["hello", "chat-room", "worker-pool", "services", "multi-tenant"] {
+        let o = run(&["lint", "-d", &format!("examples/{ex}")]);
+        assert_ok(&o);
+        assert!(stdout(&o).ends_with("0 errors, 0 warnings\n"), "{ex}: {}", stdout(&o));
+    }
+}

@@ -31,11 +31,11 @@ const LOADER: &str = "return function(_ENV, ...) return (function(...) return _E
 
 /// The header of a Lua 5.4 dump: signature, version, format, LUAC_DATA, three sizes,
 /// LUAC_INT, LUAC_NUM.
-const HEADER: usize = 4 + 1 + 1 + 6 + 3 + 8 + 8;
+pub(crate) const HEADER: usize = 4 + 1 + 1 + 6 + 3 + 8 + 8;
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    p: usize,
+pub(crate) struct Cursor<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) p: usize,
 }
 
 /// One function of a dump: where it is, its upvalue descriptions and its children.
@@ -44,19 +44,19 @@ struct Func {
     children: Vec<Range<usize>>,
 }
 
-impl<'a> Cursor<'a> {
-    fn byte(&mut self) -> Result<u8, String> {
+impl Cursor<'_> {
+    pub(crate) fn byte(&mut self) -> Result<u8, String> {
         let b = *self.b.get(self.p).ok_or("the chunk ends early")?;
         self.p += 1;
         Ok(b)
     }
-    fn skip(&mut self, n: usize) -> Result<(), String> {
+    pub(crate) fn skip(&mut self, n: usize) -> Result<(), String> {
         let end = self.p.checked_add(n).filter(|e| *e <= self.b.len()).ok_or("the chunk ends early")?;
         self.p = end;
         Ok(())
     }
     /// `dumpSize`: 7 bits a byte, most significant first, the last byte marked with 0x80.
-    fn size(&mut self) -> Result<usize, String> {
+    pub(crate) fn size(&mut self) -> Result<usize, String> {
         let mut x: usize = 0;
         loop {
             let b = self.byte()?;
@@ -66,7 +66,7 @@ impl<'a> Cursor<'a> {
             }
         }
     }
-    fn string(&mut self) -> Result<(), String> {
+    pub(crate) fn string(&mut self) -> Result<(), String> {
         let n = self.size()?;
         if n > 0 {
             self.skip(n - 1)?;

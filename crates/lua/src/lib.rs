@@ -11,6 +11,7 @@ pub mod compile;
 mod convert;
 mod current;
 mod layout;
+pub mod lint;
 mod modules;
 mod process;
 mod raw;

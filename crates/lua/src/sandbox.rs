@@ -165,6 +165,9 @@ impl Vm {
                 }
             }
         }
+        // (for lint: what each module offers, and which are always present)
+        lua.set_named_registry_value("wippy.libs", shared.clone())?;
+        lua.set_named_registry_value("wippy.always", prelude.get::<Table>("always")?)?;
         let s: Table = prelude.get("S")?;
         let new_process: Function = prelude.get("new_process")?;
         let env_mt: Function = prelude.get("env_mt")?;

@@ -1325,6 +1325,7 @@ local function new_process(env_meta, carry, ncarry, co)
 end
 
 return {
+  always = ALWAYS,
   S = S,
   new_process = new_process,
   main_body = main_body,
