@@ -70,6 +70,8 @@ const T_SHRSTR: u8 = 4 | 0x40;
 const T_LNGSTR: u8 = 4 | 1 << 4 | 0x40;
 const T_TABLE: u8 = 5 | 0x40;
 const T_USERDATA: u8 = 7 | 0x40;
+const T_LCF: u8 = 6 | 1 << 4;
+const T_CCLOSURE: u8 = 6 | 2 << 4 | 0x40;
 
 /// `struct TString` up to its contents (short strings keep their length in `shrlen`, long
 /// ones have 0xFF there and the length in `lnglen`).
@@ -149,6 +151,46 @@ pub(crate) unsafe fn frame(l: *mut ffi::lua_State) -> (*const u8, *const u8) {
 /// `l` must be a live thread with at least `n` values in its current frame.
 pub(crate) unsafe fn below_top(l: *mut ffi::lua_State, n: usize) -> *const TValue {
     ((*(l as *const StateHead)).top as *const TValue).sub(n)
+}
+
+/// How many values the running frame of `l` has (what `lua_gettop` says), and its function
+/// slot (see [`frame`]).
+///
+/// # Safety
+/// `l` must be a live thread, inside a call.
+pub(crate) unsafe fn frame_args(l: *mut ffi::lua_State) -> (usize, *const u8) {
+    let (_, func) = frame(l);
+    let top = (*(l as *const StateHead)).top;
+    ((top as usize - func as usize) / SLOT - 1, func)
+}
+
+/// `struct CClosure` (lobject.h) up to its first upvalue.
+#[repr(C)]
+struct CClosureHead {
+    next: *mut c_void,
+    tt: u8,
+    marked: u8,
+    nupvalues: u8,
+    gclist: *const c_void,
+    f: *const c_void,
+    upvalue: TValue,
+}
+
+/// The light C function a running C closure holds as its first upvalue (what
+/// `lua_tocfunction(l, lua_upvalueindex(1))` gives), if it holds one.
+///
+/// # Safety
+/// `func` must be the function slot of a running C closure's frame (see [`frame`]).
+pub(crate) unsafe fn upvalue_cfunction(func: *const u8) -> Option<ffi::lua_CFunction> {
+    let f = slot(func, 0);
+    if (*f).tt != T_CCLOSURE {
+        return None;
+    }
+    let c = (*f).value as *const CClosureHead;
+    if (*c).nupvalues == 0 || (*c).upvalue.tt != T_LCF {
+        return None;
+    }
+    Some(std::mem::transmute::<usize, ffi::lua_CFunction>((*c).upvalue.value))
 }
 
 /// The call below `ci` (null for the base call).
@@ -370,6 +412,29 @@ mod tests {
         }
         ffi::lua_pushboolean(l, 1);
         1
+    }
+
+    unsafe extern "C-unwind" fn closure_probe(l: *mut ffi::lua_State) -> c_int {
+        let (n, func) = frame_args(l);
+        let want = ffi::lua_tocfunction(l, ffi::lua_upvalueindex(1)).map(|f| f as usize);
+        let ok = n == ffi::lua_gettop(l) as usize && upvalue_cfunction(func).map(|f| f as usize) == want && want.is_some();
+        ffi::lua_pushboolean(l, ok as c_int);
+        1
+    }
+
+    #[test]
+    fn a_c_closures_first_upvalue_and_the_argument_count_are_where_the_c_api_finds_them() {
+        let lua = mlua::Lua::new();
+        // SAFETY: registers a C closure as a global, on the main thread, outside any call.
+        unsafe {
+            lua.exec_raw::<()>((), |state| {
+                ffi::lua_pushcfunction(state, probe);
+                ffi::lua_pushcclosure(state, closure_probe, 1);
+                ffi::lua_setglobal(state, c"cprobe".as_ptr());
+            })
+            .unwrap();
+        }
+        lua.load("assert(cprobe()) assert(cprobe(1, 'x', {}, nil)) assert(select(2, pcall(cprobe, 1, 2, 3)))").exec().unwrap();
     }
 
     #[test]

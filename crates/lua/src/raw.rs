@@ -599,3 +599,36 @@ unsafe extern "C-unwind" fn receive_k(l: *mut ffi::lua_State, _status: c_int, ct
 unsafe extern "C-unwind" fn results_above(l: *mut ffi::lua_State, _status: c_int, ctx: ffi::lua_KContext) -> c_int {
     ffi::lua_gettop(l) - ctx as c_int
 }
+
+/// A string library function that also takes error objects where it takes strings (SPEC
+/// §12.1.1): upvalue 1 is the library's own C function, upvalue 2 the error objects'
+/// metatable. An error argument is replaced by its message (its `__tostring`); then the
+/// function runs on the same frame. A call without userdata arguments only pays a tag check
+/// per argument.
+pub(crate) unsafe extern "C-unwind" fn string_coerced(l: *mut ffi::lua_State) -> c_int {
+    // (the argument count, the tags and the wrapped function read straight from the frame:
+    // this sits in front of every string function, layout.rs)
+    let (n, func) = layout::frame_args(l);
+    for i in 1..=n as c_int {
+        if layout::is_userdata(layout::slot(func, i as usize)) {
+            if ffi::lua_getmetatable(l, i) != 0 {
+                let is_error = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0;
+                ffi::lua_pop(l, 1);
+                if is_error && ffi::luaL_callmeta(l, i, c"__tostring".as_ptr()) != 0 {
+                    if ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+                        ffi::lua_replace(l, i);
+                    } else {
+                        ffi::lua_pop(l, 1);
+                    }
+                }
+            }
+        }
+    }
+    match layout::upvalue_cfunction(layout::frame(l).1) {
+        Some(f) => f(l),
+        None => match ffi::lua_tocfunction(l, ffi::lua_upvalueindex(1)) {
+            Some(f) => f(l),
+            None => 0,
+        },
+    }
+}

@@ -122,6 +122,33 @@ impl Vm {
         }
         let string: Table = g.raw_get("string")?;
         string.raw_set("dump", LuaValue::Nil)?;
+        // Error objects are strings to the string library (SPEC §12.1.1): each function
+        // takes an error argument as its message (raw.rs string_coerced; a plain call pays
+        // a tag check per argument).
+        let err_mt = {
+            let probe = lua.create_userdata(crate::modules::errors::LuaError::new(wippy_runtime::Error::internal("")))?;
+            // SAFETY: pushes the userdata, replaces it with its metatable, returns that.
+            unsafe {
+                lua.exec_raw::<Table>(probe, |st| {
+                    ffi::lua_getmetatable(st, -1);
+                    ffi::lua_remove(st, -2);
+                })?
+            }
+        };
+        let mut wrapped = Vec::new();
+        for pair in string.pairs::<LuaValue, LuaValue>() {
+            let (k, v) = pair?;
+            if let LuaValue::Function(f) = v {
+                // SAFETY: pushes the function and the metatable, leaves one C closure.
+                let c: Function = unsafe {
+                    lua.exec_raw((f, err_mt.clone()), |st| ffi::lua_pushcclosure(st, crate::raw::string_coerced, 2))?
+                };
+                wrapped.push((k, c));
+            }
+        }
+        for (k, c) in wrapped {
+            string.raw_set(k, c)?;
+        }
         shared.raw_set("string", string)?;
         // The VM's own os table (also in its registry's _LOADED) keeps only the safe four:
         // nothing anywhere in the VM can run a command, end the node or touch a file.

@@ -200,3 +200,25 @@ fn conversion_errors_read_like_luas_own() {
     let e = h.err("errors.wrap(errors.new('x'), {})");
     assert!(e.message.contains("bad argument #2 to 'wrap' (string expected, got table)"), "{}", e.message);
 }
+
+#[test]
+fn error_values_are_strings_to_the_string_library() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local _, err = process.send("{app:processes|0xfffff}", "t", 1)
+        assert(string.find(err, "not found"), "find")
+        assert(string.match(err, "process (%a+)") == "not")
+        assert(string.len(err) == #err:message() and err:message():upper() == string.upper(err))
+        assert(string.sub(err, 1, 7) == "process" and select(2, string.gsub(err, "o", "0")) > 0)
+        assert(string.format("%s|%d", err, 3) == err:message() .. "|3")
+        local e = errors.new("boom")
+        assert(string.rep(e, 2, "-") == "boom-boom" and string.byte(e) == 98)
+        -- plain strings and numbers as before; other userdata is still refused
+        assert(("abc"):upper() == "ABC" and string.len(123) == 3)
+        assert(not pcall(string.len, process.inbox()))
+        -- method syntax on an error is not the string library's (SPEC 12.1.1)
+        assert(not pcall(function() return e:upper() end))
+        return true
+    "#);
+    assert_eq!(v, wippy_runtime::Value::Bool(true));
+}
