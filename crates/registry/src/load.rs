@@ -240,17 +240,25 @@ impl Project {
         };
         let path = dir.join(rel);
         let name = display_path(&self.root, &path);
+        let outside = || {
+            let (src, modules) = (display_path(&self.root, &self.src), display_path(&self.root, &self.modules));
+            format!("source file {name} is outside the project's source directory ({src}) and modules directory ({modules})")
+        };
+        // Only regular files inside the source or modules directory: first as written
+        // (`..` taken away lexically, so the answer does not depend on what exists out
+        // there), then after links are followed. Not /etc/passwd through `..`, not a
+        // device, a FIFO or a directory.
+        let dirs = [&self.src, &self.modules];
+        if !dirs.iter().any(|d| lexical(&path).starts_with(lexical(d))) {
+            return Err(outside());
+        }
         let real = match path.canonicalize() {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("source file {name} not found")),
             Err(e) => return Err(format!("cannot read source file {name}: {e}")),
         };
-        // Only regular files inside the source or modules directory (after links are
-        // followed): not /etc/passwd through `..`, not a device, a FIFO or a directory.
-        let inside = [&self.src, &self.modules].iter().any(|d| d.canonicalize().is_ok_and(|d| real.starts_with(d)));
-        if !inside {
-            let (src, modules) = (display_path(&self.root, &self.src), display_path(&self.root, &self.modules));
-            return Err(format!("source file {name} is outside the project's source directory ({src}) and modules directory ({modules})"));
+        if !dirs.iter().any(|d| d.canonicalize().is_ok_and(|d| real.starts_with(d))) {
+            return Err(outside());
         }
         let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read source file {name}: {e}"))?;
         if !meta.is_file() {
@@ -301,4 +309,40 @@ fn source_dir(root: &Path) -> Result<(PathBuf, PathBuf), LoadErrors> {
     let src = dirs.src.unwrap_or_else(|| "./src".into());
     let modules = dirs.modules.unwrap_or_else(|| ".wippy".into());
     Ok((root.join(src), root.join(modules)))
+}
+
+/// `path` with `.` dropped and each `..` taking away the component before it, without
+/// looking at the file system (a `..` above the root stays at the root; a relative
+/// path keeps its leading `..`s).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod lexical_tests {
+    use super::lexical;
+    use std::path::Path;
+
+    #[test]
+    fn dot_dot_is_taken_away_without_the_file_system() {
+        assert_eq!(lexical(Path::new("/a/src/../../../../etc/passwd")), Path::new("/etc/passwd"));
+        assert_eq!(lexical(Path::new("./src/./x/../y.lua")), Path::new("src/y.lua"));
+        assert_eq!(lexical(Path::new("src/../../../etc")), Path::new("../../etc"));
+        assert!(!lexical(Path::new("p/src/../../q")).starts_with(lexical(Path::new("p/src"))));
+    }
 }
