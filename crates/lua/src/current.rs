@@ -79,3 +79,8 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Context<'_>, &mut ProcState) -> mlua::
 pub(crate) fn state<R>(f: impl FnOnce(&mut ProcState) -> R) -> mlua::Result<R> {
     with(|_, st| Ok(f(st)))
 }
+
+/// Which process is running on this thread (an identity, valid while it runs), or 0.
+pub(crate) fn identity() -> usize {
+    CURRENT.with(|c| c.get().1 as usize)
+}

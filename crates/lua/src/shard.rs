@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlua::ffi;
 use parking_lot::Mutex;
@@ -23,10 +23,6 @@ use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 use crate::catalog::Catalog;
 use crate::convert::Marks;
 use crate::sandbox::Vm;
-
-/// A host gets a second (third...) shard, up to one per worker, once its least-loaded
-/// shard holds this many processes.
-const SPREAD_FROM: usize = 64;
 
 /// The most process steps one turn of a shard runs before it lets other runnables go.
 const TURN_STEPS: usize = 64;
@@ -69,11 +65,17 @@ pub(crate) struct Preempt {
     generation: AtomicU64,
     /// Set by the hook when it suspended a coroutine; read by the runner.
     pub(crate) fired: AtomicBool,
+    /// Set by the hook too; read (and cleared) by the shard's turn, which then ends.
+    cut: AtomicBool,
+    /// Odd while a turn of the shard runs; bumped at its start and end.
+    turn: AtomicU64,
+    /// Set by the watchdog when one turn has run for a slice; cleared when a turn starts.
+    expired: AtomicBool,
 }
 
 impl Preempt {
     fn new() -> Preempt {
-        Preempt { thread: AtomicUsize::new(0), arm: Mutex::new(()), generation: AtomicU64::new(0), fired: AtomicBool::new(false) }
+        Preempt { thread: AtomicUsize::new(0), arm: Mutex::new(()), generation: AtomicU64::new(0), fired: AtomicBool::new(false), cut: AtomicBool::new(false), turn: AtomicU64::new(0), expired: AtomicBool::new(false) }
     }
     /// A process's main coroutine runs now (see the type's comment).
     pub(crate) fn set_main(&self, l: *mut ffi::lua_State) {
@@ -123,6 +125,7 @@ unsafe extern "C-unwind" fn preempt_hook(l: *mut ffi::lua_State, _ar: *mut ffi::
     if ffi::lua_isyieldable(l) != 0 {
         if let Some(p) = current_preempt() {
             p.fired.store(true, Ordering::Relaxed);
+            p.cut.store(true, Ordering::Relaxed);
         }
         ffi::lua_yield(l, 0);
     } else {
@@ -208,21 +211,25 @@ impl Runnable for Shard {
         let mut vm = self.vm.lock();
         CURRENT_VM.with(|c| c.set(&mut *vm as *mut Vm));
         CURRENT_PREEMPT.with(|c| c.set(&self.preempt as *const Preempt));
-        let slot = RUN_SLOT.with(|s| s.clone());
-        *slot.shard.lock() = Some(self.clone());
-        let slice = self.host.config().time_slice;
-        let started = Instant::now();
-        for i in 0..TURN_STEPS {
+        // Published for the watchdog, which times the turn (no clock read here: a turn
+        // switch is on the path of every message between two shards).
+        RUN_SLOT.with(|slot| slot.enter(&self));
+        let mut sliced = false;
+        for _ in 0..TURN_STEPS {
             let next = self.queue.lock().0.pop_front();
             let Some(p) = next else { break };
             p.run();
-            if i % 8 == 7 && started.elapsed() >= slice {
+            // A step the watchdog cut used a whole slice by itself; a turn of many short
+            // steps that has run for a slice is flagged by the watchdog too.
+            if self.preempt.cut.load(Ordering::Relaxed) || self.preempt.expired.load(Ordering::Relaxed) {
+                self.preempt.cut.store(false, Ordering::Relaxed);
+                sliced = true;
                 break;
             }
         }
         CURRENT_VM.with(|c| c.set(std::ptr::null_mut()));
         CURRENT_PREEMPT.with(|c| c.set(std::ptr::null()));
-        *slot.shard.lock() = None;
+        RUN_SLOT.with(|slot| slot.leave());
         drop(vm);
         let mut q = self.queue.lock();
         if q.0.is_empty() {
@@ -230,7 +237,16 @@ impl Runnable for Shard {
             return;
         }
         drop(q);
-        self.host.schedule(self.clone());
+        if sliced {
+            // Its time is up: to the back of the queue, after what else waits here.
+            self.host.schedule(self.clone());
+        } else {
+            // Many short steps and more to come (messages between its own processes):
+            // keep going on this worker, as a woken runnable does, instead of waking an
+            // idle worker to take the VM and its hot state to another core; the worker's
+            // own queue still gets its turn (the scheduler's LIFO streak).
+            self.host.wake(self.clone());
+        }
     }
 }
 
@@ -239,21 +255,55 @@ pub(crate) struct HostShards {
     pub(crate) host: HostRef,
     pub(crate) options: ShardOptions,
     shards: Mutex<Vec<Arc<Shard>>>,
-    /// The shard new processes went to lately, and how many in a row: placement goes in
-    /// runs of `SPREAD_FROM`, so processes spawned together mostly share a shard (their
-    /// messages stay inside it) while the host's shards still fill evenly.
-    run: Mutex<Option<(Arc<Shard>, usize)>>,
+    /// The burst being placed: who spawns, how many so far, and the run in progress.
+    burst: Mutex<Burst>,
+    /// The shard whose turn it is next (an index into `shards`; written under its lock).
+    cursor: AtomicUsize,
     /// Isolated shards (one per process), for counting; swept now and then.
     isolated: Mutex<Vec<Weak<Shard>>>,
 }
 
+/// Consecutive placements by one spawner (see [`HostShards::place`]).
+#[derive(Default)]
+struct Burst {
+    spawner: usize,
+    placed: usize,
+    run: Option<(Arc<Shard>, usize)>,
+}
+
+/// A shard is passed over in turn while it holds more than this many members beyond the
+/// emptiest one (processes end at different times; the turn alone would not rebalance).
+const BALANCE_SLACK: usize = 16;
+
+/// A burst's runs grow by one for every this many processes placed...
+const RUN_GROWTH: usize = 64;
+/// ...up to this length.
+const RUN_MAX: usize = 64;
+
 impl HostShards {
     pub(crate) fn new(host: HostRef, options: ShardOptions) -> HostShards {
-        HostShards { host, options, shards: Mutex::new(Vec::new()), run: Mutex::new(None), isolated: Mutex::new(Vec::new()) }
+        HostShards {
+            host,
+            options,
+            shards: Mutex::new(Vec::new()),
+            burst: Mutex::new(Burst::default()),
+            cursor: AtomicUsize::new(0),
+            isolated: Mutex::new(Vec::new()),
+        }
     }
 
-    /// The least-loaded shard with room, or a new one made by `make`. The returned shard
-    /// already counts the new member.
+    /// Where a new process goes (see ARCHITECTURE.md, "Placing Lua processes").
+    ///
+    /// A host has up to one shared shard per worker, made as soon as a second process
+    /// would otherwise share one, and more only when all are full (`shard_size`). New
+    /// processes go to the shards in turn (passing over one that holds many more than the
+    /// emptiest), so any two placed one after the other - a worker pool, the children of
+    /// two parents, services at boot, function calls - are on different shards and run in
+    /// parallel. A long burst
+    /// from one spawner (a ring, a pipeline, ten thousand sessions) is placed in runs that
+    /// grow with it, one more for every `RUN_GROWTH` processes up to `RUN_MAX`: neighbours
+    /// in spawn order then mostly share a shard and pass messages inside it, while the
+    /// shards still fill evenly. The returned shard already counts the new member.
     pub(crate) fn place(&self, make: impl FnOnce() -> Result<Arc<Shard>, mlua::Error>) -> Result<Arc<Shard>, mlua::Error> {
         if self.options.isolated {
             // A shard of its own: nothing to look for, nothing to keep.
@@ -266,48 +316,57 @@ impl HostShards {
             iso.push(Arc::downgrade(&s));
             return Ok(s);
         }
+        let workers = self.host.workers().max(1);
+        let cap = self.options.shard_size.max(1);
         let mut shards = self.shards.lock();
-        // Drop shards nobody lives in any more (keep one warm).
-        if shards.len() > 1 {
-            let mut kept_empty = false;
+        // Drop shards nobody lives in any more, beyond one per worker (those stay warm:
+        // a worker pool spawned again finds its VMs).
+        if shards.len() > workers {
+            let mut surplus = shards.len() - workers;
             shards.retain(|s| {
-                if s.members.load(Ordering::Acquire) > 0 {
+                if surplus == 0 || s.members.load(Ordering::Acquire) > 0 {
                     return true;
                 }
-                let keep = !kept_empty;
-                kept_empty = true;
-                keep
+                surplus -= 1;
+                false
             });
         }
-        let cap = self.options.shard_size.max(1);
-        let mut run = self.run.lock();
-        if let Some((s, n)) = run.as_mut() {
-            if *n < SPREAD_FROM && s.members.load(Ordering::Acquire) < cap && shards.iter().any(|x| Arc::ptr_eq(x, s)) {
-                *n += 1;
+        let mut burst = self.burst.lock();
+        let spawner = crate::current::identity();
+        if burst.spawner != spawner {
+            *burst = Burst { spawner, ..Burst::default() };
+        }
+        burst.placed += 1;
+        if let Some((s, left)) = burst.run.as_mut() {
+            if *left > 0 && s.members.load(Ordering::Acquire) < cap && shards.iter().any(|x| Arc::ptr_eq(x, s)) {
+                *left -= 1;
+                let s = s.clone();
                 s.members.fetch_add(1, Ordering::AcqRel);
-                return Ok(s.clone());
+                return Ok(s);
             }
         }
-        let best = shards
-            .iter()
-            .map(|s| (s.members.load(Ordering::Acquire), s))
-            .filter(|(n, _)| *n < cap)
-            .min_by_key(|(n, _)| *n)
-            .map(|(_, s)| s.clone());
-        // Once there is enough to share, every worker of the host gets a shard to run, so
-        // Lua processes use all cores (a shard runs on one worker at a time).
-        let spread = shards.len() < self.host.config().workers
-            && best.as_ref().is_some_and(|s| s.members.load(Ordering::Acquire) >= SPREAD_FROM);
-        let shard = match best {
-            Some(s) if !spread => s,
+        let n = shards.len();
+        // In turn over the shards with room, skipping any that is well above the emptiest.
+        let fewest = shards.iter().map(|s| s.members.load(Ordering::Acquire)).min().unwrap_or(0);
+        let from = self.cursor.load(Ordering::Relaxed);
+        let next = (0..n).map(|i| (from + i) % n).find(|&i| {
+            let m = shards[i].members.load(Ordering::Acquire);
+            m < cap && m <= fewest + BALANCE_SLACK
+        });
+        let (at, shard) = match next {
+            // Until there is one per worker, a new process gets a shard of its own unless
+            // the one found is empty.
+            Some(i) if n >= workers || shards[i].members.load(Ordering::Acquire) == 0 => (i, shards[i].clone()),
             _ => {
                 let s = make()?;
                 shards.push(s.clone());
-                s
+                (n, s)
             }
         };
+        self.cursor.store((at + 1) % shards.len(), Ordering::Relaxed);
+        let run = (burst.placed / RUN_GROWTH).min(RUN_MAX);
+        burst.run = (run > 0).then(|| (shard.clone(), run));
         shard.members.fetch_add(1, Ordering::AcqRel);
-        *run = Some((shard.clone(), 1));
         Ok(shard)
     }
 
@@ -328,12 +387,38 @@ impl HostShards {
 
 /// Where a worker thread publishes the shard it is running, for the watchdog.
 pub(crate) struct RunSlot {
-    shard: Mutex<Option<Arc<Shard>>>,
+    /// The shard whose turn runs on this worker, or null. The worker holds an `Arc` of it
+    /// for the whole turn and clears this (under the lock) before the turn ends, so the
+    /// watchdog, which reads it under the lock, never sees a shard that is gone.
+    shard: Mutex<ShardPtr>,
+}
+
+struct ShardPtr(*const Shard);
+
+// SAFETY: only dereferenced under the slot's lock, while the worker's turn keeps it alive.
+unsafe impl Send for ShardPtr {}
+
+impl RunSlot {
+    fn enter(&self, shard: &Arc<Shard>) {
+        shard.preempt.expired.store(false, Ordering::Relaxed);
+        let t = shard.preempt.turn.load(Ordering::Relaxed);
+        shard.preempt.turn.store(t.wrapping_add(1), Ordering::Release);
+        self.shard.lock().0 = Arc::as_ptr(shard);
+    }
+    fn leave(&self) {
+        let mut g = self.shard.lock();
+        // SAFETY: set by `enter` of the turn that is ending, which holds the shard.
+        if let Some(shard) = unsafe { g.0.as_ref() } {
+            let t = shard.preempt.turn.load(Ordering::Relaxed);
+            shard.preempt.turn.store(t.wrapping_add(1), Ordering::Release);
+        }
+        g.0 = std::ptr::null();
+    }
 }
 
 thread_local! {
     static RUN_SLOT: Arc<RunSlot> = {
-        let slot = Arc::new(RunSlot { shard: Mutex::new(None) });
+        let slot = Arc::new(RunSlot { shard: Mutex::new(ShardPtr(std::ptr::null())) });
         watchdog().slots.lock().push(Arc::downgrade(&slot));
         slot
     };
@@ -363,7 +448,8 @@ pub(crate) fn watchdog() -> &'static Arc<Watchdog> {
 
 impl Watchdog {
     fn main(&self) {
-        let mut seen: Vec<u64> = Vec::new();
+        // Per slot: the step generation and the turn seen at the last tick.
+        let mut seen: Vec<(u64, u64)> = Vec::new();
         let mut idle_ticks = 0u32;
         loop {
             let slots: Vec<Arc<RunSlot>> = {
@@ -371,20 +457,27 @@ impl Watchdog {
                 g.retain(|w| w.strong_count() > 0);
                 g.iter().filter_map(|w| w.upgrade()).collect()
             };
-            seen.resize(slots.len(), 0);
+            seen.resize(slots.len(), (0, 0));
             let mut tick = Duration::from_millis(2);
             let mut busy = false;
             for (i, slot) in slots.iter().enumerate() {
-                let shard = slot.shard.lock().clone();
-                let Some(shard) = shard else {
-                    seen[i] = 0;
+                let held = slot.shard.lock();
+                // SAFETY: see RunSlot: the turn that set it keeps the shard alive until it
+                // clears it, which waits for this lock.
+                let Some(shard) = (unsafe { held.0.as_ref() }) else {
+                    seen[i] = (0, 0);
                     continue;
                 };
                 tick = tick.min(shard.host.config().time_slice.max(Duration::from_micros(100)));
+                let turn = shard.preempt.turn.load(Ordering::Acquire);
+                if turn & 1 == 1 && turn == seen[i].1 {
+                    // The same turn as a tick ago: it has had its slice.
+                    shard.preempt.expired.store(true, Ordering::Relaxed);
+                }
                 let g = shard.preempt.generation.load(Ordering::Relaxed);
                 if g & 1 == 1 {
                     busy = true;
-                    if g == seen[i] {
+                    if g == seen[i].0 {
                         let _arm = shard.preempt.arm.lock();
                         let t = shard.preempt.thread.load(Ordering::Acquire);
                         if t != 0 {
@@ -395,7 +488,7 @@ impl Watchdog {
                         }
                     }
                 }
-                seen[i] = g;
+                seen[i] = (g, turn);
             }
             drop(slots);
             idle_ticks = if busy { 0 } else { idle_ticks.saturating_add(1) };

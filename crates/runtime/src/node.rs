@@ -204,6 +204,9 @@ pub struct ProcessInfo {
     /// Messages waiting in the mailbox.
     pub queued: usize,
     pub trap_links: bool,
+    /// The process group (Lua shard) it runs in, as an identity: equal for two processes
+    /// of one group while that group lives; `None` for a process scheduled on its own.
+    pub group: Option<usize>,
 }
 
 pub(crate) struct NodeInner {
@@ -385,6 +388,7 @@ impl NodeRef {
             state: cell.mailbox.state(),
             queued: cell.mailbox.queued(),
             trap_links: cell.trap_links.load(std::sync::atomic::Ordering::Relaxed),
+            group: cell.group.as_ref().map(|g| Arc::as_ptr(g) as *const u8 as usize),
         })
     }
 
