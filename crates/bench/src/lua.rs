@@ -166,6 +166,154 @@ pub fn ring() {
     report_ring("lua_", RING_N, RING_N * RING_M, nth(&r, 0), nth(&r, 1));
 }
 
+/// The Erlang anchor's `cpu` job set (bench.erl): job k counts the primes below 1000*k by
+/// trial division, the same loop.
+const CPU_WORKER: &str = r#"return { main = function(parent)
+    local jobs = process.listen("job")
+    local send = process.send
+    while true do
+        local limit = jobs:receive()
+        if limit == 0 then return end
+        local n = 0
+        for k = 2, limit - 1 do
+            local d = 2
+            while true do
+                if d * d > k then n = n + 1 break end
+                if k % d == 0 then break end
+                d = d + 1
+            end
+        end
+        send(parent, "primes", n)
+    end
+end }"#;
+
+const CPU_DRIVER: &str = r#"return { main = function(workers, jobs)
+    local me = process.pid()
+    local ws = {}
+    for i = 1, workers do ws[i] = process.spawn("bench:cpuworker", "bench", me) end
+    local results = process.listen("primes")
+    local t0 = time.now()
+    for k = 1, jobs do process.send(ws[(k - 1) % workers + 1], "job", 1000 * k) end
+    local total = 0
+    for _ = 1, jobs do total = total + results:receive() end
+    local wall = time.now():sub(t0):nanoseconds()
+    for i = 1, workers do process.send(ws[i], "job", 0) end
+    return { wall, total }
+end }"#;
+
+/// `lua-cpu`: the job set on a host with one worker, then on one with two (placement as
+/// any project gets it); the ratio is the parallel speedup. One warm-up run each.
+pub fn cpu() {
+    let mut walls = Vec::new();
+    for workers in [1, 2] {
+        let node = Node::new().expect("node");
+        let lua = LuaRuntime::new();
+        lua.set_host_options(HOST, ShardOptions::default());
+        lua.install(&node.handle());
+        node.add_host(HostConfig::new(HOST).workers(workers)).expect("host");
+        entry(&lua, "bench:cpuworker", CPU_WORKER);
+        entry(&lua, "bench:cpudriver", CPU_DRIVER);
+        run(&node, "bench:cpudriver", vec![Value::Int(CPU_WORKERS as i64), Value::Int(10)]);
+        let r = run(&node, "bench:cpudriver", vec![Value::Int(CPU_WORKERS as i64), Value::Int(CPU_JOBS as i64)]);
+        let total = r.as_table().and_then(|t| t.array.get(1)).and_then(Value::as_int).unwrap_or(0);
+        assert_eq!(total, CPU_RESULT, "the job set counted {total} primes");
+        let wall = nth(&r, 0);
+        out(&format!("lua_cpu_workers_{workers}"), CPU_WORKERS, "processes");
+        outf(&format!("lua_cpu_wall_{workers}"), ms(wall), "ms");
+        walls.push(wall);
+        node.shutdown();
+    }
+    out("lua_cpu_result", CPU_RESULT, "primes");
+    outf("lua_cpu_wall", ms(walls[1]), "ms");
+    outf("lua_cpu_speedup", walls[0].as_secs_f64() / walls[1].as_secs_f64(), "x");
+}
+
+const IDLE: &str = r#"return { main = function() process.inbox():receive() end }"#;
+const SPIN: &str = r#"return { main = function() while true do end end }"#;
+const ECHO: &str = r#"return { main = function()
+    local inbox = process.inbox()
+    local send = process.send
+    while true do
+        local m = inbox:receive()
+        if m:topic() == "stop" then return end
+        send(m:from(), "echo", m:payload():data())
+    end
+end }"#;
+/// One chatty pair's pinger: `rounds` round trips to its echo, each timed.
+const PINGER: &str = r#"return { main = function(driver, echo, rounds)
+    local ch = process.listen("echo")
+    local go = process.listen("go")
+    local send, now = process.send, time.now
+    go:receive()
+    local rtt = {}
+    for i = 1, rounds do
+        local t0 = now()
+        send(echo, "ping", i)
+        ch:receive()
+        rtt[i] = now():sub(t0):nanoseconds()
+    end
+    send(echo, "stop")
+    send(driver, "rtt", rtt)
+end }"#;
+const MIXED_DRIVER: &str = r#"return { main = function(idle, pairs, rounds, busy)
+    local me = process.pid()
+    local idlers = {}
+    for i = 1, idle do idlers[i] = process.spawn("bench:idle", "bench") end
+    local spinners = {}
+    for i = 1, busy do spinners[i] = process.spawn("bench:spin", "bench") end
+    local pingers = {}
+    for i = 1, pairs do
+        local echo = process.spawn("bench:echo", "bench")
+        pingers[i] = process.spawn("bench:pinger", "bench", me, echo, rounds)
+    end
+    for i = 1, pairs do process.send(pingers[i], "go") end
+    local results = process.listen("rtt")
+    local all = {}
+    for _ = 1, pairs do
+        for _, v in ipairs(results:receive()) do all[#all + 1] = v end
+    end
+    for i = 1, busy do process.terminate(spinners[i]) end
+    for i = 1, idle do process.send(idlers[i], "stop") end
+    return all
+end }"#;
+
+/// `lua-mixed`: a service-like host (2 workers) with 10,000 idle processes and 100 chatty
+/// pairs, without and then with 2 CPU-bound processes beside them: the pairs' round-trip
+/// latency, p50 and p99, and the host's time slice for scale.
+pub fn mixed() {
+    let idle_n: i64 = std::env::var("MIXED_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    const PAIRS: i64 = 100;
+    const ROUNDS: i64 = 200;
+    let node = Node::new().expect("node");
+    let lua = LuaRuntime::new();
+    lua.set_host_options(HOST, ShardOptions::default());
+    lua.install(&node.handle());
+    let cfg = HostConfig::new(HOST).workers(2);
+    let slice = cfg.time_slice;
+    node.add_host(cfg).expect("host");
+    entry(&lua, "bench:idle", IDLE);
+    entry(&lua, "bench:spin", SPIN);
+    entry(&lua, "bench:echo", ECHO);
+    entry(&lua, "bench:pinger", PINGER);
+    entry(&lua, "bench:mixeddriver", MIXED_DRIVER);
+    // warm-up
+    run(&node, "bench:mixeddriver", vec![Value::Int(100), Value::Int(10), Value::Int(10), Value::Int(0)]);
+    out("lua_mixed_idle", idle_n, "processes");
+    out("lua_mixed_pairs", PAIRS, "pairs");
+    outf("lua_mixed_time_slice", ms(slice), "ms");
+    for busy in [0i64, 2] {
+        let r = run(&node, "bench:mixeddriver", vec![Value::Int(idle_n), Value::Int(PAIRS), Value::Int(ROUNDS), Value::Int(busy)]);
+        let mut rtt: Vec<i64> = r.as_table().expect("a list").array.iter().filter_map(Value::as_int).collect();
+        assert_eq!(rtt.len() as i64, PAIRS * ROUNDS);
+        rtt.sort_unstable();
+        let at = |q: f64| rtt[((rtt.len() as f64 * q) as usize).min(rtt.len() - 1)] as f64 / 1e3;
+        outf(&format!("lua_mixed_busy{busy}_rtt_p50"), at(0.50), "us");
+        outf(&format!("lua_mixed_busy{busy}_rtt_p90"), at(0.90), "us");
+        outf(&format!("lua_mixed_busy{busy}_rtt_p99"), at(0.99), "us");
+        outf(&format!("lua_mixed_busy{busy}_rtt_max"), at(1.0), "us");
+    }
+}
+
 /// Where a parked Lua process's bytes go (Lua heap vs the rest), for tuning.
 pub fn lua_heap() {
     let (node, lua) = node(ShardOptions::default());

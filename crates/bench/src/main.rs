@@ -3,7 +3,7 @@
 //! with the anchors' metric names, and the last line is `peak_rss`.
 //!
 //! Usage: wippy-bench spawn|memory|pingpong|ring|fanin|skynet
-//!        wippy-bench lua-memory|lua-memory-isolated|lua-spawn|lua-pingpong|lua-ring
+//!        wippy-bench lua-memory|lua-memory-isolated|lua-spawn|lua-pingpong|lua-ring|lua-cpu|lua-mixed
 
 #[global_allocator]
 static GLOBAL: alloc::Mi = alloc::Mi;
@@ -27,6 +27,8 @@ const BENCHES: &[&str] = &[
     "lua-spawn",
     "lua-pingpong",
     "lua-ring",
+    "lua-cpu",
+    "lua-mixed",
     "lua-heap",
     "typed-erase",
     "security-check",
@@ -55,6 +57,8 @@ fn main() {
         "lua-spawn" => lua::spawn(),
         "lua-pingpong" => lua::pingpong(),
         "lua-ring" => lua::ring(),
+        "lua-cpu" => lua::cpu(),
+        "lua-mixed" => lua::mixed(),
         "lua-heap" => lua::lua_heap(),
         "typed-erase" => lua::typed_erase(),
         "security-check" => native::security_check(),

@@ -12,6 +12,10 @@ pub const FANIN_SENDERS: u64 = 1_000;
 pub const FANIN_MSGS: u64 = 1_000;
 pub const SKYNET_LEAVES: u64 = 1_000_000;
 pub const SKYNET_DIV: u64 = 10;
+pub const CPU_WORKERS: u64 = 2;
+pub const CPU_JOBS: u64 = 120;
+/// The primes below 1000*k summed over k = 1..=120 (bench.erl's `cpu_result`).
+pub const CPU_RESULT: i64 = 719_415;
 pub const SKYNET_EXPECTED: u64 = SKYNET_LEAVES * (SKYNET_LEAVES - 1) / 2;
 
 pub fn out(name: &str, value: impl Display, unit: &str) {

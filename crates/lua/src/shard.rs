@@ -215,14 +215,33 @@ impl Runnable for Shard {
         // switch is on the path of every message between two shards).
         RUN_SLOT.with(|slot| slot.enter(&self));
         let mut sliced = false;
+        // After a step the watchdog cut (a process that computed for a whole slice), the
+        // processes that were waiting behind it still get their step in this turn, so a
+        // busy process costs its neighbours in the shard one slice per turn, not one
+        // slice plus a wait for every other runnable of the worker.
+        let mut after_cut: Option<usize> = None;
         for _ in 0..TURN_STEPS {
+            if after_cut == Some(0) {
+                sliced = true;
+                break;
+            }
             let next = self.queue.lock().0.pop_front();
             let Some(p) = next else { break };
             p.run();
-            // A step the watchdog cut used a whole slice by itself; a turn of many short
-            // steps that has run for a slice is flagged by the watchdog too.
-            if self.preempt.cut.load(Ordering::Relaxed) || self.preempt.expired.load(Ordering::Relaxed) {
+            if let Some(n) = after_cut.as_mut() {
+                *n -= 1;
+            }
+            if self.preempt.cut.load(Ordering::Relaxed) {
                 self.preempt.cut.store(false, Ordering::Relaxed);
+                if after_cut.is_some() {
+                    // a second whole slice in one turn: enough
+                    sliced = true;
+                    break;
+                }
+                // (the cut process is back at the end of the queue)
+                after_cut = Some(self.queue.lock().0.len().saturating_sub(1));
+            } else if after_cut.is_none() && self.preempt.expired.load(Ordering::Relaxed) {
+                // many short steps that add up to a slice
                 sliced = true;
                 break;
             }
@@ -458,7 +477,7 @@ impl Watchdog {
                 g.iter().filter_map(|w| w.upgrade()).collect()
             };
             seen.resize(slots.len(), (0, 0));
-            let mut tick = Duration::from_millis(2);
+            let mut tick = Duration::from_millis(1);
             let mut busy = false;
             for (i, slot) in slots.iter().enumerate() {
                 let held = slot.shard.lock();
@@ -468,7 +487,9 @@ impl Watchdog {
                     seen[i] = (0, 0);
                     continue;
                 };
-                tick = tick.min(shard.host.config().time_slice.max(Duration::from_micros(100)));
+                // Half a slice: a step seen running at two ticks in a row has run for
+                // between one and one and a half slices when it is cut.
+                tick = tick.min((shard.host.config().time_slice / 2).max(Duration::from_micros(100)));
                 let turn = shard.preempt.turn.load(Ordering::Acquire);
                 if turn & 1 == 1 && turn == seen[i].1 {
                     // The same turn as a tick ago: it has had its slice.
