@@ -6,7 +6,9 @@ a Markdown table of medians (min-max). Every run is a fresh OS process.
         [--erlang-beam DIR] [--actix PATH] [--lua]
 
 With --lua, a "wippy-lua" column runs the Lua variants (`wippy-bench lua-<bench>`, metrics
-prefixed `lua_`) for spawn, memory, pingpong and ring, plus `lua-memory-isolated`.
+prefixed `lua_`) for spawn, memory, pingpong, ring and cpu, plus `lua-memory-isolated`.
+`cpu` runs only for wippy-lua (1- and 2-worker hosts in one process) and Erlang (`erl +S 1`
+and `+S 2`, one process each).
 
 Build first: `cargo build --release -p wippy-bench`; the Erlang anchor with
 `erlc -o DIR ../shared/anchors/erlang/bench.erl`; actix (mimalloc) with
@@ -16,7 +18,7 @@ missing are skipped.
 """
 import argparse, os, re, statistics, subprocess, sys
 
-BENCHES = ["spawn", "memory", "pingpong", "ring", "fanin", "skynet"]
+BENCHES = ["spawn", "memory", "pingpong", "ring", "fanin", "skynet", "cpu"]
 ROWS = [  # (bench, metric, unit, label)
     ("spawn", "spawn_rate", "spawns/s", "spawn 1M: rate"),
     ("spawn", "peak_rss", "KiB", "spawn 1M: peak RSS"),
@@ -28,9 +30,32 @@ ROWS = [  # (bench, metric, unit, label)
     ("fanin", "peak_rss", "KiB", "fan-in: peak RSS"),
     ("skynet", "skynet_wall", "ms", "skynet 1M leaves: wall"),
     ("skynet", "peak_rss", "KiB", "skynet: peak RSS"),
+    ("cpu", "cpu_wall_1", "ms", "cpu 2 x 120 jobs: wall, 1 worker (erl +S 1)"),
+    ("cpu", "cpu_wall_2", "ms", "cpu 2 x 120 jobs: wall, 2 workers (erl +S 2)"),
+    ("cpu", "cpu_speedup", "x", "cpu: speedup 1 -> 2 workers"),
 ]
-LUA_BENCHES = ["spawn", "memory", "pingpong", "ring"]
+LUA_BENCHES = ["spawn", "memory", "pingpong", "ring", "cpu"]
+# Only these systems run `cpu` (the native wippy and actix benches have no such job set).
+CPU_SYSTEMS = ["wippy-lua", "erlang"]
 LINE = re.compile(r"^([A-Za-z0-9_]+): (\S+)")
+
+
+def run_one(name, b, rep, argv):
+    """Run one benchmark process; its `name: value` lines (lua_ prefixes dropped)."""
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        print(f"# {name} {b} rep {rep}: exit {p.returncode}: {p.stderr[-300:]}", file=sys.stderr)
+        return None
+    out = {}
+    for line in p.stdout.splitlines():
+        m = LINE.match(line)
+        if m:
+            metric = re.sub(r"^lua_(isolated_)?", "", m.group(1))
+            try:
+                out[metric] = float(m.group(2))
+            except ValueError:
+                pass
+    return out
 
 
 def main():
@@ -66,18 +91,24 @@ def main():
                     if b != "memory":
                         continue
                     arg = "lua-memory-isolated"
-                p = subprocess.run(cmd + [arg], capture_output=True, text=True, timeout=900)
-                if p.returncode != 0:
-                    print(f"# {name} {b} rep {rep}: exit {p.returncode}: {p.stderr[-300:]}", file=sys.stderr)
+                if b == "cpu" and name not in CPU_SYSTEMS:
                     continue
-                for line in p.stdout.splitlines():
-                    m = LINE.match(line)
-                    if m:
-                        metric = re.sub(r"^lua_(isolated_)?", "", m.group(1))
-                        try:
-                            results.setdefault((name, b, metric), []).append(float(m.group(2)))
-                        except ValueError:
-                            pass
+                if b == "cpu" and name == "erlang":
+                    # one run per scheduler count; the speedup is their ratio
+                    walls = {}
+                    for s in (1, 2):
+                        out = run_one(name, b, rep, [cmd[0], "+S", str(s)] + cmd[1:] + [arg])
+                        if out is not None:
+                            walls[s] = out.get("cpu_wall")
+                    for s, w in walls.items():
+                        if w is not None:
+                            results.setdefault((name, b, f"cpu_wall_{s}"), []).append(w)
+                    if walls.get(1) and walls.get(2):
+                        results.setdefault((name, b, "cpu_speedup"), []).append(walls[1] / walls[2])
+                    continue
+                out = run_one(name, b, rep, cmd + [arg])
+                for metric, v in (out or {}).items():
+                    results.setdefault((name, b, metric), []).append(v)
                 print(f"# rep {rep} {b} {name} done", file=sys.stderr)
     names = list(systems)
     print("| benchmark | unit | " + " | ".join(names) + " |")

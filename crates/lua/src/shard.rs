@@ -27,6 +27,10 @@ use crate::sandbox::Vm;
 /// The most process steps one turn of a shard runs before it lets other runnables go.
 const TURN_STEPS: usize = 64;
 
+/// After this many full turns without a step of a process that computes for whole slices,
+/// the next turn gives it one first.
+const STARVED_TURNS: u32 = 8;
+
 thread_local! {
     /// The VM of the shard running on this thread (null outside a turn).
     static CURRENT_VM: Cell<*mut Vm> = const { Cell::new(std::ptr::null_mut()) };
@@ -155,7 +159,7 @@ impl Default for ShardOptions {
 pub(crate) struct Shard {
     me: Weak<Shard>,
     pub(crate) vm: Mutex<Vm>,
-    queue: Mutex<(VecDeque<ProcessRef>, bool)>,
+    queue: Mutex<Queue>,
     /// Live processes placed here (including ones not started yet).
     pub(crate) members: AtomicUsize,
     pub(crate) host: HostRef,
@@ -173,7 +177,7 @@ impl Shard {
         Arc::new_cyclic(|me| Shard {
             me: me.clone(),
             vm: Mutex::new(vm),
-            queue: Mutex::new((VecDeque::new(), false)),
+            queue: Mutex::new(Queue::default()),
             members: AtomicUsize::new(0),
             host,
             preempt: Preempt::new(),
@@ -184,14 +188,44 @@ impl Shard {
     }
 }
 
+/// The processes a shard was asked to run.
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<ProcessRef>,
+    /// Processes whose last step the watchdog cut (they computed for a whole slice): one of
+    /// them runs per turn, after the ready ones.
+    slow: VecDeque<ProcessRef>,
+    /// The shard is queued on its host or running.
+    scheduled: bool,
+    /// Turns in a row that ran no slow one though there was one (their ready ones filled
+    /// them): at `STARVED_TURNS` the next turn starts with one, so a busy process is
+    /// slowed, never starved.
+    starved: u32,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.slow.is_empty()
+    }
+}
+
 impl ProcessGroup for Shard {
     fn schedule(&self, process: ProcessRef, woken: bool) {
+        // A process re-queued at the end of a step the watchdog cut (this thread runs this
+        // shard's turn, and the cut flag is still up) goes to the slow lane.
+        let cut = !woken
+            && self.preempt.cut.load(Ordering::Relaxed)
+            && current_preempt().is_some_and(|p| std::ptr::eq(p, &self.preempt));
         let mut q = self.queue.lock();
-        q.0.push_back(process);
-        if q.1 {
+        if cut {
+            q.slow.push_back(process);
+        } else {
+            q.ready.push_back(process);
+        }
+        if q.scheduled {
             return;
         }
-        q.1 = true;
+        q.scheduled = true;
         drop(q);
         // Woken by a message: the waking worker runs the shard next, with the VM's shared
         // state still in its cache. New processes: the back of the queue, where another
@@ -220,12 +254,28 @@ impl Runnable for Shard {
         // busy process costs its neighbours in the shard one slice per turn, not one
         // slice plus a wait for every other runnable of the worker.
         let mut after_cut: Option<usize> = None;
+        let mut slow_ran = false;
         for _ in 0..TURN_STEPS {
             if after_cut == Some(0) {
                 sliced = true;
                 break;
             }
-            let next = self.queue.lock().0.pop_front();
+            let next = {
+                let mut q = self.queue.lock();
+                if q.starved >= STARVED_TURNS && !q.slow.is_empty() {
+                    q.starved = 0;
+                    slow_ran = true;
+                    q.slow.pop_front()
+                } else if let Some(p) = q.ready.pop_front() {
+                    Some(p)
+                } else if !slow_ran {
+                    // the ready ones first, then one slow one per turn
+                    slow_ran = true;
+                    q.slow.pop_front()
+                } else {
+                    None
+                }
+            };
             let Some(p) = next else { break };
             p.run();
             if let Some(n) = after_cut.as_mut() {
@@ -238,8 +288,8 @@ impl Runnable for Shard {
                     sliced = true;
                     break;
                 }
-                // (the cut process is back at the end of the queue)
-                after_cut = Some(self.queue.lock().0.len().saturating_sub(1));
+                // (the cut process went to the slow lane)
+                after_cut = Some(self.queue.lock().ready.len());
             } else if after_cut.is_none() && self.preempt.expired.load(Ordering::Relaxed) {
                 // many short steps that add up to a slice
                 sliced = true;
@@ -251,10 +301,13 @@ impl Runnable for Shard {
         RUN_SLOT.with(|slot| slot.leave());
         drop(vm);
         let mut q = self.queue.lock();
-        if q.0.is_empty() {
-            q.1 = false;
+        if q.is_empty() {
+            q.scheduled = false;
             return;
         }
+        q.starved = if slow_ran || q.slow.is_empty() { 0 } else { q.starved + 1 };
+        // Only slow ones left: they had their slice this turn.
+        let sliced = sliced || q.ready.is_empty();
         drop(q);
         if sliced {
             // Its time is up: to the back of the queue, after what else waits here.

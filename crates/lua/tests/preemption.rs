@@ -119,3 +119,48 @@ fn node_side_terminate_ends_a_spinning_process() {
     let r = watch.wait_timeout(Duration::from_secs(10)).expect("terminated in time");
     assert_eq!(r.unwrap_err().message, "process terminated");
 }
+
+#[test]
+fn a_busy_process_is_slowed_but_never_starved_by_a_shard_full_of_chatty_ones() {
+    // One worker, one shard: a spinner (its steps are cut, so it runs after the ready
+    // processes of each turn) and 40 ping-pong pairs that always have a step ready. The
+    // spinner still reaches its ticks.
+    let h = Harness::with(1, ShardOptions::default(), |c| c.time_slice(Duration::from_micros(500)));
+    h.entry(
+        "test:spin",
+        r#"return { main = function()
+            local n = 0
+            while true do n = n + 1 if n % 200000 == 0 then process.send("watcher", "tick", n) end end
+        end }"#,
+    );
+    h.entry(
+        "test:bouncer",
+        r#"return { main = function(peer)
+            local inbox = process.inbox()
+            if peer then process.send(peer, "ball", process.pid()) end
+            while true do
+                local m = inbox:receive()
+                if m:topic() == "stop" then return end
+                process.send(m:payload():data(), "ball", process.pid())
+            end
+        end }"#,
+    );
+    let v = h.ok(
+        r#"
+        process.registry.register("watcher")
+        local pids = {}
+        for i = 1, 40 do
+            local a = process.spawn("test:bouncer", "app:processes")
+            pids[#pids + 1] = a
+            pids[#pids + 1] = process.spawn("test:bouncer", "app:processes", a)
+        end
+        local spin = process.spawn("test:spin", "app:processes")
+        local ticks = process.listen("tick")
+        for _ = 1, 3 do ticks:receive() end
+        process.terminate(spin)
+        for _, p in ipairs(pids) do process.terminate(p) end
+        return "ticked"
+    "#,
+    );
+    assert_eq!(v, s("ticked"));
+}
