@@ -602,7 +602,8 @@ unsafe extern "C-unwind" fn results_above(l: *mut ffi::lua_State, _status: c_int
 
 /// A string library function that also takes error objects where it takes strings (SPEC
 /// §12.1.1): upvalue 1 is the library's own C function, upvalue 2 the error objects'
-/// metatable. An error argument is replaced by its message (its `__tostring`); then the
+/// metatable, upvalue 3 whether it is `format`. An error argument is replaced by its message
+/// (its `__tostring`; for `format` its text with context, `__fulltext`); then the
 /// function runs on the same frame. A call without userdata arguments only pays a tag check
 /// per argument.
 pub(crate) unsafe extern "C-unwind" fn string_coerced(l: *mut ffi::lua_State) -> c_int {
@@ -614,7 +615,9 @@ pub(crate) unsafe extern "C-unwind" fn string_coerced(l: *mut ffi::lua_State) ->
             if ffi::lua_getmetatable(l, i) != 0 {
                 let is_error = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0;
                 ffi::lua_pop(l, 1);
-                if is_error && ffi::luaL_callmeta(l, i, c"__tostring".as_ptr()) != 0 {
+                // `format` wants the contextual text (upvalue 3), the others the message
+                let meta = if is_error && ffi::lua_toboolean(l, ffi::lua_upvalueindex(3)) != 0 { c"__fulltext" } else { c"__tostring" };
+                if is_error && ffi::luaL_callmeta(l, i, meta.as_ptr()) != 0 {
                     if ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
                         ffi::lua_replace(l, i);
                     } else {

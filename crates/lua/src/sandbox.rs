@@ -139,9 +139,11 @@ impl Vm {
         for pair in string.pairs::<LuaValue, LuaValue>() {
             let (k, v) = pair?;
             if let LuaValue::Function(f) = v {
-                // SAFETY: pushes the function and the metatable, leaves one C closure.
+                // `format` shows an error with its context ("%s": SPEC §12.1.1)
+                let full = matches!(&k, LuaValue::String(n) if n.as_bytes() == b"format");
+                // SAFETY: pushes the function, the metatable and the flag, leaves one C closure.
                 let c: Function = unsafe {
-                    lua.exec_raw((f, err_mt.clone()), |st| ffi::lua_pushcclosure(st, crate::raw::string_coerced, 2))?
+                    lua.exec_raw((f, err_mt.clone(), full), |st| ffi::lua_pushcclosure(st, crate::raw::string_coerced, 3))?
                 };
                 wrapped.push((k, c));
             }

@@ -16,13 +16,45 @@ fn errors_module() {
         local d = errors.new{message = "m", kind = errors.TIMEOUT, retryable = true, details = {code = 7}}
         assert(d:kind() == "Timeout" and d:retryable() == true and d:details().code == 7)
         assert(errors.is(d, errors.TIMEOUT) and not errors.is(d, errors.INVALID))
+        -- wrap keeps the inner message; the context shows in %s and stack() (SPEC 12.1.4)
         local w = errors.wrap(d, "while calling")
-        assert(w:message() == "while calling: m" and w:kind() == "Timeout" and w:retryable() == true)
-        assert(type(errors.call_stack(e)) == "string" and e:stack():find("snippet"))
+        assert(w:message() == "m" and tostring(w) == "m" and w:kind() == "Timeout" and w:retryable() == true)
+        assert(string.format("%s", w) == "while calling: m", string.format("%s", w))
+        local ww = errors.wrap(w, "outer")
+        assert(ww:message() == "while calling: m" and string.format("%s", ww) == "outer: while calling: m")
+        assert(ww:stack():find("outer\n", 1, true) and ww:stack():find("while calling\n", 1, true), ww:stack())
+        local ws = errors.wrap("text", errors.new("ctx"))
+        assert(ws:message() == "text" and ws:kind() == "" and ws:retryable() == nil and string.format("%s", ws) == "ctx: text")
+        assert(errors.wrap(errors.new{message = "n", retryable = false}, "c"):retryable() == false)
+        -- call_stack: a table of frames, innermost first
+        local cs = errors.call_stack(e)
+        assert(type(cs) == "table" and type(cs.thread) == "string" and cs.frames[1].level == 0, "call_stack")
+        assert(cs.frames[1].source:find("snippet") and cs.frames[1].line > 0 and type(cs.frames[1].name) == "string")
+        assert(cs.frames[1].type == "Lua" or cs.frames[1].type == "G" or cs.frames[1].type == "main")
+        assert(errors.call_stack("not an error") == nil)
+        assert(e:stack():find("snippet"))
         assert(errors.NOT_FOUND == "NotFound" and errors.LIMIT_EXCEEDED == "LimitExceeded" and errors.UNKNOWN == "")
         assert(string.format("%s", e) == "plain")
+        -- errors.new's argument rules
         local ok, bad = pcall(errors.new, {kind = "Weird"})
-        assert(not ok)
+        assert(not ok and bad:find("message field is required"), bad)
+        ok, bad = pcall(errors.new, {message = 5})
+        assert(not ok and bad:find("message must be a string"), bad)
+        ok, bad = pcall(errors.new, 5)
+        assert(not ok and bad:find("expected string or table"), bad)
+        local odd = errors.new{message = "m", kind = 7, retryable = "yes"}
+        assert(odd:kind() == "" and odd:retryable() == nil)
+        assert(errors.new{message = "m", kind = "Weird"}:kind() == "")
+        -- details: {} is nil; string keys only; numbers as floats; arrays lose their integer keys
+        assert(errors.new{message = "m", details = {}}:details() == nil)
+        local dd = errors.new{message = "m", details = {n = 1, s = "x", [3] = "drop", list = {1, 2, k = true}}}:details()
+        assert(dd.n == 1.0 and math.type(dd.n) == "float" and dd.s == "x" and dd[3] == nil, "details")
+        assert(dd.list[1] == nil and dd.list.k == true)
+        -- a module's error says it is not retryable (SPEC 12.1.3)
+        local _, se = process.send("{app:processes|0xfffff}", "t", 1)
+        assert(se:retryable() == false, tostring(se:retryable()))
+        local _, je = json.decode("{")
+        assert(je:retryable() == false)
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

@@ -3,7 +3,7 @@
 //! constants. Error objects cross process boundaries as runtime errors.
 
 use mlua::{Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
-use wippy_runtime::{Error, ErrorKind};
+use wippy_runtime::{Error, ErrorKind, Value};
 
 use crate::convert::{from_value, to_value, Marks};
 
@@ -11,12 +11,62 @@ use crate::convert::{from_value, to_value, Marks};
 #[derive(Clone, Debug)]
 pub struct LuaError {
     pub error: Error,
-    pub stack: Option<String>,
+    /// The context `errors.wrap` added (shown by `string.format("%s")` and `stack()`, not
+    /// by `message()`).
+    pub context: Option<String>,
+    /// The Lua frames captured where the error was made, and those of the errors it wraps
+    /// (outermost first).
+    pub links: Vec<Link>,
+}
+
+/// One error of a wrap chain, as `stack()` and `call_stack()` show it.
+#[derive(Clone, Debug, Default)]
+pub struct Link {
+    pub context: Option<String>,
+    pub frames: std::sync::Arc<Vec<Frame>>,
+}
+
+/// A Lua frame captured with an error.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub source: String,
+    pub line: i64,
+    pub name: String,
+    /// `"Lua"`, `"main"` or `"G"` (a global or field function, as Lua's `what`/`namewhat`).
+    pub kind: &'static str,
 }
 
 impl LuaError {
     pub fn new(error: Error) -> LuaError {
-        LuaError { error, stack: None }
+        LuaError { error, context: None, links: Vec::new() }
+    }
+
+    /// A new error made by Lua code now: its frames captured.
+    pub fn here(lua: &Lua, error: Error) -> LuaError {
+        LuaError { error, context: None, links: vec![Link { context: None, frames: std::sync::Arc::new(capture(lua)) }] }
+    }
+
+    /// `"<context>: <message>"` for a wrapped error, else the message (`string.format("%s")`).
+    pub fn full_text(&self) -> String {
+        match &self.context {
+            Some(c) => format!("{c}: {}", self.error.message),
+            None => self.error.message.clone(),
+        }
+    }
+
+    /// `stack()`: per link of the wrap chain, its context line, then its frames.
+    pub fn stack_text(&self) -> Option<String> {
+        let mut out = String::new();
+        for link in &self.links {
+            if let Some(c) = &link.context {
+                out.push_str(c);
+                out.push('\n');
+            }
+            for f in link.frames.iter() {
+                out.push_str(&format!("  {}:{} ({})\n", f.source, f.line, f.name));
+            }
+        }
+        (!out.is_empty()).then(|| out.trim_end().to_string())
     }
 }
 
@@ -26,11 +76,14 @@ impl UserData for LuaError {
         m.add_method("message", |_, e, ()| Ok(e.error.message.clone()));
         m.add_method("retryable", |_, e, ()| Ok(e.error.retryable));
         m.add_method("details", |lua, e, ()| match &e.error.details {
+            Some(Value::Table(t)) if t.array.is_empty() && t.map.is_empty() => Ok(LuaValue::Nil),
             Some(d) => from_value(lua, d),
             None => Ok(LuaValue::Nil),
         });
-        m.add_method("stack", |_, e, ()| Ok(e.stack.clone()));
+        m.add_method("stack", |_, e, ()| Ok(e.stack_text()));
         m.add_meta_method(MetaMethod::ToString, |_, e, ()| Ok(e.error.message.clone()));
+        // what `string.format("%s", e)` shows (raw.rs string_coerced)
+        m.add_meta_method("__fulltext", |_, e, ()| Ok(e.full_text()));
         m.add_meta_function(MetaMethod::Concat, |lua, (a, b): (LuaValue, LuaValue)| {
             let s = |v: &LuaValue| -> mlua::Result<String> {
                 match v {
@@ -114,6 +167,26 @@ impl std::fmt::Display for LuaError {
     }
 }
 
+/// `details` as `errors.new` keeps them (SPEC §12.1.4): string keys only (recursively),
+/// numbers as floats, arrays as maps without their integer keys; `None` when nothing is left.
+fn clean_details(v: &Value) -> Option<Value> {
+    match v {
+        Value::Table(t) => {
+            let mut out = wippy_runtime::Table::default();
+            for (k, item) in &t.map {
+                if let Value::Str(_) = k {
+                    if let Some(item) = clean_details(item) {
+                        out.map.push((k.clone(), item));
+                    }
+                }
+            }
+            Some(Value::Table(std::sync::Arc::new(out)))
+        }
+        Value::Int(i) => Some(Value::Float(*i as f64)),
+        other => Some(other.clone()),
+    }
+}
+
 /// The `errors` library table.
 pub(crate) fn library(lua: &Lua, marks: std::sync::Arc<parking_lot::Mutex<Marks>>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -138,49 +211,64 @@ pub(crate) fn library(lua: &Lua, marks: std::sync::Arc<parking_lot::Mutex<Marks>
     t.raw_set(
         "new",
         lua.create_function(move |lua, arg: LuaValue| {
-            let mut err = match &arg {
+            let bad = |why: &str| mlua::Error::runtime(format!("bad argument #1 to 'new' ({why})"));
+            let err = match &arg {
                 LuaValue::String(s) => Error::new(ErrorKind::Unknown, s.to_string_lossy().to_string()),
                 LuaValue::Table(spec) => {
-                    let message: Option<String> = spec.get("message")?;
-                    let kind: Option<String> = spec.get("kind")?;
-                    let kind = match kind {
-                        None => ErrorKind::Unknown,
-                        Some(k) => ErrorKind::parse(&k).ok_or_else(|| mlua::Error::runtime(format!("errors.new: unknown kind '{k}'")))?,
+                    let message = match spec.raw_get::<LuaValue>("message")? {
+                        LuaValue::String(s) => s.to_string_lossy().to_string(),
+                        LuaValue::Nil => return Err(bad("message field is required")),
+                        _ => return Err(bad("message must be a string")),
                     };
-                    let mut e = Error::new(kind, message.unwrap_or_default());
-                    let retryable: Option<bool> = spec.get("retryable")?;
-                    e.retryable = retryable;
-                    let details: LuaValue = spec.get("details")?;
-                    if !details.is_nil() {
+                    // a kind that is not a string (or names no kind) is ignored, and so is a
+                    // retryable that is not a boolean
+                    let kind = match spec.raw_get::<LuaValue>("kind")? {
+                        LuaValue::String(k) => ErrorKind::parse(&k.to_string_lossy()).unwrap_or(ErrorKind::Unknown),
+                        _ => ErrorKind::Unknown,
+                    };
+                    let mut e = Error::new(kind, message);
+                    if let LuaValue::Boolean(r) = spec.raw_get::<LuaValue>("retryable")? {
+                        e.retryable = Some(r);
+                    }
+                    let details: LuaValue = spec.raw_get("details")?;
+                    if let LuaValue::Table(_) = details {
                         let d = to_value(&details, &m2.lock(), "details").map_err(mlua::Error::runtime)?;
-                        e.details = Some(d);
+                        e.details = clean_details(&d).filter(|d| !matches!(d, Value::Table(t) if t.array.is_empty() && t.map.is_empty()));
                     }
                     e
                 }
-                other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "bad argument #1 to 'new' (string or table expected, got {})",
-                        other.type_name()
-                    )))
-                }
+                _ => return Err(bad("expected string or table")),
             };
-            if err.message.is_empty() {
-                err.message = "error".into();
-            }
-            let mut le = LuaError::new(err);
-            le.stack = stack_of(lua);
-            lua.create_userdata(le)
+            lua.create_userdata(LuaError::here(lua, err))
         })?,
     )?;
     t.raw_set(
         "wrap",
-        lua.create_function(|lua, (e, ctx): (LuaValue, String)| {
-            let inner = error_from_lua(&e);
-            let mut wrapped = inner.clone();
-            wrapped.message = format!("{ctx}: {}", inner.message);
-            let mut le = LuaError::new(wrapped);
-            le.stack = stack_of(lua);
-            lua.create_userdata(le)
+        lua.create_function(|lua, (e, ctx): (LuaValue, LuaValue)| {
+            let context = match &ctx {
+                LuaValue::String(s) => s.to_string_lossy().to_string(),
+                LuaValue::UserData(ud) if ud.borrow::<LuaError>().is_ok() => ud.borrow::<LuaError>()?.error.message.clone(),
+                other => return Err(super::bad_arg(2, "wrap", "string", other)),
+            };
+            // the wrapper's message is the inner error's full text; the new context is kept
+            // beside it (SPEC §12.1.4)
+            let (mut error, mut links) = match &e {
+                LuaValue::UserData(ud) => match ud.borrow::<LuaError>() {
+                    Ok(inner) => {
+                        let mut err = inner.error.clone();
+                        err.message = inner.full_text();
+                        (err, inner.links.clone())
+                    }
+                    Err(_) => return Err(super::bad_arg(1, "wrap", "error or string", &e)),
+                },
+                LuaValue::String(s) => (Error::new(ErrorKind::Unknown, s.to_string_lossy().to_string()), Vec::new()),
+                other => return Err(super::bad_arg(1, "wrap", "error or string", other)),
+            };
+            if matches!(e, LuaValue::String(_)) {
+                error.retryable = None;
+            }
+            links.insert(0, Link { context: Some(context.clone()), frames: std::sync::Arc::new(capture(lua)) });
+            lua.create_userdata(LuaError { error, context: Some(context), links })
         })?,
     )?;
     t.raw_set(
@@ -194,38 +282,56 @@ pub(crate) fn library(lua: &Lua, marks: std::sync::Arc<parking_lot::Mutex<Marks>
     )?;
     t.raw_set(
         "call_stack",
-        lua.create_function(|_, e: LuaValue| {
-            Ok(match &e {
-                LuaValue::UserData(ud) => ud.borrow::<LuaError>().ok().and_then(|e| e.stack.clone()),
-                _ => None,
-            })
+        lua.create_function(|lua, e: LuaValue| {
+            let LuaValue::UserData(ud) = &e else { return Ok(LuaValue::Nil) };
+            let Ok(le) = ud.borrow::<LuaError>() else { return Ok(LuaValue::Nil) };
+            let Some(link) = le.links.first().filter(|l| !l.frames.is_empty()) else { return Ok(LuaValue::Nil) };
+            let out = lua.create_table()?;
+            out.raw_set("thread", format!("{:p}", std::sync::Arc::as_ptr(&link.frames)))?;
+            let frames = lua.create_table()?;
+            for (i, f) in link.frames.iter().enumerate() {
+                let t = lua.create_table()?;
+                t.raw_set("level", i as i64)?;
+                t.raw_set("source", f.source.as_str())?;
+                t.raw_set("line", f.line)?;
+                t.raw_set("name", f.name.as_str())?;
+                t.raw_set("type", f.kind)?;
+                frames.raw_set(i + 1, t)?;
+            }
+            out.raw_set("frames", frames)?;
+            Ok(LuaValue::Table(out))
         })?,
     )?;
     Ok(t)
 }
 
-/// A short traceback of the calling Lua code (file:line per frame).
-pub(crate) fn stack_of(lua: &Lua) -> Option<String> {
-    let mut out = String::new();
-    for level in 1..16 {
-        let Some(line) = lua.inspect_stack(level, |d| {
+/// The calling Lua code's frames, innermost first (C functions left out).
+pub(crate) fn capture(lua: &Lua) -> Vec<Frame> {
+    let mut out = Vec::new();
+    for level in 1..32 {
+        let Some(frame) = lua.inspect_stack(level, |d| {
             let src = d.source();
             let short = src.short_src.map(|s| s.to_string()).unwrap_or_default();
             let line = d.current_line().unwrap_or(0);
             if line == 0 || short == "[C]" {
-                None
-            } else {
-                Some(format!("{short}:{line}"))
+                return None;
             }
+            let names = d.names();
+            let what = src.what;
+            let kind = if what == "main" {
+                "main"
+            } else if matches!(names.name_what, Some("global") | Some("field") | Some("method")) {
+                "G"
+            } else {
+                "Lua"
+            };
+            Some(Frame { source: short, line: line as i64, name: names.name.map(|n| n.to_string()).unwrap_or_default(), kind })
         }) else {
             break;
         };
-        if let Some(l) = line {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&l);
+        if let Some(f) = frame {
+            out.push(f);
         }
     }
-    (!out.is_empty()).then_some(out)
+    out
 }

@@ -145,7 +145,9 @@ fn lua_type_name(rust: &str) -> &str {
 }
 
 /// `nil, err` as Lua values.
-pub(crate) fn fail(lua: &Lua, e: Error) -> mlua::Result<(LuaValue, LuaValue)> {
+pub(crate) fn fail(lua: &Lua, mut e: Error) -> mlua::Result<(LuaValue, LuaValue)> {
+    // a module's error says whether it is worth retrying: false unless it says so (SPEC §12.1.3)
+    e.retryable.get_or_insert(false);
     Ok((LuaValue::Nil, LuaValue::UserData(lua.create_userdata(LuaError::new(e))?)))
 }
 
@@ -177,10 +179,10 @@ pub(crate) fn install(
         "error",
         lua.create_function(|lua, (kind, msg, retryable): (String, String, Option<bool>)| {
             let mut e = Error::new(ErrorKind::parse(&kind).unwrap_or(ErrorKind::Internal), msg);
-            e.retryable = retryable;
-            let mut le = LuaError::new(e);
-            le.stack = errors::stack_of(lua);
-            lua.create_userdata(le)
+            // a module's error says whether it is worth retrying: false unless it says so
+            // (SPEC §12.1.3)
+            e.retryable = Some(retryable.unwrap_or(false));
+            lua.create_userdata(LuaError::here(lua, e))
         })?,
     )?;
     r.raw_set("memfail", lua.create_function(|_, ()| crate::current::state(|st| st.memfail = true))?)?;
