@@ -254,3 +254,44 @@ fn error_values_are_strings_to_the_string_library() {
     "#);
     assert_eq!(v, wippy_runtime::Value::Bool(true));
 }
+
+#[test]
+fn uuid_module() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local uuid = require("uuid")
+        local function std(s) return type(s) == "string" and #s == 36 and s == s:lower() and s:match("^%x+%-%x+%-%x+%-%x+%-%x+$") ~= nil end
+        local a, e = uuid.v4()
+        assert(std(a) and e == nil and uuid.version(a) == 4 and uuid.variant(a) == "RFC4122")
+        assert(a ~= uuid.v4())
+        local t1 = uuid.v1()
+        local p1 = uuid.parse(t1)
+        assert(std(t1) and p1.version == 1 and #p1.node == 12 and math.abs(p1.timestamp - os.time()) < 5, "v1")
+        local t7 = uuid.v7()
+        local p7 = uuid.parse(t7)
+        assert(p7.version == 7 and p7.node == nil and math.abs(p7.timestamp - os.time()) < 5, "v7")
+        assert(uuid.parse(a).timestamp == nil)
+        -- name-based: deterministic (RFC 4122 appendix: DNS namespace, "www.example.com")
+        local dns = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+        assert(uuid.v3(dns, "www.example.com") == "5df41881-3aed-3515-88a7-2f4a814cf09e")
+        assert(uuid.v5(dns, "www.example.com") == "2ed6657d-e927-568b-95e1-2665a8aea6a2")
+        local n, ne = uuid.v5("not-a-uuid", "x")
+        assert(n == nil and ne:kind() == errors.INVALID and ne:message() == "invalid namespace UUID" and ne:retryable() == false)
+        n, ne = uuid.v3(dns)
+        assert(n == nil and ne:message() == "namespace and name must be strings")
+        -- accepted forms, case-insensitive
+        local up = a:upper()
+        assert(uuid.validate(up) and uuid.validate("urn:uuid:" .. a) and uuid.validate("{" .. a .. "}"))
+        assert(uuid.validate(a:gsub("-", "")) and not uuid.validate("nope") and not uuid.validate(42))
+        assert(uuid.format(up) == a and uuid.format(a, "simple") == a:gsub("-", "") and uuid.format(a, "urn") == "urn:uuid:" .. a)
+        local f, fe = uuid.format(a, "weird")
+        assert(f == nil and fe:message() == "unsupported format")
+        local vv, ve = uuid.version(7)
+        assert(vv == nil and ve:message() == "input must be a string" and ve:kind() == errors.INVALID)
+        vv, ve = uuid.variant("zz")
+        assert(vv == nil and ve:message() == "invalid UUID format")
+        assert(uuid.variant("00000000-0000-0000-0000-000000000000") == "NCS")
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

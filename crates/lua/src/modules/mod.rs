@@ -14,6 +14,7 @@ pub(crate) mod process;
 pub(crate) mod registry;
 pub(crate) mod security;
 pub(crate) mod time;
+pub(crate) mod uuid;
 
 use std::os::raw::c_int;
 use std::sync::atomic::Ordering;
@@ -223,6 +224,7 @@ pub(crate) fn install(
     shared.raw_set("registry", registry::library(lua, catalog.clone())?)?;
     shared.raw_set("io", io::library(lua, grants_io)?)?;
     shared.raw_set("security", security::library(lua)?)?;
+    shared.raw_set("uuid", uuid::library(lua)?)?;
     r.raw_set("load_library", funcs::load_library_function(lua, catalog)?)?;
     Ok(())
 }
