@@ -158,10 +158,28 @@ fn json_module() {
         assert(back.a == 1 and #back.list == 3 and back.nested.ok == true)
         assert(json.encode({1, "two"}) == '[1,"two"]')
         local v, err = json.decode("{broken")
-        assert(v == nil and err:kind() == errors.INVALID)
+        assert(v == nil and err:kind() == errors.INTERNAL)
         local x, xerr = json.encode({f = function() end})
         assert(x == nil and xerr)
         assert(math.type(json.decode("5")) == "integer" and json.decode("2.5") == 2.5)
+        -- SPEC 12.10
+        assert(json.encode({}) == "[]" and json.encode(nil) == "null" and json.encode({a = {}}) == '{"a":[]}')
+        local sp, spe = json.encode({1, nil, 3})
+        assert(sp == nil and spe:kind() == errors.INTERNAL, tostring(sp))
+        local mx, mxe = json.encode({1, a = 2})
+        assert(mx == nil and mxe:kind() == errors.INTERNAL)
+        local cyc = {} cyc.self = cyc
+        local cy, cye = json.encode(cyc)
+        assert(cy == nil and cye:kind() == errors.INTERNAL)
+        local deep = {} local cur = deep
+        for _ = 1, 130 do cur.x = {} cur = cur.x end
+        assert(json.encode(deep) == nil)
+        local d1, d1e = json.decode("")
+        assert(d1 == nil and d1e:kind() == errors.INVALID)
+        local d2, d2e = json.decode(5)
+        assert(d2 == nil and d2e:kind() == errors.INVALID)
+        local d3, d3e = json.decode("null")
+        assert(d3 == nil and d3e == nil)
         return true
     "#);
     assert_eq!(v, Value::Bool(true));
@@ -292,6 +310,31 @@ fn uuid_module() {
         assert(vv == nil and ve:message() == "invalid UUID format")
         assert(uuid.variant("00000000-0000-0000-0000-000000000000") == "NCS")
         return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn ctx_get_of_a_missing_key_is_not_found() {
+    let h = Harness::new(1);
+    h.entry(
+        "test:ctxread",
+        r#"return { main = function()
+            local v, err = ctx.get("missing")
+            assert(v == nil and err:kind() == errors.NOT_FOUND and err:message() == "key not found: missing", tostring(err))
+            local e, ee = ctx.get("")
+            assert(e == nil and ee:kind() == errors.INVALID)
+            local t, terr = ctx.get("tenant")
+            assert(t == "acme" and terr == nil)
+            assert(next(ctx.all()) ~= nil)
+            return true
+        end }"#,
+    );
+    let v = h.ok(r#"
+        local r, err = process.with_context({tenant = "acme"}):exec("test:ctxread", "app:processes")
+        assert(r, tostring(err))
+        -- a process spawned without a context: all() is an empty table
+        return r
     "#);
     assert_eq!(v, Value::Bool(true));
 }

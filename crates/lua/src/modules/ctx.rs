@@ -1,6 +1,9 @@
 //! `ctx`: the context values a process was spawned with (`with_context`), read-only.
+//! `get(key)` -> value, or `nil, err` (NotFound for a missing key, Invalid for `""`).
 
 use mlua::{Lua, Table, Value as LuaValue};
+
+use wippy_runtime::Error;
 
 use crate::convert::from_value;
 use crate::current;
@@ -10,10 +13,15 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "get",
         lua.create_function(|lua, key: String| {
-            current::with(|cx, _| match cx.context_values().and_then(|c| c.get_str(&key)) {
-                Some(v) => from_value(lua, v),
-                None => Ok(LuaValue::Nil),
-            })
+            if key.is_empty() {
+                return super::fail(lua, Error::invalid("ctx.get: empty key"));
+            }
+            // a missing key is nil + NotFound, never a plain nil (SPEC §12.10)
+            match current::with(|cx, _| Ok(cx.context_values().and_then(|c| c.get_str(&key)).cloned())) {
+                Ok(Some(v)) => Ok((from_value(lua, &v)?, LuaValue::Nil)),
+                Ok(None) => super::fail(lua, Error::not_found(format!("key not found: {}", wippy_runtime::Echo(&key)))),
+                Err(_) => super::fail(lua, Error::internal("ctx.get: no context (not called from a process)")),
+            }
         })?,
     )?;
     t.raw_set(

@@ -1,16 +1,20 @@
-//! `json`: `encode(v)` -> string (raises on values JSON cannot hold), `decode(s)` -> value
-//! or `nil, err`. Arrays are tables with keys 1..n; an empty table encodes as `[]`... only
-//! when it has no keys at all it is `{}` (Lua cannot tell them apart; Wippy does the same).
+//! `json` (SPEC §12.10): `encode(v)` -> string or `nil, err` (Internal) for what JSON cannot
+//! hold; `decode(s)` -> value or `nil, err` (Invalid for a non-string or empty input,
+//! Internal for bad JSON). An empty table and a table with keys 1..n are arrays (`{}` encodes
+//! as `[]`, as in Wippy), string keys only an object, anything else an error.
 
 use mlua::{Lua, Table, Value as LuaValue};
 use serde_json::{Map, Number, Value as Json};
 use wippy_runtime::Error;
 
-use super::{bad_arg, fail};
+use super::fail;
+
+/// Deeper than this, `encode` refuses (SPEC §12.10).
+const MAX_DEPTH: usize = 128;
 
 fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
-    if depth > 200 {
-        return Err("json.encode: nesting too deep (or a cycle)".into());
+    if depth > MAX_DEPTH {
+        return Err(format!("json.encode: nesting deeper than {MAX_DEPTH} (or a cycle)"));
     }
     Ok(match v {
         LuaValue::Nil => Json::Null,
@@ -22,32 +26,41 @@ fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
         },
         LuaValue::String(s) => Json::String(s.to_string_lossy().to_string()),
         LuaValue::Table(t) => {
-            let len = t.raw_len();
-            let mut count = 0usize;
+            // An empty table is an array; keys 1..n without gaps an array; string keys only
+            // an object; anything else (a sparse array, mixed keys) an error.
+            let (mut ints, mut strings, mut max) = (0usize, 0usize, 0i64);
             for pair in t.clone().pairs::<LuaValue, LuaValue>() {
-                pair.map_err(|e| e.to_string())?;
-                count += 1;
+                let (k, _) = pair.map_err(|e| e.to_string())?;
+                match k {
+                    LuaValue::Integer(i) if i >= 1 => {
+                        ints += 1;
+                        max = max.max(i);
+                    }
+                    LuaValue::String(_) => strings += 1,
+                    other => return Err(format!("json.encode: a {} key cannot be encoded", super::lua_type(&other))),
+                }
             }
-            if len > 0 && count == len {
-                let mut arr = Vec::with_capacity(len);
-                for i in 1..=len {
+            if strings == 0 {
+                if max as usize != ints {
+                    return Err("json.encode: a sparse array cannot be encoded".into());
+                }
+                let mut arr = Vec::with_capacity(ints);
+                for i in 1..=ints {
                     let item: LuaValue = t.raw_get(i).map_err(|e| e.to_string())?;
                     arr.push(to_json(&item, depth + 1)?);
                 }
                 Json::Array(arr)
-            } else {
+            } else if ints == 0 {
                 let mut m = Map::new();
                 for pair in t.clone().pairs::<LuaValue, LuaValue>() {
                     let (k, item) = pair.map_err(|e| e.to_string())?;
-                    let key = match &k {
-                        LuaValue::String(s) => s.to_string_lossy().to_string(),
-                        LuaValue::Integer(i) => i.to_string(),
-                        LuaValue::Number(n) => n.to_string(),
-                        other => return Err(format!("json.encode: a {} key cannot be encoded", super::lua_type(other))),
-                    };
-                    m.insert(key, to_json(&item, depth + 1)?);
+                    if let LuaValue::String(k) = k {
+                        m.insert(k.to_string_lossy().to_string(), to_json(&item, depth + 1)?);
+                    }
                 }
                 Json::Object(m)
+            } else {
+                return Err("json.encode: a table with both integer and string keys cannot be encoded".into());
             }
         }
         LuaValue::UserData(ud) => match ud.borrow::<super::errors::LuaError>() {
@@ -93,16 +106,21 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
         "encode",
         lua.create_function(|lua, v: LuaValue| match to_json(&v, 0) {
             Ok(j) => Ok((LuaValue::String(lua.create_string(j.to_string())?), LuaValue::Nil)),
-            Err(m) => fail(lua, Error::invalid(m)),
+            Err(m) => fail(lua, Error::internal(m)),
         })?,
     )?;
     t.raw_set(
         "decode",
         lua.create_function(|lua, s: LuaValue| {
-            let LuaValue::String(s) = &s else { return Err(bad_arg(1, "decode", "string", &s)) };
+            let LuaValue::String(s) = &s else {
+                return fail(lua, Error::invalid(format!("json.decode: a string expected, got {}", super::lua_type(&s))));
+            };
+            if s.as_bytes().is_empty() {
+                return fail(lua, Error::invalid("json.decode: empty input"));
+            }
             match serde_json::from_slice::<Json>(&s.as_bytes()) {
                 Ok(j) => Ok((from_json(lua, &j)?, LuaValue::Nil)),
-                Err(e) => fail(lua, Error::invalid(format!("json.decode: {e}"))),
+                Err(e) => fail(lua, Error::internal(format!("json.decode: {e}"))),
             }
         })?,
     )?;
