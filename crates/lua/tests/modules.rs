@@ -338,3 +338,61 @@ fn ctx_get_of_a_missing_key_is_not_found() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn time_zones_layouts_and_durations_as_spec_12_3() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local ny, err = time.load_location("America/New_York")
+        assert(ny and err == nil, tostring(err))
+        assert(tostring(ny) == "America/New_York" and ny:string() == "America/New_York")
+        local winter = time.date(2024, 1, 15, 12, 0, 0, 0, ny)
+        local summer = time.date(2024, 7, 15, 12, 0, 0, 0, ny)
+        assert(winter:unix() == 1705338000, winter:unix()) -- 17:00 UTC
+        assert(summer:unix() == 1721059200, summer:unix()) -- 16:00 UTC
+        assert(winter:format(time.RFC1123) == "Mon, 15 Jan 2024 12:00:00 EST", winter:format(time.RFC1123))
+        assert(summer:format(time.RFC1123Z) == "Mon, 15 Jul 2024 12:00:00 -0400")
+        assert(time.unix(1705338000):in_location(ny):hour() == 12)
+        local tokyo = time.load_location("Asia/Tokyo")
+        assert(time.unix(0):in_location(tokyo):hour() == 9)
+        -- a wall time in a zone, parsed
+        local p = time.parse("2006-01-02 15:04", "2024-07-04 12:00", ny)
+        assert(p:unix() == 1720108800 and p:location():string() == "America/New_York")
+        -- no zone in the value: the node's local zone
+        local l = time.parse(time.DATE_TIME, "2024-01-02 03:04:05")
+        assert(l:equal(time.date(2024, 1, 2, 3, 4, 5, 0, time.localtz)))
+        local z = time.parse(time.RFC3339, "2024-01-02T03:04:05Z")
+        assert(z:unix() == 1704164645)
+        -- errors
+        local e1, x1 = time.load_location("")
+        assert(e1 == nil and x1:kind() == errors.INVALID and x1:message() == "empty location name")
+        local e2, x2 = time.load_location("Nowhere/City")
+        assert(e2 == nil and x2:kind() == errors.NOT_FOUND)
+        assert(not pcall(time.load_location, 5))
+        assert(time.load_location("UTC"):string() == "UTC" and time.load_location("Local"):string() == "Local")
+        -- durations: number, string or Duration
+        assert(time.parse_duration(time.SECOND):seconds() == 1 and time.parse_duration("1m30s"):seconds() == 90)
+        assert(time.parse_duration(2.9):nanoseconds() == 2)
+        local d = time.parse_duration("5ms")
+        assert(time.parse_duration(d) == d)
+        local b1, be1 = time.parse_duration({})
+        assert(b1 == nil and be1:kind() == errors.INVALID)
+        local b2, be2 = time.parse_duration("soon")
+        assert(b2 == nil and be2:kind() == errors.INVALID and be2:message():find("^time.parse_duration"), be2:message())
+        -- layout constants
+        assert(time.RFC822 == "02 Jan 06 15:04 MST" and time.RFC822Z == "02 Jan 06 15:04 -0700")
+        assert(time.RFC850 == "Monday, 02-Jan-06 15:04:05 MST" and time.RFC1123 == "Mon, 02 Jan 2006 15:04:05 MST")
+        assert(time.STAMP == "Jan _2 15:04:05" and time.STAMP_NANO == "Jan _2 15:04:05.000000000")
+        assert(time.STAMP_MILLI == "Jan _2 15:04:05.000" and time.STAMP_MICRO == "Jan _2 15:04:05.000000")
+        assert(time.unix(1704164645):utc():format(time.STAMP) == "Jan  2 03:04:05")
+        assert(time.ANSIC == nil and time.UnixDate == nil)
+        -- in_local, ticker response
+        assert(winter:in_local():location():string() == "Local" and winter:in_local():equal(winter))
+        local tk = time.ticker("1ms")
+        assert(tk:response() == tk:channel() and tk:response() == tk:response())
+        assert(getmetatable(tk:response():receive()) ~= nil)
+        tk:stop()
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

@@ -947,6 +947,7 @@ function time.ticker(d)
   return setmetatable({ ch = ch[C_H], id = id }, TickerMT)
 end
 function Ticker.channel(tk) return tk.ch end
+Ticker.response = Ticker.channel
 function Ticker.stop(tk)
   local P = S[1]
   local cmds = rare_get(P, "cmds")

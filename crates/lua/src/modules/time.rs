@@ -30,6 +30,8 @@ pub enum Location {
     Utc,
     Local,
     Fixed(String, i32),
+    /// An IANA zone from the tz database compiled into the binary (chrono-tz).
+    Zone(chrono_tz::Tz),
 }
 
 impl Location {
@@ -38,12 +40,17 @@ impl Location {
             Location::Utc => "UTC".into(),
             Location::Local => "Local".into(),
             Location::Fixed(n, _) => n.clone(),
+            Location::Zone(z) => z.name().to_string(),
         }
     }
     fn offset_at(&self, nanos: i64) -> i32 {
         match self {
             Location::Utc => 0,
             Location::Fixed(_, o) => *o,
+            Location::Zone(z) => {
+                let dt = DateTime::from_timestamp(nanos.div_euclid(NANOS_PER_SEC), 0).unwrap_or_default();
+                z.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()
+            }
             Location::Local => {
                 let dt = DateTime::from_timestamp(nanos.div_euclid(NANOS_PER_SEC), 0).unwrap_or_default();
                 Local.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()
@@ -70,6 +77,14 @@ impl Time {
         match &self.loc {
             Location::Utc => "UTC".into(),
             Location::Fixed(n, _) => n.clone(),
+            Location::Zone(z) => {
+                let dt = DateTime::from_timestamp(self.nanos.div_euclid(NANOS_PER_SEC), 0).unwrap_or_default();
+                let off = z.offset_from_utc_datetime(&dt.naive_utc());
+                match chrono_tz::OffsetName::abbreviation(&off) {
+                    Some(a) => a.to_string(),
+                    None => format_offset(off.fix().local_minus_utc(), false, false),
+                }
+            }
             Location::Local => {
                 let o = self.loc.offset_at(self.nanos);
                 if o == 0 {
@@ -79,6 +94,23 @@ impl Time {
                 }
             }
         }
+    }
+}
+
+/// The offset of `loc` for a wall-clock time there (the earlier one in a fold; a time in a
+/// gap is taken with the offset before it).
+fn local_offset(loc: &Location, naive: &chrono::NaiveDateTime) -> i32 {
+    match loc {
+        Location::Utc => 0,
+        Location::Fixed(_, o) => *o,
+        Location::Local => Local.from_local_datetime(naive).earliest().map(|d| d.offset().fix().local_minus_utc()).unwrap_or_else(|| {
+            Local.offset_from_utc_datetime(naive).fix().local_minus_utc()
+        }),
+        Location::Zone(z) => z
+            .from_local_datetime(naive)
+            .earliest()
+            .map(|d| d.offset().fix().local_minus_utc())
+            .unwrap_or_else(|| z.offset_from_utc_datetime(naive).fix().local_minus_utc()),
     }
 }
 
@@ -183,6 +215,7 @@ impl UserData for Time {
         });
         m.add_method("utc", |_, t, ()| Ok(with_loc(t.nanos, &Location::Utc)));
         m.add_method("local", |_, t, ()| Ok(with_loc(t.nanos, &Location::Local)));
+        m.add_method("in_local", |_, t, ()| Ok(with_loc(t.nanos, &Location::Local)));
         m.add_method("in_location", |_, t, l: mlua::AnyUserData| {
             let loc = l.borrow::<Location>()?.clone();
             Ok(with_loc(t.nanos, &loc))
@@ -541,13 +574,7 @@ pub(crate) fn parse_go(layout: &str, value: &str, loc: &Location) -> Result<Time
     let naive = date.and_hms_opt(hour, min, sec).ok_or_else(|| bad("time out of range"))?;
     let (off, loc) = match offset {
         Some(o) => (o, if o == 0 && matches!(loc, Location::Utc) { Location::Utc } else { Location::Fixed(String::new(), o) }),
-        None => match loc {
-            Location::Local => {
-                let o = Local.from_local_datetime(&naive).single().map(|d| d.offset().fix().local_minus_utc()).unwrap_or(0);
-                (o, Location::Local)
-            }
-            other => (other.offset_at(0), other.clone()),
-        },
+        None => (local_offset(loc, &naive), loc.clone()),
     };
     let loc = match loc {
         Location::Fixed(n, o) if n.is_empty() => Location::Fixed(format_offset(o, false, false), o),
@@ -597,6 +624,19 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     t.raw_set("DATE_ONLY", "2006-01-02")?;
     t.raw_set("TIME_ONLY", "15:04:05")?;
     t.raw_set("KITCHEN", "3:04PM")?;
+    for (name, layout) in [
+        ("RFC822", "02 Jan 06 15:04 MST"),
+        ("RFC822Z", "02 Jan 06 15:04 -0700"),
+        ("RFC850", "Monday, 02-Jan-06 15:04:05 MST"),
+        ("RFC1123", "Mon, 02 Jan 2006 15:04:05 MST"),
+        ("RFC1123Z", "Mon, 02 Jan 2006 15:04:05 -0700"),
+        ("STAMP", "Jan _2 15:04:05"),
+        ("STAMP_MILLI", "Jan _2 15:04:05.000"),
+        ("STAMP_MICRO", "Jan _2 15:04:05.000000"),
+        ("STAMP_NANO", "Jan _2 15:04:05.000000000"),
+    ] {
+        t.raw_set(name, layout)?;
+    }
     for (i, m) in MONTHS.iter().enumerate() {
         t.raw_set(m.to_uppercase(), i as i64 + 1)?;
     }
@@ -622,28 +662,32 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
             let Some(naive) = date.and_hms_opt(h.unwrap_or(0), mi.unwrap_or(0), s.unwrap_or(0)) else {
                 return fail(lua, Error::invalid("time.date: invalid time of day"));
             };
-            let off = match &loc {
-                Location::Local => Local.from_local_datetime(&naive).single().map(|d| d.offset().fix().local_minus_utc()).unwrap_or(0),
-                other => other.offset_at(0),
-            };
+            let off = local_offset(&loc, &naive);
             let nanos = (naive.and_utc().timestamp() - off as i64) * NANOS_PER_SEC + ns.unwrap_or(0);
             Ok((LuaValue::UserData(lua.create_userdata(Time { nanos, loc })?), LuaValue::Nil))
         })?,
     )?;
     t.raw_set(
         "parse_duration",
-        lua.create_function(|lua, s: LuaValue| {
-            let LuaValue::String(s) = &s else { return Err(bad_arg(1, "parse_duration", "string", &s)) };
-            match parse_duration(&s.to_string_lossy()) {
+        lua.create_function(|lua, v: LuaValue| {
+            // a number (nanoseconds), a Go duration string or a Duration (SPEC §12.3)
+            let d = match &v {
+                LuaValue::Integer(_) | LuaValue::Number(_) | LuaValue::String(_) => duration_arg(&v, 1, "parse_duration")?,
+                LuaValue::UserData(ud) if ud.borrow::<Duration>().is_ok() => duration_arg(&v, 1, "parse_duration")?,
+                other => Err(Error::invalid(format!("time.parse_duration: a duration expected, got {}", super::lua_type(other)))),
+            };
+            match d {
                 Ok(d) => Ok((LuaValue::UserData(lua.create_userdata(Duration(d))?), LuaValue::Nil)),
-                Err(m) => fail(lua, Error::invalid(m)),
+                Err(e) if e.message.starts_with("time.parse_duration") => fail(lua, e),
+                Err(e) => fail(lua, Error::invalid(format!("time.parse_duration: {}", e.message))),
             }
         })?,
     )?;
     t.raw_set(
         "parse",
         lua.create_function(|lua, (layout, value, loc): (String, String, LuaValue)| {
-            let loc = location_arg(&loc)?.unwrap_or(Location::Utc);
+            // no zone in the value: the node's local zone (SPEC §12.3)
+            let loc = location_arg(&loc)?.unwrap_or(Location::Local);
             match parse_go(&layout, &value, &loc) {
                 Ok(t) => Ok((LuaValue::UserData(lua.create_userdata(t)?), LuaValue::Nil)),
                 Err(m) => fail(lua, Error::invalid(m)),
@@ -656,10 +700,19 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     )?;
     t.raw_set(
         "load_location",
-        lua.create_function(|lua, name: String| match name.as_str() {
-            "UTC" | "" => Ok((LuaValue::UserData(lua.create_userdata(Location::Utc)?), LuaValue::Nil)),
-            "Local" => Ok((LuaValue::UserData(lua.create_userdata(Location::Local)?), LuaValue::Nil)),
-            other => fail(lua, Error::not_found(format!("unknown time zone {other}"))),
+        lua.create_function(|lua, name: LuaValue| {
+            let LuaValue::String(name) = &name else { return Err(bad_arg(1, "load_location", "string", &name)) };
+            let name = name.to_string_lossy().to_string();
+            let loc = match name.as_str() {
+                "" => return fail(lua, Error::invalid("empty location name")),
+                "UTC" => Location::Utc,
+                "Local" => Location::Local,
+                other => match other.parse::<chrono_tz::Tz>() {
+                    Ok(z) => Location::Zone(z),
+                    Err(_) => return fail(lua, Error::not_found(format!("unknown time zone {}", wippy_runtime::Echo(other)))),
+                },
+            };
+            Ok((LuaValue::UserData(lua.create_userdata(loc)?), LuaValue::Nil))
         })?,
     )?;
 
