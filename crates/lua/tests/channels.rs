@@ -122,10 +122,16 @@ fn many_coroutines_cooperate() {
     let v = h.ok(r#"
         local results = channel.new(100)
         for i = 1, 50 do
-            coroutine.spawn(function(n)
-                time.sleep(1000 * (50 - n))
-                results:send(n)
-            end, i)
+            -- SPEC 12.5: no arguments reach the function (a closure carries them), and the
+            -- result is the task's coroutine, a handle that cannot be resumed by hand
+            local th = coroutine.spawn(function(...)
+                assert(select("#", ...) == 0)
+                time.sleep(1000 * (50 - i))
+                results:send(i)
+            end, "ignored")
+            assert(type(th) == "thread")
+            local ok, why = coroutine.resume(th)
+            assert(ok == false and why == "cannot resume a spawned task")
         end
         local sum = 0
         for _ = 1, 50 do sum = sum + results:receive() end

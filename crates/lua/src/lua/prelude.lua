@@ -661,9 +661,14 @@ end
 
 local co_lib = {}
 for k, v in pairs(coroutine) do co_lib[k] = v end
+-- The coroutines of spawned tasks: handles only, never resumed by hand (SPEC 12.5).
+local TASK_CO = setmetatable({}, { __mode = "k" })
 co_lib.resume = function(co, ...)
   if type(co) ~= "thread" then
     error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
+  end
+  if TASK_CO[co] then
+    return false, "cannot resume a spawned task"
   end
   rt_cur(co)
   return pass_up(co, raw_resume(co, ...))
@@ -696,8 +701,11 @@ co_lib.spawn = function(f, ...)
   if type(f) ~= "function" then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 2)
   end
-  new_task(S[1], f, ...)
-  return true
+  -- no arguments reach f (SPEC 12.5: use a closure); the result is the task's coroutine,
+  -- a handle only
+  local t = new_task(S[1], f)
+  TASK_CO[t[1]] = true
+  return t[1]
 end
 LIBS.coroutine = co_lib
 
@@ -1027,22 +1035,44 @@ if LIBS.funcs then
     execs(P)[pid] = { future = f }
     return f
   end
-  function Future.channel(f) return f.ch end
+  -- What a future knows (its result, whether it was canceled), out of reach of the process
+  -- that holds the future (SPEC 12.4.3).
+  local FUT = setmetatable({}, { __mode = "k" })
+  function Future.response(f) return f.ch end
+  Future.channel = Future.response
+  function Future.is_complete(f) local st = FUT[f] return st ~= nil and st.done == true end
+  function Future.is_canceled(f) local st = FUT[f] return st ~= nil and st.canceled == true end
+  -- never waits: nil, nil until the call has ended
   function Future.result(f)
-    if f.res then return f.res[1], f.res[2] end
-    local v, ok = Chan.receive(f.ch)
-    return f.res[1], f.res[2]
+    local st = FUT[f]
+    if st and st.canceled then return nil, rt_error("Canceled", "canceled") end
+    if not (st and st.done) then return nil, nil end
+    if st.ok then return st.value, nil end
+    return nil, st.err
+  end
+  function Future.error(f)
+    local st = FUT[f]
+    if st and st.done and not st.ok then
+      return R.wrap_kind(st.err, "async call failed", "Internal"), true
+    end
+    return nil, false
   end
   function Future.cancel(f)
-    if f.res then return false end
-    process.cancel(f.pid, "future cancelled")
+    local st = FUT[f] or {}
+    FUT[f] = st
+    st.canceled = true
+    if not st.done then process.cancel(f.pid, "future canceled") end
     return true
   end
   on_future = (function(P, w, ok, v)
     local f = w.future
-    f.res = ok and { v } or { nil, v }
+    local st = FUT[f] or {}
+    FUT[f] = st
+    st.done, st.ok = true, ok
+    -- one value on the channel: the result as a Payload, or the error object itself
+    if ok then st.value = newpayload(v) else st.err = v end
     local ch = chan_of(f.ch)
-    offer_value(P, ch, f.res)
+    offer_value(P, ch, ok and st.value or v)
     close(ch)
   end)
 end
