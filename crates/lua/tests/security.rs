@@ -129,3 +129,33 @@ fn registry_writes_are_checked_as_registry_write_on_the_entry() {
         return tostring(ok) .. '|' .. err:message() .. '|' .. err2:kind()");
     assert_eq!(v.as_str().unwrap(), "nil|permission denied: registry.write on app:settings|PermissionDenied");
 }
+
+#[test]
+fn with_options_merges_and_checks_its_permissions() {
+    let h = Harness::new(1);
+    h.entry("test:child", "return { main = function() return 1 end }");
+    // no actor: allowed; options merge, keys must be strings
+    let v = h.ok(r#"
+        local sp = process.with_options({ timeout = "5s" }):with_options({ tag = "x" })
+        local r = sp:exec("test:child", "app:processes")
+        assert(r == 1)
+        local ok, err = pcall(process.with_options, { [1] = "v" })
+        assert(not ok and err:find("options keys must be strings", 1, true), err)
+        ok, err = pcall(process.with_options, "no")
+        assert(not ok and err:find("table expected", 1, true))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    // a tenant without process.context: the call raises
+    let id = tenant(&h);
+    let v = run_as(
+        &h,
+        id,
+        r#"
+        local ok, err = pcall(process.with_options, { tag = "x" })
+        assert(not ok and err:find("not allowed to spawn processes with custom options", 1, true), tostring(err))
+        return true
+    "#,
+    );
+    assert_eq!(v, Value::Bool(true));
+}

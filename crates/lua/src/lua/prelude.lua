@@ -803,9 +803,36 @@ local spawn_raw = R.spawn
 local Spawner = {}
 local SpawnerMT = { __index = Spawner, __name = "spawner", __metatable = "spawner" }
 local function spawner_copy(sp)
-  local n = setmetatable({ ctx = sp.ctx, name = sp.name, msgs = sp.msgs, sec = sp.sec }, SpawnerMT)
+  local n = setmetatable({ ctx = sp.ctx, name = sp.name, msgs = sp.msgs, sec = sp.sec, opts = sp.opts }, SpawnerMT)
   return n
 end
+-- with_options (SPEC 12.5): options merged into the spawner's, for the target host (this
+-- runtime's hosts interpret none of them); `network` needs network.select, the call itself
+-- process.context. Denials raise.
+local rt_can = R.can
+local function with_options(sp, opts, level)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'with_options' (table expected, got " .. type(opts) .. ")", level)
+  end
+  for k in pairs(opts) do
+    if type(k) ~= "string" then
+      error("bad argument #1 to 'with_options' (options keys must be strings)", level)
+    end
+  end
+  if not rt_can("process.context", "context") then
+    error("not allowed to spawn processes with custom options", level)
+  end
+  if opts.network ~= nil and not rt_can("network.select", tostring(opts.network)) then
+    error("not allowed: network " .. tostring(opts.network), level)
+  end
+  local n = spawner_copy(sp)
+  local merged = {}
+  if sp.opts then for k, v in pairs(sp.opts) do merged[k] = v end end
+  for k, v in pairs(opts) do merged[k] = v end
+  n.opts = merged
+  return n
+end
+function Spawner.with_options(sp, opts) return with_options(sp, opts, 3) end
 function Spawner.with_context(sp, values)
   if type(values) ~= "table" then
     error("bad argument #1 to 'with_context' (table expected, got " .. type(values) .. ")", 2)
@@ -875,6 +902,7 @@ function process.with_context(values)
   return Spawner.with_context(setmetatable({}, SpawnerMT), values)
 end
 function process.with_actor(actor) return with_sec(setmetatable({}, SpawnerMT), "actor", actor, "with_actor") end
+function process.with_options(opts) return with_options(setmetatable({}, SpawnerMT), opts, 3) end
 function process.with_scope(scope) return with_sec(setmetatable({}, SpawnerMT), "scope", scope, "with_scope") end
 
 -------------------------------------------------------------------------------------------

@@ -206,6 +206,8 @@ pub(crate) fn install(
             lua.create_userdata(LuaError { error, context: Some(ctx), links })
         })?,
     )?;
+    // whether the running process may do `action` on `resource` (meta.pid = itself)
+    r.raw_set("can", lua.create_function(|_, (action, resource): (String, String)| crate::current::with(|cx, _| Ok(cx.can(&action, &resource))))?)?;
     r.raw_set("memfail", lua.create_function(|_, ()| crate::current::state(|st| st.memfail = true))?)?;
     r.raw_set(
         "norm_error",
