@@ -114,6 +114,15 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
             plan.tests.push(TestPlan { id: entry.id.clone(), suite, order });
         }
     }
+    // a process with meta.default_host (or meta.options.default_host) is also a function
+    let default_host = if kind == EntryKind::Process {
+        entry
+            .meta_str("default_host")
+            .or_else(|| entry.meta.get("options").and_then(|o| o.get("default_host")).and_then(|v| v.as_str()))
+            .map(str::to_string)
+    } else {
+        None
+    };
     let lua = LuaEntry {
         id: entry.id.to_string(),
         kind,
@@ -123,6 +132,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
         modules,
         imports,
         version: 1,
+        default_host,
     };
     // Nothing starts with a source that does not compile (typed syntax erased first): the
     // error is Lua's own `file:line: message`.

@@ -42,6 +42,9 @@ pub struct LuaEntry {
     pub imports: Vec<(String, String)>,
     /// Bumped whenever the source changes.
     pub version: u64,
+    /// A process entry with `meta.default_host` is also a function (SPEC §12.4.4):
+    /// `funcs.call` starts it on this host and returns what its `main` returns.
+    pub default_host: Option<String>,
 }
 
 impl LuaEntry {
@@ -55,6 +58,7 @@ impl LuaEntry {
             modules: Vec::new(),
             imports: Vec::new(),
             version: 1,
+            default_host: None,
         }
     }
     pub fn function(id: &str, source: &str) -> LuaEntry {
@@ -69,6 +73,11 @@ impl LuaEntry {
     }
     pub fn import(mut self, alias: &str, id: &str) -> LuaEntry {
         self.imports.push((alias.to_string(), id.to_string()));
+        self
+    }
+    /// Make a process entry callable as a function on `host` (SPEC §12.4.4).
+    pub fn default_host(mut self, host: &str) -> LuaEntry {
+        self.default_host = Some(host.to_string());
         self
     }
     pub fn method(mut self, m: &str) -> LuaEntry {

@@ -159,3 +159,62 @@ fn with_options_merges_and_checks_its_permissions() {
     );
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn funcs_executors_calls_and_processes_as_functions() {
+    let h = Harness::new(2);
+    h.lua.add_entry(
+        LuaEntry::function("test:who", "return { call = function(x) return { x = x, tenant = ctx.get('tenant'), actor = security.actor() and security.actor():id() } end }")
+            .modules(ALL_MODULES),
+    );
+    h.lua.add_entry(LuaEntry::process("test:proc", "return { main = function(a, b) if a == 'boom' then error('it broke') end return { sum = a + b } end }").default_host(HOST));
+    h.lua.add_entry(LuaEntry::process("test:nohost", "return { main = function() return 1 end }"));
+    let v = h.ok(r#"
+        local ex = funcs.new()
+        local ex2 = ex:with_context({ tenant = "acme", [1] = "dropped" })
+        assert(ex2 ~= ex and ex.ctx == nil, "with_* returns a new executor")
+        local r, err = ex2:call("test:who", 7)
+        assert(r and r.x == 7 and r.tenant == "acme", tostring(err))
+        local f = ex2:async("test:who", 8)
+        assert(f:response():receive():data().tenant == "acme")
+        local ex3 = ex2:with_actor(security.new_actor("svc:worker"))
+        local r3 = ex3:call("test:who", 9)
+        assert(r3.actor == "svc:worker" and r3.tenant == "acme")
+        assert(not pcall(ex.with_actor, ex, nil))
+        local ok, e = pcall(ex.with_scope, ex, "nope")
+        assert(not ok and tostring(e):find("Scope expected"), tostring(e))
+        assert(ex:with_options({ timeout = "1s" }):call("test:who", 1).x == 1)
+        -- call errors (SPEC 12.4.2)
+        local _, e1 = funcs.call("")
+        assert(e1:kind() == errors.INVALID and e1:message() == "function ID required")
+        local _, e2 = funcs.call("nons")
+        assert(e2:message() == "namespace required in function ID")
+        local _, e3 = funcs.call("test:")
+        assert(e3:message() == "name required in function ID")
+        -- a process entry with a default host is a function (SPEC 12.4.4)
+        local s = funcs.call("test:proc", 2, 3)
+        assert(s and s.sum == 5)
+        local bad, berr = funcs.call("test:proc", "boom", 0)
+        assert(bad == nil and tostring(berr):find("it broke"), tostring(berr))
+        local nh, nherr = funcs.call("test:nohost")
+        assert(nh == nil and nherr:kind() == errors.INVALID)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    // a tenant without funcs.* permissions
+    let id = tenant(&h);
+    let v = run_as(
+        &h,
+        id,
+        r#"
+        local ex, err = funcs.new():with_context({ a = 1 })
+        assert(ex == nil and err:kind() == errors.PERMISSION_DENIED, tostring(err))
+        local ex2, err2 = funcs.new():with_actor(security.new_actor("root"))
+        assert(ex2 == nil and err2:kind() == errors.PERMISSION_DENIED)
+        local r, cerr = funcs.call("test:who", 1)
+        assert(r == nil and cerr:kind() == errors.PERMISSION_DENIED and cerr:message() == "not allowed: test:who", tostring(cerr))
+        return true
+    "#,
+    );
+    assert_eq!(v, Value::Bool(true));
+}

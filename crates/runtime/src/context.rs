@@ -266,6 +266,20 @@ impl<'a> Context<'a> {
         let target = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
         // a spawn hands the new process its arguments (and with_message's messages) on `host`
         self.check_boundary("process.host", host, &target.config)?;
+        if spawn.is_call() {
+            // a function call (SPEC §12.4.2): its own permissions
+            if self.checked() && !self.can("funcs.call", spawn.entry_id()) {
+                return Err(Error::new(crate::ErrorKind::PermissionDenied, format!("not allowed: {}", crate::error::Echo(spawn.entry_id())))
+                    .with_retryable(false));
+            }
+            if spawn.sets_context() {
+                self.allow("funcs.context", "context")?;
+            }
+            if spawn.sets_identity() {
+                self.allow("funcs.security", "security")?;
+            }
+            return self.node.spawn(Some(self.cell), &target, spawn, None, self.context.clone(), self.cell.identity.clone());
+        }
         if self.checked() {
             self.allow("process.host", host)?;
             let action = if spawn.is_exec() {

@@ -86,6 +86,9 @@ pub struct Spawn {
     identity: Option<Arc<Identity>>,
     /// Spawned by `exec` (checked as `process.exec`).
     exec: bool,
+    /// A function call (`funcs.call`/`async`: checked as `funcs.call`, `funcs.context` and
+    /// `funcs.security`).
+    call: bool,
 }
 
 impl Spawn {
@@ -94,7 +97,7 @@ impl Spawn {
         Spawn::boxed(Box::new(p))
     }
     pub fn boxed(p: Box<dyn Process>) -> Spawn {
-        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false }
+        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false, call: false }
     }
     /// Spawn the entry `id` through its registered factory.
     pub fn entry(id: &str) -> Spawn {
@@ -138,6 +141,15 @@ impl Spawn {
     pub fn for_exec(mut self) -> Spawn {
         self.exec = true;
         self
+    }
+    /// Mark this spawn as a function call (checked as `funcs.call` on the entry, and
+    /// `funcs.context` / `funcs.security` for its context and identity).
+    pub fn for_call(mut self) -> Spawn {
+        self.call = true;
+        self
+    }
+    pub(crate) fn is_call(&self) -> bool {
+        self.call
     }
     pub(crate) fn entry_id(&self) -> &str {
         match &self.what {
@@ -452,7 +464,7 @@ impl NodeInner {
         inherited: Option<Arc<Table>>,
         inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
-        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _ } = spawn;
+        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _ } = spawn;
         let process = match what {
             What::Process(p) => p,
             What::Entry(id) => {

@@ -1050,18 +1050,84 @@ if LIBS.funcs then
   end
   local Future = {}
   local FutureMT = { __index = Future, __name = "future", __metatable = "future" }
-  function funcs.async(id, ...)
-    if type(id) ~= "string" then
-      error("bad argument #1 to 'async' (string expected, got " .. type(id) .. ")", 2)
-    end
+  local function async_with(ctx, sec, id, ...)
     local P = S[1]
-    local pid, err = spawn_raw(5, id, nil, nil, nil, nil, ...)
+    local pid, err = spawn_raw(5, id, nil, ctx, nil, sec, ...)
     if not pid then return nil, err end
     local ch = newchan(P, 1, true)
     local f = setmetatable({ ch = ch[C_H], pid = pid }, FutureMT)
     -- the exit arrives as an EXIT event routed to this future's channel
     execs(P)[pid] = { future = f }
     return f
+  end
+  function funcs.async(id, ...)
+    if type(id) ~= "string" then
+      error("bad argument #1 to 'async' (string expected, got " .. type(id) .. ")", 2)
+    end
+    return async_with(nil, nil, id, ...)
+  end
+
+  -- Executors (SPEC 12.4.1): funcs.new() and its with_* copies; the caller's context and
+  -- identity first, the executor's settings laid over them.
+  local Executor = {}
+  local ExecutorMT = { __index = Executor, __name = "executor", __metatable = "executor" }
+  local function exec_copy(ex)
+    return setmetatable({ ctx = ex.ctx, sec = ex.sec, opts = ex.opts }, ExecutorMT)
+  end
+  function funcs.new() return setmetatable({}, ExecutorMT) end
+  function Executor.with_context(ex, values)
+    if type(values) ~= "table" then
+      error("bad argument #1 to 'with_context' (table expected, got " .. type(values) .. ")", 2)
+    end
+    if not rt_can("funcs.context", "context") then
+      return nil, rt_error("PermissionDenied", "not allowed to set the context of function calls")
+    end
+    local n = exec_copy(ex)
+    local ctx = {}
+    if ex.ctx then for k, v in pairs(ex.ctx) do ctx[k] = v end end
+    for k, v in pairs(values) do if type(k) == "string" then ctx[k] = v end end
+    n.ctx = ctx
+    return n
+  end
+  local function exec_sec(ex, key, v, fname, what)
+    if v == nil then error(key .. " cannot be nil", 3) end
+    if type(v) ~= "userdata" then error(what .. " expected", 3) end
+    if not rt_can("funcs.security", "security") then
+      return nil, rt_error("PermissionDenied", "not allowed to change the security of function calls")
+    end
+    local n = exec_copy(ex)
+    n.sec = { actor = ex.sec and ex.sec.actor, scope = ex.sec and ex.sec.scope }
+    n.sec[key] = v
+    return n
+  end
+  function Executor.with_actor(ex, actor) return exec_sec(ex, "actor", actor, "with_actor", "Actor") end
+  function Executor.with_scope(ex, scope) return exec_sec(ex, "scope", scope, "with_scope", "Scope") end
+  function Executor.with_options(ex, opts)
+    if type(opts) ~= "table" then
+      error("bad argument #1 to 'with_options' (table expected, got " .. type(opts) .. ")", 2)
+    end
+    local bag = {}
+    for k, v in pairs(opts) do if type(k) == "string" then bag[k] = v end end
+    if bag.network ~= nil and not rt_can("network.select", tostring(bag.network)) then
+      return nil, rt_error("PermissionDenied", "not allowed: network " .. tostring(bag.network))
+    end
+    local n = exec_copy(ex)
+    n.opts = bag -- replaced, not merged
+    return n
+  end
+  function Executor.call(ex, id, ...)
+    if type(id) ~= "string" then
+      error("bad argument #1 to 'call' (string expected, got " .. type(id) .. ")", 2)
+    end
+    local pid, err = spawn_raw(5, id, nil, ex.ctx, nil, ex.sec, ...)
+    if not pid then return nil, err end
+    return wait_exit(S[1], pid)
+  end
+  function Executor.async(ex, id, ...)
+    if type(id) ~= "string" then
+      error("bad argument #1 to 'async' (string expected, got " .. type(id) .. ")", 2)
+    end
+    return async_with(ex.ctx, ex.sec, id, ...)
   end
   -- What a future knows (its result, whether it was canceled), out of reach of the process
   -- that holds the future (SPEC 12.4.3).

@@ -60,11 +60,24 @@ fn spawn(
 ) -> mlua::Result<(LuaValue, LuaValue)> {
     let fname = if mode == FUNCTION { "call" } else { "spawn" };
     let entry = string_arg(entry, 1, fname)?;
-    let host = match (mode, host) {
+    let mut host = match (mode, host) {
         (FUNCTION, _) => None,
         (_, LuaValue::String(s)) => Some(s.to_str()?.to_string()),
         (_, other) => return Err(bad_arg(2, fname, "string", other)),
     };
+    if mode == FUNCTION {
+        // the function ID's shape first (SPEC §12.4.2)
+        let bad = match entry.split_once(':') {
+            _ if entry.is_empty() => Some("function ID required"),
+            None => Some("namespace required in function ID"),
+            Some(("", _)) => Some("namespace required in function ID"),
+            Some((_, "")) => Some("name required in function ID"),
+            Some(_) => None,
+        };
+        if let Some(m) = bad {
+            return fail(lua, Error::invalid(m));
+        }
+    }
     current::with(|cx, st| {
         let mut values = Vec::with_capacity(args.len());
         for (i, a) in args.iter().enumerate() {
@@ -77,7 +90,9 @@ fn spawn(
             let catalog = catalog.upgrade().ok_or_else(|| mlua::Error::runtime("the Lua runtime is gone"))?;
             match catalog.entry(&entry) {
                 Ok(e) if e.kind == EntryKind::Function => {}
-                Ok(_) => return fail(lua, Error::invalid(format!("entry '{}' is not a function.lua entry", wippy_runtime::Echo(&entry)))),
+                // a process with a default host is a function too (SPEC §12.4.4)
+                Ok(e) if e.kind == EntryKind::Process && e.default_host.is_some() => host = e.default_host.clone(),
+                Ok(_) => return fail(lua, Error::invalid(format!("entry '{}' is not a function", wippy_runtime::Echo(&entry)))),
                 Err(e) => return fail(lua, e),
             }
         }
@@ -99,6 +114,9 @@ fn spawn(
         }
         if mode == EXEC {
             sp = sp.for_exec();
+        }
+        if mode == FUNCTION {
+            sp = sp.for_call();
         }
         if mode & MONITORED != 0 || mode == EXEC || mode == FUNCTION {
             sp = sp.monitored();
