@@ -396,3 +396,36 @@ fn time_zones_layouts_and_durations_as_spec_12_3() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn payload_formats_as_spec_12_8() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local F = payload.format
+        assert(F.JSON == "json/plain" and F.YAML == "yaml/plain" and F.STRING == "text/plain" and F.BYTES == "application/octet-stream")
+        assert(F.MSGPACK == "application/msgpack" and F.LUA == "lua/any" and F.GOLANG == "golang/any" and F.ERROR == "golang/error")
+        local p = payload.new({ name = "x", list = { 1, 2, 3 } })
+        assert(p:get_format() == F.LUA and tostring(p) == "payload{format=lua/any}")
+        assert(payload.new(errors.new("e")):get_format() == F.ERROR and payload.new(nil):data() == nil)
+        -- to JSON and back
+        local j = p:transcode(F.JSON)
+        assert(j:get_format() == F.JSON)
+        local back = j:data()
+        assert(back.name == "x" and #back.list == 3 and j:unmarshal().list[3] == 3)
+        -- YAML and MessagePack round trips, and between them
+        local y = p:transcode(F.YAML)
+        assert(y:get_format() == F.YAML and y:data().name == "x", tostring(y:data()))
+        local m = y:transcode(F.MSGPACK)
+        assert(m:get_format() == F.MSGPACK and m:data().list[2] == 2)
+        assert(m:transcode(F.LUA):get_format() == F.LUA and m:transcode(F.LUA):data().name == "x")
+        -- strings only for STRING and BYTES
+        local s = payload.new("hello"):transcode(F.STRING)
+        assert(s:get_format() == F.STRING and s:data() == "hello")
+        local bad, berr = p:transcode(F.STRING)
+        assert(bad == nil and berr:kind() == errors.INTERNAL)
+        local u, uerr = p:transcode("no/such")
+        assert(u == nil and uerr:kind() == errors.INTERNAL)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

@@ -370,12 +370,46 @@ LIBS.channel = channel
 -------------------------------------------------------------------------------------------
 -- Messages, payloads, lifecycle events and their routing (SPEC 4.3, 4.4)
 -------------------------------------------------------------------------------------------
+-- A payload is { value, format }: format nil is a Lua value (lua/any, or golang/error for
+-- an error object); otherwise the value is the encoded string (SPEC 12.8).
 local Payload = {}
 local PayloadMT = { __index = Payload, __name = "payload", __metatable = "payload" }
-function Payload.data(p) return p[1] end
+local FORMAT = {
+  JSON = "json/plain", YAML = "yaml/plain", STRING = "text/plain", BYTES = "application/octet-stream",
+  MSGPACK = "application/msgpack", LUA = "lua/any", GOLANG = "golang/any", ERROR = "golang/error",
+}
+local KNOWN_FORMAT = {}
+for _, f in pairs(FORMAT) do KNOWN_FORMAT[f] = true end
+local rt_transcode, rt_is_error = R.transcode, R.is_error
 local function newpayload(v) return setmetatable({ v }, PayloadMT) end
+function Payload.get_format(p)
+  if p[2] then return p[2] end
+  if type(p[1]) == "userdata" and rt_is_error(p[1]) then
+    return FORMAT.ERROR
+  end
+  return FORMAT.LUA
+end
+function Payload.data(p)
+  local f = p[2]
+  if not f then return p[1] end
+  local v, why = rt_transcode(p[1], f, FORMAT.LUA)
+  if why then return nil, rt_error("Internal", "payload: " .. why) end
+  return v
+end
+Payload.unmarshal = Payload.data
+function Payload.transcode(p, fmt)
+  if type(fmt) ~= "string" or not KNOWN_FORMAT[fmt] or fmt == FORMAT.GOLANG or fmt == FORMAT.ERROR then
+    return nil, rt_error("Internal", "payload: cannot transcode to format " .. tostring(fmt))
+  end
+  local from = p[2] or FORMAT.LUA
+  local v, why = rt_transcode(p[1], from, fmt)
+  if why then return nil, rt_error("Internal", "payload: " .. why) end
+  if fmt == FORMAT.LUA then return newpayload(v) end
+  return setmetatable({ v, fmt }, PayloadMT)
+end
+PayloadMT.__tostring = function(p) return "payload{format=" .. Payload.get_format(p) .. "}" end
 R.set_payload_mt(PayloadMT)
-LIBS.payload = { new = function(v) return newpayload(v) end }
+LIBS.payload = { new = function(v) return newpayload(v) end, format = FORMAT }
 
 local Msg = {}
 local MsgMT = { __index = Msg, __name = "message", __metatable = "message" }

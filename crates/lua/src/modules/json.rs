@@ -126,3 +126,49 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     )?;
     Ok(t)
 }
+
+/// The payload formats (SPEC §12.8) that Lua can transcode between.
+pub(crate) const LUA: &str = "lua/any";
+const JSON: &str = "json/plain";
+const YAML: &str = "yaml/plain";
+const MSGPACK: &str = "application/msgpack";
+const STRING: &str = "text/plain";
+const BYTES: &str = "application/octet-stream";
+
+/// `v` held in format `from`, as a value in format `to` (a Lua value for `lua/any`, else
+/// the encoded text or bytes as a Lua string). JSON, YAML and MessagePack go through a JSON
+/// document; text and bytes hold strings only.
+pub(crate) fn transcode(lua: &Lua, v: &LuaValue, from: &str, to: &str) -> Result<LuaValue, String> {
+    if from == to {
+        return Ok(v.clone());
+    }
+    let bytes = |v: &LuaValue| match v {
+        LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
+        other => Err(format!("a {from} payload holds a string, not a {}", super::lua_type(other))),
+    };
+    // to a Lua value first
+    let value: LuaValue = match from {
+        LUA => v.clone(),
+        JSON => from_json(lua, &serde_json::from_slice::<Json>(&bytes(v)?).map_err(|e| format!("json: {e}"))?).map_err(|e| e.to_string())?,
+        YAML => {
+            let text = String::from_utf8(bytes(v)?).map_err(|_| "yaml: not UTF-8".to_string())?;
+            let doc: Json = serde_saphyr::from_str(&text).map_err(|e| format!("yaml: {e}"))?;
+            from_json(lua, &doc).map_err(|e| e.to_string())?
+        }
+        MSGPACK => from_json(lua, &rmp_serde::from_slice::<Json>(&bytes(v)?).map_err(|e| format!("msgpack: {e}"))?).map_err(|e| e.to_string())?,
+        STRING | BYTES => LuaValue::String(lua.create_string(bytes(v)?).map_err(|e| e.to_string())?),
+        other => return Err(format!("cannot transcode from format {other:?}")),
+    };
+    let string = |b: &[u8]| lua.create_string(b).map(LuaValue::String).map_err(|e| e.to_string());
+    match to {
+        LUA => Ok(value),
+        JSON => string(to_json(&value, 0)?.to_string().as_bytes()),
+        YAML => string(serde_saphyr::to_string(&to_json(&value, 0)?).map_err(|e| format!("yaml: {e}"))?.as_bytes()),
+        MSGPACK => string(&rmp_serde::to_vec(&to_json(&value, 0)?).map_err(|e| format!("msgpack: {e}"))?),
+        STRING | BYTES => match &value {
+            LuaValue::String(_) => Ok(value),
+            other => Err(format!("only a string can become {to}, not a {}", super::lua_type(other))),
+        },
+        other => Err(format!("cannot transcode to format {other:?}")),
+    }
+}

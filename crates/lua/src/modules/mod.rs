@@ -208,6 +208,18 @@ pub(crate) fn install(
     )?;
     // whether the running process may do `action` on `resource` (meta.pid = itself)
     r.raw_set("can", lua.create_function(|_, (action, resource): (String, String)| crate::current::with(|cx, _| Ok(cx.can(&action, &resource))))?)?;
+    r.raw_set(
+        "is_error",
+        lua.create_function(|_, v: LuaValue| Ok(matches!(&v, LuaValue::UserData(ud) if ud.borrow::<LuaError>().is_ok())))?,
+    )?;
+    // payload transcoding (SPEC §12.8): value, or nil + the reason
+    r.raw_set(
+        "transcode",
+        lua.create_function(|lua, (v, from, to): (LuaValue, String, String)| match json::transcode(lua, &v, &from, &to) {
+            Ok(v) => Ok((v, LuaValue::Nil)),
+            Err(m) => Ok((LuaValue::Nil, LuaValue::String(lua.create_string(m)?))),
+        })?,
+    )?;
     r.raw_set("memfail", lua.create_function(|_, ()| crate::current::state(|st| st.memfail = true))?)?;
     r.raw_set(
         "norm_error",
