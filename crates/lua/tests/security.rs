@@ -218,3 +218,31 @@ fn funcs_executors_calls_and_processes_as_functions() {
     );
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn policies_and_scopes_evaluate_from_lua() {
+    let h = Harness::new(1);
+    let _ = tenant(&h); // registers t:own, t:gateway (group t:tenants) and t:no-sys
+    let v = h.ok(r#"
+        local a = security.new_actor("tenant:acme")
+        local own = security.policy("t:own")
+        local nosys = security.policy("t:no-sys")
+        assert(own:id() == "t:own")
+        assert(own:evaluate(a, "process.spawn", "app:x") == "allow")
+        assert(own:evaluate(a, "process.send", "x") == "undefined")
+        assert(nosys:evaluate(a, "process.send", "{app:processes|0x00001}") == "deny")
+        local sc = security.new_scope({ own, security.policy("t:gateway"), nosys })
+        assert(sc:evaluate(a, "process.send", "{app:processes|0x00002}") == "allow")
+        assert(sc:evaluate(a, "process.send", "{app:processes|0x00001}") == "deny")
+        assert(sc:evaluate(a, "registry.get", "x") == "undefined")
+        assert(sc:contains("t:own") and sc:contains(own) and sc:contains({ ns = "t", name = "gateway" }))
+        assert(not sc:contains("t:nope") and not sc:contains(5))
+        local ps = sc:policies()
+        assert(#ps == 3 and ps[1]:id() == "t:own")
+        assert(not pcall(own.evaluate, own, "not an actor", "a", "b"))
+        local g = security.named_scope("t:tenants")
+        assert(g:contains("t:own") and g:contains("t:gateway") and not g:contains("t:no-sys"))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

@@ -23,8 +23,74 @@ impl UserData for LuaActor {
     }
 }
 
+/// `evaluate(actor, action, resource, meta?)` arguments (SPEC §12.9).
+fn eval_args(lua: &Lua, actor: &LuaValue, action: &LuaValue, resource: &LuaValue, meta: &LuaValue) -> mlua::Result<(Arc<Actor>, String, String, Option<Arc<wippy_runtime::Table>>)> {
+    let actor = match actor {
+        LuaValue::UserData(ud) => ud.borrow::<LuaActor>().map_err(|_| bad_arg(1, "evaluate", "actor", actor))?.0.clone(),
+        other => return Err(bad_arg(1, "evaluate", "actor", other)),
+    };
+    let text = |v: &LuaValue, n: usize| match v {
+        LuaValue::String(s) => Ok(s.to_string_lossy().to_string()),
+        other => Err(bad_arg(n, "evaluate", "string", other)),
+    };
+    let (action, resource) = (text(action, 2)?, text(resource, 3)?);
+    let meta = match meta {
+        LuaValue::Table(_) => {
+            let marks = current::state(|st| st.shard.marks).unwrap_or_default();
+            match to_value(meta, &marks, "meta") {
+                Ok(Value::Table(t)) => Some(t),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let _ = lua;
+    Ok((actor, action, resource, meta))
+}
+
+/// One policy's answer: "allow", "deny", or "undefined" when it does not apply.
+fn policy_answer(p: &Policy, actor: &Actor, req: &Request<'_>) -> &'static str {
+    if !p.applies(actor, req) {
+        "undefined"
+    } else if p.effect == wippy_runtime::Effect::Deny {
+        "deny"
+    } else {
+        "allow"
+    }
+}
+
 impl UserData for LuaScope {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        // every policy together: any deny denies, else any allow allows (SPEC §12.9)
+        m.add_method("evaluate", |lua, s, (actor, action, resource, meta): (LuaValue, LuaValue, LuaValue, LuaValue)| {
+            let (actor, action, resource, meta) = eval_args(lua, &actor, &action, &resource, &meta)?;
+            let req = Request { action: &action, resource: &resource, pid: current::with(|cx, _| Ok(cx.pid())).ok(), meta: meta.as_deref(), target: None };
+            let mut answer = "undefined";
+            for p in s.0.policies() {
+                match policy_answer(p, &actor, &req) {
+                    "deny" => return Ok("deny"),
+                    "allow" => answer = "allow",
+                    _ => {}
+                }
+            }
+            Ok(answer)
+        });
+        m.add_method("contains", |_, s, p: LuaValue| {
+            let id = match &p {
+                LuaValue::String(id) => id.to_string_lossy().to_string(),
+                LuaValue::UserData(ud) => match ud.borrow::<LuaPolicy>() {
+                    Ok(p) => p.0.id.clone(),
+                    Err(_) => return Ok(false),
+                },
+                LuaValue::Table(t) => {
+                    let ns: String = t.raw_get::<Option<String>>("ns")?.unwrap_or_default();
+                    let name: String = t.raw_get::<Option<String>>("name")?.unwrap_or_default();
+                    format!("{ns}:{name}")
+                }
+                _ => return Ok(false),
+            };
+            Ok(s.0.policies().iter().any(|q| q.id == id))
+        });
         m.add_method("policies", |lua, s, ()| {
             let t = lua.create_table()?;
             for p in s.0.policies() {
@@ -51,6 +117,12 @@ impl UserData for LuaScope {
 impl UserData for LuaPolicy {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("id", |_, p, ()| Ok(p.0.id.clone()));
+        // this policy alone (SPEC §12.9)
+        m.add_method("evaluate", |lua, p, (actor, action, resource, meta): (LuaValue, LuaValue, LuaValue, LuaValue)| {
+            let (actor, action, resource, meta) = eval_args(lua, &actor, &action, &resource, &meta)?;
+            let req = Request { action: &action, resource: &resource, pid: current::with(|cx, _| Ok(cx.pid())).ok(), meta: meta.as_deref(), target: None };
+            Ok(policy_answer(&p.0, &actor, &req))
+        });
         m.add_meta_method(MetaMethod::ToString, |_, p, ()| Ok(format!("policy {}", p.0.id)));
     }
 }
