@@ -180,6 +180,27 @@ fn json_module() {
         assert(d2 == nil and d2e:kind() == errors.INVALID)
         local d3, d3e = json.decode("null")
         assert(d3 == nil and d3e == nil)
+        -- json.validate / validate_string (JSON Schema)
+        local schema = { type = "object", properties = { age = { type = "integer", minimum = 0 } }, required = { "age" } }
+        assert(json.validate(schema, { age = 3 }) == true)
+        local ok1, ve1 = json.validate(schema, { age = -1 })
+        assert(ok1 == false and ve1:kind() == errors.INVALID and ve1:retryable() == false, tostring(ve1))
+        local ok2, ve2 = json.validate('{"type":"string"}', 5)
+        assert(ok2 == false and ve2:kind() == errors.INVALID)
+        assert(json.validate('{"type":"string"}', "s") == true)
+        assert(json.validate_string(schema, '{"age": 7}') == true)
+        local ok3, ve3 = json.validate_string(schema, '{"age": "x"}')
+        assert(ok3 == false and ve3:kind() == errors.INVALID)
+        local ok4, ve4 = json.validate_string(schema, 5)
+        assert(ok4 == false and ve4:kind() == errors.INVALID)
+        local ok5, ve5 = json.validate(nil, {})
+        assert(ok5 == false and ve5:kind() == errors.INVALID)
+        local ok6, ve6 = json.validate(schema, nil)
+        assert(ok6 == false and ve6:kind() == errors.INVALID)
+        local ok7, ve7 = json.validate(42, {})
+        assert(ok7 == false and ve7:kind() == errors.INVALID)
+        local ok8, ve8 = json.validate({ type = "nonsense" }, {})
+        assert(ok8 == false and ve8:kind() == errors.INVALID, tostring(ve8))
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

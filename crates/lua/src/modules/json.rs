@@ -100,8 +100,86 @@ fn from_json(lua: &Lua, j: &Json) -> mlua::Result<LuaValue> {
     })
 }
 
+/// Compiled JSON Schemas by content hash (SPEC §12.10: 100 of them).
+fn validator(schema: &Json) -> Result<std::sync::Arc<jsonschema::Validator>, String> {
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use std::sync::{Arc, OnceLock};
+    static CACHE: OnceLock<parking_lot::Mutex<HashMap<u64, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let text = schema.to_string();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let key = h.finish();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().get(&key) {
+        return Ok(v.clone());
+    }
+    let v = Arc::new(jsonschema::validator_for(schema).map_err(|e| format!("json.validate: the schema does not compile: {e}"))?);
+    let mut c = cache.lock();
+    if c.len() >= 100 {
+        c.clear();
+    }
+    c.insert(key, v.clone());
+    Ok(v)
+}
+
+/// `validate` / `validate_string`: `true`, or `false, err` (Invalid) for every failure.
+fn validate(lua: &Lua, schema: &LuaValue, data: Result<Json, String>) -> mlua::Result<(LuaValue, LuaValue)> {
+    let invalid = |m: String| -> mlua::Result<(LuaValue, LuaValue)> {
+        let mut e = Error::invalid(m);
+        e.retryable = Some(false);
+        Ok((LuaValue::Boolean(false), LuaValue::UserData(lua.create_userdata(super::errors::LuaError::new(e))?)))
+    };
+    let schema = match schema {
+        LuaValue::Nil => return invalid("json.validate: schema is required".into()),
+        LuaValue::Table(_) => match to_json(schema, 0) {
+            Ok(j) => j,
+            Err(m) => return invalid(m),
+        },
+        LuaValue::String(s) => match serde_json::from_slice::<Json>(&s.as_bytes()) {
+            Ok(j) => j,
+            Err(e) => return invalid(format!("json.validate: the schema is not JSON: {e}")),
+        },
+        other => return invalid(format!("json.validate: the schema must be a table or a JSON string, got {}", super::lua_type(other))),
+    };
+    let data = match data {
+        Ok(d) => d,
+        Err(m) => return invalid(m),
+    };
+    let v = match validator(&schema) {
+        Ok(v) => v,
+        Err(m) => return invalid(m),
+    };
+    let errors: Vec<String> = v.iter_errors(&data).map(|e| format!("{} (at {})", e, e.instance_path)).collect();
+    if errors.is_empty() {
+        Ok((LuaValue::Boolean(true), LuaValue::Nil))
+    } else {
+        invalid(format!("json.validate: {}", errors.join("; ")))
+    }
+}
+
 pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
+    t.raw_set(
+        "validate",
+        lua.create_function(|lua, (schema, data): (LuaValue, LuaValue)| {
+            let data = match &data {
+                LuaValue::Nil => Err("json.validate: data is required".to_string()),
+                d => to_json(d, 0),
+            };
+            validate(lua, &schema, data)
+        })?,
+    )?;
+    t.raw_set(
+        "validate_string",
+        lua.create_function(|lua, (schema, text): (LuaValue, LuaValue)| {
+            let data = match &text {
+                LuaValue::String(s) => serde_json::from_slice::<Json>(&s.as_bytes()).map_err(|e| format!("json.validate_string: not JSON: {e}")),
+                other => Err(format!("json.validate_string: the text must be a string, got {}", super::lua_type(other))),
+            };
+            validate(lua, &schema, data)
+        })?,
+    )?;
     t.raw_set(
         "encode",
         lua.create_function(|lua, v: LuaValue| match to_json(&v, 0) {
