@@ -450,3 +450,59 @@ fn payload_formats_as_spec_12_8() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn events_bus_as_spec_12_7() {
+    let h = Harness::new(2);
+    h.entry(
+        "test:listener",
+        r#"return { main = function(pattern, kind)
+            local sub, err = events.subscribe(pattern, kind)
+            assert(sub and err == nil, tostring(err))
+            assert(sub:channel() == sub:channel())
+            process.send("driver", "ready", true)
+            local got = {}
+            while true do
+                local r = channel.select { sub:channel():case_receive(), process.inbox():case_receive() }
+                if r.channel ~= sub:channel() then break end
+                local ev = r.value
+                got[#got + 1] = ev.system .. "/" .. ev.kind .. "/" .. ev.path .. "/" .. tostring(ev.data and ev.data.n)
+            end
+            assert(sub:close() == true and sub:close() == true)
+            return table.concat(got, ",")
+        end }"#,
+    );
+    let v = h.ok(r#"
+        process.registry.register("driver")
+        local ready = process.listen("ready")
+        local all = process.spawn_monitored("test:listener", "app:processes", "app.*")
+        local created = process.spawn_monitored("test:listener", "app:processes", "app.users", "created")
+        ready:receive(); ready:receive()
+        assert(events.send("app.users", "created", "/u/1", { n = 1 }) == true)
+        assert(events.send("app.users", "deleted", "/u/1") == true)
+        assert(events.send("app.orders", "created", "/o/9", { n = 9 }) == true)
+        assert(events.send("other", "created", "/x", { n = 0 }) == true)
+        local _, e1 = events.send("", "k", "/p")
+        assert(e1:kind() == errors.INVALID and e1:message() == "system is required")
+        local _, e2 = events.send("s", "", "/p")
+        assert(e2:message() == "kind is required")
+        local _, e3 = events.send("s", "k", "")
+        assert(e3:message() == "path is required")
+        local s, se = events.subscribe("")
+        assert(s == nil and se:kind() == errors.INVALID and se:message() == "system pattern is required")
+        process.send(all, "stop", true)
+        process.send(created, "stop", true)
+        local results = {}
+        local evs = process.events()
+        for _ = 1, 2 do
+            local e = evs:receive()
+            results[e.from] = e.result.value
+        end
+        assert(results[all] == "app.users/created//u/1/1,app.users/deleted//u/1/nil,app.orders/created//o/9/9", results[all])
+        assert(results[created] == "app.users/created//u/1/1", results[created])
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    // the subscriptions ended with their processes (closed, or dropped at the next publish)
+    assert_eq!(h.node.events().len(), 0);
+}

@@ -246,3 +246,21 @@ fn policies_and_scopes_evaluate_from_lua() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn events_need_their_permissions_and_a_denial_is_invalid() {
+    let h = Harness::new(1);
+    let id = tenant(&h);
+    let v = run_as(
+        &h,
+        id,
+        r#"
+        local s, err = events.subscribe("app.*")
+        assert(s == nil and err:kind() == errors.INVALID and err:message() == "not allowed to subscribe to events from system: app.*", tostring(err))
+        local ok, serr = events.send("app.users", "created", "/u/1")
+        assert(ok == nil and serr:kind() == errors.INVALID)
+        return true
+    "#,
+    );
+    assert_eq!(v, Value::Bool(true));
+}

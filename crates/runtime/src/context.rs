@@ -154,8 +154,10 @@ impl<'a> Context<'a> {
     }
 
     /// Queue the pending batch of sends (nothing to do is the common case, checked inline).
+    /// Anything that delivers on this process's behalf outside its batch (the event bus)
+    /// flushes first, so what it sent before arrives before.
     #[inline]
-    pub(crate) fn flush(&mut self) {
+    pub fn flush(&mut self) {
         if self.outbox.len() != 0 {
             self.flush_batch();
         }

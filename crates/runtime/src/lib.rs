@@ -29,6 +29,7 @@ mod topic;
 mod topology;
 mod value;
 mod warm;
+pub mod events;
 
 pub use cell::{ProcessGroup, ProcessRef};
 pub use context::Context;

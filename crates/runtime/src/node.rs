@@ -230,6 +230,7 @@ pub(crate) struct NodeInner {
     factories: RwLock<HashMap<SmolStr, Arc<dyn ProcessFactory>>>,
     fallback: RwLock<Option<Arc<dyn ProcessFactory>>>,
     pub(crate) security: Security,
+    pub(crate) events: crate::events::EventBus,
 }
 
 /// A runtime instance. Dropping it stops every host.
@@ -256,6 +257,7 @@ impl Node {
                 factories: RwLock::new(HashMap::new()),
                 fallback: RwLock::new(None),
                 security: Security::default(),
+                events: crate::events::EventBus::default(),
             }),
         })
     }
@@ -295,6 +297,33 @@ impl std::ops::Deref for Node {
 }
 
 impl NodeRef {
+    /// The system event bus's subscriptions (SPEC §12.7).
+    pub fn events(&self) -> &crate::events::EventBus {
+        &self.inner.events
+    }
+
+    /// Publish `{system, kind, path, data}` to every matching subscriber, as a message from
+    /// `from` on its subscription's topic; how many got it. A subscriber that is gone loses
+    /// its subscriptions here.
+    pub fn publish_event(&self, from: Pid, system: &str, kind: &str, path: &str, data: Value) -> usize {
+        let targets = self.inner.events.matching(system, kind);
+        if targets.is_empty() {
+            return 0;
+        }
+        let ev = crate::events::EventBus::event(system, kind, path, data);
+        let mut delivered = 0;
+        for (pid, topic) in targets {
+            let mut p = Payload::new();
+            p.push(ev.clone());
+            match self.inner.send(from, &Dest::Pid(pid), &topic, p) {
+                Ok(()) => delivered += 1,
+                Err(_) if self.inner.table.get(pid).is_none() => self.inner.events.drop_pid(pid),
+                Err(_) => {}
+            }
+        }
+        delivered
+    }
+
     /// Start a host with its own worker pool.
     pub fn add_host(&self, config: HostConfig) -> Result<HostRef, Error> {
         let name = HostName::new(&config.name);

@@ -1070,6 +1070,31 @@ function process.upgrade(entry, ...)
 end
 
 -------------------------------------------------------------------------------------------
+-- events: subscriptions to the system event bus (SPEC 12.7); each one a listen channel on
+-- its private topic, so events queue in the mailbox and work with select
+-------------------------------------------------------------------------------------------
+if LIBS.events then
+  local events = LIBS.events
+  local Subscription = {}
+  local SubscriptionMT = { __index = Subscription, __name = "subscription", __metatable = "subscription" }
+  local subscribe, unsubscribe = R.events_subscribe, R.events_unsubscribe
+  function events.subscribe(system, kind)
+    local id, topic, err = subscribe(system, kind)
+    if not id then return nil, err end
+    return setmetatable({ id = id, ch = process.listen(topic) }, SubscriptionMT), nil
+  end
+  function Subscription.channel(sub) return sub.ch end
+  function Subscription.close(sub)
+    if sub.id then
+      unsubscribe(sub.id)
+      sub.id = nil
+      process.unlisten(sub.ch)
+    end
+    return true
+  end
+end
+
+-------------------------------------------------------------------------------------------
 -- funcs: call and async run a function.lua entry as a short-lived process
 -------------------------------------------------------------------------------------------
 if LIBS.funcs then

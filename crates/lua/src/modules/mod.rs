@@ -6,6 +6,7 @@
 pub(crate) mod ctx;
 pub(crate) mod env;
 pub(crate) mod errors;
+pub(crate) mod events;
 pub(crate) mod funcs;
 pub(crate) mod io;
 pub(crate) mod json;
@@ -259,6 +260,7 @@ pub(crate) fn install(
     shared.raw_set("io", io::library(lua, grants_io)?)?;
     shared.raw_set("security", security::library(lua)?)?;
     shared.raw_set("uuid", uuid::library(lua)?)?;
+    shared.raw_set("events", events::library(lua, r)?)?;
     r.raw_set("load_library", funcs::load_library_function(lua, catalog)?)?;
     Ok(())
 }
