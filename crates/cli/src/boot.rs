@@ -85,7 +85,7 @@ impl Boot {
         for e in &plan.lua {
             lua.add_entry(e.clone());
         }
-        lua.set_registry(RegistryView { version: 1, items: plan.registry.clone() });
+        lua.set_registry(RegistryView { version: 0, items: plan.registry.clone() });
         for (k, v) in &plan.env {
             lua.set_env(k, v);
         }

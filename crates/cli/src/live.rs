@@ -50,7 +50,7 @@ fn lua_same(a: &LuaEntry, b: &LuaEntry) -> bool {
 
 impl Live {
     pub fn new(project: &Project, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
-        let state = State { version: 1, entries: project.entries.clone(), files: project.files.clone(), history: vec![(1, project.entries.clone())] };
+        let state = State { version: 0, entries: project.entries.clone(), files: project.files.clone(), history: vec![(0, project.entries.clone())] };
         Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, state: Mutex::new(state) }
     }
 

@@ -124,6 +124,21 @@ pub trait RegistryWriter: Send + Sync {
     fn apply_version(&self, version: u64) -> Result<u64, Error>;
 }
 
+/// How many registry versions Lua can reach through `versions()`/`history()`.
+pub(crate) const REGISTRY_HISTORY: usize = 256;
+
+impl Catalog {
+    /// Make `view` the current registry version and remember it.
+    pub(crate) fn set_registry_view(&self, view: Arc<RegistryView>) {
+        let mut h = self.registry_history.write();
+        h.insert(view.version, view.clone());
+        while h.len() > REGISTRY_HISTORY {
+            h.pop_first();
+        }
+        *self.registry.write() = view;
+    }
+}
+
 pub(crate) struct Catalog {
     pub(crate) entries: RwLock<FxHashMap<String, Arc<LuaEntry>>>,
     /// Upgradable processes by the entries they run and import (for OUTDATED events).
@@ -136,6 +151,8 @@ pub(crate) struct Catalog {
     pub(crate) hosts: RwLock<FxHashMap<String, Arc<HostShards>>>,
     pub(crate) host_options: RwLock<HashMap<String, ShardOptions>>,
     pub(crate) registry: RwLock<Arc<RegistryView>>,
+    /// The registry's versions Lua can go back to (the latest `REGISTRY_HISTORY`).
+    pub(crate) registry_history: RwLock<std::collections::BTreeMap<u64, Arc<RegistryView>>>,
     pub(crate) writer: RwLock<Option<Arc<dyn RegistryWriter>>>,
     pub(crate) env: RwLock<HashMap<String, String>>,
 }
@@ -152,6 +169,7 @@ impl Catalog {
             hosts: RwLock::new(FxHashMap::default()),
             host_options: RwLock::new(HashMap::new()),
             registry: RwLock::new(Arc::new(RegistryView::default())),
+            registry_history: RwLock::new(Default::default()),
             writer: RwLock::new(None),
             env: RwLock::new(HashMap::new()),
         }

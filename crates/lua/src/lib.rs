@@ -83,15 +83,14 @@ impl LuaRuntime {
 
     /// An entry the `registry` module shows.
     pub fn add_registry_item(&self, item: RegistryItem) {
-        let mut r = self.catalog.registry.write();
-        let mut view = (**r).clone();
+        let mut view = (**self.catalog.registry.read()).clone();
         view.items.push(item);
-        *r = Arc::new(view);
+        self.catalog.set_registry_view(Arc::new(view));
     }
 
     /// What the `registry` module shows from now on (a new version of it).
     pub fn set_registry(&self, view: RegistryView) {
-        *self.catalog.registry.write() = Arc::new(view);
+        self.catalog.set_registry_view(Arc::new(view));
     }
 
     /// Let Lua write the registry (`registry.changes()`, `apply_version`) through `writer`.

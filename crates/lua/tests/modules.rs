@@ -506,3 +506,65 @@ fn events_bus_as_spec_12_7() {
     // the subscriptions ended with their processes (closed, or dropped at the next publish)
     assert_eq!(h.node.events().len(), 0);
 }
+
+#[test]
+fn registry_find_criteria_snapshots_and_deltas_as_spec_12_6() {
+    let h = Harness::new(1);
+    let item = |id: &str, kind: &str, meta: &[(&str, Value)]| {
+        let mut m = Table::new();
+        for (k, v) in meta {
+            m.set(Value::str(k), v.clone());
+        }
+        RegistryItem { id: id.into(), kind: kind.into(), meta: Value::table(m), data: Value::table(Table::new()) }
+    };
+    let mut tags = Table::new();
+    tags.array = vec![Value::str("red"), Value::str("blue")];
+    h.lua.add_registry_item(item("app:users", "function.lua", &[("type", Value::str("handler")), ("tags", Value::table(tags))]));
+    h.lua.add_registry_item(item("app:orders", "process.lua", &[("type", Value::str("service")), ("title", Value::str("Order book"))]));
+    h.lua.add_registry_item(item("lib:util", "library.lua", &[]));
+    let v = h.ok(r#"
+        local function ids(list) local o = {} for i, e in ipairs(list) do o[i] = e.id end table.sort(o) return table.concat(o, ",") end
+        assert(ids(registry.find({ [".kind"] = "*.lua", [".ns"] = "app" })) == "app:orders,app:users")
+        assert(ids(registry.find({ kind = "process.*" })) == "app:orders")
+        assert(ids(registry.find({ [".name"] = "u*s" })) == "app:users")
+        assert(ids(registry.find({ meta = { type = "handler" } })) == "app:users")
+        assert(ids(registry.find({ ["meta.tags"] = { "blue", "red" } })) == "app:users")
+        assert(ids(registry.find({ ["meta.tags"] = { "green" } })) == "")
+        assert(ids(registry.find({ ["*meta.tags"] = "lu" })) == "app:users")
+        assert(ids(registry.find({ ["^meta.title"] = "Order" })) == "app:orders")
+        assert(ids(registry.find({ ["$meta.title"] = "book" })) == "app:orders")
+        assert(ids(registry.find({ ["~meta.title"] = "^O.*k$" })) == "app:orders")
+        assert(ids(registry.find({ type = "service" })) == "app:orders")
+        local p = registry.parse_id("app:users")
+        assert(p.ns == "app" and p.name == "users")
+        local q = registry.parse_id("plain")
+        assert(q.ns == "" and q.name == "plain")
+        local snap = registry.snapshot()
+        local all = snap:entries()
+        assert(#all == 3 and ids(snap:namespace("app")) == "app:orders,app:users")
+        assert(snap:version():id() == registry.current_version():id())
+        local cs = snap:changes()
+        assert(cs:create({ id = "app:new", kind = "registry.entry" }) == cs)
+        assert(cs:delete({ ns = "lib", name = "util" }) == cs and cs:delete("app:orders") == cs)
+        local ops = cs:ops()
+        assert(#ops == 3 and ops[1].kind == "entry.create" and ops[2].kind == "entry.delete" and ops[2].entry.id == "lib:util")
+        local bad, berr = cs:create("nope")
+        assert(bad == nil and berr:kind() == errors.INVALID)
+        local _, derr = cs:delete(5)
+        assert(derr:kind() == errors.INVALID)
+        local empty, eerr = registry.changes():apply()
+        assert(empty == nil and eerr:kind() == errors.INVALID)
+        local delta = registry.build_delta(
+            { { id = "a:x", kind = "k", data = { v = 1 } }, { id = "a:y", kind = "k" } },
+            { { id = "a:x", kind = "k", data = { v = 2 } }, { id = "a:z", kind = "k" } })
+        local kinds = {}
+        for _, d in ipairs(delta) do kinds[#kinds + 1] = d.kind .. ":" .. d.entry.id end
+        assert(table.concat(kinds, ",") == "entry.update:a:x,entry.create:a:z,entry.delete:a:y", table.concat(kinds, ","))
+        local nd, nderr = registry.build_delta("x", {})
+        assert(nd == nil and nderr:kind() == errors.INVALID)
+        local ok, aerr = registry.apply_version("x")
+        assert(ok == false and aerr:kind() == errors.INVALID)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

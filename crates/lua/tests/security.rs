@@ -125,9 +125,9 @@ fn registry_writes_are_checked_as_registry_write_on_the_entry() {
     let v = run_as(&h, id, "
         local cs = registry.changes()
         local ok, err = cs:update({ id = 'app:settings', kind = 'registry.entry', data = {} })
-        local ok2, err2 = registry.apply_version(1)
-        return tostring(ok) .. '|' .. err:message() .. '|' .. err2:kind()");
-    assert_eq!(v.as_str().unwrap(), "nil|permission denied: registry.write on app:settings|PermissionDenied");
+        local ok2, err2 = registry.apply_version(0)
+        return tostring(ok) .. '|' .. err:message() .. '|' .. tostring(ok2) .. ':' .. err2:kind()");
+    assert_eq!(v.as_str().unwrap(), "nil|permission denied: registry.write on app:settings|false:PermissionDenied");
 }
 
 #[test]

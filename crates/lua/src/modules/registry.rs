@@ -1,9 +1,11 @@
-//! `registry`: `get(id)`, `find{kind = ..., ["meta.key"] = value}`, `version()` over the
-//! current version; `snapshot()` (a version that never changes under the reader:
-//! `:version()`, `:get`, `:find`); `changes()` → a changeset (`:create(entry)`,
-//! `:update(entry)`, `:delete(id)`, `:apply()` → new version or `nil, err`, all or
-//! nothing); `apply_version(v)` rolls back to version `v`'s entries. Entries are
-//! `{id, kind, meta, data}`. Writes are checked as `registry.write` on the entry ID.
+//! `registry` (SPEC §6.4, §12.6): `get(id)`, `find(criteria)`, `parse_id`, versions
+//! (`current_version()`, `versions()`, `history()`, `snapshot_at(n)`: Version objects with
+//! `id`, `previous`, `next`, `string`), snapshots (a version that never changes under the
+//! reader: `entries`, `get`, `namespace`, `find`, `version`, `changes`), changesets
+//! (`create`/`update`/`delete` return the changeset, `ops()`, `apply()` → the new Version or
+//! `nil, err`, all or nothing), `build_delta`, and `apply_version(v)`, which makes an
+//! earlier version's entries current again. Entries are `{id, kind, meta, data}`. Writes are
+//! checked as `registry.write` on the entry ID; version 0 is the project as loaded.
 
 use std::sync::{Arc, Weak};
 
@@ -24,30 +26,72 @@ fn item_table(lua: &Lua, it: &RegistryItem) -> mlua::Result<Table> {
     Ok(t)
 }
 
+/// `value` against a glob with at most one `*`.
+fn glob(pattern: &str, value: &str) -> bool {
+    wippy_runtime::events::glob_match(pattern, value)
+}
+
+fn meta_at<'a>(it: &'a RegistryItem, path: &str) -> Option<&'a Value> {
+    let mut cur = &it.meta;
+    for part in path.split('.') {
+        cur = cur.as_table().and_then(|t| t.get_str(part))?;
+    }
+    Some(cur)
+}
+
+/// One criterion of `find` (SPEC §12.6.1; a bare `kind`/`ns`/`name`/`id` means `.kind`...,
+/// any other bare key `meta.K`: ours).
 fn matches(it: &RegistryItem, key: &str, want: &Value) -> bool {
-    match key {
-        "kind" => want.as_bytes() == Some(it.kind.as_bytes()),
-        "id" => want.as_bytes() == Some(it.id.as_bytes()),
-        "namespace" => want.as_str().is_some_and(|ns| it.id.split_once(':').map(|(n, _)| n) == Some(ns)),
-        k => match k.strip_prefix("meta.") {
-            Some(path) => {
-                let mut cur = &it.meta;
-                for part in path.split('.') {
-                    match cur.as_table().and_then(|t| t.get_str(part)) {
-                        Some(v) => cur = v,
-                        None => return false,
-                    }
-                }
-                cur == want
+    let (ns, name) = it.id.split_once(':').unwrap_or(("", it.id.as_str()));
+    let own = |field: &str| -> Option<&str> {
+        match field {
+            "kind" => Some(it.kind.as_str()),
+            "ns" | "namespace" => Some(ns),
+            "name" => Some(name),
+            "id" => Some(it.id.as_str()),
+            _ => None,
+        }
+    };
+    let field = key.strip_prefix('.').unwrap_or(key);
+    if let Some(v) = own(field) {
+        return want.as_str().is_some_and(|p| glob(p, v));
+    }
+    let (op, rest) = match key.chars().next() {
+        Some(c @ ('~' | '*' | '^' | '$')) => (Some(c), &key[1..]),
+        _ => (None, key),
+    };
+    let path = rest.strip_prefix("meta.").unwrap_or(rest);
+    let Some(have) = meta_at(it, path) else { return false };
+    match op {
+        None => match (have, want) {
+            // a list of strings as the value: meta[K] holds all of them
+            (Value::Table(h), Value::Table(w)) if !w.array.is_empty() && w.map.is_empty() && w.array.iter().all(|x| x.as_str().is_some()) => {
+                w.array.iter().all(|x| h.array.iter().any(|y| y == x))
             }
-            None => false,
+            _ => have == want,
         },
+        Some(op) => {
+            let Some(pat) = want.as_str() else { return false };
+            let test = |s: &str| match op {
+                '~' => regex_lite::Regex::new(pat).is_ok_and(|r| r.is_match(s)),
+                '*' => s.contains(pat),
+                '^' => s.starts_with(pat),
+                _ => s.ends_with(pat),
+            };
+            match have {
+                Value::Table(t) if op == '*' => t.array.iter().any(|x| x.as_str().is_some_and(test)),
+                other => other.as_str().is_some_and(test),
+            }
+        }
     }
 }
 
 fn get(lua: &Lua, view: &RegistryView, id: &LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
     let LuaValue::String(id) = id else { return Err(bad_arg(1, "get", "string", id)) };
     let id = id.to_str()?.to_string();
+    if !may_read(&id) {
+        return fail(lua, wippy_runtime::denied("registry.get", &id));
+    }
     match view.items.iter().find(|i| i.id == id) {
         Some(it) => Ok((LuaValue::Table(item_table(lua, it)?), LuaValue::Nil)),
         None => fail(lua, Error::not_found(format!("entry not found: {id}"))),
@@ -59,13 +103,22 @@ fn find(lua: &Lua, view: &RegistryView, q: &LuaValue) -> mlua::Result<Table> {
     let mut wants = Vec::new();
     for pair in q.clone().pairs::<String, LuaValue>() {
         let (k, v) = pair?;
+        // keys under a `meta = {...}` sub-table are folded into the top level
+        if let (true, LuaValue::Table(sub)) = (k == "meta", &v) {
+            for pair in sub.clone().pairs::<String, LuaValue>() {
+                let (mk, mv) = pair?;
+                let mv = to_value(&mv, &Marks::default(), &mk).map_err(mlua::Error::runtime)?;
+                wants.push((format!("meta.{mk}"), mv));
+            }
+            continue;
+        }
         let v = to_value(&v, &Marks::default(), &k).map_err(mlua::Error::runtime)?;
         wants.push((k, v));
     }
     let out = lua.create_table()?;
     let mut n = 0;
     for it in &view.items {
-        if wants.iter().all(|(k, v)| matches(it, k, v)) {
+        if wants.iter().all(|(k, v)| matches(it, k, v)) && may_read(&it.id) {
             n += 1;
             out.raw_set(n, item_table(lua, it)?)?;
         }
@@ -73,13 +126,122 @@ fn find(lua: &Lua, view: &RegistryView, q: &LuaValue) -> mlua::Result<Table> {
     Ok(out)
 }
 
-struct Snapshot(Arc<RegistryView>);
+/// A registry version as Lua holds it.
+#[derive(Clone)]
+struct Version {
+    id: u64,
+    catalog: Weak<Catalog>,
+}
+
+impl Version {
+    fn view(&self) -> Option<Arc<RegistryView>> {
+        self.catalog.upgrade()?.registry_history.read().get(&self.id).cloned()
+    }
+    fn near(&self, id: u64) -> Option<Version> {
+        let c = self.catalog.upgrade()?;
+        let known = c.registry_history.read().contains_key(&id);
+        known.then(|| Version { id, catalog: self.catalog.clone() })
+    }
+}
+
+impl UserData for Version {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("id", |_, v, ()| Ok(v.id as i64));
+        m.add_method("previous", |_, v, ()| Ok(v.id.checked_sub(1).and_then(|p| v.near(p))));
+        m.add_method("next", |_, v, ()| Ok(v.near(v.id + 1)));
+        m.add_method("string", |_, v, ()| Ok(format!("registry.Version{{id={}}}", v.id)));
+        m.add_meta_method(mlua::MetaMethod::ToString, |_, v, ()| Ok(format!("registry.Version{{id={}}}", v.id)));
+        m.add_meta_method(mlua::MetaMethod::Eq, |_, a, b: mlua::AnyUserData| Ok(b.borrow::<Version>().map(|b| b.id == a.id).unwrap_or(false)));
+    }
+}
+
+struct Snapshot {
+    view: Arc<RegistryView>,
+    catalog: Weak<Catalog>,
+}
+
+fn entries_table(lua: &Lua, items: impl Iterator<Item = RegistryItem>) -> mlua::Result<Table> {
+    let out = lua.create_table()?;
+    for (i, it) in items.enumerate() {
+        out.raw_set(i + 1, item_table(lua, &it)?)?;
+    }
+    Ok(out)
+}
 
 impl UserData for Snapshot {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("version", |_, s, ()| Ok(s.0.version as i64));
-        m.add_method("get", |lua, s, id: LuaValue| get(lua, &s.0, &id));
-        m.add_method("find", |lua, s, q: LuaValue| find(lua, &s.0, &q));
+        m.add_method("version", |_, s, ()| Ok(Version { id: s.view.version, catalog: s.catalog.clone() }));
+        m.add_method("get", |lua, s, id: LuaValue| get(lua, &s.view, &id));
+        m.add_method("find", |lua, s, q: LuaValue| find(lua, &s.view, &q));
+        m.add_method("entries", |lua, s, ()| Ok((entries_table(lua, readable(&s.view))?, LuaValue::Nil)));
+        m.add_method("namespace", |lua, s, ns: String| {
+            entries_table(lua, readable(&s.view).filter(|it| it.id.split_once(':').map(|(n, _)| n) == Some(ns.as_str())))
+        });
+        m.add_method("changes", |_, s, ()| Ok(ChangeSet { catalog: s.catalog.clone(), changes: Vec::new() }));
+        m.add_meta_method(mlua::MetaMethod::ToString, |_, s, ()| Ok(format!("registry.Snapshot{{version={}}}", s.view.version)));
+    }
+}
+
+/// The entries of `view` the running process may read (`registry.get` on each ID).
+fn readable(view: &RegistryView) -> impl Iterator<Item = RegistryItem> + '_ {
+    view.items.iter().filter(|it| may_read(&it.id)).cloned()
+}
+
+fn may_read(id: &str) -> bool {
+    current::with(|cx, _| Ok(cx.can("registry.get", id))).unwrap_or(true)
+}
+
+/// The history object: `versions()`, `get_version(n)`, `snapshot_at(v)`.
+struct History(Weak<Catalog>);
+
+fn versions_table(lua: &Lua, catalog: &Weak<Catalog>) -> mlua::Result<Table> {
+    let out = lua.create_table()?;
+    if let Some(c) = catalog.upgrade() {
+        for (i, id) in c.registry_history.read().keys().enumerate() {
+            out.raw_set(i + 1, Version { id: *id, catalog: catalog.clone() })?;
+        }
+    }
+    Ok(out)
+}
+
+/// A version argument: a Version or its integer id.
+fn version_arg(v: &LuaValue) -> Option<i64> {
+    match v {
+        LuaValue::Integer(i) => Some(*i),
+        LuaValue::Number(n) if n.fract() == 0.0 => Some(*n as i64),
+        LuaValue::UserData(ud) => ud.borrow::<Version>().ok().map(|v| v.id as i64),
+        _ => None,
+    }
+}
+
+fn snapshot_at(lua: &Lua, catalog: &Weak<Catalog>, v: &LuaValue, zero_ok: bool) -> mlua::Result<(LuaValue, LuaValue)> {
+    let Some(n) = version_arg(v) else { return fail(lua, Error::invalid("registry: a version or its number expected")) };
+    if n < 0 || (n == 0 && !zero_ok) {
+        return fail(lua, Error::invalid(format!("registry: invalid version {n}")));
+    }
+    let Some(c) = catalog.upgrade() else { return fail(lua, Error::unavailable("the registry is gone")) };
+    let view = c.registry_history.read().get(&(n as u64)).cloned();
+    match view {
+        Some(view) => Ok((LuaValue::UserData(lua.create_userdata(Snapshot { view, catalog: catalog.clone() })?), LuaValue::Nil)),
+        None => fail(lua, Error::not_found(format!("registry version {n} not found"))),
+    }
+}
+
+impl UserData for History {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("versions", |lua, h, ()| versions_table(lua, &h.0));
+        m.add_method("get_version", |lua, h, n: LuaValue| {
+            let Some(n) = version_arg(&n) else { return fail(lua, Error::invalid("registry: a version number expected")) };
+            if n < 0 {
+                return fail(lua, Error::invalid(format!("registry: invalid version {n}")));
+            }
+            let v = Version { id: n as u64, catalog: h.0.clone() };
+            match v.view() {
+                Some(_) => Ok((LuaValue::UserData(lua.create_userdata(v)?), LuaValue::Nil)),
+                None => fail(lua, Error::not_found(format!("registry version {n} not found"))),
+            }
+        });
+        m.add_method("snapshot_at", |lua, h, v: LuaValue| snapshot_at(lua, &h.0, &v, true));
     }
 }
 
@@ -141,10 +303,50 @@ fn check_entry(item: &RegistryItem) -> mlua::Result<Result<(), Error>> {
     })
 }
 
+fn change_table(lua: &Lua, c: &RegistryChange) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    match c {
+        RegistryChange::Create(it) => {
+            t.raw_set("kind", "entry.create")?;
+            t.raw_set("entry", item_table(lua, it)?)?;
+        }
+        RegistryChange::Update(it) => {
+            t.raw_set("kind", "entry.update")?;
+            t.raw_set("entry", item_table(lua, it)?)?;
+        }
+        RegistryChange::Delete(id) => {
+            t.raw_set("kind", "entry.delete")?;
+            let e = lua.create_table()?;
+            e.raw_set("id", id.as_str())?;
+            t.raw_set("entry", e)?;
+        }
+    }
+    Ok(t)
+}
+
+/// `"ns:name"` or `{ns, name}` (or an entry table with `id`).
+fn id_arg(v: &LuaValue) -> mlua::Result<Option<String>> {
+    Ok(match v {
+        LuaValue::String(s) => Some(s.to_str()?.to_string()),
+        LuaValue::Table(t) => match t.raw_get::<Option<String>>("id")? {
+            Some(id) => Some(id),
+            None => match (t.raw_get::<Option<String>>("ns")?, t.raw_get::<Option<String>>("name")?) {
+                (Some(ns), Some(name)) => Some(format!("{ns}:{name}")),
+                _ => None,
+            },
+        },
+        _ => None,
+    })
+}
+
 impl UserData for ChangeSet {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        // each returns the same changeset (SPEC §12.6), or nil + Invalid for a bad shape
         for (name, create) in [("create", true), ("update", false)] {
-            m.add_method_mut(name, move |lua, cs, entry: LuaValue| {
+            m.add_function(name, move |lua, (ud, entry): (mlua::AnyUserData, LuaValue)| {
+                if !matches!(entry, LuaValue::Table(_)) {
+                    return fail(lua, Error::invalid(format!("{name}: an entry table expected")));
+                }
                 let item = match item_from(&entry, name)? {
                     Ok(i) => i,
                     Err(e) => return fail(lua, e),
@@ -155,28 +357,85 @@ impl UserData for ChangeSet {
                 if let Err(e) = check_entry(&item)? {
                     return fail(lua, e);
                 }
-                cs.changes.push(if create { RegistryChange::Create(item) } else { RegistryChange::Update(item) });
-                Ok((LuaValue::Boolean(true), LuaValue::Nil))
+                ud.borrow_mut::<ChangeSet>()?.changes.push(if create { RegistryChange::Create(item) } else { RegistryChange::Update(item) });
+                Ok((LuaValue::UserData(ud), LuaValue::Nil))
             });
         }
-        m.add_method_mut("delete", |lua, cs, id: String| {
+        m.add_function("delete", |lua, (ud, id): (mlua::AnyUserData, LuaValue)| {
+            let Some(id) = id_arg(&id)? else { return fail(lua, Error::invalid("delete: \"ns:name\" or {ns, name} expected")) };
             if let Err(e) = check_write(&id)? {
                 return fail(lua, e);
             }
-            cs.changes.push(RegistryChange::Delete(id));
-            Ok((LuaValue::Boolean(true), LuaValue::Nil))
+            ud.borrow_mut::<ChangeSet>()?.changes.push(RegistryChange::Delete(id));
+            Ok((LuaValue::UserData(ud), LuaValue::Nil))
+        });
+        m.add_method("ops", |lua, cs, ()| {
+            let out = lua.create_table()?;
+            for (i, c) in cs.changes.iter().enumerate() {
+                out.raw_set(i + 1, change_table(lua, c)?)?;
+            }
+            Ok(out)
         });
         m.add_method_mut("apply", |lua, cs, ()| {
+            if cs.changes.is_empty() {
+                return fail(lua, Error::invalid("registry: no changes to apply"));
+            }
             let Some(c) = cs.catalog.upgrade() else { return fail(lua, Error::unavailable("the registry is gone")) };
             let Some(w) = c.writer.read().clone() else {
                 return fail(lua, Error::unavailable("this node's registry is read-only"));
             };
             match w.apply(std::mem::take(&mut cs.changes)) {
-                Ok(v) => Ok((LuaValue::Integer(v as i64), LuaValue::Nil)),
-                Err(e) => fail(lua, e),
+                Ok(v) => Ok((LuaValue::UserData(lua.create_userdata(Version { id: v, catalog: cs.catalog.clone() })?), LuaValue::Nil)),
+                Err(e) if e.kind == wippy_runtime::ErrorKind::PermissionDenied || e.kind == wippy_runtime::ErrorKind::Invalid => fail(lua, e),
+                Err(e) => fail(lua, Error::internal(e.message)),
             }
         });
     }
+}
+
+/// `build_delta(from, to)`: what turns the entries `from` into `to`.
+fn build_delta(lua: &Lua, from: &LuaValue, to: &LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
+    let (LuaValue::Table(from), LuaValue::Table(to)) = (from, to) else {
+        return fail(lua, Error::invalid("build_delta: two arrays of entries expected"));
+    };
+    let read = |t: &Table| -> mlua::Result<Result<Vec<RegistryItem>, Error>> {
+        let mut out = Vec::new();
+        for v in t.clone().sequence_values::<LuaValue>() {
+            match item_from(&v?, "build_delta")? {
+                Ok(i) => out.push(i),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(out))
+    };
+    let (from, to) = match (read(from)?, read(to)?) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return fail(lua, e),
+    };
+    let mut changes = Vec::new();
+    for it in &to {
+        match from.iter().find(|f| f.id == it.id) {
+            None => changes.push(RegistryChange::Create(it.clone())),
+            Some(f) if f.kind != it.kind || f.meta != it.meta || f.data != it.data => changes.push(RegistryChange::Update(it.clone())),
+            Some(_) => {}
+        }
+    }
+    for f in &from {
+        if !to.iter().any(|t| t.id == f.id) {
+            changes.push(RegistryChange::Delete(f.id.clone()));
+        }
+    }
+    let out = lua.create_table()?;
+    for (i, c) in changes.iter().enumerate() {
+        let t = change_table(lua, c)?;
+        if let RegistryChange::Delete(id) = c {
+            if let Some(f) = from.iter().find(|f| &f.id == id) {
+                t.raw_set("entry", item_table(lua, f)?)?;
+            }
+        }
+        out.raw_set(i + 1, t)?;
+    }
+    Ok((LuaValue::Table(out), LuaValue::Nil))
 }
 
 pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> {
@@ -189,22 +448,43 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     let c = catalog.clone();
     t.raw_set("version", lua.create_function(move |_, ()| Ok(view(&c).version as i64))?)?;
     let c = catalog.clone();
-    t.raw_set("snapshot", lua.create_function(move |_, ()| Ok(Snapshot(view(&c))))?)?;
+    t.raw_set("current_version", lua.create_function(move |_, ()| Ok(Version { id: view(&c).version, catalog: c.clone() }))?)?;
+    let c = catalog.clone();
+    t.raw_set("versions", lua.create_function(move |lua, ()| versions_table(lua, &c))?)?;
+    let c = catalog.clone();
+    t.raw_set("history", lua.create_function(move |_, ()| Ok(History(c.clone())))?)?;
+    let c = catalog.clone();
+    t.raw_set("snapshot", lua.create_function(move |_, ()| Ok(Snapshot { view: view(&c), catalog: c.clone() }))?)?;
+    let c = catalog.clone();
+    t.raw_set("snapshot_at", lua.create_function(move |lua, v: LuaValue| snapshot_at(lua, &c, &v, false))?)?;
     let c = catalog.clone();
     t.raw_set("changes", lua.create_function(move |_, ()| Ok(ChangeSet { catalog: c.clone(), changes: Vec::new() }))?)?;
     t.raw_set(
+        "parse_id",
+        lua.create_function(|lua, s: String| {
+            let (ns, name) = s.split_once(':').unwrap_or(("", s.as_str()));
+            let out = lua.create_table()?;
+            out.raw_set("ns", ns)?;
+            out.raw_set("name", name)?;
+            Ok(out)
+        })?,
+    )?;
+    t.raw_set("build_delta", lua.create_function(|lua, (a, b): (LuaValue, LuaValue)| build_delta(lua, &a, &b))?)?;
+    t.raw_set(
         "apply_version",
-        lua.create_function(move |lua, v: i64| {
-            if let Err(e) = check_write(&format!("version:{v}"))? {
-                return fail(lua, e);
+        lua.create_function(move |lua, v: LuaValue| {
+            let no = |e: Error| -> mlua::Result<(LuaValue, LuaValue)> { Ok((LuaValue::Boolean(false), fail(lua, e)?.1)) };
+            let Some(n) = version_arg(&v).filter(|n| *n >= 0) else { return no(Error::invalid("apply_version: a version or its number expected")) };
+            if let Err(e) = current::with(|cx, _| Ok(cx.allow("registry.apply_version", "")))? {
+                return no(e);
             }
-            let Some(c) = catalog.upgrade() else { return fail(lua, Error::unavailable("the registry is gone")) };
+            let Some(c) = catalog.upgrade() else { return no(Error::unavailable("the registry is gone")) };
             let Some(w) = c.writer.read().clone() else {
-                return fail(lua, Error::unavailable("this node's registry is read-only"));
+                return no(Error::unavailable("this node's registry is read-only"));
             };
-            match w.apply_version(v.max(0) as u64) {
-                Ok(n) => Ok((LuaValue::Integer(n as i64), LuaValue::Nil)),
-                Err(e) => fail(lua, e),
+            match w.apply_version(n as u64) {
+                Ok(_) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                Err(e) => no(e),
             }
         })?,
     )?;
