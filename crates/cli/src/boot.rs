@@ -86,6 +86,7 @@ impl Boot {
             lua.add_entry(e.clone());
         }
         lua.set_registry(RegistryView { version: 0, items: plan.registry.clone() });
+        lua.set_env_config(plan.env_config());
         for (k, v) in &plan.env {
             lua.set_env(k, v);
         }

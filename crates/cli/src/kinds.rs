@@ -9,7 +9,7 @@ use wippy_lua::{EntryKind, LuaEntry, ShardOptions};
 use wippy_registry::{Checker, EntryId, Lifecycle};
 use wippy_runtime::{Actor, ConditionSpec, HostConfig, HostSecurity, PolicySpec, Table};
 
-use crate::plan::{json_value, Command, HostPlan, IdentitySpec, Plan, PolicyPlan, ServicePlan, TerminalPlan, TestPlan};
+use crate::plan::{json_value, Command, HostPlan, IdentitySpec, Plan, PolicyPlan, ServicePlan, StorageSpec, TerminalPlan, TestPlan, VarSpec};
 
 pub struct Kind {
     pub name: &'static str,
@@ -24,7 +24,11 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "library.lua", check: |c, p| lua(c, p, EntryKind::Library) },
     Kind { name: "process.service", check: service },
     Kind { name: "registry.entry", check: |_, _| {} },
-    Kind { name: "env.storage.os", check: |c, _| c.only("", &[]) },
+    Kind { name: "env.storage.os", check: |c, p| env_storage(c, p, "os") },
+    Kind { name: "env.storage.memory", check: |c, p| env_storage(c, p, "memory") },
+    Kind { name: "env.storage.file", check: |c, p| env_storage(c, p, "file") },
+    Kind { name: "env.storage.static", check: |c, p| env_storage(c, p, "static") },
+    Kind { name: "env.storage.router", check: |c, p| env_storage(c, p, "router") },
     Kind { name: "env.variable", check: env_variable },
     Kind { name: "security.policy", check: security_policy },
 ];
@@ -191,22 +195,83 @@ fn required_ref(c: &mut Checker, field: &str, kinds: &[&str]) -> Option<EntryId>
     c.reference(field, kinds)
 }
 
-/// `env.variable`: `variable` (the OS name, default: the entry's name), `storage` (an
-/// `env.storage.os` entry: read the OS environment), `default`.
+const STORAGES: &[&str] = &["env.storage.os", "env.storage.memory", "env.storage.file", "env.storage.static", "env.storage.router"];
+
+/// A file or directory mode: an octal string ("0644") or a number written in octal (644).
+fn mode(c: &mut Checker, field: &str, default: u32) -> u32 {
+    let Some(v) = c.get(field) else { return default };
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        other => {
+            c.error(field, format!("must be an octal mode such as \"0644\", got {other}"));
+            return default;
+        }
+    };
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => m,
+        _ => {
+            c.error(field, format!("must be an octal mode such as \"0644\", got {text:?}"));
+            default
+        }
+    }
+}
+
+/// `env.storage.*` (SPEC §12.11).
+fn env_storage(c: &mut Checker, plan: &mut Plan, which: &str) {
+    let spec = match which {
+        "os" => {
+            c.only("", &[]);
+            StorageSpec::Os
+        }
+        "memory" => {
+            c.only("", &[]);
+            StorageSpec::Memory
+        }
+        "static" => {
+            c.only("", &["values"]);
+            StorageSpec::Static(c.string_map("values").into_iter().collect())
+        }
+        "file" => {
+            c.only("", &["file_path", "auto_create", "file_mode", "dir_mode"]);
+            let path = match c.string("file_path") {
+                Some(p) if !p.is_empty() => p,
+                _ => {
+                    c.error("file_path", "missing (required): the .env file to read and write");
+                    return;
+                }
+            };
+            let auto_create = c.bool("auto_create", false);
+            let file_mode = mode(c, "file_mode", 0o644);
+            let dir_mode = mode(c, "dir_mode", 0o755);
+            StorageSpec::File { path: path.into(), auto_create, file_mode, dir_mode }
+        }
+        _ => {
+            c.only("", &["storages"]);
+            let ids = c.references("storages", STORAGES);
+            if ids.is_empty() {
+                c.error("storages", "missing (required): the storages to try, in order");
+                return;
+            }
+            StorageSpec::Router(ids)
+        }
+    };
+    plan.env_storages.push((c.entry.id.clone(), spec));
+}
+
+/// `env.variable`: `variable` (the key in its storage, default: the entry ID), `storage`,
+/// `default` (when the storage lacks the key or holds ""), `readonly`.
 fn env_variable(c: &mut Checker, plan: &mut Plan) {
-    c.only("", &["variable", "storage", "default"]);
-    let name = c.string("variable").unwrap_or_else(|| c.entry.id.name().to_string());
-    let storage = c.reference("storage", &["env.storage.os"]);
+    c.only("", &["variable", "storage", "default", "readonly"]);
+    let variable = c.string("variable").unwrap_or_else(|| c.entry.id.to_string());
+    let storage = c.reference("storage", STORAGES);
     let default = match c.get("default") {
         None => None,
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(other) => Some(other.to_string()),
     };
-    let from_os = storage.and_then(|_| std::env::var(&name).ok());
-    if let Some(value) = from_os.or(default) {
-        plan.env.push((c.entry.id.to_string(), value.clone()));
-        plan.env.push((name, value));
-    }
+    let readonly = c.bool("readonly", false);
+    plan.env_vars.push(VarSpec { id: c.entry.id.clone(), variable, storage, default, readonly });
 }
 
 /// `policy: {actions, resources, effect, conditions}` and `groups: [ns:group, ...]`.

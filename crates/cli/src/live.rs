@@ -83,6 +83,7 @@ impl Live {
         let version = st.version + 1;
         self.lua.update_entries(updated, &lua_removed);
         self.lua.set_registry(RegistryView { version, items: plan.registry.clone() });
+        self.lua.set_env_config(plan.env_config());
         for (k, v) in &plan.env {
             self.lua.set_env(k, v);
         }

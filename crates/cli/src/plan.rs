@@ -62,6 +62,26 @@ pub struct TestPlan {
     pub order: i64,
 }
 
+/// An `env.storage.*` entry, as written.
+#[derive(Clone)]
+pub enum StorageSpec {
+    Memory,
+    Os,
+    Static(std::collections::HashMap<String, String>),
+    File { path: std::path::PathBuf, auto_create: bool, file_mode: u32, dir_mode: u32 },
+    Router(Vec<EntryId>),
+}
+
+/// An `env.variable` entry.
+#[derive(Clone)]
+pub struct VarSpec {
+    pub id: EntryId,
+    pub variable: String,
+    pub storage: Option<EntryId>,
+    pub default: Option<String>,
+    pub readonly: bool,
+}
+
 #[derive(Default)]
 pub struct Plan {
     pub hosts: Vec<HostPlan>,
@@ -69,6 +89,8 @@ pub struct Plan {
     pub lua: Vec<LuaEntry>,
     pub services: Vec<ServicePlan>,
     pub env: Vec<(String, String)>,
+    pub env_storages: Vec<(EntryId, StorageSpec)>,
+    pub env_vars: Vec<VarSpec>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub registry: Vec<RegistryItem>,
@@ -198,6 +220,25 @@ impl Plan {
                 }
             }
         }
+        // a relative .env path is the project's (not wherever wippy was started)
+        for (_, spec) in &mut plan.env_storages {
+            if let StorageSpec::File { path, .. } = spec {
+                if path.is_relative() {
+                    *path = project.root.join(&*path);
+                }
+            }
+        }
+        // two variables with one name would shadow each other (SPEC §12.11)
+        let mut seen: std::collections::HashMap<&str, &EntryId> = Default::default();
+        for v in &plan.env_vars {
+            if let Some(first) = seen.insert(v.variable.as_str(), &v.id) {
+                if let Some(e) = project.entries.iter().find(|e| e.id == v.id) {
+                    let mut c = Checker::new(e, &index);
+                    c.error("variable", format!("variable {:?} is already declared by {first}", v.variable));
+                    errors.append(&mut c.errors);
+                }
+            }
+        }
         for svc in &plan.services {
             if let Some(msg) = plan.forbidden_module(&svc.process, &svc.host) {
                 if let Some(e) = project.entries.iter().find(|e| e.id == svc.id) {
@@ -229,6 +270,46 @@ impl Plan {
         } else {
             Err(LoadErrors(errors))
         }
+    }
+}
+
+impl Plan {
+    /// The env storages and variables, built (a router's storages first; a router that
+    /// reaches itself gets no storage there).
+    pub fn env_config(&self) -> wippy_lua::EnvConfig {
+        use std::collections::HashMap;
+        use wippy_lua::envstore::*;
+        fn build(id: &EntryId, specs: &[(EntryId, StorageSpec)], made: &mut HashMap<EntryId, Arc<dyn EnvStorage>>, depth: usize) -> Option<Arc<dyn EnvStorage>> {
+            if let Some(s) = made.get(id) {
+                return Some(s.clone());
+            }
+            if depth > 16 {
+                return None;
+            }
+            let spec = &specs.iter().find(|(i, _)| i == id)?.1;
+            let s: Arc<dyn EnvStorage> = match spec {
+                StorageSpec::Memory => Arc::new(MemoryStorage::default()),
+                StorageSpec::Os => Arc::new(OsStorage),
+                StorageSpec::Static(v) => Arc::new(StaticStorage(v.clone())),
+                StorageSpec::File { path, auto_create, file_mode, dir_mode } => Arc::new(FileStorage::new(path.clone(), *auto_create, *file_mode, *dir_mode)),
+                StorageSpec::Router(ids) => Arc::new(RouterStorage::new(ids.iter().filter_map(|i| build(i, specs, made, depth + 1)).collect())),
+            };
+            made.insert(id.clone(), s.clone());
+            Some(s)
+        }
+        let mut made = HashMap::new();
+        let variables = self
+            .env_vars
+            .iter()
+            .map(|v| EnvVariable {
+                id: v.id.to_string(),
+                variable: v.variable.clone(),
+                storage: v.storage.as_ref().and_then(|s| build(s, &self.env_storages, &mut made, 0)),
+                default: v.default.clone(),
+                readonly: v.readonly,
+            })
+            .collect();
+        EnvConfig { variables }
     }
 }
 

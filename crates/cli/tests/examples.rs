@@ -517,3 +517,22 @@ fn lint_reports_what_it_finds_with_lines_and_exit_codes() {
         assert!(stdout(&o).ends_with("0 errors, 0 warnings\n"), "{ex}: {}", stdout(&o));
     }
 }
+
+#[test]
+fn env_storages_read_write_and_keep_the_file_between_runs() {
+    let data = repo().join("examples/env/data");
+    let _ = std::fs::remove_dir_all(&data);
+    let o = run(&["run", "-d", "examples/env", "settings"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    for line in ["app: env-demo in eu-west", "token before: none", "visits: 3", "token after: t-3", "is read-only", "NOPE: nil (NotFound)"] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+    assert_eq!(std::fs::read_to_string(data.join("app.env")).unwrap(), "TOKEN=t-3\n");
+    // the file outlives the node; memory does not
+    let o = run(&["run", "-d", "examples/env", "settings"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("token before: t-3") && out.contains("visits: 3"), "{out}");
+    let _ = std::fs::remove_dir_all(&data);
+}

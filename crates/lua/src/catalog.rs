@@ -155,6 +155,7 @@ pub(crate) struct Catalog {
     pub(crate) registry_history: RwLock<std::collections::BTreeMap<u64, Arc<RegistryView>>>,
     pub(crate) writer: RwLock<Option<Arc<dyn RegistryWriter>>>,
     pub(crate) env: RwLock<HashMap<String, String>>,
+    pub(crate) env_config: RwLock<Arc<crate::envstore::EnvConfig>>,
 }
 
 impl Catalog {
@@ -172,6 +173,7 @@ impl Catalog {
             registry_history: RwLock::new(Default::default()),
             writer: RwLock::new(None),
             env: RwLock::new(HashMap::new()),
+            env_config: RwLock::new(Arc::default()),
         }
     }
 

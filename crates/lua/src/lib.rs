@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 
+pub mod envstore;
+pub use envstore::EnvConfig;
 pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
@@ -109,7 +111,12 @@ impl LuaRuntime {
         self.catalog.entries.read().get(id).map(|e| (**e).clone())
     }
 
-    /// A variable the `env` module returns before looking at the OS environment.
+    /// The env storages and variables the `env` module reads and writes (SPEC §12.11).
+    pub fn set_env_config(&self, config: EnvConfig) {
+        *self.catalog.env_config.write() = std::sync::Arc::new(config);
+    }
+
+    /// A fixed value the `env` module returns for `name` when no `env.variable` has it.
     pub fn set_env(&self, name: &str, value: &str) {
         self.catalog.env.write().insert(name.to_string(), value.to_string());
     }
