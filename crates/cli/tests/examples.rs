@@ -536,3 +536,31 @@ fn env_storages_read_write_and_keep_the_file_between_runs() {
     assert!(out.contains("token before: t-3") && out.contains("visits: 3"), "{out}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn event_bus_delivers_to_every_matching_subscriber() {
+    let o = run(&["run", "-d", "examples/event-bus", "shop"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("audit saw 4:\n  app.users created /users/7\n  app.orders created /orders/1\n  app.orders paid /orders/1\n  app.orders created /orders/2\n"), "{out}");
+    assert!(out.contains("mailer saw 2:\n  mail to ada@example.com for order 1\n  mail to bob@example.com for order 2\n"), "{out}");
+}
+
+#[test]
+fn dynamic_registry_changes_looks_back_and_rolls_back() {
+    let o = run(&["run", "-d", "examples/dynamic-registry", "registry"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    for line in [
+        "loaded: registry.Version{id=0}",
+        "applied: registry.Version{id=1}",
+        "previous of it is the loaded one: true",
+        "theme at registry.Version{id=0}: light",
+        "delta entry.create app:flag_search",
+        "rolled back: registry.Version{id=2}",
+        "flags: 0",
+        "versions: 3",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+}
