@@ -314,6 +314,31 @@ pub fn mixed() {
     }
 }
 
+const STRINGS: &str = r#"return { main = function(n)
+    local find, s = string.find, "the quick brown fox jumps over the lazy dog"
+    local t0 = time.now()
+    local hits = 0
+    for _ = 1, n do
+        if find(s, "lazy", 1, true) then hits = hits + 1 end
+    end
+    local wall = time.now():sub(t0):nanoseconds()
+    return { wall, hits }
+end }"#;
+
+/// `lua-strings`: `string.find` on plain strings, the string library's fast path that the
+/// error-value coercion (SPEC §12.1.1) sits in front of; ns per call.
+pub fn strings() {
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:strings", STRINGS);
+    const N: i64 = 5_000_000;
+    run(&node, "bench:strings", vec![Value::Int(100_000)]);
+    let r = run(&node, "bench:strings", vec![Value::Int(N)]);
+    let wall = nth(&r, 0);
+    out("lua_strings_calls", N, "calls");
+    outf("lua_strings_find_ns", wall.as_nanos() as f64 / N as f64, "ns/call");
+    outf("lua_strings_rate", N as f64 / wall.as_secs_f64(), "calls/s");
+}
+
 /// Where a parked Lua process's bytes go (Lua heap vs the rest), for tuning.
 pub fn lua_heap() {
     let (node, lua) = node(ShardOptions::default());

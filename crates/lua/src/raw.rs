@@ -608,30 +608,48 @@ unsafe extern "C-unwind" fn results_above(l: *mut ffi::lua_State, _status: c_int
 /// per argument.
 pub(crate) unsafe extern "C-unwind" fn string_coerced(l: *mut ffi::lua_State) -> c_int {
     // (the argument count, the tags and the wrapped function read straight from the frame:
-    // this sits in front of every string function, layout.rs)
+    // this sits in front of every string function, layout.rs; a call without userdata
+    // arguments is one tag compare per argument and a jump)
     let (n, func) = layout::frame_args(l);
-    for i in 1..=n as c_int {
-        if layout::is_userdata(layout::slot(func, i as usize)) {
-            if ffi::lua_getmetatable(l, i) != 0 {
-                let is_error = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0;
-                ffi::lua_pop(l, 1);
-                // `format` wants the contextual text (upvalue 3), the others the message
-                let meta = if is_error && ffi::lua_toboolean(l, ffi::lua_upvalueindex(3)) != 0 { c"__fulltext" } else { c"__tostring" };
-                if is_error && ffi::luaL_callmeta(l, i, meta.as_ptr()) != 0 {
-                    if ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
-                        ffi::lua_replace(l, i);
-                    } else {
-                        ffi::lua_pop(l, 1);
-                    }
-                }
-            }
+    let mut v = layout::slot(func, 1);
+    let end = v.add(n);
+    while v < end {
+        if layout::is_userdata(v) {
+            coerce_errors(l, n);
+            break;
         }
+        v = v.add(1);
     }
-    match layout::upvalue_cfunction(layout::frame(l).1) {
+    match layout::upvalue_cfunction(func) {
         Some(f) => f(l),
         None => match ffi::lua_tocfunction(l, ffi::lua_upvalueindex(1)) {
             Some(f) => f(l),
             None => 0,
         },
+    }
+}
+
+/// The slow half of [`string_coerced`]: replace each error argument by its text.
+#[cold]
+#[inline(never)]
+unsafe fn coerce_errors(l: *mut ffi::lua_State, n: usize) {
+    for i in 1..=n as c_int {
+        if ffi::lua_type(l, i) != ffi::LUA_TUSERDATA || ffi::lua_getmetatable(l, i) == 0 {
+            continue;
+        }
+        let is_error = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0;
+        ffi::lua_pop(l, 1);
+        if !is_error {
+            continue;
+        }
+        // `format` wants the contextual text (upvalue 3), the others the message
+        let meta = if ffi::lua_toboolean(l, ffi::lua_upvalueindex(3)) != 0 { c"__fulltext" } else { c"__tostring" };
+        if ffi::luaL_callmeta(l, i, meta.as_ptr()) != 0 {
+            if ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+                ffi::lua_replace(l, i);
+            } else {
+                ffi::lua_pop(l, 1);
+            }
+        }
     }
 }
