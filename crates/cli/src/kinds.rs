@@ -31,6 +31,9 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "env.storage.router", check: |c, p| env_storage(c, p, "router") },
     Kind { name: "env.variable", check: env_variable },
     Kind { name: "security.policy", check: security_policy },
+    // resolved when the project loads (wippy_registry::Project): here only their fields
+    Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
+    Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
 ];
 
 pub fn find(kind: &str) -> Option<&'static Kind> {

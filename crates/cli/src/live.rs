@@ -56,7 +56,7 @@ impl Live {
 
     /// The project these entries (and files) make, in this node's directories.
     fn project(&self, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Project {
-        Project { root: self.root.clone(), src: self.src.clone(), modules: self.modules.clone(), entries, files: files.unwrap_or_default() }
+        Project { root: self.root.clone(), src: self.src.clone(), modules: self.modules.clone(), entries, warnings: Vec::new(), files: files.unwrap_or_default() }
     }
 
     /// Check `entries` as a project and make them the current version.

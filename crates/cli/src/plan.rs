@@ -196,6 +196,7 @@ impl Plan {
     pub fn build(project: &Project) -> Result<Plan, LoadErrors> {
         let index = Index::new(&project.entries, &project.files);
         let mut plan = Plan::default();
+        plan.warnings.extend(project.warnings.iter().cloned());
         let mut errors = Vec::new();
         for entry in &project.entries {
             plan.registry.push(registry_item(entry));

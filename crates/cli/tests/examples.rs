@@ -564,3 +564,10 @@ fn dynamic_registry_changes_looks_back_and_rolls_back() {
         assert!(out.contains(line), "{line}\n{out}");
     }
 }
+
+#[test]
+fn installed_dependencies_load_and_requirements_resolve() {
+    let o = run(&["run", "-d", "crates/cli/tests/fixtures/deps", "-x", "app:show"]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "word: bonjour\nother: fallback\ngreet: hello ada\n");
+}

@@ -25,6 +25,8 @@ pub struct Project {
     pub entries: Vec<Entry>,
     /// YAML text by the file name used in [`Origin::file`].
     pub files: HashMap<String, Arc<str>>,
+    /// What loading noticed but did not refuse (an unresolved `ns.requirement`).
+    pub warnings: Vec<LoadError>,
 }
 
 #[derive(Deserialize)]
@@ -122,11 +124,127 @@ impl Project {
         for path in files {
             project.load_file(&path, &mut errors);
         }
+        project.load_dependencies(&mut errors);
+        project.resolve_requirements(&mut errors);
         project.check_duplicates(&mut errors);
         if errors.is_empty() {
             Ok(project)
         } else {
             Err(LoadErrors(errors))
+        }
+    }
+
+    /// `ns.dependency` entries (SPEC §12.13): each names a component `<org>/<module>`
+    /// installed in the modules directory (`<modules>/<org>/<module>` or
+    /// `<modules>/vendor/<org>/<module>`), whose definition files then load like the
+    /// project's. One that is not installed is a load error.
+    fn load_dependencies(&mut self, errors: &mut Vec<LoadError>) {
+        let deps: Vec<Entry> = self.entries.iter().filter(|e| e.kind == "ns.dependency").cloned().collect();
+        let mut loaded: Vec<PathBuf> = Vec::new();
+        for dep in deps {
+            let at = |field: &str, m: String| {
+                let (line, column) = field_line(self.files.get(&dep.origin.file).map(|t| &**t), &dep.origin, field);
+                LoadError::new(m).file(&dep.origin.file).at(line, column).entry(dep.id.as_str()).field(field)
+            };
+            let Some(component) = dep.fields.get("component").and_then(|v| v.as_str()).map(str::to_string) else {
+                errors.push(at("component", "missing (required): the module, as \"<org>/<module>\"".into()));
+                continue;
+            };
+            let valid = component.split('/').count() == 2 && component.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+            if !valid {
+                errors.push(at("component", format!("must be \"<org>/<module>\", got {:?}", crate::truncate(&component, 200))));
+                continue;
+            }
+            let dir = [self.modules.join(&component), self.modules.join("vendor").join(&component)].into_iter().find(|d| d.is_dir());
+            let Some(dir) = dir else {
+                let modules = display_path(&self.root, &self.modules);
+                errors.push(at("component", format!("component {component} is not installed in the modules directory ({modules}): it must be installed (wippy install) before the project loads")));
+                continue;
+            };
+            if loaded.contains(&dir) {
+                continue;
+            }
+            loaded.push(dir.clone());
+            let mut files = Vec::new();
+            if let Err(e) = yaml_files(&dir, &mut files) {
+                errors.push(at("component", format!("cannot read {}: {e}", dir.display())));
+                continue;
+            }
+            for path in files {
+                self.load_file(&path, errors);
+            }
+        }
+    }
+
+    /// `ns.requirement` entries (SPEC §12.13): the value comes from the `parameters` of the
+    /// `ns.dependency` entries (a parameter named as the requirement's name or ID); two
+    /// different values are a load error, none means `default`, and with neither the
+    /// requirement is left unresolved (a warning). The value is written into each target
+    /// entry at its dotted `path` (`meta.x` into meta).
+    fn resolve_requirements(&mut self, errors: &mut Vec<LoadError>) {
+        let mut params: Vec<(String, serde_json::Value, String)> = Vec::new();
+        for dep in self.entries.iter().filter(|e| e.kind == "ns.dependency") {
+            if let Some(list) = dep.fields.get("parameters").and_then(|v| v.as_array()) {
+                for p in list {
+                    if let (Some(name), Some(value)) = (p.get("name").and_then(|n| n.as_str()), p.get("value")) {
+                        params.push((name.to_string(), value.clone(), dep.id.to_string()));
+                    }
+                }
+            }
+        }
+        let reqs: Vec<Entry> = self.entries.iter().filter(|e| e.kind == "ns.requirement").cloned().collect();
+        for req in reqs {
+            let at = |field: &str, m: String| {
+                if field.is_empty() {
+                    return LoadError::new(m).file(&req.origin.file).at(req.origin.line, req.origin.column).entry(req.id.as_str());
+                }
+                let (line, column) = field_line(self.files.get(&req.origin.file).map(|t| &**t), &req.origin, field);
+                LoadError::new(m).file(&req.origin.file).at(line, column).entry(req.id.as_str()).field(field)
+            };
+            let given: Vec<&(String, serde_json::Value, String)> =
+                params.iter().filter(|(n, _, _)| n == req.id.name() || n == req.id.as_str()).collect();
+            let value = match given.first() {
+                Some(first) => {
+                    if let Some(other) = given.iter().find(|g| g.1 != first.1) {
+                        errors.push(at("", format!("parameter conflict: {} gives {} and {} gives {}", first.2, first.1, other.2, other.1)));
+                        continue;
+                    }
+                    Some(first.1.clone())
+                }
+                None => req.fields.get("default").cloned(),
+            };
+            let Some(value) = value else {
+                self.warnings.push(at("", "unresolved requirement: no ns.dependency parameter gives it and it has no default".into()));
+                continue;
+            };
+            let targets = req.fields.get("targets").and_then(|t| t.as_array()).cloned().unwrap_or_default();
+            for t in targets {
+                let (Some(target), Some(path)) = (t.get("entry").and_then(|v| v.as_str()), t.get("path").and_then(|v| v.as_str())) else {
+                    errors.push(at("targets", "each target needs entry and path".into()));
+                    continue;
+                };
+                let target_id = if target.contains(':') { target.to_string() } else { format!("{}:{target}", req.id.namespace()) };
+                let Some(entry) = self.entries.iter_mut().find(|e| e.id.as_str() == target_id) else {
+                    errors.push(at("targets", format!("target entry {target_id} not found")));
+                    continue;
+                };
+                let mut parts: Vec<&str> = path.split('.').collect();
+                let mut map = if parts.first() == Some(&"meta") {
+                    parts.remove(0);
+                    &mut entry.meta
+                } else {
+                    &mut entry.fields
+                };
+                let Some(last) = parts.pop() else { continue };
+                for p in parts {
+                    let slot = map.entry(p.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()));
+                    if !slot.is_object() {
+                        *slot = serde_json::Value::Object(Default::default());
+                    }
+                    map = slot.as_object_mut().expect("just made an object");
+                }
+                map.insert(last.to_string(), value.clone());
+            }
         }
     }
 
