@@ -87,6 +87,9 @@ impl Boot {
         }
         lua.set_registry(RegistryView { version: 0, items: plan.registry.clone() });
         lua.set_env_config(plan.env_config());
+        for id in &plan.token_stores {
+            lua.add_token_store(id);
+        }
         for (k, v) in &plan.env {
             lua.set_env(k, v);
         }

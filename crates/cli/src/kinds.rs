@@ -32,6 +32,8 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "env.variable", check: env_variable },
     Kind { name: "security.policy", check: security_policy },
     // resolved when the project loads (wippy_registry::Project): here only their fields
+    // an in-memory token store (its other settings, e.g. a backing store, are not used yet)
+    Kind { name: "security.token_store", check: |c, p| p.token_stores.push(c.entry.id.to_string()) },
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
 ];

@@ -84,6 +84,9 @@ impl Live {
         self.lua.update_entries(updated, &lua_removed);
         self.lua.set_registry(RegistryView { version, items: plan.registry.clone() });
         self.lua.set_env_config(plan.env_config());
+        for id in &plan.token_stores {
+            self.lua.add_token_store(id);
+        }
         for (k, v) in &plan.env {
             self.lua.set_env(k, v);
         }

@@ -91,6 +91,7 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     pub env_storages: Vec<(EntryId, StorageSpec)>,
     pub env_vars: Vec<VarSpec>,
+    pub token_stores: Vec<String>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub registry: Vec<RegistryItem>,

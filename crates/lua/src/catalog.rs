@@ -156,6 +156,7 @@ pub(crate) struct Catalog {
     pub(crate) writer: RwLock<Option<Arc<dyn RegistryWriter>>>,
     pub(crate) env: RwLock<HashMap<String, String>>,
     pub(crate) env_config: RwLock<Arc<crate::envstore::EnvConfig>>,
+    pub(crate) token_stores: RwLock<HashMap<String, Arc<crate::tokens::TokenStore>>>,
 }
 
 impl Catalog {
@@ -174,6 +175,7 @@ impl Catalog {
             writer: RwLock::new(None),
             env: RwLock::new(HashMap::new()),
             env_config: RwLock::new(Arc::default()),
+            token_stores: RwLock::new(HashMap::new()),
         }
     }
 

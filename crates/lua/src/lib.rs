@@ -23,6 +23,7 @@ use std::sync::Arc;
 use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 
 pub mod envstore;
+pub mod tokens;
 pub use envstore::EnvConfig;
 pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
@@ -109,6 +110,11 @@ impl LuaRuntime {
     /// The current version of a Lua entry, if there is one.
     pub fn entry(&self, id: &str) -> Option<LuaEntry> {
         self.catalog.entries.read().get(id).map(|e| (**e).clone())
+    }
+
+    /// Declare a `security.token_store` entry: `security.token_store(id)` acquires it.
+    pub fn add_token_store(&self, id: &str) {
+        self.catalog.token_stores.write().entry(id.to_string()).or_default();
     }
 
     /// The env storages and variables the `env` module reads and writes (SPEC §12.11).

@@ -264,3 +264,47 @@ fn events_need_their_permissions_and_a_denial_is_invalid() {
     );
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn token_stores_create_validate_revoke_and_close() {
+    let h = Harness::new(1);
+    h.lua.add_token_store("app:tokens");
+    let v = h.ok(r#"
+        local store, err = security.token_store("app:tokens")
+        assert(store and err == nil, tostring(err))
+        local actor = security.new_actor("user:ada", { role = "admin" })
+        local scope = security.new_scope({})
+        local tok = assert(store:create(actor, scope, { expiration = "1h", meta = { device = "cli" } }))
+        assert(type(tok) == "string" and #tok == 64)
+        local a, s, verr = store:validate(tok)
+        assert(a and a:id() == "user:ada" and a:meta().role == "admin" and s and verr == nil, tostring(verr))
+        local forever = assert(store:create(actor, scope))
+        assert(store:validate(forever))
+        local short = assert(store:create(actor, scope, { expiration = 1 }))
+        time.sleep("5ms")
+        local x, y, expired = store:validate(short)
+        assert(x == nil and y == nil and expired, "expired")
+        local _, bad = store:create(actor, scope, { expiration = "soon" })
+        assert(bad:kind() == errors.INVALID)
+        assert(store:revoke(tok) == true)
+        assert(select(3, store:validate(tok)))
+        -- another process acquiring the store sees the same tokens
+        assert(security.token_store("app:tokens"):validate(forever))
+        assert(store:close() == true)
+        local _, closed = store:create(actor, scope)
+        assert(closed:kind() == errors.INTERNAL and closed:message() == "store closed")
+        local n1, e1 = security.token_store("")
+        assert(n1 == nil and e1:kind() == errors.INVALID)
+        local n2, e2 = security.token_store("app:nope")
+        assert(n2 == nil and e2:kind() == errors.INTERNAL)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    let id = tenant(&h);
+    let v = run_as(&h, id, r#"
+        local s, err = security.token_store("app:tokens")
+        assert(s == nil and err:kind() == errors.INVALID, tostring(err))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}

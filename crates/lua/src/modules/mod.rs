@@ -258,7 +258,7 @@ pub(crate) fn install(
     shared.raw_set("funcs", funcs::library(lua)?)?;
     shared.raw_set("registry", registry::library(lua, catalog.clone())?)?;
     shared.raw_set("io", io::library(lua, grants_io)?)?;
-    shared.raw_set("security", security::library(lua)?)?;
+    shared.raw_set("security", security::library(lua, catalog.clone())?)?;
     shared.raw_set("uuid", uuid::library(lua)?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
     r.raw_set("load_library", funcs::load_library_function(lua, catalog)?)?;

@@ -147,8 +147,136 @@ pub(crate) fn requested_identity(sec: &LuaValue, current: Option<&Arc<Identity>>
     Ok(Some(Arc::new(Identity::new(actor, scope))))
 }
 
-pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
+/// A token store as Lua holds it (`security.token_store(id)`); `None` once closed.
+struct LuaTokenStore {
+    id: String,
+    store: Option<Arc<crate::tokens::TokenStore>>,
+}
+
+/// Token-store errors (SPEC §12.9): a denial is Invalid, a closed store Internal.
+fn store_of<'a>(s: &'a LuaTokenStore, action: &str) -> Result<&'a Arc<crate::tokens::TokenStore>, Error> {
+    let store = s.store.as_ref().ok_or_else(|| Error::internal("store closed"))?;
+    let allowed = current::with(|cx, _| Ok(cx.can(action, &s.id))).unwrap_or(false);
+    if !allowed {
+        return Err(Error::invalid(format!("not allowed: {action} on {}", wippy_runtime::Echo(&s.id))));
+    }
+    Ok(store)
+}
+
+/// An expiration: milliseconds, or a duration string; 0 or absent: never.
+fn expiration(v: &LuaValue) -> Result<Option<std::time::Duration>, Error> {
+    let ms = match v {
+        LuaValue::Nil => return Ok(None),
+        LuaValue::Integer(i) => *i,
+        LuaValue::Number(n) if n.fract() == 0.0 => *n as i64,
+        LuaValue::String(s) => {
+            let ns = wippy_registry::parse_duration(&s.to_string_lossy()).map_err(|m| Error::invalid(format!("expiration: {m}")))?;
+            ns / 1_000_000
+        }
+        other => return Err(Error::invalid(format!("expiration must be milliseconds or a duration, got {}", super::lua_type(other)))),
+    };
+    match ms {
+        0 => Ok(None),
+        m if m < 0 => Err(Error::invalid("expiration must not be negative")),
+        m => Ok(Some(std::time::Duration::from_millis(m as u64))),
+    }
+}
+
+impl UserData for LuaTokenStore {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("validate", |lua, s, token: LuaValue| {
+            let store = match store_of(s, "security.token.validate") {
+                Ok(st) => st,
+                Err(e) => return Ok((LuaValue::Nil, LuaValue::Nil, fail(lua, e)?.1)),
+            };
+            let LuaValue::String(token) = &token else {
+                return Ok((LuaValue::Nil, LuaValue::Nil, fail(lua, Error::invalid("token must be a string"))?.1));
+            };
+            match store.validate(&token.to_string_lossy()) {
+                Some((a, sc)) => Ok((
+                    LuaValue::UserData(lua.create_userdata(LuaActor(a))?),
+                    LuaValue::UserData(lua.create_userdata(LuaScope(sc))?),
+                    LuaValue::Nil,
+                )),
+                None => Ok((LuaValue::Nil, LuaValue::Nil, fail(lua, Error::not_found("invalid or expired token"))?.1)),
+            }
+        });
+        m.add_method("create", |lua, s, (actor, scope, opts): (LuaValue, LuaValue, LuaValue)| {
+            let store = match store_of(s, "security.token.create") {
+                Ok(st) => st.clone(),
+                Err(e) => return fail(lua, e),
+            };
+            let actor = match &actor {
+                LuaValue::UserData(ud) => match ud.borrow::<LuaActor>() {
+                    Ok(a) => a.0.clone(),
+                    Err(_) => return fail(lua, Error::invalid("an actor expected")),
+                },
+                _ => return fail(lua, Error::invalid("an actor expected")),
+            };
+            let scope = match &scope {
+                LuaValue::UserData(ud) => match ud.borrow::<LuaScope>() {
+                    Ok(sc) => sc.0.clone(),
+                    Err(_) => return fail(lua, Error::invalid("a scope expected")),
+                },
+                _ => return fail(lua, Error::invalid("a scope expected")),
+            };
+            let (ttl, meta) = match &opts {
+                LuaValue::Nil => (None, wippy_runtime::Table::new()),
+                LuaValue::Table(t) => {
+                    let ttl = match expiration(&t.raw_get::<LuaValue>("expiration")?) {
+                        Ok(d) => d,
+                        Err(e) => return fail(lua, e),
+                    };
+                    let meta = match t.raw_get::<LuaValue>("meta")? {
+                        m @ LuaValue::Table(_) => match current::with(|_, st| Ok(to_value(&m, &st.shard.marks, "meta")))? {
+                            Ok(Value::Table(t)) => (*t).clone(),
+                            _ => wippy_runtime::Table::new(),
+                        },
+                        _ => wippy_runtime::Table::new(),
+                    };
+                    (ttl, meta)
+                }
+                _ => return fail(lua, Error::invalid("options must be a table")),
+            };
+            let token = store.create(actor, scope, ttl, meta);
+            Ok((LuaValue::String(lua.create_string(token)?), LuaValue::Nil))
+        });
+        m.add_method("revoke", |lua, s, token: LuaValue| {
+            let store = match store_of(s, "security.token.revoke") {
+                Ok(st) => st,
+                Err(e) => return fail(lua, e),
+            };
+            let LuaValue::String(token) = &token else { return fail(lua, Error::invalid("token must be a string")) };
+            store.revoke(&token.to_string_lossy());
+            Ok((LuaValue::Boolean(true), LuaValue::Nil))
+        });
+        m.add_method_mut("close", |_, s, ()| {
+            s.store = None;
+            Ok(true)
+        });
+    }
+}
+
+pub(crate) fn library(lua: &Lua, catalog: std::sync::Weak<crate::catalog::Catalog>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
+    t.raw_set(
+        "token_store",
+        lua.create_function(move |lua, id: LuaValue| {
+            let LuaValue::String(id) = &id else { return Err(bad_arg(1, "token_store", "string", &id)) };
+            let id = id.to_string_lossy().to_string();
+            if id.is_empty() {
+                return fail(lua, Error::invalid("token store ID required"));
+            }
+            if !current::with(|cx, _| Ok(cx.can("security.token_store.get", &id))).unwrap_or(false) {
+                return fail(lua, Error::invalid(format!("not allowed: security.token_store.get on {}", wippy_runtime::Echo(&id))));
+            }
+            let store = catalog.upgrade().and_then(|c| c.token_stores.read().get(&id).cloned());
+            match store {
+                Some(store) => Ok((LuaValue::UserData(lua.create_userdata(LuaTokenStore { id, store: Some(store) })?), LuaValue::Nil)),
+                None => fail(lua, Error::internal(format!("{} is not a security.token_store entry", wippy_runtime::Echo(&id)))),
+            }
+        })?,
+    )?;
     t.raw_set(
         "actor",
         lua.create_function(|lua, ()| {
