@@ -125,7 +125,7 @@ fn many_coroutines_cooperate() {
             -- SPEC 12.5: no arguments reach the function (a closure carries them), and the
             -- result is the task's coroutine, a handle that cannot be resumed by hand
             local th = coroutine.spawn(function(...)
-                assert(select("#", ...) == 0)
+                assert(select('#', ...) == 0)
                 time.sleep(1000 * (50 - i))
                 results:send(i)
             end, "ignored")
