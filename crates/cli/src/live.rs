@@ -130,6 +130,15 @@ impl Live {
         }
         st.history.push((version, entries));
         changed.sort();
+        drop(st);
+        // on the system event bus (SPEC §12.7): system "wippy.registry", one "entry.changed"
+        // per entry, then "version"
+        for id in &changed {
+            let mut data = wippy_runtime::Table::new();
+            data.set(wippy_runtime::Value::str("version"), wippy_runtime::Value::Int(version as i64));
+            self.node.publish_event(wippy_runtime::Pid::NOBODY, "wippy.registry", "entry.changed", id, wippy_runtime::Value::table(data));
+        }
+        self.node.publish_event(wippy_runtime::Pid::NOBODY, "wippy.registry", "version", &version.to_string(), wippy_runtime::Value::Nil);
         Ok((version, changed))
     }
 

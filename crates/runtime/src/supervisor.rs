@@ -466,6 +466,19 @@ impl Inner {
             s.error = error.clone();
         }
         let (id, attempt) = (s.spec.id.clone(), s.attempt);
+        // on the system event bus too (SPEC §12.7): system "wippy.service", the state as
+        // kind, the service as path
+        if !self.node.events().is_empty() {
+            let mut data = crate::value::Table::new();
+            data.set(Value::str("attempt"), Value::Int(attempt as i64));
+            if let Some(e) = &error {
+                data.set(Value::str("error"), Value::str(e));
+            }
+            if let Some(pid) = s.pid {
+                data.set(Value::str("pid"), Value::str(&pid.to_string()));
+            }
+            self.node.publish_event(Pid::NOBODY, "wippy.service", &state.to_string().to_lowercase(), &id, Value::table(data));
+        }
         match (&error, delay) {
             (Some(e), Some(d)) => tracing::warn!(service = %id, state = %state, attempt, error = %e, restart_in = ?d, "service state"),
             (Some(e), None) => tracing::error!(service = %id, state = %state, attempt, error = %e, "service state"),
