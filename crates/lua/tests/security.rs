@@ -90,15 +90,25 @@ fn the_security_module_reports_and_builds_identities() {
         out[#out + 1] = tostring(security.can('process.send', '{app:processes|0x00009}'))
         out[#out + 1] = tostring(security.can('process.send', '{app:processes|0x00001}'))
         out[#out + 1] = tostring(security.can('fs.write', 'x'))
+        -- reading policies and making scopes need their permissions (SPEC 12.9)
+        local p, perr = security.policy('t:gateway')
+        out[#out + 1] = tostring(p) .. ':' .. perr:kind()
+        out[#out + 1] = tostring(pcall(security.new_scope, {}))
+        return table.concat(out, ',')");
+    assert_eq!(v.as_str().unwrap(), "tenant:acme,acme,3,true,false,false,nil:Invalid,false");
+    let v = h.ok("
         local p = assert(security.policy('t:gateway'))
-        out[#out + 1] = p:id()
+        local out = { p:id() }
         local s = assert(security.named_scope('t:tenants'))
         out[#out + 1] = #s:policies()
         out[#out + 1] = #security.new_scope({ p }):policies()
+        out[#out + 1] = #s:without('t:own'):policies()
         local _, err = security.policy('t:nope')
         out[#out + 1] = err:kind()
+        local _, gerr = security.named_scope('t:none')
+        out[#out + 1] = gerr:kind()
         return table.concat(out, ',')");
-    assert_eq!(v.as_str().unwrap(), "tenant:acme,acme,3,true,false,false,t:gateway,2,1,NotFound");
+    assert_eq!(v.as_str().unwrap(), "t:gateway,2,1,1,Internal,Internal");
     // An unidentified process (not strict): everything is allowed, there is no actor.
     assert_eq!(h.ok("return tostring(security.actor()) .. ' ' .. tostring(security.can('anything', 'x'))").as_str().unwrap(), "nil true");
 }

@@ -23,6 +23,15 @@ impl UserData for LuaActor {
     }
 }
 
+/// A permission SPEC §12.9 makes the call raise without.
+fn require(action: &str, resource: &str) -> mlua::Result<()> {
+    if current::with(|cx, _| Ok(cx.can(action, resource))).unwrap_or(true) {
+        Ok(())
+    } else {
+        Err(mlua::Error::runtime(format!("not allowed: {action} on {resource}")))
+    }
+}
+
 /// `evaluate(actor, action, resource, meta?)` arguments (SPEC §12.9).
 fn eval_args(lua: &Lua, actor: &LuaValue, action: &LuaValue, resource: &LuaValue, meta: &LuaValue) -> mlua::Result<(Arc<Actor>, String, String, Option<Arc<wippy_runtime::Table>>)> {
     let actor = match actor {
@@ -99,6 +108,7 @@ impl UserData for LuaScope {
             Ok(t)
         });
         m.add_method("with", |_, s, p: AnyUserData| {
+            require("security.scope.create", "with")?;
             let p = p.borrow::<LuaPolicy>()?.0.clone();
             let mut ps = s.0.policies().to_vec();
             if !ps.iter().any(|q| Arc::ptr_eq(q, &p)) {
@@ -106,7 +116,14 @@ impl UserData for LuaScope {
             }
             Ok(LuaScope(Arc::new(Scope::new(ps))))
         });
-        m.add_method("without", |_, s, id: String| {
+        m.add_method("without", |_, s, p: LuaValue| {
+            require("security.scope.create", "without")?;
+            let id = match &p {
+                LuaValue::String(id) => id.to_string_lossy().to_string(),
+                LuaValue::UserData(ud) => ud.borrow::<LuaPolicy>()?.0.id.clone(),
+                LuaValue::Table(t) => format!("{}:{}", t.raw_get::<Option<String>>("ns")?.unwrap_or_default(), t.raw_get::<Option<String>>("name")?.unwrap_or_default()),
+                other => return Err(bad_arg(1, "without", "policy", other)),
+            };
             let ps = s.0.policies().iter().filter(|p| p.id != id).cloned().collect();
             Ok(LuaScope(Arc::new(Scope::new(ps))))
         });
@@ -299,6 +316,7 @@ pub(crate) fn library(lua: &Lua, catalog: std::sync::Weak<crate::catalog::Catalo
         "new_actor",
         lua.create_function(|lua, (id, meta): (LuaValue, LuaValue)| {
             let LuaValue::String(id) = &id else { return Err(bad_arg(1, "new_actor", "string", &id)) };
+            require("security.actor.create", &id.to_string_lossy())?;
             let meta = match &meta {
                 LuaValue::Nil => wippy_runtime::Table::new(),
                 LuaValue::Table(_) => {
@@ -317,6 +335,7 @@ pub(crate) fn library(lua: &Lua, catalog: std::sync::Weak<crate::catalog::Catalo
     t.raw_set(
         "new_scope",
         lua.create_function(|_, policies: Option<Table>| {
+            require("security.scope.create", "custom")?;
             let mut ps = Vec::new();
             if let Some(list) = policies {
                 for p in list.sequence_values::<AnyUserData>() {
@@ -329,18 +348,28 @@ pub(crate) fn library(lua: &Lua, catalog: std::sync::Weak<crate::catalog::Catalo
     t.raw_set(
         "policy",
         lua.create_function(|lua, id: String| {
-            current::with(|cx, _| match cx.node().security().policy(&id) {
-                Some(p) => Ok((LuaValue::UserData(lua.create_userdata(LuaPolicy(p))?), LuaValue::Nil)),
-                None => fail(lua, Error::not_found(format!("no policy {id}"))),
+            current::with(|cx, _| {
+                if !cx.can("security.policy.get", &id) {
+                    return fail(lua, Error::invalid(format!("not allowed: security.policy.get on {}", wippy_runtime::Echo(&id))));
+                }
+                match cx.node().security().policy(&id) {
+                    Some(p) => Ok((LuaValue::UserData(lua.create_userdata(LuaPolicy(p))?), LuaValue::Nil)),
+                    None => fail(lua, Error::internal(format!("policy not found: {}", wippy_runtime::Echo(&id)))),
+                }
             })
         })?,
     )?;
     t.raw_set(
         "named_scope",
         lua.create_function(|lua, group: String| {
-            current::with(|cx, _| match cx.node().security().group(&group) {
-                Some(ps) => Ok((LuaValue::UserData(lua.create_userdata(LuaScope(Arc::new(Scope::new(ps))))?), LuaValue::Nil)),
-                None => fail(lua, Error::not_found(format!("no policy group {group}"))),
+            current::with(|cx, _| {
+                if !cx.can("security.policy_group.get", &group) {
+                    return fail(lua, Error::invalid(format!("not allowed: security.policy_group.get on {}", wippy_runtime::Echo(&group))));
+                }
+                match cx.node().security().group(&group) {
+                    Some(ps) => Ok((LuaValue::UserData(lua.create_userdata(LuaScope(Arc::new(Scope::new(ps))))?), LuaValue::Nil)),
+                    None => fail(lua, Error::internal(format!("policy group not found: {}", wippy_runtime::Echo(&group)))),
+                }
             })
         })?,
     )?;
