@@ -88,8 +88,10 @@ fn level_of(name: &str) -> Option<tracing_subscriber::filter::LevelFilter> {
 
 /// Logs go to stderr as structured lines: `-s` none, `-v` debug, else `RUST_LOG` when set
 /// (tracing-subscriber's filter syntax), else `logger.level` from the configuration, info
-/// by default; `logger.encoding: json` writes one JSON object a line.
-fn init_logging(cli: &Cli, config: &Config, hide: bool) {
+/// by default; `logger.encoding: json` writes one JSON object a line. `quiet` (a command
+/// or `-x` entry run in the terminal, as Wippy: only warnings and errors) holds unless
+/// `-v`, `-c`, `RUST_LOG` or `logger.level` ask for more.
+fn init_logging(cli: &Cli, config: &Config, hide: bool, quiet: bool) {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter};
     let filter = if cli.silent || hide {
         EnvFilter::default().add_directive(LevelFilter::OFF.into())
@@ -98,7 +100,8 @@ fn init_logging(cli: &Cli, config: &Config, hide: bool) {
     } else if let Ok(f) = EnvFilter::try_from_default_env() {
         f
     } else {
-        let level = config.str("logger.level").and_then(level_of).unwrap_or(LevelFilter::INFO);
+        let default = if quiet && !cli.color { LevelFilter::WARN } else { LevelFilter::INFO };
+        let level = config.str("logger.level").and_then(level_of).unwrap_or(default);
         EnvFilter::default().add_directive(level.into())
     };
     let color = cli.color || config.get("logger.color").and_then(|v| v.as_bool()).unwrap_or(false);
@@ -181,7 +184,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
             return fail(format!("-x: {e}"));
         }
     }
-    init_logging(cli, &config, target.is_some() && terminal_hides_logs(&plan, host));
+    init_logging(cli, &config, target.is_some() && terminal_hides_logs(&plan, host), target.is_some());
     warn_all(&plan);
     let signals = match signals::install() {
         Ok(s) => s,
@@ -300,7 +303,7 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
     if let Err(e) = crate::boot::select_terminal(&plan, host) {
         return fail(e);
     }
-    init_logging(cli, &config, terminal_hides_logs(&plan, host));
+    init_logging(cli, &config, terminal_hides_logs(&plan, host), false);
     warn_all(&plan);
     let signals = match signals::install() {
         Ok(s) => s,

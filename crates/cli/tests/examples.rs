@@ -400,7 +400,7 @@ fn the_attack_suite_fails_every_attack_through_the_binary() {
 #[test]
 fn one_ctrl_c_always_ends_the_node_and_independent_services_stop_together() {
     let dir = "crates/cli/tests/fixtures/shutdown";
-    let mut r = Running::start(&["run", "-d", dir, "--set", "shutdown.timeout=1s", "forever"], &[]);
+    let mut r = Running::start(&["run", "-d", dir, "--set", "shutdown.timeout=1s", "--set", "logger.level=info", "forever"], &[]);
     r.wait_for(&["forever started"]);
     r.saw_or_wait(&["stubborn started", "name=a "]);
     r.saw_or_wait(&["stubborn started", "name=b "]);
