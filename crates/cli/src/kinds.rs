@@ -142,6 +142,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
         imports,
         version: 1,
         default_host,
+        label: wippy_runtime::stats::EntryLabel::intern(entry.id.as_str()),
     };
     // Nothing starts with a source that does not compile (typed syntax erased first): the
     // error is Lua's own `file:line: message`.

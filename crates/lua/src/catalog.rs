@@ -45,6 +45,8 @@ pub struct LuaEntry {
     /// A process entry with `meta.default_host` is also a function (SPEC §12.4.4):
     /// `funcs.call` starts it on this host and returns what its `main` returns.
     pub default_host: Option<String>,
+    /// The entry ID as the runtime shows it on each process (`wippy ps`).
+    pub label: &'static wippy_runtime::stats::EntryLabel,
 }
 
 impl LuaEntry {
@@ -59,6 +61,7 @@ impl LuaEntry {
             imports: Vec::new(),
             version: 1,
             default_host: None,
+            label: wippy_runtime::stats::EntryLabel::intern(id),
         }
     }
     pub fn function(id: &str, source: &str) -> LuaEntry {
@@ -336,7 +339,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "events"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "events", "system"];
 
 fn loader_error(entry: &LuaEntry, e: String) -> Error {
     Error::internal(format!("entry '{}': binding its chunk: {e}", entry.id))

@@ -28,6 +28,7 @@ pub use envstore::EnvConfig;
 pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
+pub use modules::system::resident_bytes;
 
 use catalog::Catalog;
 use sandbox::Vm;
@@ -140,6 +141,11 @@ impl LuaRuntime {
     }
 
     /// Bytes the Lua heaps of `host`'s shards use now.
+    /// The current version of entry `id` (bumped by every change of its source).
+    pub fn entry_version(&self, id: &str) -> Option<u64> {
+        self.catalog.entries.read().get(id).map(|e| e.version)
+    }
+
     pub fn shard_memory(&self, host: &str) -> usize {
         self.catalog.hosts.read().get(host).map(|h| h.memory()).unwrap_or(0)
     }
@@ -185,7 +191,8 @@ impl ProcessFactory for Factory {
                 Ok(Shard::new(vm, shards.host.clone(), shards.options.clone(), self.catalog.clone()))
             })
             .map_err(|e| Error::internal(format!("cannot create a Lua shard on host '{name}': {e}")))?;
+        let label = entry.label;
         let process = process::LuaProcess::new(entry, shard.clone());
-        Ok(NewProcess { process: Box::new(process), group: Some(shard) })
+        Ok(NewProcess { process: Box::new(process), group: Some(shard), label: Some(label) })
     }
 }

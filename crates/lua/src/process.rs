@@ -27,6 +27,8 @@ pub(crate) struct LuaProcess {
     co: Coroutine,
     /// The coroutine's last yield was the wait tag: it takes the next event.
     awaiting: bool,
+    /// The last backlog reported to the runtime was not zero (see `report_backlog`).
+    backlogged: bool,
 }
 
 /// A process's coroutine and what resuming it needs. The Lua thread is only ever touched
@@ -167,6 +169,7 @@ impl LuaProcess {
                 hint: (std::ptr::null(), 0),
             },
             awaiting: false,
+            backlogged: false,
         }
     }
 
@@ -870,7 +873,11 @@ impl Process for LuaProcess {
     }
 
     fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
-        self.drive(cx, Some(events), None)
+        let st = self.drive(cx, Some(events), None);
+        if matches!(st, Status::Wait | Status::Block) && (self.state.dirty || self.backlogged) {
+            self.report_backlog(cx);
+        }
+        st
     }
 
     fn close(&mut self, cx: &mut Context<'_>, _result: &ExitResult) {
@@ -878,6 +885,34 @@ impl Process for LuaProcess {
             self.state.shard.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
         }
         self.release_state();
+    }
+}
+
+impl LuaProcess {
+    /// Tell the runtime how many messages this process took but has not received (only
+    /// when there may be some: `dirty` says the pending queue may have grown since
+    /// `receive` found it empty), so `wippy ps` shows them in its mailbox length.
+    #[cold]
+    fn report_backlog(&mut self, cx: &mut Context<'_>) {
+        // SAFETY: inside this process's step, so inside a turn of its shard.
+        let Some(vm) = (unsafe { current_vm() }) else { return };
+        if self.co.p_ref == 0 {
+            return;
+        }
+        let state = vm.main.0;
+        // SAFETY: the main thread is not running between resumes; the stack is left as found.
+        let n = unsafe {
+            if ffi::lua_checkstack(state, 1) == 0 {
+                return;
+            }
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.co.p_ref as ffi::lua_Integer);
+            let p = ffi::lua_topointer(state, -1) as *const u8;
+            let n = if p.is_null() { 0 } else { raw::unreceived(p) };
+            ffi::lua_settop(state, -2);
+            n
+        };
+        cx.set_backlog(n);
+        self.backlogged = n > 0;
     }
 }
 

@@ -386,6 +386,19 @@ const Q_H: ffi::lua_Integer = 1;
 const Q_T: ffi::lua_Integer = 2;
 const P_RH: ffi::lua_Integer = 9;
 const P_NPEND: ffi::lua_Integer = 12;
+const P_INBOX: ffi::lua_Integer = 15;
+
+/// Messages a process state table `p` holds but its code has not received: its pending
+/// queue and what waits in its inbox channel (for `wippy ps`).
+pub(crate) unsafe fn unreceived(p: *const u8) -> usize {
+    let pending = layout::array(p, P_NPEND).and_then(|v| layout::as_int(v)).unwrap_or(0);
+    let inbox = layout::array(p, P_INBOX)
+        .and_then(|v| layout::as_table(v))
+        .and_then(|ch| layout::array(ch, C_N))
+        .and_then(|v| layout::as_int(v))
+        .unwrap_or(0);
+    (pending.max(0) + inbox.max(0)) as usize
+}
 
 thread_local! {
     /// The main coroutine of the process being resumed on this thread (set by every

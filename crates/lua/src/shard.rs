@@ -162,6 +162,8 @@ pub(crate) struct Shard {
     queue: Mutex<Queue>,
     /// Live processes placed here (including ones not started yet).
     pub(crate) members: AtomicUsize,
+    /// The VM's memory when last read for operators (`stats`).
+    last_memory: AtomicUsize,
     pub(crate) host: HostRef,
     pub(crate) preempt: Preempt,
     pub(crate) options: ShardOptions,
@@ -179,6 +181,7 @@ impl Shard {
             vm: Mutex::new(vm),
             queue: Mutex::new(Queue::default()),
             members: AtomicUsize::new(0),
+            last_memory: AtomicUsize::new(0),
             host,
             preempt: Preempt::new(),
             options,
@@ -210,6 +213,29 @@ impl Queue {
 }
 
 impl ProcessGroup for Shard {
+    fn stats(&self) -> wippy_runtime::GroupStats {
+        // Asked from inside this shard's own turn (a process of it reading `system`): the
+        // VM is this thread's. Else its lock, waiting a little for a running turn but never
+        // for long (two shards asking about each other would wait forever); failing that,
+        // the last figure read.
+        let here = current_preempt().is_some_and(|p| std::ptr::eq(p, &self.preempt));
+        let read = if here {
+            // SAFETY: this thread runs the shard's turn and holds its VM (CURRENT_VM); the
+            // allocator's count is only read.
+            CURRENT_VM.with(|c| unsafe { c.get().as_ref() }.map(|vm| vm.lua.used_memory()))
+        } else {
+            self.vm.try_lock_for(std::time::Duration::from_millis(50)).map(|vm| vm.lua.used_memory())
+        };
+        let memory = match read {
+            Some(m) => {
+                self.last_memory.store(m, Ordering::Relaxed);
+                m
+            }
+            None => self.last_memory.load(Ordering::Relaxed),
+        };
+        wippy_runtime::GroupStats { memory, members: self.members.load(Ordering::Relaxed), isolated: self.options.isolated }
+    }
+
     fn schedule(&self, process: ProcessRef, woken: bool) {
         // A process re-queued at the end of a step the watchdog cut (this thread runs this
         // shard's turn, and the cut flag is still up) goes to the slow lane.
@@ -449,7 +475,7 @@ impl HostShards {
     }
 
     pub(crate) fn memory(&self) -> usize {
-        self.all().iter().map(|s| s.vm.lock().lua.used_memory()).sum()
+        self.all().iter().map(|s| wippy_runtime::ProcessGroup::stats(&**s).memory).sum()
     }
 
     pub(crate) fn shard_count(&self) -> usize {

@@ -6,7 +6,7 @@
 //! Kept small: a parked native process costs this struct plus its own state.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -22,6 +22,10 @@ use crate::value::{Table, Value};
 use crate::warm::Warm;
 
 pub(crate) const KILL_NONE: u8 = 0;
+
+/// Bits of `ProcCell::work` that count steps (1.1e12 before they wrap).
+pub(crate) const STEP_BITS: u32 = 40;
+pub(crate) const STEP_MASK: u64 = (1 << STEP_BITS) - 1;
 pub(crate) const KILL_TERMINATED: u8 = 1;
 pub(crate) const KILL_LINKED: u8 = 2;
 /// Its mailbox went past the host's `max_mailbox` messages / `max_mailbox_bytes`.
@@ -37,6 +41,22 @@ pub trait ProcessGroup: Send + Sync + 'static {
     /// new, or was preempted (the back of the queue, [`HostRef::schedule`](crate::HostRef::schedule),
     /// where an idle worker can take it).
     fn schedule(&self, process: ProcessRef, woken: bool);
+
+    /// Memory and membership, for operators (`wippy ps`); may wait for a running turn.
+    fn stats(&self) -> GroupStats {
+        GroupStats::default()
+    }
+}
+
+/// What a process group reports about itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupStats {
+    /// Bytes the group's state holds (a Lua VM's heap).
+    pub memory: usize,
+    /// Live members.
+    pub members: usize,
+    /// One member only, by construction: its memory is that member's own.
+    pub isolated: bool,
 }
 
 /// A handle on a live (or just exited) process, for process groups.
@@ -59,35 +79,32 @@ impl ProcessRef {
     }
 }
 
-/// What `init` still has to be called with.
-pub(crate) enum Init {
-    /// Method `main`, no arguments: nothing to allocate.
-    Main,
-    Custom(Box<(SmolStr, Vec<Value>)>),
-    Done,
+/// A custom first call (a method other than `main`, or arguments): taken by the first
+/// step. Whether the first call is still due is `next_command == 0` (see [`Slot`]), so a
+/// plain `main` start allocates nothing and the slot stays one word smaller.
+pub(crate) type Init = Option<Box<(SmolStr, Vec<Value>)>>;
+
+pub(crate) fn init_of(method: SmolStr, args: Vec<Value>) -> Init {
+    if method == "main" && args.is_empty() {
+        None
+    } else {
+        Some(Box::new((method, args)))
+    }
 }
 
-impl Init {
-    pub(crate) fn new(method: SmolStr, args: Vec<Value>) -> Init {
-        if method == "main" && args.is_empty() {
-            Init::Main
-        } else {
-            Init::Custom(Box::new((method, args)))
-        }
+/// The first call, if it is still due (then commands start being numbered from 1).
+pub(crate) fn take_init(init: &mut Init, next_command: &mut u64) -> Option<(SmolStr, Vec<Value>)> {
+    if *next_command != 0 {
+        return None;
     }
-    /// Take the call, leaving `Done`.
-    pub(crate) fn take(&mut self) -> Option<(SmolStr, Vec<Value>)> {
-        match std::mem::replace(self, Init::Done) {
-            Init::Main => Some((SmolStr::new_static("main"), Vec::new())),
-            Init::Custom(b) => Some(*b),
-            Init::Done => None,
-        }
-    }
+    *next_command = 1;
+    Some(init.take().map(|b| *b).unwrap_or_else(|| (SmolStr::new_static("main"), Vec::new())))
 }
 
 pub(crate) struct Slot {
     pub(crate) process: Option<Box<dyn Process>>,
     pub(crate) init: Init,
+    /// The next command ID; 0 until the first call (`init`) has run.
     pub(crate) next_command: u64,
     /// The process this one last sent to, so repeated sends skip the table.
     pub(crate) last_target: Option<Arc<ProcCell>>,
@@ -114,7 +131,6 @@ pub(crate) struct TopoMore {
 
 #[derive(Default)]
 pub(crate) struct Topo {
-    pub(crate) exited: bool,
     pub(crate) more: Option<Box<TopoMore>>,
 }
 
@@ -129,6 +145,11 @@ pub(crate) struct ProcCell {
     pub(crate) mailbox: Mailbox<Event>,
     pub(crate) kill: AtomicU8,
     pub(crate) trap_links: AtomicBool,
+    /// The process has exited: read and written only while `topo` is locked (an atomic so
+    /// that it can live outside the lock's data, which keeps the cell in its size class).
+    pub(crate) exited: AtomicBool,
+    /// When it was spawned ([`crate::clock::coarse_ticks`], 10 ms units).
+    pub(crate) born: u32,
     pub(crate) host: Arc<Host>,
     pub(crate) group: Option<Arc<dyn ProcessGroup>>,
     pub(crate) slot: UnsafeCell<Slot>,
@@ -138,6 +159,12 @@ pub(crate) struct ProcCell {
     pub(crate) identity: Option<Arc<Identity>>,
     /// Where this process's next step starts in memory, for its senders to prefetch.
     pub(crate) warm: Warm,
+    /// The entry it was spawned from (`None` for a process object spawned directly).
+    pub(crate) label: Option<&'static crate::stats::EntryLabel>,
+    /// Written only by the worker running it, read by introspection: the steps run so far
+    /// (low `STEP_BITS` bits, wrapping) and the messages the process took out of its mailbox
+    /// but has not received yet (the high bits, saturating; see [`Context::set_backlog`]).
+    pub(crate) work: AtomicU64,
 }
 
 // SAFETY: `slot` is only accessed by the single worker that owns the RUNNING state (see the
@@ -146,6 +173,7 @@ unsafe impl Sync for ProcCell {}
 
 impl ProcCell {
     /// A new cell in its final place (its mailbox points into it).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new_arc(
         pid: Pid,
         host: Arc<Host>,
@@ -155,24 +183,29 @@ impl ProcCell {
         args: Vec<Value>,
         context: Option<Arc<Table>>,
         identity: Option<Arc<Identity>>,
+        label: Option<&'static crate::stats::EntryLabel>,
     ) -> Arc<ProcCell> {
         let cell = Arc::new(ProcCell {
             pid,
             mailbox: Mailbox::new_ready(),
             kill: AtomicU8::new(KILL_NONE),
             trap_links: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            born: crate::clock::coarse_ticks(),
             host,
             group,
             slot: UnsafeCell::new(Slot {
                 process: Some(process),
-                init: Init::new(method, args),
-                next_command: 1,
+                init: init_of(method, args),
+                next_command: 0,
                 last_target: None,
                 context,
             }),
             identity,
             topo: Mutex::new(Topo::default()),
             warm: Warm::default(),
+            label,
+            work: AtomicU64::new(0),
         });
         cell.mailbox.init();
         cell
@@ -211,5 +244,15 @@ impl ProcCell {
             .with_retryable(false),
             _ => Error::terminated(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Introspection fields live in what was padding: a cell (with its reference counts)
+    /// stays in the allocator's 224-byte class.
+    #[test]
+    fn a_cell_stays_in_its_size_class() {
+        assert!(std::mem::size_of::<super::ProcCell>() + 16 <= 224, "{}", std::mem::size_of::<super::ProcCell>());
     }
 }

@@ -167,6 +167,7 @@ impl<'a> Context<'a> {
         let cell = self.last_target.as_ref().expect("a batch has a receiver");
         let n = self.outbox.len();
         let (wake, (queued, bytes)) = cell.mailbox.push_chain(&mut self.outbox);
+        crate::stats::add(crate::stats::Counter::Messages, n as u64);
         self.backlog = queued - n.min(queued);
         if wake {
             self.node.schedule(cell.clone(), Hint::Woken);
@@ -176,6 +177,16 @@ impl<'a> Context<'a> {
         if let Some(code) = cell.host.config.mailbox_over(queued, bytes) {
             self.node.overflow(cell, code);
         }
+    }
+
+    /// Tell operators how many messages this process holds taken from its mailbox but not
+    /// yet received (a Lua process's pending queue): `ps` adds them to its mailbox length.
+    #[inline]
+    pub fn set_backlog(&mut self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let w = self.cell.work.load(Relaxed);
+        let n = (n as u64).min((1 << (64 - crate::cell::STEP_BITS)) - 1);
+        self.cell.work.store((w & crate::cell::STEP_MASK) | (n << crate::cell::STEP_BITS), Relaxed);
     }
 
     /// Send a single value.

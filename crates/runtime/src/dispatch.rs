@@ -68,7 +68,7 @@ impl Dispatch {
         // Hold the topology lock while spawning, so a command that completes at once
         // cannot look for its record before it is written.
         let mut topo = cell.topo.lock();
-        if topo.exited {
+        if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         if topo.more.as_ref().is_some_and(|m| m.timers.len() >= MAX_PENDING_COMMANDS) {

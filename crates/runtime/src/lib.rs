@@ -9,6 +9,7 @@
 //! This crate knows nothing of Lua or YAML.
 
 mod cell;
+mod clock;
 mod context;
 mod dispatch;
 mod error;
@@ -30,8 +31,9 @@ mod topology;
 mod value;
 mod warm;
 pub mod events;
+pub mod stats;
 
-pub use cell::{ProcessGroup, ProcessRef};
+pub use cell::{GroupStats, ProcessGroup, ProcessRef};
 pub use context::Context;
 pub use dispatch::{unix_nanos, unix_secs, MAX_PENDING_COMMANDS};
 pub use error::{Echo, Error, ErrorKind, ECHO_MAX};
@@ -39,7 +41,7 @@ pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
 pub use host::{HostConfig, HostRef, HostSecurity, DEFAULT_MAX_MAILBOX_BYTES, DEFAULT_MAX_PROCESSES};
 pub use names::{MAX_NAMES_PER_PROCESS, MAX_NAME_BYTES};
 pub use mailbox::ProcessState;
-pub use node::{Dest, ExitWatch, Node, NodeRef, ProcessInfo, Spawn, StopReport};
+pub use node::{Dest, ExitWatch, HostStats, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};
 pub use process::{Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
 pub use topic::Topic;

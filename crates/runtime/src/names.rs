@@ -37,7 +37,7 @@ impl Names {
             )));
         }
         let mut topo = cell.topo.lock();
-        if topo.exited {
+        if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::process_not_found(cell.pid));
         }
         if topo.more.as_ref().is_some_and(|m| m.names.len() >= MAX_NAMES_PER_PROCESS) {

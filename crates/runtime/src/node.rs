@@ -213,12 +213,54 @@ pub struct StopReport {
 pub struct ProcessInfo {
     pub pid: Pid,
     pub state: ProcessState,
-    /// Messages waiting in the mailbox.
+    /// Messages waiting: in the mailbox, and those the process took from it but has not
+    /// received yet (a Lua process's pending messages, see `Context::set_backlog`).
     pub queued: usize,
     pub trap_links: bool,
     /// The process group (Lua shard) it runs in, as an identity: equal for two processes
     /// of one group while that group lives; `None` for a process scheduled on its own.
     pub group: Option<usize>,
+    /// The host it runs on.
+    pub host: String,
+    /// The entry it was spawned from (`None`: a process object spawned directly).
+    pub entry: Option<&'static str>,
+    /// Bytes its queued messages hold beyond their fixed part.
+    pub queued_bytes: usize,
+    /// Names registered to it.
+    pub names: Vec<SmolStr>,
+    pub links: Vec<Pid>,
+    /// Processes monitoring it.
+    pub monitors: Vec<Pid>,
+    /// Processes it monitors.
+    pub monitoring: Vec<Pid>,
+    /// Timers and other commands still pending.
+    pub pending_commands: usize,
+    /// Steps it has run (each a resume: the runtime's unit of CPU work).
+    pub steps: u64,
+    /// Time since it was spawned (to about 10 ms).
+    pub age: Duration,
+    /// The actor it runs as.
+    pub actor: Option<String>,
+    /// Memory it holds: its own (`memory_exact`: a Lua process with `isolation: process`,
+    /// whose VM is its own) or its share (its group's memory over the group's members, or
+    /// for a native process its record and mailbox).
+    pub memory: usize,
+    pub memory_exact: bool,
+}
+
+/// Load of one host, for operators.
+#[derive(Debug, Clone)]
+pub struct HostStats {
+    pub name: String,
+    /// Worker threads running.
+    pub workers: usize,
+    /// Workers not parked (running or looking for work) at the moment of the reading.
+    pub busy: usize,
+    /// Runnables (processes and Lua shards) waiting in the host's queues.
+    pub queued: usize,
+    pub processes: usize,
+    /// 0: no limit.
+    pub max_processes: usize,
 }
 
 pub(crate) struct NodeInner {
@@ -231,6 +273,10 @@ pub(crate) struct NodeInner {
     fallback: RwLock<Option<Arc<dyn ProcessFactory>>>,
     pub(crate) security: Security,
     pub(crate) events: crate::events::EventBus,
+    /// Supervisors started on this node (for `services`).
+    pub(crate) supervisors: parking_lot::Mutex<Vec<std::sync::Weak<crate::supervisor::Inner>>>,
+    /// Who ends the node when a process asks (`system.exit`): set by the embedder.
+    exit_hook: RwLock<Option<ExitHook>>,
 }
 
 /// A runtime instance. Dropping it stops every host.
@@ -258,6 +304,8 @@ impl Node {
                 fallback: RwLock::new(None),
                 security: Security::default(),
                 events: crate::events::EventBus::default(),
+                supervisors: Default::default(),
+                exit_hook: RwLock::new(None),
             }),
         })
     }
@@ -374,7 +422,7 @@ impl NodeRef {
     pub fn watch(&self, pid: Pid) -> Result<ExitWatch, Error> {
         let cell = self.inner.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
         let mut t = cell.topo.lock();
-        if t.exited {
+        if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::process_not_found(pid));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -424,13 +472,66 @@ impl NodeRef {
 
     pub fn process_info(&self, pid: Pid) -> Option<ProcessInfo> {
         let cell = self.inner.table.get(pid)?;
-        Some(ProcessInfo {
-            pid,
-            state: cell.mailbox.state(),
-            queued: cell.mailbox.queued(),
-            trap_links: cell.trap_links.load(std::sync::atomic::Ordering::Relaxed),
-            group: cell.group.as_ref().map(|g| Arc::as_ptr(g) as *const u8 as usize),
-        })
+        Some(describe(&cell, &mut HashMap::new()))
+    }
+
+    /// Every live process (on `host` only, when given), in PID order. Costs a lock of each
+    /// table shard and of each process's topology, and of each Lua shard once: for
+    /// operators, not for hot paths.
+    pub fn processes(&self, host: Option<&str>) -> Vec<ProcessInfo> {
+        let cells = match host {
+            Some(h) => self.inner.table.on_host(HostName::new(h)),
+            None => self.inner.table.all(),
+        };
+        let mut groups = HashMap::new();
+        cells.iter().map(|c| describe(c, &mut groups)).collect()
+    }
+
+    /// What `request_exit` calls (the `wippy` command: a graceful stop with that code).
+    pub fn set_exit_hook(&self, hook: ExitHook) {
+        *self.inner.exit_hook.write() = Some(hook);
+    }
+
+    /// Ask the embedder to end the node with `code`; false when nobody listens.
+    pub fn request_exit(&self, code: i32) -> bool {
+        let hook = self.inner.exit_hook.read().clone();
+        match hook {
+            Some(h) => {
+                h(code);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The state of every service of every supervisor on this node, in start order.
+    pub fn services(&self) -> Vec<crate::supervisor::ServiceStatus> {
+        let sups: Vec<_> = {
+            let mut v = self.inner.supervisors.lock();
+            v.retain(|w| w.strong_count() > 0);
+            v.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        sups.iter().flat_map(|s| s.status()).collect()
+    }
+
+    /// Every host's load.
+    pub fn host_stats(&self) -> Vec<HostStats> {
+        self.inner
+            .hosts
+            .read()
+            .iter()
+            .map(|h| {
+                let (workers, busy, queued) = h.sched.load();
+                HostStats {
+                    name: h.config.name.clone(),
+                    workers,
+                    busy,
+                    queued,
+                    processes: h.live(),
+                    max_processes: h.config.max_processes,
+                }
+            })
+            .collect()
     }
 
     /// The node's tokio runtime handle (for embedders' own async work).
@@ -458,6 +559,52 @@ impl NodeRef {
 
     pub fn tokio_handle(&self) -> tokio::runtime::Handle {
         self.inner.dispatch.handle().clone()
+    }
+}
+
+/// What `system.exit` calls with its code.
+pub type ExitHook = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// One process's record for operators; `groups` caches each group's statistics.
+fn describe(cell: &Arc<ProcCell>, groups: &mut HashMap<usize, crate::cell::GroupStats>) -> ProcessInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let group = cell.group.as_ref().map(|g| Arc::as_ptr(g) as *const u8 as usize);
+    let (names, links, monitors, monitoring, pending_commands) = match cell.topo.lock().more.as_deref() {
+        Some(m) => (m.names.clone(), m.links.clone(), m.monitors.clone(), m.monitoring.clone(), m.timers.len()),
+        None => Default::default(),
+    };
+    let queued_bytes = cell.mailbox.queued_bytes();
+    let work = cell.work.load(Relaxed);
+    let (memory, memory_exact) = match (&cell.group, group) {
+        (Some(g), Some(key)) => {
+            let st = *groups.entry(key).or_insert_with(|| g.stats());
+            if st.isolated {
+                (st.memory, true)
+            } else {
+                (st.memory / st.members.max(1), false)
+            }
+        }
+        _ => (std::mem::size_of::<ProcCell>() + 16 + queued_bytes, false),
+    };
+    ProcessInfo {
+        pid: cell.pid,
+        state: cell.mailbox.state(),
+        queued: cell.mailbox.queued() + (work >> crate::cell::STEP_BITS) as usize,
+        trap_links: cell.trap_links.load(Relaxed),
+        group,
+        host: cell.host.config.name.clone(),
+        entry: cell.label.map(|l| &*l.id),
+        queued_bytes,
+        names,
+        links,
+        monitors,
+        monitoring,
+        pending_commands,
+        steps: work & crate::cell::STEP_MASK,
+        age: Duration::from_millis(crate::clock::age_ms(cell.born)),
+        actor: cell.identity.as_ref().and_then(|i| i.actor.as_ref()).map(|a| a.id.clone()),
+        memory,
+        memory_exact,
     }
 }
 
@@ -494,12 +641,12 @@ impl NodeInner {
         inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
         let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _ } = spawn;
-        let process = match what {
-            What::Process(p) => p,
+        let (process, label) = match what {
+            What::Process(p) => (p, None),
             What::Entry(id) => {
                 let made = self.factory(&id)?.create(&id, &HostRef(host.clone()))?;
                 group = group.or(made.group);
-                made.process
+                (made.process, Some(made.label.unwrap_or_else(|| crate::stats::EntryLabel::intern(&id))))
             }
         };
         // Context values and identity: given, else inherited from the spawner; a host's
@@ -511,7 +658,8 @@ impl NodeInner {
         }
         host.reserve()?;
         let pid = self.counter.next(host.name);
-        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args, context, identity);
+        let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args, context, identity, label);
+        crate::stats::add(crate::stats::Counter::Spawns, 1);
         if let Some(parent) = parent.filter(|_| link || monitor) {
             let mut t = cell.topo.lock();
             let m = t.more();
@@ -549,15 +697,18 @@ impl NodeInner {
     /// Queue an event for `pid`; `Err(event)` when it is not alive.
     #[inline]
     pub(crate) fn deliver(&self, pid: Pid, ev: Event) -> Result<(), Event> {
-        let extra = match &ev {
-            Event::Message(m) => crate::context::payload_bytes(m.topic.as_str(), &m.payload),
-            _ => 0,
+        let (extra, message) = match &ev {
+            Event::Message(m) => (crate::context::payload_bytes(m.topic.as_str(), &m.payload), true),
+            _ => (0, false),
         };
         let (wake, over) = self.table.with(pid, ev, |cell, ev| {
             if cell.mailbox.is_closed() {
                 return Err(ev);
             }
             let (wake, (queued, bytes)) = cell.mailbox.push_with(extra, || ev);
+            if message {
+                crate::stats::add(crate::stats::Counter::Messages, 1);
+            }
             let over = cell.host.config.mailbox_over(queued, bytes);
             Ok(((wake || over.is_some()).then(|| (cell.clone(), wake)), over))
         })??;
@@ -641,12 +792,16 @@ impl NodeInner {
         let slot = unsafe { &mut *cell.slot.get() };
         let crate::cell::Slot { process, init, next_command, last_target, context } = slot;
         let Some(p) = process.as_mut() else { return };
+        // Only this worker writes the count: a plain add, readable by introspection.
+        let w = cell.work.load(std::sync::atomic::Ordering::Relaxed);
+        cell.work.store((w & !crate::cell::STEP_MASK) | (w.wrapping_add(1) & crate::cell::STEP_MASK), std::sync::atomic::Ordering::Relaxed);
+        let first = crate::cell::take_init(init, next_command);
         let mut cx = Context::new(self, cell, next_command, last_target, context);
         let mut events = Events { mailbox: &cell.mailbox, topo: &cell.topo, popped: 0 };
         let status = match cell.kill_error() {
             Some(e) => Status::Exit(Err(e)),
             None => catch_unwind(AssertUnwindSafe(|| {
-                if let Some((method, args)) = init.take() {
+                if let Some((method, args)) = first {
                     let st = p.init(&mut cx, &method, args);
                     if !matches!(st, Status::Wait | Status::Block) || !cell.mailbox.has_next() {
                         return st;

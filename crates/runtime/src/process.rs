@@ -160,11 +160,14 @@ pub trait Process: Send + 'static {
 pub struct NewProcess {
     pub process: Box<dyn Process>,
     pub group: Option<std::sync::Arc<dyn crate::cell::ProcessGroup>>,
+    /// The entry label its process carries (for `ps`/`inspect`); `None`: the runtime
+    /// interns the entry ID itself (a factory that spawns often keeps one ready).
+    pub label: Option<&'static crate::stats::EntryLabel>,
 }
 
 impl From<Box<dyn Process>> for NewProcess {
     fn from(process: Box<dyn Process>) -> NewProcess {
-        NewProcess { process, group: None }
+        NewProcess { process, group: None, label: None }
     }
 }
 

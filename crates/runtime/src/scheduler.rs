@@ -190,6 +190,14 @@ impl Scheduler {
         Ok(workers)
     }
 
+    /// (workers running, workers not parked, runnables queued) at this moment.
+    pub(crate) fn load(&self) -> (usize, usize, usize) {
+        let active = self.workers();
+        let sleeping = self.num_sleeping.load(Ordering::Relaxed).min(active);
+        let queued = self.injector.len() + self.stealers[..active.min(self.stealers.len())].iter().map(Stealer::len).sum::<usize>();
+        (active, active - sleeping, queued)
+    }
+
     /// Workers running now.
     pub(crate) fn workers(&self) -> usize {
         self.active.load(Ordering::SeqCst)

@@ -120,6 +120,14 @@ pub struct ServiceStatus {
     pub attempt: u32,
     pub pid: Option<Pid>,
     pub error: Option<String>,
+    /// Starts after the first one (restarts, over the service's life).
+    pub restarts: u64,
+    /// Started (wanted running) or not.
+    pub wanted: bool,
+    /// Wall-clock times (Unix nanoseconds) of its last state change and of its current
+    /// run's start (0: never).
+    pub last_update: i64,
+    pub started: i64,
 }
 
 /// What the stop did.
@@ -189,6 +197,9 @@ struct Svc {
     error: Option<String>,
     /// Set when the current instance has exited.
     exited: bool,
+    restarts: u64,
+    last_update: i64,
+    started: i64,
 }
 
 impl Svc {
@@ -205,6 +216,9 @@ impl Svc {
             instance: 0,
             error: None,
             exited: true,
+            restarts: 0,
+            last_update: 0,
+            started: 0,
         }
     }
 }
@@ -218,7 +232,7 @@ struct State {
     history: Vec<Transition>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     node: NodeRef,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
@@ -246,7 +260,9 @@ impl Supervisor {
         let order = topo_order(&specs, &by_id)?;
         let services = specs.into_iter().map(Svc::new).collect();
         let state = State { services, by_id, order, stopping: false, history: Vec::new() };
-        Ok(Supervisor { inner: Arc::new(Inner { node, clock, state: Mutex::new(state), changed: Condvar::new() }) })
+        let inner = Arc::new(Inner { node: node.clone(), clock, state: Mutex::new(state), changed: Condvar::new() });
+        node.inner.supervisors.lock().push(Arc::downgrade(&inner));
+        Ok(Supervisor { inner })
     }
 
     /// Start every `auto_start` service and what it requires; returns at once (services
@@ -302,14 +318,7 @@ impl Supervisor {
     }
 
     pub fn status(&self) -> Vec<ServiceStatus> {
-        let st = self.inner.state.lock();
-        st.order
-            .iter()
-            .map(|&i| {
-                let s = &st.services[i];
-                ServiceStatus { id: s.spec.id.clone(), state: s.state, attempt: s.attempt, pid: s.pid, error: s.error.clone() }
-            })
-            .collect()
+        self.inner.status()
     }
 
     /// Every transition so far.
@@ -458,10 +467,32 @@ fn topo_order(specs: &[ServiceSpec], by_id: &HashMap<String, usize>) -> Result<V
 }
 
 impl Inner {
+    pub(crate) fn status(&self) -> Vec<ServiceStatus> {
+        let st = self.state.lock();
+        st.order
+            .iter()
+            .map(|&i| {
+                let s = &st.services[i];
+                ServiceStatus {
+                    id: s.spec.id.clone(),
+                    state: s.state,
+                    attempt: s.attempt,
+                    pid: s.pid,
+                    error: s.error.clone(),
+                    restarts: s.restarts,
+                    wanted: s.wanted,
+                    last_update: s.last_update,
+                    started: s.started,
+                }
+            })
+            .collect()
+    }
+
     fn set(&self, st: &mut State, i: usize, state: ServiceState, error: Option<String>, delay: Option<Duration>) {
         let at = self.clock.now();
         let s = &mut st.services[i];
         s.state = state;
+        s.last_update = crate::dispatch::unix_nanos();
         if error.is_some() {
             s.error = error.clone();
         }
@@ -541,6 +572,10 @@ impl Inner {
     fn launch(self: &Arc<Self>, st: &mut State, i: usize) {
         let s = &mut st.services[i];
         s.attempt = s.failures + 1;
+        if s.instance > 0 {
+            s.restarts += 1;
+        }
+        s.started = crate::dispatch::unix_nanos();
         s.instance += 1;
         s.pid = None;
         s.error = None;

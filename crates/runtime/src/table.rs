@@ -78,6 +78,16 @@ impl ProcessTable {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// Every live process, in PID order.
+    pub(crate) fn all(&self) -> Vec<Arc<ProcCell>> {
+        let mut v: Vec<Arc<ProcCell>> = Vec::new();
+        for s in self.shards.iter() {
+            v.extend(s.lock().values().cloned());
+        }
+        v.sort_by_key(|c| (c.pid.host(), c.pid.seq()));
+        v
+    }
+
     /// Every live process on `host` (for shutdown), in spawn order.
     pub(crate) fn on_host(&self, host: HostName) -> Vec<Arc<ProcCell>> {
         let mut v: Vec<Arc<ProcCell>> = Vec::new();

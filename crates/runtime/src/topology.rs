@@ -20,6 +20,16 @@ impl NodeInner {
     /// Announce the exit of `cell` (its step loop is over and its process object dropped).
     pub(crate) fn exit(&self, cell: &Arc<ProcCell>, result: ExitResult) {
         let pid = cell.pid;
+        crate::stats::add(
+            match &result {
+                Ok(_) => crate::stats::Counter::ExitsNormal,
+                Err(e) if e.kind == crate::ErrorKind::Canceled || cell.kill.load(std::sync::atomic::Ordering::Relaxed) != crate::cell::KILL_NONE => {
+                    crate::stats::Counter::ExitsKilled
+                }
+                Err(_) => crate::stats::Counter::ExitsError,
+            },
+            1,
+        );
         self.table.remove(pid);
         cell.mailbox.complete();
         // The host's count drops before anyone hears of the exit, so a supervisor that
@@ -27,7 +37,7 @@ impl NodeInner {
         cell.host.release();
         let more = {
             let mut t = cell.topo.lock();
-            t.exited = true;
+            cell.exited.store(true, std::sync::atomic::Ordering::Relaxed);
             t.more.take()
         };
         if let Some(m) = more {
@@ -60,7 +70,7 @@ impl NodeInner {
         let Some(cell) = self.table.get(peer) else { return };
         {
             let mut t = cell.topo.lock();
-            if t.exited {
+            if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
             // A peer that unlinked meanwhile hears nothing.
@@ -88,7 +98,7 @@ impl NodeInner {
         let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
         {
             let mut t = cell.topo.lock();
-            if t.exited {
+            if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(Error::process_not_found(dest));
             }
             let m = t.more();
@@ -126,7 +136,7 @@ impl NodeInner {
         let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
         {
             let mut t = cell.topo.lock();
-            if t.exited {
+            if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(Error::process_not_found(dest));
             }
             let m = t.more();
