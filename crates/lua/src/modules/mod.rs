@@ -14,6 +14,7 @@ pub(crate) mod logger;
 pub(crate) mod process;
 pub(crate) mod registry;
 pub(crate) mod security;
+pub(crate) mod system;
 pub(crate) mod time;
 pub(crate) mod uuid;
 
@@ -260,6 +261,7 @@ pub(crate) fn install(
     shared.raw_set("io", io::library(lua, grants_io)?)?;
     shared.raw_set("security", security::library(lua, catalog.clone())?)?;
     shared.raw_set("uuid", uuid::library(lua)?)?;
+    shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
     r.raw_set("load_library", funcs::load_library_function(lua, catalog)?)?;
     Ok(())
