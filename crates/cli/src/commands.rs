@@ -40,6 +40,8 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("logger.color", "true or false"),
     ("security.strict_mode", "true or false"),
     ("shutdown.timeout", "a duration such as 30s"),
+    ("metrics.prometheus.address", "an address to serve Prometheus metrics on, such as 127.0.0.1:9100"),
+    ("control.enabled", "true or false (the control socket for ps/inspect/top; default true)"),
 ];
 
 /// Check the configuration before anything starts: a bad value of a known key is an
@@ -57,7 +59,8 @@ fn check_config(config: &Config) -> Result<(), u8> {
         let ok = match path.as_str() {
             "logger.level" => v.and_then(|v| v.as_str()).and_then(level_of).is_some(),
             "logger.encoding" => matches!(v.and_then(|v| v.as_str()), Some("console" | "json")),
-            "logger.color" | "security.strict_mode" => v.is_some_and(|v| v.is_boolean()),
+            "logger.color" | "security.strict_mode" | "control.enabled" => v.is_some_and(|v| v.is_boolean()),
+            "metrics.prometheus.address" => metrics_address(config).is_ok(),
             "shutdown.timeout" => shutdown_timeout(config).is_ok(),
             _ => true,
         };
@@ -111,6 +114,22 @@ fn init_logging(cli: &Cli, config: &Config, hide: bool, quiet: bool) {
     } else {
         builder.with_ansi(color).try_init()
     };
+}
+
+/// `metrics.prometheus.address`, when set.
+fn metrics_address(config: &Config) -> Result<Option<std::net::SocketAddr>, String> {
+    match config.get("metrics.prometheus.address") {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            use std::net::ToSocketAddrs;
+            let text = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text };
+            match text.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => Ok(Some(a)),
+                _ => Err(format!("metrics.prometheus.address: invalid address {text:?} (expected host:port)")),
+            }
+        }
+    }
 }
 
 /// `security.strict_mode: true` in the configuration: deny when a process has no actor
@@ -195,6 +214,34 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         Err(e) => return fail(e),
     };
     let settled = boot.start();
+    // system.exit: a graceful stop with the code asked for
+    let (exit_tx, exit) = crossbeam_channel::bounded::<i32>(1);
+    boot.node.set_exit_hook(std::sync::Arc::new(move |code| {
+        let _ = exit_tx.try_send(code);
+    }));
+    let source = crate::control::Source { node: boot.node.handle(), lua: boot.lua.clone(), started: std::time::Instant::now() };
+    let _endpoint = if config.get("control.enabled").and_then(|v| v.as_bool()) == Some(false) {
+        None
+    } else {
+        match crate::control::serve(&cli.dir, source.clone()) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!("no control socket (wippy ps/top will not reach this node): {e}");
+                None
+            }
+        }
+    };
+    match metrics_address(&config) {
+        Ok(Some(addr)) => match crate::metrics::start(addr, source) {
+            Ok(()) => tracing::info!(%addr, "serving Prometheus metrics"),
+            Err(e) => {
+                boot.shutdown();
+                return fail(e);
+            }
+        },
+        Ok(None) => {}
+        Err(e) => return fail(e),
+    }
     if watch {
         tracing::info!(dir = %project.src.components().collect::<std::path::PathBuf>().display(), "watching for changes");
         crate::live::watch(boot.live.clone(), project.src.clone());
@@ -205,15 +252,26 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         }
         eprint!("{}", boot.status_table());
         tracing::info!("running; press Ctrl-C to stop (SIGUSR1 prints the service table)");
+        let mut asked = None;
         loop {
             crossbeam_channel::select! {
                 recv(signals.stop) -> _ => break,
+                recv(exit) -> code => {
+                    asked = code.ok();
+                    tracing::info!(code = asked, "a process asked the node to exit (system.exit)");
+                    break;
+                }
                 recv(signals.status) -> _ => eprint!("{}", boot.status_table()),
             }
         }
-        return if boot.shutdown() { 0 } else { FAILURE };
+        let clean = boot.shutdown();
+        return match asked {
+            Some(code) => code.clamp(0, 255) as u8,
+            None if clean => 0,
+            None => FAILURE,
+        };
     };
-    let code = run_terminal(&boot, host, &target, args, &signals.stop, shutdown);
+    let code = run_terminal(&boot, host, &target, args, &signals.stop, &exit, shutdown);
     boot.shutdown();
     code
 }
@@ -237,6 +295,7 @@ fn run_terminal(
     target: &EntryId,
     args: &[String],
     stop: &crossbeam_channel::Receiver<()>,
+    exit: &crossbeam_channel::Receiver<i32>,
     shutdown: Duration,
 ) -> u8 {
     let host = match boot.start_terminal(host) {
@@ -259,8 +318,20 @@ fn run_terminal(
     let _ = std::thread::Builder::new().name("terminal".into()).spawn(move || {
         let _ = tx.send(watch.wait());
     });
+    let mut asked = None;
     let result = crossbeam_channel::select! {
         recv(done) -> r => r,
+        recv(exit) -> code => {
+            asked = code.ok();
+            let _ = boot.node.cancel(pid, "system exit");
+            match done.recv_timeout(shutdown) {
+                Ok(r) => Ok(r),
+                Err(_) => {
+                    let _ = boot.node.terminate(pid);
+                    done.recv()
+                }
+            }
+        }
         recv(stop) -> _ => {
             let _ = boot.node.cancel(pid, "interrupted");
             match done.recv_timeout(shutdown) {
@@ -274,6 +345,9 @@ fn run_terminal(
         }
     };
     let result = result.unwrap_or_else(|_| Err(wippy_runtime::Error::internal("the terminal process vanished")));
+    if let Some(code) = asked {
+        return code.clamp(0, 255) as u8;
+    }
     if let Err(e) = &result {
         eprintln!("error: {e}");
     }
@@ -610,5 +684,74 @@ pub fn lint(cli: &Cli, json: bool) -> u8 {
         FAILURE
     } else {
         0
+    }
+}
+
+/// `wippy ps`: the running node's processes.
+pub fn ps(cli: &Cli, host: Option<&str>, by: crate::control::Sort, json: bool) -> u8 {
+    let answer = crate::control::Client::connect(&cli.dir).and_then(|mut c| c.call(serde_json::json!({ "cmd": "ps", "host": host })));
+    let v = match answer {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let mut procs: Vec<crate::control::Proc> = match serde_json::from_value(v["processes"].clone()) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("bad answer from the node: {e}")),
+    };
+    crate::control::sort(&mut procs, by);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&procs).unwrap_or_default());
+    } else {
+        print!("{}", crate::control::ps_table(&procs));
+        println!("(memory marked ~ is a share of a Lua VM other processes use too; unmarked is the process's own)");
+    }
+    0
+}
+
+/// `wippy inspect PID`.
+pub fn inspect(cli: &Cli, pid: &str, json: bool) -> u8 {
+    let answer = crate::control::Client::connect(&cli.dir).and_then(|mut c| c.call(serde_json::json!({ "cmd": "inspect", "pid": pid })));
+    let v = match answer {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let d: crate::control::Detail = match serde_json::from_value(v["process"].clone()) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("bad answer from the node: {e}")),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+        return 0;
+    }
+    let p = &d.proc;
+    let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    println!("pid          {}", p.pid);
+    println!("entry        {}{}", p.entry.as_deref().unwrap_or("-"), d.entry_version.map(|v| format!(" (version {v})")).unwrap_or_default());
+    println!("host         {}", p.host);
+    println!("state        {}", p.state);
+    println!("mailbox      {} messages, {} bytes", p.mailbox, p.mailbox_bytes);
+    println!("memory       {}{}", crate::control::bytes(p.memory as u64), if p.memory_exact { " (its own VM)" } else { " (its share of a shared VM)" });
+    println!("steps        {}", p.steps);
+    println!("age          {}", crate::control::age(p.age_ms));
+    println!("names        {}", list(&p.names));
+    println!("actor        {}", p.actor.as_deref().unwrap_or("-"));
+    println!("links        {}", list(&d.links));
+    println!("monitors     {}", list(&d.monitors));
+    println!("monitoring   {}", list(&d.monitoring));
+    println!("trap_links   {}", d.trap_links);
+    println!("pending      {} commands (timers, calls)", d.pending_commands);
+    println!("service      {}", d.service.as_deref().unwrap_or("-"));
+    println!("last error   {}", d.last_error.as_deref().unwrap_or("-"));
+    0
+}
+
+/// `wippy top`.
+pub fn top(cli: &Cli, by: crate::control::Sort, interval: f64) -> u8 {
+    if !(interval.is_finite() && interval >= 0.1) {
+        return fail("--interval: at least 0.1 seconds");
+    }
+    match crate::top::run(&cli.dir, by, Duration::from_secs_f64(interval)) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     }
 }

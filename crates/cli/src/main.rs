@@ -7,6 +7,9 @@ mod live;
 mod plan;
 mod commands;
 mod signals;
+mod control;
+mod metrics;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +80,35 @@ pub enum Cmd {
         /// One JSON array of findings on stdout (for editors).
         #[arg(long)]
         json: bool,
+    },
+    /// List the processes of the node running in the project directory (through its
+    /// control socket): PID, entry, host, state, mailbox, memory, steps, age, names.
+    Ps {
+        /// Only processes on this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Order by this column (largest first).
+        #[arg(long, value_enum, default_value = "pid")]
+        sort: control::Sort,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one process of the running node: links, monitors, names, mailbox, entry and
+    /// version, its service's last error.
+    Inspect {
+        /// The PID, as `ps` prints it.
+        pid: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of the running node: totals, hosts, services, processes.
+    Top {
+        #[arg(long, value_enum, default_value = "cpu")]
+        sort: control::Sort,
+        /// Seconds between readings.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// Inspect the registry.
     Registry {
@@ -158,6 +190,9 @@ fn main() -> ExitCode {
             commands::registry_list(&cli, kind.as_deref(), ns.as_deref(), name.as_deref(), *format)
         }
         Cmd::Registry { command: RegistryCmd::Show { id, format } } => commands::registry_show(&cli, id, *format),
+        Cmd::Ps { host, sort, json } => commands::ps(&cli, host.as_deref(), *sort, *json),
+        Cmd::Inspect { pid, json } => commands::inspect(&cli, pid, *json),
+        Cmd::Top { sort, interval } => commands::top(&cli, *sort, *interval),
     };
     ExitCode::from(code)
 }
