@@ -746,9 +746,18 @@ pub fn inspect(cli: &Cli, pid: &str, json: bool) -> u8 {
 }
 
 /// `wippy top`.
-pub fn top(cli: &Cli, by: crate::control::Sort, interval: f64) -> u8 {
+pub fn top(cli: &Cli, by: crate::control::Sort, interval: f64, once: bool) -> u8 {
     if !(interval.is_finite() && interval >= 0.1) {
         return fail("--interval: at least 0.1 seconds");
+    }
+    if once {
+        return match crate::top::once(&cli.dir, by, Duration::from_secs_f64(interval), 110) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => fail(e),
+        };
     }
     match crate::top::run(&cli.dir, by, Duration::from_secs_f64(interval)) {
         Ok(()) => 0,

@@ -109,6 +109,9 @@ pub enum Cmd {
         /// Seconds between readings.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
+        /// Print one screen as text and exit (no terminal needed).
+        #[arg(long)]
+        once: bool,
     },
     /// Inspect the registry.
     Registry {
@@ -192,7 +195,7 @@ fn main() -> ExitCode {
         Cmd::Registry { command: RegistryCmd::Show { id, format } } => commands::registry_show(&cli, id, *format),
         Cmd::Ps { host, sort, json } => commands::ps(&cli, host.as_deref(), *sort, *json),
         Cmd::Inspect { pid, json } => commands::inspect(&cli, pid, *json),
-        Cmd::Top { sort, interval } => commands::top(&cli, *sort, *interval),
+        Cmd::Top { sort, interval, once } => commands::top(&cli, *sort, *interval, *once),
     };
     ExitCode::from(code)
 }

@@ -134,6 +134,28 @@ pub fn draw(f: &mut Frame, snap: &Snapshot, rates: Rates, by: Sort) {
     );
 }
 
+/// `--once`: two readings `interval` apart, one screen printed as text (for scripts and
+/// terminals without a TTY), `width` columns wide.
+pub fn once(project_dir: &Path, by: Sort, interval: Duration, width: u16) -> Result<String, String> {
+    let mut client = Client::connect(project_dir)?;
+    let prev = client.snapshot()?;
+    let t0 = Instant::now();
+    std::thread::sleep(interval);
+    let snap = client.snapshot()?;
+    let r = rates(&prev, &snap, t0.elapsed());
+    let height = 4 + (snap.hosts.len() as u16 + 3) + (snap.services.len() as u16).min(8) + 3 + snap.processes.len() as u16 + 2;
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height)).map_err(|e| e.to_string())?;
+    t.draw(|f| draw(f, &snap, r, by)).map_err(|e| e.to_string())?;
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let line: String = (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Run the live view until `q`.
 pub fn run(project_dir: &Path, by: Sort, interval: Duration) -> Result<(), String> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};

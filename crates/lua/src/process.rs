@@ -339,7 +339,13 @@ impl LuaProcess {
             }
             match result {
                 Err(e) => break Status::Exit(Err(error_from_mlua(&e))),
-                Ok(Resumed::Failed(v)) => break Status::Exit(Err(self.failure(&v))),
+                Ok(Resumed::Failed(v)) => {
+                    let e = self.failure(&v);
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        self.log_traceback(lua, cx.pid(), &e);
+                    }
+                    break Status::Exit(Err(e));
+                }
                 Ok(Resumed::Exit(vals)) if is_upgrade(&vals) => match self.upgrade(cx, vals) {
                     Ok(first) => {
                         // Go on with the new state's first resume, on this same step.
@@ -475,6 +481,22 @@ impl LuaProcess {
 
     /// The error a process ended with: a memory-limit failure (even one a task raised
     /// and the scheduler passed on) as LimitExceeded, anything else as Lua gave it.
+    /// With debug logs on (`wippy -v`): where the process's code was when it raised, from
+    /// the dead coroutine's stack, which Lua keeps until it is closed.
+    #[cold]
+    fn log_traceback(&self, lua: &Lua, pid: wippy_runtime::Pid, e: &Error) {
+        let co = self.co.l;
+        if co.is_null() {
+            return;
+        }
+        // SAFETY: `co` is this process's coroutine, dead with its stack intact; the
+        // traceback is built on the calling state inside a protected call.
+        let tb: mlua::Result<String> = unsafe { lua.exec_raw((), |state| ffi::luaL_traceback(state, co, std::ptr::null(), 0)) };
+        if let Ok(tb) = tb {
+            tracing::debug!(pid = %pid, entry = %self.state.entry.id, "Lua error: {e}\n{}", tb.trim_end());
+        }
+    }
+
     fn failure(&self, v: &LuaValue) -> Error {
         let memory = matches!(v, LuaValue::String(s) if s.as_bytes().as_ref() == b"not enough memory");
         if memory || self.state.memfail {
