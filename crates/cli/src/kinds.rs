@@ -36,6 +36,11 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "security.token_store", check: |c, p| p.token_stores.push(c.entry.id.to_string()) },
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
+    Kind { name: "http.service", check: crate::http::service },
+    Kind { name: "http.router", check: crate::http::router },
+    Kind { name: "http.endpoint", check: crate::http::endpoint },
+    Kind { name: "http.static", check: crate::http::statics },
+    Kind { name: "fs.directory", check: crate::http::fs_directory },
 ];
 
 pub fn find(kind: &str) -> Option<&'static Kind> {

@@ -2,6 +2,7 @@
 //! it, one of its entries, or its tests.
 
 mod boot;
+mod http;
 mod kinds;
 mod live;
 mod plan;

@@ -102,6 +102,8 @@ pub struct Plan {
     /// Entries with a lifecycle -> what they need running first.
     pub deps: BTreeMap<EntryId, Vec<EntryId>>,
     pub warnings: Vec<LoadError>,
+    /// HTTP servers, routers, endpoints, static mounts (SPEC §11).
+    pub http: crate::http::HttpPlan,
 }
 
 /// A YAML value as a runtime value (mappings become tables with string keys).
@@ -227,6 +229,17 @@ impl Plan {
             if let StorageSpec::File { path, .. } = spec {
                 if path.is_relative() {
                     *path = project.root.join(&*path);
+                }
+            }
+        }
+        crate::http::resolve_paths(&mut plan.http, &project.root);
+        // a server's routers, routes and mounts are checked together (conflicts)
+        for (_, r) in crate::http::routes(&plan.http) {
+            if let Err((id, field, msg)) = r {
+                if let Some(e) = project.entries.iter().find(|e| e.id == id) {
+                    let mut c = Checker::new(e, &index);
+                    c.error(field, msg);
+                    errors.append(&mut c.errors);
                 }
             }
         }

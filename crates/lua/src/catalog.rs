@@ -339,7 +339,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "events", "system"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "events", "system", "http", "http_client"];
 
 fn loader_error(entry: &LuaEntry, e: String) -> Error {
     Error::internal(format!("entry '{}': binding its chunk: {e}", entry.id))

@@ -29,6 +29,9 @@ pub(crate) struct ProcState {
     /// The last destination `send` parsed (inline: a repeated send reads nothing but
     /// this process's own state).
     pub(crate) last_dest: Option<LastDest>,
+    /// What the spawner attached (`Spawn::attach`): the HTTP exchange of a request
+    /// handler.
+    pub(crate) attachment: Option<wippy_runtime::Attachment>,
 }
 
 /// A destination as parsed, and the Lua string it was written as: the string object's

@@ -158,6 +158,7 @@ impl LuaProcess {
                 memory: 0,
                 dirty: true,
                 last_dest: None,
+                attachment: None,
             },
             co: Coroutine {
                 l: std::ptr::null_mut(),
@@ -887,6 +888,9 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
 }
 
 impl Process for LuaProcess {
+    fn attach(&mut self, attachment: wippy_runtime::Attachment) {
+        self.state.attachment = Some(attachment);
+    }
     fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
         match self.start(method, StartArgs::Values(args), None) {
             Ok(first) => self.drive(cx, None, Some(first)),

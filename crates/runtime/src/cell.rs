@@ -126,7 +126,27 @@ pub(crate) struct TopoMore {
     /// Recently cancelled commands: a completion of theirs that was already on its way
     /// (a ticker's tick queued before the cancel) is dropped, never delivered.
     pub(crate) cancelled: Vec<CommandId>,
-    pub(crate) watchers: Vec<std::sync::mpsc::SyncSender<ExitResult>>,
+    pub(crate) watchers: Vec<Watcher>,
+}
+
+/// Told of a process's exit from outside any process.
+pub(crate) enum Watcher {
+    /// [`crate::ExitWatch`]: a blocking wait.
+    Chan(std::sync::mpsc::SyncSender<ExitResult>),
+    /// [`crate::Node::spawn_then`]: called once, on the thread the process exited on, with
+    /// no lock held.
+    Call(crate::node::ExitCallback),
+}
+
+impl Watcher {
+    pub(crate) fn tell(self, pid: Pid, result: &ExitResult) {
+        match self {
+            Watcher::Chan(tx) => {
+                let _ = tx.try_send(result.clone());
+            }
+            Watcher::Call(f) => f(pid, result.clone()),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -49,7 +49,7 @@ impl Dispatch {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("wippy-dispatch")
-            .enable_time()
+            .enable_all()
             .build()
             .map_err(|e| Error::unavailable(format!("cannot start the dispatch runtime: {e}")))?;
         let handle = rt.handle().clone();

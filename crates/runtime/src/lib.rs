@@ -41,9 +41,9 @@ pub use handler::{handler_fn, FnHandler, Flow, Handler, HandlerProcess};
 pub use host::{HostConfig, HostRef, HostSecurity, DEFAULT_MAX_MAILBOX_BYTES, DEFAULT_MAX_PROCESSES};
 pub use names::{MAX_NAMES_PER_PROCESS, MAX_NAME_BYTES};
 pub use mailbox::ProcessState;
-pub use node::{Dest, ExitWatch, HostStats, Node, NodeRef, ProcessInfo, Spawn, StopReport};
+pub use node::{Dest, ExitCallback, ExitWatch, HostStats, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};
-pub use process::{Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
+pub use process::{Attachment, Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
 pub use topic::Topic;
 pub use scheduler::Runnable;
 pub use security::{

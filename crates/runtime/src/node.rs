@@ -21,7 +21,7 @@ use crate::host::{Host, HostConfig, HostRef, RUNNING, STOPPED, STOPPING};
 use crate::mailbox::{Park, ProcessState};
 use crate::names::Names;
 use crate::pid::{HostName, Pid, PidCounter};
-use crate::process::{Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
+use crate::process::{Attachment, Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
 use crate::security::{Identity, Security};
 use crate::topic::Topic;
 use crate::scheduler::Hint;
@@ -89,7 +89,12 @@ pub struct Spawn {
     /// A function call (`funcs.call`/`async`: checked as `funcs.call`, `funcs.context` and
     /// `funcs.security`).
     call: bool,
+    /// Handed to the process before its first step (see [`Process::attach`]).
+    attachment: Option<Attachment>,
 }
+
+/// Called with a process's exit result (see [`Node::spawn_then`]).
+pub type ExitCallback = Box<dyn FnOnce(Pid, ExitResult) + Send>;
 
 impl Spawn {
     /// Spawn this process object.
@@ -97,7 +102,7 @@ impl Spawn {
         Spawn::boxed(Box::new(p))
     }
     pub fn boxed(p: Box<dyn Process>) -> Spawn {
-        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false, call: false }
+        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false, call: false, attachment: None }
     }
     /// Spawn the entry `id` through its registered factory.
     pub fn entry(id: &str) -> Spawn {
@@ -146,6 +151,13 @@ impl Spawn {
     /// `funcs.context` / `funcs.security` for its context and identity).
     pub fn for_call(mut self) -> Spawn {
         self.call = true;
+        self
+    }
+    /// Hand the new process this object before its first step (see [`Process::attach`]):
+    /// how an embedder gives one process something that is not a message value, such as
+    /// the HTTP exchange a request handler answers.
+    pub fn attach(mut self, a: Attachment) -> Spawn {
+        self.attachment = Some(a);
         self
     }
     pub(crate) fn is_call(&self) -> bool {
@@ -414,8 +426,16 @@ impl NodeRef {
     pub fn spawn_watched(&self, host: &str, spawn: Spawn) -> Result<(Pid, ExitWatch), Error> {
         let host = self.inner.host_for_spawn(host)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let pid = self.inner.spawn(None, &host, spawn, Some(tx), None, None)?;
+        let pid = self.inner.spawn(None, &host, spawn, Some(crate::cell::Watcher::Chan(tx)), None, None)?;
         Ok((pid, ExitWatch { rx }))
+    }
+
+    /// Spawn and have `then` called with the exit result (once, on the worker thread the
+    /// process exits on, with no lock held: it must not block). For embedders that wait
+    /// on processes from async code.
+    pub fn spawn_then(&self, host: &str, spawn: Spawn, then: ExitCallback) -> Result<Pid, Error> {
+        let host = self.inner.host_for_spawn(host)?;
+        self.inner.spawn(None, &host, spawn, Some(crate::cell::Watcher::Call(then)), None, None)
     }
 
     /// Watch a live process from outside: the handle yields its exit result.
@@ -426,7 +446,7 @@ impl NodeRef {
             return Err(Error::process_not_found(pid));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        t.more().watchers.push(tx);
+        t.more().watchers.push(crate::cell::Watcher::Chan(tx));
         Ok(ExitWatch { rx })
     }
 
@@ -636,12 +656,12 @@ impl NodeInner {
         parent: Option<&Arc<ProcCell>>,
         host: &Arc<Host>,
         spawn: Spawn,
-        watcher: Option<std::sync::mpsc::SyncSender<ExitResult>>,
+        watcher: Option<crate::cell::Watcher>,
         inherited: Option<Arc<Table>>,
         inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
-        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _ } = spawn;
-        let (process, label) = match what {
+        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _, attachment } = spawn;
+        let (mut process, label) = match what {
             What::Process(p) => (p, None),
             What::Entry(id) => {
                 let made = self.factory(&id)?.create(&id, &HostRef(host.clone()))?;
@@ -649,6 +669,9 @@ impl NodeInner {
                 (made.process, Some(made.label.unwrap_or_else(|| crate::stats::EntryLabel::intern(&id))))
             }
         };
+        if let Some(a) = attachment {
+            process.attach(a);
+        }
         // Context values and identity: given, else inherited from the spawner; a host's
         // forced actor/scope replaces them.
         let context = context.or(inherited);

@@ -144,12 +144,21 @@ impl Events<'_> {
 /// entry method and the spawn arguments. Then `step` runs whenever events are queued (or
 /// right away after `Yield`). `close` runs once, after the last step, whatever the reason.
 /// A panic in any of them ends the process abnormally; it never takes down the worker.
+/// Something an embedder hands one process at spawn (see [`crate::Spawn::attach`]); the
+/// process downcasts it to the type it knows.
+pub type Attachment = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
 pub trait Process: Send + 'static {
     fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
         let _ = (cx, method, args);
         Status::Wait
     }
     fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status;
+    /// Take an object given with [`crate::Spawn::attach`] (before the first step). A
+    /// process that has no use for it drops it.
+    fn attach(&mut self, attachment: Attachment) {
+        let _ = attachment;
+    }
     fn close(&mut self, cx: &mut Context<'_>, result: &ExitResult) {
         let _ = (cx, result);
     }

@@ -59,7 +59,7 @@ impl NodeInner {
                 self.link_gone(peer, pid, at, result.as_ref().err());
             }
             for w in m.watchers {
-                let _ = w.try_send(result.clone());
+                w.tell(pid, &result);
             }
         }
     }

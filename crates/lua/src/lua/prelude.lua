@@ -1095,6 +1095,123 @@ if LIBS.events then
 end
 
 -------------------------------------------------------------------------------------------
+-- Waiting for a command a module started in Rust (an HTTP body, a client request): the
+-- completion wakes the task with its value, or nil and the error.
+-------------------------------------------------------------------------------------------
+local function await_cmd(id)
+  local P = S[1]
+  local t = S[2] or P
+  cmds(P)[id] = function(P2, i, ok, v)
+    P2[X].cmds[i] = nil
+    if ok then wake(P2, t, v) else wake(P2, t, nil, v) end
+  end
+  t[EXT] = true; P[NEXT] = P[NEXT] + 1
+  return block()
+end
+
+-------------------------------------------------------------------------------------------
+-- http (SPEC 11.3): the request/response objects are Rust's; these are their methods that
+-- wait (found through the objects' __index)
+-------------------------------------------------------------------------------------------
+if LIBS.http then
+  local function write_done(ok, x)
+    if ok then return nil end
+    if ok == false then
+      local _, err = await_cmd(x)
+      return err
+    end
+    return x
+  end
+  R.http_async {
+    body = function(req)
+      local id, err = req:_body(false)
+      if not id then return nil, err end
+      return await_cmd(id)
+    end,
+    body_json = function(req)
+      local id, err = req:_body(true)
+      if not id then return nil, err end
+      return await_cmd(id)
+    end,
+    write = function(res, s) return write_done(res:_write(s)) end,
+    write_json = function(res, v) return write_done(res:_write_json(v)) end,
+    write_event = function(res, ev) return write_done(res:_write_event(ev)) end,
+  }
+end
+
+-------------------------------------------------------------------------------------------
+-- http_client (SPEC 11.5): every request is a command; a batch waits for all of its own
+-------------------------------------------------------------------------------------------
+if LIBS.http_client then
+  local hc = LIBS.http_client
+  local start, read, close = R.http_client_start, R.http_client_read, R.http_client_close
+  local Stream = {}
+  local StreamMT = { __index = Stream, __name = "stream", __metatable = "stream" }
+  function Stream.read(st, _)
+    if not st.id then return nil end
+    local id, err = read(st.id)
+    if not id then return nil, err end
+    local chunk, e = await_cmd(id)
+    if chunk == nil then st.id = nil end
+    return chunk, e
+  end
+  function Stream.close(st)
+    if st.id then close(st.id); st.id = nil end
+    return true
+  end
+  local function wrap(resp)
+    if type(resp) == "table" and resp.stream_id then
+      resp.stream = setmetatable({ id = resp.stream_id }, StreamMT)
+      resp.stream_id = nil
+    end
+    return resp
+  end
+  function hc.request(method, url, opts)
+    if type(method) ~= "string" then
+      error("bad argument #1 to 'request' (string expected, got " .. type(method) .. ")", 2)
+    end
+    local id, err = start(method, url, opts, false)
+    if not id then return nil, err end
+    local resp, e = await_cmd(id)
+    if resp == nil then return nil, e end
+    return wrap(resp), nil
+  end
+  for _, m in ipairs({ "get", "post", "put", "delete", "head", "patch" }) do
+    local M = m:upper()
+    hc[m] = function(url, opts) return hc.request(M, url, opts) end
+  end
+  function hc.request_batch(reqs)
+    if type(reqs) ~= "table" then
+      error("bad argument #1 to 'request_batch' (table expected, got " .. type(reqs) .. ")", 2)
+    end
+    local P = S[1]
+    local t = S[2] or P
+    local resps, errs, failed, left = {}, {}, false, 0
+    local c = cmds(P)
+    for i, r in ipairs(reqs) do
+      local id, err = start(r[1], r[2], r[3], true)
+      if not id then
+        errs[i] = err; failed = true
+      else
+        left = left + 1
+        c[id] = function(P2, k, ok, v)
+          P2[X].cmds[k] = nil
+          if ok then resps[i] = v else errs[i] = v; failed = true end
+          left = left - 1
+          if left == 0 then wake(P2, t) end
+        end
+      end
+    end
+    if left > 0 then
+      t[EXT] = true; P[NEXT] = P[NEXT] + 1
+      block()
+    end
+    if failed then return resps, errs end
+    return resps, nil
+  end
+end
+
+-------------------------------------------------------------------------------------------
 -- funcs: call and async run a function.lua entry as a short-lived process
 -------------------------------------------------------------------------------------------
 if LIBS.funcs then

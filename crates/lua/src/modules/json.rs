@@ -12,7 +12,7 @@ use super::fail;
 /// Deeper than this, `encode` refuses (SPEC §12.10).
 const MAX_DEPTH: usize = 128;
 
-fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
+pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
     if depth > MAX_DEPTH {
         return Err(format!("json.encode: nesting deeper than {MAX_DEPTH} (or a cycle)"));
     }
@@ -74,7 +74,7 @@ fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
     })
 }
 
-fn from_json(lua: &Lua, j: &Json) -> mlua::Result<LuaValue> {
+pub(crate) fn from_json(lua: &Lua, j: &Json) -> mlua::Result<LuaValue> {
     Ok(match j {
         Json::Null => LuaValue::Nil,
         Json::Bool(b) => LuaValue::Boolean(*b),

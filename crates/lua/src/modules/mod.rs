@@ -8,6 +8,8 @@ pub(crate) mod env;
 pub(crate) mod errors;
 pub(crate) mod events;
 pub(crate) mod funcs;
+pub(crate) mod http;
+pub(crate) mod http_client;
 pub(crate) mod io;
 pub(crate) mod json;
 pub(crate) mod logger;
@@ -263,6 +265,8 @@ pub(crate) fn install(
     shared.raw_set("uuid", uuid::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
+    shared.raw_set("http", http::library(lua, r)?)?;
+    shared.raw_set("http_client", http_client::library(lua, r)?)?;
     r.raw_set("load_library", funcs::load_library_function(lua, catalog)?)?;
     Ok(())
 }

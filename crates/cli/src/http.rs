@@ -1,0 +1,346 @@
+//! The HTTP entry kinds (SPEC §11.1): `http.service`, `http.router`, `http.endpoint`,
+//! `http.static`, and the `fs.directory` a static mount serves. Each is checked alone
+//! (fields, references), then per server as a whole (router prefixes, the route table's
+//! conflicts, mount paths) so every error names its entry and field; at boot each server
+//! becomes a listener service on a host of its own, where its handlers run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::Value as Json;
+use wippy_http::middleware::{Cors, NOT_YET};
+use wippy_http::route::{self, Pattern, Route, Table};
+use wippy_http::server::{self, Routes, ServerState, ServiceConfig, Target};
+use wippy_http::statics::StaticMount;
+use wippy_registry::{Checker, EntryId, Lifecycle};
+use wippy_runtime::{HostConfig, Node, Process};
+
+use crate::plan::{HostPlan, Plan, ServicePlan};
+
+#[derive(Default)]
+pub struct HttpPlan {
+    pub services: Vec<(EntryId, ServiceConfig)>,
+    pub routers: Vec<RouterPlan>,
+    pub endpoints: Vec<EndpointPlan>,
+    pub statics: Vec<StaticPlan>,
+    /// `fs.directory` entries: their directory (made absolute by the plan).
+    pub filesystems: Vec<(EntryId, PathBuf, bool)>,
+}
+
+pub struct RouterPlan {
+    pub id: EntryId,
+    pub server: EntryId,
+    pub prefix: String,
+    pub cors: Option<Arc<Cors>>,
+}
+
+pub struct EndpointPlan {
+    pub id: EntryId,
+    pub router: EntryId,
+    pub method: String,
+    pub path: String,
+    pub func: EntryId,
+    pub timeout: Duration,
+}
+
+pub struct StaticPlan {
+    pub id: EntryId,
+    pub server: EntryId,
+    pub path: String,
+    pub fs: EntryId,
+    pub directory: String,
+    pub index: String,
+    pub cache: String,
+    pub spa: bool,
+}
+
+/// The host an `http.service`'s handlers run on.
+pub fn handler_host(server: &EntryId) -> String {
+    format!("{server}#handlers")
+}
+
+fn meta_ref(c: &mut Checker, key: &str, kinds: &[&str]) -> Option<EntryId> {
+    let field = format!("meta.{key}");
+    match c.entry.meta.get(key) {
+        None | Some(Json::Null) => {
+            c.error(&field, format!("missing metadata: {key}"));
+            None
+        }
+        Some(Json::String(s)) => {
+            let s = s.clone();
+            c.resolve(&field, &s, kinds)
+        }
+        Some(other) => {
+            c.error(&field, format!("must be an entry ID, got {other}"));
+            None
+        }
+    }
+}
+
+/// A flat string map (`options`): strings, numbers and booleans as their text.
+fn options(c: &mut Checker, field: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match c.get(field) {
+        None => {}
+        Some(Json::Object(m)) => {
+            for (k, v) in m {
+                match v {
+                    Json::String(s) => {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    Json::Bool(_) | Json::Number(_) => {
+                        out.insert(k.clone(), v.to_string());
+                    }
+                    other => c.error(&format!("{field}.{k}"), format!("must be a string, got {other}")),
+                }
+            }
+        }
+        Some(other) => c.error(field, format!("must be a mapping of strings, got {other}")),
+    }
+    out
+}
+
+fn middleware(c: &mut Checker, list: &str, opts: &str) -> Option<Arc<Cors>> {
+    let names = c.strings(list);
+    let settings = options(c, opts);
+    let mut cors = None;
+    for n in names {
+        match n.as_str() {
+            "cors" => match Cors::from_options(&settings) {
+                Ok(x) => cors = Some(Arc::new(x)),
+                Err(e) => c.error(opts, e),
+            },
+            other if NOT_YET.contains(&other) => c.error(list, format!("middleware {other:?} is not available in this runtime yet (available: cors)")),
+            other => c.error(list, format!("unknown middleware {other:?} (available: cors)")),
+        }
+    }
+    cors
+}
+
+pub fn service(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["addr", "timeouts", "host", "tls", "network", "lifecycle", "limits"]);
+    c.only("timeouts", &["read", "write", "idle"]);
+    c.only("host", &["buffer_size", "worker_count"]);
+    c.only("limits", &["max_connections", "max_header_bytes", "max_body"]);
+    let id = c.entry.id.clone();
+    let addr = match c.get("addr") {
+        None => {
+            c.error("addr", "missing (required): the listen address, such as :8080 or 127.0.0.1:8080");
+            String::new()
+        }
+        Some(Json::String(s)) => s.clone(),
+        Some(Json::Number(n)) => format!(":{n}"),
+        Some(other) => {
+            c.error("addr", format!("must be a string such as \":8080\", got {other}"));
+            String::new()
+        }
+    };
+    if c.get("addr").is_some() {
+        if let Err(e) = server::listen_addr(&addr) {
+            c.error("addr", e);
+        }
+    }
+    if c.get("tls").and_then(|t| t.get("mode")).and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
+        c.error("tls.mode", "TLS termination is not available in this runtime yet (serve plain HTTP behind a TLS proxy)");
+    }
+    if c.get("network").is_some() {
+        c.warn("network", "overlay networks do not apply in this runtime; ignored");
+    }
+    let read_timeout = c.duration("timeouts.read", Duration::ZERO);
+    let _write = c.duration("timeouts.write", Duration::ZERO);
+    let idle_timeout = c.duration("timeouts.idle", Duration::ZERO);
+    let _buffer = c.uint("host.buffer_size", 1024);
+    let mut host = HostConfig::new(&handler_host(&id));
+    host.workers = c.positive("host.worker_count", host.workers as u64) as usize;
+    let max_connections = c.positive("limits.max_connections", server::DEFAULT_MAX_CONNECTIONS as u64) as usize;
+    let max_header_bytes = if c.get("limits.max_header_bytes").is_some() { c.bytes("limits.max_header_bytes") as usize } else { server::DEFAULT_MAX_HEADER_BYTES };
+    let max_body = if c.get("limits.max_body").is_some() { c.bytes("limits.max_body") } else { server::DEFAULT_MAX_BODY };
+    let lifecycle: Lifecycle = c.lifecycle();
+    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id) };
+    let host_id: EntryId = match handler_host(&id).parse() {
+        Ok(h) => h,
+        Err(e) => {
+            c.error("", format!("{e}"));
+            return;
+        }
+    };
+    host.stop_timeout = lifecycle.stop_timeout;
+    // the handlers' host runs as long as the server: started first, stopped after it
+    let host_life = Lifecycle { auto_start: lifecycle.auto_start, requires: lifecycle.requires.clone(), ..lifecycle.clone() };
+    plan.hosts.push(HostPlan { id: host_id.clone(), config: host, shard: Default::default(), lifecycle: host_life, identity: None });
+    let mut deps = lifecycle.requires.clone();
+    deps.push(host_id.clone());
+    plan.depends(&host_id, &lifecycle.requires);
+    plan.depends(&id, &deps);
+    plan.services.push(ServicePlan { id: id.clone(), process: id.clone(), host: host_id, input: Vec::new(), lifecycle, identity: None });
+    plan.http.services.push((id, config));
+}
+
+pub fn router(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["prefix", "middleware", "options", "post_middleware", "post_options"]);
+    let server = meta_ref(c, "server", &["http.service"]);
+    let prefix = c.string("prefix").unwrap_or_default();
+    if !prefix.is_empty() && !prefix.starts_with('/') {
+        c.error("prefix", format!("must start with /, got {prefix:?}"));
+    }
+    let mut cors = middleware(c, "middleware", "options");
+    if let Some(post) = middleware(c, "post_middleware", "post_options") {
+        cors = Some(post);
+    }
+    if let Some(server) = server {
+        plan.http.routers.push(RouterPlan { id: c.entry.id.clone(), server, prefix: prefix.trim_end_matches('/').to_string(), cors });
+    }
+}
+
+pub fn endpoint(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["method", "path", "func", "timeout"]);
+    let router = meta_ref(c, "router", &["http.router"]);
+    let method = match c.required_string("method") {
+        Some(m) if route::METHODS.contains(&m.to_ascii_uppercase().as_str()) => Some(m.to_ascii_uppercase()),
+        Some(m) => {
+            c.error("method", format!("invalid HTTP method {m:?} (one of {})", route::METHODS.join(" ")));
+            None
+        }
+        None => None,
+    };
+    let path = c.required_string("path");
+    if let Some(p) = &path {
+        if let Err(e) = Pattern::parse(p) {
+            c.error("path", e);
+        }
+    }
+    let func = match c.get("func") {
+        None => {
+            c.error("func", "missing (required): the function.lua entry that handles the request");
+            None
+        }
+        Some(_) => c.reference("func", &["function.lua"]),
+    };
+    let timeout = c.duration("timeout", server::DEFAULT_ENDPOINT_TIMEOUT);
+    if let (Some(router), Some(method), Some(path), Some(func)) = (router, method, path, func) {
+        plan.http.endpoints.push(EndpointPlan { id: c.entry.id.clone(), router, method, path, func, timeout });
+    }
+}
+
+pub fn statics(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["path", "fs", "directory", "static_options", "options", "middleware"]);
+    c.only("static_options", &["index", "cache", "spa"]);
+    let server = meta_ref(c, "server", &["http.service"]);
+    let path = c.required_string("path");
+    if let Some(p) = &path {
+        if !p.starts_with('/') {
+            c.error("path", format!("must start with /, got {p:?}"));
+        }
+    }
+    let fs = match c.get("fs") {
+        None => {
+            c.error("fs", "missing (required): the fs.directory entry to serve");
+            None
+        }
+        Some(_) => c.reference("fs", &["fs.directory"]),
+    };
+    let directory = c.string("directory").unwrap_or_default();
+    if directory.split('/').any(|s| s == "..") {
+        c.error("directory", "must stay inside the filesystem (no ..)");
+    }
+    // the legacy form: options.spa / index / cache
+    let legacy = |c: &Checker, k: &str| c.get(&format!("options.{k}")).cloned();
+    let flag = |v: Option<Json>| matches!(v, Some(Json::Bool(true))) || matches!(v, Some(Json::String(ref s)) if s == "true");
+    let text = |v: Option<Json>| v.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let spa = flag(c.get("static_options.spa").cloned().or_else(|| legacy(c, "spa")));
+    let index = text(c.get("static_options.index").cloned().or_else(|| legacy(c, "index")));
+    let cache = text(c.get("static_options.cache").cloned().or_else(|| legacy(c, "cache")));
+    if spa && index.is_empty() {
+        c.error("static_options.index", "required with spa: true (the file served for unknown paths)");
+    }
+    let _ = c.strings("middleware");
+    if let (Some(server), Some(path), Some(fs)) = (server, path, fs) {
+        plan.http.statics.push(StaticPlan { id: c.entry.id.clone(), server, path, fs, directory, index, cache, spa });
+    }
+}
+
+pub fn fs_directory(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["directory", "auto_init", "mode", "lifecycle"]);
+    let Some(dir) = c.required_string("directory") else { return };
+    let auto = c.bool("auto_init", false);
+    plan.http.filesystems.push((c.entry.id.clone(), PathBuf::from(dir), auto));
+}
+
+/// Each server's routes, or the first problem (the entry and field it is about).
+pub fn routes(plan: &HttpPlan) -> HashMap<EntryId, Result<Routes, (EntryId, &'static str, String)>> {
+    let mut out = HashMap::new();
+    for (sid, _) in &plan.services {
+        out.insert(sid.clone(), server_routes(plan, sid));
+    }
+    out
+}
+
+fn server_routes(plan: &HttpPlan, sid: &EntryId) -> Result<Routes, (EntryId, &'static str, String)> {
+    let routers: Vec<&RouterPlan> = plan.routers.iter().filter(|r| &r.server == sid).collect();
+    for (i, r) in routers.iter().enumerate() {
+        if let Some(first) = routers[..i].iter().find(|o| o.prefix == r.prefix) {
+            return Err((r.id.clone(), "prefix", format!("router prefix exists: {:?} is already used by {} on {sid}", r.prefix, first.id)));
+        }
+    }
+    let mut list = Vec::new();
+    for ep in &plan.endpoints {
+        let Some(r) = routers.iter().find(|r| r.id == ep.router) else { continue };
+        let full = route::join(&r.prefix, &ep.path);
+        let pattern = Pattern::parse(&full).map_err(|e| (ep.id.clone(), "path", e))?;
+        let target = Arc::new(Target { endpoint: Arc::from(ep.id.as_str()), func: Arc::from(ep.func.as_str()), timeout: ep.timeout, cors: r.cors.clone() });
+        list.push(Route { method: ep.method.clone(), pattern, owner: ep.id.to_string(), target });
+    }
+    let table = Table::build(list).map_err(|e| {
+        // name the endpoint the message starts with
+        let owner = plan.endpoints.iter().find(|ep| e.contains(&format!("({})", ep.id))).map(|ep| ep.id.clone());
+        (owner.unwrap_or_else(|| sid.clone()), "path", e)
+    })?;
+    let mut statics = Vec::new();
+    let mounts: Vec<&StaticPlan> = plan.statics.iter().filter(|s| &s.server == sid).collect();
+    for (i, s) in mounts.iter().enumerate() {
+        if let Some(first) = mounts[..i].iter().find(|o| o.path.trim_end_matches('/') == s.path.trim_end_matches('/')) {
+            return Err((s.id.clone(), "path", format!("mount path {:?} is already used by {} on {sid}", s.path, first.id)));
+        }
+        let Some((_, root, _)) = plan.filesystems.iter().find(|(id, _, _)| id == &s.fs) else {
+            return Err((s.id.clone(), "fs", format!("filesystem not found: {}", s.fs)));
+        };
+        let dir = root.join(&s.directory);
+        let m = StaticMount::new(&s.path, &dir, &s.index, &s.cache, s.spa).map_err(|e| (s.id.clone(), "directory", e))?;
+        statics.push(Arc::new(m));
+    }
+    Ok(Routes { table, statics })
+}
+
+/// Make every `fs.directory` absolute (the project's), creating `auto_init` ones.
+pub fn resolve_paths(plan: &mut HttpPlan, root: &std::path::Path) {
+    for (_, dir, auto) in &mut plan.filesystems {
+        if dir.is_relative() {
+            *dir = root.join(&*dir);
+        }
+        if *auto && !dir.exists() {
+            let _ = std::fs::create_dir_all(&*dir);
+        }
+    }
+}
+
+/// Register each server's listener with the node (its routes ready).
+pub fn install(plan: &HttpPlan, node: &Node) -> Result<Vec<Arc<ServerState>>> {
+    let mut routes = routes(plan);
+    let mut states = Vec::new();
+    for (sid, config) in &plan.services {
+        let state = ServerState::new(config.clone());
+        match routes.remove(sid) {
+            Some(Ok(r)) => state.set_routes(r),
+            Some(Err((id, field, msg))) => anyhow::bail!("{id}: {field}: {msg}"),
+            None => {}
+        }
+        let s = state.clone();
+        let factory = move |_: &str| -> Result<Box<dyn Process>, wippy_runtime::Error> { Ok(Box::new(wippy_http::ServerProcess::new(s.clone()))) };
+        node.register_entry(sid.as_str(), Arc::new(factory));
+        states.push(state);
+    }
+    Ok(states)
+}

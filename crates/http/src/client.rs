@@ -1,0 +1,174 @@
+//! The client behind the `http_client` module (SPEC §11.5): one pooled reqwest client per
+//! node (keep-alive, 10 idle connections per host, 90 s idle timeout, redirects followed,
+//! TLS with the system's roots through rustls). A request is a future the calling process
+//! runs as a command; its value is the response table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wippy_runtime::{Error, ErrorKind, Table, Value};
+
+/// SPEC §11.5 defaults.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_BODY: u64 = 125_829_120;
+
+fn client() -> Result<reqwest::Client, Error> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(10)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::limited(10))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| Error::internal(format!("http client: {e}")))
+}
+
+/// A request as the Lua side describes it.
+#[derive(Debug, Default)]
+pub struct Req {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+    pub stream: bool,
+    pub max_body: u64,
+    pub basic_auth: Option<(String, Option<String>)>,
+}
+
+/// Percent-encoding of a query component (space as `+`), as `encode_uri`.
+pub fn encode_query(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b' ');
+    percent_encoding::utf8_percent_encode(s, SET).to_string().replace(' ', "+")
+}
+
+pub fn decode_query(s: &str) -> Result<String, Error> {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus).decode_utf8().map(|c| c.into_owned()).map_err(|_| Error::invalid("invalid URL encoding: not UTF-8"))
+}
+
+fn transport(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::new(ErrorKind::Timeout, format!("request timed out: {e}"))
+    } else if e.is_connect() {
+        Error::unavailable(format!("connection failed: {e}")).with_retryable(true)
+    } else if e.is_builder() {
+        Error::invalid(format!("invalid request: {e}"))
+    } else {
+        Error::unavailable(e.to_string())
+    }
+}
+
+/// Open response streams (`stream = true`), by the ID their Lua object holds.
+fn streams() -> &'static Mutex<HashMap<u64, Arc<tokio::sync::Mutex<reqwest::Response>>>> {
+    static S: OnceLock<Mutex<HashMap<u64, Arc<tokio::sync::Mutex<reqwest::Response>>>>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+/// Perform `req`; the response table of SPEC §11.5.
+pub async fn perform(req: Req) -> Result<Value, Error> {
+    let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()).map_err(|_| Error::invalid(format!("invalid HTTP method {:?}", req.method)))?;
+    let url = reqwest::Url::parse(&req.url).map_err(|e| Error::invalid(format!("invalid URL {:?}: {e}", req.url)))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(Error::invalid(format!("unsupported URL scheme {:?}", url.scheme())));
+    }
+    let mut b = client()?.request(method, url).timeout(req.timeout.unwrap_or(DEFAULT_TIMEOUT));
+    for (k, v) in &req.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if let Some((u, p)) = &req.basic_auth {
+        b = b.basic_auth(u, p.as_ref());
+    }
+    if let Some(body) = req.body {
+        b = b.body(body);
+    }
+    let resp = b.send().await.map_err(transport)?;
+    let mut t = Table::new();
+    t.set("status_code", Value::Int(resp.status().as_u16() as i64));
+    t.set("url", Value::str(resp.url().as_str()));
+    let mut headers = Table::new();
+    let mut joined: Vec<(String, String)> = Vec::new();
+    for (k, v) in resp.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let name = canonical(k.as_str());
+        match joined.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, old)) => {
+                old.push_str(", ");
+                old.push_str(&v);
+            }
+            None => joined.push((name, v)),
+        }
+    }
+    for (k, v) in joined {
+        headers.set(Value::str(&k), Value::str(&v));
+    }
+    t.set("headers", Value::table(headers));
+    let mut cookies = Table::new();
+    for c in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+        if let Some((name, rest)) = c.to_str().ok().and_then(|s| s.split_once('=')) {
+            cookies.set(Value::str(name.trim()), Value::str(rest.split(';').next().unwrap_or("")));
+        }
+    }
+    t.set("cookies", Value::table(cookies));
+    let max = if req.max_body == 0 { DEFAULT_MAX_BODY } else { req.max_body };
+    if req.stream {
+        let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        streams().lock().insert(id, Arc::new(tokio::sync::Mutex::new(resp)));
+        t.set("body_size", Value::Int(-1));
+        t.set("stream_id", Value::Int(id as i64));
+        return Ok(Value::table(t));
+    }
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(Error::limit_exceeded(format!("response body larger than {max} bytes")));
+    }
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() as u64 + chunk.len() as u64 > max {
+            return Err(Error::limit_exceeded(format!("response body larger than {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    t.set("body_size", Value::Int(body.len() as i64));
+    t.set("body", Value::Str(Arc::from(body)));
+    Ok(Value::table(t))
+}
+
+/// The next chunk of an open response stream (at most `n` bytes are asked of it; a chunk
+/// may be shorter), or nil at its end (the stream is then closed).
+pub async fn read_stream(id: u64) -> Result<Value, Error> {
+    let s = streams().lock().get(&id).cloned().ok_or_else(|| Error::invalid("the stream is closed"))?;
+    let mut r = s.lock().await;
+    match r.chunk().await.map_err(transport)? {
+        Some(c) => Ok(Value::Str(Arc::from(&c[..]))),
+        None => {
+            drop(r);
+            streams().lock().remove(&id);
+            Ok(Value::Nil)
+        }
+    }
+}
+
+pub fn close_stream(id: u64) {
+    streams().lock().remove(&id);
+}
+
+/// `content-type` → `Content-Type` (Go's canonical header keys, which Wippy returns).
+pub fn canonical(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut up = true;
+    for c in name.chars() {
+        out.push(if up { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        up = c == '-';
+    }
+    out
+}

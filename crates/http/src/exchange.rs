@@ -1,0 +1,275 @@
+//! One request and its response, shared by the connection that serves it and the handler
+//! process that answers it (attached to that process at spawn, `Spawn::attach`).
+//!
+//! The handler's writes go to a buffer; the response leaves when the handler's call ends
+//! (one whole body with a Content-Length), or earlier as a stream once the handler flushes
+//! (or writes SSE events), after which every write is a chunk on a bounded channel. The
+//! head therefore stays open to `write_json`'s content type until something is sent.
+//! Nothing here blocks: what has to wait (reading the body, a full stream channel) is a
+//! future the caller runs as a process command.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Response, StatusCode, Uri};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use wippy_runtime::{Error, ExitResult, Value};
+
+/// Chunks a streaming response may have in flight before a write waits for the client.
+const STREAM_CHUNKS: usize = 16;
+
+/// A response body: whole (known length) or streamed from the handler.
+pub enum RespBody {
+    Full(Option<Bytes>),
+    Chan(mpsc::Receiver<Bytes>),
+}
+
+impl RespBody {
+    pub fn empty() -> RespBody {
+        RespBody::Full(None)
+    }
+    pub fn text(s: impl Into<Bytes>) -> RespBody {
+        RespBody::Full(Some(s.into()))
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            RespBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            RespBody::Chan(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, RespBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Chan(_) => SizeHint::default(),
+        }
+    }
+}
+
+pub type HttpResponse = Response<RespBody>;
+
+/// A plain-text response.
+pub fn text_response(status: StatusCode, body: &str) -> HttpResponse {
+    let mut r = Response::new(RespBody::text(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+struct Resp {
+    status: Option<StatusCode>,
+    headers: HeaderMap,
+    /// `set_status` or a write happened: headers are final.
+    committed: bool,
+    /// Anything was set or written: the auto-responses are off.
+    handled: bool,
+    buf: Vec<u8>,
+    /// Streaming: the channel the body goes out on.
+    stream: Option<mpsc::Sender<Bytes>>,
+    /// Where the head goes; `None` once it went.
+    to: Option<oneshot::Sender<HttpResponse>>,
+}
+
+/// A request being answered.
+pub struct Exchange {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub remote: SocketAddr,
+    /// Route parameters (`None`: not a routed call).
+    pub params: Option<Vec<(String, String)>>,
+    /// The `http.service` and `http.endpoint` entries.
+    pub server: Arc<str>,
+    pub endpoint: Arc<str>,
+    body: Mutex<Option<Incoming>>,
+    resp: Mutex<Resp>,
+}
+
+/// What a write asks of its caller.
+pub enum Write {
+    Done,
+    /// The stream channel is full: run this to finish the write (it waits for the client).
+    Wait(Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>>),
+}
+
+impl Exchange {
+    pub fn new(
+        parts: hyper::http::request::Parts,
+        body: Incoming,
+        remote: SocketAddr,
+        params: Option<Vec<(String, String)>>,
+        server: Arc<str>,
+        endpoint: Arc<str>,
+        to: oneshot::Sender<HttpResponse>,
+    ) -> Exchange {
+        Exchange {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            remote,
+            params,
+            server,
+            endpoint,
+            body: Mutex::new(Some(body)),
+            resp: Mutex::new(Resp { status: None, headers: HeaderMap::new(), committed: false, handled: false, buf: Vec::new(), stream: None, to: Some(to) }),
+        }
+    }
+
+    /// The request body, read whole (at most `max` bytes); readable once.
+    pub fn read_body(&self, max: u64) -> Result<impl Future<Output = Result<Value, Error>> + Send + 'static, Error> {
+        let body = self.body.lock().take().ok_or_else(|| Error::invalid("the request body was already read"))?;
+        if let Some(n) = body.size_hint().exact() {
+            if n > max {
+                return Err(Error::invalid(format!("request body of {n} bytes is larger than the limit of {max}")));
+            }
+        }
+        Ok(async move {
+            match http_body_util::Limited::new(body, max as usize).collect().await {
+                Ok(c) => Ok(Value::Str(Arc::from(&c.to_bytes()[..]))),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::invalid(format!("request body is larger than the limit of {max} bytes"))),
+                Err(e) => Err(Error::internal(format!("reading the request body: {e}"))),
+            }
+        })
+    }
+
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), Error> {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::invalid(format!("invalid header name {:?}", name)))?;
+        let value = HeaderValue::from_str(value).map_err(|_| Error::invalid(format!("invalid value for header {name}")))?;
+        let mut r = self.resp.lock();
+        if r.committed {
+            return Err(Error::invalid("cannot set headers after they are sent"));
+        }
+        r.handled = true;
+        r.headers.insert(name, value);
+        Ok(())
+    }
+
+    /// Set the content type unless the head is final or one is set (`write_json`).
+    pub fn default_content_type(&self, ct: &'static str) {
+        let mut r = self.resp.lock();
+        if r.stream.is_none() && !r.headers.contains_key(CONTENT_TYPE) {
+            r.headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+    }
+
+    pub fn set_status(&self, code: i64) -> Result<(), Error> {
+        let status = u16::try_from(code).ok().and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| Error::invalid(format!("invalid HTTP status {code}")))?;
+        let mut r = self.resp.lock();
+        if r.committed {
+            return Err(Error::invalid("status already sent"));
+        }
+        r.status = Some(status);
+        r.committed = true;
+        r.handled = true;
+        Ok(())
+    }
+
+    /// Whether headers may still be set.
+    pub fn head_open(&self) -> bool {
+        !self.resp.lock().committed
+    }
+
+    pub fn write(&self, data: Bytes) -> Write {
+        let mut r = self.resp.lock();
+        r.handled = true;
+        r.committed = true;
+        match &r.stream {
+            None => {
+                r.buf.extend_from_slice(&data);
+                Write::Done
+            }
+            Some(tx) => match tx.try_send(data) {
+                Ok(()) => Write::Done,
+                Err(mpsc::error::TrySendError::Full(data)) => {
+                    let tx = tx.clone();
+                    Write::Wait(Box::pin(async move {
+                        tx.send(data).await.map(|_| Value::Nil).map_err(|_| Error::new(wippy_runtime::ErrorKind::Canceled, "the client went away"))
+                    }))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Write::Wait(Box::pin(async { Err(Error::new(wippy_runtime::ErrorKind::Canceled, "the client went away")) })),
+            },
+        }
+    }
+
+    /// Send the head and what is buffered; from now on every write is a chunk.
+    pub fn flush(&self) -> Write {
+        let mut r = self.resp.lock();
+        if r.stream.is_some() {
+            return Write::Done;
+        }
+        let Some(to) = r.to.take() else { return Write::Done };
+        r.handled = true;
+        r.committed = true;
+        let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
+        let mut resp = Response::new(RespBody::Chan(rx));
+        *resp.status_mut() = r.status.unwrap_or(StatusCode::OK);
+        *resp.headers_mut() = std::mem::take(&mut r.headers);
+        let first = std::mem::take(&mut r.buf);
+        if !first.is_empty() {
+            let _ = tx.try_send(Bytes::from(first));
+        }
+        r.stream = Some(tx);
+        drop(r);
+        let _ = to.send(resp);
+        Write::Done
+    }
+
+    /// The handler's call ended: send what it wrote, or the automatic response
+    /// (SPEC §11.2). Returns the error to log, if the call failed.
+    pub fn finish(&self, result: &ExitResult) {
+        let mut r = self.resp.lock();
+        r.stream = None; // ends a streamed body
+        let Some(to) = r.to.take() else { return };
+        let resp = if r.handled {
+            let mut resp = Response::new(RespBody::Full(Some(Bytes::from(std::mem::take(&mut r.buf)))));
+            *resp.status_mut() = r.status.unwrap_or(StatusCode::OK);
+            *resp.headers_mut() = std::mem::take(&mut r.headers);
+            resp
+        } else {
+            match result {
+                Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, &public_message(e)),
+                Ok(Value::Nil) => text_response(StatusCode::INTERNAL_SERVER_ERROR, "no response sent"),
+                Ok(v) => {
+                    let mut resp = Response::new(RespBody::text(crate::json::encode(v)));
+                    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    resp
+                }
+            }
+        };
+        drop(r);
+        let _ = to.send(resp);
+    }
+}
+
+/// What a client is told of a failed call: the message of an error the handler returned
+/// or raised as a value (`return nil, "msg"`, `error(errors.new(...))`), but never the
+/// runtime's own account of a crash (a Lua error with its source location, a panic, a
+/// memory limit): those are "internal error", and only the log has the details.
+pub fn public_message(e: &Error) -> String {
+    let m = &e.message;
+    let located = m.split_once(": ").is_some_and(|(loc, _)| loc.contains(".lua:") || loc.starts_with("[string"));
+    if located || m.starts_with("panic") || e.kind == wippy_runtime::ErrorKind::Internal && m.contains("memory") {
+        "internal error".into()
+    } else {
+        m.clone()
+    }
+}

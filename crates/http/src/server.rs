@@ -1,0 +1,313 @@
+//! An `http.service`: a listener process (supervised like any service) whose connections
+//! are served by hyper on the node's tokio runtime. Each routed request runs its
+//! endpoint's function as a process of its own (SPEC §11.2); the connection task waits for
+//! that process's response, never a worker thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::RwLock;
+use tokio::sync::{oneshot, watch, Semaphore};
+use wippy_runtime::{Context, Error, Event, Events, NodeRef, Pid, Process, Spawn, Status, Value};
+
+use crate::exchange::{text_response, Exchange, HttpResponse, RespBody};
+use crate::middleware::Cors;
+use crate::route::{Found, Table};
+use crate::statics::StaticMount;
+
+/// A server's settings (`http.service`, SPEC §11.1.1).
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub id: String,
+    /// Where to listen, Go form (`:8080`, `127.0.0.1:8080`).
+    pub addr: String,
+    /// Reading a request's head and body (0: the head within [`DEFAULT_HEADER_TIMEOUT`]).
+    pub read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this (0: [`DEFAULT_HEADER_TIMEOUT`]).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// The largest request head (431 above it).
+    pub max_header_bytes: usize,
+    /// The largest request body (413 above a declared length; `body()` fails above it).
+    pub max_body: u64,
+    /// The host handler processes run on.
+    pub handler_host: String,
+}
+
+/// A client that sends no complete request head within this is disconnected (slowloris).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 1 << 20;
+/// SPEC §11.3 `http.request` `max_body` default: 120 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 125_829_120;
+/// An endpoint whose handler has not answered after this gets a 504.
+pub const DEFAULT_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a route leads to.
+pub struct Target {
+    pub endpoint: Arc<str>,
+    pub func: Arc<str>,
+    pub timeout: Duration,
+    pub cors: Option<Arc<Cors>>,
+}
+
+/// A server's routes and static mounts (swapped whole on a change).
+#[derive(Default)]
+pub struct Routes {
+    pub table: Arc<Table<Arc<Target>>>,
+    pub statics: Vec<Arc<StaticMount>>,
+}
+
+/// One server's shared state: settings and the current routes.
+pub struct ServerState {
+    pub config: ServiceConfig,
+    pub routes: RwLock<Arc<Routes>>,
+    pub(crate) id: Arc<str>,
+}
+
+impl ServerState {
+    pub fn new(config: ServiceConfig) -> Arc<ServerState> {
+        let id = Arc::from(config.id.as_str());
+        Arc::new(ServerState { config, routes: RwLock::new(Arc::new(Routes::default())), id })
+    }
+    pub fn set_routes(&self, routes: Routes) {
+        *self.routes.write() = Arc::new(routes);
+    }
+}
+
+/// Parse a Go-form listen address.
+pub fn listen_addr(addr: &str) -> Result<SocketAddr, String> {
+    if addr.is_empty() {
+        return Err("empty address".into());
+    }
+    let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() };
+    if let Ok(a) = full.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    full.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| format!("invalid listen address {addr:?} (expected host:port or :port)"))
+}
+
+/// The listener process of one `http.service`.
+pub struct ServerProcess {
+    state: Arc<ServerState>,
+    stop: Option<watch::Sender<bool>>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl ServerProcess {
+    pub fn new(state: Arc<ServerState>) -> ServerProcess {
+        ServerProcess { state, stop: None, task: None }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // terminated (or stopped): no connection outlives its server
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+const DRAINED: &str = "http.drained";
+
+impl Process for ServerProcess {
+    fn init(&mut self, cx: &mut Context<'_>, _method: &str, _args: Vec<Value>) -> Status {
+        let cfg = &self.state.config;
+        let addr = match listen_addr(&cfg.addr) {
+            Ok(a) => a,
+            Err(e) => return Status::Exit(Err(Error::invalid(format!("{}: {e}", cfg.id)))),
+        };
+        let std_listener = match std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|_| l)) {
+            Ok(l) => l,
+            Err(e) => return Status::Exit(Err(Error::unavailable(format!("{}: cannot listen on {}: {e}", cfg.id, cfg.addr)))),
+        };
+        let local = std_listener.local_addr().ok();
+        let node = cx.node();
+        let handle = node.tokio_handle();
+        let listener = {
+            let _in = handle.enter();
+            match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => return Status::Exit(Err(Error::unavailable(format!("{}: {e}", cfg.id)))),
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        self.stop = Some(tx);
+        let me = cx.pid();
+        let state = self.state.clone();
+        let task = handle.spawn(async move {
+            accept_loop(listener, state, node.clone(), rx).await;
+            let _ = node.send(me, DRAINED, Default::default());
+        });
+        self.task = Some(task.abort_handle());
+        tracing::info!(server = %self.state.id, addr = %local.map(|a| a.to_string()).unwrap_or_default(), "http server listening");
+        Status::Wait
+    }
+
+    fn step(&mut self, _cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
+        while let Some(ev) = events.next() {
+            match ev {
+                Event::Cancel { .. } => {
+                    // stop accepting; let in-flight requests finish (the supervisor
+                    // terminates us after the stop timeout)
+                    if let Some(s) = &self.stop {
+                        let _ = s.send(true);
+                    }
+                }
+                Event::Message(m) if m.topic.as_str() == DRAINED => {
+                    self.task = None;
+                    tracing::info!(server = %self.state.id, "http server stopped");
+                    return Status::Exit(Ok(Value::Nil));
+                }
+                _ => {}
+            }
+        }
+        Status::Wait
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>, node: NodeRef, mut stop: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let header_timeout = [state.config.read_timeout, state.config.idle_timeout].into_iter().filter(|d| !d.is_zero()).min().unwrap_or(DEFAULT_HEADER_TIMEOUT);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // out of descriptors and the like: back off, keep serving
+                    tracing::warn!(server = %state.id, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        let nd = node.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let st = st.clone();
+            let nd = nd.clone();
+            async move { Ok::<_, std::convert::Infallible>(serve(&st, &nd, req, remote).await) }
+        });
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
+        let conn = graceful.watch(b.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Answer one request.
+async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>, remote: SocketAddr) -> HttpResponse {
+    let routes = state.routes.read().clone();
+    let method = req.method().as_str().to_string();
+    let found = routes.table.lookup(&method, req.uri().path());
+    match found {
+        Found::Route(route, params) => {
+            let target = route.target.clone();
+            let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+            let mut resp = call(state, node, &target, req, remote, params).await;
+            if let Some(c) = &target.cors {
+                c.apply(origin.as_ref(), resp.headers_mut(), false);
+            }
+            resp
+        }
+        Found::Options(route) => {
+            let mut resp = Response::new(RespBody::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            if let Some(c) = &route.target.cors {
+                c.apply(req.headers().get(hyper::header::ORIGIN), resp.headers_mut(), true);
+            }
+            resp
+        }
+        Found::MethodNotAllowed(allow) => {
+            let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                resp.headers_mut().insert(ALLOW, v);
+            }
+            resp
+        }
+        Found::NotFound => {
+            let path = req.uri().path();
+            match routes.statics.iter().filter(|m| m.covers(path)).max_by_key(|m| m.prefix.len()) {
+                Some(m) => m.serve(&req).await,
+                None => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
+            }
+        }
+    }
+}
+
+/// Cancels a handler whose client went away before it answered.
+struct CancelOnDrop {
+    node: NodeRef,
+    pid: Option<Pid>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = self.node.cancel(pid, "client disconnected");
+        }
+    }
+}
+
+/// Run the endpoint's function for this request and wait for its response.
+async fn call(state: &Arc<ServerState>, node: &NodeRef, target: &Arc<Target>, req: Request<Incoming>, remote: SocketAddr, params: Vec<(String, String)>) -> HttpResponse {
+    let (parts, body) = req.into_parts();
+    if let Some(n) = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if n > state.config.max_body {
+            return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let ex = Arc::new(Exchange::new(parts, body, remote, Some(params), state.id.clone(), target.endpoint.clone(), tx));
+    let done = ex.clone();
+    let endpoint = target.endpoint.clone();
+    let spawn = Spawn::entry(&target.func).attach(ex);
+    let then = Box::new(move |pid: Pid, result: wippy_runtime::ExitResult| {
+        if let Err(e) = &result {
+            tracing::error!(%pid, endpoint = %endpoint, kind = e.kind.as_str(), "http handler failed: {}", e.message);
+        }
+        done.finish(&result);
+    });
+    let pid = match node.spawn_then(&state.config.handler_host, spawn, then) {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::error!(endpoint = %target.endpoint, "cannot start the http handler {}: {}", target.func, e.message);
+            let status = if e.kind == wippy_runtime::ErrorKind::LimitExceeded { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            return text_response(status, "internal error\n");
+        }
+    };
+    let mut guard = CancelOnDrop { node: node.clone(), pid: Some(pid) };
+    let answer = if target.timeout.is_zero() { Ok(rx.await) } else { tokio::time::timeout(target.timeout, rx).await };
+    guard.pid = None;
+    match answer {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        Err(_) => {
+            tracing::warn!(%pid, endpoint = %target.endpoint, "http handler did not answer within {:?}: terminated", target.timeout);
+            let _ = node.terminate(pid);
+            text_response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! `http` (SPEC §11.3): the request and response of the HTTP call this process answers.
+//! The exchange comes attached to the handler's process (`Spawn::attach`, wippy-http);
+//! any other process gets `nil, err`. What waits (reading the body, a write to a slow
+//! client) starts a command and the prelude's wrapper waits for it (`R.http_async`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mlua::{Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
+use wippy_http::exchange::Write;
+use wippy_http::Exchange;
+use wippy_runtime::{Command, Error, ErrorKind, Value};
+
+use super::{bad_arg, fail};
+use crate::current;
+
+const STATUS: &[(&str, i64)] = &[
+    ("OK", 200), ("CREATED", 201), ("ACCEPTED", 202), ("NO_CONTENT", 204), ("PARTIAL_CONTENT", 206),
+    ("MOVED_PERMANENTLY", 301), ("FOUND", 302), ("SEE_OTHER", 303), ("NOT_MODIFIED", 304), ("TEMPORARY_REDIRECT", 307), ("PERMANENT_REDIRECT", 308),
+    ("BAD_REQUEST", 400), ("UNAUTHORIZED", 401), ("PAYMENT_REQUIRED", 402), ("FORBIDDEN", 403), ("NOT_FOUND", 404), ("METHOD_NOT_ALLOWED", 405),
+    ("NOT_ACCEPTABLE", 406), ("CONFLICT", 409), ("GONE", 410), ("UNPROCESSABLE", 422), ("TOO_MANY_REQUESTS", 429),
+    ("INTERNAL_ERROR", 500), ("INTERNAL_SERVER_ERROR", 500), ("NOT_IMPLEMENTED", 501), ("BAD_GATEWAY", 502), ("SERVICE_UNAVAILABLE", 503),
+    ("GATEWAY_TIMEOUT", 504), ("VERSION_NOT_SUPPORTED", 505),
+];
+
+fn exchange() -> mlua::Result<Option<Arc<Exchange>>> {
+    current::state(|st| st.attachment.clone().and_then(|a| a.downcast::<Exchange>().ok()))
+}
+
+fn no_context(lua: &Lua) -> mlua::Result<(LuaValue, LuaValue)> {
+    fail(lua, Error::internal("no HTTP request context found"))
+}
+
+fn err_value(lua: &Lua, e: Error) -> mlua::Result<LuaValue> {
+    Ok(fail(lua, e)?.1)
+}
+
+/// Start a command that waits outside the process; its ID.
+fn start(fut: impl std::future::Future<Output = Result<Value, Error>> + Send + 'static) -> mlua::Result<u64> {
+    current::with(|cx, _| match cx.try_command(Command::Task(Box::pin(fut))) {
+        Ok(id) => Ok(id.0),
+        Err(e) => Err(mlua::Error::external(super::errors::LuaError::new(e))),
+    })
+}
+
+struct Request {
+    ex: Arc<Exchange>,
+    max_body: u64,
+    timeout: Option<Duration>,
+}
+
+struct Response {
+    ex: Arc<Exchange>,
+}
+
+fn opt_str(v: Option<&hyper::header::HeaderValue>) -> Option<String> {
+    v.and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The query's pairs, decoded.
+fn query_pairs(ex: &Exchange) -> Vec<(String, String)> {
+    let q = ex.uri.query().unwrap_or("");
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let d = |s: &str| wippy_http::client::decode_query(s).unwrap_or_else(|_| s.to_string());
+            (d(k), d(v))
+        })
+        .collect()
+}
+
+impl UserData for Request {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("method", |_, r, ()| Ok(r.ex.method.as_str().to_string()));
+        m.add_method("path", |_, r, ()| Ok(r.ex.uri.path().to_string()));
+        m.add_method("query", |_, r, key: String| Ok(query_pairs(&r.ex).into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)));
+        m.add_method("query_params", |lua, r, ()| {
+            let t = lua.create_table()?;
+            for (k, v) in query_pairs(&r.ex) {
+                let old: Option<String> = t.raw_get(k.as_str())?;
+                t.raw_set(k.as_str(), match old {
+                    Some(o) => format!("{o},{v}"),
+                    None => v,
+                })?;
+            }
+            Ok(t)
+        });
+        m.add_method("header", |_, r, name: String| {
+            let vals: Vec<String> = r.ex.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+            Ok(if vals.is_empty() { None } else { Some(vals.join(", ")) })
+        });
+        m.add_method("headers", |lua, r, ()| {
+            let t = lua.create_table()?;
+            for name in r.ex.headers.keys() {
+                let vals: Vec<&str> = r.ex.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+                t.raw_set(wippy_http::client::canonical(name.as_str()), vals.join(", "))?;
+            }
+            Ok(t)
+        });
+        m.add_method("content_type", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE))));
+        m.add_method("content_length", |_, r, ()| {
+            Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
+        });
+        m.add_method("host", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::HOST)).or_else(|| r.ex.uri.host().map(str::to_string))));
+        m.add_method("remote_addr", |_, r, ()| Ok(r.ex.remote.to_string()));
+        m.add_method("has_body", |_, r, ()| {
+            let n = opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Ok(n > 0 || r.ex.headers.contains_key(hyper::header::TRANSFER_ENCODING))
+        });
+        m.add_method("accepts", |_, r, ct: String| {
+            let a = opt_str(r.ex.headers.get(hyper::header::ACCEPT)).unwrap_or_default();
+            Ok(a.contains(&ct) || a.contains("*/*"))
+        });
+        m.add_method("is_content_type", |_, r, prefix: String| {
+            Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE)).is_some_and(|c| c.starts_with(&prefix)))
+        });
+        m.add_method("param", |lua, r, name: String| match &r.ex.params {
+            Some(p) => Ok((p.iter().find(|(k, _)| *k == name).map(|(_, v)| LuaValue::String(lua.create_string(v).unwrap())).unwrap_or(LuaValue::Nil), LuaValue::Nil)),
+            None => fail(lua, Error::internal("no route parameters: not a routed call")),
+        });
+        m.add_method("params", |lua, r, ()| match &r.ex.params {
+            Some(p) => {
+                let t = lua.create_table()?;
+                for (k, v) in p {
+                    t.raw_set(k.as_str(), v.as_str())?;
+                }
+                Ok((LuaValue::Table(t), LuaValue::Nil))
+            }
+            None => fail(lua, Error::internal("no route parameters: not a routed call")),
+        });
+        // the waiting halves (the prelude's `body`, `body_json` wait for the command)
+        m.add_method("_body", |lua, r, json: bool| {
+            let fut = match r.ex.read_body(r.max_body) {
+                Ok(f) => f,
+                Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
+            };
+            let timeout = r.timeout;
+            let id = start(async move {
+                let body = match timeout {
+                    Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))??,
+                    None => fut.await?,
+                };
+                if !json {
+                    return Ok(body);
+                }
+                let bytes = body.as_bytes().unwrap_or(&[]);
+                match serde_json::from_slice::<serde_json::Value>(bytes) {
+                    Ok(j) => Ok(wippy_http::json::from_json(&j)),
+                    Err(e) => Err(Error::invalid(format!("request body is not valid JSON: {e}"))),
+                }
+            })?;
+            Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
+        });
+        m.add_meta_method(MetaMethod::Index, |lua, _, key: String| async_method(lua, &key));
+        m.add_meta_method(MetaMethod::ToString, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())));
+    }
+}
+
+/// A method written in Lua (it waits), registered by the prelude in `R.http_async`.
+fn async_method(lua: &Lua, key: &str) -> mlua::Result<LuaValue> {
+    let t: Option<Table> = lua.named_registry_value("wippy.http_async")?;
+    match t {
+        Some(t) => t.raw_get(key),
+        None => Ok(LuaValue::Nil),
+    }
+}
+
+fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
+    match w {
+        Write::Done => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+        Write::Wait(fut) => Ok((LuaValue::Boolean(false), LuaValue::Integer(start(fut)? as i64))),
+    }
+    .or_else(|e: mlua::Error| Ok((LuaValue::Nil, LuaValue::String(lua.create_string(e.to_string())?))))
+}
+
+impl UserData for Response {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("set_header", |lua, r, (name, value): (String, LuaValue)| {
+            let value = match &value {
+                LuaValue::String(s) => s.to_str()?.to_string(),
+                LuaValue::Integer(i) => i.to_string(),
+                LuaValue::Number(n) => n.to_string(),
+                other => return Err(bad_arg(2, "set_header", "string", other)),
+            };
+            r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+        });
+        m.add_method("set_content_type", |lua, r, ct: String| r.ex.set_header("Content-Type", &ct).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil)));
+        m.add_method("set_status", |lua, r, code: LuaValue| {
+            let code = match code {
+                LuaValue::Integer(i) => i,
+                LuaValue::Number(n) if n.fract() == 0.0 => n as i64,
+                other => return Err(bad_arg(1, "set_status", "integer", &other)),
+            };
+            r.ex.set_status(code).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+        });
+        m.add_method("set_transfer", |lua, r, mode: String| {
+            if !r.ex.head_open() {
+                return err_value(lua, Error::invalid("cannot set transfer mode after headers are sent"));
+            }
+            let set = |k: &str, v: &str| r.ex.set_header(k, v);
+            let res = match mode.as_str() {
+                "chunked" => set("Cache-Control", "no-cache"),
+                "sse" => set("Content-Type", "text/event-stream").and_then(|_| set("Cache-Control", "no-cache")),
+                other => Err(Error::invalid(format!("unknown transfer mode {other:?} (chunked or sse)"))),
+            };
+            res.map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+        });
+        m.add_method("flush", |lua, r, ()| write_result(lua, r.ex.flush()).map(|_| LuaValue::Nil));
+        m.add_method("_write", |lua, r, data: LuaValue| {
+            let bytes = match &data {
+                LuaValue::String(s) => Bytes::copy_from_slice(&s.as_bytes()),
+                LuaValue::Integer(_) | LuaValue::Number(_) => Bytes::from(data.to_string()?),
+                other => return Err(bad_arg(1, "write", "string", other)),
+            };
+            write_result(lua, r.ex.write(bytes))
+        });
+        m.add_method("_write_json", |lua, r, v: LuaValue| {
+            let text = match super::json::to_json(&v, 0) {
+                Ok(j) => j.to_string(),
+                Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),
+            };
+            r.ex.default_content_type("application/json");
+            write_result(lua, r.ex.write(Bytes::from(text)))
+        });
+        m.add_method("_write_event", |lua, r, ev: LuaValue| {
+            let LuaValue::Table(t) = &ev else { return Ok((LuaValue::Nil, err_value(lua, Error::invalid("write_event needs a table {name, data}"))?)) };
+            let name: LuaValue = t.raw_get("name")?;
+            let data: LuaValue = t.raw_get("data")?;
+            let (LuaValue::String(name), false) = (&name, data.is_nil()) else {
+                return Ok((LuaValue::Nil, err_value(lua, Error::invalid("write_event needs a name and data"))?));
+            };
+            let json = match super::json::to_json(&data, 0) {
+                Ok(j) => j.to_string(),
+                Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),
+            };
+            if r.ex.head_open() {
+                let _ = r.ex.set_header("Content-Type", "text/event-stream");
+                let _ = r.ex.set_header("Cache-Control", "no-cache");
+            }
+            let frame = format!("event: {}\ndata: {json}\n\n", name.to_str()?);
+            match r.ex.write(Bytes::from(frame)) {
+                Write::Done => write_result(lua, r.ex.flush()),
+                w => write_result(lua, w),
+            }
+        });
+        m.add_meta_method(MetaMethod::Index, |lua, _, key: String| async_method(lua, &key));
+        m.add_meta_method(MetaMethod::ToString, |_, _, ()| Ok("response"));
+    }
+}
+
+pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let methods = lua.create_table()?;
+    for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+        methods.raw_set(m, m)?;
+    }
+    t.raw_set("METHOD", methods)?;
+    let status = lua.create_table()?;
+    for (k, v) in STATUS {
+        status.raw_set(*k, *v)?;
+    }
+    t.raw_set("STATUS", status)?;
+    let content = lua.create_table()?;
+    for (k, v) in [("JSON", "application/json"), ("FORM", "application/x-www-form-urlencoded"), ("MULTIPART", "multipart/form-data"), ("TEXT", "text/plain"), ("STREAM", "application/octet-stream")] {
+        content.raw_set(k, v)?;
+    }
+    t.raw_set("CONTENT", content)?;
+    let transfer = lua.create_table()?;
+    transfer.raw_set("CHUNKED", "chunked")?;
+    transfer.raw_set("SSE", "sse")?;
+    t.raw_set("TRANSFER", transfer)?;
+    let errs = lua.create_table()?;
+    for k in ["PARSE_FAILED", "INVALID_STATE", "WRITE_FAILED", "STREAM_ERROR"] {
+        errs.raw_set(k, k)?;
+    }
+    t.raw_set("ERROR", errs)?;
+    t.raw_set(
+        "request",
+        lua.create_function(|lua, opts: LuaValue| {
+            let Some(ex) = exchange()? else { return no_context(lua) };
+            let mut max_body = wippy_http::server::DEFAULT_MAX_BODY;
+            let mut timeout = None;
+            match &opts {
+                LuaValue::Nil => {}
+                LuaValue::Table(o) => {
+                    if let Some(ms) = o.raw_get::<Option<i64>>("timeout")? {
+                        if ms > 0 {
+                            timeout = Some(Duration::from_millis(ms as u64));
+                        }
+                    }
+                    if let Some(n) = o.raw_get::<Option<i64>>("max_body")? {
+                        if n > 0 {
+                            max_body = n as u64;
+                        }
+                    }
+                }
+                other => return Err(bad_arg(1, "request", "table", other)),
+            }
+            Ok((LuaValue::UserData(lua.create_userdata(Request { ex, max_body, timeout })?), LuaValue::Nil))
+        })?,
+    )?;
+    t.raw_set(
+        "response",
+        lua.create_function(|lua, ()| {
+            let Some(ex) = exchange()? else { return no_context(lua) };
+            Ok((LuaValue::UserData(lua.create_userdata(Response { ex })?), LuaValue::Nil))
+        })?,
+    )?;
+    r.raw_set(
+        "http_async",
+        lua.create_function(|lua, t: Table| lua.set_named_registry_value("wippy.http_async", t))?,
+    )?;
+    Ok(t)
+}

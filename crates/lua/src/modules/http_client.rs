@@ -1,0 +1,174 @@
+//! `http_client` (SPEC §11.5): the Rust halves. `_start(method, url, opts, in_batch)`
+//! checks the call and starts the request as a command (the prelude waits for it and
+//! wraps a streamed body); `encode_uri`/`decode_uri` answer at once. Security: the
+//! `http_client.request` action on the URL, and `http_client.private_ip` for a loopback or
+//! private literal address or `localhost`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mlua::{Lua, Table, Value as LuaValue};
+use wippy_http::client::{self, Req};
+use wippy_runtime::{Command, Error};
+
+use super::{bad_arg, fail};
+use crate::current;
+
+fn private(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") || h.ends_with(".localhost") {
+        return true;
+    }
+    match h.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified(),
+        Ok(IpAddr::V6(a)) => a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => false,
+    }
+}
+
+fn string_of(v: &LuaValue) -> mlua::Result<Option<String>> {
+    Ok(match v {
+        LuaValue::String(s) => Some(s.to_str()?.to_string()),
+        LuaValue::Integer(i) => Some(i.to_string()),
+        LuaValue::Number(n) => Some(n.to_string()),
+        LuaValue::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+fn pairs_of(t: &Table) -> mlua::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for p in t.clone().pairs::<LuaValue, LuaValue>() {
+        let (k, v) = p?;
+        if let (Some(k), Some(v)) = (string_of(&k)?, string_of(&v)?) {
+            out.push((k, v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The request an options table describes.
+fn build(method: &str, url: &str, opts: &LuaValue) -> mlua::Result<Result<Req, Error>> {
+    let mut req = Req { method: method.to_string(), url: url.to_string(), ..Req::default() };
+    let o = match opts {
+        LuaValue::Nil => return Ok(Ok(req)),
+        LuaValue::Table(t) => t,
+        other => return Err(bad_arg(2, "request", "table", other)),
+    };
+    if let LuaValue::Table(q) = o.raw_get::<LuaValue>("query")? {
+        let q: Vec<String> = pairs_of(&q)?.iter().map(|(k, v)| format!("{}={}", client::encode_query(k), client::encode_query(v))).collect();
+        if !q.is_empty() {
+            req.url.push(if req.url.contains('?') { '&' } else { '?' });
+            req.url.push_str(&q.join("&"));
+        }
+    }
+    if let LuaValue::Table(h) = o.raw_get::<LuaValue>("headers")? {
+        req.headers = pairs_of(&h)?;
+    }
+    if let LuaValue::Table(c) = o.raw_get::<LuaValue>("cookies")? {
+        let c: Vec<String> = pairs_of(&c)?.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !c.is_empty() {
+            req.headers.push(("Cookie".into(), c.join("; ")));
+        }
+    }
+    match o.raw_get::<LuaValue>("body")? {
+        LuaValue::Nil => {}
+        LuaValue::String(s) => req.body = Some(s.as_bytes().to_vec()),
+        other => return Ok(Err(Error::invalid(format!("body must be a string, got {}", super::lua_type(&other))))),
+    }
+    if let LuaValue::Table(f) = o.raw_get::<LuaValue>("form")? {
+        let body: Vec<String> = pairs_of(&f)?.iter().map(|(k, v)| format!("{}={}", client::encode_query(k), client::encode_query(v))).collect();
+        req.body = Some(body.join("&").into_bytes());
+        if !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req.headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+        }
+    }
+    if !o.raw_get::<LuaValue>("files")?.is_nil() {
+        return Ok(Err(Error::invalid("http_client: multipart file uploads (files) are not supported by this runtime yet")));
+    }
+    if !o.raw_get::<LuaValue>("unix_socket")?.is_nil() {
+        return Ok(Err(Error::invalid("http_client: unix_socket is not supported by this runtime")));
+    }
+    if let LuaValue::Table(a) = o.raw_get::<LuaValue>("auth")? {
+        let user: Option<String> = a.raw_get("user")?;
+        let pass: Option<String> = a.raw_get("pass")?;
+        if let Some(u) = user {
+            req.basic_auth = Some((u, pass));
+        }
+    }
+    match o.raw_get::<LuaValue>("timeout")? {
+        LuaValue::Nil => {}
+        LuaValue::Integer(s) if s > 0 => req.timeout = Some(Duration::from_secs(s as u64)),
+        LuaValue::Number(s) if s > 0.0 => req.timeout = Some(Duration::from_secs_f64(s)),
+        LuaValue::String(s) => match wippy_registry::parse_duration(&s.to_str()?) {
+            Ok(ns) if ns > 0 => req.timeout = Some(Duration::from_nanos(ns as u64)),
+            _ => return Ok(Err(Error::invalid(format!("invalid timeout {:?}", s.to_str()?.to_string())))),
+        },
+        _ => {}
+    }
+    req.stream = o.raw_get::<Option<bool>>("stream")?.unwrap_or(false);
+    req.max_body = o.raw_get::<Option<i64>>("max_response_body")?.unwrap_or(0).max(0) as u64;
+    Ok(Ok(req))
+}
+
+pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set("encode_uri", lua.create_function(|_, s: String| Ok(client::encode_query(&s)))?)?;
+    t.raw_set(
+        "decode_uri",
+        lua.create_function(|lua, s: String| match client::decode_query(&s) {
+            Ok(d) => Ok((LuaValue::String(lua.create_string(d)?), LuaValue::Nil)),
+            Err(e) => fail(lua, e),
+        })?,
+    )?;
+    r.raw_set(
+        "http_client_start",
+        lua.create_function(|lua, (method, url, opts, batch): (String, LuaValue, LuaValue, bool)| {
+            let LuaValue::String(url) = &url else { return Err(bad_arg(1, "request", "string", &url)) };
+            let url = url.to_str()?.to_string();
+            let req = match build(&method, &url, &opts)? {
+                Ok(r) => r,
+                Err(e) => return fail(lua, e),
+            };
+            if batch && req.stream {
+                return fail(lua, Error::invalid("stream is not allowed in request_batch"));
+            }
+            current::with(|cx, _| {
+                if !cx.can("http_client.request", &req.url) {
+                    return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: {}", req.url)));
+                }
+                let host = reqwest_host(&req.url);
+                if let Some(h) = host.filter(|h| private(h)) {
+                    if !cx.can("http_client.private_ip", &h) {
+                        return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: private IP {h}")));
+                    }
+                }
+                match cx.try_command(Command::Task(Box::pin(client::perform(req)))) {
+                    Ok(id) => Ok((LuaValue::Integer(id.0 as i64), LuaValue::Nil)),
+                    Err(e) => fail(lua, e),
+                }
+            })
+        })?,
+    )?;
+    r.raw_set(
+        "http_client_read",
+        lua.create_function(|lua, id: i64| {
+            current::with(|cx, _| match cx.try_command(Command::Task(Box::pin(client::read_stream(id as u64)))) {
+                Ok(c) => Ok((LuaValue::Integer(c.0 as i64), LuaValue::Nil)),
+                Err(e) => fail(lua, e),
+            })
+        })?,
+    )?;
+    r.raw_set("http_client_close", lua.create_function(|_, id: i64| Ok(client::close_stream(id as u64)))?)?;
+    Ok(t)
+}
+
+/// The host part of a URL, as written.
+fn reqwest_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let auth = rest.split(['/', '?', '#']).next()?;
+    let auth = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let host = if auth.starts_with('[') { auth.split_once(']').map(|(h, _)| format!("{h}]"))? } else { auth.split(':').next()?.to_string() };
+    Some(host)
+}
