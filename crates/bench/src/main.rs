@@ -6,9 +6,8 @@
 //!        wippy-bench lua-memory|lua-memory-isolated|lua-spawn|lua-pingpong|lua-ring|lua-cpu|lua-mixed
 
 #[global_allocator]
-static GLOBAL: alloc::Mi = alloc::Mi;
+static GLOBAL: wippy_runtime::alloc::Mi = wippy_runtime::alloc::Mi;
 
-mod alloc;
 mod lua;
 mod native;
 mod report;

@@ -1,6 +1,11 @@
 //! `wippy`: load a project (its `src/**/_index.yaml` entries), boot a node from it, and run
 //! it, one of its entries, or its tests.
 
+// The node allocates per message, spawn and request: mimalloc's thread-local pools beat
+// glibc malloc by ~10% of a loaded HTTP server's CPU (perf, BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: wippy_runtime::alloc::Mi = wippy_runtime::alloc::Mi;
+
 mod boot;
 mod http;
 mod kinds;

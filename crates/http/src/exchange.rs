@@ -266,7 +266,8 @@ impl Exchange {
 /// memory limit): those are "internal error", and only the log has the details.
 pub fn public_message(e: &Error) -> String {
     let m = &e.message;
-    let located = m.split_once(": ").is_some_and(|(loc, _)| loc.contains(".lua:") || loc.starts_with("[string"));
+    // a Lua runtime error starts with its chunk and line: `app:fail:1: …`, `x.lua:3: …`
+    let located = m.split_once(": ").is_some_and(|(loc, _)| loc.rsplit_once(':').is_some_and(|(_, line)| !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())));
     if located || m.starts_with("panic") || e.kind == wippy_runtime::ErrorKind::Internal && m.contains("memory") {
         "internal error".into()
     } else {

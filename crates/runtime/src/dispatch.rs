@@ -47,7 +47,7 @@ pub fn unix_secs() -> i64 {
 impl Dispatch {
     pub(crate) fn new() -> Result<Dispatch, Error> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(std::env::var("WIPPY_IO_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4))))
             .thread_name("wippy-dispatch")
             .enable_all()
             .build()

@@ -16,6 +16,9 @@ mod error;
 mod handler;
 mod host;
 #[doc(hidden)]
+/// mimalloc as a global allocator, for binaries that embed the runtime (`wippy`, the
+/// benchmarks): `#[global_allocator] static A: wippy_runtime::alloc::Mi = wippy_runtime::alloc::Mi;`
+pub mod alloc;
 pub mod mailbox;
 mod names;
 mod node;

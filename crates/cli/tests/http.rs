@@ -1,0 +1,495 @@
+//! HTTP end to end: the real `wippy` binary serves a project on a free loopback port
+//! (`addr: 127.0.0.1:0`; the bound address is read from its log) and these tests talk to
+//! it over real sockets: routing and parameters, methods, headers, JSON, streaming,
+//! static files and traversal attempts, handler failures (500) and timeouts (504), limits
+//! (413/431/400, a slow client), a graceful stop that drains an in-flight request, and
+//! `http_client` against the node's own server. Waits are for events (a log line, a
+//! response), bounded by deadlines.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PROJECT: &str = r#"
+namespace: app
+entries:
+  - name: gateway
+    kind: http.service
+    addr: 127.0.0.1:0
+    timeouts:
+      read: 1s
+    limits:
+      max_header_bytes: 16KB
+      max_body: 1KB
+    lifecycle:
+      auto_start: true
+      stop_timeout: 5s
+
+  - name: api
+    kind: http.router
+    meta:
+      server: gateway
+    prefix: /api/
+    middleware: [cors]
+    options:
+      cors.allow.origins: "https://app.example"
+
+  - name: hello
+    kind: function.lua
+    modules: [http]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local req = http.request()
+        local res = http.response()
+        res:set_header("X-Pid", process.pid())
+        res:set_content_type(http.CONTENT.TEXT)
+        res:set_status(http.STATUS.OK)
+        res:write("Hello, " .. (req:query("name") or "world") .. "!")
+      end }
+  - { name: hello.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /hello, func: hello }
+
+  - name: user
+    kind: function.lua
+    modules: [http]
+    method: call
+    source: |
+      local http = require("http")
+      return { call = function()
+        local req = http.request()
+        return { id = req:param("id"), all = req:params(), agent = req:header("user-agent") }
+      end }
+  - { name: user.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: "/users/{id}", func: user }
+  - { name: me.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /users/me, func: hello }
+
+  - name: echo
+    kind: function.lua
+    modules: [http]
+    method: call
+    source: |
+      local http = require("http")
+      return { call = function()
+        local req = http.request()
+        local res = http.response()
+        local v, err = req:body_json()
+        if err then
+          res:set_status(400)
+          res:write_json({ error = err:kind() })
+          return
+        end
+        res:set_status(201)
+        res:write_json({ got = v, ct = req:content_type(), has_body = req:has_body() })
+      end }
+  - { name: echo.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /echo, func: echo }
+
+  - name: stream
+    kind: function.lua
+    modules: [http, time]
+    method: call
+    source: |
+      local http = require("http")
+      return { call = function()
+        local res = http.response()
+        res:set_content_type("text/plain")
+        for i = 1, 3 do
+          res:write("chunk " .. i .. "\n")
+          res:flush()
+          time.sleep("10ms")
+        end
+      end }
+  - { name: stream.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /stream, func: stream }
+
+  - name: fail
+    kind: function.lua
+    modules: [http]
+    method: call
+    source: |
+      return { call = function() local t = nil; return t.field end }
+  - { name: fail.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /fail, func: fail }
+
+  - name: refuse
+    kind: function.lua
+    modules: [http]
+    method: call
+    source: |
+      return { call = function() return nil, "no such order" end }
+  - { name: refuse.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /refuse, func: refuse }
+
+  - name: silent
+    kind: function.lua
+    modules: [http]
+    method: call
+    source: |
+      return { call = function() end }
+  - { name: silent.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /silent, func: silent }
+
+  - name: slow
+    kind: function.lua
+    modules: [http, time, logger]
+    method: call
+    source: |
+      local http = require("http")
+      return { call = function()
+        local req = http.request()
+        local d = req:query("d") or "10s"
+        logger:info("slow started", { d = d })
+        time.sleep(d)
+        http.response():write("finished after " .. d)
+      end }
+  - { name: slow.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /slow, func: slow, timeout: 300ms }
+  - { name: drain.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /drain, func: slow, timeout: 10s }
+
+  - name: fetch
+    kind: function.lua
+    modules: [http, http_client]
+    method: call
+    source: |
+      local http = require("http")
+      local http_client = require("http_client")
+      return { call = function()
+        local req = http.request()
+        local url = req:query("url")
+        local r, err = http_client.get(url, { query = { name = "client" }, timeout = 5 })
+        if not r then return { error = tostring(err) } end
+        local batch, errs = http_client.request_batch({ { "GET", url }, { "GET", "http://127.0.0.1:1/" } })
+        return { status = r.status_code, body = r.body, ct = r.headers["Content-Type"],
+                 batch_ok = batch[1] and batch[1].status_code, batch_err = errs and errs[2] ~= nil }
+      end }
+  - { name: fetch.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /fetch, func: fetch }
+
+  - name: public
+    kind: fs.directory
+    directory: ./public
+
+  - name: files
+    kind: http.static
+    meta:
+      server: gateway
+    path: /static
+    fs: public
+    static_options:
+      cache: "max-age=60"
+"#;
+
+struct Node {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    addr: String,
+}
+
+fn project(tag: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wippy-http-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("public/docs")).unwrap();
+    std::fs::write(dir.join("src/_index.yaml"), yaml).unwrap();
+    std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: info\n").unwrap();
+    std::fs::write(dir.join("public/hello.txt"), "0123456789").unwrap();
+    std::fs::write(dir.join("public/docs/index.html"), "<h1>docs</h1>").unwrap();
+    std::fs::write(dir.join("public/app.js"), "let x = 1;").unwrap();
+    std::fs::write(dir.join("secret.txt"), "top secret").unwrap();
+    dir
+}
+
+impl Node {
+    fn start(dir: &Path) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(dir).arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut n = Node { child, lines, seen: Vec::new(), addr: String::new() };
+        let line = n.wait_for(&["http server listening"]);
+        n.addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        n
+    }
+
+    fn wait_for(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if parts.iter().all(|p| line.contains(p)) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no line with {parts:?} within 60s; saw:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "did not exit; saw:\n{}", self.seen.join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send raw bytes on a new connection; the whole answer (the server closes it).
+    fn raw(&self, request: &[u8]) -> Response {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Response::parse(&out)
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request("GET", path, headers, b"")
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.raw(&bytes)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn parse(raw: &[u8]) -> Response {
+        let text = String::from_utf8_lossy(raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let body = if chunked { dechunk(body) } else { body.to_string() };
+        Response { status, headers, body }
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+#[test]
+fn routes_parameters_methods_headers_and_json() {
+    let dir = project("routes", PROJECT);
+    let node = Node::start(&dir);
+
+    let r = node.get("/api/hello?name=Ann%20Lee", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "Hello, Ann Lee!"), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    // each request is a process of its own on the server's handler host
+    let pid1 = r.header("x-pid").unwrap().to_string();
+    let pid2 = node.get("/api/hello", &[]).header("x-pid").unwrap().to_string();
+    assert!(pid1.starts_with("{app:gateway#handlers|") && pid1 != pid2, "{pid1} {pid2}");
+
+    // a literal segment beats a wildcard; parameters are decoded; a returned table is JSON
+    assert_eq!(node.get("/api/users/me", &[]).body, "Hello, world!");
+    let u = node.get("/api/users/a%2Fb", &[("User-Agent", "t/1")]);
+    assert_eq!(u.header("content-type"), Some("application/json"));
+    assert_eq!(u.json(), serde_json::json!({"id": "a/b", "all": {"id": "a/b"}, "agent": "t/1"}));
+
+    // 404, 405 with Allow, GET answers HEAD, the router's own OPTIONS with CORS
+    let nf = node.get("/api/nope", &[]);
+    assert_eq!((nf.status, nf.body.as_str()), (404, "404 page not found\n"));
+    let na = node.request("DELETE", "/api/hello", &[], b"");
+    assert_eq!(na.status, 405);
+    assert_eq!(na.header("allow"), Some("GET, HEAD, OPTIONS"));
+    let head = node.request("HEAD", "/api/hello", &[], b"");
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    let pre = node.request("OPTIONS", "/api/echo", &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST")], b"");
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("access-control-allow-origin"), Some("https://app.example"));
+    assert!(pre.header("access-control-allow-methods").unwrap().contains("POST"));
+    let other = node.get("/api/hello", &[("Origin", "https://evil.example")]);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+
+    // JSON in and out
+    let e = node.request("POST", "/api/echo", &[("Content-Type", "application/json")], br#"{"a":[1,2],"b":"x"}"#);
+    assert_eq!(e.status, 201, "{e:?}");
+    assert_eq!(e.json(), serde_json::json!({"got": {"a": [1, 2], "b": "x"}, "ct": "application/json", "has_body": true}));
+    let bad = node.request("POST", "/api/echo", &[], b"{nope");
+    assert_eq!((bad.status, bad.json()), (400, serde_json::json!({"error": "Invalid"})));
+
+    // a streamed response arrives in chunks, whole
+    let s = node.get("/api/stream", &[]);
+    assert_eq!(s.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(s.body, "chunk 1\nchunk 2\nchunk 3\n");
+}
+
+#[test]
+fn failures_get_500_and_504_without_internals_and_do_not_touch_other_requests() {
+    let dir = project("fail", PROJECT);
+    let mut node = Node::start(&dir);
+    let f = node.get("/api/fail", &[]);
+    assert_eq!((f.status, f.body.as_str()), (500, "internal error"), "{f:?}");
+    // the log has what the client does not: the handler's PID, entry and error
+    let logged = node.wait_for(&["http handler failed", "app:fail.ep"]);
+    assert!(logged.contains("pid={app:gateway#handlers|") && logged.contains("attempt to index"), "{logged}");
+
+    let r = node.get("/api/refuse", &[]);
+    assert_eq!((r.status, r.body.as_str()), (500, "no such order"));
+    let s = node.get("/api/silent", &[]);
+    assert_eq!((s.status, s.body.as_str()), (500, "no response sent"));
+
+    // a handler that never answers: 504 after the endpoint's timeout, while others answer
+    let addr = node.addr.clone();
+    let slow = std::thread::spawn(move || {
+        let n = Node { child: Command::new("true").spawn().unwrap(), lines: mpsc::channel().1, seen: Vec::new(), addr };
+        let t = Instant::now();
+        let r = n.get("/api/slow", &[]);
+        (r.status, t.elapsed())
+    });
+    node.wait_for(&["slow started"]);
+    assert_eq!(node.get("/api/hello", &[]).status, 200);
+    let (status, took) = slow.join().unwrap();
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    node.wait_for(&["did not answer within", "app:slow.ep"]);
+}
+
+#[test]
+fn limits_and_bad_requests_never_reach_lua() {
+    let dir = project("limits", PROJECT);
+    let node = Node::start(&dir);
+    let big = "x".repeat(20 * 1024);
+    assert_eq!(node.get("/api/hello", &[("X-Big", &big)]).status, 431);
+    assert_eq!(node.request("POST", "/api/echo", &[], &[b'{'; 2048]).status, 413);
+    assert_eq!(node.raw(b"NOT HTTP AT ALL\r\n\r\n").status, 400);
+    // a client that never finishes its head is cut off after the read timeout (1s)
+    let mut s = TcpStream::connect(&node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(10), "held for {:?}", t.elapsed());
+    // and the server still serves
+    assert_eq!(node.get("/api/hello", &[]).status, 200);
+}
+
+#[test]
+fn static_files_with_validators_ranges_and_no_way_out() {
+    let dir = project("static", PROJECT);
+    let node = Node::start(&dir);
+    let f = node.get("/static/hello.txt", &[]);
+    assert_eq!((f.status, f.body.as_str()), (200, "0123456789"));
+    assert_eq!(f.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(f.header("cache-control"), Some("max-age=60"));
+    let etag = f.header("etag").unwrap().to_string();
+    assert!(f.header("last-modified").is_some());
+    assert_eq!(node.get("/static/hello.txt", &[("If-None-Match", &etag)]).status, 304);
+    let part = node.get("/static/hello.txt", &[("Range", "bytes=2-4")]);
+    assert_eq!((part.status, part.body.as_str()), (206, "234"));
+    assert_eq!(part.header("content-range"), Some("bytes 2-4/10"));
+    assert_eq!(node.get("/static/hello.txt", &[("Range", "bytes=50-")]).status, 416);
+    assert!(node.get("/static/app.js", &[]).header("content-type").unwrap().contains("javascript"));
+    assert_eq!(node.get("/static/docs/", &[]).body, "<h1>docs</h1>");
+    assert!(node.get("/static/", &[]).body.contains("hello.txt"), "a directory listing");
+    for attempt in ["/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/docs/%2E%2E/%2E%2E/secret.txt", "/static/..%2fsecret.txt"] {
+        let r = node.get(attempt, &[]);
+        assert!(r.status == 400 || r.status == 404, "{attempt}: {r:?}");
+        assert!(!r.body.contains("top secret"), "{attempt}");
+    }
+    assert_eq!(node.get("/static/missing.txt", &[]).status, 404);
+}
+
+#[test]
+fn http_client_talks_to_a_local_server() {
+    let dir = project("client", PROJECT);
+    let node = Node::start(&dir);
+    let url = format!("http://{}/api/hello", node.addr);
+    let r = node.get(&format!("/api/fetch?url={url}"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!({"status": 200, "body": "Hello, client!", "ct": "text/plain", "batch_ok": 200, "batch_err": true}));
+}
+
+#[test]
+fn a_graceful_stop_lets_the_request_in_flight_finish() {
+    let dir = project("drain", PROJECT);
+    let mut node = Node::start(&dir);
+    let addr = node.addr.clone();
+    let inflight = std::thread::spawn(move || {
+        let n = Node { child: Command::new("true").spawn().unwrap(), lines: mpsc::channel().1, seen: Vec::new(), addr };
+        n.get("/api/drain?d=700ms", &[])
+    });
+    node.wait_for(&["slow started"]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(node.child.id() as i32, libc::SIGINT) };
+    let r = inflight.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "finished after 700ms"));
+    assert_eq!(node.exit_code(), Some(0));
+    assert!(node.seen.iter().any(|l| l.contains("http server stopped")) || node.wait_for(&["http server stopped"]).contains("stopped"));
+}
+
+fn load_error(tag: &str, yaml: &str) -> String {
+    let dir = project(tag, yaml);
+    let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn bad_http_entries_are_load_errors_with_entry_and_field() {
+    let base = "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \":0\" }\n  - { name: r, kind: http.router, meta: { server: s } }\n  - { name: f, kind: function.lua, source: \"return { call = function() end }\", method: call }\n";
+    let e = load_error("conflict", &format!("{base}  - {{ name: a, kind: http.endpoint, meta: {{ router: r }}, method: GET, path: \"/x/{{id}}\", func: f }}\n  - {{ name: b, kind: http.endpoint, meta: {{ router: r }}, method: GET, path: \"/{{y}}/z\", func: f }}\n"));
+    assert!(e.contains("conflicts with") && e.contains("_index.yaml:"), "{e}");
+    let e = load_error("method", &format!("{base}  - {{ name: a, kind: http.endpoint, meta: {{ router: r }}, method: FETCH, path: /x, func: f }}\n"));
+    assert!(e.contains("app:a") && e.contains("method") && e.contains("invalid HTTP method"), "{e}");
+    let e = load_error("meta", "namespace: app\nentries:\n  - { name: r, kind: http.router, prefix: /x }\n");
+    assert!(e.contains("app:r") && e.contains("missing metadata: server"), "{e}");
+    let e = load_error("mw", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \":0\" }\n  - { name: r, kind: http.router, meta: { server: s }, middleware: [gzip_all] }\n");
+    assert!(e.contains("unknown middleware \"gzip_all\""), "{e}");
+    let e = load_error("addr", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \"\" }\n");
+    assert!(e.contains("app:s") && e.contains("empty address"), "{e}");
+    let e = load_error("prefix", &format!("{base}  - {{ name: r2, kind: http.router, meta: {{ server: s }} }}\n"));
+    assert!(e.contains("router prefix exists"), "{e}");
+}
