@@ -493,3 +493,50 @@ fn bad_http_entries_are_load_errors_with_entry_and_field() {
     let e = load_error("prefix", &format!("{base}  - {{ name: r2, kind: http.router, meta: {{ server: s }} }}\n"));
     assert!(e.contains("router prefix exists"), "{e}");
 }
+
+/// An example project, copied with its server on a free port.
+fn example(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).join("src");
+    let dir = std::env::temp_dir().join(format!("wippy-http-ex-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let text = text.replace("addr: 127.0.0.1:8080", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8081", "addr: 127.0.0.1:0");
+        std::fs::write(dir.join("src").join(f.file_name().unwrap()), text).unwrap();
+    }
+    std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: info\n").unwrap();
+    dir
+}
+
+#[test]
+fn the_http_hello_example_answers() {
+    let node = Node::start(&example("http-hello"));
+    assert_eq!(node.get("/hello?name=Ann", &[]).body, "Hello, Ann!\n");
+    assert_eq!(node.get("/json?n=5", &[]).json(), serde_json::json!({"message": "hello", "n": 5}));
+    assert_eq!(node.get("/users/7", &[]).json(), serde_json::json!({"id": "7", "name": "user 7"}));
+    assert_eq!(node.get("/users/0", &[]).status, 404);
+    let e = node.request("POST", "/echo", &[("Content-Type", "application/json")], br#"{"x":1}"#);
+    assert_eq!(e.json(), serde_json::json!({"got": {"x": 1}, "method": "POST", "type": "application/json"}));
+}
+
+#[test]
+fn the_http_workers_example_puts_processes_behind_http() {
+    let mut node = Node::start(&example("http-workers"));
+    let a = node.request("POST", "/api/count", &[], b"").json();
+    let b = node.request("POST", "/api/count", &[], b"").json();
+    assert_eq!((a["count"].as_i64(), b["count"].as_i64()), (Some(1), Some(2)), "the counter service keeps its state");
+    assert_ne!(a["handler"], b["handler"], "each request is its own process");
+    let p = node.get("/api/primes/1000", &[]).json();
+    assert_eq!(p["primes"], 168);
+    assert!(p["worker"].as_str().unwrap().starts_with("{app:processes|"), "{p}");
+    assert_eq!(node.get("/api/primes/x", &[]).status, 400);
+    // 202 at once; the task's steps are logged after the response
+    let t = Instant::now();
+    let r = node.request("POST", "/api/tasks", &[], br#"{"steps": 3}"#);
+    assert_eq!(r.status, 202);
+    assert!(t.elapsed() < Duration::from_millis(250), "the response waited for the task: {:?}", t.elapsed());
+    let task = r.json()["task"].as_str().unwrap().to_string();
+    node.wait_for(&["task done", &task]);
+}

@@ -258,6 +258,20 @@ impl LuaProcess {
         self.co.l = co;
         self.co.p_ref = p_ref;
         self.co.s_ref = vm.s_ref;
+        if self.state.attachment.is_some() {
+            // an HTTP handler: its response goes when main returns, and the tasks it
+            // spawned run on (SPEC §11.2): the prelude's main_body sees P[X].linger
+            // SAFETY: the main thread is not running; P is in the registry under p_ref.
+            unsafe {
+                let main = vm.main.0;
+                ffi::lua_rawgeti(main, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+                ffi::lua_createtable(main, 0, 2);
+                ffi::lua_pushboolean(main, 1);
+                ffi::lua_setfield(main, -2, c"linger".as_ptr());
+                ffi::lua_rawseti(main, -2, raw::P_X);
+                ffi::lua_pop(main, 1);
+            }
+        }
         // (a new state: its pending count starts at what an upgrade carried over)
         self.state.dirty = true;
         Ok(nargs)
@@ -517,21 +531,7 @@ impl LuaProcess {
     /// keeping its fields, a number its text), else `v`. A boolean is a status, not an
     /// error: `return ch:receive()` gives `v, true`.
     fn returned(&self, vals: MultiValue) -> ExitResult {
-        let mut it = vals.into_iter();
-        let v = it.next().unwrap_or(LuaValue::Nil);
-        match it.next() {
-            None | Some(LuaValue::Nil) | Some(LuaValue::Boolean(_)) => {
-                to_value(&v, &self.state.shard.marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false))
-            }
-            Some(LuaValue::String(e)) => Err(Error::internal(e.to_string_lossy().to_string()).with_retryable(false)),
-            Some(LuaValue::Table(t)) => {
-                let mut e = error_from_lua(&LuaValue::Table(t));
-                e.retryable = e.retryable.or(Some(false));
-                Err(e)
-            }
-            Some(other) if matches!(&other, LuaValue::UserData(ud) if ud.is::<LuaError>()) => Err(error_from_lua(&other)),
-            Some(other) => Err(error_from_lua(&other).with_retryable(false)),
-        }
+        returned_result(vals, &self.state.shard.marks)
     }
 
     /// The process ended through its scheduler with `"exit", ok, value|error`.
@@ -885,6 +885,24 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
         }
     }
     Ok(mv)
+}
+
+/// What main's `return v, err` means as an exit result (a string or an error object as
+/// `err` is a failure).
+pub(crate) fn returned_result(vals: MultiValue, marks: &crate::convert::Marks) -> ExitResult {
+    let mut it = vals.into_iter();
+    let v = it.next().unwrap_or(LuaValue::Nil);
+    match it.next() {
+        None | Some(LuaValue::Nil) | Some(LuaValue::Boolean(_)) => to_value(&v, marks, "the process result").map_err(|m| Error::invalid(m).with_retryable(false)),
+        Some(LuaValue::String(e)) => Err(Error::internal(e.to_string_lossy().to_string()).with_retryable(false)),
+        Some(LuaValue::Table(t)) => {
+            let mut e = error_from_lua(&LuaValue::Table(t));
+            e.retryable = e.retryable.or(Some(false));
+            Err(e)
+        }
+        Some(other) if matches!(&other, LuaValue::UserData(ud) if ud.is::<LuaError>()) => Err(error_from_lua(&other)),
+        Some(other) => Err(error_from_lua(&other).with_retryable(false)),
+    }
 }
 
 impl Process for LuaProcess {

@@ -387,6 +387,8 @@ const Q_T: ffi::lua_Integer = 2;
 const P_RH: ffi::lua_Integer = 9;
 const P_NPEND: ffi::lua_Integer = 12;
 const P_INBOX: ffi::lua_Integer = 15;
+/// P[X]: the rarer parts (`linger` marks an HTTP handler, SPEC §11.2).
+pub(crate) const P_X: ffi::lua_Integer = 16;
 
 /// Messages a process state table `p` holds but its code has not received: its pending
 /// queue and what waits in its inbox channel (for `wippy ps`).

@@ -631,14 +631,34 @@ end
 
 local function task_body(f, ...)
   f(...)
+  local P = S[1]
+  local x = P[X]
+  if x and x.linger then
+    -- an HTTP handler's task: main may be waiting for the last one (linger, below)
+    x.ntasks = x.ntasks - 1
+    if x.ntasks == 0 and x.lingering then wake(P, P) end
+  end
   return DONE
 end
 
 local function new_task(P, f, ...)
   -- CO, SEL, EXT, ARGS, A, B, SV, QN
   local t = { raw_create(task_body), false, false, pack(f, ...), nil, nil, nil, false }
+  local x = P[X]
+  if x and x.linger then x.ntasks = (x.ntasks or 0) + 1 end
   wake(P, t)
   return t
+end
+
+-- An HTTP handler's main returned (SPEC 11.2): its response goes now (R.main_done) and
+-- the process lives on until the tasks it spawned finish; then main's values end it.
+local function linger(P, ...)
+  local x = P[X]
+  if (x.ntasks or 0) > 0 and R.main_done(...) then
+    x.lingering = true
+    block()
+  end
+  return ...
 end
 
 -- The body of a process's coroutine: resolve the entry's main from its chunk's result
@@ -667,6 +687,7 @@ local function main_body(P, chunk, env, method, id, ...)
     local why = "entry '" .. id .. "' has no function '" .. method .. "' (its chunk must return a table with it, or a function)"
     error(rt_error("Invalid", (upgraded and "upgrade: " or "") .. why), 0)
   end
+  if P[X] and P[X].linger then return linger(P, f(...)) end
   return f(...)
 end
 

@@ -309,6 +309,18 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         })?,
     )?;
     r.raw_set(
+        "main_done",
+        lua.create_function(|_, vals: mlua::MultiValue| {
+            current::state(|st| match st.attachment.clone().and_then(|a| a.downcast::<Exchange>().ok()) {
+                Some(ex) => {
+                    ex.finish(&crate::process::returned_result(vals, &st.shard.marks));
+                    true
+                }
+                None => false,
+            })
+        })?,
+    )?;
+    r.raw_set(
         "http_async",
         lua.create_function(|lua, t: Table| lua.set_named_registry_value("wippy.http_async", t))?,
     )?;
