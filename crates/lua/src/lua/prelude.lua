@@ -353,6 +353,27 @@ local function select_(cases, default)
     if P[NPEND] > 0 then drain(P) end
   end
   local a, b = block()
+  -- this select's records on the channels that did not fire are dead: take them out now
+  -- (they are at the queue's ends unless another task queued since), or a channel that
+  -- never fires (a service's events channel) keeps one per select, forever
+  for i = 1, n do
+    local c = cases[i]
+    local q = chan_of(c.ch)[c.send and C_SQ or C_RQ]
+    if q then
+      local h, tl = q[Q_H], q[Q_T]
+      while tl >= h do
+        local s = q[tl][SEL]
+        if not (s and s.done) then break end
+        q[tl] = nil; tl = tl - 1
+      end
+      while h <= tl do
+        local s = q[h][SEL]
+        if not (s and s.done) then break end
+        q[h] = nil; h = h + 1
+      end
+      if h > tl then q[Q_H], q[Q_T] = 3, 2 else q[Q_H], q[Q_T] = h, tl end
+    end
+  end
   if a == RAISE then error(b, 2) end
   return a
 end
