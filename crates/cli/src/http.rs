@@ -153,7 +153,7 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
     let _write = c.duration("timeouts.write", Duration::ZERO);
     let idle_timeout = c.duration("timeouts.idle", Duration::ZERO);
     let _buffer = c.uint("host.buffer_size", 1024);
-    let mut host = HostConfig::new(&handler_host(&id));
+    let mut host = HostConfig::new(handler_host(&id));
     host.workers = c.positive("host.worker_count", host.workers as u64) as usize;
     let max_connections = c.positive("limits.max_connections", server::DEFAULT_MAX_CONNECTIONS as u64) as usize;
     let max_header_bytes = if c.get("limits.max_header_bytes").is_some() { c.bytes("limits.max_header_bytes") as usize } else { server::DEFAULT_MAX_HEADER_BYTES };

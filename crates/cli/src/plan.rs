@@ -8,7 +8,7 @@ use wippy_lua::{LuaEntry, RegistryItem, ShardOptions};
 use wippy_registry::{start_order, Checker, Entry, EntryId, Index, Lifecycle, LoadError, LoadErrors, Project};
 use std::sync::Arc;
 
-use wippy_runtime::{Actor, HostConfig, Identity, Policy, Scope, Table, Value};
+use wippy_runtime::{Actor, HostConfig, Identity, Policy, Scope, Value};
 
 use crate::kinds;
 
@@ -108,30 +108,7 @@ pub struct Plan {
 
 /// A YAML value as a runtime value (mappings become tables with string keys).
 pub fn json_value(v: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Value::Nil,
-        J::Bool(b) => Value::Bool(*b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(0.0)),
-        },
-        J::String(s) => Value::str(s),
-        J::Array(items) => {
-            let mut t = Table::new();
-            for i in items {
-                t.push(json_value(i));
-            }
-            Value::table(t)
-        }
-        J::Object(m) => {
-            let mut t = Table::new();
-            for (k, v) in m {
-                t.set(Value::str(k), json_value(v));
-            }
-            Value::table(t)
-        }
-    }
+    wippy_http::json::from_json(v)
 }
 
 /// The inverse of [`json_value`]: a runtime value as YAML/JSON data (a table with only an

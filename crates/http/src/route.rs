@@ -250,6 +250,9 @@ pub struct Route<T> {
     pub target: T,
 }
 
+/// A matched route and its parameters.
+type Hit<'a, T> = Option<(&'a Route<T>, Vec<(String, String)>)>;
+
 /// What a lookup found.
 pub enum Found<'a, T> {
     Route(&'a Route<T>, Vec<(String, String)>),
@@ -303,10 +306,10 @@ impl<T> Table<T> {
     /// also matches `GET` routes); else the router's own `OPTIONS` answer, a 405 with the
     /// methods that do match, or a 404.
     pub fn lookup(&self, method: &str, path: &str) -> Found<'_, T> {
-        let mut best: Option<(&Route<T>, Vec<(String, String)>)> = None;
+        let mut best: Hit<'_, T> = None;
         let mut allowed: Vec<String> = Vec::new();
         let mut any: Option<&Route<T>> = None;
-        let mut head_via_get: Option<(&Route<T>, Vec<(String, String)>)> = None;
+        let mut head_via_get: Hit<'_, T> = None;
         for r in &self.routes {
             let Some(params) = r.pattern.matches(path) else { continue };
             any = Some(any.map_or(r, |a: &Route<T>| if r.pattern.compare(&a.pattern) == Rel::MoreSpecific { r } else { a }));

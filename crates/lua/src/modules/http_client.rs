@@ -160,7 +160,10 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
             })
         })?,
     )?;
-    r.raw_set("http_client_close", lua.create_function(|_, id: i64| Ok(client::close_stream(id as u64)))?)?;
+    r.raw_set("http_client_close", lua.create_function(|_, id: i64| {
+        client::close_stream(id as u64);
+        Ok(())
+    })?)?;
     Ok(t)
 }
 
