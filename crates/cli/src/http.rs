@@ -150,7 +150,9 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
         c.warn("network", "overlay networks do not apply in this runtime; ignored");
     }
     let read_timeout = c.duration("timeouts.read", Duration::ZERO);
-    let _write = c.duration("timeouts.write", Duration::ZERO);
+    if !c.duration("timeouts.write", Duration::ZERO).is_zero() {
+        c.warn("timeouts.write", "not applied by this runtime yet (a response to a client that stops reading waits on it; the endpoint's timeout still bounds the handler)");
+    }
     let idle_timeout = c.duration("timeouts.idle", Duration::ZERO);
     let _buffer = c.uint("host.buffer_size", 1024);
     let mut host = HostConfig::new(handler_host(&id));
