@@ -2,11 +2,13 @@
 //! over a fixture suite, on `wippy init`, and on signals. Long-running examples are read
 //! until their output shows they work (bounded by a deadline), then stopped with SIGINT.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -42,86 +44,13 @@ fn assert_ok(o: &Output) {
     assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(o), String::from_utf8_lossy(&o.stderr));
 }
 
-/// A long-running `wippy run` whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut cmd = wippy(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines, seen: Vec::new() }
+/// A long-running `wippy` with these arguments and environment.
+fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut cmd = wippy(args);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    /// A line with every one of `parts`, already seen or still to come (at most 60s).
-    fn saw_or_wait(&mut self, parts: &[&str]) -> String {
-        match self.seen.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
-            Some(l) => l.clone(),
-            None => self.wait_for(parts),
-        }
-    }
-
-    /// Wait (at most 60s) for a line with every one of `parts`.
-    fn wait_for(&mut self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if parts.iter().all(|p| line.contains(p)) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("no line with {parts:?} within 60s; saw:\n{}", self.seen.join("\n"));
-                }
-            }
-        }
-    }
-
-    fn interrupt(&self) {
-        self.signal(libc::SIGINT);
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Exit code, waiting at most 30s.
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(l);
-                }
-                return s.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("did not exit within 30s after the signal; saw:\n{}", self.seen.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    Running::spawn(cmd)
 }
 
 #[test]
@@ -226,7 +155,7 @@ rejected: line 7: quantity -2 is not positive
 
 #[test]
 fn ping_pong_services_find_each_other_and_stop_on_sigint() {
-    let mut r = Running::start(&["run", "-d", "examples/ping-pong"], &[]);
+    let mut r = start(&["run", "-d", "examples/ping-pong"], &[]);
     r.wait_for(&["service state", "app:pong_service", "Running"]);
     r.wait_for(&["ping-pong round", "round=3 "]);
     r.interrupt();
@@ -241,7 +170,7 @@ fn ping_pong_services_find_each_other_and_stop_on_sigint() {
 
 #[test]
 fn mass_spawn_reports_stats_for_n_workers_from_the_environment() {
-    let mut r = Running::start(&["run", "-d", "examples/mass-spawn"], &[("WORKERS", "1000")]);
+    let mut r = start(&["run", "-d", "examples/mass-spawn"], &[("WORKERS", "1000")]);
     r.wait_for(&["workers spawned", "workers=1000"]);
     let stats = r.wait_for(&["stats", "workers=1000"]);
     assert!(!stats.contains("ticks=0 "), "{stats}");
@@ -251,7 +180,7 @@ fn mass_spawn_reports_stats_for_n_workers_from_the_environment() {
 
 #[test]
 fn a_second_signal_exits_at_once_with_1() {
-    let mut r = Running::start(&["run", "-d", "crates/cli/tests/fixtures/stubborn"], &[]);
+    let mut r = start(&["run", "-d", "crates/cli/tests/fixtures/stubborn"], &[]);
     r.wait_for(&["stubborn started"]);
     r.interrupt();
     r.wait_for(&["Stopping"]);
@@ -307,7 +236,7 @@ fn init_writes_a_project_that_runs() {
 
 #[test]
 fn services_start_in_order_restart_with_growing_delays_and_stop_in_reverse() {
-    let mut r = Running::start(&["run", "-d", "examples/services"], &[]);
+    let mut r = start(&["run", "-d", "examples/services"], &[]);
     r.wait_for(&["SERVICE", "STATE", "ATTEMPT"]);
     r.wait_for(&["service=app:worker_service state=Failed attempt=1", "restart_in=100ms"]);
     r.wait_for(&["service=app:worker_service state=Failed attempt=2", "restart_in=200ms"]);
@@ -349,7 +278,7 @@ fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
         std::fs::copy(repo().join("examples/hot-upgrade/src").join(f), dir.join("src").join(f)).unwrap();
     }
     let lua = dir.join("src/counter.lua");
-    let mut r = Running::start(&["run", "--watch", "-d", dir.to_str().unwrap()], &[]);
+    let mut r = start(&["run", "--watch", "-d", dir.to_str().unwrap()], &[]);
     let first = r.wait_for(&["tick", "count=2 ", "version=v1"]);
     let pid = first.split("pid=").nth(1).unwrap().split(' ').next().unwrap().to_string();
     let edit = |from: &str, to: &str| {
@@ -400,7 +329,7 @@ fn the_attack_suite_fails_every_attack_through_the_binary() {
 #[test]
 fn one_ctrl_c_always_ends_the_node_and_independent_services_stop_together() {
     let dir = "crates/cli/tests/fixtures/shutdown";
-    let mut r = Running::start(&["run", "-d", dir, "--set", "shutdown.timeout=1s", "--set", "logger.level=info", "forever"], &[]);
+    let mut r = start(&["run", "-d", dir, "--set", "shutdown.timeout=1s", "--set", "logger.level=info", "forever"], &[]);
     r.wait_for(&["forever started"]);
     r.saw_or_wait(&["stubborn started", "name=a "]);
     r.saw_or_wait(&["stubborn started", "name=b "]);

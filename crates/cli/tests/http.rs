@@ -6,12 +6,15 @@
 //! `http_client` against the node's own server. Waits are for events (a log line, a
 //! response), bounded by deadlines.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 const PROJECT: &str = r#"
 namespace: app
@@ -175,10 +178,15 @@ entries:
       cache: "max-age=60"
 "#;
 
+/// The node serving a project, and a client of its server.
 struct Node {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    run: Running,
+    http: Client,
+}
+
+/// Requests to a server, each on a new connection.
+#[derive(Clone)]
+struct Client {
     addr: String,
 }
 
@@ -198,51 +206,32 @@ fn project(tag: &str, yaml: &str) -> PathBuf {
 
 impl Node {
     fn start(dir: &Path) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(dir).arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut n = Node { child, lines, seen: Vec::new(), addr: String::new() };
-        let line = n.wait_for(&["http server listening"]);
-        n.addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        n
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wippy"));
+        cmd.arg("-d").arg(dir).arg("run");
+        let mut run = Running::spawn(cmd);
+        let line = run.wait_for(&["http server listening"]);
+        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        Node { run, http: Client { addr } }
     }
 
     fn wait_for(&mut self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if parts.iter().all(|p| line.contains(p)) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("no line with {parts:?} within 60s; saw:\n{}", self.seen.join("\n"));
-                }
-            }
-        }
+        self.run.wait_for(parts)
     }
 
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "did not exit; saw:\n{}", self.seen.join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn raw(&self, request: &[u8]) -> Response {
+        self.http.raw(request)
     }
 
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.http.get(path, headers)
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.http.request(method, path, headers, body)
+    }
+}
+
+impl Client {
     /// Send raw bytes on a new connection; the whole answer (the server closes it).
     fn raw(&self, request: &[u8]) -> Response {
         let mut s = TcpStream::connect(&self.addr).unwrap();
@@ -269,13 +258,6 @@ impl Node {
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
         self.raw(&bytes)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -381,11 +363,10 @@ fn failures_get_500_and_504_without_internals_and_do_not_touch_other_requests() 
     assert_eq!((s.status, s.body.as_str()), (500, "no response sent"));
 
     // a handler that never answers: 504 after the endpoint's timeout, while others answer
-    let addr = node.addr.clone();
+    let client = node.http.clone();
     let slow = std::thread::spawn(move || {
-        let n = Node { child: Command::new("true").spawn().unwrap(), lines: mpsc::channel().1, seen: Vec::new(), addr };
         let t = Instant::now();
-        let r = n.get("/api/slow", &[]);
+        let r = client.get("/api/slow", &[]);
         (r.status, t.elapsed())
     });
     node.wait_for(&["slow started"]);
@@ -405,7 +386,7 @@ fn limits_and_bad_requests_never_reach_lua() {
     assert_eq!(node.request("POST", "/api/echo", &[], &[b'{'; 2048]).status, 413);
     assert_eq!(node.raw(b"NOT HTTP AT ALL\r\n\r\n").status, 400);
     // a client that never finishes its head is cut off after the read timeout (1s)
-    let mut s = TcpStream::connect(&node.addr).unwrap();
+    let mut s = TcpStream::connect(&node.http.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n").unwrap();
     let t = Instant::now();
@@ -446,7 +427,7 @@ fn static_files_with_validators_ranges_and_no_way_out() {
 fn http_client_talks_to_a_local_server() {
     let dir = project("client", PROJECT);
     let node = Node::start(&dir);
-    let url = format!("http://{}/api/hello", node.addr);
+    let url = format!("http://{}/api/hello", node.http.addr);
     let r = node.get(&format!("/api/fetch?url={url}"), &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json(), serde_json::json!({"status": 200, "body": "Hello, client!", "ct": "text/plain", "batch_ok": 200, "batch_err": true}));
@@ -456,18 +437,14 @@ fn http_client_talks_to_a_local_server() {
 fn a_graceful_stop_lets_the_request_in_flight_finish() {
     let dir = project("drain", PROJECT);
     let mut node = Node::start(&dir);
-    let addr = node.addr.clone();
-    let inflight = std::thread::spawn(move || {
-        let n = Node { child: Command::new("true").spawn().unwrap(), lines: mpsc::channel().1, seen: Vec::new(), addr };
-        n.get("/api/drain?d=700ms", &[])
-    });
+    let client = node.http.clone();
+    let inflight = std::thread::spawn(move || client.get("/api/drain?d=700ms", &[]));
     node.wait_for(&["slow started"]);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(node.child.id() as i32, libc::SIGINT) };
+    node.run.interrupt();
     let r = inflight.join().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "finished after 700ms"));
-    assert_eq!(node.exit_code(), Some(0));
-    assert!(node.seen.iter().any(|l| l.contains("http server stopped")) || node.wait_for(&["http server stopped"]).contains("stopped"));
+    assert_eq!(node.run.exit_code(), Some(0));
+    node.run.saw_or_wait(&["http server stopped"]);
 }
 
 fn load_error(tag: &str, yaml: &str) -> String {

@@ -3,13 +3,16 @@
 //! the Prometheus endpoint scraped and parsed. Every wait is for an event (a log line, an
 //! answer that shows the expected state), bounded by a deadline.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 const PROJECT: &str = r#"
 namespace: app
@@ -99,68 +102,8 @@ fn wippy(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-struct Node {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Node {
-    fn start(dir: &Path) -> Node {
-        let mut child = wippy(dir, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Node { child, lines, seen: Vec::new() }
-    }
-
-    fn wait_for(&mut self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if parts.iter().all(|p| line.contains(p)) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("no line with {parts:?} within 60s; saw:\n{}", self.seen.join("\n"));
-                }
-            }
-        }
-    }
-
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "did not exit; saw:\n{}", self.seen.join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn interrupt(&mut self) -> Option<i32> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.exit_code()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(dir: &Path) -> Running {
+    Running::spawn(wippy(dir, &["run"]))
 }
 
 fn ps_json(dir: &Path) -> Vec<serde_json::Value> {
@@ -172,7 +115,7 @@ fn ps_json(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn ps_and_inspect_show_what_the_node_runs() {
     let dir = project("ps", "");
-    let mut node = Node::start(&dir);
+    let mut node = start(&dir);
     let ready = node.wait_for(&["boss ready"]);
     // the system module saw the supervisor, the host and its processes
     assert!(ready.contains("services=2") && ready.contains("first=app:work") && ready.contains("status=running"), "{ready}");
@@ -231,7 +174,8 @@ fn ps_and_inspect_show_what_the_node_runs() {
     assert!(rest.contains("too long"), "{rest}");
     assert_eq!(ps_json(&dir).len(), 5, "the node still answers");
 
-    assert_eq!(node.interrupt(), Some(0));
+    node.interrupt();
+    assert_eq!(node.exit_code(), Some(0));
     assert!(!sock.exists(), "the socket is removed at exit");
     // no node: a clear error
     let o = wippy(&dir, &["ps"]).output().unwrap();
@@ -277,7 +221,7 @@ fn series(text: &str) -> std::collections::HashMap<String, f64> {
 fn metrics_are_served_for_prometheus() {
     let port = free_port();
     let dir = project("metrics", &format!("metrics:\n  prometheus:\n    address: 127.0.0.1:{port}\n"));
-    let mut node = Node::start(&dir);
+    let mut node = start(&dir);
     node.wait_for(&["boss ready"]);
     // the figures are read every 250ms: wait until the five processes and the 25 notes show
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -308,7 +252,8 @@ fn metrics_are_served_for_prometheus() {
     let top: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(top["snapshot"]["totals"]["processes"], 5, "{line}");
     assert_eq!(top["snapshot"]["services"][1]["id"], "app:boss_service", "{line}");
-    assert_eq!(node.interrupt(), Some(0));
+    node.interrupt();
+    assert_eq!(node.exit_code(), Some(0));
     std::fs::remove_dir_all(&dir).ok();
 }
 
