@@ -44,6 +44,23 @@ pub struct Req {
     pub basic_auth: Option<(String, Option<String>)>,
 }
 
+/// The URL's host when it is loopback, private, link-local or unspecified, or `localhost`
+/// (checked as `http_client.private_ip`). The URL parser's host, as the request will use it:
+/// `http://0x7f.1/` is 127.0.0.1 here too.
+pub fn private_host(url: &str) -> Option<String> {
+    use std::net::IpAddr;
+    let u = reqwest::Url::parse(url).ok()?;
+    let private = match u.host()? {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost"),
+        url::Host::Ipv4(a) => a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified(),
+        url::Host::Ipv6(a) => {
+            let ip = IpAddr::V6(a);
+            ip.is_loopback() || ip.is_unspecified() || (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    private.then(|| u.host_str().unwrap_or_default().to_string())
+}
+
 /// Percent-encoding of a query component (space as `+`), as `encode_uri`.
 pub fn encode_query(s: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b' ');
@@ -171,4 +188,28 @@ pub fn canonical(name: &str) -> String {
         up = c == '-';
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private_host;
+
+    #[test]
+    fn private_hosts_as_the_request_would_reach_them() {
+        for (url, host) in [
+            ("http://127.0.0.1:8080/x", Some("127.0.0.1")),
+            ("http://localhost/", Some("localhost")),
+            ("http://api.LOCALHOST/", Some("api.localhost")),
+            ("http://10.1.2.3/", Some("10.1.2.3")),
+            ("http://[::1]:9/", Some("[::1]")),
+            ("http://[fd00::1]/", Some("[fd00::1]")),
+            ("http://0x7f.1/", Some("127.0.0.1")),
+            ("http://user:pw@192.168.0.1/", Some("192.168.0.1")),
+            ("https://example.com/", None),
+            ("http://8.8.8.8/", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(private_host(url).as_deref(), host, "{url}");
+        }
+    }
 }

@@ -4,7 +4,6 @@
 //! `http_client.request` action on the URL, and `http_client.private_ip` for a loopback or
 //! private literal address or `localhost`.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use mlua::{Lua, Table, Value as LuaValue};
@@ -13,18 +12,6 @@ use wippy_runtime::{Command, Error};
 
 use super::{bad_arg, fail};
 use crate::current;
-
-fn private(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    if h.eq_ignore_ascii_case("localhost") || h.ends_with(".localhost") {
-        return true;
-    }
-    match h.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified(),
-        Ok(IpAddr::V6(a)) => a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80,
-        Err(_) => false,
-    }
-}
 
 fn string_of(v: &LuaValue) -> mlua::Result<Option<String>> {
     Ok(match v {
@@ -138,8 +125,7 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
                 if !cx.can("http_client.request", &req.url) {
                     return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: {}", req.url)));
                 }
-                let host = reqwest_host(&req.url);
-                if let Some(h) = host.filter(|h| private(h)) {
+                if let Some(h) = client::private_host(&req.url) {
                     if !cx.can("http_client.private_ip", &h) {
                         return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: private IP {h}")));
                     }
@@ -165,13 +151,4 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         Ok(())
     })?)?;
     Ok(t)
-}
-
-/// The host part of a URL, as written.
-fn reqwest_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let auth = rest.split(['/', '?', '#']).next()?;
-    let auth = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-    let host = if auth.starts_with('[') { auth.split_once(']').map(|(h, _)| format!("{h}]"))? } else { auth.split(':').next()?.to_string() };
-    Some(host)
 }
