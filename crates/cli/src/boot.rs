@@ -97,7 +97,7 @@ impl Boot {
             lua.set_host_options(h.id.as_str(), h.shard.clone());
         }
         lua.install(&node.handle());
-        crate::http::install(&plan.http, &node)?;
+        crate::http::install(&plan.http, &node);
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
         let live = Arc::new(Live::new(project, node.handle(), lua.clone(), services.clone()));

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
 use serde_json::Value as Json;
 use wippy_http::middleware::{Cors, NOT_YET};
 use wippy_http::route::{self, Pattern, Route, Table};
@@ -28,6 +27,8 @@ pub struct HttpPlan {
     pub statics: Vec<StaticPlan>,
     /// `fs.directory` entries: their directory (made absolute by the plan).
     pub filesystems: Vec<(EntryId, PathBuf, bool)>,
+    /// Each server's routes, built (and checked) once by the plan.
+    pub built: HashMap<EntryId, Routes>,
 }
 
 pub struct RouterPlan {
@@ -171,8 +172,7 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
     };
     host.stop_timeout = lifecycle.stop_timeout;
     // the handlers' host runs as long as the server: started first, stopped after it
-    let host_life = Lifecycle { auto_start: lifecycle.auto_start, requires: lifecycle.requires.clone(), ..lifecycle.clone() };
-    plan.hosts.push(HostPlan { id: host_id.clone(), config: host, shard: Default::default(), lifecycle: host_life, identity: None });
+    plan.hosts.push(HostPlan { id: host_id.clone(), config: host, shard: Default::default(), lifecycle: lifecycle.clone(), identity: None });
     let mut deps = lifecycle.requires.clone();
     deps.push(host_id.clone());
     plan.depends(&host_id, &lifecycle.requires);
@@ -328,21 +328,14 @@ pub fn resolve_paths(plan: &mut HttpPlan, root: &std::path::Path) {
     }
 }
 
-/// Register each server's listener with the node (its routes ready).
-pub fn install(plan: &HttpPlan, node: &Node) -> Result<Vec<Arc<ServerState>>> {
-    let mut routes = routes(plan);
-    let mut states = Vec::new();
+/// Register each server's listener with the node, with the routes the plan built.
+pub fn install(plan: &HttpPlan, node: &Node) {
     for (sid, config) in &plan.services {
         let state = ServerState::new(config.clone());
-        match routes.remove(sid) {
-            Some(Ok(r)) => state.set_routes(r),
-            Some(Err((id, field, msg))) => anyhow::bail!("{id}: {field}: {msg}"),
-            None => {}
+        if let Some(r) = plan.built.get(sid) {
+            state.set_routes(r.clone());
         }
-        let s = state.clone();
-        let factory = move |_: &str| -> Result<Box<dyn Process>, wippy_runtime::Error> { Ok(Box::new(wippy_http::ServerProcess::new(s.clone()))) };
+        let factory = move |_: &str| -> Result<Box<dyn Process>, wippy_runtime::Error> { Ok(Box::new(wippy_http::ServerProcess::new(state.clone()))) };
         node.register_entry(sid.as_str(), Arc::new(factory));
-        states.push(state);
     }
-    Ok(states)
 }

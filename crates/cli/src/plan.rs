@@ -211,12 +211,17 @@ impl Plan {
         }
         crate::http::resolve_paths(&mut plan.http, &project.root);
         // a server's routers, routes and mounts are checked together (conflicts)
-        for (_, r) in crate::http::routes(&plan.http) {
-            if let Err((id, field, msg)) = r {
-                if let Some(e) = project.entries.iter().find(|e| e.id == id) {
-                    let mut c = Checker::new(e, &index);
-                    c.error(field, msg);
-                    errors.append(&mut c.errors);
+        for (server, r) in crate::http::routes(&plan.http) {
+            match r {
+                Ok(routes) => {
+                    plan.http.built.insert(server, routes);
+                }
+                Err((id, field, msg)) => {
+                    if let Some(e) = project.entries.iter().find(|e| e.id == id) {
+                        let mut c = Checker::new(e, &index);
+                        c.error(field, msg);
+                        errors.append(&mut c.errors);
+                    }
                 }
             }
         }

@@ -234,7 +234,7 @@ impl Exchange {
     }
 
     /// The handler's call ended: send what it wrote, or the automatic response
-    /// (SPEC §11.2). Returns the error to log, if the call failed.
+    /// (SPEC §11.2). Once: later calls (the exit after an early finish) do nothing.
     pub fn finish(&self, result: &ExitResult) {
         let mut r = self.resp.lock();
         r.stream = None; // ends a streamed body

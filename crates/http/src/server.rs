@@ -59,8 +59,8 @@ pub struct Target {
     pub cors: Option<Arc<Cors>>,
 }
 
-/// A server's routes and static mounts (swapped whole on a change).
-#[derive(Default)]
+/// A server's routes and static mounts (swapped whole on a change; a clone shares them).
+#[derive(Default, Clone)]
 pub struct Routes {
     pub table: Arc<Table<Arc<Target>>>,
     pub statics: Vec<Arc<StaticMount>>,
@@ -220,8 +220,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>,
 /// Answer one request.
 async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>, remote: SocketAddr) -> HttpResponse {
     let routes = state.routes.read().clone();
-    let method = req.method().as_str().to_string();
-    let found = routes.table.lookup(&method, req.uri().path());
+    let found = routes.table.lookup(req.method().as_str(), req.uri().path());
     match found {
         Found::Route(route, params) => {
             let target = route.target.clone();
