@@ -866,6 +866,19 @@ end
 local function execs(P) return part(P, "execs") end
 local function cmds(P) return part(P, "cmds") end
 
+-- Wait for a command a module started in Rust (a timer, an HTTP body, a client request):
+-- the completion wakes the task with its value, or nil and the error.
+local function await_cmd(id)
+  local P = S[1]
+  local t = S[2] or P
+  cmds(P)[id] = function(P2, i, ok, v)
+    P2[X].cmds[i] = nil
+    if ok then wake(P2, t, v) else wake(P2, t, nil, v) end
+  end
+  t[EXT] = true; P[NEXT] = P[NEXT] + 1
+  return block()
+end
+
 local function wait_exit(P, pid)
   local t = S[2] or P
   execs(P)[pid] = t
@@ -988,13 +1001,7 @@ local time = LIBS.time
 local to_ns, cmd_after, cmd_ticker, cmd_cancel = R.duration_ns, R.after, R.ticker, R.cancel_command
 
 function time.sleep(d)
-  local ns = to_ns(d, "sleep")
-  local P = S[1]
-  local t = S[2] or P
-  local id = cmd_after(ns)
-  cmds(P)[id] = function(P2, i) P2[X].cmds[i] = nil; wake(P2, t) end
-  t[EXT] = true; P[NEXT] = P[NEXT] + 1
-  block()
+  await_cmd(cmd_after(to_ns(d, "sleep")))
 end
 
 local function timer_channel(P, ns, once_close)
@@ -1134,21 +1141,6 @@ if LIBS.events then
     end
     return true
   end
-end
-
--------------------------------------------------------------------------------------------
--- Waiting for a command a module started in Rust (an HTTP body, a client request): the
--- completion wakes the task with its value, or nil and the error.
--------------------------------------------------------------------------------------------
-local function await_cmd(id)
-  local P = S[1]
-  local t = S[2] or P
-  cmds(P)[id] = function(P2, i, ok, v)
-    P2[X].cmds[i] = nil
-    if ok then wake(P2, t, v) else wake(P2, t, nil, v) end
-  end
-  t[EXT] = true; P[NEXT] = P[NEXT] + 1
-  return block()
 end
 
 -------------------------------------------------------------------------------------------
