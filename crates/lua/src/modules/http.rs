@@ -117,7 +117,10 @@ impl UserData for Request {
             Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE)).is_some_and(|c| c.starts_with(&prefix)))
         });
         m.add_method("param", |lua, r, name: String| match &r.ex.params {
-            Some(p) => Ok((p.iter().find(|(k, _)| *k == name).map(|(_, v)| LuaValue::String(lua.create_string(v).unwrap())).unwrap_or(LuaValue::Nil), LuaValue::Nil)),
+            Some(p) => match p.iter().find(|(k, _)| *k == name) {
+                Some((_, v)) => Ok((LuaValue::String(lua.create_string(v)?), LuaValue::Nil)),
+                None => Ok((LuaValue::Nil, LuaValue::Nil)),
+            },
             None => fail(lua, Error::internal("no route parameters: not a routed call")),
         });
         m.add_method("params", |lua, r, ()| match &r.ex.params {
