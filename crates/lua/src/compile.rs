@@ -266,7 +266,7 @@ impl<'a> Eraser<'a> {
         let Some(t) = self.toks.get(i) else { return (i, Desc::Any) };
         let text = self.text(i);
         match t.kind {
-            Kind::Str => return (i + 1, Desc::Lit(text.to_string())),
+            Kind::Str => return (i + 1, Desc::Lit(one_line_literal(text))),
             Kind::Number => return (i + 1, Desc::Lit(text.to_string())),
             Kind::Name if matches!(text, "nil" | "true" | "false") => {
                 let d = if text == "nil" { Desc::Prim("nil") } else { Desc::Lit(text.to_string()) };
@@ -535,6 +535,39 @@ impl<'a> Eraser<'a> {
     }
 }
 
+/// A string literal's source as a literal on one line: the declaration's code is put on the
+/// line where the declaration began, and every line break of the original stays where it
+/// was, so a line break inside the literal must not be copied. A long string (`[==[ … ]==]`)
+/// becomes the quoted string of the same value; a short string's escaped line break
+/// (`\` then a newline) becomes `\n`, which Lua reads as the same character.
+fn one_line_literal(text: &str) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text.to_string();
+    }
+    if text.starts_with('[') {
+        let level = text[1..].bytes().take_while(|b| *b == b'=').count();
+        let open = level + 2;
+        let body = text.get(open..text.len().saturating_sub(open)).unwrap_or("");
+        // Lua skips a line break right after the opening bracket, and reads any line-break
+        // sequence in a long string as one "\n".
+        let body = ["\r\n", "\n\r", "\n", "\r"].iter().find_map(|nl| body.strip_prefix(nl)).unwrap_or(body);
+        let body = body.replace("\r\n", "\n").replace("\n\r", "\n").replace('\r', "\n");
+        let mut out = String::from("\"");
+        for c in body.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                '\0' => out.push_str("\\x00"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        return out;
+    }
+    text.replace("\r\n", "n").replace("\n\r", "n").replace(['\n', '\r'], "n")
+}
+
 /// `src` with its type syntax erased (borrowed when there was none).
 pub fn erase(src: &str) -> Cow<'_, str> {
     let mut e = Eraser { src, toks: lex(src), blank: Vec::new(), insert: Vec::new(), declared: Vec::new(), generics: Vec::new() };
@@ -620,5 +653,16 @@ mod tests {
         assert!(out.contains("Box = __wippy_type(\"Box\", {record={{\"value\",\"any\",false}}})"), "{out}");
         // `type` as a variable or a function call is left alone.
         assert!(matches!(erase("local type = type(x)\ntype.x = 1\nprint(type 'a')"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_literal_type_with_a_line_break_keeps_the_lines_and_the_value() {
+        // Found by the eraser's property test: the literal was copied with its line break onto
+        // the declaration's line while the original line break stayed too.
+        let src = "type in type x = [==[ [[l:o\nng]]";
+        same_lines(src, &erase(src));
+        let out = erase("type K = [[\nab\\\"c\nd]] | 'e\\\nf'\nlocal y = 1");
+        same_lines("type K = [[\nab\\\"c\nd]] | 'e\\\nf'\nlocal y = 1", &out);
+        assert!(out.starts_with("K = __wippy_type(\"K\", {union={{lit=\"ab\\\\\\\"c\\nd\"},{lit='e\\nf'}}})"), "{out}");
     }
 }

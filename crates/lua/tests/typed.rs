@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use wippy_lua::compile::erase;
 
 /// (typed, plain): both bodies must give the same value.
@@ -162,6 +163,13 @@ fn token() -> impl Strategy<Value = &'static str> {
 }
 
 proptest! {
+    // The same inputs on every run (CI must not fail on a draw the next run does not
+    // repeat); `PROPTEST_RNG_SEED` and `PROPTEST_CASES` explore further by hand.
+    #![proptest_config({
+        let d = ProptestConfig::default();
+        let rng_seed = match d.rng_seed { RngSeed::Random => RngSeed::Fixed(0x5EED), s => s };
+        ProptestConfig { cases: d.cases.max(4096), rng_seed, failure_persistence: None, ..d }
+    })]
     #[test]
     fn the_eraser_never_panics_and_keeps_every_line_break(tokens in prop::collection::vec(token(), 0..60)) {
         let src: String = tokens.join(" ");

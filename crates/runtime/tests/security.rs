@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use wippy_runtime::*;
 
 fn policy(actions: &[&str], resources: &[&str], effect: &str, conditions: Vec<ConditionSpec>) -> Arc<Policy> {
@@ -185,6 +186,13 @@ fn ref_policy() -> impl Strategy<Value = RefPolicy> {
 }
 
 proptest! {
+    // The same inputs on every run (CI must not fail on a draw the next run does not
+    // repeat); `PROPTEST_RNG_SEED` and `PROPTEST_CASES` explore further by hand.
+    #![proptest_config({
+        let d = ProptestConfig::default();
+        let rng_seed = match d.rng_seed { RngSeed::Random => RngSeed::Fixed(0x5EED), s => s };
+        ProptestConfig { cases: d.cases.max(1024), rng_seed, failure_persistence: None, ..d }
+    })]
     #[test]
     fn the_evaluator_agrees_with_the_reference(
         policies in prop::collection::vec(ref_policy(), 0..6),
