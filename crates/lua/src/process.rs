@@ -179,8 +179,7 @@ impl LuaProcess {
     /// state had not taken yet.
     fn start(&mut self, method: &str, args: StartArgs, carry: Option<(Table, i64)>) -> Result<c_int, Error> {
         // SAFETY: runs inside a turn of this process's shard (it is in the shard's group).
-        let vm: &mut Vm =
-            unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
+        let vm: &Vm = unsafe { current_vm() }.ok_or_else(|| Error::internal("a Lua process ran outside its shard"))?;
         let code = vm.code(&self.state.shard.catalog, &self.state.entry)?;
         let internal = |e: mlua::Error| Error::internal(format!("cannot start process: {e}"));
         let method = if method == "main" { self.state.entry.method.as_str() } else { method };
@@ -224,10 +223,12 @@ impl LuaProcess {
             // SAFETY: the main thread is not running (a start happens between resumes).
             && unsafe { ffi::lua_checkstack(main, room + 8) } != 0;
         let (p_ref, co, nargs) = if plain {
-            if !vm.pool.is_empty() {
-                build.pooled = Some((vm.pool.len() as c_int, vm.pool_ref, vm.main_body));
-                vm.pool.pop();
+            let mut pool = vm.pool.borrow_mut();
+            if !pool.is_empty() {
+                build.pooled = Some((pool.len() as c_int, vm.pool_ref, vm.main_body));
+                pool.pop();
             }
+            drop(pool);
             // SAFETY: as above; `build` leaves the main thread's stack as it found it.
             unsafe {
                 let base = ffi::lua_gettop(main);
@@ -279,8 +280,7 @@ impl LuaProcess {
 
     /// Resume the coroutine with `args`, then feed it events while it waits for them.
     fn drive(&mut self, cx: &mut Context<'_>, mut events: Option<&mut Events<'_>>, mut args: Option<c_int>) -> Status {
-        // SAFETY: a step runs inside a turn of this process's shard; only a shared
-        // reference to its Lua handle is taken.
+        // SAFETY: a step runs inside a turn of this process's shard.
         let Some(vm) = (unsafe { current_vm() }) else {
             return Status::Exit(Err(Error::internal("a Lua process ran outside its shard")));
         };
@@ -470,10 +470,11 @@ impl LuaProcess {
                 // hook can be armed on it any more (forgotten above), and adding it to the
                 // pool table stores into a slot that exists.
                 unsafe {
+                    let mut pool = vm.pool.borrow_mut();
                     let keep = std::mem::take(&mut self.co.finished)
                         && !self.state.shard.options.isolated
                         && self.state.shard.options.max_process_memory == 0
-                        && vm.pool.len() < POOL_MAX
+                        && pool.len() < POOL_MAX
                         && ffi::lua_status(co) == ffi::LUA_OK
                         && ffi::lua_gettop(co) == 0;
                     if keep {
@@ -481,9 +482,9 @@ impl LuaProcess {
                         ffi::lua_rawgeti(main, ffi::LUA_REGISTRYINDEX, vm.pool_ref as ffi::lua_Integer);
                         ffi::lua_pushthread(co);
                         ffi::lua_xmove(co, main, 1);
-                        ffi::lua_rawseti(main, -2, vm.pool.len() as ffi::lua_Integer + 1);
+                        ffi::lua_rawseti(main, -2, pool.len() as ffi::lua_Integer + 1);
                         ffi::lua_pop(main, 1);
-                        vm.pool.push(Thread(co));
+                        pool.push(Thread(co));
                     }
                 }
             } else {

@@ -5,6 +5,7 @@
 //! Must never: put `io`, `os.execute`, `dofile`, `loadfile`, `package`, `debug`, binary
 //! `load` or `string.dump` where process code can reach them.
 
+use std::cell::RefCell;
 use std::os::raw::c_int;
 use std::sync::{Arc, Weak};
 
@@ -72,14 +73,16 @@ pub(crate) struct Vm {
     /// returned is as good as a new one: empty stack, no frame); `pool_ref` is the registry
     /// table keeping them (slots 1..=POOL_MAX made up front, so adding one never
     /// allocates), `pool` the same in order.
-    pub(crate) pool: Vec<Thread>,
+    pub(crate) pool: RefCell<Vec<Thread>>,
     pub(crate) pool_ref: c_int,
     pub(crate) marks: Marks,
     /// Registry reference of the prelude's shard table `S` (`S[1]` is the running
     /// process's state).
     pub(crate) s_ref: c_int,
     /// Per entry ID: the version loaded and its code (a new version replaces the old).
-    pub(crate) code: FxHashMap<String, (u64, Arc<EntryCode>)>,
+    /// Behind a `RefCell` because a turn reaches the VM only shared (`current_vm`); borrowed
+    /// only by `code`, and never while Lua runs.
+    code: RefCell<FxHashMap<String, (u64, Arc<EntryCode>)>>,
     /// Bytes in use right after setup (what an empty shard costs).
     pub(crate) baseline: usize,
 }
@@ -240,22 +243,23 @@ impl Vm {
             main: Thread(main.0 as *mut ffi::lua_State),
             new_process: new_process as c_int,
             main_body: main_body as c_int,
-            pool: Vec::new(),
+            pool: RefCell::new(Vec::new()),
             pool_ref: pool_ref as c_int,
             marks,
             s_ref: s_ref as c_int,
-            code: FxHashMap::default(),
+            code: RefCell::new(FxHashMap::default()),
             baseline,
         })
     }
 
     /// The shard's code for an entry (loaded on first use).
-    pub(crate) fn code(&mut self, catalog: &Catalog, entry: &LuaEntry) -> Result<Arc<EntryCode>, wippy_runtime::Error> {
-        if let Some((version, c)) = self.code.get(entry.id.as_str()) {
+    pub(crate) fn code(&self, catalog: &Catalog, entry: &LuaEntry) -> Result<Arc<EntryCode>, wippy_runtime::Error> {
+        if let Some((version, c)) = self.code.borrow().get(entry.id.as_str()) {
             if *version == entry.version {
                 return Ok(c.clone());
             }
         }
+        // (the borrow ended: loading runs Lua, which may `require` and come back here)
         let chunk = catalog.load(&self.lua, entry)?;
         let internal = |e: mlua::Error| wippy_runtime::Error::internal(format!("entry '{}': {e}", entry.id));
         let allowed = self.lua.create_table().map_err(internal)?;
@@ -279,7 +283,7 @@ impl Vm {
             id: self.lua.create_registry_value(entry.id.as_str()).map_err(internal)?,
             method: self.lua.create_registry_value(entry.method.as_str()).map_err(internal)?,
         });
-        self.code.insert(entry.id.clone(), (entry.version, code.clone()));
+        self.code.borrow_mut().insert(entry.id.clone(), (entry.version, code.clone()));
         Ok(code)
     }
 }

@@ -33,23 +33,24 @@ const STARVED_TURNS: u32 = 8;
 
 thread_local! {
     /// The VM of the shard running on this thread (null outside a turn).
-    static CURRENT_VM: Cell<*mut Vm> = const { Cell::new(std::ptr::null_mut()) };
+    static CURRENT_VM: Cell<*const Vm> = const { Cell::new(std::ptr::null()) };
     /// The preemption state of the shard running on this thread.
     static CURRENT_PREEMPT: Cell<*const Preempt> = const { Cell::new(std::ptr::null()) };
 }
 
-/// The VM of the shard whose turn is running on this thread.
+/// The VM of the shard whose turn is running on this thread, shared: a step holds it across
+/// a resume while Lua code it runs (`require`, a module) takes it again, so it is never
+/// handed out as `&mut`. What changes in a VM during a turn sits behind a `RefCell` (see
+/// `Vm`), borrowed only between two calls into Lua, never across one.
 ///
 /// # Safety
 /// Only call from a process step that a shard turn started; the reference must not outlive
 /// the step.
-pub(crate) unsafe fn current_vm<'a>() -> Option<&'a mut Vm> {
+pub(crate) unsafe fn current_vm<'a>() -> Option<&'a Vm> {
     let p = CURRENT_VM.with(|c| c.get());
-    if p.is_null() {
-        None
-    } else {
-        Some(&mut *p)
-    }
+    // SAFETY: non-null only during a turn, which holds the VM's lock (the caller's contract
+    // keeps the reference inside it); only shared references are made from it.
+    unsafe { p.as_ref() }
 }
 
 /// Which Lua thread of a shard is running, for the watchdog to arm the hook on.
@@ -268,8 +269,8 @@ impl ProcessGroup for Shard {
 
 impl Runnable for Shard {
     fn run(self: Arc<Self>) {
-        let mut vm = self.vm.lock();
-        CURRENT_VM.with(|c| c.set(&mut *vm as *mut Vm));
+        let vm = self.vm.lock();
+        CURRENT_VM.with(|c| c.set(&*vm as *const Vm));
         CURRENT_PREEMPT.with(|c| c.set(&self.preempt as *const Preempt));
         // Published for the watchdog, which times the turn (no clock read here: a turn
         // switch is on the path of every message between two shards).
@@ -322,7 +323,7 @@ impl Runnable for Shard {
                 break;
             }
         }
-        CURRENT_VM.with(|c| c.set(std::ptr::null_mut()));
+        CURRENT_VM.with(|c| c.set(std::ptr::null()));
         CURRENT_PREEMPT.with(|c| c.set(std::ptr::null()));
         RUN_SLOT.with(|slot| slot.leave());
         drop(vm);
