@@ -315,6 +315,15 @@ impl<'a> Context<'a> {
         self.node.spawn(Some(self.cell), &target, spawn, None, self.context.clone(), self.cell.identity.clone())
     }
 
+    /// Spawn a child monitored by this process, without the checks of [`Self::spawn_on`]:
+    /// for the node's service supervisor only, whose services were checked when the
+    /// project loaded (a user process cannot reach this).
+    pub(crate) fn spawn_supervised(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
+        self.flush();
+        let target = self.node.host_for_spawn(host)?;
+        self.node.spawn(Some(self.cell), &target, spawn.monitored(), None, None, None)
+    }
+
     pub fn link(&mut self, dest: impl Into<Dest>) -> Result<(), Error> {
         self.flush();
         let dest = dest.into();

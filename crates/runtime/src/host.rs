@@ -168,7 +168,11 @@ pub(crate) struct Host {
     pub(crate) name: HostName,
     pub(crate) config: HostConfig,
     pub(crate) sched: Arc<Scheduler>,
+    /// Processes living here, the runtime's own included (a stop waits for all of them).
     live: AtomicUsize,
+    /// Of those, the runtime's own (service agents): not counted against `max_processes`
+    /// nor shown as the host's processes.
+    system: AtomicUsize,
     pub(crate) state: AtomicU8,
     pub(crate) node: Weak<NodeInner>,
     empty_lock: Mutex<()>,
@@ -185,6 +189,7 @@ impl Host {
             config,
             sched,
             live: AtomicUsize::new(0),
+            system: AtomicUsize::new(0),
             state: AtomicU8::new(RUNNING),
             node: Arc::downgrade(node),
             empty_lock: Mutex::new(()),
@@ -196,19 +201,23 @@ impl Host {
         self.node.upgrade()
     }
 
-    /// Count a new process in, or say why it cannot start here.
-    pub(crate) fn reserve(&self) -> Result<(), Error> {
+    /// Count a new process in, or say why it cannot start here (`system`: one of the
+    /// runtime's own, which `max_processes` does not count).
+    pub(crate) fn reserve(&self, system: bool) -> Result<(), Error> {
         if self.state.load(Ordering::Acquire) != RUNNING {
             return Err(Error::unavailable(format!("host '{}' is not running", self.config.name)));
         }
         let max = self.config.max_processes;
-        if max == 0 {
+        if max == 0 || system {
+            if system {
+                self.system.fetch_add(1, Ordering::Relaxed);
+            }
             self.live.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         let mut n = self.live.load(Ordering::Relaxed);
         loop {
-            if n >= max {
+            if n.saturating_sub(self.system.load(Ordering::Relaxed)) >= max {
                 return Err(Error::limit_exceeded(format!(
                     "host '{}' is at max_processes ({max})",
                     self.config.name
@@ -221,7 +230,10 @@ impl Host {
         }
     }
 
-    pub(crate) fn release(&self) {
+    pub(crate) fn release(&self, system: bool) {
+        if system {
+            self.system.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.live.fetch_sub(1, Ordering::AcqRel) == 1 && self.state.load(Ordering::Acquire) != RUNNING {
             let _g = self.empty_lock.lock();
             self.empty.notify_all();
@@ -230,6 +242,11 @@ impl Host {
 
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// The processes of the host's users (the runtime's own left out).
+    pub(crate) fn user_processes(&self) -> usize {
+        self.live().saturating_sub(self.system.load(Ordering::Acquire))
     }
 
     /// Wait until no process lives here, at most `timeout`. `true` if empty.
@@ -268,7 +285,7 @@ impl HostRef {
         self.0.sched.workers()
     }
     pub fn process_count(&self) -> usize {
-        self.0.live()
+        self.0.user_processes()
     }
     pub fn is_running(&self) -> bool {
         self.0.state.load(Ordering::Acquire) == RUNNING

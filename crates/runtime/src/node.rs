@@ -91,6 +91,9 @@ pub struct Spawn {
     call: bool,
     /// Handed to the process before its first step (see [`Process::attach`]).
     attachment: Option<Attachment>,
+    /// One of the runtime's own processes, shown under this label (its PID comes from
+    /// the system range: see [`PidCounter`]).
+    system: Option<&'static str>,
 }
 
 /// Called with a process's exit result (see [`Node::spawn_then`]).
@@ -102,7 +105,7 @@ impl Spawn {
         Spawn::boxed(Box::new(p))
     }
     pub fn boxed(p: Box<dyn Process>) -> Spawn {
-        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false, call: false, attachment: None }
+        Spawn { what: What::Process(p), method: SmolStr::new_static("main"), args: Vec::new(), link: false, monitor: false, group: None, context: None, identity: None, exec: false, call: false, attachment: None, system: None }
     }
     /// Spawn the entry `id` through its registered factory.
     pub fn entry(id: &str) -> Spawn {
@@ -158,6 +161,11 @@ impl Spawn {
     /// the HTTP exchange a request handler answers.
     pub fn attach(mut self, a: Attachment) -> Spawn {
         self.attachment = Some(a);
+        self
+    }
+    /// Mark this spawn as one of the runtime's own processes, labelled `label`.
+    pub(crate) fn system(mut self, label: &'static str) -> Spawn {
+        self.system = Some(label);
         self
     }
     pub(crate) fn is_call(&self) -> bool {
@@ -481,8 +489,10 @@ impl NodeRef {
     }
 
     /// Live processes on the node.
+    /// Live processes (the runtime's own service agents left out).
     pub fn process_count(&self) -> usize {
-        self.inner.table.len()
+        let system: usize = self.inner.hosts.read().iter().map(|h| h.live().saturating_sub(h.user_processes())).sum();
+        self.inner.table.len().saturating_sub(system)
     }
 
     /// Registered names on the node.
@@ -504,7 +514,7 @@ impl NodeRef {
             None => self.inner.table.all(),
         };
         let mut groups = HashMap::new();
-        cells.iter().map(|c| describe(c, &mut groups)).collect()
+        cells.iter().filter(|c| !c.pid.is_system()).map(|c| describe(c, &mut groups)).collect()
     }
 
     /// What `request_exit` calls (the `wippy` command: a graceful stop with that code).
@@ -547,7 +557,7 @@ impl NodeRef {
                     workers,
                     busy,
                     queued,
-                    processes: h.live(),
+                    processes: h.user_processes(),
                     max_processes: h.config.max_processes,
                 }
             })
@@ -660,9 +670,9 @@ impl NodeInner {
         inherited: Option<Arc<Table>>,
         inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
-        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _, attachment } = spawn;
+        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _, attachment, system } = spawn;
         let (mut process, label) = match what {
-            What::Process(p) => (p, None),
+            What::Process(p) => (p, system.map(crate::stats::EntryLabel::intern)),
             What::Entry(id) => {
                 let made = self.factory(&id)?.create(&id, &HostRef(host.clone()))?;
                 group = group.or(made.group);
@@ -679,8 +689,8 @@ impl NodeInner {
         if let Some(forced) = &host.config.security.identity {
             identity = Some(Arc::new(identity.as_deref().map(|i| i.overridden_by(forced)).unwrap_or_else(|| (**forced).clone())));
         }
-        host.reserve()?;
-        let pid = self.counter.next(host.name);
+        host.reserve(system.is_some())?;
+        let pid = if system.is_some() { self.counter.next_system(host.name) } else { self.counter.next(host.name) };
         let cell = ProcCell::new_arc(pid, host.clone(), group, process, method, args, context, identity, label);
         crate::stats::add(crate::stats::Counter::Spawns, 1);
         if let Some(parent) = parent.filter(|_| link || monitor) {
@@ -885,12 +895,12 @@ impl NodeInner {
         for cell in self.table.on_host(name) {
             let ev = Event::Cancel { from: Pid::NOBODY, at, reason: SmolStr::new_static("scheduler shutdown") };
             if self.deliver(cell.pid, ev).is_ok() {
-                report.canceled += 1;
+                report.canceled += !cell.pid.is_system() as usize;
             }
         }
         if !host.wait_empty(host.config.stop_timeout) {
             for cell in self.table.on_host(name) {
-                report.terminated += 1;
+                report.terminated += !cell.pid.is_system() as usize;
                 self.kill(&cell, crate::cell::KILL_TERMINATED);
             }
             if !host.wait_empty(host.config.stop_timeout.max(Duration::from_secs(1))) {

@@ -121,6 +121,10 @@ impl Pid {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+    /// One of the runtime's own processes (a service agent): see [`PidCounter`].
+    pub fn is_system(&self) -> bool {
+        self.seq >= SYSTEM_SEQ
+    }
 
     /// The host the process was spawned on.
     pub fn host(&self) -> HostName {
@@ -273,19 +277,28 @@ fn parse_plain(s: &str) -> Option<Pid> {
     Some(Pid { seq, host: HostName::new(&s[1..1 + bar]) })
 }
 
-/// The node-wide PID counter: starts at 1, never reuses a number.
+/// The node-wide PID counter: starts at 1, never reuses a number. The runtime's own
+/// processes (service agents) count in a range of their own, from [`SYSTEM_SEQ`], so the
+/// PIDs a project's processes get do not depend on how many of those there are.
 #[derive(Debug)]
-pub struct PidCounter(AtomicU64);
+pub struct PidCounter(AtomicU64, AtomicU64);
+
+/// Where the runtime's own processes' sequence numbers start.
+pub const SYSTEM_SEQ: u64 = 0xf000_0000_0000_0001;
 
 impl Default for PidCounter {
     fn default() -> Self {
-        PidCounter(AtomicU64::new(1))
+        PidCounter(AtomicU64::new(1), AtomicU64::new(SYSTEM_SEQ))
     }
 }
 
 impl PidCounter {
     pub fn next(&self, host: HostName) -> Pid {
         Pid { seq: self.0.fetch_add(1, Ordering::Relaxed), host }
+    }
+    /// A PID for one of the runtime's own processes.
+    pub(crate) fn next_system(&self, host: HostName) -> Pid {
+        Pid { seq: self.1.fetch_add(1, Ordering::Relaxed), host }
     }
 }
 

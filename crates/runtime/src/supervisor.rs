@@ -3,21 +3,33 @@
 //! restart policy with exponential backoff and jitter, dependency order (a service starts
 //! when everything it requires is Running; stop runs in reverse), and the graceful stop.
 //!
-//! It never runs a process itself: it spawns through the node and learns of exits through
-//! exit watches. Time goes through a [`Clock`], so tests drive restart delays by hand.
+//! Supervision is built on the process model, as SPEC §8.1 says: on every host that runs
+//! services, one native process (the host's *agent*) spawns them monitored, hears their
+//! ends as EXIT events and times restarts with its own timers (`Command::After`). Nothing
+//! costs a thread or a task per service; a node with 10,000 services has one agent per
+//! host. The state table and the policy live here, behind one lock that agents and the
+//! embedder's calls (start, stop, status) share; only agents spawn service processes.
+//!
+//! An agent lives as long as its host: when the host stops, it waits for the services it
+//! watches to end, then ends too. A lost agent (terminated by hand) is made again on the
+//! next start on its host; the services it watched are no longer seen to exit.
+//!
+//! Time goes through a [`Clock`], so tests drive restart delays by hand; with the
+//! [`SystemClock`] the agents' timers run them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::context::Context;
 use crate::host::HostConfig;
 use crate::node::{NodeRef, Spawn};
 use crate::pid::Pid;
+use crate::process::{Command, CommandId, Event, Events, ExitResult, Payload, Process, Status};
 use crate::security::Identity;
-use crate::process::ExitResult;
 use crate::value::{Table, Value};
 use crate::Error;
 
@@ -144,6 +156,11 @@ pub trait Clock: Send + Sync + 'static {
     fn after(&self, delay: Duration, fire: Box<dyn FnOnce() + Send>);
     /// A number in [-1, 1] for the jitter.
     fn random(&self) -> f64;
+    /// This clock is the runtime's own time: restart delays are timed by the agents'
+    /// process timers, and `after` serves only where no agent can run (a host gone).
+    fn is_runtime_time(&self) -> bool {
+        false
+    }
 }
 
 /// Wall time; delays run on the node's timer runtime.
@@ -169,6 +186,9 @@ impl Clock for SystemClock {
             tokio::time::sleep(delay).await;
             fire();
         });
+    }
+    fn is_runtime_time(&self) -> bool {
+        true
     }
     fn random(&self) -> f64 {
         // xorshift64*: good enough to spread restarts.
@@ -230,6 +250,14 @@ struct State {
     order: Vec<usize>,
     stopping: bool,
     history: Vec<Transition>,
+    /// Each host's agent (the process that spawns and watches its services).
+    agents: HashMap<String, Pid>,
+    /// The IDs some service requires.
+    required: HashSet<String>,
+}
+
+fn required(specs: &[ServiceSpec]) -> HashSet<String> {
+    specs.iter().flat_map(|s| s.requires.iter().cloned()).collect()
 }
 
 pub(crate) struct Inner {
@@ -258,8 +286,9 @@ impl Supervisor {
             }
         }
         let order = topo_order(&specs, &by_id)?;
+        let required = required(&specs);
         let services = specs.into_iter().map(Svc::new).collect();
-        let state = State { services, by_id, order, stopping: false, history: Vec::new() };
+        let state = State { services, by_id, order, stopping: false, history: Vec::new(), agents: HashMap::new(), required };
         let inner = Arc::new(Inner { node: node.clone(), clock, state: Mutex::new(state), changed: Condvar::new() });
         node.inner.supervisors.lock().push(Arc::downgrade(&inner));
         Ok(Supervisor { inner })
@@ -342,24 +371,9 @@ impl Supervisor {
         };
         let mut summary = StopSummary::default();
         for wave in waves {
-            let results: Vec<(usize, usize)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = wave
-                    .iter()
-                    .map(|&i| {
-                        let inner = &self.inner;
-                        scope.spawn(move || {
-                            let mut stopped = 0;
-                            let terminated = inner.stop_one(i, ServiceState::Stopped, &mut stopped);
-                            (stopped, terminated)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or((0, 0))).collect()
-            });
-            for (stopped, terminated) in results {
-                summary.services_stopped += stopped;
-                summary.terminated += terminated;
-            }
+            let (stopped, terminated) = self.inner.stop_many(&wave, ServiceState::Stopped);
+            summary.services_stopped += stopped;
+            summary.terminated += terminated;
         }
         summary
     }
@@ -370,8 +384,7 @@ impl Supervisor {
     pub fn replace(&self, spec: ServiceSpec) {
         let existing = self.inner.state.lock().by_id.get(&spec.id).copied();
         if let Some(i) = existing {
-            let mut stopped = 0;
-            self.inner.stop_one(i, ServiceState::Exited, &mut stopped);
+            self.inner.stop_many(&[i], ServiceState::Exited);
         }
         let mut st = self.inner.state.lock();
         let i = match existing {
@@ -392,7 +405,10 @@ impl Supervisor {
         s.wanted = was_wanted || s.spec.auto_start;
         let specs: Vec<ServiceSpec> = st.services.iter().map(|s| s.spec.clone()).collect();
         match topo_order(&specs, &st.by_id) {
-            Ok(order) => st.order = order,
+            Ok(order) => {
+                st.order = order;
+                st.required = required(&specs);
+            }
             Err(e) => tracing::error!(error = %e, "service order unchanged"),
         }
         self.inner.advance(&mut st);
@@ -402,8 +418,7 @@ impl Supervisor {
     pub fn stop(&self, id: &str) -> Result<(), Error> {
         let i = *self.inner.state.lock().by_id.get(id).ok_or_else(|| Error::not_found(format!("no service {id}")))?;
         self.inner.state.lock().services[i].wanted = false;
-        let mut stopped = 0;
-        self.inner.stop_one(i, ServiceState::Exited, &mut stopped);
+        self.inner.stop_many(&[i], ServiceState::Exited);
         Ok(())
     }
 }
@@ -587,36 +602,71 @@ impl Inner {
                 Ok(_) => self.set(st, i, ServiceState::Running, None, None),
                 Err(e) => self.set(st, i, ServiceState::Exited, Some(e.to_string()), None),
             },
-            ServiceKind::Process { host, entry, args, context, identity } => {
-                let mut spawn = Spawn::entry(&entry).args(args);
-                if let Some(c) = context {
-                    spawn = spawn.context(c);
-                }
-                if let Some(i) = identity {
-                    spawn = spawn.identity(i);
-                }
-                match self.node.spawn_watched(&host, spawn) {
-                    Ok((pid, watch)) => {
-                        s.pid = Some(pid);
-                        s.exited = false;
-                        let (weak, instance): (Weak<Inner>, u64) = (Arc::downgrade(self), s.instance);
-                        let spawned = std::thread::Builder::new().name(format!("service {}", s.spec.id)).spawn(move || {
-                            let result = watch.wait();
-                            if let Some(inner) = weak.upgrade() {
-                                inner.exited(i, instance, result);
-                            }
-                        });
-                        self.set(st, i, ServiceState::Running, None, None);
-                        if let Err(e) = spawned {
-                            let _ = self.node.terminate(pid);
-                            self.failed(st, i, Error::internal(format!("cannot watch the service process: {e}")));
-                        }
-                    }
-                    Err(e) => self.failed(st, i, e),
+            ServiceKind::Process { host, .. } => {
+                // The host's agent spawns it (and so hears of its exit).
+                let instance = s.instance;
+                if let Err(e) = self.to_agent(st, &host, "launch", &[i as u64, instance]) {
+                    self.failed(st, i, e);
                 }
             }
         }
-        self.advance(st);
+        // (no `advance` here: launch runs inside advance's loop, or after a retry, which
+        // advances itself; a recursion here went one frame deep per service)
+    }
+
+    /// After service `i` changed state: start or fail what depends on it (a service nobody
+    /// requires changes nothing for the others, and is not worth a pass over all of them).
+    fn advance_after(self: &Arc<Self>, st: &mut State, i: usize) {
+        if st.required.contains(&st.services[i].spec.id) {
+            self.advance(st);
+        }
+    }
+
+    /// Run in the host's agent: spawn the instance `launch` asked for, if it is still the
+    /// one wanted.
+    fn spawn_instance(self: &Arc<Self>, cx: &mut Context<'_>, i: usize, instance: u64) -> Option<Pid> {
+        let mut st = self.state.lock();
+        let stopping = st.stopping;
+        let s = st.services.get_mut(i)?;
+        if stopping || s.instance != instance || s.state != ServiceState::Starting {
+            return None;
+        }
+        let ServiceKind::Process { host, entry, args, context, identity } = s.spec.kind.clone() else { return None };
+        let mut spawn = Spawn::entry(&entry).args(args);
+        if let Some(c) = context {
+            spawn = spawn.context(c);
+        }
+        if let Some(id) = identity {
+            spawn = spawn.identity(id);
+        }
+        let pid = match cx.spawn_supervised(&host, spawn) {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.failed(&mut st, i, e);
+                self.advance_after(&mut st, i);
+                return None;
+            }
+        };
+        let s = &mut st.services[i];
+        s.pid = Some(pid);
+        s.exited = false;
+        self.set(&mut st, i, ServiceState::Running, None, None);
+        self.advance_after(&mut st, i);
+        Some(pid)
+    }
+
+    /// Hand host `host`'s agent a request (made when there is none yet, or it is gone).
+    fn to_agent(self: &Arc<Self>, st: &mut State, host: &str, topic: &str, args: &[u64]) -> Result<(), Error> {
+        let payload: Payload = args.iter().map(|a| Value::Int(*a as i64)).collect();
+        if let Some(pid) = st.agents.get(host) {
+            if self.node.send(*pid, topic, payload.clone()).is_ok() {
+                return Ok(());
+            }
+        }
+        let agent = Agent { inner: Arc::downgrade(self), watching: HashMap::new(), timers: HashMap::new(), stopping: false };
+        let pid = self.node.spawn(host, Spawn::process(agent).system("wippy.supervisor"))?;
+        st.agents.insert(host.to_string(), pid);
+        self.node.send(pid, topic, payload)
     }
 
     /// The current instance of service `i` exited.
@@ -640,7 +690,7 @@ impl Inner {
             }
             Err(e) => self.failed(&mut st, i, e),
         }
-        self.advance(&mut st);
+        self.advance_after(&mut st, i);
     }
 
     /// A run of service `i` failed: restart after the backoff delay, or give up.
@@ -660,7 +710,19 @@ impl Inner {
         }
         let delay = policy.delay(s.failures, self.clock.random());
         let instance = s.instance;
+        let host = match &s.spec.kind {
+            ServiceKind::Process { host, .. } => Some(host.clone()),
+            ServiceKind::Host(_) => None,
+        };
         self.set(st, i, ServiceState::Failed, Some(message), Some(delay));
+        if self.clock.is_runtime_time() {
+            let nanos = delay.as_nanos().min(u64::MAX as u128 / 2) as u64;
+            if let Some(host) = host {
+                if self.to_agent(st, &host, "retry", &[i as u64, instance, nanos]).is_ok() {
+                    return;
+                }
+            }
+        }
         let weak = Arc::downgrade(self);
         self.clock.after(
             delay,
@@ -679,55 +741,138 @@ impl Inner {
             return;
         }
         self.launch(&mut st, i);
+        self.advance_after(&mut st, i);
     }
 
-    /// Stop service `i`; returns how many processes had to be terminated.
-    fn stop_one(self: &Arc<Self>, i: usize, end: ServiceState, stopped: &mut usize) -> usize {
+    /// Stop these services together (CANCEL to each, then terminate each one still alive
+    /// after its own `stop_timeout`); each ends as `end`. Returns how many were stopped and
+    /// how many processes had to be terminated. Blocks the calling thread only.
+    fn stop_many(self: &Arc<Self>, ids: &[usize], end: ServiceState) -> (usize, usize) {
+        /// How long a terminated process may take to be gone before the wait gives up.
+        const TERMINATE_WAIT: Duration = Duration::from_secs(5);
         let mut st = self.state.lock();
-        let s = &st.services[i];
-        let (state, pid, exited, timeout) = (s.state, s.pid, s.exited, s.spec.stop_timeout);
-        if matches!(state, ServiceState::Unknown | ServiceState::Stopped) || (state == ServiceState::Exited && end == ServiceState::Stopped) {
-            return 0;
-        }
-        *stopped += 1;
-        let mut terminated = 0;
-        match (&st.services[i].spec.kind, pid) {
-            (ServiceKind::Process { .. }, Some(pid)) if !exited => {
-                self.set(&mut st, i, ServiceState::Stopping, None, None);
-                let _ = self.node.cancel(pid, "service stopping");
-                let deadline = Instant::now() + timeout;
-                while !st.services[i].exited {
-                    if self.changed.wait_until(&mut st, deadline).timed_out() {
-                        break;
-                    }
+        let (mut stopped, mut terminated) = (0, 0);
+        // (service, its process, when to act next, terminated already)
+        let mut waiting: Vec<(usize, Pid, Instant, bool)> = Vec::new();
+        let mut hosts: Vec<(usize, String)> = Vec::new();
+        for &i in ids {
+            let s = &st.services[i];
+            let (state, pid, exited, timeout) = (s.state, s.pid, s.exited, s.spec.stop_timeout);
+            if matches!(state, ServiceState::Unknown | ServiceState::Stopped) || (state == ServiceState::Exited && end == ServiceState::Stopped) {
+                continue;
+            }
+            stopped += 1;
+            match (&s.spec.kind, pid) {
+                (ServiceKind::Process { .. }, Some(pid)) if !exited => {
+                    self.set(&mut st, i, ServiceState::Stopping, None, None);
+                    let _ = self.node.cancel(pid, "service stopping");
+                    waiting.push((i, pid, Instant::now() + timeout, false));
                 }
-                if !st.services[i].exited {
+                (ServiceKind::Host(config), _) if state == ServiceState::Running => {
+                    let name = config.name.clone();
+                    self.set(&mut st, i, ServiceState::Stopping, None, None);
+                    hosts.push((i, name));
+                }
+                _ => self.stopped(&mut st, i, end),
+            }
+        }
+        while !waiting.is_empty() {
+            let now = Instant::now();
+            let mut k = 0;
+            while k < waiting.len() {
+                let (i, pid, at, killed) = waiting[k];
+                if st.services[i].exited || (killed && at <= now) {
+                    waiting.swap_remove(k);
+                    self.stopped(&mut st, i, end);
+                    continue;
+                }
+                if at <= now {
                     let id = st.services[i].spec.id.clone();
+                    let timeout = st.services[i].spec.stop_timeout;
                     tracing::warn!(service = %id, pid = %pid, timeout = ?timeout, "service did not stop in time; terminating it");
                     let _ = self.node.terminate(pid);
-                    terminated = 1;
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while !st.services[i].exited {
-                        if self.changed.wait_until(&mut st, deadline).timed_out() {
-                            break;
+                    terminated += 1;
+                    waiting[k] = (i, pid, now + TERMINATE_WAIT, true);
+                }
+                k += 1;
+            }
+            if let Some(next) = waiting.iter().map(|w| w.2).min() {
+                self.changed.wait_until(&mut st, next);
+            }
+        }
+        drop(st);
+        // Hosts stop together (each waits for its own processes).
+        let reports: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = hosts.iter().map(|(_, name)| scope.spawn(move || self.node.stop_host(name).map_or(0, |r| r.terminated))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        terminated += reports.iter().sum::<usize>();
+        let mut st = self.state.lock();
+        for (i, _) in hosts {
+            self.stopped(&mut st, i, end);
+        }
+        (stopped, terminated)
+    }
+
+    fn stopped(&self, st: &mut State, i: usize, end: ServiceState) {
+        st.services[i].pid = None;
+        self.set(st, i, end, None, None);
+    }
+}
+
+/// A host's agent: spawns the host's services (monitored), tells the supervisor of their
+/// exits, and times their restarts. Takes requests only from the supervisor (sender
+/// `{|}`: a process cannot send as nobody).
+struct Agent {
+    inner: Weak<Inner>,
+    /// The service processes it spawned and that have not exited: (service, instance).
+    watching: HashMap<Pid, (usize, u64)>,
+    /// Restart timers: (service, instance).
+    timers: HashMap<CommandId, (usize, u64)>,
+    /// Its host is stopping: it ends once the services it watches have.
+    stopping: bool,
+}
+
+impl Process for Agent {
+    fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
+        let Some(inner) = self.inner.upgrade() else { return Status::Exit(Ok(Value::Nil)) };
+        while let Some(event) = events.next() {
+            match event {
+                Event::Message(m) if m.from == Pid::NOBODY => {
+                    let arg = |k: usize| m.payload.get(k).and_then(Value::as_int).unwrap_or(0) as u64;
+                    let (i, instance) = (arg(0) as usize, arg(1));
+                    match m.topic.as_str() {
+                        "launch" if !self.stopping => {
+                            if let Some(pid) = inner.spawn_instance(cx, i, instance) {
+                                self.watching.insert(pid, (i, instance));
+                            }
                         }
+                        "retry" => {
+                            let id = cx.command(Command::After(Duration::from_nanos(arg(2))));
+                            self.timers.insert(id, (i, instance));
+                        }
+                        _ => {}
                     }
                 }
-            }
-            (ServiceKind::Host(config), _) if state == ServiceState::Running => {
-                let name = config.name.clone();
-                self.set(&mut st, i, ServiceState::Stopping, None, None);
-                drop(st);
-                if let Ok(r) = self.node.stop_host(&name) {
-                    terminated += r.terminated;
+                Event::Exit { from, result, .. } => {
+                    if let Some((i, instance)) = self.watching.remove(&from) {
+                        inner.exited(i, instance, result);
+                    }
                 }
-                st = self.state.lock();
+                Event::Completion { id, .. } => {
+                    if let Some((i, instance)) = self.timers.remove(&id) {
+                        inner.retry(i, instance);
+                    }
+                }
+                Event::Cancel { .. } => self.stopping = true,
+                _ => {}
             }
-            _ => {}
         }
-        st.services[i].pid = None;
-        self.set(&mut st, i, end, None, None);
-        terminated
+        if self.stopping && self.watching.is_empty() {
+            Status::Exit(Ok(Value::Nil))
+        } else {
+            Status::Wait
+        }
     }
 }
 

@@ -34,7 +34,7 @@ impl NodeInner {
         cell.mailbox.complete();
         // The host's count drops before anyone hears of the exit, so a supervisor that
         // restarts on EXIT never meets a stale max_processes.
-        cell.host.release();
+        cell.host.release(pid.is_system());
         let more = {
             let mut t = cell.topo.lock();
             cell.exited.store(true, std::sync::atomic::Ordering::Relaxed);
