@@ -10,13 +10,11 @@ mod chunk;
 pub mod compile;
 mod convert;
 mod current;
-mod layout;
 pub mod lint;
 mod modules;
 mod process;
-mod raw;
-mod sandbox;
 mod shard;
+mod vm;
 
 use std::sync::Arc;
 
@@ -31,7 +29,7 @@ pub use shard::ShardOptions;
 pub use modules::system::resident_bytes;
 
 use catalog::Catalog;
-use sandbox::Vm;
+use vm::sandbox::Vm;
 use shard::{HostShards, Shard};
 
 /// The Lua side of a node: its entries, their compiled code, and the hosts' shards.

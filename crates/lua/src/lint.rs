@@ -45,7 +45,7 @@ pub struct Modules {
 impl Modules {
     /// What this runtime's modules offer, read from a shard VM as processes get it.
     pub fn of_runtime() -> Result<Modules, String> {
-        let vm = crate::sandbox::Vm::new(std::sync::Weak::new(), true).map_err(|e| e.to_string())?;
+        let vm = crate::vm::sandbox::Vm::new(std::sync::Weak::new(), true).map_err(|e| e.to_string())?;
         let read = || -> mlua::Result<Modules> {
             let libs: mlua::Table = vm.lua.named_registry_value("wippy.libs")?;
             let mut fields = HashMap::new();

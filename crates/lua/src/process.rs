@@ -16,11 +16,13 @@ use wippy_runtime::{prefetch, Context, Error, Event, Events, ExitResult, Process
 use crate::catalog::LuaEntry;
 use crate::convert::{from_value, to_value};
 use crate::current::{self, ProcState};
-use crate::layout;
+use crate::vm::layout;
 use crate::modules::errors::{error_from_lua, error_from_mlua, LuaError};
-use crate::raw;
-use crate::sandbox::{EntryCode, Thread, Vm, POOL_MAX};
-use crate::shard::{current_vm, Shard};
+use crate::vm::abi;
+use crate::vm::raw;
+use crate::vm::sandbox::{EntryCode, Thread, Vm, POOL_MAX};
+use crate::shard::Shard;
+use crate::vm::current as current_vm;
 
 pub(crate) struct LuaProcess {
     state: ProcState,
@@ -269,7 +271,7 @@ impl LuaProcess {
                 ffi::lua_createtable(main, 0, 2);
                 ffi::lua_pushboolean(main, 1);
                 ffi::lua_setfield(main, -2, c"linger".as_ptr());
-                ffi::lua_rawseti(main, -2, raw::P_X);
+                ffi::lua_rawseti(main, -2, abi::P_X);
                 ffi::lua_pop(main, 1);
             }
         }
@@ -734,7 +736,7 @@ impl Coroutine {
                 nargs = 2;
             }
             Some(Event::Message(m)) => {
-                ffi::lua_pushlstring(l, b"m".as_ptr() as *const _, 1);
+                ffi::lua_pushlstring(l, abi::EV_MESSAGE.as_ptr() as *const _, 1);
                 let t = m.topic.as_str();
                 ffi::lua_pushlstring(l, t.as_ptr() as *const _, t.len());
                 raw::push_pid(l, m.from, from_cache);
@@ -745,7 +747,7 @@ impl Coroutine {
                 nargs = 4 + m.payload.len() as c_int;
             }
             Some(Event::Completion { id, result: Ok(v) }) => {
-                ffi::lua_pushlstring(l, b"t".as_ptr() as *const _, 1);
+                ffi::lua_pushlstring(l, abi::EV_COMPLETION.as_ptr() as *const _, 1);
                 ffi::lua_pushinteger(l, id.0 as ffi::lua_Integer);
                 ffi::lua_pushboolean(l, 1);
                 raw::push(l, v);
@@ -853,7 +855,7 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
     };
     match ev {
         Event::Message(m) => {
-            mv.push_back(s("m")?);
+            mv.push_back(s(abi::EV_MESSAGE)?);
             mv.push_back(s(m.topic.as_str())?);
             mv.push_back(pid(m.from)?);
             mv.push_back(LuaValue::Integer(m.payload.len() as i64));
@@ -862,24 +864,24 @@ fn event_args(lua: &Lua, ev: Event) -> mlua::Result<MultiValue> {
             }
         }
         Event::Completion { id, result } => {
-            mv.push_back(s("t")?);
+            mv.push_back(s(abi::EV_COMPLETION)?);
             mv.push_back(LuaValue::Integer(id.0 as i64));
             push_result(&mut mv, &result)?;
         }
         Event::Exit { from, at, result } => {
-            mv.push_back(s("x")?);
+            mv.push_back(s(abi::EV_EXIT)?);
             mv.push_back(pid(from)?);
             mv.push_back(LuaValue::Integer(at));
             push_result(&mut mv, &result)?;
         }
         Event::LinkDown { from, at, error } => {
-            mv.push_back(s("l")?);
+            mv.push_back(s(abi::EV_LINK_DOWN)?);
             mv.push_back(pid(from)?);
             mv.push_back(LuaValue::Integer(at));
             mv.push_back(err(&error)?);
         }
         Event::Cancel { from, at, reason } => {
-            mv.push_back(s("c")?);
+            mv.push_back(s(abi::EV_CANCEL)?);
             mv.push_back(if from.is_nobody() { s("{|}")? } else { pid(from)? });
             mv.push_back(LuaValue::Integer(at));
             mv.push_back(s(&reason)?);

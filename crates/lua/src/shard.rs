@@ -22,7 +22,7 @@ use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
 use crate::catalog::Catalog;
 use crate::convert::Marks;
-use crate::sandbox::Vm;
+use crate::vm::sandbox::Vm;
 
 /// The most process steps one turn of a shard runs before it lets other runnables go.
 const TURN_STEPS: usize = 64;
@@ -32,25 +32,8 @@ const TURN_STEPS: usize = 64;
 const STARVED_TURNS: u32 = 8;
 
 thread_local! {
-    /// The VM of the shard running on this thread (null outside a turn).
-    static CURRENT_VM: Cell<*const Vm> = const { Cell::new(std::ptr::null()) };
     /// The preemption state of the shard running on this thread.
     static CURRENT_PREEMPT: Cell<*const Preempt> = const { Cell::new(std::ptr::null()) };
-}
-
-/// The VM of the shard whose turn is running on this thread, shared: a step holds it across
-/// a resume while Lua code it runs (`require`, a module) takes it again, so it is never
-/// handed out as `&mut`. What changes in a VM during a turn sits behind a `RefCell` (see
-/// `Vm`), borrowed only between two calls into Lua, never across one.
-///
-/// # Safety
-/// Only call from a process step that a shard turn started; the reference must not outlive
-/// the step.
-pub(crate) unsafe fn current_vm<'a>() -> Option<&'a Vm> {
-    let p = CURRENT_VM.with(|c| c.get());
-    // SAFETY: non-null only during a turn, which holds the VM's lock (the caller's contract
-    // keeps the reference inside it); only shared references are made from it.
-    unsafe { p.as_ref() }
 }
 
 /// Which Lua thread of a shard is running, for the watchdog to arm the hook on.
@@ -223,7 +206,7 @@ impl ProcessGroup for Shard {
         let read = if here {
             // SAFETY: this thread runs the shard's turn and holds its VM (CURRENT_VM); the
             // allocator's count is only read.
-            CURRENT_VM.with(|c| unsafe { c.get().as_ref() }.map(|vm| vm.lua.used_memory()))
+            unsafe { crate::vm::current() }.map(|vm| vm.lua.used_memory())
         } else {
             self.vm.try_lock_for(std::time::Duration::from_millis(50)).map(|vm| vm.lua.used_memory())
         };
@@ -270,7 +253,7 @@ impl ProcessGroup for Shard {
 impl Runnable for Shard {
     fn run(self: Arc<Self>) {
         let vm = self.vm.lock();
-        CURRENT_VM.with(|c| c.set(&*vm as *const Vm));
+        crate::vm::set_current(&vm);
         CURRENT_PREEMPT.with(|c| c.set(&self.preempt as *const Preempt));
         // Published for the watchdog, which times the turn (no clock read here: a turn
         // switch is on the path of every message between two shards).
@@ -323,7 +306,7 @@ impl Runnable for Shard {
                 break;
             }
         }
-        CURRENT_VM.with(|c| c.set(std::ptr::null()));
+        crate::vm::clear_current();
         CURRENT_PREEMPT.with(|c| c.set(std::ptr::null()));
         RUN_SLOT.with(|slot| slot.leave());
         drop(vm);

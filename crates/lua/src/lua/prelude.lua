@@ -525,9 +525,16 @@ local EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.canc
 -- The exit of a funcs.async call completes its future (set with funcs below).
 local on_future
 
+-- The tag of a runtime event Rust passes (vm/abi.rs), and the event's values after it.
+local EV_MESSAGE <const> = "m"    -- topic, from, n, payloads...
+local EV_COMPLETION <const> = "t" -- id, ok, value
+local EV_EXIT <const> = "x"       -- from, at, ok, value|error
+local EV_LINK_DOWN <const> = "l"  -- from, at, error
+local EV_CANCEL <const> = "c"     -- from, at, reason
+
 -- One runtime event, as Rust passes it.
 handle = function(P, kind, a, b, c, d, ...)
-  if kind == "m" and a == "@outdated" then
+  if kind == EV_MESSAGE and a == "@outdated" then
     -- the entry or an import changed: one OUTDATED event, merged into one still pending
     local pend = P[NPEND] > 0 and P[X].pending
     for i = 1, P[NPEND] do
@@ -542,7 +549,7 @@ handle = function(P, kind, a, b, c, d, ...)
       end
     end
     arrive(P, { ev = { kind = OUTDATED, from = "{|}", sources = d } })
-  elseif kind == "m" then       -- message: topic, from, n, payloads...
+  elseif kind == EV_MESSAGE then
     if c == 1 and P[NPEND] == 0 then
       -- the common case: one payload for a plain listen channel, no message object
       local l = P[LISTEN]
@@ -564,11 +571,11 @@ handle = function(P, kind, a, b, c, d, ...)
       end
     end
     arrive(P, setmetatable({ tp = a, fr = b, n = c, d, ... }, MsgMT))
-  elseif kind == "t" then   -- command completion: id, ok, value
+  elseif kind == EV_COMPLETION then
     local cmds = rare_get(P, "cmds")
     local h = cmds and cmds[a]
     if h then h(P, a, b, c) end
-  elseif kind == "x" then   -- EXIT: from, at, ok, value|error
+  elseif kind == EV_EXIT then
     local execs = rare_get(P, "execs")
     local w = execs and execs[a]
     if w then
@@ -584,9 +591,9 @@ handle = function(P, kind, a, b, c, d, ...)
     end
     local result = c and { value = d } or { error = d }
     arrive(P, { ev = { kind = EXIT, from = a, at = b, result = result } })
-  elseif kind == "l" then   -- LINK_DOWN: from, at, error
+  elseif kind == EV_LINK_DOWN then
     arrive(P, { ev = { kind = LINK_DOWN, from = a, at = b, result = { error = c } } })
-  elseif kind == "c" then   -- CANCEL: from, at, reason
+  elseif kind == EV_CANCEL then
     arrive(P, { ev = { kind = CANCEL, from = a, at = b, reason = c } })
   end
 end
@@ -963,6 +970,11 @@ function Spawner.with_message(sp, topic, ...)
   n.msgs = msgs
   return n
 end
+-- R.spawn's first argument (vm/abi.rs): bits of a spawn, or one of the two whole modes
+local SPAWN_MONITORED <const> = 1
+local SPAWN_LINKED <const> = 2
+local SPAWN_EXEC <const> = 4     -- process.exec
+local SPAWN_FUNCTION <const> = 5 -- a function call (funcs.call, async)
 local function spawner_spawn(sp, mode, entry, host, ...)
   local pid, err = spawn_raw(mode, entry, host, sp.ctx, sp.name, sp.sec, ...)
   if not pid then return nil, err end
@@ -975,11 +987,11 @@ local function spawner_spawn(sp, mode, entry, host, ...)
   return pid
 end
 function Spawner.spawn(sp, ...) return spawner_spawn(sp, 0, ...) end
-function Spawner.spawn_monitored(sp, ...) return spawner_spawn(sp, 1, ...) end
-function Spawner.spawn_linked(sp, ...) return spawner_spawn(sp, 2, ...) end
-function Spawner.spawn_linked_monitored(sp, ...) return spawner_spawn(sp, 3, ...) end
+function Spawner.spawn_monitored(sp, ...) return spawner_spawn(sp, SPAWN_MONITORED, ...) end
+function Spawner.spawn_linked(sp, ...) return spawner_spawn(sp, SPAWN_LINKED, ...) end
+function Spawner.spawn_linked_monitored(sp, ...) return spawner_spawn(sp, SPAWN_LINKED | SPAWN_MONITORED, ...) end
 function Spawner.exec(sp, entry, host, ...)
-  local pid, err = spawner_spawn(sp, 4, entry, host, ...)
+  local pid, err = spawner_spawn(sp, SPAWN_EXEC, entry, host, ...)
   if not pid then return nil, err end
   return wait_exit(S[1], pid)
 end
@@ -1254,7 +1266,7 @@ if LIBS.funcs then
     if type(id) ~= "string" then
       error("bad argument #1 to 'call' (string expected, got " .. type(id) .. ")", 2)
     end
-    local pid, err = spawn_raw(5, id, nil, nil, nil, nil, ...)
+    local pid, err = spawn_raw(SPAWN_FUNCTION, id, nil, nil, nil, nil, ...)
     if not pid then return nil, err end
     return wait_exit(S[1], pid)
   end
@@ -1262,7 +1274,7 @@ if LIBS.funcs then
   local FutureMT = { __index = Future, __name = "future", __metatable = "future" }
   local function async_with(ctx, sec, id, ...)
     local P = S[1]
-    local pid, err = spawn_raw(5, id, nil, ctx, nil, sec, ...)
+    local pid, err = spawn_raw(SPAWN_FUNCTION, id, nil, ctx, nil, sec, ...)
     if not pid then return nil, err end
     local ch = newchan(P, 1, true)
     local f = setmetatable({ ch = ch[C_H], pid = pid }, FutureMT)
@@ -1329,7 +1341,7 @@ if LIBS.funcs then
     if type(id) ~= "string" then
       error("bad argument #1 to 'call' (string expected, got " .. type(id) .. ")", 2)
     end
-    local pid, err = spawn_raw(5, id, nil, ex.ctx, nil, ex.sec, ...)
+    local pid, err = spawn_raw(SPAWN_FUNCTION, id, nil, ex.ctx, nil, ex.sec, ...)
     if not pid then return nil, err end
     return wait_exit(S[1], pid)
   end

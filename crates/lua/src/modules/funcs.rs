@@ -7,7 +7,7 @@ use std::sync::Weak;
 use mlua::{Function, Lua, Table, Value as LuaValue};
 
 use crate::catalog::{Catalog, EntryKind};
-use crate::shard::current_vm;
+use crate::vm::current as current_vm;
 
 pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     lua.create_table()

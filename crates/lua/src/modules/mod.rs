@@ -81,7 +81,7 @@ unsafe extern "C-unwind" fn rt_is_of(l: *mut ffi::lua_State) -> c_int {
 }
 
 unsafe extern "C-unwind" fn has_metatable(l: *mut ffi::lua_State) -> c_int {
-    let yes = crate::raw::metatable_is(l, 1, ffi::lua_upvalueindex(1));
+    let yes = crate::vm::raw::metatable_is(l, 1, ffi::lua_upvalueindex(1));
     ffi::lua_pushboolean(l, yes as c_int);
     1
 }
@@ -171,15 +171,15 @@ pub(crate) fn install(
         r.raw_set("dirty", lua.create_c_function(rt_dirty)?)?;
         r.raw_set("preempted", lua.create_c_function(rt_preempted)?)?;
         r.raw_set("preempt_pending", lua.create_c_function(rt_preempt_pending)?)?;
-        r.raw_set("make_send", lua.create_c_function(crate::raw::make_send)?)?;
-        r.raw_set("make_receive", lua.create_c_function(crate::raw::make_receive)?)?;
-        r.raw_set("make_handle", lua.create_c_function(crate::raw::make_handle)?)?;
-        r.raw_set("make_chan_of", lua.create_c_function(crate::raw::make_chan_of)?)?;
-        r.raw_set("make_spawn", lua.create_c_function(crate::raw::make_spawn)?)?;
+        r.raw_set("make_send", lua.create_c_function(crate::vm::raw::make_send)?)?;
+        r.raw_set("make_receive", lua.create_c_function(crate::vm::raw::make_receive)?)?;
+        r.raw_set("make_handle", lua.create_c_function(crate::vm::raw::make_handle)?)?;
+        r.raw_set("make_chan_of", lua.create_c_function(crate::vm::raw::make_chan_of)?)?;
+        r.raw_set("make_spawn", lua.create_c_function(crate::vm::raw::make_spawn)?)?;
         r.raw_set("is_of", lua.create_c_function(rt_is_of)?)?;
         r.raw_set("raw_meta", lua.create_c_function(rt_raw_meta)?)?;
     }
-    r.raw_set("WAIT", mlua::LightUserData(crate::raw::wait_tag()))?;
+    r.raw_set("WAIT", mlua::LightUserData(crate::vm::raw::wait_tag()))?;
     r.raw_set(
         "error",
         lua.create_function(|lua, (kind, msg, retryable): (String, String, Option<bool>)| {

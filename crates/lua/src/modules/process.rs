@@ -41,11 +41,7 @@ fn ok_or_fail(lua: &Lua, r: Result<(), Error>) -> mlua::Result<(LuaValue, LuaVal
     }
 }
 
-/// Spawn modes shared with the prelude's `R.spawn`.
-const MONITORED: i64 = 1;
-const LINKED: i64 = 2;
-const EXEC: i64 = 4;
-const FUNCTION: i64 = 5;
+use crate::vm::abi::{SPAWN_EXEC as EXEC, SPAWN_FUNCTION as FUNCTION, SPAWN_LINKED as LINKED, SPAWN_MONITORED as MONITORED};
 
 fn spawn(
     lua: &Lua,

@@ -14,7 +14,7 @@ use wippy_runtime::{Dest, Payload, Pid, Table, Value, MAX_DEPTH};
 
 use crate::convert::Marks;
 use crate::current::{self, LastDest};
-use crate::layout;
+use crate::vm::layout;
 
 /// Whether `v` can take the raw path (no error objects anywhere in it).
 pub(crate) fn simple(v: &Value) -> bool {
@@ -372,23 +372,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-// The slots of a channel and of a process state that `receive` reads (the prelude's C_*,
-// F_*, Q_* and RH/NPEND constants; a channel, a queue and a process state are arrays).
-const C_N: ffi::lua_Integer = 1;
-const C_FLAGS: ffi::lua_Integer = 4;
-const C_TOPIC: ffi::lua_Integer = 5;
-const C_SQ: ffi::lua_Integer = 6;
-const C_RQ: ffi::lua_Integer = 7;
-const F_EXT: ffi::lua_Integer = 1;
-const F_PLAIN: ffi::lua_Integer = 2;
-const F_CLOSED: ffi::lua_Integer = 4;
-const Q_H: ffi::lua_Integer = 1;
-const Q_T: ffi::lua_Integer = 2;
-const P_RH: ffi::lua_Integer = 9;
-const P_NPEND: ffi::lua_Integer = 12;
-const P_INBOX: ffi::lua_Integer = 15;
-/// P[X]: the rarer parts (`linger` marks an HTTP handler, SPEC §11.2).
-pub(crate) const P_X: ffi::lua_Integer = 16;
+use super::abi::{C_FLAGS, C_N, C_RQ, C_SQ, C_TOPIC, F_CLOSED, F_EXT, F_PLAIN, P_INBOX, P_NPEND, P_RH, Q_H, Q_T};
 
 /// Messages a process state table `p` holds but its code has not received: its pending
 /// queue and what waits in its inbox channel (for `wippy ps`).

@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, LuaEntry};
 use crate::convert::Marks;
 use crate::modules;
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
 /// A constant table process code may read but never change.
 struct ReadOnly(Table);
@@ -146,7 +146,7 @@ impl Vm {
                 let full = matches!(&k, LuaValue::String(n) if n.as_bytes() == b"format");
                 // SAFETY: pushes the function, the metatable and the flag, leaves one C closure.
                 let c: Function = unsafe {
-                    lua.exec_raw((f, err_mt.clone(), full), |st| ffi::lua_pushcclosure(st, crate::raw::string_coerced, 3))?
+                    lua.exec_raw((f, err_mt.clone(), full), |st| ffi::lua_pushcclosure(st, crate::vm::raw::string_coerced, 3))?
                 };
                 wrapped.push((k, c));
             }
