@@ -45,13 +45,24 @@ impl From<&Pid> for Dest {
         Dest::Pid(*p)
     }
 }
-impl From<&str> for Dest {
-    /// A string that parses as a PID is that PID; any other string is a name.
-    fn from(s: &str) -> Dest {
-        match s.parse::<Pid>() {
-            Ok(p) => Dest::Pid(p),
-            Err(_) => Dest::Name(SmolStr::new(s)),
+impl Dest {
+    /// The one reading of a destination string, for every path that takes one (SPEC §4.2):
+    /// a string that starts with `{` is a PID and must parse as one; any other string is a
+    /// registered name.
+    pub fn parse(s: &str) -> Result<Dest, crate::pid::PidParseError> {
+        if s.starts_with('{') {
+            s.parse::<Pid>().map(Dest::Pid)
+        } else {
+            Ok(Dest::Name(SmolStr::new(s)))
         }
+    }
+}
+
+impl From<&str> for Dest {
+    /// As [`Dest::parse`]; a malformed PID is kept as written, and sending to it fails with
+    /// the parse error (Invalid), as it does from Lua.
+    fn from(s: &str) -> Dest {
+        Dest::parse(s).unwrap_or_else(|_| Dest::Name(SmolStr::new(s)))
     }
 }
 impl From<String> for Dest {
@@ -657,7 +668,11 @@ impl NodeInner {
     pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, Error> {
         match dest {
             Dest::Pid(p) => Ok(*p),
-            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| Error::not_found(format!("no process registered as '{}'", crate::error::Echo(n.as_str())))),
+            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| match Dest::parse(n) {
+                // (a malformed PID given as a string: see `Dest::parse`)
+                Err(e) => Error::invalid(e.to_string()),
+                Ok(_) => Error::not_found(format!("no process registered as '{}'", crate::error::Echo(n.as_str()))),
+            }),
         }
     }
 

@@ -130,6 +130,18 @@ fn sending_to_a_dead_pid_is_not_found() {
 }
 
 #[test]
+fn a_malformed_pid_is_invalid_from_every_path() {
+    // one reading of a destination (Dest::parse): `{...` is a PID or an error, never a name
+    let node = node(1);
+    let e = node.send("{app:processes|0xzz}", "t", payload![]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(Dest::parse("{app:processes|0xzz}").unwrap_err().to_string(), e.message);
+    assert_eq!(Dest::parse("kv"), Ok(Dest::Name("kv".into())));
+    assert!(matches!(Dest::parse("{app:processes|0x1}"), Ok(Dest::Pid(_))));
+    assert_eq!(node.send("no-such-name", "t", payload![]).unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[test]
 fn names_route_sends_and_unknown_names_are_not_found() {
     let node = node(1);
     let (pid, rx) = probe_with(&node, HOST, |cx| cx.register("kv").unwrap());

@@ -15,14 +15,7 @@ use crate::current;
 /// A destination argument: a PID string or a registered name.
 pub(crate) fn dest_arg(v: &LuaValue, n: usize, f: &str) -> mlua::Result<Result<Dest, Error>> {
     match v {
-        LuaValue::String(s) => {
-            let s = s.to_str()?.to_string();
-            if s.starts_with('{') {
-                Ok(s.parse::<Pid>().map(Dest::Pid).map_err(|e| Error::invalid(e.to_string())))
-            } else {
-                Ok(Ok(Dest::Name(s.into())))
-            }
-        }
+        LuaValue::String(s) => Ok(Dest::parse(&s.to_str()?).map_err(|e| Error::invalid(e.to_string()))),
         other => Err(bad_arg(n, f, "string", other)),
     }
 }

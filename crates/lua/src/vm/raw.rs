@@ -336,14 +336,8 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
             Some(last) if cached => last.dest.clone(),
             _ => {
                 let Some(text) = utf8(dest_text) else { return Ok(None) };
-                let d = if text.starts_with('{') {
-                    match text.parse::<Pid>() {
-                        Ok(p) => Dest::Pid(p),
-                        Err(_) => return Ok(None),
-                    }
-                } else {
-                    Dest::Name(text.into())
-                };
+                // (a malformed PID: the full send words the error)
+                let Ok(d) = Dest::parse(text) else { return Ok(None) };
                 // the old anchor goes, the new one stays
                 let old = st.last_dest.replace(LastDest { dest: d.clone(), key, anchor });
                 anchor = old.map_or(0, |o| o.anchor);
