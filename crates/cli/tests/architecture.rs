@@ -1,6 +1,8 @@
 //! The dependency arrows ARCHITECTURE.md draws are the ones the crates have: a crate that
 //! starts to use one it must not (the runtime importing Lua or the registry, HTTP importing
-//! Lua), or an arrow the file lists that no longer exists, fails here.
+//! Lua), or an arrow the file lists that no longer exists, fails here. So do the two rules
+//! of the Lua crate's VM boundary: Lua's C API is used only inside `vm/`, and every
+//! `unsafe fn` says what its caller must hold (`# Safety`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -53,26 +55,86 @@ fn actual() -> BTreeSet<(String, String)> {
                 }
             }
         }
-        let mut dirs = vec![dir.join("src"), dir.join("tests"), dir.join("benches")];
-        while let Some(d) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else { continue };
-            for e in entries {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    dirs.push(p);
-                } else if p.extension().is_some_and(|x| x == "rs") {
-                    let src = std::fs::read_to_string(&p).unwrap();
-                    for (to, package) in CRATES {
-                        let ident = package.replace('-', "_");
-                        if to != folder && package != "wippy" && src.contains(&format!("{ident}::")) {
-                            arrows.insert((folder.to_string(), to.to_string()));
-                        }
-                    }
+        for p in rust_files(&[dir.join("src"), dir.join("tests"), dir.join("benches")]) {
+            let src = std::fs::read_to_string(&p).unwrap();
+            for (to, package) in CRATES {
+                let ident = package.replace('-', "_");
+                if to != folder && package != "wippy" && src.contains(&format!("{ident}::")) {
+                    arrows.insert((folder.to_string(), to.to_string()));
                 }
             }
         }
     }
     arrows
+}
+
+/// Every `.rs` file under `dirs`.
+fn rust_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = dirs.to_vec();
+    let mut out = Vec::new();
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn lua_s_c_api_is_used_only_inside_the_vm_module() {
+    let src = root().join("crates/lua/src");
+    let vm = src.join("vm");
+    let mut outside = Vec::new();
+    for p in rust_files(&[src]) {
+        if p.starts_with(&vm) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("mlua::ffi") || code.contains("ffi::lua") || code.contains("ffi::LUA") || code.contains("{ffi") || code.contains(" ffi,") {
+                outside.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(outside.is_empty(), "Lua's C API outside crates/lua/src/vm:\n{}", outside.join("\n"));
+}
+
+#[test]
+fn every_unsafe_fn_says_what_its_caller_must_hold() {
+    let mut missing = Vec::new();
+    for (folder, _) in CRATES {
+        for p in rust_files(&[root().join("crates").join(folder).join("src")]) {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            // (the methods of an `unsafe impl` of a trait have the trait's contract)
+            let mut in_trait_impl = false;
+            for (n, line) in lines.iter().enumerate() {
+                let t = line.trim_start();
+                if t.starts_with("unsafe impl") && t.contains(" for ") {
+                    in_trait_impl = true;
+                } else if line.starts_with('}') {
+                    in_trait_impl = false;
+                }
+                let is_fn = !t.starts_with("//") && (t.contains("unsafe fn ") || t.contains("unsafe extern \"C-unwind\" fn ") || t.contains("unsafe extern \"C\" fn "));
+                if !is_fn || in_trait_impl || t.contains("fn(") && !t.contains("fn ") {
+                    continue;
+                }
+                let doc = lines[..n].iter().rev().map(|l| l.trim_start()).take_while(|l| l.starts_with("///") || l.starts_with("#["));
+                if !doc.into_iter().any(|l| l.contains("# Safety")) {
+                    missing.push(format!("{}:{}: {}", p.display(), n + 1, t));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "unsafe fns without a `# Safety` section:\n{}", missing.join("\n"));
 }
 
 #[test]

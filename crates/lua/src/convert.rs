@@ -132,24 +132,7 @@ fn convert_table(t: &LuaTable, marks: &Marks, path: &mut Vec<String>, seen: &mut
     Ok(Value::table(out))
 }
 
-/// A runtime value as a fresh Lua value.
+/// A runtime value as a fresh Lua value (`raw::push`, the one encoder, on a stack of its own).
 pub(crate) fn from_value(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
-    Ok(match v {
-        Value::Nil => LuaValue::Nil,
-        Value::Bool(b) => LuaValue::Boolean(*b),
-        Value::Int(i) => LuaValue::Integer(*i),
-        Value::Float(f) => LuaValue::Number(*f),
-        Value::Str(s) => LuaValue::String(lua.create_string(&**s)?),
-        Value::Table(t) => {
-            let lt = lua.create_table_with_capacity(t.array.len(), t.map.len())?;
-            for (i, item) in t.array.iter().enumerate() {
-                lt.raw_set(i + 1, from_value(lua, item)?)?;
-            }
-            for (k, item) in &t.map {
-                lt.raw_set(from_value(lua, k)?, from_value(lua, item)?)?;
-            }
-            LuaValue::Table(lt)
-        }
-        Value::Error(e) => LuaValue::UserData(lua.create_userdata(LuaError::new((**e).clone()))?),
-    })
+    crate::vm::raw::to_lua(lua, v)
 }

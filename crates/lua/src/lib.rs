@@ -5,6 +5,10 @@
 //! runnables on its scheduler. [`LuaRuntime`] holds the Lua entries a node can spawn and
 //! plugs into the node as its entry factory.
 
+// Every unsafe operation sits in its own `unsafe` block with the reason beside it, also
+// inside an `unsafe fn` (whose `# Safety` section says what its caller must hold).
+#![deny(unsafe_op_in_unsafe_fn)]
+
 mod catalog;
 mod chunk;
 pub mod compile;

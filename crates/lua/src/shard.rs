@@ -10,18 +10,17 @@
 //! Must never: step a process that was not handed to it by `schedule`, or keep the VM past
 //! its turn.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use mlua::ffi;
 use parking_lot::Mutex;
 use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
 use crate::catalog::Catalog;
 use crate::convert::Marks;
+use crate::vm::preempt::{self, current_preempt, Preempt};
 use crate::vm::sandbox::Vm;
 
 /// The most process steps one turn of a shard runs before it lets other runnables go.
@@ -30,96 +29,6 @@ const TURN_STEPS: usize = 64;
 /// After this many full turns without a step of a process that computes for whole slices,
 /// the next turn gives it one first.
 const STARVED_TURNS: u32 = 8;
-
-thread_local! {
-    /// The preemption state of the shard running on this thread.
-    static CURRENT_PREEMPT: Cell<*const Preempt> = const { Cell::new(std::ptr::null()) };
-}
-
-/// Which Lua thread of a shard is running, for the watchdog to arm the hook on.
-///
-/// The watchdog arms the hook on `thread` while it holds `arm`, so the thread must stay
-/// alive while `arm` is held. A process's main coroutine dies only after `forget` (its
-/// process let go of it), which takes `arm`; a task's or a user coroutine's dies only after
-/// the prelude switched away from it with `R.cur`, which also takes `arm`. So the
-/// per-resume switch to a main coroutine is a plain store: a stale main coroutine the
-/// watchdog may still read is alive (at worst it gets one spurious preemption).
-pub(crate) struct Preempt {
-    /// The running Lua thread (a process's main coroutine or one of its coroutines), or 0.
-    thread: AtomicUsize,
-    arm: Mutex<()>,
-    /// Odd while a process step runs; bumped at each start and end of a step (only by the
-    /// worker running the shard: a load and a store).
-    generation: AtomicU64,
-    /// Set by the hook when it suspended a coroutine; read by the runner.
-    pub(crate) fired: AtomicBool,
-    /// Set by the hook too; read (and cleared) by the shard's turn, which then ends.
-    cut: AtomicBool,
-    /// Odd while a turn of the shard runs; bumped at its start and end.
-    turn: AtomicU64,
-    /// Set by the watchdog when one turn has run for a slice; cleared when a turn starts.
-    expired: AtomicBool,
-}
-
-impl Preempt {
-    fn new() -> Preempt {
-        Preempt { thread: AtomicUsize::new(0), arm: Mutex::new(()), generation: AtomicU64::new(0), fired: AtomicBool::new(false), cut: AtomicBool::new(false), turn: AtomicU64::new(0), expired: AtomicBool::new(false) }
-    }
-    /// A process's main coroutine runs now (see the type's comment).
-    pub(crate) fn set_main(&self, l: *mut ffi::lua_State) {
-        self.thread.store(l as usize, Ordering::Release);
-    }
-    /// Any coroutine runs now; the one running before may die after this.
-    pub(crate) fn set_thread(&self, l: *mut ffi::lua_State) {
-        let _arm = self.arm.lock();
-        self.thread.store(l as usize, Ordering::Release);
-    }
-    /// The main coroutine `l` is about to be let go of: never arm it again.
-    pub(crate) fn forget(&self, l: *mut ffi::lua_State) {
-        let _arm = self.arm.lock();
-        let _ = self.thread.compare_exchange(l as usize, 0, Ordering::AcqRel, Ordering::Relaxed);
-    }
-    /// A process step starts; it ends when the guard drops.
-    pub(crate) fn step(&self) -> StepGuard<'_> {
-        self.bump();
-        StepGuard(self)
-    }
-    fn bump(&self) {
-        let g = self.generation.load(Ordering::Relaxed);
-        self.generation.store(g.wrapping_add(1), Ordering::Release);
-    }
-}
-
-pub(crate) struct StepGuard<'a>(&'a Preempt);
-
-impl Drop for StepGuard<'_> {
-    fn drop(&mut self) {
-        self.0.bump();
-    }
-}
-
-/// The preemption state of the shard running on this thread.
-pub(crate) fn current_preempt<'a>() -> Option<&'a Preempt> {
-    let p = CURRENT_PREEMPT.with(|c| c.get());
-    // SAFETY: set for the duration of a shard turn, which outlives every use inside it.
-    unsafe { p.as_ref() }
-}
-
-/// The hook armed on a coroutine that overstayed its slice: disarm, then yield where Lua
-/// allows it, else check again a little later (inside a C function such as a `table.sort`
-/// comparator a yield is impossible).
-unsafe extern "C-unwind" fn preempt_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
-    ffi::lua_sethook(l, None, 0, 0);
-    if ffi::lua_isyieldable(l) != 0 {
-        if let Some(p) = current_preempt() {
-            p.fired.store(true, Ordering::Relaxed);
-            p.cut.store(true, Ordering::Relaxed);
-        }
-        ffi::lua_yield(l, 0);
-    } else {
-        ffi::lua_sethook(l, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1000);
-    }
-}
 
 /// Options a host gives its Lua processes.
 #[derive(Clone, Debug)]
@@ -254,7 +163,7 @@ impl Runnable for Shard {
     fn run(self: Arc<Self>) {
         let vm = self.vm.lock();
         crate::vm::set_current(&vm);
-        CURRENT_PREEMPT.with(|c| c.set(&self.preempt as *const Preempt));
+        preempt::set_current(&self.preempt);
         // Published for the watchdog, which times the turn (no clock read here: a turn
         // switch is on the path of every message between two shards).
         RUN_SLOT.with(|slot| slot.enter(&self));
@@ -307,7 +216,7 @@ impl Runnable for Shard {
             }
         }
         crate::vm::clear_current();
-        CURRENT_PREEMPT.with(|c| c.set(std::ptr::null()));
+        preempt::clear_current();
         RUN_SLOT.with(|slot| slot.leave());
         drop(vm);
         let mut q = self.queue.lock();
@@ -562,14 +471,7 @@ impl Watchdog {
                 if g & 1 == 1 {
                     busy = true;
                     if g == seen[i].0 {
-                        let _arm = shard.preempt.arm.lock();
-                        let t = shard.preempt.thread.load(Ordering::Acquire);
-                        if t != 0 {
-                            // SAFETY: the thread stays alive while `arm` is held (see
-                            // Preempt); lua_sethook is documented safe to call
-                            // asynchronously.
-                            unsafe { ffi::lua_sethook(t as *mut ffi::lua_State, Some(preempt_hook), ffi::LUA_MASKCOUNT, 1) };
-                        }
+                        shard.preempt.arm();
                     }
                 }
                 seen[i] = (g, turn);

@@ -20,29 +20,41 @@ pub struct Mi;
 
 // SAFETY: every call forwards to the matching mimalloc function; the plain ones are used
 // only where their blocks satisfy the requested alignment (see `plain`).
+// (Each method's `# Safety` is `GlobalAlloc`'s: the caller's layout and pointer rules.)
 unsafe impl GlobalAlloc for Mi {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
-            mi::mi_malloc(layout.size()) as *mut u8
-        } else {
-            mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+        // SAFETY: mimalloc's allocation functions take any size and alignment.
+        unsafe {
+            if plain(&layout) {
+                mi::mi_malloc(layout.size()) as *mut u8
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+            }
         }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
-            mi::mi_zalloc(layout.size()) as *mut u8
-        } else {
-            mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+        // SAFETY: as in `alloc`.
+        unsafe {
+            if plain(&layout) {
+                mi::mi_zalloc(layout.size()) as *mut u8
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+            }
         }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        mi::mi_free(ptr as *mut c_void)
+        // SAFETY: `ptr` came from this allocator (GlobalAlloc's contract); mi_free takes
+        // blocks of every alignment.
+        unsafe { mi::mi_free(ptr as *mut c_void) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
-            mi::mi_realloc(ptr as *mut c_void, new_size) as *mut u8
-        } else {
-            mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+        // SAFETY: as in `dealloc`; the block keeps the alignment it was asked with.
+        unsafe {
+            if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
+                mi::mi_realloc(ptr as *mut c_void, new_size) as *mut u8
+            } else {
+                mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+            }
         }
     }
 }

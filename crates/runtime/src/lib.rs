@@ -8,6 +8,8 @@
 //!
 //! This crate knows nothing of Lua or YAML.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 mod cell;
 mod clock;
 mod context;

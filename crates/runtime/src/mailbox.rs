@@ -118,12 +118,15 @@ impl<T> Drop for Chain<T> {
 /// a mailbox's embedded stub.
 unsafe fn drop_nodes<T>(mut cur: *mut Link) {
     while !cur.is_null() {
-        let next = (*cur).next.load(Ordering::Acquire);
-        // The node's value is a MaybeUninit: drop it explicitly, then free the node.
-        let mut node = Box::from_raw(cur as *mut Node<T>);
-        ptr::drop_in_place(node.value.as_mut_ptr());
-        drop(node);
-        cur = next;
+        // SAFETY: the caller's contract: `cur` is a node of ours, allocated by `push`, its
+        // value initialised (a MaybeUninit: dropped explicitly, then the node freed).
+        unsafe {
+            let next = (*cur).next.load(Ordering::Acquire);
+            let mut node = Box::from_raw(cur as *mut Node<T>);
+            ptr::drop_in_place(node.value.as_mut_ptr());
+            drop(node);
+            cur = next;
+        }
     }
 }
 
@@ -345,9 +348,13 @@ impl<T> Mailbox<T> {
     }
 
     /// Free a node whose value has been moved out (never the embedded stub).
+    ///
+    /// # Safety
+    /// `link` is this mailbox's stub or a node it allocated, unlinked, and not used after.
     unsafe fn free(&self, link: *mut Link) {
         if !ptr::eq(link, &self.stub) {
-            drop(Box::from_raw(link as *mut Node<T>));
+            // SAFETY: the caller's contract: a node `push` allocated (`Box::into_raw`).
+            drop(unsafe { Box::from_raw(link as *mut Node<T>) });
         }
     }
 

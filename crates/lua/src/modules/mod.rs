@@ -20,71 +20,17 @@ pub(crate) mod system;
 pub(crate) mod time;
 pub(crate) mod uuid;
 
-use std::os::raw::c_int;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use mlua::{ffi, Lua, Table, Value as LuaValue};
+use mlua::{Lua, Table, Value as LuaValue};
 use parking_lot::Mutex;
 use wippy_runtime::{Error, ErrorKind};
 
 use crate::catalog::Catalog;
 use crate::convert::Marks;
-use crate::shard::current_preempt;
 
 use self::errors::LuaError;
 
-/// `R.cur(co)`: the Lua thread that runs from now on (for the preemption watchdog).
-unsafe extern "C-unwind" fn rt_cur(l: *mut ffi::lua_State) -> c_int {
-    let t = ffi::lua_tothread(l, 1);
-    if let Some(p) = current_preempt() {
-        p.set_thread(t);
-    }
-    0
-}
-
-/// `R.dirty()`: the current process's ready queue or pending count may have become
-/// non-empty (see `ProcState::dirty`).
-unsafe extern "C-unwind" fn rt_dirty(_l: *mut ffi::lua_State) -> c_int {
-    let _ = crate::current::state(|st| st.dirty = true);
-    0
-}
-
-/// `R.preempted()`: whether the hook suspended a coroutine (clears the flag).
-unsafe extern "C-unwind" fn rt_preempted(l: *mut ffi::lua_State) -> c_int {
-    let fired = current_preempt().map(|p| p.fired.swap(false, Ordering::Relaxed)).unwrap_or(false);
-    ffi::lua_pushboolean(l, fired as c_int);
-    1
-}
-
-/// `R.preempt_pending()`: the same, without clearing.
-unsafe extern "C-unwind" fn rt_preempt_pending(l: *mut ffi::lua_State) -> c_int {
-    let fired = current_preempt().map(|p| p.fired.load(Ordering::Relaxed)).unwrap_or(false);
-    ffi::lua_pushboolean(l, fired as c_int);
-    1
-}
-
-/// `R.raw_meta(t)`: the metatable of `t` even when `__metatable` hides it (nil if none).
-unsafe extern "C-unwind" fn rt_raw_meta(l: *mut ffi::lua_State) -> c_int {
-    if ffi::lua_getmetatable(l, 1) == 0 {
-        ffi::lua_pushnil(l);
-    }
-    1
-}
-
-/// `R.is_of(mt)`: a function telling whether its argument's metatable is `mt` (one C call,
-/// where `getmetatable(x) == name` also looks up `__metatable`).
-unsafe extern "C-unwind" fn rt_is_of(l: *mut ffi::lua_State) -> c_int {
-    ffi::lua_settop(l, 1);
-    ffi::lua_pushcclosure(l, has_metatable, 1);
-    1
-}
-
-unsafe extern "C-unwind" fn has_metatable(l: *mut ffi::lua_State) -> c_int {
-    let yes = crate::vm::raw::metatable_is(l, 1, ffi::lua_upvalueindex(1));
-    ffi::lua_pushboolean(l, yes as c_int);
-    1
-}
 
 /// A `bad argument` error in Lua's own wording.
 pub(crate) fn bad_arg(n: usize, f: &str, expected: &str, got: &LuaValue) -> mlua::Error {
@@ -165,21 +111,7 @@ pub(crate) fn install(
     catalog: Weak<Catalog>,
     grants_io: bool,
 ) -> mlua::Result<()> {
-    // SAFETY: plain C functions that only touch their own arguments and thread-locals.
-    unsafe {
-        r.raw_set("cur", lua.create_c_function(rt_cur)?)?;
-        r.raw_set("dirty", lua.create_c_function(rt_dirty)?)?;
-        r.raw_set("preempted", lua.create_c_function(rt_preempted)?)?;
-        r.raw_set("preempt_pending", lua.create_c_function(rt_preempt_pending)?)?;
-        r.raw_set("make_send", lua.create_c_function(crate::vm::raw::make_send)?)?;
-        r.raw_set("make_receive", lua.create_c_function(crate::vm::raw::make_receive)?)?;
-        r.raw_set("make_handle", lua.create_c_function(crate::vm::raw::make_handle)?)?;
-        r.raw_set("make_chan_of", lua.create_c_function(crate::vm::raw::make_chan_of)?)?;
-        r.raw_set("make_spawn", lua.create_c_function(crate::vm::raw::make_spawn)?)?;
-        r.raw_set("is_of", lua.create_c_function(rt_is_of)?)?;
-        r.raw_set("raw_meta", lua.create_c_function(rt_raw_meta)?)?;
-    }
-    r.raw_set("WAIT", mlua::LightUserData(crate::vm::raw::wait_tag()))?;
+    crate::vm::install_primitives(lua, r)?;
     r.raw_set(
         "error",
         lua.create_function(|lua, (kind, msg, retryable): (String, String, Option<bool>)| {

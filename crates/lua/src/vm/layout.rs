@@ -103,22 +103,30 @@ pub(crate) enum Plain<'a> {
 /// # Safety
 /// `v` must be a live value; a string's bytes live as long as the string is reachable.
 pub(crate) unsafe fn plain<'a>(v: *const TValue) -> Option<Plain<'a>> {
-    let v = &*v;
-    Some(match v.tt {
-        T_NIL => Plain::Nil,
-        T_FALSE => Plain::Bool(false),
-        T_TRUE => Plain::Bool(true),
-        T_INT => Plain::Int(v.value as i64),
-        T_FLOAT => Plain::Float(f64::from_bits(v.value as u64)),
-        T_SHRSTR | T_LNGSTR => Plain::Str(string_bytes(v.value as *const StringHead)),
-        T_LIGHTUD => Plain::LightUserdata(v.value as *const c_void),
-        _ => return None,
-    })
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let v = &*v;
+        Some(match v.tt {
+            T_NIL => Plain::Nil,
+            T_FALSE => Plain::Bool(false),
+            T_TRUE => Plain::Bool(true),
+            T_INT => Plain::Int(v.value as i64),
+            T_FLOAT => Plain::Float(f64::from_bits(v.value as u64)),
+            T_SHRSTR | T_LNGSTR => Plain::Str(string_bytes(v.value as *const StringHead)),
+            T_LIGHTUD => Plain::LightUserdata(v.value as *const c_void),
+            _ => return None,
+        })
+    }
 }
 
+/// # Safety
+/// `s` points at a live Lua string.
 unsafe fn string_bytes<'a>(s: *const StringHead) -> &'a [u8] {
-    let len = if (*s).shrlen == 0xFF { (*s).lnglen } else { (*s).shrlen as usize };
-    std::slice::from_raw_parts(std::ptr::addr_of!((*s).contents) as *const u8, len)
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let len = if (*s).shrlen == 0xFF { (*s).lnglen } else { (*s).shrlen as usize };
+        std::slice::from_raw_parts(std::ptr::addr_of!((*s).contents) as *const u8, len)
+    }
 }
 
 /// The string `v` holds: the string object (what `lua_topointer` gives) and its bytes.
@@ -126,8 +134,11 @@ unsafe fn string_bytes<'a>(s: *const StringHead) -> &'a [u8] {
 /// # Safety
 /// As [`plain`].
 pub(crate) unsafe fn string<'a>(v: *const TValue) -> Option<(*const c_void, &'a [u8])> {
-    let v = &*v;
-    matches!(v.tt, T_SHRSTR | T_LNGSTR).then(|| (v.value as *const c_void, string_bytes(v.value as *const StringHead)))
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let v = &*v;
+        matches!(v.tt, T_SHRSTR | T_LNGSTR).then(|| (v.value as *const c_void, string_bytes(v.value as *const StringHead)))
+    }
 }
 
 /// Bytes of a stack slot.
@@ -141,8 +152,11 @@ pub(crate) const EXTRA: usize = ffi::LUA_EXTRASPACE;
 /// # Safety
 /// `l` must be a live thread.
 pub(crate) unsafe fn frame(l: *mut ffi::lua_State) -> (*const u8, *const u8) {
-    let ci = (*(l as *const StateHead)).ci;
-    (ci as *const u8, (*ci).func)
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let ci = (*(l as *const StateHead)).ci;
+        (ci as *const u8, (*ci).func)
+    }
 }
 
 /// The value `n` slots below the top of `l`'s stack (`n` = 1: the topmost).
@@ -150,7 +164,10 @@ pub(crate) unsafe fn frame(l: *mut ffi::lua_State) -> (*const u8, *const u8) {
 /// # Safety
 /// `l` must be a live thread with at least `n` values in its current frame.
 pub(crate) unsafe fn below_top(l: *mut ffi::lua_State, n: usize) -> *const TValue {
-    ((*(l as *const StateHead)).top as *const TValue).sub(n)
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        ((*(l as *const StateHead)).top as *const TValue).sub(n)
+    }
 }
 
 /// How many values the running frame of `l` has (what `lua_gettop` says), and its function
@@ -159,9 +176,12 @@ pub(crate) unsafe fn below_top(l: *mut ffi::lua_State, n: usize) -> *const TValu
 /// # Safety
 /// `l` must be a live thread, inside a call.
 pub(crate) unsafe fn frame_args(l: *mut ffi::lua_State) -> (usize, *const u8) {
-    let (_, func) = frame(l);
-    let top = (*(l as *const StateHead)).top;
-    ((top as usize - func as usize) / SLOT - 1, func)
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let (_, func) = frame(l);
+        let top = (*(l as *const StateHead)).top;
+        ((top as usize - func as usize) / SLOT - 1, func)
+    }
 }
 
 /// `struct CClosure` (lobject.h) up to its first upvalue.
@@ -182,15 +202,18 @@ struct CClosureHead {
 /// # Safety
 /// `func` must be the function slot of a running C closure's frame (see [`frame`]).
 pub(crate) unsafe fn upvalue_cfunction(func: *const u8) -> Option<ffi::lua_CFunction> {
-    let f = slot(func, 0);
-    if (*f).tt != T_CCLOSURE {
-        return None;
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let f = slot(func, 0);
+        if (*f).tt != T_CCLOSURE {
+            return None;
+        }
+        let c = (*f).value as *const CClosureHead;
+        if (*c).nupvalues == 0 || (*c).upvalue.tt != T_LCF {
+            return None;
+        }
+        Some(std::mem::transmute::<usize, ffi::lua_CFunction>((*c).upvalue.value))
     }
-    let c = (*f).value as *const CClosureHead;
-    if (*c).nupvalues == 0 || (*c).upvalue.tt != T_LCF {
-        return None;
-    }
-    Some(std::mem::transmute::<usize, ffi::lua_CFunction>((*c).upvalue.value))
 }
 
 /// The call below `ci` (null for the base call).
@@ -198,7 +221,10 @@ pub(crate) unsafe fn upvalue_cfunction(func: *const u8) -> Option<ffi::lua_CFunc
 /// # Safety
 /// `ci` must be a call of a live thread, as [`frame`] gave it in this step.
 pub(crate) unsafe fn previous(ci: *const u8) -> *const u8 {
-    (*(ci as *const CallInfoHead)).previous as *const u8
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        (*(ci as *const CallInfoHead)).previous as *const u8
+    }
 }
 
 /// Stack slot `func + i`.
@@ -207,12 +233,21 @@ pub(crate) unsafe fn previous(ci: *const u8) -> *const u8 {
 /// `func` must be a frame's function slot as [`frame`] gave it in this step, and slot `i`
 /// must be within that frame.
 pub(crate) unsafe fn slot(func: *const u8, i: usize) -> *const TValue {
-    func.add(i * SLOT) as *const TValue
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        func.add(i * SLOT) as *const TValue
+    }
 }
 
 /// The object a collectable value in stack slot `func + i` points at (see [`slot`]).
+///
+/// # Safety
+/// As [`slot`]; the slot holds a collectable value.
 pub(crate) unsafe fn slot_object(func: *const u8, i: usize) -> *const u8 {
-    (*slot(func, i)).value as *const u8
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        (*slot(func, i)).value as *const u8
+    }
 }
 
 /// The table `v` holds, if it holds one.
@@ -220,7 +255,10 @@ pub(crate) unsafe fn slot_object(func: *const u8, i: usize) -> *const u8 {
 /// # Safety
 /// `v` must be a live value.
 pub(crate) unsafe fn as_table(v: *const TValue) -> Option<*const u8> {
-    ((*v).tt == T_TABLE).then(|| (*v).value as *const u8)
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        ((*v).tt == T_TABLE).then(|| (*v).value as *const u8)
+    }
 }
 
 /// Whether `v` holds a full userdata.
@@ -228,7 +266,10 @@ pub(crate) unsafe fn as_table(v: *const TValue) -> Option<*const u8> {
 /// # Safety
 /// `v` must be a live value.
 pub(crate) unsafe fn is_userdata(v: *const TValue) -> bool {
-    (*v).tt == T_USERDATA
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        (*v).tt == T_USERDATA
+    }
 }
 
 /// `struct Udata` (lobject.h) up to its first user value.
@@ -249,14 +290,17 @@ struct UdataHead {
 /// # Safety
 /// `v` must be a live value.
 pub(crate) unsafe fn uservalue_table(v: *const TValue) -> Option<*const u8> {
-    if !is_userdata(v) {
-        return None;
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        if !is_userdata(v) {
+            return None;
+        }
+        let u = (*v).value as *const UdataHead;
+        if (*u).nuvalue == 0 {
+            return None;
+        }
+        as_table(std::ptr::addr_of!((*u).uv))
     }
-    let u = (*v).value as *const UdataHead;
-    if (*u).nuvalue == 0 {
-        return None;
-    }
-    as_table(std::ptr::addr_of!((*u).uv))
 }
 
 /// Make stack slot `v` hold table `t`: the one write this module makes, and only to a stack
@@ -267,9 +311,12 @@ pub(crate) unsafe fn uservalue_table(v: *const TValue) -> Option<*const u8> {
 /// `v` must be a slot of the running frame (see [`slot`]) and `t` a live table that stays
 /// reachable without the slot (here: the user value of the handle the slot held).
 pub(crate) unsafe fn set_slot_table(v: *const TValue, t: *const u8) {
-    let v = v as *mut TValue;
-    (*v).value = t as usize;
-    (*v).tt = T_TABLE;
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let v = v as *mut TValue;
+        (*v).value = t as usize;
+        (*v).tt = T_TABLE;
+    }
 }
 
 /// The integer `v` holds, if it holds one (not a float, even an integral one).
@@ -277,7 +324,10 @@ pub(crate) unsafe fn set_slot_table(v: *const TValue, t: *const u8) {
 /// # Safety
 /// `v` must be a live value.
 pub(crate) unsafe fn as_int(v: *const TValue) -> Option<i64> {
-    ((*v).tt == T_INT).then(|| (*v).value as i64)
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        ((*v).tt == T_INT).then(|| (*v).value as i64)
+    }
 }
 
 /// A table's metatable (null for none): the address `lua_topointer` gives for it.
@@ -285,7 +335,10 @@ pub(crate) unsafe fn as_int(v: *const TValue) -> Option<i64> {
 /// # Safety
 /// `t` must be a live table.
 pub(crate) unsafe fn metatable(t: *const u8) -> *const c_void {
-    (*(t as *const TableHead)).metatable
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        (*(t as *const TableHead)).metatable
+    }
 }
 
 /// A nil value, for keys a table certainly does not hold.
@@ -302,13 +355,16 @@ const BITRAS: u8 = 1 << 7;
 /// # Safety
 /// `t` must be a live table; the value is valid until the table is next written to.
 pub(crate) unsafe fn array(t: *const u8, i: i64) -> Option<*const TValue> {
-    let h = &*(t as *const TableHead);
-    if i >= 1 && (i as u64) <= h.alimit as u64 {
-        Some(h.array.add(i as usize - 1))
-    } else if i >= 1 && h.flags & BITRAS == 0 && h.lastfree.is_null() {
-        Some(&NIL)
-    } else {
-        None
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let h = &*(t as *const TableHead);
+        if i >= 1 && (i as u64) <= h.alimit as u64 {
+            Some(h.array.add(i as usize - 1))
+        } else if i >= 1 && h.flags & BITRAS == 0 && h.lastfree.is_null() {
+            Some(&NIL)
+        } else {
+            None
+        }
     }
 }
 
@@ -319,107 +375,118 @@ mod tests {
 
     /// Called from Lua as `probe(t1, t2)` (see the chunk below): checks the mirror against the C API, raising an
     /// error naming the first field that disagrees.
+    ///
+    /// # Safety
+    /// A C function Lua calls: `l` is the calling thread, with `LUA_MINSTACK` free slots.
     unsafe extern "C-unwind" fn probe(l: *mut ffi::lua_State) -> c_int {
-        let fail = |what: &std::ffi::CStr| -> c_int {
-            ffi::lua_pushstring(l, what.as_ptr());
-            ffi::lua_error(l)
-        };
-        if ffi::lua_version(l) != 504.0 {
-            return fail(c"not Lua 5.4");
-        }
-        let (ci, func) = frame(l);
-        for i in 1..=ffi::lua_gettop(l) {
-            if is_userdata(slot(func, i as usize)) != (ffi::lua_type(l, i) == ffi::LUA_TUSERDATA) {
-                return fail(c"the full userdata tag");
+        // SAFETY: what this function's `# Safety` asks of its caller.
+        unsafe {
+            let fail = |what: &std::ffi::CStr| -> c_int {
+                ffi::lua_pushstring(l, what.as_ptr());
+                ffi::lua_error(l)
+            };
+            if ffi::lua_version(l) != 504.0 {
+                return fail(c"not Lua 5.4");
             }
-            if ffi::lua_type(l, i) == ffi::LUA_TUSERDATA {
-                let want = match ffi::lua_getiuservalue(l, i, 1) {
-                    ffi::LUA_TTABLE => Some(ffi::lua_topointer(l, -1) as *const u8),
+            let (ci, func) = frame(l);
+            for i in 1..=ffi::lua_gettop(l) {
+                if is_userdata(slot(func, i as usize)) != (ffi::lua_type(l, i) == ffi::LUA_TUSERDATA) {
+                    return fail(c"the full userdata tag");
+                }
+                if ffi::lua_type(l, i) == ffi::LUA_TUSERDATA {
+                    let want = match ffi::lua_getiuservalue(l, i, 1) {
+                        ffi::LUA_TTABLE => Some(ffi::lua_topointer(l, -1) as *const u8),
+                        _ => None,
+                    };
+                    ffi::lua_pop(l, 1);
+                    if uservalue_table(slot(func, i as usize)) != want {
+                        return fail(c"Udata.nuvalue or Udata.uv");
+                    }
+                }
+            }
+            for i in 1..=2 {
+                if slot_object(func, i) != ffi::lua_topointer(l, i as c_int) as *const u8 {
+                    return fail(c"CallInfo.func or the slot size");
+                }
+            }
+            // probe(t1, t2, ...): t1 = { x = 1 }, t2 = setmetatable({ 7, {}, "s", 2.0 }, mt)
+            let t2 = as_table(slot(func, 2)).unwrap_or(std::ptr::null());
+            ffi::lua_getmetatable(l, 2);
+            let mt = ffi::lua_topointer(l, -1);
+            ffi::lua_pop(l, 1);
+            if t2.is_null() || metatable(t2) != mt {
+                return fail(c"Table.metatable or the table tag");
+            }
+            let at = |i| array(t2, i).map(|v| (as_int(v), as_table(v).is_some()));
+            if at(1) != Some((Some(7), false)) || at(2) != Some((None, true)) || at(4) != Some((None, false)) {
+                return fail(c"Table.array/alimit or the integer tag");
+            }
+            if array(t2, 0).is_some() || array(t2, 99).and_then(|v| plain(v)) != Some(Plain::Nil) {
+                return fail(c"Table.alimit, flags or lastfree");
+            }
+            // t1 = { x = 1 }: a hash part, so a key past the array is not known to be absent
+            let t1 = as_table(slot(func, 1)).unwrap_or(std::ptr::null());
+            if t1.is_null() || array(t1, 1).is_some() {
+                return fail(c"Table.lastfree");
+            }
+            // values 3.. : nil, true, false, 42, 1.5, "short", a long string, and a light userdata
+            let n = ffi::lua_gettop(l);
+            for i in 3..=n {
+                let want = match ffi::lua_type(l, i) {
+                    ffi::LUA_TNIL => Some(Plain::Nil),
+                    ffi::LUA_TBOOLEAN => Some(Plain::Bool(ffi::lua_toboolean(l, i) != 0)),
+                    ffi::LUA_TNUMBER if ffi::lua_isinteger(l, i) != 0 => Some(Plain::Int(ffi::lua_tointeger(l, i))),
+                    ffi::LUA_TNUMBER => Some(Plain::Float(ffi::lua_tonumber(l, i))),
+                    ffi::LUA_TSTRING => {
+                        let mut len = 0;
+                        let p = ffi::lua_tolstring(l, i, &mut len);
+                        let b = std::slice::from_raw_parts(p as *const u8, len);
+                        if string(slot(func, i as usize)) != Some((ffi::lua_topointer(l, i), b)) {
+                            return fail(c"TString");
+                        }
+                        Some(Plain::Str(b))
+                    }
+                    ffi::LUA_TLIGHTUSERDATA => Some(Plain::LightUserdata(ffi::lua_touserdata(l, i))),
                     _ => None,
                 };
-                ffi::lua_pop(l, 1);
-                if uservalue_table(slot(func, i as usize)) != want {
-                    return fail(c"Udata.nuvalue or Udata.uv");
+                if plain(slot(func, i as usize)) != want {
+                    return fail(c"a value's tag or payload");
                 }
             }
-        }
-        for i in 1..=2 {
-            if slot_object(func, i) != ffi::lua_topointer(l, i as c_int) as *const u8 {
-                return fail(c"CallInfo.func or the slot size");
+            if below_top(l, 1) != slot(func, n as usize) {
+                return fail(c"lua_State.top");
             }
-        }
-        // probe(t1, t2, ...): t1 = { x = 1 }, t2 = setmetatable({ 7, {}, "s", 2.0 }, mt)
-        let t2 = as_table(slot(func, 2)).unwrap_or(std::ptr::null());
-        ffi::lua_getmetatable(l, 2);
-        let mt = ffi::lua_topointer(l, -1);
-        ffi::lua_pop(l, 1);
-        if t2.is_null() || metatable(t2) != mt {
-            return fail(c"Table.metatable or the table tag");
-        }
-        let at = |i| array(t2, i).map(|v| (as_int(v), as_table(v).is_some()));
-        if at(1) != Some((Some(7), false)) || at(2) != Some((None, true)) || at(4) != Some((None, false)) {
-            return fail(c"Table.array/alimit or the integer tag");
-        }
-        if array(t2, 0).is_some() || array(t2, 99).and_then(|v| plain(v)) != Some(Plain::Nil) {
-            return fail(c"Table.alimit, flags or lastfree");
-        }
-        // t1 = { x = 1 }: a hash part, so a key past the array is not known to be absent
-        let t1 = as_table(slot(func, 1)).unwrap_or(std::ptr::null());
-        if t1.is_null() || array(t1, 1).is_some() {
-            return fail(c"Table.lastfree");
-        }
-        // values 3.. : nil, true, false, 42, 1.5, "short", a long string, and a light userdata
-        let n = ffi::lua_gettop(l);
-        for i in 3..=n {
-            let want = match ffi::lua_type(l, i) {
-                ffi::LUA_TNIL => Some(Plain::Nil),
-                ffi::LUA_TBOOLEAN => Some(Plain::Bool(ffi::lua_toboolean(l, i) != 0)),
-                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, i) != 0 => Some(Plain::Int(ffi::lua_tointeger(l, i))),
-                ffi::LUA_TNUMBER => Some(Plain::Float(ffi::lua_tonumber(l, i))),
-                ffi::LUA_TSTRING => {
-                    let mut len = 0;
-                    let p = ffi::lua_tolstring(l, i, &mut len);
-                    let b = std::slice::from_raw_parts(p as *const u8, len);
-                    if string(slot(func, i as usize)) != Some((ffi::lua_topointer(l, i), b)) {
-                        return fail(c"TString");
-                    }
-                    Some(Plain::Str(b))
-                }
-                ffi::LUA_TLIGHTUSERDATA => Some(Plain::LightUserdata(ffi::lua_touserdata(l, i))),
-                _ => None,
-            };
-            if plain(slot(func, i as usize)) != want {
-                return fail(c"a value's tag or payload");
+            let top = (*(l as *const StateHead)).top;
+            if top != func.add(SLOT * (ffi::lua_gettop(l) as usize + 1)) {
+                return fail(c"lua_State.top");
             }
+            // The caller's function, as lua_getinfo finds it and as the previous call's slot holds it.
+            let mut ar: ffi::lua_Debug = std::mem::zeroed();
+            if ffi::lua_getstack(l, 1, &mut ar) == 0 || ffi::lua_getinfo(l, c"f".as_ptr(), &mut ar) == 0 {
+                return fail(c"no caller");
+            }
+            let caller = ffi::lua_topointer(l, -1) as *const u8;
+            ffi::lua_pop(l, 1);
+            let prev = previous(ci);
+            if prev.is_null() || slot_object((*(prev as *const CallInfoHead)).func, 0) != caller {
+                return fail(c"CallInfo.previous");
+            }
+            ffi::lua_pushboolean(l, 1);
+            1
         }
-        if below_top(l, 1) != slot(func, n as usize) {
-            return fail(c"lua_State.top");
-        }
-        let top = (*(l as *const StateHead)).top;
-        if top != func.add(SLOT * (ffi::lua_gettop(l) as usize + 1)) {
-            return fail(c"lua_State.top");
-        }
-        // The caller's function, as lua_getinfo finds it and as the previous call's slot holds it.
-        let mut ar: ffi::lua_Debug = std::mem::zeroed();
-        if ffi::lua_getstack(l, 1, &mut ar) == 0 || ffi::lua_getinfo(l, c"f".as_ptr(), &mut ar) == 0 {
-            return fail(c"no caller");
-        }
-        let caller = ffi::lua_topointer(l, -1) as *const u8;
-        ffi::lua_pop(l, 1);
-        let prev = previous(ci);
-        if prev.is_null() || slot_object((*(prev as *const CallInfoHead)).func, 0) != caller {
-            return fail(c"CallInfo.previous");
-        }
-        ffi::lua_pushboolean(l, 1);
-        1
     }
 
+    /// # Safety
+    /// A C function Lua calls: `l` is the calling thread, with `LUA_MINSTACK` free slots, a C closure with one upvalue.
     unsafe extern "C-unwind" fn closure_probe(l: *mut ffi::lua_State) -> c_int {
-        let (n, func) = frame_args(l);
-        let want = ffi::lua_tocfunction(l, ffi::lua_upvalueindex(1)).map(|f| f as usize);
-        let ok = n == ffi::lua_gettop(l) as usize && upvalue_cfunction(func).map(|f| f as usize) == want && want.is_some();
-        ffi::lua_pushboolean(l, ok as c_int);
-        1
+        // SAFETY: what this function's `# Safety` asks of its caller.
+        unsafe {
+            let (n, func) = frame_args(l);
+            let want = ffi::lua_tocfunction(l, ffi::lua_upvalueindex(1)).map(|f| f as usize);
+            let ok = n == ffi::lua_gettop(l) as usize && upvalue_cfunction(func).map(|f| f as usize) == want && want.is_some();
+            ffi::lua_pushboolean(l, ok as c_int);
+            1
+        }
     }
 
     #[test]

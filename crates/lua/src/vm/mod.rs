@@ -7,9 +7,14 @@
 //! Lua code it runs reaches it again).
 
 pub(crate) mod abi;
+pub(crate) mod coroutine;
 pub(crate) mod layout;
+pub(crate) mod preempt;
+mod prims;
 pub(crate) mod raw;
 pub(crate) mod sandbox;
+
+pub(crate) use prims::install as install_primitives;
 
 use std::cell::Cell;
 

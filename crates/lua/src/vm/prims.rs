@@ -1,0 +1,86 @@
+//! The C functions the prelude's `R` table holds: the raw hot paths (`raw.rs`), the
+//! preemption reports (`preempt.rs`), and the small ones below; `install` puts them all in
+//! `R` at VM creation (the Rust-built functions in `R` are the modules', `modules/mod.rs`).
+//!
+//! Must never: keep anything of a call past it (these run between two instructions of Lua
+//! code that may be preempted and resumed on another worker).
+
+use std::os::raw::c_int;
+
+use mlua::{ffi, Lua, Table};
+
+use super::{preempt, raw};
+
+/// Install the C primitives into `r`, the prelude's table of Rust parts.
+pub(crate) fn install(lua: &Lua, r: &Table) -> mlua::Result<()> {
+    let c_functions: [(&str, ffi::lua_CFunction); 11] = [
+        ("cur", preempt::rt_cur),
+        ("dirty", rt_dirty),
+        ("preempted", preempt::rt_preempted),
+        ("preempt_pending", preempt::rt_preempt_pending),
+        ("make_send", raw::make_send),
+        ("make_receive", raw::make_receive),
+        ("make_handle", raw::make_handle),
+        ("make_chan_of", raw::make_chan_of),
+        ("make_spawn", raw::make_spawn),
+        ("is_of", rt_is_of),
+        ("raw_meta", rt_raw_meta),
+    ];
+    for (name, f) in c_functions {
+        // SAFETY: each is a C function written for Lua's calling convention that touches
+        // only its own stack and this thread's turn state (each says so in its # Safety).
+        r.raw_set(name, unsafe { lua.create_c_function(f) }?)?;
+    }
+    r.raw_set("WAIT", mlua::LightUserData(raw::wait_tag()))
+}
+
+/// `R.dirty()`: the current process's ready queue or pending count may have become
+/// non-empty (see `ProcState::dirty`).
+///
+/// # Safety
+/// A C function Lua calls.
+unsafe extern "C-unwind" fn rt_dirty(_l: *mut ffi::lua_State) -> c_int {
+    let _ = crate::current::state(|st| st.dirty = true);
+    0
+}
+
+/// `R.raw_meta(t)`: the metatable of `t` even when `__metatable` hides it (nil if none).
+///
+/// # Safety
+/// A C function Lua calls (argument 1 exists, nil when not given).
+unsafe extern "C-unwind" fn rt_raw_meta(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: `l` is the calling thread with LUA_MINSTACK free slots.
+    unsafe {
+        if ffi::lua_getmetatable(l, 1) == 0 {
+            ffi::lua_pushnil(l);
+        }
+    }
+    1
+}
+
+/// `R.is_of(mt)`: a function telling whether its argument's metatable is `mt` (one C call,
+/// where `getmetatable(x) == name` also looks up `__metatable`).
+///
+/// # Safety
+/// A C function Lua calls.
+unsafe extern "C-unwind" fn rt_is_of(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: as above; the closure takes its one upvalue from the stack.
+    unsafe {
+        ffi::lua_settop(l, 1);
+        ffi::lua_pushcclosure(l, has_metatable, 1);
+    }
+    1
+}
+
+/// The function `R.is_of` makes: whether argument 1's metatable is its upvalue.
+///
+/// # Safety
+/// A C function Lua calls, made by `rt_is_of` (one upvalue).
+unsafe extern "C-unwind" fn has_metatable(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: as above.
+    unsafe {
+        let yes = raw::metatable_is(l, 1, ffi::lua_upvalueindex(1));
+        ffi::lua_pushboolean(l, yes as c_int);
+    }
+    1
+}
