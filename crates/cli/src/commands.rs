@@ -213,7 +213,6 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let settled = boot.start();
     // system.exit: a graceful stop with the code asked for
     let (exit_tx, exit) = crossbeam_channel::bounded::<i32>(1);
     boot.node.set_exit_hook(std::sync::Arc::new(move |code| {
@@ -240,8 +239,14 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
             }
         },
         Ok(None) => {}
-        Err(e) => return fail(e),
+        Err(e) => {
+            boot.shutdown();
+            return fail(e);
+        }
     }
+    // The operator's endpoints are up (a bad metrics address stopped the node) before any
+    // service starts: what runs can be watched from its first step.
+    let settled = boot.start();
     if watch {
         tracing::info!(dir = %project.src.components().collect::<std::path::PathBuf>().display(), "watching for changes");
         crate::live::watch(boot.live.clone(), project.src.clone());

@@ -70,12 +70,7 @@ impl ProcessRef {
     /// Run one step of this process on the calling thread. Must be called only for a
     /// process the group was asked to `schedule`, once per `schedule` call.
     pub fn run(&self) {
-        if crate::scheduler::with_worker_node(&self.0.host.node, |node| node.run_process(&self.0)).is_some() {
-            return;
-        }
-        if let Some(node) = self.0.host.node() {
-            node.run_process(&self.0);
-        }
+        crate::step::step(&self.0);
     }
 }
 

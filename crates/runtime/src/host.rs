@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::node::NodeInner;
 use crate::pid::HostName;
 use crate::security::Identity;
-use crate::scheduler::{Hint, Runnable, Scheduler, Task};
+use crate::scheduler::{Hint, Runnable, Scheduler};
 
 /// The default bound of a host's live processes: Erlang/OTP's default process limit, so that
 /// a spawn loop ends with LimitExceeded instead of taking the node's memory (~2.6 GB of
@@ -182,7 +182,8 @@ pub(crate) struct Host {
 impl Host {
     pub(crate) fn start(node: &Arc<NodeInner>, config: HostConfig) -> Result<Arc<Host>, Error> {
         config.validate()?;
-        let sched = Scheduler::start(node, &format!("wippy:{}", config.name), config.workers, config.local_queue_size)
+        let owner: Weak<crate::scheduler::Owner> = Arc::downgrade(node) as Weak<NodeInner>;
+        let sched = Scheduler::start(owner, &format!("wippy:{}", config.name), config.workers, config.local_queue_size)
             .map_err(|e| Error::unavailable(format!("host '{}': cannot start worker threads: {e}", config.name)))?;
         Ok(Arc::new(Host {
             name: HostName::new(&config.name),
@@ -292,12 +293,12 @@ impl HostRef {
     }
     /// Queue a runnable (a process group) on this host's workers.
     pub fn schedule(&self, r: Arc<dyn Runnable>) {
-        self.0.sched.schedule(Task::Runnable(r), Hint::Queued);
+        self.0.sched.schedule(r, Hint::Queued);
     }
     /// Queue a runnable that a message or event made ready (the LIFO slot when called on
     /// one of this host's workers, like a woken process).
     pub fn wake(&self, r: Arc<dyn Runnable>) {
-        self.0.sched.schedule(Task::Runnable(r), Hint::Woken);
+        self.0.sched.schedule(r, Hint::Woken);
     }
     /// Whether the calling thread is one of this host's workers.
     pub fn is_current_thread(&self) -> bool {

@@ -28,6 +28,7 @@ mod pid;
 mod process;
 mod scheduler;
 mod security;
+mod step;
 mod supervisor;
 mod sync;
 mod table;

@@ -6,19 +6,18 @@
 //! other threads. Nothing here knows about Lua or YAML.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use smol_str::SmolStr;
 
-use crate::cell::{ProcCell, ProcessGroup, ProcessRef, KILL_NONE};
+use crate::cell::{ProcCell, ProcessGroup, ProcessRef};
 use crate::context::Context;
 use crate::dispatch::Dispatch;
 use crate::error::Error;
 use crate::host::{Host, HostConfig, HostRef, RUNNING, STOPPED, STOPPING};
-use crate::mailbox::{Park, ProcessState};
+use crate::mailbox::ProcessState;
 use crate::names::Names;
 use crate::pid::{HostName, Pid, PidCounter};
 use crate::process::{Attachment, Event, Events, ExitResult, Message, Payload, Process, ProcessFactory, Status};
@@ -738,7 +737,7 @@ impl NodeInner {
     pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
         match &cell.group {
             Some(g) => g.clone().schedule(ProcessRef(cell), hint == Hint::Woken),
-            None => crate::scheduler::Scheduler::schedule_process(cell, hint),
+            None => crate::step::queue(cell, hint),
         }
     }
 
@@ -833,73 +832,6 @@ impl NodeInner {
         self.deliver(pid, ev).map_err(|_| Error::process_not_found(dest))
     }
 
-    /// Run one step of `cell` on this thread (the caller popped it from a run queue).
-    pub(crate) fn run_process(self: &Arc<Self>, cell: &Arc<ProcCell>) {
-        cell.mailbox.start();
-        // SAFETY: the state word is RUNNING and only this thread moved it there.
-        let slot = unsafe { &mut *cell.slot.get() };
-        let crate::cell::Slot { process, init, next_command, last_target, context } = slot;
-        let Some(p) = process.as_mut() else { return };
-        // Only this worker writes the count: a plain add, readable by introspection.
-        let w = cell.work.load(std::sync::atomic::Ordering::Relaxed);
-        cell.work.store((w & !crate::cell::STEP_MASK) | (w.wrapping_add(1) & crate::cell::STEP_MASK), std::sync::atomic::Ordering::Relaxed);
-        let first = crate::cell::take_init(init, next_command);
-        let mut cx = Context::new(self, cell, next_command, last_target, context);
-        let mut events = Events { mailbox: &cell.mailbox, topo: &cell.topo, popped: 0 };
-        let status = match cell.kill_error() {
-            Some(e) => Status::Exit(Err(e)),
-            None => catch_unwind(AssertUnwindSafe(|| {
-                if let Some((method, args)) = first {
-                    let st = p.init(&mut cx, &method, args);
-                    if !matches!(st, Status::Wait | Status::Block) || !cell.mailbox.has_next() {
-                        return st;
-                    }
-                }
-                p.step(&mut cx, &mut events)
-            }))
-            .unwrap_or_else(|panic| Status::Exit(Err(Error::internal(format!("panic: {}", panic_message(&*panic)))))),
-        };
-        // Queue what the step sent before the process is parked or re-queued: once it is,
-        // another worker may run it while this one still holds its slot.
-        cx.flush();
-        cell.mailbox.consumed(events.popped);
-        let status = match status {
-            Status::Exit(r) => Status::Exit(r),
-            _ if cell.kill.load(std::sync::atomic::Ordering::Acquire) != KILL_NONE => {
-                Status::Exit(Err(cell.kill_error().unwrap_or_else(Error::terminated)))
-            }
-            other => other,
-        };
-        match status {
-            Status::Yield | Status::Wait | Status::Block if cell.mailbox.has_next() => {
-                cell.mailbox.yield_now();
-                self.schedule(cell.clone(), Hint::Queued);
-            }
-            Status::Yield => {
-                cell.mailbox.yield_now();
-                self.schedule(cell.clone(), Hint::Queued);
-            }
-            Status::Wait | Status::Block => {
-                let how = if matches!(status, Status::Wait) { Park::Idle } else { Park::Blocked };
-                if cell.mailbox.park(how) {
-                    self.schedule(cell.clone(), Hint::Queued);
-                }
-            }
-            Status::Exit(result) => {
-                if let Err(e) = &result {
-                    tracing::debug!(pid = %cell.pid, kind = %e.kind, error = %e, "process exited with an error");
-                }
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| p.close(&mut cx, &result))) {
-                    tracing::error!(pid = %cell.pid, panic = %panic_message(&*panic), "process close panicked");
-                }
-                drop(cx);
-                *process = None;
-                *last_target = None;
-                self.exit(cell, result);
-            }
-        }
-    }
-
     pub(crate) fn stop_host(&self, name: HostName) -> Result<StopReport, Error> {
         let host = self.host(name).ok_or_else(|| Error::not_found(format!("host not found: {}", crate::error::Echo(&name))))?;
         if host.state.compare_exchange(RUNNING, STOPPING, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire).is_err() {
@@ -939,14 +871,4 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
         return Err(Error::invalid(format!("topic '{}' is reserved: topics starting with '@' belong to the runtime", crate::error::Echo(topic))));
     }
     Ok(())
-}
-
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
 }

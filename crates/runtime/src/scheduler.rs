@@ -1,8 +1,11 @@
 //! One scheduler per host: a pool of worker threads, each with a local FIFO deque and a
 //! LIFO slot, one global injector, stealing when idle, and parking that burns no CPU.
 //!
-//! The scheduler runs *runnables*: a native process (stepped by the node), or anything
-//! implementing [`Runnable`] (a Lua shard stepping many processes within a budget).
+//! The scheduler runs *runnables*, anything implementing [`Runnable`], through its vtable
+//! (as tokio runs tasks): a native process's cell (its step is `step.rs`'s), a Lua shard
+//! stepping many processes within a budget, or any other unit of work. It knows nothing of
+//! processes, cells or the node: the workers only keep the scheduler's *owner* (the node,
+//! opaque here) alive for runnables that ask whose worker they run on ([`worker_owner`]).
 //! A process woken by the process running on a worker goes to that worker's LIFO slot, so a
 //! request/response pair stays on one core and hot in its cache (ping-pong); at most
 //! `LIFO_STREAK` LIFO runs happen in a row so the local queue is never starved. Spawned and
@@ -13,8 +16,9 @@
 //! fence, re-checks every queue, then parks. A producer pushes, issues a SeqCst fence, and
 //! wakes one registered sleeper if there is any. One of the two always sees the other.
 //!
-//! This module never steps a process itself: it hands `Task::Process` back to the node.
+//! Must never: know what a runnable is, or run one on a thread that is not its host's.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -26,9 +30,6 @@ use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use crossbeam_utils::sync::{Parker, Unparker};
 use parking_lot::Mutex;
 
-use crate::cell::ProcCell;
-use crate::node::NodeInner;
-
 /// Something a worker can run: a group of processes (a Lua shard) or any other unit of
 /// work that belongs to a host. `run` must return in bounded time (it is preempted only
 /// by its own budget).
@@ -36,10 +37,11 @@ pub trait Runnable: Send + Sync + 'static {
     fn run(self: Arc<Self>);
 }
 
-pub(crate) enum Task {
-    Process(Arc<ProcCell>),
-    Runnable(Arc<dyn Runnable>),
-}
+/// What the queues hold: a runnable, run through its vtable.
+pub(crate) type Task = Arc<dyn Runnable>;
+
+/// What a scheduler's workers run for (the node), opaque to the scheduler.
+pub(crate) type Owner = dyn Any + Send + Sync;
 
 /// Why a task is being scheduled; decides which queue it goes to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -68,7 +70,7 @@ pub(crate) struct Scheduler {
     active: AtomicUsize,
     /// The queues and parkers of slots without a worker yet (taken when one starts).
     idle_slots: Mutex<Vec<Option<Slot>>>,
-    node: std::sync::Weak<NodeInner>,
+    owner: Weak<Owner>,
     thread_name: String,
     sleeping: Mutex<Vec<usize>>,
     num_sleeping: AtomicUsize,
@@ -86,8 +88,9 @@ fn slots_for(workers: usize) -> usize {
 
 struct WorkerLocal {
     sched: *const Scheduler,
-    /// The node this worker runs for (its `worker_main` holds the Arc for the thread's life).
-    node: *const Arc<NodeInner>,
+    /// The data pointer of the owner this worker runs for (its `worker_main` holds the Arc
+    /// for the thread's life).
+    owner: *const (),
     queue: Worker<Task>,
     lifo: Cell<Option<Task>>,
 }
@@ -96,24 +99,38 @@ thread_local! {
     static CURRENT: Cell<*const WorkerLocal> = const { Cell::new(ptr::null()) };
 }
 
-/// Run `f` with the node of the worker running on this thread, when that is the node `of`
-/// points to (a process group stepping its members on a worker saves a Weak upgrade per
-/// step); `None` off a worker or for another node.
-pub(crate) fn with_worker_node<R>(of: &Weak<NodeInner>, f: impl FnOnce(&Arc<NodeInner>) -> R) -> Option<R> {
+/// The owner (see [`Scheduler::start`]) of the worker running on this thread, as the data
+/// pointer of its `Arc`, which the worker holds until it stops; null off a worker. A
+/// runnable that needs the node compares this with its own (a `Weak`'s pointer) and may
+/// then borrow it for the rest of its run without reference counting.
+pub(crate) fn worker_owner() -> *const () {
     let here = CURRENT.with(Cell::get);
     // SAFETY: CURRENT points at the WorkerLocal of this thread's `worker_main` while it
-    // runs (reset before it returns), and that frame holds the node's Arc.
-    let node = unsafe { here.as_ref() }.map(|w| unsafe { &*w.node })?;
-    if !ptr::eq(Arc::as_ptr(node), of.as_ptr()) {
-        return None;
+    // runs (reset before it returns).
+    unsafe { here.as_ref() }.map_or(ptr::null(), |w| w.owner)
+}
+
+/// The worker of a scheduler running on this thread (see [`Scheduler::here`]); not `Send`,
+/// used at once.
+pub(crate) struct Here(*const WorkerLocal);
+
+impl Here {
+    /// Queue `task` on this worker (the LIFO slot when woken), touching no reference count.
+    #[inline]
+    pub(crate) fn push(self, task: Task, hint: Hint) {
+        // SAFETY: made by `Scheduler::here` on this thread, inside its worker_main, whose
+        // frame holds the WorkerLocal and (through its Arc) the scheduler.
+        let w = unsafe { &*self.0 };
+        unsafe { &*w.sched }.push_here(w, task, hint);
     }
-    Some(f(node))
 }
 
 impl Scheduler {
     /// Start `workers` threads named `<thread_name>:<i>`.
+    /// `owner`: what the workers run for (the node); kept alive by every worker, handed to
+    /// none (see [`worker_owner`]).
     pub(crate) fn start(
-        node: &Arc<NodeInner>,
+        owner: Weak<Owner>,
         thread_name: &str,
         workers: usize,
         local_queue_size: usize,
@@ -128,7 +145,7 @@ impl Scheduler {
             unparkers: parkers.iter().map(|p| p.unparker().clone()).collect(),
             active: AtomicUsize::new(0),
             idle_slots: Mutex::new(queues.into_iter().zip(parkers).map(Some).collect()),
-            node: Arc::downgrade(node),
+            owner,
             thread_name: thread_name.to_string(),
             sleeping: Mutex::new(Vec::with_capacity(slots)),
             num_sleeping: AtomicUsize::new(0),
@@ -159,7 +176,7 @@ impl Scheduler {
             }
             return Ok(workers);
         }
-        let Some(node) = self.node.upgrade() else { return Ok(current) };
+        let Some(owner) = self.owner.upgrade() else { return Ok(current) };
         for index in current..workers {
             // A slot whose worker is still winding down from an earlier shrink is reused
             // once that worker has given its queue back. A worker of this host never waits
@@ -175,7 +192,7 @@ impl Scheduler {
             };
             let (queue, parker) = slot;
             let s = self.clone();
-            let n = node.clone();
+            let n = owner.clone();
             // Counted active before it runs: a worker that finds its index outside the
             // active ones leaves at once.
             self.active.store(index + 1, Ordering::SeqCst);
@@ -203,21 +220,13 @@ impl Scheduler {
         self.active.load(Ordering::SeqCst)
     }
 
-    /// Queue a process on its host's scheduler. On one of that host's workers this touches
-    /// only the worker's own scheduler (no reference counting of the host).
+    /// This scheduler's worker running on this thread, if it is one.
     #[inline]
-    pub(crate) fn schedule_process(cell: Arc<ProcCell>, hint: Hint) {
-        let here = CURRENT.with(Cell::get);
-        // SAFETY: see `schedule`; `w.sched` is kept alive by the worker's own Arc.
-        if let Some(w) = unsafe { here.as_ref() } {
-            if ptr::eq(w.sched, Arc::as_ptr(&cell.host.sched)) {
-                let sched = unsafe { &*w.sched };
-                sched.push_here(w, Task::Process(cell), hint);
-                return;
-            }
-        }
-        let host = cell.host.clone();
-        host.sched.schedule(Task::Process(cell), hint);
+    pub(crate) fn here(&self) -> Option<Here> {
+        let w = CURRENT.with(Cell::get);
+        // SAFETY: see `schedule`.
+        let w = unsafe { w.as_ref() }?;
+        ptr::eq(w.sched, self).then_some(Here(w))
     }
 
     #[inline]
@@ -309,8 +318,8 @@ impl Scheduler {
     }
 }
 
-fn worker_main(node: Arc<NodeInner>, sched: Arc<Scheduler>, index: usize, queue: Worker<Task>, parker: Parker) {
-    let local = WorkerLocal { sched: Arc::as_ptr(&sched), node: &node, queue, lifo: Cell::new(None) };
+fn worker_main(owner: Arc<Owner>, sched: Arc<Scheduler>, index: usize, queue: Worker<Task>, parker: Parker) {
+    let local = WorkerLocal { sched: Arc::as_ptr(&sched), owner: Arc::as_ptr(&owner) as *const (), queue, lifo: Cell::new(None) };
     CURRENT.with(|c| c.set(&local));
     struct Reset;
     impl Drop for Reset {
@@ -340,10 +349,9 @@ fn worker_main(node: Arc<NodeInner>, sched: Arc<Scheduler>, index: usize, queue:
         }
         let task = next_task(&sched, &local, index, n.max(1), tick, &mut streak);
         match task {
-            Some(Task::Process(cell)) => node.run_process(&cell),
-            Some(Task::Runnable(r)) => {
+            Some(r) => {
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| r.run())) {
-                    tracing::error!(panic = %crate::node::panic_message(&*p), "a runnable panicked");
+                    tracing::error!(panic = %crate::error::panic_message(&*p), "a runnable panicked");
                 }
             }
             None => {
