@@ -124,11 +124,11 @@ fn every_unsafe_fn_says_what_its_caller_must_hold() {
                     in_trait_impl = false;
                 }
                 let is_fn = !t.starts_with("//") && (t.contains("unsafe fn ") || t.contains("unsafe extern \"C-unwind\" fn ") || t.contains("unsafe extern \"C\" fn "));
-                if !is_fn || in_trait_impl || t.contains("fn(") && !t.contains("fn ") {
+                if !is_fn || in_trait_impl {
                     continue;
                 }
-                let doc = lines[..n].iter().rev().map(|l| l.trim_start()).take_while(|l| l.starts_with("///") || l.starts_with("#["));
-                if !doc.into_iter().any(|l| l.contains("# Safety")) {
+                let mut doc = lines[..n].iter().rev().map(|l| l.trim_start()).take_while(|l| l.starts_with("///") || l.starts_with("#["));
+                if !doc.any(|l| l.contains("# Safety")) {
                     missing.push(format!("{}:{}: {}", p.display(), n + 1, t));
                 }
             }

@@ -224,7 +224,8 @@ impl Scheduler {
     #[inline]
     pub(crate) fn here(&self) -> Option<Here> {
         let w = CURRENT.with(Cell::get);
-        // SAFETY: see `schedule`.
+        // SAFETY: CURRENT points at the running worker's own WorkerLocal, which lives on
+        // that worker's stack for as long as the pointer is set.
         let w = unsafe { w.as_ref() }?;
         ptr::eq(w.sched, self).then_some(Here(w))
     }
@@ -246,14 +247,9 @@ impl Scheduler {
 
     /// Queue a task on this scheduler.
     pub(crate) fn schedule(&self, task: Task, hint: Hint) {
-        let here = CURRENT.with(Cell::get);
-        // SAFETY: CURRENT points at the running worker's own WorkerLocal, which lives on
-        // that worker's stack for as long as the pointer is set.
-        if let Some(w) = unsafe { here.as_ref() } {
-            if ptr::eq(w.sched, self) {
-                self.push_here(w, task, hint);
-                return;
-            }
+        if let Some(here) = self.here() {
+            here.push(task, hint);
+            return;
         }
         self.injector.push(task);
         self.notify_one();
@@ -312,9 +308,7 @@ impl Scheduler {
 
     /// Whether the calling thread is one of this scheduler's workers.
     pub(crate) fn is_current(&self) -> bool {
-        let here = CURRENT.with(Cell::get);
-        // SAFETY: see `schedule`.
-        unsafe { here.as_ref() }.is_some_and(|w| ptr::eq(w.sched, self))
+        self.here().is_some()
     }
 }
 

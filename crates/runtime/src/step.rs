@@ -56,7 +56,7 @@ pub(crate) fn queue(cell: Arc<ProcCell>, hint: Hint) {
 }
 
 /// The step itself (see the module's comment).
-pub(crate) fn run(node: &Arc<NodeInner>, cell: &Arc<ProcCell>) {
+fn run(node: &Arc<NodeInner>, cell: &Arc<ProcCell>) {
     cell.mailbox.start();
     // SAFETY: the state word is RUNNING and only this thread moved it there.
     let slot = unsafe { &mut *cell.slot.get() };
