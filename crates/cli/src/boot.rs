@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use wippy_lua::{LuaRuntime, RegistryView, ShardOptions};
+use wippy_lua::{LuaRuntime, ShardOptions};
 use wippy_registry::{Lifecycle, Project};
 use wippy_runtime::{HostConfig, Node, RestartPolicy, ServiceKind, ServiceSpec, StopSummary, Supervisor, SystemClock};
 
@@ -85,7 +85,9 @@ impl Boot {
         for e in &plan.lua {
             lua.add_entry(e.clone());
         }
-        lua.set_registry(RegistryView { version: 0, items: plan.registry.clone() });
+        // version 0 is the project as loaded; the live registry makes the next ones
+        let registry = Arc::new(wippy_registry::Registry::at(0, project.entries.clone()));
+        lua.set_registry(registry.clone());
         lua.set_env_config(plan.env_config());
         for id in &plan.token_stores {
             lua.add_token_store(id);
@@ -100,7 +102,7 @@ impl Boot {
         crate::http::install(&plan.http, &node);
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
-        let live = Arc::new(Live::new(project, node.handle(), lua.clone(), services.clone()));
+        let live = Arc::new(Live::new(project, registry, node.handle(), lua.clone(), services.clone()));
         lua.set_registry_writer(live.clone());
         Ok(Boot { node, lua, plan, services, live })
     }

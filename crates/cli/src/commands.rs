@@ -538,11 +538,12 @@ pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>, name: Opti
     let registry = wippy_registry::Registry::new(project.entries);
     let snapshot = registry.snapshot();
     let in_ns = |n: &str| ns.is_none_or(|want| n == want || n.strip_prefix(want).is_some_and(|r| r.starts_with('.')));
-    let rows: Vec<_> = snapshot
+    let mut rows: Vec<_> = snapshot
         .entries()
         .filter(|e| kind.as_ref().is_none_or(|k| k.matches(&e.kind)) && name.as_ref().is_none_or(|n| n.matches(e.id.name())))
         .filter(|e| in_ns(e.id.namespace()))
         .collect();
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
     if format.json || format.yaml {
         let list: Vec<serde_json::Value> = rows
             .iter()

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use wippy_lua::{LuaEntry, LuaRuntime, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
-use wippy_registry::{Entry, EntryId, LoadErrors, Origin, Project};
+use wippy_lua::{LuaEntry, LuaRuntime, RegistryChange, RegistryItem, RegistryWriter};
+use wippy_registry::{Change, ChangeError, Entry, EntryId, LoadErrors, Project, Registry};
 use wippy_runtime::{Error, NodeRef, ServiceKind, Supervisor};
 
 use crate::boot::service_specs;
-use crate::plan::{value_json, Plan};
+use crate::plan::Plan;
 
 pub struct Live {
     root: PathBuf,
@@ -28,15 +28,11 @@ pub struct Live {
     node: NodeRef,
     lua: LuaRuntime,
     services: Supervisor,
-    state: Mutex<State>,
-}
-
-struct State {
-    version: u64,
-    entries: Vec<Entry>,
-    files: HashMap<String, Arc<str>>,
-    /// Every version's entries, for rollbacks.
-    history: Vec<(u64, Vec<Entry>)>,
+    /// The node's registry: its versions are what this file commits.
+    registry: Arc<Registry>,
+    /// The project's files as last loaded (what a `file://` source is checked against).
+    /// Held for a whole change: one writer at a time.
+    files: Mutex<HashMap<String, Arc<str>>>,
 }
 
 /// What makes two definitions of an entry the same (not where they were written).
@@ -49,9 +45,10 @@ fn lua_same(a: &LuaEntry, b: &LuaEntry) -> bool {
 }
 
 impl Live {
-    pub fn new(project: &Project, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
-        let state = State { version: 0, entries: project.entries.clone(), files: project.files.clone(), history: vec![(0, project.entries.clone())] };
-        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, state: Mutex::new(state) }
+    /// `registry` holds `project` as its current version.
+    pub fn new(project: &Project, registry: Arc<Registry>, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
+        let files = Mutex::new(project.files.clone());
+        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, registry, files }
     }
 
     /// The project these entries (and files) make, in this node's directories.
@@ -59,15 +56,16 @@ impl Live {
         Project { root: self.root.clone(), src: self.src.clone(), modules: self.modules.clone(), entries, warnings: Vec::new(), files: files.unwrap_or_default() }
     }
 
-    /// Check `entries` as a project and make them the current version.
-    fn commit(&self, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Result<(u64, Vec<String>), LoadErrors> {
-        let mut st = self.state.lock();
-        let project = self.project(entries.clone(), Some(files.clone().unwrap_or_else(|| st.files.clone())));
+    /// Check `entries` as a project and make them the current version (`cur_files` is the
+    /// held lock: the caller read the version it changed under it).
+    fn commit(&self, cur_files: &mut HashMap<String, Arc<str>>, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Result<(u64, Vec<String>), LoadErrors> {
+        let project = self.project(entries.clone(), Some(files.clone().unwrap_or_else(|| cur_files.clone())));
         let plan = Plan::build(&project)?;
-        let old: HashMap<&EntryId, &Entry> = st.entries.iter().map(|e| (&e.id, e)).collect();
+        let before = self.registry.snapshot();
+        let old: HashMap<&EntryId, &Entry> = before.entries().map(|e| (&e.id, &**e)).collect();
         let mut changed: Vec<String> = entries.iter().filter(|e| old.get(&e.id).is_none_or(|o| !same(o, e))).map(|e| e.id.to_string()).collect();
         let new_ids: std::collections::HashSet<&EntryId> = entries.iter().map(|e| &e.id).collect();
-        let removed: Vec<String> = st.entries.iter().filter(|e| !new_ids.contains(&e.id)).map(|e| e.id.to_string()).collect();
+        let removed: Vec<String> = before.entries().filter(|e| !new_ids.contains(&e.id)).map(|e| e.id.to_string()).collect();
         changed.extend(removed.iter().cloned());
         // Lua entries: a new version for each one whose code or bindings changed.
         let mut updated = Vec::new();
@@ -80,9 +78,8 @@ impl Live {
         }
         // (code that does not compile was refused by Plan::build, like a file that does not load)
         let lua_removed: Vec<String> = removed.iter().filter(|id| self.lua.entry(id).is_some()).cloned().collect();
-        let version = st.version + 1;
         self.lua.update_entries(updated, &lua_removed);
-        self.lua.set_registry(RegistryView { version, items: plan.registry.clone() });
+        let version = self.registry.commit(entries);
         self.lua.set_env_config(plan.env_config());
         for id in &plan.token_stores {
             self.lua.add_token_store(id);
@@ -123,14 +120,10 @@ impl Live {
                 }
             });
         }
-        st.version = version;
-        st.entries = entries.clone();
         if let Some(f) = files {
-            st.files = f;
+            *cur_files = f;
         }
-        st.history.push((version, entries));
         changed.sort();
-        drop(st);
         // on the system event bus (SPEC §12.7): system "wippy.registry", one "entry.changed"
         // per entry, then "version"
         for id in &changed {
@@ -144,72 +137,50 @@ impl Live {
 
     /// Reload the project from disk (an edit under `--watch`).
     pub fn reload(&self) -> Result<(u64, Vec<String>), LoadErrors> {
+        let mut files = self.files.lock();
         let project = Project::load(&self.root)?;
-        self.commit(project.entries, Some(project.files))
+        self.commit(&mut files, project.entries, Some(project.files))
     }
 
     fn entry_of(&self, item: RegistryItem) -> Result<Entry, Error> {
-        let id: EntryId = item.id.parse().map_err(|e: wippy_registry::EntryIdError| Error::invalid(e.to_string()))?;
-        let mut fields = match value_json(&item.data) {
-            serde_json::Value::Object(m) => m,
-            serde_json::Value::Null => serde_json::Map::new(),
-            _ => return Err(Error::invalid(format!("entry {id}: data must be a table"))),
-        };
-        let meta = match value_json(&item.meta) {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
-        let source = match fields.get("source").and_then(|v| v.as_str()) {
+        let mut e = item.to_entry()?;
+        e.source = match e.fields.get("source").and_then(|v| v.as_str()) {
             None => None,
             // read as a file's source is, with the same limits (relative to the source directory)
-            Some(s) => Some(self.project(Vec::new(), None).read_source(s, &id, &self.src).map_err(|e| Error::invalid(format!("entry {id}, field source: {e}")))?),
+            Some(s) => Some(self.project(Vec::new(), None).read_source(s, &e.id, &self.src).map_err(|err| Error::invalid(format!("entry {}, field source: {err}", e.id)))?),
         };
-        if source.is_none() {
-            fields.remove("source");
+        if e.source.is_none() {
+            e.fields.remove("source");
         }
-        let origin = Origin { file: "<registry>".into(), line: 0, column: 0, end_line: 0 };
-        Ok(Entry { id, kind: item.kind, meta, fields, origin, source })
+        Ok(e)
     }
 }
 
 impl RegistryWriter for Live {
     fn apply(&self, changes: Vec<RegistryChange>) -> Result<u64, Error> {
-        let mut entries = self.state.lock().entries.clone();
+        let mut files = self.files.lock();
+        let mut staged = Vec::with_capacity(changes.len());
         for c in changes {
-            match c {
-                RegistryChange::Create(item) => {
-                    let e = self.entry_of(item)?;
-                    if entries.iter().any(|x| x.id == e.id) {
-                        return Err(Error::already_exists(format!("entry {} already exists", e.id)));
-                    }
-                    entries.push(e);
-                }
-                RegistryChange::Update(item) => {
-                    let e = self.entry_of(item)?;
-                    let slot = entries.iter_mut().find(|x| x.id == e.id).ok_or_else(|| Error::not_found(format!("entry not found: {}", e.id)))?;
-                    *slot = e;
-                }
-                RegistryChange::Delete(id) => {
-                    let before = entries.len();
-                    entries.retain(|x| x.id.as_str() != id);
-                    if entries.len() == before {
-                        return Err(Error::not_found(format!("entry not found: {id}")));
-                    }
-                }
-            }
+            staged.push(match c {
+                RegistryChange::Create(item) => Change::Create(self.entry_of(item)?),
+                RegistryChange::Update(item) => Change::Update(self.entry_of(item)?),
+                RegistryChange::Delete(id) => Change::Delete(id.parse().map_err(|_| Error::not_found(format!("entry not found: {id}")))?),
+            });
         }
-        let (version, changed) = self.commit(entries, None).map_err(|e| Error::invalid(e.to_string()))?;
+        let entries = self.registry.snapshot().with(staged).map_err(|e| match e {
+            ChangeError::Exists(_) => Error::already_exists(e.to_string()),
+            ChangeError::Missing(_) => Error::not_found(e.to_string()),
+        })?;
+        let (version, changed) = self.commit(&mut files, entries, None).map_err(|e| Error::invalid(e.to_string()))?;
         tracing::info!(version, changed = %changed.join(", "), "registry changed");
         Ok(version)
     }
 
     fn apply_version(&self, version: u64) -> Result<u64, Error> {
-        let entries = {
-            let st = self.state.lock();
-            st.history.iter().find(|(v, _)| *v == version).map(|(_, e)| e.clone())
-        };
-        let entries = entries.ok_or_else(|| Error::not_found(format!("no registry version {version}")))?;
-        let (v, changed) = self.commit(entries, None).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut files = self.files.lock();
+        let snap = self.registry.snapshot_at(version).ok_or_else(|| Error::not_found(format!("no registry version {version}")))?;
+        let entries = snap.entries().map(|e| (**e).clone()).collect();
+        let (v, changed) = self.commit(&mut files, entries, None).map_err(|e| Error::invalid(e.to_string()))?;
         tracing::info!(version = v, from = version, changed = %changed.join(", "), "registry rolled back");
         Ok(v)
     }

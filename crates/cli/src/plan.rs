@@ -1,11 +1,11 @@
 //! From a loaded project to what the node boots: every entry checked by its kind's row of
-//! the kind table, the start order (dependencies first; a cycle is a load error), and the
-//! registry the `registry` module reads.
+//! the kind table, and the start order (dependencies first; a cycle is a load error). The
+//! entries themselves become the node's registry as they are (wippy_registry::Registry).
 
 use std::collections::BTreeMap;
 
-use wippy_lua::{LuaEntry, RegistryItem, ShardOptions};
-use wippy_registry::{start_order, Checker, Entry, EntryId, Index, Lifecycle, LoadError, LoadErrors, Project};
+use wippy_lua::{LuaEntry, ShardOptions};
+use wippy_registry::{start_order, Checker, EntryId, Index, Lifecycle, LoadError, LoadErrors, Project};
 use std::sync::Arc;
 
 use wippy_runtime::{Actor, HostConfig, Identity, Policy, Scope, Value};
@@ -94,7 +94,6 @@ pub struct Plan {
     pub token_stores: Vec<String>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
-    pub registry: Vec<RegistryItem>,
     pub policies: Vec<PolicyPlan>,
     /// Group names referenced by hosts and services: (entry, field, group), checked once
     /// every policy is known.
@@ -109,32 +108,6 @@ pub struct Plan {
 /// A YAML value as a runtime value (mappings become tables with string keys).
 pub fn json_value(v: &serde_json::Value) -> Value {
     wippy_http::json::from_json(v)
-}
-
-/// The inverse of [`json_value`]: a runtime value as YAML/JSON data (a table with only an
-/// array part is a list; other keys become strings).
-pub fn value_json(v: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        Value::Nil => J::Null,
-        Value::Bool(b) => J::Bool(*b),
-        Value::Int(i) => J::from(*i),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
-        Value::Str(b) => J::String(String::from_utf8_lossy(b).into_owned()),
-        Value::Table(t) if t.map.is_empty() && !t.array.is_empty() => J::Array(t.array.iter().map(value_json).collect()),
-        Value::Table(t) => {
-            let mut m = serde_json::Map::new();
-            for (i, x) in t.array.iter().enumerate() {
-                m.insert((i + 1).to_string(), value_json(x));
-            }
-            for (k, x) in &t.map {
-                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-                m.insert(key, value_json(x));
-            }
-            J::Object(m)
-        }
-        Value::Error(e) => J::String(e.message.clone()),
-    }
 }
 
 impl Plan {
@@ -179,7 +152,6 @@ impl Plan {
         plan.warnings.extend(project.warnings.iter().cloned());
         let mut errors = Vec::new();
         for entry in &project.entries {
-            plan.registry.push(registry_item(entry));
             let Some(kind) = kinds::find(&entry.kind) else {
                 let known: Vec<&str> = kinds::KINDS.iter().map(|k| k.name).collect();
                 let mut c = Checker::new(entry, &index);
@@ -310,15 +282,3 @@ impl Plan {
     }
 }
 
-fn registry_item(e: &Entry) -> RegistryItem {
-    let mut data = e.fields.clone();
-    if let Some(src) = &e.source {
-        data.insert("source".into(), serde_json::Value::String(src.name.clone()));
-    }
-    RegistryItem {
-        id: e.id.to_string(),
-        kind: e.kind.clone(),
-        meta: json_value(&serde_json::Value::Object(e.meta.clone())),
-        data: json_value(&serde_json::Value::Object(data)),
-    }
-}

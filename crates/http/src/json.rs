@@ -4,14 +4,25 @@
 use wippy_runtime::Value;
 
 pub fn to_json(v: &Value) -> serde_json::Value {
+    convert(v, true)
+}
+
+/// A value as YAML-like data (a registry entry's `meta` and `data`): the same, except that
+/// an empty table is an empty mapping.
+pub fn to_data(v: &Value) -> serde_json::Value {
+    convert(v, false)
+}
+
+fn convert(v: &Value, empty_is_array: bool) -> serde_json::Value {
     use serde_json::Value as J;
+    let to_json = |x: &Value| convert(x, empty_is_array);
     match v {
         Value::Nil => J::Null,
         Value::Bool(b) => J::Bool(*b),
         Value::Int(i) => J::from(*i),
         Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
         Value::Str(b) => J::String(String::from_utf8_lossy(b).into_owned()),
-        Value::Table(t) if t.map.is_empty() => J::Array(t.array.iter().map(to_json).collect()),
+        Value::Table(t) if t.map.is_empty() && (empty_is_array || !t.array.is_empty()) => J::Array(t.array.iter().map(to_json).collect()),
         Value::Table(t) => {
             let mut m = serde_json::Map::new();
             for (i, x) in t.array.iter().enumerate() {

@@ -13,6 +13,7 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+use wippy_registry::{Entry, EntryId, Origin, Registry};
 use wippy_runtime::{Error, NodeRef, Pid, Value};
 
 use crate::shard::{HostShards, ShardOptions};
@@ -102,13 +103,6 @@ pub struct RegistryItem {
     pub data: Value,
 }
 
-/// One version of the registry as Lua sees it.
-#[derive(Clone, Debug, Default)]
-pub struct RegistryView {
-    pub version: u64,
-    pub items: Vec<RegistryItem>,
-}
-
 /// One change of a registry transaction made from Lua.
 #[derive(Clone, Debug)]
 pub enum RegistryChange {
@@ -127,18 +121,20 @@ pub trait RegistryWriter: Send + Sync {
     fn apply_version(&self, version: u64) -> Result<u64, Error>;
 }
 
-/// How many registry versions Lua can reach through `versions()`/`history()`.
-pub(crate) const REGISTRY_HISTORY: usize = 256;
-
-impl Catalog {
-    /// Make `view` the current registry version and remember it.
-    pub(crate) fn set_registry_view(&self, view: Arc<RegistryView>) {
-        let mut h = self.registry_history.write();
-        h.insert(view.version, view.clone());
-        while h.len() > REGISTRY_HISTORY {
-            h.pop_first();
-        }
-        *self.registry.write() = view;
+impl RegistryItem {
+    /// The entry this item describes. A `source` in `data` stays a field: reading it is
+    /// the embedder's (it knows the project's directories).
+    pub fn to_entry(&self) -> Result<Entry, Error> {
+        let id: EntryId = self.id.parse().map_err(|e: wippy_registry::EntryIdError| Error::invalid(e.to_string()))?;
+        let data = |v: &Value, what: &str| match wippy_http::json::to_data(v) {
+            serde_json::Value::Object(m) => Ok(m),
+            serde_json::Value::Null => Ok(serde_json::Map::new()),
+            _ => Err(Error::invalid(format!("entry {id}: {what} must be a table"))),
+        };
+        let fields = data(&self.data, "data")?;
+        let meta = data(&self.meta, "meta").unwrap_or_default();
+        let origin = Origin { file: "<registry>".into(), line: 0, column: 0, end_line: 0 };
+        Ok(Entry { id, kind: self.kind.clone(), meta, fields, origin, source: None })
     }
 }
 
@@ -153,9 +149,8 @@ pub(crate) struct Catalog {
     pub(crate) compiles: AtomicU64,
     pub(crate) hosts: RwLock<FxHashMap<String, Arc<HostShards>>>,
     pub(crate) host_options: RwLock<HashMap<String, ShardOptions>>,
-    pub(crate) registry: RwLock<Arc<RegistryView>>,
-    /// The registry's versions Lua can go back to (the latest `REGISTRY_HISTORY`).
-    pub(crate) registry_history: RwLock<std::collections::BTreeMap<u64, Arc<RegistryView>>>,
+    /// The node's registry (shared with whoever changes it: the embedder's writer).
+    pub(crate) registry: RwLock<Arc<Registry>>,
     pub(crate) writer: RwLock<Option<Arc<dyn RegistryWriter>>>,
     pub(crate) env: RwLock<HashMap<String, String>>,
     pub(crate) env_config: RwLock<Arc<crate::envstore::EnvConfig>>,
@@ -173,8 +168,7 @@ impl Catalog {
             compiles: AtomicU64::new(0),
             hosts: RwLock::new(FxHashMap::default()),
             host_options: RwLock::new(HashMap::new()),
-            registry: RwLock::new(Arc::new(RegistryView::default())),
-            registry_history: RwLock::new(Default::default()),
+            registry: RwLock::new(Arc::new(Registry::default())),
             writer: RwLock::new(None),
             env: RwLock::new(HashMap::new()),
             env_config: RwLock::new(Arc::default()),

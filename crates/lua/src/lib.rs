@@ -27,7 +27,7 @@ use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 pub mod envstore;
 pub mod tokens;
 pub use envstore::EnvConfig;
-pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryView, RegistryWriter};
+pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
 pub use modules::system::resident_bytes;
@@ -87,16 +87,15 @@ impl LuaRuntime {
         self.catalog.host_options.write().insert(host.to_string(), options);
     }
 
-    /// An entry the `registry` module shows.
-    pub fn add_registry_item(&self, item: RegistryItem) {
-        let mut view = (**self.catalog.registry.read()).clone();
-        view.items.push(item);
-        self.catalog.set_registry_view(Arc::new(view));
+    /// Add (or replace) an entry the `registry` module shows, as a new version.
+    pub fn add_registry_item(&self, item: RegistryItem) -> Result<u64, Error> {
+        let entry = item.to_entry()?;
+        self.catalog.registry.read().apply([wippy_registry::Change::Put(entry)]).map_err(|e| Error::invalid(e.to_string()))
     }
 
-    /// What the `registry` module shows from now on (a new version of it).
-    pub fn set_registry(&self, view: RegistryView) {
-        self.catalog.set_registry_view(Arc::new(view));
+    /// The registry the `registry` module reads (its writer, if any, changes the same one).
+    pub fn set_registry(&self, registry: Arc<wippy_registry::Registry>) {
+        *self.catalog.registry.write() = registry;
     }
 
     /// Let Lua write the registry (`registry.changes()`, `apply_version`) through `writer`.

@@ -214,7 +214,7 @@ fn logger_env_payload_registry() {
     meta.set("type", "config");
     let mut data = Table::new();
     data.set("port", 8080);
-    h.lua.add_registry_item(RegistryItem { id: "app:cfg".into(), kind: "registry.entry".into(), meta: Value::table(meta), data: Value::table(data) });
+    h.lua.add_registry_item(RegistryItem { id: "app:cfg".into(), kind: "registry.entry".into(), meta: Value::table(meta), data: Value::table(data) }).unwrap();
     let v = h.ok(r#"
         logger:info("hello", {k = 1})
         local l = logger:with({req = "r1"}):named("sub")
@@ -519,9 +519,9 @@ fn registry_find_criteria_snapshots_and_deltas_as_spec_12_6() {
     };
     let mut tags = Table::new();
     tags.array = vec![Value::str("red"), Value::str("blue")];
-    h.lua.add_registry_item(item("app:users", "function.lua", &[("type", Value::str("handler")), ("tags", Value::table(tags))]));
-    h.lua.add_registry_item(item("app:orders", "process.lua", &[("type", Value::str("service")), ("title", Value::str("Order book"))]));
-    h.lua.add_registry_item(item("lib:util", "library.lua", &[]));
+    h.lua.add_registry_item(item("app:users", "function.lua", &[("type", Value::str("handler")), ("tags", Value::table(tags))])).unwrap();
+    h.lua.add_registry_item(item("app:orders", "process.lua", &[("type", Value::str("service")), ("title", Value::str("Order book"))])).unwrap();
+    h.lua.add_registry_item(item("lib:util", "library.lua", &[])).unwrap();
     let v = h.ok(r#"
         local function ids(list) local o = {} for i, e in ipairs(list) do o[i] = e.id end table.sort(o) return table.concat(o, ",") end
         assert(ids(registry.find({ [".kind"] = "*.lua", [".ns"] = "app" })) == "app:orders,app:users")

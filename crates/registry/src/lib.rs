@@ -24,4 +24,4 @@ pub use error::{truncate, LoadError, LoadErrors};
 pub use id::{EntryId, EntryIdError};
 pub use load::Project;
 pub use order::start_order;
-pub use store::{Change, Registry, Snapshot};
+pub use store::{Change, ChangeError, Registry, Snapshot, HISTORY};

@@ -65,7 +65,7 @@ fn snapshots_stay_consistent_while_versions_move_on() {
     assert_eq!((v1.version, v1.len()), (1, 3));
 
     extra.id = "app.extra:more".parse().unwrap();
-    let v = reg.apply([Change::Put(extra), Change::Delete("app.core:processes".parse().unwrap())]);
+    let v = reg.apply([Change::Put(extra), Change::Delete("app.core:processes".parse().unwrap())]).unwrap();
     assert_eq!(v, 2);
     let v2 = reg.snapshot();
     assert_eq!(v2.version, 2);

@@ -13,7 +13,9 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_runtime::{Error, Value};
 
 use super::{bad_arg, fail};
-use crate::catalog::{Catalog, RegistryChange, RegistryItem, RegistryView};
+use wippy_registry::{Entry, Snapshot as View};
+
+use crate::catalog::{Catalog, RegistryChange, RegistryItem};
 use crate::convert::{from_value, to_value, Marks};
 use crate::current;
 
@@ -26,28 +28,46 @@ fn item_table(lua: &Lua, it: &RegistryItem) -> mlua::Result<Table> {
     Ok(t)
 }
 
+/// An entry as Lua sees it: `{id, kind, meta, data}`, with `data.source` the source's name.
+fn entry_table(lua: &Lua, e: &Entry) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set("id", e.id.as_str())?;
+    t.raw_set("kind", e.kind.as_str())?;
+    let mut data = e.fields.clone();
+    if let Some(src) = &e.source {
+        data.insert("source".into(), serde_json::Value::String(src.name.clone()));
+    }
+    t.raw_set("meta", from_value(lua, &json(serde_json::Value::Object(e.meta.clone())))?)?;
+    t.raw_set("data", from_value(lua, &json(serde_json::Value::Object(data)))?)?;
+    Ok(t)
+}
+
+fn json(v: serde_json::Value) -> Value {
+    wippy_http::json::from_json(&v)
+}
+
 /// `value` against a glob with at most one `*`.
 fn glob(pattern: &str, value: &str) -> bool {
     wippy_runtime::events::glob_match(pattern, value)
 }
 
-fn meta_at<'a>(it: &'a RegistryItem, path: &str) -> Option<&'a Value> {
-    let mut cur = &it.meta;
-    for part in path.split('.') {
-        cur = cur.as_table().and_then(|t| t.get_str(part))?;
+fn meta_at(e: &Entry, path: &str) -> Option<Value> {
+    let mut parts = path.split('.');
+    let mut cur = e.meta.get(parts.next()?)?;
+    for part in parts {
+        cur = cur.as_object()?.get(part)?;
     }
-    Some(cur)
+    Some(wippy_http::json::from_json(cur))
 }
 
 /// One criterion of `find` (SPEC §12.6.1; a bare `kind`/`ns`/`name`/`id` means `.kind`...,
 /// any other bare key `meta.K`: ours).
-fn matches(it: &RegistryItem, key: &str, want: &Value) -> bool {
-    let (ns, name) = it.id.split_once(':').unwrap_or(("", it.id.as_str()));
+fn matches(it: &Entry, key: &str, want: &Value) -> bool {
     let own = |field: &str| -> Option<&str> {
         match field {
             "kind" => Some(it.kind.as_str()),
-            "ns" | "namespace" => Some(ns),
-            "name" => Some(name),
+            "ns" | "namespace" => Some(it.id.namespace()),
+            "name" => Some(it.id.name()),
             "id" => Some(it.id.as_str()),
             _ => None,
         }
@@ -63,12 +83,12 @@ fn matches(it: &RegistryItem, key: &str, want: &Value) -> bool {
     let path = rest.strip_prefix("meta.").unwrap_or(rest);
     let Some(have) = meta_at(it, path) else { return false };
     match op {
-        None => match (have, want) {
+        None => match (&have, want) {
             // a list of strings as the value: meta[K] holds all of them
             (Value::Table(h), Value::Table(w)) if !w.array.is_empty() && w.map.is_empty() && w.array.iter().all(|x| x.as_str().is_some()) => {
                 w.array.iter().all(|x| h.array.iter().any(|y| y == x))
             }
-            _ => have == want,
+            _ => &have == want,
         },
         Some(op) => {
             let Some(pat) = want.as_str() else { return false };
@@ -78,7 +98,7 @@ fn matches(it: &RegistryItem, key: &str, want: &Value) -> bool {
                 '^' => s.starts_with(pat),
                 _ => s.ends_with(pat),
             };
-            match have {
+            match &have {
                 Value::Table(t) if op == '*' => t.array.iter().any(|x| x.as_str().is_some_and(test)),
                 other => other.as_str().is_some_and(test),
             }
@@ -86,19 +106,19 @@ fn matches(it: &RegistryItem, key: &str, want: &Value) -> bool {
     }
 }
 
-fn get(lua: &Lua, view: &RegistryView, id: &LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
+fn get(lua: &Lua, view: &View, id: &LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
     let LuaValue::String(id) = id else { return Err(bad_arg(1, "get", "string", id)) };
     let id = id.to_str()?.to_string();
     if !may_read(&id) {
         return fail(lua, wippy_runtime::denied("registry.get", &id));
     }
-    match view.items.iter().find(|i| i.id == id) {
-        Some(it) => Ok((LuaValue::Table(item_table(lua, it)?), LuaValue::Nil)),
+    match view.get_str(&id) {
+        Some(e) => Ok((LuaValue::Table(entry_table(lua, e)?), LuaValue::Nil)),
         None => fail(lua, Error::not_found(format!("entry not found: {id}"))),
     }
 }
 
-fn find(lua: &Lua, view: &RegistryView, q: &LuaValue) -> mlua::Result<Table> {
+fn find(lua: &Lua, view: &View, q: &LuaValue) -> mlua::Result<Table> {
     let LuaValue::Table(q) = q else { return Err(bad_arg(1, "find", "table", q)) };
     let mut wants = Vec::new();
     for pair in q.clone().pairs::<String, LuaValue>() {
@@ -117,10 +137,10 @@ fn find(lua: &Lua, view: &RegistryView, q: &LuaValue) -> mlua::Result<Table> {
     }
     let out = lua.create_table()?;
     let mut n = 0;
-    for it in &view.items {
-        if wants.iter().all(|(k, v)| matches(it, k, v)) && may_read(&it.id) {
+    for it in view.entries() {
+        if wants.iter().all(|(k, v)| matches(it, k, v)) && may_read(it.id.as_str()) {
             n += 1;
-            out.raw_set(n, item_table(lua, it)?)?;
+            out.raw_set(n, entry_table(lua, it)?)?;
         }
     }
     Ok(out)
@@ -134,13 +154,12 @@ struct Version {
 }
 
 impl Version {
-    fn view(&self) -> Option<Arc<RegistryView>> {
-        self.catalog.upgrade()?.registry_history.read().get(&self.id).cloned()
+    fn view(&self) -> Option<Arc<View>> {
+        self.catalog.upgrade()?.registry.read().snapshot_at(self.id)
     }
     fn near(&self, id: u64) -> Option<Version> {
-        let c = self.catalog.upgrade()?;
-        let known = c.registry_history.read().contains_key(&id);
-        known.then(|| Version { id, catalog: self.catalog.clone() })
+        let v = Version { id, catalog: self.catalog.clone() };
+        v.view().map(|_| v)
     }
 }
 
@@ -156,14 +175,14 @@ impl UserData for Version {
 }
 
 struct Snapshot {
-    view: Arc<RegistryView>,
+    view: Arc<View>,
     catalog: Weak<Catalog>,
 }
 
-fn entries_table(lua: &Lua, items: impl Iterator<Item = RegistryItem>) -> mlua::Result<Table> {
+fn entries_table<'a>(lua: &Lua, items: impl Iterator<Item = &'a Arc<Entry>>) -> mlua::Result<Table> {
     let out = lua.create_table()?;
     for (i, it) in items.enumerate() {
-        out.raw_set(i + 1, item_table(lua, &it)?)?;
+        out.raw_set(i + 1, entry_table(lua, it)?)?;
     }
     Ok(out)
 }
@@ -175,7 +194,7 @@ impl UserData for Snapshot {
         m.add_method("find", |lua, s, q: LuaValue| find(lua, &s.view, &q));
         m.add_method("entries", |lua, s, ()| Ok((entries_table(lua, readable(&s.view))?, LuaValue::Nil)));
         m.add_method("namespace", |lua, s, ns: String| {
-            entries_table(lua, readable(&s.view).filter(|it| it.id.split_once(':').map(|(n, _)| n) == Some(ns.as_str())))
+            entries_table(lua, readable(&s.view).filter(|it| it.id.namespace() == ns))
         });
         m.add_method("changes", |_, s, ()| Ok(ChangeSet { catalog: s.catalog.clone(), changes: Vec::new() }));
         m.add_meta_method(mlua::MetaMethod::ToString, |_, s, ()| Ok(format!("registry.Snapshot{{version={}}}", s.view.version)));
@@ -183,8 +202,8 @@ impl UserData for Snapshot {
 }
 
 /// The entries of `view` the running process may read (`registry.get` on each ID).
-fn readable(view: &RegistryView) -> impl Iterator<Item = RegistryItem> + '_ {
-    view.items.iter().filter(|it| may_read(&it.id)).cloned()
+fn readable(view: &View) -> impl Iterator<Item = &Arc<Entry>> + '_ {
+    view.entries().filter(|it| may_read(it.id.as_str()))
 }
 
 fn may_read(id: &str) -> bool {
@@ -197,8 +216,8 @@ struct History(Weak<Catalog>);
 fn versions_table(lua: &Lua, catalog: &Weak<Catalog>) -> mlua::Result<Table> {
     let out = lua.create_table()?;
     if let Some(c) = catalog.upgrade() {
-        for (i, id) in c.registry_history.read().keys().enumerate() {
-            out.raw_set(i + 1, Version { id: *id, catalog: catalog.clone() })?;
+        for (i, id) in c.registry.read().versions().into_iter().enumerate() {
+            out.raw_set(i + 1, Version { id, catalog: catalog.clone() })?;
         }
     }
     Ok(out)
@@ -220,7 +239,7 @@ fn snapshot_at(lua: &Lua, catalog: &Weak<Catalog>, v: &LuaValue, zero_ok: bool) 
         return fail(lua, Error::invalid(format!("registry: invalid version {n}")));
     }
     let Some(c) = catalog.upgrade() else { return fail(lua, Error::unavailable("the registry is gone")) };
-    let view = c.registry_history.read().get(&(n as u64)).cloned();
+    let view = c.registry.read().snapshot_at(n as u64);
     match view {
         Some(view) => Ok((LuaValue::UserData(lua.create_userdata(Snapshot { view, catalog: catalog.clone() })?), LuaValue::Nil)),
         None => fail(lua, Error::not_found(format!("registry version {n} not found"))),
@@ -440,7 +459,7 @@ fn build_delta(lua: &Lua, from: &LuaValue, to: &LuaValue) -> mlua::Result<(LuaVa
 
 pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    let view = |c: &Weak<Catalog>| c.upgrade().map(|c| c.registry.read().clone()).unwrap_or_default();
+    let view = |c: &Weak<Catalog>| c.upgrade().map(|c| c.registry.read().snapshot()).unwrap_or_default();
     let c = catalog.clone();
     t.raw_set("get", lua.create_function(move |lua, id: LuaValue| get(lua, &view(&c), &id))?)?;
     let c = catalog.clone();
