@@ -171,6 +171,15 @@ fn send_errors() {
         assert(ok7 == nil and err7:kind() == errors.INVALID)
         local ok8, msg8 = pcall(process.send, 42, "t")
         assert(not ok8 and msg8:find("bad argument #1 to 'send' %(string expected, got number%)"), msg8)
+        -- the path names every level, and the payload's position
+        local ok9, err9 = process.send(process.pid(), "t", 1, {a = {5, {b = coroutine.create(print)}}})
+        assert(ok9 == nil and tostring(err9):find("payload 2: field 'a.2.b': a coroutine cannot be sent to another process", 1, true), tostring(err9))
+        -- error objects cross, inside tables too, with kind and message
+        assert(process.send(process.pid(), "e", {e = errors.new({kind = errors.NOT_FOUND, message = "gone"}), list = {errors.new("inner")}}))
+        local m = process.inbox():receive()
+        local d = m:payload():data()
+        assert(m:topic() == "e" and d.e:kind() == errors.NOT_FOUND and d.e:message() == "gone", tostring(d.e))
+        assert(d.list[1]:message() == "inner", tostring(d.list[1]))
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

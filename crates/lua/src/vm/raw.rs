@@ -1,8 +1,6 @@
-//! The hot paths through the raw C API: runtime values pushed onto (every one: [`push`])
-//! and read from a Lua stack, and `process.send`. When reading, anything unusual (error
-//! objects, functions, cycles, channels, deep nesting) is left to the mlua path in
-//! `convert`, which also words the errors; the readers here answer "not here" (`None`)
-//! instead of failing.
+//! The hot paths through the raw C API and the one value codec: runtime values pushed onto
+//! a Lua stack ([`push`]) and read from one ([`read`]; [`to_lua`] and [`from_lua`] are the
+//! two on a stack of their own, for mlua callers), and `process.send`/`process.spawn`.
 //!
 //! Must never: raise a Lua error from Rust (no longjmp over Rust frames) or touch a VM
 //! outside a turn of its shard.
@@ -117,16 +115,48 @@ pub(crate) fn push_room(v: &Value) -> usize {
     }
 }
 
-/// Read the value at stack index `idx` of the running C function (not a pseudo-index), or
-/// `None` when it needs the mlua path.
+/// Why a Lua value cannot become a runtime value: where in it (the field path, innermost
+/// first while it is built on the way out) and why.
+pub(crate) struct Refused {
+    path: Vec<String>,
+    why: String,
+}
+
+impl Refused {
+    fn new(why: impl Into<String>) -> Box<Refused> {
+        Box::new(Refused { path: Vec::new(), why: why.into() })
+    }
+    fn cannot_send(what: &str) -> Box<Refused> {
+        Refused::new(format!("{what} cannot be sent to another process"))
+    }
+    /// The refusal in words; `what` names the value ("payload 2", "argument 1").
+    pub(crate) fn describe(&self, what: &str) -> String {
+        if self.path.is_empty() {
+            format!("{what}: {}", self.why)
+        } else {
+            let field: Vec<&str> = self.path.iter().rev().map(String::as_str).collect();
+            format!("{what}: field '{}': {}", field.join("."), self.why)
+        }
+    }
+}
+
+type Read = Result<Value, Box<Refused>>;
+
+/// Read the value at stack index `idx` of the running C function (not a pseudo-index):
+/// **the one reader of Lua values** (deep copies, cycles refused, binary-safe strings,
+/// integers kept integers, error objects kept; what cannot cross a process boundary —
+/// functions, coroutines, channels, message objects, other userdata — is refused, naming
+/// the field). Plain data is read straight from the stack slots; only an error object
+/// goes through mlua.
 ///
 /// # Safety
-/// `l` is the running C function's thread and `idx` a valid index of its frame.
-pub(crate) unsafe fn read(l: *mut ffi::lua_State, idx: c_int, marks: &Marks) -> Option<Value> {
+/// `l` is a thread of `lua`'s VM, running a C function whose frame `idx` is a valid index
+/// of.
+pub(crate) unsafe fn read(lua: &mlua::Lua, l: *mut ffi::lua_State, idx: c_int, marks: &Marks) -> Read {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         let mut seen = Vec::new();
-        read_at(l, ffi::lua_absindex(l, idx), marks, &mut seen)
+        read_at(lua, l, ffi::lua_absindex(l, idx), marks, &mut seen)
     }
 }
 
@@ -134,55 +164,117 @@ pub(crate) unsafe fn read(l: *mut ffi::lua_State, idx: c_int, marks: &Marks) -> 
 ///
 /// # Safety
 /// As [`read`], with `idx` absolute.
-unsafe fn read_at(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Option<Value> {
+unsafe fn read_at(lua: &mlua::Lua, l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Read {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         // Plain values straight from the stack slot (layout.rs; the frame is found again on
         // every call, since reading a table may grow the stack).
         match layout::plain(layout::slot(layout::frame(l).1, idx as usize)) {
-            Some(layout::Plain::Nil) => return Some(Value::Nil),
-            Some(layout::Plain::Bool(b)) => return Some(Value::Bool(b)),
-            Some(layout::Plain::Int(x)) => return Some(Value::Int(x)),
-            Some(layout::Plain::Float(x)) => return Some(Value::Float(x)),
-            Some(layout::Plain::Str(b)) => return Some(Value::bytes(b)),
-            Some(layout::Plain::LightUserdata(_)) => return None,
+            Some(layout::Plain::Nil) => return Ok(Value::Nil),
+            Some(layout::Plain::Bool(b)) => return Ok(Value::Bool(b)),
+            Some(layout::Plain::Int(x)) => return Ok(Value::Int(x)),
+            Some(layout::Plain::Float(x)) => return Ok(Value::Float(x)),
+            Some(layout::Plain::Str(b)) => return Ok(Value::bytes(b)),
+            Some(layout::Plain::LightUserdata(_)) => return Err(Refused::cannot_send("a light userdata")),
             None => {}
         }
         match ffi::lua_type(l, idx) {
             ffi::LUA_TTABLE => {
-                if seen.len() >= MAX_DEPTH || ffi::lua_checkstack(l, 4) == 0 {
-                    return None;
-                }
                 if ffi::lua_getmetatable(l, idx) != 0 {
                     let mt = ffi::lua_topointer(l, -1) as usize;
                     ffi::lua_pop(l, 1);
+                    if mt == marks.channel {
+                        return Err(Refused::cannot_send("a channel"));
+                    }
+                    if mt == marks.message {
+                        return Err(Refused::cannot_send("a message object (send its payload instead)"));
+                    }
                     if mt == marks.payload {
                         ffi::lua_rawgeti(l, idx, 1);
-                        let v = read_at(l, ffi::lua_gettop(l), marks, seen);
+                        let v = read_at(lua, l, ffi::lua_gettop(l), marks, seen);
                         ffi::lua_pop(l, 1);
                         return v;
-                    }
-                    if mt == marks.channel || mt == marks.message {
-                        return None;
                     }
                 }
                 let ptr = ffi::lua_topointer(l, idx);
                 if seen.contains(&ptr) {
-                    return None;
+                    return Err(Refused::new("the table contains a cycle"));
+                }
+                if seen.len() >= MAX_DEPTH {
+                    return Err(Refused::new(format!("tables nested deeper than {MAX_DEPTH}")));
+                }
+                if ffi::lua_checkstack(l, 4) == 0 {
+                    return Err(Refused::new("not enough Lua stack to read it"));
                 }
                 seen.push(ptr);
-                let r = read_table(l, idx, marks, seen);
+                let r = read_table(lua, l, idx, marks, seen);
                 seen.pop();
                 r
             }
-            _ => None,
+            ffi::LUA_TUSERDATA => userdata(lua, l, idx),
+            ffi::LUA_TFUNCTION => Err(Refused::cannot_send("a function")),
+            ffi::LUA_TTHREAD => Err(Refused::cannot_send("a coroutine")),
+            _ => Err(Refused::cannot_send("this value")),
+        }
+    }
+}
+
+/// A userdata: an error object becomes the error it holds (mlua owns that type, so it is
+/// read through mlua); anything else is refused.
+///
+/// # Safety
+/// As [`read_at`].
+#[cold]
+unsafe fn userdata(lua: &mlua::Lua, l: *mut ffi::lua_State, idx: c_int) -> Read {
+    let v = lua.exec_raw_lua(|raw| {
+        let state = raw.state();
+        // SAFETY: `l` and `state` are threads of this VM (the caller's contract); the copy
+        // goes onto `state`'s top (moved there when it is another thread) and is popped
+        // again as an mlua value, so no frame changes under `idx`.
+        unsafe {
+            if ffi::lua_checkstack(l, 1) == 0 || ffi::lua_checkstack(state, 1) == 0 {
+                return None;
+            }
+            ffi::lua_pushvalue(l, idx);
+            if state != l {
+                ffi::lua_xmove(l, state, 1);
+            }
+            Some(raw.pop_value())
+        }
+    });
+    match v {
+        Some(mlua::Value::UserData(ud)) => match ud.borrow::<crate::modules::errors::LuaError>() {
+            Ok(e) => Ok(Value::Error(std::sync::Arc::new(e.error.clone()))),
+            // a channel is held as a userdata handle whose metatable's __name is "channel"
+            // (written "channel: 0x..." by tostring; mlua's type_name only reads its own types)
+            Err(_) if mlua::Value::UserData(ud.clone()).to_string().is_ok_and(|t| t.starts_with("channel: ")) => Err(Refused::cannot_send("a channel")),
+            Err(_) => Err(Refused::cannot_send("a userdata value")),
+        },
+        Some(mlua::Value::Error(e)) => Ok(Value::Error(std::sync::Arc::new(wippy_runtime::Error::internal(e.to_string())))),
+        _ => Err(Refused::cannot_send("a userdata value")),
+    }
+}
+
+/// How a table key is named in a field path.
+///
+/// # Safety
+/// As [`read_at`]; `idx` holds the key.
+unsafe fn key_name(l: *mut ffi::lua_State, idx: c_int) -> String {
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TSTRING => String::from_utf8_lossy(bytes_at(l, idx)).into_owned(),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, idx) != 0 => ffi::lua_tointeger(l, idx).to_string(),
+            ffi::LUA_TNUMBER => ffi::lua_tonumber(l, idx).to_string(),
+            ffi::LUA_TBOOLEAN => (ffi::lua_toboolean(l, idx) != 0).to_string(),
+            _ => "<key>".to_string(),
         }
     }
 }
 
 /// # Safety
-/// As [`read_at`]; the value at `idx` is a table.
-unsafe fn read_table(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Option<Value> {
+/// As [`read_at`]; the value at `idx` is a table, with 4 free slots.
+unsafe fn read_table(lua: &mlua::Lua, l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &mut Vec<*const c_void>) -> Read {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         let mut out = Table::new();
@@ -198,9 +290,15 @@ unsafe fn read_table(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &m
                     out.array.clear();
                     break;
                 }
-                let v = read_at(l, ffi::lua_gettop(l), marks, seen);
+                let v = read_at(lua, l, ffi::lua_gettop(l), marks, seen);
                 ffi::lua_pop(l, 1);
-                out.array.push(v?);
+                match v {
+                    Ok(v) => out.array.push(v),
+                    Err(mut r) => {
+                        r.path.push(i.to_string());
+                        return Err(r);
+                    }
+                }
             }
         }
         let skip = if array { len as i64 } else { 0 };
@@ -214,19 +312,41 @@ unsafe fn read_table(l: *mut ffi::lua_State, idx: c_int, marks: &Marks, seen: &m
                     continue;
                 }
             }
-            let k = read_at(l, top - 1, marks, seen);
-            let v = read_at(l, top, marks, seen);
-            ffi::lua_pop(l, 1);
-            match (k, v) {
-                (Some(k), Some(v)) => out.map.push((k, v)),
-                _ => {
+            let kv = read_at(lua, l, top - 1, marks, seen).and_then(|k| read_at(lua, l, top, marks, seen).map(|v| (k, v)));
+            match kv {
+                Ok((k, v)) => {
                     ffi::lua_pop(l, 1);
-                    return None;
+                    out.map.push((k, v));
+                }
+                Err(mut r) => {
+                    r.path.push(key_name(l, top - 1));
+                    ffi::lua_pop(l, 2);
+                    return Err(r);
                 }
             }
         }
-        Some(Value::table(out))
+        Ok(Value::table(out))
     }
+}
+
+/// A Lua value as a runtime value ([`read`] on a stack of its own).
+pub(crate) fn from_lua(v: &mlua::Value, marks: &Marks) -> Read {
+    match v {
+        // (no stack needed)
+        mlua::Value::Nil => return Ok(Value::Nil),
+        mlua::Value::Boolean(b) => return Ok(Value::Bool(*b)),
+        mlua::Value::Integer(i) => return Ok(Value::Int(*i)),
+        mlua::Value::Number(n) => return Ok(Value::Float(*n)),
+        _ => {}
+    }
+    let Some(lua) = v.weak_lua().and_then(|w| w.try_upgrade()) else { return Err(Refused::new("its Lua state is gone")) };
+    let lua = &lua;
+    let mut out = Err(Refused::new("the value could not be read"));
+    // SAFETY: exec_raw's protected call: a C function frame on a stack of this VM, with
+    // `v` as its argument 1.
+    let called: mlua::Result<()> = unsafe { lua.exec_raw(v, |state| out = read(lua, state, 1, marks)) };
+    called.map_err(|e| Refused::new(e.to_string()))?;
+    out
 }
 
 /// Push a PID's string form (`""` for nobody). `cache` keeps the last one made (a
@@ -349,11 +469,14 @@ unsafe fn spawn_fast(l: *mut ffi::lua_State) -> c_int {
         let (Some(entry), Some(host)) = (str_at(l, 1), str_at(l, 2)) else { return 0 };
         let r = current::with(|cx, st| {
             let marks = st.shard.marks;
+            // (inside a step of this thread's turn: the caller's contract)
+            let Some(vm) = super::current() else { return Ok(None) };
             let mut args = Vec::with_capacity((n - 2) as usize);
             for i in 3..=n {
-                match read(l, i, &marks) {
-                    Some(v) => args.push(v),
-                    None => return Ok(None),
+                match read(&vm.lua, l, i, &marks) {
+                    Ok(v) => args.push(v),
+                    // (the full spawn words the refusal)
+                    Err(_) => return Ok(None),
                 }
             }
             Ok(Some(cx.spawn_on(host, wippy_runtime::Spawn::entry(entry).args(args))))
@@ -463,11 +586,13 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         };
         let r = current::with(|cx, st| {
             let marks = st.shard.marks;
+            // (inside a step of this thread's turn: the caller's contract)
+            let Some(vm) = super::current() else { return Ok(None) };
             let mut payload = Payload::new();
             for i in 3..=n {
-                match read(l, i, &marks) {
-                    Some(v) => payload.push(v),
-                    None => return Ok(None),
+                match read(&vm.lua, l, i, &marks) {
+                    Ok(v) => payload.push(v),
+                    Err(r) => return Ok(Some(Err(wippy_runtime::Error::invalid(r.describe(&format!("payload {}", i - 2)))))),
                 }
             }
             let dest = match &st.last_dest {
