@@ -1,6 +1,8 @@
 //! The entry kinds a `wippy` node knows: one table, one row per kind. A row's check reads
 //! the entry's fields (defaults, durations, references) and adds what the kind needs to
-//! the [`Plan`] the node boots from. Adding a kind touches this file only.
+//! the [`Plan`] the node boots from. Adding a kind is a row here and its check; a kind
+//! that needs something new at boot also adds a field to `Plan` (plan.rs) and reads it in
+//! `boot.rs` (a service kind: `service_specs`).
 
 use std::sync::Arc;
 

@@ -2,7 +2,8 @@
 //! pool), its limits, and its run state. Hosts never share load with each other.
 //!
 //! The host counts its live processes (for `max_processes` and for shutdown); it does not
-//! know what the processes are. Security boundaries plug in here later.
+//! know what the processes are. Its security boundary (SPEC §7.3: who may send in and out,
+//! the actor processes run as) is checked by `Context` on every send and spawn across it.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};

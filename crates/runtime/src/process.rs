@@ -3,7 +3,8 @@
 //! commands yielded through the [`Context`](crate::Context) for everything that waits.
 //!
 //! Lua processes and native Rust processes implement the same trait; the runtime never
-//! knows which one it is stepping. This module holds types only, no behaviour.
+//! knows which one it is stepping. This module holds the types and their small accessors;
+//! stepping a process is `step.rs`, what a step may do is `context.rs`.
 
 use std::fmt;
 use std::future::Future;

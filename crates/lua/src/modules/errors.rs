@@ -120,6 +120,23 @@ pub(crate) fn error_from_lua(v: &LuaValue) -> Error {
     }
 }
 
+/// `e` wrapped with `context` (SPEC §12.1.4): the wrapper's message is the inner error's
+/// full text and the new context is kept beside it, with the call stack here. `plain` is
+/// the error to wrap when `e` is not an error object.
+pub(crate) fn wrap(lua: &Lua, e: &LuaValue, plain: Option<Error>, context: String) -> LuaError {
+    let inner = match e {
+        LuaValue::UserData(ud) => ud.borrow::<LuaError>().ok().map(|inner| {
+            let mut err = inner.error.clone();
+            err.message = inner.full_text();
+            (err, inner.links.clone())
+        }),
+        _ => None,
+    };
+    let (error, mut links) = inner.unwrap_or_else(|| (plain.unwrap_or_else(|| error_from_lua(e)), Vec::new()));
+    links.insert(0, Link { context: Some(context.clone()), frames: std::sync::Arc::new(capture(lua)) });
+    LuaError { error, context: Some(context), links }
+}
+
 /// A table raised (`error({code = 1})`) or returned as an error (`return nil, {msg = "x"}`):
 /// an error object keeping its fields. Its message is its `message`, `msg` or `error`
 /// string (else the table written out), its kind and retryable its `kind` and `retryable`
@@ -250,25 +267,12 @@ pub(crate) fn library(lua: &Lua, marks: std::sync::Arc<parking_lot::Mutex<Marks>
                 LuaValue::UserData(ud) if ud.borrow::<LuaError>().is_ok() => ud.borrow::<LuaError>()?.error.message.clone(),
                 other => return Err(super::bad_arg(2, "wrap", "string", other)),
             };
-            // the wrapper's message is the inner error's full text; the new context is kept
-            // beside it (SPEC §12.1.4)
-            let (mut error, mut links) = match &e {
-                LuaValue::UserData(ud) => match ud.borrow::<LuaError>() {
-                    Ok(inner) => {
-                        let mut err = inner.error.clone();
-                        err.message = inner.full_text();
-                        (err, inner.links.clone())
-                    }
-                    Err(_) => return Err(super::bad_arg(1, "wrap", "error or string", &e)),
-                },
-                LuaValue::String(s) => (Error::new(ErrorKind::Unknown, s.to_string_lossy().to_string()), Vec::new()),
+            let inner = match &e {
+                LuaValue::UserData(ud) if ud.borrow::<LuaError>().is_ok() => None,
+                LuaValue::String(s) => Some(Error::new(ErrorKind::Unknown, s.to_string_lossy().to_string())),
                 other => return Err(super::bad_arg(1, "wrap", "error or string", other)),
             };
-            if matches!(e, LuaValue::String(_)) {
-                error.retryable = None;
-            }
-            links.insert(0, Link { context: Some(context.clone()), frames: std::sync::Arc::new(capture(lua)) });
-            lua.create_userdata(LuaError { error, context: Some(context), links })
+            lua.create_userdata(wrap(lua, &e, inner, context))
         })?,
     )?;
     t.raw_set(

@@ -126,20 +126,9 @@ pub(crate) fn install(
     r.raw_set(
         "wrap_kind",
         lua.create_function(|lua, (e, ctx, kind): (LuaValue, String, String)| {
-            let (mut error, mut links) = match &e {
-                LuaValue::UserData(ud) => match ud.borrow::<LuaError>() {
-                    Ok(inner) => {
-                        let mut err = inner.error.clone();
-                        err.message = inner.full_text();
-                        (err, inner.links.clone())
-                    }
-                    Err(_) => (errors::error_from_lua(&e), Vec::new()),
-                },
-                other => (errors::error_from_lua(other), Vec::new()),
-            };
-            error.kind = ErrorKind::parse(&kind).unwrap_or(ErrorKind::Internal);
-            links.insert(0, errors::Link { context: Some(ctx.clone()), frames: std::sync::Arc::new(errors::capture(lua)) });
-            lua.create_userdata(LuaError { error, context: Some(ctx), links })
+            let mut w = errors::wrap(lua, &e, None, ctx);
+            w.error.kind = ErrorKind::parse(&kind).unwrap_or(ErrorKind::Internal);
+            lua.create_userdata(w)
         })?,
     )?;
     // whether the running process may do `action` on `resource` (meta.pid = itself)
