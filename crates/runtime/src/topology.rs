@@ -10,11 +10,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cell::{ProcCell, KILL_LINKED};
+use crate::cell::{ProcCell, TopoMore, KILL_LINKED};
 use crate::error::Error;
 use crate::node::{Dest, NodeInner};
 use crate::pid::Pid;
 use crate::process::{Event, ExitResult};
+
+/// One of a process's relation lists (links, monitors, monitoring).
+type Side = fn(&mut TopoMore) -> &mut Vec<Pid>;
 
 impl NodeInner {
     /// Announce the exit of `cell` (its step loop is over and its process object dropped).
@@ -91,47 +94,29 @@ impl NodeInner {
 
     /// Link `me` (alive: it is the caller) with `dest`, both ways.
     pub(crate) fn link(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
-        let target = self.resolve(dest)?;
-        if target == me.pid {
-            return Err(Error::invalid("a process cannot link to itself"));
-        }
-        let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
-        {
-            let mut t = cell.topo.lock();
-            if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(Error::process_not_found(dest));
-            }
-            let m = t.more();
-            if !m.links.contains(&me.pid) {
-                m.links.push(me.pid);
-            }
-        }
-        let mut t = me.topo.lock();
-        let m = t.more();
-        if !m.links.contains(&target) {
-            m.links.push(target);
-        }
-        Ok(())
+        self.relate(me, dest, "link to", |m| &mut m.links, |m| &mut m.links)
     }
 
     pub(crate) fn unlink(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
-        let target = self.resolve(dest)?;
-        if let Some(m) = me.topo.lock().more.as_mut() {
-            m.links.retain(|p| *p != target);
-        }
-        if let Some(cell) = self.table.get(target) {
-            if let Some(m) = cell.topo.lock().more.as_mut() {
-                m.links.retain(|p| *p != me.pid);
-            }
-        }
-        Ok(())
+        self.unrelate(me, dest, |m| &mut m.links, |m| &mut m.links)
     }
 
     /// `me` monitors `dest`: it gets one EXIT when `dest` exits.
     pub(crate) fn monitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+        self.relate(me, dest, "monitor", |m| &mut m.monitors, |m| &mut m.monitoring)
+    }
+
+    pub(crate) fn unmonitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+        self.unrelate(me, dest, |m| &mut m.monitors, |m| &mut m.monitoring)
+    }
+
+    /// Record a link or monitor between `me` and `dest`: `me` in the target's list `theirs`
+    /// (refused when the target has exited: it would never fire), the target in `me`'s
+    /// list `mine`.
+    fn relate(&self, me: &ProcCell, dest: &Dest, verb: &str, theirs: Side, mine: Side) -> Result<(), Error> {
         let target = self.resolve(dest)?;
         if target == me.pid {
-            return Err(Error::invalid("a process cannot monitor itself"));
+            return Err(Error::invalid(format!("a process cannot {verb} itself")));
         }
         let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
         {
@@ -139,27 +124,28 @@ impl NodeInner {
             if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(Error::process_not_found(dest));
             }
-            let m = t.more();
-            if !m.monitors.contains(&me.pid) {
-                m.monitors.push(me.pid);
+            let list = theirs(t.more());
+            if !list.contains(&me.pid) {
+                list.push(me.pid);
             }
         }
         let mut t = me.topo.lock();
-        let m = t.more();
-        if !m.monitoring.contains(&target) {
-            m.monitoring.push(target);
+        let list = mine(t.more());
+        if !list.contains(&target) {
+            list.push(target);
         }
         Ok(())
     }
 
-    pub(crate) fn unmonitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
+    /// Undo `relate` (nothing to undo is not an error).
+    fn unrelate(&self, me: &ProcCell, dest: &Dest, theirs: Side, mine: Side) -> Result<(), Error> {
         let target = self.resolve(dest)?;
         if let Some(m) = me.topo.lock().more.as_mut() {
-            m.monitoring.retain(|p| *p != target);
+            mine(m).retain(|p| *p != target);
         }
         if let Some(cell) = self.table.get(target) {
             if let Some(m) = cell.topo.lock().more.as_mut() {
-                m.monitors.retain(|p| *p != me.pid);
+                theirs(m).retain(|p| *p != me.pid);
             }
         }
         Ok(())

@@ -1043,17 +1043,18 @@ function Timer.channel(tm) return tm.ch end
 Timer.response = Timer.channel
 -- (a timer is used only by the process that made it: it cannot be sent, so the running
 -- process is its owner, and the object holds nothing of the runtime's state)
-function Timer.stop(tm)
-  local P = S[1]
-  local cmds = rare_get(P, "cmds")
-  if tm.id and cmds and cmds[tm.id] then
-    cmds[tm.id] = nil
-    cmd_cancel(tm.id)
-    tm.id = nil
+-- cancel the pending command of a timer or ticker `o`: whether it was still pending
+local function stop_cmd(o)
+  local cmds = rare_get(S[1], "cmds")
+  if o.id and cmds and cmds[o.id] then
+    cmds[o.id] = nil
+    cmd_cancel(o.id)
+    o.id = nil
     return true
   end
   return false
 end
+Timer.stop = stop_cmd
 function Timer.reset(tm, d)
   local ns = to_ns(d, "reset")
   local was = Timer.stop(tm)
@@ -1080,16 +1081,9 @@ end
 function Ticker.channel(tk) return tk.ch end
 Ticker.response = Ticker.channel
 function Ticker.stop(tk)
-  local P = S[1]
-  local cmds = rare_get(P, "cmds")
-  if tk.id and cmds and cmds[tk.id] then
-    cmds[tk.id] = nil
-    cmd_cancel(tk.id)
-    tk.id = nil
-    close(chan_of(tk.ch))
-    return true
-  end
-  return false
+  if not stop_cmd(tk) then return false end
+  close(chan_of(tk.ch))
+  return true
 end
 
 -------------------------------------------------------------------------------------------
