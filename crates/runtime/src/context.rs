@@ -116,10 +116,7 @@ impl<'a> Context<'a> {
         }
         let cell = self.last_target.as_ref().expect("just set");
         if cell.mailbox.is_closed() {
-            // The receiver exited: what was pending for it is dropped with it.
-            self.outbox = Chain::new();
-            *self.last_target = None;
-            return Err(Error::process_not_found(&dest));
+            return Err(self.target_gone(&dest));
         }
         // Start loading what the receiver's next step touches first (see warm.rs): by the
         // time this step ends and the receiver runs, it is in the cache. Once per batch
@@ -138,6 +135,15 @@ impl<'a> Context<'a> {
             self.consume((backlog / SEND_PENALTY_FROM) as u32);
         }
         Ok(())
+    }
+
+    /// The receiver exited: what was pending for it is dropped with it.
+    #[cold]
+    #[inline(never)]
+    fn target_gone(&mut self, dest: &Dest) -> Error {
+        self.outbox = Chain::new();
+        *self.last_target = None;
+        Error::process_not_found(dest)
     }
 
     /// A send to a new receiver: look it up and check the send (once per new receiver:

@@ -667,11 +667,7 @@ impl NodeInner {
     pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, Error> {
         match dest {
             Dest::Pid(p) => Ok(*p),
-            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| match Dest::parse(n) {
-                // (a malformed PID given as a string: see `Dest::parse`)
-                Err(e) => Error::invalid(e.to_string()),
-                Ok(_) => Error::not_found(format!("no process registered as '{}'", crate::error::Echo(n.as_str()))),
-            }),
+            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| unresolved(n)),
         }
     }
 
@@ -866,9 +862,26 @@ impl NodeInner {
 }
 
 /// Topics starting with '@' belong to the runtime.
+/// Why a name did not resolve (out of line: the send path only tests for it).
+#[cold]
+#[inline(never)]
+fn unresolved(n: &str) -> Error {
+    match Dest::parse(n) {
+        // (a malformed PID given as a string: see `Dest::parse`)
+        Err(e) => Error::invalid(e.to_string()),
+        Ok(_) => Error::not_found(format!("no process registered as '{}'", crate::error::Echo(n))),
+    }
+}
+
 pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     if topic.starts_with('@') {
-        return Err(Error::invalid(format!("topic '{}' is reserved: topics starting with '@' belong to the runtime", crate::error::Echo(topic))));
+        return Err(reserved_topic(topic));
     }
     Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn reserved_topic(topic: &str) -> Error {
+    Error::invalid(format!("topic '{}' is reserved: topics starting with '@' belong to the runtime", crate::error::Echo(topic)))
 }
