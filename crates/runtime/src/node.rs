@@ -861,7 +861,6 @@ impl NodeInner {
     }
 }
 
-/// Topics starting with '@' belong to the runtime.
 /// Why a name did not resolve (out of line: the send path only tests for it).
 #[cold]
 #[inline(never)]
@@ -873,6 +872,7 @@ fn unresolved(n: &str) -> Error {
     }
 }
 
+/// Topics starting with '@' belong to the runtime.
 pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     if topic.starts_with('@') {
         return Err(reserved_topic(topic));
