@@ -193,6 +193,15 @@ pub(crate) struct ProcCell {
 unsafe impl Sync for ProcCell {}
 
 impl ProcCell {
+    /// This process as another node sees it when it asks something (see `remote.rs`).
+    pub(crate) fn origin(&self) -> crate::remote::Origin<'_> {
+        crate::remote::Origin {
+            pid: self.pid,
+            host: &self.host.config.name,
+            actor: self.identity.as_ref().and_then(|i| i.actor.as_ref()).map(|a| a.id.as_str()),
+        }
+    }
+
     /// A new cell in its final place (its mailbox points into it).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new_arc(

@@ -112,6 +112,9 @@ impl<'a> Context<'a> {
             self.flush();
         }
         if !same {
+            if pid.node() != self.node.local {
+                return self.send_remote(pid, topic, payload);
+            }
             self.switch_target(pid, &dest)?;
         }
         let cell = self.last_target.as_ref().expect("just set");
@@ -135,6 +138,15 @@ impl<'a> Context<'a> {
             self.consume((backlog / SEND_PENALTY_FROM) as u32);
         }
         Ok(())
+    }
+
+    /// A send to a process of another node: its permission here (SPEC §13.4: checked on
+    /// the caller's node), then queued for its node (which checks its host boundary).
+    #[cold]
+    #[inline(never)]
+    fn send_remote(&mut self, pid: Pid, topic: &str, payload: Payload) -> Result<(), Error> {
+        self.check_target("process.send", pid, None)?;
+        self.node.remote_for(pid)?.send(&self.cell.origin(), pid, topic, payload)
     }
 
     /// The receiver exited: what was pending for it is dropped with it.
@@ -360,7 +372,7 @@ impl<'a> Context<'a> {
         self.flush();
         let dest = dest.into();
         self.check_dest("process.terminate", &dest)?;
-        self.node.terminate(&dest)
+        self.node.terminate(&self.cell.origin(), &dest)
     }
 
     /// Queue a CANCEL event for `dest` (cooperative).
@@ -368,7 +380,7 @@ impl<'a> Context<'a> {
         self.flush();
         let dest = dest.into();
         self.check_dest("process.cancel", &dest)?;
-        self.node.cancel(self.cell.pid, &dest, reason)
+        self.node.cancel(&self.cell.origin(), &dest, reason)
     }
 
     /// Register `name` for this process.
@@ -376,6 +388,42 @@ impl<'a> Context<'a> {
         self.flush();
         self.allow("process.registry.register", name)?;
         self.node.names.register(self.cell, name)
+    }
+
+    /// Register `name` for `pid` (this process, or another live local one with
+    /// `process.registry.foreign`) in `scope` (SPEC §13.5): `Local` is this node's table,
+    /// the others the cluster's (Unavailable off a cluster). Checked as
+    /// `process.registry.register.<scope>` when the scope is not `Local`.
+    pub fn register_scoped(&mut self, name: &str, pid: Pid, scope: crate::remote::NameScope) -> Result<(), Error> {
+        if scope == crate::remote::NameScope::Local {
+            return if pid == self.cell.pid { self.register(name) } else { self.register_for(name, pid) };
+        }
+        self.flush();
+        let pid = self.node.resolve(&Dest::Pid(pid))?;
+        if pid != self.cell.pid {
+            self.check_dest("process.registry.foreign", &Dest::Pid(pid))?;
+        }
+        self.allow(&format!("process.registry.register.{}", scope.as_str()), name)?;
+        let Some(remote) = self.node.remote.get() else {
+            return Err(Error::unavailable(format!("name '{}': the {} scope needs clustering (cluster.enabled)", crate::error::Echo(name), scope.as_str())));
+        };
+        let cell = self.node.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
+        if name.is_empty() || name.len() > crate::names::MAX_NAME_BYTES {
+            return Err(Error::invalid(format!("name must be 1 to {} bytes", crate::names::MAX_NAME_BYTES)));
+        }
+        remote.register(name, pid, scope)?;
+        // recorded with the process, so its exit releases it (see `Remote::released`)
+        let mut t = cell.topo.lock();
+        if cell.exited.load(Ordering::Relaxed) {
+            drop(t);
+            remote.released(pid, &[smol_str::SmolStr::new(name)]);
+            return Err(Error::process_not_found(pid));
+        }
+        let names = &mut t.more().names;
+        if !names.iter().any(|n| n == name) {
+            names.push(smol_str::SmolStr::new(name));
+        }
+        Ok(())
     }
     /// Register `name` for another live process (`process.registry.foreign` on its PID).
     pub fn register_for(&mut self, name: &str, pid: Pid) -> Result<(), Error> {
@@ -395,13 +443,25 @@ impl<'a> Context<'a> {
         self.node.register(name, child)
     }
 
+    /// The process `name` resolves to: a cluster-wide name first, then this node's
+    /// (SPEC §13.5's order).
     pub fn lookup(&self, name: &str) -> Option<Pid> {
+        if let Some(r) = self.node.remote.get() {
+            if let Some(p) = r.lookup(name) {
+                return Some(p);
+            }
+        }
         self.node.names.lookup(name)
     }
     /// `Ok(true)` if the name was registered (to anyone) and is now removed.
     pub fn unregister(&mut self, name: &str) -> Result<bool, Error> {
         self.flush();
         self.allow("process.registry.unregister", name)?;
+        if let Some(r) = self.node.remote.get() {
+            if let Some(done) = r.unregister(name) {
+                return Ok(done);
+            }
+        }
         Ok(self.node.unregister(name))
     }
 

@@ -307,6 +307,11 @@ pub(crate) struct NodeInner {
     pub(crate) supervisors: parking_lot::Mutex<Vec<std::sync::Weak<crate::supervisor::Inner>>>,
     /// Who ends the node when a process asks (`system.exit`): set by the embedder.
     exit_hook: RwLock<Option<ExitHook>>,
+    /// This node's name in a cluster ([`HostName::NONE`]: no cluster); every local PID
+    /// carries it.
+    pub(crate) local: HostName,
+    /// The cluster, once one is set (see `remote.rs`).
+    pub(crate) remote: std::sync::OnceLock<Arc<dyn crate::remote::Remote>>,
 }
 
 /// A runtime instance. Dropping it stops every host.
@@ -323,9 +328,30 @@ pub struct NodeRef {
 
 impl Node {
     pub fn new() -> Result<Node, Error> {
+        Node::named(None)
+    }
+
+    /// A node that will be part of a cluster as `name` (SPEC §13): its PIDs read
+    /// `{name@host|0x…}` and start from a number taken from the clock (about a million per
+    /// millisecond of wall time since 1970, far above what one node life can spawn), so a
+    /// node restarted under the same name never reuses a PID of its previous life.
+    pub fn named(name: Option<&str>) -> Result<Node, Error> {
+        let (local, first) = match name {
+            None => (HostName::NONE, 1),
+            Some(n) => {
+                if n.is_empty() || n.len() > 255 || n.contains(['{', '}', '|', '@']) || n.chars().any(char::is_whitespace) {
+                    return Err(Error::invalid(format!(
+                        "node name '{}' must be 1 to 255 bytes without whitespace or any of {{ }} | @",
+                        crate::error::Echo(n)
+                    )));
+                }
+                let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+                (HostName::new(n), (ms & ((1 << 42) - 1)) << 20)
+            }
+        };
         Ok(Node {
             inner: Arc::new(NodeInner {
-                counter: PidCounter::default(),
+                counter: PidCounter::starting_at(first, local),
                 table: ProcessTable::new(),
                 names: Names::default(),
                 dispatch: Dispatch::new()?,
@@ -336,6 +362,8 @@ impl Node {
                 events: crate::events::EventBus::default(),
                 supervisors: Default::default(),
                 exit_hook: RwLock::new(None),
+                local,
+                remote: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -487,11 +515,11 @@ impl NodeRef {
     }
 
     pub fn terminate(&self, dest: impl Into<Dest>) -> Result<(), Error> {
-        self.inner.terminate(&dest.into())
+        self.inner.terminate(&crate::remote::Origin { pid: Pid::NOBODY, host: "", actor: None }, &dest.into())
     }
 
     pub fn cancel(&self, dest: impl Into<Dest>, reason: &str) -> Result<(), Error> {
-        self.inner.cancel(Pid::NOBODY, &dest.into(), reason)
+        self.inner.cancel(&crate::remote::Origin { pid: Pid::NOBODY, host: "", actor: None }, &dest.into(), reason)
     }
 
     pub fn is_alive(&self, pid: Pid) -> bool {
@@ -666,9 +694,36 @@ impl NodeInner {
 
     pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, Error> {
         match dest {
-            Dest::Pid(p) => Ok(*p),
-            Dest::Name(n) => self.names.lookup(n).ok_or_else(|| unresolved(n)),
+            Dest::Pid(p) if p.node() == self.local => Ok(*p),
+            Dest::Pid(p) => Ok(self.localize(*p)),
+            Dest::Name(n) => {
+                // a cluster's names come first (SPEC §13.5's resolution order)
+                if let Some(r) = self.remote.get() {
+                    if let Some(p) = r.lookup(n) {
+                        return Ok(p);
+                    }
+                }
+                self.names.lookup(n).ok_or_else(|| unresolved(n))
+            }
         }
+    }
+
+    /// A PID with no node on a clustered node is one of its own (SPEC §13.3).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn localize(&self, p: Pid) -> Pid {
+        if p.node().is_none() && !p.is_nobody() {
+            p.on_node(self.local)
+        } else {
+            p
+        }
+    }
+
+    /// The cluster that reaches `pid`'s node; NotFound "node not found" without one.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn remote_for(&self, pid: Pid) -> Result<&Arc<dyn crate::remote::Remote>, Error> {
+        self.remote.get().ok_or_else(|| Error::not_found(format!("node not found: {} (this node is not in a cluster)", pid.node())))
     }
 
     pub(crate) fn spawn(
@@ -784,6 +839,9 @@ impl NodeInner {
     pub(crate) fn send(&self, from: Pid, dest: &Dest, topic: &str, payload: Payload) -> Result<(), Error> {
         check_topic(topic)?;
         let pid = self.resolve(dest)?;
+        if pid.node() != self.local {
+            return self.remote_for(pid)?.send(&crate::remote::Origin { pid: from, host: from.host().as_str(), actor: None }, pid, topic, payload);
+        }
         let ev = Event::Message(Message { from, topic: Topic::new(topic), payload });
         self.deliver(pid, ev).map_err(|_| Error::process_not_found(dest))
     }
@@ -815,15 +873,22 @@ impl NodeInner {
         }
     }
 
-    pub(crate) fn terminate(&self, dest: &Dest) -> Result<(), Error> {
+    pub(crate) fn terminate(&self, from: &crate::remote::Origin<'_>, dest: &Dest) -> Result<(), Error> {
         let pid = self.resolve(dest)?;
+        if pid.node() != self.local {
+            return self.remote_for(pid)?.terminate(from, pid);
+        }
         let cell = self.table.get(pid).ok_or_else(|| Error::process_not_found(dest))?;
         self.kill(&cell, crate::cell::KILL_TERMINATED);
         Ok(())
     }
 
-    pub(crate) fn cancel(&self, from: Pid, dest: &Dest, reason: &str) -> Result<(), Error> {
+    pub(crate) fn cancel(&self, from: &crate::remote::Origin<'_>, dest: &Dest, reason: &str) -> Result<(), Error> {
         let pid = self.resolve(dest)?;
+        if pid.node() != self.local {
+            return self.remote_for(pid)?.cancel(from, pid, reason);
+        }
+        let from = from.pid;
         let ev = Event::Cancel { from, at: crate::dispatch::unix_secs(), reason: SmolStr::new(reason) };
         self.deliver(pid, ev).map_err(|_| Error::process_not_found(dest))
     }

@@ -1,8 +1,10 @@
-//! PIDs: the identity of a process, its string form `{<host-id>|0x<hex>}` and the parser.
+//! PIDs: the identity of a process, its string form `{<host-id>|0x<hex>}` (on a clustered
+//! node `{<node>@<host-id>|0x<hex>}`, SPEC §13.3) and the parser.
 //!
-//! A PID is two words: the node-wide sequence number (never reused in a node's life) and
-//! the interned name of the host the process was spawned on. Interning keeps `Pid` `Copy`
-//! and 16 bytes, so sending one around never allocates or touches a reference count.
+//! A PID is the node-wide sequence number (never reused in a node's life), the interned
+//! name of the host the process was spawned on and the interned name of its node (the empty
+//! name when clustering is off). Interning keeps `Pid` `Copy` and 16 bytes, so sending one
+//! around never allocates or touches a reference count.
 //! This module never looks at the process table: a PID says nothing about liveness.
 
 use std::cell::RefCell;
@@ -100,21 +102,41 @@ impl fmt::Display for HostName {
     }
 }
 
+impl HostName {
+    /// The empty name: a PID's node when clustering is off.
+    pub const NONE: HostName = HostName(0);
+    pub fn is_none(&self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// A process identifier. Ordered by sequence number (= spawn order).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pid {
     seq: u64,
     host: HostName,
+    /// The node it lives on (interned like host names; [`HostName::NONE`] off a cluster).
+    node: HostName,
 }
 
 impl Pid {
     /// The PID of nobody, `{|}`: the sender of events raised by the runtime itself.
-    pub const NOBODY: Pid = Pid { seq: 0, host: HostName(0) };
+    pub const NOBODY: Pid = Pid { seq: 0, host: HostName(0), node: HostName(0) };
 
     /// Build a PID from its parts. Only the node allocates fresh sequence numbers; this is
     /// for parsers and tests.
     pub fn from_parts(host: HostName, seq: u64) -> Pid {
-        Pid { seq, host }
+        Pid { seq, host, node: HostName::NONE }
+    }
+
+    /// The same process, named on `node` (a clustered node's own PIDs carry its name).
+    pub fn on_node(self, node: HostName) -> Pid {
+        Pid { node, ..self }
+    }
+
+    /// The node this PID names ([`HostName::NONE`]: none, i.e. the local node).
+    pub fn node(&self) -> HostName {
+        self.node
     }
 
     /// The node-wide sequence number.
@@ -155,6 +177,7 @@ impl Pid {
         if self.is_nobody() {
             return f("{|}");
         }
+        let node = self.node.as_str().as_bytes();
         let host = self.host.as_str().as_bytes();
         let mut hex = [0u8; 16];
         let mut n = 0;
@@ -165,7 +188,8 @@ impl Pid {
             n += 1;
         }
         let digits = &hex[16 - n..];
-        let len = host.len() + digits.len() + 5;
+        let at_node = if node.is_empty() { 0 } else { node.len() + 1 };
+        let len = at_node + host.len() + digits.len() + 5;
         let mut buf = [0u8; 96];
         let mut heap = Vec::new();
         let out: &mut [u8] = if len <= buf.len() {
@@ -175,8 +199,12 @@ impl Pid {
             &mut heap
         };
         out[0] = b'{';
-        out[1..1 + host.len()].copy_from_slice(host);
-        let at = 1 + host.len();
+        if at_node > 0 {
+            out[1..1 + node.len()].copy_from_slice(node);
+            out[at_node] = b'@';
+        }
+        out[1 + at_node..1 + at_node + host.len()].copy_from_slice(host);
+        let at = 1 + at_node + host.len();
         out[at..at + 3].copy_from_slice(b"|0x");
         out[at + 3..at + 3 + digits.len()].copy_from_slice(digits);
         out[len - 1] = b'}';
@@ -208,8 +236,8 @@ pub struct PidParseError {
 impl FromStr for Pid {
     type Err = PidParseError;
 
-    /// Parse `{host|0xHEX}`. The cluster form `{node@host|0xHEX}` is recognised and
-    /// rejected, since this node has no cluster yet.
+    /// Parse `{host|0xHEX}` and the cluster form `{node@host|0xHEX}` (SPEC §13.3; a legacy
+    /// middle segment, `{host|x|0xHEX}`, is skipped: the number is the last part).
     fn from_str(s: &str) -> Result<Pid, PidParseError> {
         match parse_plain(s) {
             Some(pid) => Ok(pid),
@@ -230,14 +258,22 @@ impl Pid {
             .and_then(|r| r.strip_suffix('}'))
             .ok_or_else(|| err("must be enclosed in { and }"))?;
         let (host, num) = inner.rsplit_once('|').ok_or_else(|| err("missing '|' between host and number"))?;
+        let host = host.split_once('|').map_or(host, |(h, _)| h);
+        let (node, host) = match host.split_once('@') {
+            Some((n, h)) => (n, h),
+            None => ("", host),
+        };
+        if node.len() > 255 {
+            return Err(err("node name longer than 255 bytes"));
+        }
+        if node.contains(['{', '}', '|', '@']) || node.chars().any(char::is_whitespace) {
+            return Err(err("node contains a forbidden character"));
+        }
         if host.is_empty() {
             return Err(err("empty host"));
         }
-        if host.contains(['{', '}', '|']) || host.chars().any(char::is_whitespace) {
+        if host.contains(['{', '}', '|', '@']) || host.chars().any(char::is_whitespace) {
             return Err(err("host contains a forbidden character"));
-        }
-        if host.contains('@') {
-            return Err(err("cluster PIDs (node@host) are not supported on a single node"));
         }
         let hex = num.strip_prefix("0x").ok_or_else(|| err("number must start with 0x"))?;
         if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -247,11 +283,12 @@ impl Pid {
         if seq == 0 {
             return Err(err("number 0 is not a process"));
         }
-        Ok(Pid { seq, host: HostName::new(host) })
+        let node = if node.is_empty() { HostName::NONE } else { HostName::new(node) };
+        Ok(Pid { seq, host: HostName::new(host), node })
     }
 }
 
-/// One pass over a well-formed local PID with an ASCII host (what `Display` writes, and
+/// One pass over a well-formed PID with an ASCII host and node (what `Display` writes, and
 /// what every message carries): `None` for anything else, which the full parser then
 /// accepts or words the error for.
 fn parse_plain(s: &str) -> Option<Pid> {
@@ -261,7 +298,15 @@ fn parse_plain(s: &str) -> Option<Pid> {
     }
     let inner = &b[1..b.len() - 1];
     let bar = inner.iter().rposition(|&c| c == b'|')?;
-    let (host, hex) = (&inner[..bar], inner[bar + 1..].strip_prefix(b"0x")?);
+    let (mut host, hex) = (&inner[..bar], inner[bar + 1..].strip_prefix(b"0x")?);
+    let mut node_end = 0;
+    if let Some(at) = host.iter().position(|&c| c == b'@') {
+        if at == 0 || at > 255 {
+            return None;
+        }
+        node_end = at + 1;
+        host = &host[at + 1..];
+    }
     if host.is_empty() || hex.is_empty() || hex.len() > 16 {
         return None;
     }
@@ -270,35 +315,42 @@ fn parse_plain(s: &str) -> Option<Pid> {
         seq = seq << 4 | (c as char).to_digit(16)? as u64;
     }
     let forbidden = |c: &u8| matches!(c, b'{' | b'}' | b'|' | b'@') || !c.is_ascii() || (*c as char).is_whitespace();
-    if seq == 0 || host.iter().any(forbidden) {
+    if seq == 0 || host.iter().any(forbidden) || inner[..node_end.saturating_sub(1)].iter().any(forbidden) {
         return None;
     }
-    // `host` is ASCII, so its ends are character boundaries of `s`.
-    Some(Pid { seq, host: HostName::new(&s[1..1 + bar]) })
+    // `host` and the node are ASCII, so their ends are character boundaries of `s`.
+    let node = if node_end == 0 { HostName::NONE } else { HostName::new(&s[1..node_end]) };
+    Some(Pid { seq, host: HostName::new(&s[1 + node_end..1 + bar]), node })
 }
 
 /// The node-wide PID counter: starts at 1, never reuses a number. The runtime's own
 /// processes (service agents) count in a range of their own, from [`SYSTEM_SEQ`], so the
 /// PIDs a project's processes get do not depend on how many of those there are.
 #[derive(Debug)]
-pub struct PidCounter(AtomicU64, AtomicU64);
+pub struct PidCounter(AtomicU64, AtomicU64, HostName);
 
 /// Where the runtime's own processes' sequence numbers start.
 pub const SYSTEM_SEQ: u64 = 0xf000_0000_0000_0001;
 
 impl Default for PidCounter {
     fn default() -> Self {
-        PidCounter(AtomicU64::new(1), AtomicU64::new(SYSTEM_SEQ))
+        PidCounter::starting_at(1, HostName::NONE)
     }
 }
 
 impl PidCounter {
+    /// A counter whose first PID is `first`, on `node`. A clustered node starts from its
+    /// start time (see `NodeConfig`), so a node restarted under the same name never hands
+    /// out a PID its previous life did (SPEC §13.6).
+    pub fn starting_at(first: u64, node: HostName) -> PidCounter {
+        PidCounter(AtomicU64::new(first.max(1)), AtomicU64::new(SYSTEM_SEQ), node)
+    }
     pub fn next(&self, host: HostName) -> Pid {
-        Pid { seq: self.0.fetch_add(1, Ordering::Relaxed), host }
+        Pid { seq: self.0.fetch_add(1, Ordering::Relaxed), host, node: self.2 }
     }
     /// A PID for one of the runtime's own processes.
     pub(crate) fn next_system(&self, host: HostName) -> Pid {
-        Pid { seq: self.1.fetch_add(1, Ordering::Relaxed), host }
+        Pid { seq: self.1.fetch_add(1, Ordering::Relaxed), host, node: self.2 }
     }
 }
 
@@ -351,7 +403,7 @@ mod tests {
             ("{app|0xzz}", "hexadecimal"),
             ("{app|0x0}", "number 0"),
             ("{app|0x11111111111111111}", "out of range"),
-            ("{n@app|0x1}", "cluster"),
+            ("{n@@app|0x1}", "forbidden"),
             ("{a b|0x1}", "forbidden"),
         ] {
             let e = s.parse::<Pid>().unwrap_err();
@@ -362,7 +414,7 @@ mod tests {
     #[test]
     fn rejects_malformed_whatever_path_reads_it() {
         // every character class the one-pass reader must hand to the full parser
-        for s in ["{a\u{b}b|0x1}", "{a\u{a0}b|0x1}", "{ab |0x1}", "{a{b|0x1}", "{a}b|0x1}", "{a@b|0x1}", "{ab|0X1}", "{ab|0x-1}"] {
+        for s in ["{a\u{b}b|0x1}", "{a\u{a0}b|0x1}", "{ab |0x1}", "{a{b|0x1}", "{a}b|0x1}", "{a@b@c|0x1}", "{ab|0X1}", "{ab|0x-1}"] {
             assert!(s.parse::<Pid>().is_err(), "{s:?} was accepted");
         }
         assert_eq!("{héte|0x2}".parse::<Pid>().unwrap().host().as_str(), "héte");
@@ -385,6 +437,20 @@ mod tests {
                 proptest::prop_assert_eq!(Ok(p), full);
             }
         }
+    }
+
+    #[test]
+    fn cluster_form_names_the_node() {
+        let p: Pid = "{a@app:procs|0x1f}".parse().unwrap();
+        assert_eq!((p.node().as_str(), p.host().as_str(), p.seq()), ("a", "app:procs", 0x1f));
+        assert_eq!(p.to_string(), "{a@app:procs|0x0001f}");
+        assert_ne!(p, Pid::from_parts(HostName::new("app:procs"), 0x1f));
+        // a legacy middle segment is skipped; an empty node is the local one
+        assert_eq!("{a@h|x|0x2}".parse::<Pid>().unwrap(), Pid::from_parts(HostName::new("h"), 2).on_node(HostName::new("a")));
+        assert_eq!("{@h|0x2}".parse::<Pid>().unwrap(), Pid::from_parts(HostName::new("h"), 2));
+        assert_eq!(std::mem::size_of::<Pid>(), 16);
+        let c = PidCounter::starting_at(1 << 40, HostName::new("n1"));
+        assert_eq!(c.next(HostName::new("h")).to_string(), "{n1@h|0x10000000000}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::node::{Dest, NodeInner};
 use crate::pid::Pid;
 use crate::process::{Event, ExitResult};
+use crate::remote::{Along, Origin, Relation};
 
 /// One of a process's relation lists (links, monitors, monitoring).
 type Side = fn(&mut TopoMore) -> &mut Vec<Pid>;
@@ -46,9 +47,21 @@ impl NodeInner {
         if let Some(m) = more {
             let m = *m;
             self.names.release(&m.names, pid);
+            let remote = self.remote.get();
+            if let Some(r) = remote {
+                if !m.names.is_empty() {
+                    r.released(pid, &m.names);
+                }
+            }
             crate::dispatch::abort_all(m.timers);
             let at = crate::dispatch::unix_secs();
             for target in m.monitoring {
+                if target.node() != self.local {
+                    if let Some(r) = remote {
+                        let _ = r.relate(&Origin { pid, host: &cell.host.config.name, actor: None }, target, Relation::Unmonitor);
+                    }
+                    continue;
+                }
                 if let Some(c) = self.table.get(target) {
                     if let Some(tm) = c.topo.lock().more.as_mut() {
                         tm.monitors.retain(|p| *p != pid);
@@ -56,9 +69,21 @@ impl NodeInner {
                 }
             }
             for watcher in m.monitors {
+                if watcher.node() != self.local {
+                    if let Some(r) = remote {
+                        r.exited(pid, watcher, Along::Monitor, &result);
+                    }
+                    continue;
+                }
                 let _ = self.deliver(watcher, Event::Exit { from: pid, at, result: result.clone() });
             }
             for peer in m.links {
+                if peer.node() != self.local {
+                    if let Some(r) = remote {
+                        r.exited(pid, peer, Along::Link, &result);
+                    }
+                    continue;
+                }
                 self.link_gone(peer, pid, at, result.as_ref().err());
             }
             for w in m.watchers {
@@ -69,7 +94,7 @@ impl NodeInner {
 
     /// `from` (linked with `peer`) exited: drop the link, and on an abnormal exit deliver
     /// LINK_DOWN or kill a non-trapping peer.
-    fn link_gone(&self, peer: Pid, from: Pid, at: i64, error: Option<&Error>) {
+    pub(crate) fn link_gone(&self, peer: Pid, from: Pid, at: i64, error: Option<&Error>) {
         let Some(cell) = self.table.get(peer) else { return };
         {
             let mut t = cell.topo.lock();
@@ -94,29 +119,40 @@ impl NodeInner {
 
     /// Link `me` (alive: it is the caller) with `dest`, both ways.
     pub(crate) fn link(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
-        self.relate(me, dest, "link to", |m| &mut m.links, |m| &mut m.links)
+        self.relate(me, dest, Relation::Link, |m| &mut m.links, |m| &mut m.links)
     }
 
     pub(crate) fn unlink(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
-        self.unrelate(me, dest, |m| &mut m.links, |m| &mut m.links)
+        self.unrelate(me, dest, Relation::Unlink, |m| &mut m.links, |m| &mut m.links)
     }
 
     /// `me` monitors `dest`: it gets one EXIT when `dest` exits.
     pub(crate) fn monitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
-        self.relate(me, dest, "monitor", |m| &mut m.monitors, |m| &mut m.monitoring)
+        self.relate(me, dest, Relation::Monitor, |m| &mut m.monitors, |m| &mut m.monitoring)
     }
 
     pub(crate) fn unmonitor(&self, me: &ProcCell, dest: &Dest) -> Result<(), Error> {
-        self.unrelate(me, dest, |m| &mut m.monitors, |m| &mut m.monitoring)
+        self.unrelate(me, dest, Relation::Unmonitor, |m| &mut m.monitors, |m| &mut m.monitoring)
     }
 
     /// Record a link or monitor between `me` and `dest`: `me` in the target's list `theirs`
     /// (refused when the target has exited: it would never fire), the target in `me`'s
     /// list `mine`.
-    fn relate(&self, me: &ProcCell, dest: &Dest, verb: &str, theirs: Side, mine: Side) -> Result<(), Error> {
+    fn relate(&self, me: &ProcCell, dest: &Dest, relation: Relation, theirs: Side, mine: Side) -> Result<(), Error> {
+        let verb = if relation == Relation::Link { "link to" } else { "monitor" };
         let target = self.resolve(dest)?;
         if target == me.pid {
             return Err(Error::invalid(format!("a process cannot {verb} itself")));
+        }
+        if target.node() != self.local {
+            // another node's process: recorded here, asked of its node (SPEC §13.4)
+            self.remote_for(target)?.relate(&me.origin(), target, relation)?;
+            let mut t = me.topo.lock();
+            let list = mine(t.more());
+            if !list.contains(&target) {
+                list.push(target);
+            }
+            return Ok(());
         }
         let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
         {
@@ -138,10 +174,13 @@ impl NodeInner {
     }
 
     /// Undo `relate` (nothing to undo is not an error).
-    fn unrelate(&self, me: &ProcCell, dest: &Dest, theirs: Side, mine: Side) -> Result<(), Error> {
+    fn unrelate(&self, me: &ProcCell, dest: &Dest, relation: Relation, theirs: Side, mine: Side) -> Result<(), Error> {
         let target = self.resolve(dest)?;
         if let Some(m) = me.topo.lock().more.as_mut() {
             mine(m).retain(|p| *p != target);
+        }
+        if target.node() != self.local {
+            return self.remote_for(target)?.relate(&me.origin(), target, relation);
         }
         if let Some(cell) = self.table.get(target) {
             if let Some(m) = cell.topo.lock().more.as_mut() {

@@ -1,0 +1,432 @@
+//! Several nodes in one test process, each its own `Node` with its own connection to a real
+//! NATS server the test starts (SPEC §13): remote send, link, monitor, node down, names.
+
+#[path = "../../runtime/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{probe, probe_with, HOST, LIMIT};
+use support::Nats;
+use wippy_cluster::{Auth, Cluster, Config, Fault};
+use wippy_runtime::*;
+
+struct TestNode {
+    node: Node,
+    cluster: Cluster,
+}
+
+fn config(nats: &Nats, name: &str) -> Config {
+    Config::new(name, vec![nats.url()])
+}
+
+fn join_with(config: Config) -> Result<TestNode, Error> {
+    let node = Node::named(Some(&config.node)).unwrap();
+    node.add_host(HostConfig::new(HOST).workers(2).stop_timeout(Duration::from_millis(100))).unwrap();
+    let cluster = Cluster::join(&node.handle(), config)?;
+    Ok(TestNode { node, cluster })
+}
+
+fn join(nats: &Nats, name: &str) -> TestNode {
+    join_with(config(nats, name)).unwrap()
+}
+
+/// Nodes that all see each other.
+fn cluster(nats: &Nats, names: &[&str]) -> Vec<TestNode> {
+    let nodes: Vec<TestNode> = names.iter().map(|n| join(nats, n)).collect();
+    for n in &nodes {
+        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == names.len()), "{} sees {:?}", n.cluster.node_id(), n.cluster.members());
+    }
+    nodes
+}
+
+/// Run `f` inside a fresh process on `node` and hand back what it returns.
+fn within<R: Send + 'static>(node: &NodeRef, f: impl FnOnce(&mut Context<'_>) -> R + Send + 'static) -> R {
+    let (tx, rx) = channel();
+    let (_pid, _events) = probe_with(node, HOST, move |cx| {
+        let _ = tx.send(f(cx));
+    });
+    rx.recv_timeout(LIMIT).expect("the process ran")
+}
+
+fn next_message(rx: &Receiver<Event>, topic: &str) -> Message {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Message(m)) if m.topic == topic => return m,
+            Ok(_) => continue,
+            Err(_) => panic!("no '{topic}' message"),
+        }
+    }
+}
+
+fn next_exit(rx: &Receiver<Event>) -> (Pid, ExitResult) {
+    loop {
+        match rx.recv_timeout(LIMIT).expect("an EXIT") {
+            Event::Exit { from, result, .. } => return (from, result),
+            _ => continue,
+        }
+    }
+}
+
+fn next_link_down(rx: &Receiver<Event>) -> (Pid, Error) {
+    loop {
+        match rx.recv_timeout(LIMIT).expect("a LINK_DOWN") {
+            Event::LinkDown { from, error, .. } => return (from, error),
+            _ => continue,
+        }
+    }
+}
+
+/// Wait for `cond` (checked on every change of state it reads; `LIMIT` is only the bound).
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn pids_name_their_node_and_messages_cross_in_order_per_sender() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (sink, rx) = probe(&b.node, HOST);
+    assert!(sink.to_string().starts_with("{b@app:processes|0x"), "{sink}");
+    // the PID travels as a plain string and parses back on the other node
+    let sink: Pid = sink.to_string().parse().unwrap();
+    const SENDERS: usize = 4;
+    const EACH: i64 = 2000;
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(within(&a.node, move |cx| {
+            for i in 0..EACH {
+                cx.send1(sink, "n", i).unwrap();
+            }
+            cx.pid()
+        }));
+    }
+    let mut next = std::collections::HashMap::new();
+    for _ in 0..SENDERS as i64 * EACH {
+        let m = next_message(&rx, "n");
+        let want = next.entry(m.from).or_insert(0i64);
+        assert_eq!(m.first().as_int(), Some(*want), "per-sender order from {}", m.from);
+        *want += 1;
+    }
+    assert_eq!(next.len(), SENDERS);
+    assert!(senders.iter().all(|s| next[s] == EACH));
+    assert_eq!(a.cluster.garbage_frames() + b.cluster.garbage_frames(), 0);
+}
+
+#[test]
+fn send_by_name_link_and_monitor_across_nodes() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (svc, svc_rx) = probe(&b.node, HOST);
+    let r = within(&b.node, move |cx| cx.register_scoped("svc", svc, NameScope::Consistent));
+    r.unwrap();
+    eventually("a resolves svc", || within(&a.node, |cx| cx.lookup("svc")) == Some(svc));
+    within(&a.node, |cx| cx.send1("svc", "hello", "from a")).unwrap();
+    assert_eq!(next_message(&svc_rx, "hello").first().as_str(), Some("from a"));
+
+    // a monitor fires with the remote exit's result; a trapping link gets LINK_DOWN
+    // a process of a that links to svc and traps
+    let (tx, rx) = channel();
+    let (_lp, lp_rx) = probe_with(&a.node, HOST, move |cx| {
+        cx.set_trap_links(true);
+        let _ = tx.send(cx.link(svc));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (tx, rx) = channel();
+    let (_mp, mp_rx) = probe_with(&a.node, HOST, move |cx| {
+        let _ = tx.send(cx.monitor(svc));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    eventually("b holds the remote link and monitor", || {
+        b.node.processes(None).iter().any(|p| p.pid == svc && p.links.len() == 1 && p.monitors.len() == 1)
+    });
+    b.node.send(svc, "fail", payload!["boom"]).unwrap();
+    let (from, result) = next_exit(&mp_rx);
+    assert_eq!(from, svc);
+    assert_eq!(result.unwrap_err().message, "boom");
+    let (from, error) = next_link_down(&lp_rx);
+    assert_eq!((from, error.message.as_str()), (svc, "boom"));
+    // the name died with its owner, on every node
+    eventually("svc released everywhere", || within(&a.node, |cx| cx.lookup("svc")).is_none() && within(&b.node, |cx| cx.lookup("svc")).is_none());
+}
+
+#[test]
+fn a_link_kills_a_non_trapping_process_across_nodes_and_terminate_and_cancel_reach() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (target, t_rx) = probe(&b.node, HOST);
+    let (tx, rx) = channel();
+    let (victim, _v_rx) = probe_with(&a.node, HOST, move |cx| {
+        let _ = tx.send(cx.link(target));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (_w, w_rx) = probe_with(&a.node, HOST, move |cx| cx.monitor(victim).unwrap());
+    eventually("b holds the link", || b.node.processes(None).iter().any(|p| p.pid == target && p.links == vec![victim]));
+    // CANCEL crosses with its reason and sender
+    let canceller = within(&a.node, move |cx| {
+        cx.cancel(target, "please stop").unwrap();
+        cx.pid()
+    });
+    loop {
+        match t_rx.recv_timeout(LIMIT).unwrap() {
+            Event::Cancel { from, reason, .. } => {
+                assert_eq!((from, reason.as_str()), (canceller, "please stop"));
+                break;
+            }
+            _ => continue,
+        }
+    }
+    // terminate from a: b's process ends "terminated", which is abnormal: the link kills victim
+    within(&a.node, move |cx| cx.terminate(target)).unwrap();
+    let (from, result) = next_exit(&w_rx);
+    assert_eq!(from, victim);
+    assert!(result.unwrap_err().message.contains("linked process failed"));
+}
+
+#[test]
+fn node_down_fires_links_and_monitors_within_a_second_on_connection_loss() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (remote, _r) = probe(&b.node, HOST);
+    let (tx, rx) = channel();
+    let (_m, m_rx) = probe_with(&a.node, HOST, move |cx| {
+        let _ = tx.send(cx.monitor(remote));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (tx, rx) = channel();
+    let (_l, l_rx) = probe_with(&a.node, HOST, move |cx| {
+        cx.set_trap_links(true);
+        let _ = tx.send(cx.link(remote));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (tx, rx) = channel();
+    let (plain, _p) = probe_with(&a.node, HOST, move |cx| {
+        let _ = tx.send(cx.link(remote));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (_w, w_rx) = probe_with(&a.node, HOST, move |cx| cx.monitor(plain).unwrap());
+    eventually("b holds them", || b.node.processes(None).iter().any(|p| p.pid == remote && p.links.len() == 2 && p.monitors.len() == 1));
+
+    let t0 = Instant::now();
+    b.cluster.fault(Fault::Disconnect);
+    let (from, result) = next_exit(&m_rx);
+    let took = t0.elapsed();
+    assert_eq!(from, remote);
+    assert_eq!(result.unwrap_err().message, NODE_DISCONNECTED);
+    let (from, error) = next_link_down(&l_rx);
+    assert_eq!((from, error.message.as_str()), (remote, NODE_DISCONNECTED));
+    let (from, result) = next_exit(&w_rx);
+    assert_eq!(from, plain);
+    assert!(result.unwrap_err().message.contains("linked process failed"));
+    // the bound the issue sets (not a timing assertion on speed: an upper limit on detection)
+    assert!(took < Duration::from_secs(1), "connection loss took {took:?} to detect");
+    assert!(a.cluster.wait_for(LIMIT, |m| m.len() == 1));
+    // a PID of the dead node, and of a node that never was, is NotFound
+    let e = within(&a.node, move |cx| cx.send1(remote, "x", 1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    let ghost: Pid = "{nobody@app:processes|0x1}".parse().unwrap();
+    let e = within(&a.node, move |cx| cx.send1(ghost, "x", 1)).unwrap_err();
+    assert_eq!((e.kind, e.message.contains("node not found")), (ErrorKind::NotFound, true), "{e}");
+}
+
+#[test]
+fn a_silent_node_is_declared_down_within_three_seconds() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (remote, _r) = probe(&b.node, HOST);
+    let (tx, rx) = channel();
+    let (_m, m_rx) = probe_with(&a.node, HOST, move |cx| {
+        let _ = tx.send(cx.monitor(remote));
+    });
+    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let t0 = Instant::now();
+    b.cluster.fault(Fault::Silence);
+    let (from, result) = next_exit(&m_rx);
+    let took = t0.elapsed();
+    assert_eq!((from, result.unwrap_err().message.as_str()), (remote, NODE_DISCONNECTED));
+    assert!(took < Duration::from_secs(3), "silent failure took {took:?} to detect");
+}
+
+#[test]
+fn consistent_names_have_one_owner_and_increasing_fences() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b", "c"]);
+    // every node races for one name, many times
+    let mut last_fence = 0;
+    for round in 0..5 {
+        let name = format!("leader-{round}");
+        let (tx, rx) = channel();
+        let mut owners = Vec::new();
+        for n in &nodes {
+            let (tx, name) = (tx.clone(), name.clone());
+            let (pid, _) = probe_with(&n.node, HOST, move |cx| {
+                let _ = tx.send((cx.pid(), cx.register_scoped(&name, cx.pid(), NameScope::Consistent)));
+            });
+            owners.push(pid);
+        }
+        let results: Vec<(Pid, Result<(), Error>)> = (0..nodes.len()).map(|_| rx.recv_timeout(LIMIT).unwrap()).collect();
+        let winners: Vec<Pid> = results.iter().filter(|(_, r)| r.is_ok()).map(|(p, _)| *p).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for (_, r) in &results {
+            if let Err(e) = r {
+                assert_eq!(e.kind, ErrorKind::AlreadyExists, "{e}");
+            }
+        }
+        // every node agrees on the owner and the fence token
+        for n in &nodes {
+            let name = name.clone();
+            eventually("the owner is visible", || n.node.remote().unwrap().fence(&name).map(|f| f.0) == Some(winners[0]));
+        }
+        let fence = nodes[0].node.remote().unwrap().fence(&name).unwrap().1;
+        assert!(fence > last_fence, "fence {fence} after {last_fence}");
+        for n in &nodes {
+            assert_eq!(n.node.remote().unwrap().fence(&name).unwrap().1, fence);
+        }
+        last_fence = fence;
+    }
+}
+
+#[test]
+fn names_are_released_when_their_node_dies() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (owner, _o) = probe(&b.node, HOST);
+    within(&b.node, move |cx| cx.register_scoped("held", owner, NameScope::Consistent)).unwrap();
+    eventually("a sees it", || within(&a.node, |cx| cx.lookup("held")) == Some(owner));
+    b.cluster.fault(Fault::Disconnect);
+    eventually("released on a", || within(&a.node, |cx| cx.lookup("held")).is_none());
+    // and can be taken again
+    let (p, _) = probe(&a.node, HOST);
+    within(&a.node, move |cx| cx.register_scoped("held", p, NameScope::Consistent)).unwrap();
+}
+
+#[test]
+fn strong_waits_for_every_live_node_and_names_the_missing() {
+    let nats = Nats::start();
+    let cfg = |n: &str| {
+        let mut c = config(&nats, n);
+        c.strong_deadline = Duration::from_millis(800);
+        c.silent_after = Duration::from_secs(5);
+        c
+    };
+    let nodes: Vec<TestNode> = ["a", "b", "c"].iter().map(|n| join_with(cfg(n)).unwrap()).collect();
+    for n in &nodes {
+        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == 3));
+    }
+    let (p, _) = probe(&nodes[0].node, HOST);
+    within(&nodes[0].node, move |cx| cx.register_scoped("ctl", p, NameScope::Strong)).unwrap();
+    // once register returns, every live node resolves it (no stale window)
+    for n in &nodes {
+        assert_eq!(within(&n.node, |cx| cx.lookup("ctl")), Some(p));
+    }
+    nodes[2].cluster.fault(Fault::Silence);
+    let (q, _) = probe(&nodes[0].node, HOST);
+    let e = within(&nodes[0].node, move |cx| cx.register_scoped("ctl2", q, NameScope::Strong)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("missing c"), "{e}");
+    assert!(within(&nodes[0].node, |cx| cx.lookup("ctl2")).is_none());
+}
+
+#[test]
+fn eventual_names_resolve_everywhere_and_a_conflict_has_one_winner() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (pa, a_rx) = probe(&nodes[0].node, HOST);
+    let (pb, b_rx) = probe(&nodes[1].node, HOST);
+    let ra = within(&nodes[0].node, move |cx| cx.register_scoped("presence", pa, NameScope::Eventual));
+    let rb = within(&nodes[1].node, move |cx| cx.register_scoped("presence", pb, NameScope::Eventual));
+    // both may be accepted locally; the nodes converge on one owner, the other is revoked
+    eventually("converged", || {
+        let x = within(&nodes[0].node, |cx| cx.lookup("presence"));
+        x.is_some() && x == within(&nodes[1].node, |cx| cx.lookup("presence"))
+    });
+    let owner = within(&nodes[0].node, |cx| cx.lookup("presence")).unwrap();
+    if ra.is_ok() && rb.is_ok() {
+        let loser_rx = if owner == pa { &b_rx } else { &a_rx };
+        loop {
+            match loser_rx.recv_timeout(LIMIT).expect("the loser is told") {
+                Event::Cancel { reason, .. } => {
+                    assert_eq!(reason.as_str(), "name revoked: presence");
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+#[test]
+fn the_server_restarting_loses_no_node_and_no_name() {
+    let mut nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (svc, rx) = probe(&b.node, HOST);
+    within(&b.node, move |cx| cx.register_scoped("kept", svc, NameScope::Consistent)).unwrap();
+    nats.restart();
+    // both reconnect by themselves; the name is still there, messages flow again
+    eventually("a reaches svc by name after the restart", || {
+        within(&a.node, |cx| cx.send1("kept", "ping", 1)).is_ok() && rx.try_iter().any(|e| matches!(e, Event::Message(m) if m.topic == "ping"))
+    });
+    assert!(a.cluster.wait_for(LIMIT, |m| m.len() == 2));
+    assert!(b.node.is_alive(svc));
+}
+
+#[test]
+fn credentials_are_required_and_a_live_name_cannot_be_claimed() {
+    let nats = Nats::with_args(&["--user", "wippy", "--pass", "s3cret"]);
+    let e = join_with(config(&nats, "a")).err().expect("refused without credentials");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let mut c = config(&nats, "a");
+    c.auth = Auth::UserPassword { user: "wippy".into(), password: "s3cret".into() };
+    let a = join_with(c.clone()).unwrap();
+    let e = join_with(c).err().expect("a second node named a is refused");
+    assert_eq!(e.kind, ErrorKind::AlreadyExists, "{e}");
+    assert!(e.message.contains("'a' is already live"), "{e}");
+    drop(a);
+}
+
+#[test]
+fn garbage_on_the_cluster_subjects_is_refused_and_nothing_breaks() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (svc, rx) = probe(&nodes[1].node, HOST);
+    let client = nodes[0].cluster.client().clone();
+    let rt = nodes[0].node.tokio_handle();
+    let mut junk: Vec<Vec<u8>> = vec![vec![], vec![0xff; 64], b"hello".to_vec(), vec![0x01, 0xa1, b'a', 0x05, 0x00]];
+    // a well-formed frame that claims to come from a but names a PID of b as its sender
+    let mut forged = Vec::new();
+    wippy_cluster::wire::write_header(&mut forged, "a", 1);
+    wippy_cluster::wire::write_msg(&mut forged, svc, "h", None, svc, "forged", &payload![1]);
+    junk.push(forged);
+    for (i, j) in junk.into_iter().enumerate() {
+        let c = client.clone();
+        rt.block_on(async move {
+            for s in ["wippy.node.b", "wippy.hb", "wippy.down", "wippy.leave", "wippy.sync.b"] {
+                c.publish(s, j.clone().into()).await.unwrap();
+            }
+            c.flush().await.unwrap();
+        });
+        let _ = i;
+    }
+    eventually("b refused them", || nodes[1].cluster.garbage_frames() >= 4);
+    // still one cluster, still working
+    within(&nodes[0].node, move |cx| cx.send1(svc, "real", 1)).unwrap();
+    let m = next_message(&rx, "real");
+    assert_eq!(m.first().as_int(), Some(1));
+    assert!(rx.try_iter().all(|e| !matches!(e, Event::Message(m) if m.topic == "forged")));
+    assert_eq!(nodes[0].cluster.members().len(), 2);
+}
