@@ -4,10 +4,12 @@
 //!
 //! Usage: wippy-bench spawn|memory|pingpong|ring|fanin|skynet
 //!        wippy-bench lua-memory|lua-memory-isolated|lua-spawn|lua-pingpong|lua-ring|lua-cpu|lua-mixed
+//!        wippy-bench cluster (two nodes through a nats-server it starts: cluster.rs)
 
 #[global_allocator]
 static GLOBAL: wippy_runtime::alloc::Mi = wippy_runtime::alloc::Mi;
 
+mod cluster;
 mod lua;
 mod native;
 mod report;
@@ -33,10 +35,15 @@ const BENCHES: &[&str] = &[
     "typed-erase",
     "security-check",
     "upgrade",
+    "cluster",
 ];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("cluster-node") && args.len() == 4 {
+        cluster::node_main(&args[2], &args[3]);
+        return;
+    }
     let bench = match args.get(1) {
         Some(b) if BENCHES.contains(&b.as_str()) && args.len() == 2 => b.clone(),
         _ => {
@@ -64,6 +71,7 @@ fn main() {
         "typed-erase" => lua::typed_erase(),
         "security-check" => native::security_check(),
         "upgrade" => lua::upgrade(),
+        "cluster" => cluster::run(),
         _ => unreachable!(),
     }
     footer();

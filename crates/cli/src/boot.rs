@@ -25,6 +25,8 @@ pub struct Boot {
     pub plan: Plan,
     pub services: Supervisor,
     pub live: Arc<Live>,
+    /// The cluster this node joined (SPEC §13), if any.
+    pub cluster: Option<wippy_cluster::Cluster>,
 }
 
 fn restart(l: &Lifecycle) -> RestartPolicy {
@@ -75,8 +77,8 @@ pub(crate) fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
 }
 
 impl Boot {
-    pub fn new(project: &Project, plan: Plan, strict: bool) -> Result<Boot> {
-        let node = Node::new().map_err(|e| anyhow!("cannot start the node: {e}"))?;
+    pub fn new(project: &Project, plan: Plan, strict: bool, cluster: Option<wippy_cluster::Config>) -> Result<Boot> {
+        let node = Node::named(cluster.as_ref().map(|c| c.node.as_str())).map_err(|e| anyhow!("cannot start the node: {e}"))?;
         node.security().set_strict(strict);
         for p in &plan.policies {
             node.security().add_policy(p.policy.clone(), &p.groups);
@@ -104,7 +106,12 @@ impl Boot {
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
         let live = Arc::new(Live::new(project, registry, node.handle(), lua.clone(), services.clone()));
         lua.set_registry_writer(live.clone());
-        Ok(Boot { node, lua, plan, services, live })
+        // joined before any service starts: what runs can reach the other nodes from its first step
+        let cluster = match cluster {
+            Some(c) => Some(wippy_cluster::Cluster::join(&node.handle(), c).map_err(|e| anyhow!("{e}"))?),
+            None => None,
+        };
+        Ok(Boot { node, lua, plan, services, live, cluster })
     }
 
     /// Start every `auto_start` host and service (and what they require) in dependency
@@ -146,6 +153,10 @@ impl Boot {
     /// remaining process. Logs a one-line summary; true when everything ended in time.
     pub fn shutdown(&self) -> bool {
         let StopSummary { services_stopped, terminated } = self.services.stop_all();
+        // the services' exits have reached the other nodes; now they hear of the leave
+        if let Some(c) = &self.cluster {
+            c.leave();
+        }
         let report = self.node.shutdown();
         let terminated = terminated + report.terminated;
         tracing::info!(services_stopped, processes_terminated = terminated, "shutdown: {services_stopped} services stopped, {terminated} processes terminated");

@@ -50,7 +50,11 @@ fn check_config(config: &Config) -> Result<(), u8> {
     let mut bad = false;
     for path in config.paths() {
         let at = config.origin(&path);
-        let Some((_, takes)) = CONFIG_KEYS.iter().find(|(k, _)| *k == path) else {
+        if crate::cluster::is_wippy_engine_key(&path) {
+            eprintln!("warning: {at}: {path} is a setting of Wippy's gossip/raft/internode cluster; this node's cluster runs on NATS (cluster.nats.*), so it does not apply");
+            continue;
+        }
+        let Some((_, takes)) = CONFIG_KEYS.iter().chain(crate::cluster::KEYS).find(|(k, _)| *k == path) else {
             let known: Vec<&str> = CONFIG_KEYS.iter().map(|(k, _)| *k).collect();
             eprintln!("warning: {at}: unknown configuration key {path} (known: {})", known.join(", "));
             continue;
@@ -59,7 +63,7 @@ fn check_config(config: &Config) -> Result<(), u8> {
         let ok = match path.as_str() {
             "logger.level" => v.and_then(|v| v.as_str()).and_then(level_of).is_some(),
             "logger.encoding" => matches!(v.and_then(|v| v.as_str()), Some("console" | "json")),
-            "logger.color" | "security.strict_mode" | "control.enabled" => v.is_some_and(|v| v.is_boolean()),
+            "logger.color" | "security.strict_mode" | "control.enabled" | "cluster.enabled" | "cluster.nats.tls.required" => v.is_some_and(|v| v.is_boolean()),
             "metrics.prometheus.address" => metrics_address(config).is_ok(),
             "shutdown.timeout" => shutdown_timeout(config).is_ok(),
             _ => true,
@@ -169,10 +173,14 @@ pub fn exit_code(r: &ExitResult) -> u8 {
     }
 }
 
-pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args: &[String]) -> u8 {
+pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args: &[String], cluster: (Option<&str>, Option<&str>)) -> u8 {
     let (project, plan, config) = match load(cli) {
         Ok(x) => x,
         Err(code) => return code,
+    };
+    let cluster = match crate::cluster::settings(&config, cluster.0, cluster.1) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
     };
     let shutdown = match shutdown_timeout(&config) {
         Ok(d) => d,
@@ -209,7 +217,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         Ok(s) => s,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
-    let boot = match Boot::new(&project, plan, strict_mode(&config)) {
+    let boot = match Boot::new(&project, plan, strict_mode(&config), cluster) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
@@ -396,7 +404,11 @@ pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) ->
         .map(|t| (t.suite.clone(), t.order, t.id.clone()))
         .collect();
     tests.sort();
-    let boot = match Boot::new(&project, plan, strict_mode(&config)) {
+    let cluster = match crate::cluster::settings(&config, None, None) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let boot = match Boot::new(&project, plan, strict_mode(&config), cluster) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };

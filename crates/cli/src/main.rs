@@ -7,6 +7,7 @@
 static GLOBAL: wippy_runtime::alloc::Mi = wippy_runtime::alloc::Mi;
 
 mod boot;
+mod cluster;
 mod http;
 mod kinds;
 mod live;
@@ -61,6 +62,12 @@ pub enum Cmd {
         /// Reload changed files under the source directory as new registry versions.
         #[arg(long)]
         watch: bool,
+        /// Join a cluster through these NATS servers (comma-separated URLs; SPEC §13).
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
+        /// This node's ID in the cluster (default: cluster.name, else the hostname).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
         /// A command name (meta.command.name), or `list`; then its arguments. With -x, the
         /// entry's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "NAME|ARGS")]
@@ -191,7 +198,9 @@ fn flags_after_list(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString
 fn main() -> ExitCode {
     let cli = Cli::parse_from(flags_after_list(std::env::args_os().collect()));
     let code = match &cli.command {
-        Cmd::Run { exec, host, watch, args } => commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args),
+        Cmd::Run { exec, host, watch, args, cluster, node } => {
+            commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args, (cluster.as_deref(), node.as_deref()))
+        }
         Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
         Cmd::Init => commands::init(&cli),
         Cmd::Lint { json } => commands::lint(&cli, *json),

@@ -12,8 +12,8 @@ fn root() -> PathBuf {
 }
 
 /// The crate folder names and their package names (`wippy-lua` -> `lua`).
-const CRATES: [(&str, &str); 6] =
-    [("runtime", "wippy-runtime"), ("registry", "wippy-registry"), ("lua", "wippy-lua"), ("http", "wippy-http"), ("cli", "wippy"), ("bench", "wippy-bench")];
+const CRATES: [(&str, &str); 7] =
+    [("runtime", "wippy-runtime"), ("registry", "wippy-registry"), ("lua", "wippy-lua"), ("http", "wippy-http"), ("cluster", "wippy-cluster"), ("cli", "wippy"), ("bench", "wippy-bench")];
 
 fn folder_of(package: &str) -> Option<&'static str> {
     CRATES.iter().find(|(_, p)| *p == package).map(|(f, _)| *f)

@@ -453,8 +453,16 @@ async fn rejoin(inner: &Arc<Inner>, by: &str) {
     let _ = inner.client.publish(format!("{}.hb", inner.config.prefix), hb_body(inner)).await;
 }
 
-/// Leave on purpose.
+/// Leave on purpose: what is queued for other nodes goes first (up to 1 s), then the notice.
 pub(crate) async fn leave(inner: &Arc<Inner>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        let pending = inner.peers.read().values().any(|p| p.out.lock().bytes > 0);
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let _ = inner.client.publish(format!("{}.leave", inner.config.prefix), hb_body(inner)).await;
     let _ = inner.client.flush().await;
 }

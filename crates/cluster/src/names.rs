@@ -170,7 +170,8 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), Error> {
     let n = &inner.names;
     // (not `status().values()`: the store's stream info is the one cached when it was opened)
     let existing = n.kv.keys().await.map_err(unavailable)?.next().await.is_some();
-    let mut watch = n.kv.watch_all().await.map_err(unavailable)?;
+    // every key's last value first (a node joining late learns the names already held), then changes
+    let mut watch = n.kv.watch_with_history(">").await.map_err(unavailable)?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let i = inner.clone();
     inner.rt.spawn(async move {

@@ -300,6 +300,19 @@ fn consistent_names_have_one_owner_and_increasing_fences() {
 }
 
 #[test]
+fn a_node_that_joins_later_resolves_the_names_already_held() {
+    let nats = Nats::start();
+    let a = join(&nats, "a");
+    let (p, _) = probe(&a.node, HOST);
+    within(&a.node, move |cx| cx.register_scoped("early", p, NameScope::Consistent)).unwrap();
+    let t0 = Instant::now();
+    let b = join(&nats, "b");
+    // joining waits until the replica has caught up: resolvable at once
+    assert_eq!(within(&b.node, |cx| cx.lookup("early")), Some(p));
+    assert!(t0.elapsed() < Duration::from_secs(3), "joining took {:?}", t0.elapsed());
+}
+
+#[test]
 fn names_are_released_when_their_node_dies() {
     let nats = Nats::start();
     let nodes = cluster(&nats, &["a", "b"]);

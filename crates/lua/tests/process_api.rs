@@ -555,3 +555,52 @@ fn every_plain_value_and_topic_survives_the_direct_send_and_receive() {
     );
     assert_eq!(v, Value::str("ok"));
 }
+
+#[test]
+fn name_scopes_and_cluster_calls_on_a_node_without_a_cluster() {
+    // SPEC §13.5: a node alone is the whole cluster, so every scope is its own table
+    let h = Harness::new(2);
+    assert_eq!(
+        h.ok(r#"
+            local r = process.registry
+            assert(r.LOCAL == 0 and r.EVENTUAL == 1 and r.CONSISTENT == 2 and r.STRONG == 3)
+            assert(r.register("c1", nil, r.CONSISTENT))
+            assert(r.lookup("c1") == process.pid())
+            assert(r.register("c1", process.pid(), r.STRONG), "same name, same PID: fine")
+            local ok, err = r.register("c2", nil, "strong")
+            assert(ok == nil and err:kind() == errors.INVALID, tostring(err))
+            ok, err = r.register("c2", nil, 9)
+            assert(ok == nil and err:kind() == errors.INVALID, tostring(err))
+            -- no fences without a cluster
+            local f, ferr = r.debug.lookup_with_fence("c1")
+            assert(f == nil and ferr:kind() == errors.NOT_FOUND)
+            local v, verr = r.debug.validate_fence("c1", 1)
+            assert(v == false and verr:message() == "stale fence")
+            return "ok"
+        "#),
+        s("ok")
+    );
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::process(
+            "test:sys",
+            r#"
+            local function main()
+                assert(system.node.id() == "local")
+                local m = system.cluster.members()
+                assert(#m == 1 and m[1].id == "local" and m[1].is_local == true)
+                assert(system.cluster.size() == 1 and system.cluster.leader() == "")
+                assert(system.raft.is_leader() == false and system.node.role() == "non-member")
+                -- a cluster lock is a STRONG name held by the caller
+                assert(system.lock.acquire("l1") == true)
+                assert(system.lock.release("l1") == true)
+                assert(system.lock.release("l1") == false, "only the holder releases")
+                return "ok"
+            end
+            return { main = main }
+        "#,
+        )
+        .modules(&["system"]),
+    );
+    let (_pid, watch) = h.node.spawn_watched(HOST, wippy_runtime::Spawn::entry("test:sys")).unwrap();
+    assert_eq!(watch.wait_timeout(std::time::Duration::from_secs(20)).unwrap().unwrap(), s("ok"));
+}

@@ -392,21 +392,22 @@ impl<'a> Context<'a> {
 
     /// Register `name` for `pid` (this process, or another live local one with
     /// `process.registry.foreign`) in `scope` (SPEC §13.5): `Local` is this node's table,
-    /// the others the cluster's (Unavailable off a cluster). Checked as
+    /// the others the cluster's (off a cluster, this node's table too). Checked as
     /// `process.registry.register.<scope>` when the scope is not `Local`.
     pub fn register_scoped(&mut self, name: &str, pid: Pid, scope: crate::remote::NameScope) -> Result<(), Error> {
         if scope == crate::remote::NameScope::Local {
             return if pid == self.cell.pid { self.register(name) } else { self.register_for(name, pid) };
         }
+        let Some(remote) = self.node.remote.get() else {
+            // one node is the whole cluster: its table gives every scope's guarantee
+            return self.register_scoped(name, pid, crate::remote::NameScope::Local);
+        };
         self.flush();
         let pid = self.node.resolve(&Dest::Pid(pid))?;
         if pid != self.cell.pid {
             self.check_dest("process.registry.foreign", &Dest::Pid(pid))?;
         }
         self.allow(&format!("process.registry.register.{}", scope.as_str()), name)?;
-        let Some(remote) = self.node.remote.get() else {
-            return Err(Error::unavailable(format!("name '{}': the {} scope needs clustering (cluster.enabled)", crate::error::Echo(name), scope.as_str())));
-        };
         let cell = self.node.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
         if name.is_empty() || name.len() > crate::names::MAX_NAME_BYTES {
             return Err(Error::invalid(format!("name must be 1 to {} bytes", crate::names::MAX_NAME_BYTES)));

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Weak};
 
 use mlua::{Lua, Table, Value as LuaValue, Variadic};
-use wippy_runtime::{Dest, Error, Payload, Pid, Spawn, Value};
+use wippy_runtime::{Dest, Error, NameScope, Payload, Pid, Spawn, Value};
 
 use super::{bad_arg, fail};
 use crate::catalog::{Catalog, EntryKind};
@@ -273,7 +273,7 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
     reg.raw_set("STRONG", 3)?;
     reg.raw_set(
         "register",
-        lua.create_function(|lua, (name, pid, _scope): (LuaValue, LuaValue, LuaValue)| {
+        lua.create_function(|lua, (name, pid, scope): (LuaValue, LuaValue, LuaValue)| {
             let name = string_arg(&name, 1, "register")?;
             let pid = match &pid {
                 LuaValue::Nil => None,
@@ -283,10 +283,29 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                 },
                 other => return Err(bad_arg(2, "register", "string", other)),
             };
+            // SPEC §13.5: LOCAL = 0, EVENTUAL = 1, CONSISTENT = 2, STRONG = 3
+            let scope = match &scope {
+                LuaValue::Nil => NameScope::Local,
+                LuaValue::Integer(n) => match NameScope::from_code(*n) {
+                    Some(s) => s,
+                    None => return fail(lua, Error::invalid(format!("register: unknown scope {n} (LOCAL 0, EVENTUAL 1, CONSISTENT 2, STRONG 3)"))),
+                },
+                LuaValue::Number(f) if f.fract() == 0.0 => match NameScope::from_code(*f as i64) {
+                    Some(s) => s,
+                    None => return fail(lua, Error::invalid(format!("register: unknown scope {f}"))),
+                },
+                other => return fail(lua, Error::invalid(format!("register: scope must be a number, got {}", other.type_name()))),
+            };
             current::with(|cx, _| {
-                let r = match pid {
-                    Some(p) if p != cx.pid() => cx.register_for(&name, p),
-                    _ => cx.register(&name),
+                let r = match (pid, scope) {
+                    (p, NameScope::Local) => match p {
+                        Some(p) if p != cx.pid() => cx.register_for(&name, p),
+                        _ => cx.register(&name),
+                    },
+                    (p, s) => {
+                        let p = p.unwrap_or_else(|| cx.pid());
+                        cx.register_scoped(&name, p, s)
+                    }
                 };
                 ok_or_fail(lua, r)
             })
@@ -302,6 +321,51 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
             })
         })?,
     )?;
+    // SPEC §13.5: fences of CONSISTENT/STRONG names; the top-level names are deprecated
+    // aliases that warn once
+    let debug = lua.create_table()?;
+    let lookup_with_fence = lua.create_function(|lua, name: LuaValue| {
+        let name = string_arg(&name, 1, "lookup_with_fence")?;
+        current::with(|cx, _| match cx.node().remote().and_then(|r| r.fence(&name)) {
+            Some((pid, fence)) => {
+                let t = lua.create_table()?;
+                t.raw_set("pid", pid.to_string())?;
+                t.raw_set("fence_token", fence as i64)?;
+                Ok((LuaValue::Table(t), LuaValue::Nil))
+            }
+            None => fail(lua, Error::not_found(format!("could not resolve: {}", wippy_runtime::Echo(&name)))),
+        })
+    })?;
+    let validate_fence = lua.create_function(|lua, (name, token): (LuaValue, LuaValue)| {
+        let name = string_arg(&name, 1, "validate_fence")?;
+        let token = match token {
+            LuaValue::Integer(i) => i,
+            LuaValue::Number(f) => f as i64,
+            other => return Err(bad_arg(2, "validate_fence", "number", &other)),
+        };
+        current::with(|cx, _| match cx.node().remote().and_then(|r| r.fence(&name)) {
+            Some((_, fence)) if fence as i64 == token => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+            _ => {
+                let (_, e) = fail(lua, Error::new(wippy_runtime::ErrorKind::Conflict, "stale fence").with_retryable(true))?;
+                Ok((LuaValue::Boolean(false), e))
+            }
+        })
+    })?;
+    debug.raw_set("lookup_with_fence", lookup_with_fence.clone())?;
+    debug.raw_set("validate_fence", validate_fence.clone())?;
+    reg.raw_set("debug", debug)?;
+    for (alias, f) in [("lookup_with_fence", lookup_with_fence), ("validate_fence", validate_fence)] {
+        let warned = std::sync::atomic::AtomicBool::new(false);
+        reg.raw_set(
+            alias,
+            lua.create_function(move |_, args: mlua::MultiValue| {
+                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!("process.registry.{alias} is deprecated: use process.registry.debug.{alias}");
+                }
+                f.call::<mlua::MultiValue>(args)
+            })?,
+        )?;
+    }
     reg.raw_set(
         "unregister",
         lua.create_function(|lua, name: LuaValue| {

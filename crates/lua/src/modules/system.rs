@@ -358,7 +358,156 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
         })?,
     )?;
     t.raw_set("hosts", hosts)?;
+    cluster_calls(lua, &t)?;
     Ok(t)
+}
+
+/// As [`guarded`], but a denied permission is Invalid (SPEC §13.2: Wippy's choice for the
+/// cluster calls).
+fn cluster_guarded(
+    lua: &Lua,
+    action: &str,
+    resource: &str,
+    f: impl FnOnce(&Lua, &mut Context<'_>) -> mlua::Result<Result<LuaValue, Error>>,
+) -> mlua::Result<(LuaValue, LuaValue)> {
+    let r = current::with(|cx, _| {
+        if let Err(e) = cx.allow(action, resource) {
+            return Ok(Err(Error::invalid(e.message)));
+        }
+        f(lua, cx)
+    });
+    match r {
+        Ok(Ok(v)) => Ok((v, LuaValue::Nil)),
+        Ok(Err(e)) => fail(lua, e),
+        Err(_) => fail(lua, Error::internal("system: no process context")),
+    }
+}
+
+/// SPEC §13.2: `system.node`, `system.cluster`, `system.raft` and `system.lock`. On this
+/// engine the name store is NATS JetStream's (its own replication and leader), so the raft
+/// calls describe a node that is no raft member: role "non-member", no leader, term 0.
+fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    fn node_id(cx: &Context<'_>) -> String {
+        let n = cx.node().node_name();
+        if n.is_none() { "local".to_string() } else { n.as_str().to_string() }
+    }
+    let node = lua.create_table()?;
+    node.raw_set(
+        "id",
+        lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "node", |lua, cx| Ok(Ok(LuaValue::String(lua.create_string(node_id(cx))?)))))?,
+    )?;
+    node.raw_set(
+        "addr",
+        lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "node", |lua, _| Ok(Ok(LuaValue::String(lua.create_string("")?)))))?,
+    )?;
+    let role = lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "node", |lua, _| Ok(Ok(LuaValue::String(lua.create_string("non-member")?)))))?;
+    node.raw_set("role", role.clone())?;
+    t.raw_set("node", node)?;
+
+    let cluster = lua.create_table()?;
+    cluster.raw_set(
+        "members",
+        lua.create_function(|lua, ()| {
+            cluster_guarded(lua, "system.read", "cluster", |lua, cx| {
+                let out = lua.create_table()?;
+                let members = match cx.node().remote() {
+                    Some(r) => r.members(),
+                    None => vec![wippy_runtime::Member { id: node_id(cx), is_local: true, addr: None }],
+                };
+                for (i, m) in members.iter().enumerate() {
+                    let row = lua.create_table()?;
+                    row.raw_set("id", m.id.as_str())?;
+                    row.raw_set("is_local", m.is_local)?;
+                    if let Some(a) = &m.addr {
+                        row.raw_set("addr", a.as_str())?;
+                    }
+                    out.raw_set(i + 1, row)?;
+                }
+                Ok(Ok(LuaValue::Table(out)))
+            })
+        })?,
+    )?;
+    cluster.raw_set(
+        "size",
+        lua.create_function(|lua, ()| {
+            cluster_guarded(lua, "system.read", "cluster", |_, cx| Ok(Ok(LuaValue::Integer(cx.node().remote().map_or(1, |r| r.members().len()) as i64))))
+        })?,
+    )?;
+    cluster.raw_set(
+        "leader",
+        lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "cluster", |lua, _| Ok(Ok(LuaValue::String(lua.create_string("")?)))))?,
+    )?;
+    t.raw_set("cluster", cluster)?;
+
+    let raft = lua.create_table()?;
+    raft.raw_set("role", role)?;
+    for (name, v) in [("is_leader", false), ("is_member", false)] {
+        raft.raw_set(name, lua.create_function(move |lua, ()| cluster_guarded(lua, "system.read", "raft", move |_, _| Ok(Ok(LuaValue::Boolean(v)))))?)?;
+    }
+    for name in ["term", "commit_index"] {
+        raft.raw_set(name, lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "raft", |_, _| Ok(Ok(LuaValue::Integer(0)))))?)?;
+    }
+    raft.raw_set(
+        "stats",
+        lua.create_function(|lua, ()| {
+            cluster_guarded(lua, "system.read", "raft_stats", |lua, _| {
+                let s = lua.create_table()?;
+                s.raw_set("engine", "nats-jetstream")?;
+                Ok(Ok(LuaValue::Table(s)))
+            })
+        })?,
+    )?;
+    t.raw_set("raft", raft)?;
+
+    // a cluster lock is a STRONG name held by the caller (SPEC §13.2)
+    let lock = lua.create_table()?;
+    lock.raw_set(
+        "acquire",
+        lua.create_function(|lua, name: LuaValue| {
+            let name = match &name {
+                LuaValue::String(s) => s.to_str()?.to_string(),
+                _ => return fail(lua, Error::invalid("system.lock.acquire: name must be a string")),
+            };
+            let r = current::with(|cx, _| {
+                if let Err(e) = cx.allow("system.lock", &name) {
+                    return Ok(Err(e));
+                }
+                let me = cx.pid();
+                if cx.lookup(&name) == Some(me) {
+                    return Ok(Ok(()));
+                }
+                Ok(cx.register_scoped(&name, me, wippy_runtime::NameScope::Strong))
+            })?;
+            match r {
+                Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                Err(e) => Ok((LuaValue::Boolean(false), fail(lua, e)?.1)),
+            }
+        })?,
+    )?;
+    lock.raw_set(
+        "release",
+        lua.create_function(|lua, name: LuaValue| {
+            let name = match &name {
+                LuaValue::String(s) => s.to_str()?.to_string(),
+                _ => return fail(lua, Error::invalid("system.lock.release: name must be a string")),
+            };
+            let r = current::with(|cx, _| {
+                if let Err(e) = cx.allow("system.lock", &name) {
+                    return Ok(Err(e));
+                }
+                if cx.lookup(&name) != Some(cx.pid()) {
+                    return Ok(Ok(false));
+                }
+                Ok(cx.unregister(&name))
+            })?;
+            match r {
+                Ok(b) => Ok((LuaValue::Boolean(b), LuaValue::Nil)),
+                Err(e) => Ok((LuaValue::Boolean(false), fail(lua, e)?.1)),
+            }
+        })?,
+    )?;
+    t.raw_set("lock", lock)?;
+    Ok(())
 }
 
 fn describe(name: &str) -> &'static str {
