@@ -19,7 +19,7 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use wippy_cluster::{Cluster, Config};
-use wippy_lua::{LuaEntry, LuaRuntime, ShardOptions};
+use wippy_lua::{LuaEntry, LuaRuntime};
 use wippy_runtime::*;
 
 use crate::report::*;
@@ -104,7 +104,10 @@ pub fn node_main(name: &str, url: &str) {
     println!("READY");
     let _keep = lua;
     loop {
-        std::thread::park();
+        std::thread::sleep(Duration::from_secs(2));
+        if std::env::var("WIPPY_BENCH_DEBUG").is_ok() {
+            eprintln!("{name} sees {:?}", _cluster.members().iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+        }
     }
 }
 
@@ -196,9 +199,11 @@ pub fn run() {
     let cluster = Cluster::join(&node.handle(), Config::new("a", vec![nats.url.clone()])).expect("join");
     assert!(cluster.wait_for(Duration::from_secs(10), |m| m.len() == 2), "b is not visible");
     let (pp, stream, names, lookups) = (20_000i64, 200_000i64, 1_000i64, 100_000i64);
-    let r = match node.exec(HOST, Spawn::entry("bench:driver").args(vec![pp.into(), stream.into(), names.into(), lookups.into()])) {
-        Ok(v) => v,
-        Err(e) => panic!("driver: {e}"),
+    let (_, watch) = node.spawn_watched(HOST, Spawn::entry("bench:driver").args(vec![pp.into(), stream.into(), names.into(), lookups.into()])).expect("driver");
+    let r = match watch.wait_timeout(Duration::from_secs(120)) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => panic!("driver: {e}"),
+        None => panic!("the driver did not finish in 120 s: {:?}", node.processes(None).iter().map(|p| (p.pid, p.state, p.queued)).collect::<Vec<_>>()),
     };
     let t = |i: usize| Duration::from_nanos(r.as_table().unwrap().array[i].as_int().unwrap() as u64);
     outf("cluster_pingpong_rate", pp as f64 / t(0).as_secs_f64(), "roundtrips/s");
