@@ -10,6 +10,7 @@
 //! | `<p>.hb` | every node's heartbeat (every 100 ms) |
 //! | `<p>.leave` | a node leaving on purpose |
 //! | `<p>.sync.<node>` | "has your replica applied name revision R?" (STRONG names) |
+//! | `<p>.spawn.<node>` | spawn an entry on one of the node's hosts (request/reply; beyond Wippy) |
 //!
 //! and two JetStream key-value buckets: `<p>_names` (cluster-wide names; a key's revision is
 //! its fence token) and `<p>_nodes` (which incarnation holds a node name).
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use smol_str::SmolStr;
-use wippy_runtime::{Along, Error, ErrorKind, ExitResult, HostName, NameScope, NodeRef, Origin, Payload, Pid, Relation, Remote};
+use wippy_runtime::{Along, Error, ErrorKind, ExitResult, HostName, NameScope, NodeRef, Origin, Payload, Pid, Relation, Remote, Table, Value};
 
 use crate::members::Peer;
 use crate::wire::Envelope;
@@ -342,6 +343,76 @@ async fn connect(config: &Config, connected: Arc<AtomicBool>) -> Result<async_na
     })
 }
 
+/// Run `f` on the cluster's runtime and wait for it from a worker thread (a name's
+/// registration and a remote spawn wait for their answer: SPEC §13.5's "blocks").
+pub(crate) fn wait<T: Send + 'static>(inner: &Arc<Inner>, limit: Duration, f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static) -> Result<T, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    inner.rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "the cluster did not answer in time").with_retryable(true)))
+}
+
+/// `[version, from, host, actor, actor meta, [policy IDs], host, entry, method, [args]]`
+fn spawn_request(from: &Origin<'_>, identity: Option<&wippy_runtime::Identity>, host: &str, entry: &str, method: &str, args: &[Value]) -> Vec<u8> {
+    let mut t = Table::new();
+    t.push(Value::Int(wire::VERSION as i64));
+    t.push(Value::str(&from.pid.to_string()));
+    t.push(Value::str(from.host));
+    let actor = identity.and_then(|i| i.actor.as_ref());
+    t.push(actor.map_or(Value::Nil, |a| Value::str(&a.id)));
+    t.push(actor.map_or(Value::Nil, |a| Value::table(a.meta.clone())));
+    let mut policies = Table::new();
+    for p in identity.and_then(|i| i.scope.as_ref()).map(|s| s.policies()).unwrap_or(&[]) {
+        policies.push(Value::str(&p.id));
+    }
+    t.push(Value::table(policies));
+    for s in [host, entry, method] {
+        t.push(Value::str(s));
+    }
+    let mut a = Table::new();
+    a.array.extend(args.iter().cloned());
+    t.push(Value::table(a));
+    let mut out = Vec::new();
+    wire::write_value(&mut out, &Value::table(t));
+    out
+}
+
+/// Answer another node's spawn request.
+pub(crate) fn answer_spawn(inner: &Inner, data: &[u8]) -> Vec<u8> {
+    let result = (|| {
+        let v = wire::Reader::new(data).value(0).map_err(|e| Error::invalid(format!("malformed spawn request: {e}")))?;
+        let t = v.as_table().filter(|t| t.array.len() == 10 && t.array[0].as_int() == Some(wire::VERSION as i64)).ok_or_else(|| Error::invalid("malformed spawn request"))?;
+        let s = |i: usize| t.array[i].as_str().ok_or_else(|| Error::invalid("malformed spawn request"));
+        let from: Pid = s(1)?.parse().map_err(|e: wippy_runtime::PidParseError| Error::invalid(e.to_string()))?;
+        if from.node().is_none() || from.node() == inner.me {
+            return Err(Error::invalid("a spawn request names no other node as its sender"));
+        }
+        let actor = match &t.array[3] {
+            Value::Nil => None,
+            v => Some(wippy_runtime::Actor::new(v.as_str().unwrap_or_default()).with_meta(t.array[4].as_table().cloned().unwrap_or_default())),
+        };
+        let policies: Vec<String> = t.array[5].as_table().map(|p| p.array.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        let args = t.array[9].as_table().map(|a| a.array.clone()).unwrap_or_default();
+        let origin = Origin { pid: from, host: s(2)?, actor: t.array[3].as_str() };
+        inner.node.remote_spawn(&origin, actor, &policies, s(6)?, s(7)?, s(8)?, args)
+    })();
+    let mut reply = Table::new();
+    match result {
+        Ok(pid) => {
+            reply.push(Value::Bool(true));
+            reply.push(Value::str(&pid.to_string()));
+        }
+        Err(e) => {
+            reply.push(Value::Bool(false));
+            reply.push(Value::Error(Arc::new(e)));
+        }
+    }
+    let mut out = Vec::new();
+    wire::write_value(&mut out, &Value::table(reply));
+    out
+}
+
 impl Inner {
     /// Milliseconds since this node joined (the clock of liveness).
     pub(crate) fn now_ms(&self) -> u64 {
@@ -459,6 +530,29 @@ impl Remote for Cluster {
 
     fn released(&self, pid: Pid, names: &[SmolStr]) {
         names::released(&self.inner, pid, names)
+    }
+
+    fn spawn(&self, from: &Origin<'_>, identity: Option<&wippy_runtime::Identity>, node: HostName, host: &str, entry: &str, method: &str, args: &[Value]) -> Result<Pid, Error> {
+        let alive = self.inner.peers.read().get(&node).is_some_and(|p| p.alive.load(Ordering::Acquire));
+        if !alive {
+            return Err(Error::not_found(format!("node not found: {node}")));
+        }
+        let body = spawn_request(from, identity, host, entry, method, args);
+        let subject = format!("{}.spawn.{}", self.inner.config.prefix, token(node.as_str()));
+        let client = self.inner.client.clone();
+        let reply = wait(&self.inner, Duration::from_secs(6), async move {
+            match tokio::time::timeout(Duration::from_secs(5), client.request(subject, body.into())).await {
+                Ok(Ok(m)) => Ok(m.payload),
+                Ok(Err(e)) => Err(Error::new(ErrorKind::Unavailable, format!("spawn on node {node}: {e}")).with_retryable(true)),
+                Err(_) => Err(Error::new(ErrorKind::Timeout, format!("spawn on node {node}: no answer in 5 s")).with_retryable(true)),
+            }
+        })?;
+        let v = wire::Reader::new(&reply).value(0).map_err(|e| Error::internal(format!("spawn on node {node}: malformed answer: {e}")))?;
+        match v.as_table().map(|t| t.array.as_slice()) {
+            Some([Value::Bool(true), Value::Str(p)]) => std::str::from_utf8(p).ok().and_then(|p| p.parse().ok()).ok_or_else(|| Error::internal("spawn: malformed PID")),
+            Some([Value::Bool(false), Value::Error(e)]) => Err((**e).clone()),
+            _ => Err(Error::internal(format!("spawn on node {node}: malformed answer"))),
+        }
     }
 
     fn members(&self) -> Vec<wippy_runtime::Member> {

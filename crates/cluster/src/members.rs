@@ -167,6 +167,19 @@ pub(crate) async fn start(inner: &Arc<Inner>, connected: Arc<AtomicBool>) -> Res
     let mut hb = sub(format!("{p}.hb")).await?;
     let mut leave = sub(format!("{p}.leave")).await?;
     let mut down = sub(format!("{p}.down")).await?;
+    let mut spawns = sub(subject(inner, "spawn", &inner.name)).await?;
+    let i = inner.clone();
+    inner.rt.spawn(async move {
+        while let Some(m) = spawns.next().await {
+            if i.silent.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Some(reply) = m.reply {
+                let answer = crate::answer_spawn(&i, &m.payload);
+                let _ = i.client.publish(reply, answer.into()).await;
+            }
+        }
+    });
 
     let i = inner.clone();
     inner.rt.spawn(async move {

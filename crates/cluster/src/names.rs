@@ -234,15 +234,7 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Run `f` on the cluster's runtime and wait for it from a worker thread (a name's
-/// registration waits for the store: SPEC §13.5's "blocks").
-fn wait<T: Send + 'static>(inner: &Arc<Inner>, limit: Duration, f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static) -> Result<T, Error> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    inner.rt.spawn(async move {
-        let _ = tx.send(f.await);
-    });
-    rx.recv_timeout(limit).unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "cluster name service did not answer in time").with_retryable(true)))
-}
+use crate::wait;
 
 fn alive(inner: &Inner, pid: Pid) -> bool {
     if pid.node() == inner.me {

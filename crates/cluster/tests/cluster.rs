@@ -44,11 +44,17 @@ fn cluster(nats: &Nats, names: &[&str]) -> Vec<TestNode> {
 
 /// Run `f` inside a fresh process on `node` and hand back what it returns.
 fn within<R: Send + 'static>(node: &NodeRef, f: impl FnOnce(&mut Context<'_>) -> R + Send + 'static) -> R {
+    probe_doing(node, f).2
+}
+
+/// A probe on `node` whose first act is `f` (a link, a monitor, ...): its PID, its events,
+/// and what `f` returned.
+fn probe_doing<R: Send + 'static>(node: &NodeRef, f: impl FnOnce(&mut Context<'_>) -> R + Send + 'static) -> (Pid, Receiver<Event>, R) {
     let (tx, rx) = channel();
-    let (_pid, _events) = probe_with(node, HOST, move |cx| {
+    let (pid, events) = probe_with(node, HOST, move |cx| {
         let _ = tx.send(f(cx));
     });
-    rx.recv_timeout(LIMIT).expect("the process ran")
+    (pid, events, rx.recv_timeout(LIMIT).expect("the probe started"))
 }
 
 fn next_message(rx: &Receiver<Event>, topic: &str) -> Message {
@@ -136,17 +142,10 @@ fn send_by_name_link_and_monitor_across_nodes() {
 
     // a monitor fires with the remote exit's result; a trapping link gets LINK_DOWN
     // a process of a that links to svc and traps
-    let (tx, rx) = channel();
-    let (_lp, lp_rx) = probe_with(&a.node, HOST, move |cx| {
-        cx.set_trap_links(true);
-        let _ = tx.send(cx.link(svc));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
-    let (tx, rx) = channel();
-    let (_mp, mp_rx) = probe_with(&a.node, HOST, move |cx| {
-        let _ = tx.send(cx.monitor(svc));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (_lp, lp_rx, r) = probe_doing(&a.node, move |cx| { cx.set_trap_links(true); cx.link(svc) });
+    r.unwrap();
+    let (_mp, mp_rx, r) = probe_doing(&a.node, move |cx| cx.monitor(svc));
+    r.unwrap();
     eventually("b holds the remote link and monitor", || {
         b.node.processes(None).iter().any(|p| p.pid == svc && p.links.len() == 1 && p.monitors.len() == 1)
     });
@@ -166,11 +165,8 @@ fn a_link_kills_a_non_trapping_process_across_nodes_and_terminate_and_cancel_rea
     let nodes = cluster(&nats, &["a", "b"]);
     let (a, b) = (&nodes[0], &nodes[1]);
     let (target, t_rx) = probe(&b.node, HOST);
-    let (tx, rx) = channel();
-    let (victim, _v_rx) = probe_with(&a.node, HOST, move |cx| {
-        let _ = tx.send(cx.link(target));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (victim, _v_rx, r) = probe_doing(&a.node, move |cx| cx.link(target));
+    r.unwrap();
     let (_w, w_rx) = probe_with(&a.node, HOST, move |cx| cx.monitor(victim).unwrap());
     eventually("b holds the link", || b.node.processes(None).iter().any(|p| p.pid == target && p.links == vec![victim]));
     // CANCEL crosses with its reason and sender
@@ -200,22 +196,12 @@ fn node_down_fires_links_and_monitors_within_a_second_on_connection_loss() {
     let nodes = cluster(&nats, &["a", "b"]);
     let (a, b) = (&nodes[0], &nodes[1]);
     let (remote, _r) = probe(&b.node, HOST);
-    let (tx, rx) = channel();
-    let (_m, m_rx) = probe_with(&a.node, HOST, move |cx| {
-        let _ = tx.send(cx.monitor(remote));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
-    let (tx, rx) = channel();
-    let (_l, l_rx) = probe_with(&a.node, HOST, move |cx| {
-        cx.set_trap_links(true);
-        let _ = tx.send(cx.link(remote));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
-    let (tx, rx) = channel();
-    let (plain, _p) = probe_with(&a.node, HOST, move |cx| {
-        let _ = tx.send(cx.link(remote));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (_m, m_rx, r) = probe_doing(&a.node, move |cx| cx.monitor(remote));
+    r.unwrap();
+    let (_l, l_rx, r) = probe_doing(&a.node, move |cx| { cx.set_trap_links(true); cx.link(remote) });
+    r.unwrap();
+    let (plain, _p, r) = probe_doing(&a.node, move |cx| cx.link(remote));
+    r.unwrap();
     let (_w, w_rx) = probe_with(&a.node, HOST, move |cx| cx.monitor(plain).unwrap());
     eventually("b holds them", || b.node.processes(None).iter().any(|p| p.pid == remote && p.links.len() == 2 && p.monitors.len() == 1));
 
@@ -247,11 +233,8 @@ fn a_silent_node_is_declared_down_within_three_seconds() {
     let nodes = cluster(&nats, &["a", "b"]);
     let (a, b) = (&nodes[0], &nodes[1]);
     let (remote, _r) = probe(&b.node, HOST);
-    let (tx, rx) = channel();
-    let (_m, m_rx) = probe_with(&a.node, HOST, move |cx| {
-        let _ = tx.send(cx.monitor(remote));
-    });
-    rx.recv_timeout(LIMIT).unwrap().unwrap();
+    let (_m, m_rx, r) = probe_doing(&a.node, move |cx| cx.monitor(remote));
+    r.unwrap();
     let t0 = Instant::now();
     b.cluster.fault(Fault::Silence);
     let (from, result) = next_exit(&m_rx);
@@ -442,4 +425,52 @@ fn garbage_on_the_cluster_subjects_is_refused_and_nothing_breaks() {
     assert_eq!(m.first().as_int(), Some(1));
     assert!(rx.try_iter().all(|e| !matches!(e, Event::Message(m) if m.topic == "forged")));
     assert_eq!(nodes[0].cluster.members().len(), 2);
+}
+
+#[test]
+fn spawn_onto_another_nodes_host_with_that_nodes_policies_deciding() {
+    let nats = Nats::start();
+    let nodes = cluster(&nats, &["a", "b"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // b's entry: a process that reports its arguments to whoever it is told, then waits
+    b.node.register_entry(
+        "app:reporter",
+        std::sync::Arc::new(|_: &str| -> Result<Box<dyn Process>, Error> {
+            struct Reporter;
+            impl Handler for Reporter {
+                fn started(&mut self, cx: &mut Context<'_>, args: Vec<Value>) -> Flow {
+                    let to: Pid = args[0].as_str().unwrap().parse().unwrap();
+                    cx.send1(to, "hello", args[1].clone()).unwrap();
+                    Flow::Continue
+                }
+                fn handle(&mut self, _: &mut Context<'_>, ev: Event) -> Flow {
+                    match ev {
+                        Event::Message(m) if m.topic == "fail" => Flow::fail(Error::internal("asked to fail")),
+                        _ => Flow::Continue,
+                    }
+                }
+            }
+            Ok(Box::new(HandlerProcess(Reporter)))
+        }),
+    );
+    let (sink, rx) = probe(&a.node, HOST);
+    let child = within(&a.node, move |cx| {
+        cx.spawn_on(&format!("b@{HOST}"), Spawn::entry("app:reporter").arg(sink.to_string()).arg("hi").monitored())
+    })
+    .unwrap();
+    assert_eq!(child.node().as_str(), "b");
+    assert!(b.node.is_alive(child));
+    let m = next_message(&rx, "hello");
+    assert_eq!((m.from, m.first().as_str()), (child, Some("hi")));
+    // unknown entries, hosts and nodes are errors from the node that decides
+    let e = within(&a.node, |cx| cx.spawn_on(&format!("b@{HOST}"), Spawn::entry("app:nothing"))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    let e = within(&a.node, |cx| cx.spawn_on("b@no:host", Spawn::entry("app:reporter"))).unwrap_err();
+    assert!(e.message.contains("host not found"), "{e}");
+    let e = within(&a.node, |cx| cx.spawn_on(&format!("zz@{HOST}"), Spawn::entry("app:reporter"))).unwrap_err();
+    assert!(e.message.contains("node not found"), "{e}");
+    // b's policies decide: in strict mode, a process without an actor may not spawn there
+    b.node.security().set_strict(true);
+    let e = within(&a.node, |cx| cx.spawn_on(&format!("b@{HOST}"), Spawn::entry("app:reporter").arg("{a@x|0x1}").arg(1))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
 }

@@ -294,7 +294,16 @@ impl<'a> Context<'a> {
     /// `process.context` / `process.security` when the spawn sets context or identity.
     pub fn spawn_on(&mut self, host: &str, spawn: Spawn) -> Result<Pid, Error> {
         self.flush();
-        let target = if host == self.cell.host.config.name { self.cell.host.clone() } else { self.node.host_for_spawn(host)? };
+        let target = if host == self.cell.host.config.name {
+            self.cell.host.clone()
+        } else {
+            // `node@host`: another node's host (beyond Wippy, SPEC §13)
+            match host.split_once('@') {
+                Some((node, h)) if node != self.node.local.as_str() => return self.spawn_remote(node, h, spawn),
+                Some((_, h)) => return self.spawn_on(h, spawn),
+                None => self.node.host_for_spawn(host)?,
+            }
+        };
         // a spawn hands the new process its arguments (and with_message's messages) on `host`
         self.check_boundary("process.host", host, &target.config)?;
         if spawn.is_call() {
@@ -331,6 +340,28 @@ impl<'a> Context<'a> {
             self.allow("process.security", "security")?;
         }
         self.node.spawn(Some(self.cell), &target, spawn, None, self.context.clone(), self.cell.identity.clone())
+    }
+
+    /// Spawn an entry on host `host` of node `node`: that node's policies decide (it checks
+    /// the spawn under this process's actor and scope, and its host's boundary). A linked or
+    /// monitored spawn is linked or monitored once the child exists (if it exits before, the
+    /// link or monitor fires at once, as for any exited process).
+    #[cold]
+    #[inline(never)]
+    fn spawn_remote(&mut self, node: &str, host: &str, spawn: Spawn) -> Result<Pid, Error> {
+        let Some((entry, method, args)) = spawn.entry_parts() else {
+            return Err(Error::invalid("only an entry can be spawned on another node"));
+        };
+        let remote = self.node.remote.get().ok_or_else(|| Error::not_found(format!("node not found: {node} (this node is not in a cluster)")))?;
+        let node = crate::pid::HostName::new(node);
+        let pid = remote.spawn(&self.cell.origin(), self.cell.identity.as_deref(), node, host, entry, method, args)?;
+        if spawn.link {
+            self.link(pid)?;
+        }
+        if spawn.monitor {
+            self.monitor(pid)?;
+        }
+        Ok(pid)
     }
 
     /// Spawn a child monitored by this process, without the checks of [`Self::spawn_on`]:

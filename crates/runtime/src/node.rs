@@ -187,6 +187,13 @@ impl Spawn {
             What::Process(_) => "native",
         }
     }
+    /// An entry spawn's entry, method and arguments (`None` for a process object).
+    pub(crate) fn entry_parts(&self) -> Option<(&str, &str, &[Value])> {
+        match &self.what {
+            What::Entry(id) => Some((id, &self.method, &self.args)),
+            What::Process(_) => None,
+        }
+    }
     pub(crate) fn sets_context(&self) -> bool {
         self.context.is_some()
     }

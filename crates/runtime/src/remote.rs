@@ -98,6 +98,10 @@ pub trait Remote: Send + Sync + 'static {
     fn unregister(&self, name: &str) -> Option<bool>;
     /// `pid` exited holding `names`: release those that are cluster-wide.
     fn released(&self, pid: Pid, names: &[SmolStr]);
+    /// Spawn entry `entry` on host `host` of node `node` for `from` (running as
+    /// `identity`): that node decides; its answer is awaited.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(&self, from: &Origin<'_>, identity: Option<&crate::security::Identity>, node: HostName, host: &str, entry: &str, method: &str, args: &[crate::value::Value]) -> Result<Pid, Error>;
     /// The live members: this node first, then by ID (SPEC §13.2).
     fn members(&self) -> Vec<Member>;
     /// A CONSISTENT or STRONG name's owner and fence token (SPEC §13.5).
@@ -202,6 +206,38 @@ impl NodeRef {
                 }
             }
         }
+    }
+
+    /// A process of another node asks to spawn `entry` on the local host `host` (beyond
+    /// Wippy). It runs as the asker's actor, with the asker's scope made of this node's
+    /// policies of the same IDs (an ID this node does not know gives nothing); the spawn is
+    /// checked here as a local one would be (`process.host`, `process.spawn`), and the
+    /// host must receive from the asker's host.
+    pub fn remote_spawn(&self, from: &Origin<'_>, actor: Option<crate::security::Actor>, policies: &[String], host: &str, entry: &str, method: &str, args: Vec<crate::value::Value>) -> Result<Pid, Error> {
+        let target = self.inner.host_for_spawn(host)?;
+        if !receives_from(&target.config, from.host) {
+            return Err(crate::security::denied("process.host", &format!("{host} (from host {} of another node)", from.host)));
+        }
+        let identity = if actor.is_some() || !policies.is_empty() {
+            let scope: Vec<_> = policies.iter().filter_map(|id| self.inner.security.policy(id)).collect();
+            Some(Arc::new(crate::security::Identity::new(actor.map(Arc::new), Some(Arc::new(crate::security::Scope::new(scope))))))
+        } else {
+            None
+        };
+        let strict = self.inner.security.strict();
+        if identity.is_some() || strict {
+            for (action, resource) in [("process.host", host), ("process.spawn", entry)] {
+                let req = crate::security::Request { action, resource, pid: Some(from.pid), meta: None, target: None };
+                if !crate::security::evaluate(identity.as_deref(), strict, &req) {
+                    return Err(crate::security::denied(action, resource));
+                }
+            }
+        }
+        let mut spawn = crate::node::Spawn::entry(entry).method(method).args(args);
+        if let Some(i) = &identity {
+            spawn = spawn.identity(i.clone());
+        }
+        self.inner.spawn(None, &target, spawn, None, None, identity)
     }
 
     /// Another node asks to end the local process `to` (SPEC §13.4).

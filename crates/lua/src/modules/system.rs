@@ -383,6 +383,13 @@ fn cluster_guarded(
     }
 }
 
+fn lock_name(v: &LuaValue) -> mlua::Result<Option<String>> {
+    Ok(match v {
+        LuaValue::String(s) => Some(s.to_str()?.to_string()),
+        _ => None,
+    })
+}
+
 /// SPEC §13.2: `system.node`, `system.cluster`, `system.raft` and `system.lock`. On this
 /// engine the name store is NATS JetStream's (its own replication and leader), so the raft
 /// calls describe a node that is no raft member: role "non-member", no leader, term 0.
@@ -464,10 +471,7 @@ fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
     lock.raw_set(
         "acquire",
         lua.create_function(|lua, name: LuaValue| {
-            let name = match &name {
-                LuaValue::String(s) => s.to_str()?.to_string(),
-                _ => return fail(lua, Error::invalid("system.lock.acquire: name must be a string")),
-            };
+            let Some(name) = lock_name(&name)? else { return fail(lua, Error::invalid("system.lock.acquire: name must be a string")) };
             let r = current::with(|cx, _| {
                 if let Err(e) = cx.allow("system.lock", &name) {
                     return Ok(Err(e));
@@ -487,10 +491,7 @@ fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
     lock.raw_set(
         "release",
         lua.create_function(|lua, name: LuaValue| {
-            let name = match &name {
-                LuaValue::String(s) => s.to_str()?.to_string(),
-                _ => return fail(lua, Error::invalid("system.lock.release: name must be a string")),
-            };
+            let Some(name) = lock_name(&name)? else { return fail(lua, Error::invalid("system.lock.release: name must be a string")) };
             let r = current::with(|cx, _| {
                 if let Err(e) = cx.allow("system.lock", &name) {
                     return Ok(Err(e));
