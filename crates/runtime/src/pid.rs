@@ -177,7 +177,7 @@ impl Pid {
         if self.is_nobody() {
             return f("{|}");
         }
-        let node = self.node.as_str().as_bytes();
+        let node: &[u8] = if self.node.is_none() { b"" } else { self.node.as_str().as_bytes() };
         let host = self.host.as_str().as_bytes();
         let mut hex = [0u8; 16];
         let mut n = 0;
@@ -298,15 +298,22 @@ fn parse_plain(s: &str) -> Option<Pid> {
     }
     let inner = &b[1..b.len() - 1];
     let bar = inner.iter().rposition(|&c| c == b'|')?;
-    let (mut host, hex) = (&inner[..bar], inner[bar + 1..].strip_prefix(b"0x")?);
-    let mut node_end = 0;
-    if let Some(at) = host.iter().position(|&c| c == b'@') {
-        if at == 0 || at > 255 {
+    let (host, hex) = (&inner[..bar], inner[bar + 1..].strip_prefix(b"0x")?);
+    // one pass: at most one '@' (after the node), nothing forbidden
+    let mut at = None;
+    for (i, &c) in host.iter().enumerate() {
+        if c == b'@' && at.is_none() {
+            at = Some(i);
+        } else if matches!(c, b'{' | b'}' | b'|' | b'@') || !c.is_ascii() || (c as char).is_whitespace() {
             return None;
         }
-        node_end = at + 1;
-        host = &host[at + 1..];
     }
+    let node_end = match at {
+        Some(0) => return None,
+        Some(i) if i > 255 || i + 1 == host.len() => return None,
+        Some(i) => i + 1,
+        None => 0,
+    };
     if host.is_empty() || hex.is_empty() || hex.len() > 16 {
         return None;
     }
@@ -314,8 +321,7 @@ fn parse_plain(s: &str) -> Option<Pid> {
     for &c in hex {
         seq = seq << 4 | (c as char).to_digit(16)? as u64;
     }
-    let forbidden = |c: &u8| matches!(c, b'{' | b'}' | b'|' | b'@') || !c.is_ascii() || (*c as char).is_whitespace();
-    if seq == 0 || host.iter().any(forbidden) || inner[..node_end.saturating_sub(1)].iter().any(forbidden) {
+    if seq == 0 {
         return None;
     }
     // `host` and the node are ASCII, so their ends are character boundaries of `s`.
