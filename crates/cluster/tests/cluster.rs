@@ -474,3 +474,26 @@ fn spawn_onto_another_nodes_host_with_that_nodes_policies_deciding() {
     let e = within(&a.node, |cx| cx.spawn_on(&format!("b@{HOST}"), Spawn::entry("app:reporter").arg("{a@x|0x1}").arg(1))).unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
 }
+
+#[test]
+fn a_node_restarted_under_its_name_is_a_new_incarnation_whose_old_pids_stay_dead() {
+    let nats = Nats::start();
+    let b = join(&nats, "b");
+    let old = join(&nats, "a");
+    assert!(b.cluster.wait_for(LIMIT, |m| m.len() == 2));
+    let (old_pid, _) = probe(&old.node, HOST);
+    old.cluster.fault(Fault::Disconnect);
+    drop(old);
+    assert!(b.cluster.wait_for(LIMIT, |m| m.len() == 1));
+    let new = join(&nats, "a");
+    assert!(b.cluster.wait_for(LIMIT, |m| m.len() == 2));
+    let (new_pid, _) = probe(&new.node, HOST);
+    assert!(new_pid.seq() > old_pid.seq(), "{new_pid} after {old_pid}");
+    assert!(!new.node.is_alive(old_pid));
+    // a monitor on the old PID fires at once with "process not found"
+    let (_w, w_rx, r) = probe_doing(&b.node, move |cx| cx.monitor(old_pid));
+    r.unwrap();
+    let (from, result) = next_exit(&w_rx);
+    assert_eq!(from, old_pid);
+    assert_eq!(result.unwrap_err().kind, ErrorKind::NotFound);
+}
