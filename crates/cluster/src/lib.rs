@@ -191,7 +191,7 @@ impl Cluster {
         let max_payload = client.server_info().max_payload.max(64 * 1024);
         let incarnation = {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-            t ^ (std::process::id() as u64).rotate_left(48) ^ (&connected as *const _ as u64)
+            (t ^ (std::process::id() as u64).rotate_left(40) ^ (&connected as *const _ as u64)) >> 1
         };
         let names = names::Names::open(&client, &config).await?;
         let inner = Arc::new(Inner {

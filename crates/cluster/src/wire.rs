@@ -258,16 +258,14 @@ impl<'a> Reader<'a> {
     }
 
     pub fn uint(&mut self) -> R<u64> {
-        match self.int_or_none()? {
+        let m = self.marker()?;
+        if m == Marker::U64 {
+            return self.be(8);
+        }
+        match self.int_of(m)? {
             Some(i) if i >= 0 => Ok(i as u64),
-            Some(i) if matches!(i, i64::MIN..=-1) => bad("expected an unsigned integer"),
             _ => bad("expected an unsigned integer"),
         }
-    }
-
-    fn int_or_none(&mut self) -> R<Option<i64>> {
-        let m = self.marker()?;
-        self.int_of(m)
     }
 
     fn int_of(&mut self, m: Marker) -> R<Option<i64>> {
@@ -518,6 +516,18 @@ mod tests {
         }
         assert!(matches!(r.envelope().unwrap(), Envelope::Cancel { reason, .. } if reason == "why"));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn unsigned_integers_read_back_whole() {
+        for n in [0u64, 1, 127, 128, 65_535, u32::MAX as u64 + 1, i64::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            let _ = rmp::encode::write_uint(&mut b, n);
+            assert_eq!(Reader::new(&b).uint().unwrap(), n);
+        }
+        let mut b = Vec::new();
+        let _ = rmp::encode::write_sint(&mut b, -1);
+        assert!(Reader::new(&b).uint().is_err());
     }
 
     #[test]

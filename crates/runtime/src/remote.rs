@@ -213,6 +213,7 @@ impl NodeRef {
     /// policies of the same IDs (an ID this node does not know gives nothing); the spawn is
     /// checked here as a local one would be (`process.host`, `process.spawn`), and the
     /// host must receive from the asker's host.
+    #[allow(clippy::too_many_arguments)]
     pub fn remote_spawn(&self, from: &Origin<'_>, actor: Option<crate::security::Actor>, policies: &[String], host: &str, entry: &str, method: &str, args: Vec<crate::value::Value>) -> Result<Pid, Error> {
         let target = self.inner.host_for_spawn(host)?;
         if !receives_from(&target.config, from.host) {
