@@ -235,3 +235,39 @@ pub fn run() {
     let _ = (b.wait(), c.wait());
     drop(nats);
 }
+
+/// `wippy-bench nats-pingpong`: the transport alone, no wippy code on the path: two
+/// async-nats clients in this process, one echoing subject `p` to `q`, the other publishing
+/// on `p` and waiting for `q` (20,000 round trips after 1,000), through the same
+/// nats-server. The ceiling `cluster_pingpong_rate` lives under.
+pub fn nats_pingpong() {
+    use futures_util::StreamExt;
+    let nats = nats();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rate = rt.block_on(async {
+        let a = async_nats::connect(&nats.url).await.expect("connect");
+        let b = async_nats::connect(&nats.url).await.expect("connect");
+        let mut bs = b.subscribe("p").await.unwrap();
+        let mut aq = a.subscribe("q").await.unwrap();
+        let b2 = b.clone();
+        tokio::spawn(async move {
+            while let Some(m) = bs.next().await {
+                let _ = b2.publish("q", m.payload).await;
+            }
+        });
+        b.flush().await.unwrap();
+        a.flush().await.unwrap();
+        let n = 20_000;
+        for _ in 0..1000 {
+            a.publish("p", "x".into()).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), aq.next()).await.expect("a round trip stalled for 5 s");
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            a.publish("p", "x".into()).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), aq.next()).await.expect("a round trip stalled for 5 s");
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    });
+    outf("nats_pingpong_rate", rate, "roundtrips/s");
+}

@@ -36,6 +36,7 @@ const BENCHES: &[&str] = &[
     "security-check",
     "upgrade",
     "cluster",
+    "nats-pingpong",
 ];
 
 fn main() {
@@ -72,6 +73,7 @@ fn main() {
         "security-check" => native::security_check(),
         "upgrade" => lua::upgrade(),
         "cluster" => cluster::run(),
+        "nats-pingpong" => cluster::nats_pingpong(),
         _ => unreachable!(),
     }
     footer();
