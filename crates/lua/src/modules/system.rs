@@ -33,9 +33,20 @@ fn guarded(
     resource: &str,
     f: impl FnOnce(&Lua, &mut Context<'_>) -> mlua::Result<Result<LuaValue, Error>>,
 ) -> mlua::Result<(LuaValue, LuaValue)> {
+    guarded_as(lua, action, resource, false, f)
+}
+
+/// [`guarded`], with a denied permission reported as Invalid when `denied_invalid`.
+fn guarded_as(
+    lua: &Lua,
+    action: &str,
+    resource: &str,
+    denied_invalid: bool,
+    f: impl FnOnce(&Lua, &mut Context<'_>) -> mlua::Result<Result<LuaValue, Error>>,
+) -> mlua::Result<(LuaValue, LuaValue)> {
     let r = current::with(|cx, _| {
         if let Err(e) = cx.allow(action, resource) {
-            return Ok(Err(e));
+            return Ok(Err(if denied_invalid { Error::invalid(e.message) } else { e }));
         }
         f(lua, cx)
     });
@@ -370,17 +381,7 @@ fn cluster_guarded(
     resource: &str,
     f: impl FnOnce(&Lua, &mut Context<'_>) -> mlua::Result<Result<LuaValue, Error>>,
 ) -> mlua::Result<(LuaValue, LuaValue)> {
-    let r = current::with(|cx, _| {
-        if let Err(e) = cx.allow(action, resource) {
-            return Ok(Err(Error::invalid(e.message)));
-        }
-        f(lua, cx)
-    });
-    match r {
-        Ok(Ok(v)) => Ok((v, LuaValue::Nil)),
-        Ok(Err(e)) => fail(lua, e),
-        Err(_) => fail(lua, Error::internal("system: no process context")),
-    }
+    guarded_as(lua, action, resource, true, f)
 }
 
 fn lock_name(v: &LuaValue) -> mlua::Result<Option<String>> {
