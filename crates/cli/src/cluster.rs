@@ -83,9 +83,7 @@ pub fn settings(config: &Config, servers_flag: Option<&str>, node_flag: Option<&
         Some(n) => n.to_string(),
         None => text(config, "cluster.name")?.unwrap_or_else(hostname),
     };
-    if name.is_empty() || name.len() > 255 || name.contains(['{', '}', '|', '@']) || name.chars().any(char::is_whitespace) {
-        return Err(format!("cluster.name {name:?}: a node ID is 1 to 255 bytes without whitespace or any of {{ }} | @"));
-    }
+    wippy_runtime::Node::check_name(&name).map_err(|e| format!("cluster.name: not a valid node ID: {}", e.message))?;
     let servers: Vec<String> = match servers_flag {
         Some(s) => s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         None => match config.get("cluster.nats.servers") {

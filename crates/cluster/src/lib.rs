@@ -176,13 +176,8 @@ impl Cluster {
                 node.node_name()
             )));
         }
-        let rt = node.tokio_handle();
-        let (tx, rx) = std::sync::mpsc::channel();
         let n = node.clone();
-        rt.spawn(async move {
-            let _ = tx.send(Cluster::join_async(n, config).await);
-        });
-        rx.recv_timeout(Duration::from_secs(30)).map_err(|_| Error::new(ErrorKind::Timeout, "joining the cluster took longer than 30 s"))?
+        wait_on(&node.tokio_handle(), Duration::from_secs(30), "joining the cluster took longer than 30 s", Cluster::join_async(n, config))
     }
 
     async fn join_async(node: NodeRef, config: Config) -> Result<Cluster, Error> {
@@ -261,12 +256,10 @@ impl Cluster {
             return;
         }
         let inner = self.inner.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.inner.rt.spawn(async move {
+        let _ = wait(&self.inner, Duration::from_secs(2), async move {
             members::leave(&inner).await;
-            let _ = tx.send(());
+            Ok(())
         });
-        let _ = rx.recv_timeout(Duration::from_secs(2));
     }
 
     /// Inject a failure (tests, chaos drills): [`Fault::Disconnect`] drops off the cluster
@@ -278,12 +271,10 @@ impl Cluster {
         self.inner.silent.store(true, Ordering::Release);
         if fault == Fault::Disconnect {
             let c = self.inner.client.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            self.inner.rt.spawn(async move {
+            let _ = wait(&self.inner, Duration::from_secs(5), async move {
                 let _ = c.drain().await;
-                let _ = tx.send(());
+                Ok(())
             });
-            let _ = rx.recv_timeout(Duration::from_secs(5));
         }
     }
 
@@ -346,11 +337,22 @@ async fn connect(config: &Config, connected: Arc<AtomicBool>) -> Result<async_na
 /// Run `f` on the cluster's runtime and wait for it from a worker thread (a name's
 /// registration and a remote spawn wait for their answer: SPEC §13.5's "blocks").
 pub(crate) fn wait<T: Send + 'static>(inner: &Arc<Inner>, limit: Duration, f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static) -> Result<T, Error> {
+    wait_on(&inner.rt, limit, "the cluster did not answer in time", f)
+}
+
+/// Run `f` on `rt` and wait for it from this (non-runtime) thread, at most `limit`; past
+/// it, Timeout with `late` as its message.
+fn wait_on<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    limit: Duration,
+    late: &str,
+    f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
     let (tx, rx) = std::sync::mpsc::channel();
-    inner.rt.spawn(async move {
+    rt.spawn(async move {
         let _ = tx.send(f.await);
     });
-    rx.recv_timeout(limit).unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "the cluster did not answer in time").with_retryable(true)))
+    rx.recv_timeout(limit).unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, late).with_retryable(true)))
 }
 
 /// `[version, from, host, actor, actor meta, [policy IDs], host, entry, method, [args]]`
@@ -414,6 +416,11 @@ pub(crate) fn answer_spawn(inner: &Inner, data: &[u8]) -> Vec<u8> {
 }
 
 impl Inner {
+    /// `<prefix>.<what>.<node>`: one of a node's own subjects.
+    pub(crate) fn subject(&self, what: &str, node: &str) -> String {
+        format!("{}.{what}.{}", self.config.prefix, token(node))
+    }
+
     /// Milliseconds since this node joined (the clock of liveness).
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -538,7 +545,7 @@ impl Remote for Cluster {
             return Err(Error::not_found(format!("node not found: {node}")));
         }
         let body = spawn_request(from, identity, host, entry, method, args);
-        let subject = format!("{}.spawn.{}", self.inner.config.prefix, token(node.as_str()));
+        let subject = self.inner.subject("spawn", node.as_str());
         let client = self.inner.client.clone();
         let reply = wait(&self.inner, Duration::from_secs(6), async move {
             match tokio::time::timeout(Duration::from_secs(5), client.request(subject, body.into())).await {

@@ -23,10 +23,12 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use wippy_runtime::{Error, ErrorKind, HostName, Member};
 
-use crate::{token, wire, Inner};
+use crate::{wire, Inner};
 
 /// A frame is published once it holds this much (envelopes are never split).
 const FRAME_BYTES: usize = 64 * 1024;
+/// How long a probe of another node waits for its answer.
+const PROBE_LIMIT: Duration = Duration::from_millis(500);
 /// What may wait for one node before senders get LimitExceeded.
 const MAX_QUEUED: usize = 64 * 1024 * 1024;
 
@@ -104,15 +106,20 @@ impl Peer {
     }
 }
 
-fn subject(inner: &Inner, what: &str, node: &str) -> String {
-    format!("{}.{what}.{}", inner.config.prefix, token(node))
-}
 
 fn hb_body(inner: &Inner) -> bytes::Bytes {
-    let mut b = Vec::with_capacity(32);
+    notice(&inner.name, inner.incarnation(), None)
+}
+
+/// `[version, name, incarnation]` (a heartbeat, a leave), and `by` after them (a down).
+fn notice(name: &str, incarnation: u64, by: Option<&str>) -> bytes::Bytes {
+    let mut b = Vec::with_capacity(48);
     let _ = rmp::encode::write_uint(&mut b, wire::VERSION as u64);
-    let _ = rmp::encode::write_str(&mut b, &inner.name);
-    let _ = rmp::encode::write_uint(&mut b, inner.incarnation());
+    let _ = rmp::encode::write_str(&mut b, name);
+    let _ = rmp::encode::write_uint(&mut b, incarnation);
+    if let Some(by) = by {
+        let _ = rmp::encode::write_str(&mut b, by);
+    }
     b.into()
 }
 
@@ -142,14 +149,12 @@ impl Inner {
 /// Make sure no live node holds this node's name, then take it (SPEC §13 issue: "a node
 /// cannot claim another live node's name").
 pub(crate) async fn claim_name(inner: &Arc<Inner>) -> Result<(), Error> {
-    let ping = subject(inner, "ping", &inner.name);
     let held = |why: String| Error::new(ErrorKind::AlreadyExists, format!("node name '{}' is already live in the cluster: {why}", inner.name));
-    match tokio::time::timeout(Duration::from_secs(1), inner.client.request(ping, bytes::Bytes::new())).await {
-        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
-        Ok(Ok(_)) => return Err(held("it answered".into())),
-        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => return Err(held("it holds its subjects but does not answer".into())),
-        Err(_) => return Err(held("it holds its subjects but does not answer".into())),
-        Ok(Err(e)) => return Err(Error::new(ErrorKind::Unavailable, format!("cannot check the node name '{}': {e}", inner.name))),
+    match ask(inner, &inner.name, Duration::from_secs(1)).await {
+        Asked::Gone => {}
+        Asked::Answered(_) | Asked::Garbled => return Err(held("it answered".into())),
+        Asked::NoAnswer => return Err(held("it holds its subjects but does not answer".into())),
+        Asked::Failed(e) => return Err(Error::new(ErrorKind::Unavailable, format!("cannot check the node name '{}': {e}", inner.name))),
     }
     crate::names::claim_node(inner).await.map_err(|e| held(e.message))
 }
@@ -162,12 +167,12 @@ pub(crate) async fn start(inner: &Arc<Inner>, connected: Arc<AtomicBool>) -> Res
         async move { c.subscribe(s.clone()).await.map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot subscribe to {s}: {e}"))) }
     };
     let p = &inner.config.prefix;
-    let mut data = sub(subject(inner, "node", &inner.name)).await?;
-    let mut ping = sub(subject(inner, "ping", &inner.name)).await?;
+    let mut data = sub(inner.subject("node", &inner.name)).await?;
+    let mut ping = sub(inner.subject("ping", &inner.name)).await?;
     let mut hb = sub(format!("{p}.hb")).await?;
     let mut leave = sub(format!("{p}.leave")).await?;
     let mut down = sub(format!("{p}.down")).await?;
-    let mut spawns = sub(subject(inner, "spawn", &inner.name)).await?;
+    let mut spawns = sub(inner.subject("spawn", &inner.name)).await?;
     let i = inner.clone();
     inner.rt.spawn(async move {
         while let Some(m) = spawns.next().await {
@@ -240,7 +245,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, connected: Arc<AtomicBool>) -> Res
                 // believed only when the node does not answer for itself
                 let i = i.clone();
                 tokio::spawn(async move {
-                    if !matches!(ask(&i, &peer.name).await, Asked::Answered(x) if x == peer.incarnation) {
+                    if !matches!(ask(&i, &peer.name, PROBE_LIMIT).await, Asked::Answered(x) if x == peer.incarnation) {
                         declare_down(&i, &peer, &format!("declared down by node {by}"), false).await;
                     }
                 });
@@ -296,11 +301,11 @@ pub(crate) async fn start(inner: &Arc<Inner>, connected: Arc<AtomicBool>) -> Res
 }
 
 async fn probe(inner: &Arc<Inner>, peer: &Arc<Peer>) {
-    match ask(inner, &peer.name).await {
+    match ask(inner, &peer.name, PROBE_LIMIT).await {
         Asked::Gone => declare_down(inner, peer, "its connection to NATS is gone", true).await,
         Asked::Answered(inc) if inc == peer.incarnation => peer.last_seen.store(inner.now_ms(), Ordering::Release),
         Asked::Answered(_) => declare_down(inner, peer, "restarted as a new incarnation", true).await,
-        Asked::NoAnswer => {}
+        Asked::NoAnswer | Asked::Garbled | Asked::Failed(_) => {}
     }
     peer.probing.store(false, Ordering::Release);
 }
@@ -328,7 +333,7 @@ pub(crate) fn heard(inner: &Arc<Inner>, name: &str, inc: u64) {
     rt.spawn(async move {
         // Believe a new node (or a new life of one) only when its own ping subject answers
         // with that incarnation: anyone with the credentials can publish a heartbeat.
-        match ask(&inner, &name).await {
+        match ask(&inner, &name, PROBE_LIMIT).await {
             Asked::Answered(real) if real == inc => {
                 if let Some(p) = peer.filter(|p| p.alive.load(Ordering::Acquire)) {
                     declare_down(&inner, &p, "restarted as a new incarnation", true).await;
@@ -344,28 +349,38 @@ pub(crate) fn heard(inner: &Arc<Inner>, name: &str, inc: u64) {
                 inner.garbage.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %name, incarnation = inc, "refused a heartbeat its node does not confirm");
             }
-            Asked::NoAnswer => {}
+            Asked::NoAnswer | Asked::Garbled | Asked::Failed(_) => {}
         }
         inner.verifying.lock().remove(&(node, inc));
     });
 }
 
 enum Asked {
+    /// It answered with its incarnation.
     Answered(u64),
+    /// Something answered, not with an incarnation.
+    Garbled,
+    /// NATS says nobody holds the node's ping subject: its connection is gone.
     Gone,
+    /// Nobody answered in time.
     NoAnswer,
+    /// The question could not be asked.
+    Failed(String),
 }
 
-/// Ask node `name` which incarnation it is.
-async fn ask(inner: &Inner, name: &str) -> Asked {
-    let ping = subject(inner, "ping", name);
-    match tokio::time::timeout(Duration::from_millis(500), inner.client.request(ping, bytes::Bytes::new())).await {
-        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Asked::Gone,
+/// Ask node `name` which incarnation it is, waiting at most `limit`.
+async fn ask(inner: &Inner, name: &str, limit: Duration) -> Asked {
+    use async_nats::client::RequestErrorKind;
+    let ping = inner.subject("ping", name);
+    match tokio::time::timeout(limit, inner.client.request(ping, bytes::Bytes::new())).await {
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Asked::Gone,
         Ok(Ok(m)) => match wire::Reader::new(&m.payload).uint() {
             Ok(inc) => Asked::Answered(inc),
-            Err(_) => Asked::NoAnswer,
+            Err(_) => Asked::Garbled,
         },
-        _ => Asked::NoAnswer,
+        Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => Asked::NoAnswer,
+        Err(_) => Asked::NoAnswer,
+        Ok(Err(e)) => Asked::Failed(e.to_string()),
     }
 }
 
@@ -376,7 +391,7 @@ async fn up(inner: &Arc<Inner>, name: &str, inc: u64) {
     let peer = Arc::new(Peer {
         name: name.to_string(),
         node,
-        subject: subject(inner, "node", name),
+        subject: inner.subject("node", name),
         incarnation: inc,
         last_seen: AtomicU64::new(inner.now_ms()),
         alive: AtomicBool::new(true),
@@ -443,12 +458,8 @@ pub(crate) async fn declare_down(inner: &Arc<Inner>, peer: &Arc<Peer>, why: &str
     tracing::warn!(node = %peer.name, why, links_and_monitors = fired, "node down");
     inner.changed();
     if tell {
-        let mut b = Vec::with_capacity(48);
-        let _ = rmp::encode::write_uint(&mut b, wire::VERSION as u64);
-        let _ = rmp::encode::write_str(&mut b, &peer.name);
-        let _ = rmp::encode::write_uint(&mut b, peer.incarnation);
-        let _ = rmp::encode::write_str(&mut b, &inner.name);
-        let _ = inner.client.publish(format!("{}.down", inner.config.prefix), b.into()).await;
+        let body = notice(&peer.name, peer.incarnation, Some(&inner.name));
+        let _ = inner.client.publish(format!("{}.down", inner.config.prefix), body).await;
     }
 }
 

@@ -205,7 +205,7 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), Error> {
     // STRONG acknowledgements
     let mut sync = inner
         .client
-        .subscribe(format!("{}.sync.{}", inner.config.prefix, token(&inner.name)))
+        .subscribe(inner.subject("sync", &inner.name))
         .await
         .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot subscribe: {e}")))?;
     let i = inner.clone();
@@ -315,7 +315,7 @@ async fn acknowledged(inner: &Arc<Inner>, rev: u64) -> Result<(), String> {
     for p in peers {
         let mut b = Vec::new();
         let _ = rmp::encode::write_uint(&mut b, rev);
-        let subject = format!("{}.sync.{}", inner.config.prefix, token(&p.name));
+        let subject = inner.subject("sync", &p.name);
         let client = inner.client.clone();
         asks.push(async move {
             loop {

@@ -440,9 +440,7 @@ impl<'a> Context<'a> {
         }
         self.allow(&format!("process.registry.register.{}", scope.as_str()), name)?;
         let cell = self.node.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
-        if name.is_empty() || name.len() > crate::names::MAX_NAME_BYTES {
-            return Err(Error::invalid(format!("name must be 1 to {} bytes", crate::names::MAX_NAME_BYTES)));
-        }
+        crate::names::check_name(name)?;
         remote.register(name, pid, scope)?;
         // recorded with the process, so its exit releases it (see `Remote::released`)
         let mut t = cell.topo.lock();
@@ -478,12 +476,7 @@ impl<'a> Context<'a> {
     /// The process `name` resolves to: a cluster-wide name first, then this node's
     /// (SPEC §13.5's order).
     pub fn lookup(&self, name: &str) -> Option<Pid> {
-        if let Some(r) = self.node.remote.get() {
-            if let Some(p) = r.lookup(name) {
-                return Some(p);
-            }
-        }
-        self.node.names.lookup(name)
+        self.node.lookup(name)
     }
     /// `Ok(true)` if the name was registered (to anyone) and is now removed.
     pub fn unregister(&mut self, name: &str) -> Result<bool, Error> {

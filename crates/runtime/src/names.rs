@@ -18,6 +18,17 @@ pub const MAX_NAME_BYTES: usize = 1024;
 /// to the node-wide registry is bounded (SECURITY.md).
 pub const MAX_NAMES_PER_PROCESS: usize = 1024;
 
+/// A name any scope may register: not empty, at most [`MAX_NAME_BYTES`].
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::invalid("name must not be empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Error::invalid(format!("name '{}' is longer than {MAX_NAME_BYTES} bytes", crate::error::Echo(name))));
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 pub(crate) struct Names {
     map: Mutex<HashMap<SmolStr, Pid>>,
@@ -27,15 +38,7 @@ impl Names {
     /// Register `name` for the live process `cell`. Registering the same name for the same
     /// process again is fine; for another process it is AlreadyExists.
     pub(crate) fn register(&self, cell: &ProcCell, name: &str) -> Result<(), Error> {
-        if name.is_empty() {
-            return Err(Error::invalid("name must not be empty"));
-        }
-        if name.len() > MAX_NAME_BYTES {
-            return Err(Error::invalid(format!(
-                "name '{}' is longer than {MAX_NAME_BYTES} bytes",
-                crate::error::Echo(name)
-            )));
-        }
+        check_name(name)?;
         let mut topo = cell.topo.lock();
         if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::process_not_found(cell.pid));

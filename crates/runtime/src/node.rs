@@ -338,6 +338,18 @@ impl Node {
         Node::named(None)
     }
 
+    /// A node ID is 1 to 255 bytes without whitespace or any of `{ } | @` (it is the node
+    /// part of every PID: SPEC §13.3).
+    pub fn check_name(n: &str) -> Result<(), Error> {
+        if n.is_empty() || n.len() > 255 || n.contains(['{', '}', '|', '@']) || n.chars().any(char::is_whitespace) {
+            return Err(Error::invalid(format!(
+                "node name '{}' must be 1 to 255 bytes without whitespace or any of {{ }} | @",
+                crate::error::Echo(n)
+            )));
+        }
+        Ok(())
+    }
+
     /// A node that will be part of a cluster as `name` (SPEC §13): its PIDs read
     /// `{name@host|0x…}` and start from a number taken from the clock (about a million per
     /// millisecond of wall time since 1970, far above what one node life can spawn), so a
@@ -346,12 +358,7 @@ impl Node {
         let (local, first) = match name {
             None => (HostName::NONE, 1),
             Some(n) => {
-                if n.is_empty() || n.len() > 255 || n.contains(['{', '}', '|', '@']) || n.chars().any(char::is_whitespace) {
-                    return Err(Error::invalid(format!(
-                        "node name '{}' must be 1 to 255 bytes without whitespace or any of {{ }} | @",
-                        crate::error::Echo(n)
-                    )));
-                }
+                Node::check_name(n)?;
                 let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
                 (HostName::new(n), (ms & ((1 << 42) - 1)) << 20)
             }
@@ -522,11 +529,11 @@ impl NodeRef {
     }
 
     pub fn terminate(&self, dest: impl Into<Dest>) -> Result<(), Error> {
-        self.inner.terminate(&crate::remote::Origin { pid: Pid::NOBODY, host: "", actor: None }, &dest.into())
+        self.inner.terminate(&crate::remote::Origin::NOBODY, &dest.into())
     }
 
     pub fn cancel(&self, dest: impl Into<Dest>, reason: &str) -> Result<(), Error> {
-        self.inner.cancel(&crate::remote::Origin { pid: Pid::NOBODY, host: "", actor: None }, &dest.into(), reason)
+        self.inner.cancel(&crate::remote::Origin::NOBODY, &dest.into(), reason)
     }
 
     pub fn is_alive(&self, pid: Pid) -> bool {
@@ -703,16 +710,19 @@ impl NodeInner {
         match dest {
             Dest::Pid(p) if p.node() == self.local => Ok(*p),
             Dest::Pid(p) => Ok(self.localize(*p)),
-            Dest::Name(n) => {
-                // a cluster's names come first (SPEC §13.5's resolution order)
-                if let Some(r) = self.remote.get() {
-                    if let Some(p) = r.lookup(n) {
-                        return Ok(p);
-                    }
-                }
-                self.names.lookup(n).ok_or_else(|| unresolved(n))
+            Dest::Name(n) => self.lookup(n).ok_or_else(|| unresolved(n)),
+        }
+    }
+
+    /// The process `name` resolves to: a cluster's names first, then this node's (SPEC
+    /// §13.5's resolution order).
+    pub(crate) fn lookup(&self, name: &str) -> Option<Pid> {
+        if let Some(r) = self.remote.get() {
+            if let Some(p) = r.lookup(name) {
+                return Some(p);
             }
         }
+        self.names.lookup(name)
     }
 
     /// A PID with no node on a clustered node is one of its own (SPEC §13.3).

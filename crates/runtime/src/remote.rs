@@ -76,6 +76,11 @@ pub struct Origin<'a> {
     pub actor: Option<&'a str>,
 }
 
+impl Origin<'static> {
+    /// The runtime itself (an embedder's `NodeRef::terminate`/`cancel`).
+    pub const NOBODY: Origin<'static> = Origin { pid: Pid::NOBODY, host: "", actor: None };
+}
+
 /// What the node needs from a cluster. Every call returns at once: a request to another
 /// node is queued, not awaited (its answer, an EXIT or a LINK_DOWN, arrives as an event),
 /// except a cluster-wide name's registration, which waits for the store's answer.

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::node::{Dest, NodeInner};
 use crate::pid::Pid;
 use crate::process::{Event, ExitResult};
-use crate::remote::{Along, Origin, Relation};
+use crate::remote::{Along, Relation};
 
 /// One of a process's relation lists (links, monitors, monitoring).
 type Side = fn(&mut TopoMore) -> &mut Vec<Pid>;
@@ -58,7 +58,7 @@ impl NodeInner {
             for target in m.monitoring {
                 if target.node() != self.local {
                     if let Some(r) = remote {
-                        let _ = r.relate(&Origin { pid, host: &cell.host.config.name, actor: None }, target, Relation::Unmonitor);
+                        let _ = r.relate(&cell.origin(), target, Relation::Unmonitor);
                     }
                     continue;
                 }
@@ -145,17 +145,10 @@ impl NodeInner {
             return Err(Error::invalid(format!("a process cannot {verb} itself")));
         }
         if target.node() != self.local {
-            // another node's process: recorded here, asked of its node (SPEC §13.4)
+            // another node's process: asked of its node (SPEC §13.4), recorded here below
             self.remote_for(target)?.relate(&me.origin(), target, relation)?;
-            let mut t = me.topo.lock();
-            let list = mine(t.more());
-            if !list.contains(&target) {
-                list.push(target);
-            }
-            return Ok(());
-        }
-        let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
-        {
+        } else {
+            let cell = self.table.get(target).ok_or_else(|| Error::process_not_found(dest))?;
             let mut t = cell.topo.lock();
             if cell.exited.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(Error::process_not_found(dest));
