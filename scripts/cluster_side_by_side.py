@@ -7,7 +7,10 @@ every run fresh OS processes; prints a Markdown table of medians (min-max).
 Build first: `cargo build --release -p wippy-bench`; needs `nats-server` and `erl`/`erlc` on
 PATH (the Erlang anchor is compiled into a temporary directory here).
 """
-import argparse, os, re, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, socket, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from side_by_side import run_one  # noqa: E402  (one reader of `name: value` lines)
 
 ROWS = [  # (wippy metric, erlang metric, unit, label)
     ("cluster_pingpong_rate", "dist_pingpong_rate", "round trips/s", "ping-pong across nodes"),
@@ -18,19 +21,13 @@ ROWS = [  # (wippy metric, erlang metric, unit, label)
     ("consistent_lookup_rate", None, "lookups/s", "CONSISTENT lookup (replica)"),
     ("eventual_lookup_rate", None, "lookups/s", "EVENTUAL lookup (replica)"),
 ]
-LINE = re.compile(r"^([A-Za-z0-9_]+): (\S+)")
 
 
-def parse(text):
-    return {m.group(1): float(m.group(2)) for m in map(LINE.match, text.splitlines()) if m and re.match(r"^[0-9]+(\.[0-9]+)?$", m.group(2))}
+def wippy(bench, rep):
+    return run_one("wippy", "cluster", rep, [bench, "cluster"]) or {}
 
 
-def wippy(bench):
-    out = subprocess.run([bench, "cluster"], capture_output=True, text=True, timeout=300)
-    return parse(out.stdout)
-
-
-def erlang(beam):
+def erlang(beam, rep):
     host = socket.gethostname().split(".")[0]
     tag = str(os.getpid()) + str(time.time_ns() % 100000)
     b = subprocess.Popen(["erl", "-noshell", "-sname", "b" + tag, "-setcookie", "anchors", "-pa", beam], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,13 +37,8 @@ def erlang(beam):
                                 f"io:format(\"~p\", [net_adm:ping('b{tag}@{host}')]), halt()."], capture_output=True, text=True)
             if "pong" in r.stdout:
                 break
-        out = subprocess.run(["erl", "-noshell", "-sname", "a" + tag, "-setcookie", "anchors", "-pa", beam, "-s", "dist", "main", f"b{tag}@{host}"],
-                             capture_output=True, text=True, timeout=300)
-        m = parse(out.stdout)
-        d = re.search(r"dist_down_ms: (\d+)", out.stdout)
-        if d:
-            m["dist_down_ms"] = float(d.group(1))
-        return m
+        argv = ["erl", "-noshell", "-sname", "a" + tag, "-setcookie", "anchors", "-pa", beam, "-s", "dist", "main", f"b{tag}@{host}"]
+        return run_one("erlang", "dist", rep, argv) or {}
     finally:
         b.kill()
 
@@ -67,8 +59,8 @@ def main():
     subprocess.run(["erlc", "-o", beam, os.path.join(os.path.dirname(__file__), "../../shared/anchors/erlang/dist.erl")], check=True)
     w, e = [], []
     for i in range(args.reps):
-        w.append(wippy(args.bench))
-        e.append(erlang(beam))
+        w.append(wippy(args.bench, i))
+        e.append(erlang(beam, i))
         print(f"rep {i + 1}/{args.reps}", file=sys.stderr)
     print("| metric | unit | wippy (NATS) | Erlang distribution | wippy / Erlang |")
     print("|---|---|---|---|---|")

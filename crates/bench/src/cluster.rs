@@ -111,43 +111,9 @@ pub fn node_main(name: &str, url: &str) {
     }
 }
 
-struct Nats {
-    child: Child,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nats() -> Nats {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("wippy-bench-nats-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nats-server (apt-get install nats-server)");
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("Server is ready") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20)).expect("nats-server started");
-    Nats { child, dir, url: format!("nats://127.0.0.1:{port}") }
-}
+/// The cluster tests' nats-server (JetStream, free loopback port, temporary store).
+#[path = "../../cluster/tests/support/mod.rs"]
+mod support;
 
 fn start_node(name: &str, url: &str) -> Child {
     let mut c = Command::new(std::env::current_exe().unwrap()).args(["cluster-node", name, url]).stdout(Stdio::piped()).spawn().expect("node");
@@ -193,10 +159,11 @@ fn down_after(node: &Node, child: &mut Child, target: Pid, signal: i32) -> Durat
 }
 
 pub fn run() {
-    let nats = nats();
-    let mut b = start_node("b", &nats.url);
+    let nats = support::Nats::start();
+    let url = nats.url();
+    let mut b = start_node("b", &url);
     let (node, _lua) = lua_node("a");
-    let cluster = Cluster::join(&node.handle(), Config::new("a", vec![nats.url.clone()])).expect("join");
+    let cluster = Cluster::join(&node.handle(), Config::new("a", vec![url.clone()])).expect("join");
     assert!(cluster.wait_for(Duration::from_secs(10), |m| m.len() == 2), "b is not visible");
     let (pp, stream, names, lookups) = (20_000i64, 200_000i64, 1_000i64, 100_000i64);
     let (_, watch) = node.spawn_watched(HOST, Spawn::entry("bench:driver").args(vec![pp.into(), stream.into(), names.into(), lookups.into()])).expect("driver");
@@ -217,7 +184,7 @@ pub fn run() {
     let pong = node.remote().unwrap().lookup("bench.pong").unwrap();
     let d = down_after(&node, &mut b, pong, libc::SIGKILL);
     outf("down_kill_ms", d.as_secs_f64() * 1000.0, "ms");
-    let mut c = start_node("c", &nats.url);
+    let mut c = start_node("c", &url);
     let pong_c = {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -242,11 +209,12 @@ pub fn run() {
 /// nats-server. The ceiling `cluster_pingpong_rate` lives under.
 pub fn nats_pingpong() {
     use futures_util::StreamExt;
-    let nats = nats();
+    let nats = support::Nats::start();
+    let url = nats.url();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let rate = rt.block_on(async {
-        let a = async_nats::connect(&nats.url).await.expect("connect");
-        let b = async_nats::connect(&nats.url).await.expect("connect");
+        let a = async_nats::connect(&url).await.expect("connect");
+        let b = async_nats::connect(&url).await.expect("connect");
         let mut bs = b.subscribe("p").await.unwrap();
         let mut aq = a.subscribe("q").await.unwrap();
         let b2 = b.clone();
