@@ -378,6 +378,56 @@ fn functions_run_as_their_own_process() {
 }
 
 #[test]
+fn a_canceled_caller_cancels_the_function_calls_it_makes() {
+    // SPEC 12.4.4 item 3: the callee gets CANCEL "caller context canceled"; funcs.call
+    // returns the cancellation at once; a future's callee is canceled too and the future
+    // completes with what the callee returns
+    let h = Harness::new(2);
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::process("test:slow", r#"return { main = function(tag)
+            process.send("observer", "started", tag)
+            local ev = process.events():receive()
+            process.send("observer", "slow_got", { tag = tag, kind = ev.kind, reason = ev.reason })
+            return "late " .. tag
+        end }"#)
+        .default_host(HOST),
+    );
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::process("test:caller", r#"return { main = function()
+            local f = funcs.async("test:slow", "async")
+            local r, err = funcs.call("test:slow", "sync")
+            local got = { r = r, kind = err and err:kind(), msg = err and err:message() }
+            local res = f:response():receive()
+            got.future = res and res:data()
+            local ev = process.events():receive()
+            got.event, got.reason = ev.kind, ev.reason
+            process.send("observer", "caller_got", got)
+        end }"#)
+        .modules(ALL_MODULES),
+    );
+    let v = h.ok(r#"
+        process.registry.register("observer")
+        local started, slow, got = process.listen("started"), process.listen("slow_got"), process.listen("caller_got")
+        local caller = process.spawn("test:caller", "app:processes")
+        local seen = {}
+        seen[started:receive()] = true
+        seen[started:receive()] = true
+        assert(seen.sync and seen.async)
+        assert(process.cancel(caller, "stop"))
+        local a, b = slow:receive(), slow:receive()
+        for _, s in ipairs({ a, b }) do
+            assert(s.kind == process.event.CANCEL and s.reason == "caller context canceled", tostring(s.reason))
+        end
+        local g = got:receive()
+        assert(g.r == nil and g.kind == errors.CANCELED and g.msg == "context canceled", tostring(g.msg))
+        assert(g.future == "late async", tostring(g.future))
+        assert(g.event == process.event.CANCEL and g.reason == "stop", tostring(g.reason))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn listen_waits_see_every_shape_and_order() {
     // main waiting alone on a plain listen channel takes the direct path; other events,
     // other shapes and other waiters must still be routed exactly as SPEC 4.3 says

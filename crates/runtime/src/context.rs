@@ -414,6 +414,15 @@ impl<'a> Context<'a> {
         self.node.cancel(&self.cell.origin(), &dest, reason)
     }
 
+    /// Forward a cancellation to a function call this process is making (SPEC §12.4.4: the
+    /// caller was canceled first). No permission of its own: the right came with the call
+    /// (`funcs.call`), and only the process this one spawned as a call and still waits on is
+    /// meant here (the Lua prelude keeps that list; user code cannot reach this).
+    pub fn cancel_call(&mut self, callee: Pid, reason: &str) -> Result<(), Error> {
+        self.flush();
+        self.node.cancel(&self.cell.origin(), &Dest::Pid(callee), reason)
+    }
+
     /// Register `name` for this process.
     pub fn register(&mut self, name: &str) -> Result<(), Error> {
         self.flush();

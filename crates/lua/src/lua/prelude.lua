@@ -525,6 +525,24 @@ local EXIT, LINK_DOWN, CANCEL, OUTDATED = "pid.exit", "pid.link.down", "pid.canc
 -- The exit of a funcs.async call completes its future (set with funcs below).
 local on_future
 
+-- A canceled caller cancels the function calls it is making (SPEC 12.4.4): each callee gets
+-- CANCEL "caller context canceled"; a funcs.call waiting on one returns the cancellation at
+-- once (the callee's later exit is dropped); a future completes when its callee ends.
+local function cancel_calls(P, execs)
+  local calls = rare_get(P, "calls")
+  for pid, w in pairs(execs) do
+    local future = w and rawget(w, "future")
+    if future or (calls and calls[pid]) then
+      R.cancel_call(pid, "caller context canceled")
+      if not future then
+        execs[pid] = false
+        calls[pid] = nil
+        wake(P, w, nil, rt_error("Canceled", "context canceled"))
+      end
+    end
+  end
+end
+
 -- The tag of a runtime event Rust passes (vm/abi.rs), and the event's values after it.
 local EV_MESSAGE <const> = "m"    -- topic, from, n, payloads...
 local EV_COMPLETION <const> = "t" -- id, ok, value
@@ -578,8 +596,12 @@ handle = function(P, kind, a, b, c, d, ...)
   elseif kind == EV_EXIT then
     local execs = rare_get(P, "execs")
     local w = execs and execs[a]
-    if w then
+    if w ~= nil then
       execs[a] = nil
+      local calls = rare_get(P, "calls")
+      if calls then calls[a] = nil end
+      -- a call abandoned when its caller was canceled: its exit is nobody's event
+      if w == false then return end
       if w.future then
         on_future(P, w, c, d)
       elseif c then
@@ -594,6 +616,8 @@ handle = function(P, kind, a, b, c, d, ...)
   elseif kind == EV_LINK_DOWN then
     arrive(P, { ev = { kind = LINK_DOWN, from = a, at = b, result = { error = c } } })
   elseif kind == EV_CANCEL then
+    local execs = rare_get(P, "execs")
+    if execs and next(execs) then cancel_calls(P, execs) end
     arrive(P, { ev = { kind = CANCEL, from = a, at = b, reason = c } })
   end
 end
@@ -891,6 +915,12 @@ local function wait_exit(P, pid)
   execs(P)[pid] = t
   t[EXT] = true; P[NEXT] = P[NEXT] + 1
   return block()
+end
+
+-- a function call's wait (funcs.call): one the caller's cancellation ends
+local function wait_call(P, pid)
+  part(P, "calls")[pid] = true
+  return wait_exit(P, pid)
 end
 
 local spawn_raw = R.spawn
@@ -1262,7 +1292,7 @@ if LIBS.funcs then
     end
     local pid, err = spawn_raw(SPAWN_FUNCTION, id, nil, nil, nil, nil, ...)
     if not pid then return nil, err end
-    return wait_exit(S[1], pid)
+    return wait_call(S[1], pid)
   end
   local Future = {}
   local FutureMT = { __index = Future, __name = "future", __metatable = "future" }
@@ -1337,7 +1367,7 @@ if LIBS.funcs then
     end
     local pid, err = spawn_raw(SPAWN_FUNCTION, id, nil, ex.ctx, nil, ex.sec, ...)
     if not pid then return nil, err end
-    return wait_exit(S[1], pid)
+    return wait_call(S[1], pid)
   end
   function Executor.async(ex, id, ...)
     if type(id) ~= "string" then

@@ -172,6 +172,16 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
         },
     )?;
     r.raw_set("spawn", raw_spawn)?;
+    // the prelude forwards a caller's cancellation to the function calls it waits on
+    r.raw_set(
+        "cancel_call",
+        lua.create_function(|_, (pid, reason): (String, String)| {
+            current::with(|cx, _| match pid.parse::<wippy_runtime::Pid>() {
+                Ok(p) => Ok(cx.cancel_call(p, &reason).is_ok()),
+                Err(_) => Ok(false),
+            })
+        })?,
+    )?;
     for (fname, mode) in [("spawn", 0i64), ("spawn_monitored", 1), ("spawn_linked", 2), ("spawn_linked_monitored", 3)] {
         let c = catalog.clone();
         t.raw_set(
