@@ -446,6 +446,14 @@ fn payload_formats_as_spec_12_8() {
         assert(bad == nil and berr:kind() == errors.INTERNAL)
         local u, uerr = p:transcode("no/such")
         assert(u == nil and uerr:kind() == errors.INTERNAL)
+        -- a payload sent in a message carries its value, not its encoding (Wippy: the
+        -- receiver's data() decodes), also after two transcodes and inside a table
+        local inbox = process.inbox()
+        process.send(process.pid(), "p", j, m, { inner = y }, payload.new(nil):transcode(F.JSON))
+        local msg = inbox:receive()
+        local ps = msg:payload()
+        assert(ps[1]:data().name == "x" and ps[1]:data().list[3] == 3, tostring(ps[1]:data()))
+        assert(ps[2]:data().list[2] == 2 and ps[3]:data().inner.name == "x" and ps[4]:data() == nil)
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

@@ -426,7 +426,11 @@ function Payload.transcode(p, fmt)
   local v, why = rt_transcode(p[1], from, fmt)
   if why then return nil, rt_error("Internal", "payload: " .. why) end
   if fmt == FORMAT.LUA then return newpayload(v) end
-  return setmetatable({ v, fmt }, PayloadMT)
+  -- slot 3 keeps the Lua value: a send carries that (read_at in vm/raw.rs), so the receiver's
+  -- data() is the value, not its encoding
+  local lv = p[3]
+  if from == FORMAT.LUA then lv = p[1] end
+  return setmetatable({ v, fmt, lv }, PayloadMT)
 end
 PayloadMT.__tostring = function(p) return "payload{format=" .. Payload.get_format(p) .. "}" end
 R.set_payload_mt(PayloadMT)

@@ -190,7 +190,11 @@ unsafe fn read_at(lua: &mlua::Lua, l: *mut ffi::lua_State, idx: c_int, marks: &M
                         return Err(Refused::cannot_send("a message object (send its payload instead)"));
                     }
                     if mt == marks.payload {
-                        ffi::lua_rawgeti(l, idx, 1);
+                        // a payload travels as its Lua value: slot 1, or slot 3 when slot 2
+                        // names an encoding (the prelude's Payload.transcode keeps it there)
+                        let slot = if ffi::lua_rawgeti(l, idx, 2) == ffi::LUA_TNIL { 1 } else { 3 };
+                        ffi::lua_pop(l, 1);
+                        ffi::lua_rawgeti(l, idx, slot);
                         let v = read_at(lua, l, ffi::lua_gettop(l), marks, seen);
                         ffi::lua_pop(l, 1);
                         return v;
