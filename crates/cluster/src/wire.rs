@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use rmp::Marker;
-use wippy_runtime::{Along, Error, ErrorKind, ExitResult, Payload, Pid, Relation, Table, Value, MAX_DEPTH};
+use wippy_runtime::{Along, Error, ExitResult, Payload, Pid, Relation, Table, Value, MAX_DEPTH};
 
 pub const VERSION: u8 = 1;
 const EXT_ERROR: i8 = 1;
@@ -167,7 +167,7 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value) {
 fn write_error(out: &mut Vec<u8>, e: &Error) {
     let mut body = Vec::with_capacity(32 + e.message.len());
     let _ = rmp::encode::write_array_len(&mut body, 4);
-    let _ = rmp::encode::write_str(&mut body, e.kind.as_str());
+    let _ = rmp::encode::write_str(&mut body, e.kind_str());
     let _ = rmp::encode::write_str(&mut body, &e.message);
     match e.retryable {
         Some(b) => {
@@ -455,8 +455,7 @@ impl<'a> Reader<'a> {
                 if r.marker()? != Marker::FixArray(4) {
                     return bad("an error value is [kind, message, retryable, details]");
                 }
-                let kind = r.str()?;
-                let kind = ErrorKind::parse(kind).unwrap_or(ErrorKind::Unknown);
+                let kind = r.str()?.to_string();
                 let message = r.str()?.to_string();
                 let retryable = match r.value(depth + 1)? {
                     Value::Bool(b) => Some(b),
@@ -466,7 +465,10 @@ impl<'a> Reader<'a> {
                     Value::Nil => None,
                     v => Some(v),
                 };
-                Value::Error(Arc::new(Error { kind, message, retryable, details }))
+                let mut e = Error::with_kind_name(&kind, message);
+                e.retryable = retryable;
+                e.details = details;
+                Value::Error(Arc::new(e))
             }
             m => return bad(format!("unexpected {m:?}")),
         })
@@ -476,7 +478,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wippy_runtime::HostName;
+    use wippy_runtime::{ErrorKind, HostName};
 
     fn pid(n: &str, s: u64) -> Pid {
         Pid::from_parts(HostName::new("app:procs"), s).on_node(HostName::new(n))
@@ -492,7 +494,7 @@ mod tests {
         let mut e = Error::new(ErrorKind::NotFound, "gone");
         e.retryable = Some(false);
         e.details = Some(Value::str("d"));
-        let payload = wippy_runtime::payload![Value::Nil, i64::MIN, Value::bytes(&[0xff, 0]), Value::table(t), Value::Error(Arc::new(e.clone()))];
+        let payload = wippy_runtime::payload![Value::Nil, i64::MIN, Value::bytes(&[0xff, 0]), Value::table(t), Value::Error(Arc::new(e.clone())), Value::Error(Arc::new(Error::with_kind_name("QuotaExceeded", "q")))];
         let mut out = Vec::new();
         write_header(&mut out, "a", 7);
         write_msg(&mut out, pid("a", 1), "app:procs", Some("alice"), pid("b", 2), "t", &payload);
@@ -504,7 +506,7 @@ mod tests {
         match r.envelope().unwrap() {
             Envelope::Msg { from, actor, to, topic, payload: p, .. } => {
                 assert_eq!((from, actor.as_deref(), to, topic.as_str()), (pid("a", 1), Some("alice"), pid("b", 2), "t"));
-                assert_eq!(p.len(), 5);
+                assert_eq!(p.len(), 6);
                 assert_eq!(format!("{:?}", p.iter().collect::<Vec<_>>()), format!("{:?}", payload.iter().collect::<Vec<_>>()));
             }
             e => panic!("{e:?}"),

@@ -44,7 +44,15 @@ fn errors_module() {
         assert(not ok and bad:find("expected string or table"), bad)
         local odd = errors.new{message = "m", kind = 7, retryable = "yes"}
         assert(odd:kind() == "" and odd:retryable() == nil)
-        assert(errors.new{message = "m", kind = "Weird"}:kind() == "")
+        -- a kind outside the list is kept as written (Wippy's kinds are strings), survives
+        -- wrap and a message, and errors.is matches it
+        local weird = errors.new{message = "m", kind = "QuotaExceeded"}
+        assert(weird:kind() == "QuotaExceeded" and errors.is(weird, "QuotaExceeded") and not errors.is(weird, ""))
+        assert(errors.wrap(weird, "ctx"):kind() == "QuotaExceeded")
+        local inbox = process.inbox()
+        process.send(process.pid(), "e", weird)
+        assert(inbox:receive():payload():data():kind() == "QuotaExceeded")
+        assert(errors.new{message = "m", kind = ""}:kind() == "")
         -- details: {} is nil; string keys only; numbers as floats; arrays lose their integer keys
         assert(errors.new{message = "m", details = {}}:details() == nil)
         local dd = errors.new{message = "m", details = {n = 1, s = "x", [3] = "drop", list = {1, 2, k = true}}}:details()

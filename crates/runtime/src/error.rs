@@ -77,11 +77,31 @@ pub struct Error {
     /// `Some(true)`/`Some(false)` when known, `None` when the producer did not say.
     pub retryable: Option<bool>,
     pub details: Option<Value>,
+    /// A kind outside the SPEC §5 list, as the code that made the error wrote it
+    /// (`errors.new{kind = "QuotaExceeded"}`); `kind` is then `Unknown`. Wippy keeps any
+    /// string as a kind, and so do we.
+    pub custom_kind: Option<Arc<str>>,
 }
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), retryable: None, details: None }
+        Error { kind, message: message.into(), retryable: None, details: None, custom_kind: None }
+    }
+    /// An error whose kind is written as `kind`: one of the SPEC §5 kinds when it names one,
+    /// else kept as a custom kind ("" is `Unknown`).
+    pub fn with_kind_name(kind: &str, message: impl Into<String>) -> Error {
+        let mut e = Error::new(ErrorKind::parse(kind).unwrap_or(ErrorKind::Unknown), message);
+        if e.kind == ErrorKind::Unknown && !kind.is_empty() {
+            e.custom_kind = Some(Arc::from(kind));
+        }
+        e
+    }
+    /// The kind as Lua sees it (`e:kind()`): the SPEC §5 string, or the custom kind.
+    pub fn kind_str(&self) -> &str {
+        match &self.custom_kind {
+            Some(k) => k,
+            None => self.kind.as_str(),
+        }
     }
     pub fn not_found(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::NotFound, m)

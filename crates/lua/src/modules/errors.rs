@@ -72,7 +72,7 @@ impl LuaError {
 
 impl UserData for LuaError {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("kind", |_, e, ()| Ok(e.error.kind.as_str()));
+        m.add_method("kind", |lua, e, ()| lua.create_string(e.error.kind_str()));
         m.add_method("message", |_, e, ()| Ok(e.error.message.clone()));
         m.add_method("retryable", |_, e, ()| Ok(e.error.retryable));
         m.add_method("details", |lua, e, ()| match &e.error.details {
@@ -151,7 +151,10 @@ pub(crate) fn error_from_table(t: &Table) -> Error {
         .or_else(|| text("msg"))
         .or_else(|| text("error"))
         .unwrap_or_else(|| details.as_ref().map(|d| format!("{d:?}")).unwrap_or_else(|| "error".into()));
-    let mut e = Error::new(text("kind").and_then(|k| ErrorKind::parse(&k)).unwrap_or(ErrorKind::Internal), message);
+    let mut e = match text("kind") {
+        Some(k) if !k.is_empty() => Error::with_kind_name(&k, message),
+        _ => Error::new(ErrorKind::Internal, message),
+    };
     if let Ok(LuaValue::Boolean(r)) = t.raw_get::<LuaValue>("retryable") {
         e.retryable = Some(r);
     }
@@ -239,11 +242,11 @@ pub(crate) fn library(lua: &Lua, marks: std::sync::Arc<parking_lot::Mutex<Marks>
                     };
                     // a kind that is not a string (or names no kind) is ignored, and so is a
                     // retryable that is not a boolean
-                    let kind = match spec.raw_get::<LuaValue>("kind")? {
-                        LuaValue::String(k) => ErrorKind::parse(&k.to_string_lossy()).unwrap_or(ErrorKind::Unknown),
-                        _ => ErrorKind::Unknown,
+                    let mut e = match spec.raw_get::<LuaValue>("kind")? {
+                        // any string is a kind (Wippy's are strings): custom ones are kept
+                        LuaValue::String(k) => Error::with_kind_name(&k.to_string_lossy(), message),
+                        _ => Error::new(ErrorKind::Unknown, message),
                     };
-                    let mut e = Error::new(kind, message);
                     if let LuaValue::Boolean(r) = spec.raw_get::<LuaValue>("retryable")? {
                         e.retryable = Some(r);
                     }
@@ -279,7 +282,7 @@ pub(crate) fn library(lua: &Lua, marks: std::sync::Arc<parking_lot::Mutex<Marks>
         "is",
         lua.create_function(|_, (e, kind): (LuaValue, String)| {
             Ok(match &e {
-                LuaValue::UserData(ud) => ud.borrow::<LuaError>().map(|e| e.error.kind.as_str() == kind).unwrap_or(false),
+                LuaValue::UserData(ud) => ud.borrow::<LuaError>().map(|e| e.error.kind_str() == kind).unwrap_or(false),
                 _ => false,
             })
         })?,

@@ -128,6 +128,7 @@ pub(crate) fn install(
         lua.create_function(|lua, (e, ctx, kind): (LuaValue, String, String)| {
             let mut w = errors::wrap(lua, &e, None, ctx);
             w.error.kind = ErrorKind::parse(&kind).unwrap_or(ErrorKind::Internal);
+            w.error.custom_kind = None;
             lua.create_userdata(w)
         })?,
     )?;

@@ -624,7 +624,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
             }
             Ok(Some(Err(e))) => {
                 ffi::lua_pushboolean(l, 0);
-                let k = e.kind.as_str();
+                let k = e.kind_str();
                 ffi::lua_pushlstring(l, k.as_ptr() as *const _, k.len());
                 ffi::lua_pushlstring(l, e.message.as_ptr() as *const _, e.message.len());
                 3
