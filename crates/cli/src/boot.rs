@@ -100,6 +100,10 @@ impl Boot {
         for h in &plan.hosts {
             lua.set_host_options(h.id.as_str(), h.shard.clone());
         }
+        // a spawn onto a host the project defines but that is not running is Unavailable
+        for id in plan.hosts.iter().map(|h| &h.id).chain(plan.terminals.iter().map(|t| &t.id)) {
+            node.declare_host(id.as_str());
+        }
         lua.install(&node.handle());
         crate::http::install(&plan.http, &node);
         let clock = Arc::new(SystemClock::new(&node.handle()));

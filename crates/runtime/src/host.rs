@@ -206,8 +206,10 @@ impl Host {
     /// Count a new process in, or say why it cannot start here (`system`: one of the
     /// runtime's own, which `max_processes` does not count).
     pub(crate) fn reserve(&self, system: bool) -> Result<(), Error> {
-        if self.state.load(Ordering::Acquire) != RUNNING {
-            return Err(Error::unavailable(format!("host '{}' is not running", self.config.name)));
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => {}
+            STOPPING => return Err(Error::unavailable(format!("host is shutting down: {}", self.config.name))),
+            _ => return Err(Error::unavailable(format!("host is not running: {}", self.config.name))),
         }
         let max = self.config.max_processes;
         if max == 0 || system {

@@ -306,6 +306,9 @@ pub(crate) struct NodeInner {
     pub(crate) names: Names,
     pub(crate) dispatch: Dispatch,
     hosts: RwLock<Vec<Arc<Host>>>,
+    /// Hosts the embedder said exist, running or not ([`Node::declare_host`]): a spawn onto
+    /// one that is not running is Unavailable, not NotFound (SPEC §4.2, §12.12).
+    declared: RwLock<Vec<HostName>>,
     factories: RwLock<HashMap<SmolStr, Arc<dyn ProcessFactory>>>,
     fallback: RwLock<Option<Arc<dyn ProcessFactory>>>,
     pub(crate) security: Security,
@@ -370,6 +373,7 @@ impl Node {
                 names: Names::default(),
                 dispatch: Dispatch::new()?,
                 hosts: RwLock::new(Vec::new()),
+                declared: RwLock::new(Vec::new()),
                 factories: RwLock::new(HashMap::new()),
                 fallback: RwLock::new(None),
                 security: Security::default(),
@@ -458,6 +462,18 @@ impl NodeRef {
 
     pub fn host(&self, name: &str) -> Option<HostRef> {
         self.inner.host(HostName::new(name)).map(HostRef)
+    }
+
+    /// Say that a host named `name` exists in this node's configuration even while it is
+    /// not started (a project's `process.host` or `terminal.host` entry): a spawn onto it
+    /// then fails with Unavailable "host is not running", as SPEC §4.2 says, instead of
+    /// NotFound.
+    pub fn declare_host(&self, name: &str) {
+        let name = HostName::new(name);
+        let mut d = self.inner.declared.write();
+        if !d.contains(&name) {
+            d.push(name);
+        }
     }
 
     /// Stop a host: CANCEL every process on it ("scheduler shutdown", from `{|}`), wait up
@@ -696,7 +712,14 @@ impl NodeInner {
     }
 
     pub(crate) fn host_for_spawn(&self, name: &str) -> Result<Arc<Host>, Error> {
-        self.host(HostName::new(name)).ok_or_else(|| Error::not_found(format!("host not found: {}", crate::error::Echo(name))))
+        let host = HostName::new(name);
+        self.host(host).ok_or_else(|| {
+            if self.declared.read().contains(&host) {
+                Error::unavailable(format!("host is not running: {name}"))
+            } else {
+                Error::not_found(format!("host not found: {}", crate::error::Echo(name)))
+            }
+        })
     }
 
     fn factory(&self, id: &str) -> Result<Arc<dyn ProcessFactory>, Error> {
