@@ -90,7 +90,7 @@ impl Boot {
         // version 0 is the project as loaded; the live registry makes the next ones
         let registry = Arc::new(wippy_registry::Registry::at(0, project.entries.clone()));
         lua.set_registry(registry.clone());
-        lua.set_env_config(plan.env_config());
+        lua.set_env_config(plan.env_config(&Default::default()));
         for id in &plan.token_stores {
             lua.add_token_store(id);
         }

@@ -80,7 +80,7 @@ impl Live {
         let lua_removed: Vec<String> = removed.iter().filter(|id| self.lua.entry(id).is_some()).cloned().collect();
         self.lua.update_entries(updated, &lua_removed);
         let version = self.registry.commit(entries);
-        self.lua.set_env_config(plan.env_config());
+        self.lua.set_env_config(plan.env_config(&self.lua.env_config()));
         for id in &plan.token_stores {
             self.lua.add_token_store(id);
         }

@@ -244,11 +244,14 @@ impl Plan {
 
 impl Plan {
     /// The env storages and variables, built (a router's storages first; a router that
-    /// reaches itself gets no storage there).
-    pub fn env_config(&self) -> wippy_lua::EnvConfig {
+    /// reaches itself gets no storage there). A memory storage that `previous` (the config
+    /// before a reload) has under the same entry ID is kept, with what was stored in it.
+    pub fn env_config(&self, previous: &wippy_lua::EnvConfig) -> wippy_lua::EnvConfig {
         use std::collections::HashMap;
         use wippy_lua::envstore::*;
-        fn build(id: &EntryId, specs: &[(EntryId, StorageSpec)], made: &mut HashMap<EntryId, Arc<dyn EnvStorage>>, depth: usize) -> Option<Arc<dyn EnvStorage>> {
+        type Made = HashMap<EntryId, Arc<dyn EnvStorage>>;
+        type Memories = Vec<(String, Arc<MemoryStorage>)>;
+        fn build(id: &EntryId, specs: &[(EntryId, StorageSpec)], made: &mut Made, mem: &mut Memories, prev: &EnvConfig, depth: usize) -> Option<Arc<dyn EnvStorage>> {
             if let Some(s) = made.get(id) {
                 return Some(s.clone());
             }
@@ -257,28 +260,33 @@ impl Plan {
             }
             let spec = &specs.iter().find(|(i, _)| i == id)?.1;
             let s: Arc<dyn EnvStorage> = match spec {
-                StorageSpec::Memory => Arc::new(MemoryStorage::default()),
+                StorageSpec::Memory => {
+                    let m = prev.memory(id.as_str()).unwrap_or_default();
+                    mem.push((id.to_string(), m.clone()));
+                    m
+                }
                 StorageSpec::Os => Arc::new(OsStorage),
                 StorageSpec::Static(v) => Arc::new(StaticStorage(v.clone())),
                 StorageSpec::File { path, auto_create, file_mode, dir_mode } => Arc::new(FileStorage::new(path.clone(), *auto_create, *file_mode, *dir_mode)),
-                StorageSpec::Router(ids) => Arc::new(RouterStorage::new(ids.iter().filter_map(|i| build(i, specs, made, depth + 1)).collect())),
+                StorageSpec::Router(ids) => Arc::new(RouterStorage::new(ids.iter().filter_map(|i| build(i, specs, made, mem, prev, depth + 1)).collect())),
             };
             made.insert(id.clone(), s.clone());
             Some(s)
         }
         let mut made = HashMap::new();
+        let mut memories = Vec::new();
         let variables = self
             .env_vars
             .iter()
             .map(|v| EnvVariable {
                 id: v.id.to_string(),
                 variable: v.variable.clone(),
-                storage: v.storage.as_ref().and_then(|s| build(s, &self.env_storages, &mut made, 0)),
+                storage: v.storage.as_ref().and_then(|s| build(s, &self.env_storages, &mut made, &mut memories, previous, 0)),
                 default: v.default.clone(),
                 readonly: v.readonly,
             })
             .collect();
-        EnvConfig { variables }
+        EnvConfig { variables, memories }
     }
 }
 

@@ -309,7 +309,7 @@ fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
 fn registry_transactions_from_lua_are_atomic_validated_and_roll_back() {
     let o = run(&["test", "-d", "crates/cli/tests/fixtures/registry-tx"]);
     assert_ok(&o);
-    assert!(stdout(&o).ends_with("\n4 passed, 0 failed\n"), "{}", stdout(&o));
+    assert!(stdout(&o).ends_with("\n5 passed, 0 failed\n"), "{}", stdout(&o));
 }
 
 #[test]

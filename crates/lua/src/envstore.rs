@@ -213,9 +213,18 @@ pub struct EnvVariable {
 #[derive(Default, Clone)]
 pub struct EnvConfig {
     pub variables: Vec<EnvVariable>,
+    /// The `env.storage.memory` storages by entry ID: a reload of the project hands them to
+    /// the next config, so what `env.set` stored there lives until the node stops ("lost at
+    /// restart", SPEC §12.11; a reload is not a restart).
+    pub memories: Vec<(String, Arc<MemoryStorage>)>,
 }
 
 impl EnvConfig {
+    /// The memory storage that entry `id` was in this config.
+    pub fn memory(&self, id: &str) -> Option<Arc<MemoryStorage>> {
+        self.memories.iter().find(|(i, _)| i == id).map(|(_, m)| m.clone())
+    }
+
     /// `name` as a variable name, then an entry name in `namespace`, then an entry ID.
     pub fn find(&self, name: &str, namespace: &str) -> Option<&EnvVariable> {
         self.variables

@@ -120,6 +120,11 @@ impl LuaRuntime {
     }
 
     /// The env storages and variables the `env` module reads and writes (SPEC §12.11).
+    /// The env variables and storages in use.
+    pub fn env_config(&self) -> std::sync::Arc<EnvConfig> {
+        self.catalog.env_config.read().clone()
+    }
+
     pub fn set_env_config(&self, config: EnvConfig) {
         *self.catalog.env_config.write() = std::sync::Arc::new(config);
     }
