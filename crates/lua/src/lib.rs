@@ -119,12 +119,12 @@ impl LuaRuntime {
         self.catalog.token_stores.write().entry(id.to_string()).or_default();
     }
 
-    /// The env storages and variables the `env` module reads and writes (SPEC §12.11).
     /// The env variables and storages in use.
     pub fn env_config(&self) -> std::sync::Arc<EnvConfig> {
         self.catalog.env_config.read().clone()
     }
 
+    /// The env storages and variables the `env` module reads and writes (SPEC §12.11).
     pub fn set_env_config(&self, config: EnvConfig) {
         *self.catalog.env_config.write() = std::sync::Arc::new(config);
     }
