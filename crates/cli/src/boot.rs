@@ -105,10 +105,11 @@ impl Boot {
             node.declare_host(id.as_str());
         }
         lua.install(&node.handle());
-        crate::http::install(&plan.http, &node);
+        let http = Arc::new(crate::http::Servers::default());
+        crate::http::install(&plan.http, &node, &http);
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;
-        let live = Arc::new(Live::new(project, registry, node.handle(), lua.clone(), services.clone()));
+        let live = Arc::new(Live::new(project, registry, node.handle(), lua.clone(), services.clone(), http));
         lua.set_registry_writer(live.clone());
         // joined before any service starts: what runs can reach the other nodes from its first step
         let cluster = match cluster {

@@ -15,7 +15,7 @@ use wippy_http::route::{self, Pattern, Route, Table};
 use wippy_http::server::{self, Routes, ServerState, ServiceConfig, Target};
 use wippy_http::statics::StaticMount;
 use wippy_registry::{Checker, EntryId, Lifecycle};
-use wippy_runtime::{HostConfig, Node, Process};
+use wippy_runtime::{HostConfig, Process};
 
 use crate::plan::{HostPlan, Plan, ServicePlan};
 
@@ -328,14 +328,30 @@ pub fn resolve_paths(plan: &mut HttpPlan, root: &std::path::Path) {
     }
 }
 
-/// Register each server's listener with the node, with the routes the plan built.
-pub fn install(plan: &HttpPlan, node: &Node) {
+/// The node's HTTP servers by entry ID: what a reload changes in place.
+#[derive(Default)]
+pub struct Servers(parking_lot::Mutex<HashMap<EntryId, Arc<ServerState>>>);
+
+/// Register each server's listener with the node, with the routes the plan built. Called
+/// again on every reload (SPEC §11.1.3: route tables are rebuilt atomically): a server
+/// whose own settings did not change swaps in its new routes while it runs (a request sees
+/// the old table or the new one); a new server, or one whose settings changed, gets a new
+/// listener factory (its service restarts with it, as any changed service does).
+pub fn install(plan: &HttpPlan, node: &wippy_runtime::NodeRef, servers: &Servers) {
+    let mut known = servers.0.lock();
     for (sid, config) in &plan.services {
-        let state = ServerState::new(config.clone());
-        if let Some(r) = plan.built.get(sid) {
-            state.set_routes(r.clone());
+        let routes = plan.built.get(sid).cloned().unwrap_or_default();
+        if let Some(state) = known.get(sid) {
+            if state.config == *config {
+                state.set_routes(routes);
+                continue;
+            }
         }
+        let state = ServerState::new(config.clone());
+        state.set_routes(routes);
+        known.insert(sid.clone(), state.clone());
         let factory = move |_: &str| -> Result<Box<dyn Process>, wippy_runtime::Error> { Ok(Box::new(wippy_http::ServerProcess::new(state.clone()))) };
         node.register_entry(sid.as_str(), Arc::new(factory));
     }
+    known.retain(|sid, _| plan.services.iter().any(|(s, _)| s == sid));
 }

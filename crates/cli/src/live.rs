@@ -28,6 +28,8 @@ pub struct Live {
     node: NodeRef,
     lua: LuaRuntime,
     services: Supervisor,
+    /// The HTTP servers: their routes follow every change.
+    http: Arc<crate::http::Servers>,
     /// The node's registry: its versions are what this file commits.
     registry: Arc<Registry>,
     /// The project's files as last loaded (what a `file://` source is checked against).
@@ -46,9 +48,9 @@ fn lua_same(a: &LuaEntry, b: &LuaEntry) -> bool {
 
 impl Live {
     /// `registry` holds `project` as its current version.
-    pub fn new(project: &Project, registry: Arc<Registry>, node: NodeRef, lua: LuaRuntime, services: Supervisor) -> Live {
+    pub fn new(project: &Project, registry: Arc<Registry>, node: NodeRef, lua: LuaRuntime, services: Supervisor, http: Arc<crate::http::Servers>) -> Live {
         let files = Mutex::new(project.files.clone());
-        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, registry, files }
+        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, http, registry, files }
     }
 
     /// The project these entries (and files) make, in this node's directories.
@@ -87,6 +89,7 @@ impl Live {
         for (k, v) in &plan.env {
             self.lua.set_env(k, v);
         }
+        crate::http::install(&plan.http, &self.node, &self.http);
         // Services (and hosts) whose own entry changed restart with the new definition;
         // that waits for the old instance, so it happens off this thread.
         let mut restart = Vec::new();

@@ -447,6 +447,61 @@ fn a_graceful_stop_lets_the_request_in_flight_finish() {
     node.run.saw_or_wait(&["http server stopped"]);
 }
 
+const RELOAD: &str = r#"
+namespace: app
+entries:
+  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", lifecycle: { auto_start: true } }
+  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }
+  - name: hello
+    kind: function.lua
+    modules: [http]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function() http.response():write("hello from " .. http.request():path()) end }
+  - name: change
+    kind: function.lua
+    modules: [http, registry]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local req = http.request()
+        local cs = registry.snapshot():changes()
+        if req:query("op") == "add" then
+          cs:create({ id = "app:added.ep", kind = "http.endpoint", meta = { router = "app:api" },
+            data = { method = "GET", path = "/added/{id}", func = "app:hello" } })
+        elseif req:query("op") == "clash" then
+          cs:create({ id = "app:clash.ep", kind = "http.endpoint", meta = { router = "app:api" },
+            data = { method = "GET", path = "/added/{other}", func = "app:hello" } })
+        else
+          cs:delete("app:added.ep")
+        end
+        local v, err = cs:apply()
+        http.response():write(v and "applied" or tostring(err))
+      end }
+  - { name: change.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /change, func: change }
+"#;
+
+#[test]
+fn routes_follow_registry_changes_while_the_server_runs() {
+    // SPEC 11.1.3: route tables are rebuilt atomically when endpoints are added or removed
+    // (the same path an edit under --watch takes); a conflicting change is refused whole
+    let dir = project("reload", RELOAD);
+    let node = Node::start(&dir);
+    assert_eq!(node.get("/api/added/7", &[]).status, 404);
+    let r = node.request("POST", "/api/change?op=add", &[], b"");
+    assert_eq!((r.status, r.body.as_str()), (200, "applied"), "{r:?}");
+    let r = node.get("/api/added/7", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "hello from /api/added/7"), "{r:?}");
+    let r = node.request("POST", "/api/change?op=clash", &[], b"");
+    assert!(r.body.contains("conflicts with"), "{r:?}");
+    assert_eq!(node.get("/api/added/8", &[]).status, 200, "the table before the refused change stands");
+    let r = node.request("POST", "/api/change?op=remove", &[], b"");
+    assert_eq!((r.status, r.body.as_str()), (200, "applied"), "{r:?}");
+    assert_eq!(node.get("/api/added/7", &[]).status, 404);
+}
+
 fn load_error(tag: &str, yaml: &str) -> String {
     let dir = project(tag, yaml);
     let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();

@@ -23,7 +23,7 @@ use crate::route::{Found, Table};
 use crate::statics::StaticMount;
 
 /// A server's settings (`http.service`, SPEC §11.1.1).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
     pub id: String,
     /// Where to listen, Go form (`:8080`, `127.0.0.1:8080`).
