@@ -502,6 +502,98 @@ fn routes_follow_registry_changes_while_the_server_runs() {
     assert_eq!(node.get("/api/added/7", &[]).status, 404);
 }
 
+const BODIES: &str = r#"
+namespace: app
+entries:
+  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", limits: { max_body: 64KB }, lifecycle: { auto_start: true } }
+  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }
+  - name: upload
+    kind: function.lua
+    modules: [http]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local req, res = http.request(), http.response()
+        local form, err = req:parse_multipart()
+        if not form then
+          res:set_status(400)
+          return res:write(err:kind() .. ": " .. err:message())
+        end
+        local out = { values = form.values, files = {} }
+        for field, list in pairs(form.files) do
+          for _, f in ipairs(list) do
+            local s, parts = f:stream(), {}
+            while true do
+              local c = s:read(4)
+              if not c then break end
+              parts[#parts + 1] = c
+            end
+            out.files[#out.files + 1] = { field = field, name = f:name(), size = f:size(),
+              type = f:header("content-type"), content = table.concat(parts) }
+          end
+        end
+        table.sort(out.files, function(a, b) return a.name < b.name end)
+        res:write_json(out)
+      end }
+  - { name: upload.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /upload, func: upload }
+  - name: pieces
+    kind: function.lua
+    modules: [http]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local req = http.request()
+        local s = assert(req:stream())
+        local parts = {}
+        while true do
+          local c, err = s:read(3)
+          if err then return http.response():write("error: " .. err:message()) end
+          if not c then break end
+          parts[#parts + 1] = c
+        end
+        assert(s:read(3) == nil and s:close())
+        local again, aerr = req:body()
+        http.response():write(#parts .. " pieces: " .. table.concat(parts, "|") .. " / then body(): " .. tostring(aerr))
+      end }
+  - { name: pieces.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /pieces, func: pieces }
+"#;
+
+#[test]
+fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
+    let dir = project("bodies", BODIES);
+    let node = Node::start(&dir);
+    let r = node.request("POST", "/api/pieces", &[], b"abcdefgh");
+    assert_eq!((r.status, r.body.as_str()), (200, "3 pieces: abc|def|gh / then body(): the request body was already read"), "{r:?}");
+    // a chunked body streams too
+    let r = node.raw(b"POST /api/pieces HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n2\r\n12\r\n0\r\n\r\n");
+    assert!(r.body.starts_with("2 pieces: wxy|z") || r.body.starts_with("3 pieces: wxy|z|12"), "{r:?}");
+    let form = "--XB\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nhello\r\n\
+--XB\r\nContent-Disposition: form-data; name=\"tag\"\r\n\r\na\r\n\
+--XB\r\nContent-Disposition: form-data; name=\"tag\"\r\n\r\nb\r\n\
+--XB\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nfile one body\r\n\
+--XB\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"b.bin\"\r\n\r\n\x01\x02\r\n\
+--XB--\r\n";
+    let r = node.request("POST", "/api/upload", &[("Content-Type", "multipart/form-data; boundary=XB")], form.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "values": {"title": "hello", "tag": ["a", "b"]},
+            "files": [
+                {"field": "doc", "name": "a.txt", "size": 13, "type": "text/plain", "content": "file one body"},
+                {"field": "doc", "name": "b.bin", "size": 2, "content": "\u{1}\u{2}"}
+            ]
+        })
+    );
+    let r = node.request("POST", "/api/upload", &[("Content-Type", "application/json")], b"{}");
+    assert_eq!((r.status, r.body.as_str()), (400, "Invalid: request is not multipart/form-data (content type \"application/json\")"), "{r:?}");
+    let r = node.request("POST", "/api/upload", &[("Content-Type", "multipart/form-data; boundary=XB")], b"--XB\r\nnonsense");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.starts_with("Invalid: malformed multipart body"), "{r:?}");
+}
+
 fn load_error(tag: &str, yaml: &str) -> String {
     let dir = project(tag, yaml);
     let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();

@@ -151,6 +151,92 @@ impl Exchange {
         })
     }
 
+    /// The request body as a stream (`req:stream()`): read in pieces, at most `max` bytes in
+    /// all; takes the body like [`Exchange::read_body`].
+    pub fn stream_body(&self, max: u64) -> Result<Arc<BodyStream>, Error> {
+        let body = self.body.lock().take().ok_or_else(|| Error::invalid("the request body was already read"))?;
+        Ok(Arc::new(BodyStream { inner: tokio::sync::Mutex::new(StreamState { body: Some(body), pending: Bytes::new(), read: 0, max }) }))
+    }
+
+    /// The body parsed as `multipart/form-data` (`req:parse_multipart(max_memory)`): Invalid
+    /// at once when the request is not multipart; the parse reads the body (at most `max`
+    /// bytes) and keeps every part in memory, the whole at most `max_memory` bytes.
+    pub fn read_multipart(&self, max: u64, max_memory: u64) -> Result<impl Future<Output = Result<Value, Error>> + Send + 'static, Error> {
+        let ct = self.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let boundary = multer::parse_boundary(ct).map_err(|_| Error::invalid(format!("request is not multipart/form-data (content type {ct:?})")))?;
+        let stream = self.stream_body(max)?;
+        Ok(async move {
+            let chunks = futures_util::stream::unfold(stream, |s| async move {
+                match s.read(64 * 1024).await {
+                    Ok(Some(b)) => Some((Ok::<Bytes, Error>(b), s)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), s)),
+                }
+            });
+            let limits = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(max_memory));
+            let mut mp = multer::Multipart::with_constraints(chunks, boundary, limits);
+            let (mut files, mut values) = (wippy_runtime::Table::new(), wippy_runtime::Table::new());
+            let bad = |e: multer::Error| match e {
+                multer::Error::StreamReadFailed(inner) => match inner.downcast::<Error>() {
+                    Ok(e) => *e,
+                    Err(other) => Error::internal(format!("reading the request body: {other}")),
+                },
+                multer::Error::StreamSizeExceeded { limit } => Error::invalid(format!("multipart body is larger than max_memory ({limit} bytes)")),
+                e => Error::invalid(format!("malformed multipart body: {e}")),
+            };
+            while let Some(field) = mp.next_field().await.map_err(bad)? {
+                let name = field.name().unwrap_or("").to_string();
+                let file_name = field.file_name().map(str::to_string);
+                let mut headers = wippy_runtime::Table::new();
+                for (k, v) in field.headers() {
+                    if let Ok(v) = v.to_str() {
+                        headers.set(Value::str(&crate::client::canonical(k.as_str())), Value::str(v));
+                    }
+                }
+                let data = field.bytes().await.map_err(bad)?;
+                let key = Value::str(&name);
+                match file_name {
+                    Some(f) => {
+                        let mut file = wippy_runtime::Table::new();
+                        file.set(Value::str("name"), Value::str(&f));
+                        file.set(Value::str("size"), Value::Int(data.len() as i64));
+                        file.set(Value::str("headers"), Value::table(headers));
+                        file.set(Value::str("data"), Value::bytes(&data));
+                        let mut list = match files.get(&key) {
+                            Some(Value::Table(t)) => (**t).clone(),
+                            _ => wippy_runtime::Table::new(),
+                        };
+                        list.push(Value::table(file));
+                        files.set(key, Value::table(list));
+                    }
+                    None => {
+                        // one value as a string, several as an array
+                        let v = Value::bytes(&data);
+                        let next = match values.get(&key) {
+                            None => v,
+                            Some(Value::Table(t)) => {
+                                let mut t = (**t).clone();
+                                t.push(v);
+                                Value::table(t)
+                            }
+                            Some(first) => {
+                                let mut t = wippy_runtime::Table::new();
+                                t.push(first.clone());
+                                t.push(v);
+                                Value::table(t)
+                            }
+                        };
+                        values.set(key, next);
+                    }
+                }
+            }
+            let mut out = wippy_runtime::Table::new();
+            out.set(Value::str("files"), Value::table(files));
+            out.set(Value::str("values"), Value::table(values));
+            Ok(Value::table(out))
+        })
+    }
+
     pub fn set_header(&self, name: &str, value: &str) -> Result<(), Error> {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::invalid(format!("invalid header name {:?}", name)))?;
         let value = HeaderValue::from_str(value).map_err(|_| Error::invalid(format!("invalid value for header {name}")))?;
@@ -257,6 +343,58 @@ impl Exchange {
         };
         drop(r);
         let _ = to.send(resp);
+    }
+}
+
+/// A request body read in pieces (`req:stream()`).
+pub struct BodyStream {
+    inner: tokio::sync::Mutex<StreamState>,
+}
+
+struct StreamState {
+    /// `None` once the body ended (or was closed).
+    body: Option<Incoming>,
+    /// Read from the body, not yet handed out.
+    pending: Bytes,
+    read: u64,
+    max: u64,
+}
+
+impl BodyStream {
+    /// Up to `n` bytes (at least one): `None` at the end of the body. More than the stream's
+    /// limit in all, or a body that fails, is an error.
+    pub async fn read(&self, n: usize) -> Result<Option<Bytes>, Error> {
+        let mut st = self.inner.lock().await;
+        while st.pending.is_empty() {
+            let Some(body) = st.body.as_mut() else { return Ok(None) };
+            match body.frame().await {
+                None => st.body = None,
+                Some(Err(e)) => {
+                    st.body = None;
+                    return Err(Error::internal(format!("reading the request body: {e}")));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        st.read += data.len() as u64;
+                        if st.read > st.max {
+                            st.body = None;
+                            return Err(Error::invalid(format!("request body is larger than the limit of {} bytes", st.max)));
+                        }
+                        st.pending = data;
+                    }
+                }
+            }
+        }
+        let take = n.max(1).min(st.pending.len());
+        Ok(Some(st.pending.split_to(take)))
+    }
+
+    /// Stop reading: what is left of the body is dropped.
+    pub fn close(&self) {
+        if let Ok(mut st) = self.inner.try_lock() {
+            st.body = None;
+            st.pending = Bytes::new();
+        }
     }
 }
 

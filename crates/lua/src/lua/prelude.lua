@@ -1188,6 +1188,52 @@ end
 -- wait (found through the objects' __index)
 -------------------------------------------------------------------------------------------
 if LIBS.http then
+  -- req:stream(): read(n) waits for the next piece of the body (nil at its end)
+  local BodyStream = {}
+  local BodyStreamMT = { __index = BodyStream, __name = "stream", __metatable = "stream" }
+  function BodyStream.read(st, n)
+    if n ~= nil and type(n) ~= "number" then
+      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
+    end
+    if not st.h then return nil end
+    local id, err = st.h:_read(math.floor(n or 65536))
+    if not id then return nil, err end
+    local chunk, e = await_cmd(id)
+    if chunk == nil then st.h = nil end
+    return chunk, e
+  end
+  function BodyStream.close(st)
+    if st.h then st.h:close(); st.h = nil end
+    return true
+  end
+  -- a multipart file part (SPEC 11.3): held in memory; stream() reads it like a body
+  local File = {}
+  local FileMT = { __index = File, __name = "file", __metatable = "file" }
+  local MemStream = {}
+  local MemStreamMT = { __index = MemStream, __name = "stream", __metatable = "stream" }
+  function File.name(f) return f.n end
+  function File.size(f) return f.s end
+  function File.header(f, name)
+    if type(name) ~= "string" then return nil end
+    local want = name:lower()
+    for k, v in pairs(f.h) do
+      if k:lower() == want then return v end
+    end
+    return nil
+  end
+  function File.stream(f) return setmetatable({ d = f.d, at = 1 }, MemStreamMT) end
+  function MemStream.read(st, n)
+    if n ~= nil and type(n) ~= "number" then
+      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
+    end
+    local d = st.d
+    if not d or st.at > #d then st.d = nil; return nil end
+    local k = math.max(1, math.floor(n or 65536))
+    local chunk = d:sub(st.at, st.at + k - 1)
+    st.at = st.at + #chunk
+    return chunk
+  end
+  function MemStream.close(st) st.d = nil; return true end
   local function write_done(ok, x)
     if ok then return nil end
     if ok == false then
@@ -1210,6 +1256,26 @@ if LIBS.http then
     write = function(res, s) return write_done(res:_write(s)) end,
     write_json = function(res, v) return write_done(res:_write_json(v)) end,
     write_event = function(res, ev) return write_done(res:_write_event(ev)) end,
+    stream = function(req)
+      local h, err = req:_stream()
+      if not h then return nil, err end
+      return setmetatable({ h = h }, BodyStreamMT)
+    end,
+    parse_multipart = function(req, max_memory)
+      if max_memory ~= nil and type(max_memory) ~= "number" then
+        error("bad argument #1 to 'parse_multipart' (number expected, got " .. type(max_memory) .. ")", 2)
+      end
+      local id, err = req:_multipart(max_memory and math.floor(max_memory))
+      if not id then return nil, err end
+      local form, e = await_cmd(id)
+      if not form then return nil, e end
+      for _, list in pairs(form.files) do
+        for i, f in ipairs(list) do
+          list[i] = setmetatable({ n = f.name, s = f.size, h = f.headers, d = f.data }, FileMT)
+        end
+      end
+      return form, nil
+    end,
   }
 end
 

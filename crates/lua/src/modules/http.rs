@@ -156,8 +156,63 @@ impl UserData for Request {
             })?;
             Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
         });
+        // req:stream(): a handle the prelude's stream object reads through
+        m.add_method("_stream", |lua, r, ()| match r.ex.stream_body(r.max_body) {
+            Ok(s) => Ok((LuaValue::UserData(lua.create_userdata(BodyStream { s, timeout: r.timeout })?), LuaValue::Nil)),
+            Err(e) => Ok((LuaValue::Nil, err_value(lua, e)?)),
+        });
+        // req:parse_multipart(max_memory): a command whose value the prelude dresses as files
+        m.add_method("_multipart", |lua, r, max_memory: Option<i64>| {
+            let max_memory = max_memory.filter(|n| *n > 0).map_or(DEFAULT_MULTIPART_MEMORY, |n| n as u64);
+            let fut = match r.ex.read_multipart(r.max_body, max_memory) {
+                Ok(f) => f,
+                Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
+            };
+            let timeout = r.timeout;
+            let id = start(async move {
+                match timeout {
+                    Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))?,
+                    None => fut.await,
+                }
+            })?;
+            Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
+        });
         m.add_meta_method(MetaMethod::Index, |lua, _, key: String| async_method(lua, &key));
         m.add_meta_method(MetaMethod::ToString, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())));
+    }
+}
+
+/// SPEC §11.3 `parse_multipart`'s default `max_memory`: 32 MiB.
+const DEFAULT_MULTIPART_MEMORY: u64 = 32 << 20;
+
+/// The request body being read in pieces (behind the prelude's `stream` object).
+struct BodyStream {
+    s: Arc<wippy_http::exchange::BodyStream>,
+    timeout: Option<Duration>,
+}
+
+impl UserData for BodyStream {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        // a read of up to n bytes as a command: a chunk, or nil at the end
+        m.add_method("_read", |lua, b, n: i64| {
+            let (s, timeout) = (b.s.clone(), b.timeout);
+            let n = n.clamp(1, 16 << 20) as usize;
+            let id = start(async move {
+                let got = match timeout {
+                    Some(t) => tokio::time::timeout(t, s.read(n)).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))??,
+                    None => s.read(n).await?,
+                };
+                Ok(got.map_or(Value::Nil, |b| Value::Str(Arc::from(&b[..]))))
+            });
+            match id {
+                Ok(id) => Ok((LuaValue::Integer(id as i64), LuaValue::Nil)),
+                Err(e) => Ok((LuaValue::Nil, LuaValue::String(lua.create_string(e.to_string())?))),
+            }
+        });
+        m.add_method("close", |_, b, ()| {
+            b.s.close();
+            Ok(())
+        });
     }
 }
 
