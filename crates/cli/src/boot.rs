@@ -105,7 +105,11 @@ impl Boot {
             node.declare_host(id.as_str());
         }
         lua.install(&node.handle());
-        let http = Arc::new(crate::http::Servers::default());
+        let tokens: wippy_http::middleware::TokenResolver = {
+            let lua = lua.clone();
+            Arc::new(move |store: &str, token: &str| lua.resolve_token(store, token))
+        };
+        let http = Arc::new(crate::http::Servers::new(tokens));
         crate::http::install(&plan.http, &node, &http);
         let clock = Arc::new(SystemClock::new(&node.handle()));
         let services = Supervisor::new(node.handle(), service_specs(&plan), clock).map_err(|e| anyhow!("{e}"))?;

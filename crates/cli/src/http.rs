@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use wippy_http::middleware::{Cors, NOT_YET};
+use wippy_http::middleware::Middleware;
 use wippy_http::route::{self, Pattern, Route, Table};
 use wippy_http::server::{self, Routes, ServerState, ServiceConfig, Target};
 use wippy_http::statics::StaticMount;
@@ -35,7 +35,7 @@ pub struct RouterPlan {
     pub id: EntryId,
     pub server: EntryId,
     pub prefix: String,
-    pub cors: Option<Arc<Cors>>,
+    pub mw: Arc<Middleware>,
 }
 
 pub struct EndpointPlan {
@@ -104,21 +104,35 @@ fn options(c: &mut Checker, field: &str) -> BTreeMap<String, String> {
     out
 }
 
-fn middleware(c: &mut Checker, list: &str, opts: &str) -> Option<Arc<Cors>> {
-    let names = c.strings(list);
-    let settings = options(c, opts);
-    let mut cors = None;
-    for n in names {
-        match n.as_str() {
-            "cors" => match Cors::from_options(&settings) {
-                Ok(x) => cors = Some(Arc::new(x)),
-                Err(e) => c.error(opts, e),
-            },
-            other if NOT_YET.contains(&other) => c.error(list, format!("middleware {other:?} is not available in this runtime yet (available: cors)")),
-            other => c.error(list, format!("unknown middleware {other:?} (available: cors)")),
+/// A router's middleware lists and their settings, built; a problem is an error on the
+/// list or options field it comes from.
+fn middleware(c: &mut Checker) -> Arc<Middleware> {
+    let (pre, post) = (c.strings("middleware"), c.strings("post_middleware"));
+    let (pre_opts, post_opts) = (options(c, "options"), options(c, "post_options"));
+    let parse = |s: &str| wippy_registry::parse_duration(s).map(|n| Duration::from_nanos(n.max(0) as u64));
+    let mut built = Middleware::default();
+    for (list, opts, names, settings) in [("middleware", "options", &pre, &pre_opts), ("post_middleware", "post_options", &post, &post_opts)] {
+        match Middleware::build(&[(names.as_slice(), settings)], &parse) {
+            Ok(m) => {
+                // the two lists of one router: later settings of a kind win
+                built.cors = m.cors.or(built.cors.take());
+                built.real_ip = m.real_ip.or(built.real_ip.take());
+                built.ratelimit = m.ratelimit.or(built.ratelimit.take());
+                built.compress = m.compress.or(built.compress.take());
+                built.token_auth = m.token_auth.or(built.token_auth.take());
+                built.firewall = m.firewall.or(built.firewall.take());
+            }
+            Err(e) if e.starts_with("options.") => c.error(opts, e),
+            Err(e) => c.error(list, e),
         }
     }
-    cors
+    if let Some(ta) = &mut built.token_auth {
+        let field = if pre.iter().any(|n| n == "token_auth") { "options" } else { "post_options" };
+        if let Some(id) = c.resolve(&format!("{field}.token_auth.store"), &ta.store.clone(), &["security.token_store"]) {
+            ta.store = id.to_string();
+        }
+    }
+    Arc::new(built)
 }
 
 pub fn service(c: &mut Checker, plan: &mut Plan) {
@@ -188,12 +202,9 @@ pub fn router(c: &mut Checker, plan: &mut Plan) {
     if !prefix.is_empty() && !prefix.starts_with('/') {
         c.error("prefix", format!("must start with /, got {prefix:?}"));
     }
-    let mut cors = middleware(c, "middleware", "options");
-    if let Some(post) = middleware(c, "post_middleware", "post_options") {
-        cors = Some(post);
-    }
+    let mw = middleware(c);
     if let Some(server) = server {
-        plan.http.routers.push(RouterPlan { id: c.entry.id.clone(), server, prefix: prefix.trim_end_matches('/').to_string(), cors });
+        plan.http.routers.push(RouterPlan { id: c.entry.id.clone(), server, prefix: prefix.trim_end_matches('/').to_string(), mw });
     }
 }
 
@@ -292,7 +303,7 @@ fn server_routes(plan: &HttpPlan, sid: &EntryId) -> Result<Routes, (EntryId, &'s
         let Some(r) = routers.iter().find(|r| r.id == ep.router) else { continue };
         let full = route::join(&r.prefix, &ep.path);
         let pattern = Pattern::parse(&full).map_err(|e| (ep.id.clone(), "path", e))?;
-        let target = Arc::new(Target { endpoint: Arc::from(ep.id.as_str()), func: Arc::from(ep.func.as_str()), timeout: ep.timeout, cors: r.cors.clone() });
+        let target = Arc::new(Target { endpoint: Arc::from(ep.id.as_str()), func: Arc::from(ep.func.as_str()), timeout: ep.timeout, mw: r.mw.clone() });
         list.push(Route { method: ep.method.clone(), pattern, owner: ep.id.to_string(), target });
     }
     let table = Table::build(list).map_err(|e| {
@@ -329,8 +340,17 @@ pub fn resolve_paths(plan: &mut HttpPlan, root: &std::path::Path) {
 }
 
 /// The node's HTTP servers by entry ID: what a reload changes in place.
-#[derive(Default)]
-pub struct Servers(parking_lot::Mutex<HashMap<EntryId, Arc<ServerState>>>);
+pub struct Servers {
+    known: parking_lot::Mutex<HashMap<EntryId, Arc<ServerState>>>,
+    /// How `token_auth` resolves a token: the node's token stores.
+    tokens: wippy_http::middleware::TokenResolver,
+}
+
+impl Servers {
+    pub fn new(tokens: wippy_http::middleware::TokenResolver) -> Servers {
+        Servers { known: Default::default(), tokens }
+    }
+}
 
 /// Register each server's listener with the node, with the routes the plan built. Called
 /// again on every reload (SPEC §11.1.3: route tables are rebuilt atomically): a server
@@ -338,7 +358,7 @@ pub struct Servers(parking_lot::Mutex<HashMap<EntryId, Arc<ServerState>>>);
 /// the old table or the new one); a new server, or one whose settings changed, gets a new
 /// listener factory (its service restarts with it, as any changed service does).
 pub fn install(plan: &HttpPlan, node: &wippy_runtime::NodeRef, servers: &Servers) {
-    let mut known = servers.0.lock();
+    let mut known = servers.known.lock();
     for (sid, config) in &plan.services {
         let routes = plan.built.get(sid).cloned().unwrap_or_default();
         if let Some(state) = known.get(sid) {
@@ -348,6 +368,7 @@ pub fn install(plan: &HttpPlan, node: &wippy_runtime::NodeRef, servers: &Servers
             }
         }
         let state = ServerState::new(config.clone());
+        *state.tokens.write() = Some(servers.tokens.clone());
         state.set_routes(routes);
         known.insert(sid.clone(), state.clone());
         let factory = move |_: &str| -> Result<Box<dyn Process>, wippy_runtime::Error> { Ok(Box::new(wippy_http::ServerProcess::new(state.clone()))) };

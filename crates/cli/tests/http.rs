@@ -594,6 +594,96 @@ fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
     assert!(r.body.starts_with("Invalid: malformed multipart body"), "{r:?}");
 }
 
+const GUARDED: &str = r#"
+namespace: app
+entries:
+  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", lifecycle: { auto_start: true } }
+  - { name: tokens, kind: security.token_store }
+  - name: readers
+    kind: security.policy
+    groups: [readers]
+    policy: { actions: access, resources: "app:secret.ep", effect: allow }
+  - name: open
+    kind: http.router
+    meta: { server: gateway }
+    prefix: /open
+    middleware: [real_ip, ratelimit, compress]
+    options:
+      real_ip.trusted.subnets: "127.0.0.0/8, ::1"
+      ratelimit.requests: "3"
+      ratelimit.window: 1h
+      ratelimit.burst: "3"
+      ratelimit.key: "header:X-Client"
+      compress.min.length: "100"
+  - { name: auth, kind: http.router, meta: { server: gateway }, prefix: /auth }
+  - name: guarded
+    kind: http.router
+    meta: { server: gateway }
+    prefix: /guarded
+    middleware: [token_auth]
+    options: { token_auth.store: tokens }
+    post_middleware: [endpoint_firewall]
+  - name: login
+    kind: function.lua
+    modules: [http, security]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local who = http.request():query("who")
+        local scope = who == "alice" and security.named_scope("app:readers") or security.new_scope()
+        local store = assert(security.token_store("app:tokens"))
+        local token = assert(store:create(security.new_actor(who), scope, {}))
+        http.response():write(token)
+      end }
+  - name: whoami
+    kind: function.lua
+    modules: [http, security]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local a = security.actor()
+        local req = http.request()
+        http.response():write((a and a:id() or "nobody") .. " from " .. req:remote_addr():match("^(.*):%d+$") .. " " .. string.rep("x", tonumber(req:query("pad") or "0")))
+      end }
+  - { name: login.ep, kind: http.endpoint, meta: { router: auth }, method: POST, path: /login, func: login }
+  - { name: ip.ep, kind: http.endpoint, meta: { router: open }, method: GET, path: /ip, func: whoami }
+  - { name: secret.ep, kind: http.endpoint, meta: { router: guarded }, method: GET, path: /secret, func: whoami }
+  - { name: other.ep, kind: http.endpoint, meta: { router: guarded }, method: GET, path: /other, func: whoami }
+"#;
+
+#[test]
+fn router_middleware_real_ip_ratelimit_compress_token_auth_and_firewall() {
+    let dir = project("guarded", GUARDED);
+    let node = Node::start(&dir);
+    // real_ip: the peer (loopback) is trusted, so the forwarded address is the client's
+    let r = node.get("/open/ip", &[("X-Forwarded-For", "203.0.113.9, 10.0.0.1"), ("X-Client", "a")]);
+    assert_eq!((r.status, r.body.trim_end()), (200, "nobody from 203.0.113.9"), "{r:?}");
+    // compress: a body of at least 100 bytes to a client that takes gzip
+    let r = node.get("/open/ip?pad=300", &[("Accept-Encoding", "gzip"), ("X-Client", "a")]);
+    assert_eq!((r.status, r.header("content-encoding")), (200, Some("gzip")), "{r:?}");
+    assert!(!r.body.contains("xxxxxxxx"), "{r:?}");
+    let r = node.get("/open/ip?pad=10", &[("Accept-Encoding", "gzip"), ("X-Client", "a")]);
+    assert_eq!((r.status, r.header("content-encoding")), (200, None), "short bodies go plain: {r:?}");
+    // ratelimit: a burst of 3 per key, then 429 with the limit's headers; other keys go on
+    let r = node.get("/open/ip", &[("X-Client", "a")]);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!((r.body.trim_end(), r.header("x-ratelimit-limit"), r.header("x-ratelimit-window")), ("Rate limit exceeded", Some("3"), Some("1h")));
+    assert_eq!(node.get("/open/ip", &[("X-Client", "b")]).status, 200);
+    // token_auth + endpoint_firewall: the token's actor and scope run the handler
+    let alice = node.request("POST", "/auth/login?who=alice", &[], b"").body;
+    let mallory = node.request("POST", "/auth/login?who=mallory", &[], b"").body;
+    assert_eq!(alice.len(), 64, "{alice}");
+    let bearer = |t: &str| format!("Bearer {t}");
+    let r = node.get("/guarded/secret", &[("Authorization", &bearer(&alice))]);
+    assert_eq!((r.status, r.body.trim_end()), (200, "alice from 127.0.0.1"), "{r:?}");
+    assert_eq!(node.get("/guarded/other", &[("Authorization", &bearer(&alice))]).status, 403, "no policy allows alice there");
+    assert_eq!(node.get("/guarded/secret", &[("Authorization", &bearer(&mallory))]).status, 403);
+    let r = node.get("/guarded/secret", &[("Authorization", "Bearer not-a-token")]);
+    assert_eq!((r.status, r.body.trim_end()), (200, "nobody from 127.0.0.1"), "an unknown token is no actor; without strict mode the firewall lets it by: {r:?}");
+}
+
 fn load_error(tag: &str, yaml: &str) -> String {
     let dir = project(tag, yaml);
     let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();
@@ -612,6 +702,12 @@ fn bad_http_entries_are_load_errors_with_entry_and_field() {
     assert!(e.contains("app:r") && e.contains("missing metadata: server"), "{e}");
     let e = load_error("mw", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \":0\" }\n  - { name: r, kind: http.router, meta: { server: s }, middleware: [gzip_all] }\n");
     assert!(e.contains("unknown middleware \"gzip_all\""), "{e}");
+    let e = load_error("mw-opts", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \":0\" }\n  - { name: r, kind: http.router, meta: { server: s }, middleware: [ratelimit], options: { ratelimit.requests: lots } }\n");
+    assert!(e.contains("app:r") && e.contains("options") && e.contains("ratelimit.requests: expected a whole number, got \"lots\""), "{e}");
+    let e = load_error("mw-store", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \":0\" }\n  - { name: r, kind: http.router, meta: { server: s }, middleware: [token_auth], options: { token_auth.store: s } }\n");
+    assert!(e.contains("app:r") && e.contains("token_auth.store") && e.contains("security.token_store"), "{e}");
+    let e = load_error("mw-nostore", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \":0\" }\n  - { name: r, kind: http.router, meta: { server: s }, middleware: [token_auth] }\n");
+    assert!(e.contains("app:r") && e.contains("token_auth.store: required"), "{e}");
     let e = load_error("addr", "namespace: app\nentries:\n  - { name: s, kind: http.service, addr: \"\" }\n");
     assert!(e.contains("app:s") && e.contains("empty address"), "{e}");
     let e = load_error("prefix", &format!("{base}  - {{ name: r2, kind: http.router, meta: {{ server: s }} }}\n"));

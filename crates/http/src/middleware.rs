@@ -1,13 +1,261 @@
-//! Router middleware (SPEC §11.4). `cors` is built in; a name this runtime does not have
-//! is a load error naming it.
+//! Router middleware (SPEC §11.4): `cors`, `real_ip`, `ratelimit`, `compress`,
+//! `token_auth` and `endpoint_firewall` are built in; a name this runtime does not have is a
+//! load error naming it. A router's middleware (both lists) applies to every route it owns;
+//! the order is fixed: real IP, rate limit, token, firewall, the handler, compression, CORS.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use wippy_runtime::Identity;
 
 /// Middleware names Wippy has that this runtime does not (yet): refused with that reason.
-pub const NOT_YET: &[&str] =
-    &["real_ip", "ratelimit", "compress", "token_auth", "endpoint_firewall", "resource_firewall", "sendfile", "metrics", "otel", "websocket_relay", "sse_relay"];
+pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "metrics", "otel", "websocket_relay", "sse_relay"];
+
+/// The middleware names this runtime has.
+pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall";
+
+/// A setting from a router's options map; old underscore keys (`cors_allow_origins`) too.
+fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    options.get(key).or_else(|| options.get(&key.replace('.', "_"))).map(String::as_str)
+}
+
+fn flag(options: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
+    match opt(options, key).unwrap_or("false") {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        other => Err(format!("options.{key}: expected true or false, got {other:?}")),
+    }
+}
+
+fn number(options: &BTreeMap<String, String>, key: &str, default: u64) -> Result<u64, String> {
+    match opt(options, key) {
+        None | Some("") => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| format!("options.{key}: expected a whole number, got {v:?}")),
+    }
+}
+
+/// Reads a Go-form duration ("1m", "500ms"): the embedder's parser (the registry's).
+pub type DurationParser<'a> = &'a dyn Fn(&str) -> Result<Duration, String>;
+
+fn duration(options: &BTreeMap<String, String>, key: &str, default: Duration, parse: DurationParser<'_>) -> Result<Duration, String> {
+    match opt(options, key) {
+        None | Some("") => Ok(default),
+        Some(v) => parse(v).map_err(|e| format!("options.{key}: {e}")),
+    }
+}
+
+/// Resolves a bearer token in a token store to the actor and scope it stands for (the
+/// embedder's: the `wippy` binary answers from its `security.token_store` entries).
+pub type TokenResolver = Arc<dyn Fn(&str, &str) -> Option<Arc<Identity>> + Send + Sync>;
+
+/// Everything a router's middleware lists asks for.
+#[derive(Default)]
+pub struct Middleware {
+    pub cors: Option<Cors>,
+    pub real_ip: Option<RealIp>,
+    pub ratelimit: Option<RateLimit>,
+    pub compress: Option<Compress>,
+    pub token_auth: Option<TokenAuth>,
+    /// `endpoint_firewall`: the action checked on the endpoint's ID.
+    pub firewall: Option<String>,
+}
+
+impl Middleware {
+    /// From a router's lists and their options maps; the first problem in words.
+    pub fn build(lists: &[(&[String], &BTreeMap<String, String>)], parse: DurationParser<'_>) -> Result<Middleware, String> {
+        let mut m = Middleware::default();
+        for (names, options) in lists {
+            for n in names.iter() {
+                match n.as_str() {
+                    "cors" => m.cors = Some(Cors::from_options(options)?),
+                    "real_ip" => m.real_ip = Some(RealIp::from_options(options)?),
+                    "ratelimit" => m.ratelimit = Some(RateLimit::from_options(options, parse)?),
+                    "compress" => m.compress = Some(Compress::from_options(options)?),
+                    "token_auth" => m.token_auth = Some(TokenAuth::from_options(options)?),
+                    "endpoint_firewall" => m.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
+                    other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
+                    other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// `real_ip`: the client address from `X-Forwarded-For` / `X-Real-IP` when the peer is a
+/// trusted proxy.
+#[derive(Debug, Clone)]
+pub struct RealIp {
+    trusted: Vec<ipnet::IpNet>,
+    trust_all: bool,
+}
+
+impl RealIp {
+    pub fn from_options(options: &BTreeMap<String, String>) -> Result<RealIp, String> {
+        let mut trusted = Vec::new();
+        for s in opt(options, "real_ip.trusted.subnets").unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let net = s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("options.real_ip.trusted.subnets: {s:?} is not a CIDR subnet or an IP address"))?;
+            trusted.push(net);
+        }
+        Ok(RealIp { trusted, trust_all: flag(options, "real_ip.trust_all")? })
+    }
+
+    /// The client's address as seen through a trusted proxy (the peer's port kept).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> SocketAddr {
+        if !(self.trust_all || self.trusted.iter().any(|n| n.contains(&peer.ip()))) {
+            return peer;
+        }
+        let from = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse::<IpAddr>().ok());
+        match from("x-forwarded-for").or_else(|| from("x-real-ip")) {
+            Some(ip) => SocketAddr::new(ip, peer.port()),
+            None => peer,
+        }
+    }
+}
+
+/// `ratelimit`: a token bucket per key (GCRA, the `governor` crate).
+pub struct RateLimit {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    requests: u64,
+    window: String,
+    key: RateKey,
+    max_entries: usize,
+    cleanup_every: u64,
+    seen: AtomicU64,
+}
+
+enum RateKey {
+    Ip,
+    Header(String),
+    Query(String),
+}
+
+impl RateLimit {
+    pub fn from_options(options: &BTreeMap<String, String>, parse: DurationParser<'_>) -> Result<RateLimit, String> {
+        let requests = number(options, "ratelimit.requests", 100)?;
+        let window = duration(options, "ratelimit.window", Duration::from_secs(60), parse)?;
+        let burst = number(options, "ratelimit.burst", 20)?;
+        if requests == 0 || window.is_zero() {
+            return Err("options.ratelimit.requests and ratelimit.window must be more than zero".into());
+        }
+        let key = match opt(options, "ratelimit.key").unwrap_or("ip") {
+            "" | "ip" => RateKey::Ip,
+            k => match k.split_once(':') {
+                Some(("header", h)) if !h.is_empty() => RateKey::Header(h.to_ascii_lowercase()),
+                Some(("query", q)) if !q.is_empty() => RateKey::Query(q.to_string()),
+                _ => return Err(format!("options.ratelimit.key: expected ip, header:<name> or query:<name>, got {k:?}")),
+            },
+        };
+        let period = window / u32::try_from(requests).unwrap_or(u32::MAX);
+        let burst = NonZeroU32::new(u32::try_from(burst.max(1)).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period.max(Duration::from_nanos(1))).ok_or("options.ratelimit.window: too short")?.allow_burst(burst);
+        let cleanup = duration(options, "ratelimit.cleanup_interval", Duration::from_secs(300), parse)?;
+        Ok(RateLimit {
+            limiter: governor::RateLimiter::keyed(quota),
+            requests,
+            window: opt(options, "ratelimit.window").unwrap_or("1m").to_string(),
+            key,
+            max_entries: number(options, "ratelimit.max_entries", 100_000)? as usize,
+            // (requests, not seconds: cheap to count, and a quiet server has nothing to clean)
+            cleanup_every: cleanup.as_secs().max(1) * 100,
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a request from `client` may go on; the 429 headers when not.
+    pub fn admit(&self, client: IpAddr, headers: &HeaderMap, query: Option<&str>) -> Result<(), [(HeaderName, HeaderValue); 2]> {
+        let key = match &self.key {
+            RateKey::Ip => client.to_string(),
+            RateKey::Header(h) => headers.get(h.as_str()).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            RateKey::Query(q) => query
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+                .find(|(k, _)| k == q)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default(),
+        };
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        if n % self.cleanup_every == 0 || self.limiter.len() > self.max_entries {
+            self.limiter.retain_recent();
+        }
+        if self.limiter.check_key(&key).is_ok() {
+            return Ok(());
+        }
+        let v = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+        Err([(HeaderName::from_static("x-ratelimit-limit"), v(self.requests.to_string())), (HeaderName::from_static("x-ratelimit-window"), v(self.window.clone()))])
+    }
+}
+
+/// `compress`: gzip for clients that accept it, on whole bodies of at least `min` bytes.
+#[derive(Debug, Clone)]
+pub struct Compress {
+    pub level: flate2::Compression,
+    pub min: usize,
+}
+
+impl Compress {
+    pub fn from_options(options: &BTreeMap<String, String>) -> Result<Compress, String> {
+        let level = match opt(options, "compress.level").unwrap_or("default") {
+            "" | "default" => flate2::Compression::default(),
+            "fastest" => flate2::Compression::fast(),
+            "best" => flate2::Compression::best(),
+            other => return Err(format!("options.compress.level: expected default, fastest or best, got {other:?}")),
+        };
+        Ok(Compress { level, min: number(options, "compress.min.length", 1024)? as usize })
+    }
+
+    /// The body gzipped, if the client takes gzip and it is worth it.
+    pub fn gzip(&self, accept: Option<&HeaderValue>, body: &[u8]) -> Option<Vec<u8>> {
+        let takes = accept.and_then(|a| a.to_str().ok()).is_some_and(|a| a.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+        if !takes || body.len() < self.min.max(1) {
+            return None;
+        }
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), self.level);
+        enc.write_all(body).ok()?;
+        enc.finish().ok()
+    }
+}
+
+/// `token_auth`: a bearer token, resolved in a token store, becomes the call's actor and
+/// scope. A request without a valid token goes on with none (a firewall decides).
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub store: String,
+    header: String,
+    prefix: String,
+    query: Option<String>,
+}
+
+impl TokenAuth {
+    pub fn from_options(options: &BTreeMap<String, String>) -> Result<TokenAuth, String> {
+        let store = opt(options, "token_auth.store").filter(|s| !s.is_empty()).ok_or("options.token_auth.store: required (the security.token_store entry that holds the tokens)")?;
+        Ok(TokenAuth {
+            store: store.to_string(),
+            header: opt(options, "token_auth.header.name").filter(|s| !s.is_empty()).unwrap_or("Authorization").to_ascii_lowercase(),
+            prefix: opt(options, "token_auth.header.prefix").unwrap_or("Bearer ").to_string(),
+            query: opt(options, "token_auth.query.param").filter(|s| !s.is_empty()).map(str::to_string),
+        })
+    }
+
+    /// The token a request carries, if any.
+    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+        if let Some(v) = headers.get(self.header.as_str()).and_then(|v| v.to_str().ok()) {
+            let t = if self.prefix.is_empty() { Some(v) } else { v.strip_prefix(self.prefix.as_str()).or_else(|| v.strip_prefix(self.prefix.trim_end())) };
+            if let Some(t) = t.map(str::trim).filter(|t| !t.is_empty()) {
+                return Some(t.to_string());
+            }
+        }
+        let q = self.query.as_deref()?;
+        query?.split('&').filter_map(|p| p.split_once('=')).find(|(k, _)| *k == q).map(|(_, v)| crate::client::decode_query(v).unwrap_or_else(|_| v.to_string())).filter(|t| !t.is_empty())
+    }
+}
 
 /// The `cors` middleware's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,16 +273,7 @@ impl Cors {
     /// From a router's options map (`cors.allow.origins` …; old underscore keys such as
     /// `cors_allow_origins` are accepted too).
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<Cors, String> {
-        let get = |key: &str, default: &str| -> String {
-            options.get(key).or_else(|| options.get(&key.replace('.', "_"))).cloned().unwrap_or_else(|| default.to_string())
-        };
-        let flag = |key: &str| -> Result<bool, String> {
-            match get(key, "false").as_str() {
-                "true" | "1" => Ok(true),
-                "false" | "0" | "" => Ok(false),
-                other => Err(format!("options.{key}: expected true or false, got {other:?}")),
-            }
-        };
+        let get = |key: &str, default: &str| -> String { opt(options, key).unwrap_or(default).to_string() };
         let max_age = get("cors.max.age", "86400");
         if max_age.parse::<u64>().is_err() {
             return Err(format!("options.cors.max.age: expected a number of seconds, got {max_age:?}"));
@@ -44,9 +283,9 @@ impl Cors {
             methods: get("cors.allow.methods", "GET,POST,PUT,DELETE,OPTIONS,PATCH"),
             headers: get("cors.allow.headers", "Origin,Content-Type,Accept,Authorization,X-Requested-With"),
             expose: get("cors.expose.headers", ""),
-            credentials: flag("cors.allow.credentials")?,
+            credentials: flag(options, "cors.allow.credentials")?,
             max_age,
-            private_network: flag("cors.allow.private.network")?,
+            private_network: flag(options, "cors.allow.private.network")?,
         })
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use wippy_runtime::{Context, Error, Event, Events, NodeRef, Pid, Process, Spawn, Status, Value};
 
 use crate::exchange::{text_response, Exchange, HttpResponse, RespBody};
-use crate::middleware::Cors;
+use crate::middleware::{Middleware, TokenResolver};
 use crate::route::{Found, Table};
 use crate::statics::StaticMount;
 
@@ -56,7 +56,8 @@ pub struct Target {
     pub endpoint: Arc<str>,
     pub func: Arc<str>,
     pub timeout: Duration,
-    pub cors: Option<Arc<Cors>>,
+    /// The router's middleware.
+    pub mw: Arc<Middleware>,
 }
 
 /// A server's routes and static mounts (swapped whole on a change; a clone shares them).
@@ -71,12 +72,14 @@ pub struct ServerState {
     pub config: ServiceConfig,
     pub routes: RwLock<Arc<Routes>>,
     pub(crate) id: Arc<str>,
+    /// How `token_auth` resolves a token (none: every token is unknown).
+    pub tokens: RwLock<Option<TokenResolver>>,
 }
 
 impl ServerState {
     pub fn new(config: ServiceConfig) -> Arc<ServerState> {
         let id = Arc::from(config.id.as_str());
-        Arc::new(ServerState { config, routes: RwLock::new(Arc::new(Routes::default())), id })
+        Arc::new(ServerState { config, routes: RwLock::new(Arc::new(Routes::default())), id, tokens: RwLock::new(None) })
     }
     pub fn set_routes(&self, routes: Routes) {
         *self.routes.write() = Arc::new(routes);
@@ -224,9 +227,17 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
     match found {
         Found::Route(route, params) => {
             let target = route.target.clone();
+            let mw = &target.mw;
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-            let mut resp = call(state, node, &target, req, remote, params).await;
-            if let Some(c) = &target.cors {
+            let accept = req.headers().get(hyper::header::ACCEPT_ENCODING).cloned();
+            let mut resp = match before(state, node, &target, &req, remote) {
+                Ok((remote, identity)) => call(state, node, &target, req, remote, params, identity).await,
+                Err(resp) => resp,
+            };
+            if let Some(c) = &mw.compress {
+                compress(c, accept.as_ref(), &mut resp);
+            }
+            if let Some(c) = &mw.cors {
                 c.apply(origin.as_ref(), resp.headers_mut(), false);
             }
             resp
@@ -234,7 +245,7 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
         Found::Options(route) => {
             let mut resp = Response::new(RespBody::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
-            if let Some(c) = &route.target.cors {
+            if let Some(c) = &route.target.mw.cors {
                 c.apply(req.headers().get(hyper::header::ORIGIN), resp.headers_mut(), true);
             }
             resp
@@ -256,6 +267,56 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
     }
 }
 
+/// The router's middleware before the handler (SPEC §11.4): the client's address through a
+/// trusted proxy, the rate limit, the token's actor and scope, the endpoint firewall. The
+/// address and identity the call runs with, or the response that ends the request here.
+fn before(state: &ServerState, node: &NodeRef, target: &Target, req: &Request<Incoming>, peer: SocketAddr) -> Result<(SocketAddr, Option<Arc<wippy_runtime::Identity>>), HttpResponse> {
+    let mw = &target.mw;
+    let remote = mw.real_ip.as_ref().map_or(peer, |r| r.client(peer, req.headers()));
+    if let Some(rl) = &mw.ratelimit {
+        if let Err(headers) = rl.admit(remote.ip(), req.headers(), req.uri().query()) {
+            let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded\n");
+            for (k, v) in headers {
+                resp.headers_mut().insert(k, v);
+            }
+            return Err(resp);
+        }
+    }
+    let identity = match &mw.token_auth {
+        Some(ta) => match (ta.token(req.headers(), req.uri().query()), state.tokens.read().clone()) {
+            (Some(token), Some(resolve)) => resolve(&ta.store, &token),
+            _ => None,
+        },
+        None => None,
+    };
+    if let Some(action) = &mw.firewall {
+        let has_actor = identity.as_ref().is_some_and(|i| i.actor.is_some());
+        if !has_actor && node.security().strict() {
+            return Err(text_response(StatusCode::UNAUTHORIZED, "Unauthorized\n"));
+        }
+        let r = wippy_runtime::Request { action, resource: &target.endpoint, pid: None, meta: None, target: None };
+        if has_actor && !wippy_runtime::evaluate(identity.as_deref(), node.security().strict(), &r) {
+            return Err(text_response(StatusCode::FORBIDDEN, "Forbidden\n"));
+        }
+    }
+    Ok((remote, identity))
+}
+
+/// gzip a whole response body when the client takes it (`compress`); a streamed or
+/// already encoded body goes as it is.
+fn compress(c: &crate::middleware::Compress, accept: Option<&HeaderValue>, resp: &mut HttpResponse) {
+    if resp.headers().contains_key(hyper::header::CONTENT_ENCODING) {
+        return;
+    }
+    let RespBody::Full(Some(body)) = resp.body() else { return };
+    let Some(gz) = c.gzip(accept, body) else { return };
+    *resp.body_mut() = RespBody::Full(Some(bytes::Bytes::from(gz)));
+    let h = resp.headers_mut();
+    h.insert(hyper::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    h.remove(CONTENT_LENGTH);
+    h.append(hyper::header::VARY, HeaderValue::from_static("Accept-Encoding"));
+}
+
 /// Cancels a handler whose client went away before it answered.
 struct CancelOnDrop {
     node: NodeRef,
@@ -271,7 +332,15 @@ impl Drop for CancelOnDrop {
 }
 
 /// Run the endpoint's function for this request and wait for its response.
-async fn call(state: &Arc<ServerState>, node: &NodeRef, target: &Arc<Target>, req: Request<Incoming>, remote: SocketAddr, params: Vec<(String, String)>) -> HttpResponse {
+async fn call(
+    state: &Arc<ServerState>,
+    node: &NodeRef,
+    target: &Arc<Target>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    params: Vec<(String, String)>,
+    identity: Option<Arc<wippy_runtime::Identity>>,
+) -> HttpResponse {
     let (parts, body) = req.into_parts();
     if let Some(n) = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if n > state.config.max_body {
@@ -282,7 +351,10 @@ async fn call(state: &Arc<ServerState>, node: &NodeRef, target: &Arc<Target>, re
     let ex = Arc::new(Exchange::new(parts, body, remote, Some(params), state.id.clone(), target.endpoint.clone(), tx));
     let done = ex.clone();
     let endpoint = target.endpoint.clone();
-    let spawn = Spawn::entry(&target.func).attach(ex);
+    let mut spawn = Spawn::entry(&target.func).attach(ex);
+    if let Some(identity) = identity {
+        spawn = spawn.identity(identity);
+    }
     let then = Box::new(move |pid: Pid, result: wippy_runtime::ExitResult| {
         if let Err(e) = &result {
             tracing::error!(%pid, endpoint = %endpoint, kind = e.kind.as_str(), "http handler failed: {}", e.message);

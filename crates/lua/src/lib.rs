@@ -119,6 +119,13 @@ impl LuaRuntime {
         self.catalog.token_stores.write().entry(id.to_string()).or_default();
     }
 
+    /// The actor and scope a live token of token store `store` stands for (`token_auth`).
+    pub fn resolve_token(&self, store: &str, token: &str) -> Option<std::sync::Arc<wippy_runtime::Identity>> {
+        let s = self.catalog.token_stores.read().get(store).cloned()?;
+        let (actor, scope) = s.validate(token)?;
+        Some(std::sync::Arc::new(wippy_runtime::Identity::new(Some(actor), Some(scope))))
+    }
+
     /// The env variables and storages in use.
     pub fn env_config(&self) -> std::sync::Arc<EnvConfig> {
         self.catalog.env_config.read().clone()
