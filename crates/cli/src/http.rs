@@ -109,10 +109,10 @@ fn options(c: &mut Checker, field: &str) -> BTreeMap<String, String> {
 fn middleware(c: &mut Checker) -> Arc<Middleware> {
     let (pre, post) = (c.strings("middleware"), c.strings("post_middleware"));
     let (pre_opts, post_opts) = (options(c, "options"), options(c, "post_options"));
-    let parse = |s: &str| wippy_registry::parse_duration(s).map(|n| Duration::from_nanos(n.max(0) as u64));
+    let parse: wippy_http::middleware::DurationParser = |s: &str| wippy_registry::parse_duration(s).map(|n| Duration::from_nanos(n.max(0) as u64));
     let mut built = Middleware::default();
     for (list, opts, names, settings) in [("middleware", "options", &pre, &pre_opts), ("post_middleware", "post_options", &post, &post_opts)] {
-        match Middleware::build(&[(names.as_slice(), settings)], &parse) {
+        match Middleware::build(&[(names.as_slice(), settings)], parse) {
             Ok(m) => {
                 // the two lists of one router: later settings of a kind win
                 built.cors = m.cors.or(built.cors.take());
@@ -121,6 +121,7 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
                 built.compress = m.compress.or(built.compress.take());
                 built.token_auth = m.token_auth.or(built.token_auth.take());
                 built.firewall = m.firewall.or(built.firewall.take());
+                built.ws_relay = m.ws_relay.or(built.ws_relay.take());
             }
             Err(e) if e.starts_with("options.") => c.error(opts, e),
             Err(e) => c.error(list, e),

@@ -684,6 +684,98 @@ fn router_middleware_real_ip_ratelimit_compress_token_auth_and_firewall() {
     assert_eq!((r.status, r.body.trim_end()), (200, "nobody from 127.0.0.1"), "an unknown token is no actor; without strict mode the firewall lets it by: {r:?}");
 }
 
+const RELAY: &str = r#"
+namespace: app
+entries:
+  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", lifecycle: { auto_start: true } }
+  - { name: processes, kind: process.host, lifecycle: { auto_start: true } }
+  - name: ws
+    kind: http.router
+    meta: { server: gateway }
+    prefix: /ws
+    post_middleware: [websocket_relay]
+    post_options: { wsrelay.allowed.origins: "https://game.example" }
+  - name: room
+    kind: process.lua
+    method: main
+    source: |
+      return { main = function()
+        process.registry.register("room")
+        local inbox, beats = process.inbox(), {}
+        while true do
+          local m = inbox:receive()
+          local t, v = m:topic(), m:payload() and m:payload():data()
+          if t == "ws.join" then
+            process.send(v.client_pid, "hello", "welcome " .. v.metadata.user)
+          elseif t == "ws.heartbeat" and not beats[v.client_pid] then
+            beats[v.client_pid] = true
+            process.send(v.client_pid, "beat", "heartbeat")
+          elseif t == "ws.message" then
+            if v == "bye" then process.send(m:from(), "ws.close")
+            elseif v == "json" then process.send(m:from(), "data", { n = 1 })
+            else process.send(m:from(), "echo", "echo: " .. v) end
+          elseif t == "ws.leave" then
+            print("room: left " .. v.client_pid)
+          end
+        end
+      end }
+  - { name: room.svc, kind: process.service, process: room, host: processes, lifecycle: { auto_start: true } }
+  - name: join
+    kind: function.lua
+    modules: [http, json]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local req = http.request()
+        http.response():set_header("X-WS-Relay", json.encode({ target_pid = process.registry.lookup("room"),
+          heartbeat_interval = "50ms", metadata = { user = req:query("user") } }))
+      end }
+  - { name: join.ep, kind: http.endpoint, meta: { router: ws }, method: GET, path: /join, func: join }
+"#;
+
+#[test]
+fn websocket_relay_makes_the_client_a_process_the_target_talks_to() {
+    use tungstenite::{client::IntoClientRequest, Message};
+    let dir = project("relay", RELAY);
+    let mut node = Node::start(&dir);
+    node.wait_for(&["service state", "app:room.svc", "Running"]);
+    let addr = node.http.addr.clone();
+    let connect = |origin: &str| {
+        let mut req = format!("ws://{addr}/ws/join?user=ann").into_client_request().unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        let stream = TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tungstenite::client(req, stream)
+    };
+    let (mut ws, resp) = connect("https://game.example").unwrap();
+    assert_eq!(resp.status(), 101);
+    let text = |ws: &mut tungstenite::WebSocket<TcpStream>| loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(text(&mut ws), "welcome ann");
+    assert_eq!(text(&mut ws), "heartbeat", "ws.heartbeat reaches the target every heartbeat_interval");
+    ws.send(Message::text("hi")).unwrap();
+    assert_eq!(text(&mut ws), "echo: hi");
+    ws.send(Message::text("json")).unwrap();
+    assert_eq!(text(&mut ws), r#"{"n":1}"#);
+    ws.send(Message::text("bye")).unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    node.wait_for(&["room: left {app:gateway#handlers|"]);
+    // another origin is refused; a plain request to the relayed route is 400
+    assert!(connect("https://evil.example").is_err());
+    assert_eq!(node.get("/ws/join?user=x", &[]).status, 400);
+}
+
 fn load_error(tag: &str, yaml: &str) -> String {
     let dir = project(tag, yaml);
     let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();

@@ -14,13 +14,13 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use wippy_runtime::Identity;
 
 /// Middleware names Wippy has that this runtime does not (yet): refused with that reason.
-pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "metrics", "otel", "websocket_relay", "sse_relay"];
+pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "metrics", "otel", "sse_relay"];
 
 /// The middleware names this runtime has.
-pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall";
+pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, websocket_relay";
 
 /// A setting from a router's options map; old underscore keys (`cors_allow_origins`) too.
-fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
     options.get(key).or_else(|| options.get(&key.replace('.', "_"))).map(String::as_str)
 }
 
@@ -40,9 +40,9 @@ fn number(options: &BTreeMap<String, String>, key: &str, default: u64) -> Result
 }
 
 /// Reads a Go-form duration ("1m", "500ms"): the embedder's parser (the registry's).
-pub type DurationParser<'a> = &'a dyn Fn(&str) -> Result<Duration, String>;
+pub type DurationParser = fn(&str) -> Result<Duration, String>;
 
-fn duration(options: &BTreeMap<String, String>, key: &str, default: Duration, parse: DurationParser<'_>) -> Result<Duration, String> {
+fn duration(options: &BTreeMap<String, String>, key: &str, default: Duration, parse: DurationParser) -> Result<Duration, String> {
     match opt(options, key) {
         None | Some("") => Ok(default),
         Some(v) => parse(v).map_err(|e| format!("options.{key}: {e}")),
@@ -63,11 +63,13 @@ pub struct Middleware {
     pub token_auth: Option<TokenAuth>,
     /// `endpoint_firewall`: the action checked on the endpoint's ID.
     pub firewall: Option<String>,
+    /// `websocket_relay`: the handler's `X-WS-Relay` answer turns the request into a socket.
+    pub ws_relay: Option<crate::wsrelay::WsRelay>,
 }
 
 impl Middleware {
     /// From a router's lists and their options maps; the first problem in words.
-    pub fn build(lists: &[(&[String], &BTreeMap<String, String>)], parse: DurationParser<'_>) -> Result<Middleware, String> {
+    pub fn build(lists: &[(&[String], &BTreeMap<String, String>)], parse: DurationParser) -> Result<Middleware, String> {
         let mut m = Middleware::default();
         for (names, options) in lists {
             for n in names.iter() {
@@ -77,6 +79,7 @@ impl Middleware {
                     "ratelimit" => m.ratelimit = Some(RateLimit::from_options(options, parse)?),
                     "compress" => m.compress = Some(Compress::from_options(options)?),
                     "token_auth" => m.token_auth = Some(TokenAuth::from_options(options)?),
+                    "websocket_relay" => m.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
                     "endpoint_firewall" => m.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
                     other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
                     other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),
@@ -136,7 +139,7 @@ enum RateKey {
 }
 
 impl RateLimit {
-    pub fn from_options(options: &BTreeMap<String, String>, parse: DurationParser<'_>) -> Result<RateLimit, String> {
+    pub fn from_options(options: &BTreeMap<String, String>, parse: DurationParser) -> Result<RateLimit, String> {
         let requests = number(options, "ratelimit.requests", 100)?;
         let window = duration(options, "ratelimit.window", Duration::from_secs(60), parse)?;
         let burst = number(options, "ratelimit.burst", 20)?;

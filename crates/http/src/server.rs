@@ -180,7 +180,9 @@ impl Process for ServerProcess {
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>, node: NodeRef, mut stop: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // each connection task holds a sender: when all are dropped, every connection ended
+    // (hyper-util's GracefulShutdown does not take connections with upgrades)
+    let (live, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let header_timeout = [state.config.read_timeout, state.config.idle_timeout].into_iter().filter(|d| !d.is_zero()).min().unwrap_or(DEFAULT_HEADER_TIMEOUT);
     loop {
@@ -210,14 +212,25 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>,
         });
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
-        let conn = graceful.watch(b.serve_connection(TokioIo::new(stream), svc));
+        let conn = b.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        let (live, mut stop) = (live.clone(), stop.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    // finish the request in flight, then close
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
             drop(permit);
+            drop(live);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(live);
+    let _ = all_done.recv().await;
 }
 
 /// Answer one request.
@@ -228,12 +241,18 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
         Found::Route(route, params) => {
             let target = route.target.clone();
             let mw = &target.mw;
+            let mut req = req;
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
             let accept = req.headers().get(hyper::header::ACCEPT_ENCODING).cloned();
+            // a websocket request on a relayed route: the handler answers, then the socket
+            let relay = mw.ws_relay.as_ref().map(|_| (crate::wsrelay::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req)), req.headers().clone()));
             let mut resp = match before(state, node, &target, &req, remote) {
                 Ok((remote, identity)) => call(state, node, &target, req, remote, params, identity).await,
                 Err(resp) => resp,
             };
+            if let (Some(ws), Some((upgrade, headers))) = (&mw.ws_relay, relay) {
+                resp = crate::wsrelay::answer(ws, resp, upgrade, &headers, node, &state.config.handler_host);
+            }
             if let Some(c) = &mw.compress {
                 compress(c, accept.as_ref(), &mut resp);
             }

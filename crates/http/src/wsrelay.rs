@@ -1,0 +1,288 @@
+//! `websocket_relay` (SPEC §11.6): Wippy has no Lua websocket server; a handler names a
+//! process in the response header `X-WS-Relay` and the connection becomes a websocket whose
+//! client is a process of its own on the server's handler host. The target gets `ws.join`
+//! (`{client_pid, metadata}`), each text frame as a message on `message_topic` (from the
+//! client's PID), `ws.heartbeat` every `heartbeat_interval`, and `ws.leave` when the socket
+//! closes. Whatever is sent to the client's PID goes out as a frame (a string as it is, any
+//! other value as JSON); topic `ws.close` closes the socket, `ws.control` changes the target,
+//! topic or metadata.
+//!
+//! The socket is a tokio task (tokio-tungstenite over hyper's upgraded connection); the
+//! client process is a native process that the task talks to through its mailbox (topics
+//! `ws.in`, `ws.tick`, `ws.gone`, sent from outside any process, so no process can forge
+//! them) and that talks to the task through a bounded channel: a client that does not read
+//! is disconnected rather than buffered without end.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::WebSocketStream;
+use wippy_runtime::{Context, Dest, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
+
+use crate::exchange::{text_response, HttpResponse, RespBody};
+use crate::middleware::{opt, DurationParser};
+
+/// The response header a handler sets to hand its connection to a process.
+pub const HEADER: &str = "x-ws-relay";
+/// Frames the client process may have queued for the socket before the client counts as
+/// not reading (and is disconnected).
+const OUTBOX: usize = 256;
+
+/// The middleware's settings.
+#[derive(Clone)]
+pub struct WsRelay {
+    origins: Vec<String>,
+    parse: DurationParser,
+}
+
+impl WsRelay {
+    pub fn from_options(options: &BTreeMap<String, String>, parse: DurationParser) -> WsRelay {
+        let origins = opt(options, "wsrelay.allowed.origins").unwrap_or("").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        WsRelay { origins, parse }
+    }
+
+    /// Whether a browser page from `origin` may open the socket (no Origin header: not a
+    /// browser, allowed; no list: same-host pages only, as Go's websocket libraries do).
+    fn allows(&self, origin: Option<&HeaderValue>, host: Option<&HeaderValue>) -> bool {
+        let Some(origin) = origin.and_then(|o| o.to_str().ok()) else { return true };
+        if self.origins.is_empty() {
+            let bare = origin.split("://").nth(1).unwrap_or(origin);
+            return host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(bare));
+        }
+        self.origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// Whether the request asks for a websocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name: &str, token: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has("connection", "upgrade") && has("upgrade", "websocket") && headers.contains_key("sec-websocket-key")
+}
+
+/// What the handler's `X-WS-Relay` header says.
+struct Plan {
+    target: Dest,
+    topic: String,
+    heartbeat: Duration,
+    metadata: Value,
+}
+
+fn plan(text: &str, parse: DurationParser) -> Result<Plan, String> {
+    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("X-WS-Relay is not JSON: {e}"))?;
+    let s = |k: &str| j.get(k).and_then(|v| v.as_str());
+    let target = s("target_pid").ok_or("X-WS-Relay needs target_pid")?;
+    let target = Dest::parse(target).map_err(|e| format!("X-WS-Relay target_pid: {e}"))?;
+    let heartbeat = match s("heartbeat_interval") {
+        None | Some("") => Duration::from_secs(30),
+        Some(d) => parse(d).map_err(|e| format!("X-WS-Relay heartbeat_interval: {e}"))?,
+    };
+    Ok(Plan {
+        target,
+        topic: s("message_topic").filter(|t| !t.is_empty()).unwrap_or("ws.message").to_string(),
+        heartbeat,
+        metadata: j.get("metadata").map(crate::json::from_json).unwrap_or(Value::Nil),
+    })
+}
+
+/// The handler answered a relayed route: with `X-WS-Relay` on a websocket request, switch
+/// protocols and start the client; the answer otherwise stands (a relay header on a plain
+/// request is 400).
+pub fn answer(
+    relay: &WsRelay,
+    resp: HttpResponse,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    req_headers: &HeaderMap,
+    node: &NodeRef,
+    host: &str,
+) -> HttpResponse {
+    let Some(text) = resp.headers().get(HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else { return resp };
+    let (Some(upgrade), Some(key)) = (upgrade, req_headers.get("sec-websocket-key")) else {
+        return text_response(StatusCode::BAD_REQUEST, "websocket upgrade required\n");
+    };
+    if !relay.allows(req_headers.get(hyper::header::ORIGIN), req_headers.get(hyper::header::HOST)) {
+        return text_response(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let plan = match plan(&text, relay.parse) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("websocket relay: {e}");
+            return text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    };
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let heartbeat = plan.heartbeat;
+    let client = Client { out: tx, target: plan.target, topic: plan.topic, metadata: plan.metadata };
+    let pid = match node.spawn(host, Spawn::process(client)) {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::error!("websocket relay: cannot start the client process: {}", e.message);
+            return text_response(StatusCode::SERVICE_UNAVAILABLE, "internal error\n");
+        }
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let node = node.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+                pump(ws, rx, &node, pid, heartbeat).await;
+            }
+            Err(e) => tracing::debug!("websocket relay: upgrade failed: {e}"),
+        }
+        let _ = node.send(pid, "ws.gone", Default::default());
+    });
+    let mut r = Response::new(RespBody::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+/// The socket's life: frames in go to the client process, its frames go out, a heartbeat
+/// ticks; ends when either side closes.
+async fn pump<S>(ws: WebSocketStream<S>, mut out: mpsc::Receiver<Frame>, node: &NodeRef, pid: Pid, heartbeat: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            f = out.recv() => match f {
+                Some(f) => {
+                    let last = f.is_close();
+                    if sink.send(f).await.is_err() || last {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            f = stream.next() => match f {
+                Some(Ok(Frame::Text(t))) => {
+                    if node.send(pid, "ws.in", wippy_runtime::payload![Value::str(t.as_str())]).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Frame::Binary(b))) => {
+                    if node.send(pid, "ws.in", wippy_runtime::payload![Value::bytes(&b)]).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+            },
+            _ = tick.tick() => {
+                if node.send(pid, "ws.tick", Default::default()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// The client's process: the socket's side in the process world.
+struct Client {
+    out: mpsc::Sender<Frame>,
+    target: Dest,
+    topic: String,
+    metadata: Value,
+}
+
+impl Client {
+    fn about(&self, cx: &Context<'_>, with_meta: bool) -> Value {
+        let mut t = Table::new();
+        t.set(Value::str("client_pid"), Value::str(&cx.pid().to_string()));
+        if with_meta {
+            t.set(Value::str("metadata"), self.metadata.clone());
+        }
+        Value::table(t)
+    }
+
+    fn tell(&self, cx: &mut Context<'_>, topic: &str, v: Value) {
+        if let Err(e) = cx.send(self.target.clone(), topic, wippy_runtime::payload![v]) {
+            tracing::debug!(client = %cx.pid(), "websocket relay: {topic} not delivered: {}", e.message);
+        }
+    }
+
+    /// `ws.control`: a new target, topic or metadata.
+    fn control(&mut self, v: &Value) {
+        let Value::Table(t) = v else { return };
+        let get = |k: &str| t.get(&Value::str(k));
+        if let Some(Value::Str(s)) = get("target_pid") {
+            if let Ok(d) = Dest::parse(&String::from_utf8_lossy(s)) {
+                self.target = d;
+            }
+        }
+        if let Some(Value::Str(s)) = get("message_topic") {
+            self.topic = String::from_utf8_lossy(s).into_owned();
+        }
+        if let Some(m) = get("metadata") {
+            self.metadata = m.clone();
+        }
+    }
+
+    /// Leave: the target hears `ws.leave`, the socket gets a close frame.
+    fn leave(&self, cx: &mut Context<'_>) -> Status {
+        let v = self.about(cx, false);
+        self.tell(cx, "ws.leave", v);
+        let _ = self.out.try_send(Frame::Close(Some(CloseFrame { code: 1000.into(), reason: "".into() })));
+        Status::Exit(Ok(Value::Nil))
+    }
+}
+
+impl Process for Client {
+    fn init(&mut self, cx: &mut Context<'_>, _method: &str, _args: Vec<Value>) -> Status {
+        let v = self.about(cx, true);
+        self.tell(cx, "ws.join", v);
+        Status::Wait
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
+        while let Some(ev) = events.next() {
+            match ev {
+                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.in" => {
+                    let topic = self.topic.clone();
+                    self.tell(cx, &topic, m.first().clone());
+                }
+                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.tick" => {
+                    let v = self.about(cx, false);
+                    self.tell(cx, "ws.heartbeat", v);
+                }
+                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.gone" => return self.leave(cx),
+                Event::Message(m) if m.topic.as_str() == "ws.close" => return self.leave(cx),
+                Event::Message(m) if m.topic.as_str() == "ws.control" => self.control(m.first()),
+                Event::Message(m) => {
+                    let frame = match m.first() {
+                        Value::Str(s) => match std::str::from_utf8(s) {
+                            Ok(t) => Frame::text(t),
+                            Err(_) => Frame::binary(s.to_vec()),
+                        },
+                        other => Frame::text(crate::json::encode(other)),
+                    };
+                    if self.out.try_send(frame).is_err() {
+                        tracing::warn!(client = %cx.pid(), "websocket relay: the client does not read; disconnected");
+                        return self.leave(cx);
+                    }
+                }
+                Event::Cancel { .. } => return self.leave(cx),
+                _ => {}
+            }
+        }
+        Status::Wait
+    }
+}
