@@ -558,6 +558,27 @@ entries:
         http.response():write(#parts .. " pieces: " .. table.concat(parts, "|") .. " / then body(): " .. tostring(aerr))
       end }
   - { name: pieces.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /pieces, func: pieces }
+  - name: send
+    kind: function.lua
+    modules: [http, http_client]
+    method: handler
+    source: |
+      local http = require("http")
+      local http_client = require("http_client")
+      return { handler = function()
+        local req = http.request()
+        local resp, err
+        if req:query("sock") then
+          resp, err = http_client.get("http://ignored.example/over-unix", { unix_socket = req:query("sock") })
+        else
+          resp, err = http_client.post("http://" .. req:query("to") .. "/api/upload", {
+            form = { title = "sent" },
+            files = { { name = "doc", filename = "c.txt", content = "uploaded body", content_type = "text/plain" } } })
+        end
+        if not resp then return http.response():write("error: " .. tostring(err)) end
+        http.response():write(resp.status_code .. " " .. resp.body)
+      end }
+  - { name: send.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /send, func: send }
 "#;
 
 #[test]
@@ -592,6 +613,29 @@ fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
     let r = node.request("POST", "/api/upload", &[("Content-Type", "multipart/form-data; boundary=XB")], b"--XB\r\nnonsense");
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.starts_with("Invalid: malformed multipart body"), "{r:?}");
+    // http_client: files make a multipart body (the form's fields ride along)
+    let r = node.get(&format!("/api/send?to={}", node.http.addr), &[]);
+    assert_eq!(
+        r.body,
+        r#"200 {"files":[{"content":"uploaded body","field":"doc","name":"c.txt","size":13,"type":"text/plain"}],"values":{"title":"sent"}}"#,
+        "{r:?}"
+    );
+    // http_client over a Unix socket: a one-request server on a socket of its own
+    let sock = dir.join("api.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap() == 1 {
+            head.push(b[0]);
+        }
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nvia unix!").unwrap();
+        String::from_utf8_lossy(&head).to_string()
+    });
+    let r = node.get(&format!("/api/send?sock={}", sock.display()), &[]);
+    assert_eq!(r.body, "200 via unix!", "{r:?}");
+    assert!(server.join().unwrap().starts_with("GET /over-unix HTTP/1.1"));
 }
 
 const GUARDED: &str = r#"

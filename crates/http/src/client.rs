@@ -15,20 +15,41 @@ use wippy_runtime::{Error, ErrorKind, Table, Value};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BODY: u64 = 125_829_120;
 
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(10)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(10))
+}
+
 fn client() -> Result<reqwest::Client, Error> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(10)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .connect_timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::limited(10))
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| Error::internal(format!("http client: {e}")))
+    CLIENT.get_or_init(|| builder().build().map_err(|e| e.to_string())).clone().map_err(|e| Error::internal(format!("http client: {e}")))
+}
+
+/// The pooled client that connects through the Unix socket at `path` (`unix_socket`).
+fn unix_client(path: &str) -> Result<reqwest::Client, Error> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, reqwest::Client>>> = OnceLock::new();
+    let mut clients = CLIENTS.get_or_init(Default::default).lock();
+    if let Some(c) = clients.get(path) {
+        return Ok(c.clone());
+    }
+    let c = builder().unix_socket(path).build().map_err(|e| Error::internal(format!("http client: {e}")))?;
+    if clients.len() >= 64 {
+        clients.clear(); // (a bound, not a cache policy: 64 distinct sockets is already odd)
+    }
+    clients.insert(path.to_string(), c.clone());
+    Ok(c)
+}
+
+/// One file of a multipart upload (`files`).
+#[derive(Debug, Default)]
+pub struct FilePart {
+    pub field: String,
+    pub filename: String,
+    pub content: Vec<u8>,
+    pub content_type: String,
 }
 
 /// A request as the Lua side describes it.
@@ -42,6 +63,11 @@ pub struct Req {
     pub stream: bool,
     pub max_body: u64,
     pub basic_auth: Option<(String, Option<String>)>,
+    /// `files`: the body is multipart, with `form_fields` as its text fields.
+    pub files: Vec<FilePart>,
+    pub form_fields: Vec<(String, String)>,
+    /// `unix_socket`: connect through this socket instead of TCP.
+    pub unix_socket: Option<String>,
 }
 
 /// The URL's host when it is loopback, private, link-local or unspecified, or `localhost`
@@ -98,14 +124,29 @@ pub async fn perform(req: Req) -> Result<Value, Error> {
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(Error::invalid(format!("unsupported URL scheme {:?}", url.scheme())));
     }
-    let mut b = client()?.request(method, url).timeout(req.timeout.unwrap_or(DEFAULT_TIMEOUT));
+    let c = match &req.unix_socket {
+        Some(p) => unix_client(p)?,
+        None => client()?,
+    };
+    let mut b = c.request(method, url).timeout(req.timeout.unwrap_or(DEFAULT_TIMEOUT));
     for (k, v) in &req.headers {
         b = b.header(k.as_str(), v.as_str());
     }
     if let Some((u, p)) = &req.basic_auth {
         b = b.basic_auth(u, p.as_ref());
     }
-    if let Some(body) = req.body {
+    if !req.files.is_empty() {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in req.form_fields {
+            form = form.text(k, v);
+        }
+        for f in req.files {
+            let ct = if f.content_type.is_empty() { "application/octet-stream".to_string() } else { f.content_type };
+            let part = reqwest::multipart::Part::bytes(f.content).file_name(f.filename).mime_str(&ct).map_err(|e| Error::invalid(format!("files: content_type {ct:?}: {e}")))?;
+            form = form.part(f.field, part);
+        }
+        b = b.multipart(form);
+    } else if let Some(body) = req.body {
         b = b.body(body);
     }
     let resp = b.send().await.map_err(transport)?;

@@ -319,3 +319,36 @@ fn token_stores_create_validate_revoke_and_close() {
     "#);
     assert_eq!(v, Value::Bool(true));
 }
+
+#[test]
+fn http_client_checks_the_url_private_addresses_and_unix_sockets() {
+    // SPEC 11.5: http_client.request on the URL, http_client.private_ip for loopback and
+    // private targets, http_client.unix_socket on the socket's path; each refused before
+    // any connection is made
+    let h = Harness::new(1);
+    let web = policy("t:web", &["http_client.request"], &["https://api.example/*", "http://127.0.0.1:9/*"], "allow");
+    h.node.security().add_policy(web.clone(), &[]);
+    let id = Identity::new(Some(Arc::new(Actor::new("svc:web"))), Some(Arc::new(Scope::new(vec![web]))));
+    h.lua.add_entry(
+        LuaEntry::process(
+            "test:client",
+            r#"return { main = function()
+                local out = {}
+                for _, c in ipairs({
+                    { "http://other.example/x" },
+                    { "http://127.0.0.1:9/x" },
+                    { "https://api.example/v1", { unix_socket = "/run/docker.sock" } },
+                }) do
+                    local r, err = http_client.get(c[1], c[2])
+                    out[#out + 1] = tostring(r) .. "|" .. err:kind() .. "|" .. err:message()
+                end
+                return table.concat(out, "\n")
+            end }"#,
+        )
+        .modules(&["http_client"]),
+    );
+    h.node.security().set_strict(true);
+    let (_, watch) = h.node.spawn_watched(HOST, Spawn::entry("test:client").identity(Arc::new(id))).unwrap();
+    let v = watch.wait_timeout(Duration::from_secs(20)).expect("finished").unwrap();
+    assert_eq!(v.as_str().unwrap(), "nil|PermissionDenied|not allowed: http://other.example/x\nnil|PermissionDenied|not allowed: private IP 127.0.0.1\nnil|PermissionDenied|not allowed: unix socket /run/docker.sock");
+}

@@ -64,18 +64,42 @@ fn build(method: &str, url: &str, opts: &LuaValue) -> mlua::Result<Result<Req, E
         LuaValue::String(s) => req.body = Some(s.as_bytes().to_vec()),
         other => return Ok(Err(Error::invalid(format!("body must be a string, got {}", super::lua_type(&other))))),
     }
+    let files = match o.raw_get::<LuaValue>("files")? {
+        LuaValue::Nil => None,
+        LuaValue::Table(t) => Some(t),
+        other => return Ok(Err(Error::invalid(format!("files must be an array of tables, got {}", super::lua_type(&other))))),
+    };
     if let LuaValue::Table(f) = o.raw_get::<LuaValue>("form")? {
-        let body: Vec<String> = pairs_of(&f)?.iter().map(|(k, v)| format!("{}={}", client::encode_query(k), client::encode_query(v))).collect();
-        req.body = Some(body.join("&").into_bytes());
-        if !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-            req.headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+        if files.is_some() {
+            // with files, the form's fields are text parts of the multipart body
+            req.form_fields = pairs_of(&f)?;
+        } else {
+            let body: Vec<String> = pairs_of(&f)?.iter().map(|(k, v)| format!("{}={}", client::encode_query(k), client::encode_query(v))).collect();
+            req.body = Some(body.join("&").into_bytes());
+            if !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                req.headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+            }
         }
     }
-    if !o.raw_get::<LuaValue>("files")?.is_nil() {
-        return Ok(Err(Error::invalid("http_client: multipart file uploads (files) are not supported by this runtime yet")));
+    if let Some(files) = files {
+        for (i, f) in files.sequence_values::<LuaValue>().enumerate() {
+            let LuaValue::Table(f) = f? else { return Ok(Err(Error::invalid(format!("files[{}] must be a table {{name, filename, content}}", i + 1)))) };
+            let text = |k: &str| -> mlua::Result<Option<String>> { string_of(&f.raw_get::<LuaValue>(k)?) };
+            let Some(field) = text("name")? else { return Ok(Err(Error::invalid(format!("files[{}]: name (the form field) is required", i + 1)))) };
+            let content = match f.raw_get::<LuaValue>("content")? {
+                LuaValue::String(s) => s.as_bytes().to_vec(),
+                LuaValue::Nil if !f.raw_get::<LuaValue>("reader")?.is_nil() => {
+                    return Ok(Err(Error::invalid(format!("files[{}]: a reader is not supported by this runtime; give the content as a string", i + 1))))
+                }
+                _ => return Ok(Err(Error::invalid(format!("files[{}]: content must be a string", i + 1)))),
+            };
+            req.files.push(client::FilePart { filename: text("filename")?.unwrap_or_else(|| field.clone()), field, content, content_type: text("content_type")?.unwrap_or_default() });
+        }
     }
-    if !o.raw_get::<LuaValue>("unix_socket")?.is_nil() {
-        return Ok(Err(Error::invalid("http_client: unix_socket is not supported by this runtime")));
+    match o.raw_get::<LuaValue>("unix_socket")? {
+        LuaValue::Nil => {}
+        LuaValue::String(p) if !p.as_bytes().is_empty() => req.unix_socket = Some(p.to_str()?.to_string()),
+        _ => return Ok(Err(Error::invalid("unix_socket must be a socket path"))),
     }
     if let LuaValue::Table(a) = o.raw_get::<LuaValue>("auth")? {
         let user: Option<String> = a.raw_get("user")?;
@@ -125,7 +149,12 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
                 if !cx.can("http_client.request", &req.url) {
                     return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: {}", req.url)));
                 }
-                if let Some(h) = client::private_host(&req.url) {
+                if let Some(p) = &req.unix_socket {
+                    if !cx.can("http_client.unix_socket", p) {
+                        return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: unix socket {p}")));
+                    }
+                }
+                if let Some(h) = client::private_host(&req.url).filter(|_| req.unix_socket.is_none()) {
                     if !cx.can("http_client.private_ip", &h) {
                         return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: private IP {h}")));
                     }
