@@ -166,9 +166,7 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
         c.warn("network", "overlay networks do not apply in this runtime; ignored");
     }
     let read_timeout = c.duration("timeouts.read", Duration::ZERO);
-    if !c.duration("timeouts.write", Duration::ZERO).is_zero() {
-        c.warn("timeouts.write", "not applied by this runtime yet (a response to a client that stops reading waits on it; the endpoint's timeout still bounds the handler)");
-    }
+    let write_timeout = c.duration("timeouts.write", Duration::ZERO);
     let idle_timeout = c.duration("timeouts.idle", Duration::ZERO);
     let _buffer = c.uint("host.buffer_size", 1024);
     let mut host = HostConfig::new(handler_host(&id));
@@ -177,7 +175,7 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
     let max_header_bytes = if c.get("limits.max_header_bytes").is_some() { c.bytes("limits.max_header_bytes") as usize } else { server::DEFAULT_MAX_HEADER_BYTES };
     let max_body = if c.get("limits.max_body").is_some() { c.bytes("limits.max_body") } else { server::DEFAULT_MAX_BODY };
     let lifecycle: Lifecycle = c.lifecycle();
-    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id) };
+    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, write_timeout, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id) };
     let host_id: EntryId = match handler_host(&id).parse() {
         Ok(h) => h,
         Err(e) => {

@@ -820,6 +820,55 @@ fn websocket_relay_makes_the_client_a_process_the_target_talks_to() {
     assert_eq!(node.get("/ws/join?user=x", &[]).status, 400);
 }
 
+const SLOW_READER: &str = r#"
+namespace: app
+entries:
+  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", timeouts: { write: 300ms }, lifecycle: { auto_start: true } }
+  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }
+  - name: flood
+    kind: function.lua
+    modules: [http]
+    method: handler
+    source: |
+      local http = require("http")
+      return { handler = function()
+        local res = http.response()
+        local chunk, n = string.rep("x", 65536), 0
+        res:flush()
+        while n < 512 * 1024 * 1024 do
+          local err = res:write(chunk)
+          if err then
+            print("flood stopped after " .. n .. " bytes: " .. tostring(err))
+            return
+          end
+          n = n + #chunk
+        end
+        print("flood finished")
+      end }
+  - { name: flood.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /flood, func: flood }
+"#;
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let dir = project("slowread", SLOW_READER);
+    let mut node = Node::start(&dir);
+    let mut s = TcpStream::connect(&node.http.addr).unwrap();
+    s.write_all(b"GET /api/flood HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    // the client reads nothing: the server's write waits, times out and the handler's
+    // next write fails
+    let line = node.wait_for(&["flood stopped after", "the client went away"]);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < 256 << 20, "the connection ended long before the body did ({got} bytes; {line})");
+}
+
 fn load_error(tag: &str, yaml: &str) -> String {
     let dir = project(tag, yaml);
     let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();

@@ -32,6 +32,8 @@ pub struct ServiceConfig {
     pub read_timeout: Duration,
     /// An idle keep-alive connection is closed after this (0: [`DEFAULT_HEADER_TIMEOUT`]).
     pub idle_timeout: Duration,
+    /// A write the client does not take within this closes the connection (0: none).
+    pub write_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// The largest request head (431 above it).
@@ -212,7 +214,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>,
         });
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
-        let conn = b.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        // timeouts.write: a client that takes no bytes for that long is disconnected
+        let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+        if !state.config.write_timeout.is_zero() {
+            io.set_write_timeout(Some(state.config.write_timeout));
+        }
+        let conn = b.serve_connection(TokioIo::new(Box::pin(io)), svc).with_upgrades();
         let (live, mut stop) = (live.clone(), stop.clone());
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
