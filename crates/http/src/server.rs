@@ -215,11 +215,15 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>,
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
         // timeouts.write: a client that takes no bytes for that long is disconnected
-        let mut io = tokio_io_timeout::TimeoutStream::new(stream);
-        if !state.config.write_timeout.is_zero() {
-            io.set_write_timeout(Some(state.config.write_timeout));
-        }
-        let conn = b.serve_connection(TokioIo::new(Box::pin(io)), svc).with_upgrades();
+        // (only then: the plain socket is the request path's fast case)
+        let io = if state.config.write_timeout.is_zero() {
+            tokio_util::either::Either::Left(stream)
+        } else {
+            let mut t = tokio_io_timeout::TimeoutStream::new(stream);
+            t.set_write_timeout(Some(state.config.write_timeout));
+            tokio_util::either::Either::Right(Box::pin(t))
+        };
+        let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
         let (live, mut stop) = (live.clone(), stop.clone());
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
