@@ -164,3 +164,29 @@ fn a_busy_process_is_slowed_but_never_starved_by_a_shard_full_of_chatty_ones() {
     );
     assert_eq!(v, s("ticked"));
 }
+
+#[test]
+fn a_task_preempted_on_its_way_in_still_runs_as_itself() {
+    // The hook may suspend main's coroutine while its scheduler switches to a task; the
+    // task must still run as that task (it once ran as main: its blocked send queued main
+    // as the sender, and main's select returned `true` instead of a table)
+    let h = Harness::with(1, ShardOptions::default(), |c| c.time_slice(Duration::from_micros(20)));
+    let v = h.ok(r#"
+        local ch, other = channel.new(), channel.new()
+        local N = 60000
+        coroutine.spawn(function()
+            for i = 1, N do ch:send(i) end
+            ch:close()
+        end)
+        local expect = 1
+        while true do
+            local r = channel.select { ch:case_receive(), other:case_receive() }
+            if type(r) ~= "table" then return "round " .. expect .. ": select gave " .. tostring(r) end
+            if not r.ok then break end
+            if r.value ~= expect then return "round " .. expect .. ": got " .. tostring(r.value) end
+            expect = expect + 1
+        end
+        return expect - 1
+    "#);
+    assert_eq!(v, Value::Int(60000));
+}

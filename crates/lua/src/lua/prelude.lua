@@ -20,6 +20,7 @@ local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, 
 -- P's ready queue or pending count may have become non-empty: every place that makes one
 -- so calls it (Rust's receive skips reading them while neither can have)
 local rt_dirty = R.dirty
+local resume_task = R.resume_task -- coroutine.resume for a task, with S[2] and R.cur set in it
 local raw_meta = R.raw_meta -- a table's metatable, past __metatable
 local WAIT = R.WAIT         -- yielded to Rust to take the next runtime event
 
@@ -645,17 +646,18 @@ sched = function(P)
       local a, b = t[A], t[B]
       t[A], t[B] = nil, nil
       if t == P then return a, b end
-      S[2] = t
+      -- S[2] = t and R.cur(tco) happen inside the resume (R.resume_task): set from here,
+      -- the hook could suspend main between them and the resume, and the runtime resumes
+      -- main with S[2] reset
       local tco = t[CO]
-      rt_cur(tco)
       local ok, n, r1
       local args = t[ARGS]
       if args then
         t[ARGS] = false
-        ok, n, r1 = counted(raw_resume(tco, unpack(args, 1, args.n)))
+        ok, n, r1 = counted(resume_task(S, t, tco, unpack(args, 1, args.n)))
       else
         -- (a task the hook suspended ignores what it is resumed with)
-        ok, n, r1 = counted(raw_resume(tco, a, b))
+        ok, n, r1 = counted(resume_task(S, t, tco, a, b))
       end
       S[2] = false
       rt_cur(co)

@@ -163,3 +163,56 @@ pub(crate) unsafe extern "C-unwind" fn rt_preempt_pending(l: *mut ffi::lua_State
     unsafe { ffi::lua_pushboolean(l, fired as c_int) };
     1
 }
+
+/// `R.resume_task(S, t, co, ...)`: run task `t` on its coroutine `co` as the scheduler's
+/// `coroutine.resume` would (`true, results...` or `false, error`), with `S[2] = t` and the
+/// preemption thread set to `co` in the same C call. Set from Lua, one instruction before
+/// the resume, the hook could suspend the process's main coroutine in between; the runtime
+/// then resumes it with `S[2]` reset to false (main runs on every resume), and the task
+/// would run as if it were main (its blocked send queued main as the sender: main's select
+/// returned `true`).
+///
+/// # Safety
+/// A C function Lua calls: arguments 1 to 3 are the shard table, a task and its thread.
+pub(crate) unsafe extern "C-unwind" fn rt_resume_task(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: `l` is the calling thread; the prelude passes S (a table whose slot 2 exists,
+    // so the store allocates nothing), the task, and the task's thread.
+    unsafe {
+        let co = ffi::lua_tothread(l, 3);
+        if co.is_null() {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushstring(l, c"resume_task: not a thread".as_ptr());
+            return 2;
+        }
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_rawseti(l, 1, 2);
+        if let Some(p) = current_preempt() {
+            p.set_thread(co);
+        }
+        // what lcorolib's auxresume does
+        let narg = ffi::lua_gettop(l) - 3;
+        if ffi::lua_checkstack(co, narg) == 0 {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushstring(l, c"too many arguments to resume".as_ptr());
+            return 2;
+        }
+        ffi::lua_xmove(l, co, narg);
+        let mut nres: c_int = 0;
+        let status = ffi::lua_resume(co, l, narg, &mut nres);
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            if ffi::lua_checkstack(l, nres + 1) == 0 {
+                ffi::lua_pop(co, nres);
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_pushstring(l, c"too many results to resume".as_ptr());
+                return 2;
+            }
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_xmove(co, l, nres);
+            nres + 1
+        } else {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_xmove(co, l, 1);
+            2
+        }
+    }
+}

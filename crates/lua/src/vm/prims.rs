@@ -13,8 +13,9 @@ use super::{preempt, raw};
 
 /// Install the C primitives into `r`, the prelude's table of Rust parts.
 pub(crate) fn install(lua: &Lua, r: &Table) -> mlua::Result<()> {
-    let c_functions: [(&str, ffi::lua_CFunction); 11] = [
+    let c_functions: [(&str, ffi::lua_CFunction); 12] = [
         ("cur", preempt::rt_cur),
+        ("resume_task", preempt::rt_resume_task),
         ("dirty", rt_dirty),
         ("preempted", preempt::rt_preempted),
         ("preempt_pending", preempt::rt_preempt_pending),
