@@ -260,6 +260,11 @@ impl<'a> Context<'a> {
     /// to report.
     fn check_dest(&self, action: &str, dest: &Dest) -> Result<(), Error> {
         let pid = self.node.resolve(dest)?;
+        // the runtime's own processes (supervisor agents) are nobody's to end or tie to:
+        // a terminated agent would leave its services unwatched
+        if pid.is_system() && !self.cell.pid.is_system() && matches!(action, "process.terminate" | "process.cancel" | "process.link") {
+            return Err(denied(action, &format!("{pid} (a process of the runtime)")));
+        }
         let cell = self.node.table.get(pid);
         if let Some(cell) = &cell {
             self.check_boundary(action, &pid.to_string(), &cell.host.config)?;

@@ -330,3 +330,38 @@ fn delays_follow_the_formula_with_jitter() {
     assert_eq!(p.delay(3, 1.0), Duration::from_secs_f64(4.4));
     assert_eq!(p.delay(3, -1.0), Duration::from_secs_f64(3.6));
 }
+
+#[test]
+fn no_process_can_terminate_cancel_or_link_a_supervisor_agent() {
+    // the agent that watches services is the runtime's: a user process that could end it
+    // would leave the services unwatched
+    let node = test_node();
+    let clock = Arc::new(ManualClock::default());
+    let sup = Supervisor::new(node.handle(), vec![process("a:svc", "t:idle", &[], policy(0))], clock.clone()).unwrap();
+    sup.start_auto();
+    assert!(sup.wait_settled(LIMIT));
+    let agent: Pid = format!("{{{HOST}|0xf000000000000001}}").parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    node.spawn(
+        HOST,
+        Spawn::process(handler_fn(move |cx, ev| {
+            if let Event::Message(_) = ev {
+                let kinds = [cx.terminate(agent), cx.cancel(agent, "bye"), cx.link(agent)].map(|r| r.map_err(|e| e.kind));
+                tx.send(kinds).unwrap();
+                return Flow::stop(());
+            }
+            Flow::Continue
+        })),
+    )
+    .map(|pid| node.send(pid, "go", Payload::new()).unwrap())
+    .unwrap();
+    let denied = Err(ErrorKind::PermissionDenied);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), [denied, denied, denied]);
+    // the agent still watches: a failure is restarted
+    let pid = sup.status()[0].pid.expect("running");
+    node.send(pid, "fail", Payload::new()).unwrap();
+    clock.requested(1);
+    clock.advance(Duration::from_secs(1));
+    assert!(sup.wait_for(LIMIT, |h| h.iter().filter(|t| t.state == ServiceState::Running).count() == 2));
+    sup.stop_all();
+}
