@@ -428,6 +428,33 @@ fn a_canceled_caller_cancels_the_function_calls_it_makes() {
 }
 
 #[test]
+fn a_caller_that_ends_cancels_the_calls_still_running() {
+    // SPEC 12.4.4: the call runs under the caller's context; a caller terminated mid-call
+    // leaves no orphan working on for nobody
+    let h = Harness::new(2);
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::process("test:slow2", r#"return { main = function()
+            process.send("observer2", "started", process.pid())
+            local ev = process.events():receive()
+            process.send("observer2", "slow_got", { kind = ev.kind, reason = ev.reason })
+        end }"#)
+        .default_host(HOST),
+    );
+    h.lua.add_entry(wippy_lua::LuaEntry::process("test:caller2", r#"return { main = function() funcs.call("test:slow2") end }"#).modules(ALL_MODULES));
+    let v = h.ok(r#"
+        process.registry.register("observer2")
+        local started, slow = process.listen("started"), process.listen("slow_got")
+        local caller = process.spawn("test:caller2", "app:processes")
+        started:receive()
+        assert(process.terminate(caller))
+        local got = slow:receive()
+        assert(got.kind == process.event.CANCEL and got.reason == "caller context canceled", tostring(got.reason))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn listen_waits_see_every_shape_and_order() {
     // main waiting alone on a plain listen channel takes the direct path; other events,
     // other shapes and other waiters must still be routed exactly as SPEC 4.3 says

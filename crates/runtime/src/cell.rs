@@ -116,6 +116,9 @@ pub(crate) struct TopoMore {
     pub(crate) monitors: Vec<Pid>,
     /// Processes this one monitors (to take its entries out of theirs when it exits).
     pub(crate) monitoring: Vec<Pid>,
+    /// Function calls this one made (`funcs.call`/`async`): CANCEL "caller context canceled"
+    /// reaches those still running when it exits (SPEC §12.4.4).
+    pub(crate) calls: Vec<Pid>,
     pub(crate) names: Vec<SmolStr>,
     pub(crate) timers: Vec<(CommandId, tokio::task::AbortHandle)>,
     /// Recently cancelled commands: a completion of theirs that was already on its way

@@ -775,7 +775,7 @@ impl NodeInner {
         inherited: Option<Arc<Table>>,
         inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
-        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call: _, attachment, system } = spawn;
+        let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call, attachment, system } = spawn;
         let (mut process, label) = match what {
             What::Process(p) => (p, system.map(crate::stats::EntryLabel::intern)),
             What::Entry(id) => {
@@ -814,6 +814,15 @@ impl NodeInner {
             }
             if monitor {
                 pt.more().monitoring.push(pid);
+            }
+            if call {
+                let calls = &mut pt.more().calls;
+                // (ended calls are dropped now and then, not at each exit: a long-lived
+                // caller's list stays short without a lock per callee's exit)
+                if calls.len() >= 32 {
+                    calls.retain(|p| self.table.get(*p).is_some());
+                }
+                calls.push(pid);
             }
         }
         if let Some(w) = watcher {

@@ -55,6 +55,14 @@ impl NodeInner {
             }
             crate::dispatch::abort_all(m.timers);
             let at = crate::dispatch::unix_secs();
+            // a caller that ends cancels the calls it made that are still running (their
+            // exit, when it comes, is nobody's event)
+            for callee in m.calls {
+                if callee.node() == self.local && self.table.get(callee).is_some() {
+                    let ev = Event::Cancel { from: pid, at, reason: smol_str::SmolStr::new_static("caller context canceled") };
+                    let _ = self.deliver(callee, ev);
+                }
+            }
             for target in m.monitoring {
                 if target.node() != self.local {
                     if let Some(r) = remote {
