@@ -29,6 +29,8 @@ pub struct HttpPlan {
     pub filesystems: Vec<(EntryId, PathBuf, bool)>,
     /// Each server's routes, built (and checked) once by the plan.
     pub built: HashMap<EntryId, Routes>,
+    /// Servers' `tls`, read by [`load_tls`] once paths resolve.
+    pub tls: Vec<(EntryId, TlsPlan)>,
 }
 
 pub struct RouterPlan {
@@ -136,6 +138,118 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
     Arc::new(built)
 }
 
+/// Where a PEM text of `tls` comes from: written inline (or read from the environment
+/// already), or a file to read relative to the project when the plan resolves paths.
+#[derive(Clone)]
+pub enum Pem {
+    Text(String),
+    File(String),
+}
+
+/// `tls` of an `http.service`, checked but not yet read.
+#[derive(Clone)]
+pub struct TlsPlan {
+    cert: Pem,
+    key: Pem,
+    client_ca: Option<Pem>,
+    client_auth: wippy_http::tls::ClientAuth,
+}
+
+/// `tls` of an `http.service` (SPEC §11.1.1): mode `manual` with `cert`+`key` (PEM text, a
+/// path, or `file://` a path; relative to the project) or `cert_env`+`key_env` (variables
+/// holding PEM text), never both; `client_ca`/`client_ca_env` and `client_auth`. Mode `auto`
+/// (ACME) is not available.
+fn tls(c: &mut Checker) -> Option<TlsPlan> {
+    use wippy_http::tls::ClientAuth;
+    c.only("tls", &["mode", "cert", "key", "cert_env", "key_env", "client_ca", "client_ca_env", "client_auth"]);
+    let mode = c.string("tls.mode").unwrap_or_default();
+    match mode.as_str() {
+        "" => return None,
+        "manual" => {}
+        "auto" => {
+            c.error("tls.mode", "auto (certificates from ACME) is not available in this runtime; use manual with cert and key");
+            return None;
+        }
+        other => {
+            c.error("tls.mode", format!("expected manual or auto, got {other:?}"));
+            return None;
+        }
+    }
+    let pem = |c: &mut Checker, field: &str, env: &str, required: bool| -> Option<Pem> {
+        match (c.string(&format!("tls.{field}")), c.string(&format!("tls.{env}"))) {
+            (Some(_), Some(_)) => {
+                c.error(&format!("tls.{env}"), format!("give {field} or {env}, not both"));
+                None
+            }
+            (Some(v), None) if v.contains("-----BEGIN") => Some(Pem::Text(v)),
+            (Some(v), None) => Some(Pem::File(v.strip_prefix("file://").unwrap_or(&v).to_string())),
+            (None, Some(var)) => match std::env::var(&var) {
+                Ok(t) if !t.is_empty() => Some(Pem::Text(t)),
+                _ => {
+                    c.error(&format!("tls.{env}"), format!("environment variable {var} is not set"));
+                    None
+                }
+            },
+            (None, None) => {
+                if required {
+                    c.error(&format!("tls.{field}"), format!("missing (required with mode manual): {field} or {env}"));
+                }
+                None
+            }
+        }
+    };
+    let cert = pem(c, "cert", "cert_env", true);
+    let key = pem(c, "key", "key_env", true);
+    let client_ca = pem(c, "client_ca", "client_ca_env", false);
+    let client_auth = match c.string("tls.client_auth").unwrap_or_default().as_str() {
+        "" => ClientAuth::None,
+        "verify_if_given" => ClientAuth::VerifyIfGiven,
+        "require_and_verify" => ClientAuth::Require,
+        m @ ("request" | "require_any") => {
+            c.error("tls.client_auth", format!("{m} (a client certificate taken unverified) is not available in this runtime; use verify_if_given or require_and_verify with client_ca"));
+            ClientAuth::None
+        }
+        other => {
+            c.error("tls.client_auth", format!("expected verify_if_given or require_and_verify, got {other:?}"));
+            ClientAuth::None
+        }
+    };
+    if client_auth != ClientAuth::None && client_ca.is_none() {
+        c.error("tls.client_auth", "needs client_ca (or client_ca_env): the CA client certificates must chain to");
+    }
+    Some(TlsPlan { cert: cert?, key: key?, client_ca, client_auth })
+}
+
+/// Read each server's TLS files (relative to the project `root`) and check that they make a
+/// TLS configuration; the first problem per server as (entry, field, message).
+pub fn load_tls(plan: &mut HttpPlan, root: &std::path::Path) -> Vec<(EntryId, &'static str, String)> {
+    let mut errors = Vec::new();
+    for (sid, config) in &mut plan.services {
+        let Some((_, t)) = plan.tls.iter().find(|(id, _)| id == sid) else { continue };
+        let read = |p: &Pem, field: &'static str| -> Result<String, (&'static str, String)> {
+            match p {
+                Pem::Text(t) => Ok(t.clone()),
+                Pem::File(f) => std::fs::read_to_string(root.join(f)).map_err(|e| (field, format!("cannot read {f}: {e}"))),
+            }
+        };
+        let settings = (|| -> Result<wippy_http::tls::TlsSettings, (&'static str, String)> {
+            let s = wippy_http::tls::TlsSettings {
+                cert_pem: read(&t.cert, "tls.cert")?,
+                key_pem: read(&t.key, "tls.key")?,
+                client_ca_pem: t.client_ca.as_ref().map(|p| read(p, "tls.client_ca")).transpose()?,
+                client_auth: t.client_auth.clone(),
+            };
+            s.acceptor().map_err(|e| ("tls", e))?;
+            Ok(s)
+        })();
+        match settings {
+            Ok(s) => config.tls = Some(s),
+            Err((field, msg)) => errors.push((sid.clone(), field, msg)),
+        }
+    }
+    errors
+}
+
 pub fn service(c: &mut Checker, plan: &mut Plan) {
     c.only("", &["addr", "timeouts", "host", "tls", "network", "lifecycle", "limits"]);
     c.only("timeouts", &["read", "write", "idle"]);
@@ -159,8 +273,8 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
             c.error("addr", e);
         }
     }
-    if c.get("tls").and_then(|t| t.get("mode")).and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
-        c.error("tls.mode", "TLS termination is not available in this runtime yet (serve plain HTTP behind a TLS proxy)");
+    if let Some(t) = tls(c) {
+        plan.http.tls.push((c.entry.id.clone(), t));
     }
     if c.get("network").is_some() {
         c.warn("network", "overlay networks do not apply in this runtime; ignored");
@@ -175,7 +289,7 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
     let max_header_bytes = if c.get("limits.max_header_bytes").is_some() { c.bytes("limits.max_header_bytes") as usize } else { server::DEFAULT_MAX_HEADER_BYTES };
     let max_body = if c.get("limits.max_body").is_some() { c.bytes("limits.max_body") } else { server::DEFAULT_MAX_BODY };
     let lifecycle: Lifecycle = c.lifecycle();
-    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, write_timeout, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id) };
+    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, write_timeout, tls: None, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id) };
     let host_id: EntryId = match handler_host(&id).parse() {
         Ok(h) => h,
         Err(e) => {

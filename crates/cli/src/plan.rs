@@ -182,6 +182,13 @@ impl Plan {
             }
         }
         crate::http::resolve_paths(&mut plan.http, &project.root);
+        for (id, field, msg) in crate::http::load_tls(&mut plan.http, &project.root) {
+            if let Some(e) = project.entries.iter().find(|e| e.id == id) {
+                let mut c = Checker::new(e, &index);
+                c.error(field, msg);
+                errors.append(&mut c.errors);
+            }
+        }
         // a server's routers, routes and mounts are checked together (conflicts)
         for (server, r) in crate::http::routes(&plan.http) {
             match r {

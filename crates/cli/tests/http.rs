@@ -871,6 +871,82 @@ fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     assert!(got < 256 << 20, "the connection ended long before the body did ({got} bytes; {line})");
 }
 
+/// A GET over TLS to `addr` trusting `ca_der`, as `localhost`, with a client certificate
+/// when given; the response text, or the TLS error.
+fn tls_get(addr: &str, path: &str, ca_der: &[u8], client: Option<(Vec<u8>, Vec<u8>)>) -> Result<String, String> {
+    use std::sync::Arc;
+    // (ring, as the server: see wippy_http::tls)
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca_der.to_vec())).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+    let config = match client {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => b
+            .with_client_auth_cert(vec![rustls::pki_types::CertificateDer::from(cert)], rustls::pki_types::PrivateKeyDer::try_from(key).unwrap())
+            .unwrap(),
+    };
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).to_string()),
+        Err(e) if !out.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(String::from_utf8_lossy(&out).to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn tls_termination_with_a_certificate_and_client_certificates() {
+    // a CA, a server certificate for localhost and a client certificate, both signed by it
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().signed_by(&client_key, &ca, &ca_key).unwrap();
+    let yaml = |auth: &str| {
+        format!(
+            "namespace: app\nentries:\n  - {{ name: gateway, kind: http.service, addr: \"127.0.0.1:0\", lifecycle: {{ auto_start: true }}, tls: {{ mode: manual, cert: certs/server.pem, key: \"file://certs/server.key\"{auth} }} }}\n  - {{ name: api, kind: http.router, meta: {{ server: gateway }}, prefix: /api }}\n  - {{ name: hi, kind: function.lua, modules: [http], method: h, source: \"return {{ h = function() require('http').response():write('hello over tls') end }}\" }}\n  - {{ name: hi.ep, kind: http.endpoint, meta: {{ router: api }}, method: GET, path: /hi, func: hi }}\n"
+        )
+    };
+    let write_certs = |dir: &Path| {
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        std::fs::write(dir.join("certs/server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.join("certs/server.key"), server_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("certs/ca.pem"), ca.pem()).unwrap();
+    };
+    let dir = project("tls", &yaml(""));
+    write_certs(&dir);
+    let node = Node::start(&dir);
+    let r = tls_get(&node.http.addr, "/api/hi", ca.der(), None).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("hello over tls"), "{r}");
+    // plain HTTP to a TLS port gets nowhere
+    assert_eq!(node.get("/api/hi", &[]).status, 0);
+    drop(node);
+    // client certificates required and verified against the CA
+    let dir = project("mtls", &yaml(", client_ca: certs/ca.pem, client_auth: require_and_verify"));
+    write_certs(&dir);
+    let node = Node::start(&dir);
+    assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), None).is_err(), "no client certificate: refused");
+    let r = tls_get(&node.http.addr, "/api/hi", ca.der(), Some((client.der().to_vec(), client_key.serialize_der()))).unwrap();
+    assert!(r.ends_with("hello over tls"), "{r}");
+    drop(node);
+    // a key that is not one is a load error naming the field
+    let dir = project("badtls", &yaml(""));
+    write_certs(&dir);
+    std::fs::write(dir.join("certs/server.key"), "not a key").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("app:gateway") && e.contains("tls.key"), "{e}");
+}
+
 fn load_error(tag: &str, yaml: &str) -> String {
     let dir = project(tag, yaml);
     let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();

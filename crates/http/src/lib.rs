@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod route;
 pub mod server;
 pub mod statics;
+pub mod tls;
 pub mod wsrelay;
 
 pub use exchange::Exchange;

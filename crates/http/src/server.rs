@@ -34,6 +34,8 @@ pub struct ServiceConfig {
     pub idle_timeout: Duration,
     /// A write the client does not take within this closes the connection (0: none).
     pub write_timeout: Duration,
+    /// TLS termination (`tls.mode: manual`); none: plain HTTP.
+    pub tls: Option<crate::tls::TlsSettings>,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// The largest request head (431 above it).
@@ -146,12 +148,19 @@ impl Process for ServerProcess {
                 Err(e) => return Status::Exit(Err(Error::unavailable(format!("{}: {e}", cfg.id)))),
             }
         };
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => match t.acceptor() {
+                Ok(a) => Some(a),
+                Err(e) => return Status::Exit(Err(Error::invalid(format!("{}: {e}", cfg.id)))),
+            },
+        };
         let (tx, rx) = watch::channel(false);
         self.stop = Some(tx);
         let me = cx.pid();
         let state = self.state.clone();
         let task = handle.spawn(async move {
-            accept_loop(listener, state, node.clone(), rx).await;
+            accept_loop(listener, state, node.clone(), rx, tls).await;
             let _ = node.send(me, DRAINED, Default::default());
         });
         self.task = Some(task.abort_handle());
@@ -181,7 +190,7 @@ impl Process for ServerProcess {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>, node: NodeRef, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>, node: NodeRef, mut stop: watch::Receiver<bool>, tls: Option<tokio_rustls::TlsAcceptor>) {
     // each connection task holds a sender: when all are dropped, every connection ended
     // (hyper-util's GracefulShutdown does not take connections with upgrades)
     let (live, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
@@ -205,15 +214,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>,
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let st = state.clone();
-        let nd = node.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let st = st.clone();
-            let nd = nd.clone();
-            async move { Ok::<_, std::convert::Infallible>(serve(&st, &nd, req, remote).await) }
-        });
-        let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
+        let conn = Conn { state: state.clone(), node: node.clone(), remote, header_timeout, stop: stop.clone(), live: live.clone(), permit };
         // timeouts.write: a client that takes no bytes for that long is disconnected
         // (only then: the plain socket is the request path's fast case)
         let io = if state.config.write_timeout.is_zero() {
@@ -223,25 +224,69 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<ServerState>,
             t.set_write_timeout(Some(state.config.write_timeout));
             tokio_util::either::Either::Right(Box::pin(t))
         };
-        let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
-        let (live, mut stop) = (live.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    // finish the request in flight, then close
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        match &tls {
+            None => {
+                tokio::spawn(conn.serve(io));
             }
-            drop(permit);
-            drop(live);
-        });
+            Some(acceptor) => {
+                let accept = acceptor.accept(io);
+                let id = state.id.clone();
+                tokio::spawn(async move {
+                    // the handshake within the head's deadline too (a client that never
+                    // finishes one is a slow client)
+                    match tokio::time::timeout(conn.header_timeout, accept).await {
+                        Ok(Ok(tls)) => conn.serve(tls).await,
+                        Ok(Err(e)) => tracing::debug!(server = %id, "tls handshake: {e}"),
+                        Err(_) => tracing::debug!(server = %id, "tls handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     drop(live);
     let _ = all_done.recv().await;
+}
+
+/// One accepted connection, served until it ends or the server stops.
+struct Conn {
+    state: Arc<ServerState>,
+    node: NodeRef,
+    remote: SocketAddr,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    /// Held while the connection lives (the server's stop waits for every one).
+    live: tokio::sync::mpsc::Sender<()>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { state, node, remote, header_timeout, mut stop, live, permit } = self;
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
+        let st = state.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let st = st.clone();
+            let nd = node.clone();
+            async move { Ok::<_, std::convert::Infallible>(serve(&st, &nd, req, remote).await) }
+        });
+        let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                // finish the request in flight, then close
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        drop(permit);
+        drop(live);
+    }
 }
 
 /// Answer one request.

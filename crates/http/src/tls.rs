@@ -1,0 +1,71 @@
+//! TLS termination for an `http.service` (SPEC §11.1.1 `tls`, mode `manual`): a PEM
+//! certificate chain and key, optionally a CA that client certificates must chain to, made
+//! into a rustls server config when the listener starts (a bad file is a start failure, as
+//! a port in use is). tokio-rustls does the handshakes, each in its connection's task.
+
+use std::sync::Arc;
+
+use tokio_rustls::rustls;
+
+/// What to verify of a client's certificate (`client_auth`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientAuth {
+    /// No client certificate asked for.
+    None,
+    /// Asked for and verified against the CA when given (`verify_if_given`).
+    VerifyIfGiven,
+    /// Required and verified (`require_and_verify`).
+    Require,
+}
+
+/// A server's TLS settings, as PEM text (read from files or the environment by the cli).
+#[derive(Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
+    pub client_auth: ClientAuth,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // (never the key)
+        f.debug_struct("TlsSettings").field("client_auth", &self.client_auth).finish_non_exhaustive()
+    }
+}
+
+impl TlsSettings {
+    /// The acceptor these settings make, or what is wrong with them.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut self.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("tls.cert: {e}"))?;
+        if certs.is_empty() {
+            return Err("tls.cert: no PEM certificate in it".into());
+        }
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes()).map_err(|e| format!("tls.key: {e}"))?.ok_or("tls.key: no PEM private key in it")?;
+        // ring, the provider reqwest's rustls already builds here (aws-lc-rs, rustls's
+        // newer default, needs cmake and a C toolchain of its own); deprecated for lacking
+        // post-quantum key exchange, which the classic suites here do not need
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
+        let builder = match (&self.client_auth, &self.client_ca_pem) {
+            (ClientAuth::None, _) => builder.with_no_client_auth(),
+            (_, None) => return Err("tls.client_auth: verifying client certificates needs client_ca".into()),
+            (auth, Some(ca)) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                    roots.add(c.map_err(|e| format!("tls.client_ca: {e}"))?).map_err(|e| format!("tls.client_ca: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("tls.client_ca: no PEM certificate in it".into());
+                }
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let v = if *auth == ClientAuth::VerifyIfGiven { v.allow_unauthenticated() } else { v };
+                builder.with_client_cert_verifier(v.build().map_err(|e| format!("tls.client_ca: {e}"))?)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| format!("tls: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+}
