@@ -447,26 +447,44 @@ fn a_graceful_stop_lets_the_request_in_flight_finish() {
     node.run.saw_or_wait(&["http server stopped"]);
 }
 
-const RELOAD: &str = r#"
-namespace: app
-entries:
-  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", lifecycle: { auto_start: true } }
-  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }
-  - name: hello
+/// A test project's head: a server on a free loopback port (with `service` fields added)
+/// and a router `api` on it at `/api`.
+fn gateway_api(service: &str) -> String {
+    let sep = if service.is_empty() { "" } else { ", " };
+    format!("namespace: app\nentries:\n  - {{ name: gateway, kind: http.service, addr: \"127.0.0.1:0\", lifecycle: {{ auto_start: true }}{sep}{service} }}\n  - {{ name: api, kind: http.router, meta: {{ server: gateway }}, prefix: /api }}\n")
+}
+
+/// The same head without the router.
+fn gateway(service: &str) -> String {
+    gateway_api(service).lines().take(3).map(|l| format!("{l}\n")).collect()
+}
+
+/// A `function.lua` entry `name` whose `handler` runs `body` (Lua, indented as a handler's
+/// body) with `http` and `modules` (also bound to locals of their names).
+fn handler(name: &str, modules: &str, body: &str) -> String {
+    let mut out = format!("  - name: {name}\n    kind: function.lua\n    modules: [http{}{modules}]\n    method: handler\n    source: |\n      local http = require(\"http\")\n", if modules.is_empty() { "" } else { ", " });
+    for m in modules.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        out.push_str(&format!("      local {m} = require(\"{m}\")\n"));
+    }
+    format!("{out}      return {{ handler = function()\n{body}\n      end }}\n")
+}
+
+fn raw(yaml: &str) -> String {
+    yaml.to_string()
+}
+
+fn reload() -> String {
+    [
+        gateway_api(""),
+        raw(r#"  - name: hello
     kind: function.lua
     modules: [http]
     method: handler
     source: |
       local http = require("http")
       return { handler = function() http.response():write("hello from " .. http.request():path()) end }
-  - name: change
-    kind: function.lua
-    modules: [http, registry]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local req = http.request()
+"#),
+        handler("change", "registry", r#"        local req = http.request()
         local cs = registry.snapshot():changes()
         if req:query("op") == "add" then
           cs:create({ id = "app:added.ep", kind = "http.endpoint", meta = { router = "app:api" },
@@ -478,16 +496,18 @@ entries:
           cs:delete("app:added.ep")
         end
         local v, err = cs:apply()
-        http.response():write(v and "applied" or tostring(err))
-      end }
-  - { name: change.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /change, func: change }
-"#;
+        http.response():write(v and "applied" or tostring(err))"#),
+        raw(r#"  - { name: change.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /change, func: change }
+"#),
+    ]
+    .concat()
+}
 
 #[test]
 fn routes_follow_registry_changes_while_the_server_runs() {
     // SPEC 11.1.3: route tables are rebuilt atomically when endpoints are added or removed
     // (the same path an edit under --watch takes); a conflicting change is refused whole
-    let dir = project("reload", RELOAD);
+    let dir = project("reload", &reload());
     let node = Node::start(&dir);
     assert_eq!(node.get("/api/added/7", &[]).status, 404);
     let r = node.request("POST", "/api/change?op=add", &[], b"");
@@ -502,19 +522,10 @@ fn routes_follow_registry_changes_while_the_server_runs() {
     assert_eq!(node.get("/api/added/7", &[]).status, 404);
 }
 
-const BODIES: &str = r#"
-namespace: app
-entries:
-  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", limits: { max_body: 64KB }, lifecycle: { auto_start: true } }
-  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }
-  - name: upload
-    kind: function.lua
-    modules: [http]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local req, res = http.request(), http.response()
+fn bodies() -> String {
+    [
+        gateway_api("limits: { max_body: 64KB }"),
+        handler("upload", "", r#"        local req, res = http.request(), http.response()
         local form, err = req:parse_multipart()
         if not form then
           res:set_status(400)
@@ -534,17 +545,10 @@ entries:
           end
         end
         table.sort(out.files, function(a, b) return a.name < b.name end)
-        res:write_json(out)
-      end }
-  - { name: upload.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /upload, func: upload }
-  - name: pieces
-    kind: function.lua
-    modules: [http]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local req = http.request()
+        res:write_json(out)"#),
+        raw(r#"  - { name: upload.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /upload, func: upload }
+"#),
+        handler("pieces", "", r#"        local req = http.request()
         local s = assert(req:stream())
         local parts = {}
         while true do
@@ -555,18 +559,10 @@ entries:
         end
         assert(s:read(3) == nil and s:close())
         local again, aerr = req:body()
-        http.response():write(#parts .. " pieces: " .. table.concat(parts, "|") .. " / then body(): " .. tostring(aerr))
-      end }
-  - { name: pieces.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /pieces, func: pieces }
-  - name: send
-    kind: function.lua
-    modules: [http, http_client]
-    method: handler
-    source: |
-      local http = require("http")
-      local http_client = require("http_client")
-      return { handler = function()
-        local req = http.request()
+        http.response():write(#parts .. " pieces: " .. table.concat(parts, "|") .. " / then body(): " .. tostring(aerr))"#),
+        raw(r#"  - { name: pieces.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /pieces, func: pieces }
+"#),
+        handler("send", "http_client", r#"        local req = http.request()
         local resp, err
         if req:query("sock") then
           resp, err = http_client.get("http://ignored.example/over-unix", { unix_socket = req:query("sock") })
@@ -576,14 +572,16 @@ entries:
             files = { { name = "doc", filename = "c.txt", content = "uploaded body", content_type = "text/plain" } } })
         end
         if not resp then return http.response():write("error: " .. tostring(err)) end
-        http.response():write(resp.status_code .. " " .. resp.body)
-      end }
-  - { name: send.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /send, func: send }
-"#;
+        http.response():write(resp.status_code .. " " .. resp.body)"#),
+        raw(r#"  - { name: send.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /send, func: send }
+"#),
+    ]
+    .concat()
+}
 
 #[test]
 fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
-    let dir = project("bodies", BODIES);
+    let dir = project("bodies", &bodies());
     let node = Node::start(&dir);
     let r = node.request("POST", "/api/pieces", &[], b"abcdefgh");
     assert_eq!((r.status, r.body.as_str()), (200, "3 pieces: abc|def|gh / then body(): the request body was already read"), "{r:?}");
@@ -638,11 +636,10 @@ fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
     assert!(server.join().unwrap().starts_with("GET /over-unix HTTP/1.1"));
 }
 
-const GUARDED: &str = r#"
-namespace: app
-entries:
-  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", lifecycle: { auto_start: true } }
-  - { name: tokens, kind: security.token_store }
+fn guarded() -> String {
+    [
+        gateway(""),
+        raw(r#"  - { name: tokens, kind: security.token_store }
   - name: readers
     kind: security.policy
     groups: [readers]
@@ -667,39 +664,27 @@ entries:
     middleware: [token_auth]
     options: { token_auth.store: tokens }
     post_middleware: [endpoint_firewall]
-  - name: login
-    kind: function.lua
-    modules: [http, security]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local who = http.request():query("who")
+"#),
+        handler("login", "security", r#"        local who = http.request():query("who")
         local scope = who == "alice" and security.named_scope("app:readers") or security.new_scope()
         local store = assert(security.token_store("app:tokens"))
         local token = assert(store:create(security.new_actor(who), scope, {}))
-        http.response():write(token)
-      end }
-  - name: whoami
-    kind: function.lua
-    modules: [http, security]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local a = security.actor()
+        http.response():write(token)"#),
+        handler("whoami", "security", r#"        local a = security.actor()
         local req = http.request()
-        http.response():write((a and a:id() or "nobody") .. " from " .. req:remote_addr():match("^(.*):%d+$") .. " " .. string.rep("x", tonumber(req:query("pad") or "0")))
-      end }
-  - { name: login.ep, kind: http.endpoint, meta: { router: auth }, method: POST, path: /login, func: login }
+        http.response():write((a and a:id() or "nobody") .. " from " .. req:remote_addr():match("^(.*):%d+$") .. " " .. string.rep("x", tonumber(req:query("pad") or "0")))"#),
+        raw(r#"  - { name: login.ep, kind: http.endpoint, meta: { router: auth }, method: POST, path: /login, func: login }
   - { name: ip.ep, kind: http.endpoint, meta: { router: open }, method: GET, path: /ip, func: whoami }
   - { name: secret.ep, kind: http.endpoint, meta: { router: guarded }, method: GET, path: /secret, func: whoami }
   - { name: other.ep, kind: http.endpoint, meta: { router: guarded }, method: GET, path: /other, func: whoami }
-"#;
+"#),
+    ]
+    .concat()
+}
 
 #[test]
 fn router_middleware_real_ip_ratelimit_compress_token_auth_and_firewall() {
-    let dir = project("guarded", GUARDED);
+    let dir = project("guarded", &guarded());
     let node = Node::start(&dir);
     // real_ip: the peer (loopback) is trusted, so the forwarded address is the client's
     let r = node.get("/open/ip", &[("X-Forwarded-For", "203.0.113.9, 10.0.0.1"), ("X-Client", "a")]);
@@ -728,11 +713,10 @@ fn router_middleware_real_ip_ratelimit_compress_token_auth_and_firewall() {
     assert_eq!((r.status, r.body.trim_end()), (200, "nobody from 127.0.0.1"), "an unknown token is no actor; without strict mode the firewall lets it by: {r:?}");
 }
 
-const RELAY: &str = r#"
-namespace: app
-entries:
-  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", lifecycle: { auto_start: true } }
-  - { name: processes, kind: process.host, lifecycle: { auto_start: true } }
+fn relay() -> String {
+    [
+        gateway(""),
+        raw(r#"  - { name: processes, kind: process.host, lifecycle: { auto_start: true } }
   - name: ws
     kind: http.router
     meta: { server: gateway }
@@ -765,24 +749,20 @@ entries:
         end
       end }
   - { name: room.svc, kind: process.service, process: room, host: processes, lifecycle: { auto_start: true } }
-  - name: join
-    kind: function.lua
-    modules: [http, json]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local req = http.request()
+"#),
+        handler("join", "json", r#"        local req = http.request()
         http.response():set_header("X-WS-Relay", json.encode({ target_pid = process.registry.lookup("room"),
-          heartbeat_interval = "50ms", metadata = { user = req:query("user") } }))
-      end }
-  - { name: join.ep, kind: http.endpoint, meta: { router: ws }, method: GET, path: /join, func: join }
-"#;
+          heartbeat_interval = "50ms", metadata = { user = req:query("user") } }))"#),
+        raw(r#"  - { name: join.ep, kind: http.endpoint, meta: { router: ws }, method: GET, path: /join, func: join }
+"#),
+    ]
+    .concat()
+}
 
 #[test]
 fn websocket_relay_makes_the_client_a_process_the_target_talks_to() {
     use tungstenite::{client::IntoClientRequest, Message};
-    let dir = project("relay", RELAY);
+    let dir = project("relay", &relay());
     let mut node = Node::start(&dir);
     // (the room may have started before or after the server said it listens)
     node.run.saw_or_wait(&["room ready"]);
@@ -822,19 +802,10 @@ fn websocket_relay_makes_the_client_a_process_the_target_talks_to() {
     assert_eq!(node.get("/ws/join?user=x", &[]).status, 400);
 }
 
-const SLOW_READER: &str = r#"
-namespace: app
-entries:
-  - { name: gateway, kind: http.service, addr: "127.0.0.1:0", timeouts: { write: 300ms }, lifecycle: { auto_start: true } }
-  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }
-  - name: flood
-    kind: function.lua
-    modules: [http]
-    method: handler
-    source: |
-      local http = require("http")
-      return { handler = function()
-        local res = http.response()
+fn slow_reader() -> String {
+    [
+        gateway_api("timeouts: { write: 300ms }"),
+        handler("flood", "", r#"        local res = http.response()
         local chunk, n = string.rep("x", 65536), 0
         res:flush()
         while n < 512 * 1024 * 1024 do
@@ -845,14 +816,16 @@ entries:
           end
           n = n + #chunk
         end
-        print("flood finished")
-      end }
-  - { name: flood.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /flood, func: flood }
-"#;
+        print("flood finished")"#),
+        raw(r#"  - { name: flood.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /flood, func: flood }
+"#),
+    ]
+    .concat()
+}
 
 #[test]
 fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
-    let dir = project("slowread", SLOW_READER);
+    let dir = project("slowread", &slow_reader());
     let mut node = Node::start(&dir);
     let mut s = TcpStream::connect(&node.http.addr).unwrap();
     s.write_all(b"GET /api/flood HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();

@@ -916,6 +916,15 @@ local function await_cmd(id)
   return block()
 end
 
+-- A stream's next chunk, once `read` (a Rust half) started it as command `id` (or said
+-- why not): nil at the end, when the stream's handle `st[key]` is let go of.
+local function next_chunk(st, key, id, err)
+  if not id then return nil, err end
+  local chunk, e = await_cmd(id)
+  if chunk == nil then st[key] = nil end
+  return chunk, e
+end
+
 local function wait_exit(P, pid)
   local t = S[2] or P
   execs(P)[pid] = t
@@ -1198,11 +1207,7 @@ if LIBS.http then
       error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
     end
     if not st.h then return nil end
-    local id, err = st.h:_read(math.floor(n or 65536))
-    if not id then return nil, err end
-    local chunk, e = await_cmd(id)
-    if chunk == nil then st.h = nil end
-    return chunk, e
+    return next_chunk(st, "h", st.h:_read(math.floor(n or 65536)))
   end
   function BodyStream.close(st)
     if st.h then st.h:close(); st.h = nil end
@@ -1291,11 +1296,7 @@ if LIBS.http_client then
   local StreamMT = { __index = Stream, __name = "stream", __metatable = "stream" }
   function Stream.read(st, _)
     if not st.id then return nil end
-    local id, err = read(st.id)
-    if not id then return nil, err end
-    local chunk, e = await_cmd(id)
-    if chunk == nil then st.id = nil end
-    return chunk, e
+    return next_chunk(st, "id", read(st.id))
   end
   function Stream.close(st)
     if st.id then close(st.id); st.id = nil end
