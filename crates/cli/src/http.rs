@@ -382,7 +382,9 @@ pub fn statics(c: &mut Checker, plan: &mut Plan) {
     if spa && index.is_empty() {
         c.error("static_options.index", "required with spa: true (the file served for unknown paths)");
     }
-    let _ = c.strings("middleware");
+    if !c.strings("middleware").is_empty() {
+        c.warn("middleware", "middleware on an http.static mount is not applied by this runtime (files are served as they are)");
+    }
     if let (Some(server), Some(path), Some(fs)) = (server, path, fs) {
         plan.http.statics.push(StaticPlan { id: c.entry.id.clone(), server, path, fs, directory, index, cache, spa });
     }
