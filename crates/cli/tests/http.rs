@@ -959,7 +959,7 @@ fn example(name: &str) -> PathBuf {
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap().path();
         let text = std::fs::read_to_string(&f).unwrap();
-        let text = text.replace("addr: 127.0.0.1:8080", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8081", "addr: 127.0.0.1:0");
+        let text = text.replace("addr: 127.0.0.1:8080", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8081", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8082", "addr: 127.0.0.1:0");
         std::fs::write(dir.join("src").join(f.file_name().unwrap()), text).unwrap();
     }
     std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: info\n").unwrap();
@@ -995,4 +995,35 @@ fn the_http_workers_example_puts_processes_behind_http() {
     assert!(t.elapsed() < Duration::from_millis(250), "the response waited for the task: {:?}", t.elapsed());
     let task = r.json()["task"].as_str().unwrap().to_string();
     node.wait_for(&["task done", &task]);
+}
+
+#[test]
+fn the_ws_chat_example_relays_a_room_over_websockets() {
+    use tungstenite::Message;
+    let mut node = Node::start(&example("ws-chat"));
+    // (the room opens as a service of its own: before or after the server listens)
+    node.run.saw_or_wait(&["chat room open"]);
+    let addr = node.http.addr.clone();
+    let join = |user: &str| {
+        let stream = TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tungstenite::client(format!("ws://{addr}/ws/join?user={user}"), stream).unwrap().0
+    };
+    let line = |ws: &mut tungstenite::WebSocket<TcpStream>| loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut ann = join("ann");
+    assert_eq!(line(&mut ann), "* ann joined");
+    let mut bob = join("bob");
+    assert_eq!(line(&mut ann), "* bob joined");
+    assert_eq!(line(&mut bob), "* bob joined");
+    bob.send(Message::text("hi ann")).unwrap();
+    assert_eq!(line(&mut ann), "bob: hi ann");
+    assert_eq!(line(&mut bob), "bob: hi ann");
+    bob.close(None).unwrap();
+    assert_eq!(line(&mut ann), "* bob left");
 }
