@@ -531,6 +531,10 @@ impl Remote for Cluster {
         names::register(&self.inner, name, pid, scope)
     }
 
+    fn register_later(&self, name: &str, pid: Pid, scope: NameScope) -> Result<Option<wippy_runtime::Pending>, Error> {
+        names::register_later(&self.inner, name, pid, scope)
+    }
+
     fn unregister(&self, name: &str) -> Option<bool> {
         names::unregister(&self.inner, name)
     }

@@ -243,13 +243,15 @@ fn alive(inner: &Inner, pid: Pid) -> bool {
     inner.peers.read().get(&pid.node()).is_some_and(|p| p.alive.load(Ordering::Acquire))
 }
 
-pub(crate) fn register(inner: &Arc<Inner>, name: &str, pid: Pid, scope: NameScope) -> Result<(), Error> {
+/// Register `name`: done at once (EVENTUAL: the replica now, the store in the background),
+/// or the future that finishes it, to run off the process's worker.
+pub(crate) fn register_later(inner: &Arc<Inner>, name: &str, pid: Pid, scope: NameScope) -> Result<Option<wippy_runtime::Pending>, Error> {
     let mine = Owner { pid, scope, incarnation: inner.incarnation(), rev: 0 };
     if scope == NameScope::Eventual {
         {
             let mut r = inner.names.replica.write();
             match r.get(name) {
-                Some(o) if o.pid == pid => return Ok(()),
+                Some(o) if o.pid == pid => return Ok(None),
                 Some(o) if alive(inner, o.pid) => {
                     return Err(Error::already_exists(format!("name '{}' is already registered to {}", wippy_runtime::Echo(name), o.pid)))
                 }
@@ -260,11 +262,12 @@ pub(crate) fn register(inner: &Arc<Inner>, name: &str, pid: Pid, scope: NameScop
         }
         let (i, name) = (inner.clone(), SmolStr::new(name));
         inner.rt.spawn(async move { write_eventual(&i, name, mine).await });
-        return Ok(());
+        return Ok(None);
     }
     let (i, n) = (inner.clone(), SmolStr::new(name));
     let limit = inner.config.strong_deadline + Duration::from_secs(5);
-    wait(inner, limit, async move {
+    let rt = inner.rt.clone();
+    let work = async move {
         let rev = claim(&i, &n, mine).await?;
         i.names.replica.write().insert(n.clone(), Owner { rev, ..mine });
         if scope == NameScope::Strong {
@@ -275,7 +278,23 @@ pub(crate) fn register(inner: &Arc<Inner>, name: &str, pid: Pid, scope: NameScop
             }
         }
         Ok(())
-    })
+    };
+    // run on the cluster's runtime whoever polls it (the node's I/O runtime runs commands)
+    Ok(Some(Box::pin(async move {
+        match tokio::time::timeout(limit, rt.spawn(work)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(Error::internal(format!("name registration: {e}"))),
+            Err(_) => Err(Error::new(ErrorKind::Timeout, "the cluster did not answer in time").with_retryable(true)),
+        }
+    })))
+}
+
+/// [`register_later`], waited for on this (non-runtime) thread.
+pub(crate) fn register(inner: &Arc<Inner>, name: &str, pid: Pid, scope: NameScope) -> Result<(), Error> {
+    match register_later(inner, name, pid, scope)? {
+        None => Ok(()),
+        Some(f) => wait(inner, inner.config.strong_deadline + Duration::from_secs(6), f),
+    }
 }
 
 /// Create the key, or take it over from an owner that is gone: the new revision.

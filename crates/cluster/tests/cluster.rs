@@ -497,3 +497,53 @@ fn a_node_restarted_under_its_name_is_a_new_incarnation_whose_old_pids_stay_dead
     assert_eq!(from, old_pid);
     assert_eq!(result.unwrap_err().kind, ErrorKind::NotFound);
 }
+
+#[test]
+fn a_registration_waits_for_the_cluster_off_its_worker() {
+    // a STRONG name a silent member never acknowledges takes its whole deadline; the
+    // process waits for it as a command, so another process on the same one-worker host
+    // runs meanwhile (it used to hold the worker for the whole round trip)
+    let nats = Nats::start();
+    let cfg = |n: &str| {
+        let mut c = config(&nats, n);
+        c.strong_deadline = Duration::from_secs(3);
+        c.silent_after = Duration::from_secs(10);
+        c
+    };
+    let nodes: Vec<TestNode> = ["a", "b"].iter().map(|n| join_with(cfg(n)).unwrap()).collect();
+    for n in &nodes {
+        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == 2));
+    }
+    nodes[0].node.add_host(HostConfig::new("one").workers(1)).unwrap();
+    nodes[1].cluster.fault(Fault::Silence);
+    let (started, waiting) = channel();
+    let (_, slow) = probe_with(&nodes[0].node, "one", move |cx| {
+        let me = cx.pid();
+        let work = cx.register_scoped_later("slow", me, NameScope::Strong).unwrap().expect("the cluster has to answer");
+        cx.try_command(Command::Task(work)).unwrap();
+        started.send(()).unwrap();
+    });
+    waiting.recv_timeout(LIMIT).unwrap();
+    let (other, other_rx) = probe(&nodes[0].node, "one");
+    nodes[0].node.send(other, "ping", Payload::new()).unwrap();
+    next_message(&other_rx, "ping");
+    // (the probe's own start message aside)
+    let started = |e: &Event| matches!(e, Event::Message(m) if m.topic.as_str() == "@started");
+    let early = loop {
+        match slow.try_recv() {
+            Ok(e) if started(&e) => continue,
+            r => break r,
+        }
+    };
+    assert!(early.is_err(), "the registration was still waiting while the other process ran: {early:?}");
+    let done = loop {
+        let e = slow.recv_timeout(LIMIT).unwrap();
+        if !started(&e) {
+            break e;
+        }
+    };
+    match done {
+        Event::Completion { result: Err(e), .. } => assert!(e.kind == ErrorKind::Timeout && e.message.contains("missing b"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -440,12 +440,35 @@ impl<'a> Context<'a> {
     /// the others the cluster's (off a cluster, this node's table too). Checked as
     /// `process.registry.register.<scope>` when the scope is not `Local`.
     pub fn register_scoped(&mut self, name: &str, pid: Pid, scope: crate::remote::NameScope) -> Result<(), Error> {
+        match self.register_scoped_later(name, pid, scope)? {
+            None => Ok(()),
+            Some(work) => {
+                // (blocking this worker for the cluster's round trip: see register_scoped_later)
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.node.dispatch.handle().spawn(async move {
+                    let _ = tx.send(work.await);
+                });
+                rx.recv().unwrap_or_else(|_| Err(Error::internal("name registration was dropped"))).map(|_| ())
+            }
+        }
+    }
+
+    /// [`Context::register_scoped`] without holding this worker while the cluster answers:
+    /// `None` when it is done, else the rest of it, for the process to run as a command
+    /// (`Command::Task`) and wait for. The name is recorded with the process (its exit
+    /// releases it) when that work succeeds.
+    pub fn register_scoped_later(
+        &mut self,
+        name: &str,
+        pid: Pid,
+        scope: crate::remote::NameScope,
+    ) -> Result<Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Error>> + Send>>>, Error> {
         if scope == crate::remote::NameScope::Local {
-            return if pid == self.cell.pid { self.register(name) } else { self.register_for(name, pid) };
+            return (if pid == self.cell.pid { self.register(name) } else { self.register_for(name, pid) }).map(|_| None);
         }
         let Some(remote) = self.node.remote.get() else {
             // one node is the whole cluster: its table gives every scope's guarantee
-            return self.register_scoped(name, pid, crate::remote::NameScope::Local);
+            return self.register_scoped_later(name, pid, crate::remote::NameScope::Local);
         };
         self.flush();
         let pid = self.node.resolve(&Dest::Pid(pid))?;
@@ -455,20 +478,19 @@ impl<'a> Context<'a> {
         self.allow(&format!("process.registry.register.{}", scope.as_str()), name)?;
         let cell = self.node.table.get(pid).ok_or_else(|| Error::process_not_found(pid))?;
         crate::names::check_name(name)?;
-        remote.register(name, pid, scope)?;
-        // recorded with the process, so its exit releases it (see `Remote::released`)
-        let mut t = cell.topo.lock();
-        if cell.exited.load(Ordering::Relaxed) {
-            drop(t);
-            remote.released(pid, &[smol_str::SmolStr::new(name)]);
-            return Err(Error::process_not_found(pid));
+        let name = smol_str::SmolStr::new(name);
+        match remote.register_later(&name, pid, scope)? {
+            None => record_name(remote, &cell, name).map(|_| None),
+            Some(work) => {
+                let remote = remote.clone();
+                Ok(Some(Box::pin(async move {
+                    work.await?;
+                    record_name(&remote, &cell, name).map(|_| Value::Bool(true))
+                })))
+            }
         }
-        let names = &mut t.more().names;
-        if !names.iter().any(|n| n == name) {
-            names.push(smol_str::SmolStr::new(name));
-        }
-        Ok(())
     }
+
     /// Register `name` for another live process (`process.registry.foreign` on its PID).
     pub fn register_for(&mut self, name: &str, pid: Pid) -> Result<(), Error> {
         self.flush();
@@ -589,4 +611,20 @@ impl<'a> Context<'a> {
     pub fn is_terminated(&self) -> bool {
         self.cell.kill_error().is_some()
     }
+}
+
+/// A cluster-wide name now held by `cell`'s process, recorded with it so its exit releases
+/// it (see `Remote::released`); a process that exited meanwhile lets it go at once.
+fn record_name(remote: &Arc<dyn crate::remote::Remote>, cell: &Arc<ProcCell>, name: smol_str::SmolStr) -> Result<(), Error> {
+    let mut t = cell.topo.lock();
+    if cell.exited.load(Ordering::Relaxed) {
+        drop(t);
+        remote.released(cell.pid, &[name]);
+        return Err(Error::process_not_found(cell.pid));
+    }
+    let names = &mut t.more().names;
+    if !names.iter().any(|n| *n == name) {
+        names.push(name);
+    }
+    Ok(())
 }

@@ -50,7 +50,7 @@ pub use names::{MAX_NAMES_PER_PROCESS, MAX_NAME_BYTES};
 pub use mailbox::ProcessState;
 pub use node::{Dest, ExitCallback, ExitWatch, HostStats, Node, NodeRef, ProcessInfo, Spawn, StopReport};
 pub use pid::{HostName, Pid, PidCounter, PidParseError};
-pub use remote::{Along, Member, NameScope, Origin, Relation, Remote, NODE_DISCONNECTED};
+pub use remote::{Pending, Along, Member, NameScope, Origin, Relation, Remote, NODE_DISCONNECTED};
 pub use process::{Attachment, Command, CommandId, Event, Events, ExitResult, Message, NewProcess, Payload, Process, ProcessFactory, Status};
 pub use topic::Topic;
 pub use scheduler::Runnable;

@@ -84,6 +84,9 @@ impl Origin<'static> {
 /// What the node needs from a cluster. Every call returns at once: a request to another
 /// node is queued, not awaited (its answer, an EXIT or a LINK_DOWN, arrives as an event),
 /// except a cluster-wide name's registration, which waits for the store's answer.
+/// Work a registration still has to do (see [`Remote::register_later`]).
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>;
+
 pub trait Remote: Send + Sync + 'static {
     /// Queue a message for `to` (a PID of another node). `true` once queued, as SPEC §13.4
     /// says; NotFound when `to`'s node is not a live member.
@@ -98,6 +101,11 @@ pub trait Remote: Send + Sync + 'static {
     fn lookup(&self, name: &str) -> Option<Pid>;
     /// Register `name` for the local process `pid` in `scope` (not `Local`).
     fn register(&self, name: &str, pid: Pid, scope: NameScope) -> Result<(), Error>;
+    /// The same without blocking: `None` when it is done already, else the work that
+    /// finishes it (a process runs it as a command instead of holding its worker).
+    fn register_later(&self, name: &str, pid: Pid, scope: NameScope) -> Result<Option<Pending>, Error> {
+        self.register(name, pid, scope).map(|_| None)
+    }
     /// Remove a cluster-wide name: `None` when it is not one (the caller tries the local
     /// table), else whether it was registered.
     fn unregister(&self, name: &str) -> Option<bool>;

@@ -916,6 +916,23 @@ local function await_cmd(id)
   return block()
 end
 
+-- process.registry.register: a cluster-wide name (EVENTUAL aside) is answered by the
+-- cluster; Rust starts that as a command (false, id) and the caller waits here, as for a
+-- timer, instead of holding its worker for the round trip
+do
+  local reg = process.registry
+  local raw_register = reg.register
+  function reg.register(name, pid, scope)
+    local ok, x = raw_register(name, pid, scope)
+    if ok == false then
+      local _, err = await_cmd(x)
+      if err then return nil, err end
+      return true
+    end
+    return ok, x
+  end
+end
+
 -- A stream's next chunk, once `read` (a Rust half) started it as command `id` (or said
 -- why not): nil at the end, when the stream's handle `st[key]` is let go of.
 local function next_chunk(st, key, id, err)

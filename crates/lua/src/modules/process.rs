@@ -313,8 +313,19 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                         _ => cx.register(&name),
                     },
                     (p, s) => {
+                        // a cluster-wide name: the cluster's answer is waited for as a
+                        // command (`false, id` to the prelude), not on this worker
                         let p = p.unwrap_or_else(|| cx.pid());
-                        cx.register_scoped(&name, p, s)
+                        match cx.register_scoped_later(&name, p, s) {
+                            Ok(None) => Ok(()),
+                            Ok(Some(work)) => {
+                                return match cx.try_command(wippy_runtime::Command::Task(work)) {
+                                    Ok(id) => Ok((LuaValue::Boolean(false), LuaValue::Integer(id.0 as i64))),
+                                    Err(e) => fail(lua, e),
+                                };
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                 };
                 ok_or_fail(lua, r)
