@@ -42,6 +42,23 @@ fn cluster(nats: &Nats, names: &[&str]) -> Vec<TestNode> {
     nodes
 }
 
+/// Nodes that all see each other, with this STRONG deadline and silence limit.
+fn strong_cluster(nats: &Nats, names: &[&str], strong_deadline: Duration, silent_after: Duration) -> Vec<TestNode> {
+    let nodes: Vec<TestNode> = names
+        .iter()
+        .map(|n| {
+            let mut c = config(nats, n);
+            c.strong_deadline = strong_deadline;
+            c.silent_after = silent_after;
+            join_with(c).unwrap()
+        })
+        .collect();
+    for n in &nodes {
+        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == names.len()));
+    }
+    nodes
+}
+
 /// Run `f` inside a fresh process on `node` and hand back what it returns.
 fn within<R: Send + 'static>(node: &NodeRef, f: impl FnOnce(&mut Context<'_>) -> R + Send + 'static) -> R {
     probe_doing(node, f).2
@@ -313,16 +330,7 @@ fn names_are_released_when_their_node_dies() {
 #[test]
 fn strong_waits_for_every_live_node_and_names_the_missing() {
     let nats = Nats::start();
-    let cfg = |n: &str| {
-        let mut c = config(&nats, n);
-        c.strong_deadline = Duration::from_millis(800);
-        c.silent_after = Duration::from_secs(5);
-        c
-    };
-    let nodes: Vec<TestNode> = ["a", "b", "c"].iter().map(|n| join_with(cfg(n)).unwrap()).collect();
-    for n in &nodes {
-        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == 3));
-    }
+    let nodes = strong_cluster(&nats, &["a", "b", "c"], Duration::from_millis(800), Duration::from_secs(5));
     let (p, _) = probe(&nodes[0].node, HOST);
     within(&nodes[0].node, move |cx| cx.register_scoped("ctl", p, NameScope::Strong)).unwrap();
     // once register returns, every live node resolves it (no stale window)
@@ -504,16 +512,7 @@ fn a_registration_waits_for_the_cluster_off_its_worker() {
     // process waits for it as a command, so another process on the same one-worker host
     // runs meanwhile (it used to hold the worker for the whole round trip)
     let nats = Nats::start();
-    let cfg = |n: &str| {
-        let mut c = config(&nats, n);
-        c.strong_deadline = Duration::from_secs(3);
-        c.silent_after = Duration::from_secs(10);
-        c
-    };
-    let nodes: Vec<TestNode> = ["a", "b"].iter().map(|n| join_with(cfg(n)).unwrap()).collect();
-    for n in &nodes {
-        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == 2));
-    }
+    let nodes = strong_cluster(&nats, &["a", "b"], Duration::from_secs(3), Duration::from_secs(10));
     nodes[0].node.add_host(HostConfig::new("one").workers(1)).unwrap();
     nodes[1].cluster.fault(Fault::Silence);
     let (started, waiting) = channel();
