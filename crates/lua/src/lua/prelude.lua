@@ -933,6 +933,21 @@ do
   end
 end
 
+-- system.lock.acquire: the same for the lock's STRONG name ("wait", id from Rust)
+if LIBS.system and LIBS.system.lock then
+  local lock = LIBS.system.lock
+  local raw_acquire = lock.acquire
+  function lock.acquire(name)
+    local ok, x = raw_acquire(name)
+    if ok == "wait" then
+      local _, err = await_cmd(x)
+      if err then return false, err end
+      return true
+    end
+    return ok, x
+  end
+end
+
 -- A stream's next chunk, once `read` (a Rust half) started it as command `id` (or said
 -- why not): nil at the end, when the stream's handle `st[key]` is let go of.
 local function next_chunk(st, key, id, err)

@@ -479,12 +479,19 @@ fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
                 }
                 let me = cx.pid();
                 if cx.lookup(&name) == Some(me) {
-                    return Ok(Ok(()));
+                    return Ok(Ok(None));
                 }
-                Ok(cx.register_scoped(&name, me, wippy_runtime::NameScope::Strong))
+                // the cluster's answer is waited for as a command ("wait", id to the
+                // prelude), not on this worker
+                Ok(match cx.register_scoped_later(&name, me, wippy_runtime::NameScope::Strong) {
+                    Ok(Some(work)) => cx.try_command(wippy_runtime::Command::Task(work)).map(Some),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                })
             })?;
             match r {
-                Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                Ok(None) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                Ok(Some(id)) => Ok((LuaValue::String(lua.create_string("wait")?), LuaValue::Integer(id.0 as i64))),
                 Err(e) => Ok((LuaValue::Boolean(false), fail(lua, e)?.1)),
             }
         })?,
