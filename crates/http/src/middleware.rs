@@ -172,17 +172,19 @@ impl RateLimit {
 
     /// Whether a request from `client` may go on; the 429 headers when not.
     pub fn admit(&self, client: IpAddr, headers: &HeaderMap, query: Option<&str>) -> Result<(), [(HeaderName, HeaderValue); 2]> {
+        // a request without the header or parameter is counted by its address (not all
+        // such requests in one bucket)
         let key = match &self.key {
-            RateKey::Ip => client.to_string(),
-            RateKey::Header(h) => headers.get(h.as_str()).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            RateKey::Ip => None,
+            RateKey::Header(h) => headers.get(h.as_str()).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(|v| format!("h:{v}")),
             RateKey::Query(q) => query
                 .unwrap_or("")
                 .split('&')
                 .filter_map(|p| p.split_once('=').or(Some((p, ""))))
-                .find(|(k, _)| k == q)
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default(),
-        };
+                .find(|(k, v)| k == q && !v.is_empty())
+                .map(|(_, v)| format!("q:{v}")),
+        }
+        .unwrap_or_else(|| client.to_string());
         let n = self.seen.fetch_add(1, Ordering::Relaxed);
         if n % self.cleanup_every == 0 || self.limiter.len() > self.max_entries {
             self.limiter.retain_recent();
