@@ -527,10 +527,6 @@ impl Remote for Cluster {
         self.inner.names.lookup(name).map(|(p, _)| p)
     }
 
-    fn register(&self, name: &str, pid: Pid, scope: NameScope) -> Result<(), Error> {
-        names::register(&self.inner, name, pid, scope)
-    }
-
     fn register_later(&self, name: &str, pid: Pid, scope: NameScope) -> Result<Option<wippy_runtime::Pending>, Error> {
         names::register_later(&self.inner, name, pid, scope)
     }

@@ -289,14 +289,6 @@ pub(crate) fn register_later(inner: &Arc<Inner>, name: &str, pid: Pid, scope: Na
     })))
 }
 
-/// [`register_later`], waited for on this (non-runtime) thread.
-pub(crate) fn register(inner: &Arc<Inner>, name: &str, pid: Pid, scope: NameScope) -> Result<(), Error> {
-    match register_later(inner, name, pid, scope)? {
-        None => Ok(()),
-        Some(f) => wait(inner, inner.config.strong_deadline + Duration::from_secs(6), f),
-    }
-}
-
 /// Create the key, or take it over from an owner that is gone: the new revision.
 async fn claim(inner: &Arc<Inner>, name: &str, mine: Owner) -> Result<u64, Error> {
     let key = key_of(name);

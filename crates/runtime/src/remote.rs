@@ -99,13 +99,10 @@ pub trait Remote: Send + Sync + 'static {
     fn exited(&self, from: Pid, to: Pid, along: Along, result: &ExitResult);
     /// A cluster-wide name (CONSISTENT/STRONG, then EVENTUAL: SPEC §13.5's order).
     fn lookup(&self, name: &str) -> Option<Pid>;
-    /// Register `name` for the local process `pid` in `scope` (not `Local`).
-    fn register(&self, name: &str, pid: Pid, scope: NameScope) -> Result<(), Error>;
-    /// The same without blocking: `None` when it is done already, else the work that
-    /// finishes it (a process runs it as a command instead of holding its worker).
-    fn register_later(&self, name: &str, pid: Pid, scope: NameScope) -> Result<Option<Pending>, Error> {
-        self.register(name, pid, scope).map(|_| None)
-    }
+    /// Register `name` for the local process `pid` in `scope` (not `Local`), without
+    /// blocking: `None` when it is done already, else the work that finishes it (a process
+    /// runs it as a command instead of holding its worker).
+    fn register_later(&self, name: &str, pid: Pid, scope: NameScope) -> Result<Option<Pending>, Error>;
     /// Remove a cluster-wide name: `None` when it is not one (the caller tries the local
     /// table), else whether it was registered.
     fn unregister(&self, name: &str) -> Option<bool>;
