@@ -818,8 +818,9 @@ impl NodeInner {
             if call {
                 let calls = &mut pt.more().calls;
                 // (ended calls are dropped now and then, not at each exit: a long-lived
-                // caller's list stays short without a lock per callee's exit)
-                if calls.len() >= 32 {
+                // caller's list stays short without a lock per callee's exit; at each power
+                // of two, so many calls alive at once do not make every spawn sweep them)
+                if calls.len() >= 32 && calls.len().is_power_of_two() {
                     calls.retain(|p| self.table.get(*p).is_some());
                 }
                 calls.push(pid);

@@ -57,11 +57,9 @@ impl NodeInner {
             let at = crate::dispatch::unix_secs();
             // a caller that ends cancels the calls it made that are still running (their
             // exit, when it comes, is nobody's event)
+            // (a callee that already ended is not there to deliver to)
             for callee in m.calls {
-                if callee.node() == self.local && self.table.get(callee).is_some() {
-                    let ev = Event::Cancel { from: pid, at, reason: smol_str::SmolStr::new_static("caller context canceled") };
-                    let _ = self.deliver(callee, ev);
-                }
+                let _ = self.deliver(callee, Event::Cancel { from: pid, at, reason: smol_str::SmolStr::new_static("caller context canceled") });
             }
             for target in m.monitoring {
                 if target.node() != self.local {
