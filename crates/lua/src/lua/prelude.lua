@@ -916,36 +916,24 @@ local function await_cmd(id)
   return block()
 end
 
--- process.registry.register: a cluster-wide name (EVENTUAL aside) is answered by the
--- cluster; Rust starts that as a command (false, id) and the caller waits here, as for a
--- timer, instead of holding its worker for the round trip
+-- A cluster-wide name is answered by the cluster: Rust starts that as a command ("wait",
+-- id) and the caller waits here, as for a timer, instead of holding its worker for the
+-- round trip. Any other answer is passed on; a failed wait answers `failed, err`.
+local function settled(failed, ok, x)
+  if ok ~= "wait" then return ok, x end
+  local _, err = await_cmd(x)
+  if err then return failed, err end
+  return true
+end
 do
   local reg = process.registry
   local raw_register = reg.register
-  function reg.register(name, pid, scope)
-    local ok, x = raw_register(name, pid, scope)
-    if ok == false then
-      local _, err = await_cmd(x)
-      if err then return nil, err end
-      return true
-    end
-    return ok, x
-  end
+  function reg.register(name, pid, scope) return settled(nil, raw_register(name, pid, scope)) end
 end
-
--- system.lock.acquire: the same for the lock's STRONG name ("wait", id from Rust)
 if LIBS.system and LIBS.system.lock then
   local lock = LIBS.system.lock
   local raw_acquire = lock.acquire
-  function lock.acquire(name)
-    local ok, x = raw_acquire(name)
-    if ok == "wait" then
-      local _, err = await_cmd(x)
-      if err then return false, err end
-      return true
-    end
-    return ok, x
-  end
+  function lock.acquire(name) return settled(false, raw_acquire(name)) end
 end
 
 -- A stream's next chunk, once `read` (a Rust half) started it as command `id` (or said

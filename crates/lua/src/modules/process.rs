@@ -140,6 +140,17 @@ fn spawn(
     })
 }
 
+/// Register a cluster-wide name for `pid`: `true` when done, `failed, err`, or `"wait", id`
+/// when the cluster still has to answer: that is a command, which the prelude's wrapper
+/// (`settled`) waits for, so the worker runs other processes meanwhile.
+pub(crate) fn registered(lua: &Lua, cx: &mut wippy_runtime::Context<'_>, name: &str, pid: Pid, scope: NameScope, failed: LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
+    match cx.register_scoped_later(name, pid, scope).and_then(|w| w.map(|work| cx.try_command(wippy_runtime::Command::Task(work))).transpose()) {
+        Ok(None) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+        Ok(Some(id)) => Ok((LuaValue::String(lua.create_string("wait")?), LuaValue::Integer(id.0 as i64))),
+        Err(e) => Ok((failed, fail(lua, e)?.1)),
+    }
+}
+
 pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.raw_set("pid", lua.create_function(|_, ()| current::with(|cx, _| Ok(cx.pid().to_string())))?)?;
@@ -313,19 +324,8 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
                         _ => cx.register(&name),
                     },
                     (p, s) => {
-                        // a cluster-wide name: the cluster's answer is waited for as a
-                        // command (`false, id` to the prelude), not on this worker
                         let p = p.unwrap_or_else(|| cx.pid());
-                        match cx.register_scoped_later(&name, p, s) {
-                            Ok(None) => Ok(()),
-                            Ok(Some(work)) => {
-                                return match cx.try_command(wippy_runtime::Command::Task(work)) {
-                                    Ok(id) => Ok((LuaValue::Boolean(false), LuaValue::Integer(id.0 as i64))),
-                                    Err(e) => fail(lua, e),
-                                };
-                            }
-                            Err(e) => Err(e),
-                        }
+                        return registered(lua, cx, &name, p, s, LuaValue::Nil);
                     }
                 };
                 ok_or_fail(lua, r)

@@ -473,27 +473,16 @@ fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
         "acquire",
         lua.create_function(|lua, name: LuaValue| {
             let Some(name) = lock_name(&name)? else { return fail(lua, Error::invalid("system.lock.acquire: name must be a string")) };
-            let r = current::with(|cx, _| {
+            current::with(|cx, _| {
                 if let Err(e) = cx.allow("system.lock", &name) {
-                    return Ok(Err(e));
+                    return Ok((LuaValue::Boolean(false), fail(lua, e)?.1));
                 }
                 let me = cx.pid();
                 if cx.lookup(&name) == Some(me) {
-                    return Ok(Ok(None));
+                    return Ok((LuaValue::Boolean(true), LuaValue::Nil));
                 }
-                // the cluster's answer is waited for as a command ("wait", id to the
-                // prelude), not on this worker
-                Ok(match cx.register_scoped_later(&name, me, wippy_runtime::NameScope::Strong) {
-                    Ok(Some(work)) => cx.try_command(wippy_runtime::Command::Task(work)).map(Some),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(e),
-                })
-            })?;
-            match r {
-                Ok(None) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
-                Ok(Some(id)) => Ok((LuaValue::String(lua.create_string("wait")?), LuaValue::Integer(id.0 as i64))),
-                Err(e) => Ok((LuaValue::Boolean(false), fail(lua, e)?.1)),
-            }
+                super::process::registered(lua, cx, &name, me, wippy_runtime::NameScope::Strong, LuaValue::Boolean(false))
+            })
         })?,
     )?;
     lock.raw_set(
