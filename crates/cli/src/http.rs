@@ -482,8 +482,7 @@ pub fn install(plan: &HttpPlan, node: &wippy_runtime::NodeRef, servers: &Servers
                 continue;
             }
         }
-        let state = ServerState::new(config.clone());
-        *state.tokens.write() = Some(servers.tokens.clone());
+        let state = ServerState::new(config.clone(), Some(servers.tokens.clone()));
         state.set_routes(routes);
         known.insert(sid.clone(), state.clone());
         let factory = move |_: &str| -> Result<Box<dyn Process>, wippy_runtime::Error> { Ok(Box::new(wippy_http::ServerProcess::new(state.clone()))) };

@@ -175,7 +175,6 @@ impl Exchange {
             });
             let limits = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(max_memory));
             let mut mp = multer::Multipart::with_constraints(chunks, boundary, limits);
-            let (mut files, mut values) = (wippy_runtime::Table::new(), wippy_runtime::Table::new());
             let bad = |e: multer::Error| match e {
                 multer::Error::StreamReadFailed(inner) => match inner.downcast::<Error>() {
                     Ok(e) => *e,
@@ -183,6 +182,12 @@ impl Exchange {
                 },
                 multer::Error::StreamSizeExceeded { limit } => Error::invalid(format!("multipart body is larger than max_memory ({limit} bytes)")),
                 e => Error::invalid(format!("malformed multipart body: {e}")),
+            };
+            // each field's parts in arrival order (a field may come several times)
+            let (mut files, mut values): (Vec<(String, Vec<Value>)>, Vec<(String, Vec<Value>)>) = (Vec::new(), Vec::new());
+            let add = |to: &mut Vec<(String, Vec<Value>)>, name: String, v: Value| match to.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, list)) => list.push(v),
+                None => to.push((name, vec![v])),
             };
             while let Some(field) = mp.next_field().await.map_err(bad)? {
                 let name = field.name().unwrap_or("").to_string();
@@ -194,7 +199,6 @@ impl Exchange {
                     }
                 }
                 let data = field.bytes().await.map_err(bad)?;
-                let key = Value::str(&name);
                 match file_name {
                     Some(f) => {
                         let mut file = wippy_runtime::Table::new();
@@ -202,37 +206,28 @@ impl Exchange {
                         file.set(Value::str("size"), Value::Int(data.len() as i64));
                         file.set(Value::str("headers"), Value::table(headers));
                         file.set(Value::str("data"), Value::bytes(&data));
-                        let mut list = match files.get(&key) {
-                            Some(Value::Table(t)) => (**t).clone(),
-                            _ => wippy_runtime::Table::new(),
-                        };
-                        list.push(Value::table(file));
-                        files.set(key, Value::table(list));
+                        add(&mut files, name, Value::table(file));
                     }
-                    None => {
-                        // one value as a string, several as an array
-                        let v = Value::bytes(&data);
-                        let next = match values.get(&key) {
-                            None => v,
-                            Some(Value::Table(t)) => {
-                                let mut t = (**t).clone();
-                                t.push(v);
-                                Value::table(t)
-                            }
-                            Some(first) => {
-                                let mut t = wippy_runtime::Table::new();
-                                t.push(first.clone());
-                                t.push(v);
-                                Value::table(t)
-                            }
-                        };
-                        values.set(key, next);
-                    }
+                    None => add(&mut values, name, Value::bytes(&data)),
                 }
             }
+            let table = |items: Vec<Value>| {
+                let mut t = wippy_runtime::Table::new();
+                items.into_iter().for_each(|v| t.push(v));
+                Value::table(t)
+            };
+            let (mut file_table, mut value_table) = (wippy_runtime::Table::new(), wippy_runtime::Table::new());
+            for (name, list) in files {
+                file_table.set(Value::str(&name), table(list));
+            }
+            for (name, mut list) in values {
+                // one value as a string, several as an array
+                let v = if list.len() == 1 { list.pop().unwrap_or(Value::Nil) } else { table(list) };
+                value_table.set(Value::str(&name), v);
+            }
             let mut out = wippy_runtime::Table::new();
-            out.set(Value::str("files"), Value::table(files));
-            out.set(Value::str("values"), Value::table(values));
+            out.set(Value::str("files"), Value::table(file_table));
+            out.set(Value::str("values"), Value::table(value_table));
             Ok(Value::table(out))
         })
     }

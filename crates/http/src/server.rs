@@ -77,13 +77,13 @@ pub struct ServerState {
     pub routes: RwLock<Arc<Routes>>,
     pub(crate) id: Arc<str>,
     /// How `token_auth` resolves a token (none: every token is unknown).
-    pub tokens: RwLock<Option<TokenResolver>>,
+    pub tokens: Option<TokenResolver>,
 }
 
 impl ServerState {
-    pub fn new(config: ServiceConfig) -> Arc<ServerState> {
+    pub fn new(config: ServiceConfig, tokens: Option<TokenResolver>) -> Arc<ServerState> {
         let id = Arc::from(config.id.as_str());
-        Arc::new(ServerState { config, routes: RwLock::new(Arc::new(Routes::default())), id, tokens: RwLock::new(None) })
+        Arc::new(ServerState { config, routes: RwLock::new(Arc::new(Routes::default())), id, tokens })
     }
     pub fn set_routes(&self, routes: Routes) {
         *self.routes.write() = Arc::new(routes);
@@ -301,13 +301,14 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
             let accept = req.headers().get(hyper::header::ACCEPT_ENCODING).cloned();
             // a websocket request on a relayed route: the handler answers, then the socket
-            let relay = mw.ws_relay.as_ref().map(|_| (crate::wsrelay::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req)), req.headers().clone()));
+            // (the request's upgrade and headers are kept only when it asks for a websocket)
+            let upgrade = (mw.ws_relay.is_some() && crate::wsrelay::is_upgrade(req.headers())).then(|| (hyper::upgrade::on(&mut req), req.headers().clone()));
             let mut resp = match before(state, node, &target, &req, remote) {
                 Ok((remote, identity)) => call(state, node, &target, req, remote, params, identity).await,
                 Err(resp) => resp,
             };
-            if let (Some(ws), Some((upgrade, headers))) = (&mw.ws_relay, relay) {
-                resp = crate::wsrelay::answer(ws, resp, upgrade, &headers, node, &state.config.handler_host);
+            if let Some(ws) = &mw.ws_relay {
+                resp = crate::wsrelay::answer(ws, resp, upgrade, node, &state.config.handler_host);
             }
             if let Some(c) = &mw.compress {
                 compress(c, accept.as_ref(), &mut resp);
@@ -358,7 +359,7 @@ fn before(state: &ServerState, node: &NodeRef, target: &Target, req: &Request<In
         }
     }
     let identity = match &mw.token_auth {
-        Some(ta) => match (ta.token(req.headers(), req.uri().query()), state.tokens.read().clone()) {
+        Some(ta) => match (ta.token(req.headers(), req.uri().query()), &state.tokens) {
             (Some(token), Some(resolve)) => resolve(&ta.store, &token),
             _ => None,
         },

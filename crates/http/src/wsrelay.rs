@@ -99,13 +99,15 @@ fn plan(text: &str, parse: DurationParser) -> Result<Plan, String> {
 pub fn answer(
     relay: &WsRelay,
     resp: HttpResponse,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-    req_headers: &HeaderMap,
+    upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderMap)>,
     node: &NodeRef,
     host: &str,
 ) -> HttpResponse {
     let Some(text) = resp.headers().get(HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else { return resp };
-    let (Some(upgrade), Some(key)) = (upgrade, req_headers.get("sec-websocket-key")) else {
+    let Some((upgrade, req_headers)) = upgrade else {
+        return text_response(StatusCode::BAD_REQUEST, "websocket upgrade required\n");
+    };
+    let Some(key) = req_headers.get("sec-websocket-key") else {
         return text_response(StatusCode::BAD_REQUEST, "websocket upgrade required\n");
     };
     if !relay.allows(req_headers.get(hyper::header::ORIGIN), req_headers.get(hyper::header::HOST)) {

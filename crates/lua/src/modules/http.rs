@@ -141,10 +141,7 @@ impl UserData for Request {
             };
             let timeout = r.timeout;
             let id = start(async move {
-                let body = match timeout {
-                    Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))??,
-                    None => fut.await?,
-                };
+                let body = reading(timeout, fut).await?;
                 if !json {
                     return Ok(body);
                 }
@@ -169,16 +166,19 @@ impl UserData for Request {
                 Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
             };
             let timeout = r.timeout;
-            let id = start(async move {
-                match timeout {
-                    Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))?,
-                    None => fut.await,
-                }
-            })?;
+            let id = start(reading(timeout, fut))?;
             Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
         });
         m.add_meta_method(MetaMethod::Index, |lua, _, key: String| async_method(lua, &key));
         m.add_meta_method(MetaMethod::ToString, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())));
+    }
+}
+
+/// Reading the request body, within the `timeout` of `http.request{timeout = ms}` if set.
+async fn reading<T>(timeout: Option<Duration>, read: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, read).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))?,
+        None => read.await,
     }
 }
 
@@ -198,10 +198,7 @@ impl UserData for BodyStream {
             let (s, timeout) = (b.s.clone(), b.timeout);
             let n = n.clamp(1, 16 << 20) as usize;
             let id = start(async move {
-                let got = match timeout {
-                    Some(t) => tokio::time::timeout(t, s.read(n)).await.map_err(|_| Error::new(ErrorKind::Internal, "timed out reading the request body"))??,
-                    None => s.read(n).await?,
-                };
+                let got = reading(timeout, s.read(n)).await?;
                 Ok(got.map_or(Value::Nil, |b| Value::Str(Arc::from(&b[..]))))
             });
             match id {
