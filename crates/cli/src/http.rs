@@ -112,22 +112,10 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
     let (pre, post) = (c.strings("middleware"), c.strings("post_middleware"));
     let (pre_opts, post_opts) = (options(c, "options"), options(c, "post_options"));
     let parse: wippy_http::middleware::DurationParser = |s: &str| wippy_registry::parse_duration(s).map(|n| Duration::from_nanos(n.max(0) as u64));
-    let mut built = Middleware::default();
-    for (list, opts, names, settings) in [("middleware", "options", &pre, &pre_opts), ("post_middleware", "post_options", &post, &post_opts)] {
-        match Middleware::build(&[(names.as_slice(), settings)], parse) {
-            Ok(m) => {
-                // the two lists of one router: later settings of a kind win
-                built.cors = m.cors.or(built.cors.take());
-                built.real_ip = m.real_ip.or(built.real_ip.take());
-                built.ratelimit = m.ratelimit.or(built.ratelimit.take());
-                built.compress = m.compress.or(built.compress.take());
-                built.token_auth = m.token_auth.or(built.token_auth.take());
-                built.firewall = m.firewall.or(built.firewall.take());
-                built.ws_relay = m.ws_relay.or(built.ws_relay.take());
-            }
-            Err(e) if e.starts_with("options.") => c.error(opts, e),
-            Err(e) => c.error(list, e),
-        }
+    let (mut built, problems) = Middleware::build(&[(pre.as_slice(), &pre_opts), (post.as_slice(), &post_opts)], parse);
+    for (i, e) in problems {
+        let (list, opts) = [("middleware", "options"), ("post_middleware", "post_options")][i];
+        c.error(if e.starts_with("options.") { opts } else { list }, e);
     }
     if let Some(ta) = &mut built.token_auth {
         let field = if pre.iter().any(|n| n == "token_auth") { "options" } else { "post_options" };

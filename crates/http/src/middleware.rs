@@ -68,25 +68,33 @@ pub struct Middleware {
 }
 
 impl Middleware {
-    /// From a router's lists and their options maps; the first problem in words.
-    pub fn build(lists: &[(&[String], &BTreeMap<String, String>)], parse: DurationParser) -> Result<Middleware, String> {
+    /// From a router's lists and their options maps, in order (a later list's settings of a
+    /// kind win): what they make, and the first problem of each list that has one, with the
+    /// list's index.
+    pub fn build(lists: &[(&[String], &BTreeMap<String, String>)], parse: DurationParser) -> (Middleware, Vec<(usize, String)>) {
         let mut m = Middleware::default();
-        for (names, options) in lists {
-            for n in names.iter() {
-                match n.as_str() {
-                    "cors" => m.cors = Some(Cors::from_options(options)?),
-                    "real_ip" => m.real_ip = Some(RealIp::from_options(options)?),
-                    "ratelimit" => m.ratelimit = Some(RateLimit::from_options(options, parse)?),
-                    "compress" => m.compress = Some(Compress::from_options(options)?),
-                    "token_auth" => m.token_auth = Some(TokenAuth::from_options(options)?),
-                    "websocket_relay" => m.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
-                    "endpoint_firewall" => m.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
-                    other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
-                    other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),
-                }
+        let mut problems = Vec::new();
+        for (i, (names, options)) in lists.iter().enumerate() {
+            if let Err(e) = names.iter().try_for_each(|n| m.add(n, options, parse)) {
+                problems.push((i, e));
             }
         }
-        Ok(m)
+        (m, problems)
+    }
+
+    fn add(&mut self, name: &str, options: &BTreeMap<String, String>, parse: DurationParser) -> Result<(), String> {
+        match name {
+            "cors" => self.cors = Some(Cors::from_options(options)?),
+            "real_ip" => self.real_ip = Some(RealIp::from_options(options)?),
+            "ratelimit" => self.ratelimit = Some(RateLimit::from_options(options, parse)?),
+            "compress" => self.compress = Some(Compress::from_options(options)?),
+            "token_auth" => self.token_auth = Some(TokenAuth::from_options(options)?),
+            "websocket_relay" => self.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
+            "endpoint_firewall" => self.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
+            other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
+            other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),
+        }
+        Ok(())
     }
 }
 
