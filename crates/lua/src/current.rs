@@ -30,14 +30,16 @@ pub(crate) struct ProcState {
     /// this process's own state).
     pub(crate) last_dest: Option<LastDest>,
     /// What the spawner attached (`Spawn::attach`): the HTTP exchange of a request
-    /// handler.
-    pub(crate) attachment: Option<wippy_runtime::Attachment>,
+    /// handler. Boxed: it is rare, and unboxed its 16 bytes take a Lua process's Rust
+    /// state past one 128-byte block.
+    pub(crate) attachment: Option<Box<wippy_runtime::Attachment>>,
 }
 
 /// A destination as parsed, and the Lua string it was written as: the string object's
 /// address, kept alive by the registry reference `anchor` (released with the process
 /// state), so the same address is the same text and a repeated send never reads the
-/// string again.
+/// string again. `anchor` 0: sent to once, not kept alive (the address is only a reason to
+/// anchor the string at the next send to it, which parses it again).
 pub(crate) struct LastDest {
     pub(crate) dest: wippy_runtime::Dest,
     pub(crate) key: *const std::ffi::c_void,

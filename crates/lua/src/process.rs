@@ -314,7 +314,7 @@ pub(crate) fn returned_result(vals: MultiValue, marks: &crate::convert::Marks) -
 
 impl Process for LuaProcess {
     fn attach(&mut self, attachment: wippy_runtime::Attachment) {
-        self.state.attachment = Some(attachment);
+        self.state.attachment = Some(Box::new(attachment));
     }
     fn init(&mut self, cx: &mut Context<'_>, method: &str, args: Vec<Value>) -> Status {
         match self.start(method, StartArgs::Values(args), None) {

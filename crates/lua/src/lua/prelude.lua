@@ -841,20 +841,9 @@ local function part(P, key)
   return t
 end
 
--- The process's inbox and events channels (made on first call; the same ever after).
-function process.inbox()
-  local P = S[1]
-  local ch = P[INBOX]
-  if not ch then
-    -- newchan's table, made here: one call level less on main's coroutine, whose call
-    -- frames stay allocated (a parked process measured ~50 B smaller)
-    ch = setmetatable({ 0, 0, false, F_EXT }, ChanMT) -- N, SIZE, HANDLE, FLAGS
-    ch[C_H] = new_handle(ch)
-    P[INBOX] = ch
-    if P[NPEND] > 0 then drain(P) end
-  end
-  return ch[C_H]
-end
+-- The process's inbox and events channels (made on first call; the same ever after). The
+-- inbox is made by Rust (vm/raw.rs inbox: no third call frame on main's coroutine).
+process.inbox = R.make_inbox(S, ChanMT, HandleMT, drain)
 function process.events()
   local P = S[1]
   local x = rare(P)

@@ -25,6 +25,10 @@ abi! {
     // A channel is an array: { n, size, handle, flags, topic, sq, rq, buf }.
     /// Values in the buffer.
     C_N = "C_N": lua_Integer = 1;
+    /// Buffer capacity.
+    C_SIZE = "C_SIZE": lua_Integer = 2;
+    /// The channel's handle (the userdata process code holds).
+    C_H = "C_H": lua_Integer = 3;
     /// F_EXT | F_PLAIN | F_CLOSED, one integer (read with one lookup).
     C_FLAGS = "C_FLAGS": lua_Integer = 4;
     /// A listen channel's topic (false otherwise).

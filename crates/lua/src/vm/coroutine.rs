@@ -40,7 +40,8 @@ pub(crate) struct Coroutine {
     /// While main alone waits on a plain listen channel: its topic (a one-value message on
     /// it is handed over directly), as the bytes of the channel's topic string, which the
     /// waiting `receive` keeps alive until the next resume. Empty otherwise.
-    hint: (*const u8, usize),
+    hint: *const u8,
+    hint_len: u32,
 }
 
 // SAFETY: see above; the shard's VM lock serialises every use.
@@ -103,7 +104,8 @@ impl Coroutine {
             from_cache: None,
             direct: false,
             finished: false,
-            hint: (std::ptr::null(), 0),
+            hint: std::ptr::null(),
+            hint_len: 0,
         }
     }
 
@@ -124,7 +126,7 @@ impl Coroutine {
 
     /// Forget the plain-channel hint (the next input is not an event it applies to).
     pub(crate) fn clear_hint(&mut self) {
-        self.hint.1 = 0;
+        self.hint_len = 0;
     }
 
     /// The watchdog may arm the hook on this coroutine from now on (it runs next).
@@ -235,7 +237,7 @@ impl Coroutine {
         }
         self.l = std::ptr::null_mut();
         self.direct = false;
-        self.hint.1 = 0;
+        self.hint_len = 0;
         let finished = std::mem::take(&mut self.finished);
         let (Some(vm), true) = (vm, self.p_ref != 0) else { return };
         let (s_ref, p_ref) = (self.s_ref, self.p_ref);
@@ -429,7 +431,7 @@ impl Coroutine {
                 Some(ev) => self.push_event(lua, ev)?,
                 None => pushed,
             };
-            self.hint.1 = 0;
+            self.hint_len = 0;
             raw::set_main_co(l);
             let mut nres: c_int = 0;
             let status = ffi::lua_resume(l, std::ptr::null_mut(), nargs, &mut nres);
@@ -453,7 +455,9 @@ impl Coroutine {
             };
             if code == R_WAIT && nres == 2 {
                 if let Some((_, topic)) = layout::string(layout::below_top(l, 1)) {
-                    self.hint = (topic.as_ptr(), topic.len());
+                    // (a topic past 4 GiB gets no hint: the hint's length is 32 bits, which keeps
+                    // a Lua process's Rust state in one 128-byte block)
+                    (self.hint, self.hint_len) = (topic.as_ptr(), u32::try_from(topic.len()).unwrap_or(0));
                 }
             }
             if code == R_WAIT || code == R_USER_YIELD {
@@ -478,12 +482,12 @@ impl Coroutine {
         };
         // SAFETY: the caller's contract.
         unsafe {
-            let hint = self.hint;
+            let hint = (self.hint, self.hint_len);
             Ok(match ev {
                 Event::Message(m)
                     if m.payload.len() <= 1
                         && hint.1 > 0
-                        && m.topic.as_bytes() == std::slice::from_raw_parts(hint.0, hint.1) =>
+                        && m.topic.as_bytes() == std::slice::from_raw_parts(hint.0, hint.1 as usize) =>
                 {
                     ffi::lua_pushinteger(l, raw::EV_VALUE);
                     match m.payload.first() {

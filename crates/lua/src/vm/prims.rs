@@ -13,7 +13,7 @@ use super::{preempt, raw};
 
 /// Install the C primitives into `r`, the prelude's table of Rust parts.
 pub(crate) fn install(lua: &Lua, r: &Table) -> mlua::Result<()> {
-    let c_functions: [(&str, ffi::lua_CFunction); 12] = [
+    let c_functions: [(&str, ffi::lua_CFunction); 13] = [
         ("cur", preempt::rt_cur),
         ("resume_task", preempt::rt_resume_task),
         ("dirty", rt_dirty),
@@ -22,6 +22,7 @@ pub(crate) fn install(lua: &Lua, r: &Table) -> mlua::Result<()> {
         ("make_send", raw::make_send),
         ("make_receive", raw::make_receive),
         ("make_handle", raw::make_handle),
+        ("make_inbox", raw::make_inbox),
         ("make_chan_of", raw::make_chan_of),
         ("make_spawn", raw::make_spawn),
         ("is_of", rt_is_of),

@@ -572,15 +572,23 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
         else {
             return 0;
         };
-        // The destination string object: the one sent to last is known without reading it.
-        let Ok(cached) = current::state(|st| st.last_dest.as_ref().is_some_and(|d| d.key == key)) else { return 0 };
-        // A new one is anchored before anything here owns memory (the reference may raise a
-        // memory error); it is released again unless it becomes the cached one.
-        let mut anchor = if cached {
-            0
-        } else {
+        // The destination string object: the one sent to last is known without reading it
+        // once it is anchored. It is anchored on the second send in a row to it (a process
+        // that sends once, as most replies do, keeps no registry reference for it); the
+        // first only notes its address, which proves nothing until the string is kept alive.
+        let Ok((cached, again)) = current::state(|st| match &st.last_dest {
+            Some(d) if d.key == key => (d.anchor != 0, d.anchor == 0),
+            _ => (false, false),
+        }) else {
+            return 0;
+        };
+        // An anchor is made before anything here owns memory (the reference may raise a
+        // memory error).
+        let mut anchor = if again {
             ffi::lua_pushvalue(l, 1);
             ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX)
+        } else {
+            0
         };
         let Some(topic) = utf8(topic) else {
             if anchor != 0 {
@@ -605,7 +613,8 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
                     let Some(text) = utf8(dest_text) else { return Ok(None) };
                     // (a malformed PID: the full send words the error)
                     let Ok(d) = Dest::parse(text) else { return Ok(None) };
-                    // the old anchor goes, the new one stays
+                    // the text just parsed is what the address holds while anchored; the old
+                    // anchor (if any) goes, the new one (if any) stays
                     let old = st.last_dest.replace(LastDest { dest: d.clone(), key, anchor });
                     anchor = old.map_or(0, |o| o.anchor);
                     d
@@ -613,7 +622,7 @@ unsafe fn send_fast(l: *mut ffi::lua_State) -> c_int {
             };
             Ok(Some(cx.send(dest, topic, payload)))
         });
-        // (an unused or replaced anchor; luaL_unref allocates nothing, so it cannot raise)
+        // (a replaced or unused anchor; luaL_unref allocates nothing, so it cannot raise)
         if anchor != 0 {
             ffi::luaL_unref(l, ffi::LUA_REGISTRYINDEX, anchor);
         }
@@ -729,6 +738,70 @@ unsafe extern "C-unwind" fn new_handle(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_setiuservalue(l, -2, 1);
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_setmetatable(l, -2);
+        1
+    }
+}
+
+/// `R.make_inbox(S, channel_mt, handle_mt, drain)`: `process.inbox()` as one C function.
+/// The inbox is made here, at the caller's call depth: a Lua `inbox` calling
+/// `setmetatable` and `new_handle` put a third call frame on main's coroutine, and a
+/// coroutine keeps every call frame it ever had (Lua frees spare ones only in pairs), so
+/// each parked process carried one more 64-byte `CallInfo`.
+///
+/// # Safety
+/// A C function Lua calls: `l` is the calling thread, with `LUA_MINSTACK` free slots.
+pub(crate) unsafe extern "C-unwind" fn make_inbox(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        ffi::lua_settop(l, 4);
+        ffi::lua_pushcclosure(l, inbox, 4);
+        1
+    }
+}
+
+/// # Safety
+/// A C function Lua calls: `l` is the calling thread, with `LUA_MINSTACK` free slots, made
+/// by [`make_inbox`] while a process runs (`S[1]` is its state).
+unsafe extern "C-unwind" fn inbox(l: *mut ffi::lua_State) -> c_int {
+    use super::abi::{C_H, C_SIZE};
+    // SAFETY: what this function's `# Safety` asks of its caller; every value read is the
+    // prelude's (P, its inbox) and has the shape vm/abi.rs names.
+    unsafe {
+        ffi::lua_settop(l, 0);
+        ffi::lua_rawgeti(l, ffi::lua_upvalueindex(1), 1); // 1: P
+        if ffi::lua_rawgeti(l, 1, P_INBOX) == ffi::LUA_TTABLE {
+            ffi::lua_rawgeti(l, 2, C_H);
+            return 1;
+        }
+        ffi::lua_settop(l, 1);
+        // { N = 0, SIZE = 0, HANDLE, FLAGS = F_EXT } (the other slots read nil)
+        ffi::lua_createtable(l, 4, 0); // 2: the channel
+        ffi::lua_pushinteger(l, 0);
+        ffi::lua_rawseti(l, 2, C_N);
+        ffi::lua_pushinteger(l, 0);
+        ffi::lua_rawseti(l, 2, C_SIZE);
+        ffi::lua_pushinteger(l, F_EXT);
+        ffi::lua_rawseti(l, 2, C_FLAGS);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_setmetatable(l, 2);
+        ffi::lua_newuserdatauv(l, 0, 1); // 3: its handle
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_setiuservalue(l, 3, 1);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
+        ffi::lua_setmetatable(l, 3);
+        ffi::lua_pushvalue(l, 3);
+        ffi::lua_rawseti(l, 2, C_H);
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_rawseti(l, 1, P_INBOX);
+        ffi::lua_rawgeti(l, 1, P_NPEND);
+        let pending = ffi::lua_tointeger(l, -1);
+        ffi::lua_settop(l, 3);
+        if pending > 0 {
+            // messages that waited for the inbox go into it now
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
+            ffi::lua_pushvalue(l, 1);
+            ffi::lua_call(l, 1, 0);
+        }
         1
     }
 }
