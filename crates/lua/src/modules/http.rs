@@ -25,7 +25,12 @@ const STATUS: &[(&str, i64)] = &[
 ];
 
 fn exchange() -> mlua::Result<Option<Arc<Exchange>>> {
-    current::state(|st| st.attachment.as_deref().cloned().and_then(|a| a.downcast::<Exchange>().ok()))
+    current::state(|st| exchange_of(st))
+}
+
+/// The HTTP exchange a request handler process was given, if this process is one.
+fn exchange_of(st: &current::ProcState) -> Option<Arc<Exchange>> {
+    st.attachment.as_deref().cloned().and_then(|a| a.downcast::<Exchange>().ok())
 }
 
 fn no_context(lua: &Lua) -> mlua::Result<(LuaValue, LuaValue)> {
@@ -366,7 +371,7 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     r.raw_set(
         "main_done",
         lua.create_function(|_, vals: mlua::MultiValue| {
-            current::state(|st| match st.attachment.as_deref().cloned().and_then(|a| a.downcast::<Exchange>().ok()) {
+            current::state(|st| match exchange_of(st) {
                 Some(ex) => {
                     ex.finish(&crate::process::returned_result(vals, &st.shard.marks));
                     true

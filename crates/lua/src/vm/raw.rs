@@ -732,13 +732,24 @@ pub(crate) unsafe extern "C-unwind" fn make_handle(l: *mut ffi::lua_State) -> c_
 /// A C function Lua calls: `l` is the calling thread, with `LUA_MINSTACK` free slots, made by [`make_handle`].
 unsafe extern "C-unwind" fn new_handle(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe { push_handle(l, 1, ffi::lua_upvalueindex(1)) };
+    1
+}
+
+/// Push a new handle of the channel state at `chan` (an absolute index), with metatable
+/// the value at `mt`.
+///
+/// # Safety
+/// `l` is a thread of the VM with a free slot; `chan` and `mt` are valid absolute or
+/// pseudo-indices.
+unsafe fn push_handle(l: *mut ffi::lua_State, chan: c_int, mt: c_int) {
+    // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         ffi::lua_newuserdatauv(l, 0, 1);
-        ffi::lua_pushvalue(l, 1);
+        ffi::lua_pushvalue(l, chan);
         ffi::lua_setiuservalue(l, -2, 1);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_pushvalue(l, mt);
         ffi::lua_setmetatable(l, -2);
-        1
     }
 }
 
@@ -784,11 +795,7 @@ unsafe extern "C-unwind" fn inbox(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_rawseti(l, 2, C_FLAGS);
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
         ffi::lua_setmetatable(l, 2);
-        ffi::lua_newuserdatauv(l, 0, 1); // 3: its handle
-        ffi::lua_pushvalue(l, 2);
-        ffi::lua_setiuservalue(l, 3, 1);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
-        ffi::lua_setmetatable(l, 3);
+        push_handle(l, 2, ffi::lua_upvalueindex(3)); // 3: its handle
         ffi::lua_pushvalue(l, 3);
         ffi::lua_rawseti(l, 2, C_H);
         ffi::lua_pushvalue(l, 2);
