@@ -546,3 +546,141 @@ fn a_registration_waits_for_the_cluster_off_its_worker() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A file of its own for one test, in the temporary directory.
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("wippy-cluster-{}-{name}", std::process::id()));
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+/// Two nodes joined with these settings see each other and a message crosses.
+fn joined_and_talking(a: Config, b: Config) {
+    let nodes = vec![join_with(a).expect("node a joins"), join_with(b).expect("node b joins")];
+    for n in &nodes {
+        assert!(n.cluster.wait_for(LIMIT, |m| m.len() == 2), "{} sees {:?}", n.cluster.node_id(), n.cluster.members());
+    }
+    let (svc, rx) = probe(&nodes[1].node, HOST);
+    within(&nodes[0].node, move |cx| cx.send1(svc, "hello", 1)).unwrap();
+    assert_eq!(next_message(&rx, "hello").first().as_int(), Some(1));
+}
+
+#[test]
+fn an_nkey_admits_a_node_and_a_missing_or_wrong_key_does_not() {
+    let user = nkeys::KeyPair::new_user();
+    let nats = Nats::with_config(&format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}", user.public_key()));
+    let e = join_with(config(&nats, "a")).err().expect("refused without a key");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let mut wrong = config(&nats, "a");
+    wrong.auth = Auth::NKey(nkeys::KeyPair::new_user().seed().unwrap());
+    let e = join_with(wrong).err().expect("refused with another user's key");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let mut a = config(&nats, "a");
+    a.auth = Auth::NKey(user.seed().unwrap());
+    let mut b = config(&nats, "b");
+    b.auth = Auth::NKey(user.seed().unwrap());
+    joined_and_talking(a, b);
+}
+
+/// A JWT as NATS's decentralised auth reads it: claims signed by `issuer`'s NKey.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: &str) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = format!(r#"{{"jti":"{name}{now}","iat":{now},"iss":"{}","name":"{name}","sub":"{subject}","nats":{nats}}}"#, issuer.public_key());
+    let signed = format!("{header}.{}", b64(claims.as_bytes()));
+    let sig = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&sig))
+}
+
+#[test]
+fn a_creds_file_admits_a_node_to_an_operator_mode_server_and_a_forged_one_does_not() {
+    // operator -> account (JetStream allowed) -> user, the chain a creds file belongs to
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let op_jwt = nats_jwt(&operator, &operator.public_key(), "op", r#"{"type":"operator","version":2}"#);
+    let limits = r#"{"subs":-1,"data":-1,"payload":-1,"imports":-1,"exports":-1,"wildcards":true,"conn":-1,"leaf":-1,"mem_storage":-1,"disk_storage":-1,"streams":-1,"consumer":-1}"#;
+    let acc_jwt = nats_jwt(&operator, &account.public_key(), "app", &format!(r#"{{"limits":{limits},"type":"account","version":2}}"#));
+    let user_nats = r#"{"pub":{},"sub":{},"subs":-1,"data":-1,"payload":-1,"type":"user","version":2}"#;
+    let creds = |name: &str, signer: &nkeys::KeyPair| {
+        let jwt = nats_jwt(signer, &user.public_key(), "node", user_nats);
+        temp_file(
+            name,
+            &format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 ************************* IMPORTANT *************************\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+                user.seed().unwrap()
+            ),
+        )
+    };
+    // JetStream in operator mode needs a system account
+    let system = nkeys::KeyPair::new_account();
+    let sys_jwt = nats_jwt(&operator, &system.public_key(), "SYS", r#"{"type":"account","version":2}"#);
+    let nats = Nats::with_config(&format!(
+        "operator: {op_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{ {sys}: {sys_jwt}, {acc}: {acc_jwt} }}\n",
+        sys = system.public_key(),
+        acc = account.public_key()
+    ));
+    let e = join_with(config(&nats, "a")).err().expect("refused without credentials");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    // the same user, but its JWT signed by an account the operator never issued
+    let forged = creds("forged.creds", &nkeys::KeyPair::new_account());
+    let mut c = config(&nats, "a");
+    c.auth = Auth::CredsFile(forged.clone());
+    let e = join_with(c).err().expect("refused with a JWT from an unknown account");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let good = creds("node.creds", &account);
+    let (mut a, mut b) = (config(&nats, "a"), config(&nats, "b"));
+    a.auth = Auth::CredsFile(good.clone());
+    b.auth = Auth::CredsFile(good.clone());
+    joined_and_talking(a, b);
+    let mut missing = config(&nats, "c");
+    missing.auth = Auth::CredsFile(good.with_extension("missing"));
+    let e = join_with(missing).err().expect("a creds file that is not there");
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("cluster.nats.creds_file"), "{e}");
+    for f in [forged, good] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn tls_to_the_server_needs_its_ca_and_a_client_certificate_when_it_verifies_clients() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["node".to_string()]).unwrap().signed_by(&client_key, &ca, &ca_key).unwrap();
+    let ca_file = temp_file("ca.pem", &ca.pem());
+    let (cert_file, key_file) = (temp_file("server.pem", &server.pem()), temp_file("server.key", &server_key.serialize_pem()));
+    let (client_cert, client_key_file) = (temp_file("client.pem", &client.pem()), temp_file("client.key", &client_key.serialize_pem()));
+    let nats = Nats::with_config(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}",
+        cert_file.display(),
+        key_file.display(),
+        ca_file.display()
+    ));
+    let with = |name: &str, ca: bool, cert: bool| {
+        let mut c = config(&nats, name);
+        c.tls.required = true;
+        c.tls.ca_file = ca.then(|| ca_file.clone());
+        if cert {
+            (c.tls.cert_file, c.tls.key_file) = (Some(client_cert.clone()), Some(client_key_file.clone()));
+        }
+        c
+    };
+    let e = join_with(with("a", false, true)).err().expect("the server's certificate is not trusted without its CA");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    let e = join_with(with("a", true, false)).err().expect("the server verifies clients");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    joined_and_talking(with("a", true, true), with("b", true, true));
+    for f in [ca_file, cert_file, key_file, client_cert, client_key_file] {
+        let _ = std::fs::remove_file(f);
+    }
+}

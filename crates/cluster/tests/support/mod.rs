@@ -37,6 +37,17 @@ impl Nats {
         n
     }
 
+    /// With a server configuration file of this text (for settings that have no flag:
+    /// NKey users, TLS). The file is gone once the server has read it, so such a server
+    /// cannot be restarted.
+    pub fn with_config(text: &str) -> Nats {
+        let conf = std::env::temp_dir().join(format!("wippy-nats-{}-{}.conf", std::process::id(), free_port()));
+        std::fs::write(&conf, text).unwrap();
+        let n = Nats::with_args(&["-c", conf.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&conf);
+        n
+    }
+
     fn launch(&mut self) {
         let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
