@@ -15,6 +15,8 @@ from side_by_side import run_one  # noqa: E402  (one reader of `name: value` lin
 ROWS = [  # (wippy metric, erlang metric, unit, label)
     ("cluster_pingpong_rate", "dist_pingpong_rate", "round trips/s", "ping-pong across nodes"),
     ("cluster_stream_rate", "dist_stream_rate", "msgs/s", "stream a -> b"),
+    ("nats_pingpong_rate", "dist_pingpong_rate", "round trips/s", "the transport alone: async-nats ping-pong"),
+    ("nats_raw_pingpong_rate", "dist_pingpong_rate", "round trips/s", "the transport alone: NATS wire on two blocking sockets"),
     ("down_kill_ms", "dist_down_ms", "ms", "node down after kill -9"),
     ("down_stop_ms", None, "ms", "node down after SIGSTOP"),
     ("consistent_register_us", None, "us", "CONSISTENT register (each)"),
@@ -24,7 +26,9 @@ ROWS = [  # (wippy metric, erlang metric, unit, label)
 
 
 def wippy(bench, rep):
-    return run_one("wippy", "cluster", rep, [bench, "cluster"]) or {}
+    r = run_one("wippy", "cluster", rep, [bench, "cluster"]) or {}
+    r.update(run_one("wippy", "nats-pingpong", rep, [bench, "nats-pingpong"]) or {})
+    return r
 
 
 def erlang(beam, rep):

@@ -206,7 +206,10 @@ pub fn run() {
 /// `wippy-bench nats-pingpong`: the transport alone, no wippy code on the path: two
 /// async-nats clients in this process, one echoing subject `p` to `q`, the other publishing
 /// on `p` and waiting for `q` (20,000 round trips after 1,000), through the same
-/// nats-server. The ceiling `cluster_pingpong_rate` lives under.
+/// nats-server. The ceiling `cluster_pingpong_rate` lives under. Then the same round trips
+/// with no client library and no async runtime at all (`nats_raw_pingpong_rate`): NATS's wire
+/// protocol written and read on two blocking sockets, one thread per side, so what is left is
+/// the server and the loopback.
 pub fn nats_pingpong() {
     use futures_util::StreamExt;
     let nats = support::Nats::start();
@@ -237,5 +240,85 @@ pub fn nats_pingpong() {
         }
         n as f64 / t.elapsed().as_secs_f64()
     });
+    drop(rt);
     outf("nats_pingpong_rate", rate, "roundtrips/s");
+    outf("nats_raw_pingpong_rate", raw_pingpong(nats.port), "roundtrips/s");
+}
+
+/// One side of [`raw_pingpong`]: a connection subscribed to `sub`.
+struct RawSide {
+    w: std::net::TcpStream,
+    r: std::io::BufReader<std::net::TcpStream>,
+    line: String,
+}
+
+impl RawSide {
+    fn connect(port: u16, sub: &str) -> RawSide {
+        use std::io::{BufRead, Write};
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut side = RawSide { r: std::io::BufReader::new(s.try_clone().unwrap()), w: s, line: String::new() };
+        side.r.read_line(&mut side.line).expect("INFO");
+        write!(side.w, "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {sub} 1\r\nPING\r\n").unwrap();
+        while !side.line.starts_with("PONG") {
+            side.line.clear();
+            side.r.read_line(&mut side.line).expect("PONG");
+        }
+        side
+    }
+
+    /// Wait for the next message, then publish `to`.
+    fn echo(&mut self, to: &str) {
+        self.recv();
+        self.publish(to);
+    }
+
+    /// Wait for the next message (answering the server's PINGs).
+    fn recv(&mut self) {
+        use std::io::{BufRead, Read, Write};
+        loop {
+            self.line.clear();
+            self.r.read_line(&mut self.line).expect("a round trip stalled for 5 s");
+            if let Some(rest) = self.line.strip_prefix("MSG ") {
+                let n: usize = rest.trim_end().rsplit(' ').next().and_then(|n| n.parse().ok()).expect("MSG size");
+                let mut body = vec![0; n + 2];
+                self.r.read_exact(&mut body).unwrap();
+                break;
+            }
+            if self.line.starts_with("PING") {
+                self.w.write_all(b"PONG\r\n").unwrap();
+            }
+        }
+    }
+
+    fn publish(&mut self, to: &str) {
+        use std::io::Write;
+        self.w.write_all(format!("PUB {to} 1\r\nx\r\n").as_bytes()).unwrap();
+    }
+}
+
+/// Round trips/s between two plain sockets through the server (see [`nats_pingpong`]).
+fn raw_pingpong(port: u16) -> f64 {
+    let (warm, n) = (1000, 20_000);
+    // subjects of their own: the async clients' echo may still be subscribed to `p`
+    let mut b = RawSide::connect(port, "raw.p");
+    let mut a = RawSide::connect(port, "raw.q");
+    let echo = std::thread::spawn(move || {
+        for _ in 0..warm + n {
+            b.echo("raw.q");
+        }
+    });
+    a.publish("raw.p");
+    for _ in 0..warm - 1 {
+        a.echo("raw.p");
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        a.echo("raw.p");
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    a.recv();
+    echo.join().unwrap();
+    rate
 }
