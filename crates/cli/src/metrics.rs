@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::control::Source;
 
@@ -48,7 +48,14 @@ fn describe() {
     describe_gauge!("wippy_workers_busy", "Worker threads not parked, per host");
     describe_counter!("wippy_service_restarts_total", "Restarts per service");
     describe_gauge!("wippy_service_running", "1 while a service is Running");
+    // recorded by the http `metrics` middleware on the routers that list it
+    describe_counter!(wippy_http::middleware::REQUESTS_TOTAL, "HTTP requests answered, by method, route and status");
+    describe_histogram!(wippy_http::middleware::REQUEST_DURATION, metrics::Unit::Seconds, "Time to an HTTP response's head, by method, route and status");
+    describe_gauge!(wippy_http::middleware::REQUESTS_IN_FLIGHT, "HTTP requests being answered, by method and route");
 }
+
+/// Prometheus's default buckets, for the HTTP request durations (a histogram, as Wippy's).
+const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Serve metrics at `addr` until the OS process ends: the exporter's listener runs on a
 /// small tokio runtime of its own (one thread, with I/O), which also refreshes the figures.
@@ -56,7 +63,12 @@ pub fn start(addr: SocketAddr, source: Source) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("metrics: {e}"))?;
     let (recorder, exporter) = {
         let _enter = rt.enter();
-        PrometheusBuilder::new().with_http_listener(addr).build().map_err(|e| format!("metrics.prometheus.address {addr}: {e}"))?
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets_for_metric(Matcher::Full(wippy_http::middleware::REQUEST_DURATION.into()), DURATION_BUCKETS)
+            .map_err(|e| format!("metrics: {e}"))?
+            .build()
+            .map_err(|e| format!("metrics.prometheus.address {addr}: {e}"))?
     };
     metrics::set_global_recorder(recorder).map_err(|e| format!("metrics: {e}"))?;
     describe();

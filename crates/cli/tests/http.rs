@@ -1031,3 +1031,44 @@ fn the_ws_chat_example_relays_a_room_over_websockets() {
     bob.close(None).unwrap();
     assert_eq!(line(&mut ann), "* bob left");
 }
+
+#[test]
+fn the_metrics_middleware_counts_times_and_gauges_requests_for_prometheus() {
+    let yaml = [
+        gateway(""),
+        raw(r#"  - { name: metered, kind: http.router, meta: { server: gateway }, prefix: /m, middleware: [metrics] }
+  - { name: plain, kind: http.router, meta: { server: gateway }, prefix: /p }
+"#),
+        handler("user", "", r#"        local id = http.request():param("id")
+        if id == "boom" then error("no such user") end
+        http.response():write("user " .. id)"#),
+        raw(r#"  - { name: user.ep, kind: http.endpoint, meta: { router: metered }, method: GET, path: "/users/{id}", func: user }
+  - { name: plain.ep, kind: http.endpoint, meta: { router: plain }, method: GET, path: "/users/{id}", func: user }
+"#),
+    ]
+    .concat();
+    let dir = project("metered", &yaml);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(dir.join(".wippy.yaml"), format!("logger:\n  level: info\nmetrics:\n  prometheus:\n    address: 127.0.0.1:{port}\n")).unwrap();
+    let node = Node::start(&dir);
+    for path in ["/m/users/1", "/m/users/2", "/m/users/boom", "/p/users/3"] {
+        node.get(path, &[]);
+    }
+    let scrape = Client { addr: format!("127.0.0.1:{port}") }.get("/metrics", &[]);
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    let series: std::collections::HashMap<&str, f64> = scrape
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k, v.parse().ok()?))))
+        .collect();
+    let get = |k: &str| series.get(k).copied();
+    let ok = r#"method="GET",route="/m/users/{id}",status="200""#;
+    let failed = r#"method="GET",route="/m/users/{id}",status="500""#;
+    assert_eq!(get(&format!("wippy_http_requests_total{{{ok}}}")), Some(2.0), "{}", scrape.body);
+    assert_eq!(get(&format!("wippy_http_requests_total{{{failed}}}")), Some(1.0), "{}", scrape.body);
+    assert_eq!(get(&format!("wippy_http_request_duration_seconds_count{{{ok}}}")), Some(2.0), "{}", scrape.body);
+    assert_eq!(get(&format!("wippy_http_request_duration_seconds_bucket{{{ok},le=\"+Inf\"}}")), Some(2.0), "a histogram: {}", scrape.body);
+    assert_eq!(get(r#"wippy_http_requests_in_flight{method="GET",route="/m/users/{id}"}"#), Some(0.0), "{}", scrape.body);
+    assert!(!scrape.body.contains("/p/users"), "a router without the middleware is not measured: {}", scrape.body);
+}

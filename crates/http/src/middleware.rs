@@ -1,7 +1,8 @@
 //! Router middleware (SPEC §11.4): `cors`, `real_ip`, `ratelimit`, `compress`,
-//! `token_auth` and `endpoint_firewall` are built in; a name this runtime does not have is a
-//! load error naming it. A router's middleware (both lists) applies to every route it owns;
-//! the order is fixed: real IP, rate limit, token, firewall, the handler, compression, CORS.
+//! `token_auth`, `endpoint_firewall` and `metrics` are built in; a name this runtime does not
+//! have is a load error naming it. A router's middleware (both lists) applies to every route
+//! it owns; the order is fixed: metrics (around everything), real IP, rate limit, token,
+//! firewall, the handler, compression, CORS.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,10 +15,10 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use wippy_runtime::Identity;
 
 /// Middleware names Wippy has that this runtime does not (yet): refused with that reason.
-pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "metrics", "otel", "sse_relay"];
+pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "otel", "sse_relay"];
 
 /// The middleware names this runtime has.
-pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, websocket_relay";
+pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, metrics, websocket_relay";
 
 /// A setting from a router's options map; old underscore keys (`cors_allow_origins`) too.
 pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -65,6 +66,8 @@ pub struct Middleware {
     pub firewall: Option<String>,
     /// `websocket_relay`: the handler's `X-WS-Relay` answer turns the request into a socket.
     pub ws_relay: Option<crate::wsrelay::WsRelay>,
+    /// `metrics`: count, time and gauge the route's requests ([`RequestMetrics`]).
+    pub metrics: bool,
 }
 
 impl Middleware {
@@ -90,11 +93,54 @@ impl Middleware {
             "compress" => self.compress = Some(Compress::from_options(options)?),
             "token_auth" => self.token_auth = Some(TokenAuth::from_options(options)?),
             "websocket_relay" => self.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
+            "metrics" => self.metrics = true,
             "endpoint_firewall" => self.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
             other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
             other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),
         }
         Ok(())
+    }
+}
+
+/// `metrics`: Wippy's three request series, through the `metrics` facade, so they reach
+/// whatever recorder the embedder installed (the `wippy` binary's Prometheus endpoint,
+/// `metrics.prometheus.address`) and cost a no-op call when there is none:
+/// `wippy_http_requests_total` and `wippy_http_request_duration_seconds` by method, route
+/// (the route's pattern, `/api/users/{id}`) and status, and `wippy_http_requests_in_flight`
+/// by method and route. The duration runs until the response's head is ready (a streamed
+/// body goes on after it). Made when a request on such a route starts; recorded when it is
+/// dropped, so a request whose client went away is still counted (as 499, nginx's "client
+/// closed request").
+pub struct RequestMetrics {
+    method: String,
+    route: String,
+    start: std::time::Instant,
+    status: u16,
+}
+
+pub const REQUESTS_TOTAL: &str = "wippy_http_requests_total";
+pub const REQUEST_DURATION: &str = "wippy_http_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "wippy_http_requests_in_flight";
+
+impl RequestMetrics {
+    pub fn start(method: &str, route: String) -> RequestMetrics {
+        metrics::gauge!(REQUESTS_IN_FLIGHT, "method" => method.to_string(), "route" => route.clone()).increment(1.0);
+        RequestMetrics { method: method.to_string(), route, start: std::time::Instant::now(), status: 499 }
+    }
+
+    /// The status the request was answered with.
+    pub fn answered(&mut self, status: u16) {
+        self.status = status;
+    }
+}
+
+impl Drop for RequestMetrics {
+    fn drop(&mut self) {
+        let (method, route) = (std::mem::take(&mut self.method), std::mem::take(&mut self.route));
+        metrics::gauge!(REQUESTS_IN_FLIGHT, "method" => method.clone(), "route" => route.clone()).decrement(1.0);
+        let status = self.status.to_string();
+        metrics::counter!(REQUESTS_TOTAL, "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).increment(1);
+        metrics::histogram!(REQUEST_DURATION, "method" => method, "route" => route, "status" => status).record(self.start.elapsed().as_secs_f64());
     }
 }
 

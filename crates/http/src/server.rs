@@ -297,6 +297,7 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
         Found::Route(route, params) => {
             let target = route.target.clone();
             let mw = &target.mw;
+            let mut metered = mw.metrics.then(|| crate::middleware::RequestMetrics::start(req.method().as_str(), route.pattern.to_string()));
             let mut req = req;
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
             let accept = req.headers().get(hyper::header::ACCEPT_ENCODING).cloned();
@@ -315,6 +316,9 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
             }
             if let Some(c) = &mw.cors {
                 c.apply(origin.as_ref(), resp.headers_mut(), false);
+            }
+            if let Some(m) = metered.as_mut() {
+                m.answered(resp.status().as_u16());
             }
             resp
         }
