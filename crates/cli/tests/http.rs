@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1071,4 +1071,160 @@ fn the_metrics_middleware_counts_times_and_gauges_requests_for_prometheus() {
     assert_eq!(get(&format!("wippy_http_request_duration_seconds_bucket{{{ok},le=\"+Inf\"}}")), Some(2.0), "a histogram: {}", scrape.body);
     assert_eq!(get(r#"wippy_http_requests_in_flight{method="GET",route="/m/users/{id}"}"#), Some(0.0), "{}", scrape.body);
     assert!(!scrape.body.contains("/p/users"), "a router without the middleware is not measured: {}", scrape.body);
+}
+
+fn sse() -> String {
+    [
+        gateway_api(""),
+        raw(r#"  - { name: processes, kind: process.host, lifecycle: { auto_start: true } }
+  - name: events
+    kind: http.router
+    meta: { server: gateway }
+    prefix: /sse
+    post_middleware: [sse_relay]
+    post_options: { sserelay.allowed.origins: "https://*.example.com" }
+  - name: feed
+    kind: process.lua
+    method: main
+    source: |
+      return { main = function()
+        process.registry.register("feed")
+        print("feed ready")
+        local inbox, beats = process.inbox(), {}
+        while true do
+          local m = inbox:receive()
+          local t, v = m:topic(), m:payload() and m:payload():data()
+          if t == "sse.join" then
+            process.send(v.client_pid, "other", "not this topic")
+            process.send(v.client_pid, "sse.message", "welcome " .. v.metadata.user)
+            process.send(v.client_pid, "sse.message", { n = 1, lines = "a\nb" })
+          elseif t == "sse.heartbeat" and not beats[v.client_pid] then
+            beats[v.client_pid] = true
+            process.send(v.client_pid, "sse.message", "beat " .. v.message_count .. " " .. type(v.uptime))
+            process.send(v.client_pid, "sse.close", "bye")
+          elseif t == "sse.leave" then
+            print("feed: left " .. v.client_pid)
+          end
+        end
+      end }
+  - { name: feed.svc, kind: process.service, process: feed, host: processes, lifecycle: { auto_start: true } }
+"#),
+        handler("subscribe", "json", r#"        local req = http.request()
+        local cfg = { heartbeat_interval = "50ms", metadata = { user = req:query("user") } }
+        if req:query("mode") == "detached" then
+          cfg = { message_topic = "*", idle_timeout = "2s" }
+        else
+          cfg.target_pid = process.registry.lookup("feed")
+        end
+        local r = http.response()
+        r:set_header("X-SSE-Relay", req:query("bad") and "{not json" or json.encode(cfg))
+        if req:query("write") then r:write("plain answer") end"#),
+        handler("push", "", r#"        local req = http.request()
+        process.send(req:query("pid"), "news", req:query("text"))
+        http.response():write("ok")"#),
+        raw(r#"  - { name: subscribe.ep, kind: http.endpoint, meta: { router: events }, method: GET, path: /subscribe, func: subscribe }
+  - { name: push.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /push, func: push }
+"#),
+    ]
+    .concat()
+}
+
+/// Reads server-sent events off a chunked response, as they arrive.
+struct Events {
+    r: std::io::BufReader<TcpStream>,
+    buf: String,
+}
+
+impl Events {
+    fn open(addr: &str, path: &str, origin: &str) -> Events {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        write!(w, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\r\n").unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("x-sse-relay"), "{head}");
+        Events { r, buf: String::new() }
+    }
+
+    /// The next event, `(name, data)` (comments skipped); None at the end of the stream.
+    fn next(&mut self) -> Option<(String, String)> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let (mut name, mut data) = (String::new(), Vec::new());
+                for line in block.lines() {
+                    if let Some(n) = line.strip_prefix("event: ") {
+                        name = n.to_string();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push(d.to_string());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((name, data.join("\n")));
+                }
+                continue;
+            }
+            let mut size = String::new();
+            if self.r.read_line(&mut size).unwrap_or(0) == 0 {
+                return None;
+            }
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            let mut chunk = vec![0; n + 2];
+            self.r.read_exact(&mut chunk).unwrap();
+            self.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    }
+}
+
+#[test]
+fn sse_relay_streams_what_processes_send_to_the_stream_pid() {
+    let dir = project("sse", &sse());
+    let mut node = Node::start(&dir);
+    node.run.saw_or_wait(&["feed ready"]);
+    let addr = node.http.addr.clone();
+    // managed: the target hears sse.join and its sse.message sends become events
+    let mut ev = Events::open(&addr, "/sse/subscribe?user=ann", "https://app.example.com");
+    assert_eq!(ev.next(), Some(("sse.message".into(), "welcome ann".into())), "the 'other' topic is not forwarded");
+    let (name, data) = ev.next().unwrap();
+    assert_eq!(name, "sse.message");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&data).unwrap(), serde_json::json!({ "n": 1, "lines": "a\nb" }));
+    assert_eq!(ev.next(), Some(("sse.message".into(), "beat 2 string".into())), "sse.heartbeat carries the count and uptime");
+    assert_eq!(ev.next(), Some(("done".into(), r#"{"reason":"bye"}"#.into())));
+    assert_eq!(ev.next(), None, "sse.close ends the stream");
+    node.wait_for(&["feed: left {app:gateway#handlers|"]);
+    // detached: `ready` names the stream PID; any topic goes out; the idle timeout ends it
+    let mut ev = Events::open(&addr, "/sse/subscribe?mode=detached", "https://app.example.com");
+    let (name, ready) = ev.next().unwrap();
+    assert_eq!(name, "ready");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["message_topic"], "*");
+    let pid = ready["stream_pid"].as_str().unwrap().to_string();
+    let enc: String = pid.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    assert_eq!(node.request("POST", &format!("/api/push?pid={enc}&text=hello"), &[], b"").status, 200);
+    assert_eq!(ev.next(), Some(("news".into(), "hello".into())));
+    assert_eq!(ev.next(), Some(("done".into(), r#"{"reason":"idle timeout"}"#.into())));
+    assert_eq!(ev.next(), None);
+    // refused: another origin (403), a header that is not JSON (400); a handler that wrote
+    // its answer keeps it
+    let get = |path: &str, origin: &str| node.get(path, &[("Origin", origin)]);
+    assert_eq!(get("/sse/subscribe?user=x", "https://evil.com").status, 403);
+    let r = get("/sse/subscribe?user=x&bad=1", "https://app.example.com");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.starts_with("invalid relay configuration"), "{r:?}");
+    let r = get("/sse/subscribe?user=x&write=1", "https://app.example.com");
+    assert_eq!((r.status, r.body.as_str(), r.header("x-sse-relay")), (200, "plain answer", None), "{r:?}");
 }

@@ -1,5 +1,5 @@
 //! Router middleware (SPEC §11.4): `cors`, `real_ip`, `ratelimit`, `compress`,
-//! `token_auth`, `endpoint_firewall` and `metrics` are built in; a name this runtime does not
+//! `token_auth`, `endpoint_firewall`, `metrics` and the websocket and SSE relays are built in; a name this runtime does not
 //! have is a load error naming it. A router's middleware (both lists) applies to every route
 //! it owns; the order is fixed: metrics (around everything), real IP, rate limit, token,
 //! firewall, the handler, compression, CORS.
@@ -15,10 +15,10 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use wippy_runtime::Identity;
 
 /// Middleware names Wippy has that this runtime does not (yet): refused with that reason.
-pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "otel", "sse_relay"];
+pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "otel"];
 
 /// The middleware names this runtime has.
-pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, metrics, websocket_relay";
+pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, metrics, websocket_relay, sse_relay";
 
 /// A setting from a router's options map; old underscore keys (`cors_allow_origins`) too.
 pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -66,6 +66,9 @@ pub struct Middleware {
     pub firewall: Option<String>,
     /// `websocket_relay`: the handler's `X-WS-Relay` answer turns the request into a socket.
     pub ws_relay: Option<crate::wsrelay::WsRelay>,
+    /// `sse_relay`: the handler's `X-SSE-Relay` answer turns the response into an event
+    /// stream a process writes.
+    pub sse_relay: Option<crate::sserelay::SseRelay>,
     /// `metrics`: count, time and gauge the route's requests ([`RequestMetrics`]).
     pub metrics: bool,
 }
@@ -94,6 +97,7 @@ impl Middleware {
             "token_auth" => self.token_auth = Some(TokenAuth::from_options(options)?),
             "websocket_relay" => self.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
             "metrics" => self.metrics = true,
+            "sse_relay" => self.sse_relay = Some(crate::sserelay::SseRelay::from_options(options, parse)),
             "endpoint_firewall" => self.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
             other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
             other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),

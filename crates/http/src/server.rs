@@ -300,6 +300,7 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
             let mut metered = mw.metrics.then(|| crate::middleware::RequestMetrics::start(req.method().as_str(), route.pattern.to_string()));
             let mut req = req;
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+            let host_header = mw.sse_relay.as_ref().and_then(|_| req.headers().get(hyper::header::HOST).cloned());
             let accept = req.headers().get(hyper::header::ACCEPT_ENCODING).cloned();
             // a websocket request on a relayed route: the handler answers, then the socket
             // (the request's upgrade and headers are kept only when it asks for a websocket)
@@ -310,6 +311,9 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
             };
             if let Some(ws) = &mw.ws_relay {
                 resp = crate::wsrelay::answer(ws, resp, upgrade, node, &state.config.handler_host);
+            }
+            if let Some(sse) = &mw.sse_relay {
+                resp = crate::sserelay::answer(sse, resp, origin.as_ref(), host_header.as_ref(), node, &state.config.handler_host);
             }
             if let Some(c) = &mw.compress {
                 compress(c, accept.as_ref(), &mut resp);
