@@ -117,6 +117,11 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
         let (list, opts) = [("middleware", "options"), ("post_middleware", "post_options")][i];
         c.error(if e.starts_with("options.") { opts } else { list }, e);
     }
+    if let Some(fs) = built.sendfile.clone() {
+        let field = if pre.iter().any(|n| n == "sendfile") { "options" } else { "post_options" };
+        // (not found: reported here, and the router serves no files)
+        built.sendfile = c.resolve(&format!("{field}.sendfile.fs"), &fs, &["fs.directory"]).map(|id| id.to_string());
+    }
     if let Some(ta) = &mut built.token_auth {
         let field = if pre.iter().any(|n| n == "token_auth") { "options" } else { "post_options" };
         if let Some(id) = c.resolve(&format!("{field}.token_auth.store"), &ta.store.clone(), &["security.token_store"]) {
@@ -401,12 +406,22 @@ fn server_routes(plan: &HttpPlan, sid: &EntryId) -> Result<Routes, (EntryId, &'s
             return Err((r.id.clone(), "prefix", format!("router prefix exists: {:?} is already used by {} on {sid}", r.prefix, first.id)));
         }
     }
+    // each router's `sendfile` directory, once
+    let mut files = HashMap::new();
+    for r in &routers {
+        let Some(fs) = &r.mw.sendfile else { continue };
+        let Some((_, root, _)) = plan.filesystems.iter().find(|(id, _, _)| id.as_str() == fs) else {
+            return Err((r.id.clone(), "options", format!("sendfile.fs: filesystem not found: {fs}")));
+        };
+        let sf = wippy_http::statics::SendFile::new(root).map_err(|e| (r.id.clone(), "options", format!("sendfile.fs {fs}: {e}")))?;
+        files.insert(r.id.clone(), Arc::new(sf));
+    }
     let mut list = Vec::new();
     for ep in &plan.endpoints {
         let Some(r) = routers.iter().find(|r| r.id == ep.router) else { continue };
         let full = route::join(&r.prefix, &ep.path);
         let pattern = Pattern::parse(&full).map_err(|e| (ep.id.clone(), "path", e))?;
-        let target = Arc::new(Target { endpoint: Arc::from(ep.id.as_str()), func: Arc::from(ep.func.as_str()), timeout: ep.timeout, mw: r.mw.clone() });
+        let target = Arc::new(Target { endpoint: Arc::from(ep.id.as_str()), func: Arc::from(ep.func.as_str()), timeout: ep.timeout, mw: r.mw.clone(), files: files.get(&r.id).cloned() });
         list.push(Route { method: ep.method.clone(), pattern, owner: ep.id.to_string(), target });
     }
     let table = Table::build(list).map_err(|e| {

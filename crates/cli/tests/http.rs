@@ -1228,3 +1228,76 @@ fn sse_relay_streams_what_processes_send_to_the_stream_pid() {
     let r = get("/sse/subscribe?user=x&write=1", "https://app.example.com");
     assert_eq!((r.status, r.body.as_str(), r.header("x-sse-relay")), (200, "plain answer", None), "{r:?}");
 }
+
+#[test]
+fn sendfile_serves_the_file_a_handler_names_and_resource_firewall_guards_a_resource() {
+    let yaml = [
+        gateway(""),
+        raw(r#"  - { name: public, kind: fs.directory, directory: ./public }
+  - { name: tokens, kind: security.token_store }
+  - name: reports
+    kind: security.policy
+    groups: [reports]
+    policy: { actions: read, resources: "app:reports", effect: allow }
+  - name: files
+    kind: http.router
+    meta: { server: gateway }
+    prefix: /files
+    post_middleware: [sendfile]
+    post_options: { sendfile.fs: public }
+  - name: guarded
+    kind: http.router
+    meta: { server: gateway }
+    prefix: /reports
+    middleware: [token_auth, resource_firewall]
+    options: { token_auth.store: tokens, resource_firewall.action: read, resource_firewall.target: "app:reports" }
+"#),
+        handler("send", "", r#"        local req = http.request()
+        local r = http.response()
+        r:set_header(req:query("legacy") and "X-File-Path" or "X-Sendfile", req:query("path"))
+        if req:query("as") then r:set_header("X-File-Name", req:query("as")) end"#),
+        handler("login", "security", r#"        local who = http.request():query("who")
+        local scope = who == "ann" and security.named_scope("app:reports") or security.new_scope()
+        http.response():write(assert(assert(security.token_store("app:tokens")):create(security.new_actor(who), scope, {})))"#),
+        handler("report", "", r#"        http.response():write("the report")"#),
+        raw(r#"  - { name: send.ep, kind: http.endpoint, meta: { router: files }, method: GET, path: /get, func: send }
+  - { name: login.ep, kind: http.endpoint, meta: { router: files }, method: POST, path: /login, func: login }
+  - { name: report.ep, kind: http.endpoint, meta: { router: guarded }, method: GET, path: /q1, func: report }
+"#),
+    ]
+    .concat();
+    let dir = project("sendfile", &yaml);
+    let node = Node::start(&dir);
+    let r = node.get("/files/get?path=hello.txt", &[]);
+    assert_eq!((r.status, r.body.as_str(), r.header("x-sendfile")), (200, "0123456789", None), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let etag = r.header("etag").unwrap().to_string();
+    assert_eq!(node.get("/files/get?path=hello.txt", &[("If-None-Match", &etag)]).status, 304);
+    let part = node.get("/files/get?path=/docs/index.html&legacy=1", &[("Range", "bytes=4-5")]);
+    assert_eq!((part.status, part.body.as_str(), part.header("x-file-path")), (206, "do", None), "{part:?}");
+    let dl = node.get("/files/get?path=app.js&as=my%20app.js", &[]);
+    assert_eq!(dl.header("content-disposition"), Some(r#"attachment; filename="my app.js""#), "{dl:?}");
+    assert!(dl.header("x-file-name").is_none());
+    for (path, status) in [("..", 400), ("../secret.txt", 404), ("docs/../../secret.txt", 404), ("missing.txt", 404), ("docs", 404)] {
+        let r = node.get(&format!("/files/get?path={path}"), &[]);
+        assert_eq!(r.status, status, "{path}: {r:?}");
+        assert!(!r.body.contains("top secret"), "{path}");
+    }
+    // resource_firewall: the token's actor must be allowed `read` on app:reports
+    let ann = node.request("POST", "/files/login?who=ann", &[], b"").body;
+    let bob = node.request("POST", "/files/login?who=bob", &[], b"").body;
+    let with = |t: &str| node.get("/reports/q1", &[("Authorization", &format!("Bearer {t}"))]);
+    assert_eq!((with(&ann).status, with(&ann).body.as_str()), (200, "the report"));
+    assert_eq!(with(&bob).status, 403);
+}
+
+#[test]
+fn sendfile_and_resource_firewall_settings_are_checked_at_load() {
+    let head = gateway("");
+    let e = load_error("sendfile-nofs", &format!("{head}  - {{ name: r, kind: http.router, meta: {{ server: gateway }}, prefix: /r, post_middleware: [sendfile] }}\n"));
+    assert!(e.contains("entry app:r") && e.contains("sendfile.fs: missing"), "{e}");
+    let e = load_error("sendfile-unknown", &format!("{head}  - {{ name: r, kind: http.router, meta: {{ server: gateway }}, prefix: /r, post_middleware: [sendfile], post_options: {{ sendfile.fs: nowhere }} }}\n"));
+    assert!(e.contains("entry app:r") && e.contains("nowhere"), "{e}");
+    let e = load_error("firewall-notarget", &format!("{head}  - {{ name: r, kind: http.router, meta: {{ server: gateway }}, prefix: /r, middleware: [resource_firewall] }}\n"));
+    assert!(e.contains("entry app:r") && e.contains("resource_firewall.target: missing"), "{e}");
+}

@@ -15,10 +15,10 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use wippy_runtime::Identity;
 
 /// Middleware names Wippy has that this runtime does not (yet): refused with that reason.
-pub const NOT_YET: &[&str] = &["resource_firewall", "sendfile", "otel"];
+pub const NOT_YET: &[&str] = &["otel"];
 
 /// The middleware names this runtime has.
-pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, metrics, websocket_relay, sse_relay";
+pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, resource_firewall, sendfile, metrics, websocket_relay, sse_relay";
 
 /// A setting from a router's options map; old underscore keys (`cors_allow_origins`) too.
 pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -64,6 +64,12 @@ pub struct Middleware {
     pub token_auth: Option<TokenAuth>,
     /// `endpoint_firewall`: the action checked on the endpoint's ID.
     pub firewall: Option<String>,
+    /// `resource_firewall`: the action checked on a resource the router names
+    /// (`resource_firewall.action`, `access` by default, on `resource_firewall.target`).
+    pub resource_firewall: Option<(String, String)>,
+    /// `sendfile`: the `fs.directory` entry (`sendfile.fs`) whose files a handler may
+    /// answer with (the embedder resolves it to a directory for the routes).
+    pub sendfile: Option<String>,
     /// `websocket_relay`: the handler's `X-WS-Relay` answer turns the request into a socket.
     pub ws_relay: Option<crate::wsrelay::WsRelay>,
     /// `sse_relay`: the handler's `X-SSE-Relay` answer turns the response into an event
@@ -97,6 +103,21 @@ impl Middleware {
             "token_auth" => self.token_auth = Some(TokenAuth::from_options(options)?),
             "websocket_relay" => self.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
             "metrics" => self.metrics = true,
+            "resource_firewall" => {
+                let action = opt(options, "resource_firewall.action").or_else(|| options.get("resource_action").map(String::as_str)).filter(|a| !a.is_empty()).unwrap_or("access");
+                let target = opt(options, "resource_firewall.target").or_else(|| options.get("resource_target").map(String::as_str)).unwrap_or("");
+                if target.is_empty() {
+                    return Err("options.resource_firewall.target: missing (required): the resource the firewall guards".into());
+                }
+                self.resource_firewall = Some((action.to_string(), target.to_string()));
+            }
+            "sendfile" => {
+                let fs = opt(options, "sendfile.fs").or_else(|| options.get("fs").map(String::as_str)).unwrap_or("");
+                if fs.is_empty() {
+                    return Err("options.sendfile.fs: missing (required): the fs.directory entry files are sent from".into());
+                }
+                self.sendfile = Some(fs.to_string());
+            }
             "sse_relay" => self.sse_relay = Some(crate::sserelay::SseRelay::from_options(options, parse)),
             "endpoint_firewall" => self.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
             other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),

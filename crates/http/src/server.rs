@@ -62,6 +62,8 @@ pub struct Target {
     pub timeout: Duration,
     /// The router's middleware.
     pub mw: Arc<Middleware>,
+    /// `sendfile`: the directory of the router's `sendfile.fs`.
+    pub files: Option<Arc<crate::statics::SendFile>>,
 }
 
 /// A server's routes and static mounts (swapped whole on a change; a clone shares them).
@@ -301,6 +303,7 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
             let mut req = req;
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
             let host_header = mw.sse_relay.as_ref().and_then(|_| req.headers().get(hyper::header::HOST).cloned());
+            let file_request = target.files.as_ref().map(|_| (req.method().clone(), req.headers().clone()));
             let accept = req.headers().get(hyper::header::ACCEPT_ENCODING).cloned();
             // a websocket request on a relayed route: the handler answers, then the socket
             // (the request's upgrade and headers are kept only when it asks for a websocket)
@@ -311,6 +314,9 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
             };
             if let Some(ws) = &mw.ws_relay {
                 resp = crate::wsrelay::answer(ws, resp, upgrade, node, &state.config.handler_host);
+            }
+            if let (Some(files), Some((method, headers))) = (&target.files, &file_request) {
+                resp = files.answer(method, headers, resp).await;
             }
             if let Some(sse) = &mw.sse_relay {
                 resp = crate::sserelay::answer(sse, resp, origin.as_ref(), host_header.as_ref(), node, &state.config.handler_host);
@@ -373,12 +379,13 @@ fn before(state: &ServerState, node: &NodeRef, target: &Target, req: &Request<In
         },
         None => None,
     };
-    if let Some(action) = &mw.firewall {
+    let guards = mw.resource_firewall.iter().map(|(a, r)| (a.as_str(), r.as_str())).chain(mw.firewall.iter().map(|a| (a.as_str(), &*target.endpoint)));
+    for (action, resource) in guards {
         let has_actor = identity.as_ref().is_some_and(|i| i.actor.is_some());
         if !has_actor && node.security().strict() {
             return Err(text_response(StatusCode::UNAUTHORIZED, "Unauthorized\n"));
         }
-        let r = wippy_runtime::Request { action, resource: &target.endpoint, pid: None, meta: None, target: None };
+        let r = wippy_runtime::Request { action, resource, pid: None, meta: None, target: None };
         if has_actor && !wippy_runtime::evaluate(identity.as_deref(), node.security().strict(), &r) {
             return Err(text_response(StatusCode::FORBIDDEN, "Forbidden\n"));
         }

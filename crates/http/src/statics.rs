@@ -139,13 +139,18 @@ fn range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ()> {
 }
 
 async fn send_file(req: &Request<Incoming>, p: &Path) -> HttpResponse {
+    serve_file(req.method(), req.headers(), p).await
+}
+
+/// A file answered as Go's `ServeContent` does: validators, conditional requests, one byte
+/// range, HEAD.
+pub(crate) async fn serve_file(method: &hyper::Method, h: &header::HeaderMap, p: &Path) -> HttpResponse {
     let Ok(meta) = tokio::fs::metadata(p).await else { return text_response(StatusCode::NOT_FOUND, "404 page not found\n") };
     let size = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let nanos = modified.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let etag = format!("\"{size:x}-{nanos:x}\"");
     let last_modified = httpdate::fmt_http_date(modified);
-    let h = req.headers();
     let not_modified = match h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         Some(inm) => inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag),
         None => h
@@ -188,7 +193,7 @@ async fn send_file(req: &Request<Incoming>, p: &Path) -> HttpResponse {
         }
     }
     let len = if size == 0 { 0 } else { end - start + 1 };
-    if req.method() == hyper::Method::HEAD {
+    if method == hyper::Method::HEAD {
         if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
             resp.headers_mut().insert(header::CONTENT_LENGTH, v);
         }
@@ -210,6 +215,53 @@ async fn send_file(req: &Request<Incoming>, p: &Path) -> HttpResponse {
             tracing::warn!(file = %p.display(), "static file: {e}");
             text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         }
+    }
+}
+
+/// `sendfile` (SPEC §11.4): a handler that answers with `X-Sendfile` (or Wippy's older
+/// `X-File-Path`) naming a file of the router's `sendfile.fs` filesystem gets that file
+/// served in its place, as a static mount would (validators, ranges, HEAD); `X-File-Name`
+/// makes it a download of that name. The headers do not reach the client. A path that is
+/// empty, `.` or `..` is 400; one that is missing or leads outside the filesystem's
+/// directory (`..` segments, symlinks) is 404.
+pub struct SendFile {
+    /// The filesystem's directory (canonical).
+    pub root: PathBuf,
+}
+
+impl SendFile {
+    pub fn new(root: &Path) -> Result<SendFile, String> {
+        let root = root.canonicalize().map_err(|e| format!("directory {}: {e}", root.display()))?;
+        Ok(SendFile { root })
+    }
+
+    /// The handler's answer, or the file it names.
+    pub async fn answer(&self, method: &hyper::Method, req_headers: &header::HeaderMap, mut resp: HttpResponse) -> HttpResponse {
+        let h = resp.headers_mut();
+        let named = h.remove("x-sendfile").or_else(|| h.remove("x-file-path"));
+        h.remove("x-file-path");
+        let download = h.remove("x-file-name");
+        let Some(path) = named else { return resp };
+        let path = String::from_utf8_lossy(path.as_bytes()).into_owned();
+        if matches!(path.as_str(), "" | "." | "..") {
+            return text_response(StatusCode::BAD_REQUEST, "sendfile middleware: invalid file path\n");
+        }
+        let mut file = self.root.clone();
+        for seg in path.split('/').filter(|s| !s.is_empty() && *s != ".") {
+            file.push(seg);
+        }
+        let inside = file.canonicalize().ok().filter(|real| real.starts_with(&self.root) && real.is_file());
+        let Some(real) = inside else {
+            return text_response(StatusCode::NOT_FOUND, &format!("sendfile middleware: file not found: {path}\n"));
+        };
+        let mut out = serve_file(method, req_headers, &real).await;
+        if let Some(name) = download.as_ref().and_then(|v| v.to_str().ok()).filter(|n| !n.is_empty()) {
+            let quoted = serde_json::to_string(name).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={quoted}")) {
+                out.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+            }
+        }
+        out
     }
 }
 
