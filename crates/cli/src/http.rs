@@ -196,18 +196,16 @@ fn tls(c: &mut Checker) -> Option<TlsPlan> {
     let client_ca = pem(c, "client_ca", "client_ca_env", false);
     let client_auth = match c.string("tls.client_auth").unwrap_or_default().as_str() {
         "" => ClientAuth::None,
+        "request" => ClientAuth::Request,
+        "require_any" => ClientAuth::RequireAny,
         "verify_if_given" => ClientAuth::VerifyIfGiven,
         "require_and_verify" => ClientAuth::Require,
-        m @ ("request" | "require_any") => {
-            c.error("tls.client_auth", format!("{m} (a client certificate taken unverified) is not available in this runtime; use verify_if_given or require_and_verify with client_ca"));
-            ClientAuth::None
-        }
         other => {
-            c.error("tls.client_auth", format!("expected verify_if_given or require_and_verify, got {other:?}"));
+            c.error("tls.client_auth", format!("expected request, require_any, verify_if_given or require_and_verify, got {other:?}"));
             ClientAuth::None
         }
     };
-    if client_auth != ClientAuth::None && client_ca.is_none() {
+    if matches!(client_auth, ClientAuth::VerifyIfGiven | ClientAuth::Require) && client_ca.is_none() {
         c.error("tls.client_auth", "needs client_ca (or client_ca_env): the CA client certificates must chain to");
     }
     Some(TlsPlan { cert: cert?, key: key?, client_ca, client_auth })

@@ -915,6 +915,23 @@ fn tls_termination_with_a_certificate_and_client_certificates() {
     let r = tls_get(&node.http.addr, "/api/hi", ca.der(), Some((client.der().to_vec(), client_key.serialize_der()))).unwrap();
     assert!(r.ends_with("hello over tls"), "{r}");
     drop(node);
+    // require_any: some certificate, from any CA (here one of its own), no CA configured;
+    // request: a certificate is asked for, none needed
+    let stranger_key = rcgen::KeyPair::generate().unwrap();
+    let stranger = rcgen::CertificateParams::new(vec!["stranger".to_string()]).unwrap().self_signed(&stranger_key).unwrap();
+    let dir = project("anycert", &yaml(", client_auth: require_any"));
+    write_certs(&dir);
+    let node = Node::start(&dir);
+    assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), None).is_err(), "no client certificate: refused");
+    let r = tls_get(&node.http.addr, "/api/hi", ca.der(), Some((stranger.der().to_vec(), stranger_key.serialize_der()))).unwrap();
+    assert!(r.ends_with("hello over tls"), "{r}");
+    drop(node);
+    let dir = project("reqcert", &yaml(", client_auth: request"));
+    write_certs(&dir);
+    let node = Node::start(&dir);
+    assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), None).unwrap().ends_with("hello over tls"));
+    assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), Some((stranger.der().to_vec(), stranger_key.serialize_der()))).unwrap().ends_with("hello over tls"));
+    drop(node);
     // a key that is not one is a load error naming the field
     let dir = project("badtls", &yaml(""));
     write_certs(&dir);

@@ -12,6 +12,11 @@ use tokio_rustls::rustls;
 pub enum ClientAuth {
     /// No client certificate asked for.
     None,
+    /// Asked for, taken unverified, not required (`request`).
+    Request,
+    /// Required, taken unverified (`require_any`): the client proves it holds the
+    /// certificate's key, but the certificate may chain to anything.
+    RequireAny,
     /// Asked for and verified against the CA when given (`verify_if_given`).
     VerifyIfGiven,
     /// Required and verified (`require_and_verify`).
@@ -50,6 +55,10 @@ impl TlsSettings {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
         let builder = match (&self.client_auth, &self.client_ca_pem) {
             (ClientAuth::None, _) => builder.with_no_client_auth(),
+            (auth @ (ClientAuth::Request | ClientAuth::RequireAny), _) => builder.with_client_cert_verifier(Arc::new(Unverified {
+                mandatory: *auth == ClientAuth::RequireAny,
+                algs: provider.signature_verification_algorithms,
+            })),
             (_, None) => return Err("tls.client_auth: verifying client certificates needs client_ca".into()),
             (auth, Some(ca)) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -67,5 +76,59 @@ impl TlsSettings {
         let mut config = builder.with_single_cert(certs, key).map_err(|e| format!("tls: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// `request` / `require_any`: a client certificate is asked for and not checked against any
+/// CA (Go's `RequestClientCert` / `RequireAnyClientCert`); the handshake's signature is still
+/// verified, so the client holds the certificate's key.
+#[derive(Debug)]
+struct Unverified {
+    mandatory: bool,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for Unverified {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
     }
 }
