@@ -566,6 +566,14 @@ fn bodies() -> String {
         local resp, err
         if req:query("sock") then
           resp, err = http_client.get("http://ignored.example/over-unix", { unix_socket = req:query("sock") })
+        elseif req:query("reader") then
+          -- a file given as a reader: anything with read(n), read to its end
+          local pieces, rd = { "read ", "in ", "pieces" }, { i = 0 }
+          function rd:read(n) self.i = self.i + 1; return pieces[self.i] end
+          local file = { name = "doc", filename = "r.txt", reader = req:query("reader") == "bad" and 42 or rd }
+          local files = { file }
+          resp, err = http_client.post("http://" .. req:query("to") .. "/api/upload", { files = files })
+          assert(files[1] == file and file.content == nil, "the caller's tables stay as they were")
         else
           resp, err = http_client.post("http://" .. req:query("to") .. "/api/upload", {
             form = { title = "sent" },
@@ -618,6 +626,14 @@ fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
         r#"200 {"files":[{"content":"uploaded body","field":"doc","name":"c.txt","size":13,"type":"text/plain"}],"values":{"title":"sent"}}"#,
         "{r:?}"
     );
+    let r = node.get(&format!("/api/send?to={}&reader=1", node.http.addr), &[]);
+    assert_eq!(
+        r.body,
+        r#"200 {"files":[{"content":"read in pieces","field":"doc","name":"r.txt","size":14,"type":"application/octet-stream"}],"values":[]}"#,
+        "{r:?}"
+    );
+    let r = node.get(&format!("/api/send?to={}&reader=bad", node.http.addr), &[]);
+    assert_eq!(r.body, "error: files[1]: reader must have a read method, got number", "{r:?}");
     // http_client over a Unix socket: a one-request server on a socket of its own
     let sock = dir.join("api.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();

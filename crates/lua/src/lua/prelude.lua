@@ -1318,10 +1318,49 @@ if LIBS.http_client then
     end
     return resp
   end
+  -- a file part given as a `reader` (anything with read(n) -> chunk or nil at the end: a
+  -- response stream, a request body stream) is read to its end here, in the calling
+  -- process (a read may wait), and sent as its content; the caller's tables stay as they are
+  local function with_readers(opts)
+    if type(opts) ~= "table" or type(opts.files) ~= "table" then return opts end
+    local copy, files
+    for i, f in ipairs(opts.files) do
+      if type(f) == "table" and f.content == nil and f.reader ~= nil then
+        local rd = f.reader
+        local ok, read_fn = pcall(function() return rd.read end)
+        if not ok or type(read_fn) ~= "function" then
+          return nil, rt_error("Invalid", "files[" .. i .. "]: reader must have a read method, got " .. type(rd))
+        end
+        if not copy then
+          copy, files = {}, {}
+          for k, v in pairs(opts) do copy[k] = v end
+          for j, g in ipairs(opts.files) do files[j] = g end
+          copy.files = files
+        end
+        local parts, n = {}, 0
+        while true do
+          local chunk, err = read_fn(rd, 65536)
+          if chunk == nil or chunk == "" then
+            if err then return nil, err end
+            break
+          end
+          n = n + 1; parts[n] = chunk
+        end
+        local g = {}
+        for k, v in pairs(f) do g[k] = v end
+        g.reader, g.content = nil, table.concat(parts)
+        files[i] = g
+      end
+    end
+    return copy or opts
+  end
   function hc.request(method, url, opts)
     if type(method) ~= "string" then
       error("bad argument #1 to 'request' (string expected, got " .. type(method) .. ")", 2)
     end
+    local rerr
+    opts, rerr = with_readers(opts)
+    if rerr then return nil, rerr end
     local id, err = start(method, url, opts, false)
     if not id then return nil, err end
     local resp, e = await_cmd(id)
@@ -1341,7 +1380,9 @@ if LIBS.http_client then
     local resps, errs, failed, left = {}, {}, false, 0
     local c = cmds(P)
     for i, r in ipairs(reqs) do
-      local id, err = start(r[1], r[2], r[3], true)
+      local o, err = with_readers(r[3])
+      local id
+      if not err then id, err = start(r[1], r[2], o, true) end
       if not id then
         errs[i] = err; failed = true
       else

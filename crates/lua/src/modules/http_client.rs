@@ -87,11 +87,9 @@ fn build(method: &str, url: &str, opts: &LuaValue) -> mlua::Result<Result<Req, E
             let text = |k: &str| -> mlua::Result<Option<String>> { string_of(&f.raw_get::<LuaValue>(k)?) };
             let Some(field) = text("name")? else { return Ok(Err(Error::invalid(format!("files[{}]: name (the form field) is required", i + 1)))) };
             let content = match f.raw_get::<LuaValue>("content")? {
+                // (a `reader` was read into `content` by the prelude, in the calling process)
                 LuaValue::String(s) => s.as_bytes().to_vec(),
-                LuaValue::Nil if !f.raw_get::<LuaValue>("reader")?.is_nil() => {
-                    return Ok(Err(Error::invalid(format!("files[{}]: a reader is not supported by this runtime; give the content as a string", i + 1))))
-                }
-                _ => return Ok(Err(Error::invalid(format!("files[{}]: content must be a string", i + 1)))),
+                _ => return Ok(Err(Error::invalid(format!("files[{}]: content (a string) or reader is required", i + 1)))),
             };
             req.files.push(client::FilePart { filename: text("filename")?.unwrap_or_else(|| field.clone()), field, content, content_type: text("content_type")?.unwrap_or_default() });
         }
