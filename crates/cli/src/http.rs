@@ -117,6 +117,11 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
         let (list, opts) = [("middleware", "options"), ("post_middleware", "post_options")][i];
         c.error(if e.starts_with("options.") { opts } else { list }, e);
     }
+    for (list, names) in [("middleware", &pre), ("post_middleware", &post)] {
+        for (name, why) in wippy_http::middleware::INERT.iter().filter(|(n, _)| names.iter().any(|x| x == n)) {
+            c.warn(list, format!("{name}: {why}"));
+        }
+    }
     if let Some(fs) = built.sendfile.clone() {
         let field = if pre.iter().any(|n| n == "sendfile") { "options" } else { "post_options" };
         // (not found: reported here, and the router serves no files)

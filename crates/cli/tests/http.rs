@@ -1069,7 +1069,7 @@ fn the_ws_chat_example_relays_a_room_over_websockets() {
 fn the_metrics_middleware_counts_times_and_gauges_requests_for_prometheus() {
     let yaml = [
         gateway(""),
-        raw(r#"  - { name: metered, kind: http.router, meta: { server: gateway }, prefix: /m, middleware: [metrics] }
+        raw(r#"  - { name: metered, kind: http.router, meta: { server: gateway }, prefix: /m, middleware: [metrics, otel] }
   - { name: plain, kind: http.router, meta: { server: gateway }, prefix: /p }
 "#),
         handler("user", "", r#"        local id = http.request():param("id")
@@ -1083,7 +1083,8 @@ fn the_metrics_middleware_counts_times_and_gauges_requests_for_prometheus() {
     let dir = project("metered", &yaml);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(dir.join(".wippy.yaml"), format!("logger:\n  level: info\nmetrics:\n  prometheus:\n    address: 127.0.0.1:{port}\n")).unwrap();
-    let node = Node::start(&dir);
+    let mut node = Node::start(&dir);
+    node.run.saw_or_wait(&["field middleware: otel: this runtime exports no OpenTelemetry traces"]);
     for path in ["/m/users/1", "/m/users/2", "/m/users/boom", "/p/users/3"] {
         node.get(path, &[]);
     }

@@ -14,11 +14,13 @@ use std::time::Duration;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use wippy_runtime::Identity;
 
-/// Middleware names Wippy has that this runtime does not (yet): refused with that reason.
-pub const NOT_YET: &[&str] = &["otel"];
+/// Middleware accepted and doing nothing here, with why: `otel` traces requests only when
+/// Wippy's OpenTelemetry export is enabled (`otel.enabled`, off by default), and this runtime
+/// has no OTLP exporter, so a router that lists it behaves as Wippy's does with export off.
+pub const INERT: &[(&str, &str)] = &[("otel", "this runtime exports no OpenTelemetry traces; the middleware passes requests through, as Wippy's does with otel.enabled off")];
 
 /// The middleware names this runtime has.
-pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, resource_firewall, sendfile, metrics, websocket_relay, sse_relay";
+pub const AVAILABLE: &str = "cors, real_ip, ratelimit, compress, token_auth, endpoint_firewall, resource_firewall, sendfile, metrics, websocket_relay, sse_relay, otel (inert)";
 
 /// A setting from a router's options map; old underscore keys (`cors_allow_origins`) too.
 pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -120,7 +122,7 @@ impl Middleware {
             }
             "sse_relay" => self.sse_relay = Some(crate::sserelay::SseRelay::from_options(options, parse)),
             "endpoint_firewall" => self.firewall = Some(opt(options, "endpoint_firewall.action").filter(|a| !a.is_empty()).unwrap_or("access").to_string()),
-            other if NOT_YET.contains(&other) => return Err(format!("middleware {other:?} is not available in this runtime yet (available: {AVAILABLE})")),
+            other if INERT.iter().any(|(n, _)| *n == other) => {}
             other => return Err(format!("unknown middleware {other:?} (available: {AVAILABLE})")),
         }
         Ok(())
