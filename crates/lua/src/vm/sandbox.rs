@@ -19,25 +19,43 @@ use crate::modules;
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
-/// A constant table process code may read but never change.
-struct ReadOnly(Table);
-
-impl mlua::UserData for ReadOnly {
-    fn add_methods<M: mlua::UserDataMethods<Self>>(m: &mut M) {
-        m.add_meta_method(mlua::MetaMethod::Index, |_, t, k: LuaValue| t.0.raw_get::<LuaValue>(k));
-        m.add_meta_method(mlua::MetaMethod::NewIndex, |_, _, (k, _v): (LuaValue, LuaValue)| -> mlua::Result<()> {
+/// A constant table process code may read but never change (`http.STATUS`,
+/// `process.event`, ...): an empty userdata whose own metatable indexes the table, so a
+/// lookup is the VM's table fast path, not a call. It has no fields to `rawset`, its
+/// metatable is hidden (`__metatable`), an assignment raises, and `pairs` walks a fresh
+/// copy: the shared table itself never reaches process code.
+fn read_only(lua: &Lua, t: Table) -> mlua::Result<LuaValue> {
+    let mt = lua.create_table_with_capacity(0, 5)?;
+    mt.raw_set("__index", t.clone())?;
+    mt.raw_set(
+        "__newindex",
+        lua.create_function(|_, (_, k, _v): (LuaValue, LuaValue, LuaValue)| -> mlua::Result<()> {
             Err(mlua::Error::runtime(format!("attempt to change a read-only table (field {})", k.to_string().unwrap_or_default())))
-        });
-        // pairs walks a fresh copy: the shared table itself never reaches process code
-        m.add_meta_method(mlua::MetaMethod::Pairs, |lua, t, ()| {
+        })?,
+    )?;
+    let next: Function = lua.named_registry_value("wippy.next")?;
+    mt.raw_set(
+        "__pairs",
+        lua.create_function(move |lua, _: LuaValue| {
             let copy = lua.create_table()?;
-            for p in t.0.pairs::<LuaValue, LuaValue>() {
+            for p in t.pairs::<LuaValue, LuaValue>() {
                 let (k, v) = p?;
                 copy.raw_set(k, v)?;
             }
-            let next: Function = lua.named_registry_value("wippy.next")?;
-            Ok((next, copy, LuaValue::Nil))
-        });
+            Ok((next.clone(), copy, LuaValue::Nil))
+        })?,
+    )?;
+    mt.raw_set("__name", "read-only table")?;
+    mt.raw_set("__metatable", "read-only table")?;
+    // SAFETY: the one argument (the metatable) is on the stack; a new empty userdata is
+    // pushed, given that metatable, and left alone on the stack as the result.
+    unsafe {
+        lua.exec_raw(mt, |state| {
+            ffi::lua_newuserdatauv(state, 0, 0);
+            ffi::lua_pushvalue(state, -2);
+            ffi::lua_setmetatable(state, -2);
+            ffi::lua_remove(state, -2);
+        })
     }
 }
 
@@ -193,7 +211,7 @@ impl Vm {
                     }
                 }
                 for (k, t) in nested {
-                    lib.raw_set(k, lua.create_userdata(ReadOnly(t))?)?;
+                    lib.raw_set(k, read_only(&lua, t)?)?;
                 }
             }
         }
