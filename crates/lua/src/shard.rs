@@ -174,6 +174,9 @@ impl Runnable for Shard {
         // slice plus a wait for every other runnable of the worker.
         let mut after_cut: Option<usize> = None;
         let mut slow_ran = false;
+        // The queue ran dry inside the loop and the shard is no longer scheduled: one
+        // lock of the queue less per turn (most turns end so).
+        let mut finished = false;
         for _ in 0..TURN_STEPS {
             if after_cut == Some(0) {
                 sliced = true;
@@ -181,7 +184,7 @@ impl Runnable for Shard {
             }
             let next = {
                 let mut q = self.queue.lock();
-                if q.starved >= STARVED_TURNS && !q.slow.is_empty() {
+                let next = if q.starved >= STARVED_TURNS && !q.slow.is_empty() {
                     q.starved = 0;
                     slow_ran = true;
                     q.slow.pop_front()
@@ -193,7 +196,14 @@ impl Runnable for Shard {
                     q.slow.pop_front()
                 } else {
                     None
+                };
+                if next.is_none() && q.is_empty() {
+                    // Nothing left: whoever queues a process next schedules the shard
+                    // again (its run then waits for this turn's VM lock, a moment).
+                    q.scheduled = false;
+                    finished = true;
                 }
+                next
             };
             let Some(p) = next else { break };
             p.run();
@@ -219,6 +229,9 @@ impl Runnable for Shard {
         preempt::clear_current();
         RUN_SLOT.with(|slot| slot.leave());
         drop(vm);
+        if finished {
+            return;
+        }
         let mut q = self.queue.lock();
         if q.is_empty() {
             q.scheduled = false;
