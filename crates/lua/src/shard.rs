@@ -390,39 +390,43 @@ impl HostShards {
 }
 
 /// Where a worker thread publishes the shard it is running, for the watchdog.
+///
+/// No lock: the worker publishes with a plain store when its turn starts, and when it ends
+/// clears the slot and then waits out a watchdog that is reading it (`reading`), so a shard
+/// the watchdog found here stays alive until it is done with it (the worker holds an `Arc`
+/// of the shard for the whole turn). Both sides' store-then-load is sequentially
+/// consistent, so at least one sees the other's store: either the watchdog finds the slot
+/// already empty, or the worker finds the watchdog reading and waits for it.
 pub(crate) struct RunSlot {
-    /// The shard whose turn runs on this worker, or null. The worker holds an `Arc` of it
-    /// for the whole turn and clears this (under the lock) before the turn ends, so the
-    /// watchdog, which reads it under the lock, never sees a shard that is gone.
-    shard: Mutex<ShardPtr>,
+    /// The shard whose turn runs on this worker, or null.
+    shard: std::sync::atomic::AtomicPtr<Shard>,
+    /// The watchdog is looking at `shard`.
+    reading: std::sync::atomic::AtomicBool,
 }
-
-struct ShardPtr(*const Shard);
-
-// SAFETY: only dereferenced under the slot's lock, while the worker's turn keeps it alive.
-unsafe impl Send for ShardPtr {}
 
 impl RunSlot {
     fn enter(&self, shard: &Arc<Shard>) {
         shard.preempt.expired.store(false, Ordering::Relaxed);
         let t = shard.preempt.turn.load(Ordering::Relaxed);
         shard.preempt.turn.store(t.wrapping_add(1), Ordering::Release);
-        self.shard.lock().0 = Arc::as_ptr(shard);
+        self.shard.store(Arc::as_ptr(shard).cast_mut(), Ordering::Release);
     }
     fn leave(&self) {
-        let mut g = self.shard.lock();
         // SAFETY: set by `enter` of the turn that is ending, which holds the shard.
-        if let Some(shard) = unsafe { g.0.as_ref() } {
+        if let Some(shard) = unsafe { self.shard.load(Ordering::Relaxed).as_ref() } {
             let t = shard.preempt.turn.load(Ordering::Relaxed);
             shard.preempt.turn.store(t.wrapping_add(1), Ordering::Release);
         }
-        g.0 = std::ptr::null();
+        self.shard.store(std::ptr::null_mut(), Ordering::SeqCst);
+        while self.reading.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
     }
 }
 
 thread_local! {
     static RUN_SLOT: Arc<RunSlot> = {
-        let slot = Arc::new(RunSlot { shard: Mutex::new(ShardPtr(std::ptr::null())) });
+        let slot = Arc::new(RunSlot { shard: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()), reading: std::sync::atomic::AtomicBool::new(false) });
         watchdog().slots.lock().push(Arc::downgrade(&slot));
         slot
     };
@@ -465,10 +469,11 @@ impl Watchdog {
             let mut tick = Duration::from_millis(1);
             let mut busy = false;
             for (i, slot) in slots.iter().enumerate() {
-                let held = slot.shard.lock();
+                slot.reading.store(true, Ordering::SeqCst);
                 // SAFETY: see RunSlot: the turn that set it keeps the shard alive until it
-                // clears it, which waits for this lock.
-                let Some(shard) = (unsafe { held.0.as_ref() }) else {
+                // has cleared it and seen `reading` down.
+                let Some(shard) = (unsafe { slot.shard.load(Ordering::SeqCst).as_ref() }) else {
+                    slot.reading.store(false, Ordering::Release);
                     seen[i] = (0, 0);
                     continue;
                 };
@@ -488,6 +493,7 @@ impl Watchdog {
                     }
                 }
                 seen[i] = (g, turn);
+                slot.reading.store(false, Ordering::Release);
             }
             drop(slots);
             idle_ticks = if busy { 0 } else { idle_ticks.saturating_add(1) };
