@@ -1154,7 +1154,7 @@ fn sse() -> String {
         r:set_header("X-SSE-Relay", req:query("bad") and "{not json" or json.encode(cfg))
         if req:query("write") then r:write("plain answer") end"#),
         handler("push", "", r#"        local req = http.request()
-        process.send(req:query("pid"), "news", req:query("text"))
+        process.send(req:query("pid"), req:query("topic") or "news", req:query("text"))
         http.response():write("ok")"#),
         raw(r#"  - { name: subscribe.ep, kind: http.endpoint, meta: { router: events }, method: GET, path: /subscribe, func: subscribe }
   - { name: push.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /push, func: push }
@@ -1248,9 +1248,23 @@ fn sse_relay_streams_what_processes_send_to_the_stream_pid() {
     assert_eq!(ready["message_topic"], "*");
     let pid = ready["stream_pid"].as_str().unwrap().to_string();
     let enc: String = pid.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
-    assert_eq!(node.request("POST", &format!("/api/push?pid={enc}&text=hello"), &[], b"").status, 200);
+    let push = |query: &str| assert_eq!(node.request("POST", &format!("/api/push?pid={enc}&{query}"), &[], b"").status, 200);
+    push("text=hello");
     assert_eq!(ev.next(), Some(("news".into(), "hello".into())));
     assert_eq!(ev.next(), Some(("done".into(), r#"{"reason":"idle timeout"}"#.into())));
+    assert_eq!(ev.next(), None);
+    // sse.control narrows the topic (a JSON string works as a table does); sse.close ends it
+    let mut ev = Events::open(&addr, "/sse/subscribe?mode=detached", "https://app.example.com");
+    let (_, ready) = ev.next().unwrap();
+    let pid = serde_json::from_str::<serde_json::Value>(&ready).unwrap()["stream_pid"].as_str().unwrap().to_string();
+    let enc: String = pid.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    let push = |query: &str| assert_eq!(node.request("POST", &format!("/api/push?pid={enc}&{query}"), &[], b"").status, 200);
+    push("topic=sse.control&text=%7B%22message_topic%22%3A%22only%22%7D");
+    push("text=dropped");
+    push("topic=only&text=kept");
+    push("topic=sse.close&text=bye");
+    assert_eq!(ev.next(), Some(("only".into(), "kept".into())), "the news topic is no longer forwarded");
+    assert_eq!(ev.next(), Some(("done".into(), r#"{"reason":"bye"}"#.into())));
     assert_eq!(ev.next(), None);
     // refused: another origin (403), a header that is not JSON (400); a handler that wrote
     // its answer keeps it
