@@ -443,7 +443,8 @@ impl Process for Stream {
     fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
         while let Some(ev) = events.next() {
             match ev {
-                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str().starts_with("sse.") && matches!(m.topic.as_str(), "sse.tick" | "sse.idle" | "sse.hard" | "sse.gone") => {
+                // the writer's news (sent from outside any process: no process can forge it)
+                Event::Message(m) if m.from == Pid::NOBODY && matches!(m.topic.as_str(), "sse.tick" | "sse.idle" | "sse.hard" | "sse.gone") => {
                     match m.topic.as_str() {
                         "sse.tick" => {
                             if let Some(target) = self.target {

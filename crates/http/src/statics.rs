@@ -238,8 +238,9 @@ impl SendFile {
     /// The handler's answer, or the file it names.
     pub async fn answer(&self, method: &hyper::Method, req_headers: &header::HeaderMap, mut resp: HttpResponse) -> HttpResponse {
         let h = resp.headers_mut();
-        let named = h.remove("x-sendfile").or_else(|| h.remove("x-file-path"));
-        h.remove("x-file-path");
+        // X-Sendfile wins; both are taken off the answer either way
+        let (sendfile, legacy) = (h.remove("x-sendfile"), h.remove("x-file-path"));
+        let named = sendfile.or(legacy);
         let download = h.remove("x-file-name");
         let Some(path) = named else { return resp };
         let path = String::from_utf8_lossy(path.as_bytes()).into_owned();
