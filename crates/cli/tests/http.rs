@@ -729,8 +729,14 @@ fn router_middleware_real_ip_ratelimit_compress_token_auth_and_firewall() {
     assert_eq!((r.status, r.body.trim_end()), (200, "alice from 127.0.0.1"), "{r:?}");
     assert_eq!(node.get("/guarded/other", &[("Authorization", &bearer(&alice))]).status, 403, "no policy allows alice there");
     assert_eq!(node.get("/guarded/secret", &[("Authorization", &bearer(&mallory))]).status, 403);
-    let r = node.get("/guarded/secret", &[("Authorization", "Bearer not-a-token")]);
-    assert_eq!((r.status, r.body.trim_end()), (200, "nobody from 127.0.0.1"), "an unknown token is no actor; without strict mode the firewall lets it by: {r:?}");
+    // no actor (an unknown token, or none): 401 with Wippy's JSON error, strict mode or not
+    for auth in [&[("Authorization", "Bearer not-a-token")][..], &[]] {
+        let r = node.get("/guarded/secret", auth);
+        assert_eq!((r.status, r.header("content-type")), (401, Some("application/json")), "{r:?}");
+        assert_eq!(r.json(), serde_json::json!({"success": false, "error": "Authentication required", "details": "You must be authenticated to access this endpoint"}));
+    }
+    let r = node.get("/guarded/other", &[("Authorization", &bearer(&alice))]);
+    assert_eq!(r.json()["details"], "You don't have permission to access this endpoint", "{r:?}");
 }
 
 fn relay() -> String {
@@ -1337,6 +1343,8 @@ fn sendfile_serves_the_file_a_handler_names_and_resource_firewall_guards_a_resou
     let with = |t: &str| node.get("/reports/q1", &[("Authorization", &format!("Bearer {t}"))]);
     assert_eq!((with(&ann).status, with(&ann).body.as_str()), (200, "the report"));
     assert_eq!(with(&bob).status, 403);
+    let r = node.get("/reports/q1", &[]);
+    assert_eq!((r.status, r.json()["details"].as_str()), (401, Some("You must be authenticated to access this resource")), "{r:?}");
 }
 
 #[test]

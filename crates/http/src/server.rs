@@ -379,18 +379,35 @@ fn before(state: &ServerState, node: &NodeRef, target: &Target, req: &Request<In
         },
         None => None,
     };
-    let guards = mw.resource_firewall.iter().map(|(a, r)| (a.as_str(), r.as_str())).chain(mw.firewall.iter().map(|a| (a.as_str(), &*target.endpoint)));
-    for (action, resource) in guards {
-        let has_actor = identity.as_ref().is_some_and(|i| i.actor.is_some());
-        if !has_actor && node.security().strict() {
-            return Err(text_response(StatusCode::UNAUTHORIZED, "Unauthorized\n"));
-        }
-        let r = wippy_runtime::Request { action, resource, pid: None, meta: None, target: None };
-        if has_actor && !wippy_runtime::evaluate(identity.as_deref(), node.security().strict(), &r) {
-            return Err(text_response(StatusCode::FORBIDDEN, "Forbidden\n"));
-        }
+    let guards = mw.resource_firewall.iter().map(|(a, r)| (a.as_str(), r.as_str(), "resource")).chain(mw.firewall.iter().map(|a| (a.as_str(), &*target.endpoint, "endpoint")));
+    for (action, resource, what) in guards {
+        firewall(node, identity.as_deref(), action, resource, what)?;
     }
     Ok((remote, identity))
+}
+
+/// `endpoint_firewall` / `resource_firewall`, as Wippy's: a request needs an actor (401
+/// otherwise: the token middleware found none), the actor a scope, and the scope must allow
+/// `action` on `resource` (403 otherwise); each refusal is Wippy's JSON error body.
+fn firewall(node: &NodeRef, identity: Option<&wippy_runtime::Identity>, action: &str, resource: &str, what: &str) -> Result<(), HttpResponse> {
+    let refuse = |status: StatusCode, error: &str, details: String| {
+        let body = serde_json::json!({ "success": false, "error": error, "details": details });
+        let mut r = text_response(status, &format!("{body}\n"));
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    };
+    let Some(identity) = identity.filter(|i| i.actor.as_ref().is_some_and(|a| !a.id.is_empty())) else {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "Authentication required", format!("You must be authenticated to access this {what}")));
+    };
+    if identity.scope.is_none() {
+        return Err(refuse(StatusCode::FORBIDDEN, "Access denied", "No authorization scope available".into()));
+    }
+    let r = wippy_runtime::Request { action, resource, pid: None, meta: None, target: None };
+    if !wippy_runtime::evaluate(Some(identity), node.security().strict(), &r) {
+        tracing::warn!(actor = %identity.actor.as_ref().map_or("", |a| a.id.as_str()), action, resource, "{what} firewall: permission denied");
+        return Err(refuse(StatusCode::FORBIDDEN, "Access denied", format!("You don't have permission to access this {what}")));
+    }
+    Ok(())
 }
 
 /// gzip a whole response body when the client takes it (`compress`); a streamed or
