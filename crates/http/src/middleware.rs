@@ -27,6 +27,24 @@ pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Optio
     options.get(key).or_else(|| options.get(&key.replace('.', "_"))).map(String::as_str)
 }
 
+/// A relay's allowed origins: its own key (`wsrelay.allowed.origins`,
+/// `sserelay.allowed.origins`), else the shared `allow_origins`, else the legacy
+/// `allowed_origins`, as Wippy reads them; comma-separated.
+pub(crate) fn origins(options: &BTreeMap<String, String>, key: &str) -> Vec<String> {
+    let list = opt(options, key).or_else(|| options.get("allow_origins").map(String::as_str)).or_else(|| options.get("allowed_origins").map(String::as_str));
+    list.unwrap_or("").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// `*` (any run of bytes but `/`) and `?` (one byte but `/`), as Go's `path.Match`.
+pub(crate) fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => s.first().is_some_and(|&c| c != b'/') && glob(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
 fn flag(options: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
     match opt(options, key).unwrap_or("false") {
         "true" | "1" => Ok(true),

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use wippy_runtime::{Context, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
 
 use crate::exchange::{text_response, HttpResponse, RespBody};
-use crate::middleware::{opt, DurationParser};
+use crate::middleware::{glob, origins, DurationParser};
 
 /// The response header a handler sets to turn its response into a relayed event stream.
 pub const HEADER: &str = "x-sse-relay";
@@ -54,9 +54,7 @@ pub struct SseRelay {
 
 impl SseRelay {
     pub fn from_options(options: &BTreeMap<String, String>, parse: DurationParser) -> SseRelay {
-        let list = opt(options, "sserelay.allowed.origins").or_else(|| options.get("allow_origins").map(String::as_str)).or_else(|| options.get("allowed_origins").map(String::as_str));
-        let origins = list.unwrap_or("").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        SseRelay { origins, parse }
+        SseRelay { origins: origins(options, "sserelay.allowed.origins"), parse }
     }
 
     /// Whether a page from `origin` may open the stream: no Origin header (not a browser),
@@ -69,16 +67,6 @@ impl SseRelay {
             return host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(bare));
         }
         self.origins.iter().any(|p| p == "*" || p == origin || glob(p.as_bytes(), origin.as_bytes()))
-    }
-}
-
-/// `*` (any run of bytes but `/`) and `?` (one byte but `/`), as Go's `path.Match`.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| glob(rest, &s[i..])),
-        Some((b'?', rest)) => s.first().is_some_and(|&c| c != b'/') && glob(rest, &s[1..]),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
     }
 }
 

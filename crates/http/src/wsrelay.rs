@@ -27,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use wippy_runtime::{Context, Dest, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
 
 use crate::exchange::{text_response, HttpResponse, RespBody};
-use crate::middleware::{opt, DurationParser};
+use crate::middleware::{glob, origins, DurationParser};
 
 /// The response header a handler sets to hand its connection to a process.
 pub const HEADER: &str = "x-ws-relay";
@@ -44,19 +44,25 @@ pub struct WsRelay {
 
 impl WsRelay {
     pub fn from_options(options: &BTreeMap<String, String>, parse: DurationParser) -> WsRelay {
-        let origins = opt(options, "wsrelay.allowed.origins").unwrap_or("").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        WsRelay { origins, parse }
+        WsRelay { origins: origins(options, "wsrelay.allowed.origins"), parse }
     }
 
-    /// Whether a browser page from `origin` may open the socket (no Origin header: not a
-    /// browser, allowed; no list: same-host pages only, as Go's websocket libraries do).
+    /// Whether a browser page from `origin` may open the socket, as Wippy's websocket
+    /// library decides: no Origin header (not a browser), yes; a page of the request's own
+    /// host, yes; else a pattern (`*` and `?`, not crossing `/`, case-insensitive) that
+    /// matches the origin's host, or its `scheme://host` when the pattern has a scheme.
     fn allows(&self, origin: Option<&HeaderValue>, host: Option<&HeaderValue>) -> bool {
-        let Some(origin) = origin.and_then(|o| o.to_str().ok()) else { return true };
-        if self.origins.is_empty() {
-            let bare = origin.split("://").nth(1).unwrap_or(origin);
-            return host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(bare));
+        let Some(origin) = origin.and_then(|o| o.to_str().ok()).filter(|o| !o.is_empty()) else { return true };
+        let (scheme, rest) = origin.split_once("://").unwrap_or(("", origin));
+        let origin_host = rest.split('/').next().unwrap_or("").to_ascii_lowercase();
+        if host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(&origin_host)) {
+            return true;
         }
-        self.origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        self.origins.iter().any(|p| {
+            let p = p.to_ascii_lowercase();
+            let target = if p.contains("://") { format!("{}://{origin_host}", scheme.to_ascii_lowercase()) } else { origin_host.clone() };
+            glob(p.as_bytes(), target.as_bytes())
+        })
     }
 }
 
@@ -76,14 +82,25 @@ struct Plan {
     metadata: Value,
 }
 
-fn plan(text: &str, parse: DurationParser) -> Result<Plan, String> {
-    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("X-WS-Relay is not JSON: {e}"))?;
+/// What is wrong with an `X-WS-Relay` header.
+enum Bad {
+    /// Not a JSON object.
+    Json(String),
+    /// A field that does not hold.
+    Field(String),
+}
+
+fn plan(text: &str, parse: DurationParser) -> Result<Plan, Bad> {
+    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| Bad::Json(e.to_string()))?;
+    if !j.is_object() {
+        return Err(Bad::Json("not a JSON object".into()));
+    }
     let s = |k: &str| j.get(k).and_then(|v| v.as_str());
-    let target = s("target_pid").ok_or("X-WS-Relay needs target_pid")?;
-    let target = Dest::parse(target).map_err(|e| format!("X-WS-Relay target_pid: {e}"))?;
+    let target = s("target_pid").unwrap_or("");
+    let target = target.parse::<Pid>().map(Dest::Pid).map_err(|e| Bad::Field(format!("Invalid target PID: {e}")))?;
     let heartbeat = match s("heartbeat_interval") {
         None | Some("") => Duration::from_secs(30),
-        Some(d) => parse(d).map_err(|e| format!("X-WS-Relay heartbeat_interval: {e}"))?,
+        Some(d) => parse(d).map_err(|e| Bad::Field(format!("X-WS-Relay heartbeat_interval: {e}")))?,
     };
     Ok(Plan {
         target,
@@ -103,23 +120,28 @@ pub fn answer(
     node: &NodeRef,
     host: &str,
 ) -> HttpResponse {
-    let Some(text) = resp.headers().get(HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else { return resp };
-    let Some((upgrade, req_headers)) = upgrade else {
-        return text_response(StatusCode::BAD_REQUEST, "websocket upgrade required\n");
+    let mut resp = resp;
+    let Some(text) = resp.headers_mut().remove(HEADER) else { return resp };
+    // As Wippy: a header that is not JSON is logged and the handler's answer stands; a
+    // target that is not a PID is 400; then the handshake (426 for a request that is not a
+    // websocket one) and the origin (403).
+    let plan = match plan(text.to_str().unwrap_or(""), relay.parse) {
+        Ok(p) => p,
+        Err(Bad::Json(e)) => {
+            tracing::error!("websocket relay: invalid relay configuration: {e}");
+            return resp;
+        }
+        Err(Bad::Field(e)) => return text_response(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     };
-    let Some(key) = req_headers.get("sec-websocket-key") else {
-        return text_response(StatusCode::BAD_REQUEST, "websocket upgrade required\n");
+    let Some((upgrade, req_headers, key)) = upgrade.and_then(|(u, h)| h.get("sec-websocket-key").cloned().map(|k| (u, h, k))) else {
+        let mut r = text_response(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
+        r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        r.headers_mut().insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
     };
     if !relay.allows(req_headers.get(hyper::header::ORIGIN), req_headers.get(hyper::header::HOST)) {
         return text_response(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    let plan = match plan(&text, relay.parse) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("websocket relay: {e}");
-            return text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
-        }
-    };
     let (tx, rx) = mpsc::channel(OUTBOX);
     let heartbeat = plan.heartbeat;
     let client = Client { out: tx, target: plan.target, topic: plan.topic, metadata: plan.metadata };
@@ -286,5 +308,26 @@ impl Process for Client {
             }
         }
         Status::Wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_as_wippys_websocket_library_does() {
+        let parse: DurationParser = |_| Ok(Duration::ZERO);
+        let opts = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let r = WsRelay::from_options(&opts("wsrelay.allowed.origins", "*.example.com, http://localhost:*"), parse);
+        let ok = |origin: &str, host: &str| r.allows(Some(&HeaderValue::from_str(origin).unwrap()), Some(&HeaderValue::from_str(host).unwrap()));
+        assert!(ok("https://app.example.com", "api.test"), "a host pattern matches any scheme");
+        assert!(ok("http://localhost:3000", "api.test"));
+        assert!(!ok("https://localhost:3000", "api.test"), "a pattern with a scheme matches that scheme only");
+        assert!(!ok("https://example.com", "api.test"));
+        assert!(ok("https://API.test", "api.test"), "the request's own host always");
+        assert!(r.allows(None, None), "no Origin: not a browser");
+        let shared = WsRelay::from_options(&opts("allow_origins", "*"), parse);
+        assert!(shared.allows(Some(&HeaderValue::from_static("https://anywhere.example")), None), "the shared key, and * for any host");
     }
 }
