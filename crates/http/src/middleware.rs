@@ -46,7 +46,11 @@ pub(crate) fn glob(p: &[u8], s: &[u8]) -> bool {
 }
 
 fn flag(options: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
-    match opt(options, key).unwrap_or("false") {
+    bool_of(key, opt(options, key).unwrap_or("false"))
+}
+
+fn bool_of(key: &str, v: &str) -> Result<bool, String> {
+    match v {
         "true" | "1" => Ok(true),
         "false" | "0" | "" => Ok(false),
         other => Err(format!("options.{key}: expected true or false, got {other:?}")),
@@ -377,7 +381,12 @@ impl Cors {
     /// From a router's options map (`cors.allow.origins` …; old underscore keys such as
     /// `cors_allow_origins` are accepted too).
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<Cors, String> {
-        let get = |key: &str, default: &str| -> String { opt(options, key).unwrap_or(default).to_string() };
+        // `cors.allow.origins`, its underscore form, or Wippy's legacy `allow_origins` (the
+        // key without its `cors.`); an empty value is the default, as Wippy reads it
+        let get = |key: &str, default: &str| -> String {
+            let legacy = key.trim_start_matches("cors.").replace('.', "_");
+            opt(options, key).or_else(|| options.get(&legacy).map(String::as_str)).filter(|v| !v.is_empty()).unwrap_or(default).to_string()
+        };
         let max_age = get("cors.max.age", "86400");
         if max_age.parse::<u64>().is_err() {
             return Err(format!("options.cors.max.age: expected a number of seconds, got {max_age:?}"));
@@ -387,19 +396,23 @@ impl Cors {
             methods: get("cors.allow.methods", "GET,POST,PUT,DELETE,OPTIONS,PATCH"),
             headers: get("cors.allow.headers", "Origin,Content-Type,Accept,Authorization,X-Requested-With"),
             expose: get("cors.expose.headers", ""),
-            credentials: flag(options, "cors.allow.credentials")?,
+            credentials: bool_of("cors.allow.credentials", &get("cors.allow.credentials", "false"))?,
             max_age,
-            private_network: flag(options, "cors.allow.private.network")?,
+            private_network: bool_of("cors.allow.private.network", &get("cors.allow.private.network", "false"))?,
         })
     }
 
     fn allows(&self, origin: &str) -> bool {
         self.origins.iter().any(|o| {
-            o == "*" || o == origin || (o == "localhost" && {
-                let host = origin.split("://").nth(1).unwrap_or(origin);
-                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-                host == "localhost" || host == "127.0.0.1" || host == "[::1]"
-            })
+            o == "*" || o == origin
+                // `*.example.com`: any subdomain (Wippy's rule: the origin ends with
+                // `.example.com` and has something before it)
+                || o.strip_prefix('*').is_some_and(|suffix| suffix.starts_with('.') && origin.len() > suffix.len() && origin.ends_with(suffix))
+                || (o == "localhost" && {
+                    let host = origin.split("://").nth(1).unwrap_or(origin);
+                    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                    host == "localhost" || host == "127.0.0.1" || host == "[::1]"
+                })
         })
     }
 
@@ -415,25 +428,47 @@ impl Cors {
                 out.insert(HeaderName::from_static(name), v);
             }
         };
-        if self.origins.iter().any(|o| o == "*") && !self.credentials {
-            set(out, "access-control-allow-origin", "*");
-        } else {
-            set(out, "access-control-allow-origin", origin);
-            out.append(hyper::header::VARY, HeaderValue::from_static("Origin"));
-        }
+        // as Wippy: the request's origin echoed, never `*`
+        set(out, "access-control-allow-origin", origin);
         if self.credentials {
             set(out, "access-control-allow-credentials", "true");
         }
-        if !self.expose.is_empty() {
-            set(out, "access-control-expose-headers", &self.expose);
+        if self.private_network {
+            set(out, "access-control-allow-private-network", "true");
         }
         if preflight {
             set(out, "access-control-allow-methods", &self.methods);
             set(out, "access-control-allow-headers", &self.headers);
             set(out, "access-control-max-age", &self.max_age);
-            if self.private_network {
-                set(out, "access-control-allow-private-network", "true");
+            set(out, "vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers");
+        } else {
+            if !self.expose.is_empty() {
+                set(out, "access-control-expose-headers", &self.expose);
             }
+            set(out, "vary", "Origin");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_reads_wippys_keys_and_echoes_allowed_origins() {
+        let opts = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let c = Cors::from_options(&opts(&[("allow_origins", "*.example.com, localhost"), ("allow_credentials", "true")])).unwrap();
+        assert!(c.allows("https://app.example.com") && !c.allows("https://example.com") && !c.allows("https://evil.com"));
+        assert!(c.allows("http://localhost:3000"));
+        let mut h = HeaderMap::new();
+        c.apply(Some(&HeaderValue::from_static("https://app.example.com")), &mut h, false);
+        assert_eq!(h.get("access-control-allow-origin").unwrap(), "https://app.example.com");
+        assert_eq!(h.get("access-control-allow-credentials").unwrap(), "true");
+        assert_eq!(h.get("vary").unwrap(), "Origin");
+        let any = Cors::from_options(&opts(&[("cors.allow.origins", "")])).unwrap();
+        let mut h = HeaderMap::new();
+        any.apply(Some(&HeaderValue::from_static("https://x.test")), &mut h, true);
+        assert_eq!(h.get("access-control-allow-origin").unwrap(), "https://x.test", "echoed, not *");
+        assert_eq!(h.get("access-control-max-age").unwrap(), "86400");
     }
 }
