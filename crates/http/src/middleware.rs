@@ -193,8 +193,8 @@ impl Drop for RequestMetrics {
     }
 }
 
-/// `real_ip`: the client address from `X-Forwarded-For` / `X-Real-IP` when the peer is a
-/// trusted proxy.
+/// `real_ip`: the client address from `True-Client-IP` / `X-Real-IP` / `X-Forwarded-For`
+/// when the peer is a trusted proxy.
 #[derive(Debug, Clone)]
 pub struct RealIp {
     trusted: Vec<ipnet::IpNet>,
@@ -204,7 +204,11 @@ pub struct RealIp {
 impl RealIp {
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<RealIp, String> {
         let mut trusted = Vec::new();
-        for s in opt(options, "real_ip.trusted.subnets").unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        // as Wippy: the legacy `trusted_subnets` too, and without either the loopback,
+        // private, link-local and CGNAT ranges a proxy in front of the node comes from
+        let list = opt(options, "real_ip.trusted.subnets").or_else(|| options.get("trusted_subnets").map(String::as_str)).filter(|l| !l.trim().is_empty());
+        let list = list.unwrap_or("127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,100.64.0.0/10,::1/128,fc00::/7,fe80::/10");
+        for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let net = s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("options.real_ip.trusted.subnets: {s:?} is not a CIDR subnet or an IP address"))?;
             trusted.push(net);
         }
@@ -216,8 +220,9 @@ impl RealIp {
         if !(self.trust_all || self.trusted.iter().any(|n| n.contains(&peer.ip()))) {
             return peer;
         }
-        let from = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse::<IpAddr>().ok());
-        match from("x-forwarded-for").or_else(|| from("x-real-ip")) {
+        // Wippy's order: True-Client-IP, X-Real-IP, then the first X-Forwarded-For entry
+        let named = ["true-client-ip", "x-real-ip", "x-forwarded-for"].into_iter().find_map(|n| headers.get(n).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()));
+        match named.and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse::<IpAddr>().ok()) {
             Some(ip) => SocketAddr::new(ip, peer.port()),
             None => peer,
         }
@@ -453,6 +458,20 @@ impl Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn real_ip_trusts_private_proxies_by_default_and_reads_wippys_header_order() {
+        let r = RealIp::from_options(&BTreeMap::new()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7, 10.0.0.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("198.51.100.8"));
+        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        assert_eq!(r.client(peer, &h).ip().to_string(), "198.51.100.8", "X-Real-IP before X-Forwarded-For");
+        h.insert("true-client-ip", HeaderValue::from_static("198.51.100.9"));
+        assert_eq!(r.client(peer, &h).ip().to_string(), "198.51.100.9", "True-Client-IP first");
+        let public: SocketAddr = "203.0.113.1:5000".parse().unwrap();
+        assert_eq!(r.client(public, &h), public, "a public peer is not a trusted proxy");
+    }
 
     #[test]
     fn cors_reads_wippys_keys_and_echoes_allowed_origins() {
