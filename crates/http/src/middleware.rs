@@ -278,12 +278,12 @@ impl RateLimit {
         })
     }
 
-    /// Whether a request from `client` may go on; the 429 headers when not.
-    pub fn admit(&self, client: IpAddr, headers: &HeaderMap, query: Option<&str>) -> Result<(), [(HeaderName, HeaderValue); 2]> {
-        // a request without the header or parameter is counted by its address (not all
-        // such requests in one bucket)
+    /// Whether a request from `client` may go on; why not when not.
+    pub fn admit(&self, client: IpAddr, headers: &HeaderMap, query: Option<&str>) -> Result<(), Refused> {
+        // as Wippy: a request without the header or parameter the key names is refused
+        // (400), not counted in some bucket
         let key = match &self.key {
-            RateKey::Ip => None,
+            RateKey::Ip => Some(client.to_string()),
             RateKey::Header(h) => headers.get(h.as_str()).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(|v| format!("h:{v}")),
             RateKey::Query(q) => query
                 .unwrap_or("")
@@ -292,7 +292,7 @@ impl RateLimit {
                 .find(|(k, v)| k == q && !v.is_empty())
                 .map(|(_, v)| format!("q:{v}")),
         }
-        .unwrap_or_else(|| client.to_string());
+        .ok_or(Refused::NoKey)?;
         let n = self.seen.fetch_add(1, Ordering::Relaxed);
         if n % self.cleanup_every == 0 || self.limiter.len() > self.max_entries {
             self.limiter.retain_recent();
@@ -301,8 +301,16 @@ impl RateLimit {
             return Ok(());
         }
         let v = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
-        Err([(HeaderName::from_static("x-ratelimit-limit"), v(self.requests.to_string())), (HeaderName::from_static("x-ratelimit-window"), v(self.window.clone()))])
+        Err(Refused::Limited([(HeaderName::from_static("x-ratelimit-limit"), v(self.requests.to_string())), (HeaderName::from_static("x-ratelimit-window"), v(self.window.clone()))]))
     }
+}
+
+/// Why `ratelimit` stopped a request.
+pub enum Refused {
+    /// The request lacks the header or query parameter the key names (400).
+    NoKey,
+    /// Over the limit (429), with the limit's headers.
+    Limited([(HeaderName, HeaderValue); 2]),
 }
 
 /// `compress`: gzip for clients that accept it, on whole bodies of at least `min` bytes.

@@ -364,12 +364,16 @@ fn before(state: &ServerState, node: &NodeRef, target: &Target, req: &Request<In
     let mw = &target.mw;
     let remote = mw.real_ip.as_ref().map_or(peer, |r| r.client(peer, req.headers()));
     if let Some(rl) = &mw.ratelimit {
-        if let Err(headers) = rl.admit(remote.ip(), req.headers(), req.uri().query()) {
-            let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded\n");
-            for (k, v) in headers {
-                resp.headers_mut().insert(k, v);
+        match rl.admit(remote.ip(), req.headers(), req.uri().query()) {
+            Ok(()) => {}
+            Err(crate::middleware::Refused::NoKey) => return Err(text_response(StatusCode::BAD_REQUEST, "Rate limit key extraction failed\n")),
+            Err(crate::middleware::Refused::Limited(headers)) => {
+                let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded\n");
+                for (k, v) in headers {
+                    resp.headers_mut().insert(k, v);
+                }
+                return Err(resp);
             }
-            return Err(resp);
         }
     }
     let identity = match &mw.token_auth {
