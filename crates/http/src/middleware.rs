@@ -453,12 +453,13 @@ impl Cors {
             set(out, "access-control-allow-methods", &self.methods);
             set(out, "access-control-allow-headers", &self.headers);
             set(out, "access-control-max-age", &self.max_age);
-            set(out, "vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers");
+            out.append(hyper::header::VARY, HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"));
         } else {
             if !self.expose.is_empty() {
                 set(out, "access-control-expose-headers", &self.expose);
             }
-            set(out, "vary", "Origin");
+            // (appended: gzip's `Accept-Encoding` may be there already)
+            out.append(hyper::header::VARY, HeaderValue::from_static("Origin"));
         }
     }
 }
