@@ -417,7 +417,8 @@ fn firewall(node: &NodeRef, identity: Option<&wippy_runtime::Identity>, action: 
 /// gzip a whole response body when the client takes it (`compress`); a streamed or
 /// already encoded body goes as it is.
 fn compress(c: &crate::middleware::Compress, accept: Option<&HeaderValue>, resp: &mut HttpResponse) {
-    if resp.headers().contains_key(hyper::header::CONTENT_ENCODING) {
+    // (a part of a file, or an answer that has no body, stays as it is)
+    if resp.headers().contains_key(hyper::header::CONTENT_ENCODING) || resp.headers().contains_key(hyper::header::CONTENT_RANGE) || resp.status() == StatusCode::PARTIAL_CONTENT {
         return;
     }
     let RespBody::Full(Some(body)) = resp.body() else { return };
