@@ -351,21 +351,33 @@ pub struct TokenAuth {
     pub store: String,
     header: String,
     prefix: String,
-    query: Option<String>,
+    query: String,
+    cookie: String,
 }
 
 impl TokenAuth {
+    /// As Wippy reads them: each setting under `token_auth.` or its legacy name (`token_store`,
+    /// `header_name`, `header_prefix`, `query_param`, `cookie_name`); an empty one is its
+    /// default (`Authorization`, `Bearer `, `x-auth-token`, `x-auth-token`).
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<TokenAuth, String> {
-        let store = opt(options, "token_auth.store").filter(|s| !s.is_empty()).ok_or("options.token_auth.store: required (the security.token_store entry that holds the tokens)")?;
+        let get = |key: &str, legacy: &str, default: &str| -> String {
+            opt(options, key).or_else(|| options.get(legacy).map(String::as_str)).filter(|s| !s.is_empty()).unwrap_or(default).to_string()
+        };
+        let store = get("token_auth.store", "token_store", "");
+        if store.is_empty() {
+            return Err("options.token_auth.store: required (the security.token_store entry that holds the tokens)".into());
+        }
         Ok(TokenAuth {
-            store: store.to_string(),
-            header: opt(options, "token_auth.header.name").filter(|s| !s.is_empty()).unwrap_or("Authorization").to_ascii_lowercase(),
-            prefix: opt(options, "token_auth.header.prefix").unwrap_or("Bearer ").to_string(),
-            query: opt(options, "token_auth.query.param").filter(|s| !s.is_empty()).map(str::to_string),
+            store,
+            header: get("token_auth.header.name", "header_name", "Authorization").to_ascii_lowercase(),
+            prefix: get("token_auth.header.prefix", "header_prefix", "Bearer "),
+            query: get("token_auth.query.param", "query_param", "x-auth-token"),
+            cookie: get("token_auth.cookie.name", "cookie_name", "x-auth-token"),
         })
     }
 
-    /// The token a request carries, if any.
+    /// The token a request carries, if any: the header (after its prefix), else the query
+    /// parameter, else the cookie.
     pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
         if let Some(v) = headers.get(self.header.as_str()).and_then(|v| v.to_str().ok()) {
             let t = if self.prefix.is_empty() { Some(v) } else { v.strip_prefix(self.prefix.as_str()).or_else(|| v.strip_prefix(self.prefix.trim_end())) };
@@ -373,8 +385,23 @@ impl TokenAuth {
                 return Some(t.to_string());
             }
         }
-        let q = self.query.as_deref()?;
-        query?.split('&').filter_map(|p| p.split_once('=')).find(|(k, _)| *k == q).map(|(_, v)| crate::client::decode_query(v).unwrap_or_else(|_| v.to_string())).filter(|t| !t.is_empty())
+        let from_query = query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == self.query)
+            .map(|(_, v)| crate::client::decode_query(v).unwrap_or_else(|_| v.to_string()))
+            .filter(|t| !t.is_empty());
+        from_query.or_else(|| {
+            headers
+                .get_all(hyper::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, v)| *k == self.cookie && !v.is_empty())
+                .map(|(_, v)| v.trim_matches('"').to_string())
+        })
     }
 }
 
@@ -467,6 +494,18 @@ impl Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_auth_finds_the_token_in_the_header_then_the_query_then_the_cookie() {
+        let t = TokenAuth::from_options(&BTreeMap::from([("token_store".to_string(), "app:tokens".to_string())])).unwrap();
+        assert_eq!(t.store, "app:tokens", "the legacy key");
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("theme=dark; x-auth-token=from-cookie"));
+        assert_eq!(t.token(&h, Some("a=1")).as_deref(), Some("from-cookie"));
+        assert_eq!(t.token(&h, Some("x-auth-token=from%20query")).as_deref(), Some("from query"));
+        h.insert("authorization", HeaderValue::from_static("Bearer from-header"));
+        assert_eq!(t.token(&h, Some("x-auth-token=q")).as_deref(), Some("from-header"));
+    }
 
     #[test]
     fn real_ip_trusts_private_proxies_by_default_and_reads_wippys_header_order() {
