@@ -52,10 +52,7 @@ impl StaticMount {
         if decoded.contains('\0') || decoded.contains('\\') || decoded.split('/').any(|s| s == "..") {
             return text_response(StatusCode::BAD_REQUEST, "invalid URL path\n");
         }
-        let mut file = self.root.clone();
-        for seg in decoded.split('/').filter(|s| !s.is_empty() && *s != ".") {
-            file.push(seg);
-        }
+        let file = under(&self.root, &decoded);
         let mut resp = match self.resolve(&file) {
             Some(p) if p.is_dir() => {
                 if !rel.ends_with('/') {
@@ -89,8 +86,7 @@ impl StaticMount {
 
     /// The file's real path, if it exists inside the mount's directory.
     fn resolve(&self, p: &Path) -> Option<PathBuf> {
-        let real = p.canonicalize().ok()?;
-        real.starts_with(&self.root).then_some(real)
+        resolve_in(&self.root, p)
     }
 
     async fn spa_index(&self, req: &Request<Incoming>) -> HttpResponse {
@@ -103,6 +99,22 @@ impl StaticMount {
             _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
         }
     }
+}
+
+/// `rel` (a `/`-separated path) joined under `root`, empty and `.` segments skipped.
+fn under(root: &Path, rel: &str) -> PathBuf {
+    let mut file = root.to_path_buf();
+    for seg in rel.split('/').filter(|s| !s.is_empty() && *s != ".") {
+        file.push(seg);
+    }
+    file
+}
+
+/// `p`'s real path (symlinks followed), if it exists and lies inside `root` (canonical): the
+/// one check that keeps a static mount and `sendfile` inside their directory.
+fn resolve_in(root: &Path, p: &Path) -> Option<PathBuf> {
+    let real = p.canonicalize().ok()?;
+    real.starts_with(root).then_some(real)
 }
 
 fn content_type(p: &Path) -> HeaderValue {
@@ -247,11 +259,7 @@ impl SendFile {
         if matches!(path.as_str(), "" | "." | "..") {
             return text_response(StatusCode::BAD_REQUEST, "sendfile middleware: invalid file path\n");
         }
-        let mut file = self.root.clone();
-        for seg in path.split('/').filter(|s| !s.is_empty() && *s != ".") {
-            file.push(seg);
-        }
-        let inside = file.canonicalize().ok().filter(|real| real.starts_with(&self.root) && real.is_file());
+        let inside = resolve_in(&self.root, &under(&self.root, &path)).filter(|real| real.is_file());
         let Some(real) = inside else {
             return text_response(StatusCode::NOT_FOUND, &format!("sendfile middleware: file not found: {path}\n"));
         };
