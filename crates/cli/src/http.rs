@@ -122,14 +122,14 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
             c.warn(list, format!("{name}: {why}"));
         }
     }
+    // the options map a middleware's settings came from
+    let field = |name: &str| if pre.iter().any(|n| n == name) { "options" } else { "post_options" };
     if let Some(fs) = built.sendfile.clone() {
-        let field = if pre.iter().any(|n| n == "sendfile") { "options" } else { "post_options" };
         // (not found: reported here, and the router serves no files)
-        built.sendfile = c.resolve(&format!("{field}.sendfile.fs"), &fs, &["fs.directory"]).map(|id| id.to_string());
+        built.sendfile = c.resolve(&format!("{}.sendfile.fs", field("sendfile")), &fs, &["fs.directory"]).map(|id| id.to_string());
     }
     if let Some(ta) = &mut built.token_auth {
-        let field = if pre.iter().any(|n| n == "token_auth") { "options" } else { "post_options" };
-        if let Some(id) = c.resolve(&format!("{field}.token_auth.store"), &ta.store.clone(), &["security.token_store"]) {
+        if let Some(id) = c.resolve(&format!("{}.token_auth.store", field("token_auth")), &ta.store.clone(), &["security.token_store"]) {
             ta.store = id.to_string();
         }
     }

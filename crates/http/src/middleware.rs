@@ -27,12 +27,25 @@ pub(crate) fn opt<'a>(options: &'a BTreeMap<String, String>, key: &str) -> Optio
     options.get(key).or_else(|| options.get(&key.replace('.', "_"))).map(String::as_str)
 }
 
+/// [`opt`], else the first of Wippy's legacy names for the setting (`token_store`,
+/// `allow_origins`, ...) that is given.
+pub(crate) fn opt_or<'a>(options: &'a BTreeMap<String, String>, key: &str, legacy: &[&str]) -> Option<&'a str> {
+    opt(options, key).or_else(|| legacy.iter().find_map(|l| options.get(*l)).map(String::as_str))
+}
+
 /// A relay's allowed origins: its own key (`wsrelay.allowed.origins`,
 /// `sserelay.allowed.origins`), else the shared `allow_origins`, else the legacy
 /// `allowed_origins`, as Wippy reads them; comma-separated.
 pub(crate) fn origins(options: &BTreeMap<String, String>, key: &str) -> Vec<String> {
-    let list = opt(options, key).or_else(|| options.get("allow_origins").map(String::as_str)).or_else(|| options.get("allowed_origins").map(String::as_str));
+    let list = opt_or(options, key, &["allow_origins", "allowed_origins"]);
     list.unwrap_or("").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// An `Origin` header's scheme and host (`https://app.example:8443` gives `https` and
+/// `app.example:8443`; without a scheme, all of it is the host).
+pub(crate) fn split_origin(origin: &str) -> (&str, &str) {
+    let (scheme, rest) = origin.split_once("://").unwrap_or(("", origin));
+    (scheme, rest.split('/').next().unwrap_or(""))
 }
 
 /// `*` (any run of bytes but `/`) and `?` (one byte but `/`), as Go's `path.Match`.
@@ -128,15 +141,15 @@ impl Middleware {
             "websocket_relay" => self.ws_relay = Some(crate::wsrelay::WsRelay::from_options(options, parse)),
             "metrics" => self.metrics = true,
             "resource_firewall" => {
-                let action = opt(options, "resource_firewall.action").or_else(|| options.get("resource_action").map(String::as_str)).filter(|a| !a.is_empty()).unwrap_or("access");
-                let target = opt(options, "resource_firewall.target").or_else(|| options.get("resource_target").map(String::as_str)).unwrap_or("");
+                let action = opt_or(options, "resource_firewall.action", &["resource_action"]).filter(|a| !a.is_empty()).unwrap_or("access");
+                let target = opt_or(options, "resource_firewall.target", &["resource_target"]).unwrap_or("");
                 if target.is_empty() {
                     return Err("options.resource_firewall.target: missing (required): the resource the firewall guards".into());
                 }
                 self.resource_firewall = Some((action.to_string(), target.to_string()));
             }
             "sendfile" => {
-                let fs = opt(options, "sendfile.fs").or_else(|| options.get("fs").map(String::as_str)).unwrap_or("");
+                let fs = opt_or(options, "sendfile.fs", &["fs"]).unwrap_or("");
                 if fs.is_empty() {
                     return Err("options.sendfile.fs: missing (required): the fs.directory entry files are sent from".into());
                 }
@@ -206,7 +219,7 @@ impl RealIp {
         let mut trusted = Vec::new();
         // as Wippy: the legacy `trusted_subnets` too, and without either the loopback,
         // private, link-local and CGNAT ranges a proxy in front of the node comes from
-        let list = opt(options, "real_ip.trusted.subnets").or_else(|| options.get("trusted_subnets").map(String::as_str)).filter(|l| !l.trim().is_empty());
+        let list = opt_or(options, "real_ip.trusted.subnets", &["trusted_subnets"]).filter(|l| !l.trim().is_empty());
         let list = list.unwrap_or("127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,100.64.0.0/10,::1/128,fc00::/7,fe80::/10");
         for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let net = s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("options.real_ip.trusted.subnets: {s:?} is not a CIDR subnet or an IP address"))?;
@@ -361,7 +374,7 @@ impl TokenAuth {
     /// default (`Authorization`, `Bearer `, `x-auth-token`, `x-auth-token`).
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<TokenAuth, String> {
         let get = |key: &str, legacy: &str, default: &str| -> String {
-            opt(options, key).or_else(|| options.get(legacy).map(String::as_str)).filter(|s| !s.is_empty()).unwrap_or(default).to_string()
+            opt_or(options, key, &[legacy]).filter(|s| !s.is_empty()).unwrap_or(default).to_string()
         };
         let store = get("token_auth.store", "token_store", "");
         if store.is_empty() {
@@ -425,7 +438,7 @@ impl Cors {
         // key without its `cors.`); an empty value is the default, as Wippy reads it
         let get = |key: &str, default: &str| -> String {
             let legacy = key.trim_start_matches("cors.").replace('.', "_");
-            opt(options, key).or_else(|| options.get(&legacy).map(String::as_str)).filter(|v| !v.is_empty()).unwrap_or(default).to_string()
+            opt_or(options, key, &[&legacy]).filter(|v| !v.is_empty()).unwrap_or(default).to_string()
         };
         let max_age = get("cors.max.age", "86400");
         if max_age.parse::<u64>().is_err() {
@@ -449,7 +462,7 @@ impl Cors {
                 // `.example.com` and has something before it)
                 || o.strip_prefix('*').is_some_and(|suffix| suffix.starts_with('.') && origin.len() > suffix.len() && origin.ends_with(suffix))
                 || (o == "localhost" && {
-                    let host = origin.split("://").nth(1).unwrap_or(origin);
+                    let (_, host) = split_origin(origin);
                     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
                     host == "localhost" || host == "127.0.0.1" || host == "[::1]"
                 })

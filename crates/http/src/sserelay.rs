@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use wippy_runtime::{Context, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
 
 use crate::exchange::{text_response, HttpResponse, RespBody};
-use crate::middleware::{glob, origins, DurationParser};
+use crate::middleware::{glob, origins, split_origin, DurationParser};
 
 /// The response header a handler sets to turn its response into a relayed event stream.
 pub const HEADER: &str = "x-sse-relay";
@@ -63,8 +63,8 @@ impl SseRelay {
     fn allows(&self, origin: Option<&HeaderValue>, host: Option<&HeaderValue>) -> bool {
         let Some(origin) = origin.and_then(|o| o.to_str().ok()).map(str::trim).filter(|o| !o.is_empty()) else { return true };
         if self.origins.is_empty() {
-            let bare = origin.split("://").nth(1).unwrap_or(origin);
-            return host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(bare));
+            let (_, origin_host) = split_origin(origin);
+            return host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
         }
         self.origins.iter().any(|p| p == "*" || p == origin || glob(p.as_bytes(), origin.as_bytes()))
     }
@@ -137,7 +137,6 @@ pub fn answer(relay: &SseRelay, mut resp: HttpResponse, origin: Option<&HeaderVa
     };
     let (items_tx, items) = mpsc::channel(OUTBOX);
     let (body_tx, body) = mpsc::channel(BODY);
-    let timers = plan.timers;
     let stream = Stream {
         out: items_tx,
         target: plan.target,
@@ -145,7 +144,6 @@ pub fn answer(relay: &SseRelay, mut resp: HttpResponse, origin: Option<&HeaderVa
         metadata: plan.metadata,
         started: Instant::now(),
         count: 0,
-        timers,
         parse: relay.parse,
     };
     let pid = match node.spawn(host, Spawn::process(stream)) {
@@ -155,7 +153,7 @@ pub fn answer(relay: &SseRelay, mut resp: HttpResponse, origin: Option<&HeaderVa
             return text_response(StatusCode::SERVICE_UNAVAILABLE, "internal error\n");
         }
     };
-    tokio::spawn(write(items, body_tx, node.clone(), pid, timers));
+    tokio::spawn(write(items, body_tx, node.clone(), pid, plan.timers));
     let h = resp.headers_mut();
     h.remove(CONTENT_LENGTH);
     for (name, value) in [(CONTENT_TYPE, "text/event-stream"), (CACHE_CONTROL, "no-cache"), (CONNECTION, "keep-alive")] {
@@ -292,7 +290,6 @@ struct Stream {
     metadata: Value,
     started: Instant,
     count: i64,
-    timers: Timers,
     parse: DurationParser,
 }
 
@@ -390,7 +387,6 @@ impl Stream {
         };
         let (heartbeat, idle, hard) = (timer("heartbeat_interval", DEFAULT_HEARTBEAT), timer("idle_timeout", Duration::ZERO), timer("hard_timeout", Duration::ZERO));
         if heartbeat.is_some() || idle.is_some() || hard.is_some() {
-            self.timers = Timers { heartbeat: heartbeat.unwrap_or(self.timers.heartbeat), idle: idle.unwrap_or(self.timers.idle), hard: hard.unwrap_or(self.timers.hard) };
             let _ = self.push(Item::Timers { heartbeat, idle, hard });
         }
         if let Some(target) = text("target_pid") {

@@ -27,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use wippy_runtime::{Context, Dest, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
 
 use crate::exchange::{text_response, HttpResponse, RespBody};
-use crate::middleware::{glob, origins, DurationParser};
+use crate::middleware::{glob, origins, split_origin, DurationParser};
 
 /// The response header a handler sets to hand its connection to a process.
 pub const HEADER: &str = "x-ws-relay";
@@ -53,8 +53,8 @@ impl WsRelay {
     /// matches the origin's host, or its `scheme://host` when the pattern has a scheme.
     fn allows(&self, origin: Option<&HeaderValue>, host: Option<&HeaderValue>) -> bool {
         let Some(origin) = origin.and_then(|o| o.to_str().ok()).filter(|o| !o.is_empty()) else { return true };
-        let (scheme, rest) = origin.split_once("://").unwrap_or(("", origin));
-        let origin_host = rest.split('/').next().unwrap_or("").to_ascii_lowercase();
+        let (scheme, origin_host) = split_origin(origin);
+        let origin_host = origin_host.to_ascii_lowercase();
         if host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(&origin_host)) {
             return true;
         }
