@@ -2,20 +2,25 @@
 //! runnable. Owns the VM, the shard's ready queue (processes the runtime asked it to run),
 //! its load count, and its preemption state (which Lua thread is running, since when).
 //!
-//! The VM is touched by one worker at a time: `run` holds the VM lock for the whole turn and
-//! publishes the VM in a thread-local so the process being stepped can reach it. A shard is
-//! queued on its host at most once at a time; whichever worker pops it runs it, so a shard
-//! with ready processes moves to an idle worker as a unit.
+//! The VM is touched by one worker at a time: the one running the shard's turn, which
+//! publishes it in a thread-local so the process being stepped can reach it. A shard is
+//! queued on its host at most once at a time (`Queue::scheduled`, set when a process is
+//! queued and cleared, under the queue's lock, only when the turn is done with the VM);
+//! whichever worker pops it runs it, so a shard with ready processes moves to an idle
+//! worker as a unit. The VM needs no lock of its own: that flag is one.
 //!
 //! Must never: step a process that was not handed to it by `schedule`, or keep the VM past
 //! its turn.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+type QueueLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
 use crate::catalog::Catalog;
@@ -51,12 +56,20 @@ impl Default for ShardOptions {
 
 pub(crate) struct Shard {
     me: Weak<Shard>,
-    pub(crate) vm: Mutex<Vm>,
-    queue: Mutex<Queue>,
+    /// Touched only by the turn (see the module's comment) and by `stats`, which borrows
+    /// the shard as a turn would.
+    vm: UnsafeCell<Vm>,
+    /// A spin lock (yielding when it finds the queue taken): held for a push or a pop of a
+    /// few words, and its unlock is a plain store, where parking_lot's is a locked
+    /// compare-and-swap; every message to a process of the shard takes it once to queue the
+    /// process and the turn once more to pop it.
+    queue: QueueLock<Queue>,
     /// Live processes placed here (including ones not started yet).
     pub(crate) members: AtomicUsize,
     /// The VM's memory when last read for operators (`stats`).
     last_memory: AtomicUsize,
+    /// `stats` found the shard busy and wants `last_memory` refreshed by the turn.
+    memory_wanted: AtomicBool,
     pub(crate) host: HostRef,
     pub(crate) preempt: Preempt,
     pub(crate) options: ShardOptions,
@@ -71,10 +84,11 @@ impl Shard {
         let marks = vm.marks;
         Arc::new_cyclic(|me| Shard {
             me: me.clone(),
-            vm: Mutex::new(vm),
-            queue: Mutex::new(Queue::default()),
+            last_memory: AtomicUsize::new(vm.lua.used_memory()),
+            memory_wanted: AtomicBool::new(false),
+            vm: UnsafeCell::new(vm),
+            queue: QueueLock::new(Queue::default()),
             members: AtomicUsize::new(0),
-            last_memory: AtomicUsize::new(0),
             host,
             preempt: Preempt::new(),
             options,
@@ -108,16 +122,16 @@ impl Queue {
 impl ProcessGroup for Shard {
     fn stats(&self) -> wippy_runtime::GroupStats {
         // Asked from inside this shard's own turn (a process of it reading `system`): the
-        // VM is this thread's. Else its lock, waiting a little for a running turn but never
-        // for long (two shards asking about each other would wait forever); failing that,
-        // the last figure read.
+        // VM is this thread's. Else an idle shard is read as a turn would read it; a busy
+        // one gives the last figure read and refreshes it at the end of its turn (waiting
+        // for a running turn could wait forever: two shards asking about each other).
         let here = current_preempt().is_some_and(|p| std::ptr::eq(p, &self.preempt));
         let read = if here {
             // SAFETY: this thread runs the shard's turn and holds its VM (CURRENT_VM); the
             // allocator's count is only read.
             unsafe { crate::vm::current() }.map(|vm| vm.lua.used_memory())
         } else {
-            self.vm.try_lock_for(std::time::Duration::from_millis(50)).map(|vm| vm.lua.used_memory())
+            self.borrowed(|vm| vm.lua.used_memory())
         };
         let memory = match read {
             Some(m) => {
@@ -159,10 +173,52 @@ impl ProcessGroup for Shard {
     }
 }
 
+impl Shard {
+    /// `f` on the VM of an idle shard, holding it as a turn does (marked scheduled, so no
+    /// turn starts meanwhile; a process queued meanwhile is run when it is done). `None`
+    /// when a turn is running or due.
+    fn borrowed<R>(&self, f: impl FnOnce(&Vm) -> R) -> Option<R> {
+        {
+            let mut q = self.queue.lock();
+            if q.scheduled {
+                drop(q);
+                self.memory_wanted.store(true, Ordering::Relaxed);
+                return None;
+            }
+            q.scheduled = true;
+        }
+        // SAFETY: `scheduled` was down (no turn held the VM; see the module's comment) and
+        // is now ours, so no turn starts until it is lowered again below.
+        let r = f(unsafe { &*self.vm.get() });
+        let mut q = self.queue.lock();
+        if q.is_empty() {
+            q.scheduled = false;
+        } else {
+            drop(q);
+            if let Some(me) = self.me.upgrade() {
+                self.host.schedule(me);
+            }
+        }
+        Some(r)
+    }
+}
+
+// SAFETY: the VM (not `Sync`: its `RefCell`s, the Lua state) is reached only by the one
+// thread that holds the shard's turn (see the module's comment); every other field is
+// atomic or behind a lock.
+unsafe impl Sync for Shard {}
+
 impl Runnable for Shard {
     fn run(self: Arc<Self>) {
-        let vm = self.vm.lock();
-        crate::vm::set_current(&vm);
+        // SAFETY: this worker popped the shard from its host, which it was put on once when
+        // `scheduled` went up; that flag stays up until this turn is done with the VM.
+        let vm = unsafe { &*self.vm.get() };
+        crate::vm::set_current(vm);
+        if self.memory_wanted.load(Ordering::Relaxed) {
+            // (at the start: the turn may give the VM up as soon as its queue is empty)
+            self.memory_wanted.store(false, Ordering::Relaxed);
+            self.last_memory.store(vm.lua.used_memory(), Ordering::Relaxed);
+        }
         preempt::set_current(&self.preempt);
         // Published for the watchdog, which times the turn (no clock read here: a turn
         // switch is on the path of every message between two shards).
@@ -199,7 +255,8 @@ impl Runnable for Shard {
                 };
                 if next.is_none() && q.is_empty() {
                     // Nothing left: whoever queues a process next schedules the shard
-                    // again (its run then waits for this turn's VM lock, a moment).
+                    // again. From here on this turn touches neither the VM nor the
+                    // shard's preemption state, which the next turn may already use.
                     q.scheduled = false;
                     finished = true;
                 }
@@ -228,7 +285,6 @@ impl Runnable for Shard {
         crate::vm::clear_current();
         preempt::clear_current();
         RUN_SLOT.with(|slot| slot.leave());
-        drop(vm);
         if finished {
             return;
         }
@@ -400,6 +456,10 @@ impl HostShards {
 pub(crate) struct RunSlot {
     /// The shard whose turn runs on this worker, or null.
     shard: std::sync::atomic::AtomicPtr<Shard>,
+    /// Odd while a turn runs on this worker; bumped at its start and end (only by this
+    /// worker). Per worker, not per shard: the next turn of a shard may start on another
+    /// worker before this one has left.
+    turn: AtomicU64,
     /// The watchdog is looking at `shard`.
     reading: std::sync::atomic::AtomicBool,
 }
@@ -407,16 +467,13 @@ pub(crate) struct RunSlot {
 impl RunSlot {
     fn enter(&self, shard: &Arc<Shard>) {
         shard.preempt.expired.store(false, Ordering::Relaxed);
-        let t = shard.preempt.turn.load(Ordering::Relaxed);
-        shard.preempt.turn.store(t.wrapping_add(1), Ordering::Release);
         self.shard.store(Arc::as_ptr(shard).cast_mut(), Ordering::Release);
+        let t = self.turn.load(Ordering::Relaxed);
+        self.turn.store(t.wrapping_add(1), Ordering::Release);
     }
     fn leave(&self) {
-        // SAFETY: set by `enter` of the turn that is ending, which holds the shard.
-        if let Some(shard) = unsafe { self.shard.load(Ordering::Relaxed).as_ref() } {
-            let t = shard.preempt.turn.load(Ordering::Relaxed);
-            shard.preempt.turn.store(t.wrapping_add(1), Ordering::Release);
-        }
+        let t = self.turn.load(Ordering::Relaxed);
+        self.turn.store(t.wrapping_add(1), Ordering::Release);
         self.shard.store(std::ptr::null_mut(), Ordering::SeqCst);
         while self.reading.load(Ordering::SeqCst) {
             std::hint::spin_loop();
@@ -426,7 +483,7 @@ impl RunSlot {
 
 thread_local! {
     static RUN_SLOT: Arc<RunSlot> = {
-        let slot = Arc::new(RunSlot { shard: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()), reading: std::sync::atomic::AtomicBool::new(false) });
+        let slot = Arc::new(RunSlot { shard: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()), reading: std::sync::atomic::AtomicBool::new(false), turn: AtomicU64::new(0) });
         watchdog().slots.lock().push(Arc::downgrade(&slot));
         slot
     };
@@ -480,7 +537,9 @@ impl Watchdog {
                 // Half a slice: a step seen running at two ticks in a row has run for
                 // between one and one and a half slices when it is cut.
                 tick = tick.min((shard.host.config().time_slice / 2).max(Duration::from_micros(100)));
-                let turn = shard.preempt.turn.load(Ordering::Acquire);
+                // (read after the shard: a turn seen at the same odd count as a tick ago is
+                // the one that published this shard, since `leave` waits for `reading`)
+                let turn = slot.turn.load(Ordering::Acquire);
                 if turn & 1 == 1 && turn == seen[i].1 {
                     // The same turn as a tick ago: it has had its slice.
                     shard.preempt.expired.store(true, Ordering::Relaxed);

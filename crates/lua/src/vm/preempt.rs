@@ -36,15 +36,13 @@ pub(crate) struct Preempt {
     pub(crate) fired: AtomicBool,
     /// Set by the hook too; read (and cleared) by the shard's turn, which then ends.
     pub(crate) cut: AtomicBool,
-    /// Odd while a turn of the shard runs; bumped at its start and end.
-    pub(crate) turn: AtomicU64,
     /// Set by the watchdog when one turn has run for a slice; cleared when a turn starts.
     pub(crate) expired: AtomicBool,
 }
 
 impl Preempt {
     pub(crate) fn new() -> Preempt {
-        Preempt { thread: AtomicUsize::new(0), arm: Mutex::new(()), generation: AtomicU64::new(0), fired: AtomicBool::new(false), cut: AtomicBool::new(false), turn: AtomicU64::new(0), expired: AtomicBool::new(false) }
+        Preempt { thread: AtomicUsize::new(0), arm: Mutex::new(()), generation: AtomicU64::new(0), fired: AtomicBool::new(false), cut: AtomicBool::new(false), expired: AtomicBool::new(false) }
     }
     /// A process's main coroutine runs now (see the type's comment).
     pub(crate) fn set_main(&self, l: *mut ffi::lua_State) {
