@@ -188,7 +188,7 @@ impl<'a> Context<'a> {
         crate::stats::add(crate::stats::Counter::Messages, n as u64);
         self.backlog = queued - n.min(queued);
         if wake {
-            self.node.schedule(cell.clone(), Hint::Woken);
+            self.node.schedule_ref(cell, Hint::Woken);
         }
         // Past its host's limits the receiver ends. Until it has run and exited it still
         // takes what arrives; its exit frees the whole queue.

@@ -842,6 +842,18 @@ impl NodeInner {
         }
     }
 
+    /// [`schedule`](Self::schedule) for a caller that keeps its own reference to the cell
+    /// (a sender's last target, the stepping worker's): that reference keeps the group
+    /// alive through the call, so the group is borrowed, not counted (two locked
+    /// instructions less on the path of every message to a Lua process).
+    #[inline]
+    pub(crate) fn schedule_ref(&self, cell: &Arc<ProcCell>, hint: Hint) {
+        match &cell.group {
+            Some(g) => g.schedule(ProcessRef(cell.clone()), hint == Hint::Woken),
+            None => crate::step::queue(cell.clone(), hint),
+        }
+    }
+
     /// Queue an event for `pid`; `Err(event)` when it is not alive.
     #[inline]
     pub(crate) fn deliver(&self, pid: Pid, ev: Event) -> Result<(), Event> {
@@ -862,7 +874,7 @@ impl NodeInner {
         })??;
         if let Some((cell, wake)) = wake {
             if wake {
-                self.schedule(cell.clone(), Hint::Woken);
+                self.schedule_ref(&cell, Hint::Woken);
             }
             if let Some(code) = over {
                 self.overflow(&cell, code);
@@ -881,7 +893,7 @@ impl NodeInner {
             tracing::warn!(pid = %cell.pid, queued = cell.mailbox.queued(), bytes = cell.mailbox.queued_bytes(), "mailbox limit exceeded: ending the process");
         }
         if cell.mailbox.wake() {
-            self.schedule(cell.clone(), Hint::Woken);
+            self.schedule_ref(&cell, Hint::Woken);
         }
     }
 
@@ -919,7 +931,7 @@ impl NodeInner {
     pub(crate) fn kill(&self, cell: &Arc<ProcCell>, code: u8) {
         cell.set_kill(code);
         if cell.mailbox.wake() {
-            self.schedule(cell.clone(), Hint::Woken);
+            self.schedule_ref(&cell, Hint::Woken);
         }
     }
 

@@ -95,16 +95,16 @@ fn run(node: &Arc<NodeInner>, cell: &Arc<ProcCell>) {
     match status {
         Status::Yield | Status::Wait | Status::Block if cell.mailbox.has_next() => {
             cell.mailbox.yield_now();
-            node.schedule(cell.clone(), Hint::Queued);
+            node.schedule_ref(cell, Hint::Queued);
         }
         Status::Yield => {
             cell.mailbox.yield_now();
-            node.schedule(cell.clone(), Hint::Queued);
+            node.schedule_ref(cell, Hint::Queued);
         }
         Status::Wait | Status::Block => {
             let how = if matches!(status, Status::Wait) { Park::Idle } else { Park::Blocked };
             if cell.mailbox.park(how) {
-                node.schedule(cell.clone(), Hint::Queued);
+                node.schedule_ref(cell, Hint::Queued);
             }
         }
         Status::Exit(result) => {
