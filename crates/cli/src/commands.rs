@@ -186,6 +186,15 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         Ok(d) => d,
         Err(e) => return fail(e),
     };
+    // `-x HOST/ENTRY` (Wippy's form: `wippy run -x app:terminal/app:cli`) names the
+    // terminal host too, as `--host HOST -x ENTRY` does.
+    let (exec, host) = match exec.and_then(|x| x.split_once('/')) {
+        Some((h, _)) if host.is_some_and(|given| given != h) => {
+            return fail(format!("-x {}: names terminal host {h}, but --host says {}", exec.unwrap_or(""), host.unwrap_or("")));
+        }
+        Some((h, x)) => (Some(x), Some(h)),
+        None => (exec, host),
+    };
     // What to run, checked before anything starts.
     let (target, args) = match (exec, args.first().map(String::as_str)) {
         (Some(x), _) => match check_exec(&plan, x) {

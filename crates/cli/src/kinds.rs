@@ -106,7 +106,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
     let method = c.string("method").unwrap_or_else(|| "main".into());
     let modules = c.strings("modules");
     for m in &modules {
-        if !wippy_lua::MODULES.contains(&m.as_str()) {
+        if !wippy_lua::MODULES.contains(&m.as_str()) && !wippy_lua::ALWAYS_PRESENT.contains(&m.as_str()) {
             c.error("modules", format!("unknown module {m:?} (this runtime has: {})", wippy_lua::MODULES.join(", ")));
         }
     }
@@ -145,7 +145,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
         source: source.text.clone(),
         chunk_name: source.name.clone(),
         method,
-        modules,
+        modules: wippy_lua::bindable(modules),
         imports,
         version: 1,
         default_host,

@@ -500,3 +500,80 @@ fn installed_dependencies_load_and_requirements_resolve() {
     assert_ok(&o);
     assert_eq!(stdout(&o), "word: bonjour\nother: fallback\ngreet: hello ada\n");
 }
+
+/// Wippy's own tutorials list always-present modules (`modules: [process, channel]`) and
+/// run with `-x HOST/ENTRY`: both work as they do there.
+#[test]
+fn wippy_tutorial_forms_list_process_and_channel_and_run_x_host_slash_entry() {
+    let dir = std::env::temp_dir().join(format!("wippy-tutorial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/_index.yaml"),
+        r#"version: "1.0"
+namespace: app
+entries:
+  - name: terminal
+    kind: terminal.host
+    lifecycle: {auto_start: true}
+  - name: processes
+    kind: process.host
+    lifecycle: {auto_start: true}
+  - name: cli
+    kind: process.lua
+    source: file://cli.lua
+    method: main
+    modules: [io, process, time, channel]
+  - name: worker
+    kind: process.lua
+    source: file://worker.lua
+    method: main
+    modules: [process, time]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/worker.lua"),
+        r#"local process = require("process")
+local function main(sender, data)
+    process.send(sender, "echo_response", { data = string.upper(data) })
+    return 0
+end
+return { main = main }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/cli.lua"),
+        r#"local io = require("io")
+local process = require("process")
+local time = require("time")
+local channel = require("channel")
+local function main()
+    local inbox = process.inbox()
+    process.spawn("app:worker", "app:processes", process.pid(), "hello")
+    local timeout = time.after("5s")
+    local r = channel.select { inbox:case_receive(), timeout:case_receive() }
+    if r.channel == timeout then return 1 end
+    io.print(r.value:payload():data().data .. " on " .. tostring(process.pid()))
+    return 0
+end
+return { main = main }
+"#,
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    let o = run(&["run", "-d", d, "-x", "app:terminal/app:cli"]);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("HELLO on {app:terminal|0x"), "{}", stdout(&o));
+    let o = run(&["run", "-d", d, "--host", "app:terminal", "-x", "app:terminal/app:cli"]);
+    assert_ok(&o);
+    let o = run(&["run", "-d", d, "--host", "app:other", "-x", "app:terminal/app:cli"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("names terminal host app:terminal, but --host says app:other"), "{err}");
+    let o = run(&["run", "-d", d, "-x", "app:nowhere/app:cli"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("app:nowhere"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -72,7 +72,7 @@ impl LuaEntry {
         LuaEntry { kind: EntryKind::Library, ..LuaEntry::process(id, source) }
     }
     pub fn modules(mut self, m: &[&str]) -> LuaEntry {
-        self.modules = m.iter().map(|s| s.to_string()).collect();
+        self.modules = bindable(m.iter().map(|s| s.to_string()).collect());
         self
     }
     pub fn import(mut self, alias: &str, id: &str) -> LuaEntry {
@@ -334,6 +334,16 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
 pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "events", "system", "http", "http_client"];
+
+/// What every Lua process has without listing it (SPEC §2.3; the prelude's `ALWAYS`, which
+/// a test holds this to). Wippy's own projects list some of them (`modules: [process,
+/// channel, time]`): such a name is accepted and binds nothing more ([`bindable`]).
+pub const ALWAYS_PRESENT: &[&str] = &["process", "channel", "errors", "payload", "coroutine", "string", "table", "math", "utf8", "os", "number", "integer", "boolean"];
+
+/// The names of `modules:` that bind something: all but the always-present ones.
+pub fn bindable(modules: Vec<String>) -> Vec<String> {
+    modules.into_iter().filter(|m| !ALWAYS_PRESENT.contains(&m.as_str())).collect()
+}
 
 fn loader_error(entry: &LuaEntry, e: String) -> Error {
     Error::internal(format!("entry '{}': binding its chunk: {e}", entry.id))

@@ -27,7 +27,7 @@ use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 pub mod envstore;
 pub mod tokens;
 pub use envstore::EnvConfig;
-pub use catalog::{forbidden_module, syntax_error, EntryKind, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryWriter};
+pub use catalog::{bindable, forbidden_module, syntax_error, EntryKind, ALWAYS_PRESENT, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
 pub use modules::system::resident_bytes;

@@ -357,5 +357,11 @@ mod runtime_tests {
         for always in ["process", "channel", "errors", "string"] {
             assert!(m.always.iter().any(|a| a == always), "{always}");
         }
+        // what `modules:` accepts without binding is what the prelude always binds
+        let mut prelude: Vec<&str> = m.always.iter().map(String::as_str).collect();
+        let mut listed = crate::catalog::ALWAYS_PRESENT.to_vec();
+        prelude.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(prelude, listed);
     }
 }
