@@ -57,19 +57,23 @@ fn describe() {
 /// Prometheus's default buckets, for the HTTP request durations (a histogram, as Wippy's).
 const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Serve metrics at `addr` until the OS process ends: the exporter's listener runs on a
-/// small tokio runtime of its own (one thread, with I/O), which also refreshes the figures.
+/// Serve metrics at `addr` until the OS process ends, at any path: the node's figures (the
+/// `metrics` facade with `metrics-exporter-prometheus`'s recorder) and then what Lua
+/// processes recorded with the `metrics` module. A small tokio runtime of its own (one
+/// thread, with I/O) serves them and refreshes the figures.
 pub fn start(addr: SocketAddr, source: Source) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("metrics: {e}"))?;
-    let (recorder, exporter) = {
+    let listener = {
         let _enter = rt.enter();
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .set_buckets_for_metric(Matcher::Full(wippy_http::middleware::REQUEST_DURATION.into()), DURATION_BUCKETS)
-            .map_err(|e| format!("metrics: {e}"))?
-            .build()
-            .map_err(|e| format!("metrics.prometheus.address {addr}: {e}"))?
+        let std = std::net::TcpListener::bind(addr).map_err(|e| format!("metrics.prometheus.address {addr}: {e}"))?;
+        std.set_nonblocking(true).map_err(|e| format!("metrics: {e}"))?;
+        tokio::net::TcpListener::from_std(std).map_err(|e| format!("metrics: {e}"))?
     };
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(wippy_http::middleware::REQUEST_DURATION.into()), DURATION_BUCKETS)
+        .map_err(|e| format!("metrics: {e}"))?
+        .build_recorder();
+    let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| format!("metrics: {e}"))?;
     describe();
     update(&source);
@@ -77,19 +81,51 @@ pub fn start(addr: SocketAddr, source: Source) -> Result<(), String> {
         .name("metrics".into())
         .spawn(move || {
             rt.block_on(async move {
-                let refresh = async {
-                    let mut tick = tokio::time::interval(REFRESH);
-                    loop {
-                        tick.tick().await;
-                        update(&source);
+                let refresh = {
+                    let handle = handle.clone();
+                    async move {
+                        let mut tick = tokio::time::interval(REFRESH);
+                        loop {
+                            tick.tick().await;
+                            update(&source);
+                            handle.run_upkeep();
+                        }
                     }
                 };
                 tokio::select! {
-                    r = exporter => if let Err(e) = r { tracing::error!(error = ?e, "the metrics endpoint stopped") },
+                    _ = serve(listener, handle) => {}
                     _ = refresh => {}
                 }
             })
         })
         .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
     Ok(())
+}
+
+/// Answer every request on `listener` with the text format.
+async fn serve(listener: tokio::net::TcpListener, handle: metrics_exporter_prometheus::PrometheusHandle) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let answer = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                let mut text = handle.render();
+                wippy_lua::render_metrics(&mut text);
+                async move {
+                    let mut res = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+                    res.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, answer).await;
+        });
+    }
 }

@@ -1114,6 +1114,58 @@ fn the_metrics_middleware_counts_times_and_gauges_requests_for_prometheus() {
     assert!(!scrape.body.contains("/p/users"), "a router without the middleware is not measured: {}", scrape.body);
 }
 
+/// Wippy's `metrics` module (its public example 16-metrics): what a handler records shows on
+/// the node's Prometheus endpoint beside the node's own figures.
+#[test]
+fn lua_metrics_module_records_counters_gauges_and_histograms_for_prometheus() {
+    let yaml = [
+        gateway_api(""),
+        handler("order", "json, metrics, time", r#"        local req, res = http.request(), http.response()
+        local body = req:body_json()
+        local ok, err = metrics.counter_inc("orders_total", { status = "ok" })
+        assert(ok == true and err == nil)
+        metrics.counter_add("revenue_total", tonumber(body.price) * 2, { item = body.item, ignored = 5 })
+        metrics.gauge_inc("orders_pending", {})
+        metrics.gauge_inc("orders_pending")
+        metrics.gauge_dec("orders_pending", "not a table")
+        metrics.gauge_set("queue_depth", 42)
+        metrics.histogram("request_duration_seconds", 0.03, { endpoint = "create_order" })
+        local _, kind_err = metrics.gauge_set("orders_total", 1)
+        local raised = not pcall(metrics.counter_inc, 5)
+        res:set_status(201)
+        res:write_json({ kind_err = tostring(kind_err), raised = raised })"#),
+        raw(r#"  - { name: order.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /orders, func: order }
+"#),
+    ]
+    .concat();
+    let dir = project("luametrics", &yaml);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(dir.join(".wippy.yaml"), format!("metrics:\n  prometheus:\n    address: 127.0.0.1:{port}\n")).unwrap();
+    let node = Node::start(&dir);
+    for _ in 0..2 {
+        let r = node.request("POST", "/api/orders", &[("Content-Type", "application/json")], br#"{"item":"tea","price":9.99}"#);
+        assert_eq!(r.status, 201, "{r:?}");
+        assert!(r.body.contains(r#""raised":true"#) && r.body.contains("is a counter, not a gauge"), "{}", r.body);
+    }
+    let scrape = Client { addr: format!("127.0.0.1:{port}") }.get("/metrics", &[]);
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    let series: std::collections::HashMap<&str, f64> = scrape
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k, v.parse().ok()?))))
+        .collect();
+    let get = |k: &str| series.get(k).copied();
+    assert_eq!(get(r#"orders_total{status="ok"}"#), Some(2.0), "{}", scrape.body);
+    assert!(get(r#"revenue_total{item="tea"}"#).is_some_and(|v| (v - 39.96).abs() < 1e-9), "{}", scrape.body);
+    assert_eq!(get("orders_pending"), Some(2.0), "{}", scrape.body);
+    assert_eq!(get("queue_depth"), Some(42.0), "{}", scrape.body);
+    assert_eq!(get(r#"request_duration_seconds_bucket{endpoint="create_order",le="0.05"}"#), Some(2.0), "{}", scrape.body);
+    assert_eq!(get(r#"request_duration_seconds_count{endpoint="create_order"}"#), Some(2.0), "{}", scrape.body);
+    assert!(scrape.body.contains("# TYPE revenue_total counter") && scrape.body.contains("# TYPE orders_pending gauge"), "{}", scrape.body);
+    assert!(get("wippy_spawns_total").is_some(), "the node's own figures are still there: {}", scrape.body);
+}
+
 fn sse() -> String {
     [
         gateway_api(""),

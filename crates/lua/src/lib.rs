@@ -16,6 +16,8 @@ mod convert;
 mod current;
 pub mod lint;
 mod modules;
+/// What Lua processes recorded with the `metrics` module, in Prometheus's text format.
+pub use modules::metrics::render as render_metrics;
 mod process;
 mod shard;
 mod vm;

@@ -13,6 +13,7 @@ pub(crate) mod http_client;
 pub(crate) mod io;
 pub(crate) mod json;
 pub(crate) mod logger;
+pub mod metrics;
 pub(crate) mod process;
 pub(crate) mod registry;
 pub(crate) mod security;
@@ -185,6 +186,7 @@ pub(crate) fn install(
     shared.raw_set("io", io::library(lua, grants_io)?)?;
     shared.raw_set("security", security::library(lua, catalog.clone())?)?;
     shared.raw_set("uuid", uuid::library(lua)?)?;
+    shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
     shared.raw_set("http", http::library(lua, r)?)?;

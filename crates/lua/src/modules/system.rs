@@ -525,6 +525,7 @@ fn describe(name: &str) -> &'static str {
         "io" => "terminal input and output",
         "security" => "actors, scopes, policies, token stores",
         "uuid" => "UUID generation and parsing",
+        "metrics" => "counters, gauges and histograms for the Prometheus endpoint",
         "events" => "the system event bus",
         "system" => "node, memory, supervisor and host statistics",
         _ => "",
