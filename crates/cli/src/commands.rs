@@ -35,12 +35,15 @@ fn load(cli: &Cli) -> Result<(Project, Plan, Config), u8> {
 
 /// The configuration keys this runtime reads, and what each takes.
 const CONFIG_KEYS: &[(&str, &str)] = &[
+    ("version", "the file format's version (Wippy's files say \"1.0\"; not read)"),
     ("logger.level", "debug, info, warn (or warning), error or off"),
     ("logger.encoding", "console or json"),
     ("logger.color", "true or false"),
     ("security.strict_mode", "true or false"),
     ("shutdown.timeout", "a duration such as 30s"),
     ("metrics.prometheus.address", "an address to serve Prometheus metrics on, such as 127.0.0.1:9100"),
+    ("prometheus.enabled", "true or false (Wippy's form: serve Prometheus metrics on prometheus.address)"),
+    ("prometheus.address", "an address to serve Prometheus metrics on when prometheus.enabled, such as localhost:9090"),
     ("control.enabled", "true or false (the control socket for ps/inspect/top; default true)"),
 ];
 
@@ -63,8 +66,10 @@ fn check_config(config: &Config) -> Result<(), u8> {
         let ok = match path.as_str() {
             "logger.level" => v.and_then(|v| v.as_str()).and_then(level_of).is_some(),
             "logger.encoding" => matches!(v.and_then(|v| v.as_str()), Some("console" | "json")),
-            "logger.color" | "security.strict_mode" | "control.enabled" | "cluster.enabled" | "cluster.nats.tls.required" => v.is_some_and(|v| v.is_boolean()),
-            "metrics.prometheus.address" => metrics_address(config).is_ok(),
+            "logger.color" | "security.strict_mode" | "control.enabled" | "cluster.enabled" | "cluster.nats.tls.required" | "prometheus.enabled" => {
+                v.is_some_and(|v| v.is_boolean())
+            }
+            "metrics.prometheus.address" | "prometheus.address" => metrics_address(config).is_ok(),
             "shutdown.timeout" => shutdown_timeout(config).is_ok(),
             _ => true,
         };
@@ -120,19 +125,22 @@ fn init_logging(cli: &Cli, config: &Config, hide: bool, quiet: bool) {
     };
 }
 
-/// `metrics.prometheus.address`, when set.
+/// Where to serve Prometheus metrics, if anywhere: `metrics.prometheus.address`, or Wippy's
+/// form, `prometheus: {enabled: true, address: ...}` (address `localhost:9090` when not given).
 fn metrics_address(config: &Config) -> Result<Option<std::net::SocketAddr>, String> {
-    match config.get("metrics.prometheus.address") {
-        None => Ok(None),
-        Some(v) => {
-            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-            use std::net::ToSocketAddrs;
-            let text = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text };
-            match text.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => Ok(Some(a)),
-                _ => Err(format!("metrics.prometheus.address: invalid address {text:?} (expected host:port)")),
-            }
+    let (key, v) = match config.get("metrics.prometheus.address") {
+        Some(v) => ("metrics.prometheus.address", v.clone()),
+        None if config.get("prometheus.enabled").and_then(|v| v.as_bool()) == Some(true) => {
+            ("prometheus.address", config.get("prometheus.address").cloned().unwrap_or_else(|| "localhost:9090".into()))
         }
+        None => return Ok(None),
+    };
+    let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    use std::net::ToSocketAddrs;
+    let text = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text };
+    match text.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Ok(Some(a)),
+        _ => Err(format!("{key}: invalid address {text:?} (expected host:port)")),
     }
 }
 

@@ -1140,7 +1140,8 @@ fn lua_metrics_module_records_counters_gauges_and_histograms_for_prometheus() {
     .concat();
     let dir = project("luametrics", &yaml);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(dir.join(".wippy.yaml"), format!("metrics:\n  prometheus:\n    address: 127.0.0.1:{port}\n")).unwrap();
+    // Wippy's form of the setting (its example's .wippy.yaml)
+    std::fs::write(dir.join(".wippy.yaml"), format!("version: \"1.0\"\nprometheus:\n  enabled: true\n  address: 127.0.0.1:{port}\n")).unwrap();
     let node = Node::start(&dir);
     for _ in 0..2 {
         let r = node.request("POST", "/api/orders", &[("Content-Type", "application/json")], br#"{"item":"tea","price":9.99}"#);
