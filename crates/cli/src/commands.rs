@@ -530,11 +530,23 @@ return { main = main }
 
 pub fn init(cli: &Cli) -> u8 {
     let dir = &cli.dir;
-    let files = [("wippy.lock", INIT_LOCK), ("src/_index.yaml", INIT_INDEX), ("src/hello.lua", INIT_HELLO)];
-    for (name, _) in &files {
-        if dir.join(name).exists() {
-            return fail(format!("{} already exists; init writes a new project only", dir.join(name).display()));
+    // Wippy's tutorials write src/ first and then run `wippy init` for the lock file: an
+    // existing project gets what it lacks of wippy.lock, and its sources are never touched.
+    let starter: &[(&str, &str)] = &[("src/_index.yaml", INIT_INDEX), ("src/hello.lua", INIT_HELLO)];
+    let mut files: Vec<(&str, &str)> = Vec::new();
+    if !dir.join("wippy.lock").exists() {
+        files.push(("wippy.lock", INIT_LOCK));
+    }
+    let existing = dir.join("src/_index.yaml").exists();
+    if !existing {
+        if let Some((name, _)) = starter.iter().find(|(name, _)| dir.join(name).exists()) {
+            return fail(format!("{} already exists (and src/_index.yaml does not): init would overwrite it", dir.join(name).display()));
         }
+        files.extend_from_slice(starter);
+    }
+    if files.is_empty() {
+        println!("{} is already a project (wippy.lock and src/_index.yaml exist); nothing written", dir.display());
+        return 0;
     }
     for (name, text) in &files {
         let path = dir.join(name);
@@ -548,7 +560,11 @@ pub fn init(cli: &Cli) -> u8 {
         }
         println!("wrote {}", path.display());
     }
-    println!("run it: wippy run -d {} hello", dir.display());
+    if existing {
+        println!("run it: wippy run -d {}", dir.display());
+    } else {
+        println!("run it: wippy run -d {} hello", dir.display());
+    }
     0
 }
 

@@ -227,8 +227,25 @@ fn init_writes_a_project_that_runs() {
     let o = run(&["run", "-d", d, "hello"]);
     assert_ok(&o);
     assert!(stdout(&o).starts_with("hello from {wippy:terminal|0x"), "{}", stdout(&o));
+    let index = std::fs::read_to_string(dir.join("src/_index.yaml")).unwrap();
+    std::fs::write(dir.join("src/hello.lua"), "-- edited\n").unwrap();
     let again = run(&["init", "-d", d]);
-    assert_eq!(again.status.code(), Some(1), "init must not overwrite");
+    assert_ok(&again);
+    assert!(stdout(&again).contains("nothing written"), "{}", stdout(&again));
+    assert_eq!(std::fs::read_to_string(dir.join("src/hello.lua")).unwrap(), "-- edited\n", "init must not overwrite");
+    assert_eq!(std::fs::read_to_string(dir.join("src/_index.yaml")).unwrap(), index);
+    // Wippy's tutorials write the sources, then `wippy init` for the lock file only
+    std::fs::remove_file(dir.join("wippy.lock")).unwrap();
+    let lock = run(&["init", "-d", d]);
+    assert_ok(&lock);
+    assert!(dir.join("wippy.lock").is_file() && stdout(&lock).contains("wippy.lock") && !stdout(&lock).contains("_index.yaml"), "{}", stdout(&lock));
+    assert_eq!(std::fs::read_to_string(dir.join("src/hello.lua")).unwrap(), "-- edited\n");
+    // no index but a hello.lua of the user's: refused rather than overwritten
+    std::fs::remove_file(dir.join("src/_index.yaml")).unwrap();
+    let clash = run(&["init", "-d", d]);
+    assert_eq!(clash.status.code(), Some(1), "{}", stdout(&clash));
+    assert_eq!(std::fs::read_to_string(dir.join("src/hello.lua")).unwrap(), "-- edited\n");
+    std::fs::write(dir.join("src/_index.yaml"), &index).unwrap();
     let listed = stdout(&run(&["registry", "list", "-d", d, "--kind", "process.lua"]));
     assert!(listed.contains("app:hello") && !listed.contains("app:processes"), "{listed}");
     std::fs::remove_dir_all(&dir).unwrap();
