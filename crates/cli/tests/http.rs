@@ -1095,14 +1095,7 @@ fn the_metrics_middleware_counts_times_and_gauges_requests_for_prometheus() {
     for path in ["/m/users/1", "/m/users/2", "/m/users/boom", "/p/users/3"] {
         node.get(path, &[]);
     }
-    let scrape = Client { addr: format!("127.0.0.1:{port}") }.get("/metrics", &[]);
-    assert_eq!(scrape.status, 200, "{scrape:?}");
-    let series: std::collections::HashMap<&str, f64> = scrape
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k, v.parse().ok()?))))
-        .collect();
+    let (scrape, series) = scrape(port);
     let get = |k: &str| series.get(k).copied();
     let ok = r#"method="GET",route="/m/users/{id}",status="200""#;
     let failed = r#"method="GET",route="/m/users/{id}",status="500""#;
@@ -1148,14 +1141,7 @@ fn lua_metrics_module_records_counters_gauges_and_histograms_for_prometheus() {
         assert_eq!(r.status, 201, "{r:?}");
         assert!(r.body.contains(r#""raised":true"#) && r.body.contains("is a counter, not a gauge"), "{}", r.body);
     }
-    let scrape = Client { addr: format!("127.0.0.1:{port}") }.get("/metrics", &[]);
-    assert_eq!(scrape.status, 200, "{scrape:?}");
-    let series: std::collections::HashMap<&str, f64> = scrape
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k, v.parse().ok()?))))
-        .collect();
+    let (scrape, series) = scrape(port);
     let get = |k: &str| series.get(k).copied();
     assert_eq!(get(r#"orders_total{status="ok"}"#), Some(2.0), "{}", scrape.body);
     assert!(get(r#"revenue_total{item="tea"}"#).is_some_and(|v| (v - 39.96).abs() < 1e-9), "{}", scrape.body);
@@ -1165,6 +1151,20 @@ fn lua_metrics_module_records_counters_gauges_and_histograms_for_prometheus() {
     assert_eq!(get(r#"request_duration_seconds_count{endpoint="create_order"}"#), Some(2.0), "{}", scrape.body);
     assert!(scrape.body.contains("# TYPE revenue_total counter") && scrape.body.contains("# TYPE orders_pending gauge"), "{}", scrape.body);
     assert!(get("wippy_spawns_total").is_some(), "the node's own figures are still there: {}", scrape.body);
+}
+
+/// The node's Prometheus endpoint on `port`: the answer, and each series' value by its
+/// name and labels as written.
+fn scrape(port: u16) -> (Response, std::collections::HashMap<String, f64>) {
+    let scrape = Client { addr: format!("127.0.0.1:{port}") }.get("/metrics", &[]);
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    let series = scrape
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect();
+    (scrape, series)
 }
 
 fn sse() -> String {
