@@ -389,10 +389,13 @@ fn list_commands(plan: &Plan) {
         println!("no commands (give a process.lua entry meta.command: {{name, short}})");
         return;
     }
+    // Wippy's layout (its CLI tutorial shows it)
     let width = plan.commands.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    println!("Available commands:\n");
     for c in &plan.commands {
-        println!("{:width$}  {}  ({})", c.name, c.short, c.entry);
+        println!("  {:width$}  {}  ({})", c.name, c.short, c.entry);
     }
+    println!("\nRun with: wippy run <command>");
 }
 
 pub fn test(cli: &Cli, filters: &[String], host: Option<&str>, timeout: &str) -> u8 {

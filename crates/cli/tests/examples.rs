@@ -66,7 +66,7 @@ fn hello_prints_its_pid_by_command_name_and_by_id() {
     let o = run(&["run", "-d", "examples/hello", "list"]);
     // flags after `list` are the run's (list takes no arguments)
     assert_eq!(stdout(&run(&["run", "list", "-d", "examples/hello"])), stdout(&o));
-    assert_eq!(stdout(&o), "hello  Print a greeting and this process's PID  (app:hello)\n");
+    assert_eq!(stdout(&o), "Available commands:\n\n  hello  Print a greeting and this process's PID  (app:hello)\n\nRun with: wippy run <command>\n");
 }
 
 #[test]
