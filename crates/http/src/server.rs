@@ -269,7 +269,7 @@ impl Conn {
     {
         let Conn { state, node, remote, header_timeout, mut stop, live, permit } = self;
         let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
+        b.timer(TokioTimer::new()).writev(false).header_read_timeout(header_timeout).max_buf_size(state.config.max_header_bytes.max(8192)).keep_alive(true);
         let st = state.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let st = st.clone();
