@@ -43,7 +43,7 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("shutdown.timeout", "a duration such as 30s"),
     ("metrics.prometheus.address", "an address to serve Prometheus metrics on, such as 127.0.0.1:9100"),
     ("prometheus.enabled", "true or false (Wippy's form: serve Prometheus metrics on prometheus.address)"),
-    ("prometheus.address", "an address to serve Prometheus metrics on when prometheus.enabled, such as localhost:9090"),
+    ("prometheus.address", "an address to serve Prometheus metrics on when prometheus.enabled, such as 0.0.0.0:9090 (no default)"),
     ("control.enabled", "true or false (the control socket for ps/inspect/top; default true)"),
 ];
 
@@ -78,6 +78,13 @@ fn check_config(config: &Config) -> Result<(), u8> {
             eprintln!("error: {at}: configuration key {path}: invalid value {shown} (expected {takes})");
             bad = true;
         }
+    }
+    if config.get("prometheus.enabled").and_then(|v| v.as_bool()) == Some(true)
+        && config.get("prometheus.address").is_none()
+        && config.get("metrics.prometheus.address").is_none()
+    {
+        let at = config.origin("prometheus.enabled");
+        eprintln!("warning: {at}: prometheus.enabled is true but prometheus.address is not set: no metrics endpoint is served (as in Wippy, the address must be given)");
     }
     if bad {
         Err(FAILURE)
@@ -126,13 +133,15 @@ fn init_logging(cli: &Cli, config: &Config, hide: bool, quiet: bool) {
 }
 
 /// Where to serve Prometheus metrics, if anywhere: `metrics.prometheus.address`, or Wippy's
-/// form, `prometheus: {enabled: true, address: ...}` (address `localhost:9090` when not given).
+/// form, `prometheus: {enabled: true, address: ...}` (as in Wippy, no endpoint when the
+/// address is not set; `check_config` warns of that).
 fn metrics_address(config: &Config) -> Result<Option<std::net::SocketAddr>, String> {
     let (key, v) = match config.get("metrics.prometheus.address") {
         Some(v) => ("metrics.prometheus.address", v.clone()),
-        None if config.get("prometheus.enabled").and_then(|v| v.as_bool()) == Some(true) => {
-            ("prometheus.address", config.get("prometheus.address").cloned().unwrap_or_else(|| "localhost:9090".into()))
-        }
+        None if config.get("prometheus.enabled").and_then(|v| v.as_bool()) == Some(true) => match config.get("prometheus.address") {
+            Some(v) => ("prometheus.address", v.clone()),
+            None => return Ok(None),
+        },
         None => return Ok(None),
     };
     let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
