@@ -26,15 +26,26 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "wippy", version, about = "Run Wippy projects: Lua processes on an Erlang-style runtime")]
 pub struct Cli {
-    /// Debug logs.
-    #[arg(short, long, global = true)]
+    /// Debug logs (`--very-verbose`, Wippy's debug-with-stack-traces, is the same here: a Lua
+    /// error's traceback is logged at debug).
+    #[arg(short, long, global = true, visible_alias = "very-verbose")]
     pub verbose: bool,
     /// No logs.
     #[arg(short, long, global = true)]
     pub silent: bool,
-    /// Coloured console logs.
-    #[arg(short, long, global = true)]
+    /// Coloured console logs (Wippy's `--console`).
+    #[arg(short, long, global = true, visible_alias = "console")]
     pub color: bool,
+    /// Wippy's Go memory limit (`-m 1G`): accepted, with a warning that it has no effect here.
+    #[arg(short = 'm', long = "memory-limit", global = true, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+    /// Wippy's pprof server: accepted, with a warning that it has no effect here.
+    #[arg(short = 'p', long = "profiler", global = true)]
+    pub profiler: bool,
+    /// Wippy's log streaming to its event bus: accepted, with a warning that it has no effect
+    /// here.
+    #[arg(short = 'e', long = "event-streams", global = true)]
+    pub event_streams: bool,
     /// A configuration file (merged over .wippy.yaml; repeatable).
     #[arg(long = "config", global = true, value_name = "FILE")]
     pub configs: Vec<PathBuf>,
@@ -197,6 +208,16 @@ fn flags_after_list(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(flags_after_list(std::env::args_os().collect()));
+    // Wippy's Go-runtime flags: a project's scripts pass them; they load, and say they do nothing
+    for (given, flag, what) in [
+        (cli.memory_limit.is_some(), "--memory-limit", "Go's memory limit; a Lua host's max_process_memory and the mailbox limits bound memory here"),
+        (cli.profiler, "--profiler", "Go's pprof server; use perf or the Prometheus endpoint here"),
+        (cli.event_streams, "--event-streams", "log streaming to Wippy's event bus"),
+    ] {
+        if given && !cli.silent {
+            eprintln!("warning: {flag} is {what}: it has no effect in this runtime");
+        }
+    }
     let code = match &cli.command {
         Cmd::Run { exec, host, watch, args, cluster, node } => {
             commands::run(&cli, exec.as_deref(), host.as_deref(), *watch, args, (cluster.as_deref(), node.as_deref()))

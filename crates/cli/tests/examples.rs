@@ -594,3 +594,16 @@ return { main = main }
     assert!(String::from_utf8_lossy(&o.stderr).contains("app:nowhere"), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Wippy's global flags load: `--console` and `--very-verbose` are `-c` and `-v`; its Go
+/// runtime's `-m`, `-p` and `-e` are accepted and say they do nothing here.
+#[test]
+fn wippys_global_flags_are_accepted() {
+    let o = run(&["run", "-d", "examples/hello", "--console", "--very-verbose", "-m", "1G", "-p", "-e", "-x", "app:hello"]);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("hello, world!"), "{}", stdout(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for flag in ["--memory-limit", "--profiler", "--event-streams"] {
+        assert!(err.contains(&format!("warning: {flag} is ")) && err.contains("no effect in this runtime"), "{flag}: {err}");
+    }
+}
