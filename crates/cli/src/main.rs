@@ -52,6 +52,10 @@ pub struct Cli {
     /// Override a configuration value: --set logger.level=debug (repeatable).
     #[arg(long = "set", global = true, value_name = "PATH=VALUE")]
     pub sets: Vec<String>,
+    /// Override one field of an entry: -o app:processes:host.workers=8 (Wippy's
+    /// `ns:entry:field=value`; repeatable).
+    #[arg(short = 'o', long = "override", global = true, value_name = "NS:ENTRY:FIELD=VALUE")]
+    pub overrides: Vec<String>,
     /// The project directory.
     #[arg(short = 'd', long = "dir", global = true, default_value = ".", value_name = "DIR")]
     pub dir: PathBuf,

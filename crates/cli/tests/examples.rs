@@ -607,3 +607,23 @@ fn wippys_global_flags_are_accepted() {
         assert!(err.contains(&format!("warning: {flag} is ")) && err.contains("no effect in this runtime"), "{flag}: {err}");
     }
 }
+
+/// `-o ns:entry:field=value` (Wippy's `--override`) sets a field of a loaded entry before it
+/// is checked; a bad override names itself.
+#[test]
+fn override_sets_an_entry_field_before_the_load_checks() {
+    let o = run(&["registry", "show", "-d", "examples/hello", "app:hello", "-o", "app:hello:meta.command.short=Hi", "-o", "app:hello:host.workers=3"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("short: Hi") && out.contains("workers: 3"), "{out}");
+    // checked like a written field: a kind that does not exist is the usual load error
+    let o = run(&["run", "-d", "examples/hello", "-o", "app:hello:kind=process.lau", "-x", "app:hello"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("process.lau"), "{}", String::from_utf8_lossy(&o.stderr));
+    for (bad, says) in [("app:nope:x=1", "no entry app:nope"), ("app:hello:x", "no '='"), ("app:hello:source=x", "source cannot be overridden")] {
+        let o = run(&["run", "-d", "examples/hello", "-o", bad, "-x", "app:hello"]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("error: -o {bad}: ")) && err.contains(says), "{bad}: {err}");
+    }
+}
