@@ -46,10 +46,7 @@ fn override_entry(project: &mut Project, assignment: &str) -> Result<(), String>
         return Err(format!("empty segment in field {field:?}"));
     }
     let entry = project.entries.iter_mut().find(|e| e.id.as_str() == id).ok_or_else(|| format!("no entry {id}"))?;
-    let value = match serde_saphyr::from_str::<serde_json::Value>(raw) {
-        Ok(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_) | serde_json::Value::String(_))) => v,
-        _ => serde_json::Value::String(raw.to_string()),
-    };
+    let value = wippy_registry::scalar(raw);
     if field == "kind" {
         entry.kind = raw.to_string();
         return Ok(());

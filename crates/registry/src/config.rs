@@ -27,6 +27,15 @@ fn merge(into: &mut Map<String, Value>, from: Map<String, Value>) {
     }
 }
 
+/// A value written on the command line (`--set path=value`, `-o ns:entry:field=value`):
+/// `true`/`false` and numbers as YAML reads them, anything else as the string given.
+pub fn scalar(raw: &str) -> Value {
+    match serde_saphyr::from_str::<Value>(raw) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::String(_))) => v,
+        _ => Value::String(raw.to_string()),
+    }
+}
+
 impl Config {
     /// Read the project's `.wippy.yaml` (if any), `files`, then `sets`.
     pub fn load(project: &Path, files: &[impl AsRef<Path>], sets: &[String]) -> Result<Config, LoadError> {
@@ -98,10 +107,7 @@ impl Config {
         if path.is_empty() || path.split('.').any(str::is_empty) {
             return Err(bad("empty path segment"));
         }
-        let value = match serde_saphyr::from_str::<Value>(raw) {
-            Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::String(_))) => v,
-            _ => Value::String(raw.to_string()),
-        };
+        let value = scalar(raw);
         let mut cur = &mut self.root;
         let mut parts: Vec<&str> = path.split('.').collect();
         let last = parts.pop().unwrap_or_default();
