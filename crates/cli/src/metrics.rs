@@ -54,9 +54,6 @@ fn describe() {
     describe_gauge!(wippy_http::middleware::REQUESTS_IN_FLIGHT, "HTTP requests being answered, by method and route");
 }
 
-/// Prometheus's default buckets, for the HTTP request durations (a histogram, as Wippy's).
-const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
 /// Serve metrics at `addr` until the OS process ends, at any path: the node's figures (the
 /// `metrics` facade with `metrics-exporter-prometheus`'s recorder) and then what Lua
 /// processes recorded with the `metrics` module. A small tokio runtime of its own (one
@@ -70,7 +67,7 @@ pub fn start(addr: SocketAddr, source: Source) -> Result<(), String> {
         tokio::net::TcpListener::from_std(std).map_err(|e| format!("metrics: {e}"))?
     };
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(wippy_http::middleware::REQUEST_DURATION.into()), DURATION_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(wippy_http::middleware::REQUEST_DURATION.into()), wippy_http::middleware::DEFAULT_BUCKETS)
         .map_err(|e| format!("metrics: {e}"))?
         .build_recorder();
     let handle = recorder.handle();

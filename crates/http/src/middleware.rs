@@ -182,6 +182,10 @@ pub struct RequestMetrics {
 
 pub const REQUESTS_TOTAL: &str = "wippy_http_requests_total";
 pub const REQUEST_DURATION: &str = "wippy_http_request_duration_seconds";
+/// Prometheus's default histogram buckets (its client libraries' `DefBuckets`), in seconds:
+/// the request durations' buckets, as Wippy's, and those of the Lua `metrics` module's
+/// histograms.
+pub const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 pub const REQUESTS_IN_FLIGHT: &str = "wippy_http_requests_in_flight";
 
 impl RequestMetrics {

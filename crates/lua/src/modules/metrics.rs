@@ -20,8 +20,8 @@ use wippy_runtime::Error;
 
 use super::{bad_arg, fail};
 
-/// Prometheus's default buckets (its client libraries' `DefBuckets`), for every histogram.
-const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+// Every histogram's buckets: Prometheus's defaults, as the HTTP request durations use.
+use wippy_http::middleware::DEFAULT_BUCKETS as BUCKETS;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
