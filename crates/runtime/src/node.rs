@@ -834,18 +834,21 @@ impl NodeInner {
         Ok(pid)
     }
 
+    /// Queue a process the caller hands over (a new one): a process of no group goes to
+    /// the run queue without touching its count; one of a group as [`schedule_ref`]
+    /// (Self::schedule_ref) queues it.
     #[inline]
     pub(crate) fn schedule(&self, cell: Arc<ProcCell>, hint: Hint) {
         match &cell.group {
-            Some(g) => g.clone().schedule(ProcessRef(cell), hint == Hint::Woken),
+            Some(_) => self.schedule_ref(&cell, hint),
             None => crate::step::queue(cell, hint),
         }
     }
 
-    /// [`schedule`](Self::schedule) for a caller that keeps its own reference to the cell
-    /// (a sender's last target, the stepping worker's): that reference keeps the group
-    /// alive through the call, so the group is borrowed, not counted (two locked
-    /// instructions less on the path of every message to a Lua process).
+    /// Queue a process for a caller that keeps its own reference to the cell (a sender's
+    /// last target, the stepping worker's): that reference keeps the group alive through
+    /// the call, so the group is borrowed, not counted (two locked instructions less on the
+    /// path of every message to a Lua process).
     #[inline]
     pub(crate) fn schedule_ref(&self, cell: &Arc<ProcCell>, hint: Hint) {
         match &cell.group {
