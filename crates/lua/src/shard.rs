@@ -19,14 +19,15 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-
-type QueueLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 use wippy_runtime::{HostRef, ProcessGroup, ProcessRef, Runnable};
 
 use crate::catalog::Catalog;
 use crate::convert::Marks;
 use crate::vm::preempt::{self, current_preempt, Preempt};
 use crate::vm::sandbox::Vm;
+
+/// The lock of a shard's run queue (see `Shard::queue`).
+type QueueLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 
 /// The most process steps one turn of a shard runs before it lets other runnables go.
 const TURN_STEPS: usize = 64;
