@@ -171,7 +171,7 @@ fn init_logging(cli: &Cli, config: &Config, hide: bool, quiet: bool) {
 /// Where to serve Prometheus metrics, if anywhere: `metrics.prometheus.address`, or Wippy's
 /// form, `prometheus: {enabled: true, address: ...}` (as in Wippy, no endpoint when the
 /// address is not set; `check_config` warns of that).
-fn metrics_address(config: &Config) -> Result<Option<std::net::SocketAddr>, String> {
+fn metrics_address(config: &Config) -> Result<Option<(&'static str, std::net::SocketAddr)>, String> {
     let (key, v) = match config.get("metrics.prometheus.address") {
         Some(v) => ("metrics.prometheus.address", v.clone()),
         None if config.get("prometheus.enabled").and_then(|v| v.as_bool()) == Some(true) => match config.get("prometheus.address") {
@@ -184,7 +184,7 @@ fn metrics_address(config: &Config) -> Result<Option<std::net::SocketAddr>, Stri
     use std::net::ToSocketAddrs;
     let text = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text };
     match text.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => Ok(Some(a)),
+        Ok(Some(a)) => Ok(Some((key, a))),
         _ => Err(format!("{key}: invalid address {text:?} (expected host:port)")),
     }
 }
@@ -301,7 +301,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         }
     };
     match metrics_address(&config) {
-        Ok(Some(addr)) => match crate::metrics::start(addr, source) {
+        Ok(Some((key, addr))) => match crate::metrics::start(key, addr, source) {
             Ok(()) => tracing::info!(%addr, "serving Prometheus metrics"),
             Err(e) => {
                 boot.shutdown();

@@ -58,11 +58,13 @@ fn describe() {
 /// `metrics` facade with `metrics-exporter-prometheus`'s recorder) and then what Lua
 /// processes recorded with the `metrics` module. A small tokio runtime of its own (one
 /// thread, with I/O) serves them and refreshes the figures.
-pub fn start(addr: SocketAddr, source: Source) -> Result<(), String> {
+///
+/// `key` is the setting `addr` came from, for the error when it cannot be bound.
+pub fn start(key: &str, addr: SocketAddr, source: Source) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("metrics: {e}"))?;
     let listener = {
         let _enter = rt.enter();
-        let std = std::net::TcpListener::bind(addr).map_err(|e| format!("metrics.prometheus.address {addr}: {e}"))?;
+        let std = std::net::TcpListener::bind(addr).map_err(|e| format!("{key} {addr}: {e}"))?;
         std.set_nonblocking(true).map_err(|e| format!("metrics: {e}"))?;
         tokio::net::TcpListener::from_std(std).map_err(|e| format!("metrics: {e}"))?
     };
