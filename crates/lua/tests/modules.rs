@@ -94,6 +94,13 @@ fn timers() {
         assert(tk:stop() == true)
         local tk2, terr = time.ticker(0)
         assert(tk2 == nil and terr:kind() == errors.INVALID)
+        -- a timer or an after of no time at all is refused as a ticker is (SPEC 12.3)
+        local a0, aerr = time.after(0)
+        assert(a0 == nil and aerr:kind() == errors.INVALID, tostring(aerr))
+        local t0n, t0err = time.timer("-1s")
+        assert(t0n == nil and t0err:kind() == errors.INVALID)
+        local tm3 = time.timer("1h")
+        assert(not pcall(tm3.reset, tm3, 0) and tm3:stop() == true)
         local ok3, e3 = pcall(time.sleep, "soon")
         assert(not ok3 and tostring(e3):find("invalid duration"), tostring(e3))
         return n
@@ -392,6 +399,18 @@ fn time_zones_layouts_and_durations_as_spec_12_3() {
         assert(l:equal(time.date(2024, 1, 2, 3, 4, 5, 0, time.localtz)))
         local z = time.parse(time.RFC3339, "2024-01-02T03:04:05Z")
         assert(z:unix() == 1704164645)
+        -- Go's parse: "Z" is UTC, another offset a zone of that offset
+        assert(tostring(z) == "2024-01-02 03:04:05 +0000 UTC", tostring(z))
+        local o3 = time.parse(time.RFC3339, "2024-01-02T03:04:05+03:00")
+        assert(tostring(o3) == "2024-01-02 03:04:05 +0300 +0300" and o3:unix() == 1704153845, tostring(o3))
+        -- what the layout leaves out is zero: a time of day alone is on 0000-01-01
+        local tod = time.parse(time.TIME_ONLY, "14:30:00", time.utc)
+        assert(tod:year() == 0 and tod:hour() == 14 and tod:minute() == 30, tostring(tod))
+        assert(tod:format(time.TIME_ONLY) == "14:30:00" and tod:format_rfc3339() == "0000-01-01T14:30:00Z")
+        -- the zero Time is Go's (year 1), not the unix epoch
+        assert(time.date(1, 1, 1, 0, 0, 0, 0, time.utc):is_zero() and not time.unix(0, 0):is_zero())
+        -- round and truncate count multiples from the zero Time, as Go does
+        assert(time.unix(100, 0):truncate(time.parse_duration("7s")):unix() == 94)
         -- errors
         local e1, x1 = time.load_location("")
         assert(e1 == nil and x1:kind() == errors.INVALID and x1:message() == "empty location name")

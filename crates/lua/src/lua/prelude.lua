@@ -1081,8 +1081,17 @@ local function timer_channel(P, ns, once_close)
   return ch, id
 end
 
+-- a timer, an after or a ticker of a duration <= 0 is refused with Invalid (SPEC 12.3)
+local function positive(ns, what)
+  if ns > 0 then return nil end
+  return rt_error("Invalid", what .. " duration must be positive")
+end
+
 function time.after(d)
-  local ch = timer_channel(S[1], to_ns(d, "after"), true)
+  local ns = to_ns(d, "after")
+  local bad = positive(ns, "after")
+  if bad then return nil, bad end
+  local ch = timer_channel(S[1], ns, true)
   return ch[C_H]
 end
 
@@ -1090,7 +1099,10 @@ local Timer = {}
 local TimerMT = { __index = Timer, __name = "timer", __metatable = "timer" }
 function time.timer(d)
   local P = S[1]
-  local ch, id = timer_channel(P, to_ns(d, "timer"), false)
+  local ns = to_ns(d, "timer")
+  local bad = positive(ns, "timer")
+  if bad then return nil, bad end
+  local ch, id = timer_channel(P, ns, false)
   return setmetatable({ ch = ch[C_H], id = id, fired = false }, TimerMT)
 end
 function Timer.channel(tm) return tm.ch end
@@ -1111,6 +1123,7 @@ end
 Timer.stop = stop_cmd
 function Timer.reset(tm, d)
   local ns = to_ns(d, "reset")
+  if ns <= 0 then error("bad argument #1 to 'reset' (duration must be positive)", 2) end
   local was = Timer.stop(tm)
   local P = S[1]
   local ch = check_chan(tm.ch, "reset")
@@ -1124,7 +1137,8 @@ local Ticker = {}
 local TickerMT = { __index = Ticker, __name = "ticker", __metatable = "ticker" }
 function time.ticker(d)
   local ns = to_ns(d, "ticker")
-  if ns <= 0 then return nil, rt_error("Invalid", "ticker period must be positive") end
+  local bad = positive(ns, "ticker")
+  if bad then return nil, bad end
   local P = S[1]
   local ch = newchan(P, 1, true)
   local id = cmd_ticker(ns)

@@ -13,15 +13,21 @@ use super::{bad_arg, fail};
 use crate::current;
 
 pub(crate) const NANOS_PER_SEC: i64 = 1_000_000_000;
+const NS: i128 = NANOS_PER_SEC as i128;
+/// Go's zero Time (January 1, year 1, 00:00:00 UTC) in unix nanoseconds: what `is_zero`
+/// compares with and what `round`/`truncate` count multiples from.
+const ZERO_TIME: i128 = -62_135_596_800 * NS;
 
 /// A span of time in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Duration(pub i64);
 
-/// An instant with a location: unix nanoseconds plus the zone it is shown in.
+/// An instant with a location: unix nanoseconds plus the zone it is shown in. 128 bits,
+/// as Go's Time covers far more than an i64 of nanoseconds does (1677-2262): a parsed
+/// time of day with no date is in year 0.
 #[derive(Clone, Debug)]
 pub struct Time {
-    pub nanos: i64,
+    pub nanos: i128,
     pub loc: Location,
 }
 
@@ -43,16 +49,16 @@ impl Location {
             Location::Zone(z) => z.name().to_string(),
         }
     }
-    fn offset_at(&self, nanos: i64) -> i32 {
+    fn offset_at(&self, nanos: i128) -> i32 {
         match self {
             Location::Utc => 0,
             Location::Fixed(_, o) => *o,
             Location::Zone(z) => {
-                let dt = DateTime::from_timestamp(nanos.div_euclid(NANOS_PER_SEC), 0).unwrap_or_default();
+                let dt = DateTime::from_timestamp(secs_of(nanos), 0).unwrap_or_default();
                 z.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()
             }
             Location::Local => {
-                let dt = DateTime::from_timestamp(nanos.div_euclid(NANOS_PER_SEC), 0).unwrap_or_default();
+                let dt = DateTime::from_timestamp(secs_of(nanos), 0).unwrap_or_default();
                 Local.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()
             }
         }
@@ -66,19 +72,28 @@ impl UserData for Location {
     }
 }
 
+/// Whole unix seconds of unix nanoseconds (clamped to what chrono can show).
+fn secs_of(nanos: i128) -> i64 {
+    nanos.div_euclid(NS).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+/// An i128 clamped into an i64 (Go saturates a Duration the same way).
+fn sat64(v: i128) -> i64 {
+    v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
 impl Time {
     fn fixed(&self) -> DateTime<FixedOffset> {
         let off = FixedOffset::east_opt(self.loc.offset_at(self.nanos)).unwrap_or(FixedOffset::east_opt(0).unwrap());
-        let secs = self.nanos.div_euclid(NANOS_PER_SEC);
-        let ns = self.nanos.rem_euclid(NANOS_PER_SEC) as u32;
-        DateTime::from_timestamp(secs, ns).unwrap_or_default().with_timezone(&off)
+        let ns = self.nanos.rem_euclid(NS) as u32;
+        DateTime::from_timestamp(secs_of(self.nanos), ns).unwrap_or_default().with_timezone(&off)
     }
     fn zone_abbrev(&self) -> String {
         match &self.loc {
             Location::Utc => "UTC".into(),
             Location::Fixed(n, _) => n.clone(),
             Location::Zone(z) => {
-                let dt = DateTime::from_timestamp(self.nanos.div_euclid(NANOS_PER_SEC), 0).unwrap_or_default();
+                let dt = DateTime::from_timestamp(secs_of(self.nanos), 0).unwrap_or_default();
                 let off = z.offset_from_utc_datetime(&dt.naive_utc());
                 match chrono_tz::OffsetName::abbreviation(&off) {
                     Some(a) => a.to_string(),
@@ -181,28 +196,28 @@ impl FromLua for Time {
     }
 }
 
-fn with_loc(nanos: i64, loc: &Location) -> Time {
+fn with_loc(nanos: i128, loc: &Location) -> Time {
     Time { nanos, loc: loc.clone() }
 }
 
 impl UserData for Time {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("unix", |_, t, ()| Ok(t.nanos.div_euclid(NANOS_PER_SEC)));
-        m.add_method("unix_nano", |_, t, ()| Ok(t.nanos));
-        m.add_method("unix_milli", |_, t, ()| Ok(t.nanos.div_euclid(1_000_000)));
-        m.add_method("add", |_, t, d: Duration| Ok(with_loc(t.nanos.saturating_add(d.0), &t.loc)));
-        m.add_method("sub", |_, t, o: Time| Ok(Duration(t.nanos.saturating_sub(o.nanos))));
+        m.add_method("unix", |_, t, ()| Ok(secs_of(t.nanos)));
+        m.add_method("unix_nano", |_, t, ()| Ok(sat64(t.nanos)));
+        m.add_method("unix_milli", |_, t, ()| Ok(sat64(t.nanos.div_euclid(1_000_000))));
+        m.add_method("add", |_, t, d: Duration| Ok(with_loc(t.nanos + d.0 as i128, &t.loc)));
+        m.add_method("sub", |_, t, o: Time| Ok(Duration(sat64(t.nanos - o.nanos))));
         m.add_method("before", |_, t, o: Time| Ok(t.nanos < o.nanos));
         m.add_method("after", |_, t, o: Time| Ok(t.nanos > o.nanos));
         m.add_method("equal", |_, t, o: Time| Ok(t.nanos == o.nanos));
-        m.add_method("is_zero", |_, t, ()| Ok(t.nanos == 0));
+        m.add_method("is_zero", |_, t, ()| Ok(t.nanos == ZERO_TIME));
         m.add_method("year", |_, t, ()| Ok(t.fixed().year()));
         m.add_method("month", |_, t, ()| Ok(t.fixed().month()));
         m.add_method("day", |_, t, ()| Ok(t.fixed().day()));
         m.add_method("hour", |_, t, ()| Ok(t.fixed().hour()));
         m.add_method("minute", |_, t, ()| Ok(t.fixed().minute()));
         m.add_method("second", |_, t, ()| Ok(t.fixed().second()));
-        m.add_method("nanosecond", |_, t, ()| Ok(t.nanos.rem_euclid(NANOS_PER_SEC)));
+        m.add_method("nanosecond", |_, t, ()| Ok(t.nanos.rem_euclid(NS) as i64));
         m.add_method("weekday", |_, t, ()| Ok(t.fixed().weekday().num_days_from_sunday()));
         m.add_method("year_day", |_, t, ()| Ok(t.fixed().ordinal()));
         m.add_method("date", |_, t, ()| {
@@ -229,22 +244,23 @@ impl UserData for Time {
             let date = first + chrono::Duration::days(f.day() as i64 - 1 + d);
             let naive = date.and_time(f.time());
             let dt = f.offset().from_local_datetime(&naive).single().ok_or_else(|| mlua::Error::runtime("add_date: invalid date"))?;
-            let nanos = dt.timestamp_nanos_opt().ok_or_else(|| mlua::Error::runtime("add_date: date out of range"))?;
+            let nanos = dt.timestamp() as i128 * NS + dt.timestamp_subsec_nanos() as i128;
             Ok(with_loc(nanos, &t.loc))
         });
         m.add_method("truncate", |_, t, d: Duration| {
             if d.0 <= 0 {
                 return Ok(t.clone());
             }
-            Ok(with_loc(t.nanos - t.nanos.rem_euclid(d.0), &t.loc))
+            // (multiples since Go's zero time, as Go counts them)
+            Ok(with_loc(t.nanos - (t.nanos - ZERO_TIME).rem_euclid(d.0 as i128), &t.loc))
         });
         m.add_method("round", |_, t, d: Duration| {
             if d.0 <= 0 {
                 return Ok(t.clone());
             }
-            let r = t.nanos.rem_euclid(d.0);
+            let (d, r) = (d.0 as i128, (t.nanos - ZERO_TIME).rem_euclid(d.0 as i128));
             let down = t.nanos - r;
-            Ok(with_loc(if r + r < d.0 { down } else { down + d.0 }, &t.loc))
+            Ok(with_loc(if r + r < d { down } else { down + d }, &t.loc))
         });
         m.add_method("format", |_, t, layout: String| Ok(format_go(t, &layout)));
         m.add_method("format_rfc3339", |_, t, ()| Ok(format_go(t, RFC3339)));
@@ -398,7 +414,7 @@ pub(crate) fn format_go(t: &Time, layout: &str) -> String {
                 }
             }
             Tok::Frac(n, trim) => {
-                let ns = format!("{:09}", t.nanos.rem_euclid(NANOS_PER_SEC));
+                let ns = format!("{:09}", t.nanos.rem_euclid(NS));
                 let mut digits = ns[..n.min(9)].to_string();
                 if trim {
                     digits = digits.trim_end_matches('0').to_string();
@@ -423,12 +439,18 @@ fn h12(h: u32) -> u32 {
     }
 }
 
-/// Parse `value` with a Go layout. Without a zone in the value, `loc` applies.
+/// Parse `value` with a Go layout (Go's `ParseInLocation`): what the layout leaves out is
+/// zero, or one where zero is impossible (a time of day alone is on January 1 of year 0).
+/// A "Z" or "UTC" in the value gives UTC; an offset or zone name that `loc` has at that
+/// time gives `loc`; another offset a fixed zone; another zone name a fixed zone of that
+/// name at offset 0, as Go does. Without a zone in the value, `loc` applies.
 pub(crate) fn parse_go(layout: &str, value: &str, loc: &Location) -> Result<Time, String> {
     let bad = |why: &str| format!("parsing time \"{value}\" as \"{layout}\": {why}");
-    let (mut year, mut month, mut day, mut hour, mut min, mut sec, mut nanos) = (1i32, 1u32, 1u32, 0u32, 0u32, 0u32, 0i64);
+    let (mut year, mut month, mut day, mut hour, mut min, mut sec, mut nanos) = (0i32, 1u32, 1u32, 0u32, 0u32, 0u32, 0i64);
     let mut pm: Option<bool> = None;
     let mut offset: Option<i32> = None;
+    let mut utc = false;
+    let mut zone_name: Option<String> = None;
     let mut yday: Option<u32> = None;
     let mut v = value;
     fn num<'a>(v: &'a str, min: usize, max: usize) -> Option<(i64, &'a str)> {
@@ -524,14 +546,15 @@ pub(crate) fn parse_go(layout: &str, value: &str, loc: &Location) -> Result<Time
                 if n < 3 {
                     return Err(bad("time zone name"));
                 }
-                if &v[..n] == "UTC" || &v[..n] == "GMT" {
-                    offset = offset.or(Some(0));
+                match &v[..n] {
+                    "UTC" => utc = true,
+                    name => zone_name = Some(name.to_string()),
                 }
                 v = &v[n..];
             }
             Tok::Off(colon, z, short) => {
                 if *z && v.starts_with('Z') {
-                    offset = Some(0);
+                    utc = true;
                     v = &v[1..];
                     continue;
                 }
@@ -572,16 +595,30 @@ pub(crate) fn parse_go(layout: &str, value: &str, loc: &Location) -> Result<Time
     }
     .ok_or_else(|| bad("day out of range"))?;
     let naive = date.and_hms_opt(hour, min, sec).ok_or_else(|| bad("time out of range"))?;
-    let (off, loc) = match offset {
-        Some(o) => (o, if o == 0 && matches!(loc, Location::Utc) { Location::Utc } else { Location::Fixed(String::new(), o) }),
-        None => (local_offset(loc, &naive), loc.clone()),
+    let wall = naive.and_utc().timestamp();
+    let (off, loc) = if utc {
+        (0, Location::Utc)
+    } else if let Some(o) = offset {
+        // the default location when it has this offset at that instant (Go's rule)
+        let at = (wall - o as i64) as i128 * NS;
+        if loc.offset_at(at) == o && zone_name.as_ref().is_none_or(|n| *n == with_loc(at, loc).zone_abbrev()) {
+            (o, loc.clone())
+        } else {
+            (o, Location::Fixed(zone_name.unwrap_or_else(|| format_offset(o, false, false)), o))
+        }
+    } else if let Some(name) = zone_name {
+        let off = local_offset(loc, &naive);
+        let at = (wall - off as i64) as i128 * NS;
+        if with_loc(at, loc).zone_abbrev() == name {
+            (off, loc.clone())
+        } else {
+            (0, Location::Fixed(name, 0))
+        }
+    } else {
+        (local_offset(loc, &naive), loc.clone())
     };
-    let loc = match loc {
-        Location::Fixed(n, o) if n.is_empty() => Location::Fixed(format_offset(o, false, false), o),
-        l => l,
-    };
-    let secs = naive.and_utc().timestamp() - off as i64;
-    Ok(Time { nanos: secs * NANOS_PER_SEC + nanos, loc })
+    let secs = wall - off as i64;
+    Ok(Time { nanos: secs as i128 * NS + nanos as i128, loc })
 }
 
 fn frac_digits(v: &str) -> (i64, usize, &str) {
@@ -645,11 +682,11 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     }
     t.raw_set("utc", lua.create_userdata(Location::Utc)?)?;
     t.raw_set("localtz", lua.create_userdata(Location::Local)?)?;
-    t.raw_set("now", lua.create_function(|_, ()| Ok(Time { nanos: now_nanos(), loc: Location::Local }))?)?;
+    t.raw_set("now", lua.create_function(|_, ()| Ok(Time { nanos: now_nanos() as i128, loc: Location::Local }))?)?;
     t.raw_set(
         "unix",
         lua.create_function(|_, (s, ns): (i64, Option<i64>)| {
-            Ok(Time { nanos: s.saturating_mul(NANOS_PER_SEC).saturating_add(ns.unwrap_or(0)), loc: Location::Local })
+            Ok(Time { nanos: s as i128 * NS + ns.unwrap_or(0) as i128, loc: Location::Local })
         })?,
     )?;
     t.raw_set(
@@ -663,7 +700,7 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
                 return fail(lua, Error::invalid("time.date: invalid time of day"));
             };
             let off = local_offset(&loc, &naive);
-            let nanos = (naive.and_utc().timestamp() - off as i64) * NANOS_PER_SEC + ns.unwrap_or(0);
+            let nanos = (naive.and_utc().timestamp() - off as i64) as i128 * NS + ns.unwrap_or(0) as i128;
             Ok((LuaValue::UserData(lua.create_userdata(Time { nanos, loc })?), LuaValue::Nil))
         })?,
     )?;
@@ -740,8 +777,8 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         "time_from_nanos",
         lua.create_function(|_, v: LuaValue| {
             let nanos = match v {
-                LuaValue::Integer(i) => i,
-                _ => now_nanos(),
+                LuaValue::Integer(i) => i as i128,
+                _ => now_nanos() as i128,
             };
             Ok(Time { nanos, loc: Location::Local })
         })?,
@@ -766,14 +803,19 @@ mod tests {
     #[test]
     fn go_layouts_round_trip() {
         let t = parse_go(RFC3339, "2024-03-05T07:08:09Z", &Location::Utc).unwrap();
-        assert_eq!(t.nanos, 1709622489 * NANOS_PER_SEC);
+        assert_eq!(t.nanos, 1709622489 * NS);
         assert_eq!(format_go(&t, RFC3339), "2024-03-05T07:08:09Z");
         assert_eq!(format_go(&t, "Mon Jan _2 15:04:05 2006"), "Tue Mar  5 07:08:09 2024");
         assert_eq!(format_go(&t, "3:04PM"), "7:08AM");
         let t2 = parse_go("2006-01-02 15:04:05.000 -07:00", "2024-03-05 10:08:09.250 +03:00", &Location::Utc).unwrap();
-        assert_eq!(t2.nanos, 1709622489 * NANOS_PER_SEC + 250_000_000);
+        assert_eq!(t2.nanos, 1709622489 * NS + 250_000_000);
         assert_eq!(format_go(&t2, "15:04:05.999 Z07:00"), "10:08:09.25 +03:00");
         assert!(parse_go("2006-01-02", "2024-13-01", &Location::Utc).is_err());
         assert!(parse_go("2006-01-02", "2024-01-01x", &Location::Utc).is_err());
+        // year 0 is beyond an i64 of nanoseconds; Go's parse lands there
+        let k = parse_go("3:04PM", "3:04PM", &Location::Local).unwrap();
+        assert_eq!(format_go(&k, "2006-01-02 15:04"), "0000-01-01 15:04");
+        let est = parse_go("15:04 MST", "10:00 EST", &Location::Utc).unwrap();
+        assert_eq!(format_go(&est, "15:04 MST -0700"), "10:00 EST +0000");
     }
 }
