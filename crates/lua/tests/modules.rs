@@ -234,6 +234,8 @@ fn logger_env_payload_registry() {
         logger:info("hello", {k = 1})
         local l = logger:with({req = "r1"}):named("sub")
         l:warn("child logger")
+        local okn, en = pcall(logger.named, logger, "")
+        assert(not okn and tostring(en):find("name cannot be empty"), tostring(en))
         print("printed", 1, true)
         assert(env.get("APP_MODE") == "test")
         local miss, merr = env.get("WIPPY_SURELY_UNSET_VARIABLE")

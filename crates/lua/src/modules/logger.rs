@@ -6,6 +6,16 @@ use mlua::{Lua, Table, Value as LuaValue, Variadic};
 
 use crate::current;
 
+/// A field's value: a table as the data it holds (Wippy's logger encodes it), not as its
+/// address; one JSON cannot hold, and anything else, as `print` shows it.
+fn render_field(v: &LuaValue) -> String {
+    match v {
+        LuaValue::Table(_) => super::json::to_json(v, 0).map(|j| j.to_string()).unwrap_or_else(|_| render(v)),
+        other => render(other),
+    }
+}
+
+/// A value as Lua's `tostring` shows it.
 fn render(v: &LuaValue) -> String {
     match v {
         LuaValue::String(s) => s.to_string_lossy().to_string(),
@@ -30,7 +40,7 @@ fn fields_text(fields: &[(String, String)]) -> String {
 fn collect(into: &mut Vec<(String, String)>, t: &Table) -> mlua::Result<()> {
     for pair in t.clone().pairs::<LuaValue, LuaValue>() {
         let (k, v) = pair?;
-        into.push((render(&k), render(&v)));
+        into.push((render(&k), render_field(&v)));
     }
     Ok(())
 }
@@ -108,6 +118,9 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "named",
         lua.create_function(move |lua, (this, name): (Table, String)| {
+            if name.is_empty() {
+                return Err(mlua::Error::runtime("bad argument #1 to 'named' (name cannot be empty)"));
+            }
             let child = lua.create_table()?;
             child.raw_set("_fields", this.raw_get::<LuaValue>("_fields")?)?;
             let full = match this.raw_get::<Option<String>>("_name")? {
@@ -122,4 +135,19 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     mt.raw_set("__index", t.clone())?;
     mt.raw_set("__metatable", false)?;
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_field_shows_its_data_and_print_shows_lua_names() {
+        let lua = Lua::new();
+        let t: LuaValue = lua.load("return { list = { 1, 2 } }").eval().unwrap();
+        assert_eq!(render_field(&t), r#"{"list":[1,2]}"#);
+        assert!(render(&t).starts_with("table: "), "{}", render(&t));
+        let f: LuaValue = lua.load("return { f = print }").eval().unwrap();
+        assert!(render_field(&f).starts_with("table: "), "what JSON cannot hold is named as Lua names it");
+    }
 }
