@@ -383,7 +383,7 @@ fn run_terminal(
     for v in &values {
         list.push(v.clone());
     }
-    ctx.set(Value::str("@args"), Value::table(list));
+    ctx.set(Value::str(wippy_lua::ARGS_KEY), Value::table(list));
     let spawn = Spawn::entry(target.as_str()).args(values).context(std::sync::Arc::new(ctx));
     let (pid, watch) = match boot.node.spawn_watched(&host, spawn) {
         Ok(x) => x,

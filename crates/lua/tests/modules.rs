@@ -262,13 +262,24 @@ fn io_on_a_terminal_host() {
     lua.install(&node.handle());
     node.add_host(HostConfig::new("app:terminal").workers(1)).unwrap();
     lua.add_entry(
-        LuaEntry::process("app:cli", r#"return { main = function() assert(io.write("")) return #io.args() end }"#).modules(&["io"]),
+        LuaEntry::process(
+            "app:cli",
+            // the arguments' context key is plumbing: ctx shows only what the caller set
+            r#"return { main = function()
+                assert(io.write(""))
+                assert(next(ctx.all()) == nil and select(2, ctx.get(wippy_args_key)):kind() == errors.NOT_FOUND)
+                return #io.args()
+            end }"#
+                .replace("wippy_args_key", &format!("{:?}", wippy_lua::ARGS_KEY))
+                .as_str(),
+        )
+        .modules(&["io", "ctx"]),
     );
     let mut ctx = Table::new();
     let mut args = Table::new();
     args.push(Value::str("a"));
     args.push(Value::str("b"));
-    ctx.set("@args", Value::table(args));
+    ctx.set(wippy_lua::ARGS_KEY, Value::table(args));
     let r = node.exec("app:terminal", Spawn::entry("app:cli").context(std::sync::Arc::new(ctx)));
     assert_eq!(r.unwrap(), Value::Int(2));
 }

@@ -372,6 +372,18 @@ fn functions_run_as_their_own_process() {
         assert(cr == nil and ce:kind() == errors.CANCELED and ce:message() == "canceled" and c:is_canceled())
         local r3, err3 = funcs.call("test:missing")
         assert(r3 == nil and err3:kind() == errors.NOT_FOUND)
+        -- Wippy's parallel pattern: one select over several futures' channels, as many
+        -- times as there are futures, takes each result once (a channel that delivered
+        -- stays open: it is never picked again as "closed")
+        local f1, f2, f3 = funcs.async("test:add", 1, 0), funcs.async("test:add", 2, 0), funcs.async("test:add", 3, 0)
+        local c1, c2, c3 = f1:channel(), f2:channel(), f3:channel()
+        local seen = 0
+        for _ = 1, 3 do
+            local s = channel.select { c1:case_receive(), c2:case_receive(), c3:case_receive() }
+            assert(s.ok and s.value, "a future's channel gave no value")
+            seen = seen + s.value:data().sum
+        end
+        assert(seen == 6, seen)
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

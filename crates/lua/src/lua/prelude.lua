@@ -1546,11 +1546,11 @@ if LIBS.funcs then
     local st = FUT[f] or {}
     FUT[f] = st
     st.done, st.ok = true, ok
-    -- one value on the channel: the result as a Payload, or the error object itself
+    -- one value on the channel: the result as a Payload, or the error object itself. The
+    -- channel stays open, as Wippy's does: a select over several futures' channels takes
+    -- each one's value once and never a "closed" from one already taken (SPEC 12.4.3)
     if ok then st.value = newpayload(v) else st.err = v end
-    local ch = chan_of(f.ch)
-    offer_value(P, ch, ok and st.value or v)
-    close(ch)
+    offer_value(P, chan_of(f.ch), ok and st.value or v)
   end)
 end
 

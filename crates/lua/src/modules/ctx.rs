@@ -16,6 +16,9 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
             if key.is_empty() {
                 return super::fail(lua, Error::invalid("ctx.get: empty key"));
             }
+            if key == super::io::ARGS_KEY {
+                return super::fail(lua, Error::not_found(format!("key not found: {key}")));
+            }
             // a missing key is nil + NotFound, never a plain nil (SPEC §12.10)
             match current::with(|cx, _| Ok(cx.context_values().and_then(|c| c.get_str(&key)).cloned())) {
                 Ok(Some(v)) => Ok((from_value(lua, &v)?, LuaValue::Nil)),
@@ -31,6 +34,9 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
                 let out = lua.create_table()?;
                 if let Some(c) = cx.context_values() {
                     for (k, v) in &c.map {
+                        if k.as_str() == Some(super::io::ARGS_KEY) {
+                            continue;
+                        }
                         out.raw_set(from_value(lua, k)?, from_value(lua, v)?)?;
                     }
                 }

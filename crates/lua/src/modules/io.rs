@@ -10,6 +10,10 @@ use super::fail;
 use crate::convert::from_value;
 use crate::current;
 
+/// The context key a terminal command's arguments travel under (`io.args()`); plumbing,
+/// so `ctx.get`/`ctx.all` do not show it.
+pub const ARGS_KEY: &str = "@args";
+
 fn text(args: &Variadic<LuaValue>, sep: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, a) in args.iter().enumerate() {
@@ -98,7 +102,7 @@ pub(crate) fn library(lua: &Lua, granted: bool) -> mlua::Result<Table> {
             if !granted {
                 return Ok(LuaValue::Nil);
             }
-            current::with(|cx, _| match cx.context_values().and_then(|c| c.get_str("@args")) {
+            current::with(|cx, _| match cx.context_values().and_then(|c| c.get_str(ARGS_KEY)) {
                 Some(v) => from_value(lua, v),
                 None => Ok(LuaValue::Table(lua.create_table()?)),
             })
