@@ -30,43 +30,10 @@ fn load(cli: &Cli) -> Result<(Project, Plan, Config), u8> {
     check_config(&config)?;
     let mut project = Project::load(&cli.dir).map_err(|e| report(&e))?;
     for o in &cli.overrides {
-        override_entry(&mut project, o).map_err(|e| fail(format!("-o {o}: {e}")))?;
+        project.apply_override(o).map_err(|e| fail(format!("-o {o}: {e}")))?;
     }
     let plan = Plan::build(&project).map_err(|e| report(&e))?;
     Ok((project, plan, config))
-}
-
-/// `-o ns:entry:field=value` (Wippy's `--override`): set one field of a loaded entry before
-/// anything is checked or started. `field` is dotted (`host.workers`, `meta.comment`), or
-/// `kind`; the value is read as `--set` reads one (true/false, numbers, else a string).
-fn override_entry(project: &mut Project, assignment: &str) -> Result<(), String> {
-    let (target, raw) = assignment.split_once('=').ok_or("expected ns:entry:field=value (no '=')")?;
-    let (id, field) = target.rsplit_once(':').filter(|(id, f)| id.contains(':') && !f.is_empty()).ok_or("expected ns:entry:field=value")?;
-    if field.split('.').any(str::is_empty) {
-        return Err(format!("empty segment in field {field:?}"));
-    }
-    let entry = project.entries.iter_mut().find(|e| e.id.as_str() == id).ok_or_else(|| format!("no entry {id}"))?;
-    let value = wippy_registry::scalar(raw);
-    if field == "kind" {
-        entry.kind = raw.to_string();
-        return Ok(());
-    }
-    if field == "source" || field == "name" {
-        return Err(format!("{field} cannot be overridden (write it in the entry's file)"));
-    }
-    let (mut map, path) = match field.strip_prefix("meta.") {
-        Some(rest) => (&mut entry.meta, rest),
-        None if field == "meta" => return Err("give a field inside meta (meta.NAME)".into()),
-        None => (&mut entry.fields, field),
-    };
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let last = parts.pop().unwrap_or_default();
-    for p in parts {
-        let slot = map.entry(p.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()));
-        map = slot.as_object_mut().ok_or_else(|| format!("{p} is not a mapping in {id}"))?;
-    }
-    map.insert(last.to_string(), value);
-    Ok(())
 }
 
 /// The configuration keys this runtime reads, and what each takes.

@@ -35,6 +35,8 @@ pub struct Live {
     /// The project's files as last loaded (what a `file://` source is checked against).
     /// Held for a whole change: one writer at a time.
     files: Mutex<HashMap<String, Arc<str>>>,
+    /// The `-o` overrides the node was started with: a reload of the files keeps them.
+    overrides: Vec<String>,
 }
 
 /// What makes two definitions of an entry the same (not where they were written).
@@ -50,12 +52,13 @@ impl Live {
     /// `registry` holds `project` as its current version.
     pub fn new(project: &Project, registry: Arc<Registry>, node: NodeRef, lua: LuaRuntime, services: Supervisor, http: Arc<crate::http::Servers>) -> Live {
         let files = Mutex::new(project.files.clone());
-        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, http, registry, files }
+        let overrides = project.overrides.clone();
+        Live { root: project.root.clone(), src: project.src.clone(), modules: project.modules.clone(), node, lua, services, http, registry, files, overrides }
     }
 
     /// The project these entries (and files) make, in this node's directories.
     fn project(&self, entries: Vec<Entry>, files: Option<HashMap<String, Arc<str>>>) -> Project {
-        Project { root: self.root.clone(), src: self.src.clone(), modules: self.modules.clone(), entries, warnings: Vec::new(), files: files.unwrap_or_default() }
+        Project { root: self.root.clone(), src: self.src.clone(), modules: self.modules.clone(), entries, files: files.unwrap_or_default(), ..Project::default() }
     }
 
     /// Check `entries` as a project and make them the current version (`cur_files` is the
@@ -141,7 +144,13 @@ impl Live {
     /// Reload the project from disk (an edit under `--watch`).
     pub fn reload(&self) -> Result<(u64, Vec<String>), LoadErrors> {
         let mut files = self.files.lock();
-        let project = Project::load(&self.root)?;
+        let mut project = Project::load(&self.root)?;
+        for o in &self.overrides {
+            // (an entry the override named may be gone from the files now: said, not fatal)
+            if let Err(e) = project.apply_override(o) {
+                tracing::warn!(target: "wippy::live", "-o {o} no longer applies: {e}");
+            }
+        }
         self.commit(&mut files, project.entries, Some(project.files))
     }
 

@@ -323,6 +323,29 @@ fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
 }
 
 #[test]
+fn overrides_are_kept_when_watch_reloads_the_files() {
+    let dir = std::env::temp_dir().join(format!("wippy-override-watch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    for f in ["_index.yaml", "counter.lua"] {
+        std::fs::copy(repo().join("examples/hot-upgrade/src").join(f), dir.join("src").join(f)).unwrap();
+    }
+    // the files say workers: 1; the override says 2, and a reload must not take it back
+    let mut r = start(&["run", "--watch", "-d", dir.to_str().unwrap(), "-o", "app:processes:host.workers=2"], &[]);
+    r.wait_for(&["tick", "version=v1"]);
+    let lua = dir.join("src/counter.lua");
+    let text = std::fs::read_to_string(&lua).unwrap();
+    std::fs::write(&lua, text.replace("local LABEL = \"v1\"", "local LABEL = \"v2\"")).unwrap();
+    let changed = r.wait_for(&["watch: registry changed"]);
+    assert!(changed.contains("changed=app:counter") && !changed.contains("app:processes"), "{changed}");
+    r.wait_for(&["tick", "version=v2"]);
+    assert!(!r.seen.iter().any(|l| l.contains("host rescaled")), "{}", r.seen.join("\n"));
+    r.interrupt();
+    assert_eq!(r.exit_code(), Some(0), "{}", r.seen.join("\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn registry_transactions_from_lua_are_atomic_validated_and_roll_back() {
     let o = run(&["test", "-d", "crates/cli/tests/fixtures/registry-tx"]);
     assert_ok(&o);

@@ -27,6 +27,9 @@ pub struct Project {
     pub files: HashMap<String, Arc<str>>,
     /// What loading noticed but did not refuse (an unresolved `ns.requirement`).
     pub warnings: Vec<LoadError>,
+    /// The `-o` overrides applied to the entries, in order: a reload of the files
+    /// (`--watch`) applies them again.
+    pub overrides: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +109,41 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 impl Project {
+    /// `-o ns:entry:field=value` (Wippy's `--override`): set one field of a loaded entry before
+    /// anything is checked or started. `field` is dotted (`host.workers`, `meta.comment`), or
+    /// `kind`; the value is read as `--set` reads one (true/false, numbers, else a string).
+    pub fn apply_override(&mut self, assignment: &str) -> Result<(), String> {
+        let (target, raw) = assignment.split_once('=').ok_or("expected ns:entry:field=value (no '=')")?;
+        let (id, field) = target.rsplit_once(':').filter(|(id, f)| id.contains(':') && !f.is_empty()).ok_or("expected ns:entry:field=value")?;
+        if field.split('.').any(str::is_empty) {
+            return Err(format!("empty segment in field {field:?}"));
+        }
+        let entry = self.entries.iter_mut().find(|e| e.id.as_str() == id).ok_or_else(|| format!("no entry {id}"))?;
+        let value = crate::scalar(raw);
+        if field == "kind" {
+            entry.kind = raw.to_string();
+            self.overrides.push(assignment.to_string());
+            return Ok(());
+        }
+        if field == "source" || field == "name" {
+            return Err(format!("{field} cannot be overridden (write it in the entry's file)"));
+        }
+        let (mut map, path) = match field.strip_prefix("meta.") {
+            Some(rest) => (&mut entry.meta, rest),
+            None if field == "meta" => return Err("give a field inside meta (meta.NAME)".into()),
+            None => (&mut entry.fields, field),
+        };
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let last = parts.pop().unwrap_or_default();
+        for p in parts {
+            let slot = map.entry(p.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()));
+            map = slot.as_object_mut().ok_or_else(|| format!("{p} is not a mapping in {id}"))?;
+        }
+        map.insert(last.to_string(), value);
+        self.overrides.push(assignment.to_string());
+        Ok(())
+    }
+
     /// Load every definition file of the project in `root`. All errors are collected.
     pub fn load(root: &Path) -> Result<Project, LoadErrors> {
         let mut errors = Vec::new();
