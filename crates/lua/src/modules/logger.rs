@@ -57,11 +57,24 @@ fn emit(level: &str, name: Option<String>, msg: &str, fields: &[(String, String)
         line.push(' ');
         line.push_str(&fields_text(fields));
     }
+    // a field the caller wrote itself wins over the one the runtime adds (one `pid=`, not two)
+    let own = |key: &str| fields.iter().any(|(k, _)| k == key);
+    let (own_pid, own_entry) = (own("pid"), own("entry"));
+    macro_rules! event {
+        ($level:expr) => {
+            match (own_pid, own_entry) {
+                (false, false) => tracing::event!(target: "lua", $level, pid = %pid, entry = %entry, "{line}"),
+                (true, false) => tracing::event!(target: "lua", $level, entry = %entry, "{line}"),
+                (false, true) => tracing::event!(target: "lua", $level, pid = %pid, "{line}"),
+                (true, true) => tracing::event!(target: "lua", $level, "{line}"),
+            }
+        };
+    }
     match level {
-        "debug" => tracing::debug!(target: "lua", pid = %pid, entry = %entry, "{line}"),
-        "warn" => tracing::warn!(target: "lua", pid = %pid, entry = %entry, "{line}"),
-        "error" => tracing::error!(target: "lua", pid = %pid, entry = %entry, "{line}"),
-        _ => tracing::info!(target: "lua", pid = %pid, entry = %entry, "{line}"),
+        "debug" => event!(tracing::Level::DEBUG),
+        "warn" => event!(tracing::Level::WARN),
+        "error" => event!(tracing::Level::ERROR),
+        _ => event!(tracing::Level::INFO),
     }
     Ok(())
 }
