@@ -234,6 +234,10 @@ fn logger_env_payload_registry() {
         logger:info("hello", {k = 1})
         local l = logger:with({req = "r1"}):named("sub")
         l:warn("child logger")
+        -- Wippy's table.create: a preallocated table, bounded
+        local pre = table.create(8, 2)
+        pre[1] = "a"
+        assert(#pre == 1 and not pcall(table.create, 1e12))
         local okn, en = pcall(logger.named, logger, "")
         assert(not okn and tostring(en):find("name cannot be empty"), tostring(en))
         print("printed", 1, true)

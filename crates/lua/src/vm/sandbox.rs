@@ -137,6 +137,19 @@ impl Vm {
         )?;
         shared.raw_set("_base", base)?;
 
+        // `table.create(narr, nhash)` (Wippy's Lua has it): a table with room for that many
+        // array and hash items. Bounded, so a typo cannot ask for terabytes.
+        const MAX_PREALLOC: i64 = 1 << 24;
+        g.raw_get::<Table>("table")?.raw_set(
+            "create",
+            lua.create_function(|lua, (narr, nhash): (Option<i64>, Option<i64>)| {
+                let (a, h) = (narr.unwrap_or(0), nhash.unwrap_or(0));
+                if !(0..=MAX_PREALLOC).contains(&a) || !(0..=MAX_PREALLOC).contains(&h) {
+                    return Err(mlua::Error::runtime(format!("bad argument to 'create' (sizes must be between 0 and {MAX_PREALLOC})")));
+                }
+                lua.create_table_with_capacity(a as usize, h as usize)
+            })?,
+        )?;
         // Standard libraries, minus what a process must not have.
         for name in ["table", "math", "utf8"] {
             shared.raw_set(name, g.raw_get::<Table>(name)?)?;
