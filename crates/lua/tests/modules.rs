@@ -179,6 +179,9 @@ fn json_module() {
         assert(math.type(json.decode("5")) == "integer" and json.decode("2.5") == 2.5)
         -- SPEC 12.10
         assert(json.encode({}) == "[]" and json.encode(nil) == "null" and json.encode({a = {}}) == '{"a":[]}')
+        -- numbers as Wippy writes them: a whole float as an integer, Inf and NaN as null
+        assert(json.encode({10 / 2, 99.5, 0.1}) == "[5,99.5,0.1]", json.encode({10 / 2, 99.5, 0.1}))
+        assert(json.encode({x = math.huge}) == '{"x":null}' and json.encode(0 / 0) == "null")
         local sp, spe = json.encode({1, nil, 3})
         assert(sp == nil and spe:kind() == errors.INTERNAL, tostring(sp))
         local mx, mxe = json.encode({1, a = 2})

@@ -11,6 +11,8 @@ use super::fail;
 
 /// Deeper than this, `encode` refuses (SPEC §12.10).
 const MAX_DEPTH: usize = 128;
+/// 2^53: below it a float64 holds every integer exactly.
+const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 
 pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
     if depth > MAX_DEPTH {
@@ -20,10 +22,11 @@ pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
         LuaValue::Nil => Json::Null,
         LuaValue::Boolean(b) => Json::Bool(*b),
         LuaValue::Integer(i) => Json::Number((*i).into()),
-        LuaValue::Number(n) => match Number::from_f64(*n) {
-            Some(n) => Json::Number(n),
-            None => return Err(format!("json.encode: cannot encode {n}")),
-        },
+        // As Wippy's encoder writes numbers (every Lua number is a float64 there): Inf and
+        // NaN as null, a whole float as an integer ("5", not "5.0"), any other float as is.
+        LuaValue::Number(n) if !n.is_finite() => Json::Null,
+        LuaValue::Number(n) if n.fract() == 0.0 && n.abs() < MAX_EXACT => Json::Number((*n as i64).into()),
+        LuaValue::Number(n) => Number::from_f64(*n).map(Json::Number).unwrap_or(Json::Null),
         LuaValue::String(s) => Json::String(s.to_string_lossy().to_string()),
         LuaValue::Table(t) => {
             // An empty table is an array; keys 1..n without gaps an array; string keys only
