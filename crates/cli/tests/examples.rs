@@ -286,14 +286,21 @@ fn multi_tenant_policies_allow_own_org_and_gateway_and_deny_the_rest() {
     assert_eq!(out, expected);
 }
 
-#[test]
-fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
-    let dir = std::env::temp_dir().join(format!("wippy-hot-{}", std::process::id()));
+/// A fresh copy of examples/hot-upgrade in a temp directory named `name`-PID, to edit
+/// under `--watch`.
+fn hot_upgrade_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("src")).unwrap();
     for f in ["_index.yaml", "counter.lua"] {
         std::fs::copy(repo().join("examples/hot-upgrade/src").join(f), dir.join("src").join(f)).unwrap();
     }
+    dir
+}
+
+#[test]
+fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
+    let dir = hot_upgrade_copy("wippy-hot");
     let lua = dir.join("src/counter.lua");
     let mut r = start(&["run", "--watch", "-d", dir.to_str().unwrap()], &[]);
     let first = r.wait_for(&["tick", "count=2 ", "version=v1"]);
@@ -324,12 +331,7 @@ fn hot_upgrade_under_watch_keeps_pid_and_count_and_refuses_a_broken_edit() {
 
 #[test]
 fn overrides_are_kept_when_watch_reloads_the_files() {
-    let dir = std::env::temp_dir().join(format!("wippy-override-watch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    for f in ["_index.yaml", "counter.lua"] {
-        std::fs::copy(repo().join("examples/hot-upgrade/src").join(f), dir.join("src").join(f)).unwrap();
-    }
+    let dir = hot_upgrade_copy("wippy-override-watch");
     // the files say workers: 1; the override says 2, and a reload must not take it back
     let mut r = start(&["run", "--watch", "-d", dir.to_str().unwrap(), "-o", "app:processes:host.workers=2"], &[]);
     r.wait_for(&["tick", "version=v1"]);
