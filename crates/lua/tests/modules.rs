@@ -237,6 +237,10 @@ fn logger_env_payload_registry() {
         logger:info("hello", {k = 1})
         local l = logger:with({req = "r1"}):named("sub")
         l:warn("child logger")
+        -- Wippy's os.time{...}: missing hour/min/sec are 0, a missing date part is today's
+        assert(os.time({year = 2024, month = 6, day = 15}) == os.time({year = 2024, month = 6, day = 15, hour = 0}))
+        assert(os.date("*t", os.time({day = 1})).day == 1 and os.date("*t", os.time({day = 1})).year == os.date("*t").year)
+        assert(os.platform == "wippy")
         -- Wippy's table.create: a preallocated table, bounded
         local pre = table.create(8, 2)
         pre[1] = "a"

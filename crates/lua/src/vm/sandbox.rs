@@ -192,6 +192,24 @@ impl Vm {
         for name in ["execute", "exit", "remove", "rename", "tmpname", "getenv", "setlocale"] {
             os.raw_set(name, LuaValue::Nil)?;
         }
+        // Wippy's `os.time{...}`: a missing year, month or day is today's, a missing hour,
+        // min or sec is 0 (Lua's own raises for the first three and takes 12 for the hour);
+        // and `os.platform` names the runtime. (The chunk gets what it calls as arguments: the
+        // VM's globals are emptied once the sandbox is built.)
+        let wippy_time: Function = lua
+            .load(
+                r#"local raw, date, type = ...
+                return function(t)
+                  if type(t) ~= "table" then return raw(t) end
+                  local now = date("*t")
+                  return raw({ year = t.year or now.year, month = t.month or now.month, day = t.day or now.day,
+                    hour = t.hour or 0, min = t.min or 0, sec = t.sec or 0, isdst = t.isdst })
+                end"#,
+            )
+            .set_name("=os.time")
+            .call((os.raw_get::<Function>("time")?, os.raw_get::<Function>("date")?, g.raw_get::<Function>("type")?))?;
+        os.raw_set("time", wippy_time)?;
+        os.raw_set("platform", "wippy")?;
         shared.raw_set("os", os)?;
         // The string metatable is shared by every string: lock it.
         let smt: Table = lua.load("return getmetatable('')").eval()?;
