@@ -237,6 +237,8 @@ fn main() -> ExitCode {
         Cmd::Inspect { pid, json } => commands::inspect(&cli, pid, *json),
         Cmd::Top { sort, interval, once } => commands::top(&cli, *sort, *interval, *once),
     };
+    // a process that left the terminal raw (io.raw) does not leave it so for the shell
+    wippy_lua::reset_terminal();
     ExitCode::from(code)
 }
 

@@ -620,6 +620,43 @@ return { main = main }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `io` on a terminal host reads stdin as Wippy's does: `readline` a line, `read(n)` what one
+/// read gives (n <= 0 is 1024), nil at the end; `raw` without a terminal is an error value,
+/// not a raise.
+#[test]
+fn terminal_io_reads_lines_and_bytes_from_stdin() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("wippy-stdin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/_index.yaml"), "version: \"1.0\"\nnamespace: app\nentries:\n  - name: cli\n    kind: process.lua\n    source: file://cli.lua\n    method: main\n    modules: [io]\n").unwrap();
+    std::fs::write(
+        dir.join("src/cli.lua"),
+        r#"return { main = function()
+    local line = io.readline()
+    local rest = io.read(0)
+    local eof = io.read(16)
+    -- (true on a terminal, an error value without one; never a raise)
+    local raw, err = io.raw(true)
+    io.raw(false)
+    io.print(line, rest, tostring(eof), tostring(raw == true or (err and err:kind() == errors.INTERNAL)))
+    return 0
+end }"#,
+    )
+    .unwrap();
+    let mut child = wippy(&["run", "-d", dir.to_str().unwrap(), "-x", "app:cli"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"first line\nthe rest").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "first line\tthe rest\tnil\ttrue\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Wippy's global flags load: `--console` and `--very-verbose` are `-c` and `-v`; its Go
 /// runtime's `-m`, `-p` and `-e` are accepted and say they do nothing here.
 #[test]

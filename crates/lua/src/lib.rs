@@ -33,7 +33,7 @@ pub use catalog::{bindable, forbidden_module, syntax_error, EntryKind, ALWAYS_PR
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
 pub use modules::system::resident_bytes;
-pub use modules::io::ARGS_KEY;
+pub use modules::io::{reset_terminal, ARGS_KEY};
 
 use catalog::Catalog;
 use vm::sandbox::Vm;

@@ -80,19 +80,30 @@ pub(crate) fn library(lua: &Lua, granted: bool) -> mlua::Result<Table> {
     )?;
     t.raw_set(
         "read",
-        lua.create_function(move |lua, n: Option<usize>| {
+        lua.create_function(move |lua, n: Option<i64>| {
             if !granted {
                 return unavailable(lua);
             }
-            let mut buf = Vec::new();
-            let r = match n {
-                Some(n) => std::io::stdin().lock().take(n as u64).read_to_end(&mut buf),
-                None => std::io::stdin().lock().read_to_end(&mut buf),
-            };
-            match r {
-                Ok(0) if n.is_some() => Ok((LuaValue::Nil, LuaValue::Nil)),
-                Ok(_) => Ok((LuaValue::String(lua.create_string(&buf)?), LuaValue::Nil)),
+            // up to n bytes, what one read gives (it does not wait for all n); n missing or
+            // <= 0 is 1024, as Wippy's; nothing left (end of input) is nil
+            let n = n.filter(|n| *n > 0).unwrap_or(1024).min(1 << 20) as usize;
+            let mut buf = vec![0u8; n];
+            match std::io::stdin().lock().read(&mut buf) {
+                Ok(0) => Ok((LuaValue::Nil, LuaValue::Nil)),
+                Ok(got) => Ok((LuaValue::String(lua.create_string(&buf[..got])?), LuaValue::Nil)),
                 Err(e) => fail(lua, Error::internal(format!("io.read: {e}"))),
+            }
+        })?,
+    )?;
+    t.raw_set(
+        "raw",
+        lua.create_function(move |lua, enable: Option<bool>| {
+            if !granted {
+                return unavailable(lua);
+            }
+            match raw_mode(enable.unwrap_or(true)) {
+                Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                Err(e) => fail(lua, Error::internal(format!("io.raw: {e}"))),
             }
         })?,
     )?;
@@ -109,4 +120,34 @@ pub(crate) fn library(lua: &Lua, granted: bool) -> mlua::Result<Table> {
         })?,
     )?;
     Ok(t)
+}
+
+/// How many `io.raw(true)` are not yet matched by an `io.raw(false)`: the terminal is in raw
+/// mode while this is above 0 (Wippy counts the same way).
+static RAW_DEPTH: parking_lot::Mutex<usize> = parking_lot::Mutex::new(0);
+
+fn raw_mode(enable: bool) -> std::io::Result<()> {
+    let mut depth = RAW_DEPTH.lock();
+    if enable {
+        if *depth == 0 {
+            crossterm::terminal::enable_raw_mode()?;
+        }
+        *depth += 1;
+    } else if *depth > 0 {
+        if *depth == 1 {
+            crossterm::terminal::disable_raw_mode()?;
+        }
+        *depth -= 1;
+    }
+    Ok(())
+}
+
+/// Put the terminal back in its normal mode if a process left it raw (the command calls
+/// this as the node exits).
+pub fn reset_terminal() {
+    let mut depth = RAW_DEPTH.lock();
+    if *depth > 0 {
+        let _ = crossterm::terminal::disable_raw_mode();
+        *depth = 0;
+    }
 }
