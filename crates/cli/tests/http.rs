@@ -159,8 +159,19 @@ entries:
         local r, err = http_client.get(url, { query = { name = "client" }, timeout = 5 })
         if not r then return { error = tostring(err) } end
         local batch, errs = http_client.request_batch({ { "GET", url }, { "GET", "http://127.0.0.1:1/" } })
+        -- a streamed body read n bytes at a time: up to n each, in order, nil at the end
+        local s = http_client.get(url, { query = { name = "client" }, stream = true })
+        local parts = {}
+        while true do
+          local piece = s.stream:read(4)
+          if not piece then break end
+          assert(#piece <= 4, #piece)
+          parts[#parts + 1] = piece
+        end
+        s.stream:close()
         return { status = r.status_code, body = r.body, ct = r.headers["Content-Type"],
-                 batch_ok = batch[1] and batch[1].status_code, batch_err = errs and errs[2] ~= nil }
+                 batch_ok = batch[1] and batch[1].status_code, batch_err = errs and errs[2] ~= nil,
+                 streamed = table.concat(parts), pieces = #parts }
       end }
   - { name: fetch.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /fetch, func: fetch }
 
@@ -430,7 +441,11 @@ fn http_client_talks_to_a_local_server() {
     let url = format!("http://{}/api/hello", node.http.addr);
     let r = node.get(&format!("/api/fetch?url={url}"), &[]);
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json(), serde_json::json!({"status": 200, "body": "Hello, client!", "ct": "text/plain", "batch_ok": 200, "batch_err": true}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"status": 200, "body": "Hello, client!", "ct": "text/plain", "batch_ok": 200, "batch_err": true,
+                           "streamed": "Hello, client!", "pieces": 4})
+    );
 }
 
 #[test]

@@ -1317,12 +1317,30 @@ if LIBS.http_client then
   local start, read, close = R.http_client_start, R.http_client_read, R.http_client_close
   local Stream = {}
   local StreamMT = { __index = Stream, __name = "stream", __metatable = "stream" }
-  function Stream.read(st, _)
-    if not st.id then return nil end
-    return next_chunk(st, "id", read(st.id))
+  -- read(n): up to n bytes (what is left of the last piece first, then the next piece);
+  -- no n: the next piece whole; nil at the end
+  function Stream.read(st, n)
+    if n ~= nil and type(n) ~= "number" then
+      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
+    end
+    local buf = st.buf
+    if buf == nil then
+      if not st.id then return nil end
+      local chunk, e = next_chunk(st, "id", read(st.id))
+      if chunk == nil then return nil, e end
+      buf = chunk
+    end
+    n = n and math.floor(n) or 0
+    if n > 0 and #buf > n then
+      st.buf = buf:sub(n + 1)
+      return buf:sub(1, n)
+    end
+    st.buf = nil
+    return buf
   end
   function Stream.close(st)
     if st.id then close(st.id); st.id = nil end
+    st.buf = nil
     return true
   end
   local function wrap(resp)
