@@ -577,6 +577,16 @@ fn bodies() -> String {
         http.response():write(#parts .. " pieces: " .. table.concat(parts, "|") .. " / then body(): " .. tostring(aerr))"#),
         raw(r#"  - { name: pieces.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /pieces, func: pieces }
 "#),
+        // Wippy's stream object: a scanner over the body, stat, and a read-only stream's refusals
+        handler("scan", "", r#"        local s = http.request():stream()
+        local sc, words = s:scanner("lines"), {}
+        while sc:scan() do words[#words + 1] = "[" .. sc:text() .. "]" end
+        local info = s:stat()
+        local _, werr = s:write("x")
+        local _, berr = s:scanner("paragraphs")
+        http.response():write(table.concat(words) .. " " .. info.position .. " " .. werr:kind() .. " " .. berr:kind())"#),
+        raw(r#"  - { name: scan.ep, kind: http.endpoint, meta: { router: api }, method: POST, path: /scan, func: scan }
+"#),
         handler("send", "http_client", r#"        local req = http.request()
         local resp, err
         if req:query("sock") then
@@ -608,6 +618,8 @@ fn request_bodies_stream_in_pieces_and_multipart_forms_parse() {
     let node = Node::start(&dir);
     let r = node.request("POST", "/api/pieces", &[], b"abcdefgh");
     assert_eq!((r.status, r.body.as_str()), (200, "3 pieces: abc|def|gh / then body(): the request body was already read"), "{r:?}");
+    let r = node.request("POST", "/api/scan", &[], b"alpha\r\nbeta gamma\n\nlast");
+    assert_eq!((r.status, r.body.as_str()), (200, "[alpha][beta gamma][][last] 23 Internal Invalid"), "{r:?}");
     // a chunked body streams too
     let r = node.raw(b"POST /api/pieces HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n2\r\n12\r\n0\r\n\r\n");
     assert!(r.body.starts_with("2 pieces: wxy|z") || r.body.starts_with("3 pieces: wxy|z|12"), "{r:?}");

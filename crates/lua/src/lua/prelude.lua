@@ -934,6 +934,75 @@ local function next_chunk(st, key, id, err)
   return chunk, e
 end
 
+-- What every read-only stream has besides read and close (Wippy's stream object): stat,
+-- scanner(split) over read, and write/flush/seek refused as a read-only stream refuses them.
+-- `T.read(st, n)` is the stream's own; the bytes it gives are counted for stat's position.
+local Scanner = {}
+local ScannerMT = { __index = Scanner, __name = "scanner", __metatable = "scanner" }
+-- each split: the next token in buf from i, and where the rest starts; nil when it needs
+-- more input (or, at the end, when there is none)
+local SPLITS = {
+  lines = function(buf, i, eof)
+    local j = buf:find("\n", i, true)
+    if j then return (buf:sub(i, j - 1):gsub("\r$", "")), j + 1 end
+    if eof and i <= #buf then return (buf:sub(i):gsub("\r$", "")), #buf + 1 end
+  end,
+  words = function(buf, i, eof)
+    local s, e = buf:find("%S+", i)
+    if s and (e < #buf or eof) then return buf:sub(s, e), e + 1 end
+  end,
+  bytes = function(buf, i)
+    if i <= #buf then return buf:sub(i, i), i + 1 end
+  end,
+  runes = function(buf, i, eof)
+    local b = buf:byte(i)
+    if not b then return nil end
+    local len = b < 0x80 and 1 or b >= 0xF0 and 4 or b >= 0xE0 and 3 or b >= 0xC0 and 2 or 1
+    if i + len - 1 <= #buf or eof then return buf:sub(i, i + len - 1), i + len end
+  end,
+}
+function Scanner.scan(sc)
+  while true do
+    local tok, nxt = sc.split(sc.buf, sc.i, sc.eof)
+    if tok then sc.tok, sc.i = tok, nxt; return true end
+    if sc.eof then sc.tok = nil; return false end
+    local chunk, err = sc.st:read(32768)
+    if err then sc.e = err; sc.tok = nil; return false, err end
+    if chunk == nil then
+      sc.eof = true
+    else
+      sc.buf, sc.i = sc.buf:sub(sc.i) .. chunk, 1
+    end
+  end
+end
+function Scanner.text(sc) return sc.tok or "" end
+function Scanner.err(sc) return sc.e and tostring(sc.e) or nil end
+local function stream_extras(T, size_of)
+  local read = T.read
+  T.read = function(st, n)
+    local c, e = read(st, n)
+    if c then st.pos = (st.pos or 0) + #c end
+    return c, e
+  end
+  function T.stat(st)
+    local open = T.open(st)
+    return { size = size_of and size_of(st) or -1, position = st.pos or 0, readable = open, writable = false, seekable = false }
+  end
+  function T.scanner(st, split)
+    local f = SPLITS[split or "lines"]
+    if not f then return nil, rt_error("Invalid", "unknown split type: " .. tostring(split)) end
+    return setmetatable({ st = st, split = f, buf = "", i = 1, eof = false }, ScannerMT)
+  end
+  function T.write() return nil, rt_error("Internal", "stream is not writable") end
+  function T.flush() return nil, rt_error("Internal", "stream is not writable") end
+  function T.seek(_, whence)
+    if whence ~= "set" and whence ~= "cur" and whence ~= "end" then
+      return nil, rt_error("Invalid", "invalid whence: " .. tostring(whence))
+    end
+    return nil, rt_error("Internal", "stream is not seekable")
+  end
+end
+
 local function wait_exit(P, pid)
   local t = S[2] or P
   execs(P)[pid] = t
@@ -1236,6 +1305,8 @@ if LIBS.http then
     if st.h then st.h:close(); st.h = nil end
     return true
   end
+  function BodyStream.open(st) return st.h ~= nil end
+  stream_extras(BodyStream)
   -- a multipart file part (SPEC 11.3): held in memory; stream() reads it like a body
   local File = {}
   local FileMT = { __index = File, __name = "file", __metatable = "file" }
@@ -1251,7 +1322,7 @@ if LIBS.http then
     end
     return nil
   end
-  function File.stream(f) return setmetatable({ d = f.d, at = 1 }, MemStreamMT) end
+  function File.stream(f) return setmetatable({ d = f.d, at = 1, size = #f.d }, MemStreamMT) end
   function MemStream.read(st, n)
     if n ~= nil and type(n) ~= "number" then
       error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
@@ -1264,6 +1335,8 @@ if LIBS.http then
     return chunk
   end
   function MemStream.close(st) st.d = nil; return true end
+  function MemStream.open(st) return st.d ~= nil end
+  stream_extras(MemStream, function(st) return st.size end)
   local function write_done(ok, x)
     if ok then return nil end
     if ok == false then
@@ -1343,6 +1416,8 @@ if LIBS.http_client then
     st.buf = nil
     return true
   end
+  function Stream.open(st) return st.id ~= nil or st.buf ~= nil end
+  stream_extras(Stream)
   local function wrap(resp)
     if type(resp) == "table" and resp.stream_id then
       resp.stream = setmetatable({ id = resp.stream_id }, StreamMT)
