@@ -936,7 +936,8 @@ end
 
 -- What every read-only stream has besides read and close (Wippy's stream object): stat,
 -- scanner(split) over read, and write/flush/seek refused as a read-only stream refuses them.
--- `T.read(st, n)` is the stream's own; the bytes it gives are counted for stat's position.
+-- `T.read(st, n)` is the stream's own; the wrapper checks n for it and counts the bytes it
+-- gives for stat's position.
 local Scanner = {}
 local ScannerMT = { __index = Scanner, __name = "scanner", __metatable = "scanner" }
 -- each split: the next token in buf from i, and where the rest starts; nil when it needs
@@ -980,6 +981,9 @@ function Scanner.err(sc) return sc.e and tostring(sc.e) or nil end
 local function stream_extras(T, size_of)
   local read = T.read
   T.read = function(st, n)
+    if n ~= nil and type(n) ~= "number" then
+      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
+    end
     local c, e = read(st, n)
     if c then st.pos = (st.pos or 0) + #c end
     return c, e
@@ -1295,9 +1299,6 @@ if LIBS.http then
   local BodyStream = {}
   local BodyStreamMT = { __index = BodyStream, __name = "stream", __metatable = "stream" }
   function BodyStream.read(st, n)
-    if n ~= nil and type(n) ~= "number" then
-      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
-    end
     if not st.h then return nil end
     return next_chunk(st, "h", st.h:_read(math.floor(n or 65536)))
   end
@@ -1324,9 +1325,6 @@ if LIBS.http then
   end
   function File.stream(f) return setmetatable({ d = f.d, at = 1, size = #f.d }, MemStreamMT) end
   function MemStream.read(st, n)
-    if n ~= nil and type(n) ~= "number" then
-      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
-    end
     local d = st.d
     if not d or st.at > #d then st.d = nil; return nil end
     local k = math.max(1, math.floor(n or 65536))
@@ -1393,9 +1391,6 @@ if LIBS.http_client then
   -- read(n): up to n bytes (what is left of the last piece first, then the next piece);
   -- no n: the next piece whole; nil at the end
   function Stream.read(st, n)
-    if n ~= nil and type(n) ~= "number" then
-      error("bad argument #1 to 'read' (number expected, got " .. type(n) .. ")", 2)
-    end
     local buf = st.buf
     if buf == nil then
       if not st.id then return nil end
