@@ -69,6 +69,18 @@ entries:
   - { name: user.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: "/users/{id}", func: user }
   - { name: me.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /users/me, func: hello }
 
+  - name: any
+    kind: function.lua
+    modules: [http]
+    method: call
+    source: |
+      local http = require("http")
+      return { call = function()
+        local req = http.request()
+        return { method = req:method(), rest = req:param("rest") }
+      end }
+  - { name: any.ep, kind: http.endpoint, meta: { router: api }, method: "*", path: "/any/{rest...}", func: any }
+
   - name: echo
     kind: function.lua
     modules: [http]
@@ -344,6 +356,15 @@ fn routes_parameters_methods_headers_and_json() {
     assert!(pre.header("access-control-allow-methods").unwrap().contains("POST"));
     let other = node.get("/api/hello", &[("Origin", "https://evil.example")]);
     assert_eq!(other.header("access-control-allow-origin"), None);
+
+    // `method: "*"` takes every method; an OPTIONS preflight is the cors middleware's,
+    // any other OPTIONS the handler's
+    let any = node.request("PATCH", "/api/any/a/b", &[], b"");
+    assert_eq!(any.json(), serde_json::json!({"method": "PATCH", "rest": "a/b"}), "{any:?}");
+    let pre = node.request("OPTIONS", "/api/any/x", &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "PUT")], b"");
+    assert_eq!((pre.status, pre.header("access-control-allow-origin")), (204, Some("https://app.example")), "{pre:?}");
+    let opt = node.request("OPTIONS", "/api/any/x", &[], b"");
+    assert_eq!(opt.json(), serde_json::json!({"method": "OPTIONS", "rest": "x"}), "{opt:?}");
 
     // JSON in and out
     let e = node.request("POST", "/api/echo", &[("Content-Type", "application/json")], br#"{"a":[1,2],"b":"x"}"#);

@@ -473,6 +473,19 @@ impl Cors {
         })
     }
 
+    /// The answer to a preflight (an `OPTIONS` request with `Access-Control-Request-Method`)
+    /// from an origin this allows: 204 with the preflight headers. None for any other request.
+    pub fn preflight(&self, headers: &HeaderMap) -> Option<crate::exchange::HttpResponse> {
+        let origin = headers.get(hyper::header::ORIGIN)?;
+        if !headers.contains_key(hyper::header::ACCESS_CONTROL_REQUEST_METHOD) || !self.allows(origin.to_str().ok()?) {
+            return None;
+        }
+        let mut resp = hyper::Response::new(crate::exchange::RespBody::empty());
+        *resp.status_mut() = hyper::StatusCode::NO_CONTENT;
+        self.apply(Some(origin), resp.headers_mut(), true);
+        Some(resp)
+    }
+
     /// Add the CORS headers for a request from `origin` (a preflight gets the method,
     /// header and max-age ones too).
     pub fn apply(&self, origin: Option<&HeaderValue>, out: &mut HeaderMap, preflight: bool) {

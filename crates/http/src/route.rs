@@ -237,8 +237,23 @@ fn compare_segs(a: &Seg, b: &Seg) -> Rel {
     }
 }
 
-/// The methods an endpoint may declare (SPEC §11.1.3).
-pub const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"];
+/// The methods an endpoint may declare (SPEC §11.1.3); `*` is any method (Wippy's
+/// method-agnostic endpoint, a Go pattern without a method).
+pub const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", ANY];
+
+/// The method of a route that answers every method.
+pub const ANY: &str = "*";
+
+/// How the methods of two routes relate, as Go's `ServeMux` sees a pattern with and
+/// without a method: `*` is the more general.
+fn method_rel(a: &str, b: &str) -> Rel {
+    match (a == ANY, b == ANY) {
+        _ if a == b => Rel::Equivalent,
+        (true, false) => Rel::MoreGeneral,
+        (false, true) => Rel::MoreSpecific,
+        _ => Rel::Disjoint,
+    }
+}
 
 /// One route: a method, a full pattern (router prefix joined), what answers it.
 #[derive(Clone)]
@@ -248,6 +263,20 @@ pub struct Route<T> {
     /// Who declared it (an endpoint ID), for conflict messages.
     pub owner: String,
     pub target: T,
+}
+
+impl<T> Route<T> {
+    /// Method and path together: a route is more specific than another when it matches a
+    /// subset of the other's requests (`GET /a/{x}` than `* /a/{y}`; `GET /{x}` and
+    /// `* /a` overlap with neither more specific, a conflict).
+    fn compare(&self, other: &Route<T>) -> Rel {
+        method_rel(&self.method, &other.method).combine(self.pattern.compare(&other.pattern))
+    }
+
+    /// Whether this route answers a request of any method (`method: "*"`).
+    pub fn any_method(&self) -> bool {
+        self.method == ANY
+    }
 }
 
 /// A matched route and its parameters.
@@ -275,15 +304,12 @@ impl<T> Default for Table<T> {
 }
 
 impl<T> Table<T> {
-    /// Build a table; two routes of one method that overlap with neither more specific
-    /// reject it ("X conflicts with Y").
+    /// Build a table; two routes whose requests overlap with neither more specific reject
+    /// it ("X conflicts with Y").
     pub fn build(routes: Vec<Route<T>>) -> Result<Arc<Table<T>>, String> {
         for (i, a) in routes.iter().enumerate() {
             for b in &routes[i + 1..] {
-                if a.method != b.method {
-                    continue;
-                }
-                if matches!(a.pattern.compare(&b.pattern), Rel::Equivalent | Rel::Overlaps) {
+                if matches!(a.compare(b), Rel::Equivalent | Rel::Overlaps) {
                     return Err(format!(
                         "\"{} {}\" ({}) conflicts with \"{} {}\" ({})",
                         b.method, b.pattern, b.owner, a.method, a.pattern, a.owner
@@ -302,9 +328,9 @@ impl<T> Table<T> {
         self.routes.is_empty()
     }
 
-    /// The route for `method` and `path`: the most specific match of that method (`HEAD`
-    /// also matches `GET` routes); else the router's own `OPTIONS` answer, a 405 with the
-    /// methods that do match, or a 404.
+    /// The route for `method` and `path`: the most specific match of that method or of
+    /// `*` (`HEAD` also matches `GET` routes); else the router's own `OPTIONS` answer, a
+    /// 405 with the methods that do match, or a 404.
     pub fn lookup(&self, method: &str, path: &str) -> Found<'_, T> {
         let mut best: Hit<'_, T> = None;
         let mut allowed: Vec<String> = Vec::new();
@@ -313,10 +339,10 @@ impl<T> Table<T> {
         for r in &self.routes {
             let Some(params) = r.pattern.matches(path) else { continue };
             any = Some(any.map_or(r, |a: &Route<T>| if r.pattern.compare(&a.pattern) == Rel::MoreSpecific { r } else { a }));
-            if r.method == method {
+            if r.method == method || r.any_method() {
                 let better = match &best {
                     None => true,
-                    Some((b, _)) => r.pattern.compare(&b.pattern) == Rel::MoreSpecific,
+                    Some((b, _)) => r.compare(b) == Rel::MoreSpecific,
                 };
                 if better {
                     best = Some((r, params));
@@ -334,6 +360,12 @@ impl<T> Table<T> {
                 if !allowed.contains(&r.method) {
                     allowed.push(r.method.clone());
                 }
+            }
+        }
+        // a `GET` route answers `HEAD` before a `*` route no more specific than it
+        if let (Some((b, _)), Some((g, _))) = (&best, &head_via_get) {
+            if b.any_method() && g.pattern.compare(&b.pattern) != Rel::MoreGeneral {
+                best = None;
             }
         }
         if let Some((r, p)) = best.or(head_via_get) {
@@ -416,6 +448,21 @@ mod tests {
         }
         assert!(matches!(t.lookup("OPTIONS", "/x"), Found::Options(_)));
         assert!(matches!(t.lookup("GET", "/y"), Found::NotFound));
+    }
+
+    #[test]
+    fn a_star_route_answers_every_method_below_the_routes_that_name_one() {
+        let t = Table::build(vec![route("*", "/p/{rest...}", 1), route("GET", "/p/{rest...}", 2), route("POST", "/p/a", 3)]).unwrap();
+        assert_eq!(hit(&t, "DELETE", "/p/a/b").map(|h| h.0), Some(1));
+        assert_eq!(hit(&t, "OPTIONS", "/p/a").map(|h| h.0), Some(1), "no router OPTIONS answer: the * route takes it");
+        assert_eq!(hit(&t, "GET", "/p/x").map(|h| h.0), Some(2), "the named method is more specific");
+        assert_eq!(hit(&t, "HEAD", "/p/x").map(|h| h.0), Some(2), "HEAD goes to the GET route before the * one");
+        assert_eq!(hit(&t, "POST", "/p/a").map(|h| h.0), Some(3));
+        assert_eq!(hit(&t, "PUT", "/p/a").map(|h| h.0), Some(1));
+        // Go's rule: `GET /{x}` is more specific in method, `* /a` in path: a conflict
+        let e = Table::build(vec![route("GET", "/{x}", 1), route("*", "/a", 2)]).err().expect("a conflict");
+        assert!(e.contains("conflicts with"), "{e}");
+        assert!(Table::build(vec![route("*", "/a", 1), route("*", "/a", 2)]).is_err(), "two * routes on one path");
     }
 
     #[test]

@@ -299,6 +299,13 @@ async fn serve(state: &Arc<ServerState>, node: &NodeRef, req: Request<Incoming>,
         Found::Route(route, params) => {
             let target = route.target.clone();
             let mw = &target.mw;
+            // a `*` route has no router OPTIONS answer: `cors` answers an allowed preflight
+            // itself, any other OPTIONS request reaches the function (as Wippy's)
+            if let (true, Some(c)) = (route.any_method() && req.method() == hyper::Method::OPTIONS, &mw.cors) {
+                if let Some(resp) = c.preflight(req.headers()) {
+                    return resp;
+                }
+            }
             let mut metered = mw.metrics.then(|| crate::middleware::RequestMetrics::start(req.method().as_str(), route.pattern.to_string()));
             let mut req = req;
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
