@@ -142,6 +142,28 @@ fn middleware(c: &mut Checker) -> Arc<Middleware> {
 pub enum Pem {
     Text(String),
     File(String),
+    /// From the environment registry (SPEC §12.11): `cert_env: NAME`, or `${env:NAME}` /
+    /// `${env:NAME|default}` in place of the PEM, as Wippy resolves them at load.
+    Env { name: String, default: Option<String> },
+}
+
+impl Pem {
+    /// The field's value: `${env:NAME}` or `${env:NAME|default}` (the whole value), PEM text,
+    /// or a path (`file://` optional).
+    fn of(v: String) -> Pem {
+        if let Some(inner) = v.trim().strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
+            let (name, default) = match inner.split_once('|') {
+                Some((n, d)) => (n, Some(d.to_string())),
+                None => (inner, None),
+            };
+            return Pem::Env { name: name.trim().to_string(), default };
+        }
+        if v.contains("-----BEGIN") {
+            Pem::Text(v)
+        } else {
+            Pem::File(v.strip_prefix("file://").unwrap_or(&v).to_string())
+        }
+    }
 }
 
 /// `tls` of an `http.service`, checked but not yet read.
@@ -179,15 +201,8 @@ fn tls(c: &mut Checker) -> Option<TlsPlan> {
                 c.error(&format!("tls.{env}"), format!("give {field} or {env}, not both"));
                 None
             }
-            (Some(v), None) if v.contains("-----BEGIN") => Some(Pem::Text(v)),
-            (Some(v), None) => Some(Pem::File(v.strip_prefix("file://").unwrap_or(&v).to_string())),
-            (None, Some(var)) => match std::env::var(&var) {
-                Ok(t) if !t.is_empty() => Some(Pem::Text(t)),
-                _ => {
-                    c.error(&format!("tls.{env}"), format!("environment variable {var} is not set"));
-                    None
-                }
-            },
+            (Some(v), None) => Some(Pem::of(v)),
+            (None, Some(var)) => Some(Pem::Env { name: var, default: None }),
             (None, None) => {
                 if required {
                     c.error(&format!("tls.{field}"), format!("missing (required with mode manual): {field} or {env}"));
@@ -216,9 +231,11 @@ fn tls(c: &mut Checker) -> Option<TlsPlan> {
     Some(TlsPlan { cert: cert?, key: key?, client_ca, client_auth })
 }
 
-/// Read each server's TLS files (relative to the project `root`) and check that they make a
-/// TLS configuration; the first problem per server as (entry, field, message).
-pub fn load_tls(plan: &mut HttpPlan, root: &std::path::Path) -> Vec<(EntryId, &'static str, String)> {
+/// Read each server's TLS files (relative to the project `root`) and environment variables
+/// (through `env`, the project's environment registry: a variable's name or entry ID, not
+/// the OS environment unless an `env.storage.os` variable has that name) and check that they
+/// make a TLS configuration; the first problem per server as (entry, field, message).
+pub fn load_tls(plan: &mut HttpPlan, root: &std::path::Path, env: &wippy_lua::EnvConfig) -> Vec<(EntryId, &'static str, String)> {
     let mut errors = Vec::new();
     for (sid, config) in &mut plan.services {
         let Some((_, t)) = plan.tls.iter().find(|(id, _)| id == sid) else { continue };
@@ -226,6 +243,13 @@ pub fn load_tls(plan: &mut HttpPlan, root: &std::path::Path) -> Vec<(EntryId, &'
             match p {
                 Pem::Text(t) => Ok(t.clone()),
                 Pem::File(f) => std::fs::read_to_string(root.join(f)).map_err(|e| (field, format!("cannot read {f}: {e}"))),
+                Pem::Env { name, default } => {
+                    let value = match env.find(name, sid.namespace()) {
+                        Some(v) => v.value().map_err(|e| (field, format!("environment variable {name}: {e}")))?,
+                        None => None,
+                    };
+                    value.filter(|v| !v.is_empty()).or_else(|| default.clone()).ok_or_else(|| (field, format!("environment variable {name} is not set (no env.variable of that name or ID has a value)")))
+                }
             }
         };
         let settings = (|| -> Result<wippy_http::tls::TlsSettings, (&'static str, String)> {

@@ -182,7 +182,8 @@ impl Plan {
             }
         }
         crate::http::resolve_paths(&mut plan.http, &project.root);
-        for (id, field, msg) in crate::http::load_tls(&mut plan.http, &project.root) {
+        let env = plan.env_config(&Default::default());
+        for (id, field, msg) in crate::http::load_tls(&mut plan.http, &project.root, &env) {
             if let Some(e) = project.entries.iter().find(|e| e.id == id) {
                 let mut c = Checker::new(e, &index);
                 c.error(field, msg);

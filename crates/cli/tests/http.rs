@@ -1003,6 +1003,24 @@ fn tls_termination_with_a_certificate_and_client_certificates() {
     assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), None).unwrap().ends_with("hello over tls"));
     assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), Some((stranger.der().to_vec(), stranger_key.serialize_der()))).unwrap().ends_with("hello over tls"));
     drop(node);
+    // the certificate and key from the environment registry: `${env:ID}` in place of the
+    // PEM and the legacy `key_env` (a variable's name), as Wippy resolves them
+    let env_yaml = |cert: &str| {
+        format!(
+            "namespace: app\nentries:\n  - {{ name: secrets, kind: env.storage.static, values: {{ CERT: {}, KEY: {} }} }}\n  - {{ name: tls_cert, kind: env.variable, storage: secrets, variable: CERT }}\n  - {{ name: tls_key, kind: env.variable, storage: secrets, variable: KEY }}\n  - {{ name: gateway, kind: http.service, addr: \"127.0.0.1:0\", lifecycle: {{ auto_start: true }}, tls: {{ mode: manual, cert: \"{cert}\", key_env: KEY }} }}\n  - {{ name: api, kind: http.router, meta: {{ server: gateway }}, prefix: /api }}\n  - {{ name: hi, kind: function.lua, modules: [http], method: h, source: \"return {{ h = function() require('http').response():write('hello over tls') end }}\" }}\n  - {{ name: hi.ep, kind: http.endpoint, meta: {{ router: api }}, method: GET, path: /hi, func: hi }}\n",
+            serde_json::to_string(&server.pem()).unwrap(),
+            serde_json::to_string(&server_key.serialize_pem()).unwrap()
+        )
+    };
+    let dir = project("envtls", &env_yaml("${env:app:tls_cert}"));
+    let node = Node::start(&dir);
+    assert!(tls_get(&node.http.addr, "/api/hi", ca.der(), None).unwrap().ends_with("hello over tls"));
+    drop(node);
+    let dir = project("noenvtls", &env_yaml("${env:NO_SUCH_CERT}"));
+    let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-d").arg(&dir).arg("run").output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("app:gateway") && e.contains("tls.cert") && e.contains("NO_SUCH_CERT is not set"), "{e}");
+
     // a key that is not one is a load error naming the field
     let dir = project("badtls", &yaml(""));
     write_certs(&dir);
