@@ -921,6 +921,68 @@ fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
 
 /// A GET over TLS to `addr` trusting `ca_der`, as `localhost`, with a client certificate
 /// when given; the response text, or the TLS error.
+#[test]
+fn http_client_tls_options_trust_a_ca_check_a_name_present_a_certificate_or_skip_verification() {
+    // a server for localhost, signed by a CA of the test's own, that requires a client
+    // certificate; the handler calls the server it runs in at 127.0.0.1 with `tls` options
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().signed_by(&client_key, &ca, &ca_key).unwrap();
+    // (each line of the PEM indented into the YAML block; the Lua takes the indent off)
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n        ");
+    let body = format!(
+        r#"        local function pem(s) return (s:gsub("\n%s+", "\n")) end
+        local CA, CERT, KEY = pem([==[{}]==]), pem([==[{}]==]), pem([==[{}]==])
+        local url = "https://127.0.0.1:" .. http.request():query("port") .. "/api/hi"
+        local out = {{}}
+        local function try(name, tls)
+          local r, err = http_client.get(url, {{ tls = tls }})
+          out[name] = r and r.body or ("error: " .. tostring(err))
+        end
+        try("system_roots", nil)
+        try("no_name", {{ ca = CA, cert = CERT, key = KEY }})
+        try("no_cert", {{ ca = CA, server_name = "localhost" }})
+        try("mtls", {{ ca = CA, server_name = "localhost", cert = CERT, key = KEY }})
+        try("insecure", {{ insecure_skip_verify = true, cert = CERT, key = KEY }})
+        local _, e = http_client.get(url, {{ tls = {{ cert = CERT }} }})
+        out.half = e:kind()
+        return out"#,
+        indent(&ca.pem()),
+        indent(&client.pem()),
+        indent(&client_key.serialize_pem())
+    );
+    let yaml = [
+        gateway_api("tls: { mode: manual, cert: certs/server.pem, key: certs/server.key, client_ca: certs/ca.pem, client_auth: require_and_verify }"),
+        handler("fetch", "http_client", &body),
+        raw("  - { name: fetch.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /fetch, func: fetch }\n"),
+        raw("  - { name: hi, kind: function.lua, modules: [http], method: h, source: \"return { h = function() require('http').response():write('hello over tls') end }\" }\n"),
+        raw("  - { name: hi.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /hi, func: hi }\n"),
+    ]
+    .concat();
+    let dir = project("clienttls", &yaml);
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    std::fs::write(dir.join("certs/server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("certs/server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("certs/ca.pem"), ca.pem()).unwrap();
+    let node = Node::start(&dir);
+    let port = node.http.addr.rsplit_once(':').unwrap().1.to_string();
+    let r = tls_get(&node.http.addr, &format!("/api/fetch?port={port}"), ca.der(), Some((client.der().to_vec(), client_key.serialize_der()))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap_or_else(|e| panic!("{e}: {r}"));
+    let got = |k: &str| json[k].as_str().unwrap_or_default().to_string();
+    assert_eq!(got("mtls"), "hello over tls", "{json}");
+    assert_eq!(got("insecure"), "hello over tls", "{json}");
+    for refused in ["system_roots", "no_name", "no_cert"] {
+        assert!(got(refused).starts_with("error: "), "{refused}: {json}");
+    }
+    assert_eq!(got("half"), "Invalid", "{json}");
+    assert!(got("no_name").contains("not valid for name") && got("system_roots").contains("UnknownIssuer") && got("no_cert").contains("CertificateRequired"), "the cause is named: {json}");
+}
+
 fn tls_get(addr: &str, path: &str, ca_der: &[u8], client: Option<(Vec<u8>, Vec<u8>)>) -> Result<String, String> {
     use std::sync::Arc;
     // (ring, as the server: see wippy_http::tls)

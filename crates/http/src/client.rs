@@ -28,18 +28,31 @@ fn client() -> Result<reqwest::Client, Error> {
     CLIENT.get_or_init(|| builder().build().map_err(|e| e.to_string())).clone().map_err(|e| Error::internal(format!("http client: {e}")))
 }
 
-/// The pooled client that connects through the Unix socket at `path` (`unix_socket`).
-fn unix_client(path: &str) -> Result<reqwest::Client, Error> {
-    static CLIENTS: OnceLock<Mutex<HashMap<String, reqwest::Client>>> = OnceLock::new();
+/// The pooled client for a request that connects through a Unix socket (`unix_socket`) or
+/// with TLS settings of its own (`tls`); the node's shared one for any other.
+fn client_for(unix_socket: &Option<String>, tls: &Option<crate::tls::ClientTls>) -> Result<reqwest::Client, Error> {
+    type Key = (Option<String>, Option<crate::tls::ClientTls>);
+    static CLIENTS: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
+    if unix_socket.is_none() && tls.is_none() {
+        return client();
+    }
+    let key = (unix_socket.clone(), tls.clone());
     let mut clients = CLIENTS.get_or_init(Default::default).lock();
-    if let Some(c) = clients.get(path) {
+    if let Some(c) = clients.get(&key) {
         return Ok(c.clone());
     }
-    let c = builder().unix_socket(path).build().map_err(|e| Error::internal(format!("http client: {e}")))?;
-    if clients.len() >= 64 {
-        clients.clear(); // (a bound, not a cache policy: 64 distinct sockets is already odd)
+    let mut b = builder();
+    if let Some(path) = unix_socket {
+        b = b.unix_socket(path.as_str());
     }
-    clients.insert(path.to_string(), c.clone());
+    if let Some(t) = tls {
+        b = b.use_preconfigured_tls(t.config().map_err(Error::invalid)?);
+    }
+    let c = b.build().map_err(|e| Error::internal(format!("http client: {e}")))?;
+    if clients.len() >= 64 {
+        clients.clear(); // (a bound, not a cache policy: 64 distinct sockets or TLS settings is already odd)
+    }
+    clients.insert(key, c.clone());
     Ok(c)
 }
 
@@ -68,6 +81,8 @@ pub struct Req {
     pub form_fields: Vec<(String, String)>,
     /// `unix_socket`: connect through this socket instead of TCP.
     pub unix_socket: Option<String>,
+    /// `tls`: the request's own TLS settings.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// The URL's host when it is loopback, private, link-local or unspecified, or `localhost`
@@ -98,15 +113,32 @@ pub fn decode_query(s: &str) -> Result<String, Error> {
     percent_encoding::percent_decode_str(&plus).decode_utf8().map(|c| c.into_owned()).map_err(|_| Error::invalid("invalid URL encoding: not UTF-8"))
 }
 
+/// A reqwest error with its causes (reqwest's own text is only "error sending request for
+/// url (…)"; the cause says which: refused, a certificate, a name …).
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn transport(e: reqwest::Error) -> Error {
+    let text = with_causes(&e);
     if e.is_timeout() {
-        Error::new(ErrorKind::Timeout, format!("request timed out: {e}"))
+        Error::new(ErrorKind::Timeout, format!("request timed out: {text}"))
     } else if e.is_connect() {
-        Error::unavailable(format!("connection failed: {e}")).with_retryable(true)
+        Error::unavailable(format!("connection failed: {text}")).with_retryable(true)
     } else if e.is_builder() {
-        Error::invalid(format!("invalid request: {e}"))
+        Error::invalid(format!("invalid request: {text}"))
     } else {
-        Error::unavailable(e.to_string())
+        Error::unavailable(text)
     }
 }
 
@@ -124,10 +156,7 @@ pub async fn perform(req: Req) -> Result<Value, Error> {
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(Error::invalid(format!("unsupported URL scheme {:?}", url.scheme())));
     }
-    let c = match &req.unix_socket {
-        Some(p) => unix_client(p)?,
-        None => client()?,
-    };
+    let c = client_for(&req.unix_socket, &req.tls)?;
     let mut b = c.request(method, url).timeout(req.timeout.unwrap_or(DEFAULT_TIMEOUT));
     for (k, v) in &req.headers {
         b = b.header(k.as_str(), v.as_str());

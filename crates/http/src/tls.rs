@@ -132,3 +132,119 @@ impl rustls::server::danger::ClientCertVerifier for Unverified {
         self.algs.supported_schemes()
     }
 }
+
+/// An `http_client` request's own TLS (its `tls` option, as Wippy's): a client certificate
+/// and key (mutual TLS), a CA that replaces the system's roots, the name the server's
+/// certificate must have, or no verification at all.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct ClientTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+/// The system's roots, loaded once (what reqwest's own client trusts too).
+fn native_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+impl ClientTls {
+    /// The rustls client configuration, or what is wrong with the options (an Invalid
+    /// error's message).
+    pub fn config(&self) -> Result<rustls::ClientConfig, String> {
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = match &self.ca {
+            None => native_roots(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                    roots.add(c.map_err(|e| format!("tls.ca: {e}"))?).map_err(|e| format!("tls.ca: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("tls.ca: no PEM certificate in it".into());
+                }
+                Arc::new(roots)
+            }
+        };
+        let name = match &self.server_name {
+            Some(n) => Some(rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| format!("tls.server_name {n:?}: {e}"))?),
+            None => None,
+        };
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build().map_err(|e| format!("tls: {e}"))?;
+        let verifier = Arc::new(ServerVerifier { webpki, name, insecure: self.insecure_skip_verify, algs: provider.signature_verification_algorithms });
+        let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().map_err(|e| e.to_string())?.dangerous().with_custom_certificate_verifier(verifier);
+        let mut config = match (&self.cert, &self.key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("tls.cert: {e}"))?;
+                if certs.is_empty() {
+                    return Err("tls.cert: no PEM certificate in it".into());
+                }
+                let key = rustls_pemfile::private_key(&mut key.as_bytes()).map_err(|e| format!("tls.key: {e}"))?.ok_or("tls.key: no PEM private key in it")?;
+                builder.with_client_auth_cert(certs, key).map_err(|e| format!("tls: {e}"))?
+            }
+            _ => return Err("tls: cert and key must be given together".into()),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The server's certificate checked against the roots under `name` when one is given (Go's
+/// `ServerName`), or not checked (`insecure_skip_verify`); the handshake's signatures are
+/// verified either way.
+#[derive(Debug)]
+struct ServerVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    name: Option<rustls::pki_types::ServerName<'static>>,
+    insecure: bool,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.insecure {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.webpki.verify_server_cert(end_entity, intermediates, self.name.as_ref().unwrap_or(server_name), ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}

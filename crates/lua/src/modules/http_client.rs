@@ -1,8 +1,9 @@
 //! `http_client` (SPEC §11.5): the Rust halves. `_start(method, url, opts, in_batch)`
 //! checks the call and starts the request as a command (the prelude waits for it and
 //! wraps a streamed body); `encode_uri`/`decode_uri` answer at once. Security: the
-//! `http_client.request` action on the URL, and `http_client.private_ip` for a loopback or
-//! private literal address or `localhost`.
+//! `http_client.request` action on the URL, `http_client.private_ip` for a loopback or
+//! private literal address or `localhost`, `http_client.unix_socket` on the socket's path and
+//! `http_client.insecure_tls` on the URL for a request that skips TLS verification.
 
 use std::time::Duration;
 
@@ -116,6 +117,26 @@ fn build(method: &str, url: &str, opts: &LuaValue) -> mlua::Result<Result<Req, E
         },
         _ => {}
     }
+    match o.raw_get::<LuaValue>("tls")? {
+        LuaValue::Nil => {}
+        LuaValue::Table(t) => {
+            let text = |k: &str| -> mlua::Result<Option<String>> { Ok(string_of(&t.raw_get::<LuaValue>(k)?)?.filter(|s| !s.is_empty())) };
+            let tls = wippy_http::tls::ClientTls {
+                cert: text("cert")?,
+                key: text("key")?,
+                ca: text("ca")?,
+                server_name: text("server_name")?,
+                insecure_skip_verify: t.raw_get::<Option<bool>>("insecure_skip_verify")?.unwrap_or(false),
+            };
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Ok(Err(Error::invalid("tls: cert and key must be given together")));
+            }
+            if tls != wippy_http::tls::ClientTls::default() {
+                req.tls = Some(tls);
+            }
+        }
+        other => return Ok(Err(Error::invalid(format!("tls must be a table, got {}", super::lua_type(&other))))),
+    }
     req.stream = o.raw_get::<Option<bool>>("stream")?.unwrap_or(false);
     req.max_body = o.raw_get::<Option<i64>>("max_response_body")?.unwrap_or(0).max(0) as u64;
     Ok(Ok(req))
@@ -151,6 +172,9 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
                     if !cx.can("http_client.unix_socket", p) {
                         return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: unix socket {p}")));
                     }
+                }
+                if req.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) && !cx.can("http_client.insecure_tls", &req.url) {
+                    return fail(lua, Error::new(wippy_runtime::ErrorKind::PermissionDenied, format!("not allowed: insecure TLS for {}", req.url)));
                 }
                 if let Some(h) = client::private_host(&req.url).filter(|_| req.unix_socket.is_none()) {
                     if !cx.can("http_client.private_ip", &h) {
