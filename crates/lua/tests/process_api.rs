@@ -363,7 +363,7 @@ fn functions_run_as_their_own_process() {
         local gr, ge = g:result()
         assert(gr == nil and ge:message() == "fn failed")
         local ee, failed = g:error()
-        assert(failed == true and ee:kind() == errors.INTERNAL and ee:message() == "fn failed")
+        assert(failed == true and ee:kind() == errors.INTERNAL and ee:message() == "fn failed" and ee:retryable() == false)
         assert(string.format("%s", ee) == "async call failed: fn failed")
         -- canceled
         local c = funcs.async("test:add", 1, 1)

@@ -123,13 +123,15 @@ pub(crate) fn install(
             lua.create_userdata(LuaError::here(lua, e))
         })?,
     )?;
-    // errors.wrap with the kind replaced (Future:error(): SPEC §12.4.3)
+    // errors.wrap with the kind replaced, and not retryable (Future:error(): SPEC §12.4.3;
+    // Wippy's future page: "a non-retryable INTERNAL wrapper")
     r.raw_set(
         "wrap_kind",
         lua.create_function(|lua, (e, ctx, kind): (LuaValue, String, String)| {
             let mut w = errors::wrap(lua, &e, None, ctx);
             w.error.kind = ErrorKind::parse(&kind).unwrap_or(ErrorKind::Internal);
             w.error.custom_kind = None;
+            w.error.retryable = Some(false);
             lua.create_userdata(w)
         })?,
     )?;
