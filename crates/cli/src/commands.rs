@@ -29,6 +29,13 @@ fn load(cli: &Cli) -> Result<(Project, Plan, Config), u8> {
     let config = Config::load(&cli.dir, &cli.configs, &cli.sets).map_err(fail)?;
     check_config(&config)?;
     let mut project = Project::load(&cli.dir).map_err(|e| report(&e))?;
+    // the configuration's `override:` section (values keep their YAML type), then `-o`
+    if let Some(section) = config.get("override").and_then(|v| v.as_object()) {
+        for (target, value) in section {
+            let o = wippy_registry::Override { target: target.clone(), value: value.clone() };
+            project.set_override(o).map_err(|e| fail(format!("{}: override {target}: {e}", config.origin("override"))))?;
+        }
+    }
     for o in &cli.overrides {
         project.apply_override(o).map_err(|e| fail(format!("-o {o}: {e}")))?;
     }
@@ -48,6 +55,7 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("prometheus.enabled", "true or false (Wippy's form: serve Prometheus metrics on prometheus.address)"),
     ("prometheus.address", "an address to serve Prometheus metrics on when prometheus.enabled, such as 0.0.0.0:9090 (no default)"),
     ("control.enabled", "true or false (the control socket for ps/inspect/top; default true)"),
+    ("override", "entry overrides, `ns:entry:path: value` (as -o, the value keeps its YAML type)"),
 ];
 
 /// Check the configuration before anything starts: a bad value of a known key is an
@@ -55,6 +63,9 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
 fn check_config(config: &Config) -> Result<(), u8> {
     let mut bad = false;
     for path in config.paths() {
+        if path == "override" || path.starts_with("override.") {
+            continue; // (entry overrides: applied, and checked, with the entries)
+        }
         let at = config.origin(&path);
         if crate::cluster::is_wippy_engine_key(&path) {
             eprintln!("warning: {at}: {path} is a setting of Wippy's gossip/raft/internode cluster; this node's cluster runs on NATS (cluster.nats.*), so it does not apply");

@@ -36,7 +36,7 @@ pub struct Live {
     /// Held for a whole change: one writer at a time.
     files: Mutex<HashMap<String, Arc<str>>>,
     /// The `-o` overrides the node was started with: a reload of the files keeps them.
-    overrides: Vec<String>,
+    overrides: Vec<wippy_registry::Override>,
 }
 
 /// What makes two definitions of an entry the same (not where they were written).
@@ -147,8 +147,8 @@ impl Live {
         let mut project = Project::load(&self.root)?;
         for o in &self.overrides {
             // (an entry the override named may be gone from the files now: said, not fatal)
-            if let Err(e) = project.apply_override(o) {
-                tracing::warn!(target: "wippy::live", "-o {o} no longer applies: {e}");
+            if let Err(e) = project.set_override(o.clone()) {
+                tracing::warn!(target: "wippy::live", "override {}={} no longer applies: {e}", o.target, o.value);
             }
         }
         self.commit(&mut files, project.entries, Some(project.files))

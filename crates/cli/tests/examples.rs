@@ -670,6 +670,28 @@ fn wippys_global_flags_are_accepted() {
     }
 }
 
+/// The configuration's `override:` section sets entry fields as `-o` does, with values of
+/// any YAML type; `-o` is applied after it, so the command line wins.
+#[test]
+fn the_override_section_of_the_configuration_sets_entry_fields() {
+    let dir = hot_upgrade_copy("config-override");
+    std::fs::write(
+        dir.join(".wippy.yaml"),
+        "override:\n  app:counter:meta.tags: [a, b]\n  \"app:counter:kind\": process.lua\n  app:counter:data.comment: from config\n  app:counter:method: loop\n",
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    let o = run(&["registry", "show", "-d", d, "app:counter", "-o", "app:counter:method=main"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("- a") && out.contains("- b") && out.contains("comment: from config") && out.contains("method: main"), "{out}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("unknown configuration key"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(dir.join(".wippy.yaml"), "override:\n  app:nope:x: 1\n").unwrap();
+    let o = run(&["registry", "show", "-d", d, "app:counter"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains(".wippy.yaml:1") && err.contains("override app:nope:x: no entry app:nope"), "{err}");
+}
+
 /// `-o ns:entry:field=value` (Wippy's `--override`) sets a field of a loaded entry before it
 /// is checked; a bad override names itself.
 #[test]
@@ -682,7 +704,10 @@ fn override_sets_an_entry_field_before_the_load_checks() {
     let o = run(&["run", "-d", "examples/hello", "-o", "app:hello:kind=process.lau", "-x", "app:hello"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("process.lau"), "{}", String::from_utf8_lossy(&o.stderr));
-    for (bad, says) in [("app:nope:x=1", "no entry app:nope"), ("app:hello:x", "no '='"), ("app:hello:source=x", "source cannot be overridden")] {
+    // `data.NAME` is the bare NAME (Wippy's path for a field of the entry's data)
+    let o = run(&["registry", "show", "-d", "examples/hello", "app:hello", "-o", "app:hello:data.host.workers=4"]);
+    assert!(stdout(&o).contains("workers: 4"), "{}", stdout(&o));
+    for (bad, says) in [("app:nope:x=1", "no entry app:nope"), ("app:hello:x", "no '='"), ("app:hello:source=x", "source cannot be overridden"), ("app:hello:kind=", "kind must be a non-empty string")] {
         let o = run(&["run", "-d", "examples/hello", "-o", bad, "-x", "app:hello"]);
         assert_eq!(o.status.code(), Some(1), "{bad}");
         let err = String::from_utf8_lossy(&o.stderr);

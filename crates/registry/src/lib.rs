@@ -22,6 +22,6 @@ pub use duration::{format_duration, parse_duration, NANOS_PER_SEC};
 pub use entry::{Data, Entry, Origin, Source};
 pub use error::{truncate, LoadError, LoadErrors};
 pub use id::{EntryId, EntryIdError};
-pub use load::Project;
+pub use load::{Override, Project};
 pub use order::start_order;
 pub use store::{Change, ChangeError, Registry, Snapshot, HISTORY};

@@ -27,9 +27,16 @@ pub struct Project {
     pub files: HashMap<String, Arc<str>>,
     /// What loading noticed but did not refuse (an unresolved `ns.requirement`).
     pub warnings: Vec<LoadError>,
-    /// The `-o` overrides applied to the entries, in order: a reload of the files
-    /// (`--watch`) applies them again.
-    pub overrides: Vec<String>,
+    /// The overrides applied to the entries (the `override:` configuration section, then
+    /// `-o`), in order: a reload of the files (`--watch`) applies them again.
+    pub overrides: Vec<Override>,
+}
+
+/// One entry override: `ns:entry:path` and the value it sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    pub target: String,
+    pub value: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -109,29 +116,39 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 impl Project {
-    /// `-o ns:entry:field=value` (Wippy's `--override`): set one field of a loaded entry before
-    /// anything is checked or started. `field` is dotted (`host.workers`, `meta.comment`), or
-    /// `kind`; the value is read as `--set` reads one (true/false, numbers, else a string).
+    /// `-o ns:entry:field=value` (Wippy's `--override`): the value is read as `--set` reads
+    /// one (true/false, numbers, else a string); see [`Project::set_override`].
     pub fn apply_override(&mut self, assignment: &str) -> Result<(), String> {
         let (target, raw) = assignment.split_once('=').ok_or("expected ns:entry:field=value (no '=')")?;
-        let (id, field) = target.rsplit_once(':').filter(|(id, f)| id.contains(':') && !f.is_empty()).ok_or("expected ns:entry:field=value")?;
+        self.set_override(Override { target: target.to_string(), value: crate::scalar(raw) })
+    }
+
+    /// Set one field of a loaded entry before anything is checked or started (Wippy's entry
+    /// overrides: `-o`, or the `override:` section of the configuration, whose values keep
+    /// their YAML type). The target is `ns:entry:path`; the path is `kind` (the entry's kind,
+    /// a non-empty string), `meta.NAME` (its metadata), `data.NAME` or a bare `NAME` (its
+    /// fields), dotted for a field inside a mapping (`host.workers`).
+    pub fn set_override(&mut self, o: Override) -> Result<(), String> {
+        let (id, field) = o.target.rsplit_once(':').filter(|(id, f)| id.contains(':') && !f.is_empty()).ok_or("expected ns:entry:field")?;
         if field.split('.').any(str::is_empty) {
             return Err(format!("empty segment in field {field:?}"));
         }
         let entry = self.entries.iter_mut().find(|e| e.id.as_str() == id).ok_or_else(|| format!("no entry {id}"))?;
-        let value = crate::scalar(raw);
         if field == "kind" {
-            entry.kind = raw.to_string();
-            self.overrides.push(assignment.to_string());
+            match o.value.as_str() {
+                Some(k) if !k.is_empty() => entry.kind = k.to_string(),
+                _ => return Err(format!("kind must be a non-empty string, got {}", o.value)),
+            }
+            self.overrides.push(o);
             return Ok(());
         }
-        if field == "source" || field == "name" {
-            return Err(format!("{field} cannot be overridden (write it in the entry's file)"));
+        if field == "meta" || field == "data" {
+            return Err(format!("give a field inside {field} ({field}.NAME)"));
         }
-        let (mut map, path) = match field.strip_prefix("meta.") {
-            Some(rest) => (&mut entry.meta, rest),
-            None if field == "meta" => return Err("give a field inside meta (meta.NAME)".into()),
-            None => (&mut entry.fields, field),
+        let (mut map, path) = match (field.strip_prefix("meta."), field.strip_prefix("data.").unwrap_or(field)) {
+            (Some(rest), _) => (&mut entry.meta, rest),
+            (None, "source" | "name") => return Err(format!("{field} cannot be overridden (write it in the entry's file)")),
+            (None, rest) => (&mut entry.fields, rest),
         };
         let mut parts: Vec<&str> = path.split('.').collect();
         let last = parts.pop().unwrap_or_default();
@@ -139,8 +156,8 @@ impl Project {
             let slot = map.entry(p.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()));
             map = slot.as_object_mut().ok_or_else(|| format!("{p} is not a mapping in {id}"))?;
         }
-        map.insert(last.to_string(), value);
-        self.overrides.push(assignment.to_string());
+        map.insert(last.to_string(), o.value.clone());
+        self.overrides.push(o);
         Ok(())
     }
 
