@@ -55,7 +55,8 @@ entries:
         local procs = system.hosts.processes("app:work")
         local stats = system.memory.stats()
         logger:info("boss ready", { services = #states, first = states[1].id, status = states[1].status,
-          hosts = #hosts, procs = #procs, lua = stats.alloc > 0, goroutines = system.runtime.goroutines() })
+          hosts = #hosts, procs = #procs, lua = stats.alloc > 0, goroutines = system.runtime.goroutines(),
+          cwd = system.process.cwd() })
         process.events():receive()
       end }
 
@@ -120,6 +121,8 @@ fn ps_and_inspect_show_what_the_node_runs() {
     // the system module saw the supervisor, the host and its processes
     assert!(ready.contains("services=2") && ready.contains("first=app:work") && ready.contains("status=running"), "{ready}");
     assert!(ready.contains("hosts=1") && ready.contains("procs=5") && ready.contains("lua=true") && ready.contains("goroutines=5"), "{ready}");
+    let cwd = std::env::current_dir().unwrap();
+    assert!(ready.contains(&format!("cwd={}", cwd.display())), "the node's working directory, {}: {ready}", cwd.display());
 
     // the socket is the node user's only
     let sock = dir.join(".wippy/control.sock");

@@ -307,6 +307,15 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
             })
         })?,
     )?;
+    process.raw_set(
+        "cwd",
+        lua.create_function(|lua, ()| {
+            guarded(lua, "system.read", "cwd", |lua, _| match std::env::current_dir() {
+                Ok(d) => Ok(Ok(LuaValue::String(lua.create_string(d.to_string_lossy().as_bytes())?))),
+                Err(e) => Ok(Err(Error::internal(format!("cannot read the working directory: {e}")))),
+            })
+        })?,
+    )?;
     t.raw_set("process", process)?;
 
     let supervisor = lua.create_table()?;
