@@ -56,7 +56,8 @@ entries:
         local stats = system.memory.stats()
         logger:info("boss ready", { services = #states, first = states[1].id, status = states[1].status,
           hosts = #hosts, procs = #procs, lua = stats.alloc > 0, goroutines = system.runtime.goroutines(),
-          cwd = system.process.cwd() })
+          cwd = system.process.cwd(), source = procs[1].source, started = procs[1].started_at > 1e18,
+          depth = hosts[1].queue_depth == hosts[1].queued })
         process.events():receive()
       end }
 
@@ -121,6 +122,7 @@ fn ps_and_inspect_show_what_the_node_runs() {
     // the system module saw the supervisor, the host and its processes
     assert!(ready.contains("services=2") && ready.contains("first=app:work") && ready.contains("status=running"), "{ready}");
     assert!(ready.contains("hosts=1") && ready.contains("procs=5") && ready.contains("lua=true") && ready.contains("goroutines=5"), "{ready}");
+    assert!(ready.contains("source=app:") && ready.contains("started=true") && ready.contains("depth=true"), "Wippy's names for the fields: {ready}");
     let cwd = std::env::current_dir().unwrap();
     assert!(ready.contains(&format!("cwd={}", cwd.display())), "the node's working directory, {}: {ready}", cwd.display());
 

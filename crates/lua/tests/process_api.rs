@@ -678,7 +678,13 @@ fn name_scopes_and_cluster_calls_on_a_node_without_a_cluster() {
                 local m = system.cluster.members()
                 assert(#m == 1 and m[1].id == "local" and m[1].is_local == true)
                 assert(system.cluster.size() == 1 and system.cluster.leader() == "")
-                assert(system.raft.is_leader() == false and system.node.role() == "non-member")
+                assert(system.node.role() == "non-member" and system.raft.role() == "non-member")
+                -- without a cluster, as Wippy without clustering: raft and the address are errors
+                local l, lerr = system.raft.is_leader()
+                assert(l == nil and lerr:kind() == errors.INTERNAL and lerr:message() == "raft not available")
+                assert(select(2, system.raft.stats()):message() == "raft not available")
+                local a, aerr = system.node.addr()
+                assert(a == nil and aerr:kind() == errors.INTERNAL)
                 -- a cluster lock is a STRONG name held by the caller
                 assert(system.lock.acquire("l1") == true)
                 assert(system.lock.release("l1") == true)

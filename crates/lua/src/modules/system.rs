@@ -92,6 +92,7 @@ fn host_table(lua: &Lua, h: &HostStats) -> mlua::Result<Table> {
     t.raw_set("workers", h.workers)?;
     t.raw_set("busy", h.busy)?;
     t.raw_set("queued", h.queued)?;
+    t.raw_set("queue_depth", h.queued)?; // (Wippy's name for it)
     t.raw_set("processes", h.processes)?;
     t.raw_set("max_processes", h.max_processes)?;
     Ok(t)
@@ -102,6 +103,10 @@ fn process_table(lua: &Lua, p: &ProcessInfo) -> mlua::Result<Table> {
     t.raw_set("pid", p.pid.to_string())?;
     if let Some(e) = p.entry {
         t.raw_set("entry", e)?;
+        t.raw_set("source", e)?; // (Wippy's name for it)
+    }
+    if let Some(a) = &p.actor {
+        t.raw_set("actor_id", a.as_str())?;
     }
     t.raw_set("host", p.host.as_str())?;
     t.raw_set("state", format!("{:?}", p.state).to_lowercase())?;
@@ -110,6 +115,8 @@ fn process_table(lua: &Lua, p: &ProcessInfo) -> mlua::Result<Table> {
     t.raw_set("memory_exact", p.memory_exact)?;
     t.raw_set("steps", p.steps)?;
     t.raw_set("age_ms", p.age.as_millis() as u64)?;
+    // Wippy's start time, in Unix nanoseconds
+    t.raw_set("started_at", wippy_runtime::unix_nanos().saturating_sub(p.age.as_nanos() as i64))?;
     let names = lua.create_sequence_from(p.names.iter().map(|n| n.as_str()))?;
     t.raw_set("names", names)?;
     Ok(t)
@@ -401,9 +408,15 @@ fn lock_name(v: &LuaValue) -> mlua::Result<Option<String>> {
 }
 
 /// SPEC §13.2: `system.node`, `system.cluster`, `system.raft` and `system.lock`. On this
-/// engine the name store is NATS JetStream's (its own replication and leader), so the raft
-/// calls describe a node that is no raft member: role "non-member", no leader, term 0.
+/// engine the name store is NATS JetStream's (its own replication and leader), so in a
+/// cluster the raft calls describe a node that is no raft member: role "non-member", no
+/// leader, term 0. A node without a cluster answers as Wippy's does without clustering:
+/// `system.raft.*` (but `role`) and `system.node.addr()` are Internal errors.
 fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    /// Wippy's answer where there is no cluster to ask.
+    fn standalone(cx: &Context<'_>, what: &str) -> Option<Error> {
+        cx.node().remote().is_none().then(|| Error::internal(format!("{what} not available")))
+    }
     fn node_id(cx: &Context<'_>) -> String {
         let n = cx.node().node_name();
         if n.is_none() { "local".to_string() } else { n.as_str().to_string() }
@@ -415,7 +428,12 @@ fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
     )?;
     node.raw_set(
         "addr",
-        lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "node", |lua, _| Ok(Ok(LuaValue::String(lua.create_string("")?)))))?,
+        lua.create_function(|lua, ()| {
+            cluster_guarded(lua, "system.read", "node", |lua, cx| match standalone(cx, "membership") {
+                Some(e) => Ok(Err(e)),
+                None => Ok(Ok(LuaValue::String(lua.create_string("")?))),
+            })
+        })?,
     )?;
     let role = lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "node", |lua, _| Ok(Ok(LuaValue::String(lua.create_string("non-member")?)))))?;
     node.raw_set("role", role.clone())?;
@@ -458,16 +476,22 @@ fn cluster_calls(lua: &Lua, t: &Table) -> mlua::Result<()> {
 
     let raft = lua.create_table()?;
     raft.raw_set("role", role)?;
-    for (name, v) in [("is_leader", false), ("is_member", false)] {
-        raft.raw_set(name, lua.create_function(move |lua, ()| cluster_guarded(lua, "system.read", "raft", move |_, _| Ok(Ok(LuaValue::Boolean(v)))))?)?;
-    }
-    for name in ["term", "commit_index"] {
-        raft.raw_set(name, lua.create_function(|lua, ()| cluster_guarded(lua, "system.read", "raft", |_, _| Ok(Ok(LuaValue::Integer(0)))))?)?;
+    for (name, v) in [("is_leader", LuaValue::Boolean(false)), ("is_member", LuaValue::Boolean(false)), ("term", LuaValue::Integer(0)), ("commit_index", LuaValue::Integer(0))] {
+        raft.raw_set(
+            name,
+            lua.create_function(move |lua, ()| {
+                let v = v.clone();
+                cluster_guarded(lua, "system.read", "raft", move |_, cx| Ok(standalone(cx, "raft").map_or(Ok(v), Err)))
+            })?,
+        )?;
     }
     raft.raw_set(
         "stats",
         lua.create_function(|lua, ()| {
-            cluster_guarded(lua, "system.read", "raft_stats", |lua, _| {
+            cluster_guarded(lua, "system.read", "raft_stats", |lua, cx| {
+                if let Some(e) = standalone(cx, "raft") {
+                    return Ok(Err(e));
+                }
                 let s = lua.create_table()?;
                 s.raw_set("engine", "nats-jetstream")?;
                 Ok(Ok(LuaValue::Table(s)))
