@@ -594,7 +594,54 @@ pub fn init(cli: &Cli) -> u8 {
     0
 }
 
-pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>, name: Option<&str>, format: crate::Format) -> u8 {
+/// One `--meta` filter of `registry list` (Wippy's operators).
+enum MetaTest {
+    Equal(String),
+    Regex(regex::Regex),
+    Contains(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+/// `field<op>value`: the field (dotted into mappings) and its test; the operator is the
+/// first of `= ~ * ^ $` in the text.
+fn meta_filter(text: &str) -> Result<(Vec<String>, MetaTest), String> {
+    let at = text.find(['=', '~', '*', '^', '$']).ok_or("expected FIELD followed by =, ~, *, ^ or $ and a value")?;
+    let (field, rest) = text.split_at(at);
+    if field.is_empty() || field.split('.').any(str::is_empty) {
+        return Err("the field name is missing".into());
+    }
+    let value = rest[1..].to_string();
+    let test = match &rest[..1] {
+        "=" => MetaTest::Equal(value),
+        "~" => MetaTest::Regex(regex::Regex::new(&value).map_err(|e| e.to_string())?),
+        "*" => MetaTest::Contains(value),
+        "^" => MetaTest::Prefix(value),
+        _ => MetaTest::Suffix(value),
+    };
+    Ok((field.split('.').map(String::from).collect(), test))
+}
+
+impl MetaTest {
+    /// Whether an entry's meta field `v` passes (a missing field never does; a value that
+    /// is not a string is compared as its JSON text).
+    fn passes(&self, v: Option<&serde_json::Value>) -> bool {
+        let Some(v) = v else { return false };
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match self {
+            MetaTest::Equal(want) => text == *want,
+            MetaTest::Regex(r) => r.is_match(&text),
+            MetaTest::Contains(s) => text.contains(s.as_str()),
+            MetaTest::Prefix(s) => text.starts_with(s.as_str()),
+            MetaTest::Suffix(s) => text.ends_with(s.as_str()),
+        }
+    }
+}
+
+pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>, name: Option<&str>, meta: &[String], format: crate::Format) -> u8 {
     let glob = |what: &str, p: Option<&str>| -> Result<Option<glob::Pattern>, u8> {
         p.map(|p| glob::Pattern::new(p).map_err(|e| fail(format!("--{what} {p:?}: {e}")))).transpose()
     };
@@ -602,17 +649,41 @@ pub fn registry_list(cli: &Cli, kind: Option<&str>, ns: Option<&str>, name: Opti
         (Ok(k), Ok(n)) => (k, n),
         (Err(code), _) | (_, Err(code)) => return code,
     };
+    // a namespace with a glob character is a pattern; else it and the namespaces below it
+    let ns_glob = match glob("ns", ns.filter(|n| n.contains(['*', '?', '[']))) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let mut filters = Vec::new();
+    for m in meta {
+        match meta_filter(m) {
+            Ok(f) => filters.push(f),
+            Err(e) => return fail(format!("--meta {m:?}: {e}")),
+        }
+    }
     let (project, _, _) = match load(cli) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let registry = wippy_registry::Registry::new(project.entries);
     let snapshot = registry.snapshot();
-    let in_ns = |n: &str| ns.is_none_or(|want| n == want || n.strip_prefix(want).is_some_and(|r| r.starts_with('.')));
+    let in_ns = |n: &str| match &ns_glob {
+        Some(g) => g.matches(n),
+        None => ns.is_none_or(|want| n == want || n.strip_prefix(want).is_some_and(|r| r.starts_with('.'))),
+    };
+    let meta_ok = |e: &wippy_registry::Entry| {
+        filters.iter().all(|(path, test)| {
+            let mut v = e.meta.get(&path[0]);
+            for p in &path[1..] {
+                v = v.and_then(|v| v.get(p.as_str()));
+            }
+            test.passes(v)
+        })
+    };
     let mut rows: Vec<_> = snapshot
         .entries()
         .filter(|e| kind.as_ref().is_none_or(|k| k.matches(&e.kind)) && name.as_ref().is_none_or(|n| n.matches(e.id.name())))
-        .filter(|e| in_ns(e.id.namespace()))
+        .filter(|e| in_ns(e.id.namespace()) && meta_ok(e))
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     if format.json || format.yaml {

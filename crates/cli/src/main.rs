@@ -153,14 +153,20 @@ pub enum RegistryCmd {
     /// List loaded entries.
     List {
         /// Only entries of this kind (a glob: `process.*`).
-        #[arg(long)]
+        #[arg(short = 'k', long)]
         kind: Option<String>,
-        /// Only entries of this namespace (and the namespaces below it).
-        #[arg(long)]
+        /// Only entries of this namespace and the namespaces below it, or of the namespaces
+        /// a glob matches (`app.*`).
+        #[arg(short = 'n', long)]
         ns: Option<String>,
         /// Only entries whose name matches this glob.
         #[arg(long)]
         name: Option<String>,
+        /// Only entries whose meta field matches (repeatable, all must): `field=value`
+        /// (equal), `field~regex`, `field*substring`, `field^prefix`, `field$suffix`; a
+        /// dotted field reaches into a mapping (`command.name=hello`).
+        #[arg(long, value_name = "FIELD<OP>VALUE")]
+        meta: Vec<String>,
         #[command(flatten)]
         format: Format,
     },
@@ -229,8 +235,8 @@ fn main() -> ExitCode {
         Cmd::Test { filters, host, timeout } => commands::test(&cli, filters, host.as_deref(), timeout),
         Cmd::Init => commands::init(&cli),
         Cmd::Lint { json } => commands::lint(&cli, *json),
-        Cmd::Registry { command: RegistryCmd::List { kind, ns, name, format } } => {
-            commands::registry_list(&cli, kind.as_deref(), ns.as_deref(), name.as_deref(), *format)
+        Cmd::Registry { command: RegistryCmd::List { kind, ns, name, meta, format } } => {
+            commands::registry_list(&cli, kind.as_deref(), ns.as_deref(), name.as_deref(), meta, *format)
         }
         Cmd::Registry { command: RegistryCmd::Show { id, format } } => commands::registry_show(&cli, id, *format),
         Cmd::Ps { host, sort, json } => commands::ps(&cli, host.as_deref(), *sort, *json),

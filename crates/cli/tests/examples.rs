@@ -458,6 +458,20 @@ fn registry_list_takes_globs_and_writes_json_and_show_prints_one_entry() {
     assert_eq!(o.status.code(), Some(1));
     let o = run(&["registry", "list", "-d", d, "--kind", "["]);
     assert_eq!(o.status.code(), Some(1));
+    // Wippy's --meta operators (all filters must pass) and short flags, a namespace glob
+    let listed = |args: &[&str]| {
+        let o = run(&[&["registry", "list", "-d", "examples/hello", "--json"], args].concat());
+        assert_ok(&o);
+        let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&["--meta", "command.name=hello"]), ["app:hello"]);
+    assert_eq!(listed(&["--meta", "command.short~^Print a"]), ["app:hello"]);
+    assert_eq!(listed(&["--meta", "command.short*greeting", "--meta", "command.name$llo", "-k", "process.*", "-n", "a*"]), ["app:hello"]);
+    assert!(listed(&["--meta", "command.name^x"]).is_empty());
+    assert!(listed(&["--meta", "command.name=hello", "-n", "other"]).is_empty());
+    let o = run(&["registry", "list", "-d", "examples/hello", "--meta", "x~("]);
+    assert!(o.status.code() == Some(1) && String::from_utf8_lossy(&o.stderr).contains("--meta \"x~(\""));
 }
 
 #[test]
