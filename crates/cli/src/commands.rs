@@ -226,7 +226,11 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
         Some((h, x)) => (Some(x), Some(h)),
         None => (exec, host),
     };
-    // What to run, checked before anything starts.
+    // What to run, checked before anything starts; the identity a command's
+    // `meta.command.security` gives its launch
+    let command_identity = |plan: &Plan, id: &EntryId| {
+        plan.commands.iter().find(|c| c.entry == *id).and_then(|c| c.identity.as_ref()).map(|spec| std::sync::Arc::new(plan.identity(spec)))
+    };
     let (target, args) = match (exec, args.first().map(String::as_str)) {
         (Some(x), _) => match check_exec(&plan, x) {
             Ok(id) => (Some(id), args),
@@ -251,6 +255,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
             return fail(format!("-x: {e}"));
         }
     }
+    let identity = target.as_ref().and_then(|t| command_identity(&plan, t));
     init_logging(cli, &config, target.is_some() && terminal_hides_logs(&plan, host), target.is_some());
     warn_all(&plan);
     let signals = match signals::install() {
@@ -324,7 +329,7 @@ pub fn run(cli: &Cli, exec: Option<&str>, host: Option<&str>, watch: bool, args:
             None => FAILURE,
         };
     };
-    let code = run_terminal(&boot, host, &target, args, &signals.stop, &exit, shutdown);
+    let code = run_terminal(&boot, host, &target, identity, args, &signals.stop, &exit, shutdown);
     boot.shutdown();
     code
 }
@@ -346,6 +351,7 @@ fn run_terminal(
     boot: &Boot,
     host: Option<&str>,
     target: &EntryId,
+    identity: Option<std::sync::Arc<wippy_runtime::Identity>>,
     args: &[String],
     stop: &crossbeam_channel::Receiver<()>,
     exit: &crossbeam_channel::Receiver<i32>,
@@ -362,7 +368,10 @@ fn run_terminal(
         list.push(v.clone());
     }
     ctx.set(Value::str(wippy_lua::ARGS_KEY), Value::table(list));
-    let spawn = Spawn::entry(target.as_str()).args(values).context(std::sync::Arc::new(ctx));
+    let mut spawn = Spawn::entry(target.as_str()).args(values).context(std::sync::Arc::new(ctx));
+    if let Some(identity) = identity {
+        spawn = spawn.identity(identity);
+    }
     let (pid, watch) = match boot.node.spawn_watched(&host, spawn) {
         Ok(x) => x,
         Err(e) => return fail(format!("cannot start {target}: {e}")),

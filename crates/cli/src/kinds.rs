@@ -177,7 +177,24 @@ fn command(c: &mut Checker, plan: &mut Plan) {
         c.error("meta.command.name", msg);
         return;
     }
-    plan.commands.push(Command { name, short, entry: c.entry.id.clone() });
+    // `meta.command.security`: who the command runs as when the CLI launches it (Wippy's
+    // command security; fail-closed: unknown fields and an empty block are errors)
+    let identity = match c.get("meta.command.security") {
+        None => None,
+        Some(Json::Object(m)) if m.is_empty() => {
+            c.error("meta.command.security", "empty: give an actor, policies or groups (or leave the block out)");
+            return;
+        }
+        Some(Json::Object(_)) => {
+            c.only_known("meta.command.security", &["actor", "policies", "groups"]);
+            Some(identity_spec(c, plan, "meta.command.security"))
+        }
+        Some(other) => {
+            c.error("meta.command.security", format!("must be a mapping {{actor, policies, groups}}, got {other}"));
+            return;
+        }
+    };
+    plan.commands.push(Command { name, short, entry: c.entry.id.clone(), identity });
 }
 
 fn service(c: &mut Checker, plan: &mut Plan) {

@@ -54,6 +54,8 @@ pub struct Command {
     pub name: String,
     pub short: String,
     pub entry: EntryId,
+    /// `meta.command.security`: the actor and scope a CLI launch runs under.
+    pub identity: Option<IdentitySpec>,
 }
 
 pub struct TestPlan {

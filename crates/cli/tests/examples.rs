@@ -684,6 +684,43 @@ fn wippys_global_flags_are_accepted() {
     }
 }
 
+/// `meta.command.security` (Wippy's command security): the CLI launch of a command runs as
+/// the actor and scope it names; an empty block or an unknown field is a load error.
+#[test]
+fn a_command_runs_under_the_actor_and_policies_its_meta_names() {
+    let dir = std::env::temp_dir().join(format!("command-security-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let yaml = |security: &str| {
+        format!(
+            "namespace: app\nentries:\n  - {{ name: terminal, kind: terminal.host }}\n  - {{ name: ops, kind: security.policy, policy: {{ actions: deploy, resources: \"*\", effect: allow }} }}\n  - name: migrate\n    kind: process.lua\n    meta:\n      command:\n        name: migrate\n{security}    source: file://m.lua\n    method: main\n    modules: [io, security]\n"
+        )
+    };
+    std::fs::write(
+        dir.join("src/m.lua"),
+        "local io, security = require('io'), require('security')\nreturn { main = function()\n  local a = security.actor()\n  io.print(a and a:id(), a and a:meta().role, security.can('deploy', 'x'), security.can('other', 'x'))\nend }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(".wippy.yaml"), "security:\n  strict_mode: true\n").unwrap();
+    let secured = "        security:\n          actor: { id: system.migrations, meta: { role: operator } }\n          policies: [app:ops]\n";
+    std::fs::write(dir.join("src/_index.yaml"), yaml(secured)).unwrap();
+    let d = dir.to_str().unwrap();
+    for args in [&["run", "-d", d, "migrate"][..], &["run", "-d", d, "-x", "app:migrate"][..]] {
+        let o = run(args);
+        assert_ok(&o);
+        assert_eq!(stdout(&o), "system.migrations\toperator\ttrue\tfalse\n", "{args:?}");
+    }
+    // without the block: no actor, and strict mode refuses what no policy allows
+    std::fs::write(dir.join("src/_index.yaml"), yaml("")).unwrap();
+    assert_eq!(stdout(&run(&["run", "-d", d, "migrate"])), "nil\tnil\tfalse\tfalse\n");
+    for (bad, says) in [("        security: {}\n", "empty"), ("        security: { actor: { id: a }, polices: [app:ops] }\n", "unknown field")] {
+        std::fs::write(dir.join("src/_index.yaml"), yaml(bad)).unwrap();
+        let o = run(&["run", "-d", d, "migrate"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && err.contains("meta.command.security") && err.contains(says), "{bad}: {err}");
+    }
+}
+
 /// The configuration's `override:` section sets entry fields as `-o` does, with values of
 /// any YAML type; `-o` is applied after it, so the command line wins.
 #[test]
