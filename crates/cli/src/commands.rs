@@ -56,6 +56,7 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("prometheus.address", "an address to serve Prometheus metrics on when prometheus.enabled, such as 0.0.0.0:9090 (no default)"),
     ("control.enabled", "true or false (the control socket for ps/inspect/top; default true)"),
     ("override", "entry overrides, `ns:entry:path: value` (as -o, the value keeps its YAML type)"),
+    ("vars", "values that ${name} in other values refers to"),
 ];
 
 /// Check the configuration before anything starts: a bad value of a known key is an
@@ -63,8 +64,8 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
 fn check_config(config: &Config) -> Result<(), u8> {
     let mut bad = false;
     for path in config.paths() {
-        if path == "override" || path.starts_with("override.") {
-            continue; // (entry overrides: applied, and checked, with the entries)
+        if path == "override" || path.starts_with("override.") || path == "vars" || path.starts_with("vars.") {
+            continue; // (entry overrides: applied, and checked, with the entries; vars: values for ${name})
         }
         let at = config.origin(&path);
         if crate::cluster::is_wippy_engine_key(&path) {

@@ -51,10 +51,93 @@ impl Config {
             }
             c.merge_file(project, f)?;
         }
+        c.substitute()?;
         for s in sets {
             c.set(s)?;
         }
         Ok(c)
+    }
+
+    /// Wippy's references in the files' values: `${env:NAME}` is the OS environment
+    /// variable NAME, `${name}` the value `name` of the `vars:` section (dotted into its
+    /// mappings); `|default` after the name is used when it is not set. A reference with no
+    /// value and no default is an error naming the key. A value that is one reference alone
+    /// takes the referenced value's type (`workers: ${n}` with `vars: {n: 4}` is a number).
+    fn substitute(&mut self) -> Result<(), LoadError> {
+        let vars = self.root.get("vars").cloned().unwrap_or(Value::Null);
+        let lookup = |name: &str| -> Option<Value> {
+            if let Some(var) = name.strip_prefix("env:") {
+                return std::env::var(var).ok().map(Value::String);
+            }
+            let mut v = &vars;
+            for p in name.split('.') {
+                v = v.as_object()?.get(p)?;
+            }
+            Some(v.clone())
+        };
+        let resolve = |path: &str, text: &str| -> Result<Option<Value>, String> {
+            if !text.contains("${") {
+                return Ok(None);
+            }
+            let mut out = String::new();
+            let mut rest = text;
+            let mut whole: Option<Value> = None;
+            while let Some(start) = rest.find("${") {
+                let end = rest[start..].find('}').ok_or_else(|| format!("{path}: unclosed ${{ in {text:?}"))? + start;
+                let inner = &rest[start + 2..end];
+                let (name, default) = match inner.split_once('|') {
+                    Some((n, d)) => (n.trim(), Some(d)),
+                    None => (inner.trim(), None),
+                };
+                let value = match (lookup(name), default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => Value::String(d.to_string()),
+                    (None, None) if name.starts_with("env:") => return Err(format!("{path}: environment variable {} is not set", &name[4..])),
+                    (None, None) => return Err(format!("{path}: ${{{name}}} has no value in the vars: section")),
+                };
+                if start == 0 && end + 1 == text.len() && out.is_empty() {
+                    whole = Some(value.clone());
+                }
+                out.push_str(&rest[..start]);
+                match value {
+                    Value::String(s) => out.push_str(&s),
+                    other => out.push_str(&other.to_string()),
+                }
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            Ok(Some(whole.unwrap_or(Value::String(out))))
+        };
+        fn walk(v: &mut Value, path: &str, f: &dyn Fn(&str, &str) -> Result<Option<Value>, String>) -> Result<(), String> {
+            match v {
+                Value::String(s) => {
+                    if let Some(new) = f(path, s)? {
+                        *v = new;
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        walk(item, &format!("{path}[{i}]"), f)?;
+                    }
+                }
+                Value::Object(m) => {
+                    for (k, item) in m.iter_mut() {
+                        walk(item, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, f)?;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        let mut root = Value::Object(std::mem::take(&mut self.root));
+        let result = walk(&mut root, "", &resolve);
+        if let Value::Object(m) = root {
+            self.root = m;
+        }
+        result.map_err(|e| {
+            let key = e.split(':').next().unwrap_or_default().to_string();
+            LoadError::new(e).file(&self.origin(&key))
+        })
     }
 
     fn merge_file(&mut self, project: &Path, path: &Path) -> Result<(), LoadError> {
@@ -151,5 +234,28 @@ mod tests {
         assert_eq!(c.get("flag"), Some(&Value::Bool(true)));
         assert!(c.set("novalue").is_err());
         assert!(c.set("a..b=1").is_err());
+    }
+
+    #[test]
+    fn env_and_vars_references_are_resolved_with_their_type_when_whole() {
+        let mut c = Config::default();
+        std::env::set_var("WIPPY_CONFIG_TEST_ADDR", "127.0.0.1:9100");
+        c.root = serde_json::from_str(
+            r#"{"vars": {"n": 4, "host": {"name": "db"}}, "a": "${n}", "b": "w${n}x", "c": "${env:WIPPY_CONFIG_TEST_ADDR}",
+                "d": ["${host.name}:5432"], "e": "${env:WIPPY_CONFIG_TEST_NOPE|fallback}"}"#,
+        )
+        .unwrap();
+        c.substitute().unwrap();
+        assert_eq!(c.get("a"), Some(&Value::from(4)));
+        assert_eq!(c.str("b"), Some("w4x"));
+        assert_eq!(c.str("c"), Some("127.0.0.1:9100"));
+        assert_eq!(c.get("d"), Some(&serde_json::json!(["db:5432"])));
+        assert_eq!(c.str("e"), Some("fallback"));
+        for bad in [r#"{"x": "${env:WIPPY_CONFIG_TEST_NOPE}"}"#, r#"{"x": "${nope}"}"#, r#"{"x": "${n"}"#] {
+            let mut c = Config::default();
+            c.root = serde_json::from_str(bad).unwrap();
+            let e = c.substitute().expect_err(bad).to_string();
+            assert!(e.contains("x:"), "{bad}: {e}");
+        }
     }
 }
