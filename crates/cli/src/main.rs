@@ -141,6 +141,11 @@ pub enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// Print the version (`--short`: the number alone).
+    Version {
+        #[arg(long)]
+        short: bool,
+    },
     /// Inspect the registry.
     Registry {
         #[command(subcommand)]
@@ -242,6 +247,15 @@ fn main() -> ExitCode {
         Cmd::Ps { host, sort, json } => commands::ps(&cli, host.as_deref(), *sort, *json),
         Cmd::Inspect { pid, json } => commands::inspect(&cli, pid, *json),
         Cmd::Top { sort, interval, once } => commands::top(&cli, *sort, *interval, *once),
+        Cmd::Version { short } => {
+            let v = env!("CARGO_PKG_VERSION");
+            if *short {
+                println!("{v}");
+            } else {
+                println!("wippy {v} ({}/{})", std::env::consts::OS, std::env::consts::ARCH);
+            }
+            0
+        }
     };
     // a process that left the terminal raw (io.raw) does not leave it so for the shell
     wippy_lua::reset_terminal();

@@ -684,6 +684,13 @@ fn wippys_global_flags_are_accepted() {
     }
 }
 
+#[test]
+fn version_prints_the_version() {
+    let o = run(&["version", "--short"]);
+    assert_eq!(stdout(&o), format!("{}\n", env!("CARGO_PKG_VERSION")));
+    assert!(stdout(&run(&["version"])).starts_with(&format!("wippy {} (", env!("CARGO_PKG_VERSION"))));
+}
+
 /// `meta.command.security` (Wippy's command security): the CLI launch of a command runs as
 /// the actor and scope it names; an empty block or an unknown field is a load error.
 #[test]
