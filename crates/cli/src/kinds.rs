@@ -95,7 +95,20 @@ fn terminal_host(c: &mut Checker, plan: &mut Plan) {
 }
 
 fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
-    c.only("", &["source", "method", "modules", "imports"]);
+    c.only("", &["source", "method", "modules", "imports", "security"]);
+    // the entry's own `security:` block (process and function entries; fail-closed: an
+    // unknown field in it is an error, its policies and groups must resolve)
+    if c.get("security").is_some() {
+        if kind == EntryKind::Library {
+            c.error("security", "a library has no processes of its own to secure; put the block on the entries that import it");
+        } else if !c.get("security").is_some_and(|v| v.is_object()) {
+            c.error("security", "must be a mapping {actor, policies, groups}");
+        } else {
+            c.only_known("security", &["actor", "policies", "groups"]);
+            let spec = identity_spec(c, plan, "security");
+            plan.entry_security.push((c.entry.id.clone(), spec));
+        }
+    }
     let entry = c.entry;
     let Some(source) = &entry.source else {
         if c.get("source").is_none() {
@@ -150,6 +163,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
         version: 1,
         default_host,
         label: wippy_runtime::stats::EntryLabel::intern(entry.id.as_str()),
+        security: None,
     };
     // Nothing starts with a source that does not compile (typed syntax erased first): the
     // error is Lua's own `file:line: message`.

@@ -105,6 +105,9 @@ pub struct Plan {
     pub warnings: Vec<LoadError>,
     /// HTTP servers, routers, endpoints, static mounts (SPEC §11).
     pub http: crate::http::HttpPlan,
+    /// Lua entries' own `security:` blocks, resolved onto their [`LuaEntry`]s once every
+    /// policy is known.
+    pub entry_security: Vec<(EntryId, IdentitySpec)>,
 }
 
 /// A YAML value as a runtime value (mappings become tables with string keys).
@@ -165,6 +168,16 @@ impl Plan {
             (kind.check)(&mut c, &mut plan);
             errors.append(&mut c.errors);
             plan.warnings.append(&mut c.warnings);
+        }
+        for (id, spec) in std::mem::take(&mut plan.entry_security) {
+            let identity = plan.identity(&spec);
+            let own = wippy_runtime::EntrySecurity {
+                actor: identity.actor,
+                policies: (!spec.policies.is_empty() || !spec.groups.is_empty()).then(|| identity.scope.map(|s| s.policies().to_vec()).unwrap_or_default()),
+            };
+            if let Some(e) = plan.lua.iter_mut().find(|e| e.id == id.as_str()) {
+                e.security = Some(Arc::new(own));
+            }
         }
         for (id, field, group) in std::mem::take(&mut plan.group_refs) {
             if !plan.policies.iter().any(|p| p.groups.contains(&group)) {

@@ -728,6 +728,64 @@ fn a_command_runs_under_the_actor_and_policies_its_meta_names() {
     }
 }
 
+/// An entry's own `security:` block (Wippy's process and function entries): its actor
+/// replaces the inherited one, its policies and groups join the inherited scope, and what it
+/// leaves out is inherited; for a process, a function call, and the CLI launch alike.
+#[test]
+fn an_entry_security_block_sets_the_actor_and_adds_policies_to_what_is_inherited() {
+    let dir = std::env::temp_dir().join(format!("entry-security-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let yaml = r#"namespace: app
+entries:
+  - { name: terminal, kind: terminal.host }
+  - { name: processes, kind: process.host, lifecycle: { auto_start: true } }
+  - { name: ops, kind: security.policy, policy: { actions: deploy, resources: "*", effect: allow }, groups: [ops] }
+  - { name: read, kind: security.policy, policy: { actions: read, resources: "*", effect: allow } }
+  - { name: runtime, kind: security.policy, policy: { actions: ["funcs.*", "process.*"], resources: "*", effect: allow } }
+  - name: main
+    kind: process.lua
+    meta: { command: { name: t } }
+    source: file://main.lua
+    modules: [io, security, funcs]
+    security: { actor: { id: "user:main" }, policies: [app:read, app:runtime] }
+  - { name: fn, kind: function.lua, source: file://who.lua, method: who, modules: [security], security: { groups: [app:ops] } }
+  - name: worker
+    kind: process.lua
+    source: file://who.lua
+    method: who
+    modules: [security]
+    security: { actor: { id: "service:worker", meta: { role: worker } } }
+"#;
+    std::fs::write(dir.join("src/_index.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.join("src/who.lua"),
+        "local security = require('security')\nreturn { who = function()\n  local a = security.actor()\n  return table.concat({ a and a:id() or '-', a and a:meta().role or '-', tostring(security.can('deploy', 'x')), tostring(security.can('read', 'x')), tostring(security.can('other', 'x')) }, ' ')\nend }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/main.lua"),
+        "local io, funcs = require('io'), require('funcs')\nlocal who = require('security')\nreturn { main = function()\n  local a = who.actor()\n  io.print('main', a:id(), who.can('deploy', 'x'), who.can('read', 'x'))\n  io.print('fn', (funcs.call('app:fn')))\n  io.print('worker', (process.exec('app:worker', 'app:processes')))\nend }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(".wippy.yaml"), "security:\n  strict_mode: true\n").unwrap();
+    let o = run(&["run", "-d", dir.to_str().unwrap(), "t"]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "main\tuser:main\tfalse\ttrue\nfn\tuser:main - true true false\nworker\tservice:worker worker false true false\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // fail-closed: a policy that does not exist, or an unknown field, stops the load
+    for (bad, says) in [("policies: [app:read, app:runtime]", "policies: [app:nope]"), ("policies: [app:read, app:runtime]", "polices: [app:read]")] {
+        std::fs::write(dir.join("src/_index.yaml"), yaml.replace(bad, says)).unwrap();
+        let o = run(&["run", "-d", dir.to_str().unwrap(), "t"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && err.contains("app:main") && err.contains("security."), "{says}: {err}");
+    }
+}
+
 /// The configuration's `override:` section sets entry fields as `-o` does, with values of
 /// any YAML type; `-o` is applied after it, so the command line wins.
 #[test]

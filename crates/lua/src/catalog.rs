@@ -48,6 +48,9 @@ pub struct LuaEntry {
     pub default_host: Option<String>,
     /// The entry ID as the runtime shows it on each process (`wippy ps`).
     pub label: &'static wippy_runtime::stats::EntryLabel,
+    /// The entry's `security:` block: the actor and policies each of its processes (and
+    /// function calls) starts with, over what it inherits.
+    pub security: Option<Arc<wippy_runtime::EntrySecurity>>,
 }
 
 impl LuaEntry {
@@ -62,6 +65,7 @@ impl LuaEntry {
             imports: Vec::new(),
             version: 1,
             default_host: None,
+            security: None,
             label: wippy_runtime::stats::EntryLabel::intern(id),
         }
     }

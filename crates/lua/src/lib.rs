@@ -208,7 +208,8 @@ impl ProcessFactory for Factory {
             })
             .map_err(|e| Error::internal(format!("cannot create a Lua shard on host '{name}': {e}")))?;
         let label = entry.label;
+        let security = entry.security.clone();
         let process = process::LuaProcess::new(entry, shard.clone());
-        Ok(NewProcess { process: Box::new(process), group: Some(shard), label: Some(label) })
+        Ok(NewProcess { process: Box::new(process), group: Some(shard), label: Some(label), security })
     }
 }

@@ -55,7 +55,7 @@ pub use process::{Attachment, Command, CommandId, Event, Events, ExitResult, Mes
 pub use topic::Topic;
 pub use scheduler::Runnable;
 pub use security::{
-    denied, evaluate, Actor, ConditionSpec, Effect, Field, Identity, Op, Pattern, Policy, PolicyError, PolicySpec, Request, Scope, Security, Target,
+    denied, evaluate, Actor, ConditionSpec, Effect, EntrySecurity, Field, Identity, Op, Pattern, Policy, PolicyError, PolicySpec, Request, Scope, Security, Target,
 };
 pub use supervisor::{Clock, RestartPolicy, ServiceKind, ServiceSpec, ServiceState, ServiceStatus, StopSummary, Supervisor, SystemClock, Transition};
 pub use value::{PathStep, Table, Value, ValueError, MAX_DEPTH};

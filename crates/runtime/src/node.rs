@@ -776,21 +776,25 @@ impl NodeInner {
         inherited_identity: Option<Arc<Identity>>,
     ) -> Result<Pid, Error> {
         let Spawn { what, method, args, link, monitor, mut group, context, identity, exec: _, call, attachment, system } = spawn;
-        let (mut process, label) = match what {
-            What::Process(p) => (p, system.map(crate::stats::EntryLabel::intern)),
+        let (mut process, label, entry_security) = match what {
+            What::Process(p) => (p, system.map(crate::stats::EntryLabel::intern), None),
             What::Entry(id) => {
                 let made = self.factory(&id)?.create(&id, &HostRef(host.clone()))?;
                 group = group.or(made.group);
-                (made.process, Some(made.label.unwrap_or_else(|| crate::stats::EntryLabel::intern(&id))))
+                (made.process, Some(made.label.unwrap_or_else(|| crate::stats::EntryLabel::intern(&id))), made.security)
             }
         };
         if let Some(a) = attachment {
             process.attach(a);
         }
-        // Context values and identity: given, else inherited from the spawner; a host's
-        // forced actor/scope replaces them.
+        // Context values and identity: given, else inherited from the spawner; the entry's
+        // own `security:` block applies over that, and a host's forced actor/scope replaces
+        // them.
         let context = context.or(inherited);
         let mut identity = identity.or(inherited_identity);
+        if let Some(own) = entry_security {
+            identity = Some(Arc::new(own.apply(identity.as_deref())));
+        }
         if let Some(forced) = &host.config.security.identity {
             identity = Some(Arc::new(identity.as_deref().map(|i| i.overridden_by(forced)).unwrap_or_else(|| (**forced).clone())));
         }

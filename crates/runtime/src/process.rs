@@ -173,11 +173,14 @@ pub struct NewProcess {
     /// The entry label its process carries (for `ps`/`inspect`); `None`: the runtime
     /// interns the entry ID itself (a factory that spawns often keeps one ready).
     pub label: Option<&'static crate::stats::EntryLabel>,
+    /// The entry's own `security:` block, applied over the identity the process would
+    /// otherwise start with.
+    pub security: Option<std::sync::Arc<crate::security::EntrySecurity>>,
 }
 
 impl From<Box<dyn Process>> for NewProcess {
     fn from(process: Box<dyn Process>) -> NewProcess {
-        NewProcess { process, group: None, label: None }
+        NewProcess { process, group: None, label: None, security: None }
     }
 }
 

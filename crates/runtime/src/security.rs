@@ -81,6 +81,36 @@ pub struct Identity {
     pub scope: Option<Arc<Scope>>,
 }
 
+/// An entry's own `security:` block (Wippy's process and function entries), applied when a
+/// process of the entry starts: its actor replaces the inherited one, its policies join the
+/// inherited scope; what it leaves out is inherited unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct EntrySecurity {
+    pub actor: Option<Arc<Actor>>,
+    /// `None`: the block named no policies or groups (the scope is inherited as it is).
+    pub policies: Option<Vec<Arc<Policy>>>,
+}
+
+impl EntrySecurity {
+    /// The identity a process of the entry runs with, given what it would inherit.
+    pub fn apply(&self, inherited: Option<&Identity>) -> Identity {
+        let actor = self.actor.clone().or_else(|| inherited.and_then(|i| i.actor.clone()));
+        let scope = match &self.policies {
+            None => inherited.and_then(|i| i.scope.clone()),
+            Some(own) => {
+                let mut all: Vec<Arc<Policy>> = inherited.and_then(|i| i.scope.as_ref()).map(|s| s.policies().to_vec()).unwrap_or_default();
+                for p in own {
+                    if !all.iter().any(|q| Arc::ptr_eq(q, p) || q.id == p.id) {
+                        all.push(p.clone());
+                    }
+                }
+                Some(Arc::new(Scope::new(all)))
+            }
+        };
+        Identity::new(actor, scope)
+    }
+}
+
 impl Identity {
     pub fn new(actor: Option<Arc<Actor>>, scope: Option<Arc<Scope>>) -> Identity {
         Identity { actor, scope }
