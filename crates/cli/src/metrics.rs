@@ -1,6 +1,6 @@
 //! Prometheus metrics (`metrics.prometheus.address` in `.wippy.yaml`): the `metrics` facade
 //! with `metrics-exporter-prometheus`'s recorder and HTTP listener (text format at any
-//! path, usually `/metrics`). The node's figures are read every `REFRESH` by one thread and
+//! path, usually `/metrics`; `/livez` is a liveness answer, as in Wippy). The node's figures are read every `REFRESH` by one thread and
 //! set as gauges and absolute counters, so the hot paths count only into the runtime's
 //! per-thread counters (wippy_runtime::stats) and nothing walks the process table.
 
@@ -114,9 +114,16 @@ async fn serve(listener: tokio::net::TcpListener, handle: metrics_exporter_prome
         };
         let handle = handle.clone();
         tokio::spawn(async move {
-            let answer = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                let mut text = handle.render();
-                wippy_lua::render_metrics(&mut text);
+            let answer = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                // `/livez`: Wippy's liveness answer on the same address (this thread answers,
+                // so the node's runtime is up); any other path: the metrics
+                let text = if req.uri().path() == "/livez" {
+                    "ok\n".to_string()
+                } else {
+                    let mut text = handle.render();
+                    wippy_lua::render_metrics(&mut text);
+                    text
+                };
                 async move {
                     let mut res = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
                     res.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -203,9 +203,13 @@ fn free_port() -> u16 {
 }
 
 fn scrape(port: u16) -> String {
+    get(port, "/metrics")
+}
+
+fn get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -248,6 +252,9 @@ fn metrics_are_served_for_prometheus() {
     assert_eq!(m["wippy_service_restarts_total{service=\"app:boss_service\"}"], 0.0);
     assert_eq!(m["wippy_service_running{service=\"app:boss_service\"}"], 1.0);
     assert!(m.contains_key("wippy_scheduler_queue_length{host=\"app:work\"}"));
+    // Wippy's liveness path on the same address
+    let live = get(port, "/livez");
+    assert!(live.starts_with("HTTP/1.1 200") && live.ends_with("\r\n\r\nok\n"), "{live}");
 
     // the whole picture at once, as `top` reads it
     let mut sock = UnixStream::connect(dir.join(".wippy/control.sock")).unwrap();
