@@ -919,20 +919,11 @@ fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     assert!(got < 256 << 20, "the connection ended long before the body did ({got} bytes; {line})");
 }
 
-/// A GET over TLS to `addr` trusting `ca_der`, as `localhost`, with a client certificate
-/// when given; the response text, or the TLS error.
 #[test]
 fn http_client_tls_options_trust_a_ca_check_a_name_present_a_certificate_or_skip_verification() {
     // a server for localhost, signed by a CA of the test's own, that requires a client
     // certificate; the handler calls the server it runs in at 127.0.0.1 with `tls` options
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().signed_by(&client_key, &ca, &ca_key).unwrap();
+    let Pki { ca, server_key, server, client_key, client } = pki();
     // (each line of the PEM indented into the YAML block; the Lua takes the indent off)
     let indent = |pem: &str| pem.trim_end().replace('\n', "\n        ");
     let body = format!(
@@ -983,6 +974,30 @@ fn http_client_tls_options_trust_a_ca_check_a_name_present_a_certificate_or_skip
     assert!(got("no_name").contains("not valid for name") && got("system_roots").contains("UnknownIssuer") && got("no_cert").contains("CertificateRequired"), "the cause is named: {json}");
 }
 
+/// A CA of the test's own, a server certificate for localhost and a client certificate,
+/// both signed by it.
+struct Pki {
+    ca: rcgen::Certificate,
+    server_key: rcgen::KeyPair,
+    server: rcgen::Certificate,
+    client_key: rcgen::KeyPair,
+    client: rcgen::Certificate,
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().signed_by(&client_key, &ca, &ca_key).unwrap();
+    Pki { ca, server_key, server, client_key, client }
+}
+
+/// A GET over TLS to `addr` trusting `ca_der`, as `localhost`, with a client certificate
+/// when given; the response text, or the TLS error.
 fn tls_get(addr: &str, path: &str, ca_der: &[u8], client: Option<(Vec<u8>, Vec<u8>)>) -> Result<String, String> {
     use std::sync::Arc;
     // (ring, as the server: see wippy_http::tls)
@@ -1013,14 +1028,7 @@ fn tls_get(addr: &str, path: &str, ca_der: &[u8], client: Option<(Vec<u8>, Vec<u
 #[test]
 fn tls_termination_with_a_certificate_and_client_certificates() {
     // a CA, a server certificate for localhost and a client certificate, both signed by it
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let client = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().signed_by(&client_key, &ca, &ca_key).unwrap();
+    let Pki { ca, server_key, server, client_key, client } = pki();
     let yaml = |auth: &str| {
         format!(
             "namespace: app\nentries:\n  - {{ name: gateway, kind: http.service, addr: \"127.0.0.1:0\", lifecycle: {{ auto_start: true }}, tls: {{ mode: manual, cert: certs/server.pem, key: \"file://certs/server.key\"{auth} }} }}\n  - {{ name: api, kind: http.router, meta: {{ server: gateway }}, prefix: /api }}\n  - {{ name: hi, kind: function.lua, modules: [http], method: h, source: \"return {{ h = function() require('http').response():write('hello over tls') end }}\" }}\n  - {{ name: hi.ep, kind: http.endpoint, meta: {{ router: api }}, method: GET, path: /hi, func: hi }}\n"
