@@ -91,8 +91,8 @@ impl Boot {
         let registry = Arc::new(wippy_registry::Registry::at(0, project.entries.clone()));
         lua.set_registry(registry.clone());
         lua.set_env_config(plan.env_config(&Default::default()));
-        for id in &plan.token_stores {
-            lua.add_token_store(id);
+        for (id, ttl) in &plan.token_stores {
+            lua.add_token_store(id, *ttl);
         }
         for (k, v) in &plan.env {
             lua.set_env(k, v);

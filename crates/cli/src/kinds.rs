@@ -35,7 +35,7 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "security.policy", check: security_policy },
     // resolved when the project loads (wippy_registry::Project): here only their fields
     // an in-memory token store (its other settings, e.g. a backing store, are not used yet)
-    Kind { name: "security.token_store", check: |c, p| p.token_stores.push(c.entry.id.to_string()) },
+    Kind { name: "security.token_store", check: token_store },
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
     Kind { name: "http.service", check: crate::http::service },
@@ -171,6 +171,16 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
         c.error("source", msg);
     }
     plan.lua.push(lua);
+}
+
+/// `security.token_store`: tokens are kept in the node's memory (SPEC §12.9);
+/// `default_expiration` is how long one lives when `create` names none (absent: never).
+/// Wippy's `store`, `token_length` and `token_key` are accepted: a token here is 256 random
+/// bits looked up in that memory, so there is no backing store to name and nothing to sign.
+fn token_store(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["store", "token_length", "default_expiration", "token_key", "token_key_env"]);
+    let ttl = c.get("default_expiration").is_some().then(|| c.duration("default_expiration", std::time::Duration::ZERO)).filter(|d| !d.is_zero());
+    plan.token_stores.push((c.entry.id.to_string(), ttl));
 }
 
 /// `meta.command: {name, short}` makes a process a named CLI command.

@@ -86,8 +86,8 @@ impl Live {
         self.lua.update_entries(updated, &lua_removed);
         let version = self.registry.commit(entries);
         self.lua.set_env_config(plan.env_config(&self.lua.env_config()));
-        for id in &plan.token_stores {
-            self.lua.add_token_store(id);
+        for (id, ttl) in &plan.token_stores {
+            self.lua.add_token_store(id, *ttl);
         }
         for (k, v) in &plan.env {
             self.lua.set_env(k, v);

@@ -93,7 +93,8 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     pub env_storages: Vec<(EntryId, StorageSpec)>,
     pub env_vars: Vec<VarSpec>,
-    pub token_stores: Vec<String>,
+    /// `security.token_store` entries and their `default_expiration`.
+    pub token_stores: Vec<(String, Option<std::time::Duration>)>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub policies: Vec<PolicyPlan>,

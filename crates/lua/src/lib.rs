@@ -117,9 +117,11 @@ impl LuaRuntime {
         self.catalog.entries.read().get(id).map(|e| (**e).clone())
     }
 
-    /// Declare a `security.token_store` entry: `security.token_store(id)` acquires it.
-    pub fn add_token_store(&self, id: &str) {
-        self.catalog.token_stores.write().entry(id.to_string()).or_default();
+    /// Declare a `security.token_store` entry: `security.token_store(id)` acquires it;
+    /// `default_ttl` (its `default_expiration`) is how long a token lives when `create`
+    /// names no expiration. Declaring it again (a reload) keeps its tokens.
+    pub fn add_token_store(&self, id: &str, default_ttl: Option<std::time::Duration>) {
+        self.catalog.token_stores.write().entry(id.to_string()).or_default().set_default_ttl(default_ttl);
     }
 
     /// The actor and scope a live token of token store `store` stands for (`token_auth`).

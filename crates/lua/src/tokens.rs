@@ -21,9 +21,24 @@ pub(crate) struct Token {
 #[derive(Default)]
 pub struct TokenStore {
     tokens: Mutex<HashMap<String, Token>>,
+    /// The entry's `default_expiration`, in milliseconds (0: tokens never expire unless
+    /// `create` says so).
+    default_ms: std::sync::atomic::AtomicU64,
 }
 
 impl TokenStore {
+    /// How long a token lives when `create` names no expiration.
+    pub(crate) fn default_ttl(&self) -> Option<Duration> {
+        match self.default_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub(crate) fn set_default_ttl(&self, ttl: Option<Duration>) {
+        self.default_ms.store(ttl.map_or(0, |d| d.as_millis().max(1) as u64), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A new token (32 random bytes, hex) for `actor` and `scope`.
     pub(crate) fn create(&self, actor: Arc<Actor>, scope: Arc<Scope>, ttl: Option<Duration>, meta: Table) -> String {
         let text = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());

@@ -279,8 +279,18 @@ fn events_need_their_permissions_and_a_denial_is_invalid() {
 #[test]
 fn token_stores_create_validate_revoke_and_close() {
     let h = Harness::new(1);
-    h.lua.add_token_store("app:tokens");
+    h.lua.add_token_store("app:tokens", None);
+    // a store whose entry says `default_expiration`: a token created without an expiration
+    // lives that long; `expiration = 0` still means forever
+    h.lua.add_token_store("app:short", Some(std::time::Duration::from_millis(1)));
     let v = h.ok(r#"
+        local short_store = security.token_store("app:short")
+        local actor0, scope0 = security.new_actor("user:x"), security.new_scope({})
+        local by_default = assert(short_store:create(actor0, scope0))
+        local kept = assert(short_store:create(actor0, scope0, { expiration = 0 }))
+        time.sleep("5ms")
+        assert(select(3, short_store:validate(by_default)), "the store's default expiration applies")
+        assert(short_store:validate(kept), "0 is forever")
         local store, err = security.token_store("app:tokens")
         assert(store and err == nil, tostring(err))
         local actor = security.new_actor("user:ada", { role = "admin" })

@@ -180,10 +180,11 @@ fn store_of<'a>(s: &'a LuaTokenStore, action: &str) -> Result<&'a Arc<crate::tok
     Ok(store)
 }
 
-/// An expiration: milliseconds, or a duration string; 0 or absent: never.
-fn expiration(v: &LuaValue) -> Result<Option<std::time::Duration>, Error> {
+/// An expiration: milliseconds, or a duration string; 0: never; absent: the store's
+/// `default_expiration` (never, when it has none).
+fn expiration(v: &LuaValue, default: Option<std::time::Duration>) -> Result<Option<std::time::Duration>, Error> {
     let ms = match v {
-        LuaValue::Nil => return Ok(None),
+        LuaValue::Nil => return Ok(default),
         LuaValue::Integer(i) => *i,
         LuaValue::Number(n) if n.fract() == 0.0 => *n as i64,
         LuaValue::String(s) => {
@@ -238,9 +239,9 @@ impl UserData for LuaTokenStore {
                 _ => return fail(lua, Error::invalid("a scope expected")),
             };
             let (ttl, meta) = match &opts {
-                LuaValue::Nil => (None, wippy_runtime::Table::new()),
+                LuaValue::Nil => (store.default_ttl(), wippy_runtime::Table::new()),
                 LuaValue::Table(t) => {
-                    let ttl = match expiration(&t.raw_get::<LuaValue>("expiration")?) {
+                    let ttl = match expiration(&t.raw_get::<LuaValue>("expiration")?, store.default_ttl()) {
                         Ok(d) => d,
                         Err(e) => return fail(lua, e),
                     };
