@@ -31,6 +31,8 @@ pub struct HttpPlan {
     pub built: HashMap<EntryId, Routes>,
     /// Servers' `tls`, read by [`load_tls`] once paths resolve.
     pub tls: Vec<(EntryId, TlsPlan)>,
+    /// Servers' `lifecycle.security`, resolved into their configs once every policy is known.
+    pub identities: Vec<(EntryId, crate::plan::IdentitySpec)>,
 }
 
 pub struct RouterPlan {
@@ -309,7 +311,13 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
     let max_header_bytes = if c.get("limits.max_header_bytes").is_some() { c.bytes("limits.max_header_bytes") as usize } else { server::DEFAULT_MAX_HEADER_BYTES };
     let max_body = if c.get("limits.max_body").is_some() { c.bytes("limits.max_body") } else { server::DEFAULT_MAX_BODY };
     let lifecycle: Lifecycle = c.lifecycle();
-    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, write_timeout, tls: None, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id) };
+    let config = ServiceConfig { id: id.to_string(), addr, read_timeout, idle_timeout, write_timeout, tls: None, max_connections, max_header_bytes, max_body, handler_host: handler_host(&id), identity: None };
+    // `lifecycle.security`: every request's baseline actor and scope (resolved with the
+    // policies, in the plan)
+    if c.get("lifecycle.security").is_some() {
+        let spec = crate::kinds::identity_spec(c, plan, "lifecycle.security");
+        plan.http.identities.push((id.clone(), spec));
+    }
     let host_id: EntryId = match handler_host(&id).parse() {
         Ok(h) => h,
         Err(e) => {

@@ -388,7 +388,7 @@ fn group_names(c: &mut Checker, field: &str) -> Vec<String> {
 }
 
 /// `{actor: {id, meta}, policies: [ids], groups: [ids]}` under `prefix`.
-fn identity_spec(c: &mut Checker, plan: &mut Plan, prefix: &str) -> IdentitySpec {
+pub(crate) fn identity_spec(c: &mut Checker, plan: &mut Plan, prefix: &str) -> IdentitySpec {
     let actor = match c.get(&format!("{prefix}.actor")) {
         None => None,
         Some(Json::Object(m)) => {

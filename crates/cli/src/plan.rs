@@ -180,6 +180,12 @@ impl Plan {
                 e.security = Some(Arc::new(own));
             }
         }
+        for (id, spec) in std::mem::take(&mut plan.http.identities) {
+            let baseline = wippy_http::server::Baseline(Arc::new(plan.identity(&spec)));
+            if let Some((_, config)) = plan.http.services.iter_mut().find(|(s, _)| *s == id) {
+                config.identity = Some(baseline);
+            }
+        }
         for (id, field, group) in std::mem::take(&mut plan.group_refs) {
             if !plan.policies.iter().any(|p| p.groups.contains(&group)) {
                 if let Some(e) = project.entries.iter().find(|e| e.id == id) {

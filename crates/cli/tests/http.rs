@@ -469,6 +469,24 @@ fn http_client_talks_to_a_local_server() {
     );
 }
 
+/// `lifecycle.security` of an `http.service`: every handler's baseline actor and scope
+/// (Wippy's server security), unless `token_auth` gives one.
+#[test]
+fn a_server_lifecycle_security_is_every_handlers_baseline_identity() {
+    let yaml = [
+        raw("namespace: app\nentries:\n  - { name: gateway, kind: http.service, addr: \"127.0.0.1:0\", lifecycle: { auto_start: true, security: { actor: { id: http-gateway }, policies: [app:reads] } } }\n"),
+        raw("  - { name: api, kind: http.router, meta: { server: gateway }, prefix: /api }\n"),
+        raw("  - { name: reads, kind: security.policy, policy: { actions: read, resources: \"*\", effect: allow } }\n"),
+        handler("who", "security", "        local a = security.actor()\n        return { actor = a and a:id(), read = security.can('read', 'x'), write = security.can('write', 'x') }"),
+        raw("  - { name: who.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /who, func: who }\n"),
+    ]
+    .concat();
+    let dir = project("baseline", &yaml);
+    let node = Node::start(&dir);
+    let r = node.get("/api/who", &[]);
+    assert_eq!(r.json(), serde_json::json!({"actor": "http-gateway", "read": true, "write": false}), "{r:?}");
+}
+
 #[test]
 fn a_graceful_stop_lets_the_request_in_flight_finish() {
     let dir = project("drain", PROJECT);

@@ -44,6 +44,21 @@ pub struct ServiceConfig {
     pub max_body: u64,
     /// The host handler processes run on.
     pub handler_host: String,
+    /// `lifecycle.security`: the actor and scope a request's handler runs with when
+    /// `token_auth` gives none (Wippy's server baseline).
+    pub identity: Option<Baseline>,
+}
+
+/// A server's baseline identity; two are equal when they name the same actor and policies
+/// (a reload that changes neither keeps the server running).
+#[derive(Clone, Debug)]
+pub struct Baseline(pub Arc<wippy_runtime::Identity>);
+
+impl PartialEq for Baseline {
+    fn eq(&self, other: &Self) -> bool {
+        let ids = |i: &wippy_runtime::Identity| i.scope.as_ref().map(|s| s.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+        self.0.actor == other.0.actor && ids(&self.0) == ids(&other.0)
+    }
 }
 
 /// A client that sends no complete request head within this is disconnected (slowloris).
@@ -390,6 +405,8 @@ fn before(state: &ServerState, node: &NodeRef, target: &Target, req: &Request<In
         },
         None => None,
     };
+    // a token's actor and scope, else the server's baseline (`lifecycle.security`)
+    let identity = identity.or_else(|| state.config.identity.as_ref().map(|b| b.0.clone()));
     let guards = mw.resource_firewall.iter().map(|(a, r)| (a.as_str(), r.as_str(), "resource")).chain(mw.firewall.iter().map(|a| (a.as_str(), &*target.endpoint, "endpoint")));
     for (action, resource, what) in guards {
         firewall(node, identity.as_deref(), action, resource, what)?;
