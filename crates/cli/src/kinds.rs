@@ -196,11 +196,6 @@ fn command(c: &mut Checker, plan: &mut Plan) {
         return;
     }
     let short = c.string("meta.command.short").unwrap_or_default();
-    if let Some(other) = plan.commands.iter().find(|x| x.name == name) {
-        let msg = format!("command name {name:?} is already used by {}", other.entry);
-        c.error("meta.command.name", msg);
-        return;
-    }
     // `meta.command.security`: who the command runs as when the CLI launches it (Wippy's
     // command security; fail-closed: unknown fields and an empty block are errors)
     let identity = match c.get("meta.command.security") {
@@ -218,6 +213,11 @@ fn command(c: &mut Checker, plan: &mut Plan) {
             return;
         }
     };
+    // as in Wippy, names are not unique: the first entry in registry order answers to it
+    if let Some(other) = plan.commands.iter().find(|x| x.name == name) {
+        let msg = format!("command name {name:?} is already used by {}, which `wippy run {name}` runs; this one is reachable with -x {}", other.entry, c.entry.id);
+        c.warn("meta.command.name", msg);
+    }
     plan.commands.push(Command { name, short, entry: c.entry.id.clone(), identity });
 }
 

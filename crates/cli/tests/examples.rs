@@ -691,6 +691,24 @@ fn version_prints_the_version() {
     assert!(stdout(&run(&["version"])).starts_with(&format!("wippy {} (", env!("CARGO_PKG_VERSION"))));
 }
 
+/// As in Wippy, two entries may name the same command: the first in registry order runs,
+/// with a warning that names both; the other stays reachable with -x.
+#[test]
+fn a_repeated_command_name_runs_the_first_entry_and_warns() {
+    let dir = std::env::temp_dir().join(format!("repeated-command-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let entry = |n: &str| format!("  - {{ name: {n}, kind: process.lua, meta: {{ command: {{ name: go }} }}, modules: [io], source: \"return {{ main = function() require('io').print('{n}') end }}\" }}\n");
+    std::fs::write(dir.join("src/_index.yaml"), format!("namespace: app\nentries:\n  - {{ name: terminal, kind: terminal.host }}\n{}{}", entry("a"), entry("b"))).unwrap();
+    let d = dir.to_str().unwrap();
+    let o = run(&["run", "-d", d, "go"]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "a\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("command name \"go\" is already used by app:a") && err.contains("-x app:b"), "{err}");
+    assert_eq!(stdout(&run(&["run", "-d", d, "-x", "app:b"])), "b\n");
+}
+
 /// `meta.command.security` (Wippy's command security): the CLI launch of a command runs as
 /// the actor and scope it names; an empty block or an unknown field is a load error.
 #[test]
