@@ -35,6 +35,40 @@ macro_rules! handshake_signatures {
     };
 }
 
+/// ring, the provider reqwest's rustls already builds here (aws-lc-rs, rustls's newer
+/// default, needs cmake and a C toolchain of its own); deprecated for lacking post-quantum
+/// key exchange, which the classic suites here do not need.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its private key.
+type Identity = (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+
+/// The chain and key of PEM text (`cert`, `key`: the fields they came from, as errors name
+/// them).
+fn pem_identity(cert_pem: &str, key_pem: &str, cert: &str, key: &str) -> Result<Identity, String> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("{cert}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{cert}: no PEM certificate in it"));
+    }
+    let private = rustls_pemfile::private_key(&mut key_pem.as_bytes()).map_err(|e| format!("{key}: {e}"))?.ok_or(format!("{key}: no PEM private key in it"))?;
+    Ok((certs, private))
+}
+
+/// The certificates of a PEM bundle as trust roots (`field`: where it came from).
+fn pem_roots(pem: &str, field: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        roots.add(c.map_err(|e| format!("{field}: {e}"))?).map_err(|e| format!("{field}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{field}: no PEM certificate in it"));
+    }
+    Ok(roots)
+}
+
 /// What to verify of a client's certificate (`client_auth`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientAuth {
@@ -70,16 +104,8 @@ impl std::fmt::Debug for TlsSettings {
 impl TlsSettings {
     /// The acceptor these settings make, or what is wrong with them.
     pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
-        let certs: Vec<_> = rustls_pemfile::certs(&mut self.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("tls.cert: {e}"))?;
-        if certs.is_empty() {
-            return Err("tls.cert: no PEM certificate in it".into());
-        }
-        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes()).map_err(|e| format!("tls.key: {e}"))?.ok_or("tls.key: no PEM private key in it")?;
-        // ring, the provider reqwest's rustls already builds here (aws-lc-rs, rustls's
-        // newer default, needs cmake and a C toolchain of its own); deprecated for lacking
-        // post-quantum key exchange, which the classic suites here do not need
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (certs, key) = pem_identity(&self.cert_pem, &self.key_pem, "tls.cert", "tls.key")?;
+        let provider = provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
         let builder = match (&self.client_auth, &self.client_ca_pem) {
             (ClientAuth::None, _) => builder.with_no_client_auth(),
@@ -89,13 +115,7 @@ impl TlsSettings {
             })),
             (_, None) => return Err("tls.client_auth: verifying client certificates needs client_ca".into()),
             (auth, Some(ca)) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
-                    roots.add(c.map_err(|e| format!("tls.client_ca: {e}"))?).map_err(|e| format!("tls.client_ca: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("tls.client_ca: no PEM certificate in it".into());
-                }
+                let roots = pem_roots(ca, "tls.client_ca")?;
                 let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let v = if *auth == ClientAuth::VerifyIfGiven { v.allow_unauthenticated() } else { v };
                 builder.with_client_cert_verifier(v.build().map_err(|e| format!("tls.client_ca: {e}"))?)
@@ -169,20 +189,10 @@ impl ClientTls {
     /// The rustls client configuration, or what is wrong with the options (an Invalid
     /// error's message).
     pub fn config(&self) -> Result<rustls::ClientConfig, String> {
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let roots = match &self.ca {
             None => native_roots(),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
-                    roots.add(c.map_err(|e| format!("tls.ca: {e}"))?).map_err(|e| format!("tls.ca: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("tls.ca: no PEM certificate in it".into());
-                }
-                Arc::new(roots)
-            }
+            Some(ca) => Arc::new(pem_roots(ca, "tls.ca")?),
         };
         let name = match &self.server_name {
             Some(n) => Some(rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| format!("tls.server_name {n:?}: {e}"))?),
@@ -194,11 +204,7 @@ impl ClientTls {
         let mut config = match (&self.cert, &self.key) {
             (None, None) => builder.with_no_client_auth(),
             (Some(cert), Some(key)) => {
-                let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("tls.cert: {e}"))?;
-                if certs.is_empty() {
-                    return Err("tls.cert: no PEM certificate in it".into());
-                }
-                let key = rustls_pemfile::private_key(&mut key.as_bytes()).map_err(|e| format!("tls.key: {e}"))?.ok_or("tls.key: no PEM private key in it")?;
+                let (certs, key) = pem_identity(cert, key, "tls.cert", "tls.key")?;
                 builder.with_client_auth_cert(certs, key).map_err(|e| format!("tls: {e}"))?
             }
             _ => return Err("tls: cert and key must be given together".into()),
