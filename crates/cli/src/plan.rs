@@ -172,10 +172,7 @@ impl Plan {
         }
         for (id, spec) in std::mem::take(&mut plan.entry_security) {
             let identity = plan.identity(&spec);
-            let own = wippy_runtime::EntrySecurity {
-                actor: identity.actor,
-                policies: (!spec.policies.is_empty() || !spec.groups.is_empty()).then(|| identity.scope.map(|s| s.policies().to_vec()).unwrap_or_default()),
-            };
+            let own = wippy_runtime::EntrySecurity { actor: identity.actor, scope: identity.scope };
             if let Some(e) = plan.lua.iter_mut().find(|e| e.id == id.as_str()) {
                 e.security = Some(Arc::new(own));
             }

@@ -87,19 +87,23 @@ pub struct Identity {
 #[derive(Debug, Clone, Default)]
 pub struct EntrySecurity {
     pub actor: Option<Arc<Actor>>,
-    /// `None`: the block named no policies or groups (the scope is inherited as it is).
-    pub policies: Option<Vec<Arc<Policy>>>,
+    /// The block's own policies as one scope (`None`: it named no policies or groups, and
+    /// the scope is inherited as it is). A spawn that inherits no scope gets this very
+    /// scope, so the entry's processes share one (and its cache of decisions).
+    pub scope: Option<Arc<Scope>>,
 }
 
 impl EntrySecurity {
     /// The identity a process of the entry runs with, given what it would inherit.
     pub fn apply(&self, inherited: Option<&Identity>) -> Identity {
         let actor = self.actor.clone().or_else(|| inherited.and_then(|i| i.actor.clone()));
-        let scope = match &self.policies {
-            None => inherited.and_then(|i| i.scope.clone()),
-            Some(own) => {
-                let mut all: Vec<Arc<Policy>> = inherited.and_then(|i| i.scope.as_ref()).map(|s| s.policies().to_vec()).unwrap_or_default();
-                for p in own {
+        let parent = inherited.and_then(|i| i.scope.clone());
+        let scope = match (&self.scope, parent) {
+            (None, parent) => parent,
+            (Some(own), None) => Some(own.clone()),
+            (Some(own), Some(parent)) => {
+                let mut all = parent.policies().to_vec();
+                for p in own.policies() {
                     if !all.iter().any(|q| Arc::ptr_eq(q, p) || q.id == p.id) {
                         all.push(p.clone());
                     }
