@@ -33,9 +33,8 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "env.storage.router", check: |c, p| env_storage(c, p, "router") },
     Kind { name: "env.variable", check: env_variable },
     Kind { name: "security.policy", check: security_policy },
-    // resolved when the project loads (wippy_registry::Project): here only their fields
-    // an in-memory token store (its other settings, e.g. a backing store, are not used yet)
     Kind { name: "security.token_store", check: token_store },
+    // resolved when the project loads (wippy_registry::Project): here only their fields
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
     Kind { name: "http.service", check: crate::http::service },
@@ -96,18 +95,11 @@ fn terminal_host(c: &mut Checker, plan: &mut Plan) {
 
 fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
     c.only("", &["source", "method", "modules", "imports", "security"]);
-    // the entry's own `security:` block (process and function entries; fail-closed: an
-    // unknown field in it is an error, its policies and groups must resolve)
-    if c.get("security").is_some() {
-        if kind == EntryKind::Library {
-            c.error("security", "a library has no processes of its own to secure; put the block on the entries that import it");
-        } else if !c.get("security").is_some_and(|v| v.is_object()) {
-            c.error("security", "must be a mapping {actor, policies, groups}");
-        } else {
-            c.only_known("security", &["actor", "policies", "groups"]);
-            let spec = identity_spec(c, plan, "security");
-            plan.entry_security.push((c.entry.id.clone(), spec));
-        }
+    // the entry's own `security:` block (process and function entries)
+    if kind == EntryKind::Library && c.get("security").is_some() {
+        c.error("security", "a library has no processes of its own to secure; put the block on the entries that import it");
+    } else if let Some(spec) = security_block(c, plan, "security", false) {
+        plan.entry_security.push((c.entry.id.clone(), spec));
     }
     let entry = c.entry;
     let Some(source) = &entry.source else {
@@ -179,7 +171,7 @@ fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
 /// bits looked up in that memory, so there is no backing store to name and nothing to sign.
 fn token_store(c: &mut Checker, plan: &mut Plan) {
     c.only("", &["store", "token_length", "default_expiration", "token_key", "token_key_env"]);
-    let ttl = c.get("default_expiration").is_some().then(|| c.duration("default_expiration", std::time::Duration::ZERO)).filter(|d| !d.is_zero());
+    let ttl = Some(c.duration("default_expiration", std::time::Duration::ZERO)).filter(|d| !d.is_zero());
     plan.token_stores.push((c.entry.id.to_string(), ttl));
 }
 
@@ -197,22 +189,8 @@ fn command(c: &mut Checker, plan: &mut Plan) {
     }
     let short = c.string("meta.command.short").unwrap_or_default();
     // `meta.command.security`: who the command runs as when the CLI launches it (Wippy's
-    // command security; fail-closed: unknown fields and an empty block are errors)
-    let identity = match c.get("meta.command.security") {
-        None => None,
-        Some(Json::Object(m)) if m.is_empty() => {
-            c.error("meta.command.security", "empty: give an actor, policies or groups (or leave the block out)");
-            return;
-        }
-        Some(Json::Object(_)) => {
-            c.only_known("meta.command.security", &["actor", "policies", "groups"]);
-            Some(identity_spec(c, plan, "meta.command.security"))
-        }
-        Some(other) => {
-            c.error("meta.command.security", format!("must be a mapping {{actor, policies, groups}}, got {other}"));
-            return;
-        }
-    };
+    // command security, where an empty block is an error too)
+    let identity = security_block(c, plan, "meta.command.security", true);
     // as in Wippy, names are not unique: the first entry in registry order answers to it
     if let Some(other) = plan.commands.iter().find(|x| x.name == name) {
         let msg = format!("command name {name:?} is already used by {}, which `wippy run {name}` runs; this one is reachable with -x {}", other.entry, c.entry.id);
@@ -385,6 +363,27 @@ fn security_policy(c: &mut Checker, plan: &mut Plan) {
 fn group_names(c: &mut Checker, field: &str) -> Vec<String> {
     let ns = c.entry.id.namespace().to_string();
     c.strings(field).into_iter().map(|g| if g.contains(':') { g } else { format!("{ns}:{g}") }).collect()
+}
+
+/// A `security: {actor, policies, groups}` block at `field`, fail-closed as Wippy checks one:
+/// not a mapping, or a field it does not know, is an error (and so, with `empty_is_error`,
+/// is a block that names nothing); its policies and groups must resolve (`identity_spec`).
+/// `None` when there is no block or it is wrong.
+fn security_block(c: &mut Checker, plan: &mut Plan, field: &str, empty_is_error: bool) -> Option<IdentitySpec> {
+    match c.get(field)? {
+        Json::Object(m) if m.is_empty() && empty_is_error => {
+            c.error(field, "empty: give an actor, policies or groups (or leave the block out)");
+            None
+        }
+        Json::Object(_) => {
+            c.only_known(field, &["actor", "policies", "groups"]);
+            Some(identity_spec(c, plan, field))
+        }
+        other => {
+            c.error(field, format!("must be a mapping {{actor, policies, groups}}, got {other}"));
+            None
+        }
+    }
 }
 
 /// `{actor: {id, meta}, policies: [ids], groups: [ids]}` under `prefix`.
