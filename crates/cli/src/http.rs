@@ -154,11 +154,8 @@ impl Pem {
     /// or a path (`file://` optional).
     fn of(v: String) -> Pem {
         if let Some(inner) = v.trim().strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
-            let (name, default) = match inner.split_once('|') {
-                Some((n, d)) => (n, Some(d.to_string())),
-                None => (inner, None),
-            };
-            return Pem::Env { name: name.trim().to_string(), default };
+            let (name, default) = wippy_registry::split_reference(inner);
+            return Pem::Env { name: name.to_string(), default: default.map(str::to_string) };
         }
         if v.contains("-----BEGIN") {
             Pem::Text(v)

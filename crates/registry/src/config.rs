@@ -36,6 +36,15 @@ pub fn scalar(raw: &str) -> Value {
     }
 }
 
+/// The inside of a `${…}` reference: the name, and the default after `|` if there is one
+/// (`env:NAME|fallback`).
+pub fn split_reference(inner: &str) -> (&str, Option<&str>) {
+    match inner.split_once('|') {
+        Some((n, d)) => (n.trim(), Some(d)),
+        None => (inner.trim(), None),
+    }
+}
+
 impl Config {
     /// Read the project's `.wippy.yaml` (if any), `files`, then `sets`.
     pub fn load(project: &Path, files: &[impl AsRef<Path>], sets: &[String]) -> Result<Config, LoadError> {
@@ -84,11 +93,7 @@ impl Config {
             let mut whole: Option<Value> = None;
             while let Some(start) = rest.find("${") {
                 let end = rest[start..].find('}').ok_or_else(|| format!("{path}: unclosed ${{ in {text:?}"))? + start;
-                let inner = &rest[start + 2..end];
-                let (name, default) = match inner.split_once('|') {
-                    Some((n, d)) => (n.trim(), Some(d)),
-                    None => (inner.trim(), None),
-                };
+                let (name, default) = split_reference(&rest[start + 2..end]);
                 let value = match (lookup(name), default) {
                     (Some(v), _) => v,
                     (None, Some(d)) => Value::String(d.to_string()),

@@ -17,7 +17,7 @@ mod order;
 mod store;
 
 pub use check::{Checker, Index, Lifecycle, Restart};
-pub use config::{scalar, Config};
+pub use config::{scalar, split_reference, Config};
 pub use duration::{format_duration, parse_duration, NANOS_PER_SEC};
 pub use entry::{Data, Entry, Origin, Source};
 pub use error::{truncate, LoadError, LoadErrors};
