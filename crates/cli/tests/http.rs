@@ -829,17 +829,34 @@ fn relay() -> String {
             process.send(v.client_pid, "hello", "welcome " .. v.metadata.user)
           elseif t == "ws.heartbeat" and not beats[v.client_pid] then
             beats[v.client_pid] = true
-            process.send(v.client_pid, "beat", "heartbeat")
+            process.send(v.client_pid, "beat", { count = v.message_count, uptime = v.uptime, user = v.metadata.user })
           elseif t == "ws.message" then
-            if v == "bye" then process.send(m:from(), "ws.close")
+            if v == "bye" then process.send(m:from(), "ws.close", "see you")
             elseif v == "json" then process.send(m:from(), "data", { n = 1 })
+            elseif v == "bin" then process.send(m:from(), "blob", "\255\0")
+            elseif v == "move" then
+              local lobby = process.spawn("app:lobby", "app:processes")
+              process.send(m:from(), "ws.control", { target_pid = tostring(lobby), metadata = { user = "moved" } })
             else process.send(m:from(), "echo", "echo: " .. v) end
           elseif t == "ws.leave" then
-            print("room: left " .. v.client_pid)
+            print("room: left " .. v.client_pid .. " " .. v.metadata.user)
           end
         end
       end }
   - { name: room.svc, kind: process.service, process: room, host: processes, lifecycle: { auto_start: true } }
+  - name: lobby
+    kind: process.lua
+    method: main
+    source: |
+      return { main = function()
+        local inbox = process.inbox()
+        while true do
+          local m = inbox:receive()
+          local t, v = m:topic(), m:payload() and m:payload():data()
+          if t == "ws.join" then process.send(v.client_pid, "hello", "the lobby welcomes " .. v.metadata.user)
+          elseif t == "ws.message" and v == "quit" then return end
+        end
+      end }
 "#),
         handler("join", "json", r#"        local req = http.request()
         http.response():set_header("X-WS-Relay", json.encode({ target_pid = process.registry.lookup("room"),
@@ -853,44 +870,68 @@ fn relay() -> String {
 #[test]
 fn websocket_relay_makes_the_client_a_process_the_target_talks_to() {
     use tungstenite::{client::IntoClientRequest, Message};
+    type Ws = tungstenite::WebSocket<TcpStream>;
     let dir = project("relay", &relay());
     let mut node = Node::start(&dir);
     // (the room may have started before or after the server said it listens)
     node.run.saw_or_wait(&["room ready"]);
     let addr = node.http.addr.clone();
-    let connect = |origin: &str| {
-        let mut req = format!("ws://{addr}/ws/join?user=ann").into_client_request().unwrap();
+    let connect = |user: &str, origin: &str| {
+        let mut req = format!("ws://{addr}/ws/join?user={user}").into_client_request().unwrap();
         req.headers_mut().insert("Origin", origin.parse().unwrap());
         let stream = TcpStream::connect(&addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         tungstenite::client(req, stream)
     };
-    let (mut ws, resp) = connect("https://game.example").unwrap();
-    assert_eq!(resp.status(), 101);
-    let text = |ws: &mut tungstenite::WebSocket<TcpStream>| loop {
+    // every frame the relay writes is one TEXT frame {"topic": …, "data": …}, as Wippy's
+    let frame = |ws: &mut Ws| loop {
         match ws.read().unwrap() {
-            Message::Text(t) => return t.to_string(),
+            Message::Text(t) => {
+                let j: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                return (j["topic"].as_str().unwrap().to_string(), j["data"].clone());
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(text(&mut ws), "welcome ann");
-    assert_eq!(text(&mut ws), "heartbeat", "ws.heartbeat reaches the target every heartbeat_interval");
-    ws.send(Message::text("hi")).unwrap();
-    assert_eq!(text(&mut ws), "echo: hi");
-    ws.send(Message::text("json")).unwrap();
-    assert_eq!(text(&mut ws), r#"{"n":1}"#);
-    ws.send(Message::text("bye")).unwrap();
-    loop {
+    let closed = |ws: &mut Ws| loop {
         match ws.read() {
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(f)) => return f.map(|f| f.reason.to_string()),
             Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
         }
-    }
-    node.wait_for(&["room: left {app:gateway#handlers|"]);
+    };
+    let (mut ws, resp) = connect("ann", "https://game.example").unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(frame(&mut ws), ("hello".into(), "welcome ann".into()));
+    let (topic, beat) = frame(&mut ws);
+    assert_eq!((topic.as_str(), &beat["count"], &beat["user"]), ("beat", &serde_json::json!(0), &serde_json::json!("ann")), "ws.heartbeat every heartbeat_interval: {beat}");
+    assert!(beat["uptime"].as_str().is_some_and(|u| u.ends_with('s')), "uptime as Go prints a duration: {beat}");
+    ws.send(Message::text("hi")).unwrap();
+    assert_eq!(frame(&mut ws), ("echo".into(), "echo: hi".into()));
+    ws.send(Message::text("json")).unwrap();
+    assert_eq!(frame(&mut ws), ("data".into(), serde_json::json!({"n": 1})));
+    ws.send(Message::text("bin")).unwrap();
+    assert_eq!(frame(&mut ws), ("blob".into(), "/wA=".into()), "bytes that are not UTF-8 go as base64");
+    ws.send(Message::text("bye")).unwrap();
+    assert_eq!(closed(&mut ws).as_deref(), Some("see you"), "ws.close's payload is the close frame's reason");
+    node.wait_for(&["room: left {app:gateway#handlers|", " ann"]);
+
+    // ws.control moves the client to another target (leave to the old one, join to the
+    // new); the target's exit closes the socket
+    let (mut ws, _) = connect("bob", "https://game.example").unwrap();
+    assert_eq!(frame(&mut ws), ("hello".into(), "welcome bob".into()));
+    ws.send(Message::text("move")).unwrap();
+    assert_eq!(frame(&mut ws), ("hello".into(), "the lobby welcomes moved".into()));
+    // (the metadata the control message brings is already the client's when it leaves, as
+    // in Wippy's relay)
+    node.wait_for(&["room: left {app:gateway#handlers|", " moved"]);
+    ws.send(Message::text("quit")).unwrap();
+    assert_eq!(closed(&mut ws).as_deref(), Some("target process exited"));
+
     // another origin is refused; a plain request to the relayed route is 426, as Wippy's
     // websocket library answers
-    assert!(connect("https://evil.example").is_err());
+    assert!(connect("eve", "https://evil.example").is_err());
     let r = node.get("/ws/join?user=x", &[]);
     assert_eq!((r.status, r.header("upgrade")), (426, Some("websocket")), "{r:?}");
 }
@@ -1207,9 +1248,14 @@ fn the_ws_chat_example_relays_a_room_over_websockets() {
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         tungstenite::client(format!("ws://{addr}/ws/join?user={user}"), stream).unwrap().0
     };
+    // (each line comes as the relay writes what a process sends: {"topic": …, "data": …})
     let line = |ws: &mut tungstenite::WebSocket<TcpStream>| loop {
         match ws.read().unwrap() {
-            Message::Text(t) => return t.to_string(),
+            Message::Text(t) => {
+                let j: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(j["topic"], "chat.line", "{j}");
+                return j["data"].as_str().unwrap().to_string();
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("{other:?}"),
         }

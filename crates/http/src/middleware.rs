@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use wippy_runtime::Identity;
+use wippy_runtime::{Identity, Table, Value};
 
 /// Middleware accepted and doing nothing here, with why: `otel` traces requests only when
 /// Wippy's OpenTelemetry export is enabled (`otel.enabled`, off by default), and this runtime
@@ -46,6 +46,38 @@ pub(crate) fn origins(options: &BTreeMap<String, String>, key: &str) -> Vec<Stri
 pub(crate) fn split_origin(origin: &str) -> (&str, &str) {
     let (scheme, rest) = origin.split_once("://").unwrap_or(("", origin));
     (scheme, rest.split('/').next().unwrap_or(""))
+}
+
+/// A duration as Go prints it (`1h2m3.5s`, `2.5s`, `250ms`): the form Wippy's heartbeat
+/// reports uptime in.
+pub(crate) fn go_duration(d: Duration) -> String {
+    let trim = |s: String| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    if d < Duration::from_secs(1) {
+        let ms = d.as_secs_f64() * 1000.0;
+        return if ms >= 1.0 { format!("{}ms", trim(format!("{ms:.6}"))) } else { format!("{}µs", trim(format!("{:.3}", ms * 1000.0))) };
+    }
+    let total = d.as_secs();
+    let (h, m) = (total / 3600, total / 60 % 60);
+    let s = (total % 60) as f64 + f64::from(d.subsec_nanos()) / 1e9;
+    let secs = format!("{}s", trim(format!("{s:.9}")));
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+/// A relay's control message as a table: a table as it is, or a JSON object in a string
+/// (Wippy unmarshals either); `None` for anything else.
+pub(crate) fn control_table(v: &Value) -> Option<std::borrow::Cow<'_, Table>> {
+    match v {
+        Value::Table(t) => Some(std::borrow::Cow::Borrowed(&**t)),
+        Value::Str(s) => match serde_json::from_slice::<serde_json::Value>(s).map(|j| crate::json::from_json(&j)) {
+            Ok(Value::Table(t)) => Some(std::borrow::Cow::Owned((*t).clone())),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// `*` (any run of bytes but `/`) and `?` (one byte but `/`), as Go's `path.Match`.

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use wippy_runtime::{Context, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
 
 use crate::exchange::{text_response, HttpResponse, RespBody};
-use crate::middleware::{glob, origins, split_origin, DurationParser};
+use crate::middleware::{control_table, glob, go_duration, origins, split_origin, DurationParser};
 
 /// The response header a handler sets to turn its response into a relayed event stream.
 pub const HEADER: &str = "x-sse-relay";
@@ -263,25 +263,6 @@ fn data(v: &Value) -> String {
     }
 }
 
-/// A duration as Go prints it (`1h2m3.5s`, `2.5s`, `250ms`): the form Wippy's heartbeat
-/// reports uptime in.
-fn go_duration(d: Duration) -> String {
-    let trim = |s: String| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
-    if d < Duration::from_secs(1) {
-        let ms = d.as_secs_f64() * 1000.0;
-        return if ms >= 1.0 { format!("{}ms", trim(format!("{ms:.6}"))) } else { format!("{}µs", trim(format!("{:.3}", ms * 1000.0))) };
-    }
-    let total = d.as_secs();
-    let (h, m) = (total / 3600, total / 60 % 60);
-    let s = (total % 60) as f64 + f64::from(d.subsec_nanos()) / 1e9;
-    let secs = format!("{}s", trim(format!("{s:.9}")));
-    match (h, m) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
-    }
-}
-
 /// The stream's process: the event stream's side in the process world.
 struct Stream {
     out: mpsc::Sender<Item>,
@@ -349,17 +330,8 @@ impl Stream {
 
     /// `sse.control`: keys that are present change (an empty string restores the default).
     fn control(&mut self, cx: &mut Context<'_>, v: &Value) {
-        let parsed;
-        let t = match v {
-            Value::Table(t) => t,
-            Value::Str(s) => match serde_json::from_slice::<serde_json::Value>(s).map(|j| crate::json::from_json(&j)) {
-                Ok(Value::Table(t)) => {
-                    parsed = t;
-                    &parsed
-                }
-                _ => return tracing::warn!(stream = %cx.pid(), "sse relay: a control message that is not an object"),
-            },
-            _ => return tracing::warn!(stream = %cx.pid(), "sse relay: a control message that is not an object"),
+        let Some(t) = control_table(v) else {
+            return tracing::warn!(stream = %cx.pid(), "sse relay: a control message that is not an object");
         };
         let text = |k: &str| t.get(&Value::str(k)).map(|v| match v {
             Value::Str(s) => String::from_utf8_lossy(s).into_owned(),

@@ -1,11 +1,16 @@
 //! `websocket_relay` (SPEC §11.6): Wippy has no Lua websocket server; a handler names a
 //! process in the response header `X-WS-Relay` and the connection becomes a websocket whose
-//! client is a process of its own on the server's handler host. The target gets `ws.join`
-//! (`{client_pid, metadata}`), each text frame as a message on `message_topic` (from the
-//! client's PID), `ws.heartbeat` every `heartbeat_interval`, and `ws.leave` when the socket
-//! closes. Whatever is sent to the client's PID goes out as a frame (a string as it is, any
-//! other value as JSON); topic `ws.close` closes the socket, `ws.control` changes the target,
-//! topic or metadata.
+//! client is a process of its own on the server's handler host. As Wippy's relay:
+//! - the client monitors its target: the target's exit closes the socket;
+//! - the target gets `ws.join` and `ws.leave` (`{client_pid, metadata}`), each client frame
+//!   on `message_topic` from the client's PID (a text frame as a string, a binary one as
+//!   bytes), and `ws.heartbeat` (`{client_pid, uptime, message_count, metadata}`) every
+//!   `heartbeat_interval`;
+//! - whatever else is sent to the client's PID goes out as one TEXT frame per payload,
+//!   `{"topic": TOPIC, "data": VALUE}` (bytes that are not UTF-8 in base64);
+//! - topic `ws.close` closes the socket (the payload is the close frame's reason), and
+//!   `ws.control` changes the target (leave to the old, join to the new), topic, metadata
+//!   or heartbeat interval.
 //!
 //! The socket is a tokio task (tokio-tungstenite over hyper's upgraded connection); the
 //! client process is a native process that the task talks to through its mailbox (topics
@@ -14,7 +19,7 @@
 //! is disconnected rather than buffered without end.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::{HeaderMap, HeaderValue};
@@ -24,10 +29,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::WebSocketStream;
-use wippy_runtime::{Context, Dest, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
+use wippy_runtime::{Context, Event, Events, NodeRef, Pid, Process, Spawn, Status, Table, Value};
 
 use crate::exchange::{text_response, HttpResponse, RespBody};
-use crate::middleware::{glob, origins, split_origin, DurationParser};
+use crate::middleware::{control_table, glob, go_duration, origins, split_origin, DurationParser};
 
 /// The response header a handler sets to hand its connection to a process.
 pub const HEADER: &str = "x-ws-relay";
@@ -76,7 +81,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// What the handler's `X-WS-Relay` header says.
 struct Plan {
-    target: Dest,
+    target: Pid,
     topic: String,
     heartbeat: Duration,
     metadata: Value,
@@ -97,7 +102,7 @@ fn plan(text: &str, parse: DurationParser) -> Result<Plan, Bad> {
     }
     let s = |k: &str| j.get(k).and_then(|v| v.as_str());
     let target = s("target_pid").unwrap_or("");
-    let target = target.parse::<Pid>().map(Dest::Pid).map_err(|e| Bad::Field(format!("Invalid target PID: {e}")))?;
+    let target = target.parse::<Pid>().map_err(|e| Bad::Field(format!("Invalid target PID: {e}")))?;
     let heartbeat = match s("heartbeat_interval") {
         None | Some("") => Duration::from_secs(30),
         Some(d) => parse(d).map_err(|e| Bad::Field(format!("X-WS-Relay heartbeat_interval: {e}")))?,
@@ -144,7 +149,7 @@ pub fn answer(
     }
     let (tx, rx) = mpsc::channel(OUTBOX);
     let heartbeat = plan.heartbeat;
-    let client = Client { out: tx, target: plan.target, topic: plan.topic, metadata: plan.metadata };
+    let client = Client { out: tx, target: plan.target, topic: plan.topic, metadata: plan.metadata, started: Instant::now(), count: 0, parse: relay.parse };
     let pid = match node.spawn(host, Spawn::process(client)) {
         Ok(pid) => pid,
         Err(e) => {
@@ -175,24 +180,36 @@ pub fn answer(
     r
 }
 
+/// What the client process hands the socket's task.
+enum Out {
+    /// A frame to write (a close frame ends the socket).
+    Frame(Frame),
+    /// `ws.control` changed the heartbeat interval.
+    Heartbeat(Duration),
+}
+
 /// The socket's life: frames in go to the client process, its frames go out, a heartbeat
 /// ticks; ends when either side closes.
-async fn pump<S>(ws: WebSocketStream<S>, mut out: mpsc::Receiver<Frame>, node: &NodeRef, pid: Pid, heartbeat: Duration)
+async fn pump<S>(ws: WebSocketStream<S>, mut out: mpsc::Receiver<Out>, node: &NodeRef, pid: Pid, heartbeat: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
-    let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
-    tick.tick().await;
+    let ticker = |every: Duration| {
+        let every = every.max(Duration::from_millis(10));
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    };
+    let mut tick = ticker(heartbeat);
     loop {
         tokio::select! {
             f = out.recv() => match f {
-                Some(f) => {
+                Some(Out::Frame(f)) => {
                     let last = f.is_close();
                     if sink.send(f).await.is_err() || last {
                         break;
                     }
                 }
+                Some(Out::Heartbeat(every)) => tick = ticker(every),
                 None => break,
             },
             f = stream.next() => match f {
@@ -219,91 +236,162 @@ where
     let _ = sink.close().await;
 }
 
-/// The client's process: the socket's side in the process world.
+/// One value sent to the client PID, as the `data` of the `{topic, data}` frame Wippy's
+/// relay writes: a string as a JSON string, bytes that are not UTF-8 in base64, any other
+/// value as JSON.
+fn wire(v: &Value) -> serde_json::Value {
+    use base64::Engine;
+    match v {
+        Value::Str(s) => match std::str::from_utf8(s) {
+            Ok(t) => serde_json::Value::String(t.to_string()),
+            Err(_) => serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(s)),
+        },
+        other => crate::json::to_json(other),
+    }
+}
+
+/// The client's process: the socket's side in the process world. It watches its target
+/// (the target's exit closes the socket, as Wippy's relay does) and counts the client's
+/// frames for the heartbeat.
 struct Client {
-    out: mpsc::Sender<Frame>,
-    target: Dest,
+    out: mpsc::Sender<Out>,
+    target: Pid,
     topic: String,
     metadata: Value,
+    started: Instant,
+    count: i64,
+    parse: DurationParser,
 }
 
 impl Client {
-    fn about(&self, cx: &Context<'_>, with_meta: bool) -> Value {
+    /// `{client_pid, metadata}` (metadata left out when there is none).
+    fn about(&self, cx: &Context<'_>) -> Table {
         let mut t = Table::new();
         t.set(Value::str("client_pid"), Value::str(&cx.pid().to_string()));
-        if with_meta {
+        if !matches!(self.metadata, Value::Nil) {
             t.set(Value::str("metadata"), self.metadata.clone());
         }
-        Value::table(t)
+        t
     }
 
-    fn tell(&self, cx: &mut Context<'_>, topic: &str, v: Value) {
-        if let Err(e) = cx.send(self.target.clone(), topic, wippy_runtime::payload![v]) {
+    fn tell(&self, cx: &mut Context<'_>, to: Pid, topic: &str, v: Table) {
+        if let Err(e) = cx.send(to, topic, wippy_runtime::payload![Value::table(v)]) {
             tracing::debug!(client = %cx.pid(), "websocket relay: {topic} not delivered: {}", e.message);
         }
     }
 
-    /// `ws.control`: a new target, topic or metadata.
-    fn control(&mut self, v: &Value) {
-        let Value::Table(t) = v else { return };
-        let get = |k: &str| t.get(&Value::str(k));
-        if let Some(Value::Str(s)) = get("target_pid") {
-            if let Ok(d) = Dest::parse(&String::from_utf8_lossy(s)) {
-                self.target = d;
+    /// Watch `target` and tell it the client joined.
+    fn attach(&mut self, cx: &mut Context<'_>, target: Pid) {
+        self.target = target;
+        if let Err(e) = cx.monitor(target) {
+            tracing::warn!(client = %cx.pid(), "websocket relay: cannot monitor the target {target}: {}", e.message);
+        }
+        let v = self.about(cx);
+        self.tell(cx, target, "ws.join", v);
+    }
+
+    /// Stop watching the target and tell it the client left.
+    fn detach(&mut self, cx: &mut Context<'_>) {
+        let _ = cx.unmonitor(self.target);
+        let v = self.about(cx);
+        self.tell(cx, self.target, "ws.leave", v);
+    }
+
+    /// `ws.control`: a new target (left, then joined), topic, metadata or heartbeat.
+    fn control(&mut self, cx: &mut Context<'_>, v: &Value) {
+        let Some(t) = control_table(v) else {
+            return tracing::warn!(client = %cx.pid(), "websocket relay: a control message that is not an object");
+        };
+        let text = |k: &str| match t.get(&Value::str(k)) {
+            Some(Value::Str(s)) if !s.is_empty() => Some(String::from_utf8_lossy(s).into_owned()),
+            _ => None,
+        };
+        if let Some(m) = t.get(&Value::str("metadata")).filter(|m| !matches!(m, Value::Nil)) {
+            self.metadata = m.clone();
+        }
+        if let Some(target) = text("target_pid") {
+            match target.parse::<Pid>() {
+                Ok(p) if p == self.target => {}
+                Ok(p) => {
+                    self.detach(cx);
+                    self.attach(cx, p);
+                }
+                Err(e) => tracing::warn!(client = %cx.pid(), "websocket relay: control target_pid {target:?}: {e}"),
             }
         }
-        if let Some(Value::Str(s)) = get("message_topic") {
-            self.topic = String::from_utf8_lossy(s).into_owned();
+        if let Some(topic) = text("message_topic") {
+            self.topic = topic;
         }
-        if let Some(m) = get("metadata") {
-            self.metadata = m.clone();
+        if let Some(every) = text("heartbeat_interval") {
+            match (self.parse)(&every) {
+                Ok(d) => {
+                    let _ = self.out.try_send(Out::Heartbeat(d));
+                }
+                Err(e) => tracing::warn!(client = %cx.pid(), "websocket relay: control heartbeat_interval {every:?}: {e}"),
+            }
         }
     }
 
-    /// Leave: the target hears `ws.leave`, the socket gets a close frame.
-    fn leave(&self, cx: &mut Context<'_>) -> Status {
-        let v = self.about(cx, false);
-        self.tell(cx, "ws.leave", v);
-        let _ = self.out.try_send(Frame::Close(Some(CloseFrame { code: 1000.into(), reason: "".into() })));
-        Status::Exit(Ok(Value::Nil))
+    /// The end: the target hears `ws.leave`, the socket gets a close frame with the reason.
+    fn close(&mut self, cx: &mut Context<'_>, reason: &str) -> Status {
+        self.detach(cx);
+        // a close frame's reason is at most 123 bytes
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = self.out.try_send(Out::Frame(Frame::Close(Some(CloseFrame { code: 1000.into(), reason: reason[..end].into() }))));
+        Status::Exit(Ok(Value::str("websocket connection closed")))
     }
 }
 
 impl Process for Client {
     fn init(&mut self, cx: &mut Context<'_>, _method: &str, _args: Vec<Value>) -> Status {
-        let v = self.about(cx, true);
-        self.tell(cx, "ws.join", v);
+        let target = self.target;
+        self.attach(cx, target);
         Status::Wait
     }
 
     fn step(&mut self, cx: &mut Context<'_>, events: &mut Events<'_>) -> Status {
         while let Some(ev) = events.next() {
             match ev {
+                // the socket's news (sent from outside any process: no process can forge it)
                 Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.in" => {
+                    self.count += 1;
                     let topic = self.topic.clone();
-                    self.tell(cx, &topic, m.first().clone());
-                }
-                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.tick" => {
-                    let v = self.about(cx, false);
-                    self.tell(cx, "ws.heartbeat", v);
-                }
-                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.gone" => return self.leave(cx),
-                Event::Message(m) if m.topic.as_str() == "ws.close" => return self.leave(cx),
-                Event::Message(m) if m.topic.as_str() == "ws.control" => self.control(m.first()),
-                Event::Message(m) => {
-                    let frame = match m.first() {
-                        Value::Str(s) => match std::str::from_utf8(s) {
-                            Ok(t) => Frame::text(t),
-                            Err(_) => Frame::binary(s.to_vec()),
-                        },
-                        other => Frame::text(crate::json::encode(other)),
-                    };
-                    if self.out.try_send(frame).is_err() {
-                        tracing::warn!(client = %cx.pid(), "websocket relay: the client does not read; disconnected");
-                        return self.leave(cx);
+                    if let Err(e) = cx.send(self.target, &topic, m.payload.clone()) {
+                        tracing::debug!(client = %cx.pid(), "websocket relay: {topic} not delivered: {}", e.message);
                     }
                 }
-                Event::Cancel { .. } => return self.leave(cx),
+                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.tick" => {
+                    let mut t = self.about(cx);
+                    t.set(Value::str("uptime"), Value::str(&go_duration(self.started.elapsed())));
+                    t.set(Value::str("message_count"), Value::Int(self.count));
+                    let target = self.target;
+                    self.tell(cx, target, "ws.heartbeat", t);
+                }
+                Event::Message(m) if m.from == Pid::NOBODY && m.topic.as_str() == "ws.gone" => return self.close(cx, "client disconnected"),
+                Event::Message(m) if m.topic.as_str() == "ws.close" => {
+                    let reason = match m.first() {
+                        Value::Nil => "Connection closed by server".to_string(),
+                        Value::Str(s) => String::from_utf8_lossy(s).into_owned(),
+                        v => crate::json::encode(v),
+                    };
+                    return self.close(cx, &reason);
+                }
+                Event::Message(m) if m.topic.as_str() == "ws.control" => self.control(cx, m.first()),
+                Event::Message(m) => {
+                    // each payload a TEXT frame `{"topic": …, "data": …}`, as Wippy's relay writes
+                    for v in &m.payload {
+                        let frame = format!(r#"{{"topic":{},"data":{}}}"#, serde_json::Value::from(m.topic.as_str()), wire(v));
+                        if self.out.try_send(Out::Frame(Frame::text(frame))).is_err() {
+                            tracing::warn!(client = %cx.pid(), "websocket relay: the client does not read; disconnected");
+                            return self.close(cx, "client does not read");
+                        }
+                    }
+                }
+                Event::Exit { from, .. } if from == self.target => return self.close(cx, "target process exited"),
+                Event::Cancel { .. } => return self.close(cx, "canceled"),
                 _ => {}
             }
         }
