@@ -375,6 +375,49 @@ fn uuid_module() {
 }
 
 #[test]
+fn base64_and_hash_modules() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local base64, hash = require("base64"), require("hash")
+        local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+        -- base64: standard alphabet with padding, binary-safe, empty in and out
+        local e, err = base64.encode("Hello, World!")
+        assert(e == "SGVsbG8sIFdvcmxkIQ==" and err == nil, e)
+        assert(base64.decode(e) == "Hello, World!")
+        assert(base64.decode(base64.encode("\0\255\1")) == "\0\255\1")
+        assert(base64.encode("") == "" and base64.decode("") == "")
+        local d, de = base64.decode("SGVsbG8*")
+        assert(d == nil and de:kind() == errors.INVALID and de:retryable() == false and de:message() == "illegal base64 data at input byte 7", tostring(de))
+        d, de = base64.encode({})
+        assert(d == nil and de:kind() == errors.INVALID, tostring(de))
+        -- digests: lowercase hex, or the raw bytes (RFC 1321, FIPS 180 vectors of "abc")
+        assert(hash.md5("abc") == "900150983cd24fb0d6963f7d28e17f72")
+        assert(hash.sha1("abc") == "a9993e364706816aba3e25717850c26c9cd0d89d")
+        assert(hash.sha256("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        assert(hash.sha512("abc"):sub(1, 16) == "ddaf35a193617aba" and #hash.sha512("abc") == 128)
+        assert(hex(hash.sha256("abc", true)) == hash.sha256("abc"))
+        -- HMACs (RFC 4231 case 2, RFC 2202 case 2)
+        assert(hash.hmac_sha256("what do ya want for nothing?", "Jefe") == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        assert(hash.hmac_md5("what do ya want for nothing?", "Jefe") == "750c783e6ab0b503eaa86e310a5db738")
+        assert(hash.hmac_sha1("what do ya want for nothing?", "Jefe") == "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79")
+        assert(hash.hmac_sha512("what do ya want for nothing?", "Jefe"):sub(1, 16) == "164b7a7bfcf819e2")
+        local m, me = hash.hmac_sha256("x", nil)
+        assert(m == nil and me:kind() == errors.INVALID)
+        -- FNV-1 (not 1a), as integers
+        assert(hash.fnv32("a") == 0x050c5d7e and string.format("%x", hash.fnv64("a")) == "af63bd4c8601b7be")
+        -- PBKDF2 (RFC 6070 case 1), raw bytes; bad parameters are Invalid
+        assert(hex(hash.pbkdf2("password", "salt", 1, 20)) == "120fb6cffcf8b32c43e7225256c4f837a86548c9")
+        assert(#hash.pbkdf2("password", "salt", 2, 64, "sha512") == 64)
+        for _, args in ipairs({ {"", "salt", 1, 20}, {"pw", "", 1, 20}, {"pw", "salt", 0, 20}, {"pw", "salt", 1, 20, "md5"}, {"pw", "salt", 1, 0} }) do
+            local k, ke = hash.pbkdf2(table.unpack(args))
+            assert(k == nil and ke:kind() == errors.INVALID, tostring(ke))
+        end
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(

@@ -3,11 +3,13 @@
 //! A module never touches the scheduler: it answers from the process's own state or goes
 //! through the process's runtime `Context` (which yields commands for anything that waits).
 
+pub(crate) mod base64;
 pub(crate) mod ctx;
 pub(crate) mod env;
 pub(crate) mod errors;
 pub(crate) mod events;
 pub(crate) mod funcs;
+pub(crate) mod hash;
 pub(crate) mod http;
 pub(crate) mod http_client;
 pub(crate) mod io;
@@ -188,6 +190,8 @@ pub(crate) fn install(
     shared.raw_set("io", io::library(lua, grants_io)?)?;
     shared.raw_set("security", security::library(lua, catalog.clone())?)?;
     shared.raw_set("uuid", uuid::library(lua)?)?;
+    shared.raw_set("base64", base64::library(lua)?)?;
+    shared.raw_set("hash", hash::library(lua)?)?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
