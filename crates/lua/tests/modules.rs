@@ -418,6 +418,35 @@ fn base64_and_hash_modules() {
 }
 
 #[test]
+fn yaml_module() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local yaml = require("yaml")
+        -- keys sorted, as Go's encoder writes a map; field_order first
+        local out, err = yaml.encode({ port = 8080, name = "app", tags = { "a", "b" }, addr = ":8080" })
+        assert(err == nil and out == 'addr: ":8080"\nname: app\nport: 8080\ntags:\n- a\n- b\n', out)
+        out = yaml.encode({ zebra = 1, alpha = 2, name = "test", kind = "demo" }, { field_order = { "name", "kind" }, sort_unordered = true })
+        assert(out == "name: test\nkind: demo\nalpha: 2\nzebra: 1\n", out)
+        -- decode: types kept; round trip
+        local v = yaml.decode("server:\n  host: localhost\n  port: 8080\nfeatures: [auth, logging]\nratio: 3.14\nenabled: true\n")
+        assert(v.server.host == "localhost" and math.type(v.server.port) == "integer" and v.server.port == 8080)
+        assert(v.features[2] == "logging" and v.ratio == 3.14 and v.enabled == true)
+        assert(yaml.decode(yaml.encode(v)).server.port == 8080)
+        -- errors
+        local r, e = yaml.encode("text")
+        assert(r == nil and e:kind() == errors.INVALID and e:retryable() == false, tostring(e))
+        r, e = yaml.decode("")
+        assert(r == nil and e:kind() == errors.INVALID, tostring(e))
+        r, e = yaml.decode(42)
+        assert(r == nil and e:kind() == errors.INVALID, tostring(e))
+        r, e = yaml.decode("a: [1, 2")
+        assert(r == nil and e:kind() == errors.INTERNAL and e:message():find("line 1", 1, true), tostring(e))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(

@@ -22,6 +22,7 @@ pub(crate) mod security;
 pub(crate) mod system;
 pub(crate) mod time;
 pub(crate) mod uuid;
+pub(crate) mod yaml;
 
 use std::sync::{Arc, Weak};
 
@@ -192,6 +193,7 @@ pub(crate) fn install(
     shared.raw_set("uuid", uuid::library(lua)?)?;
     shared.raw_set("base64", base64::library(lua)?)?;
     shared.raw_set("hash", hash::library(lua)?)?;
+    shared.raw_set("yaml", yaml::library(lua)?)?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
