@@ -91,6 +91,7 @@ impl Boot {
         let registry = Arc::new(wippy_registry::Registry::at(0, project.entries.clone()));
         lua.set_registry(registry.clone());
         lua.set_env_config(plan.env_config(&Default::default()));
+        lua.set_volumes(plan.http.filesystems.iter().map(|(id, dir, _)| (id.to_string(), dir.clone())));
         for (id, ttl) in &plan.token_stores {
             lua.add_token_store(id, *ttl);
         }

@@ -416,7 +416,14 @@ pub fn statics(c: &mut Checker, plan: &mut Plan) {
 }
 
 pub fn fs_directory(c: &mut Checker, plan: &mut Plan) {
-    c.only("", &["directory", "auto_init", "mode", "lifecycle"]);
+    c.only("", &["directory", "auto_init", "mode", "base", "lifecycle"]);
+    // (Wippy resolves a relative path against the owning module's root for `base: module`;
+    // a project's own entries have none, so both bases are the project directory here)
+    if let Some(base) = c.string("base") {
+        if !matches!(base.as_str(), "project" | "module") {
+            c.error("base", format!("invalid directory base {base:?} (project or module)"));
+        }
+    }
     let Some(dir) = c.required_string("directory") else { return };
     let auto = c.bool("auto_init", false);
     plan.http.filesystems.push((c.entry.id.clone(), PathBuf::from(dir), auto));

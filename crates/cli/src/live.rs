@@ -86,6 +86,7 @@ impl Live {
         self.lua.update_entries(updated, &lua_removed);
         let version = self.registry.commit(entries);
         self.lua.set_env_config(plan.env_config(&self.lua.env_config()));
+        self.lua.set_volumes(plan.http.filesystems.iter().map(|(id, dir, _)| (id.to_string(), dir.clone())));
         for (id, ttl) in &plan.token_stores {
             self.lua.add_token_store(id, *ttl);
         }

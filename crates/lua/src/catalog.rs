@@ -159,6 +159,8 @@ pub(crate) struct Catalog {
     pub(crate) env: RwLock<HashMap<String, String>>,
     pub(crate) env_config: RwLock<Arc<crate::envstore::EnvConfig>>,
     pub(crate) token_stores: RwLock<HashMap<String, Arc<crate::tokens::TokenStore>>>,
+    /// The `fs` module's volumes: `fs.directory` ID -> its directory.
+    pub(crate) volumes: RwLock<HashMap<String, std::path::PathBuf>>,
 }
 
 impl Catalog {
@@ -177,6 +179,7 @@ impl Catalog {
             env: RwLock::new(HashMap::new()),
             env_config: RwLock::new(Arc::default()),
             token_stores: RwLock::new(HashMap::new()),
+            volumes: RwLock::new(HashMap::new()),
         }
     }
 
@@ -337,7 +340,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "events", "system", "http", "http_client", "metrics"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "events", "system", "http", "http_client", "metrics"];
 
 /// What every Lua process has without listing it (SPEC §2.3; the prelude's `ALWAYS`, which
 /// a test holds this to). Wippy's own projects list some of them (`modules: [process,

@@ -141,6 +141,12 @@ impl LuaRuntime {
         *self.catalog.env_config.write() = std::sync::Arc::new(config);
     }
 
+    /// The `fs.directory` volumes the `fs` module opens (ID -> directory), replacing the
+    /// previous set.
+    pub fn set_volumes(&self, volumes: impl IntoIterator<Item = (String, std::path::PathBuf)>) {
+        *self.catalog.volumes.write() = volumes.into_iter().collect();
+    }
+
     /// A fixed value the `env` module returns for `name` when no `env.variable` has it.
     pub fn set_env(&self, name: &str, value: &str) {
         self.catalog.env.write().insert(name.to_string(), value.to_string());

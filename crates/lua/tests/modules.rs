@@ -447,6 +447,79 @@ fn yaml_module() {
 }
 
 #[test]
+fn fs_module_reads_and_writes_inside_its_volume_only() {
+    let base = std::env::temp_dir().join(format!("wippy-fs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (root, outside) = (base.join("vol"), base.join("outside"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    std::os::unix::fs::symlink(outside.join("nothing-yet"), root.join("dangling")).unwrap();
+    let h = Harness::new(1);
+    h.lua.set_volumes([("app:data".to_string(), root.clone())]);
+    let v = h.ok(r#"
+        local fs = require("fs")
+        local vol, err = fs.get("app:data")
+        assert(vol and err == nil, tostring(err))
+        -- whole files: overwrite, append, exclusive
+        assert(vol:writefile("/notes.txt", "one\ntwo") == true)
+        assert(vol:writefile("/notes.txt", "\nthree", "a") == true)
+        assert(vol:readfile("/notes.txt") == "one\ntwo\nthree")
+        local ok, e = vol:writefile("/notes.txt", "x", "wx")
+        assert(ok == nil and e:kind() == errors.ALREADY_EXISTS and e:message() == "open /notes.txt: file exists", tostring(e))
+        ok, e = vol:writefile("/notes.txt", "x", "q")
+        assert(ok == nil and e:kind() == errors.INVALID)
+        local r, re = vol:readfile("/missing.txt")
+        assert(r == nil and re:kind() == errors.NOT_FOUND and re:retryable() == nil, tostring(re))
+        r, re = vol:readfile("")
+        assert(r == nil and re:kind() == errors.INVALID)
+        -- paths: relative to the working directory, never above the root
+        assert(vol:mkdir("/sub") and vol:isdir("/sub") and not vol:exists("/nope"))
+        local m, me = vol:mkdir("/a/b")
+        assert(m == nil and me:kind() == errors.NOT_FOUND, "mkdir makes no parents")
+        assert(vol:chdir("sub") and vol:pwd() == "/sub")
+        assert(vol:writefile("here.txt", "in sub") and vol:readfile("/sub/here.txt") == "in sub")
+        assert(vol:readfile("../../../notes.txt") == "one\ntwo\nthree", "'..' stops at the root")
+        r, re = vol:readfile("/escape/secret.txt")
+        assert(r == nil and re:kind() == errors.PERMISSION_DENIED, "a symlink out of the volume: " .. tostring(re))
+        r, re = vol:writefile("/dangling", "x")
+        assert(r == nil and re:kind() == errors.PERMISSION_DENIED, "a dangling symlink: " .. tostring(re))
+        -- stat and readdir
+        local st = vol:stat("/notes.txt")
+        assert(st.name == "notes.txt" and st.size == 13 and st.type == fs.type.FILE and st.is_dir == false and st.modified > 0)
+        local names = {}
+        for entry in vol:readdir("/sub") do names[#names + 1] = entry.name .. ":" .. entry.type end
+        assert(#names == 1 and names[1] == "here.txt:file", table.concat(names, ","))
+        -- handles: read to EOF (NotFound), seek, scanner, write, copy from a handle
+        local f = vol:open("/notes.txt", "r")
+        assert(f:read(3) == "one" and f:seek(fs.seek.SET, 0) == 0)
+        local sc, lines = f:scanner("lines"), {}
+        while sc:scan() do lines[#lines + 1] = sc:text() end
+        assert(sc:err() == nil and table.concat(lines, "|") == "one|two|three", table.concat(lines, "|"))
+        local c, ce = f:read()
+        assert(c == nil and ce:kind() == errors.NOT_FOUND)
+        assert(f:close() == true and f:close() == true)
+        c, ce = f:read()
+        assert(c == nil and ce:kind() == errors.INTERNAL)
+        local w = vol:open("/out.txt", "w")
+        assert(w:write("abc") == 3 and w:sync() and w:close())
+        local src = vol:open("/out.txt", "r")
+        assert(vol:writefile("/copy.txt", src) == true)
+        src:close()
+        assert(vol:readfile("/copy.txt") == "abc")
+        assert(vol:remove("/sub/here.txt") and vol:remove("/sub") and not vol:exists("/sub"))
+        local g, ge = fs.get("app:other")
+        assert(g == nil and ge:kind() == errors.NOT_FOUND)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    assert_eq!(std::fs::read_to_string(outside.join("secret.txt")).unwrap(), "secret");
+    assert!(!outside.join("nothing-yet").exists(), "nothing was written outside the volume");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(

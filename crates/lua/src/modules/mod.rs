@@ -8,6 +8,7 @@ pub(crate) mod ctx;
 pub(crate) mod env;
 pub(crate) mod errors;
 pub(crate) mod events;
+pub(crate) mod fs;
 pub(crate) mod funcs;
 pub(crate) mod hash;
 pub(crate) mod http;
@@ -194,6 +195,7 @@ pub(crate) fn install(
     shared.raw_set("base64", base64::library(lua)?)?;
     shared.raw_set("hash", hash::library(lua)?)?;
     shared.raw_set("yaml", yaml::library(lua)?)?;
+    shared.raw_set("fs", fs::library(lua, catalog.clone())?)?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
