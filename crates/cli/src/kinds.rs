@@ -34,6 +34,7 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "env.variable", check: env_variable },
     Kind { name: "security.policy", check: security_policy },
     Kind { name: "security.token_store", check: token_store },
+    Kind { name: "store.memory", check: memory_store },
     // resolved when the project loads (wippy_registry::Project): here only their fields
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
@@ -173,6 +174,15 @@ fn token_store(c: &mut Checker, plan: &mut Plan) {
     c.only("", &["store", "token_length", "default_expiration", "token_key", "token_key_env"]);
     let ttl = Some(c.duration("default_expiration", std::time::Duration::ZERO)).filter(|d| !d.is_zero());
     plan.token_stores.push((c.entry.id.to_string(), ttl));
+}
+
+/// `store.memory`: the `store` module's in-memory key-value store (Wippy's fields; expired
+/// keys are invisible at once, so `cleanup_interval` only paces reclaiming their memory).
+fn memory_store(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["max_size", "cleanup_interval", "lifecycle"]);
+    let max = c.uint("max_size", 0) as usize;
+    let _ = c.duration("cleanup_interval", std::time::Duration::from_secs(300));
+    plan.stores.push((c.entry.id.to_string(), max));
 }
 
 /// `meta.command: {name, short}` makes a process a named CLI command.

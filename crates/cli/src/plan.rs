@@ -95,6 +95,8 @@ pub struct Plan {
     pub env_vars: Vec<VarSpec>,
     /// `security.token_store` entries and their `default_expiration`.
     pub token_stores: Vec<(String, Option<std::time::Duration>)>,
+    /// `store.memory` entries: ID and `max_size` (0: the default).
+    pub stores: Vec<(String, usize)>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub policies: Vec<PolicyPlan>,

@@ -161,6 +161,8 @@ pub(crate) struct Catalog {
     pub(crate) token_stores: RwLock<HashMap<String, Arc<crate::tokens::TokenStore>>>,
     /// The `fs` module's volumes: `fs.directory` ID -> its directory.
     pub(crate) volumes: RwLock<HashMap<String, std::path::PathBuf>>,
+    /// The `store` module's `store.memory` stores by entry ID.
+    pub(crate) stores: RwLock<HashMap<String, Arc<crate::modules::store::MemStore>>>,
 }
 
 impl Catalog {
@@ -180,6 +182,7 @@ impl Catalog {
             env_config: RwLock::new(Arc::default()),
             token_stores: RwLock::new(HashMap::new()),
             volumes: RwLock::new(HashMap::new()),
+            stores: RwLock::new(HashMap::new()),
         }
     }
 
@@ -340,7 +343,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "events", "system", "http", "http_client", "metrics"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "events", "system", "http", "http_client", "metrics"];
 
 /// What every Lua process has without listing it (SPEC §2.3; the prelude's `ALWAYS`, which
 /// a test holds this to). Wippy's own projects list some of them (`modules: [process,

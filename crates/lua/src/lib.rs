@@ -147,6 +147,26 @@ impl LuaRuntime {
         *self.catalog.volumes.write() = volumes.into_iter().collect();
     }
 
+    /// The `store.memory` stores the `store` module opens (ID -> `max_size`, 0 for the
+    /// default). A store that stays keeps its data; one that is gone is dropped.
+    pub fn set_stores(&self, stores: impl IntoIterator<Item = (String, usize)>) {
+        use crate::modules::store::{MemStore, DEFAULT_MAX_SIZE};
+        let mut map = self.catalog.stores.write();
+        let mut next = std::collections::HashMap::new();
+        for (id, max) in stores {
+            let max = if max == 0 { DEFAULT_MAX_SIZE } else { max };
+            let store = match map.remove(&id) {
+                Some(s) => {
+                    s.set_max_size(max);
+                    s
+                }
+                None => std::sync::Arc::new(MemStore::new(max)),
+            };
+            next.insert(id, store);
+        }
+        *map = next;
+    }
+
     /// A fixed value the `env` module returns for `name` when no `env.variable` has it.
     pub fn set_env(&self, name: &str, value: &str) {
         self.catalog.env.write().insert(name.to_string(), value.to_string());

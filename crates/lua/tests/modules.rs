@@ -520,6 +520,69 @@ fn fs_module_reads_and_writes_inside_its_volume_only() {
 }
 
 #[test]
+fn store_module_keeps_values_with_versions_ttls_and_conditions() {
+    let h = Harness::new(1);
+    h.lua.set_stores([("app:cache".to_string(), 0), ("app:tiny".to_string(), 2)]);
+    let v = h.ok(r#"
+        local store, time = require("store"), require("time")
+        local cache, err = store.get("app:cache")
+        assert(cache and err == nil, tostring(err))
+        -- values are copies: a table read back is a new table
+        local user = { name = "Alice", roles = { "admin" } }
+        assert(cache:set("user:1", user) == true)
+        user.name = "changed"
+        local got = cache:get("user:1")
+        assert(got.name == "Alice" and got.roles[1] == "admin" and got ~= user)
+        local none, ne = cache:get("user:9")
+        assert(none == nil and ne:kind() == errors.NOT_FOUND)
+        assert(cache:has("user:1") and not cache:has("user:9"))
+        -- versions and conditional writes
+        local e1 = cache:entry("user:1")
+        assert(e1.key == "user:1" and e1.value.name == "Alice" and type(e1.version) == "string")
+        local lock, le = cache:put("lock:job", "me", { only_if_absent = true })
+        assert(lock and lock.value == "me" and le == nil)
+        lock, le = cache:put("lock:job", "you", { only_if_absent = true })
+        assert(lock == nil and le:kind() == errors.ALREADY_EXISTS and le:retryable() == false)
+        local cur = cache:entry("lock:job")
+        local e2 = cache:put("lock:job", "next", { if_version = cur.version })
+        assert(e2 and e2.version ~= cur.version and cache:get("lock:job") == "next")
+        local stale, se = cache:put("lock:job", "late", { if_version = cur.version })
+        assert(stale == nil and se:kind() == errors.CONFLICT and se:retryable() == true)
+        local both, be = cache:put("x", 1, { only_if_absent = true, if_version = "1" })
+        assert(both == nil and be:kind() == errors.INVALID)
+        -- TTLs: gone to every reader once past
+        assert(cache:set("session", "s", 0.001))
+        time.sleep("20ms")
+        assert(not cache:has("session") and cache:get("session") == nil)
+        -- list: key order, prefix, pages
+        for i = 1, 5 do cache:set("page:" .. i, i) end
+        local p1 = cache:list({ prefix = "page:", limit = 2 })
+        assert(#p1.items == 2 and p1.items[1].key == "page:1" and p1.has_more and p1.cursor == "page:2")
+        local p2 = cache:list({ prefix = "page:", after = p1.cursor, limit = 10 })
+        assert(#p2.items == 3 and p2.items[3].value == 5 and not p2.has_more)
+        -- delete says whether there was a key
+        assert(cache:delete("page:1") == true and cache:delete("page:1") == false)
+        local info = cache:info()
+        assert(info.backend == store.backend.MEMORY and info.consistency == store.consistency.LOCAL and info.conditional_put and info.durable == false)
+        -- a full store refuses new keys, not new values for old ones
+        local tiny = store.get("app:tiny")
+        assert(tiny:set("a", 1) and tiny:set("b", 2) and tiny:set("a", 3))
+        local full, fe = tiny:set("c", 4)
+        assert(full == nil and fe:kind() == errors.LIMIT_EXCEEDED, tostring(fe))
+        assert(cache:release() == true)
+        local r, re = cache:get("user:1")
+        assert(r == nil and re:kind() == errors.INVALID)
+        local g, ge = store.get("app:nope")
+        assert(g == nil and ge:kind() == errors.NOT_FOUND)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    // another process sees what the first one wrote
+    let v = h.ok(r#"return require("store").get("app:cache"):get("lock:job")"#);
+    assert_eq!(v, Value::str("next"));
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(

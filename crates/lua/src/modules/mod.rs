@@ -20,6 +20,7 @@ pub mod metrics;
 pub(crate) mod process;
 pub(crate) mod registry;
 pub(crate) mod security;
+pub(crate) mod store;
 pub(crate) mod system;
 pub(crate) mod time;
 pub(crate) mod uuid;
@@ -196,6 +197,7 @@ pub(crate) fn install(
     shared.raw_set("hash", hash::library(lua)?)?;
     shared.raw_set("yaml", yaml::library(lua)?)?;
     shared.raw_set("fs", fs::library(lua, catalog.clone())?)?;
+    shared.raw_set("store", store::library(lua, catalog.clone())?)?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
