@@ -195,8 +195,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
+    // (a zero interval sends no heartbeats, as the SSE relay's)
     let ticker = |every: Duration| {
-        let every = every.max(Duration::from_millis(10));
+        let every = if every.is_zero() { Duration::from_secs(86_400 * 365) } else { every.max(Duration::from_millis(10)) };
         tokio::time::interval_at(tokio::time::Instant::now() + every, every)
     };
     let mut tick = ticker(heartbeat);
