@@ -343,7 +343,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "events", "system", "http", "http_client", "metrics"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "events", "system", "http", "http_client", "metrics"];
 
 /// What every Lua process has without listing it (SPEC §2.3; the prelude's `ALWAYS`, which
 /// a test holds this to). Wippy's own projects list some of them (`modules: [process,

@@ -583,6 +583,41 @@ fn store_module_keeps_values_with_versions_ttls_and_conditions() {
 }
 
 #[test]
+fn text_regexp_has_gos_methods() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local text = require("text")
+        local re, err = text.regexp.compile("(?P<key>[a-z]+)=(\\d+)")
+        assert(re and err == nil, tostring(err))
+        assert(re:match_string("x a=1") and not re:match_string("none"))
+        assert(re:find_string("a=1 b=22") == "a=1" and re:find_string("none") == nil)
+        local all = re:find_all_string("a=1 b=22 c=333")
+        assert(#all == 3 and all[3] == "c=333")
+        assert(#re:find_all_string("a=1 b=22 c=333", 2) == 2)
+        local sub = re:find_string_submatch("b=22")
+        assert(sub[1] == "b=22" and sub[2] == "b" and sub[3] == "22")
+        local subs = re:find_all_string_submatch("a=1 b=2")
+        assert(#subs == 2 and subs[2][3] == "2")
+        local pos = re:find_string_index("xx a=1")
+        assert(pos[1] == 4 and pos[2] == 6, pos[1] .. "," .. pos[2])
+        assert(re:find_all_string_index("none") == nil and #re:find_all_string_index("a=1 b=2") == 2)
+        assert(re:replace_all_string("a=1 b=2", "${key}:$2") == "a:1 b:2")
+        assert(re:num_subexp() == 2)
+        local names = re:subexp_names()
+        assert(#names == 3 and names[1] == "" and names[2] == "key" and names[3] == "")
+        assert(re:string() == "(?P<key>[a-z]+)=(\\d+)")
+        local comma = text.regexp.compile("\\s*,\\s*")
+        local parts = comma:split("a , b,c", -1)
+        assert(#parts == 3 and parts[2] == "b")
+        assert(#comma:split("a,b,c", 2) == 2 and comma:split("a,b,c", 2)[2] == "b,c")
+        local bad, be = text.regexp.compile("(")
+        assert(bad == nil and be:kind() == errors.INVALID and be:retryable() == false, tostring(be))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(

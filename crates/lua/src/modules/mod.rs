@@ -22,6 +22,7 @@ pub(crate) mod registry;
 pub(crate) mod security;
 pub(crate) mod store;
 pub(crate) mod system;
+pub(crate) mod text;
 pub(crate) mod time;
 pub(crate) mod uuid;
 pub(crate) mod yaml;
@@ -198,6 +199,7 @@ pub(crate) fn install(
     shared.raw_set("yaml", yaml::library(lua)?)?;
     shared.raw_set("fs", fs::library(lua, catalog.clone())?)?;
     shared.raw_set("store", store::library(lua, catalog.clone())?)?;
+    shared.raw_set("text", text::library(lua)?)?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
