@@ -359,23 +359,27 @@ fn open_options(mode: &str) -> Option<std::fs::OpenOptions> {
     Some(o)
 }
 
+/// A path argument resolved in volume `v`, or return its error from the calling method.
+macro_rules! resolved {
+    ($lua:expr, $v:expr, $path:expr) => {
+        match path_arg(&$path).and_then(|p| $v.real(&p)) {
+            Ok(p) => p,
+            Err(e) => return answer_err($lua, e),
+        }
+    };
+}
+
 impl UserData for Volume {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         fn readfile(lua: &Lua, v: &Volume, path: LuaValue) -> Answer {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             match std::fs::read(&full) {
                 Ok(b) => ok(lua, lua.create_string(b)?),
                 Err(e) => answer_err(lua, io_error(e, "open", &clean)),
             }
         }
         fn writefile(lua: &Lua, v: &Volume, (path, data, mode): (LuaValue, LuaValue, Option<String>)) -> Answer {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             let mode = mode.unwrap_or_else(|| "w".into());
             let Some(opts) = open_options(&mode).filter(|_| matches!(mode.as_str(), "w" | "a" | "wx")) else {
                 return answer_err(lua, invalid(format!("invalid mode {mode:?} (w, a or wx)")));
@@ -414,30 +418,21 @@ impl UserData for Volume {
             Err(e) => answer_err(lua, e),
         });
         m.add_method("stat", |lua, v, path: LuaValue| {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             match std::fs::metadata(&full) {
                 Ok(meta) => ok(lua, stat_table(lua, base_name(&clean), &meta)?),
                 Err(e) => answer_err(lua, io_error(e, "stat", &clean)),
             }
         });
         m.add_method("mkdir", |lua, v, path: LuaValue| {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             match std::fs::create_dir(&full) {
                 Ok(()) => ok(lua, true),
                 Err(e) => answer_err(lua, io_error(e, "mkdir", &clean)),
             }
         });
         m.add_method("remove", |lua, v, path: LuaValue| {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             if clean == "/" {
                 return answer_err(lua, Error::new(ErrorKind::PermissionDenied, "the volume's root cannot be removed"));
             }
@@ -448,10 +443,7 @@ impl UserData for Volume {
             }
         });
         m.add_method("readdir", |lua, v, path: LuaValue| {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             let mut list = Vec::new();
             match std::fs::read_dir(&full) {
                 Ok(rd) => {
@@ -481,10 +473,7 @@ impl UserData for Volume {
             Ok((LuaValue::Function(iter), LuaValue::Nil))
         });
         m.add_method("open", |lua, v, (path, mode): (LuaValue, Option<String>)| {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             let mode = mode.unwrap_or_else(|| "r".into());
             let Some(opts) = open_options(&mode) else {
                 return answer_err(lua, invalid(format!("invalid mode {mode:?} (r, w, a or wx, with an optional +)")));
@@ -495,10 +484,7 @@ impl UserData for Volume {
             }
         });
         m.add_method("chdir", |lua, v, path: LuaValue| {
-            let (clean, full) = match path_arg(&path).and_then(|p| v.real(&p)) {
-                Ok(p) => p,
-                Err(e) => return answer_err(lua, e),
-            };
+            let (clean, full) = resolved!(lua, v, path);
             if !full.is_dir() {
                 return answer_err(lua, Error::not_found(format!("{clean}: not a directory")));
             }

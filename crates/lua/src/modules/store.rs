@@ -158,6 +158,11 @@ fn guard(h: &Handle, action: &str) -> mlua::Result<Result<(), Error>> {
     crate::current::with(|cx, _| Ok(cx.allow(action, &h.id)))
 }
 
+/// [`guard`], then the key argument: what every keyed operation starts with.
+fn keyed(h: &Handle, action: &str, key: &LuaValue) -> mlua::Result<Result<String, Error>> {
+    Ok(guard(h, action)?.and_then(|()| key_arg(key)))
+}
+
 fn key_arg(v: &LuaValue) -> Result<String, Error> {
     match v {
         LuaValue::String(s) if !s.as_bytes().is_empty() => Ok(s.to_string_lossy().to_string()),
@@ -196,10 +201,7 @@ fn entry_table(lua: &Lua, key: &str, value: &Value, version: u64) -> mlua::Resul
 impl UserData for Handle {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("get", |lua, h, key: LuaValue| {
-            if let Err(e) = guard(h, "store.key.get")? {
-                return err(lua, e);
-            }
-            let key = match key_arg(&key) {
+            let key = match keyed(h, "store.key.get", &key)? {
                 Ok(k) => k,
                 Err(e) => return err(lua, e),
             };
@@ -209,10 +211,7 @@ impl UserData for Handle {
             }
         });
         m.add_method("entry", |lua, h, key: LuaValue| {
-            if let Err(e) = guard(h, "store.key.get")? {
-                return err(lua, e);
-            }
-            let key = match key_arg(&key) {
+            let key = match keyed(h, "store.key.get", &key)? {
                 Ok(k) => k,
                 Err(e) => return err(lua, e),
             };
@@ -276,19 +275,13 @@ impl UserData for Handle {
             }
         });
         m.add_method("has", |lua, h, key: LuaValue| {
-            if let Err(e) = guard(h, "store.key.has")? {
-                return err(lua, e);
-            }
-            match key_arg(&key) {
+            match keyed(h, "store.key.has", &key)? {
                 Ok(k) => Ok((LuaValue::Boolean(h.store.read(&k).is_some()), LuaValue::Nil)),
                 Err(e) => err(lua, e),
             }
         });
         m.add_method("delete", |lua, h, key: LuaValue| {
-            if let Err(e) = guard(h, "store.key.delete")? {
-                return err(lua, e);
-            }
-            match key_arg(&key) {
+            match keyed(h, "store.key.delete", &key)? {
                 Ok(k) => Ok((LuaValue::Boolean(h.store.delete(&k)), LuaValue::Nil)),
                 Err(e) => err(lua, e),
             }
