@@ -93,6 +93,7 @@ impl Boot {
         lua.set_env_config(plan.env_config(&Default::default()));
         lua.set_volumes(plan.http.filesystems.iter().map(|(id, dir, _)| (id.to_string(), dir.clone())));
         lua.set_stores(plan.stores.iter().cloned());
+        lua.set_databases(plan.databases.iter().cloned());
         for (id, ttl) in &plan.token_stores {
             lua.add_token_store(id, *ttl);
         }

@@ -35,6 +35,7 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "security.policy", check: security_policy },
     Kind { name: "security.token_store", check: token_store },
     Kind { name: "store.memory", check: memory_store },
+    Kind { name: "db.sql.sqlite", check: sqlite },
     // resolved when the project loads (wippy_registry::Project): here only their fields
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
@@ -183,6 +184,21 @@ fn memory_store(c: &mut Checker, plan: &mut Plan) {
     let max = c.uint("max_size", 0) as usize;
     let _ = c.duration("cleanup_interval", std::time::Duration::from_secs(300));
     plan.stores.push((c.entry.id.to_string(), max));
+}
+
+/// `db.sql.sqlite`: the `sql` module's SQLite database, a file (relative to the project)
+/// or `:memory:`. As in Wippy there is one connection, so of `pool` only `max_lifetime` is
+/// read (and a connection here lives as long as its entry), and `options` are ignored.
+fn sqlite(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["file", "pool", "options", "lifecycle"]);
+    c.only("pool", &["max_open", "max_idle", "max_lifetime"]);
+    let _ = c.duration("pool.max_lifetime", std::time::Duration::from_secs(3600));
+    let Some(file) = c.required_string("file") else { return };
+    if file.is_empty() {
+        c.error("file", "must name a database file or :memory:");
+        return;
+    }
+    plan.databases.push((c.entry.id.to_string(), file));
 }
 
 /// `meta.command: {name, short}` makes a process a named CLI command.

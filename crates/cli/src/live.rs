@@ -88,6 +88,7 @@ impl Live {
         self.lua.set_env_config(plan.env_config(&self.lua.env_config()));
         self.lua.set_volumes(plan.http.filesystems.iter().map(|(id, dir, _)| (id.to_string(), dir.clone())));
         self.lua.set_stores(plan.stores.iter().cloned());
+        self.lua.set_databases(plan.databases.iter().cloned());
         for (id, ttl) in &plan.token_stores {
             self.lua.add_token_store(id, *ttl);
         }

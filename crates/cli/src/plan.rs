@@ -97,6 +97,8 @@ pub struct Plan {
     pub token_stores: Vec<(String, Option<std::time::Duration>)>,
     /// `store.memory` entries: ID and `max_size` (0: the default).
     pub stores: Vec<(String, usize)>,
+    /// `db.sql.sqlite` entries: ID and file (absolute once the plan is built) or `:memory:`.
+    pub databases: Vec<(String, String)>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub policies: Vec<PolicyPlan>,
@@ -203,6 +205,11 @@ impl Plan {
             }
         }
         crate::http::resolve_paths(&mut plan.http, &project.root);
+        for (_, file) in &mut plan.databases {
+            if file.as_str() != ":memory:" && std::path::Path::new(file.as_str()).is_relative() {
+                *file = project.root.join(&*file).to_string_lossy().into_owned();
+            }
+        }
         let env = plan.env_config(&Default::default());
         for (id, field, msg) in crate::http::load_tls(&mut plan.http, &project.root, &env) {
             if let Some(e) = project.entries.iter().find(|e| e.id == id) {

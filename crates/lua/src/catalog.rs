@@ -163,6 +163,8 @@ pub(crate) struct Catalog {
     pub(crate) volumes: RwLock<HashMap<String, std::path::PathBuf>>,
     /// The `store` module's `store.memory` stores by entry ID.
     pub(crate) stores: RwLock<HashMap<String, Arc<crate::modules::store::MemStore>>>,
+    /// The `sql` module's `db.sql.sqlite` databases by entry ID.
+    pub(crate) databases: RwLock<HashMap<String, Arc<crate::modules::sql::Database>>>,
 }
 
 impl Catalog {
@@ -183,6 +185,7 @@ impl Catalog {
             token_stores: RwLock::new(HashMap::new()),
             volumes: RwLock::new(HashMap::new()),
             stores: RwLock::new(HashMap::new()),
+            databases: RwLock::new(HashMap::new()),
         }
     }
 
@@ -343,7 +346,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "events", "system", "http", "http_client", "metrics"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "sql", "events", "system", "http", "http_client", "metrics"];
 
 /// What every Lua process has without listing it (SPEC §2.3; the prelude's `ALWAYS`, which
 /// a test holds this to). Wippy's own projects list some of them (`modules: [process,

@@ -167,6 +167,23 @@ impl LuaRuntime {
         *map = next;
     }
 
+    /// The `db.sql.sqlite` databases the `sql` module opens (ID -> file or `:memory:`). A
+    /// database that stays with the same file keeps its connection (and a `:memory:` one
+    /// its data); one that is gone or moved is closed.
+    pub fn set_databases(&self, databases: impl IntoIterator<Item = (String, String)>) {
+        use crate::modules::sql::Database;
+        let mut map = self.catalog.databases.write();
+        let mut next = std::collections::HashMap::new();
+        for (id, file) in databases {
+            let db = match map.remove(&id) {
+                Some(d) if d.file() == file => d,
+                _ => std::sync::Arc::new(Database::new(&id, &file)),
+            };
+            next.insert(id, db);
+        }
+        *map = next;
+    }
+
     /// A fixed value the `env` module returns for `name` when no `env.variable` has it.
     pub fn set_env(&self, name: &str, value: &str) {
         self.catalog.env.write().insert(name.to_string(), value.to_string());

@@ -618,6 +618,64 @@ fn text_regexp_has_gos_methods() {
 }
 
 #[test]
+fn sql_module_runs_sqlite_with_transactions_and_statements() {
+    let h = Harness::new(1);
+    h.lua.set_databases([("app:db".to_string(), ":memory:".to_string())]);
+    let v = h.ok(r#"
+        local sql = require("sql")
+        local db, err = sql.get("app:db")
+        assert(db and err == nil, tostring(err))
+        assert(db:type() == sql.type.SQLITE)
+        assert(db:execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL, note TEXT, data BLOB)"))
+        local r = db:execute("INSERT INTO users (name, score, note, data) VALUES (?, ?, ?, ?)", { "alice", 9.5, sql.NULL, sql.as.binary("\0\1") })
+        assert(r.last_insert_id == 1 and r.rows_affected == 1)
+        local rows = db:query("SELECT * FROM users WHERE name = ?", { "alice" })
+        assert(#rows == 1 and rows[1].name == "alice" and rows[1].score == 9.5 and rows[1].note == nil and rows[1].data == "\0\1")
+        assert(math.type(rows[1].id) == "integer")
+        -- a transaction holds the connection; a savepoint undoes part of it
+        local tx = db:begin({ isolation = sql.isolation.SERIALIZABLE })
+        assert(tx:execute("INSERT INTO users (name) VALUES (?)", { "bob" }))
+        local busy, be = db:query("SELECT 1")
+        assert(busy == nil and be:kind() == errors.UNAVAILABLE and be:retryable() == true, tostring(be))
+        assert(tx:savepoint("sp1") and tx:execute("INSERT INTO users (name) VALUES ('carol')") and tx:rollback_to("sp1"))
+        local bad, bse = tx:savepoint("no; DROP TABLE users")
+        assert(bad == nil and bse:kind() == errors.INVALID)
+        assert(tx:commit() == true)
+        local again, ae = tx:commit()
+        assert(again == nil and ae:kind() == errors.INVALID and ae:message() == "transaction is not active")
+        local names = {}
+        for _, u in ipairs(db:query("SELECT name FROM users ORDER BY id")) do names[#names + 1] = u.name end
+        assert(table.concat(names, ",") == "alice,bob", table.concat(names, ","))
+        local tx2 = db:begin()
+        tx2:execute("DELETE FROM users")
+        assert(tx2:rollback() and #db:query("SELECT * FROM users") == 2)
+        -- errors by kind
+        local q, qe = db:query("SELEC nonsense")
+        assert(q == nil and qe:kind() == errors.INVALID, tostring(qe))
+        local c, ce = db:execute("INSERT INTO users (name) VALUES (NULL)")
+        assert(c == nil and ce:kind() == errors.CONFLICT, tostring(ce))
+        -- prepared statements run until closed
+        local st = db:prepare("SELECT count(*) AS n FROM users WHERE name = ?")
+        assert(st:query({ "bob" })[1].n == 1 and st:close())
+        local s2, se = st:query({ "bob" })
+        assert(s2 == nil and se:kind() == errors.INVALID)
+        assert(db:release() and select(2, db:query("SELECT 1")):kind() == errors.INVALID)
+        local g, ge = sql.get("app:nope")
+        assert(g == nil and ge:kind() == errors.NOT_FOUND)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    // another process, the same database (one connection, as Wippy's SQLite)
+    let v = h.ok(r#"return require("sql").get("app:db"):query("SELECT count(*) AS n FROM users")[1].n"#);
+    assert_eq!(v, Value::Int(2));
+    // a transaction left open by a process that exited is rolled back by the next caller
+    let v = h.ok(r#"local tx = require("sql").get("app:db"):begin(); tx:execute("DELETE FROM users"); return true"#);
+    assert_eq!(v, Value::Bool(true));
+    let v = h.ok(r#"return require("sql").get("app:db"):query("SELECT count(*) AS n FROM users")[1].n"#);
+    assert_eq!(v, Value::Int(2));
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(

@@ -20,6 +20,7 @@ pub mod metrics;
 pub(crate) mod process;
 pub(crate) mod registry;
 pub(crate) mod security;
+pub(crate) mod sql;
 pub(crate) mod store;
 pub(crate) mod system;
 pub(crate) mod text;
@@ -200,6 +201,7 @@ pub(crate) fn install(
     shared.raw_set("fs", fs::library(lua, catalog.clone())?)?;
     shared.raw_set("store", store::library(lua, catalog.clone())?)?;
     shared.raw_set("text", text::library(lua)?)?;
+    shared.raw_set("sql", sql::library(lua, catalog.clone())?)?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;
