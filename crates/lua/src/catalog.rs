@@ -165,6 +165,12 @@ pub(crate) struct Catalog {
     pub(crate) stores: RwLock<HashMap<String, Arc<crate::modules::store::MemStore>>>,
     /// The `sql` module's `db.sql.sqlite` databases by entry ID.
     pub(crate) databases: RwLock<HashMap<String, Arc<crate::modules::sql::Database>>>,
+    /// The `queue` module's `queue.queue` queues by entry ID.
+    pub(crate) queues: RwLock<HashMap<String, Arc<crate::modules::queue::MemQueue>>>,
+    /// The `templates` module's `template.set` sets by entry ID.
+    pub(crate) template_sets: RwLock<HashMap<String, Arc<crate::jet::Set>>>,
+    /// The `exec` module's `exec.native` executors by entry ID.
+    pub(crate) executors: RwLock<HashMap<String, Arc<crate::modules::exec::ExecConfig>>>,
 }
 
 impl Catalog {
@@ -186,6 +192,9 @@ impl Catalog {
             volumes: RwLock::new(HashMap::new()),
             stores: RwLock::new(HashMap::new()),
             databases: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            template_sets: RwLock::new(HashMap::new()),
+            executors: RwLock::new(HashMap::new()),
         }
     }
 
@@ -346,7 +355,7 @@ pub fn syntax_error(entry: &LuaEntry) -> Option<String> {
 }
 
 /// The modules an entry may list in `modules:`: what this runtime can bind.
-pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "sql", "events", "system", "http", "http_client", "metrics"];
+pub const MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "sql", "queue", "contract", "templates", "exec", "crypto", "compress", "events", "system", "http", "http_client", "metrics"];
 
 /// What every Lua process has without listing it (SPEC §2.3; the prelude's `ALWAYS`, which
 /// a test holds this to). Wippy's own projects list some of them (`modules: [process,

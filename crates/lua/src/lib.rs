@@ -27,17 +27,30 @@ use std::sync::Arc;
 use wippy_runtime::{Error, HostRef, NewProcess, NodeRef, ProcessFactory};
 
 pub mod envstore;
+pub mod jet;
 pub mod tokens;
 pub use envstore::EnvConfig;
 pub use catalog::{bindable, forbidden_module, syntax_error, EntryKind, ALWAYS_PRESENT, MODULES, LuaEntry, RegistryChange, RegistryItem, RegistryWriter};
 pub use wippy_registry::{format_duration, parse_duration};
 pub use shard::ShardOptions;
+pub use modules::queue::ConsumerConfig;
+pub use modules::exec::ExecConfig;
 pub use modules::system::resident_bytes;
 pub use modules::io::{reset_terminal, ARGS_KEY};
 
 use catalog::Catalog;
 use vm::sandbox::Vm;
 use shard::{HostShards, Shard};
+
+/// One `template.set` entry and its templates, for [`LuaRuntime::set_templates`].
+#[derive(Clone, Debug, Default)]
+pub struct TemplateSetSpec {
+    pub id: String,
+    pub left: String,
+    pub right: String,
+    pub globals: Vec<(String, wippy_runtime::Value)>,
+    pub templates: Vec<(String, String)>,
+}
 
 /// The Lua side of a node: its entries, their compiled code, and the hosts' shards.
 #[derive(Clone)]
@@ -182,6 +195,55 @@ impl LuaRuntime {
             next.insert(id, db);
         }
         *map = next;
+    }
+
+    /// The `queue.queue` queues the `queue` module and consumers use (ID -> `max_length`, 0
+    /// for the default). A queue that stays keeps its messages; one that is gone is dropped.
+    pub fn set_queues(&self, queues: impl IntoIterator<Item = (String, usize)>) {
+        use crate::modules::queue::{MemQueue, DEFAULT_MAX_LENGTH};
+        let mut map = self.catalog.queues.write();
+        let mut next = std::collections::HashMap::new();
+        for (id, max) in queues {
+            let max = if max == 0 { DEFAULT_MAX_LENGTH } else { max };
+            let queue = match map.remove(&id) {
+                Some(q) => {
+                    q.set_max_length(max);
+                    q
+                }
+                None => std::sync::Arc::new(MemQueue::new(&id, max)),
+            };
+            next.insert(id, queue);
+        }
+        *map = next;
+    }
+
+    /// The `template.set` sets the `templates` module renders: each with its action
+    /// delimiters, globals and templates (name, source). A template that does not parse
+    /// is left out (the load checks reported it).
+    pub fn set_templates(&self, sets: impl IntoIterator<Item = TemplateSetSpec>) {
+        let mut map = std::collections::HashMap::new();
+        for spec in sets {
+            let mut set = crate::jet::Set { globals: spec.globals, ..Default::default() };
+            for (name, text) in spec.templates {
+                if let Ok(p) = crate::jet::parse(&text, &spec.left, &spec.right) {
+                    set.templates.insert(name, Arc::new(p));
+                }
+            }
+            map.insert(spec.id, Arc::new(set));
+        }
+        *self.catalog.template_sets.write() = map;
+    }
+
+    /// The `exec.native` executors the `exec` module opens (ID -> settings).
+    pub fn set_executors(&self, executors: impl IntoIterator<Item = (String, crate::modules::exec::ExecConfig)>) {
+        *self.catalog.executors.write() = executors.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    }
+
+    /// What runs a `queue.consumer` entry: a native process that takes the queue's
+    /// messages and runs `config.func` once per message (the `queue` module's documentation).
+    pub fn queue_consumer(&self, config: crate::modules::queue::ConsumerConfig) -> Arc<dyn wippy_runtime::ProcessFactory> {
+        let catalog = Arc::downgrade(&self.catalog);
+        Arc::new(move |_: &str| -> Result<Box<dyn wippy_runtime::Process>, wippy_runtime::Error> { Ok(crate::modules::queue::consumer(config.clone(), catalog.clone())) })
     }
 
     /// A fixed value the `env` module returns for `name` when no `env.variable` has it.

@@ -47,6 +47,8 @@ impl Modules {
     pub fn of_runtime() -> Result<Modules, String> {
         let vm = crate::vm::sandbox::Vm::new(std::sync::Weak::new(), true).map_err(|e| e.to_string())?;
         let read = || -> mlua::Result<Modules> {
+            // (the library parts a VM compiles on first use, compiled now to be listed)
+            vm.lua.named_registry_value::<mlua::Function>("wippy.load_lazy")?.call::<()>(())?;
             let libs: mlua::Table = vm.lua.named_registry_value("wippy.libs")?;
             let mut fields = HashMap::new();
             for pair in libs.pairs::<String, mlua::Value>() {
@@ -270,7 +272,10 @@ fn walk(f: &Func, top: bool, modules: &Modules, allowed: &dyn Fn(&str) -> bool, 
                 }
             }
             OP_SETTABUP if top && Some(a(ins)) == env => {
-                if let Some(name) = kstr(b(ins)) {
+                // (`type X = …` is erased to `X = __wippy_type("X", …)` on its line: a declared
+                // type, not a stray global)
+                let declared_type = (0..pc).rev().take_while(|&q| line(q) == line(pc)).any(|q| op(f.code[q]) == OP_GETTABUP && kstr(c(f.code[q])) == Some("__wippy_type"));
+                if let (Some(name), false) = (kstr(b(ins)), declared_type) {
                     out.push(Finding {
                         severity: Severity::Warning,
                         line: line(pc),
@@ -302,6 +307,7 @@ mod tests {
         let src = "counter = 0\n\
                    local json = require('json')\n\
                    local x = require('nope')\n\
+                   type Task = {id: string}\n\
                    return { main = function()\n\
                      process.send(process.pid(), 't')\n\
                      process.spwan('x')\n\
@@ -316,8 +322,8 @@ mod tests {
             vec![
                 (1, Severity::Warning, "global 'counter' assigned at the top level (globals are per process; use a local)"),
                 (3, Severity::Error, "require 'nope': not a module this entry lists in modules: nor an alias of its imports:"),
-                (6, Severity::Error, "process.spwan: the process module has no spwan"),
-                (7, Severity::Error, "process.sned: the process module has no sned"),
+                (7, Severity::Error, "process.spwan: the process module has no spwan"),
+                (8, Severity::Error, "process.sned: the process module has no sned"),
             ]
         );
     }
@@ -354,6 +360,8 @@ mod runtime_tests {
         assert!(has("process", "send") && has("process", "spawn") && has("process", "registry"));
         assert!(has("time", "sleep") && has("json", "encode") && has("channel", "new"));
         assert!(!has("process", "spwan"));
+        // the parts a VM compiles on first use are listed too
+        assert!(has("contract", "open") && has("exec", "get") && has("sql", "builder"));
         for always in ["process", "channel", "errors", "string"] {
             assert!(m.always.iter().any(|a| a == always), "{always}");
         }

@@ -332,6 +332,8 @@ impl Process for LuaProcess {
     }
 
     fn close(&mut self, cx: &mut Context<'_>, _result: &ExitResult) {
+        // OS processes it made with `exec` and did not close
+        crate::modules::exec::reap_owner(cx.pid());
         if self.state.upgradable {
             self.state.shard.catalog.set_upgradable(cx.pid(), &self.state.entry, false);
         }

@@ -676,6 +676,56 @@ fn sql_module_runs_sqlite_with_transactions_and_statements() {
 }
 
 #[test]
+fn sql_builder_writes_statements_as_wippys_does() {
+    let h = Harness::new(1);
+    h.lua.set_databases([("app:shop".to_string(), ":memory:".to_string())]);
+    let v = h.ok(r#"
+        local sql = require("sql")
+        local b = sql.builder
+        -- compiled on the VM's first use, and shared read-only like every library table
+        assert(not pcall(function() b.select = nil end) and type(b.select) == "function")
+        local function check(q, want_sql, want_args)
+          local text, args = q:to_sql()
+          assert(text == want_sql, "got: " .. tostring(text))
+          assert(#args == #want_args, "args: " .. #args)
+          for i, a in ipairs(want_args) do assert(args[i] == a, "arg " .. i .. ": " .. tostring(args[i])) end
+        end
+        check(b.select("id", "name"):from("users"):where({ active = 1, role = "admin" }):order_by("name ASC"):limit(10):offset(20),
+          "SELECT id, name FROM users WHERE active = ? AND role = ? ORDER BY name ASC LIMIT 10 OFFSET 20", { 1, "admin" })
+        check(b.select("u.id", "COUNT(o.id) as n"):from("users u"):left_join("orders o ON o.user_id = u.id")
+            :where(b.and_({ b.eq({ ["u.active"] = 1 }), b.gte({ ["u.score"] = 80 }) }))
+            :group_by("u.id"):having(b.gt({ ["COUNT(o.id)"] = 0 })),
+          "SELECT u.id, COUNT(o.id) as n FROM users u LEFT JOIN orders o ON o.user_id = u.id WHERE (u.active = ? AND u.score >= ?) GROUP BY u.id HAVING COUNT(o.id) > ?", { 1, 80, 0 })
+        check(b.select("*"):from("t"):where(b.or_({ b.eq({ s = "a" }), b.eq({ s = { "b", "c" } }) })):where("x > ?", 5),
+          "SELECT * FROM t WHERE (s = ? OR s IN (?,?)) AND x > ?", { "a", "b", "c", 5 })
+        check(b.select("*"):from("t"):where(b.eq({ gone = sql.NULL })):where(b.not_eq({ k = 1 })):where(b.like({ n = "jo%" })),
+          "SELECT * FROM t WHERE gone IS NULL AND k <> ? AND n LIKE ?", { 1, "jo%" })
+        check(b.select("*"):from("t"):where("a = ? AND b = ?", 1, 2):placeholder_format(b.dollar),
+          "SELECT * FROM t WHERE a = $1 AND b = $2", { 1, 2 })
+        check(b.insert("users"):columns("name", "email"):values("alice", "a@x"):values("bob", "b@x"),
+          "INSERT INTO users (name,email) VALUES (?,?),(?,?)", { "alice", "a@x", "bob", "b@x" })
+        check(b.insert("users"):set_map({ name = "carol", email = "c@x" }), "INSERT INTO users (email,name) VALUES (?,?)", { "c@x", "carol" })
+        check(b.update("users"):set("status", "active"):set("seen", b.expr("CURRENT_TIMESTAMP")):where({ id = 7 }),
+          "UPDATE users SET status = ?, seen = CURRENT_TIMESTAMP WHERE id = ?", { "active", 7 })
+        check(b.delete("users"):where({ active = 0 }):limit(100), "DELETE FROM users WHERE active = ? LIMIT 100", { 0 })
+        local bad, be = b.select():from("users"):to_sql()
+        assert(bad == nil and be:kind() == errors.INVALID, tostring(be))
+        -- run_with on a database and on a transaction
+        local db = sql.get("app:shop")
+        assert(db:execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, status TEXT)"))
+        local r = b.insert("users"):columns("name", "email"):values("alice", sql.NULL):run_with(db):exec()
+        assert(r.last_insert_id == 1)
+        local tx = db:begin()
+        assert(b.update("users"):set("status", "vip"):where({ id = 1 }):run_with(tx):exec().rows_affected == 1)
+        assert(tx:commit())
+        local rows = b.select("name", "status", "email"):from("users"):where({ status = "vip" }):run_with(db):query()
+        assert(#rows == 1 and rows[1].name == "alice" and rows[1].email == nil)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
 fn ctx_get_of_a_missing_key_is_not_found() {
     let h = Harness::new(1);
     h.entry(
@@ -924,6 +974,177 @@ fn registry_find_criteria_snapshots_and_deltas_as_spec_12_6() {
         assert(nd == nil and nderr:kind() == errors.INVALID)
         local ok, aerr = registry.apply_version("x")
         assert(ok == false and aerr:kind() == errors.INVALID)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn queue_consumer_runs_a_function_per_message_and_redelivers_a_failed_one() {
+    let h = Harness::new(2);
+    h.lua.set_queues([("app:q".to_string(), 0), ("app:idle".to_string(), 2)]);
+    h.lua.set_stores([("app:attempts".to_string(), 0)]);
+    let handler = LuaEntry::function(
+        "app:handler",
+        r#"
+        local queue = require("queue")
+        local store = require("store")
+        return { handle = function(body)
+            local msg = assert(queue.message())
+            if body.fail then
+                local s = assert(store.get("app:attempts"))
+                if not s:get("n" .. body.n) then
+                    s:set("n" .. body.n, true)
+                    error("the first attempt fails")
+                end
+            end
+            if body.early then
+                assert(msg:ack() == true and msg:ack() == false and msg:nack() == false)
+            end
+            process.send(body.reply, "done", { n = body.n, id = msg:id(), trace = msg:header("trace"), all = msg:headers().trace, missing = msg:header("nope") })
+            return false -- an ordinary value, even false, acks (Wippy's guide)
+        end }"#,
+    )
+    .modules(ALL_MODULES)
+    .method("handle");
+    h.lua.add_entry(handler);
+    let config = wippy_lua::ConsumerConfig { id: "app:consumer".into(), queue: "app:q".into(), func: "app:handler".into(), concurrency: 2, prefetch: 3 };
+    h.node.register_entry("app:consumer", h.lua.queue_consumer(config));
+    let (consumer, stopped) = h.node.spawn_watched(HOST, Spawn::entry("app:consumer")).expect("consumer");
+    let v = h.ok(r#"
+        local queue = require("queue")
+        -- outside a consumer's handler, and bad arguments
+        local m, e = queue.message()
+        assert(m == nil and e:kind() == errors.INVALID, tostring(e))
+        local _, e2 = queue.publish("", 1)
+        assert(e2:kind() == errors.INVALID and e2:message() == "queue ID is empty", tostring(e2))
+        local _, e3 = queue.publish("app:q", nil)
+        assert(e3:kind() == errors.INVALID, tostring(e3))
+        local _, e4 = queue.publish("app:none", 1)
+        assert(e4:kind() == errors.NOT_FOUND and e4:retryable() == false, tostring(e4))
+        -- a bounded queue with no consumer
+        assert(queue.publish("app:idle", 1) == true and queue.publish("app:idle", { x = 2 }) == true)
+        local _, full = queue.publish("app:idle", 3)
+        assert(full:kind() == errors.INTERNAL and full:message():find("full"), tostring(full))
+        local info = queue.info("app:idle")
+        assert(info.message_count == 2 and info.consumer_count == 0 and info.ready == 2)
+        assert(queue.info("app:q").consumer_count == 1)
+        -- six messages through a consumer running two handlers at a time; the second fails
+        -- once and is handled again
+        local me = process.pid()
+        for i = 1, 6 do
+            assert(queue.publish("app:q", { n = i, reply = me, fail = (i == 2), early = (i == 4) }, { trace = "t" .. i }))
+        end
+        local inbox = process.listen("done")
+        local seen, ids = {}, {}
+        for _ = 1, 6 do
+            local d = inbox:receive()
+            assert(not seen[d.n], "handled twice: " .. d.n)
+            seen[d.n] = true
+            assert(d.trace == "t" .. d.n and d.all == d.trace and d.missing == nil, tostring(d.trace))
+            assert(type(d.id) == "string" and #d.id == 36 and not ids[d.id])
+            ids[d.id] = true
+        end
+        local extra = time.after("50ms")
+        local r = channel.select({ inbox:case_receive(), extra:case_receive() })
+        assert(r.channel == extra, "a message was handled again after it was acked")
+        assert(queue.info("app:q").message_count == 0)
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+    // a stopped consumer takes nothing more
+    h.node.cancel(consumer, "stop").expect("cancel");
+    assert!(stopped.wait_timeout(Duration::from_secs(10)).expect("the consumer did not stop").is_ok());
+    let _ = h.ok(r#"
+        local queue = require("queue")
+        assert(queue.info("app:q").consumer_count == 0)
+        assert(queue.publish("app:q", { n = 7, reply = process.pid() }))
+        assert(queue.info("app:q").message_count == 1)
+        return true
+    "#);
+}
+
+#[test]
+fn crypto_module_encrypts_signs_and_draws_randomness() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local crypto = require("crypto")
+        -- built into the VM on first use, its nested tables read-only as every library's
+        assert(not pcall(function() crypto.random.bytes = nil end) and type(crypto.random.bytes) == "function")
+        -- random
+        local b = assert(crypto.random.bytes(32))
+        assert(#b == 32 and b ~= crypto.random.bytes(32))
+        assert(select(2, crypto.random.bytes(0)):kind() == errors.INVALID)
+        local s = assert(crypto.random.string(40, "ab"))
+        assert(#s == 40 and not s:find("[^ab]"))
+        assert(#crypto.random.string(16) == 16 and #crypto.random.uuid() == 36)
+        -- HMAC (RFC 4231 case 2), hex
+        assert(crypto.hmac.sha256("Jefe", "what do ya want for nothing?") == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        -- AEADs: every AES key size and ChaCha20-Poly1305, with and without additional data
+        for _, k in ipairs({ string.rep("k", 16), string.rep("k", 24), string.rep("k", 32) }) do
+            local c = assert(crypto.encrypt.aes("secret", k, "ctx"))
+            assert(#c == 12 + 6 + 16 and crypto.decrypt.aes(c, k, "ctx") == "secret")
+            local _, bad = crypto.decrypt.aes(c, k, "other")
+            assert(bad:kind() == errors.INTERNAL and bad:message() == "decryption failed")
+        end
+        assert(select(2, crypto.encrypt.aes("x", "short")):kind() == errors.INVALID)
+        local key = string.rep("z", 32)
+        local c = assert(crypto.encrypt.chacha20("hello", key))
+        assert(crypto.decrypt.chacha20(c, key) == "hello")
+        local tampered = c:sub(1, -2) .. string.char((c:byte(-1) + 1) % 256)
+        assert(select(2, crypto.decrypt.chacha20(tampered, key)):kind() == errors.INTERNAL)
+        assert(select(2, crypto.encrypt.chacha20("x", "k")):kind() == errors.INVALID)
+        -- JWT
+        local exp = os.time() + 60
+        local t = assert(crypto.jwt.encode({ sub = "u1", exp = exp, _header = { kid = "k1" } }, "s3cret"))
+        local claims = assert(crypto.jwt.verify(t, "s3cret"))
+        assert(claims.sub == "u1" and claims.exp == exp and claims._header == nil)
+        assert(select(2, crypto.jwt.verify(t, "wrong")):kind() == errors.INTERNAL)
+        assert(select(2, crypto.jwt.verify(t, "s3cret", "HS512")):kind() == errors.INTERNAL)
+        local t512 = assert(crypto.jwt.encode({ n = 1 }, "s3cret", "HS512"))
+        local _, missing = crypto.jwt.verify(t512, "s3cret", "HS512")
+        assert(missing:message():find("exp"), missing:message())
+        assert(crypto.jwt.verify(t512, "s3cret", "HS512", false).n == 1)
+        local old = assert(crypto.jwt.encode({ exp = os.time() - 10 }, "s3cret"))
+        local _, expired = crypto.jwt.verify(old, "s3cret")
+        assert(expired:kind() == errors.INTERNAL and expired:message():find("expired"), expired:message())
+        -- key derivation and comparison
+        assert(#crypto.pbkdf2("pw", "salt", 1000, 32) == 32)
+        assert(crypto.constant_time_compare("abc", "abc") and not crypto.constant_time_compare("abc", "abd") and not crypto.constant_time_compare("a", "ab"))
+        return true
+    "#);
+    assert_eq!(v, Value::Bool(true));
+}
+
+#[test]
+fn compress_module_round_trips_every_algorithm_and_bounds_decoding() {
+    let h = Harness::new(1);
+    let v = h.ok(r#"
+        local compress = require("compress")
+        local text = string.rep("the quick brown fox jumps over the lazy dog. ", 200)
+        for _, algo in ipairs({ "gzip", "deflate", "zlib", "brotli", "zstd" }) do
+            local c = assert(compress[algo].encode(text))
+            assert(#c < #text / 4, algo)
+            assert(compress[algo].decode(c) == text, algo)
+            -- a bomb is stopped at max_size
+            local _, big = compress[algo].decode(c, { max_size = 100 })
+            assert(big and big:kind() == errors.INTERNAL, algo)
+            local _, bad = compress[algo].decode("not compressed at all")
+            assert(bad and bad:kind() == errors.INVALID, algo .. ": " .. tostring(bad))
+        end
+        assert(compress.gzip.encode(text, { level = 9 }) and compress.zstd.encode(text, { level = 19 }))
+        assert(select(2, compress.gzip.encode(text, { level = 10 })):kind() == errors.INVALID)
+        assert(select(2, compress.brotli.encode("")):kind() == errors.INVALID)
+        -- gzip is the format other tools read: the header's magic bytes
+        assert(compress.gzip.encode("x"):sub(1, 2) == "\31\139")
+        -- zstd dictionaries
+        local samples = {}
+        for i = 1, 200 do samples[i] = '{"user":' .. i .. ',"name":"user' .. i .. '","active":true}' end
+        local dict = assert(compress.zstd.train_dict(samples, { size = 4096 }))
+        local info = assert(compress.zstd.inspect_dict(dict))
+        assert(info.content_size == #dict and math.type(info.id) == "integer")
+        local packed = assert(compress.zstd.encode(samples[7], { dict = dict }))
+        assert(compress.zstd.decode(packed, { dict = dict }) == samples[7])
         return true
     "#);
     assert_eq!(v, Value::Bool(true));

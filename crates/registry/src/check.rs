@@ -14,12 +14,13 @@ use crate::{parse_duration, Entry, EntryId, LoadError};
 /// What a checker can look up: the kinds of all loaded entries and the YAML texts.
 pub struct Index<'a> {
     pub kinds: HashMap<&'a EntryId, &'a str>,
+    pub entries: HashMap<&'a EntryId, &'a Entry>,
     pub files: &'a HashMap<String, std::sync::Arc<str>>,
 }
 
 impl<'a> Index<'a> {
     pub fn new(entries: &'a [Entry], files: &'a HashMap<String, std::sync::Arc<str>>) -> Index<'a> {
-        Index { kinds: entries.iter().map(|e| (&e.id, e.kind.as_str())).collect(), files }
+        Index { kinds: entries.iter().map(|e| (&e.id, e.kind.as_str())).collect(), entries: entries.iter().map(|e| (&e.id, e)).collect(), files }
     }
 }
 
@@ -112,6 +113,11 @@ impl<'a> Checker<'a> {
     pub fn warn(&mut self, field: &str, message: impl Into<String>) {
         let e = self.located(field, message);
         self.warnings.push(e);
+    }
+
+    /// Another entry of the project (a kind that checks what it refers to).
+    pub fn index_entry(&self, id: &EntryId) -> Option<&'a Entry> {
+        self.index.entries.get(id).copied()
     }
 
     pub fn get(&self, field: &str) -> Option<&'a Value> {

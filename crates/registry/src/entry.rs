@@ -54,8 +54,12 @@ impl Entry {
         } else {
             self.fields.get(first)?
         };
+        // (a number steps into a list: `contracts.0.contract`)
         for p in parts {
-            cur = cur.as_object()?.get(p)?;
+            cur = match cur {
+                serde_json::Value::Array(items) => items.get(p.parse::<usize>().ok()?)?,
+                other => other.as_object()?.get(p)?,
+            };
         }
         Some(cur)
     }

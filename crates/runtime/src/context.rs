@@ -222,16 +222,29 @@ impl<'a> Context<'a> {
 
     /// May this process do `action` on `resource`? (SPEC §7.2; `meta.pid` is this PID.)
     pub fn can(&self, action: &str, resource: &str) -> bool {
+        self.can_with(action, resource, None)
+    }
+
+    fn can_with(&self, action: &str, resource: &str, meta: Option<&Table>) -> bool {
         if !self.checked() {
             return true;
         }
-        let req = Request { action, resource, pid: Some(self.cell.pid), meta: None, target: None };
+        let req = Request { action, resource, pid: Some(self.cell.pid), meta, target: None };
         evaluate(self.cell.identity.as_deref(), self.node.security.strict(), &req)
     }
 
     /// `Ok` when allowed, else PermissionDenied naming the action and resource.
     pub fn allow(&self, action: &str, resource: &str) -> Result<(), Error> {
         if self.can(action, resource) {
+            Ok(())
+        } else {
+            Err(denied(action, resource))
+        }
+    }
+
+    /// As [`Context::allow`], with the request's metadata (`meta.*` in policy conditions).
+    pub fn allow_with(&self, action: &str, resource: &str, meta: &Table) -> Result<(), Error> {
+        if self.can_with(action, resource, Some(meta)) {
             Ok(())
         } else {
             Err(denied(action, resource))

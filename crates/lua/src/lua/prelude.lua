@@ -9,6 +9,9 @@
 -- process owns hangs off its own state table P, which only its coroutines and S[1] reach), or
 -- expose a shared table to user code (user code only ever sees per-process proxies).
 local R, LIBS = ...
+-- Library parts compiled on a VM's first use of the library (env_mt below runs them).
+local LAZY = {}
+for _, name in ipairs(R.lazy_libs) do LAZY[name] = function() R.build_lib(name) end end
 
 local raw_create, raw_resume, raw_yield, raw_status, raw_running, raw_isyieldable, raw_close =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running,
@@ -1380,6 +1383,17 @@ if LIBS.http then
   }
 end
 
+-- exec: lua/exec.lua, compiled on first use in a VM
+LAZY.exec = function()
+  R.load_lazy("exec", { env = _ENV, R = R, LIBS = LIBS, rt_error = rt_error, await_cmd = await_cmd })
+end
+-- sql.builder: lua/sql_builder.lua, compiled when a process of the VM first binds sql
+LAZY.sql = function()
+  R.build_lib("sql")
+  LIBS.sql.builder = R.sql_builder(_ENV, LIBS.sql)
+end
+
+
 -------------------------------------------------------------------------------------------
 -- http_client (SPEC 11.5): every request is a command; a batch waits for all of its own
 -------------------------------------------------------------------------------------------
@@ -1640,6 +1654,11 @@ if LIBS.funcs then
     if ok then st.value = newpayload(v) else st.err = v end
     offer_value(P, chan_of(f.ch), ok and st.value or v)
   end)
+
+  -- contract: lua/contract.lua, compiled on first use in a VM (most projects never bind it)
+  LAZY.contract = function()
+    R.load_lazy("contract", { env = _ENV, R = R, LIBS = LIBS, rt_can = rt_can, rt_error = rt_error, time = time, ExecutorMT = ExecutorMT })
+  end
 end
 
 -------------------------------------------------------------------------------------------
@@ -1796,6 +1815,8 @@ local function env_mt(allowed, imports)
   for k, v in pairs(BASE) do G[k] = v end
   setmetatable(G, { __index = function(_, k)
     if not (ALWAYS[k] or allowed[k]) then return nil end
+    local load = LAZY[k]
+    if load then LAZY[k] = nil; load() end
     local lib = LIBS[k]
     if lib == nil then return nil end
     local P = S[1]
@@ -1922,6 +1943,8 @@ end
 
 return {
   always = ALWAYS,
+  -- every lazily compiled library part now (lint reads what the libraries offer)
+  load_lazy = function() for k, f in pairs(LAZY) do LAZY[k] = nil; f() end end,
   S = S,
   new_process = new_process,
   main_body = main_body,

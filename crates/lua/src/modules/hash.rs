@@ -27,7 +27,7 @@ fn digest<D: Digest>(lua: &Lua, data: &LuaValue, raw: &LuaValue) -> Answer {
     }
 }
 
-fn hmac<D: Digest + digest::core_api::BlockSizeUser>(lua: &Lua, data: &LuaValue, secret: &LuaValue, raw: &LuaValue) -> Answer {
+pub(super) fn hmac<D: Digest + digest::core_api::BlockSizeUser>(lua: &Lua, data: &LuaValue, secret: &LuaValue, raw: &LuaValue) -> Answer {
     let (data, secret) = match (bytes_arg(data, "data"), bytes_arg(secret, "secret")) {
         (Ok(d), Ok(s)) => (d, s),
         (Err(e), _) | (_, Err(e)) => return fail(lua, e),
@@ -47,7 +47,7 @@ fn fnv1_64(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| h.wrapping_mul(0x0000_0100_0000_01b3) ^ u64::from(c))
 }
 
-fn pbkdf2(lua: &Lua, (password, salt, iterations, length, algo): (LuaValue, LuaValue, LuaValue, LuaValue, LuaValue)) -> Answer {
+pub(super) fn pbkdf2(lua: &Lua, (password, salt, iterations, length, algo): (LuaValue, LuaValue, LuaValue, LuaValue, LuaValue)) -> Answer {
     const MAX_ITERATIONS: i64 = 10_000_000;
     const MAX_LENGTH: i64 = 1 << 20;
     let (password, salt) = match (bytes_arg(&password, "password"), bytes_arg(&salt, "salt")) {

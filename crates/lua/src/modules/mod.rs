@@ -4,10 +4,13 @@
 //! through the process's runtime `Context` (which yields commands for anything that waits).
 
 pub(crate) mod base64;
+pub(crate) mod compress;
+pub(crate) mod crypto;
 pub(crate) mod ctx;
 pub(crate) mod env;
 pub(crate) mod errors;
 pub(crate) mod events;
+pub mod exec;
 pub(crate) mod fs;
 pub(crate) mod funcs;
 pub(crate) mod hash;
@@ -18,6 +21,8 @@ pub(crate) mod json;
 pub(crate) mod logger;
 pub mod metrics;
 pub(crate) mod process;
+pub mod queue;
+pub(crate) mod templates;
 pub(crate) mod registry;
 pub(crate) mod security;
 pub(crate) mod sql;
@@ -195,13 +200,54 @@ pub(crate) fn install(
     shared.raw_set("io", io::library(lua, grants_io)?)?;
     shared.raw_set("security", security::library(lua, catalog.clone())?)?;
     shared.raw_set("uuid", uuid::library(lua)?)?;
-    shared.raw_set("base64", base64::library(lua)?)?;
-    shared.raw_set("hash", hash::library(lua)?)?;
-    shared.raw_set("yaml", yaml::library(lua)?)?;
-    shared.raw_set("fs", fs::library(lua, catalog.clone())?)?;
-    shared.raw_set("store", store::library(lua, catalog.clone())?)?;
-    shared.raw_set("text", text::library(lua)?)?;
-    shared.raw_set("sql", sql::library(lua, catalog.clone())?)?;
+    // Libraries built into a VM when one of its processes first binds them (the prelude's
+    // LAZY): a project uses few of them, and every VM (an isolated process owns one) carried
+    // them all. Their nested tables are made read-only as the eager ones' are.
+    const LAZY_LIBS: &[&str] = &["base64", "hash", "crypto", "compress", "yaml", "fs", "store", "text", "sql", "queue", "templates"];
+    r.raw_set("lazy_libs", lua.create_sequence_from(LAZY_LIBS.iter().copied())?)?;
+    let (lazy_shared, lazy_catalog) = (shared.clone(), catalog.clone());
+    r.raw_set(
+        "build_lib",
+        lua.create_function(move |lua, name: String| {
+            let c = lazy_catalog.clone();
+            let lib = match name.as_str() {
+                "base64" => base64::library(lua)?,
+                "hash" => hash::library(lua)?,
+                "crypto" => crypto::library(lua)?,
+                "compress" => compress::library(lua)?,
+                "yaml" => yaml::library(lua)?,
+                "fs" => fs::library(lua, c)?,
+                "store" => store::library(lua, c)?,
+                "text" => text::library(lua)?,
+                "sql" => sql::library(lua, c)?,
+                "queue" => queue::library(lua, c)?,
+                "templates" => templates::library(lua, c)?,
+                other => return Err(mlua::Error::runtime(format!("no lazy library {other}"))),
+            };
+            crate::vm::sandbox::lock_nested(lua, &lib)?;
+            lazy_shared.raw_set(name, lib)
+        })?,
+    )?;
+    r.raw_set("sql_builder", sql::builder_loader(lua)?)?;
+    // Lua written parts of libraries, compiled on a VM's first use of them (the prelude's
+    // LAZY passes what each needs)
+    r.raw_set(
+        "load_lazy",
+        lua.create_function(|lua, (name, deps): (String, Table)| {
+            let (src, chunk) = match name.as_str() {
+                "contract" => (include_str!("../lua/contract.lua"), "@wippy/contract.lua"),
+                "exec" => (include_str!("../lua/exec.lua"), "@wippy/exec.lua"),
+                other => return Err(mlua::Error::runtime(format!("no lazy library {other}"))),
+            };
+            lua.load(src).set_name(chunk).call::<()>(deps)
+        })?,
+    )?;
+    // exec: written in the prelude over R.exec_* (its waits are commands)
+    shared.raw_set("exec", lua.create_table()?)?;
+    exec::internal(lua, r, catalog.clone())?;
+    // contract: written in the prelude over funcs, reading the registry through R
+    shared.raw_set("contract", lua.create_table()?)?;
+    registry::internal(lua, r, catalog.clone())?;
     shared.raw_set("metrics", metrics::library(lua)?)?;
     shared.raw_set("system", system::library(lua, catalog.clone())?)?;
     shared.raw_set("events", events::library(lua, r)?)?;

@@ -457,6 +457,40 @@ fn build_delta(lua: &Lua, from: &LuaValue, to: &LuaValue) -> mlua::Result<(LuaVa
     Ok((LuaValue::Table(out), LuaValue::Nil))
 }
 
+/// The runtime's own readers for the `contract` module (on `R`, out of user code's reach):
+/// `R.entry_of(id)` an entry as `{id, kind, meta, data}` or nil, with no `registry.get`
+/// check (the contract module checks its own permissions), and `R.bindings_of(contract)` the
+/// IDs of the `contract.binding` entries that implement a contract, in registry order.
+pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Result<()> {
+    let view = |c: &Weak<Catalog>| c.upgrade().map(|c| c.registry.read().snapshot()).unwrap_or_default();
+    let c = catalog.clone();
+    r.raw_set(
+        "entry_of",
+        lua.create_function(move |lua, id: String| match view(&c).get_str(&id) {
+            Some(e) => Ok(LuaValue::Table(entry_table(lua, e)?)),
+            None => Ok(LuaValue::Nil),
+        })?,
+    )?;
+    r.raw_set(
+        "bindings_of",
+        lua.create_function(move |lua, contract: String| {
+            let out = lua.create_table()?;
+            let v = view(&catalog);
+            let mut n = 0;
+            for e in v.entries().filter(|e| e.kind == "contract.binding") {
+                let Some(serde_json::Value::Array(items)) = e.fields.get("contracts") else { continue };
+                let implements = items.iter().any(|it| it.get("contract").and_then(|c| c.as_str()).and_then(|c| wippy_registry::EntryId::resolve(c, e.id.namespace()).ok()).is_some_and(|id| id.as_str() == contract));
+                if implements {
+                    n += 1;
+                    out.raw_set(n, e.id.as_str())?;
+                }
+            }
+            Ok(out)
+        })?,
+    )?;
+    Ok(())
+}
+
 pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     let view = |c: &Weak<Catalog>| c.upgrade().map(|c| c.registry.read().snapshot()).unwrap_or_default();

@@ -12,7 +12,8 @@
 //! handle's call fails at once with Unavailable (retryable) instead of waiting, so that no
 //! worker thread ever sleeps on a lock held by a process that needs that thread to finish.
 //! A transaction whose process has exited is rolled back by the next caller. The calls run
-//! on the worker thread that runs the process. The page's query builder is not here.
+//! on the worker thread that runs the process. `sql.builder` (SELECT, INSERT, UPDATE, DELETE
+//! and conditions, placeholder formats, `run_with`) is Lua, in `lua/sql_builder.lua`.
 
 use std::sync::{Arc, Weak};
 
@@ -492,4 +493,17 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     as_.raw_set("null", lua.create_function(|_, ()| Ok(Typed(Sql::Null)))?)?;
     t.raw_set("as", as_)?;
     Ok(t)
+}
+
+/// `R.sql_builder(env, sql)`: the query builder (Lua: it only writes text and arguments), compiled
+/// when a VM's first process binds `sql` (the prelude's LAZY) and read-only as every
+/// shared library table is.
+pub(crate) fn builder_loader(lua: &Lua) -> mlua::Result<mlua::Function> {
+    lua.create_function(move |lua, (env, sql): (Table, Table)| {
+        let is_null = lua.create_function(|_, v: LuaValue| Ok(matches!(&v, LuaValue::UserData(ud) if ud.borrow::<Typed>().is_ok_and(|t| matches!(t.0, Sql::Null)))))?;
+        let make_invalid = lua.create_function(|lua, m: String| lua.create_userdata(super::errors::LuaError::new(invalid(m))))?;
+        let null: LuaValue = sql.raw_get("NULL")?;
+        let builder: Table = lua.load(include_str!("../lua/sql_builder.lua")).set_name("@sql.builder").set_environment(env).call((is_null, null, make_invalid))?;
+        crate::vm::sandbox::read_only(lua, builder)
+    })
 }

@@ -24,7 +24,22 @@ const PRELUDE: &str = include_str!("../lua/prelude.lua");
 /// lookup is the VM's table fast path, not a call. It has no fields to `rawset`, its
 /// metatable is hidden (`__metatable`), an assignment raises, and `pairs` walks a fresh
 /// copy: the shared table itself never reaches process code.
-fn read_only(lua: &Lua, t: Table) -> mlua::Result<LuaValue> {
+/// A library's nested tables (`http.STATUS`, `crypto.random`...) as read-only userdata.
+pub(crate) fn lock_nested(lua: &Lua, lib: &Table) -> mlua::Result<()> {
+    let mut nested = Vec::new();
+    for p in lib.pairs::<LuaValue, LuaValue>() {
+        let (k, v) = p?;
+        if let LuaValue::Table(t) = v {
+            nested.push((k, t));
+        }
+    }
+    for (k, t) in nested {
+        lib.raw_set(k, read_only(lua, t)?)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn read_only(lua: &Lua, t: Table) -> mlua::Result<LuaValue> {
     let mt = lua.create_table_with_capacity(0, 5)?;
     mt.raw_set("__index", t.clone())?;
     mt.raw_set(
@@ -234,21 +249,13 @@ impl Vm {
         for pair in shared.pairs::<String, LuaValue>() {
             let (_, lib) = pair?;
             if let LuaValue::Table(lib) = lib {
-                let mut nested = Vec::new();
-                for p in lib.pairs::<LuaValue, LuaValue>() {
-                    let (k, v) = p?;
-                    if let LuaValue::Table(t) = v {
-                        nested.push((k, t));
-                    }
-                }
-                for (k, t) in nested {
-                    lib.raw_set(k, read_only(&lua, t)?)?;
-                }
+                lock_nested(&lua, &lib)?;
             }
         }
         // (for lint: what each module offers, and which are always present)
         lua.set_named_registry_value("wippy.libs", shared.clone())?;
         lua.set_named_registry_value("wippy.always", prelude.get::<Table>("always")?)?;
+        lua.set_named_registry_value("wippy.load_lazy", prelude.get::<Function>("load_lazy")?)?;
         let s: Table = prelude.get("S")?;
         let new_process: Function = prelude.get("new_process")?;
         let env_mt: Function = prelude.get("env_mt")?;

@@ -7,7 +7,7 @@ use wippy_lua::{LuaEntry, LuaRuntime, ShardOptions};
 use wippy_runtime::{ExitResult, HostConfig, Node, Spawn, Value};
 
 pub const HOST: &str = "app:processes";
-pub const ALL_MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "sql", "events"];
+pub const ALL_MODULES: &[&str] = &["time", "json", "logger", "env", "ctx", "funcs", "registry", "io", "security", "uuid", "base64", "hash", "yaml", "fs", "store", "text", "sql", "queue", "crypto", "compress", "events"];
 
 pub struct Harness {
     pub node: Node,
