@@ -40,8 +40,25 @@ fn restart(l: &Lifecycle) -> RestartPolicy {
     }
 }
 
-/// Hosts and process services as the supervisor's specs.
+/// The template sets with their templates, the `queue.queue` queues, and each
+/// `queue.consumer` as the native process its service runs.
+pub(crate) fn install_resources(plan: &Plan, lua: &LuaRuntime, node: &wippy_runtime::NodeRef) {
+    lua.set_templates(plan.template_sets.iter().map(|s| {
+        let templates = plan.templates.iter().filter(|(set, _, _)| *set == s.id).map(|(_, n, t)| (n.clone(), t.clone())).collect();
+        wippy_lua::TemplateSetSpec { templates, ..s.clone() }
+    }));
+    lua.set_executors(plan.executors.iter().cloned());
+    lua.set_queues(plan.queues.iter().cloned());
+    for c in &plan.consumers {
+        node.register_entry(&c.id, lua.queue_consumer(c.clone()));
+    }
+}
+
+/// Hosts and process services as the supervisor's specs. A `requires` that names an entry
+/// that is not a service (a queue, a database, a store: there from boot) orders nothing.
 pub(crate) fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
+    let services: std::collections::HashSet<&str> = plan.hosts.iter().map(|h| h.id.as_str()).chain(plan.services.iter().map(|s| s.id.as_str())).collect();
+    let runs = |r: &&wippy_registry::EntryId| services.contains(r.as_str());
     let mut specs = Vec::new();
     for h in &plan.hosts {
         let mut config = h.config.clone();
@@ -53,7 +70,7 @@ pub(crate) fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
         specs.push(ServiceSpec {
             id: h.id.to_string(),
             kind: ServiceKind::Host(config),
-            requires: h.lifecycle.requires.iter().map(|r| r.to_string()).collect(),
+            requires: h.lifecycle.requires.iter().filter(runs).map(|r| r.to_string()).collect(),
             auto_start: h.lifecycle.auto_start,
             stop_timeout: h.lifecycle.stop_timeout,
             restart: restart(&h.lifecycle),
@@ -62,7 +79,7 @@ pub(crate) fn service_specs(plan: &Plan) -> Vec<ServiceSpec> {
     for s in &plan.services {
         // The service's actor and scope (lifecycle.security) become its process's identity.
         let identity = s.identity.as_ref().map(|i| Arc::new(plan.identity(i)));
-        let mut requires: Vec<String> = s.lifecycle.requires.iter().map(|r| r.to_string()).collect();
+        let mut requires: Vec<String> = s.lifecycle.requires.iter().filter(runs).map(|r| r.to_string()).collect();
         requires.push(s.host.to_string());
         specs.push(ServiceSpec {
             id: s.id.to_string(),
@@ -94,6 +111,7 @@ impl Boot {
         lua.set_volumes(plan.http.filesystems.iter().map(|(id, dir, _)| (id.to_string(), dir.clone())));
         lua.set_stores(plan.stores.iter().cloned());
         lua.set_databases(plan.databases.iter().cloned());
+        install_resources(&plan, &lua, &node.handle());
         for (id, ttl) in &plan.token_stores {
             lua.add_token_store(id, *ttl);
         }

@@ -17,7 +17,7 @@ use wippy_http::statics::StaticMount;
 use wippy_registry::{Checker, EntryId, Lifecycle};
 use wippy_runtime::{HostConfig, Process};
 
-use crate::plan::{HostPlan, Plan, ServicePlan};
+use crate::plan::Plan;
 
 #[derive(Default)]
 pub struct HttpPlan {
@@ -315,22 +315,10 @@ pub fn service(c: &mut Checker, plan: &mut Plan) {
         let spec = crate::kinds::identity_spec(c, plan, "lifecycle.security");
         plan.http.identities.push((id.clone(), spec));
     }
-    let host_id: EntryId = match handler_host(&id).parse() {
-        Ok(h) => h,
-        Err(e) => {
-            c.error("", format!("{e}"));
-            return;
-        }
-    };
-    host.stop_timeout = lifecycle.stop_timeout;
     // the handlers' host runs as long as the server: started first, stopped after it
-    plan.hosts.push(HostPlan { id: host_id.clone(), config: host, shard: Default::default(), lifecycle: lifecycle.clone(), identity: None });
-    let mut deps = lifecycle.requires.clone();
-    deps.push(host_id.clone());
-    plan.depends(&host_id, &lifecycle.requires);
-    plan.depends(&id, &deps);
-    plan.services.push(ServicePlan { id: id.clone(), process: id.clone(), host: host_id, input: Vec::new(), lifecycle, identity: None });
-    plan.http.services.push((id, config));
+    if crate::kinds::service_on_own_host(c, plan, host, lifecycle, None) {
+        plan.http.services.push((id, config));
+    }
 }
 
 pub fn router(c: &mut Checker, plan: &mut Plan) {

@@ -36,6 +36,16 @@ pub const KINDS: &[Kind] = &[
     Kind { name: "security.token_store", check: token_store },
     Kind { name: "store.memory", check: memory_store },
     Kind { name: "db.sql.sqlite", check: sqlite },
+    Kind { name: "contract.definition", check: contract_definition },
+    Kind { name: "contract.binding", check: contract_binding },
+    Kind { name: "template.set", check: template_set },
+    Kind { name: "template.jet", check: template_jet },
+    Kind { name: "exec.native", check: exec_native },
+    Kind { name: "queue.driver.memory", check: |c, _| c.only("", &["lifecycle"]) },
+    Kind { name: "queue.queue", check: queue },
+    Kind { name: "queue.consumer", check: queue_consumer },
+    // a module's name and documentation (Wippy's: nothing runs from it)
+    Kind { name: "ns.definition", check: |c, _| c.only("", &["module", "readme", "wiki"]) },
     // resolved when the project loads (wippy_registry::Project): here only their fields
     Kind { name: "ns.dependency", check: |c, _| c.only("", &["component", "version", "parameters"]) },
     Kind { name: "ns.requirement", check: |c, _| c.only("", &["default", "targets"]) },
@@ -96,7 +106,9 @@ fn terminal_host(c: &mut Checker, plan: &mut Plan) {
 }
 
 fn lua(c: &mut Checker, plan: &mut Plan, kind: EntryKind) {
-    c.only("", &["source", "method", "modules", "imports", "security"]);
+    // (`pool`: Wippy's executor pool for a function; a call here is a process on its
+    // caller's host, so there is no pool to size)
+    c.only("", &["source", "method", "modules", "imports", "security", "pool"]);
     // the entry's own `security:` block (process and function entries)
     if kind == EntryKind::Library && c.get("security").is_some() {
         c.error("security", "a library has no processes of its own to secure; put the block on the entries that import it");
@@ -199,6 +211,207 @@ fn sqlite(c: &mut Checker, plan: &mut Plan) {
         return;
     }
     plan.databases.push((c.entry.id.to_string(), file));
+}
+
+/// `contract.definition`: a contract's methods (`name`, `description`, `input_schemas`,
+/// `output_schemas`), read by the `contract` module from the registry.
+fn contract_definition(c: &mut Checker, _plan: &mut Plan) {
+    c.only("", &["methods", "context_required"]);
+    let Some(methods) = c.get("methods") else { return };
+    let Some(list) = methods.as_array() else {
+        c.error("methods", "must be a list of {name, description, input_schemas, output_schemas}");
+        return;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in list.iter().enumerate() {
+        match m.get("name").and_then(|n| n.as_str()) {
+            Some(n) if !n.is_empty() => {
+                if !seen.insert(n.to_string()) {
+                    c.error(&format!("methods.{i}.name"), format!("method {n:?} is defined twice"));
+                }
+            }
+            _ => c.error(&format!("methods.{i}.name"), "missing (required): the method's name"),
+        }
+    }
+}
+
+/// `contract.binding`: `contracts: [{contract, default, methods: {name: function}}]`; every
+/// method named must be one of its contract's, and every function a `function.lua` entry.
+fn contract_binding(c: &mut Checker, _plan: &mut Plan) {
+    c.only("", &["contracts", "context_values"]);
+    let Some(list) = c.get("contracts").and_then(|v| v.as_array()) else {
+        c.error("contracts", "missing (required): a list of {contract, default, methods}");
+        return;
+    };
+    for (i, item) in list.iter().enumerate() {
+        let field = format!("contracts.{i}");
+        let Some(def) = required_ref(c, &format!("{field}.contract"), &["contract.definition"]) else { continue };
+        let _ = c.bool(&format!("{field}.default"), false);
+        let known: Vec<String> = c
+            .index_entry(&def)
+            .and_then(|e| e.fields.get("methods").and_then(|m| m.as_array()).map(|ms| ms.iter().filter_map(|m| m.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect()))
+            .unwrap_or_default();
+        let Some(methods) = item.get("methods").and_then(|m| m.as_object()) else {
+            c.error(&format!("{field}.methods"), "missing (required): a mapping of method name to function entry");
+            continue;
+        };
+        for name in methods.keys() {
+            let mfield = format!("{field}.methods.{name}");
+            if !known.iter().any(|k| k == name) {
+                c.error(&mfield, format!("contract {def} has no method {name:?} (its methods: {})", known.join(", ")));
+                continue;
+            }
+            let _ = c.reference(&mfield, &["function.lua"]);
+        }
+    }
+}
+
+/// A `template.set`'s action delimiters (Jet's `{{ }}` unless `engine.delimiters` says).
+fn delimiters(set: &wippy_registry::Entry) -> (String, String) {
+    let d = |k: &str, default: &str| set.get(&format!("engine.delimiters.{k}")).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or(default).to_string();
+    (d("left", "{{"), d("right", "}}"))
+}
+
+/// `template.set`: a set of Jet templates; `engine.globals` are variables every template
+/// sees, `engine.delimiters.left`/`right` its action delimiters (the comment delimiters and
+/// `extensions` are checked and, as in Wippy, not applied; `development_mode` changes
+/// nothing here, where a set is parsed once per load).
+fn template_set(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["engine", "lifecycle"]);
+    c.only("engine", &["development_mode", "delimiters", "extensions", "globals"]);
+    c.only("engine.delimiters", &["left", "right", "comment_left", "comment_right"]);
+    let _ = c.bool("engine.development_mode", false);
+    for k in ["left", "right", "comment_left", "comment_right"] {
+        let field = format!("engine.delimiters.{k}");
+        if let Some(v) = c.get(&field) {
+            if v.as_str().is_none_or(|s| s.is_empty()) {
+                c.error(&field, "must be a non-empty string");
+            }
+        }
+    }
+    let _ = c.strings("engine.extensions");
+    let globals = match c.get("engine.globals") {
+        None => Vec::new(),
+        Some(serde_json::Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        Some(_) => {
+            c.error("engine.globals", "must be a mapping of names to values");
+            Vec::new()
+        }
+    };
+    let (left, right) = delimiters(c.entry);
+    plan.template_sets.push(wippy_lua::TemplateSetSpec { id: c.entry.id.to_string(), left, right, globals, templates: Vec::new() });
+}
+
+/// `template.jet`: one template of a set, named by its entry name or `meta.name`; its
+/// source is parsed at load, so a syntax error names the file, entry and line.
+fn template_jet(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["set", "source", "data_func"]);
+    let set = required_ref(c, "set", &["template.set"]);
+    let name = c.entry.meta_str("name").map(str::to_string).unwrap_or_else(|| c.entry.id.name().to_string());
+    let Some(source) = c.entry.source.clone() else {
+        if c.get("source").is_none() {
+            c.error("source", "missing (required): the template text, or file://path relative to this YAML file");
+        }
+        return;
+    };
+    let Some(set) = set else { return };
+    let (left, right) = c.index_entry(&set).map(delimiters).unwrap_or_else(|| ("{{".into(), "}}".into()));
+    if let Err(e) = wippy_lua::jet::parse(&source.text, &left, &right) {
+        c.error("source", format!("{}: {e}", source.name));
+        return;
+    }
+    if plan.templates.iter().any(|(s, n, _)| *s == set.to_string() && *n == name) {
+        c.error("", format!("template set {set} already has a template named {name:?}"));
+        return;
+    }
+    plan.templates.push((set.to_string(), name, source.text.to_string()));
+}
+
+/// `exec.native`: the `exec` module's executor of OS commands (`default_work_dir`,
+/// `default_env`, `command_whitelist` of exact commands).
+fn exec_native(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["default_work_dir", "default_env", "command_whitelist", "lifecycle"]);
+    let default_work_dir = c.string("default_work_dir").filter(|s| !s.is_empty()).map(std::path::PathBuf::from);
+    let default_env = match c.get("default_env") {
+        None => Vec::new(),
+        Some(serde_json::Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect(),
+        Some(_) => {
+            c.error("default_env", "must be a mapping of names to values");
+            Vec::new()
+        }
+    };
+    let command_whitelist = c.strings("command_whitelist");
+    plan.executors.push((c.entry.id.to_string(), wippy_lua::ExecConfig { default_work_dir, default_env, command_whitelist }));
+}
+
+/// `queue.queue`: a queue on the memory driver (the only driver here; an AMQP or SQS
+/// driver entry is an unknown kind). `driver_options.memory.max_length` bounds it (Wippy's
+/// default 1000); `codec` is checked as Wippy's (an unknown one fails at load); other
+/// drivers' options and `dead_letter` are accepted and, as in Wippy's memory driver, unused.
+fn queue(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["driver", "codec", "queue_name", "driver_options", "options", "dead_letter", "lifecycle"]);
+    c.only("dead_letter", &["queue", "max_attempts"]);
+    let _ = required_ref(c, "driver", &["queue.driver.memory"]);
+    let codec = c.string("codec").unwrap_or_else(|| "json/plain".into());
+    if !["json/plain", "application/msgpack"].contains(&codec.as_str()) {
+        c.error("codec", format!("unknown codec {codec:?} (known: json/plain, application/msgpack)"));
+    }
+    let _ = c.string("queue_name");
+    let _ = c.uint("dead_letter.max_attempts", 0);
+    if c.get("dead_letter.queue").is_some() {
+        let _ = c.reference("dead_letter.queue", &["queue.queue"]);
+    }
+    // (`options.max_length`: the older spelling)
+    let max = if c.get("driver_options.memory.max_length").is_some() { c.uint("driver_options.memory.max_length", 0) } else { c.uint("options.max_length", 0) };
+    plan.queues.push((c.entry.id.to_string(), max as usize));
+}
+
+/// `queue.consumer`: a service that runs `func` once per message of `queue`, at most
+/// `concurrency` at once, holding at most `prefetch` taken messages (Wippy's limits: 1000
+/// and 10000). Its handlers run on a host of its own, `<consumer>#workers`.
+fn queue_consumer(c: &mut Checker, plan: &mut Plan) {
+    c.only("", &["queue", "func", "concurrency", "prefetch", "auto_ack", "driver_options", "lifecycle"]);
+    let queue = required_ref(c, "queue", &["queue.queue"]);
+    let func = required_ref(c, "func", &["function.lua"]);
+    let concurrency = c.positive("concurrency", 1);
+    if concurrency > 1000 {
+        c.error("concurrency", format!("must be at most 1000, got {concurrency}"));
+    }
+    let prefetch = c.positive("prefetch", 10);
+    if prefetch > 10_000 {
+        c.error("prefetch", format!("must be at most 10000, got {prefetch}"));
+    }
+    let _ = c.bool("auto_ack", false);
+    let lifecycle: Lifecycle = c.lifecycle();
+    let identity = c.get("lifecycle.security").map(|_| identity_spec(c, plan, "lifecycle.security"));
+    let id = c.entry.id.clone();
+    let (Some(queue), Some(func)) = (queue, func) else { return };
+    let host = HostConfig::new(&format!("{id}#workers"));
+    if service_on_own_host(c, plan, host, lifecycle, identity) {
+        plan.consumers.push(wippy_lua::ConsumerConfig { id: id.to_string(), queue: queue.to_string(), func: func.to_string(), concurrency: concurrency as usize, prefetch: prefetch as usize });
+    }
+}
+
+/// The entry as a service (its process is the entry itself, a native one) on a host of its
+/// own, `host`, that starts before it and stops after it (an HTTP server's handlers, a queue
+/// consumer's). False when the host's name is not an entry ID (reported).
+pub(crate) fn service_on_own_host(c: &mut Checker, plan: &mut Plan, mut host: HostConfig, lifecycle: Lifecycle, identity: Option<IdentitySpec>) -> bool {
+    let id = c.entry.id.clone();
+    let host_id: EntryId = match host.name.parse() {
+        Ok(h) => h,
+        Err(e) => {
+            c.error("", format!("{e}"));
+            return false;
+        }
+    };
+    host.stop_timeout = lifecycle.stop_timeout;
+    plan.hosts.push(HostPlan { id: host_id.clone(), config: host, shard: Default::default(), lifecycle: lifecycle.clone(), identity: None });
+    let mut deps = lifecycle.requires.clone();
+    deps.push(host_id.clone());
+    plan.depends(&host_id, &lifecycle.requires);
+    plan.depends(&id, &deps);
+    plan.services.push(ServicePlan { id: id.clone(), process: id, host: host_id, input: Vec::new(), lifecycle, identity });
+    true
 }
 
 /// `meta.command: {name, short}` makes a process a named CLI command.

@@ -89,6 +89,7 @@ impl Live {
         self.lua.set_volumes(plan.http.filesystems.iter().map(|(id, dir, _)| (id.to_string(), dir.clone())));
         self.lua.set_stores(plan.stores.iter().cloned());
         self.lua.set_databases(plan.databases.iter().cloned());
+        crate::boot::install_resources(&plan, &self.lua, &self.node);
         for (id, ttl) in &plan.token_stores {
             self.lua.add_token_store(id, *ttl);
         }

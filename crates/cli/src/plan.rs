@@ -99,6 +99,16 @@ pub struct Plan {
     pub stores: Vec<(String, usize)>,
     /// `db.sql.sqlite` entries: ID and file (absolute once the plan is built) or `:memory:`.
     pub databases: Vec<(String, String)>,
+    /// `exec.native` entries.
+    pub executors: Vec<(String, wippy_lua::ExecConfig)>,
+    /// `template.set` entries (their templates are in `templates`).
+    pub template_sets: Vec<wippy_lua::TemplateSetSpec>,
+    /// `template.jet` entries: set ID, template name, source.
+    pub templates: Vec<(String, String, String)>,
+    /// `queue.queue` entries: ID and `max_length` (0: the default).
+    pub queues: Vec<(String, usize)>,
+    /// `queue.consumer` entries (each also a service on its own host).
+    pub consumers: Vec<wippy_lua::ConsumerConfig>,
     pub commands: Vec<Command>,
     pub tests: Vec<TestPlan>,
     pub policies: Vec<PolicyPlan>,

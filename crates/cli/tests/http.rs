@@ -1198,7 +1198,7 @@ fn example(name: &str) -> PathBuf {
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap().path();
         let text = std::fs::read_to_string(&f).unwrap();
-        let text = text.replace("addr: 127.0.0.1:8080", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8081", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8082", "addr: 127.0.0.1:0");
+        let text = text.replace("addr: 127.0.0.1:8080", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8081", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8082", "addr: 127.0.0.1:0").replace("addr: 127.0.0.1:8083", "addr: 127.0.0.1:0");
         std::fs::write(dir.join("src").join(f.file_name().unwrap()), text).unwrap();
     }
     std::fs::write(dir.join(".wippy.yaml"), "logger:\n  level: info\n").unwrap();
@@ -1234,6 +1234,27 @@ fn the_http_workers_example_puts_processes_behind_http() {
     assert!(t.elapsed() < Duration::from_millis(250), "the response waited for the task: {:?}", t.elapsed());
     let task = r.json()["task"].as_str().unwrap().to_string();
     node.wait_for(&["task done", &task]);
+}
+
+#[test]
+fn the_task_queue_example_runs_a_process_per_job_and_retries_a_failed_one() {
+    let mut node = Node::start(&example("task-queue"));
+    let a = node.request("POST", "/api/jobs", &[], br#"{"n": 10000}"#);
+    assert_eq!(a.status, 202);
+    let b = node.request("POST", "/api/jobs", &[], br#"{"n": 1000, "fail_once": true}"#);
+    assert_eq!(node.request("POST", "/api/jobs", &[], br#"{"n": "x"}"#).status, 400);
+    let (a, b) = (a.json()["id"].as_str().unwrap().to_string(), b.json()["id"].as_str().unwrap().to_string());
+    // each job logs when its result is stored (the second after its failed first attempt);
+    // the two run at once, so either may finish first
+    node.run.saw_or_wait(&["job done", &a]);
+    node.run.saw_or_wait(&["job done", &b, "attempts=2"]);
+    let ra = node.get(&format!("/api/jobs/{a}"), &[]).json();
+    assert_eq!((ra["primes"].as_i64(), ra["attempts"].as_i64()), (Some(1229), Some(1)), "{ra}");
+    assert!(ra["worker"].as_str().unwrap().starts_with("{app:job_worker#workers|"), "{ra}");
+    let rb = node.get(&format!("/api/jobs/{b}"), &[]).json();
+    assert_eq!((rb["primes"].as_i64(), rb["attempts"].as_i64()), (Some(168), Some(2)), "{rb}");
+    assert_ne!(ra["worker"], rb["worker"], "each job is its own process");
+    assert_eq!(node.get("/api/jobs/unknown", &[]).status, 404);
 }
 
 #[test]

@@ -92,3 +92,22 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Write a project (`src/_index.yaml` and any other files, paths relative to the project)
+/// into a fresh temporary directory, run `wippy -s -d DIR ARGS...` to its end, and give its
+/// exit code and stdout (stderr is in the panic message when the code is not 0). The
+/// directory is removed afterwards.
+pub fn run_project(tag: &str, files: &[(&str, &str)], args: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!("wippy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_wippy")).arg("-s").arg("-d").arg(&dir).args(args).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "stdout: {out}\nstderr: {}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+    out
+}
