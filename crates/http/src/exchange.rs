@@ -269,6 +269,21 @@ impl Exchange {
         !self.resp.lock().committed
     }
 
+    /// [`Exchange::write`] of borrowed bytes: copied once, into the buffered answer, or into
+    /// a chunk when the answer streams.
+    pub fn write_slice(&self, data: &[u8]) -> Write {
+        {
+            let mut r = self.resp.lock();
+            if r.stream.is_none() {
+                r.handled = true;
+                r.committed = true;
+                r.buf.extend_from_slice(data);
+                return Write::Done;
+            }
+        }
+        self.write(Bytes::copy_from_slice(data))
+    }
+
     pub fn write(&self, data: Bytes) -> Write {
         let mut r = self.resp.lock();
         r.handled = true;

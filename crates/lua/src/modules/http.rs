@@ -63,24 +63,41 @@ fn opt_str(v: Option<&hyper::header::HeaderValue>) -> Option<String> {
     v.and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
+/// A query key or value decoded (`+` a space, `%XX` a byte); text that is not UTF-8 once
+/// decoded stays as written.
+fn decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(wippy_http::client::decode_query(s).unwrap_or_else(|_| s.to_string()))
+}
+
+/// The query's pairs as written (not decoded).
+fn raw_pairs(ex: &Exchange) -> impl Iterator<Item = (&str, &str)> {
+    let q = ex.uri.query().unwrap_or("");
+    q.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
 /// The query's pairs, decoded.
 fn query_pairs(ex: &Exchange) -> Vec<(String, String)> {
-    let q = ex.uri.query().unwrap_or("");
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let d = |s: &str| wippy_http::client::decode_query(s).unwrap_or_else(|_| s.to_string());
-            (d(k), d(v))
-        })
-        .collect()
+    raw_pairs(ex).map(|(k, v)| (decode(k).into_owned(), decode(v).into_owned())).collect()
+}
+
+/// The decoded value of the first pair whose decoded key is `key` (one lookup decodes
+/// nothing but the keys that need it and the value found).
+fn query_value(ex: &Exchange, key: &str) -> Option<String> {
+    raw_pairs(ex).find(|(k, _)| decode(k) == key).map(|(_, v)| decode(v).into_owned())
 }
 
 impl UserData for Request {
+    fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
+        f.add_meta_field_with("__index", methods_index);
+    }
+
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("method", |_, r, ()| Ok(r.ex.method.as_str().to_string()));
         m.add_method("path", |_, r, ()| Ok(r.ex.uri.path().to_string()));
-        m.add_method("query", |_, r, key: String| Ok(query_pairs(&r.ex).into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)));
+        m.add_method("query", |_, r, key: mlua::LuaString| Ok(query_value(&r.ex, &key.to_str()?)));
         m.add_method("query_params", |lua, r, ()| {
             let t = lua.create_table()?;
             for (k, v) in query_pairs(&r.ex) {
@@ -174,7 +191,6 @@ impl UserData for Request {
             let id = start(reading(timeout, fut))?;
             Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
         });
-        m.add_meta_method(MetaMethod::Index, |lua, _, key: String| async_method(lua, &key));
         m.add_meta_method(MetaMethod::ToString, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())));
     }
 }
@@ -218,13 +234,20 @@ impl UserData for BodyStream {
     }
 }
 
-/// A method written in Lua (it waits), registered by the prelude in `R.http_async`.
-fn async_method(lua: &Lua, key: &str) -> mlua::Result<LuaValue> {
-    let t: Option<Table> = lua.named_registry_value("wippy.http_async")?;
-    match t {
-        Some(t) => t.raw_get(key),
-        None => Ok(LuaValue::Nil),
+/// The `__index` of a request's or response's metatable: a plain table (a method call is one
+/// table lookup, where an `__index` function ran a Lua wrapper and a Rust callback for every
+/// method named), made here with the methods written in Lua (they wait) that the prelude
+/// registered in `R.http_async`; mlua adds the type's Rust methods to it in place. One table
+/// per type, made when the VM makes its first object of the type (after the prelude ran).
+fn methods_index(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    if let Some(waiting) = lua.named_registry_value::<Option<Table>>("wippy.http_async")? {
+        for pair in waiting.pairs::<LuaValue, LuaValue>() {
+            let (k, v) = pair?;
+            t.raw_set(k, v)?;
+        }
     }
+    Ok(t)
 }
 
 fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
@@ -236,6 +259,10 @@ fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
 }
 
 impl UserData for Response {
+    fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
+        f.add_meta_field_with("__index", methods_index);
+    }
+
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("set_header", |lua, r, (name, value): (String, LuaValue)| {
             let value = match &value {
@@ -246,7 +273,7 @@ impl UserData for Response {
             };
             r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
         });
-        m.add_method("set_content_type", |lua, r, ct: String| r.ex.set_header("Content-Type", &ct).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil)));
+        m.add_method("set_content_type", |lua, r, ct: mlua::LuaString| r.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil)));
         m.add_method("set_status", |lua, r, code: LuaValue| {
             let code = match code {
                 LuaValue::Integer(i) => i,
@@ -269,12 +296,12 @@ impl UserData for Response {
         });
         m.add_method("flush", |lua, r, ()| write_result(lua, r.ex.flush()).map(|_| LuaValue::Nil));
         m.add_method("_write", |lua, r, data: LuaValue| {
-            let bytes = match &data {
-                LuaValue::String(s) => Bytes::copy_from_slice(&s.as_bytes()),
-                LuaValue::Integer(_) | LuaValue::Number(_) => Bytes::from(data.to_string()?),
+            let w = match &data {
+                LuaValue::String(s) => r.ex.write_slice(&s.as_bytes()),
+                LuaValue::Integer(_) | LuaValue::Number(_) => r.ex.write(Bytes::from(data.to_string()?)),
                 other => return Err(bad_arg(1, "write", "string", other)),
             };
-            write_result(lua, r.ex.write(bytes))
+            write_result(lua, w)
         });
         m.add_method("_write_json", |lua, r, v: LuaValue| {
             let text = match super::json::to_json(&v, 0) {
@@ -305,7 +332,6 @@ impl UserData for Response {
                 w => write_result(lua, w),
             }
         });
-        m.add_meta_method(MetaMethod::Index, |lua, _, key: String| async_method(lua, &key));
         m.add_meta_method(MetaMethod::ToString, |_, _, ()| Ok("response"));
     }
 }
