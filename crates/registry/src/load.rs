@@ -84,20 +84,104 @@ pub(crate) fn yaml_error(file: &str, what: &str, e: &serde_saphyr::Error) -> Loa
     }
 }
 
-/// The line and column of `field` (its last key) inside the entry at `origin`: looked up
-/// between the entry's first and last line; else the entry's own position.
+/// The line and column of `field` inside the entry at `origin`: its dotted path walked
+/// through the entry's YAML (`list.0` or `list[1]` picks a list's first item), as deep as the
+/// text goes (a missing key is reported where its mapping starts); when the path cannot be
+/// followed (flow style, or a field the entry does not spell), the first line between the
+/// entry's first and last line whose key is the path's last one; else the entry's position.
 pub(crate) fn field_line(text: Option<&str>, origin: &Origin, field: &str) -> (u64, u64) {
     let key = field.rsplit('.').next().unwrap_or(field);
     if let Some(text) = text {
-        let lines = text.lines().enumerate().skip(origin.line.saturating_sub(1) as usize);
-        for (i, line) in lines.take((origin.end_line + 1 - origin.line) as usize) {
+        let first = origin.line.saturating_sub(1) as usize;
+        let lines: Vec<&str> = text.lines().skip(first).take((origin.end_line + 1 - origin.line) as usize).collect();
+        if let Some((i, col)) = walk(&lines, field) {
+            return ((first + i) as u64 + 1, col as u64 + 1);
+        }
+        for (i, line) in lines.iter().enumerate() {
             let t = line.trim_start().trim_start_matches("- ");
             if t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')) {
-                return (i as u64 + 1, (line.len() - t.len()) as u64 + 1);
+                return ((first + i) as u64 + 1, (line.len() - t.len()) as u64 + 1);
             }
         }
     }
     (origin.line, origin.column)
+}
+
+/// One line of block-style YAML: the column of its `-` when it is a list item, and the
+/// column and name of its key (after the `-`) when it has one.
+struct YamlLine<'a> {
+    dash: Option<usize>,
+    at: usize,
+    key: Option<&'a str>,
+}
+
+fn yaml_line(line: &str) -> Option<YamlLine<'_>> {
+    let t = line.trim_start();
+    if t.is_empty() || t.starts_with('#') {
+        return None;
+    }
+    let indent = line.len() - t.len();
+    let (dash, rest) = match t.strip_prefix('-').filter(|r| r.is_empty() || r.starts_with(' ')) {
+        Some(r) => (Some(indent), r.trim_start()),
+        None => (None, t),
+    };
+    let at = line.len() - rest.len();
+    let key = rest.split_once(':').filter(|(_, after)| after.is_empty() || after.starts_with(' ')).map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\'')).filter(|k| !k.is_empty() && !k.contains(['{', '[', ' ']));
+    Some(YamlLine { dash, at, key })
+}
+
+/// Where `path` is in `lines` (an entry's lines, its first one `- name: ...`): the line and
+/// column of the deepest part of the path found, if at least its first part is.
+fn walk(lines: &[&str], path: &str) -> Option<(usize, usize)> {
+    let parsed: Vec<Option<YamlLine>> = lines.iter().map(|l| yaml_line(l)).collect();
+    // the mapping being searched: lines [from, to), its keys at column `level`
+    let (mut from, mut to) = (0, lines.len());
+    let mut level = parsed.first()?.as_ref()?.at;
+    let mut found: Option<(usize, usize)> = None;
+    // `a.0.b` (from 0) and `a[1].b` (from 1, as the policy checks write it) both name a list item
+    let mut segs: Vec<std::borrow::Cow<str>> = Vec::new();
+    for part in path.split('.') {
+        match part.split_once('[').and_then(|(k, rest)| Some((k, rest.strip_suffix(']')?.parse::<usize>().ok()?))) {
+            Some((k, n)) if n > 0 => {
+                segs.push(k.into());
+                segs.push((n - 1).to_string().into());
+            }
+            _ => segs.push(part.into()),
+        }
+    }
+    for seg in segs.iter().map(|s| &**s) {
+        let next = if let Ok(n) = seg.parse::<usize>() {
+            // the n-th item of the list in [from, to): lines whose `-` is at the list's column
+            (|| {
+                let col = (from..to).find_map(|i| parsed[i].as_ref().and_then(|l| l.dash))?;
+                let items: Vec<usize> = (from..to).filter(|&i| parsed[i].as_ref().is_some_and(|l| l.dash == Some(col))).collect();
+                let at = *items.get(n)?;
+                let end = items.iter().find(|&&i| i > at).copied().unwrap_or(to);
+                let key_at = parsed[at].as_ref()?.at;
+                Some(((at, key_at), (at, end, key_at)))
+            })()
+        } else {
+            (|| {
+                let i = (from..to).find(|&i| parsed[i].as_ref().is_some_and(|l| l.at == level && l.key == Some(seg)))?;
+                // its value: the lines after it indented deeper, or a list at its own column
+                let end = (i + 1..to)
+                    .find(|&j| {
+                        parsed[j].as_ref().is_some_and(|l| {
+                            let indent = l.dash.unwrap_or(l.at);
+                            indent < level || (indent == level && l.dash.is_none())
+                        })
+                    })
+                    .unwrap_or(to);
+                // (an inline value has nothing deeper: the next part, if any, is not found)
+                let inner = (i + 1..end).find_map(|j| parsed[j].as_ref()).map_or(level + 1, |l| l.at);
+                Some(((i, level), (i + 1, end, inner)))
+            })()
+        };
+        let Some((at, range)) = next else { break };
+        found = Some(at);
+        (from, to, level) = range;
+    }
+    found
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -517,5 +601,60 @@ mod lexical_tests {
         assert_eq!(lexical(Path::new("./src/./x/../y.lua")), Path::new("src/y.lua"));
         assert_eq!(lexical(Path::new("src/../../../etc")), Path::new("../../etc"));
         assert!(!lexical(Path::new("p/src/../../q")).starts_with(lexical(Path::new("p/src"))));
+    }
+}
+
+#[cfg(test)]
+mod field_line_tests {
+    use super::field_line;
+    use crate::Origin;
+
+    const YAML: &str = "\
+entries:
+  - name: svc
+    kind: process.service
+    host:
+      workers: 2
+      name: inner
+    methods:
+      - name: a
+        params:
+          - name: x
+          - name: y
+      - description: no name
+    list:
+    - one
+    - two: 2
+  - name: next
+";
+
+    fn at(field: &str) -> (u64, u64) {
+        let origin = Origin { file: "f.yaml".into(), line: 2, column: 5, end_line: 15 };
+        field_line(Some(YAML), &origin, field)
+    }
+
+    #[test]
+    fn a_path_is_followed_through_mappings_and_list_items() {
+        assert_eq!(at("kind"), (3, 5));
+        // the entry's own name, not the nested host.name
+        assert_eq!(at("name"), (2, 5));
+        assert_eq!(at("host.name"), (6, 7));
+        assert_eq!(at("methods.0.name"), (8, 9));
+        assert_eq!(at("methods.0.params.1.name"), (11, 13));
+        assert_eq!(at("methods[1].params[2].name"), (11, 13));
+        // a list at its key's own column
+        assert_eq!(at("list.1.two"), (15, 7));
+    }
+
+    #[test]
+    fn a_missing_part_is_reported_where_the_path_stops() {
+        // the item that has no name
+        assert_eq!(at("methods.1.name"), (12, 9));
+        // the mapping a missing key belongs in
+        assert_eq!(at("host.timeout"), (4, 5));
+        // nothing of the path: the entry
+        assert_eq!(at("nowhere.at.all"), (2, 5));
+        // an index past the list's end: the list's key
+        assert_eq!(at("methods.5.name"), (7, 5));
     }
 }
