@@ -1632,3 +1632,68 @@ fn sendfile_and_resource_firewall_settings_are_checked_at_load() {
     let e = load_error("firewall-notarget", &format!("{head}  - {{ name: r, kind: http.router, meta: {{ server: gateway }}, prefix: /r, middleware: [resource_firewall] }}\n"));
     assert!(e.contains("entry app:r") && e.contains("resource_firewall.target: missing"), "{e}");
 }
+
+/// The methods every handler calls answer the same through their C fast path and through
+/// mlua (refusals as error values, misuse as raised errors, numbers where strings go).
+#[test]
+fn request_and_response_methods_answer_alike_on_every_path() {
+    let body = r#"        local req, res = http.request(), http.response()
+        local out = {}
+        local function note(k, v) out[#out + 1] = k .. "=" .. tostring(v) end
+        note("method", req:method())
+        note("path", req:path())
+        note("q", req:query("a b"))
+        note("missing", req:query("nope"))
+        note("num", req:query(7))
+        local q = req.query
+        note("extracted", q(req, "n"))
+        note("badname", res:set_header("bad name", "x") ~= nil)
+        note("numvalue", res:set_header("X-Num", 42))
+        note("ok", res:set_header("X-Ok", "yes"))
+        note("ctype", res:set_content_type("text/plain"))
+        local ok, e = pcall(function() return res:set_status("201") end)
+        note("strstatus", ok)
+        ok, e = pcall(res.set_status, req, 201)
+        note("wrongself", ok)
+        ok, e = pcall(req.query, res, "n")
+        note("wrongself2", ok)
+        note("badstatus", res:set_status(99) ~= nil)
+        note("status", res:set_status(201))
+        note("again", res:set_status(202) ~= nil)
+        note("late", res:set_header("X-Late", "1") ~= nil)
+        res:write(table.concat(out, "\n"))
+        res:write(7)"#;
+    let yaml = format!(
+        "{}{}  - {{ name: m.ep, kind: http.endpoint, meta: {{ router: api }}, method: POST, path: /m, func: m }}\n",
+        gateway_api(""),
+        handler("m", "", body)
+    );
+    let dir = project("alike", &yaml);
+    let node = Node::start(&dir);
+    let r = node.request("POST", "/api/m?a+b=x%20y&n=5&7=seven", &[], b"");
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.header("x-num"), Some("42"));
+    assert_eq!(r.header("x-ok"), Some("yes"));
+    assert!(r.header("x-late").is_none(), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let want = [
+        "method=POST",
+        "path=/api/m",
+        "q=x y",
+        "missing=nil",
+        "num=seven",
+        "extracted=5",
+        "badname=true",
+        "numvalue=nil",
+        "ok=nil",
+        "ctype=nil",
+        "strstatus=false",
+        "wrongself=false",
+        "wrongself2=false",
+        "badstatus=true",
+        "status=nil",
+        "again=true",
+        "late=true",
+    ];
+    assert_eq!(r.body, format!("{}7", want.join("\n")), "{r:?}");
+}

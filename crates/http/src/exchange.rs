@@ -269,17 +269,23 @@ impl Exchange {
         !self.resp.lock().committed
     }
 
+    /// Add `data` to a buffered answer (true), or do nothing when the answer streams (false).
+    pub fn write_buffered(&self, data: &[u8]) -> bool {
+        let mut r = self.resp.lock();
+        if r.stream.is_some() {
+            return false;
+        }
+        r.handled = true;
+        r.committed = true;
+        r.buf.extend_from_slice(data);
+        true
+    }
+
     /// [`Exchange::write`] of borrowed bytes: copied once, into the buffered answer, or into
     /// a chunk when the answer streams.
     pub fn write_slice(&self, data: &[u8]) -> Write {
-        {
-            let mut r = self.resp.lock();
-            if r.stream.is_none() {
-                r.handled = true;
-                r.committed = true;
-                r.buf.extend_from_slice(data);
-                return Write::Done;
-            }
+        if self.write_buffered(data) {
+            return Write::Done;
         }
         self.write(Bytes::copy_from_slice(data))
     }

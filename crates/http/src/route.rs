@@ -117,7 +117,8 @@ impl Pattern {
                     };
                     match seg {
                         Seg::Lit(l) => {
-                            if part != l && decode(part) != *l {
+                            // (only an escaped segment can still equal it once decoded)
+                            if part != l && !(part.contains('%') && decode(part) == *l) {
                                 return None;
                             }
                         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mlua::{Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
+use std::os::raw::c_int;
+
+use mlua::{ffi, AnyUserData, Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_http::exchange::Write;
 use wippy_http::Exchange;
 use wippy_runtime::{Command, Error, ErrorKind, Value};
@@ -91,13 +93,22 @@ fn query_value(ex: &Exchange, key: &str) -> Option<String> {
 
 impl UserData for Request {
     fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
-        f.add_meta_field_with("__index", methods_index);
+        f.add_meta_field_with("__index", |lua| {
+            let t = methods_index(lua)?;
+            hot(lua, &t, "method", req_method, lua.create_function(|_, ud: AnyUserData| Ok(ud.borrow::<Request>()?.ex.method.as_str().to_string()))?)?;
+            hot(lua, &t, "path", req_path, lua.create_function(|_, ud: AnyUserData| Ok(ud.borrow::<Request>()?.ex.uri.path().to_string()))?)?;
+            hot(
+                lua,
+                &t,
+                "query",
+                req_query,
+                lua.create_function(|_, (ud, key): (AnyUserData, mlua::LuaString)| Ok(query_value(&ud.borrow::<Request>()?.ex, &key.to_str()?)))?,
+            )?;
+            Ok(t)
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("method", |_, r, ()| Ok(r.ex.method.as_str().to_string()));
-        m.add_method("path", |_, r, ()| Ok(r.ex.uri.path().to_string()));
-        m.add_method("query", |_, r, key: mlua::LuaString| Ok(query_value(&r.ex, &key.to_str()?)));
         m.add_method("query_params", |lua, r, ()| {
             let t = lua.create_table()?;
             for (k, v) in query_pairs(&r.ex) {
@@ -234,6 +245,238 @@ impl UserData for BodyStream {
     }
 }
 
+/// Install method `name` in `index` as a C function that does the common case itself (a
+/// handler process's own request or response, arguments of the plain types), and hands
+/// anything else, errors included, to `slow` (the same method through mlua), so that both
+/// answer alike. The common case of the methods every handler calls costs a C call instead
+/// of an mlua callback (its argument conversions and userdata borrow).
+fn hot(lua: &Lua, index: &Table, name: &str, fast: unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int, slow: mlua::Function) -> mlua::Result<()> {
+    // SAFETY: pushcclosure pops the three values exec_raw pushed and pushes the closure.
+    // (upvalue 3, the key "__index", is read raw from the argument's metatable)
+    let f: mlua::Function = unsafe { lua.exec_raw((slow, index.clone(), "__index"), |l| ffi::lua_pushcclosure(l, fast, 3)) }?;
+    index.raw_set(name, f)
+}
+
+/// The exchange of the running handler process, for `f`, when argument 1 is one of this
+/// type's objects (its metatable's `__index` is upvalue 2); `None` sends the call to the
+/// slow path.
+///
+/// # Safety
+/// Inside a C closure made by [`hot`], with `LUA_MINSTACK` free slots; leaves the stack as
+/// it found it.
+unsafe fn mine<R>(l: *mut ffi::lua_State, f: impl FnOnce(&Exchange) -> Option<R>) -> Option<R> {
+    // SAFETY: the caller's contract.
+    let ours = unsafe {
+        let top = ffi::lua_gettop(l);
+        let ok = ffi::lua_getmetatable(l, 1) != 0 && {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
+            ffi::lua_rawget(l, -2);
+            ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0
+        };
+        ffi::lua_settop(l, top);
+        ok
+    };
+    if !ours {
+        return None;
+    }
+    current::state(|st| st.attachment.as_deref().and_then(|a| a.downcast_ref::<Exchange>()).and_then(f)).ok().flatten()
+}
+
+/// The call as the slow path (upvalue 1) answers it, on the same arguments.
+///
+/// # Safety
+/// Inside a C closure made by [`hot`].
+unsafe fn slow(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_rotate(l, 1, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        ffi::lua_gettop(l)
+    }
+}
+
+thread_local! {
+    /// A string result on its way to Lua: copied here while the exchange is borrowed, pushed
+    /// after (a push may raise a memory error, and nothing with a destructor may be alive then).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn scratch_set(text: &[u8]) {
+    SCRATCH.with(|c| {
+        let mut b = c.take();
+        b.clear();
+        b.extend_from_slice(text);
+        c.set(b);
+    });
+}
+
+/// Push what [`scratch_set`] left.
+///
+/// # Safety
+/// `l` has a free slot.
+unsafe fn push_scratch(l: *mut ffi::lua_State) {
+    // (the buffer stays in the cell: the pointer is valid, and nothing is owned here)
+    let (p, n) = SCRATCH.with(|c| {
+        let b = c.take();
+        let at = (b.as_ptr(), b.len());
+        c.set(b);
+        at
+    });
+    // SAFETY: the caller's contract; `p` points at `n` bytes nobody changes meanwhile.
+    unsafe { ffi::lua_pushlstring(l, p as *const _, n) };
+}
+
+/// A string argument at `idx` (not a number: those take the slow path, which converts).
+///
+/// # Safety
+/// Inside a C function, `idx` a valid index.
+unsafe fn str_arg<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+    // SAFETY: the caller's contract; the string stays on the stack for the call.
+    unsafe { (ffi::lua_type(l, idx) == ffi::LUA_TSTRING).then(|| crate::vm::raw::str_at(l, idx)).flatten() }
+}
+
+/// `req:method()`.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn req_method(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match mine(l, |ex| Some(scratch_set(ex.method.as_str().as_bytes()))) {
+            Some(()) => {
+                push_scratch(l);
+                1
+            }
+            None => slow(l),
+        }
+    }
+}
+
+/// `req:path()`.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn req_path(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match mine(l, |ex| Some(scratch_set(ex.uri.path().as_bytes()))) {
+            Some(()) => {
+                push_scratch(l);
+                1
+            }
+            None => slow(l),
+        }
+    }
+}
+
+/// `req:query(key)`.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn req_query(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let Some(key) = str_arg(l, 2) else { return slow(l) };
+        let found = mine(l, |ex| {
+            Some(match query_value(ex, key) {
+                Some(v) => {
+                    scratch_set(v.as_bytes());
+                    true
+                }
+                None => false,
+            })
+        });
+        match found {
+            Some(true) => push_scratch(l),
+            Some(false) => ffi::lua_pushnil(l),
+            None => return slow(l),
+        }
+        1
+    }
+}
+
+/// A setter's answer: nil when done, else the slow path's (the setters change nothing when
+/// they fail, so the slow path meets the same refusal and words it).
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe fn done_or_slow(l: *mut ffi::lua_State, done: Option<()>) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match done {
+            Some(()) => {
+                ffi::lua_pushnil(l);
+                1
+            }
+            None => slow(l),
+        }
+    }
+}
+
+/// `res:set_status(code)`.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn res_set_status(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if ffi::lua_isinteger(l, 2) == 0 {
+            return slow(l);
+        }
+        let code = ffi::lua_tointeger(l, 2);
+        done_or_slow(l, mine(l, |ex| ex.set_status(code).ok()))
+    }
+}
+
+/// `res:set_content_type(ct)`.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn res_set_content_type(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let Some(ct) = str_arg(l, 2) else { return slow(l) };
+        done_or_slow(l, mine(l, |ex| ex.set_header("Content-Type", ct).ok()))
+    }
+}
+
+/// `res:set_header(name, value)`.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn res_set_header(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (Some(name), Some(value)) = (str_arg(l, 2), str_arg(l, 3)) else { return slow(l) };
+        done_or_slow(l, mine(l, |ex| ex.set_header(name, value).ok()))
+    }
+}
+
+/// `res:_write(s)` (behind the prelude's `write`): `true, nil` once buffered; a streaming
+/// answer (a write that may wait) takes the slow path.
+///
+/// # Safety
+/// A C closure made by [`hot`].
+unsafe extern "C-unwind" fn res_write(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
+            return slow(l);
+        }
+        let data = crate::vm::raw::bytes_at(l, 2);
+        match mine(l, |ex| ex.write_buffered(data).then_some(())) {
+            Some(()) => {
+                ffi::lua_pushboolean(l, 1);
+                ffi::lua_pushnil(l);
+                2
+            }
+            None => slow(l),
+        }
+    }
+}
+
 /// The `__index` of a request's or response's metatable: a plain table (a method call is one
 /// table lookup, where an `__index` function ran a Lua wrapper and a Rust callback for every
 /// method named), made here with the methods written in Lua (they wait) that the prelude
@@ -260,28 +503,68 @@ fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
 
 impl UserData for Response {
     fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
-        f.add_meta_field_with("__index", methods_index);
+        f.add_meta_field_with("__index", |lua| {
+            let t = methods_index(lua)?;
+            hot(
+                lua,
+                &t,
+                "set_header",
+                res_set_header,
+                lua.create_function(|lua, (ud, name, value): (AnyUserData, String, LuaValue)| {
+                    let r = ud.borrow::<Response>()?;
+                    let value = match &value {
+                        LuaValue::String(s) => s.to_str()?.to_string(),
+                        LuaValue::Integer(i) => i.to_string(),
+                        LuaValue::Number(n) => n.to_string(),
+                        other => return Err(bad_arg(2, "set_header", "string", other)),
+                    };
+                    r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+                })?,
+            )?;
+            hot(
+                lua,
+                &t,
+                "set_content_type",
+                res_set_content_type,
+                lua.create_function(|lua, (ud, ct): (AnyUserData, mlua::LuaString)| {
+                    ud.borrow::<Response>()?.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+                })?,
+            )?;
+            hot(
+                lua,
+                &t,
+                "set_status",
+                res_set_status,
+                lua.create_function(|lua, (ud, code): (AnyUserData, LuaValue)| {
+                    let r = ud.borrow::<Response>()?;
+                    let code = match code {
+                        LuaValue::Integer(i) => i,
+                        LuaValue::Number(n) if n.fract() == 0.0 => n as i64,
+                        other => return Err(bad_arg(1, "set_status", "integer", &other)),
+                    };
+                    r.ex.set_status(code).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+                })?,
+            )?;
+            hot(
+                lua,
+                &t,
+                "_write",
+                res_write,
+                lua.create_function(|lua, (ud, data): (AnyUserData, LuaValue)| {
+                    let r = ud.borrow::<Response>()?;
+                    let w = match &data {
+                        LuaValue::String(s) => r.ex.write_slice(&s.as_bytes()),
+                        LuaValue::Integer(_) | LuaValue::Number(_) => r.ex.write(Bytes::from(data.to_string()?)),
+                        other => return Err(bad_arg(1, "write", "string", other)),
+                    };
+                    write_result(lua, w)
+                })?,
+            )?;
+            Ok(t)
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("set_header", |lua, r, (name, value): (String, LuaValue)| {
-            let value = match &value {
-                LuaValue::String(s) => s.to_str()?.to_string(),
-                LuaValue::Integer(i) => i.to_string(),
-                LuaValue::Number(n) => n.to_string(),
-                other => return Err(bad_arg(2, "set_header", "string", other)),
-            };
-            r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
-        });
-        m.add_method("set_content_type", |lua, r, ct: mlua::LuaString| r.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil)));
-        m.add_method("set_status", |lua, r, code: LuaValue| {
-            let code = match code {
-                LuaValue::Integer(i) => i,
-                LuaValue::Number(n) if n.fract() == 0.0 => n as i64,
-                other => return Err(bad_arg(1, "set_status", "integer", &other)),
-            };
-            r.ex.set_status(code).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
-        });
         m.add_method("set_transfer", |lua, r, mode: String| {
             if !r.ex.head_open() {
                 return err_value(lua, Error::invalid("cannot set transfer mode after headers are sent"));
@@ -295,14 +578,6 @@ impl UserData for Response {
             res.map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
         });
         m.add_method("flush", |lua, r, ()| write_result(lua, r.ex.flush()).map(|_| LuaValue::Nil));
-        m.add_method("_write", |lua, r, data: LuaValue| {
-            let w = match &data {
-                LuaValue::String(s) => r.ex.write_slice(&s.as_bytes()),
-                LuaValue::Integer(_) | LuaValue::Number(_) => r.ex.write(Bytes::from(data.to_string()?)),
-                other => return Err(bad_arg(1, "write", "string", other)),
-            };
-            write_result(lua, w)
-        });
         m.add_method("_write_json", |lua, r, v: LuaValue| {
             let text = match super::json::to_json(&v, 0) {
                 Ok(j) => j.to_string(),

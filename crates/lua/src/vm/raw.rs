@@ -511,7 +511,7 @@ unsafe fn spawn_fast(l: *mut ffi::lua_State) -> c_int {
 /// # Safety
 /// `l` is the running thread and `idx` holds a string (or a number, which Lua converts
 /// in place); the slice must not outlive the value's place on the stack.
-unsafe fn bytes_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
+pub(crate) unsafe fn bytes_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         let mut len = 0usize;
@@ -521,7 +521,7 @@ unsafe fn bytes_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
 }
 
 /// `b` as UTF-8, with a short way for ASCII (topics and names mostly are).
-fn utf8(b: &[u8]) -> Option<&str> {
+pub(crate) fn utf8(b: &[u8]) -> Option<&str> {
     if b.is_ascii() {
         // SAFETY: ASCII is UTF-8.
         Some(unsafe { std::str::from_utf8_unchecked(b) })
@@ -534,7 +534,7 @@ fn utf8(b: &[u8]) -> Option<&str> {
 ///
 /// # Safety
 /// As [`bytes_at`].
-unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+pub(crate) unsafe fn str_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         utf8(bytes_at(l, idx))
