@@ -1657,6 +1657,14 @@ fn request_and_response_methods_answer_alike_on_every_path() {
         note("wrongself", ok)
         ok, e = pcall(req.query, res, "n")
         note("wrongself2", ok)
+        note("wrongmsg", tostring(e):find("Request expected, got Response", 1, true) ~= nil)
+        note("type", type(req) .. "/" .. type(res))
+        note("mt", tostring(getmetatable(req)) .. "/" .. tostring(getmetatable(res)))
+        note("str", tostring(req) .. "/" .. tostring(res))
+        note("set", (pcall(function() req.x = 1 end)))
+        local r2 = http.request({ timeout = 50, max_body = 4 })
+        local b, berr = r2:body()
+        note("limited", b == nil and berr ~= nil)
         note("badstatus", res:set_status(99) ~= nil)
         note("status", res:set_status(201))
         note("again", res:set_status(202) ~= nil)
@@ -1670,7 +1678,7 @@ fn request_and_response_methods_answer_alike_on_every_path() {
     );
     let dir = project("alike", &yaml);
     let node = Node::start(&dir);
-    let r = node.request("POST", "/api/m?a+b=x%20y&n=5&7=seven", &[], b"");
+    let r = node.request("POST", "/api/m?a+b=x%20y&n=5&7=seven", &[], b"more than four bytes");
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.header("x-num"), Some("42"));
     assert_eq!(r.header("x-ok"), Some("yes"));
@@ -1690,6 +1698,12 @@ fn request_and_response_methods_answer_alike_on_every_path() {
         "strstatus=false",
         "wrongself=false",
         "wrongself2=false",
+        "wrongmsg=true",
+        "type=userdata/userdata",
+        "mt=false/false",
+        "str=request POST /api/m/response",
+        "set=false",
+        "limited=true",
         "badstatus=true",
         "status=nil",
         "again=true",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use std::os::raw::c_int;
 
-use mlua::{ffi, AnyUserData, Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
+use mlua::{ffi, Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_http::exchange::Write;
 use wippy_http::Exchange;
 use wippy_runtime::{Command, Error, ErrorKind, Value};
@@ -91,119 +91,105 @@ fn query_value(ex: &Exchange, key: &str) -> Option<String> {
     raw_pairs(ex).find(|(k, _)| decode(k) == key).map(|(_, v)| decode(v).into_owned())
 }
 
-impl UserData for Request {
-    fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
-        f.add_meta_field_with("__index", |lua| {
-            let t = methods_index(lua)?;
-            hot(lua, &t, "method", req_method, lua.create_function(|_, ud: AnyUserData| Ok(ud.borrow::<Request>()?.ex.method.as_str().to_string()))?)?;
-            hot(lua, &t, "path", req_path, lua.create_function(|_, ud: AnyUserData| Ok(ud.borrow::<Request>()?.ex.uri.path().to_string()))?)?;
-            hot(
-                lua,
-                &t,
-                "query",
-                req_query,
-                lua.create_function(|_, (ud, key): (AnyUserData, mlua::LuaString)| Ok(query_value(&ud.borrow::<Request>()?.ex, &key.to_str()?)))?,
-            )?;
-            Ok(t)
-        });
-    }
-
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("query_params", |lua, r, ()| {
-            let t = lua.create_table()?;
-            for (k, v) in query_pairs(&r.ex) {
-                let old: Option<String> = t.raw_get(k.as_str())?;
-                t.raw_set(k.as_str(), match old {
-                    Some(o) => format!("{o},{v}"),
-                    None => v,
-                })?;
-            }
-            Ok(t)
-        });
-        m.add_method("header", |_, r, name: String| {
-            let vals: Vec<String> = r.ex.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
-            Ok(if vals.is_empty() { None } else { Some(vals.join(", ")) })
-        });
-        m.add_method("headers", |lua, r, ()| {
-            let t = lua.create_table()?;
-            for name in r.ex.headers.keys() {
-                let vals: Vec<&str> = r.ex.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-                t.raw_set(wippy_http::client::canonical(name.as_str()), vals.join(", "))?;
-            }
-            Ok(t)
-        });
-        m.add_method("content_type", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE))));
-        m.add_method("content_length", |_, r, ()| {
-            Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
-        });
-        m.add_method("host", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::HOST)).or_else(|| r.ex.uri.host().map(str::to_string))));
-        m.add_method("remote_addr", |_, r, ()| Ok(r.ex.remote.to_string()));
-        m.add_method("has_body", |_, r, ()| {
-            let n = opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            Ok(n > 0 || r.ex.headers.contains_key(hyper::header::TRANSFER_ENCODING))
-        });
-        m.add_method("accepts", |_, r, ct: String| {
-            let a = opt_str(r.ex.headers.get(hyper::header::ACCEPT)).unwrap_or_default();
-            Ok(a.contains(&ct) || a.contains("*/*"))
-        });
-        m.add_method("is_content_type", |_, r, prefix: String| {
-            Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE)).is_some_and(|c| c.starts_with(&prefix)))
-        });
-        m.add_method("param", |lua, r, name: String| match &r.ex.params {
-            Some(p) => match p.iter().find(|(k, _)| *k == name) {
-                Some((_, v)) => Ok((LuaValue::String(lua.create_string(v)?), LuaValue::Nil)),
-                None => Ok((LuaValue::Nil, LuaValue::Nil)),
-            },
-            None => fail(lua, Error::internal("no route parameters: not a routed call")),
-        });
-        m.add_method("params", |lua, r, ()| match &r.ex.params {
-            Some(p) => {
-                let t = lua.create_table()?;
-                for (k, v) in p {
-                    t.raw_set(k.as_str(), v.as_str())?;
-                }
-                Ok((LuaValue::Table(t), LuaValue::Nil))
-            }
-            None => fail(lua, Error::internal("no route parameters: not a routed call")),
-        });
-        // the waiting halves (the prelude's `body`, `body_json` wait for the command)
-        m.add_method("_body", |lua, r, json: bool| {
-            let fut = match r.ex.read_body(r.max_body) {
-                Ok(f) => f,
-                Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
-            };
-            let timeout = r.timeout;
-            let id = start(async move {
-                let body = reading(timeout, fut).await?;
-                if !json {
-                    return Ok(body);
-                }
-                let bytes = body.as_bytes().unwrap_or(&[]);
-                match serde_json::from_slice::<serde_json::Value>(bytes) {
-                    Ok(j) => Ok(wippy_http::json::from_json(&j)),
-                    Err(e) => Err(Error::invalid(format!("request body is not valid JSON: {e}"))),
-                }
+/// The request's methods (`m`: its type's `__index`, see [`Methods`]).
+fn request_methods(m: &Methods<Request>) -> mlua::Result<()> {
+    m.hot("method", req_method, |_, r, ()| Ok(r.ex.method.as_str().to_string()))?;
+    m.hot("path", req_path, |_, r, ()| Ok(r.ex.uri.path().to_string()))?;
+    m.hot("query", req_query, |_, r, key: mlua::LuaString| Ok(query_value(&r.ex, &key.to_str()?)))?;
+    m.add("query_params", |lua, r, ()| {
+        let t = lua.create_table()?;
+        for (k, v) in query_pairs(&r.ex) {
+            let old: Option<String> = t.raw_get(k.as_str())?;
+            t.raw_set(k.as_str(), match old {
+                Some(o) => format!("{o},{v}"),
+                None => v,
             })?;
-            Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
-        });
-        // req:stream(): a handle the prelude's stream object reads through
-        m.add_method("_stream", |lua, r, ()| match r.ex.stream_body(r.max_body) {
-            Ok(s) => Ok((LuaValue::UserData(lua.create_userdata(BodyStream { s, timeout: r.timeout })?), LuaValue::Nil)),
-            Err(e) => Ok((LuaValue::Nil, err_value(lua, e)?)),
-        });
-        // req:parse_multipart(max_memory): a command whose value the prelude dresses as files
-        m.add_method("_multipart", |lua, r, max_memory: Option<i64>| {
-            let max_memory = max_memory.filter(|n| *n > 0).map_or(DEFAULT_MULTIPART_MEMORY, |n| n as u64);
-            let fut = match r.ex.read_multipart(r.max_body, max_memory) {
-                Ok(f) => f,
-                Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
-            };
-            let timeout = r.timeout;
-            let id = start(reading(timeout, fut))?;
-            Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
-        });
-        m.add_meta_method(MetaMethod::ToString, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())));
-    }
+        }
+        Ok(t)
+    })?;
+    m.add("header", |_, r, name: String| {
+        let vals: Vec<String> = r.ex.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+        Ok(if vals.is_empty() { None } else { Some(vals.join(", ")) })
+    })?;
+    m.add("headers", |lua, r, ()| {
+        let t = lua.create_table()?;
+        for name in r.ex.headers.keys() {
+            let vals: Vec<&str> = r.ex.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            t.raw_set(wippy_http::client::canonical(name.as_str()), vals.join(", "))?;
+        }
+        Ok(t)
+    })?;
+    m.add("content_type", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE))))?;
+    m.add("content_length", |_, r, ()| {
+        Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
+    })?;
+    m.add("host", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::HOST)).or_else(|| r.ex.uri.host().map(str::to_string))))?;
+    m.add("remote_addr", |_, r, ()| Ok(r.ex.remote.to_string()))?;
+    m.add("has_body", |_, r, ()| {
+        let n = opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(n > 0 || r.ex.headers.contains_key(hyper::header::TRANSFER_ENCODING))
+    })?;
+    m.add("accepts", |_, r, ct: String| {
+        let a = opt_str(r.ex.headers.get(hyper::header::ACCEPT)).unwrap_or_default();
+        Ok(a.contains(&ct) || a.contains("*/*"))
+    })?;
+    m.add("is_content_type", |_, r, prefix: String| {
+        Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE)).is_some_and(|c| c.starts_with(&prefix)))
+    })?;
+    m.add("param", |lua, r, name: String| match &r.ex.params {
+        Some(p) => match p.iter().find(|(k, _)| *k == name) {
+            Some((_, v)) => Ok((LuaValue::String(lua.create_string(v)?), LuaValue::Nil)),
+            None => Ok((LuaValue::Nil, LuaValue::Nil)),
+        },
+        None => fail(lua, Error::internal("no route parameters: not a routed call")),
+    })?;
+    m.add("params", |lua, r, ()| match &r.ex.params {
+        Some(p) => {
+            let t = lua.create_table()?;
+            for (k, v) in p {
+                t.raw_set(k.as_str(), v.as_str())?;
+            }
+            Ok((LuaValue::Table(t), LuaValue::Nil))
+        }
+        None => fail(lua, Error::internal("no route parameters: not a routed call")),
+    })?;
+    // the waiting halves (the prelude's `body`, `body_json` wait for the command)
+    m.add("_body", |lua, r, json: bool| {
+        let fut = match r.ex.read_body(r.max_body) {
+            Ok(f) => f,
+            Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
+        };
+        let timeout = r.timeout;
+        let id = start(async move {
+            let body = reading(timeout, fut).await?;
+            if !json {
+                return Ok(body);
+            }
+            let bytes = body.as_bytes().unwrap_or(&[]);
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(j) => Ok(wippy_http::json::from_json(&j)),
+                Err(e) => Err(Error::invalid(format!("request body is not valid JSON: {e}"))),
+            }
+        })?;
+        Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
+    })?;
+    // req:stream(): a handle the prelude's stream object reads through
+    m.add("_stream", |lua, r, ()| match r.ex.stream_body(r.max_body) {
+        Ok(s) => Ok((LuaValue::UserData(lua.create_userdata(BodyStream { s, timeout: r.timeout })?), LuaValue::Nil)),
+        Err(e) => Ok((LuaValue::Nil, err_value(lua, e)?)),
+    })?;
+    // req:parse_multipart(max_memory): a command whose value the prelude dresses as files
+    m.add("_multipart", |lua, r, max_memory: Option<i64>| {
+        let max_memory = max_memory.filter(|n| *n > 0).map_or(DEFAULT_MULTIPART_MEMORY, |n| n as u64);
+        let fut = match r.ex.read_multipart(r.max_body, max_memory) {
+            Ok(f) => f,
+            Err(e) => return Ok((LuaValue::Nil, err_value(lua, e)?)),
+        };
+        let timeout = r.timeout;
+        let id = start(reading(timeout, fut))?;
+        Ok((LuaValue::Integer(id as i64), LuaValue::Nil))
+    })?;
+    Ok(())
 }
 
 /// Reading the request body, within the `timeout` of `http.request{timeout = ms}` if set.
@@ -245,55 +231,236 @@ impl UserData for BodyStream {
     }
 }
 
-/// Install method `name` in `index` as a C function that does the common case itself (a
-/// handler process's own request or response, arguments of the plain types), and hands
-/// anything else, errors included, to `slow` (the same method through mlua), so that both
-/// answer alike. The common case of the methods every handler calls costs a C call instead
-/// of an mlua callback (its argument conversions and userdata borrow).
-fn hot(lua: &Lua, index: &Table, name: &str, fast: unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int, slow: mlua::Function) -> mlua::Result<()> {
-    // SAFETY: pushcclosure pops the three values exec_raw pushed and pushes the closure.
-    // (upvalue 3, the key "__index", is read raw from the argument's metatable)
-    let f: mlua::Function = unsafe { lua.exec_raw((slow, index.clone(), "__index"), |l| ffi::lua_pushcclosure(l, fast, 3)) }?;
-    index.raw_set(name, f)
+/// A request's or response's Rust side, made for each method call: the handler process's
+/// own exchange, and (a request) the options the object was made with.
+trait Object: Sized + 'static {
+    /// `block`: the object's userdata block (its metatable checked by the caller).
+    fn get(block: *const std::ffi::c_void) -> mlua::Result<Self>;
+}
+
+/// The exchange the running process answers (an object exists only in a handler process).
+fn own_exchange() -> mlua::Result<Arc<Exchange>> {
+    exchange()?.ok_or_else(|| mlua::Error::runtime("no HTTP request context found"))
+}
+
+/// A request object's userdata block: what `http.request(opts)` was given.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ReqOpts {
+    max_body: u64,
+    /// 0: none
+    timeout_ms: u64,
+}
+
+impl Object for Request {
+    fn get(block: *const std::ffi::c_void) -> mlua::Result<Self> {
+        // SAFETY: a request object's block is a ReqOpts (its metatable was checked).
+        let o = unsafe { std::ptr::read_unaligned(block as *const ReqOpts) };
+        Ok(Request { ex: own_exchange()?, max_body: o.max_body, timeout: (o.timeout_ms > 0).then(|| Duration::from_millis(o.timeout_ms)) })
+    }
+}
+
+impl Object for Response {
+    fn get(_: *const std::ffi::c_void) -> mlua::Result<Self> {
+        Ok(Response { ex: own_exchange()? })
+    }
+}
+
+/// The methods of one object type, being put in its metatable's `__index` (`index`).
+///
+/// Request and response objects are plain userdata blocks with no finalizer (a handler
+/// process makes two per request, and an mlua userdata's `__gc` cost a finalizer run
+/// each); what a method needs is found through the running process (its exchange) and
+/// the block. Each method is a C closure (upvalues: the method in Rust through mlua, the
+/// type's metatable, the method's name) that checks its first argument is one of the
+/// type's objects and calls the Rust method with the block's address in its place; the
+/// methods every handler calls do their common case in the C function itself ([`Methods::hot`]).
+struct Methods<'a, T> {
+    lua: &'a Lua,
+    index: Table,
+    mt: Table,
+    _t: std::marker::PhantomData<T>,
+}
+
+type CFn = unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int;
+
+impl<T: Object> Methods<'_, T> {
+    fn add<A, R>(&self, name: &str, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        self.install(name, checked, f)
+    }
+
+    /// A method whose common case `fast` does itself, handing anything else, errors
+    /// included, to `f`, so that both answer alike.
+    fn hot<A, R>(&self, name: &str, fast: CFn, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        self.install(name, fast, f)
+    }
+
+    fn install<A, R>(&self, name: &str, c: CFn, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        self.index.raw_set(name, self.method_fn(c, f)?)
+    }
+
+    /// The C closure of a method (see the type's comment).
+    fn method_fn<A, R>(&self, c: CFn, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<mlua::Function>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        let slow = self.lua.create_function(move |lua, (block, a): (mlua::LightUserData, A)| f(lua, &T::get(block.0)?, a))?;
+        // SAFETY: pushcclosure pops the two values exec_raw pushed and pushes the closure.
+        unsafe { self.lua.exec_raw((slow, self.mt.clone()), |l| ffi::lua_pushcclosure(l, c, 2)) }
+    }
+}
+
+/// `http.request(opts)`: a request object (upvalue 2 its metatable) when the process
+/// answers a request; the options are read by upvalue 1 (two integers, or its `nil, err`
+/// outside a handler), except when none are given inside one.
+///
+/// # Safety
+/// A C function Lua calls, made in [`library`].
+unsafe extern "C-unwind" fn new_request(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract; nothing owned is alive when a push raises.
+    unsafe {
+        let opts = if ffi::lua_isnoneornil(l, 1) != 0 && in_handler() {
+            ReqOpts { max_body: wippy_http::server::DEFAULT_MAX_BODY, timeout_ms: 0 }
+        } else {
+            ffi::lua_settop(l, 1);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_rotate(l, 1, 1);
+            ffi::lua_call(l, 1, 2);
+            if ffi::lua_isinteger(l, 1) == 0 {
+                // nil, err
+                return 2;
+            }
+            ReqOpts { max_body: ffi::lua_tointeger(l, 1) as u64, timeout_ms: ffi::lua_tointeger(l, 2) as u64 }
+        };
+        let block = ffi::lua_newuserdatauv(l, std::mem::size_of::<ReqOpts>(), 0);
+        std::ptr::write_unaligned(block as *mut ReqOpts, opts);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_setmetatable(l, -2);
+        ffi::lua_pushnil(l);
+        2
+    }
+}
+
+/// `http.response()`: a response object (upvalue 2 its metatable), or upvalue 1's
+/// `nil, err` outside a handler.
+///
+/// # Safety
+/// A C function Lua calls, made in [`library`].
+unsafe extern "C-unwind" fn new_response(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if !in_handler() {
+            ffi::lua_settop(l, 0);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_call(l, 0, 2);
+            return 2;
+        }
+        ffi::lua_newuserdatauv(l, 0, 0);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_setmetatable(l, -2);
+        ffi::lua_pushnil(l);
+        2
+    }
+}
+
+/// Whether the running process answers an HTTP request.
+fn in_handler() -> bool {
+    current::state(|st| st.attachment.as_deref().is_some_and(|a| a.is::<Exchange>())).unwrap_or(false)
+}
+
+/// Whether argument 1 is one of the type's objects (its metatable is upvalue 2).
+///
+/// # Safety
+/// Inside a C closure made by [`Methods::install`].
+unsafe fn is_ours(l: *mut ffi::lua_State) -> bool {
+    // SAFETY: the caller's contract (one free slot for the metatable, popped).
+    unsafe {
+        if ffi::lua_getmetatable(l, 1) == 0 {
+            return false;
+        }
+        let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0;
+        ffi::lua_pop(l, 1);
+        same
+    }
+}
+
+/// A method that is not hot: its argument checked, then the Rust method.
+///
+/// # Safety
+/// A C closure made by [`Methods::install`].
+unsafe extern "C-unwind" fn checked(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe { slow(l) }
 }
 
 /// The exchange of the running handler process, for `f`, when argument 1 is one of this
-/// type's objects (its metatable's `__index` is upvalue 2); `None` sends the call to the
-/// slow path.
+/// type's objects; `None` sends the call to the slow path.
 ///
 /// # Safety
 /// Inside a C closure made by [`hot`], with `LUA_MINSTACK` free slots; leaves the stack as
 /// it found it.
 unsafe fn mine<R>(l: *mut ffi::lua_State, f: impl FnOnce(&Exchange) -> Option<R>) -> Option<R> {
     // SAFETY: the caller's contract.
-    let ours = unsafe {
-        let top = ffi::lua_gettop(l);
-        let ok = ffi::lua_getmetatable(l, 1) != 0 && {
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
-            ffi::lua_rawget(l, -2);
-            ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0
-        };
-        ffi::lua_settop(l, top);
-        ok
-    };
-    if !ours {
+    if !unsafe { is_ours(l) } {
         return None;
     }
     current::state(|st| st.attachment.as_deref().and_then(|a| a.downcast_ref::<Exchange>()).and_then(f)).ok().flatten()
 }
 
-/// The call as the slow path (upvalue 1) answers it, on the same arguments.
+/// The call as the Rust method (upvalue 1) answers it: argument 1 checked to be one of the
+/// type's objects, and given to it as the object's block.
 ///
 /// # Safety
-/// Inside a C closure made by [`hot`].
+/// Inside a C closure made by [`Methods::install`].
 unsafe fn slow(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: the caller's contract.
     unsafe {
+        if !is_ours(l) {
+            return wrong_self(l);
+        }
+        let block = ffi::lua_touserdata(l, 1);
+        ffi::lua_pushlightuserdata(l, block);
+        ffi::lua_replace(l, 1);
         let n = ffi::lua_gettop(l);
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_rotate(l, 1, 1);
         ffi::lua_call(l, n, ffi::LUA_MULTRET);
         ffi::lua_gettop(l)
+    }
+}
+
+unsafe extern "C-unwind" {
+    /// Lua 5.4's `luaL_typeerror` (not among mlua-sys's declarations).
+    fn luaL_typeerror(l: *mut ffi::lua_State, arg: c_int, tname: *const std::os::raw::c_char) -> c_int;
+}
+
+/// Raise Lua's own "bad argument #1 to 'NAME' (Request expected, got ...)" (or "calling
+/// 'NAME' on bad self"): a method called on something else than its object
+/// (`res.write("x")`, a request's method on a response).
+///
+/// # Safety
+/// Inside a C closure made by [`Methods::install`]; raises (nothing with a destructor is
+/// alive here).
+unsafe fn wrong_self(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract: upvalue 2 is the type's metatable, its __name a string
+    // (kept on the stack while the message is made).
+    unsafe {
+        ffi::lua_getfield(l, ffi::lua_upvalueindex(2), c"__name".as_ptr());
+        let tname = ffi::lua_tolstring(l, -1, std::ptr::null_mut());
+        luaL_typeerror(l, 1, tname)
     }
 }
 
@@ -477,22 +644,6 @@ unsafe extern "C-unwind" fn res_write(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// The `__index` of a request's or response's metatable: a plain table (a method call is one
-/// table lookup, where an `__index` function ran a Lua wrapper and a Rust callback for every
-/// method named), made here with the methods written in Lua (they wait) that the prelude
-/// registered in `R.http_async`; mlua adds the type's Rust methods to it in place. One table
-/// per type, made when the VM makes its first object of the type (after the prelude ran).
-fn methods_index(lua: &Lua) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    if let Some(waiting) = lua.named_registry_value::<Option<Table>>("wippy.http_async")? {
-        for pair in waiting.pairs::<LuaValue, LuaValue>() {
-            let (k, v) = pair?;
-            t.raw_set(k, v)?;
-        }
-    }
-    Ok(t)
-}
-
 fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
     match w {
         Write::Done => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
@@ -501,114 +652,79 @@ fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
     .or_else(|e: mlua::Error| Ok((LuaValue::Nil, LuaValue::String(lua.create_string(e.to_string())?))))
 }
 
-impl UserData for Response {
-    fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
-        f.add_meta_field_with("__index", |lua| {
-            let t = methods_index(lua)?;
-            hot(
-                lua,
-                &t,
-                "set_header",
-                res_set_header,
-                lua.create_function(|lua, (ud, name, value): (AnyUserData, String, LuaValue)| {
-                    let r = ud.borrow::<Response>()?;
-                    let value = match &value {
-                        LuaValue::String(s) => s.to_str()?.to_string(),
-                        LuaValue::Integer(i) => i.to_string(),
-                        LuaValue::Number(n) => n.to_string(),
-                        other => return Err(bad_arg(2, "set_header", "string", other)),
-                    };
-                    r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
-                })?,
-            )?;
-            hot(
-                lua,
-                &t,
-                "set_content_type",
-                res_set_content_type,
-                lua.create_function(|lua, (ud, ct): (AnyUserData, mlua::LuaString)| {
-                    ud.borrow::<Response>()?.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
-                })?,
-            )?;
-            hot(
-                lua,
-                &t,
-                "set_status",
-                res_set_status,
-                lua.create_function(|lua, (ud, code): (AnyUserData, LuaValue)| {
-                    let r = ud.borrow::<Response>()?;
-                    let code = match code {
-                        LuaValue::Integer(i) => i,
-                        LuaValue::Number(n) if n.fract() == 0.0 => n as i64,
-                        other => return Err(bad_arg(1, "set_status", "integer", &other)),
-                    };
-                    r.ex.set_status(code).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
-                })?,
-            )?;
-            hot(
-                lua,
-                &t,
-                "_write",
-                res_write,
-                lua.create_function(|lua, (ud, data): (AnyUserData, LuaValue)| {
-                    let r = ud.borrow::<Response>()?;
-                    let w = match &data {
-                        LuaValue::String(s) => r.ex.write_slice(&s.as_bytes()),
-                        LuaValue::Integer(_) | LuaValue::Number(_) => r.ex.write(Bytes::from(data.to_string()?)),
-                        other => return Err(bad_arg(1, "write", "string", other)),
-                    };
-                    write_result(lua, w)
-                })?,
-            )?;
-            Ok(t)
-        });
-    }
-
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("set_transfer", |lua, r, mode: String| {
-            if !r.ex.head_open() {
-                return err_value(lua, Error::invalid("cannot set transfer mode after headers are sent"));
-            }
-            let set = |k: &str, v: &str| r.ex.set_header(k, v);
-            let res = match mode.as_str() {
-                "chunked" => set("Cache-Control", "no-cache"),
-                "sse" => set("Content-Type", "text/event-stream").and_then(|_| set("Cache-Control", "no-cache")),
-                other => Err(Error::invalid(format!("unknown transfer mode {other:?} (chunked or sse)"))),
-            };
-            res.map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
-        });
-        m.add_method("flush", |lua, r, ()| write_result(lua, r.ex.flush()).map(|_| LuaValue::Nil));
-        m.add_method("_write_json", |lua, r, v: LuaValue| {
-            let text = match super::json::to_json(&v, 0) {
-                Ok(j) => j.to_string(),
-                Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),
-            };
-            r.ex.default_content_type("application/json");
-            write_result(lua, r.ex.write(Bytes::from(text)))
-        });
-        m.add_method("_write_event", |lua, r, ev: LuaValue| {
-            let LuaValue::Table(t) = &ev else { return Ok((LuaValue::Nil, err_value(lua, Error::invalid("write_event needs a table {name, data}"))?)) };
-            let name: LuaValue = t.raw_get("name")?;
-            let data: LuaValue = t.raw_get("data")?;
-            let (LuaValue::String(name), false) = (&name, data.is_nil()) else {
-                return Ok((LuaValue::Nil, err_value(lua, Error::invalid("write_event needs a name and data"))?));
-            };
-            let json = match super::json::to_json(&data, 0) {
-                Ok(j) => j.to_string(),
-                Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),
-            };
-            if r.ex.head_open() {
-                let _ = r.ex.set_header("Content-Type", "text/event-stream");
-                let _ = r.ex.set_header("Cache-Control", "no-cache");
-            }
-            let frame = format!("event: {}\ndata: {json}\n\n", name.to_str()?);
-            match r.ex.write(Bytes::from(frame)) {
-                Write::Done => write_result(lua, r.ex.flush()),
-                w => write_result(lua, w),
-            }
-        });
-        m.add_meta_method(MetaMethod::ToString, |_, _, ()| Ok("response"));
-    }
+/// The response's methods (`m`: its type's `__index`, see [`Methods`]).
+fn response_methods(m: &Methods<Response>) -> mlua::Result<()> {
+    m.hot("set_header", res_set_header, |lua, r, (name, value): (String, LuaValue)| {
+        let value = match &value {
+            LuaValue::String(s) => s.to_str()?.to_string(),
+            LuaValue::Integer(i) => i.to_string(),
+            LuaValue::Number(n) => n.to_string(),
+            other => return Err(bad_arg(2, "set_header", "string", other)),
+        };
+        r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+    })?;
+    m.hot("set_content_type", res_set_content_type, |lua, r, ct: mlua::LuaString| {
+        r.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+    })?;
+    m.hot("set_status", res_set_status, |lua, r, code: LuaValue| {
+        let code = match code {
+            LuaValue::Integer(i) => i,
+            LuaValue::Number(n) if n.fract() == 0.0 => n as i64,
+            other => return Err(bad_arg(1, "set_status", "integer", &other)),
+        };
+        r.ex.set_status(code).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+    })?;
+    m.hot("_write", res_write, |lua, r, data: LuaValue| {
+        let w = match &data {
+            LuaValue::String(s) => r.ex.write_slice(&s.as_bytes()),
+            LuaValue::Integer(_) | LuaValue::Number(_) => r.ex.write(Bytes::from(data.to_string()?)),
+            other => return Err(bad_arg(1, "write", "string", other)),
+        };
+        write_result(lua, w)
+    })?;
+    m.add("set_transfer", |lua, r, mode: String| {
+        if !r.ex.head_open() {
+            return err_value(lua, Error::invalid("cannot set transfer mode after headers are sent"));
+        }
+        let set = |k: &str, v: &str| r.ex.set_header(k, v);
+        let res = match mode.as_str() {
+            "chunked" => set("Cache-Control", "no-cache"),
+            "sse" => set("Content-Type", "text/event-stream").and_then(|_| set("Cache-Control", "no-cache")),
+            other => Err(Error::invalid(format!("unknown transfer mode {other:?} (chunked or sse)"))),
+        };
+        res.map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+    })?;
+    m.add("flush", |lua, r, ()| write_result(lua, r.ex.flush()).map(|_| LuaValue::Nil))?;
+    m.add("_write_json", |lua, r, v: LuaValue| {
+        let text = match super::json::to_json(&v, 0) {
+            Ok(j) => j.to_string(),
+            Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),
+        };
+        r.ex.default_content_type("application/json");
+        write_result(lua, r.ex.write(Bytes::from(text)))
+    })?;
+    m.add("_write_event", |lua, r, ev: LuaValue| {
+        let LuaValue::Table(t) = &ev else { return Ok((LuaValue::Nil, err_value(lua, Error::invalid("write_event needs a table {name, data}"))?)) };
+        let name: LuaValue = t.raw_get("name")?;
+        let data: LuaValue = t.raw_get("data")?;
+        let (LuaValue::String(name), false) = (&name, data.is_nil()) else {
+            return Ok((LuaValue::Nil, err_value(lua, Error::invalid("write_event needs a name and data"))?));
+        };
+        let json = match super::json::to_json(&data, 0) {
+            Ok(j) => j.to_string(),
+            Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),
+        };
+        if r.ex.head_open() {
+            let _ = r.ex.set_header("Content-Type", "text/event-stream");
+            let _ = r.ex.set_header("Cache-Control", "no-cache");
+        }
+        let frame = format!("event: {}\ndata: {json}\n\n", name.to_str()?);
+        match r.ex.write(Bytes::from(frame)) {
+            Write::Done => write_result(lua, r.ex.flush()),
+            w => write_result(lua, w),
+        }
+    })?;
+    Ok(())
 }
 
 pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
@@ -637,38 +753,54 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         errs.raw_set(k, k)?;
     }
     t.raw_set("ERROR", errs)?;
-    t.raw_set(
-        "request",
-        lua.create_function(|lua, opts: LuaValue| {
-            let Some(ex) = exchange()? else { return no_context(lua) };
-            let mut max_body = wippy_http::server::DEFAULT_MAX_BODY;
-            let mut timeout = None;
-            match &opts {
-                LuaValue::Nil => {}
-                LuaValue::Table(o) => {
-                    if let Some(ms) = o.raw_get::<Option<i64>>("timeout")? {
-                        if ms > 0 {
-                            timeout = Some(Duration::from_millis(ms as u64));
-                        }
-                    }
-                    if let Some(n) = o.raw_get::<Option<i64>>("max_body")? {
-                        if n > 0 {
-                            max_body = n as u64;
-                        }
+    // the two object types: a metatable each (no __gc: see Methods), its methods in __index
+    let types = |name: &str| -> mlua::Result<(Table, Table)> {
+        let (mt, index) = (lua.create_table()?, lua.create_table()?);
+        mt.raw_set("__name", name)?;
+        mt.raw_set("__metatable", false)?;
+        mt.raw_set("__index", index.clone())?;
+        Ok((mt, index))
+    };
+    let (req_mt, req_index) = types("Request")?;
+    let (res_mt, res_index) = types("Response")?;
+    let req = Methods::<Request> { lua, index: req_index.clone(), mt: req_mt.clone(), _t: std::marker::PhantomData };
+    request_methods(&req)?;
+    req_mt.raw_set("__tostring", req.method_fn(checked, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())))?)?;
+    let res = Methods::<Response> { lua, index: res_index.clone(), mt: res_mt.clone(), _t: std::marker::PhantomData };
+    response_methods(&res)?;
+    res_mt.raw_set("__tostring", res.method_fn(checked, |_, _, ()| Ok("response"))?)?;
+    // http.request(opts): the options read (or nil, err outside a handler) by Rust, the
+    // object made by a C function (see new_request)
+    let opts = lua.create_function(|lua, opts: LuaValue| {
+        if exchange()?.is_none() {
+            return no_context(lua);
+        }
+        let (mut max_body, mut timeout_ms) = (wippy_http::server::DEFAULT_MAX_BODY, 0u64);
+        match &opts {
+            LuaValue::Nil => {}
+            LuaValue::Table(o) => {
+                if let Some(ms) = o.raw_get::<Option<i64>>("timeout")? {
+                    if ms > 0 {
+                        timeout_ms = ms as u64;
                     }
                 }
-                other => return Err(bad_arg(1, "request", "table", other)),
+                if let Some(n) = o.raw_get::<Option<i64>>("max_body")? {
+                    if n > 0 {
+                        max_body = n as u64;
+                    }
+                }
             }
-            Ok((LuaValue::UserData(lua.create_userdata(Request { ex, max_body, timeout })?), LuaValue::Nil))
-        })?,
-    )?;
-    t.raw_set(
-        "response",
-        lua.create_function(|lua, ()| {
-            let Some(ex) = exchange()? else { return no_context(lua) };
-            Ok((LuaValue::UserData(lua.create_userdata(Response { ex })?), LuaValue::Nil))
-        })?,
-    )?;
+            other => return Err(bad_arg(1, "request", "table", other)),
+        }
+        Ok((LuaValue::Integer(max_body as i64), LuaValue::Integer(timeout_ms as i64)))
+    })?;
+    // SAFETY: pushcclosure pops the two values exec_raw pushed and pushes the closure.
+    let request: mlua::Function = unsafe { lua.exec_raw((opts, req_mt), |l| ffi::lua_pushcclosure(l, new_request, 2)) }?;
+    t.raw_set("request", request)?;
+    let none = lua.create_function(|lua, ()| no_context(lua))?;
+    // SAFETY: as above.
+    let response: mlua::Function = unsafe { lua.exec_raw((none, res_mt), |l| ffi::lua_pushcclosure(l, new_response, 2)) }?;
+    t.raw_set("response", response)?;
     r.raw_set(
         "main_done",
         lua.create_function(|_, vals: mlua::MultiValue| {
@@ -681,9 +813,17 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
             })
         })?,
     )?;
+    // the methods written in Lua (they wait), which the prelude hands over once
     r.raw_set(
         "http_async",
-        lua.create_function(|lua, t: Table| lua.set_named_registry_value("wippy.http_async", t))?,
+        lua.create_function(move |_, t: Table| {
+            for pair in t.pairs::<LuaValue, LuaValue>() {
+                let (k, v) = pair?;
+                req_index.raw_set(k.clone(), v.clone())?;
+                res_index.raw_set(k, v)?;
+            }
+            Ok(())
+        })?,
     )?;
     Ok(t)
 }
