@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::os::raw::c_int;
-
-use mlua::{ffi, Lua, Table, UserData, UserDataMethods, Value as LuaValue};
+use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_http::exchange::Write;
 use wippy_http::Exchange;
 use wippy_runtime::{Command, Error, ErrorKind, Value};
 
 use super::{bad_arg, fail};
 use crate::current;
+use crate::vm::objects::{Data, Fast, ObjectType};
 
 const STATUS: &[(&str, i64)] = &[
     ("OK", 200), ("CREATED", 201), ("ACCEPTED", 202), ("NO_CONTENT", 204), ("PARTIAL_CONTENT", 206),
@@ -93,9 +92,9 @@ fn query_value(ex: &Exchange, key: &str) -> Option<String> {
 
 /// The request's methods (`m`: its type's `__index`, see [`Methods`]).
 fn request_methods(m: &Methods<Request>) -> mlua::Result<()> {
-    m.hot("method", req_method, |_, r, ()| Ok(r.ex.method.as_str().to_string()))?;
-    m.hot("path", req_path, |_, r, ()| Ok(r.ex.uri.path().to_string()))?;
-    m.hot("query", req_query, |_, r, key: mlua::LuaString| Ok(query_value(&r.ex, &key.to_str()?)))?;
+    m.hot("method", Fast::Text(fast_method), |_, r, ()| Ok(r.ex.method.as_str().to_string()))?;
+    m.hot("path", Fast::Text(fast_path), |_, r, ()| Ok(r.ex.uri.path().to_string()))?;
+    m.hot("query", Fast::TextOf(fast_query), |_, r, key: mlua::LuaString| Ok(query_value(&r.ex, &key.to_str()?)))?;
     m.add("query_params", |lua, r, ()| {
         let t = lua.create_table()?;
         for (k, v) in query_pairs(&r.ex) {
@@ -231,11 +230,42 @@ impl UserData for BodyStream {
     }
 }
 
-/// A request's or response's Rust side, made for each method call: the handler process's
-/// own exchange, and (a request) the options the object was made with.
-trait Object: Sized + 'static {
-    /// `block`: the object's userdata block (its metatable checked by the caller).
-    fn get(block: *const std::ffi::c_void) -> mlua::Result<Self>;
+/// The methods of one object type (see `vm::objects`: plain userdata blocks, methods as
+/// C closures), given here the Rust side `get` makes of an object for each call.
+struct Methods<'a, T> {
+    lua: &'a Lua,
+    ty: &'a ObjectType,
+    get: fn(Data) -> mlua::Result<T>,
+}
+
+impl<T: 'static> Methods<'_, T> {
+    fn add<A, R>(&self, name: &str, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        let get = self.get;
+        self.ty.method(self.lua, name, move |lua, d, a| f(lua, &get(d)?, a))
+    }
+
+    /// A method whose common case `fast` does (see `vm::objects::Fast`).
+    fn hot<A, R>(&self, name: &str, fast: Fast, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        let get = self.get;
+        self.ty.hot(self.lua, name, fast, move |lua, d, a| f(lua, &get(d)?, a))
+    }
+
+    fn meta<A, R>(&self, name: &str, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        let get = self.get;
+        self.ty.meta(self.lua, name, move |lua, d, a| f(lua, &get(d)?, a))
+    }
 }
 
 /// The exchange the running process answers (an object exists only in a handler process).
@@ -243,137 +273,18 @@ fn own_exchange() -> mlua::Result<Arc<Exchange>> {
     exchange()?.ok_or_else(|| mlua::Error::runtime("no HTTP request context found"))
 }
 
-/// A request object's userdata block: what `http.request(opts)` was given.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ReqOpts {
-    max_body: u64,
-    /// 0: none
-    timeout_ms: u64,
+/// A request object's words: `[max_body, timeout in ms (0: none)]`.
+fn request_of(d: Data) -> mlua::Result<Request> {
+    Ok(Request { ex: own_exchange()?, max_body: d[0], timeout: (d[1] > 0).then(|| Duration::from_millis(d[1])) })
 }
 
-impl Object for Request {
-    fn get(block: *const std::ffi::c_void) -> mlua::Result<Self> {
-        // SAFETY: a request object's block is a ReqOpts (its metatable was checked).
-        let o = unsafe { std::ptr::read_unaligned(block as *const ReqOpts) };
-        Ok(Request { ex: own_exchange()?, max_body: o.max_body, timeout: (o.timeout_ms > 0).then(|| Duration::from_millis(o.timeout_ms)) })
-    }
+fn response_of(_: Data) -> mlua::Result<Response> {
+    Ok(Response { ex: own_exchange()? })
 }
 
-impl Object for Response {
-    fn get(_: *const std::ffi::c_void) -> mlua::Result<Self> {
-        Ok(Response { ex: own_exchange()? })
-    }
-}
-
-/// The methods of one object type, being put in its metatable's `__index` (`index`).
-///
-/// Request and response objects are plain userdata blocks with no finalizer (a handler
-/// process makes two per request, and an mlua userdata's `__gc` cost a finalizer run
-/// each); what a method needs is found through the running process (its exchange) and
-/// the block. Each method is a C closure (upvalues: the method in Rust through mlua, the
-/// type's metatable, the method's name) that checks its first argument is one of the
-/// type's objects and calls the Rust method with the block's address in its place; the
-/// methods every handler calls do their common case in the C function itself ([`Methods::hot`]).
-struct Methods<'a, T> {
-    lua: &'a Lua,
-    index: Table,
-    mt: Table,
-    _t: std::marker::PhantomData<T>,
-}
-
-type CFn = unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int;
-
-impl<T: Object> Methods<'_, T> {
-    fn add<A, R>(&self, name: &str, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
-    where
-        A: mlua::FromLuaMulti,
-        R: mlua::IntoLuaMulti,
-    {
-        self.install(name, checked, f)
-    }
-
-    /// A method whose common case `fast` does itself, handing anything else, errors
-    /// included, to `f`, so that both answer alike.
-    fn hot<A, R>(&self, name: &str, fast: CFn, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
-    where
-        A: mlua::FromLuaMulti,
-        R: mlua::IntoLuaMulti,
-    {
-        self.install(name, fast, f)
-    }
-
-    fn install<A, R>(&self, name: &str, c: CFn, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
-    where
-        A: mlua::FromLuaMulti,
-        R: mlua::IntoLuaMulti,
-    {
-        self.index.raw_set(name, self.method_fn(c, f)?)
-    }
-
-    /// The C closure of a method (see the type's comment).
-    fn method_fn<A, R>(&self, c: CFn, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<mlua::Function>
-    where
-        A: mlua::FromLuaMulti,
-        R: mlua::IntoLuaMulti,
-    {
-        let slow = self.lua.create_function(move |lua, (block, a): (mlua::LightUserData, A)| f(lua, &T::get(block.0)?, a))?;
-        // SAFETY: pushcclosure pops the two values exec_raw pushed and pushes the closure.
-        unsafe { self.lua.exec_raw((slow, self.mt.clone()), |l| ffi::lua_pushcclosure(l, c, 2)) }
-    }
-}
-
-/// `http.request(opts)`: a request object (upvalue 2 its metatable) when the process
-/// answers a request; the options are read by upvalue 1 (two integers, or its `nil, err`
-/// outside a handler), except when none are given inside one.
-///
-/// # Safety
-/// A C function Lua calls, made in [`library`].
-unsafe extern "C-unwind" fn new_request(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract; nothing owned is alive when a push raises.
-    unsafe {
-        let opts = if ffi::lua_isnoneornil(l, 1) != 0 && in_handler() {
-            ReqOpts { max_body: wippy_http::server::DEFAULT_MAX_BODY, timeout_ms: 0 }
-        } else {
-            ffi::lua_settop(l, 1);
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-            ffi::lua_rotate(l, 1, 1);
-            ffi::lua_call(l, 1, 2);
-            if ffi::lua_isinteger(l, 1) == 0 {
-                // nil, err
-                return 2;
-            }
-            ReqOpts { max_body: ffi::lua_tointeger(l, 1) as u64, timeout_ms: ffi::lua_tointeger(l, 2) as u64 }
-        };
-        let block = ffi::lua_newuserdatauv(l, std::mem::size_of::<ReqOpts>(), 0);
-        std::ptr::write_unaligned(block as *mut ReqOpts, opts);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
-        ffi::lua_setmetatable(l, -2);
-        ffi::lua_pushnil(l);
-        2
-    }
-}
-
-/// `http.response()`: a response object (upvalue 2 its metatable), or upvalue 1's
-/// `nil, err` outside a handler.
-///
-/// # Safety
-/// A C function Lua calls, made in [`library`].
-unsafe extern "C-unwind" fn new_response(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if !in_handler() {
-            ffi::lua_settop(l, 0);
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-            ffi::lua_call(l, 0, 2);
-            return 2;
-        }
-        ffi::lua_newuserdatauv(l, 0, 0);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
-        ffi::lua_setmetatable(l, -2);
-        ffi::lua_pushnil(l);
-        2
-    }
+/// `f` on the exchange of the running handler process (`None` outside one).
+fn on_exchange<R>(f: impl FnOnce(&Exchange) -> Option<R>) -> Option<R> {
+    current::state(|st| st.attachment.as_deref().and_then(|a| a.downcast_ref::<Exchange>()).and_then(f)).ok().flatten()
 }
 
 /// Whether the running process answers an HTTP request.
@@ -381,267 +292,29 @@ fn in_handler() -> bool {
     current::state(|st| st.attachment.as_deref().is_some_and(|a| a.is::<Exchange>())).unwrap_or(false)
 }
 
-/// Whether argument 1 is one of the type's objects (its metatable is upvalue 2).
-///
-/// # Safety
-/// Inside a C closure made by [`Methods::install`].
-unsafe fn is_ours(l: *mut ffi::lua_State) -> bool {
-    // SAFETY: the caller's contract (one free slot for the metatable, popped).
-    unsafe {
-        if ffi::lua_getmetatable(l, 1) == 0 {
-            return false;
-        }
-        let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(2)) != 0;
-        ffi::lua_pop(l, 1);
-        same
-    }
+// The fast paths of the methods every handler calls (`None`: the mlua method answers;
+// the setters change nothing when they refuse, so it meets the same refusal and words it).
+fn fast_method() -> Option<String> {
+    on_exchange(|ex| Some(ex.method.as_str().to_string()))
 }
-
-/// A method that is not hot: its argument checked, then the Rust method.
-///
-/// # Safety
-/// A C closure made by [`Methods::install`].
-unsafe extern "C-unwind" fn checked(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe { slow(l) }
+fn fast_path() -> Option<String> {
+    on_exchange(|ex| Some(ex.uri.path().to_string()))
 }
-
-/// The exchange of the running handler process, for `f`, when argument 1 is one of this
-/// type's objects; `None` sends the call to the slow path.
-///
-/// # Safety
-/// Inside a C closure made by [`hot`], with `LUA_MINSTACK` free slots; leaves the stack as
-/// it found it.
-unsafe fn mine<R>(l: *mut ffi::lua_State, f: impl FnOnce(&Exchange) -> Option<R>) -> Option<R> {
-    // SAFETY: the caller's contract.
-    if !unsafe { is_ours(l) } {
-        return None;
-    }
-    current::state(|st| st.attachment.as_deref().and_then(|a| a.downcast_ref::<Exchange>()).and_then(f)).ok().flatten()
+fn fast_query(key: &str) -> Option<Option<String>> {
+    on_exchange(|ex| Some(query_value(ex, key)))
 }
-
-/// The call as the Rust method (upvalue 1) answers it: argument 1 checked to be one of the
-/// type's objects, and given to it as the object's block.
-///
-/// # Safety
-/// Inside a C closure made by [`Methods::install`].
-unsafe fn slow(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if !is_ours(l) {
-            return wrong_self(l);
-        }
-        let block = ffi::lua_touserdata(l, 1);
-        ffi::lua_pushlightuserdata(l, block);
-        ffi::lua_replace(l, 1);
-        let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_rotate(l, 1, 1);
-        ffi::lua_call(l, n, ffi::LUA_MULTRET);
-        ffi::lua_gettop(l)
-    }
+fn fast_status(code: i64) -> Option<()> {
+    on_exchange(|ex| ex.set_status(code).ok())
 }
-
-unsafe extern "C-unwind" {
-    /// Lua 5.4's `luaL_typeerror` (not among mlua-sys's declarations).
-    fn luaL_typeerror(l: *mut ffi::lua_State, arg: c_int, tname: *const std::os::raw::c_char) -> c_int;
+fn fast_content_type(ct: &str) -> Option<()> {
+    on_exchange(|ex| ex.set_header("Content-Type", ct).ok())
 }
-
-/// Raise Lua's own "bad argument #1 to 'NAME' (Request expected, got ...)" (or "calling
-/// 'NAME' on bad self"): a method called on something else than its object
-/// (`res.write("x")`, a request's method on a response).
-///
-/// # Safety
-/// Inside a C closure made by [`Methods::install`]; raises (nothing with a destructor is
-/// alive here).
-unsafe fn wrong_self(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract: upvalue 2 is the type's metatable, its __name a string
-    // (kept on the stack while the message is made).
-    unsafe {
-        ffi::lua_getfield(l, ffi::lua_upvalueindex(2), c"__name".as_ptr());
-        let tname = ffi::lua_tolstring(l, -1, std::ptr::null_mut());
-        luaL_typeerror(l, 1, tname)
-    }
+fn fast_header(name: &str, value: &str) -> Option<()> {
+    on_exchange(|ex| ex.set_header(name, value).ok())
 }
-
-thread_local! {
-    /// A string result on its way to Lua: copied here while the exchange is borrowed, pushed
-    /// after (a push may raise a memory error, and nothing with a destructor may be alive then).
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-fn scratch_set(text: &[u8]) {
-    SCRATCH.with(|c| {
-        let mut b = c.take();
-        b.clear();
-        b.extend_from_slice(text);
-        c.set(b);
-    });
-}
-
-/// Push what [`scratch_set`] left.
-///
-/// # Safety
-/// `l` has a free slot.
-unsafe fn push_scratch(l: *mut ffi::lua_State) {
-    // (the buffer stays in the cell: the pointer is valid, and nothing is owned here)
-    let (p, n) = SCRATCH.with(|c| {
-        let b = c.take();
-        let at = (b.as_ptr(), b.len());
-        c.set(b);
-        at
-    });
-    // SAFETY: the caller's contract; `p` points at `n` bytes nobody changes meanwhile.
-    unsafe { ffi::lua_pushlstring(l, p as *const _, n) };
-}
-
-/// A string argument at `idx` (not a number: those take the slow path, which converts).
-///
-/// # Safety
-/// Inside a C function, `idx` a valid index.
-unsafe fn str_arg<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
-    // SAFETY: the caller's contract; the string stays on the stack for the call.
-    unsafe { (ffi::lua_type(l, idx) == ffi::LUA_TSTRING).then(|| crate::vm::raw::str_at(l, idx)).flatten() }
-}
-
-/// `req:method()`.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn req_method(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match mine(l, |ex| Some(scratch_set(ex.method.as_str().as_bytes()))) {
-            Some(()) => {
-                push_scratch(l);
-                1
-            }
-            None => slow(l),
-        }
-    }
-}
-
-/// `req:path()`.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn req_path(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match mine(l, |ex| Some(scratch_set(ex.uri.path().as_bytes()))) {
-            Some(()) => {
-                push_scratch(l);
-                1
-            }
-            None => slow(l),
-        }
-    }
-}
-
-/// `req:query(key)`.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn req_query(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let Some(key) = str_arg(l, 2) else { return slow(l) };
-        let found = mine(l, |ex| {
-            Some(match query_value(ex, key) {
-                Some(v) => {
-                    scratch_set(v.as_bytes());
-                    true
-                }
-                None => false,
-            })
-        });
-        match found {
-            Some(true) => push_scratch(l),
-            Some(false) => ffi::lua_pushnil(l),
-            None => return slow(l),
-        }
-        1
-    }
-}
-
-/// A setter's answer: nil when done, else the slow path's (the setters change nothing when
-/// they fail, so the slow path meets the same refusal and words it).
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe fn done_or_slow(l: *mut ffi::lua_State, done: Option<()>) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match done {
-            Some(()) => {
-                ffi::lua_pushnil(l);
-                1
-            }
-            None => slow(l),
-        }
-    }
-}
-
-/// `res:set_status(code)`.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn res_set_status(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if ffi::lua_isinteger(l, 2) == 0 {
-            return slow(l);
-        }
-        let code = ffi::lua_tointeger(l, 2);
-        done_or_slow(l, mine(l, |ex| ex.set_status(code).ok()))
-    }
-}
-
-/// `res:set_content_type(ct)`.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn res_set_content_type(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let Some(ct) = str_arg(l, 2) else { return slow(l) };
-        done_or_slow(l, mine(l, |ex| ex.set_header("Content-Type", ct).ok()))
-    }
-}
-
-/// `res:set_header(name, value)`.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn res_set_header(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let (Some(name), Some(value)) = (str_arg(l, 2), str_arg(l, 3)) else { return slow(l) };
-        done_or_slow(l, mine(l, |ex| ex.set_header(name, value).ok()))
-    }
-}
-
-/// `res:_write(s)` (behind the prelude's `write`): `true, nil` once buffered; a streaming
-/// answer (a write that may wait) takes the slow path.
-///
-/// # Safety
-/// A C closure made by [`hot`].
-unsafe extern "C-unwind" fn res_write(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
-            return slow(l);
-        }
-        let data = crate::vm::raw::bytes_at(l, 2);
-        match mine(l, |ex| ex.write_buffered(data).then_some(())) {
-            Some(()) => {
-                ffi::lua_pushboolean(l, 1);
-                ffi::lua_pushnil(l);
-                2
-            }
-            None => slow(l),
-        }
-    }
+/// a buffered answer only: a streaming one's write may wait
+fn fast_write(data: &[u8]) -> Option<()> {
+    on_exchange(|ex| ex.write_buffered(data).then_some(()))
 }
 
 fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
@@ -654,7 +327,7 @@ fn write_result(lua: &Lua, w: Write) -> mlua::Result<(LuaValue, LuaValue)> {
 
 /// The response's methods (`m`: its type's `__index`, see [`Methods`]).
 fn response_methods(m: &Methods<Response>) -> mlua::Result<()> {
-    m.hot("set_header", res_set_header, |lua, r, (name, value): (String, LuaValue)| {
+    m.hot("set_header", Fast::SetText2(fast_header), |lua, r, (name, value): (String, LuaValue)| {
         let value = match &value {
             LuaValue::String(s) => s.to_str()?.to_string(),
             LuaValue::Integer(i) => i.to_string(),
@@ -663,10 +336,10 @@ fn response_methods(m: &Methods<Response>) -> mlua::Result<()> {
         };
         r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
     })?;
-    m.hot("set_content_type", res_set_content_type, |lua, r, ct: mlua::LuaString| {
+    m.hot("set_content_type", Fast::SetText(fast_content_type), |lua, r, ct: mlua::LuaString| {
         r.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
     })?;
-    m.hot("set_status", res_set_status, |lua, r, code: LuaValue| {
+    m.hot("set_status", Fast::SetInt(fast_status), |lua, r, code: LuaValue| {
         let code = match code {
             LuaValue::Integer(i) => i,
             LuaValue::Number(n) if n.fract() == 0.0 => n as i64,
@@ -674,7 +347,7 @@ fn response_methods(m: &Methods<Response>) -> mlua::Result<()> {
         };
         r.ex.set_status(code).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
     })?;
-    m.hot("_write", res_write, |lua, r, data: LuaValue| {
+    m.hot("_write", Fast::Put(fast_write), |lua, r, data: LuaValue| {
         let w = match &data {
             LuaValue::String(s) => r.ex.write_slice(&s.as_bytes()),
             LuaValue::Integer(_) | LuaValue::Number(_) => r.ex.write(Bytes::from(data.to_string()?)),
@@ -753,24 +426,16 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         errs.raw_set(k, k)?;
     }
     t.raw_set("ERROR", errs)?;
-    // the two object types: a metatable each (no __gc: see Methods), its methods in __index
-    let types = |name: &str| -> mlua::Result<(Table, Table)> {
-        let (mt, index) = (lua.create_table()?, lua.create_table()?);
-        mt.raw_set("__name", name)?;
-        mt.raw_set("__metatable", false)?;
-        mt.raw_set("__index", index.clone())?;
-        Ok((mt, index))
-    };
-    let (req_mt, req_index) = types("Request")?;
-    let (res_mt, res_index) = types("Response")?;
-    let req = Methods::<Request> { lua, index: req_index.clone(), mt: req_mt.clone(), _t: std::marker::PhantomData };
+    // the two object types (vm::objects: no finalizer, methods as C closures)
+    let (req_ty, res_ty) = (ObjectType::new(lua, "Request")?, ObjectType::new(lua, "Response")?);
+    let req = Methods { lua, ty: &req_ty, get: request_of };
     request_methods(&req)?;
-    req_mt.raw_set("__tostring", req.method_fn(checked, |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())))?)?;
-    let res = Methods::<Response> { lua, index: res_index.clone(), mt: res_mt.clone(), _t: std::marker::PhantomData };
+    req.meta("__tostring", |_, r, ()| Ok(format!("request {} {}", r.ex.method, r.ex.uri.path())))?;
+    let res = Methods { lua, ty: &res_ty, get: response_of };
     response_methods(&res)?;
-    res_mt.raw_set("__tostring", res.method_fn(checked, |_, _, ()| Ok("response"))?)?;
-    // http.request(opts): the options read (or nil, err outside a handler) by Rust, the
-    // object made by a C function (see new_request)
+    res.meta("__tostring", |_, _, ()| Ok("response"))?;
+    // http.request(opts): the options read by Rust (or nil, err outside a handler), except
+    // when none are given inside one
     let opts = lua.create_function(|lua, opts: LuaValue| {
         if exchange()?.is_none() {
             return no_context(lua);
@@ -794,13 +459,11 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         }
         Ok((LuaValue::Integer(max_body as i64), LuaValue::Integer(timeout_ms as i64)))
     })?;
-    // SAFETY: pushcclosure pops the two values exec_raw pushed and pushes the closure.
-    let request: mlua::Function = unsafe { lua.exec_raw((opts, req_mt), |l| ffi::lua_pushcclosure(l, new_request, 2)) }?;
-    t.raw_set("request", request)?;
-    let none = lua.create_function(|lua, ()| no_context(lua))?;
-    // SAFETY: as above.
-    let response: mlua::Function = unsafe { lua.exec_raw((none, res_mt), |l| ffi::lua_pushcclosure(l, new_response, 2)) }?;
-    t.raw_set("response", response)?;
+    let defaults = |given: bool| (!given && in_handler()).then_some([wippy_http::server::DEFAULT_MAX_BODY, 0]);
+    t.raw_set("request", req_ty.constructor(lua, defaults, opts)?)?;
+    let outside = lua.create_function(|lua, ()| no_context(lua))?;
+    t.raw_set("response", res_ty.constructor(lua, |_| in_handler().then_some([0, 0]), outside)?)?;
+    let (req_index, res_index) = (req_ty.index, res_ty.index);
     r.raw_set(
         "main_done",
         lua.create_function(|_, vals: mlua::MultiValue| {
