@@ -52,6 +52,26 @@ pub struct TemplateSetSpec {
     pub templates: Vec<(String, String)>,
 }
 
+/// Replace `map`'s contents by one value an item (ID, settings): the value it held for the
+/// ID when `keep` takes it with the new settings (it may update itself), else a new one
+/// `make` builds. A value whose ID is gone is dropped.
+fn keep_or_make<T, S>(
+    map: &mut std::collections::HashMap<String, Arc<T>>,
+    items: impl IntoIterator<Item = (String, S)>,
+    keep: impl Fn(&T, &S) -> bool,
+    make: impl Fn(&str, S) -> T,
+) {
+    let mut next = std::collections::HashMap::new();
+    for (id, settings) in items {
+        let value = match map.remove(&id) {
+            Some(old) if keep(&old, &settings) => old,
+            _ => Arc::new(make(&id, settings)),
+        };
+        next.insert(id, value);
+    }
+    *map = next;
+}
+
 /// The Lua side of a node: its entries, their compiled code, and the hosts' shards.
 #[derive(Clone)]
 pub struct LuaRuntime {
@@ -164,20 +184,11 @@ impl LuaRuntime {
     /// default). A store that stays keeps its data; one that is gone is dropped.
     pub fn set_stores(&self, stores: impl IntoIterator<Item = (String, usize)>) {
         use crate::modules::store::{MemStore, DEFAULT_MAX_SIZE};
-        let mut map = self.catalog.stores.write();
-        let mut next = std::collections::HashMap::new();
-        for (id, max) in stores {
-            let max = if max == 0 { DEFAULT_MAX_SIZE } else { max };
-            let store = match map.remove(&id) {
-                Some(s) => {
-                    s.set_max_size(max);
-                    s
-                }
-                None => std::sync::Arc::new(MemStore::new(max)),
-            };
-            next.insert(id, store);
-        }
-        *map = next;
+        let stores = stores.into_iter().map(|(id, max)| (id, if max == 0 { DEFAULT_MAX_SIZE } else { max }));
+        keep_or_make(&mut self.catalog.stores.write(), stores, |s, &max| {
+            s.set_max_size(max);
+            true
+        }, |_, max| MemStore::new(max));
     }
 
     /// The `db.sql.sqlite` databases the `sql` module opens (ID -> file or `:memory:`). A
@@ -185,36 +196,18 @@ impl LuaRuntime {
     /// its data); one that is gone or moved is closed.
     pub fn set_databases(&self, databases: impl IntoIterator<Item = (String, String)>) {
         use crate::modules::sql::Database;
-        let mut map = self.catalog.databases.write();
-        let mut next = std::collections::HashMap::new();
-        for (id, file) in databases {
-            let db = match map.remove(&id) {
-                Some(d) if d.file() == file => d,
-                _ => std::sync::Arc::new(Database::new(&id, &file)),
-            };
-            next.insert(id, db);
-        }
-        *map = next;
+        keep_or_make(&mut self.catalog.databases.write(), databases, |d, file| d.file() == file, |id, file| Database::new(id, &file));
     }
 
     /// The `queue.queue` queues the `queue` module and consumers use (ID -> `max_length`, 0
     /// for the default). A queue that stays keeps its messages; one that is gone is dropped.
     pub fn set_queues(&self, queues: impl IntoIterator<Item = (String, usize)>) {
         use crate::modules::queue::{MemQueue, DEFAULT_MAX_LENGTH};
-        let mut map = self.catalog.queues.write();
-        let mut next = std::collections::HashMap::new();
-        for (id, max) in queues {
-            let max = if max == 0 { DEFAULT_MAX_LENGTH } else { max };
-            let queue = match map.remove(&id) {
-                Some(q) => {
-                    q.set_max_length(max);
-                    q
-                }
-                None => std::sync::Arc::new(MemQueue::new(&id, max)),
-            };
-            next.insert(id, queue);
-        }
-        *map = next;
+        let queues = queues.into_iter().map(|(id, max)| (id, if max == 0 { DEFAULT_MAX_LENGTH } else { max }));
+        keep_or_make(&mut self.catalog.queues.write(), queues, |q, &max| {
+            q.set_max_length(max);
+            true
+        }, |id, max| MemQueue::new(id, max));
     }
 
     /// The `template.set` sets the `templates` module renders: each with its action

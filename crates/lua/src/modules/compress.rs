@@ -9,16 +9,13 @@ use std::io::{Read, Write};
 use mlua::{Lua, Table, Value as LuaValue};
 use wippy_runtime::Error;
 
-use super::fail;
+use super::{fail, invalid};
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
 
 const DEFAULT_MAX: u64 = 128 << 20;
 const LIMIT_MAX: u64 = 1 << 30;
 
-fn invalid(m: impl Into<String>) -> Error {
-    Error::invalid(m).with_retryable(false)
-}
 
 fn input(v: &LuaValue) -> Result<Vec<u8>, Error> {
     match v {

@@ -12,7 +12,7 @@ use aes_gcm::aead::{Aead, AeadCore, KeyInit, Payload};
 use mlua::{Lua, Table, Value as LuaValue};
 use wippy_runtime::Error;
 
-use super::fail;
+use super::{fail, invalid};
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
 
@@ -20,9 +20,6 @@ const MAX_RANDOM: i64 = 1 << 20;
 const NONCE: usize = 12;
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-fn invalid(m: impl Into<String>) -> Error {
-    Error::invalid(m).with_retryable(false)
-}
 
 fn internal(m: impl Into<String>) -> Error {
     Error::internal(m).with_retryable(false)

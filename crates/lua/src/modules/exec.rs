@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wippy_runtime::{Command, Error, Pid, Value};
 
-use super::fail;
+use super::{fail, invalid};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -64,9 +64,6 @@ fn procs() -> &'static Mutex<HashMap<u64, Arc<Proc>>> {
 static NEXT: AtomicU64 = AtomicU64::new(1);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-fn invalid(m: impl Into<String>) -> Error {
-    Error::invalid(m).with_retryable(false)
-}
 
 fn get(id: i64) -> Result<Arc<Proc>, Error> {
     procs().lock().get(&(id as u64)).cloned().ok_or_else(|| invalid("process closed"))
@@ -205,9 +202,9 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_get",
         lua.create_function(move |lua, id: LuaValue| -> Answer {
-            let id = match &id {
-                LuaValue::String(s) if !s.as_bytes().is_empty() => s.to_string_lossy().to_string(),
-                _ => return fail(lua, invalid("executor ID is empty")),
+            let id = match super::resource_id(&id, "executor") {
+                Ok(id) => id,
+                Err(e) => return fail(lua, e),
             };
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("exec.get", &id)))? {
                 return fail(lua, invalid(format!("permission denied: {}", e.message)));

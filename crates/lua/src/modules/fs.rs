@@ -22,7 +22,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use parking_lot::Mutex;
 use wippy_runtime::{Error, ErrorKind};
 
-use super::fail;
+use super::{fail, invalid};
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
 
@@ -52,11 +52,6 @@ fn io_error(e: std::io::Error, op: &str, path: &str) -> Error {
     err
 }
 
-fn invalid(m: impl Into<String>) -> Error {
-    let mut e = Error::invalid(m);
-    e.retryable = Some(false);
-    e
-}
 
 /// An error whose `retryable()` is nil, as Wippy's page says of these.
 fn answer_err(lua: &Lua, e: Error) -> Answer {

@@ -239,13 +239,18 @@ struct Methods<'a, T> {
 }
 
 impl<T: 'static> Methods<'_, T> {
+    /// `f` as the Rust method `vm::objects` calls with the object's words.
+    fn on<A, R>(&self, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> impl Fn(&Lua, Data, A) -> mlua::Result<R> + Send + 'static {
+        let get = self.get;
+        move |lua, d, a| f(lua, &get(d)?, a)
+    }
+
     fn add<A, R>(&self, name: &str, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
     where
         A: mlua::FromLuaMulti,
         R: mlua::IntoLuaMulti,
     {
-        let get = self.get;
-        self.ty.method(self.lua, name, move |lua, d, a| f(lua, &get(d)?, a))
+        self.ty.method(self.lua, name, self.on(f))
     }
 
     /// A method whose common case `fast` does (see `vm::objects::Fast`).
@@ -254,8 +259,7 @@ impl<T: 'static> Methods<'_, T> {
         A: mlua::FromLuaMulti,
         R: mlua::IntoLuaMulti,
     {
-        let get = self.get;
-        self.ty.hot(self.lua, name, fast, move |lua, d, a| f(lua, &get(d)?, a))
+        self.ty.hot(self.lua, name, fast, self.on(f))
     }
 
     fn meta<A, R>(&self, name: &str, f: impl Fn(&Lua, &T, A) -> mlua::Result<R> + Send + 'static) -> mlua::Result<()>
@@ -263,8 +267,7 @@ impl<T: 'static> Methods<'_, T> {
         A: mlua::FromLuaMulti,
         R: mlua::IntoLuaMulti,
     {
-        let get = self.get;
-        self.ty.meta(self.lua, name, move |lua, d, a| f(lua, &get(d)?, a))
+        self.ty.meta(self.lua, name, self.on(f))
     }
 }
 
@@ -289,7 +292,7 @@ fn on_exchange<R>(f: impl FnOnce(&Exchange) -> Option<R>) -> Option<R> {
 
 /// Whether the running process answers an HTTP request.
 fn in_handler() -> bool {
-    current::state(|st| st.attachment.as_deref().is_some_and(|a| a.is::<Exchange>())).unwrap_or(false)
+    on_exchange(|_| Some(())).is_some()
 }
 
 // The fast paths of the methods every handler calls (`None`: the mlua method answers;
@@ -437,7 +440,7 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     // http.request(opts): the options read by Rust (or nil, err outside a handler), except
     // when none are given inside one
     let opts = lua.create_function(|lua, opts: LuaValue| {
-        if exchange()?.is_none() {
+        if !in_handler() {
             return no_context(lua);
         }
         let (mut max_body, mut timeout_ms) = (wippy_http::server::DEFAULT_MAX_BODY, 0u64);

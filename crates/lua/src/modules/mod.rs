@@ -108,6 +108,20 @@ fn lua_type_name(rust: &str) -> &str {
     }
 }
 
+/// An `Invalid` error that retrying cannot mend: a module's answer to a bad argument.
+pub(crate) fn invalid(m: impl Into<String>) -> Error {
+    Error::invalid(m).with_retryable(false)
+}
+
+/// The ID a module's lookup names (`sql.get(id)`, `queue.publish(id, ...)`): a non-empty
+/// string, else "`what` ID is empty".
+pub(crate) fn resource_id(v: &LuaValue, what: &str) -> Result<String, Error> {
+    match v {
+        LuaValue::String(s) if !s.as_bytes().is_empty() => Ok(s.to_string_lossy().to_string()),
+        _ => Err(invalid(format!("{what} ID is empty"))),
+    }
+}
+
 /// `nil, err` as Lua values.
 pub(crate) fn fail(lua: &Lua, mut e: Error) -> mlua::Result<(LuaValue, LuaValue)> {
     // a module's error says whether it is worth retrying: false unless it says so (SPEC §12.1.3)

@@ -27,7 +27,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use parking_lot::Mutex;
 use wippy_runtime::{Context, Error, ErrorKind, Event, Events, NodeRef, Pid, Process, Spawn, Status, Value};
 
-use super::fail;
+use super::{fail, invalid};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -292,9 +292,6 @@ pub(crate) fn consumer(config: ConsumerConfig, catalog: Weak<Catalog>) -> Box<dy
     Box::new(Consumer { config, catalog, queue: None, buffered: VecDeque::new(), running: HashMap::new(), stopping: false, retry_pending: false })
 }
 
-fn invalid(m: impl Into<String>) -> Error {
-    Error::invalid(m).with_retryable(false)
-}
 
 /// `queue.message()`'s handle.
 struct MessageHandle(Arc<Delivery>);
@@ -325,13 +322,6 @@ fn settle(lua: &Lua, d: &Delivery, how: u8) -> Answer {
     }
 }
 
-fn queue_id(v: &LuaValue) -> Option<String> {
-    match v {
-        LuaValue::String(s) if !s.as_bytes().is_empty() => Some(s.to_string_lossy().to_string()),
-        _ => None,
-    }
-}
-
 fn find(catalog: &Weak<Catalog>, id: &str) -> Result<Arc<MemQueue>, Error> {
     catalog.upgrade().and_then(|c| c.queues.read().get(id).cloned()).ok_or_else(|| Error::not_found(format!("queue not found: {id}")).with_retryable(false))
 }
@@ -342,7 +332,10 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "publish",
         lua.create_function(move |lua, (id, data, headers): (LuaValue, LuaValue, LuaValue)| {
-            let Some(id) = queue_id(&id) else { return fail(lua, invalid("queue ID is empty")) };
+            let id = match super::resource_id(&id, "queue") {
+                Ok(id) => id,
+                Err(e) => return fail(lua, e),
+            };
             if data.is_nil() {
                 return fail(lua, invalid("message data is empty"));
             }
@@ -396,7 +389,10 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "info",
         lua.create_function(move |lua, id: LuaValue| {
-            let Some(id) = queue_id(&id) else { return fail(lua, invalid("queue ID is empty")) };
+            let id = match super::resource_id(&id, "queue") {
+                Ok(id) => id,
+                Err(e) => return fail(lua, e),
+            };
             let queue = match find(&catalog, &id) {
                 Ok(q) => q,
                 Err(e) => return fail(lua, e),

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use rusqlite::types::Value as Sql;
 use wippy_runtime::{Error, ErrorKind, Pid};
 
-use super::fail;
+use super::{fail, invalid};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -92,11 +92,6 @@ fn open(file: &str) -> rusqlite::Result<rusqlite::Connection> {
     Ok(c)
 }
 
-fn invalid(m: impl Into<String>) -> Error {
-    let mut e = Error::invalid(m);
-    e.retryable = Some(false);
-    e
-}
 
 /// A SQLite error as a Wippy error: syntax and misuse are Invalid, a constraint Conflict,
 /// a busy database Unavailable (retryable), the rest Internal.
@@ -442,9 +437,9 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "get",
         lua.create_function(move |lua, id: LuaValue| {
-            let id = match &id {
-                LuaValue::String(s) if !s.as_bytes().is_empty() => s.to_string_lossy().to_string(),
-                _ => return fail(lua, invalid("database ID is empty")),
+            let id = match super::resource_id(&id, "database") {
+                Ok(id) => id,
+                Err(e) => return fail(lua, e),
             };
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("db.get", &id)))? {
                 return fail(lua, e);

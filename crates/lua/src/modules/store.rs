@@ -20,7 +20,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use parking_lot::Mutex;
 use wippy_runtime::{Error, ErrorKind, Value};
 
-use super::fail;
+use super::{fail, invalid};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -140,11 +140,6 @@ struct Handle {
     released: std::sync::atomic::AtomicBool,
 }
 
-fn invalid(m: impl Into<String>) -> Error {
-    let mut e = Error::invalid(m);
-    e.retryable = Some(false);
-    e
-}
 
 fn err(lua: &Lua, e: Error) -> Answer {
     fail(lua, e)
@@ -342,9 +337,9 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "get",
         lua.create_function(move |lua, id: LuaValue| {
-            let id = match &id {
-                LuaValue::String(s) if !s.as_bytes().is_empty() => s.to_string_lossy().to_string(),
-                _ => return err(lua, invalid("store ID is empty")),
+            let id = match super::resource_id(&id, "store") {
+                Ok(id) => id,
+                Err(e) => return err(lua, e),
             };
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("store.get", &id)))? {
                 return err(lua, e);

@@ -9,14 +9,11 @@ use std::sync::{Arc, Weak};
 use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_runtime::{Error, Value};
 
-use super::fail;
+use super::{fail, invalid};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
 
-fn invalid(m: impl Into<String>) -> Error {
-    Error::invalid(m).with_retryable(false)
-}
 
 struct SetHandle {
     id: String,
@@ -61,9 +58,9 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "get",
         lua.create_function(move |lua, id: LuaValue| -> Answer {
-            let id = match &id {
-                LuaValue::String(s) if !s.as_bytes().is_empty() => s.to_string_lossy().to_string(),
-                _ => return fail(lua, invalid("template set ID is empty")),
+            let id = match super::resource_id(&id, "template set") {
+                Ok(id) => id,
+                Err(e) => return fail(lua, e),
             };
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("templates.get", &id)))? {
                 return fail(lua, e);
