@@ -126,6 +126,43 @@ fn imports_bind_library_entries() {
 }
 
 #[test]
+fn a_built_in_module_is_one_table_per_process() {
+    let h = Harness::new(1);
+    // a library the process imports requires json too: it gets the importer's table
+    h.lua.add_entry(wippy_lua::LuaEntry::library("lib:peek", "local json = require('json') return { json = function() return json end }").modules(&["json"]));
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::process(
+            "test:one",
+            r#"local peek = require("peek")
+            return { main = function(other)
+                local a = require("json")
+                assert(require("json") == a, "require answers the same table twice")
+                assert(json == a, "the global is that table")
+                assert(peek.json() == a, "an imported library's require gets it too")
+                assert(require("process") == process, "process is the one the environment starts with")
+                json = 5
+                assert(require("json") == a, "overwriting the global leaves require's answer")
+                json = nil
+                assert(json == a and require("json") == a, "a cleared global binds the same table again")
+                local fresh = a.mine == nil
+                a.mine = true
+                assert(require("json").mine and peek.json().mine, "writes stay in the table")
+                if not other then return fresh and "clean" or "dirty" end
+                -- another process has its own table: this one's write is not in it
+                process.spawn_monitored("test:one", "app:processes")
+                local ev = process.events():receive()
+                assert(ev.result.value == "clean", tostring(ev.result.value or ev.result.error))
+                return "ok"
+            end }"#,
+        )
+        .modules(&["json"])
+        .import("peek", "lib:peek"),
+    );
+    let r = h.node.exec(HOST, Spawn::entry("test:one").arg(true));
+    assert_eq!(r.unwrap(), s("ok"));
+}
+
+#[test]
 fn a_runtime_error_in_one_process_leaves_its_neighbours_alone() {
     let h = Harness::new(1);
     h.entry("test:victim", "return { main = function() local m = process.inbox():receive() return m:payload():data() + 1 end }");

@@ -1799,11 +1799,29 @@ local function proxy_mt(lib)
   end
   return mt
 end
-local function proxy_of(lib)
-  return setmetatable({}, proxy_mt(lib))
-end
 
 local require_in -- forward: require, below
+
+-- The process's own proxy of built-in library `k`, made on first use (nil when there is no
+-- such library). One per process, whichever of its entries (main's, a library's) binds or
+-- requires it: kept in the state's hash part under the library's name (P's slots are its
+-- array part; a string key never moves them), so neither a global that code overwrites
+-- nor a require in an imported library makes a second one. Main's environment starts
+-- with its `process` one.
+local function own_proxy(P, k)
+  local pr = P[k]
+  if pr == nil then
+    local load = LAZY[k]
+    if load then LAZY[k] = nil; load() end
+    local lib = LIBS[k]
+    if lib == nil then return nil end
+    local mt = proxy_mt(lib)
+    pr = rawget(P[ENV], k)
+    if pr == nil or raw_meta(pr) ~= mt then pr = setmetatable({}, mt) end
+    P[k] = pr
+  end
+  return pr
+end
 
 -- The environment metatable of one entry (shared by its processes): globals fall through
 -- to the base library, then to the libraries the entry may bind, as per-process proxies.
@@ -1815,17 +1833,11 @@ local function env_mt(allowed, imports)
   for k, v in pairs(BASE) do G[k] = v end
   setmetatable(G, { __index = function(_, k)
     if not (ALWAYS[k] or allowed[k]) then return nil end
-    local load = LAZY[k]
-    if load then LAZY[k] = nil; load() end
-    local lib = LIBS[k]
-    if lib == nil then return nil end
     local P = S[1]
+    local pr = own_proxy(P, k)
+    if pr == nil then return nil end
     local env = P[ENV]
-    local pr = rawget(env, k)
-    if pr == nil then
-      pr = proxy_of(lib)
-      if ALWAYS[k] or raw_meta(env).allowed[k] then rawset(env, k, pr) end
-    end
+    if rawget(env, k) == nil and (ALWAYS[k] or raw_meta(env).allowed[k]) then rawset(env, k, pr) end
     return pr
   end })
   -- (what the entry may bind rides along, out of the processes' reach)
@@ -1849,22 +1861,25 @@ function require_in(mt, name)
     error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
   end
   local P = S[1]
-  local cache = part(P, "required")
-  local mine = cache[mt]
-  if mine == nil then mine = {}; cache[mt] = mine end
-  local v = mine[name]
-  if v ~= nil then return v end
+  local v
   if ALWAYS[name] or mt.allowed[name] then
-    v = mt.__index[name]
+    -- a built-in library: the process's one proxy of it (no cache of its own to make: a
+    -- handler process's first require is most of what it does)
+    v = own_proxy(P, name)
   else
+    local cache = part(P, "required")
+    local mine = cache[mt]
+    if mine == nil then mine = {}; cache[mt] = mine end
+    v = mine[name]
+    if v ~= nil then return v end
     local imports = mt.imports
     local lib = imports and imports[name]
     if lib then
       v = R.load_library(lib, new_env)
+      mine[name] = v
     end
   end
   if v == nil then error("module '" .. name .. "' not found", 2) end
-  mine[name] = v
   return v
 end
 function BASE.require(name)
