@@ -150,6 +150,55 @@ fn listen_channel_buffers_one_and_full_channel_does_not_block_others() {
 }
 
 #[test]
+fn a_deep_mailbox_backlog_is_taken_in_order_without_going_quadratic() {
+    // 50,000 messages wait in the mailbox (they arrive while the process waits on another
+    // channel), then are taken through select and receive. Each arrival and each take
+    // used to go over the whole backlog: 50,000 of them took minutes, far past the
+    // harness's bound; each is now constant work.
+    let h = Harness::new(2);
+    h.entry("test:flooder", r#"return { main = function(to, n)
+        for i = 1, n do process.send(to, "x", i) end
+        process.send(to, "go", true)
+    end }"#);
+    let v = h.ok(r#"
+        local n = 50000
+        local inbox, go, never = process.inbox(), process.listen("go"), channel.new()
+        process.spawn("test:flooder", "app:processes", process.pid(), n)
+        go:receive()
+        for i = 1, n // 2 do
+            local r = channel.select { inbox:case_receive(), never:case_receive() }
+            assert(r.channel == inbox and r.value:payload():data() == i, "item " .. i)
+        end
+        for i = n // 2 + 1, n do
+            assert(inbox:receive():payload():data() == i, "item " .. i)
+        end
+        return "ok"
+    "#);
+    assert_eq!(v, s("ok"));
+}
+
+#[test]
+fn pending_items_for_a_full_channel_hold_back_only_their_own_channel() {
+    let h = Harness::new(1);
+    h.entry("test:quick", "return { main = function() return 1 end }");
+    let v = h.ok(r#"
+        local me = process.pid()
+        local a = process.listen("a")
+        -- 'a' holds one; the rest of 'a' waits, interleaved with inbox items and an event
+        for i = 1, 4 do process.send(me, "a", i); process.send(me, "b", i) end
+        local t = process.spawn_monitored("test:quick", "app:processes")
+        local got = {}
+        -- the inbox's items are not held up behind 'a''s, nor the exit event
+        for i = 1, 4 do got[#got + 1] = "b" .. process.inbox():receive():payload():data() end
+        local ev = process.events():receive()
+        got[#got + 1] = ev.kind
+        for i = 1, 4 do got[#got + 1] = "a" .. a:receive() end
+        return table.concat(got, " ")
+    "#);
+    assert_eq!(v, s("b1 b2 b3 b4 pid.exit a1 a2 a3 a4"));
+}
+
+#[test]
 fn send_errors() {
     let h = Harness::new(1);
     let v = h.ok(r#"

@@ -491,33 +491,80 @@ local function offer(P, ch, m)
   return false
 end
 
+-- The pending items (mailbox items no channel could take yet), oldest first, are
+-- x.pending[x.ph .. x.ph + P[NPEND] - 1]; x.pc counts them by the channel each goes to
+-- (NOCH: none yet). An item's channel changes only when the process listens, unlistens or
+-- makes its inbox or events channel, and each of those runs drain_all, which recounts.
+-- A service with a deep mailbox takes and queues each item in constant time: only an
+-- item's own channel can take it, so only the oldest items are ever looked at, unless
+-- items for other channels wait behind one that is stuck.
+local NOCH = {}
+
 -- Deliver what can be delivered of the pending items, in order; an item stays when its
 -- channel cannot take it, and so does every later item for the same channel.
-drain = function(P)
+local function drain_all(P)
   local x = P[X]
-  local pend, kept, stuck = x.pending, {}, {}
+  local pend, h = x.pending, x.ph or 1
+  local kept, stuck, pc = {}, {}, {}
   local n = 0
-  for i = 1, P[NPEND] do
+  for i = h, h + P[NPEND] - 1 do
     local m = pend[i]
     local ch = target(P, m)
     if ch and not stuck[ch] and offer(P, ch, m) then
       -- delivered
     else
-      if ch then stuck[ch] = true end
+      local k = ch or NOCH
+      stuck[k] = true
       n = n + 1; kept[n] = m
+      pc[k] = (pc[k] or 0) + 1
     end
   end
-  x.pending, P[NPEND] = kept, n
+  x.pending, x.ph, x.pc, P[NPEND] = kept, 1, pc, n
+end
+
+-- The same after a channel may have made room (a receive, a wait): the oldest items go
+-- while their channels take them; the first that stays holds back every later item for
+-- its channel, so the rest is looked at only when some of it is for another one.
+drain = function(P)
+  local x = P[X]
+  local pc = x.pc
+  if not pc then return drain_all(P) end -- (what an upgrade carried over: count it first)
+  local pend, h, n = x.pending, x.ph, P[NPEND]
+  while n > 0 do
+    local m = pend[h]
+    local ch = target(P, m)
+    if not (ch and offer(P, ch, m)) then
+      x.ph, P[NPEND] = h, n
+      if pc[ch or NOCH] < n then drain_all(P) end
+      return
+    end
+    pend[h] = nil; h = h + 1; n = n - 1
+    pc[ch] = pc[ch] - 1
+  end
+  -- (a queue that grew long is let go: its table keeps the room it grew to)
+  if h > 32 then x.pending = {} end
+  x.ph, P[NPEND] = 1, 0
 end
 
 local function queue_pending(P, m)
-  local n = P[NPEND] + 1
   local x = rare(P)
-  local pend = x.pending
-  if not pend then pend = {}; x.pending = pend end
-  P[NPEND] = n; pend[n] = m
+  local n = P[NPEND]
+  if n > 0 and not x.pc then drain_all(P); n = P[NPEND] end -- (an upgrade's carry)
+  local ch = target(P, m)
+  local k = ch or NOCH
+  local pc = x.pc
+  if n > 0 then
+    -- nothing can have made room for an older item since the last drain (every receive
+    -- and wait drains): only this one may go now, when no older one waits for its channel
+    local c = pc[k]
+    if ch and (c == nil or c == 0) and offer(P, ch, m) then return end
+  elseif not pc then
+    pc = {}; x.pc = pc; x.pending = {}; x.ph = 1
+  end
+  x.pending[x.ph + n] = m
+  P[NPEND] = n + 1
+  pc[k] = (pc[k] or 0) + 1
   rt_dirty()
-  if n > 1 then drain(P) end
 end
 
 local function arrive(P, m)
@@ -562,8 +609,9 @@ local EV_CANCEL <const> = "c"     -- from, at, reason
 handle = function(P, kind, a, b, c, d, ...)
   if kind == EV_MESSAGE and a == "@outdated" then
     -- the entry or an import changed: one OUTDATED event, merged into one still pending
-    local pend = P[NPEND] > 0 and P[X].pending
-    for i = 1, P[NPEND] do
+    local x = P[X]
+    local pend, h = P[NPEND] > 0 and x.pending, x and x.ph or 1
+    for i = h, h + P[NPEND] - 1 do
       local ev = pend[i].ev
       if ev and ev.kind == OUTDATED then
         for _, id in ipairs(d) do
@@ -846,14 +894,14 @@ end
 
 -- The process's inbox and events channels (made on first call; the same ever after). The
 -- inbox is made by Rust (vm/raw.rs inbox: no third call frame on main's coroutine).
-process.inbox = R.make_inbox(S, ChanMT, HandleMT, drain)
+process.inbox = R.make_inbox(S, ChanMT, HandleMT, drain_all)
 function process.events()
   local P = S[1]
   local x = rare(P)
   local ch = x.events
   if not ch then
     ch = newchan(P, 0, true); x.events = ch
-    if P[NPEND] > 0 then drain(P) end
+    if P[NPEND] > 0 then drain_all(P) end
   end
   return ch[C_H]
 end
@@ -875,7 +923,7 @@ function process.listen(topic, opts)
   if ch then return ch[C_H] end
   ch = newchan(P, 1, true, topic, not (opts and opts.message))
   l[topic] = ch
-  if P[NPEND] > 0 then drain(P) end
+  if P[NPEND] > 0 then drain_all(P) end
   return ch[C_H]
 end
 
@@ -886,7 +934,7 @@ function process.unlisten(h)
   if topic and P[LISTEN] and P[LISTEN][topic] == ch then
     P[LISTEN][topic] = nil
     close(ch)
-    if P[NPEND] > 0 then drain(P) end
+    if P[NPEND] > 0 then drain_all(P) end
     return true
   end
   return false
@@ -1259,7 +1307,11 @@ function process.upgrade(entry, ...)
       end
     end
   end
-  for i = 1, P[NPEND] do n = n + 1; carry[n] = P[X].pending[i] end
+  if P[NPEND] > 0 then
+    local x = P[X]
+    local h = x.ph or 1
+    for i = h, h + P[NPEND] - 1 do n = n + 1; carry[n] = x.pending[i] end
+  end
   P[NPEND] = 0
   local cmds = rare_get(P, "cmds")
   if cmds then
