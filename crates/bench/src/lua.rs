@@ -339,6 +339,37 @@ pub fn strings() {
     outf("lua_strings_rate", N as f64 / wall.as_secs_f64(), "calls/s");
 }
 
+const FLOODER: &str = r#"return { main = function(to, n)
+    for i = 1, n do process.send(to, "x", i) end
+    process.send(to, "go", true)
+end }"#;
+
+const BACKLOG_DRIVER: &str = r#"return { main = function(n)
+    local inbox, go, never = process.inbox(), process.listen("go"), channel.new()
+    local t0 = time.now()
+    process.spawn("bench:flooder", "bench", process.pid(), n)
+    go:receive()
+    local queued = time.now():sub(t0):nanoseconds()
+    local t1 = time.now()
+    for _ = 1, n do channel.select { inbox:case_receive(), never:case_receive() } end
+    return { queued, time.now():sub(t1):nanoseconds() }
+end }"#;
+
+/// `lua-backlog`: a service that fell behind: N messages wait in its mailbox (they arrive
+/// while it waits on another channel), then it takes them through `channel.select`; ns per
+/// message to queue and to take, which should not grow with N.
+pub fn backlog() {
+    let (node, lua) = node(ShardOptions::default());
+    entry(&lua, "bench:flooder", FLOODER);
+    entry(&lua, "bench:backlogdriver", BACKLOG_DRIVER);
+    run(&node, "bench:backlogdriver", vec![Value::Int(1000)]);
+    for n in [2_000i64, 8_000, 32_000] {
+        let r = run(&node, "bench:backlogdriver", vec![Value::Int(n)]);
+        outf(&format!("lua_backlog_{n}_queue_ns"), nth(&r, 0).as_nanos() as f64 / n as f64, "ns/message");
+        outf(&format!("lua_backlog_{n}_take_ns"), nth(&r, 1).as_nanos() as f64 / n as f64, "ns/message");
+    }
+}
+
 /// Where a parked Lua process's bytes go (Lua heap vs the rest), for tuning.
 pub fn lua_heap() {
     let (node, lua) = node(ShardOptions::default());
