@@ -31,19 +31,21 @@ pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
         LuaValue::Table(t) => {
             // An empty table is an array; keys 1..n without gaps an array; string keys only
             // an object; anything else (a sparse array, mixed keys) an error.
-            let (mut ints, mut strings, mut max) = (0usize, 0usize, 0i64);
+            // (one walk over the pairs: each step of mlua's iterator is a protected call)
+            let (mut ints, mut max) = (0usize, 0i64);
+            let mut fields = Vec::new();
             for pair in t.clone().pairs::<LuaValue, LuaValue>() {
-                let (k, _) = pair.map_err(|e| e.to_string())?;
+                let (k, item) = pair.map_err(|e| e.to_string())?;
                 match k {
                     LuaValue::Integer(i) if i >= 1 => {
                         ints += 1;
                         max = max.max(i);
                     }
-                    LuaValue::String(_) => strings += 1,
+                    LuaValue::String(k) => fields.push((k, item)),
                     other => return Err(format!("json.encode: a {} key cannot be encoded", super::lua_type(&other))),
                 }
             }
-            if strings == 0 {
+            if fields.is_empty() {
                 if max as usize != ints {
                     return Err("json.encode: a sparse array cannot be encoded".into());
                 }
@@ -55,11 +57,8 @@ pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
                 Json::Array(arr)
             } else if ints == 0 {
                 let mut m = Map::new();
-                for pair in t.clone().pairs::<LuaValue, LuaValue>() {
-                    let (k, item) = pair.map_err(|e| e.to_string())?;
-                    if let LuaValue::String(k) = k {
-                        m.insert(k.to_string_lossy().to_string(), to_json(&item, depth + 1)?);
-                    }
+                for (k, item) in &fields {
+                    m.insert(k.to_string_lossy().to_string(), to_json(item, depth + 1)?);
                 }
                 Json::Object(m)
             } else {
