@@ -539,7 +539,8 @@ drain = function(P)
       return
     end
     pend[h] = nil; h = h + 1; n = n - 1
-    pc[ch] = pc[ch] - 1
+    local c = pc[ch] - 1
+    pc[ch] = c > 0 and c or nil -- (no key left for a channel that may be let go)
   end
   -- (a queue that grew long is let go: its table keeps the room it grew to)
   if h > 32 then x.pending = {} end
@@ -556,8 +557,7 @@ local function queue_pending(P, m)
   if n > 0 then
     -- nothing can have made room for an older item since the last drain (every receive
     -- and wait drains): only this one may go now, when no older one waits for its channel
-    local c = pc[k]
-    if ch and (c == nil or c == 0) and offer(P, ch, m) then return end
+    if ch and not pc[k] and offer(P, ch, m) then return end
   elseif not pc then
     pc = {}; x.pc = pc; x.pending = {}; x.ph = 1
   end
