@@ -8,7 +8,7 @@ use base64::{DecodeError, Engine};
 use mlua::{Lua, Table, Value as LuaValue};
 use wippy_runtime::Error;
 
-use super::fail;
+use super::{fail, or_fail};
 
 /// A string argument's bytes: a string, or a number as Lua prints it.
 pub(crate) fn bytes_arg(v: &LuaValue, what: &str) -> Result<Vec<u8>, Error> {
@@ -42,10 +42,7 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "decode",
         lua.create_function(|lua, v: LuaValue| {
-            let b = match bytes_arg(&v, "input") {
-                Ok(b) => b,
-                Err(e) => return fail(lua, e),
-            };
+            let b = or_fail!(lua, bytes_arg(&v, "input"));
             match STANDARD.decode(&b) {
                 Ok(out) => Ok((LuaValue::String(lua.create_string(out)?), LuaValue::Nil)),
                 Err(e) => fail(lua, decode_error(e, b.len())),

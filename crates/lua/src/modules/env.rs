@@ -9,7 +9,7 @@ use std::sync::Weak;
 use mlua::{Lua, Table, Value as LuaValue};
 use wippy_runtime::{Echo, Error};
 
-use super::fail;
+use super::{fail, or_fail};
 use crate::catalog::Catalog;
 
 fn name_arg(lua: &Lua, v: &LuaValue, f: &str) -> mlua::Result<Result<String, (LuaValue, LuaValue)>> {
@@ -40,10 +40,7 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
             let Some(cat) = c.upgrade() else { return fail(lua, Error::unavailable("the runtime is gone")) };
             let config = cat.env_config.read().clone();
             let value = match config.find(&name, &namespace()) {
-                Some(var) => match var.value() {
-                    Ok(v) => v,
-                    Err(e) => return fail(lua, e),
-                },
+                Some(var) => or_fail!(lua, var.value()),
                 None => cat.env.read().get(&name).cloned(),
             };
             match value {

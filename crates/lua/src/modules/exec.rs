@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wippy_runtime::{Command, Error, Pid, Value};
 
-use super::{fail, invalid};
+use super::{fail, invalid, or_fail};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -202,10 +202,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_get",
         lua.create_function(move |lua, id: LuaValue| -> Answer {
-            let id = match super::resource_id(&id, "executor") {
-                Ok(id) => id,
-                Err(e) => return fail(lua, e),
-            };
+            let id = or_fail!(lua, super::resource_id(&id, "executor"));
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("exec.get", &id)))? {
                 return fail(lua, invalid(format!("permission denied: {}", e.message)));
             }
@@ -231,10 +228,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
                 if let LuaValue::String(d) = o.raw_get::<LuaValue>("work_dir")? {
                     work_dir = Some(PathBuf::from(d.to_string_lossy().to_string()));
                 }
-                env = match string_map(&o.raw_get::<LuaValue>("env")?, "env") {
-                    Ok(e) => e,
-                    Err(e) => return fail(lua, e),
-                };
+                env = or_fail!(lua, string_map(&o.raw_get::<LuaValue>("env")?, "env"));
             }
             let allowed = crate::current::with(|cx, _| {
                 let mut meta = wippy_runtime::Table::new();
@@ -282,10 +276,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_start",
         lua.create_function(|lua, id: i64| -> Answer {
-            let p = match get(id) {
-                Ok(p) => p,
-                Err(e) => return fail(lua, e),
-            };
+            let p = or_fail!(lua, get(id));
             let Some(spec) = p.spec.lock().take() else { return fail(lua, invalid("process already started")) };
             task(lua, async move {
                 let mut c = tokio::process::Command::new(&spec.program);
@@ -310,10 +301,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_wait",
         lua.create_function(|lua, id: i64| -> Answer {
-            let p = match get(id) {
-                Ok(p) => p,
-                Err(e) => return fail(lua, e),
-            };
+            let p = or_fail!(lua, get(id));
             if p.spec.lock().is_some() {
                 return fail(lua, invalid("process not started"));
             }
@@ -333,10 +321,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_read",
         lua.create_function(|lua, (id, which, n): (i64, String, Option<i64>)| -> Answer {
-            let p = match get(id) {
-                Ok(p) => p,
-                Err(e) => return fail(lua, e),
-            };
+            let p = or_fail!(lua, get(id));
             let n = n.filter(|n| *n > 0).unwrap_or(65536).min(1 << 20) as usize;
             task(lua, async move {
                 let mut io = p.io.lock().await;
@@ -362,10 +347,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_write",
         lua.create_function(|lua, (id, data): (i64, mlua::LuaString)| -> Answer {
-            let p = match get(id) {
-                Ok(p) => p,
-                Err(e) => return fail(lua, e),
-            };
+            let p = or_fail!(lua, get(id));
             if p.spec.lock().is_some() {
                 return fail(lua, invalid("process not started"));
             }
@@ -382,10 +364,7 @@ pub(crate) fn internal(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Re
     r.raw_set(
         "exec_signal",
         lua.create_function(|lua, (id, sig): (i64, i64)| -> Answer {
-            let p = match get(id) {
-                Ok(p) => p,
-                Err(e) => return fail(lua, e),
-            };
+            let p = or_fail!(lua, get(id));
             let Some(os) = *p.os_pid.lock() else { return fail(lua, invalid("process not started")) };
             if p.exit.lock().is_some() || !signal_os(os, sig as i32) {
                 return fail(lua, invalid("process has exited"));

@@ -11,7 +11,7 @@ use mlua::{Lua, Table, Value as LuaValue};
 use wippy_http::client::{self, Req};
 use wippy_runtime::{Command, Error};
 
-use super::{bad_arg, fail};
+use super::{bad_arg, fail, or_fail};
 use crate::current;
 
 fn string_of(v: &LuaValue) -> mlua::Result<Option<String>> {
@@ -157,10 +157,7 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
         lua.create_function(|lua, (method, url, opts, batch): (String, LuaValue, LuaValue, bool)| {
             let LuaValue::String(url) = &url else { return Err(bad_arg(1, "request", "string", &url)) };
             let url = url.to_str()?.to_string();
-            let req = match build(&method, &url, &opts)? {
-                Ok(r) => r,
-                Err(e) => return fail(lua, e),
-            };
+            let req = or_fail!(lua, build(&method, &url, &opts)?);
             if batch && req.stream {
                 return fail(lua, Error::invalid("stream is not allowed in request_batch"));
             }

@@ -122,6 +122,18 @@ pub(crate) fn resource_id(v: &LuaValue, what: &str) -> Result<String, Error> {
     }
 }
 
+/// The value of `$result` (a `Result<T, Error>`), or return `nil, err` from the Lua
+/// function around it (see [`fail`]).
+macro_rules! or_fail {
+    ($lua:expr, $result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(e) => return $crate::modules::fail($lua, e),
+        }
+    };
+}
+pub(crate) use or_fail;
+
 /// `nil, err` as Lua values.
 pub(crate) fn fail(lua: &Lua, mut e: Error) -> mlua::Result<(LuaValue, LuaValue)> {
     // a module's error says whether it is worth retrying: false unless it says so (SPEC §12.1.3)

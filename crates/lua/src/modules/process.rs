@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use mlua::{Lua, Table, Value as LuaValue, Variadic};
 use wippy_runtime::{Dest, Error, NameScope, Payload, Pid, Spawn, Value};
 
-use super::{bad_arg, fail};
+use super::{bad_arg, fail, or_fail};
 use crate::catalog::{Catalog, EntryKind};
 use crate::convert::to_value;
 use crate::current;
@@ -161,10 +161,7 @@ pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Res
             let dest = dest_arg(&dest, 1, "send")?;
             let topic = string_arg(&topic, 2, "send")?;
             current::with(|cx, st| {
-                let dest = match dest {
-                    Ok(d) => d,
-                    Err(e) => return fail(lua, e),
-                };
+                let dest = or_fail!(lua, dest);
                 let mut payload = Payload::new();
                 for (i, v) in payloads.iter().enumerate() {
                     match to_value(v, &st.shard.marks, &format!("payload {}", i + 1)) {

@@ -27,7 +27,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use parking_lot::Mutex;
 use wippy_runtime::{Context, Error, ErrorKind, Event, Events, NodeRef, Pid, Process, Spawn, Status, Value};
 
-use super::{fail, invalid};
+use super::{fail, invalid, or_fail};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -332,10 +332,7 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "publish",
         lua.create_function(move |lua, (id, data, headers): (LuaValue, LuaValue, LuaValue)| {
-            let id = match super::resource_id(&id, "queue") {
-                Ok(id) => id,
-                Err(e) => return fail(lua, e),
-            };
+            let id = or_fail!(lua, super::resource_id(&id, "queue"));
             if data.is_nil() {
                 return fail(lua, invalid("message data is empty"));
             }
@@ -346,10 +343,7 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
                         return fail(lua, Error::invalid(format!("publish not allowed: {}", e.message)).with_retryable(false));
                     }
                 }
-                let queue = match find(&cat, &id) {
-                    Ok(q) => q,
-                    Err(e) => return fail(lua, e),
-                };
+                let queue = or_fail!(lua, find(&cat, &id));
                 let body = match crate::convert::to_value(&data, &st.shard.marks, "message data") {
                     Ok(v) => v,
                     Err(m) => return fail(lua, invalid(m)),
@@ -389,14 +383,8 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "info",
         lua.create_function(move |lua, id: LuaValue| {
-            let id = match super::resource_id(&id, "queue") {
-                Ok(id) => id,
-                Err(e) => return fail(lua, e),
-            };
-            let queue = match find(&catalog, &id) {
-                Ok(q) => q,
-                Err(e) => return fail(lua, e),
-            };
+            let id = or_fail!(lua, super::resource_id(&id, "queue"));
+            let queue = or_fail!(lua, find(&catalog, &id));
             let (waiting, consumers) = {
                 let q = queue.inner.lock();
                 (q.items.len(), q.consumers)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_runtime::{Error, Value};
 
-use super::{bad_arg, fail};
+use super::{bad_arg, fail, or_fail};
 use wippy_registry::{Entry, Snapshot as View};
 
 use crate::catalog::{Catalog, RegistryChange, RegistryItem};
@@ -366,10 +366,7 @@ impl UserData for ChangeSet {
                 if !matches!(entry, LuaValue::Table(_)) {
                     return fail(lua, Error::invalid(format!("{name}: an entry table expected")));
                 }
-                let item = match item_from(&entry, name)? {
-                    Ok(i) => i,
-                    Err(e) => return fail(lua, e),
-                };
+                let item = or_fail!(lua, item_from(&entry, name)?);
                 if let Err(e) = check_write(&item.id)? {
                     return fail(lua, e);
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use mlua::{AnyUserData, Lua, MetaMethod, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_runtime::{evaluate, Actor, Error, Identity, Policy, Request, Scope, Value};
 
-use super::{bad_arg, fail};
+use super::{bad_arg, fail, or_fail};
 use crate::convert::{from_value, to_value};
 use crate::current;
 
@@ -241,10 +241,7 @@ impl UserData for LuaTokenStore {
             let (ttl, meta) = match &opts {
                 LuaValue::Nil => (store.default_ttl(), wippy_runtime::Table::new()),
                 LuaValue::Table(t) => {
-                    let ttl = match expiration(&t.raw_get::<LuaValue>("expiration")?, store.default_ttl()) {
-                        Ok(d) => d,
-                        Err(e) => return fail(lua, e),
-                    };
+                    let ttl = or_fail!(lua, expiration(&t.raw_get::<LuaValue>("expiration")?, store.default_ttl()));
                     let meta = match t.raw_get::<LuaValue>("meta")? {
                         m @ LuaValue::Table(_) => match current::with(|_, st| Ok(to_value(&m, &st.shard.marks, "meta")))? {
                             Ok(Value::Table(t)) => (*t).clone(),
@@ -260,10 +257,7 @@ impl UserData for LuaTokenStore {
             Ok((LuaValue::String(lua.create_string(token)?), LuaValue::Nil))
         });
         m.add_method("revoke", |lua, s, token: LuaValue| {
-            let store = match store_of(s, "security.token.revoke") {
-                Ok(st) => st,
-                Err(e) => return fail(lua, e),
-            };
+            let store = or_fail!(lua, store_of(s, "security.token.revoke"));
             let LuaValue::String(token) = &token else { return fail(lua, Error::invalid("token must be a string")) };
             store.revoke(&token.to_string_lossy());
             Ok((LuaValue::Boolean(true), LuaValue::Nil))

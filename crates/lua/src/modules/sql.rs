@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use rusqlite::types::Value as Sql;
 use wippy_runtime::{Error, ErrorKind, Pid};
 
-use super::{fail, invalid};
+use super::{fail, invalid, or_fail};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -218,18 +218,12 @@ struct Scope {
 
 impl Scope {
     fn query(&self, lua: &Lua, text: &str, p: &Option<Table>) -> Answer {
-        let args = match params(p) {
-            Ok(a) => a,
-            Err(e) => return fail(lua, e),
-        };
+        let args = or_fail!(lua, params(p));
         answer(self.db.with(self.tx, |c, _| rows(lua, c, text, &args)), lua)
     }
 
     fn execute(&self, lua: &Lua, text: &str, p: &Option<Table>) -> Answer {
-        let args = match params(p) {
-            Ok(a) => a,
-            Err(e) => return fail(lua, e),
-        };
+        let args = or_fail!(lua, params(p));
         answer(self.db.with(self.tx, |c, _| execute(lua, c, text, &args)), lua)
     }
 
@@ -325,10 +319,7 @@ impl UserData for Handle {
             s.prepare(lua, &t)
         });
         m.add_method("begin", |lua, h, opts: Option<Table>| {
-            let s = match h.scope() {
-                Ok(s) => s,
-                Err(e) => return fail(lua, e),
-            };
+            let s = or_fail!(lua, h.scope());
             let read_only = opts.as_ref().is_some_and(|o| matches!(o.raw_get::<LuaValue>("read_only"), Ok(LuaValue::Boolean(true))));
             let me = crate::current::with(|cx, _| Ok(cx.pid()))?;
             let id = s.db.next_tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -437,10 +428,7 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "get",
         lua.create_function(move |lua, id: LuaValue| {
-            let id = match super::resource_id(&id, "database") {
-                Ok(id) => id,
-                Err(e) => return fail(lua, e),
-            };
+            let id = or_fail!(lua, super::resource_id(&id, "database"));
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("db.get", &id)))? {
                 return fail(lua, e);
             }

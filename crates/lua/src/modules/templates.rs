@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use mlua::{Lua, Table, UserData, UserDataMethods, Value as LuaValue};
 use wippy_runtime::{Error, Value};
 
-use super::{fail, invalid};
+use super::{fail, invalid, or_fail};
 use crate::catalog::Catalog;
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
@@ -58,10 +58,7 @@ pub(crate) fn library(lua: &Lua, catalog: Weak<Catalog>) -> mlua::Result<Table> 
     t.raw_set(
         "get",
         lua.create_function(move |lua, id: LuaValue| -> Answer {
-            let id = match super::resource_id(&id, "template set") {
-                Ok(id) => id,
-                Err(e) => return fail(lua, e),
-            };
+            let id = or_fail!(lua, super::resource_id(&id, "template set"));
             if let Err(e) = crate::current::with(|cx, _| Ok(cx.allow("templates.get", &id)))? {
                 return fail(lua, e);
             }

@@ -8,7 +8,7 @@ use mlua::{Lua, Table, Value as LuaValue};
 use uuid::{Uuid, Variant};
 use wippy_runtime::Error;
 
-use super::fail;
+use super::{fail, or_fail};
 
 type Answer = mlua::Result<(LuaValue, LuaValue)>;
 
@@ -84,10 +84,7 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "parse",
         lua.create_function(|lua, v: LuaValue| {
-            let u = match parse(&v) {
-                Ok(u) => u,
-                Err(e) => return fail(lua, e),
-            };
+            let u = or_fail!(lua, parse(&v));
             let out = lua.create_table()?;
             let version = u.get_version_num();
             out.raw_set("version", version as i64)?;
@@ -107,10 +104,7 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     t.raw_set(
         "format",
         lua.create_function(|lua, (v, fmt): (LuaValue, Option<LuaValue>)| {
-            let u = match parse(&v) {
-                Ok(u) => u,
-                Err(e) => return fail(lua, e),
-            };
+            let u = or_fail!(lua, parse(&v));
             let fmt = match &fmt {
                 None | Some(LuaValue::Nil) => "standard".to_string(),
                 Some(LuaValue::String(s)) => s.to_string_lossy().to_string(),
