@@ -19,12 +19,8 @@ use crate::modules;
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
-/// A constant table process code may read but never change (`http.STATUS`,
-/// `process.event`, ...): an empty userdata whose own metatable indexes the table, so a
-/// lookup is the VM's table fast path, not a call. It has no fields to `rawset`, its
-/// metatable is hidden (`__metatable`), an assignment raises, and `pairs` walks a fresh
-/// copy: the shared table itself never reaches process code.
-/// A library's nested tables (`http.STATUS`, `crypto.random`...) as read-only userdata.
+/// A library's nested tables (`http.STATUS`, `crypto.random`...) as read-only userdata
+/// (see [`read_only`]).
 pub(crate) fn lock_nested(lua: &Lua, lib: &Table) -> mlua::Result<()> {
     let mut nested = Vec::new();
     for p in lib.pairs::<LuaValue, LuaValue>() {
@@ -39,6 +35,11 @@ pub(crate) fn lock_nested(lua: &Lua, lib: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
+/// A constant table process code may read but never change (`http.STATUS`,
+/// `process.event`, ...): an empty userdata whose own metatable indexes the table, so a
+/// lookup is the VM's table fast path, not a call. It has no fields to `rawset`, its
+/// metatable is hidden (`__metatable`), an assignment raises, and `pairs` walks a fresh
+/// copy: the shared table itself never reaches process code.
 pub(crate) fn read_only(lua: &Lua, t: Table) -> mlua::Result<LuaValue> {
     let mt = lua.create_table_with_capacity(0, 5)?;
     mt.raw_set("__index", t.clone())?;
