@@ -229,27 +229,29 @@ pub(crate) fn install(
     // Libraries built into a VM when one of its processes first binds them (the prelude's
     // LAZY): a project uses few of them, and every VM (an isolated process owns one) carried
     // them all. Their nested tables are made read-only as the eager ones' are.
-    const LAZY_LIBS: &[&str] = &["base64", "hash", "crypto", "compress", "yaml", "fs", "store", "text", "sql", "queue", "templates"];
-    r.raw_set("lazy_libs", lua.create_sequence_from(LAZY_LIBS.iter().copied())?)?;
+    type Build = fn(&Lua, Weak<Catalog>) -> mlua::Result<Table>;
+    const LAZY_LIBS: &[(&str, Build)] = &[
+        ("base64", |lua, _| base64::library(lua)),
+        ("hash", |lua, _| hash::library(lua)),
+        ("crypto", |lua, _| crypto::library(lua)),
+        ("compress", |lua, _| compress::library(lua)),
+        ("yaml", |lua, _| yaml::library(lua)),
+        ("fs", fs::library),
+        ("store", store::library),
+        ("text", |lua, _| text::library(lua)),
+        ("sql", sql::library),
+        ("queue", queue::library),
+        ("templates", templates::library),
+    ];
+    r.raw_set("lazy_libs", lua.create_sequence_from(LAZY_LIBS.iter().map(|(name, _)| *name))?)?;
     let (lazy_shared, lazy_catalog) = (shared.clone(), catalog.clone());
     r.raw_set(
         "build_lib",
         lua.create_function(move |lua, name: String| {
-            let c = lazy_catalog.clone();
-            let lib = match name.as_str() {
-                "base64" => base64::library(lua)?,
-                "hash" => hash::library(lua)?,
-                "crypto" => crypto::library(lua)?,
-                "compress" => compress::library(lua)?,
-                "yaml" => yaml::library(lua)?,
-                "fs" => fs::library(lua, c)?,
-                "store" => store::library(lua, c)?,
-                "text" => text::library(lua)?,
-                "sql" => sql::library(lua, c)?,
-                "queue" => queue::library(lua, c)?,
-                "templates" => templates::library(lua, c)?,
-                other => return Err(mlua::Error::runtime(format!("no lazy library {other}"))),
+            let Some((_, build)) = LAZY_LIBS.iter().find(|(n, _)| *n == name) else {
+                return Err(mlua::Error::runtime(format!("no lazy library {name}")));
             };
+            let lib = build(lua, lazy_catalog.clone())?;
             crate::vm::sandbox::lock_nested(lua, &lib)?;
             lazy_shared.raw_set(name, lib)
         })?,
