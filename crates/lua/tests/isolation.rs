@@ -163,6 +163,39 @@ fn a_built_in_module_is_one_table_per_process() {
 }
 
 #[test]
+fn a_function_call_binds_each_of_its_modules_once() {
+    // a function's process starts with room for its first library (new_process): the
+    // second and third bindings grow its state; each is still one table, its own
+    let h = Harness::new(1);
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::function(
+            "test:binds",
+            r#"local json = require("json")
+            return { call = function()
+                assert(require("json") == json and _G.json == json, "one json table")
+                local t = require("time")
+                assert(require("time") == t and time == t, "one time table")
+                assert(channel == require("channel"), "one channel table")
+                assert(require("process") == process, "the process table the environment starts with")
+                local ok, err = pcall(require, 7)
+                assert(not ok and tostring(err):find("string expected, got number", 1, true), tostring(err))
+                local fresh = json.mine == nil and t.mine == nil
+                json.mine, t.mine = true, true
+                return fresh
+            end }"#,
+        )
+        .modules(&["json", "time"]),
+    );
+    let v = h.ok(r#"
+        local first, err = funcs.call("test:binds")
+        assert(first == true, tostring(err))
+        assert(funcs.call("test:binds") == true, "a second call's tables are its own")
+        return "ok"
+    "#);
+    assert_eq!(v, s("ok"));
+}
+
+#[test]
 fn a_runtime_error_in_one_process_leaves_its_neighbours_alone() {
     let h = Harness::new(1);
     h.entry("test:victim", "return { main = function() local m = process.inbox():receive() return m:payload():data() + 1 end }");

@@ -1860,15 +1860,21 @@ local require_in -- forward: require, below
 -- array part; a string key never moves them), so neither a global that code overwrites
 -- nor a require in an imported library makes a second one. Main's environment starts
 -- with its `process` one.
+local PROXY_MT = {} -- library name -> proxy_mt of it, once the VM has built the library
 local function own_proxy(P, k)
   local pr = P[k]
   if pr == nil then
-    local load = LAZY[k]
-    if load then LAZY[k] = nil; load() end
-    local lib = LIBS[k]
-    if lib == nil then return nil end
-    local mt = proxy_mt(lib)
-    pr = rawget(P[ENV], k)
+    local mt = PROXY_MT[k]
+    if mt == nil then
+      local load = LAZY[k]
+      if load then LAZY[k] = nil; load() end
+      local lib = LIBS[k]
+      if lib == nil then return nil end
+      mt = proxy_mt(lib)
+      PROXY_MT[k] = mt
+    end
+    -- (only `process` can be in the environment and not yet in P: new_process put it there)
+    if k == "process" then pr = rawget(P[ENV], k) end
     if pr == nil or raw_meta(pr) ~= mt then pr = setmetatable({}, mt) end
     P[k] = pr
   end
@@ -1877,7 +1883,7 @@ end
 
 -- The environment metatable of one entry (shared by its processes): globals fall through
 -- to the base library, then to the libraries the entry may bind, as per-process proxies.
-local function env_mt(allowed, imports)
+local function env_mt(allowed, imports, brief)
   -- Globals of the entry's processes, shared by them and never reachable by them: the base
   -- functions, and for a library name the process's own proxy of it (made on first use
   -- and kept in the process's main environment, when the entry may bind it).
@@ -1893,7 +1899,7 @@ local function env_mt(allowed, imports)
     return pr
   end })
   -- (what the entry may bind rides along, out of the processes' reach)
-  local mt = { __metatable = false, __index = G, allowed = allowed, imports = imports }
+  local mt = { __metatable = false, __index = G, allowed = allowed, imports = imports, brief = brief }
   G.require = function(name) return require_in(mt, name) end
   return mt
 end
@@ -1909,16 +1915,17 @@ end
 -- requires its own imports and modules, not its importer's; results are cached per process
 -- and entry.
 function require_in(mt, name)
-  if type(name) ~= "string" then
-    error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
-  end
   local P = S[1]
   local v
   if ALWAYS[name] or mt.allowed[name] then
     -- a built-in library: the process's one proxy of it (no cache of its own to make: a
-    -- handler process's first require is most of what it does)
-    v = own_proxy(P, name)
+    -- handler process's first require is most of what it does); only strings are names
+    -- there, so the type check below is for the other cases
+    v = P[name] or own_proxy(P, name)
   else
+    if type(name) ~= "string" then
+      error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
+    end
     local cache = part(P, "required")
     local mine = cache[mt]
     if mine == nil then mine = {}; cache[mt] = mine end
@@ -2003,8 +2010,19 @@ local function new_process(env_meta, carry, ncarry, co)
   env._G = env
   -- all 16 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
   -- ENV, LISTEN, INBOX, X
-  local P = { co, false, false, false, nil, nil, nil, false,
-    false, false, 0, ncarry or 0, env, false, false, carry and { upgraded = true, pending = carry } or false }
+  local x = carry and { upgraded = true, pending = carry } or false
+  local P
+  if env_meta.brief then
+    -- a function's process (an HTTP handler, a funcs.call) lives for one call, most of
+    -- which is binding its modules: its state comes with room for the first library
+    -- proxy (own_proxy) in its hash part (`_ = nil` sizes it and stores nothing), so that
+    -- binding one does not rehash the 16 slots. A long-lived process saves the 32 bytes.
+    P = { co, false, false, false, nil, nil, nil, false,
+      false, false, 0, ncarry or 0, env, false, false, x, _ = nil }
+  else
+    P = { co, false, false, false, nil, nil, nil, false,
+      false, false, 0, ncarry or 0, env, false, false, x }
+  end
   return P, co, env
 end
 

@@ -13,7 +13,7 @@ use mlua::{ffi, Function, Lua, LuaOptions, RegistryKey, StdLib, Table, Value as 
 use rustc_hash::FxHashMap;
 use parking_lot::Mutex;
 
-use crate::catalog::{Catalog, LuaEntry};
+use crate::catalog::{Catalog, EntryKind, LuaEntry};
 use crate::convert::Marks;
 use crate::modules;
 
@@ -333,7 +333,8 @@ impl Vm {
             }
             Some(t)
         };
-        let env_mt: Table = env_mt_fn.call((allowed, imports)).map_err(internal)?;
+        let brief = entry.kind == EntryKind::Function;
+        let env_mt: Table = env_mt_fn.call((allowed, imports, brief)).map_err(internal)?;
         let code = Arc::new(EntryCode {
             chunk: self.lua.create_registry_value(chunk).map_err(internal)?,
             env_mt: self.lua.create_registry_value(env_mt).map_err(internal)?,
