@@ -2006,23 +2006,25 @@ local function new_process(env_meta, carry, ncarry, co)
   -- every process uses `process`: its proxy comes with the environment (one table of the
   -- right size, no lookup through the environment's __index on first use); `_G` exists,
   -- so setting it is a plain store
-  local env = setmetatable({ _G = false, process = setmetatable({}, process_mt) }, env_meta)
-  env._G = env
   -- all 16 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
   -- ENV, LISTEN, INBOX, X
   local x = carry and { upgraded = true, pending = carry } or false
-  local P
+  local env, P
   if env_meta.brief then
     -- a function's process (an HTTP handler, a funcs.call) lives for one call, most of
-    -- which is binding its modules: its state comes with room for the first library
-    -- proxy (own_proxy) in its hash part (`_ = nil` sizes it and stores nothing), so that
-    -- binding one does not rehash the 16 slots. A long-lived process saves the 32 bytes.
+    -- which is binding its modules: its state comes with room for two library proxies
+    -- (own_proxy) in its hash part, and its environment with room for two globals (a
+    -- module bound by name, a global function), so that binding them does not rehash
+    -- (`_ = nil` sizes a table and stores nothing). A long-lived process saves the bytes.
+    env = setmetatable({ _G = false, process = setmetatable({}, process_mt), _ = nil }, env_meta)
     P = { co, false, false, false, nil, nil, nil, false,
-      false, false, 0, ncarry or 0, env, false, false, x, _ = nil }
+      false, false, 0, ncarry or 0, env, false, false, x, _ = nil, __ = nil }
   else
+    env = setmetatable({ _G = false, process = setmetatable({}, process_mt) }, env_meta)
     P = { co, false, false, false, nil, nil, nil, false,
       false, false, 0, ncarry or 0, env, false, false, x }
   end
+  env._G = env
   return P, co, env
 end
 
