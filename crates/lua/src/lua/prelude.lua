@@ -1921,7 +1921,7 @@ function require_in(mt, name)
     -- a built-in library: the process's one proxy of it (no cache of its own to make: a
     -- handler process's first require is most of what it does); only strings are names
     -- there, so the type check below is for the other cases
-    v = P[name] or own_proxy(P, name)
+    v = own_proxy(P, name)
   else
     if type(name) ~= "string" then
       error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
@@ -2003,12 +2003,11 @@ local process_mt
 local function new_process(env_meta, carry, ncarry, co)
   co = co or raw_create(main_body)
   process_mt = process_mt or proxy_mt(LIBS.process)
+  local x = carry and { upgraded = true, pending = carry } or false
   -- every process uses `process`: its proxy comes with the environment (one table of the
   -- right size, no lookup through the environment's __index on first use); `_G` exists,
-  -- so setting it is a plain store
-  -- all 16 slots from the constructor: main's task (CO .. QN), then RH, RT, NEXT, NPEND,
-  -- ENV, LISTEN, INBOX, X
-  local x = carry and { upgraded = true, pending = carry } or false
+  -- so setting it is a plain store. P has all 16 slots from the constructor: main's task
+  -- (CO .. QN), then RH, RT, NEXT, NPEND, ENV, LISTEN, INBOX, X.
   local env, P
   if env_meta.brief then
     -- a function's process (an HTTP handler, a funcs.call) lives for one call, most of
