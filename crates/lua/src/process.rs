@@ -239,7 +239,8 @@ impl LuaProcess {
         let anchor = self.state.last_dest.take().map_or(0, |d| d.anchor);
         let options = &self.state.shard.options;
         let poolable = !options.isolated && options.max_process_memory == 0;
-        self.co.release(vm, &self.state.shard.preempt, anchor, poolable);
+        let brief = self.state.entry.kind == crate::catalog::EntryKind::Function;
+        self.co.release(vm, &self.state.shard.preempt, anchor, poolable, brief);
     }
 
     /// The error a process ended with: a memory-limit failure (even one a task raised

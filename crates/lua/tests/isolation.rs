@@ -196,6 +196,57 @@ fn a_function_call_binds_each_of_its_modules_once() {
 }
 
 #[test]
+fn a_function_calls_state_is_reused_only_when_the_call_left_nothing_in_it() {
+    // A finished call's state goes back to its entry's pool for the next call only when
+    // the call left nothing of its own there (vm/coroutine.rs recycle): each mode below
+    // leaves something, and the call after it must not see it. `tostring(_G)` tells
+    // whether the next call got the same state: a call that leaves nothing passes it on.
+    let h = Harness::new(1);
+    h.lua.add_entry(
+        wippy_lua::LuaEntry::function(
+            "test:recycled",
+            r#"local json = require("json")
+            local count = 0
+            return { call = function(mode)
+                count = count + 1
+                local fresh = count == 1 and rawget(_ENV, "leak") == nil and rawget(_ENV, 1) == nil
+                    and _G == _ENV and type(process) == "table" and process.pid ~= nil
+                    and rawget(json, "leak") == nil and require("json") == json and time ~= json
+                if mode == "global" then leak = 1
+                elseif mode == "rawset" then rawset(_ENV, "leak", 1)
+                elseif mode == "module" then json.leak = 1
+                elseif mode == "module_cleared" then json.leak = 1; json.leak = nil
+                elseif mode == "G" then _G = nil
+                elseif mode == "process" then process = {}
+                elseif mode == "no_process" then process = nil
+                elseif mode == "swap" then time = json
+                elseif mode == "index" then _ENV[1] = coroutine.running()
+                elseif mode == "bound" then local _ = time.now() -- a global bound to its proxy
+                end
+                return { fresh = fresh, g = tostring(_G) }
+            end }"#,
+        )
+        .modules(&["json", "time"]),
+    );
+    let v = h.ok(r#"
+        local modes = { "none", "none", "global", "none", "rawset", "none", "module", "none",
+            "module_cleared", "none", "G", "none", "process", "none", "no_process", "none",
+            "swap", "none", "index", "none", "bound", "bound", "none" }
+        local seen = {}
+        for i, mode in ipairs(modes) do
+            local r, err = funcs.call("test:recycled", mode)
+            assert(r, tostring(err))
+            assert(r.fresh, "call " .. i .. " (after '" .. tostring(modes[i - 1]) .. "') saw what the call before it left")
+            seen[i] = r.g
+        end
+        assert(seen[1] == seen[2], "a call that left nothing passes its state on")
+        assert(seen[21] == seen[22], "a global bound to a module's proxy is the state's own")
+        return "ok"
+    "#);
+    assert_eq!(v, s("ok"));
+}
+
+#[test]
 fn a_runtime_error_in_one_process_leaves_its_neighbours_alone() {
     let h = Harness::new(1);
     h.entry("test:victim", "return { main = function() local m = process.inbox():receive() return m:payload():data() + 1 end }");

@@ -1899,7 +1899,10 @@ local function env_mt(allowed, imports, brief)
     return pr
   end })
   -- (what the entry may bind rides along, out of the processes' reach)
-  local mt = { __metatable = false, __index = G, allowed = allowed, imports = imports, brief = brief }
+  -- (slot 1: a function entry's pool, where states of its finished calls wait for its next
+  -- calls; made with its 16 slots, so that Rust's recycle, vm/coroutine.rs, never allocates)
+  local mt = { brief and { nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil } or false,
+    __metatable = false, __index = G, allowed = allowed, imports = imports, brief = brief }
   G.require = function(name) return require_in(mt, name) end
   return mt
 end
@@ -2010,14 +2013,27 @@ local function new_process(env_meta, carry, ncarry, co)
   -- (CO .. QN), then RH, RT, NEXT, NPEND, ENV, LISTEN, INBOX, X.
   local env, P
   if env_meta.brief then
+    local pool = env_meta[1]
+    local n = #pool
+    if n > 0 then
+      -- a finished call's state of this same entry, as new_process made it (Rust's
+      -- recycle took it only so, vm/coroutine.rs)
+      P = pool[n]
+      pool[n] = nil
+      P[CO], P[NPEND], P[X] = co, ncarry or 0, x
+      return P, co, P[ENV]
+    end
     -- a function's process (an HTTP handler, a funcs.call) lives for one call, most of
     -- which is binding its modules: its state comes with room for two library proxies
-    -- (own_proxy) in its hash part, and its environment with room for two globals (a
-    -- module bound by name, a global function), so that binding them does not rehash
-    -- (`_ = nil` sizes a table and stores nothing). A long-lived process saves the bytes.
-    env = setmetatable({ _G = false, process = setmetatable({}, process_mt), _ = nil }, env_meta)
+    -- (own_proxy) in its hash part besides `process`, and its environment with room for
+    -- two globals (a module bound by name, a global function), so that binding them does
+    -- not rehash (`_ = nil` sizes a table and stores nothing). A long-lived process saves
+    -- the bytes. Its `process` proxy is in P too (where own_proxy keeps proxies): recycle
+    -- tells a global bound to a module from one the call set by that.
+    local pr = setmetatable({}, process_mt)
+    env = setmetatable({ _G = false, process = pr, _ = nil }, env_meta)
     P = { co, false, false, false, nil, nil, nil, false,
-      false, false, 0, ncarry or 0, env, false, false, x, _ = nil, __ = nil }
+      false, false, 0, ncarry or 0, env, false, false, x, process = pr, _ = nil, __ = nil, ___ = nil }
   else
     env = setmetatable({ _G = false, process = setmetatable({}, process_mt) }, env_meta)
     P = { co, false, false, false, nil, nil, nil, false,

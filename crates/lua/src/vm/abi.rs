@@ -45,10 +45,25 @@ abi! {
     Q_H = "Q_H": lua_Integer = 1;
     Q_T = "Q_T": lua_Integer = 2;
     // A process state P is an array: a task's slots, then its own.
+    /// A task's coroutine (main's task is P: its first slots are a task's).
+    T_CO = "CO": lua_Integer = 1;
+    /// A task's values from its waker (A, B) and a blocked send's value (SV): nil when none.
+    T_A = "A": lua_Integer = 5;
+    T_SV = "SV": lua_Integer = 7;
+    /// A task's next task in the ready queue (its last slot).
+    T_QN = "QN": lua_Integer = 8;
     /// P: the ready queue's first task (false when empty).
     P_RH = "RH": lua_Integer = 9;
+    /// P: the ready queue's last task.
+    P_RT = "RT": lua_Integer = 10;
+    /// P: how many tasks wait on something outside the process.
+    P_NEXT = "NEXT": lua_Integer = 11;
     /// P: how many mailbox items are pending.
     P_NPEND = "NPEND": lua_Integer = 12;
+    /// P: main's environment.
+    P_ENV = "ENV": lua_Integer = 13;
+    /// P: topic -> listen channel (made on first listen).
+    P_LISTEN = "LISTEN": lua_Integer = 14;
     /// P: the inbox channel (made on first use).
     P_INBOX = "INBOX": lua_Integer = 15;
     /// P: the rarer parts (`linger` marks an HTTP handler, SPEC §11.2).

@@ -227,10 +227,11 @@ impl Coroutine {
 
     /// Let go of the process's state: the registry reference of `P` (and `S[1]` when it
     /// points at it), the string `anchor` a send's cache kept (0: none), and the coroutine,
-    /// which goes back to the VM's pool when main returned cleanly and `poolable`. After
+    /// which goes back to the VM's pool when main returned cleanly and `poolable`; then
+    /// too, a function call's (`brief`) state goes to its entry's pool (`recycle`). After
     /// this the coroutine is not live. `vm`: the current VM (none outside a turn: then
     /// only the Rust side is reset).
-    pub(crate) fn release(&mut self, vm: Option<&Vm>, preempt: &Preempt, anchor: c_int, poolable: bool) {
+    pub(crate) fn release(&mut self, vm: Option<&Vm>, preempt: &Preempt, anchor: c_int, poolable: bool, brief: bool) {
         let co = self.l;
         if !co.is_null() {
             preempt.forget(co);
@@ -267,6 +268,10 @@ impl Coroutine {
             // SAFETY: as above, on exec_raw's stack.
             let _ = unsafe { vm.lua.exec_raw::<()>((), release) };
             return;
+        }
+        if finished && poolable && brief {
+            // SAFETY: the main thread is not running; a pooled VM has no memory limit.
+            unsafe { recycle(main, p_ref) };
         }
         release(main);
         // SAFETY: as above; `co` returned (status OK, nothing on its stack), no hook can be
@@ -659,6 +664,114 @@ impl Build<'_> {
             ffi::lua_xmove(state, co, nargs);
             Ok((p_ref, co, nargs))
         }
+    }
+}
+
+/// A hash part of at most this many nodes (log2) in a finished call's state and in its
+/// environment lets the state be recycled: one that grew past it (a call that set and
+/// cleared many globals) would keep its size in the pool.
+const RECYCLE_HASH_LOG2: u8 = 3;
+/// The most states an entry's pool keeps (the prelude's env_mt makes its 16 slots).
+const RECYCLE_MAX: usize = 16;
+
+/// Put a finished function call's state in its entry's pool (slot 1 of its environment's
+/// metatable), where the prelude's `new_process` takes it for the entry's next call, with
+/// every task slot back to what `new_process` makes. Each call is a process of its own
+/// (SPEC §4.9): nothing one call made may reach the next, so a state is taken only when
+/// it holds nothing but what `new_process` and binding modules put there: no task,
+/// listener, inbox or pending message; in P's hash part only library proxies (the only
+/// string keys the prelude writes there), each never written to (a call that wrote into
+/// a module leaves it not taken); in the environment `_G` (itself) and globals bound to
+/// P's proxy of the same name, nothing else (a call that set a global leaves it not
+/// taken). A state not taken is collected as before.
+/// Allocates nothing and raises nothing (the pool's slots exist; each table is read with
+/// `lua_next` and never written during it; P's slots are reset in place, with values
+/// that are not objects), so it runs unprotected, like the release around it.
+///
+/// # Safety
+/// `state` is a thread of the VM, not running; `p_ref` is the registry reference of the
+/// state of a function call whose main returned, in a VM with no memory limit.
+unsafe fn recycle(state: *mut ffi::lua_State, p_ref: c_int) {
+    use layout::Plain;
+    // SAFETY (whole body): the caller's contract; every index read is on the stack built
+    // here, every slot read exists (P's 16 are its array part), `lua_next` walks tables
+    // nothing writes to while it walks them, and the stores go to slots that exist.
+    unsafe {
+        let base = ffi::lua_gettop(state);
+        if ffi::lua_checkstack(state, 8) == 0 {
+            return;
+        }
+        let take = || -> bool {
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, p_ref as ffi::lua_Integer);
+            let (p, env, pool) = (base + 1, base + 2, base + 4);
+            let Some(pt) = layout::as_table(layout::below_top(state, 1)) else { return false };
+            let slot = |i| layout::array(pt, i).and_then(|v| layout::plain(v));
+            // (slot X inside the array part: the walk below from X is then P's hash part)
+            let idle = slot(abi::P_RH) == Some(Plain::Bool(false))
+                && slot(abi::P_NEXT) == Some(Plain::Int(0))
+                && slot(abi::P_NPEND) == Some(Plain::Int(0))
+                && slot(abi::P_LISTEN) == Some(Plain::Bool(false))
+                && slot(abi::P_INBOX) == Some(Plain::Bool(false))
+                && layout::array(pt, abi::P_X).is_some();
+            if !idle || layout::hash_log2(pt) > RECYCLE_HASH_LOG2 {
+                return false;
+            }
+            ffi::lua_rawgeti(state, p, abi::P_ENV);
+            let small = layout::as_table(layout::below_top(state, 1)).is_some_and(|t| layout::hash_log2(t) <= RECYCLE_HASH_LOG2);
+            if !small || ffi::lua_getmetatable(state, env) == 0 {
+                return false;
+            }
+            if ffi::lua_rawgeti(state, -1, 1) != ffi::LUA_TTABLE {
+                return false;
+            }
+            let n = ffi::lua_rawlen(state, pool);
+            if n >= RECYCLE_MAX {
+                return false;
+            }
+            // P's hash part: proxies under library names, each empty
+            ffi::lua_pushinteger(state, abi::P_X);
+            while ffi::lua_next(state, p) != 0 {
+                let bare = layout::as_table(layout::below_top(state, 1)).is_some_and(|t| layout::is_bare(t));
+                if ffi::lua_type(state, -2) != ffi::LUA_TSTRING || !bare {
+                    return false;
+                }
+                ffi::lua_pop(state, 1);
+            }
+            // the environment: `_G` itself, and globals bound to P's proxies
+            let mut has_g = false;
+            ffi::lua_pushnil(state);
+            while ffi::lua_next(state, env) != 0 {
+                if ffi::lua_type(state, -2) != ffi::LUA_TSTRING {
+                    return false;
+                }
+                if layout::string(layout::below_top(state, 2)).is_some_and(|(_, k)| k == b"_G") {
+                    if ffi::lua_rawequal(state, -1, env) == 0 {
+                        return false;
+                    }
+                    has_g = true;
+                } else {
+                    ffi::lua_pushvalue(state, -2);
+                    if ffi::lua_rawget(state, p) == ffi::LUA_TNIL || ffi::lua_rawequal(state, -1, -2) == 0 {
+                        return false;
+                    }
+                    ffi::lua_pop(state, 1);
+                }
+                ffi::lua_pop(state, 1);
+            }
+            if !has_g {
+                return false;
+            }
+            // main's task slots back to new_process's: CO .. QN (A, B and SV nil, the rest
+            // false), then RT and X (all in the array part: checked above through X)
+            for i in (abi::T_CO..=abi::T_QN).chain([abi::P_RT, abi::P_X]) {
+                layout::set_array_falsy(pt, i, (abi::T_A..=abi::T_SV).contains(&i));
+            }
+            ffi::lua_pushvalue(state, p);
+            ffi::lua_rawseti(state, pool, n as ffi::lua_Integer + 1);
+            true
+        };
+        take();
+        ffi::lua_settop(state, base);
     }
 }
 

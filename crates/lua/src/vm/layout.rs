@@ -319,6 +319,39 @@ pub(crate) unsafe fn set_slot_table(v: *const TValue, t: *const u8) {
     }
 }
 
+/// Make slot `i` (from 1) of table `t`'s array part hold `false`, or nil when `nil`: what
+/// `lua_rawseti` does there for a value that is not an object (which needs no GC barrier).
+/// False when the slot is not in the array part's known size (nothing is written).
+///
+/// # Safety
+/// `t` must be a live table no one else is writing to.
+pub(crate) unsafe fn set_array_falsy(t: *const u8, i: i64, nil: bool) -> bool {
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let h = &*(t as *const TableHead);
+        if i < 1 || (i as u64) > h.alimit as u64 {
+            return false;
+        }
+        let v = h.array.add(i as usize - 1) as *mut TValue;
+        (*v).value = 0;
+        (*v).tt = if nil { T_NIL } else { T_FALSE };
+        true
+    }
+}
+
+/// Whether table `t` never held a key: no array part and no hash part (the shared dummy
+/// node). A table that held keys and lost them has parts still, so is not bare.
+///
+/// # Safety
+/// `t` must be a live table.
+pub(crate) unsafe fn is_bare(t: *const u8) -> bool {
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        let h = &*(t as *const TableHead);
+        h.alimit == 0 && h.flags & BITRAS == 0 && h.lastfree.is_null()
+    }
+}
+
 /// The integer `v` holds, if it holds one (not a float, even an integral one).
 ///
 /// # Safety
@@ -338,6 +371,17 @@ pub(crate) unsafe fn metatable(t: *const u8) -> *const c_void {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
         (*(t as *const TableHead)).metatable
+    }
+}
+
+/// The log2 of how many nodes a table's hash part has (0 for one node or none).
+///
+/// # Safety
+/// `t` must be a live table.
+pub(crate) unsafe fn hash_log2(t: *const u8) -> u8 {
+    // SAFETY: what this function's `# Safety` asks of its caller.
+    unsafe {
+        (*(t as *const TableHead)).lsizenode
     }
 }
 
