@@ -17,8 +17,9 @@ local raw_create, raw_resume, raw_yield, raw_status, raw_running, raw_isyieldabl
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running,
   coroutine.isyieldable, coroutine.close
 local pack, unpack, tinsert = table.pack, table.unpack, table.insert
+-- (`type` is the base library's, vm/prims.rs fast_type: its names are upvalues)
 local select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall =
-  select, type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
+  select, LIBS._base.type, setmetatable, getmetatable, error, pairs, next, rawget, rawset, tostring, pcall, xpcall
 local rt_cur, rt_preempted, rt_error, rt_time, rt_memfail = R.cur, R.preempted, R.error, R.time_from_nanos, R.memfail
 -- P's ready queue or pending count may have become non-empty: every place that makes one
 -- so calls it (Rust's receive skips reading them while neither can have)

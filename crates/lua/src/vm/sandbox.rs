@@ -136,6 +136,7 @@ impl Vm {
         ] {
             base.raw_set(name, g.raw_get::<LuaValue>(name)?)?;
         }
+        base.raw_set("type", super::prims::fast_type(&lua)?)?;
         base.raw_set("unpack", g.raw_get::<Table>("table")?.raw_get::<LuaValue>("unpack")?)?;
         lua.set_named_registry_value("wippy.next", g.raw_get::<Function>("next")?)?;
         let raw_cg: Function = g.raw_get("collectgarbage")?;
