@@ -4,6 +4,7 @@
 //! of one method that overlap with neither more specific are a conflict that rejects the
 //! whole table. A table is immutable: a change builds a new one and swaps it in whole.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -293,14 +294,23 @@ pub enum Found<'a, T> {
     NotFound,
 }
 
-/// The routes of one server, checked for conflicts.
+/// The routes of one server, checked for conflicts, indexed by their first segment: a
+/// route whose pattern starts with a literal can only match a path whose first segment is
+/// that literal, so a lookup checks those and the `open` ones (a pattern starting with a
+/// wildcard, a rest, or the root's subtree), not every route of the server. A service with
+/// 100 endpoints under a dozen first segments matches a request against a handful of
+/// patterns instead of 100.
 pub struct Table<T> {
     routes: Vec<Route<T>>,
+    /// Indices of the routes whose pattern starts with the key, in table order.
+    by_first: HashMap<String, Vec<usize>>,
+    /// Indices of the routes whose pattern does not start with a literal, in table order.
+    open: Vec<usize>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Table { routes: Vec::new() }
+        Table { routes: Vec::new(), by_first: HashMap::new(), open: Vec::new() }
     }
 }
 
@@ -318,7 +328,47 @@ impl<T> Table<T> {
                 }
             }
         }
-        Ok(Arc::new(Table { routes }))
+        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut open = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match r.pattern.segs.first() {
+                Some(Seg::Lit(l)) => by_first.entry(l.clone()).or_default().push(i),
+                _ => open.push(i),
+            }
+        }
+        Ok(Arc::new(Table { routes, by_first, open }))
+    }
+
+    /// The routes that can match `path`, in table order: those under its first segment
+    /// (decoded, as `Pattern::matches` compares a literal) and the open ones.
+    fn candidates<'a>(&'a self, path: &str) -> impl Iterator<Item = &'a Route<T>> + 'a {
+        let first = path.strip_prefix('/').and_then(|after| {
+            let part = after.split('/').next().unwrap_or("");
+            if part.contains('%') {
+                self.by_first.get(decode(part).as_str())
+            } else {
+                self.by_first.get(part)
+            }
+        });
+        let (mut a, mut b) = (first.map_or(&[][..], Vec::as_slice), self.open.as_slice());
+        std::iter::from_fn(move || {
+            let i = match (a.first(), b.first()) {
+                (Some(&x), Some(&y)) if x < y => {
+                    a = &a[1..];
+                    x
+                }
+                (_, Some(&y)) => {
+                    b = &b[1..];
+                    y
+                }
+                (Some(&x), None) => {
+                    a = &a[1..];
+                    x
+                }
+                (None, None) => return None,
+            };
+            Some(&self.routes[i])
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -337,7 +387,7 @@ impl<T> Table<T> {
         let mut allowed: Vec<String> = Vec::new();
         let mut any: Option<&Route<T>> = None;
         let mut head_via_get: Hit<'_, T> = None;
-        for r in &self.routes {
+        for r in self.candidates(path) {
             let Some(params) = r.pattern.matches(path) else { continue };
             any = Some(any.map_or(r, |a: &Route<T>| if r.pattern.compare(&a.pattern) == Rel::MoreSpecific { r } else { a }));
             if r.method == method || r.any_method() {
@@ -464,6 +514,52 @@ mod tests {
         let e = Table::build(vec![route("GET", "/{x}", 1), route("*", "/a", 2)]).err().expect("a conflict");
         assert!(e.contains("conflicts with"), "{e}");
         assert!(Table::build(vec![route("*", "/a", 1), route("*", "/a", 2)]).is_err(), "two * routes on one path");
+    }
+
+    /// What a lookup answered, comparable.
+    fn answer(f: Found<'_, u32>) -> String {
+        match f {
+            Found::Route(r, p) => format!("route {} {p:?}", r.target),
+            Found::Options(r) => format!("options {}", r.target),
+            Found::MethodNotAllowed(m) => format!("405 {m:?}"),
+            Found::NotFound => "404".into(),
+        }
+    }
+
+    #[test]
+    fn the_first_segment_index_answers_as_checking_every_route() {
+        // the same routes with nothing indexed (every route open, checked in table order)
+        // must give the same answer for every path and method
+        let routes = || {
+            vec![
+                route("GET", "/api/users/{id}", 1),
+                route("POST", "/api/users", 2),
+                route("GET", "/api/users/me", 3),
+                route("GET", "/api/admin/{rest...}", 4),
+                route("GET", "/{page}", 5),
+                route("GET", "/", 6),
+                route("GET", "/static/", 7),
+                route("GET", "/a b/c", 8),
+                route("PUT", "/api/users/{id}", 9),
+                route("GET", "/static/{$}", 10),
+                route("DELETE", "/{page}", 11),
+                route("GET", "/files/{path...}", 12),
+            ]
+        };
+        let indexed = Table::build(routes()).unwrap();
+        let n = indexed.routes.len();
+        let linear = Table { routes: routes(), by_first: HashMap::new(), open: (0..n).collect() };
+        assert!(indexed.open.len() < n, "the literal first segments are indexed");
+        let paths = [
+            "/", "/api", "/api/", "/api/users", "/api/users/7", "/api/users/me", "/api/users/7/x", "/api/admin",
+            "/api/admin/x/y", "/%61pi/users/me", "/a%20b/c", "/a b/c", "/static", "/static/", "/static/x.css",
+            "/files/a/b", "/files", "/nothere", "/x/y", "", "nope", "//", "/api//users",
+        ];
+        for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
+            for p in paths {
+                assert_eq!(answer(indexed.lookup(m, p)), answer(linear.lookup(m, p)), "{m} {p}");
+            }
+        }
     }
 
     #[test]
