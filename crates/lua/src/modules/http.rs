@@ -310,7 +310,7 @@ fn fast_status(code: i64) -> Option<()> {
     on_exchange(|ex| ex.set_status(code).ok())
 }
 fn fast_content_type(ct: &str) -> Option<()> {
-    on_exchange(|ex| ex.set_header("Content-Type", ct).ok())
+    on_exchange(|ex| ex.set_named_header(hyper::header::CONTENT_TYPE, ct).ok())
 }
 fn fast_header(name: &str, value: &str) -> Option<()> {
     on_exchange(|ex| ex.set_header(name, value).ok())
@@ -340,7 +340,7 @@ fn response_methods(m: &Methods<Response>) -> mlua::Result<()> {
         r.ex.set_header(&name, &value).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
     })?;
     m.hot("set_content_type", Fast::SetText(fast_content_type), |lua, r, ct: mlua::LuaString| {
-        r.ex.set_header("Content-Type", &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
+        r.ex.set_named_header(hyper::header::CONTENT_TYPE, &ct.to_str()?).map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
     })?;
     m.hot("set_status", Fast::SetInt(fast_status), |lua, r, code: LuaValue| {
         let code = match code {
