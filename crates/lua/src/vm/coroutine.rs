@@ -683,10 +683,11 @@ const RECYCLE_MAX: usize = 16;
 /// string keys the prelude writes there), each never written to (a call that wrote into
 /// a module leaves it not taken); in the environment `_G` (itself) and globals bound to
 /// P's proxy of the same name, nothing else (a call that set a global leaves it not
-/// taken). A state not taken is collected as before.
-/// Allocates nothing and raises nothing (the pool's slots exist; each table is read with
-/// `lua_next` and never written during it; P's slots are reset in place, with values
-/// that are not objects), so it runs unprotected, like the release around it.
+/// taken). A state not taken is collected as before. Raises nothing, so it runs
+/// unprotected like the release around it: the stack's room is asked for with
+/// `lua_checkstack`, which reports a failure instead of raising; the pool's slots exist;
+/// each table is read with `lua_next` and never written during it; P's slots are reset
+/// in place, with values that are not objects.
 ///
 /// # Safety
 /// `state` is a thread of the VM, not running; `p_ref` is the registry reference of the
