@@ -247,6 +247,43 @@ fn a_function_calls_state_is_reused_only_when_the_call_left_nothing_in_it() {
 }
 
 #[test]
+fn a_reused_call_state_has_none_of_the_last_calls_channels() {
+    // A call that listened, took its inbox and left a message in a listen channel passes
+    // its state on (recycle lets its channels go): the next call's channels are new ones,
+    // with nothing in them.
+    let h = Harness::new(1);
+    h.lua.add_entry(wippy_lua::LuaEntry::function(
+        "test:listens",
+        r#"return { call = function(mode)
+            local fresh = true
+            local x = process.listen("x")
+            if mode ~= "first" then
+                local r = channel.select { x:case_receive(), default = true }
+                local r2 = channel.select { process.inbox():case_receive(), default = true }
+                fresh = r.default == true and r2.default == true
+            end
+            local me = process.pid()
+            process.inbox()
+            process.send(me, "x", "leftover")
+            process.send(me, "z", "go")
+            process.listen("z"):receive() -- "x" is routed to its channel while it waits
+            return { fresh = fresh, g = tostring(_G) }
+        end }"#,
+    ));
+    let v = h.ok(r#"
+        local a = funcs.call("test:listens", "first")
+        local b, err = funcs.call("test:listens", "again")
+        assert(b, tostring(err))
+        assert(b.fresh, "the second call found what the first left in its channels")
+        local c = funcs.call("test:listens", "again")
+        assert(c.fresh, "the third call found what the second left in its channels")
+        assert(a.g == b.g and b.g == c.g, "a call that listened, took its inbox and received passes its state on")
+        return "ok"
+    "#);
+    assert_eq!(v, s("ok"));
+}
+
+#[test]
 fn a_runtime_error_in_one_process_leaves_its_neighbours_alone() {
     let h = Harness::new(1);
     h.entry("test:victim", "return { main = function() local m = process.inbox():receive() return m:payload():data() + 1 end }");

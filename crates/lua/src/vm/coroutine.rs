@@ -678,8 +678,9 @@ const RECYCLE_MAX: usize = 16;
 /// metatable), where the prelude's `new_process` takes it for the entry's next call, with
 /// every task slot back to what `new_process` makes. Each call is a process of its own
 /// (SPEC §4.9): nothing one call made may reach the next, so a state is taken only when
-/// it holds nothing but what `new_process` and binding modules put there: no task,
-/// listener, inbox or pending message; in P's hash part only library proxies (the only
+/// it holds nothing but what `new_process` and binding modules put there, once its
+/// listen channels and inbox (its own, like everything they hold) are let go: no task
+/// and no pending message; in P's hash part only library proxies (the only
 /// string keys the prelude writes there), each never written to (a call that wrote into
 /// a module leaves it not taken); in the environment `_G` (itself) and globals bound to
 /// P's proxy of the same name, nothing else (a call that set a global leaves it not
@@ -711,8 +712,6 @@ unsafe fn recycle(state: *mut ffi::lua_State, p_ref: c_int) {
             let idle = slot(abi::P_RH) == Some(Plain::Bool(false))
                 && slot(abi::P_NEXT) == Some(Plain::Int(0))
                 && slot(abi::P_NPEND) == Some(Plain::Int(0))
-                && slot(abi::P_LISTEN) == Some(Plain::Bool(false))
-                && slot(abi::P_INBOX) == Some(Plain::Bool(false))
                 && layout::array(pt, abi::P_X).is_some();
             if !idle || layout::hash_log2(pt) > RECYCLE_HASH_LOG2 {
                 return false;
@@ -763,8 +762,10 @@ unsafe fn recycle(state: *mut ffi::lua_State, p_ref: c_int) {
                 return false;
             }
             // main's task slots back to new_process's: CO .. QN (A, B and SV nil, the rest
-            // false), then RT and X (all in the array part: checked above through X)
-            for i in (abi::T_CO..=abi::T_QN).chain([abi::P_RT, abi::P_X]) {
+            // false), then RT, the listen channels, the inbox and X (all in the array part:
+            // checked above through X); the channels are the call's alone, with what they
+            // hold, and go with it
+            for i in (abi::T_CO..=abi::T_QN).chain([abi::P_RT, abi::P_LISTEN, abi::P_INBOX, abi::P_X]) {
                 layout::set_array_falsy(pt, i, (abi::T_A..=abi::T_SV).contains(&i));
             }
             ffi::lua_pushvalue(state, p);
