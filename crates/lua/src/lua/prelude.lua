@@ -1903,7 +1903,7 @@ local function env_mt(allowed, imports, brief)
   -- (slot 1: a function entry's pool, where states of its finished calls wait for its next
   -- calls; made with its 16 slots, so that Rust's recycle, vm/coroutine.rs, never allocates)
   local mt = { brief and { nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil } or false,
-    __metatable = false, __index = G, allowed = allowed, imports = imports, brief = brief }
+    __metatable = false, __index = G, allowed = allowed, imports = imports }
   G.require = function(name) return require_in(mt, name) end
   return mt
 end
@@ -2013,8 +2013,8 @@ local function new_process(env_meta, carry, ncarry, co)
   -- so setting it is a plain store. P has all 16 slots from the constructor: main's task
   -- (CO .. QN), then RH, RT, NEXT, NPEND, ENV, LISTEN, INBOX, X.
   local env, P
-  if env_meta.brief then
-    local pool = env_meta[1]
+  local pool = env_meta[1] -- (a function entry's, false for others: env_mt)
+  if pool then
     local n = #pool
     if n > 0 then
       -- a finished call's state of this same entry, as new_process made it (Rust's

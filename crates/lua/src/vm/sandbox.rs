@@ -132,10 +132,11 @@ impl Vm {
         let base = lua.create_table()?;
         for name in [
             "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen", "rawset", "select", "tonumber",
-            "tostring", "type", "getmetatable", "setmetatable", "load", "_VERSION",
+            "tostring", "getmetatable", "setmetatable", "load", "_VERSION",
         ] {
             base.raw_set(name, g.raw_get::<LuaValue>(name)?)?;
         }
+        // (`type` is ours: Lua's names pushed from upvalues, vm/prims.rs)
         base.raw_set("type", super::prims::fast_type(&lua)?)?;
         base.raw_set("unpack", g.raw_get::<Table>("table")?.raw_get::<LuaValue>("unpack")?)?;
         lua.set_named_registry_value("wippy.next", g.raw_get::<Function>("next")?)?;
