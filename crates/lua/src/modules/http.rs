@@ -315,6 +315,13 @@ fn fast_content_type(ct: &str) -> Option<()> {
 fn fast_header(name: &str, value: &str) -> Option<()> {
     on_exchange(|ex| ex.set_header(name, value).ok())
 }
+/// JSON text (vm::json) into a buffered answer
+fn fast_write_json(text: &[u8]) -> Option<()> {
+    on_exchange(|ex| {
+        ex.default_content_type("application/json");
+        ex.write_buffered(text).then_some(())
+    })
+}
 /// a buffered answer only: a streaming one's write may wait
 fn fast_write(data: &[u8]) -> Option<()> {
     on_exchange(|ex| ex.write_buffered(data).then_some(()))
@@ -371,7 +378,7 @@ fn response_methods(m: &Methods<Response>) -> mlua::Result<()> {
         res.map_or_else(|e| err_value(lua, e), |_| Ok(LuaValue::Nil))
     })?;
     m.add("flush", |lua, r, ()| write_result(lua, r.ex.flush()).map(|_| LuaValue::Nil))?;
-    m.add("_write_json", |lua, r, v: LuaValue| {
+    m.hot("_write_json", Fast::Json(fast_write_json), |lua, r, v: LuaValue| {
         let text = match super::json::to_json(&v, 0) {
             Ok(j) => j.to_string(),
             Err(m) => return Ok((LuaValue::Nil, err_value(lua, Error::invalid(m))?)),

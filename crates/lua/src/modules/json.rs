@@ -9,10 +9,7 @@ use wippy_runtime::Error;
 
 use super::fail;
 
-/// Deeper than this, `encode` refuses (SPEC §12.10).
-const MAX_DEPTH: usize = 128;
-/// 2^53: below it a float64 holds every integer exactly.
-const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+use crate::vm::json::{MAX_DEPTH, MAX_EXACT};
 
 pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
     if depth > MAX_DEPTH {

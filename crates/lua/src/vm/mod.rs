@@ -11,6 +11,7 @@ pub(crate) mod coroutine;
 pub(crate) mod layout;
 pub(crate) mod preempt;
 mod prims;
+pub(crate) mod json;
 pub(crate) mod objects;
 pub(crate) mod raw;
 pub(crate) mod sandbox;

@@ -37,6 +37,9 @@ pub(crate) enum Fast {
     SetText2(fn(&str, &str) -> Option<()>),
     /// `obj:m(s)` (any bytes) -> true, nil
     Put(fn(&[u8]) -> Option<()>),
+    /// `obj:m(v)` -> true, nil: `v` as JSON text ([`super::json`]; what it declines, the
+    /// slow path answers)
+    Json(fn(&[u8]) -> Option<()>),
 }
 
 impl Fast {
@@ -48,6 +51,7 @@ impl Fast {
             Fast::SetText(f) => (fast_set_text, f as *mut c_void),
             Fast::SetText2(f) => (fast_set_text2, f as *mut c_void),
             Fast::Put(f) => (fast_put, f as *mut c_void),
+            Fast::Json(f) => (fast_json, f as *mut c_void),
         }
     }
 }
@@ -251,7 +255,34 @@ unsafe fn push_owned(l: *mut ffi::lua_State, text: String) {
     unsafe { ffi::lua_pushlstring(l, p as *const c_char, n) };
 }
 
+/// # Safety
+/// A C closure made by [`ObjectType::hot`] with [`Fast::Json`].
+unsafe extern "C-unwind" fn fast_json(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let Some(f) = fast_fn::<fn(&[u8]) -> Option<()>>(l) else { return slow(l) };
+        // (the text goes into a buffer kept for the next call: nothing here raises, so the
+        // borrow ends before any Lua error could jump over it)
+        let done = JSON_OUT.with_borrow_mut(|out| {
+            out.clear();
+            let done = ffi::lua_gettop(l) >= 2 && super::json::encode_at(l, 2, out) && f(out).is_some();
+            if out.capacity() > 1 << 16 {
+                *out = Vec::new();
+            }
+            done
+        });
+        if !done {
+            return slow(l);
+        }
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_pushnil(l);
+        2
+    }
+}
+
 thread_local! {
+    /// The JSON text of the last [`fast_json`] call, its capacity kept for the next one.
+    static JSON_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The last string result, kept across its push.
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }

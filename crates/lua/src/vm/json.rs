@@ -1,0 +1,228 @@
+//! JSON written straight from a Lua stack: the text `modules::json`'s encoder gives for the
+//! values a handler answers with (`res:write_json`), without building a `serde_json::Value`
+//! through mlua (a protected call and a registry reference per table pair, then a tree).
+//! It declines whatever that encoder words as an error, and the cases whose text needs more
+//! than the stack (a userdata's `__tostring` runs Lua code; keys that are not UTF-8 collapse
+//! into one another there): the caller then takes the mlua path, which answers them.
+//!
+//! Must never: raise (no allocation on the Lua side, no metamethod), or write text the mlua
+//! path would not.
+
+use std::os::raw::c_int;
+
+use mlua::ffi;
+
+/// Deeper than this, encoding refuses (SPEC §12.10): a cycle ends here too.
+pub(crate) const MAX_DEPTH: usize = 128;
+/// 2^53: below it a float64 holds every integer exactly.
+pub(crate) const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// Append the JSON text of the value at `idx` to `out`; `false` (with `out` partly written)
+/// when the mlua path must answer instead.
+///
+/// # Safety
+/// `l` is the running thread (inside a C function) or a thread not running; `idx` a valid
+/// index. No Lua code runs and nothing is allocated on the Lua side.
+pub(crate) unsafe fn encode_at(l: *mut ffi::lua_State, idx: c_int, out: &mut Vec<u8>) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { value(l, ffi::lua_absindex(l, idx), out, 0) }
+}
+
+/// # Safety
+/// As [`encode_at`], `idx` absolute.
+unsafe fn value(l: *mut ffi::lua_State, idx: c_int, out: &mut Vec<u8>, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TNIL => out.extend_from_slice(b"null"),
+            ffi::LUA_TBOOLEAN => out.extend_from_slice(if ffi::lua_toboolean(l, idx) != 0 { b"true" } else { b"false" }),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, idx) != 0 => number(out, ffi::lua_tointeger(l, idx)),
+            ffi::LUA_TNUMBER => float(out, ffi::lua_tonumber(l, idx)),
+            ffi::LUA_TSTRING => string(out, super::raw::bytes_at(l, idx)),
+            ffi::LUA_TTABLE => return table(l, idx, out, depth),
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn number<N: serde::Serialize>(out: &mut Vec<u8>, n: N) {
+    // (writing into a Vec does not fail)
+    let _ = serde_json::to_writer(&mut *out, &n);
+}
+
+/// As Wippy's encoder writes numbers (every Lua number is a float64 there): Inf and NaN as
+/// null, a whole float as an integer ("5", not "5.0"), any other float as is.
+fn float(out: &mut Vec<u8>, n: f64) {
+    if !n.is_finite() {
+        out.extend_from_slice(b"null");
+    } else if n.fract() == 0.0 && n.abs() < MAX_EXACT {
+        number(out, n as i64);
+    } else {
+        number(out, n);
+    }
+}
+
+/// A string (bytes that are not UTF-8 replaced, as `to_string_lossy` does).
+fn string(out: &mut Vec<u8>, b: &[u8]) {
+    let _ = match super::raw::utf8(b) {
+        Some(s) => serde_json::to_writer(&mut *out, s),
+        None => serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(b)),
+    };
+}
+
+/// An empty table and keys 1..n without gaps: an array; string keys only: an object, its
+/// keys in byte order (a `serde_json::Map` is ordered so); anything else declined.
+///
+/// # Safety
+/// As [`encode_at`], `t` absolute.
+unsafe fn table(l: *mut ffi::lua_State, t: c_int, out: &mut Vec<u8>, depth: usize) -> bool {
+    // SAFETY: the caller's contract; every push below has its slot checked first, and the
+    // keys kept on the stack keep their bytes alive (nothing runs that could collect them).
+    unsafe {
+        let base = ffi::lua_gettop(l);
+        let ok = 'walk: {
+            if ffi::lua_checkstack(l, 3) == 0 {
+                break 'walk false;
+            }
+            // One walk: integer keys counted, each string key left on the stack below the
+            // walk's key (the walk goes on from the copy on top).
+            let (mut ints, mut max) = (0usize, 0i64);
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, t) != 0 {
+                ffi::lua_pop(l, 1);
+                match ffi::lua_type(l, -1) {
+                    ffi::LUA_TNUMBER if ffi::lua_isinteger(l, -1) != 0 && ffi::lua_tointeger(l, -1) >= 1 => {
+                        ints += 1;
+                        max = max.max(ffi::lua_tointeger(l, -1));
+                    }
+                    ffi::LUA_TSTRING if ffi::lua_checkstack(l, 3) != 0 => ffi::lua_pushvalue(l, -1),
+                    _ => break 'walk false,
+                }
+            }
+            let top = ffi::lua_gettop(l);
+            if top == base {
+                if max as usize != ints {
+                    break 'walk false;
+                }
+                out.push(b'[');
+                for i in 1..=ints {
+                    if i > 1 {
+                        out.push(b',');
+                    }
+                    ffi::lua_rawgeti(l, t, i as ffi::lua_Integer);
+                    if !value(l, top + 1, out, depth + 1) {
+                        break 'walk false;
+                    }
+                    ffi::lua_settop(l, top);
+                }
+                out.push(b']');
+                break 'walk true;
+            }
+            if ints != 0 {
+                break 'walk false;
+            }
+            let mut keys = Vec::with_capacity((top - base) as usize);
+            for k in base + 1..=top {
+                let b = super::raw::bytes_at(l, k);
+                if super::raw::utf8(b).is_none() {
+                    break 'walk false;
+                }
+                keys.push((b, k));
+            }
+            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, &(name, k)) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(out, name);
+                out.push(b':');
+                ffi::lua_pushvalue(l, k);
+                ffi::lua_rawget(l, t);
+                if !value(l, top + 1, out, depth + 1) {
+                    break 'walk false;
+                }
+                ffi::lua_settop(l, top);
+            }
+            out.push(b'}');
+            true
+        };
+        ffi::lua_settop(l, base);
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mlua::{Lua, Value as LuaValue};
+
+    /// The stack's text, or `None` where it declines.
+    fn fast(lua: &Lua, v: &LuaValue) -> Option<String> {
+        let mut out = Vec::new();
+        let mut ok = false;
+        // SAFETY: exec_raw pushed `v` at index 1; encode_at raises nothing.
+        unsafe { lua.exec_raw::<()>(v.clone(), |l| ok = super::encode_at(l, 1, &mut out)) }.unwrap();
+        ok.then(|| String::from_utf8(out).unwrap())
+    }
+
+    /// Every value the chunk returns: the stack's text is the mlua encoder's, and where
+    /// the stack declines, the mlua encoder errs (or the case is one it words: a userdata,
+    /// keys that are not UTF-8).
+    fn check(lua: &Lua, chunk: &str, declines: bool) {
+        let vs: mlua::MultiValue = lua.load(chunk).eval().unwrap();
+        for v in vs {
+            let slow = crate::modules::json::to_json(&v, 0).map(|j| j.to_string());
+            match fast(lua, &v) {
+                Some(text) => assert_eq!(Ok(&text), slow.as_ref(), "{chunk}"),
+                None => assert!(declines, "declined {chunk}: {slow:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_stack_writes_what_the_mlua_encoder_writes() {
+        let lua = Lua::new();
+        check(&lua, r#"return nil, true, false, 0, -7, math.maxinteger, math.mininteger, 5.0, -0.0, 0.1, 1e300, -2.5e-8,
+            2^53, 2^53 - 1, 2^60, 1/0, -1/0, 0/0, "", "a\"b\\c\n\t\1\127", "é ✓ 𝄞", "\xff\xfeA", {}, {1, 2, 3},
+            {"x", {y = {true, false}}, {}}, {b = 1, a = 2, aa = 3, B = 4, ["é"] = 5, [""] = 6, ["\xc3"] = nil},
+            {message = "hello", n = 5, nested = {list = {1.5, "two", {three = 3}}}},
+            setmetatable({a = 1}, {__index = function() return 9 end, __pairs = function() error("no") end}),
+            {[1] = "a", [2] = "b", [3.0] = "c"}"#, false);
+        // the mlua path's cases: errors, a userdata, keys that are not UTF-8
+        check(&lua, r#"return {1, nil, 3}, {1, a = 2}, {[true] = 1}, {[0] = 1}, {[-1] = 1}, {[1.5] = 1}, {f = print},
+            {print}, coroutine.create(print), {["\xff"] = 1, ["\xfe"] = 2}, {x = io and io.stdout}"#, true);
+        // depth: 128 levels below the top are fine, one more is refused (and a cycle)
+        check(&lua, "local t = {} for _ = 1, 128 do t = {t} end return t", false);
+        check(&lua, "local t = {} for _ = 1, 129 do t = {t} end local c = {} c.c = c return t, c", true);
+    }
+
+    #[test]
+    fn generated_values_encode_alike() {
+        // a few thousand nested values from a fixed seed: the two encoders agree on each
+        let lua = Lua::new();
+        check(&lua, r#"
+            math.randomseed(7)
+            local keys = {"a", "b", "id", "name", "Name", "z9", "é", "\0", "k\"q", "10", "2"}
+            local function gen(d)
+              local r = math.random(10)
+              if d > 4 or r <= 3 then
+                local s = math.random(7)
+                if s == 1 then return math.random(-1000, 1000)
+                elseif s == 2 then return math.random() * 10 ^ math.random(-5, 20)
+                elseif s == 3 then return math.random(2) == 1
+                elseif s == 4 then return math.random(100) + 0.0
+                else return keys[math.random(#keys)] .. string.rep("x", math.random(0, 3)) end
+              elseif r <= 6 then
+                local t = {} for i = 1, math.random(0, 5) do t[i] = gen(d + 1) end return t
+              else
+                local t = {} for _ = 1, math.random(1, 6) do t[keys[math.random(#keys)]] = gen(d + 1) end return t
+              end
+            end
+            local out = {} for i = 1, 3000 do out[i] = gen(0) end
+            return table.unpack(out)"#, false);
+    }
+}
