@@ -181,10 +181,14 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
     )?;
     t.raw_set(
         "encode",
-        lua.create_function(|lua, v: LuaValue| match to_json(&v, 0) {
-            Ok(j) => Ok((LuaValue::String(lua.create_string(j.to_string())?), LuaValue::Nil)),
-            Err(m) => fail(lua, Error::internal(m)),
-        })?,
+        // (plain data is written straight from the stack: crate::vm::json)
+        crate::vm::json::encoder(
+            lua,
+            lua.create_function(|lua, v: LuaValue| match to_json(&v, 0) {
+                Ok(j) => Ok((LuaValue::String(lua.create_string(j.to_string())?), LuaValue::Nil)),
+                Err(m) => fail(lua, Error::internal(m)),
+            })?,
+        )?,
     )?;
     t.raw_set(
         "decode",

@@ -17,6 +17,59 @@ pub(crate) const MAX_DEPTH: usize = 128;
 /// 2^53: below it a float64 holds every integer exactly.
 pub(crate) const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 
+thread_local! {
+    /// The text of the last [`encode_kept`] on this thread, its capacity kept for the next.
+    static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The JSON text of the value at `idx` in a buffer of this thread's, valid until the next
+/// call on this thread (so a push of it that raises leaves nothing to drop), or `None` where
+/// [`encode_at`] declines.
+///
+/// # Safety
+/// As [`encode_at`]; the slice is not held across another call of this function on the
+/// thread (it is that call's buffer).
+pub(crate) unsafe fn encode_kept(l: *mut ffi::lua_State, idx: c_int) -> Option<&'static [u8]> {
+    OUT.with_borrow_mut(|out| {
+        if out.capacity() > 1 << 16 {
+            *out = Vec::new();
+        }
+        out.clear();
+        // SAFETY: the caller's contract.
+        let ok = unsafe { encode_at(l, idx, out) };
+        // SAFETY: the buffer is thread-local and changed only by the next call here.
+        ok.then(|| unsafe { std::slice::from_raw_parts(out.as_ptr(), out.len()) })
+    })
+}
+
+/// `json.encode` as a C function: the text from the stack, or the mlua encoder's answer
+/// (`slow`, called with the same arguments) where the stack declines.
+pub(crate) fn encoder(lua: &mlua::Lua, slow: mlua::Function) -> mlua::Result<mlua::Function> {
+    // SAFETY: pushcclosure pops the one value exec_raw pushed and pushes the closure.
+    unsafe { lua.exec_raw(slow, |l| ffi::lua_pushcclosure(l, encode, 1)) }
+}
+
+/// # Safety
+/// A C closure made by [`encoder`].
+unsafe extern "C-unwind" fn encode(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua's calling convention (LUA_MINSTACK free slots); nothing owned is alive
+    // when the push or the call raises.
+    unsafe {
+        if ffi::lua_gettop(l) >= 1 {
+            if let Some(text) = encode_kept(l, 1) {
+                ffi::lua_pushlstring(l, text.as_ptr() as *const _, text.len());
+                ffi::lua_pushnil(l);
+                return 2;
+            }
+        }
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_rotate(l, 1, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        ffi::lua_gettop(l)
+    }
+}
+
 /// Append the JSON text of the value at `idx` to `out`; `false` (with `out` partly written)
 /// when the mlua path must answer instead.
 ///

@@ -261,16 +261,7 @@ unsafe extern "C-unwind" fn fast_json(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: the caller's contract.
     unsafe {
         let Some(f) = fast_fn::<fn(&[u8]) -> Option<()>>(l) else { return slow(l) };
-        // (the text goes into a buffer kept for the next call: nothing here raises, so the
-        // borrow ends before any Lua error could jump over it)
-        let done = JSON_OUT.with_borrow_mut(|out| {
-            out.clear();
-            let done = ffi::lua_gettop(l) >= 2 && super::json::encode_at(l, 2, out) && f(out).is_some();
-            if out.capacity() > 1 << 16 {
-                *out = Vec::new();
-            }
-            done
-        });
+        let done = ffi::lua_gettop(l) >= 2 && super::json::encode_kept(l, 2).and_then(f).is_some();
         if !done {
             return slow(l);
         }
@@ -281,8 +272,6 @@ unsafe extern "C-unwind" fn fast_json(l: *mut ffi::lua_State) -> c_int {
 }
 
 thread_local! {
-    /// The JSON text of the last [`fast_json`] call, its capacity kept for the next one.
-    static JSON_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The last string result, kept across its push.
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
