@@ -92,7 +92,7 @@ unsafe fn value(l: *mut ffi::lua_State, idx: c_int, out: &mut Vec<u8>, depth: us
         match ffi::lua_type(l, idx) {
             ffi::LUA_TNIL => out.extend_from_slice(b"null"),
             ffi::LUA_TBOOLEAN => out.extend_from_slice(if ffi::lua_toboolean(l, idx) != 0 { b"true" } else { b"false" }),
-            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, idx) != 0 => number(out, ffi::lua_tointeger(l, idx)),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, idx) != 0 => integer(out, ffi::lua_tointeger(l, idx)),
             ffi::LUA_TNUMBER => float(out, ffi::lua_tonumber(l, idx)),
             ffi::LUA_TSTRING => string(out, super::raw::bytes_at(l, idx)),
             ffi::LUA_TTABLE => return table(l, idx, out, depth),
@@ -102,9 +102,9 @@ unsafe fn value(l: *mut ffi::lua_State, idx: c_int, out: &mut Vec<u8>, depth: us
     true
 }
 
-fn number<N: serde::Serialize>(out: &mut Vec<u8>, n: N) {
-    // (writing into a Vec does not fail)
-    let _ = serde_json::to_writer(&mut *out, &n);
+/// (itoa, which serde_json writes integers with, without a serializer around it)
+fn integer(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// As Wippy's encoder writes numbers (every Lua number is a float64 there): Inf and NaN as
@@ -113,14 +113,24 @@ fn float(out: &mut Vec<u8>, n: f64) {
     if !n.is_finite() {
         out.extend_from_slice(b"null");
     } else if n.fract() == 0.0 && n.abs() < MAX_EXACT {
-        number(out, n as i64);
+        integer(out, n as i64);
     } else {
-        number(out, n);
+        // (writing into a Vec does not fail)
+        let _ = serde_json::to_writer(&mut *out, &n);
     }
 }
 
 /// A string (bytes that are not UTF-8 replaced, as `to_string_lossy` does).
 fn string(out: &mut Vec<u8>, b: &[u8]) {
+    // Printable ASCII without a quote or a backslash (most keys and values) needs no
+    // escape: copied as it is.
+    if b.iter().all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\') {
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     let _ = match super::raw::utf8(b) {
         Some(s) => serde_json::to_writer(&mut *out, s),
         None => serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(b)),
