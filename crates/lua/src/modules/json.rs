@@ -73,6 +73,20 @@ pub(crate) fn to_json(v: &LuaValue, depth: usize) -> Result<Json, String> {
     })
 }
 
+/// `json.decode` through mlua: the errors, and the reference the stack decoder is held to.
+pub(crate) fn decode(lua: &Lua, s: LuaValue) -> mlua::Result<(LuaValue, LuaValue)> {
+    let LuaValue::String(s) = &s else {
+        return fail(lua, Error::invalid(format!("json.decode: a string expected, got {}", super::lua_type(&s))));
+    };
+    if s.as_bytes().is_empty() {
+        return fail(lua, Error::invalid("json.decode: empty input"));
+    }
+    match serde_json::from_slice::<Json>(&s.as_bytes()) {
+        Ok(j) => Ok((from_json(lua, &j)?, LuaValue::Nil)),
+        Err(e) => fail(lua, Error::internal(format!("json.decode: {e}"))),
+    }
+}
+
 pub(crate) fn from_json(lua: &Lua, j: &Json) -> mlua::Result<LuaValue> {
     Ok(match j {
         Json::Null => LuaValue::Nil,
@@ -190,21 +204,8 @@ pub(crate) fn library(lua: &Lua) -> mlua::Result<Table> {
             })?,
         )?,
     )?;
-    t.raw_set(
-        "decode",
-        lua.create_function(|lua, s: LuaValue| {
-            let LuaValue::String(s) = &s else {
-                return fail(lua, Error::invalid(format!("json.decode: a string expected, got {}", super::lua_type(&s))));
-            };
-            if s.as_bytes().is_empty() {
-                return fail(lua, Error::invalid("json.decode: empty input"));
-            }
-            match serde_json::from_slice::<Json>(&s.as_bytes()) {
-                Ok(j) => Ok((from_json(lua, &j)?, LuaValue::Nil)),
-                Err(e) => fail(lua, Error::internal(format!("json.decode: {e}"))),
-            }
-        })?,
-    )?;
+    // (a document that parses is pushed straight onto the stack: crate::vm::json)
+    t.raw_set("decode", crate::vm::json::decoder(lua, lua.create_function(decode)?)?)?;
     Ok(t)
 }
 

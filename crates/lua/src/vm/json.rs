@@ -70,6 +70,102 @@ unsafe extern "C-unwind" fn encode(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// `json.decode` as a C function: a non-empty string that parses is pushed straight onto the
+/// stack (tables made at their final size, keys in the parsed order, as the mlua decoder
+/// makes them); anything else is `slow`'s (called with the same arguments), which words
+/// the error.
+pub(crate) fn decoder(lua: &mlua::Lua, slow: mlua::Function) -> mlua::Result<mlua::Function> {
+    // SAFETY: pushcclosure pops the one value exec_raw pushed and pushes the closure.
+    unsafe { lua.exec_raw(slow, |l| ffi::lua_pushcclosure(l, decode, 1)) }
+}
+
+thread_local! {
+    /// The document [`decode`] is pushing: kept here, not in a frame of its own, so that a
+    /// push that raises (a memory limit) jumps over frames that own nothing; the next
+    /// decode on the thread drops it.
+    static PARSED: std::cell::UnsafeCell<Option<serde_json::Value>> = const { std::cell::UnsafeCell::new(None) };
+}
+
+/// # Safety
+/// A C closure made by [`decoder`].
+unsafe extern "C-unwind" fn decode(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua's calling convention; the parsed document lives in PARSED (see there)
+    // while it is pushed, so nothing owned is alive in these frames when a push raises.
+    unsafe {
+        if ffi::lua_gettop(l) >= 1 && ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
+            let text = super::raw::bytes_at(l, 1);
+            if !text.is_empty() {
+                if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(text) {
+                    let doc: *const serde_json::Value = PARSED.with(|p| {
+                        let slot = &mut *p.get();
+                        &*slot.insert(doc) as *const serde_json::Value
+                    });
+                    let top = ffi::lua_gettop(l);
+                    if push_json(l, &*doc) {
+                        PARSED.with(|p| *p.get() = None);
+                        ffi::lua_pushnil(l);
+                        return 2;
+                    }
+                    ffi::lua_settop(l, top);
+                    PARSED.with(|p| *p.get() = None);
+                }
+            }
+        }
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_rotate(l, 1, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        ffi::lua_gettop(l)
+    }
+}
+
+/// Push `j` as the mlua decoder makes it (`false`: the stack cannot grow; nothing usable
+/// was pushed).
+///
+/// # Safety
+/// `l` is the running thread; `j` outlives the call and owns nothing a raise would skip
+/// (see PARSED).
+unsafe fn push_json(l: *mut ffi::lua_State, j: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    // SAFETY: the caller's contract; each push has its slot checked first.
+    unsafe {
+        if ffi::lua_checkstack(l, 3) == 0 {
+            return false;
+        }
+        match j {
+            J::Null => ffi::lua_pushnil(l),
+            J::Bool(b) => ffi::lua_pushboolean(l, *b as c_int),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => ffi::lua_pushinteger(l, i),
+                None => ffi::lua_pushnumber(l, n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::String(s) => {
+                ffi::lua_pushlstring(l, s.as_ptr() as *const _, s.len());
+            }
+            J::Array(items) => {
+                ffi::lua_createtable(l, items.len().min(c_int::MAX as usize) as c_int, 0);
+                for (i, item) in items.iter().enumerate() {
+                    if !push_json(l, item) {
+                        return false;
+                    }
+                    ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+                }
+            }
+            J::Object(m) => {
+                ffi::lua_createtable(l, 0, m.len().min(c_int::MAX as usize) as c_int);
+                for (k, item) in m {
+                    ffi::lua_pushlstring(l, k.as_ptr() as *const _, k.len());
+                    if !push_json(l, item) {
+                        return false;
+                    }
+                    ffi::lua_rawset(l, -3);
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Append the JSON text of the value at `idx` to `out`; `false` (with `out` partly written)
 /// when the mlua path must answer instead.
 ///
@@ -287,5 +383,52 @@ mod tests {
             end
             local out = {} for i = 1, 3000 do out[i] = gen(0) end
             return table.unpack(out)"#, false);
+    }
+
+    #[test]
+    fn the_stack_decodes_what_the_mlua_decoder_decodes() {
+        // both decoders on the same texts: equal values, equal table sizes (`#`, and the
+        // order `next` walks them in: the tables are made alike), equal errors
+        let lua = Lua::new();
+        let slow = lua.create_function(crate::modules::json::decode).unwrap();
+        lua.globals().set("fast", super::decoder(&lua, slow.clone()).unwrap()).unwrap();
+        lua.globals().set("slow", slow).unwrap();
+        lua.load(r#"
+            local function same(a, b, path)
+              if type(a) ~= type(b) then error(path .. ": " .. type(a) .. " vs " .. type(b)) end
+              if type(a) ~= "table" then
+                if a ~= b and not (a ~= a and b ~= b) then error(path .. ": " .. tostring(a) .. " vs " .. tostring(b)) end
+                if math.type(a) ~= math.type(b) then error(path .. ": number kinds differ") end
+                return
+              end
+              if #a ~= #b then error(path .. ": lengths differ") end
+              local ka, kb = next(a), next(b)
+              while ka ~= nil or kb ~= nil do
+                if ka ~= kb then error(path .. ": walk order differs at " .. tostring(ka) .. " / " .. tostring(kb)) end
+                same(a[ka], b[kb], path .. "." .. tostring(ka))
+                ka, kb = next(a, ka), next(b, kb)
+              end
+            end
+            local texts = {
+              'null', 'true', 'false', '0', '-7', '9223372036854775807', '9223372036854775808', '-9223372036854775808',
+              '1.5', '1e400', '-0.0', '2.0', '"x"', [["\u00e9\n\"\\"]], '""', '[]', '{}', '[1,null,3]', '[null]',
+              '{"a":null,"b":1}', '{"b":1,"a":[1,{"c":[true,false]}],"\\u0000":2}', '  {"k" : "v"}  ',
+              '{"a":1,"a":2}', '[[[[[[[[[[1]]]]]]]]]]', string.rep("[", 100) .. string.rep("]", 100),
+              string.rep("[", 200) .. string.rep("]", 200), '', '{', '[1,]', 'nul', '{"a" 1}', '1 2', [["\ud800"]],
+            }
+            for i = 1, 300 do texts[#texts + 1] = '{"id":' .. i .. ',"name":"n' .. i .. '","tags":["a","b"],"p":' .. (i / 7) .. '}' end
+            for _, t in ipairs(texts) do
+              local fa, fe = fast(t)
+              local sa, se = slow(t)
+              same(fa, sa, t)
+              assert((fe == nil) == (se == nil), t)
+              if fe then assert(tostring(fe) == tostring(se), tostring(fe) .. " vs " .. tostring(se)) end
+            end
+            for _, v in ipairs({ 1, true, {}, nil }) do
+              local _, fe = fast(v)
+              local _, se = slow(v)
+              assert(tostring(fe) == tostring(se), tostring(fe))
+            end
+        "#).exec().unwrap();
     }
 }
