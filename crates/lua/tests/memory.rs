@@ -83,3 +83,35 @@ fn shards_spread_over_the_workers_once_there_is_enough_to_share() {
     assert_eq!(v, Value::Int(200));
     assert_eq!(h.lua.shard_count(HOST), 2, "one shard per worker");
 }
+
+/// `json.decode` pushes a document onto the stack from Rust: a document too big for the
+/// process's limit ends the process with the limit's error (not the node, and not swallowed
+/// by pcall), and the next decode on the host works.
+fn json_check(options: ShardOptions) {
+    let h = Harness::with(2, options, |c| c);
+    let hog = r#"return { main = function(protected)
+        local json = require("json")
+        local text = "[" .. string.rep("1,", 400000) .. "1]"
+        if protected then
+            pcall(json.decode, text)
+            return "swallowed"
+        end
+        return #json.decode(text)
+    end }"#;
+    for protected in [false, true] {
+        let e = h.run_chunk(hog, vec![Value::Bool(protected)]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e:?}");
+    }
+    let v = h.ok(r#"local json = require("json") return json.encode(json.decode('{"b":[1,2],"a":"x"}'))"#);
+    assert_eq!(v, s(r#"{"a":"x","b":[1,2]}"#));
+}
+
+#[test]
+fn json_within_the_limit_with_isolated_processes() {
+    json_check(ShardOptions { isolated: true, max_process_memory: 4 << 20, ..Default::default() });
+}
+
+#[test]
+fn json_within_the_limit_with_shared_shards() {
+    json_check(ShardOptions { max_process_memory: 4 << 20, ..Default::default() });
+}
