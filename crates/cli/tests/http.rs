@@ -64,7 +64,8 @@ entries:
       local http = require("http")
       return { call = function()
         local req = http.request()
-        return { id = req:param("id"), all = req:params(), agent = req:header("user-agent") }
+        return { id = req:param("id"), all = req:params(), agent = req:header("user-agent"), multi = req:header("X-Multi"),
+          none = req:header("x-none"), ct = req:content_type(), missing = req:param("nope") }
       end }
   - { name: user.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: "/users/{id}", func: user }
   - { name: me.ep, kind: http.endpoint, meta: { router: api }, method: GET, path: /users/me, func: hello }
@@ -338,9 +339,10 @@ fn routes_parameters_methods_headers_and_json() {
 
     // a literal segment beats a wildcard; parameters are decoded; a returned table is JSON
     assert_eq!(node.get("/api/users/me", &[]).body, "Hello, world!");
-    let u = node.get("/api/users/a%2Fb", &[("User-Agent", "t/1")]);
+    // (a header's values joined; an absent header, content type or parameter is nil)
+    let u = node.get("/api/users/a%2Fb", &[("User-Agent", "t/1"), ("X-Multi", "1"), ("X-Multi", "2")]);
     assert_eq!(u.header("content-type"), Some("application/json"));
-    assert_eq!(u.json(), serde_json::json!({"id": "a/b", "all": {"id": "a/b"}, "agent": "t/1"}));
+    assert_eq!(u.json(), serde_json::json!({"id": "a/b", "all": {"id": "a/b"}, "agent": "t/1", "multi": "1, 2"}));
 
     // 404, 405 with Allow, GET answers HEAD, the router's own OPTIONS with CORS
     let nf = node.get("/api/nope", &[]);

@@ -90,6 +90,17 @@ fn query_value(ex: &Exchange, key: &str) -> Option<String> {
     raw_pairs(ex).find(|(k, _)| decode(k) == key).map(|(_, v)| decode(v).into_owned())
 }
 
+/// Every value of header `name`, joined with ", " (nil when it has none).
+fn header_value(ex: &Exchange, name: &str) -> Option<String> {
+    let mut vals = ex.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = vals.next()?;
+    Some(vals.fold(first.to_string(), |mut all, v| {
+        all.push_str(", ");
+        all.push_str(v);
+        all
+    }))
+}
+
 /// The request's methods (`m`: its type's `__index`, see [`Methods`]).
 fn request_methods(m: &Methods<Request>) -> mlua::Result<()> {
     m.hot("method", Fast::Text(fast_method), |_, r, ()| Ok(r.ex.method.as_str().to_string()))?;
@@ -106,10 +117,7 @@ fn request_methods(m: &Methods<Request>) -> mlua::Result<()> {
         }
         Ok(t)
     })?;
-    m.add("header", |_, r, name: String| {
-        let vals: Vec<String> = r.ex.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
-        Ok(if vals.is_empty() { None } else { Some(vals.join(", ")) })
-    })?;
+    m.hot("header", Fast::TextOf(fast_request_header), |_, r, name: String| Ok(header_value(&r.ex, &name)))?;
     m.add("headers", |lua, r, ()| {
         let t = lua.create_table()?;
         for name in r.ex.headers.keys() {
@@ -118,7 +126,7 @@ fn request_methods(m: &Methods<Request>) -> mlua::Result<()> {
         }
         Ok(t)
     })?;
-    m.add("content_type", |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE))))?;
+    m.hot("content_type", Fast::Text(fast_request_content_type), |_, r, ()| Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE))))?;
     m.add("content_length", |_, r, ()| {
         Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_LENGTH)).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
     })?;
@@ -135,7 +143,7 @@ fn request_methods(m: &Methods<Request>) -> mlua::Result<()> {
     m.add("is_content_type", |_, r, prefix: String| {
         Ok(opt_str(r.ex.headers.get(hyper::header::CONTENT_TYPE)).is_some_and(|c| c.starts_with(&prefix)))
     })?;
-    m.add("param", |lua, r, name: String| match &r.ex.params {
+    m.hot("param", Fast::TextOf(fast_param), |lua, r, name: String| match &r.ex.params {
         Some(p) => match p.iter().find(|(k, _)| *k == name) {
             Some((_, v)) => Ok((LuaValue::String(lua.create_string(v)?), LuaValue::Nil)),
             None => Ok((LuaValue::Nil, LuaValue::Nil)),
@@ -297,11 +305,21 @@ fn in_handler() -> bool {
 
 // The fast paths of the methods every handler calls (`None`: the mlua method answers;
 // the setters change nothing when they refuse, so it meets the same refusal and words it).
-fn fast_method() -> Option<String> {
-    on_exchange(|ex| Some(ex.method.as_str().to_string()))
+fn fast_method() -> Option<Option<String>> {
+    on_exchange(|ex| Some(Some(ex.method.as_str().to_string())))
 }
-fn fast_path() -> Option<String> {
-    on_exchange(|ex| Some(ex.uri.path().to_string()))
+fn fast_path() -> Option<Option<String>> {
+    on_exchange(|ex| Some(Some(ex.uri.path().to_string())))
+}
+fn fast_request_content_type() -> Option<Option<String>> {
+    on_exchange(|ex| Some(opt_str(ex.headers.get(hyper::header::CONTENT_TYPE))))
+}
+fn fast_request_header(name: &str) -> Option<Option<String>> {
+    on_exchange(|ex| Some(header_value(ex, name)))
+}
+/// (no route parameters: the slow path words the error)
+fn fast_param(name: &str) -> Option<Option<String>> {
+    on_exchange(|ex| ex.params.as_ref().map(|p| p.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())))
 }
 fn fast_query(key: &str) -> Option<Option<String>> {
     on_exchange(|ex| Some(query_value(ex, key)))

@@ -25,8 +25,8 @@ type CFn = unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int;
 /// A hot method's fast path, by the shape of its arguments and answer.
 #[derive(Clone, Copy)]
 pub(crate) enum Fast {
-    /// `obj:m()` -> a string
-    Text(fn() -> Option<String>),
+    /// `obj:m()` -> a string or nil
+    Text(fn() -> Option<Option<String>>),
     /// `obj:m(s)` -> a string or nil
     TextOf(fn(&str) -> Option<Option<String>>),
     /// `obj:m(n)` (an integer) -> nil
@@ -281,13 +281,12 @@ thread_local! {
 unsafe extern "C-unwind" fn fast_text(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: the caller's contract.
     unsafe {
-        match fast_fn::<fn() -> Option<String>>(l).and_then(|f| f()) {
-            Some(s) => {
-                push_owned(l, s);
-                1
-            }
-            None => slow(l),
+        match fast_fn::<fn() -> Option<Option<String>>>(l).and_then(|f| f()) {
+            Some(Some(s)) => push_owned(l, s),
+            Some(None) => ffi::lua_pushnil(l),
+            None => return slow(l),
         }
+        1
     }
 }
 
