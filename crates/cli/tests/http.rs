@@ -78,7 +78,8 @@ entries:
       local http = require("http")
       return { call = function()
         local req = http.request()
-        return { method = req:method(), rest = req:param("rest") }
+        if req:query("mixed") then return { 1, a = 2.0 } end
+        return { method = req:method(), rest = req:param("rest"), n = 10 / 2, f = 1.5, list = { 4 / 2, 3 } }
       end }
   - { name: any.ep, kind: http.endpoint, meta: { router: api }, method: "*", path: "/any/{rest...}", func: any }
 
@@ -361,12 +362,17 @@ fn routes_parameters_methods_headers_and_json() {
 
     // `method: "*"` takes every method; an OPTIONS preflight is the cors middleware's,
     // any other OPTIONS the handler's
+    // (a returned table is written as json.encode writes it: whole floats as integers, keys
+    // sorted; one json.encode refuses, a mixed table, is the runtime's object)
     let any = node.request("PATCH", "/api/any/a/b", &[], b"");
-    assert_eq!(any.json(), serde_json::json!({"method": "PATCH", "rest": "a/b"}), "{any:?}");
+    assert_eq!(any.body, r#"{"f":1.5,"list":[2,3],"method":"PATCH","n":5,"rest":"a/b"}"#, "{any:?}");
+    assert_eq!((any.status, any.header("content-type")), (200, Some("application/json")));
+    let mixed = node.request("PATCH", "/api/any/a?mixed=1", &[], b"");
+    assert_eq!((mixed.status, mixed.body.as_str()), (200, r#"{"1":1,"a":2.0}"#), "{mixed:?}");
     let pre = node.request("OPTIONS", "/api/any/x", &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "PUT")], b"");
     assert_eq!((pre.status, pre.header("access-control-allow-origin")), (204, Some("https://app.example")), "{pre:?}");
     let opt = node.request("OPTIONS", "/api/any/x", &[], b"");
-    assert_eq!(opt.json(), serde_json::json!({"method": "OPTIONS", "rest": "x"}), "{opt:?}");
+    assert_eq!(opt.json()["method"], "OPTIONS", "{opt:?}");
 
     // JSON in and out
     let e = node.request("POST", "/api/echo", &[("Content-Type", "application/json")], br#"{"a":[1,2],"b":"x"}"#);

@@ -250,6 +250,20 @@ impl Exchange {
         Ok(())
     }
 
+    /// A handler's returned value as its JSON answer (SPEC §11.2: nothing written, a value
+    /// returned): `false`, changing nothing, when the handler wrote anything.
+    pub fn answer_json(&self, text: &[u8]) -> bool {
+        let mut r = self.resp.lock();
+        if r.handled || r.stream.is_some() {
+            return false;
+        }
+        r.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.buf.extend_from_slice(text);
+        r.handled = true;
+        r.committed = true;
+        true
+    }
+
     /// Set the content type unless the head is final or one is set (`write_json`).
     pub fn default_content_type(&self, ct: &'static str) {
         let mut r = self.resp.lock();

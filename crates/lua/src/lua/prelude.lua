@@ -764,6 +764,10 @@ end
 -- the process lives on until the tasks it spawned finish; then main's values end it.
 local function linger(P, ...)
   local x = P[X]
+  -- (an HTTP handler's returned value, when it wrote nothing: its JSON answer, written as
+  -- json.encode writes, SPEC 11.2; what the encoder declines the runtime answers)
+  local v, e = ...
+  if v ~= nil and (e == nil or e == true or e == false) then R.http_return(v) end
   if (x.ntasks or 0) > 0 and R.main_done(...) then
     x.lingering = true
     block()

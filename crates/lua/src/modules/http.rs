@@ -492,6 +492,9 @@ pub(crate) fn library(lua: &Lua, r: &Table) -> mlua::Result<Table> {
     let outside = lua.create_function(|lua, ()| no_context(lua))?;
     t.raw_set("response", res_ty.constructor(lua, |_| in_handler().then_some([0, 0]), outside)?)?;
     let (req_index, res_index) = (req_ty.index, res_ty.index);
+    // a handler's returned value, written as the stack encoder writes JSON (the runtime's
+    // Value encoder answers what it declines, at the call's end)
+    r.raw_set("http_return", crate::vm::json::encode_into(lua, |text| on_exchange(|ex| Some(ex.answer_json(text))).unwrap_or(false))?)?;
     r.raw_set(
         "main_done",
         lua.create_function(|_, vals: mlua::MultiValue| {

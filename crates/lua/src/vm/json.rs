@@ -70,6 +70,25 @@ unsafe extern "C-unwind" fn encode(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// A C function `f(v)`: `v` as JSON text handed to `answer` (its answer pushed as a
+/// boolean), or `false` where the stack encoder declines.
+pub(crate) fn encode_into(lua: &mlua::Lua, answer: fn(&[u8]) -> bool) -> mlua::Result<mlua::Function> {
+    // SAFETY: pushcclosure pops the one value exec_raw pushed and pushes the closure.
+    unsafe { lua.exec_raw(mlua::LightUserData(answer as *mut std::ffi::c_void), |l| ffi::lua_pushcclosure(l, encode_to, 1)) }
+}
+
+/// # Safety
+/// A C closure made by [`encode_into`].
+unsafe extern "C-unwind" fn encode_to(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua's calling convention; upvalue 1 is the `fn(&[u8]) -> bool` it was made with.
+    unsafe {
+        let answer: fn(&[u8]) -> bool = std::mem::transmute(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)));
+        let done = ffi::lua_gettop(l) >= 1 && encode_kept(l, 1).is_some_and(answer);
+        ffi::lua_pushboolean(l, done as c_int);
+        1
+    }
+}
+
 /// `json.decode` as a C function: a non-empty string that parses is pushed straight onto the
 /// stack (tables made at their final size, keys in the parsed order, as the mlua decoder
 /// makes them); anything else is `slow`'s (called with the same arguments), which words
