@@ -1,11 +1,14 @@
-//! JSON written straight from a Lua stack: the text `modules::json`'s encoder gives for the
-//! values a handler answers with (`res:write_json`), without building a `serde_json::Value`
-//! through mlua (a protected call and a registry reference per table pair, then a tree).
-//! It declines whatever that encoder words as an error, and the cases whose text needs more
-//! than the stack (a userdata's `__tostring` runs Lua code; keys that are not UTF-8 collapse
-//! into one another there): the caller then takes the mlua path, which answers them.
+//! JSON straight between a Lua stack and text: `json.encode`, `res:write_json` and an HTTP
+//! handler's returned value write plain data from the stack slots, the text `modules::json`'s
+//! encoder gives, without building a `serde_json::Value` through mlua (a protected call and a
+//! registry reference per table pair, then a tree); `json.decode` pushes a parsed document
+//! with the C API. The encoder declines whatever `modules::json` words as an error, and the
+//! cases whose text needs more than the stack (a userdata's `__tostring` runs Lua code; keys
+//! that are not UTF-8 collapse into one another there); the decoder leaves errors to it too:
+//! the caller then takes the mlua path, which answers them.
 //!
-//! Must never: raise (no allocation on the Lua side, no metamethod), or write text the mlua
+//! Must never: raise while encoding (no allocation on the Lua side, no metamethod), hold an
+//! owned Rust value in a frame a push may raise through, or give a text or a table the mlua
 //! path would not.
 
 use std::os::raw::c_int;
@@ -62,6 +65,18 @@ unsafe extern "C-unwind" fn encode(l: *mut ffi::lua_State) -> c_int {
                 return 2;
             }
         }
+        slow(l)
+    }
+}
+
+/// The call answered by the closure's upvalue 1 (the mlua function), with the same
+/// arguments.
+///
+/// # Safety
+/// Inside a C closure whose upvalue 1 is a function.
+unsafe fn slow(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract (one free slot for the function).
+    unsafe {
         let n = ffi::lua_gettop(l);
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_rotate(l, 1, 1);
@@ -130,11 +145,7 @@ unsafe extern "C-unwind" fn decode(l: *mut ffi::lua_State) -> c_int {
                 }
             }
         }
-        let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_rotate(l, 1, 1);
-        ffi::lua_call(l, n, ffi::LUA_MULTRET);
-        ffi::lua_gettop(l)
+        slow(l)
     }
 }
 
