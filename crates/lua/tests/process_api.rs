@@ -748,3 +748,30 @@ fn name_scopes_and_cluster_calls_on_a_node_without_a_cluster() {
     let (_pid, watch) = h.node.spawn_watched(HOST, wippy_runtime::Spawn::entry("test:sys")).unwrap();
     assert_eq!(watch.wait_timeout(std::time::Duration::from_secs(20)).unwrap().unwrap(), s("ok"));
 }
+
+#[test]
+fn each_process_reads_its_own_pid_when_they_take_turns() {
+    // process.pid() keeps the last PID's text per thread: two processes of one shard asking
+    // in turn (a round trip between each ask) must each get their own, every time
+    let h = Harness::new(1);
+    h.entry("test:echo_pid", r#"return { main = function(parent)
+        local inbox = process.inbox()
+        for _ = 1, 20 do
+            inbox:receive()
+            process.send(parent, "pid", process.pid())
+        end
+    end }"#);
+    let v = h.ok(r#"
+        local me = process.pid()
+        local child = process.spawn("test:echo_pid", "app:processes", me)
+        local replies = process.listen("pid")
+        for i = 1, 20 do
+            assert(process.pid() == me, "parent, round " .. i .. ": " .. process.pid())
+            process.send(child, "ask", i)
+            local got = replies:receive()
+            assert(got == child, "child, round " .. i .. ": " .. tostring(got) .. " ~= " .. child)
+        end
+        return "ok"
+    "#);
+    assert_eq!(v, s("ok"));
+}

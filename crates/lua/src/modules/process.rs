@@ -153,7 +153,8 @@ pub(crate) fn registered(lua: &Lua, cx: &mut wippy_runtime::Context<'_>, name: &
 
 pub(crate) fn library(lua: &Lua, r: &Table, catalog: Weak<Catalog>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    t.raw_set("pid", lua.create_function(|_, ()| current::with(|cx, _| Ok(cx.pid().to_string())))?)?;
+    // (a C function: vm::prims; the mlua one raises its error outside a process)
+    t.raw_set("pid", crate::vm::fast_pid(lua, lua.create_function(|_, ()| current::with(|cx, _| Ok(cx.pid().to_string())))?)?)?;
     t.raw_set("id", lua.create_function(|_, ()| current::state(|st| st.entry.id.clone()))?)?;
     t.raw_set(
         "send",

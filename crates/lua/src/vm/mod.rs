@@ -16,7 +16,7 @@ pub(crate) mod objects;
 pub(crate) mod raw;
 pub(crate) mod sandbox;
 
-pub(crate) use prims::install as install_primitives;
+pub(crate) use prims::{fast_pid, install as install_primitives};
 
 use std::cell::Cell;
 

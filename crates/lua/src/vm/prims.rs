@@ -53,6 +53,44 @@ pub(crate) fn fast_type(lua: &Lua) -> mlua::Result<mlua::Function> {
     }
 }
 
+/// `process.pid()` as a C function: the running process's PID text, made once and kept by
+/// the thread for the next call from the same process (a handler asks twice, a `reply_to`
+/// on every request); outside a process, `slow` (the mlua function) raises its error.
+pub(crate) fn fast_pid(lua: &Lua, slow: mlua::Function) -> mlua::Result<mlua::Function> {
+    // SAFETY: pushcclosure pops the one value exec_raw pushed and pushes the closure.
+    unsafe { lua.exec_raw(slow, |l| ffi::lua_pushcclosure(l, own_pid, 1)) }
+}
+
+thread_local! {
+    /// The last PID [`own_pid`] made the text of, and that text: read through a pointer
+    /// that the push below may raise over, so it holds no borrow.
+    static OWN_PID: std::cell::UnsafeCell<super::raw::PidText> = const { std::cell::UnsafeCell::new(None) };
+}
+
+/// # Safety
+/// A C closure made by [`fast_pid`].
+unsafe extern "C-unwind" fn own_pid(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua's calling convention (a free slot); the text stays in OWN_PID, unchanged
+    // until the next call on this thread, while it is pushed.
+    unsafe {
+        let Ok(pid) = crate::current::with(|cx, _| Ok(cx.pid())) else {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_call(l, 0, 1);
+            return 1;
+        };
+        let (p, n) = OWN_PID.with(|c| {
+            let slot = &mut *c.get();
+            let text = match slot {
+                Some(t) if t.0 == pid => &t.1,
+                _ => &slot.insert(Box::new((pid, pid.to_string().into_boxed_str()))).1,
+            };
+            (text.as_ptr(), text.len())
+        });
+        ffi::lua_pushlstring(l, p as *const _, n);
+        1
+    }
+}
+
 /// `type(v)`: the name of v's type, from upvalue `type + 1`.
 ///
 /// # Safety
