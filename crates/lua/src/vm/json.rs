@@ -65,23 +65,7 @@ unsafe extern "C-unwind" fn encode(l: *mut ffi::lua_State) -> c_int {
                 return 2;
             }
         }
-        slow(l)
-    }
-}
-
-/// The call answered by the closure's upvalue 1 (the mlua function), with the same
-/// arguments.
-///
-/// # Safety
-/// Inside a C closure whose upvalue 1 is a function.
-unsafe fn slow(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the caller's contract (one free slot for the function).
-    unsafe {
-        let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_rotate(l, 1, 1);
-        ffi::lua_call(l, n, ffi::LUA_MULTRET);
-        ffi::lua_gettop(l)
+        super::raw::call_upvalue(l)
     }
 }
 
@@ -135,17 +119,17 @@ unsafe extern "C-unwind" fn decode(l: *mut ffi::lua_State) -> c_int {
                         &*slot.insert(doc) as *const serde_json::Value
                     });
                     let top = ffi::lua_gettop(l);
-                    if push_json(l, &*doc) {
-                        PARSED.with(|p| *p.get() = None);
+                    let pushed = push_json(l, &*doc);
+                    PARSED.with(|p| *p.get() = None);
+                    if pushed {
                         ffi::lua_pushnil(l);
                         return 2;
                     }
                     ffi::lua_settop(l, top);
-                    PARSED.with(|p| *p.get() = None);
                 }
             }
         }
-        slow(l)
+        super::raw::call_upvalue(l)
     }
 }
 

@@ -62,31 +62,19 @@ pub(crate) fn fast_pid(lua: &Lua, slow: mlua::Function) -> mlua::Result<mlua::Fu
 }
 
 thread_local! {
-    /// The last PID [`own_pid`] made the text of, and that text: read through a pointer
-    /// that the push below may raise over, so it holds no borrow.
-    static OWN_PID: std::cell::UnsafeCell<super::raw::PidText> = const { std::cell::UnsafeCell::new(None) };
+    /// The last PID [`own_pid`] pushed, with its text ([`raw::push_pid`]'s cache): no
+    /// borrow flag, as the push may raise.
+    static OWN_PID: std::cell::UnsafeCell<raw::PidText> = const { std::cell::UnsafeCell::new(None) };
 }
 
 /// # Safety
 /// A C closure made by [`fast_pid`].
 unsafe extern "C-unwind" fn own_pid(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: Lua's calling convention (a free slot); the text stays in OWN_PID, unchanged
-    // until the next call on this thread, while it is pushed.
+    // SAFETY: Lua's calling convention (a free slot); the cache is this thread's and is
+    // reached only here, one call at a time (the push runs no Lua code).
     unsafe {
-        let Ok(pid) = crate::current::with(|cx, _| Ok(cx.pid())) else {
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-            ffi::lua_call(l, 0, 1);
-            return 1;
-        };
-        let (p, n) = OWN_PID.with(|c| {
-            let slot = &mut *c.get();
-            let text = match slot {
-                Some(t) if t.0 == pid => &t.1,
-                _ => &slot.insert(Box::new((pid, pid.to_string().into_boxed_str()))).1,
-            };
-            (text.as_ptr(), text.len())
-        });
-        ffi::lua_pushlstring(l, p as *const _, n);
+        let Ok(pid) = crate::current::with(|cx, _| Ok(cx.pid())) else { return raw::call_upvalue(l) };
+        OWN_PID.with(|c| raw::push_pid(l, pid, &mut *c.get()));
         1
     }
 }

@@ -353,11 +353,28 @@ pub(crate) fn from_lua(v: &mlua::Value, marks: &Marks) -> Read {
     out
 }
 
-/// Push a PID's string form (`""` for nobody). `cache` keeps the last one made (a
-/// receiver mostly hears from the same sender again).
+/// The call answered by the running C closure's upvalue 1 (a function: the mlua one a C
+/// fast path stands in front of), with the same arguments and all its results.
 ///
 /// # Safety
-/// `l` is a thread of the VM, not running, with one free slot.
+/// Inside a C closure whose upvalue 1 is a function, with one free slot.
+pub(crate) unsafe fn call_upvalue(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_rotate(l, 1, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        ffi::lua_gettop(l)
+    }
+}
+
+/// Push a PID's string form (`""` for nobody). `cache` keeps the last one made (a
+/// receiver mostly hears from the same sender again; `process.pid()` asks for its own).
+///
+/// # Safety
+/// `l` is a thread of the VM, not running or the one calling a C function, with one free
+/// slot.
 pub(crate) unsafe fn push_pid(l: *mut ffi::lua_State, pid: Pid, cache: &mut PidText) {
     // SAFETY: what this function's `# Safety` asks of its caller.
     unsafe {
